@@ -1,0 +1,1 @@
+"""The ``spriteforge`` command line: the same library code the nodes call."""

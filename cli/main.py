@@ -1,0 +1,71 @@
+"""Entry point of the ``spriteforge`` command.
+
+Sub-commands live in one module each (``cli/<name>.py``) exposing
+``register(subparsers)``; the parser they add sets ``func(args) -> int``.
+Errors print ``CODE: message`` and exit with the code's number; ``--debug`` adds
+the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from .. import __version__
+from ..errors import SpriteForgeError, classify
+
+COMMANDS = ("doctor", "inspect", "generate", "pixel", "rmbg", "run", "submit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spriteforge",
+        description="SpriteForge: DiT generation, pixel-art tools and background removal, without the editor.",
+    )
+    parser.add_argument("--version", action="version", version=f"spriteforge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--log-json", action="store_true", help="write log lines as JSON objects")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__package__}.{name}":
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ..log import configure
+
+    configure(json_mode=args.log_json, quiet=args.quiet)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a coded error
+        err = classify(exc, context=f"running `spriteforge {args.command}`")
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        if args.log_json:
+            print(json.dumps({"error": err.to_dict()}), file=sys.stderr)
+        else:
+            print(f"{err.code}: {err.message}" + (f"\n  what to do: {err.hint}" if err.hint else ""), file=sys.stderr)
+        return err.exit_code if isinstance(err, SpriteForgeError) else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""SpriteForge: engines/torch_models."""

@@ -1,0 +1,135 @@
+"""Where models live: ComfyUI's ``folder_paths`` inside ComfyUI, a models root outside.
+
+Kinds follow ComfyUI's folder names (``diffusion_models``, ``checkpoints``, ``vae``,
+``text_encoders``, ``diffusers``, ``loras``) plus ``birefnet``, which the pack registers
+(appending, never replacing, so paths from ``extra_model_paths.yaml`` stay).
+Outside ComfyUI a root laid out like ComfyUI's ``models/`` is used: ``--models DIR`` on
+the command line or the ``SPRITEFORGE_MODELS`` environment variable.
+A name given to :func:`resolve` must stay inside its folder: ``..`` and absolute
+names are refused unless ``allow_absolute`` (explicit command-line paths).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
+
+KINDS = ("diffusion_models", "checkpoints", "vae", "text_encoders", "diffusers", "loras", "birefnet")
+# Folders the pack adds to ComfyUI's registry.
+PACK_FOLDERS = {"birefnet": (".safetensors", ".pth", ".bin")}
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+
+_models_root: list[Path] = []
+
+
+def set_models_root(path: str | os.PathLike | None) -> None:
+    """Use ``path`` (laid out like ComfyUI's ``models/``) as the models root outside ComfyUI."""
+    _models_root.clear()
+    if path:
+        _models_root.append(Path(path).expanduser().resolve())
+
+
+def _folder_paths():
+    try:
+        import folder_paths  # type: ignore
+
+        return folder_paths
+    except Exception:
+        return None
+
+
+def register_comfy_folders() -> None:
+    """Register the pack's own model folders with ComfyUI, keeping user-configured paths."""
+    fp = _folder_paths()
+    if fp is None:
+        return
+    for kind, exts in PACK_FOLDERS.items():
+        default = os.path.join(fp.models_dir, kind)
+        existing = fp.folder_names_and_paths.get(kind)
+        if existing is None:
+            fp.folder_names_and_paths[kind] = ([default], set(exts))
+        else:
+            paths, known = existing
+            if default not in paths:
+                paths.append(default)
+            if isinstance(known, set):
+                known.update(exts)
+
+
+def roots(kind: str) -> list[Path]:
+    """The folders searched for ``kind``, in priority order."""
+    if kind not in KINDS:
+        raise SpriteForgeError(BAD_INPUT, f"unknown model kind {kind!r}; expected one of {', '.join(KINDS)}.")
+    fp = _folder_paths()
+    if fp is not None:
+        register_comfy_folders()
+        try:
+            return [Path(p) for p in fp.get_folder_paths(kind)]
+        except Exception:
+            return []
+    out = []
+    bases = list(_models_root)
+    env = os.environ.get("SPRITEFORGE_MODELS")
+    if env:
+        bases.append(Path(env).expanduser())
+    for base in bases:
+        out.append(base / kind)
+    return out
+
+
+def list_models(kind: str, *, folders: bool = False) -> list[str]:
+    """Names (relative to their folder) of the models of ``kind``; ``folders`` lists diffusers-style folders."""
+    names: list[str] = []
+    for root in roots(kind):
+        if not root.is_dir():
+            continue
+        if folders:
+            for child in sorted(root.iterdir()):
+                if child.is_dir() and ((child / "model_index.json").exists() or (child / "config.json").exists()):
+                    names.append(child.name)
+            continue
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS:
+                names.append(p.relative_to(root).as_posix())
+    seen: set[str] = set()
+    return [n for n in names if not (n in seen or seen.add(n))]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def resolve(kind: str, name: str, *, allow_absolute: bool = False, expected: str | None = None) -> Path:
+    """The full path of model ``name`` of ``kind``.
+
+    A name is looked up in every folder of the kind and must stay inside it.
+    ``allow_absolute`` accepts an existing path as given (command line).
+    Raises MODEL_NOT_FOUND naming the folders searched (and ``expected`` file names).
+    """
+    if not name or not str(name).strip():
+        raise SpriteForgeError(BAD_INPUT, f"no {kind} model was chosen.")
+    p = Path(name).expanduser()
+    if allow_absolute and (p.is_absolute() or p.exists()):
+        if p.exists():
+            return p
+        raise SpriteForgeError(MODEL_NOT_FOUND, f"{p} does not exist.", details={"path": str(p)})
+    if p.is_absolute() or ".." in p.parts:
+        raise SpriteForgeError(BAD_INPUT, f"model name {name!r} must be a name inside the {kind} folder, not a path.")
+    searched = roots(kind)
+    for root in searched:
+        cand = root / p
+        if cand.exists() and _inside(cand, root):
+            return cand
+    where = ", ".join(str(r) for r in searched) or f"models/{kind} (no models folder configured: pass --models DIR)"
+    extra = f" Expected file names: {expected}." if expected else ""
+    raise SpriteForgeError(
+        MODEL_NOT_FOUND,
+        f"{kind} model {name!r} was not found in {where}.{extra} Put the file there, or give its full path.",
+        details={"kind": kind, "name": name, "searched": [str(r) for r in searched]},
+    )
