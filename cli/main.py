@@ -41,11 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..engines.policy import apply_env_before_torch
+
+    apply_env_before_torch()  # ROCm variables that only work if set before torch is imported
     parser = build_parser()
     args = parser.parse_args(argv)
     from ..log import configure
 
     configure(json_mode=args.log_json, quiet=args.quiet)
+    from ..progress import set_cli_bars
+
+    set_cli_bars(not args.quiet)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
