@@ -1,0 +1,615 @@
+"""Generation with torch models: text encoding, the denoiser wrapper, VAE encode/decode.
+
+The sampling loop is not here: it is :mod:`spriteforge.samplers`, driven by
+:mod:`spriteforge.pipeline`. This module turns a family's torch modules (diffusers
+transformers, transformers text encoders, diffusers VAEs) into
+
+* :func:`encode_text` -> :class:`spriteforge.pipeline.Conditioning`;
+* :func:`make_denoiser` -> ``model(x, sigma) -> x0`` in the samplers' convention
+  (k-diffusion VE space for eps/v models, x_t = (1-t) x0 + t n for flow models), with
+  classifier-free guidance as one batched cond/uncond call;
+* :func:`vae_encode` / :func:`vae_decode`: numpy images <-> VAE-scaled latents
+  (``(z - shift) * scale``), with the device policy's tiling/slicing, seamless
+  (circular) padding and a forced-fp32 mode used by the pipeline's NaN/black retry.
+
+Text encoders and tokenizers are looked up in ``handle.text_encoders`` /
+``handle.tokenizers`` by role (``t5``, ``clip_l``, ``clip_g``, ``gemma``) or by the
+diffusers component name (``text_encoder``, ``text_encoder_2``, ``text_encoder_3``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import weakref
+
+import numpy as np
+
+from ...errors import BAD_INPUT, ENGINE_INTERNAL, MODEL_NOT_FOUND, SpriteForgeError
+from ...log import get_logger
+
+log = get_logger("torch")
+
+# role -> names to look for, per family (diffusers component names last)
+_ROLE_NAMES = {
+    "pixart": {"t5": ("t5", "t5xxl", "text_encoder")},
+    "sd3": {"clip_l": ("clip_l", "text_encoder"), "clip_g": ("clip_g", "text_encoder_2"), "t5": ("t5", "t5xxl", "text_encoder_3")},
+    "flux": {"clip_l": ("clip_l", "text_encoder"), "t5": ("t5", "t5xxl", "text_encoder_2")},
+    "sana": {"gemma": ("gemma", "gemma2", "text_encoder")},
+    "dit": {},
+}
+
+# Sana's default complex human instruction (as in diffusers' SanaPipeline).
+SANA_CHI = [
+    "Given a user prompt, generate an 'Enhanced prompt' that provides detailed visual descriptions suitable for image generation. Evaluate the level of detail in the user prompt:",
+    "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, textures, and spatial relationships to create vivid and concrete scenes.",
+    "- If the prompt is already detailed, refine and enhance the existing details slightly without overcomplicating.",
+    "Here are examples of how to transform or refine prompts:",
+    "- User Prompt: A cat sleeping -> Enhanced: A small, fluffy white cat curled up in a round shape, sleeping peacefully on a warm sunny windowsill, surrounded by pots of blooming red flowers.",
+    "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring glowing street lamps, a diverse crowd of people in colorful clothing, and a double-decker bus passing by towering glass skyscrapers.",
+    "Please generate only the enhanced description for the prompt below and avoid including any additional commentary or evaluations:",
+    "User Prompt: ",
+]
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _module_device_dtype(module, fallback_device=None):
+    torch = _torch()
+    try:
+        p = next(module.parameters())
+        return p.device, p.dtype
+    except (StopIteration, AttributeError):
+        return fallback_device or torch.device("cpu"), torch.float32
+
+
+def _lookup(d: dict, names) -> object | None:
+    for n in names:
+        if d.get(n) is not None:
+            return d[n]
+    return None
+
+
+def _role(handle, role, required=True):
+    names = _ROLE_NAMES.get(handle.family, {}).get(role, (role,))
+    enc = _lookup(handle.text_encoders or {}, names)
+    tok = _lookup(handle.tokenizers or {}, names)
+    if (enc is None or tok is None) and required:
+        what = {"t5": "a T5 text encoder", "clip_l": "a CLIP-L text encoder", "clip_g": "a CLIP-G (bigG) text encoder",
+                "gemma": "a Gemma-2 text encoder"}.get(role, role)
+        raise SpriteForgeError(
+            MODEL_NOT_FOUND,
+            f"{handle.family} needs {what} (with its tokenizer) to encode prompts, and the loaded model has none. "
+            "Choose it in the loader's text encoder inputs (or --text-encoder), or load a diffusers folder that contains it.",
+            details={"family": handle.family, "role": role},
+        )
+    return enc, tok
+
+
+# --------------------------------------------------------------------------- ComfyUI memory manager
+_PATCHERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def comfy_load(modules) -> None:
+    """Inside ComfyUI, wrap torch modules in ModelPatchers and let the memory manager load them."""
+    try:
+        import comfy.model_management as mm  # type: ignore
+        import comfy.model_patcher as mp  # type: ignore
+    except Exception:
+        return
+    patchers = []
+    for m in modules:
+        if m is None:
+            continue
+        try:
+            p = _PATCHERS.get(m)
+            if p is None:
+                p = mp.ModelPatcher(m, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+                _PATCHERS[m] = p
+            patchers.append(p)
+        except Exception as exc:  # pragma: no cover - only inside ComfyUI
+            log.warning("could not wrap %s for ComfyUI's memory manager: %s", type(m).__name__, exc)
+    if patchers:
+        try:
+            mm.load_models_gpu(patchers)
+        except Exception as exc:  # pragma: no cover - only inside ComfyUI
+            log.warning("ComfyUI's memory manager could not load the models: %s", exc)
+
+
+# --------------------------------------------------------------------------- text
+def _tokenize(tok, prompts, max_length):
+    return tok(list(prompts), padding="max_length", max_length=int(max_length), truncation=True,
+               add_special_tokens=True, return_tensors="pt")
+
+
+def _t5(handle, prompts, max_length, required=True):
+    enc, tok = _role(handle, "t5", required=required)
+    if enc is None:
+        return None, None
+    torch = _torch()
+    dev, _ = _module_device_dtype(enc)
+    ti = _tokenize(tok, prompts, max_length)
+    mask = ti["attention_mask"].to(dev)
+    out = enc(ti["input_ids"].to(dev), attention_mask=mask)
+    emb = out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
+    return emb.to(torch.float32), mask
+
+
+def _clip(handle, role, prompts):
+    enc, tok = _role(handle, role)
+    torch = _torch()
+    dev, _ = _module_device_dtype(enc)
+    ml = min(int(getattr(tok, "model_max_length", 77) or 77), 77)
+    ti = _tokenize(tok, prompts, ml)
+    out = enc(ti["input_ids"].to(dev), output_hidden_states=True)
+    hidden = out.hidden_states[-2]
+    pooled = getattr(out, "text_embeds", None)
+    if pooled is None:
+        pooled = getattr(out, "pooler_output", None)
+    if pooled is None:
+        pooled = out[0] if out[0].ndim == 2 else out[0][:, -1]
+    return hidden.to(torch.float32), pooled.to(torch.float32)
+
+
+def _class_labels(handle, prompts):
+    cfg = handle.config or {}
+    n = int(cfg.get("num_embeds_ada_norm") or cfg.get("num_classes") or 1000)
+    id2label = (handle.extras or {}).get("id2label") or cfg.get("id2label") or {}
+    by_name = {}
+    for k, v in dict(id2label).items():
+        for name in str(v).split(","):
+            by_name[name.strip().lower()] = int(k)
+    labels = []
+    for p in prompts:
+        p = str(p).strip()
+        if not p:
+            raise SpriteForgeError(BAD_INPUT, "DiT needs a class label (an ImageNet class number 0-999 or its name) as the prompt.")
+        first = p.split(",")[0].strip()
+        try:
+            lab = int(first)
+        except ValueError:
+            if first.lower() not in by_name:
+                raise SpriteForgeError(BAD_INPUT, f"DiT class {first!r} is neither a class number nor a known class name. "
+                                       f"Give a number from 0 to {n - 1}.") from None
+            lab = by_name[first.lower()]
+        if not 0 <= lab < n:
+            raise SpriteForgeError(BAD_INPUT, f"DiT class {lab} is out of range. Give a number from 0 to {n - 1}.")
+        labels.append(lab)
+    return labels, n
+
+
+def encode_text(engine, handle, prompts, *, max_length: int | None = None, guidance: float | None = None,
+                complex_human_instruction=False, class_labels=None, negative: bool = False, **_opts):
+    """Conditioning for ``prompts`` (a list of strings) with the family's text encoders.
+
+    ``negative`` marks an unconditional/negative encoding (DiT: the null class).
+    """
+    from ...pipeline import Conditioning
+
+    torch = _torch()
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = [str(p) for p in prompts]
+    fam = handle.family
+    cond = Conditioning(family=fam, prompts=list(prompts), guidance=guidance)
+    with torch.no_grad():
+        if fam == "dit":
+            if negative:
+                n = int((handle.config or {}).get("num_embeds_ada_norm") or 1000)
+                cond.class_labels = [n] * len(prompts)
+            elif class_labels is not None:
+                cond.class_labels = [int(c) for c in class_labels]
+            else:
+                cond.class_labels, _ = _class_labels(handle, prompts)
+            return cond
+        comfy_load([m for m in (handle.text_encoders or {}).values()])
+        if fam == "pixart":
+            ml = max_length or (300 if "sigma" in (handle.variant or "").lower() or handle.variant in ("", None) else 120)
+            if "alpha" in (handle.variant or "").lower():
+                ml = max_length or 120
+            cond.embeds, cond.mask = _t5(handle, prompts, ml)
+        elif fam == "sana":
+            enc, tok = _role(handle, "gemma")
+            dev, _ = _module_device_dtype(enc)
+            ml = max_length or 300
+            chi = complex_human_instruction
+            if chi is True:
+                chi = SANA_CHI
+            texts = prompts
+            total = ml
+            if chi and not negative:
+                chi_text = "\n".join(chi)
+                texts = [chi_text + p for p in prompts]
+                total = len(tok.encode(chi_text)) + ml - 2
+            if hasattr(tok, "padding_side"):
+                tok.padding_side = "right"
+            ti = _tokenize(tok, texts, total)
+            mask = ti["attention_mask"].to(dev)
+            out = enc(ti["input_ids"].to(dev), attention_mask=mask)
+            emb = (out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state).to(torch.float32)
+            if total != ml:
+                sel = [0] + list(range(-ml + 1, 0))
+                emb, mask = emb[:, sel], mask[:, sel]
+            cond.embeds, cond.mask = emb, mask
+        elif fam == "sd3":
+            joint = int((handle.config or {}).get("joint_attention_dim") or getattr(getattr(handle.transformer, "config", None), "joint_attention_dim", 4096))
+            l_h, l_p = _clip(handle, "clip_l", prompts)
+            g_h, g_p = _clip(handle, "clip_g", prompts)
+            clip_h = torch.cat([l_h, g_h], dim=-1)
+            t5, _ = _t5(handle, prompts, max_length or 256, required=False)
+            if t5 is None:
+                t5 = torch.zeros(len(prompts), max_length or 256, joint, device=clip_h.device)
+            clip_h = torch.nn.functional.pad(clip_h, (0, t5.shape[-1] - clip_h.shape[-1]))
+            cond.embeds = torch.cat([clip_h, t5.to(clip_h.device)], dim=-2)
+            cond.pooled = torch.cat([l_p, g_p], dim=-1)
+        elif fam == "flux":
+            _, pooled = _clip(handle, "clip_l", prompts)
+            schnell = "schnell" in (handle.variant or "").lower()
+            t5, _ = _t5(handle, prompts, max_length or (256 if schnell else 512))
+            cond.embeds, cond.pooled = t5, pooled.to(t5.device)
+            if cond.guidance is None:
+                cond.guidance = 3.5
+        else:
+            raise SpriteForgeError(BAD_INPUT, f"family {fam!r} has no text encoding in the torch engine.")
+    return cond
+
+
+# --------------------------------------------------------------------------- denoiser
+def _expand(t, batch):
+    """Repeat a batch-1 (or batch-n dividing ``batch``) tensor to ``batch`` rows."""
+    if t is None:
+        return None
+    if t.shape[0] == batch:
+        return t
+    if batch % t.shape[0]:
+        raise SpriteForgeError(BAD_INPUT, f"conditioning has {t.shape[0]} prompts but the batch is {batch}: use one prompt or one per image.")
+    return t.repeat_interleave(batch // t.shape[0], dim=0)
+
+
+def _pack(x):
+    b, c, h, w = x.shape
+    return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def _unpack(x, h, w):
+    b, n, c4 = x.shape
+    c = c4 // 4
+    return x.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def _flux_img_ids(h, w, device, dtype):
+    torch = _torch()
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = ids[..., 1] + torch.arange(h // 2)[:, None]
+    ids[..., 2] = ids[..., 2] + torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def is_fill_model(handle) -> bool:
+    """A Flux Fill (native inpaint) model: 384 input channels."""
+    cfg = handle.config or {}
+    inc = cfg.get("in_channels") or getattr(getattr(handle.transformer, "config", None), "in_channels", None)
+    return handle.family == "flux" and (int(inc or 64) > 64 or "fill" in (handle.variant or "").lower())
+
+
+class TorchDenoiser:
+    """``model(x, sigma) -> x0`` for one conditioning, with batched CFG.
+
+    ``x`` may be a torch tensor (any device) or a numpy array; the result has the same type.
+    """
+
+    def __init__(self, engine, handle, cond, uncond=None, *, cfg: float = 1.0, model_schedule=None,
+                 fill_image=None, fill_mask=None, attention_slicing: bool | None = None, **opts):
+        torch = _torch()
+        self.engine = engine
+        self.handle = handle
+        self.cond = cond
+        self.uncond = uncond
+        self.cfg = float(cfg)
+        self.ms = model_schedule
+        self.flow = handle.prediction == "flow"
+        self.module = handle.transformer
+        self.device, self.dtype = _module_device_dtype(self.module, getattr(engine, "torch_device", None))
+        policy = getattr(engine, "policy", None)
+        self.slice = bool(policy.attention_slicing) if attention_slicing is None and policy is not None else bool(attention_slicing)
+        self.use_cfg = uncond is not None and abs(self.cfg - 1.0) > 1e-6
+        if handle.family == "dit" and uncond is None and abs(self.cfg - 1.0) > 1e-6:
+            n = int((handle.config or {}).get("num_embeds_ada_norm") or 1000)
+            from ...pipeline import Conditioning
+
+            self.uncond = Conditioning(family="dit", prompts=[""], class_labels=[n] * len(cond.class_labels or [0]))
+            self.use_cfg = True
+        self.fill = None
+        if is_fill_model(handle):
+            # without an image: an all-repaint mask over a blank image (txt2img with a Fill model)
+            self._fill_args = (fill_image, fill_mask)
+        else:
+            self._fill_args = None
+        self.calls = 0
+        comfy_load([self.module])
+        self._torch = torch
+
+    # ------------------------------------------------------------------
+    def _timestep(self, sigma: float) -> float:
+        if self.ms is not None:
+            return float(self.ms.timestep(sigma))
+        return sigma * (1.0 if self.handle.family == "flux" else 1000.0) if self.flow else sigma
+
+    def _fill_cond(self, h, w):
+        torch = self._torch
+        if self.fill is not None:
+            return self.fill
+        img, mask = self._fill_args or (None, None)
+        f = int(self.handle.vae_scale_factor or 8)
+        H, W = h * f, w * f
+        if img is None:
+            img = np.zeros((1, H, W, 3), np.float32)
+        if mask is None:
+            mask = np.ones((1, H, W), np.float32)
+        img = np.asarray(img, np.float32)
+        mask = (np.asarray(mask, np.float32) > 0.5).astype(np.float32)
+        # diffusers' FluxFill masks in [-1,1] space: masked pixels become 0 (grey) after normalising
+        masked = np.where(mask[..., None] > 0.5, 0.5, img).astype(np.float32)
+        lat = vae_encode(self.engine, self.handle, masked).to(self.device, torch.float32)
+        m = torch.from_numpy(mask).to(self.device, torch.float32)
+        b = max(lat.shape[0], m.shape[0])
+        lat, m = _expand(lat, b), _expand(m, b)
+        m = m.view(b, h, f, w, f).permute(0, 2, 4, 1, 3).reshape(b, f * f, h, w)
+        self.fill = torch.cat([_pack(lat), _pack(m)], dim=2)
+        return self.fill
+
+    def _forward(self, x, t, cond, n_cond):
+        """Model output (eps or v) for input ``x`` [N,C,h,w] at model timestep ``t`` [N]."""
+        torch = self._torch
+        fam = self.handle.family
+        m = self.module
+        b, c, h, w = x.shape
+        if fam == "pixart":
+            add = {"resolution": None, "aspect_ratio": None}
+            if getattr(m, "use_additional_conditions", False):
+                f = self.handle.vae_scale_factor or 8
+                add = {"resolution": torch.tensor([[h * f, w * f]], device=x.device, dtype=x.dtype).repeat(b, 1),
+                       "aspect_ratio": torch.tensor([[h / w]], device=x.device, dtype=x.dtype).repeat(b, 1)}
+            out = m(x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond["mask"], timestep=t,
+                    added_cond_kwargs=add, return_dict=False)[0]
+        elif fam == "dit":
+            out = m(x, timestep=t, class_labels=cond["labels"], return_dict=False)[0]
+        elif fam == "sd3":
+            out = m(hidden_states=x, encoder_hidden_states=cond["embeds"], pooled_projections=cond["pooled"], timestep=t,
+                    return_dict=False)[0]
+        elif fam == "sana":
+            scale = float(getattr(getattr(m, "config", None), "timestep_scale", 1.0) or 1.0)
+            kw = {}
+            if getattr(getattr(m, "config", None), "guidance_embeds", False):
+                kw["guidance"] = torch.full((b,), float(self.cond.guidance or 4.5), device=x.device, dtype=x.dtype)
+            out = m(x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond["mask"], timestep=t * scale,
+                    return_dict=False, **kw)[0]
+        elif fam == "flux":
+            hs = _pack(x)
+            if self._fill_args is not None:
+                fc = self._fill_cond(h, w)
+                if fc.shape[0] != b:
+                    fc = fc.repeat(b // fc.shape[0], 1, 1) if b % fc.shape[0] == 0 else fc[:1].repeat(b, 1, 1)
+                hs = torch.cat([hs, fc.to(hs.dtype)], dim=2)
+            g = None
+            if getattr(getattr(m, "config", None), "guidance_embeds", False):
+                g = torch.full((b,), float(self.cond.guidance if self.cond.guidance is not None else 3.5), device=x.device, dtype=x.dtype)
+            txt = cond["embeds"]
+            out = m(hidden_states=hs, encoder_hidden_states=txt, pooled_projections=cond["pooled"], timestep=t, guidance=g,
+                    img_ids=_flux_img_ids(h, w, x.device, x.dtype), txt_ids=torch.zeros(txt.shape[1], 3, device=x.device, dtype=x.dtype),
+                    return_dict=False)[0]
+            out = _unpack(out, h, w)
+        else:
+            raise SpriteForgeError(BAD_INPUT, f"unknown family {fam!r}.")
+        if out.shape[1] != c:  # learned sigma: the first C channels are the prediction
+            out = out[:, :c]
+        return out
+
+    def _cond_tensors(self, cond, batch):
+        torch = self._torch
+        d = {}
+        dt = self.dtype
+        if cond.embeds is not None:
+            d["embeds"] = _expand(cond.embeds, batch).to(self.device, dt)
+        if cond.mask is not None:
+            d["mask"] = _expand(cond.mask, batch).to(self.device)
+        if cond.pooled is not None:
+            d["pooled"] = _expand(cond.pooled, batch).to(self.device, dt)
+        if cond.class_labels is not None:
+            d["labels"] = _expand(torch.tensor(list(cond.class_labels), dtype=torch.long), batch).to(self.device)
+        return d
+
+    @staticmethod
+    def _cat(a, b):
+        torch = _torch()
+        out = {}
+        for k in a:
+            x, y = a[k], b.get(k)
+            if y is None:
+                raise SpriteForgeError(BAD_INPUT, f"the negative conditioning lacks {k}: encode both prompts with the same model.")
+            if x.ndim >= 2 and y.ndim >= 2 and x.shape[1] != y.shape[1] and k in ("embeds", "mask"):
+                n = max(x.shape[1], y.shape[1])
+                pad = lambda t: torch.nn.functional.pad(t, ((0, 0) if t.ndim == 3 else ()) + (0, n - t.shape[1]))  # noqa: E731
+                x, y = pad(x), pad(y)
+            out[k] = torch.cat([y, x], dim=0)  # uncond first
+        return out
+
+    def __call__(self, x, sigma, **_extra):
+        torch = self._torch
+        as_numpy = isinstance(x, np.ndarray)
+        xt = torch.from_numpy(np.ascontiguousarray(x)) if as_numpy else x
+        out_device, out_dtype = xt.device, xt.dtype
+        xt = xt.to(self.device, torch.float32)
+        sigma = float(sigma)
+        b = xt.shape[0]
+        self.calls += 1
+        with torch.no_grad():
+            if self.flow:
+                inp = xt
+            elif self.handle.prediction in ("eps", "v"):
+                inp = xt / math.sqrt(sigma * sigma + 1.0)
+            else:
+                inp = xt
+            t = self._timestep(sigma)
+            c = self._cond_tensors(self.cond, b)
+            if self.use_cfg:
+                u = self._cond_tensors(self.uncond, b)
+                allc = self._cat(c, u)
+                xin = torch.cat([inp, inp], dim=0).to(self.dtype)
+                tt = torch.full((2 * b,), t, device=self.device, dtype=self.dtype if self.flow else torch.float32)
+                if self.slice:
+                    outs = [self._forward(xin[i:i + 1], tt[i:i + 1], {k: v[i:i + 1] for k, v in allc.items()}, 1)
+                            for i in range(2 * b)]
+                    out = torch.cat(outs, dim=0)
+                else:
+                    out = self._forward(xin, tt, allc, b)
+                out = out.float()
+                ou, oc = out[:b], out[b:]
+                pred = ou + (oc - ou) * self.cfg
+            else:
+                tt = torch.full((b,), t, device=self.device, dtype=self.dtype if self.flow else torch.float32)
+                pred = self._forward(inp.to(self.dtype), tt, c, b).float()
+            if self.flow:
+                x0 = xt - pred * sigma
+            elif self.handle.prediction == "v":
+                a = 1.0 / math.sqrt(sigma * sigma + 1.0)
+                x0 = xt * (a * a) - pred * (a * sigma)
+            else:
+                x0 = xt - pred * sigma
+        if as_numpy:
+            return x0.cpu().numpy().astype(x.dtype, copy=False)
+        return x0.to(out_device, out_dtype)
+
+
+def make_denoiser(engine, handle, cond, uncond=None, *, cfg: float = 1.0, **opts):
+    return TorchDenoiser(engine, handle, cond, uncond, cfg=cfg, **opts)
+
+
+# --------------------------------------------------------------------------- VAE
+@contextlib.contextmanager
+def _circular(module, on: bool):
+    """Temporarily make every padded Conv2d of ``module`` pad circularly (seamless tiling)."""
+    torch = _torch()
+    changed = []
+    if on and module is not None:
+        for m in module.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.padding_mode != "circular" and any(p > 0 for p in _pads(m)):
+                changed.append((m, m.padding_mode))
+                m.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for m, mode in changed:
+            m.padding_mode = mode
+
+
+def _pads(conv):
+    p = conv.padding
+    if isinstance(p, str):
+        return (1,) if p == "same" else (0,)
+    return tuple(p)
+
+
+@contextlib.contextmanager
+def _vae_dtype(vae, dtype):
+    """Temporarily cast the VAE (the fp32 retry); restores the original dtype even on errors."""
+    _, orig = _module_device_dtype(vae)
+    if dtype is None or orig == dtype:
+        yield orig
+        return
+    vae.to(dtype)
+    try:
+        yield dtype
+    finally:
+        vae.to(orig)
+
+
+def _need_vae(handle):
+    if handle.vae is None:
+        raise SpriteForgeError(MODEL_NOT_FOUND, f"the {handle.family} model has no VAE. Choose one in the loader's vae input (or --vae).")
+    return handle.vae
+
+
+def _is_dc(vae) -> bool:
+    return type(vae).__name__ == "AutoencoderDC" or hasattr(vae, "encoder") and not hasattr(vae, "quant_conv") and hasattr(getattr(vae, "config", None), "encoder_block_out_channels")
+
+
+def vae_encode(engine, handle, images):
+    """VAE-scaled latents (torch float32 on the VAE's device) for numpy images [B,H,W,3] in 0..1."""
+    torch = _torch()
+    vae = _need_vae(handle)
+    img = np.asarray(images, dtype=np.float32)
+    if img.ndim == 3:
+        img = img[None]
+    if img.ndim != 4 or img.shape[-1] not in (3, 4):
+        raise SpriteForgeError(BAD_INPUT, f"an image must be [B,H,W,3], got shape {tuple(img.shape)}.")
+    img = img[..., :3]
+    f = int(handle.vae_scale_factor or 8)
+    if img.shape[1] % f or img.shape[2] % f:
+        raise SpriteForgeError(BAD_INPUT, f"image size {img.shape[2]}x{img.shape[1]} is not a multiple of {f}: resize or crop it first.")
+    comfy_load([vae])
+    force32 = bool((handle.extras or {}).get("vae_force_fp32"))
+    with torch.no_grad(), _vae_dtype(vae, torch.float32 if force32 else None) as dt:
+        dev, _ = _module_device_dtype(vae)
+        x = torch.from_numpy(np.ascontiguousarray(img.transpose(0, 3, 1, 2))).to(dev, dt) * 2.0 - 1.0
+        policy = getattr(engine, "policy", None)
+        slicing = bool(policy and policy.vae_slicing) and x.shape[0] > 1
+        chunks = x.split(1) if slicing else [x]
+        outs = []
+        for ch in chunks:
+            enc = vae.encode(ch)
+            if hasattr(enc, "latent_dist"):
+                z = enc.latent_dist.mode()
+            elif hasattr(enc, "latent"):
+                z = enc.latent
+            else:
+                z = enc[0]
+                z = z.mode() if hasattr(z, "mode") else z
+            outs.append(z.float())
+        z = torch.cat(outs, 0)
+    return (z - float(handle.shift_factor or 0.0)) * float(handle.scaling_factor or 1.0)
+
+
+def vae_decode(engine, handle, latents):
+    """Numpy float32 images [B,H,W,3] in 0..1 for VAE-scaled latents (torch or numpy)."""
+    torch = _torch()
+    vae = _need_vae(handle)
+    z = latents
+    if isinstance(z, np.ndarray):
+        z = torch.from_numpy(np.ascontiguousarray(z))
+    if z.ndim != 4:
+        raise SpriteForgeError(BAD_INPUT, f"a latent must be [B,C,h,w], got shape {tuple(z.shape)}.")
+    lc = int(handle.latent_channels or z.shape[1])
+    if z.shape[1] != lc:
+        raise SpriteForgeError(BAD_INPUT, f"the latent has {z.shape[1]} channels but the {handle.family} VAE takes {lc}: "
+                               "decode it with the model it was made with.")
+    comfy_load([vae])
+    extras = handle.extras or {}
+    force32 = bool(extras.get("vae_force_fp32"))
+    seamless = bool(extras.get("vae_seamless"))
+    policy = getattr(engine, "policy", None)
+    with torch.no_grad(), _vae_dtype(vae, torch.float32 if force32 else None) as dt, _circular(getattr(vae, "decoder", vae), seamless):
+        dev, _ = _module_device_dtype(vae)
+        z = z.to(dev, torch.float32) / float(handle.scaling_factor or 1.0) + float(handle.shift_factor or 0.0)
+        z = z.to(dt)
+        f = int(handle.vae_scale_factor or 8)
+        big = z.shape[-1] * z.shape[-2] * f * f > 1024 * 1024
+        tiling = bool(policy and policy.vae_tiling) and big and not seamless and hasattr(vae, "tiled_decode")
+        slicing = bool(policy and policy.vae_slicing) and z.shape[0] > 1
+        outs = []
+        for ch in (z.split(1) if slicing else [z]):
+            if tiling:
+                dec = vae.tiled_decode(ch, return_dict=False)[0]
+            else:
+                dec = vae.decode(ch, return_dict=False)[0]
+            outs.append(dec.float())
+        x = torch.cat(outs, 0)
+    x = (x / 2.0 + 0.5).clamp(0.0, 1.0)
+    return x.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+
+
+__all__ = ["encode_text", "make_denoiser", "vae_encode", "vae_decode", "TorchDenoiser", "comfy_load", "is_fill_model", "SANA_CHI"]
