@@ -1,0 +1,272 @@
+"""``spriteforge pixel INPUT... --out DIR``: the pixel-art chain for files and folders of sprites.
+
+Order: load -> grid recovery (``--detect-grid``) -> downscale (``--factor``/``--size``) -> alpha clean-up
+-> one palette for every input (``--palette NAME|FILE|K``; ``--per-image-palette`` to fit each alone)
+-> quantize/dither -> write PNGs (``--indexed`` for mode-P files) to ``--out`` (inputs are never overwritten),
+the palette beside them as ``palette.hex``/``palette.gpl``, and optionally a sprite sheet with a JSON atlas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BAD_INPUT, SpriteForgeError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tga", ".tif", ".tiff")
+
+
+def _bad(msg: str) -> SpriteForgeError:
+    return SpriteForgeError(BAD_INPUT, msg)
+
+
+def register(subparsers) -> None:
+    from ..pixel import DITHERS, DOWNSCALE_METHODS
+    from ..pixel.palette import METHODS as PALETTE_METHODS
+
+    p = subparsers.add_parser(
+        "pixel",
+        help="pixel-art chain for sprite files/folders: grid recovery, downscale, palette, dithering, alpha, indexed PNG",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders of images")
+    p.add_argument("--out", "-o", help="output folder (created; inputs are never overwritten)")
+    g = p.add_argument_group("size")
+    g.add_argument("--factor", type=int, help="downscale by this whole factor")
+    g.add_argument("--size", help="downscale to WxH (must divide the image), e.g. 64x64")
+    g.add_argument("--method", default="kcentroid", choices=list(DOWNSCALE_METHODS), help="downscale method (default kcentroid)")
+    g.add_argument("--detect-grid", action="store_true", help="recover the native grid of upscaled/AI 'fake' pixel art")
+    g.add_argument("--snap", type=int, choices=[8, 16, 32], help="with --detect-grid: round the size to a multiple")
+    g.add_argument("--upscale", type=int, default=1, help="enlarge the result by this factor (nearest) when saving")
+    c = p.add_argument_group("colour")
+    c.add_argument("--palette", help="shipped palette name (see --list-palettes), a palette file (.hex .gpl .pal .png), "
+                   "or a number K to fit K colours")
+    c.add_argument("--palette-method", default="kmeans", choices=list(PALETTE_METHODS), help="fitting method for --palette K")
+    c.add_argument("--seed", type=int, default=0, help="seed for k-means (same seed, same palette)")
+    c.add_argument("--per-image-palette", action="store_true", help="fit --palette K per image instead of once for all")
+    c.add_argument("--dither", default="none", choices=list(DITHERS), help="dithering (default none)")
+    c.add_argument("--dither-strength", type=float, default=1.0, help="0..1 (default 1)")
+    c.add_argument("--protect-edges", action="store_true", help="leave outlines and silhouette edges undithered")
+    a = p.add_argument_group("alpha")
+    a.add_argument("--alpha-threshold", type=int, help="make alpha binary at this level 0..255 (default 128 when any "
+                   "alpha option or --indexed is used)")
+    a.add_argument("--min-island", type=int, default=0, help="remove opaque specks smaller than N pixels")
+    a.add_argument("--fill-holes", type=int, default=0, help="fill enclosed transparent holes up to N pixels")
+    a.add_argument("--strays", action="store_true", help="stray-pixel clean-up")
+    a.add_argument("--outline", metavar="COLOR", help="add a 1-pixel outline: #rrggbb or a palette index")
+    a.add_argument("--no-bleed", action="store_true", help="do not bleed edge colours into transparent pixels (RGBA output)")
+    o = p.add_argument_group("output")
+    o.add_argument("--indexed", action="store_true", help="write indexed PNGs (mode P, index 0 transparent)")
+    o.add_argument("--sheet", metavar="NAME", help="also pack all results into NAME.png with NAME.json (atlas)")
+    o.add_argument("--columns", type=int, default=0, help="sprite sheet columns (0 = square-ish)")
+    o.add_argument("--list-palettes", action="store_true", help="list the shipped palettes and exit")
+    p.set_defaults(func=run)
+
+
+def _collect(inputs: list[str], out: Path) -> list[Path]:
+    files: list[Path] = []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTS
+                           and q.resolve().parent != out.resolve())
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise _bad(f"input {s} does not exist. Give image files or folders.")
+    if not files:
+        raise _bad("no images found in the inputs. Give .png/.jpg/... files or folders holding them.")
+    return files
+
+
+def _load(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.seek(0)
+            return np.asarray(im.convert("RGBA"))
+    except Exception as exc:  # noqa: BLE001
+        raise _bad(f"{path} is not a readable image ({type(exc).__name__}: {exc}). Remove it or convert it.") from exc
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX*,]\s*(\d+)\s*", text or "")
+    if not m:
+        raise _bad(f"--size {text!r} is not WxH. Write it like 64x64.")
+    return int(m.group(1)), int(m.group(2))
+
+
+def run(args) -> int:
+    from .. import pixel as px
+    from ..pixel import alpha as A
+    from ..pixel import export as X
+    from ..progress import Progress
+
+    if args.list_palettes:
+        for name in px.builtin_names():
+            pal = px.builtin(name)
+            print(f"{name:32s} {len(pal):3d} colours  {pal.comments[0] if pal.comments else ''}")
+        return 0
+    if not args.inputs or not args.out:
+        raise _bad("give INPUT files/folders and --out DIR (see spriteforge pixel --help).")
+    if args.factor is not None and args.size:
+        raise _bad("give --factor or --size, not both.")
+    if args.snap and not args.detect_grid:
+        raise _bad("--snap only applies with --detect-grid.")
+    if not 0.0 <= args.dither_strength <= 1.0:
+        raise _bad(f"--dither-strength {args.dither_strength} is outside 0..1.")
+    out = Path(args.out)
+    files = _collect(args.inputs, out)
+    inputs_resolved = {f.resolve() for f in files}
+    t0 = time.perf_counter()
+
+    # 1. geometry and alpha, per image
+    alpha_on = (args.alpha_threshold is not None or args.min_island or args.fill_holes or args.strays
+                or args.outline or args.indexed)
+    level = 128 if args.alpha_threshold is None else args.alpha_threshold
+    if not 0 <= level <= 255:
+        raise _bad(f"--alpha-threshold {level} is outside 0..255.")
+    frames, notes = [], []
+    bar = Progress(len(files), "pixel")
+    for f in files:
+        img = _load(f)
+        note = ""
+        if args.detect_grid:
+            img, info = px.recover_grid(img, snap_multiple=args.snap)
+            note = f"grid x{info.scale:.2f}"
+        if args.factor or args.size:
+            kw = {"factor": args.factor} if args.factor else {"size": _parse_size(args.size)}
+            img = px.downscale(img, method=args.method, **kw)
+        if alpha_on:
+            rgb, al = A.clean(img[..., :3], img[..., 3], level=level, min_island=args.min_island,
+                              max_hole=args.fill_holes, strays=args.strays, bleed_edges=False)
+            img = np.concatenate([rgb, al[..., None]], -1)
+        frames.append(img)
+        notes.append(note)
+        bar.update()
+
+    # 2. one palette for all (unless per image)
+    pal = None
+    per_image = False
+    if args.palette:
+        if re.fullmatch(r"\d+", args.palette.strip()):
+            k = int(args.palette)
+            if args.per_image_palette:
+                per_image = True
+            else:
+                pal = px.extract(frames, k, args.palette_method, seed=args.seed)
+        else:
+            pal = px.resolve_palette(args.palette)
+
+    # 3. colour, outline, save
+    out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    written = []
+    last_pal = pal
+    results = []
+    for f, img, note in zip(files, frames, notes):
+        fpal = px.extract(img, int(args.palette), args.palette_method, seed=args.seed) if per_image else pal
+        if fpal is not None:
+            img = px.quantize(img, fpal, args.dither, strength=args.dither_strength, protect_edges=args.protect_edges)
+        rgb, al = img[..., :3], img[..., 3]
+        if args.outline:
+            col = args.outline.strip()
+            if re.fullmatch(r"\d+", col):
+                if fpal is None:
+                    raise _bad("--outline N (a palette index) needs --palette.")
+                if int(col) >= len(fpal):
+                    raise _bad(f"--outline {col}: the palette has colours 0..{len(fpal) - 1}.")
+                col = "#" + fpal.hex()[int(col)]
+            rgb, al = A.outline(rgb, al, col)
+        if not args.no_bleed and not args.indexed:
+            rgb = A.bleed(rgb, al)
+        img = np.concatenate([rgb, al[..., None]], -1)
+        if args.upscale > 1:
+            img = px.upscale(img, args.upscale)
+        stem = f.stem
+        name = f"{stem}.png"
+        n = 1
+        while name in used:
+            name = f"{stem}_{n}.png"
+            n += 1
+        used.add(name)
+        target = out / name
+        if target.resolve() in inputs_resolved:
+            raise _bad(f"{target} is one of the inputs; choose another --out folder (inputs are never overwritten).")
+        if args.indexed:
+            ipal = fpal if fpal is not None else _own_palette(img)
+            if args.outline:
+                ipal = _with_color(ipal, rgb, al)
+            px.save_indexed_png(target, px.to_indexed(img, ipal), ipal)
+            last_pal = ipal
+        else:
+            px.save_rgba_png(target, img)
+        written.append(target)
+        results.append(img)
+        print(f"{f} -> {target} {img.shape[1]}x{img.shape[0]}" + (f" ({note})" if note else ""))
+    if last_pal is not None and not per_image:
+        for ext in ("hex", "gpl"):
+            target = out / f"palette.{ext}"
+            if target.resolve() in inputs_resolved:
+                raise _bad(f"{target} is one of the inputs; choose another --out folder.")
+            px.write_palette(last_pal, target)
+    if args.sheet:
+        if len({r.shape for r in results}) != 1:
+            raise _bad("--sheet needs all results to have one size. Use --size/--factor to make them equal.")
+        sheet_name = re.sub(r"[^A-Za-z0-9._-]", "_", args.sheet)
+        target = out / f"{sheet_name}.png"
+        sheet, atlas = X.pack_sheet(results, columns=args.columns or None, names=[w.stem for w in written],
+                                    image_name=target.name, scale=args.upscale)
+        if args.indexed:
+            spal = last_pal if last_pal is not None else _own_palette(sheet)
+            px.save_indexed_png(target, px.to_indexed(sheet, spal), spal)
+            atlas["meta"]["format"] = "I8"
+        else:
+            px.save_rgba_png(target, sheet)
+        (out / f"{sheet_name}.json").write_text(json.dumps(atlas, indent=2))
+        print(f"sheet -> {target} ({len(results)} frames)")
+    dt = time.perf_counter() - t0
+    what = []
+    if pal is not None:
+        what.append(f"palette {pal.name or args.palette} ({len(pal)} colours)")
+    elif per_image:
+        what.append(f"{args.palette} colours per image")
+    if args.dither != "none" and args.palette:
+        what.append(f"dither {args.dither}")
+    if args.indexed:
+        what.append("indexed")
+    print(f"{len(written)} image(s) -> {out} in {dt:.2f}s" + (f"; {', '.join(what)}" if what else ""), file=sys.stdout)
+    return 0
+
+
+def _own_palette(img: np.ndarray):
+    from .. import pixel as px
+
+    opaque = img[..., :3][img[..., 3] >= 128]
+    if len(opaque) == 0:
+        return px.Palette(np.zeros((1, 3), np.uint8), "empty")
+    uniq = np.unique(opaque, axis=0)
+    if len(uniq) <= 255:
+        return px.Palette(uniq, "image")
+    return px.kmeans(img, 255)
+
+
+def _with_color(pal, rgb: np.ndarray, al: np.ndarray):
+    """The palette plus any opaque colour of the image it lacks (the outline colour), if room remains."""
+    from .. import pixel as px
+
+    cols = np.unique(rgb[al >= 128], axis=0)
+    have = {tuple(c) for c in pal.colors.tolist()}
+    extra = [c for c in cols.tolist() if tuple(c) not in have]
+    if not extra or len(pal) + len(extra) > 255:
+        return pal
+    return px.Palette(np.concatenate([pal.colors, np.array(extra, np.uint8)]), pal.name)

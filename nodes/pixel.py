@@ -1,0 +1,551 @@
+"""Pixel-art nodes: thin adapters over :mod:`spriteforge.pixel`.
+
+IMAGE is ComfyUI's float32 ``[B,H,W,3]`` in 0..1; MASK here is the *alpha* of the sprite,
+float32 ``[B,H,W]`` with 1 = opaque sprite pixel (background-removal nodes give this; ComfyUI's
+LoadImage gives the inverse, so put an InvertMask after it). A missing mask means fully opaque.
+Palettes travel between nodes as ``SF_PALETTE`` (a :class:`spriteforge.pixel.Palette`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BAD_INPUT, SpriteForgeError
+from ..pixel import alpha as A
+from ..pixel import export as X
+from ..pixel import grid as G
+from ..pixel import palette as P
+from ..pixel.quantize import DITHERS
+from ..pixel.quantize import quantize as quantize_image
+from ..pixel import scale as S
+from ..progress import Progress
+from ._compat import io
+
+CATEGORY = "SpriteForge/pixel"
+PaletteType = io.Custom("SF_PALETTE")
+MASK_TIP = "Optional alpha of the sprite: 1 = opaque sprite pixel, 0 = transparent (LoadImage's mask is the inverse: " \
+           "add InvertMask). Without it the image is treated as fully opaque."
+DITHER_CHOICES = list(DITHERS)
+SNAP_CHOICES = ["none", "8", "16", "32"]
+
+
+# --------------------------------------------------------------------------- tensor <-> numpy
+
+def _bad(msg: str) -> SpriteForgeError:
+    return SpriteForgeError(BAD_INPUT, msg)
+
+
+def image_to_np(image) -> np.ndarray:
+    """IMAGE tensor [B,H,W,C] float 0..1 -> uint8 numpy [B,H,W,3]."""
+    arr = image.detach().cpu().float().numpy() if hasattr(image, "detach") else np.asarray(image, np.float32)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or 0 in arr.shape:
+        raise _bad(f"IMAGE has shape {tuple(arr.shape)}; expected [B,H,W,3]. Connect an image output.")
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, -1)
+    return np.clip(np.rint(arr[..., :3] * 255.0), 0, 255).astype(np.uint8)
+
+
+def mask_to_np(mask, b: int, h: int, w: int) -> np.ndarray:
+    """MASK tensor (alpha) [B,H,W] or [H,W] or None -> uint8 [B,H,W] (255 = opaque)."""
+    if mask is None:
+        return np.full((b, h, w), 255, np.uint8)
+    m = mask.detach().cpu().float().numpy() if hasattr(mask, "detach") else np.asarray(mask, np.float32)
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3 or m.shape[1:] != (h, w):
+        raise _bad(f"MASK has shape {tuple(m.shape)} but the image is {h}x{w}. Use a mask of the image's size.")
+    if m.shape[0] not in (1, b):
+        raise _bad(f"MASK batch {m.shape[0]} does not match the image batch {b}. Use one mask or one per frame.")
+    if m.shape[0] == 1 and b > 1:
+        m = np.repeat(m, b, 0)
+    return np.clip(np.rint(m * 255.0), 0, 255).astype(np.uint8)
+
+
+def np_to_image(arr: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(arr[..., :3]).astype(np.float32) / 255.0)
+
+
+def np_to_mask(alpha: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(alpha).astype(np.float32) / 255.0)
+
+
+def _frames(image, mask) -> tuple[np.ndarray, np.ndarray]:
+    rgb = image_to_np(image)
+    a = mask_to_np(mask, *rgb.shape[:3])
+    return rgb, a
+
+
+def _rgba(rgb: np.ndarray, a: np.ndarray) -> np.ndarray:
+    return np.concatenate([rgb, a[..., None]], -1)
+
+
+def palette_swatch(pal: P.Palette, cell: int = 16) -> np.ndarray:
+    """A preview strip of the palette (one ``cell`` square per colour, up to 16 per row)."""
+    n = len(pal)
+    cols = min(16, n)
+    rows = (n + cols - 1) // cols
+    out = np.zeros((rows * cell, cols * cell, 3), np.uint8)
+    for i, c in enumerate(pal.colors):
+        r, k = divmod(i, cols)
+        out[r * cell:(r + 1) * cell, k * cell:(k + 1) * cell] = c
+    return out
+
+
+# --------------------------------------------------------------------------- output folder
+
+def output_dir() -> Path:
+    try:
+        import folder_paths  # type: ignore
+
+        return Path(folder_paths.get_output_directory())
+    except Exception:
+        return Path(os.environ.get("SPRITEFORGE_OUTPUT", "output"))
+
+
+def _split_prefix(prefix: str) -> tuple[str, str]:
+    prefix = (prefix or "sprite").replace("\\", "/").strip()
+    parts = [p for p in prefix.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts) or prefix.startswith("/") or re.match(r"^[A-Za-z]:", prefix):
+        raise _bad(f"filename_prefix {prefix!r} must be a relative name inside the output folder (no '..').")
+    name = re.sub(r"[^A-Za-z0-9._ -]", "_", parts[-1]) or "sprite"
+    sub = "/".join(re.sub(r"[^A-Za-z0-9._ -]", "_", p) for p in parts[:-1])
+    return sub, name
+
+
+def _metadata(cls) -> dict | None:
+    try:
+        from comfy.cli_args import args  # type: ignore
+
+        if getattr(args, "disable_metadata", False):
+            return None
+    except Exception:
+        pass
+    hidden = getattr(cls, "hidden", None)
+    text = {}
+    prompt = getattr(hidden, "prompt", None)
+    extra = getattr(hidden, "extra_pnginfo", None)
+    if prompt is not None:
+        text["prompt"] = json.dumps(prompt)
+    if isinstance(extra, dict):
+        for k, v in extra.items():
+            text[str(k)] = json.dumps(v)
+    return text or None
+
+
+def _palette_for(frames_rgba: list[np.ndarray], palette) -> P.Palette:
+    """The given palette, or the image's exact colours (<= 255), or a 255-colour k-means fit."""
+    if palette is not None:
+        return P.resolve_palette(palette)
+    opaque = np.concatenate([f[..., :3][f[..., 3] >= 128] for f in frames_rgba]) if frames_rgba else np.zeros((0, 3))
+    if len(opaque) == 0:
+        return P.Palette(np.zeros((1, 3), np.uint8), "empty")
+    uniq = np.unique(opaque.astype(np.uint8), axis=0)
+    if len(uniq) <= 255:
+        lab = P.srgb_to_oklab(uniq)
+        order = np.lexsort((lab[:, 2], lab[:, 1], lab[:, 0]))
+        return P.Palette(uniq[order], "image")
+    return P.kmeans(frames_rgba, 255, seed=0)
+
+
+# --------------------------------------------------------------------------- nodes
+
+class PixelDownscale(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgePixelDownscale",
+            display_name="Pixel Downscale",
+            category=CATEGORY,
+            description="Downscale to pixel-art resolution by a whole factor or to a size that divides the image: "
+            "nearest, box, k-centroid (dominant colour per cell), median, or contrast-aware (keeps thin dark outlines).",
+            inputs=[
+                io.Image.Input("image", tooltip="Images to downscale (a batch is processed frame by frame)."),
+                io.Combo.Input("method", options=list(S.METHODS), default="kcentroid",
+                               tooltip="How each cell becomes one pixel: kcentroid = dominant colour, contrast = keeps "
+                               "1-pixel dark outlines, box = average, median, nearest = cell centre."),
+                io.Combo.Input("mode", options=["factor", "size"], default="factor",
+                               tooltip="Downscale by 'factor', or to 'width' x 'height' (must divide the image)."),
+                io.Int.Input("factor", default=8, min=1, max=64, tooltip="Cell size in pixels when mode is 'factor'."),
+                io.Int.Input("width", default=64, min=1, max=4096, tooltip="Target width when mode is 'size'."),
+                io.Int.Input("height", default=64, min=1, max=4096, tooltip="Target height when mode is 'size'."),
+                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
+            ],
+            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
+        )
+
+    @classmethod
+    def execute(cls, image, method="kcentroid", mode="factor", factor=8, width=64, height=64, mask=None):
+        rgb, a = _frames(image, mask)
+        kw = {"factor": factor} if mode == "factor" else {"size": (width, height)}
+        outs = []
+        bar = Progress(len(rgb), "downscale")
+        for f, m in zip(rgb, a):
+            outs.append(S.downscale(_rgba(f, m), method=method, **kw))
+            bar.update()
+        o = np.stack(outs)
+        return io.NodeOutput(np_to_image(o), np_to_mask(o[..., 3]))
+
+
+class PixelUpscale(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgePixelUpscale",
+            display_name="Pixel Upscale (nearest)",
+            category=CATEGORY,
+            description="Nearest-neighbour integer upscale for display: every pixel becomes a crisp square.",
+            inputs=[
+                io.Image.Input("image", tooltip="Pixel-art images to enlarge."),
+                io.Int.Input("factor", default=4, min=1, max=64, tooltip="Each pixel becomes factor x factor pixels."),
+                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
+            ],
+            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
+        )
+
+    @classmethod
+    def execute(cls, image, factor=4, mask=None):
+        rgb, a = _frames(image, mask)
+        o = np.stack([S.upscale(_rgba(f, m), factor) for f, m in zip(rgb, a)])
+        return io.NodeOutput(np_to_image(o), np_to_mask(o[..., 3]))
+
+
+class PixelGridRecover(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgePixelGridRecover",
+            display_name="Pixel Grid Recover",
+            category=CATEGORY,
+            description="Recovers the true resolution of 'fake' pixel art (AI output where each art pixel became a "
+            "blurry block, possibly on a slightly uneven grid, with compression noise): detects the grid, snaps to it "
+            "and returns the native-resolution sprite and the detected scale. A batch uses the first frame's grid.",
+            inputs=[
+                io.Image.Input("image", tooltip="Upscaled / AI-generated pixel art."),
+                io.Combo.Input("snap_to_multiple", options=SNAP_CHOICES, default="none",
+                               tooltip="Round the recovered width and height to a multiple of 8/16/32 (e.g. when a 64px "
+                               "sprite comes back as 63px)."),
+                io.Float.Input("max_scale", default=0.0, min=0.0, max=256.0, step=0.5,
+                               tooltip="Largest cell size to consider in pixels (0 = automatic, up to a third of the image)."),
+                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
+            ],
+            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask"),
+                     io.Float.Output(display_name="scale"), io.Int.Output(display_name="width"),
+                     io.Int.Output(display_name="height")],
+        )
+
+    @classmethod
+    def execute(cls, image, snap_to_multiple="none", max_scale=0.0, mask=None):
+        rgb, a = _frames(image, mask)
+        snap = None if snap_to_multiple in (None, "none", "", 0) else int(snap_to_multiple)
+        first = _rgba(rgb[0], a[0]) if mask is not None else rgb[0]
+        out0, info = G.recover_grid(first, snap_multiple=snap, max_scale=float(max_scale) or None)
+        outs = [_rgba(out0[..., :3], out0[..., 3]) if out0.shape[2] == 4 else _rgba(out0, np.full(out0.shape[:2], 255, np.uint8))]
+        bar = Progress(len(rgb), "grid recover")
+        bar.update()
+        for f, m in zip(rgb[1:], a[1:]):
+            outs.append(G.sample_cells(_rgba(f, m), info.cuts_y, info.cuts_x))
+            bar.update()
+        o = np.stack(outs)
+        return io.NodeOutput(np_to_image(o), np_to_mask(o[..., 3]), float(info.scale), int(info.width), int(info.height))
+
+
+class PixelPaletteExtract(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgePixelPaletteExtract",
+            display_name="Pixel Palette Extract",
+            category=CATEGORY,
+            description="Fits one palette to all frames of the batch (so an animation does not flicker): seeded k-means "
+            "in OKLab, median cut, or octree. Transparent pixels (mask) are ignored.",
+            inputs=[
+                io.Image.Input("image", tooltip="Image or batch/animation to take the colours from (pooled)."),
+                io.Int.Input("colors", default=16, min=1, max=255, tooltip="Number of palette colours."),
+                io.Combo.Input("method", options=list(P.METHODS), default="kmeans",
+                               tooltip="kmeans = best perceptual fit (seeded, deterministic); median_cut; octree."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the k-means start: same seed, same palette."),
+                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
+            ],
+            outputs=[PaletteType.Output(display_name="palette"), io.Image.Output(display_name="preview")],
+        )
+
+    @classmethod
+    def execute(cls, image, colors=16, method="kmeans", seed=0, mask=None):
+        rgb, a = _frames(image, mask)
+        pal = P.extract([_rgba(f, m) for f, m in zip(rgb, a)], colors, method, seed=seed)
+        return io.NodeOutput(pal, np_to_image(palette_swatch(pal)[None]))
+
+
+class PixelPaletteLoad(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        names = P.builtin_names()
+        return io.Schema(
+            node_id="SpriteForgePixelPaletteLoad",
+            display_name="Pixel Palette Load",
+            category=CATEGORY,
+            description="A fixed palette: one shipped with SpriteForge (Lospec names: pico-8, sweetie-16, endesga-32...) "
+            "or a palette file (.hex, .gpl incl. Aseprite RGBA, JASC .pal, PNG strip).",
+            inputs=[
+                io.Combo.Input("name", options=names, default="pico-8" if "pico-8" in names else names[0],
+                               tooltip="Shipped palette, used when 'file' is empty."),
+                io.String.Input("file", default="", tooltip="Optional path to a .hex/.gpl/.pal/.png palette file; "
+                                "overrides 'name'."),
+            ],
+            outputs=[PaletteType.Output(display_name="palette"), io.Image.Output(display_name="preview")],
+        )
+
+    @classmethod
+    def execute(cls, name="pico-8", file=""):
+        pal = P.read_palette(file.strip()) if file and file.strip() else P.builtin(name)
+        return io.NodeOutput(pal, np_to_image(palette_swatch(pal)[None]))
+
+
+class PixelQuantize(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgePixelQuantize",
+            display_name="Pixel Quantize / Dither",
+            category=CATEGORY,
+            description="Maps every frame onto one palette (nearest colour in OKLab), optionally dithered: Floyd-Steinberg, "
+            "Atkinson or Bayer 2/4/8, with a strength, and optionally leaving outlines and silhouette edges undithered.",
+            inputs=[
+                io.Image.Input("image", tooltip="Images to quantize (every frame uses the same palette)."),
+                PaletteType.Input("palette", tooltip="Palette from Pixel Palette Load / Extract."),
+                io.Combo.Input("dither", options=DITHER_CHOICES, default="none",
+                               tooltip="none, fs (Floyd-Steinberg), atkinson, bayer2/4/8 (ordered)."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="How much of the error (or Bayer offset) is applied: 0 = no dithering."),
+                io.Boolean.Input("protect_edges", default=True,
+                                 tooltip="Leave dark outlines and silhouette edges undithered (their nearest colour)."),
+                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
+            ],
+            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
+        )
+
+    @classmethod
+    def execute(cls, image, palette, dither="none", strength=1.0, protect_edges=True, mask=None):
+        rgb, a = _frames(image, mask)
+        pal = P.resolve_palette(palette)
+        outs = []
+        bar = Progress(len(rgb), "quantize")
+        for f, m in zip(rgb, a):
+            outs.append(quantize_image(f, pal, dither, strength=strength, protect_edges=protect_edges,
+                                   alpha=m if mask is not None else None))
+            bar.update()
+        return io.NodeOutput(np_to_image(np.stack(outs)), np_to_mask(a))
+
+
+class PixelAlphaCleanup(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgePixelAlphaCleanup",
+            display_name="Pixel Alpha Cleanup",
+            category=CATEGORY,
+            description="Makes sprite alpha clean: threshold to 0/1, remove small islands, fill pinholes, stray-pixel "
+            "clean-up, optional 1-pixel outline, and edge-colour bleed into transparent pixels (no halos when scaled).",
+            inputs=[
+                io.Image.Input("image", tooltip="Sprite colours."),
+                io.Mask.Input("mask", tooltip="Sprite alpha: 1 = opaque (e.g. from background removal; invert LoadImage's mask)."),
+                io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="Alpha at or above this becomes opaque, below becomes transparent."),
+                io.Int.Input("min_island", default=4, min=0, max=100000,
+                             tooltip="Opaque specks smaller than this many pixels are removed (0/1 = keep all)."),
+                io.Int.Input("max_hole", default=4, min=0, max=100000,
+                             tooltip="Enclosed transparent holes up to this many pixels are filled (0 = none)."),
+                io.Boolean.Input("strays", default=False,
+                                 tooltip="Remove lonely opaque pixels and recolour single pixels that differ from four "
+                                 "agreeing neighbours."),
+                io.Boolean.Input("outline", default=False, tooltip="Add a 1-pixel outline around the silhouette."),
+                io.String.Input("outline_color", default="#000000",
+                                tooltip="Outline colour as hex (#rrggbb), or 'index:N' for colour N of the palette."),
+                io.Boolean.Input("bleed", default=True,
+                                 tooltip="Fill transparent pixels' colour from the edge so filtering shows no dark halo."),
+                PaletteType.Input("palette", optional=True, tooltip="Palette for 'index:N' outline colours."),
+            ],
+            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
+        )
+
+    @classmethod
+    def execute(cls, image, mask, threshold=0.5, min_island=4, max_hole=4, strays=False, outline=False,
+                outline_color="#000000", bleed=True, palette=None):
+        rgb, a = _frames(image, mask)
+        color = None
+        if outline:
+            oc = (outline_color or "#000000").strip()
+            if oc.lower().startswith("index:"):
+                if palette is None:
+                    raise _bad("outline_color 'index:N' needs a palette input. Connect a palette or give a hex colour.")
+                pal = P.resolve_palette(palette)
+                try:
+                    i = int(oc.split(":", 1)[1])
+                    color = pal.colors[i]
+                except (ValueError, IndexError):
+                    raise _bad(f"outline_color {oc!r}: the palette has colours 0..{len(pal) - 1}.") from None
+            else:
+                color = oc
+        outs, alphas = [], []
+        bar = Progress(len(rgb), "alpha cleanup")
+        level = int(round(float(threshold) * 255))
+        for f, m in zip(rgb, a):
+            r, al = A.clean(f, m, level=max(1, level), min_island=min_island, max_hole=max_hole, strays=strays,
+                            bleed_edges=bleed, outline_color=color)
+            outs.append(r)
+            alphas.append(al)
+            bar.update()
+        return io.NodeOutput(np_to_image(np.stack(outs)), np_to_mask(np.stack(alphas)))
+
+
+class PixelSaveIndexed(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgePixelSaveIndexed",
+            display_name="Save Indexed Sprite PNG",
+            category=CATEGORY,
+            description="Saves each frame as an indexed PNG (mode P, index 0 transparent via tRNS, palette in a stable "
+            "order) with the workflow embedded, and the palette as a .hex file beside it. Never overwrites.",
+            inputs=[
+                io.Image.Input("images", tooltip="Sprites to save (already quantized for exact colours)."),
+                io.String.Input("filename_prefix", default="spriteforge/sprite",
+                                tooltip="File name prefix; may include a subfolder of the output folder."),
+                PaletteType.Input("palette", optional=True,
+                                  tooltip="Palette to index with (nearest colour). Without it the image's own colours "
+                                  "are used (fitted down to 255 if there are more)."),
+                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP + " Pixels below 0.5 get the transparent index 0."),
+                io.Int.Input("upscale", default=1, min=1, max=64,
+                             tooltip="Save enlarged by this whole factor (nearest neighbour); 1 = native size."),
+            ],
+            outputs=[],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images, filename_prefix="spriteforge/sprite", palette=None, mask=None, upscale=1):
+        rgb, a = _frames(images, mask)
+        frames = [_rgba(f, m) for f, m in zip(rgb, a)]
+        pal = _palette_for(frames, palette)
+        sub, name = _split_prefix(filename_prefix)
+        folder = output_dir() / sub
+        text = _metadata(cls)
+        results = []
+        bar = Progress(len(frames), "save indexed")
+        for f in frames:
+            idx = X.to_indexed(f, pal)
+            if int(upscale) > 1:
+                idx = S.upscale(idx[..., None], upscale)[..., 0]
+            path = X.unique_path(folder, name)
+            X.save_indexed_png(path, idx, pal, text=text)
+            results.append({"filename": path.name, "subfolder": sub, "type": "output"})
+            bar.update()
+        pal_path = X.unique_path(folder, name + "_palette", ".hex")
+        P.write_palette(pal, pal_path)
+        return io.NodeOutput(ui={"images": results})
+
+
+class PixelSpriteSheet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgePixelSpriteSheet",
+            display_name="Save Sprite Sheet",
+            category=CATEGORY,
+            description="Packs the batch's frames on a grid into one PNG (indexed or RGBA) with a JSON atlas "
+            "(TexturePacker/Aseprite hash format) and the palette (.hex and .gpl) beside it. Never overwrites.",
+            inputs=[
+                io.Image.Input("images", tooltip="Frames of the animation / sprite set, all the same size."),
+                io.String.Input("filename_prefix", default="spriteforge/sheet",
+                                tooltip="File name prefix; may include a subfolder of the output folder."),
+                io.Int.Input("columns", default=0, min=0, max=1024, tooltip="Frames per row (0 = square-ish)."),
+                io.Int.Input("padding", default=0, min=0, max=64, tooltip="Transparent pixels between frames."),
+                io.Boolean.Input("indexed", default=True, tooltip="Save as an indexed PNG (mode P, index 0 transparent)."),
+                io.Int.Input("frame_duration_ms", default=100, min=1, max=10000, tooltip="Frame duration written to the atlas."),
+                PaletteType.Input("palette", optional=True, tooltip="Palette for the indexed sheet (else the frames' colours)."),
+                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
+            ],
+            outputs=[io.Image.Output(display_name="sheet"), io.Mask.Output(display_name="mask")],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images, filename_prefix="spriteforge/sheet", columns=0, padding=0, indexed=True,
+                frame_duration_ms=100, palette=None, mask=None):
+        rgb, a = _frames(images, mask)
+        frames = [_rgba(f, m) for f, m in zip(rgb, a)]
+        sub, name = _split_prefix(filename_prefix)
+        folder = output_dir() / sub
+        path = X.unique_path(folder, name)
+        sheet, atlas = X.pack_sheet(frames, columns=columns or None, padding=padding, image_name=path.name,
+                                    duration_ms=frame_duration_ms)
+        text = _metadata(cls)
+        pal = _palette_for(frames, palette)
+        if indexed:
+            X.save_indexed_png(path, X.to_indexed(sheet, pal), pal, text=text)
+            atlas["meta"]["format"] = "I8"
+        else:
+            X.save_rgba_png(path, sheet, text=text)
+        stem = path.name[:-len(".png")]
+        (folder / f"{stem}.json").write_text(json.dumps(atlas, indent=2))
+        P.write_palette(pal, folder / f"{stem}.hex")
+        P.write_palette(pal, folder / f"{stem}.gpl")
+        Progress(1, "sprite sheet").update()
+        ui = {"images": [{"filename": path.name, "subfolder": sub, "type": "output"}]}
+        return io.NodeOutput(np_to_image(sheet[None]), np_to_mask(sheet[None, ..., 3]), ui=ui)
+
+
+class PixelSliceTiles(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgePixelSliceTiles",
+            display_name="Slice Tileset",
+            category=CATEGORY,
+            description="Cuts a tileset image into its tiles (row by row) and returns them as a batch with their masks.",
+            inputs=[
+                io.Image.Input("image", tooltip="The tileset (the first frame of a batch is used)."),
+                io.Int.Input("tile_width", default=16, min=1, max=4096, tooltip="Tile width in pixels."),
+                io.Int.Input("tile_height", default=16, min=1, max=4096, tooltip="Tile height in pixels."),
+                io.Int.Input("margin", default=0, min=0, max=1024, tooltip="Border around the whole tileset (Tiled's margin)."),
+                io.Int.Input("spacing", default=0, min=0, max=1024, tooltip="Gap between tiles (Tiled's spacing)."),
+                io.Boolean.Input("skip_empty", default=True, tooltip="Drop tiles that are fully transparent (needs a mask)."),
+                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
+            ],
+            outputs=[io.Image.Output(display_name="tiles"), io.Mask.Output(display_name="masks"),
+                     io.Int.Output(display_name="count")],
+        )
+
+    @classmethod
+    def execute(cls, image, tile_width=16, tile_height=16, margin=0, spacing=0, skip_empty=True, mask=None):
+        rgb, a = _frames(image, mask)
+        tiles, _ = X.slice_tiles(_rgba(rgb[0], a[0]), tile_width, tile_height, margin=margin, spacing=spacing,
+                                 skip_empty=skip_empty)
+        return io.NodeOutput(np_to_image(tiles), np_to_mask(tiles[..., 3]), int(len(tiles)))
+
+
+NODES = [
+    PixelDownscale,
+    PixelUpscale,
+    PixelGridRecover,
+    PixelPaletteExtract,
+    PixelPaletteLoad,
+    PixelQuantize,
+    PixelAlphaCleanup,
+    PixelSaveIndexed,
+    PixelSpriteSheet,
+    PixelSliceTiles,
+]
