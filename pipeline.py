@@ -155,6 +155,8 @@ def prepare_size(handle, width, height, *, max_side: int | None = DEFAULT_MAX_SI
             notes.append(msg)
             log.info(msg)
         out.append(r)
+    if getattr(handle, "family", "") == "dit" and out[0] != out[1]:
+        raise SpriteForgeError(BAD_INPUT, f"DiT makes square images only; {out[0]}x{out[1]} was asked for. Use equal width and height.")
     return out[0], out[1]
 
 
@@ -227,12 +229,12 @@ def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
     return out[..., 0] if squeeze else out
 
 
-def _box_blur(m: np.ndarray, radius: int) -> np.ndarray:
-    """Separable box blur (twice: a tent) of [B,H,W], edge-clamped."""
+def _box_blur(m: np.ndarray, radius: int, passes: int = 1) -> np.ndarray:
+    """Separable box blur of [B,H,W], edge-clamped (two passes: a tent)."""
     if radius <= 0:
         return m
     out = m.astype(np.float32)
-    for _ in range(2):
+    for _ in range(passes):
         for axis in (1, 2):
             pad = [(0, 0)] * 3
             pad[axis] = (radius, radius)
