@@ -97,7 +97,10 @@ class TorchOps:
         return _keep(x, x.reshape(x.shape[0], -1).std(dim=1))
 
     def quantile_per_sample(self, x, q: float):
-        flat = x.reshape(x.shape[0], -1).float()
+        import torch
+        flat = x.reshape(x.shape[0], -1)
+        if flat.dtype != torch.float64:
+            flat = flat.float()
         values = _sorted_quantile(flat.sort(dim=1).values, q, flat.shape[1])
         return _keep(x, values.to(x.dtype))
 
