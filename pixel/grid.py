@@ -8,7 +8,9 @@
    each moved to the strongest edge within a third of a period (so slightly non-uniform grids,
    e.g. 7/8/7/8-pixel cells of a x7.5 upscale, are followed); with no clear edge the expected
    position is kept.
-4. Each cell's colour is the per-channel median of its central samples (borders are where the blur
+4. Check: edges must concentrate on the cuts (mean edge strength on cuts over elsewhere, see
+   :func:`edge_contrast`); native-resolution art or noise scores about 1 and is returned as is (scale 1).
+5. Each cell's colour is the per-channel median of its central samples (borders are where the blur
    and compression ringing live).
 
 ``recover_grid`` returns the true-resolution uint8 image and a :class:`GridInfo` (scale, cuts).
@@ -77,25 +79,31 @@ def estimate_period(profile: np.ndarray, *, min_period: float = 2.0, max_period:
     if len(peaks) == 0:
         return 1.0, 0.0
     best = score[peaks].max()
-    cand = peaks[score[peaks] >= 0.5 * best]
-    # Support: how many of a candidate grid's lines sit on a real edge. Harmonics (p/2, p/3) put half
-    # or more of their lines in flat cell interiors; the true period has edges on most lines. Among
-    # well-supported candidates the shortest period wins (a sub-harmonic 2p is supported too).
+    cand = peaks[score[peaks] >= 0.85 * best]
     sm = np.convolve(np.pad(prof, 1), [1.0, 1.0, 1.0], mode="valid")
     level = 0.3 * np.percentile(sm[sm > 0], 90) if (sm > 0).any() else 0.0
-    support = []
-    for i in cand:
+
+    def support(i: int) -> float:
+        """Fraction of the candidate grid's lines that sit on a real edge."""
         f = freqs[i]
         per = 1.0 / f
         z = (prof * np.exp(2j * np.pi * f * xs)).sum()
         x0 = (np.angle(z) / (2 * np.pi * f)) % per
         pos = np.rint(np.arange(x0, n, per)).astype(int)
         pos = pos[(pos >= 0) & (pos < n)]
-        support.append(float((sm[pos] > level).mean()) if len(pos) else 0.0)
-    support = np.array(support)
-    ok = cand[support >= 0.5 * support.max()]
-    f0 = freqs[ok.max()]
-    return 1.0 / f0, float(best)
+        return float((sm[pos] > level).mean()) if len(pos) else 0.0
+
+    # The strongest spectral peak is the grid, unless it is a harmonic: sharp (unblurred) edges give the
+    # fundamental's multiples equal strength, and then the harmonic's lines fall in flat cell interiors
+    # about half of the time. A near-equal peak at a multiple of the period with clearly better support wins.
+    top = peaks[int(np.argmax(score[peaks]))]
+    period, sup = 1.0 / freqs[top], support(top)
+    for i in sorted(cand, key=lambda j: freqs[j], reverse=True):
+        per = 1.0 / freqs[i]
+        m = per / period
+        if m > 1.5 and abs(m - round(m)) < 0.08 and support(i) >= 1.3 * sup:
+            period, sup = per, support(i)
+    return float(period), float(best)
 
 
 def snap_cuts(profile: np.ndarray, period: float, length: int) -> list[int]:
@@ -164,25 +172,48 @@ def sample_cells(img: np.ndarray, cuts_y, cuts_x, *, inner: float = 0.5) -> np.n
     return np.clip(np.rint(np.median(block, axis=2)), 0, 255).astype(np.uint8)
 
 
-def detect_grid(img, *, min_scale: float = 2.0, max_scale: float | None = None) -> GridInfo:
+def detect_grid(img, *, min_scale: float = 2.0, max_scale: float | None = None, min_contrast: float = 1.8) -> GridInfo:
     """Detect the native pixel grid of an upscaled image (uint8 RGB(A)). Scale 1 means no grid was found."""
     img = check_image(img)
     h, w = img.shape[:2]
     if h < 4 or w < 4:
         raise bad(f"image {w}x{h} is too small to detect a pixel grid. Use an image of at least 4x4 pixels.")
     px, py = edge_profiles(img)
-    kx, cx = estimate_period(px, min_period=min_scale, max_period=max_scale)
-    ky, cy = estimate_period(py, min_period=min_scale, max_period=max_scale)
-    # one weak axis (e.g. a sprite with only vertical stripes) borrows the other's period
-    if cx < 0.2 and cy >= 0.2:
+    kx, _ = estimate_period(px, min_period=min_scale, max_period=max_scale)
+    ky, _ = estimate_period(py, min_period=min_scale, max_period=max_scale)
+    none = GridInfo(1.0, 1.0, list(range(w + 1)), list(range(h + 1)), w, h)
+
+    def axis(prof, period, length):
+        if period < min_scale:
+            return None, 0.0
+        cuts = snap_cuts(prof, period, length)
+        return cuts, edge_contrast(prof, cuts)
+
+    cuts_x, rx = axis(px, kx, w)
+    cuts_y, ry = axis(py, ky, h)
+    # an axis whose cuts do not sit on the edges borrows the other axis' period (square pixels)
+    if rx < min_contrast <= ry:
         kx = ky
-    elif cy < 0.2 and cx >= 0.2:
+        cuts_x, rx = axis(px, kx, w)
+    elif ry < min_contrast <= rx:
         ky = kx
-    elif cx < 0.2 and cy < 0.2:
-        return GridInfo(1.0, 1.0, list(range(w + 1)), list(range(h + 1)), w, h)
-    cuts_x = snap_cuts(px, kx, w) if kx >= min_scale else list(range(w + 1))
-    cuts_y = snap_cuts(py, ky, h) if ky >= min_scale else list(range(h + 1))
+        cuts_y, ry = axis(py, ky, h)
+    if rx < min_contrast or ry < min_contrast:
+        return none
     return GridInfo(float(kx), float(ky), cuts_x, cuts_y, len(cuts_x) - 1, len(cuts_y) - 1)
+
+
+def edge_contrast(profile: np.ndarray, cuts) -> float:
+    """Mean edge strength on the cut lines over the mean elsewhere: about 1 for native art or noise,
+    well above 2 when the cuts are a real upscaling grid (edges only between cells)."""
+    prof = np.asarray(profile, np.float64)
+    inner = np.asarray(cuts[1:-1], int) - 1
+    if len(inner) == 0 or len(inner) >= len(prof):
+        return 0.0
+    on = np.zeros(len(prof), bool)
+    on[inner] = True
+    off = prof[~on].mean()
+    return float(prof[on].mean() / off) if off > 0 else (np.inf if prof[on].mean() > 0 else 0.0)
 
 
 def recover_grid(img, *, snap_multiple: int | None = None, min_scale: float = 2.0,
