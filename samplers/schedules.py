@@ -263,19 +263,17 @@ def simple(n_steps: int, sigma_min=None, sigma_max=None, *, model_schedule=None)
 
 
 def ddim_uniform(n_steps: int, sigma_min=None, sigma_max=None, *, model_schedule=None) -> list[float]:
-    """DDIM's uniform timestep skipping: table entries 1, 1+k, 1+2k, ... (k = len // n), reversed.
+    """DDIM's uniform timestep skipping (Song et al. 2021): table entries 1, 1+k, ..., 1+(n-1)k
+    with k = len // n, from the top down.
 
-    Equals diffusers' DDIMScheduler with ``timestep_spacing="leading", steps_offset=1``.
+    Equals diffusers' DDIMScheduler with ``timestep_spacing="leading", steps_offset=1`` (and
+    ComfyUI's ``ddim_uniform`` whenever k n covers the table; ComfyUI may add one step otherwise).
     """
     if n_steps <= 0:
         return []
     table = _model(sigma_min, sigma_max, model_schedule).sigmas
     stride = max(len(table) // n_steps, 1)
-    picked = [float(s) for s in table[1::stride]]
-    if math.isclose(float(table[1]), 0.0, abs_tol=1e-5):
-        picked = [float(s) for s in table[1::max(len(table) // (n_steps + 1), 1)]]
-        return picked[::-1]
-    return picked[::-1] + [0.0]
+    return _finish(table[1::stride][:n_steps][::-1])
 
 
 def beta(n_steps: int, sigma_min=None, sigma_max=None, *, model_schedule=None,

@@ -199,6 +199,16 @@ def test_ddim_matches_diffusers(eta):
     assert rel(ours, sample) < RTOL
 
 
+@pytest.mark.parametrize("n", [1, 7, 33, 50])
+def test_ddim_uniform_matches_diffusers_leading_spacing(n):
+    sched = diffusers.DDIMScheduler(**SD, steps_offset=1, timestep_spacing="leading")
+    sched.set_timesteps(n)
+    ac = sched.alphas_cumprod.double().numpy()
+    table = DiscreteSchedule(alphas_cumprod=ac)
+    expect = [math.sqrt((1 - ac[t]) / ac[t]) for t in sched.timesteps.tolist()] + [0.0]
+    np.testing.assert_allclose(ddim_uniform(n, model_schedule=table), expect, rtol=1e-12)
+
+
 def test_lcm_matches_diffusers(monkeypatch):
     from diffusers.schedulers import scheduling_lcm as mod
 
