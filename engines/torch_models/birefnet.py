@@ -802,6 +802,35 @@ class BiRefNetHandle:
             prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
         return prob[:, 0].clamp_(0, 1).cpu().numpy()
 
+    def free_memory(self) -> int:
+        """Bytes the compute device has free now (ComfyUI's view inside ComfyUI)."""
+        dev = torch.device(self.patcher.load_device) if self.patcher is not None else self.device
+        mm, _ = _comfy_mm()
+        try:
+            if mm is not None:
+                return int(mm.get_free_memory(dev))
+            if dev.type == "cuda":
+                return int(torch.cuda.mem_get_info(dev)[0])
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except Exception:
+            return 0
+
+    def auto_chunk(self, size_hw, batch: int, limit: int = 8) -> int:
+        """How many images of ``size_hw`` fit in one model call with the memory free now (at least 1)."""
+        free = self.free_memory()
+        if free <= 0:
+            return 1
+        n = int(0.7 * free // max(self.bytes_per_image(size_hw), 1))
+        return max(1, min(int(batch), limit, n))
+
+    def empty_cache(self) -> None:
+        """Release cached device memory (after an out-of-memory chunk, before retrying smaller)."""
+        mm, _ = _comfy_mm()
+        if mm is not None:
+            mm.soft_empty_cache()
+        elif torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def bytes_per_image(self, size_hw) -> int:
         """A rough upper bound of the activation memory one image needs at ``size_hw`` (for chunking)."""
         H, W = size_hw

@@ -1,0 +1,184 @@
+"""Background removal nodes: load a BiRefNet model, remove the background of a batch of images.
+
+The model handle travels as ``SF_BIREFNET``. Outputs follow ComfyUI's conventions:
+IMAGE float32 [B,H,W,3] in 0..1; MASK float32 [B,H,W] with 1 = foreground (kept), the same
+as the alpha ComfyUI's own background-removal nodes produce (note: LoadImage's MASK is the
+inverse, 1 = transparent).
+"""
+
+from __future__ import annotations
+
+from ..errors import BAD_INPUT, SpriteForgeError
+from ._compat import io
+
+BIREFNET = io.Custom("SF_BIREFNET")
+NO_MODEL = "(no model in models/birefnet)"
+
+
+def _model_names() -> list[str]:
+    try:
+        from .. import paths
+
+        names = paths.list_models("birefnet")
+    except Exception:
+        names = []
+    return names or [NO_MODEL]
+
+
+def _variants() -> list[str]:
+    # Kept in step with engines.torch_models.birefnet.VARIANTS without importing torch at schema time.
+    return ["auto", "general", "lite", "lite-2K", "portrait", "matting", "HR", "HR-matting", "dynamic", "massive"]
+
+
+class LoadBiRefNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgeLoadBiRefNet",
+            display_name="Load BiRefNet (SpriteForge)",
+            category="SpriteForge/background",
+            description="Loads a BiRefNet background-removal model (model.safetensors of ZhengPeng7/BiRefNet, "
+            "BiRefNet_lite, _HR, -matting, -portrait, _dynamic, ...) from the models/birefnet folder (extra_model_paths.yaml "
+            "folders included). Backbone (Swin-L or Swin-T) is read from the weights; the variant, which sets the working "
+            "resolution, from the file name unless chosen here. Runs in plain torch under ComfyUI's memory management.",
+            inputs=[
+                io.Combo.Input("model_name", options=_model_names(), tooltip="The weights file in models/birefnet "
+                               "(rename model.safetensors e.g. to BiRefNet_HR.safetensors so the variant is recognised)."),
+                io.Combo.Input("variant", options=_variants(), default="auto", tooltip="Which released model this is; "
+                               "'auto' guesses from the file name. It sets the default working resolution "
+                               "(1024, HR: 2048, lite-2K: 2560x1440)."),
+                io.Combo.Input("precision", options=["auto", "fp32", "fp16", "bf16"], default="auto",
+                               tooltip="Compute precision; 'auto' is fp16 on GPUs and fp32 on the CPU."),
+                io.Combo.Input("device", options=["auto", "cpu"], default="auto",
+                               tooltip="'auto' uses ComfyUI's device (the GPU when there is one); 'cpu' forces the CPU."),
+            ],
+            outputs=[BIREFNET.Output(display_name="birefnet", tooltip="The loaded BiRefNet model for Remove Background.")],
+        )
+
+    @classmethod
+    def execute(cls, model_name, variant="auto", precision="auto", device="auto"):
+        import torch
+
+        from .. import paths
+        from ..engines.torch_models.birefnet import EXPECTED_FILES, load_birefnet
+
+        if model_name == NO_MODEL:
+            model_name = "model.safetensors"
+        path = paths.resolve("birefnet", model_name, expected=EXPECTED_FILES)
+        dtype = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        dev = None if device == "auto" else "cpu"
+        handle = load_birefnet(path, device=dev, dtype=dtype, variant=variant, use_comfy=(device == "auto"))
+        return io.NodeOutput(handle)
+
+
+def image_to_numpy(image):
+    """ComfyUI IMAGE (torch [B,H,W,C]) -> float32 numpy, with coded errors for things that are not images."""
+    import numpy as np
+
+    try:
+        import torch
+
+        if isinstance(image, torch.Tensor):
+            arr = image.detach().to("cpu", torch.float32).numpy()
+        else:
+            arr = np.asarray(image, dtype=np.float32)
+    except SpriteForgeError:
+        raise
+    except Exception as exc:
+        raise SpriteForgeError(BAD_INPUT, f"the image input is not an IMAGE tensor ({type(image).__name__}).") from exc
+    if arr.ndim != 4:
+        raise SpriteForgeError(
+            BAD_INPUT,
+            f"the image input has shape {tuple(arr.shape)}; an IMAGE is [batch, height, width, channels]. "
+            "If this is a MASK, convert it with 'Convert Mask to Image' first.",
+        )
+    return arr
+
+
+class RemoveBackground(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgeRemoveBackground",
+            display_name="Remove Background (BiRefNet, SpriteForge)",
+            category="SpriteForge/background",
+            description="Removes the background of every image in the batch with BiRefNet. Each image is fitted into the "
+            "working resolution keeping its aspect ratio (padded, never stretched, to multiples of 32), processed in chunks "
+            "that fit memory, the mask optionally refined (threshold, fill holes, remove islands, grow/shrink, feather), and "
+            "the foreground colours estimated so edges show no dark or light fringe on a new background.",
+            inputs=[
+                BIREFNET.Input("birefnet", tooltip="A model from Load BiRefNet."),
+                io.Image.Input("image", tooltip="The images; gray (1 channel) and RGBA (4 channels; its alpha is kept) work too."),
+                io.Int.Input("resolution", default=0, min=0, max=4096, step=32,
+                             tooltip="Working resolution (long side, multiple of 32); 0 uses the variant's own "
+                             "(1024; HR 2048; lite-2K 2560x1440). Higher finds finer detail but needs more memory."),
+                io.Int.Input("batch_chunk", default=0, min=0, max=64,
+                             tooltip="Images per model call; 0 picks the most that fit in free memory."),
+                io.Float.Input("threshold", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Make the mask hard: 1 where the prediction is at least this, else 0. "
+                               "0 keeps the soft mask (best for hair and glass); 0.5 suits pixel art."),
+                io.Int.Input("fill_holes", default=0, min=-1, max=1 << 24,
+                             tooltip="Fill enclosed transparent holes up to this many pixels (-1: any size, 0: off). "
+                             "Gaps that touch the image border are never filled."),
+                io.Int.Input("remove_islands", default=0, min=0, max=1 << 24,
+                             tooltip="Remove foreground specks smaller than this many pixels (0: off)."),
+                io.Int.Input("grow", default=0, min=-256, max=256,
+                             tooltip="Grow (positive) or shrink (negative) the mask by this many pixels."),
+                io.Float.Input("feather", default=0.0, min=0.0, max=128.0, step=0.5,
+                               tooltip="Soften the mask edge: Gaussian blur sigma in pixels (0: off)."),
+                io.Combo.Input("foreground", options=["ml", "blur_fusion", "none"], default="ml",
+                               tooltip="Foreground colour estimation: 'ml' (multi-level, best), 'blur_fusion' (faster), "
+                               "'none' (the original colours; edges keep the old background's tint)."),
+                io.Combo.Input("composite", options=["alpha", "white", "black", "color"], default="alpha",
+                               tooltip="The composite output: 'alpha' is an RGBA IMAGE (4 channels); otherwise the "
+                               "foreground over a white, black or custom background."),
+                io.String.Input("color", default="#00ff00", tooltip="Background colour for composite = color (hex, #RRGGBB)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="foreground", tooltip="The estimated foreground colours [B,H,W,3] "
+                                "(unpremultiplied; use with the mask)."),
+                io.Mask.Output(display_name="mask", tooltip="Foreground alpha [B,H,W]: 1 = foreground (kept), "
+                               "0 = background. Invert it for nodes that expect LoadImage's convention (1 = transparent)."),
+                io.Image.Output(display_name="composite", tooltip="RGBA IMAGE [B,H,W,4] (composite = alpha) or the "
+                                "foreground over the chosen background colour [B,H,W,3]."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, birefnet, image, resolution=0, batch_chunk=0, threshold=0.0, fill_holes=0, remove_islands=0,
+                grow=0, feather=0.0, foreground="ml", composite="alpha", color="#00ff00"):
+        import torch
+
+        from ..rmbg import RefineOptions, plan, remove_background
+
+        handle = birefnet
+        if not hasattr(handle, "predict"):
+            raise SpriteForgeError(BAD_INPUT, "the birefnet input is not a model from Load BiRefNet.")
+        arr = image_to_numpy(image)
+        res = int(resolution) if resolution else tuple(handle.resolution)
+        if isinstance(res, int) and res % 32:
+            raise SpriteForgeError(BAD_INPUT, f"resolution {res} must be a multiple of 32 (or 0 for the variant's own).")
+        chunk = int(batch_chunk)
+        if chunk <= 0:
+            g = plan(arr.shape[1], arr.shape[2], res)
+            chunk = handle.auto_chunk(g.model_size, arr.shape[0])
+        out = remove_background(
+            arr,
+            handle.predict,
+            resolution=res,
+            chunk_size=chunk,
+            refine_opts=RefineOptions(threshold=threshold, fill_holes=int(fill_holes), remove_islands=int(remove_islands),
+                                      grow=int(grow), feather=float(feather)),
+            foreground=foreground,
+            composite=composite,
+            color=color,
+            on_oom=handle.empty_cache,
+        )
+        return io.NodeOutput(
+            torch.from_numpy(out.foreground).float(),
+            torch.from_numpy(out.alpha).float(),
+            torch.from_numpy(out.composite).float(),
+        )
+
+
+NODES = [LoadBiRefNet, RemoveBackground]

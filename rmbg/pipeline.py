@@ -1,0 +1,160 @@
+"""Background removal for a batch: validate, pad, predict in chunks, unpad, refine, estimate colours.
+
+Framework-free: the model is a ``predict(batch, (H, W)) -> alpha`` callable (the torch engine's
+:meth:`BiRefNetHandle.predict`), taking float32 [b, h, w, 3] images already padded to the
+model's aspect and returning float32 [b, h, w] foreground probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import BAD_INPUT, OUT_OF_MEMORY, SpriteForgeError, classify
+from ..progress import Progress
+from . import foreground as fg
+from .geometry import Geometry, pad, plan, unpad
+from .refine import RefineOptions, refine
+
+Predict = Callable[[np.ndarray, tuple], np.ndarray]
+
+
+def to_rgb_batch(images) -> tuple[np.ndarray, np.ndarray | None]:
+    """Normalise an input to float32 [B, H, W, 3] in 0..1, plus its alpha [B, H, W] if it had one.
+
+    Accepts [H, W] (grayscale), [H, W, C] and [B, H, W, C] with C = 1 (gray), 2 (gray+alpha),
+    3 (RGB) or 4 (RGBA); uint8/uint16 or float. Anything else is a BAD_INPUT.
+    """
+    a = np.asarray(images)
+    if a.dtype == object or a.size == 0:
+        raise SpriteForgeError(BAD_INPUT, f"the image input is empty or not numeric (shape {a.shape}).")
+    if a.ndim == 2:
+        a = a[None, :, :, None]
+    elif a.ndim == 3:
+        if a.shape[-1] not in (1, 2, 3, 4):
+            raise SpriteForgeError(
+                BAD_INPUT,
+                f"an image of shape {a.shape} is ambiguous: give [H, W, C] with C in 1..4 or a batch [B, H, W, C]. "
+                "(A ComfyUI MASK cannot be used as an IMAGE here; convert it with 'Convert Mask to Image'.)",
+            )
+        a = a[None]
+    elif a.ndim != 4:
+        raise SpriteForgeError(BAD_INPUT, f"images must be [B, H, W, C]; got shape {a.shape}.")
+    C = a.shape[-1]
+    if C not in (1, 2, 3, 4):
+        raise SpriteForgeError(BAD_INPUT, f"images must have 1 to 4 channels (gray, gray+alpha, RGB, RGBA); got {C}.")
+    if np.issubdtype(a.dtype, np.integer):
+        scale = 255.0 if a.dtype == np.uint8 or a.max(initial=0) <= 255 else 65535.0
+        a = a.astype(np.float32) / scale
+    elif np.issubdtype(a.dtype, np.floating) or a.dtype == bool:
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise SpriteForgeError(BAD_INPUT, "the image contains NaN or infinite values; check the node that made it.")
+        a = np.clip(a, 0.0, 1.0)
+    else:
+        raise SpriteForgeError(BAD_INPUT, f"unsupported image dtype {a.dtype}.")
+    alpha = None
+    if C in (2, 4):
+        alpha = a[..., -1].copy()
+        a = a[..., :-1]
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    return np.ascontiguousarray(a), alpha
+
+
+@dataclass
+class RMBGResult:
+    foreground: np.ndarray  # [B, H, W, 3] estimated foreground colours
+    alpha: np.ndarray  # [B, H, W] 1 = foreground
+    composite: np.ndarray  # [B, H, W, 4] (alpha) or [B, H, W, 3]
+    geometry: Geometry | None = None
+    chunks: list = field(default_factory=list)
+
+
+def predict_alpha(
+    images: np.ndarray,
+    predict: Predict,
+    *,
+    resolution=1024,
+    chunk_size: int = 1,
+    pad_mode: str = "edge",
+    progress: Progress | None = None,
+    on_oom: Callable[[], None] | None = None,
+    chunks_log: list | None = None,
+) -> tuple[np.ndarray, Geometry]:
+    """Raw foreground probabilities [B, H, W] for RGB images [B, H, W, 3], ``chunk_size`` images per model call.
+
+    A chunk that runs out of memory is retried in halves (down to one image) after ``on_oom()``.
+    """
+    B, H, W, _ = images.shape
+    g = plan(H, W, resolution)
+    out = np.empty((B, H, W), dtype=np.float32)
+    size = max(1, int(chunk_size))
+    i = 0
+    while i < B:
+        n = min(size, B - i)
+        batch = pad(images[i : i + n], g, mode=pad_mode)
+        try:
+            prob = np.asarray(predict(batch, g.model_size), dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            err = classify(exc, context="running BiRefNet")
+            if err.code == OUT_OF_MEMORY and n > 1:
+                if on_oom is not None:
+                    on_oom()
+                size = max(1, n // 2)
+                continue
+            raise err from exc
+        if prob.shape != (n, g.padded_h, g.padded_w):
+            raise SpriteForgeError(BAD_INPUT, f"the model returned {prob.shape}; expected {(n, g.padded_h, g.padded_w)}.")
+        out[i : i + n] = unpad(prob, g, batched=True)
+        if chunks_log is not None:
+            chunks_log.append(n)
+        i += n
+        if progress is not None:
+            progress.update(n)
+    return out, g
+
+
+def remove_background(
+    images,
+    predict: Predict,
+    *,
+    resolution=1024,
+    chunk_size: int = 1,
+    refine_opts: RefineOptions | None = None,
+    foreground: str = "ml",
+    composite: str = "alpha",
+    color: str = "#00ff00",
+    respect_input_alpha: bool = True,
+    pad_mode: str = "edge",
+    desc: str = "rmbg",
+    on_oom: Callable[[], None] | None = None,
+) -> RMBGResult:
+    """The whole job for a batch: see the module docstring. Progress (and interrupt) once per image."""
+    rgb, in_alpha = to_rgb_batch(images)
+    if foreground not in fg.METHODS:
+        raise SpriteForgeError(BAD_INPUT, f"foreground method {foreground!r} is not one of {', '.join(fg.METHODS)}.")
+    if composite not in fg.COMPOSITES:
+        raise SpriteForgeError(BAD_INPUT, f"composite {composite!r} is not one of {', '.join(fg.COMPOSITES)}.")
+    if composite == "color":
+        fg.parse_color(color)
+    B = rgb.shape[0]
+    opts = refine_opts or RefineOptions()
+    chunks: list = []
+    with Progress(2 * B, desc) as prog:
+        alpha, g = predict_alpha(
+            rgb, predict, resolution=resolution, chunk_size=chunk_size, pad_mode=pad_mode,
+            progress=prog, on_oom=on_oom, chunks_log=chunks,
+        )
+        fgs = np.empty_like(rgb)
+        for b in range(B):
+            a = refine(alpha[b], opts)
+            if respect_input_alpha and in_alpha is not None:
+                a = a * in_alpha[b]
+            alpha[b] = a
+            fgs[b] = fg.estimate_foreground(rgb[b], a, foreground)
+            prog.update()
+    comp = fg.composite(fgs, alpha, composite, color)
+    return RMBGResult(foreground=fgs, alpha=alpha, composite=comp, geometry=g, chunks=chunks)
