@@ -1,0 +1,165 @@
+"""Read a safetensors header without touching the tensor data.
+
+A safetensors file is ``<u64 little-endian N><N bytes of JSON><data>``. The JSON maps
+each tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets into
+the data part) plus an optional ``"__metadata__"`` string map. Reading it costs one
+``read`` of ``8 + N`` bytes, so it is instant on a multi-gigabyte file.
+
+Everything is validated: a truncated file, a header that is not JSON, offsets past the
+end of the file, or a size that disagrees with dtype x shape raise ``BAD_INPUT`` with
+the file name, so a damaged download is reported before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
+
+# safetensors dtype code -> (canonical name, bytes per element)
+DTYPES: dict[str, tuple[str, float]] = {
+    "F64": ("float64", 8),
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
+    "I64": ("int64", 8),
+    "I32": ("int32", 4),
+    "I16": ("int16", 2),
+    "I8": ("int8", 1),
+    "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
+    "U16": ("uint16", 2),
+    "U32": ("uint32", 4),
+    "U64": ("uint64", 8),
+    "F4": ("float4_e2m1fn_x2", 0.5),
+    "F8_E8M0": ("float8_e8m0fnu", 1),
+}
+# short names used in the reference manifests and elsewhere -> canonical
+ALIASES = {
+    "f64": "float64",
+    "f32": "float32",
+    "f16": "float16",
+    "bf16": "bfloat16",
+    "fp32": "float32",
+    "fp16": "float16",
+    "f8_e4m3": "float8_e4m3fn",
+    "f8_e5m2": "float8_e5m2",
+    "fp8_e4m3fn": "float8_e4m3fn",
+    "fp8_e5m2": "float8_e5m2",
+    "i64": "int64",
+    "i32": "int32",
+    "u8": "uint8",
+    "bool": "bool",
+}
+FLOAT_DTYPES = {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"}
+MAX_HEADER = 100 * 1024 * 1024  # the format's own limit is 100 MB
+
+
+def canonical_dtype(name: str) -> str:
+    """``"BF16"``, ``"bf16"``, ``"bfloat16"`` -> ``"bfloat16"``."""
+    if name in DTYPES:
+        return DTYPES[name][0]
+    low = name.lower()
+    return ALIASES.get(low, low)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str  # canonical name ("bfloat16")
+    shape: tuple[int, ...]
+    offsets: tuple[int, int] = (0, 0)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= int(s)
+        return n
+
+
+@dataclass
+class Header:
+    path: str
+    tensors: dict[str, TensorInfo]
+    metadata: dict = field(default_factory=dict)
+    file_size: int = 0
+    header_size: int = 0
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: v.shape for k, v in self.tensors.items()}
+
+
+def _bad(path, what: str) -> SpriteForgeError:
+    return SpriteForgeError(
+        BAD_INPUT,
+        f"{Path(path).name} is not a valid safetensors file: {what}. The download may be truncated or damaged; download it again.",
+        details={"path": str(path)},
+    )
+
+
+def read_header(path: str | os.PathLike) -> Header:
+    """The parsed and validated header of the safetensors file ``path``."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpriteForgeError(MODEL_NOT_FOUND, f"{p} does not exist or is not a file.", details={"path": str(p)})
+    size = p.stat().st_size
+    if size < 8:
+        raise _bad(p, f"only {size} bytes long")
+    with open(p, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n <= 1 or n > MAX_HEADER:
+            raise _bad(p, f"header length {n} is not plausible")
+        if 8 + n > size:
+            raise _bad(p, f"the header says {n} bytes but the file has {size - 8} after the length")
+        raw = fh.read(n)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _bad(p, f"the header is not JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise _bad(p, "the header is not a JSON object")
+    meta = data.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        meta = {}
+    tensors: dict[str, TensorInfo] = {}
+    data_size = size - 8 - n
+    end_max = 0
+    for name, info in data.items():
+        try:
+            code = info["dtype"]
+            shape = tuple(int(s) for s in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise _bad(p, f"entry {name!r} is malformed") from None
+        if code not in DTYPES:
+            raise _bad(p, f"tensor {name!r} has unknown dtype {code!r}")
+        if any(s < 0 for s in shape) or begin < 0 or end < begin:
+            raise _bad(p, f"tensor {name!r} has a negative size or offset")
+        ti = TensorInfo(DTYPES[code][0], shape, (begin, end))
+        want = ti.numel * DTYPES[code][1]
+        if end - begin != want:
+            raise _bad(p, f"tensor {name!r} occupies {end - begin} bytes but {code}{list(shape)} needs {int(want)}")
+        end_max = max(end_max, end)
+        tensors[name] = ti
+    if end_max > data_size:
+        raise _bad(p, f"tensors reach byte {end_max} of the data but the file holds only {data_size} (truncated)")
+    return Header(str(p), tensors, {str(k): str(v) for k, v in meta.items()}, size, n)
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.suffix.lower() in (".safetensors", ".sft")
+
+
+def header_from_manifest(manifest: dict) -> Header:
+    """A :class:`Header` from a reference manifest (``{"tensors": {key: {"shape", "dtype"}}}``)."""
+    tensors = {
+        k: TensorInfo(canonical_dtype(v["dtype"]), tuple(int(s) for s in v["shape"])) for k, v in manifest["tensors"].items()
+    }
+    return Header(manifest.get("name", "manifest"), tensors)
