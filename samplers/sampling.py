@@ -245,7 +245,7 @@ def dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, noise_sampler
     With h = lambda' - lambda, e = e^{-eta h} and E = 1 - e^{-(1+eta) h}:
       x' = (sigma'/sigma) e x + alpha' E x0 + correction + sigma' sqrt(1 - e^2) s_noise n,
     correction = alpha' E (x0 - x0_prev)/(2r) ("midpoint") or
-    alpha' (E/((1+eta) h) - 1)(x0 - x0_prev)/r ("heun"), r = h_prev/h.  eta = 0 gives the
+    alpha' (1 - E/((1+eta) h))(x0 - x0_prev)/r ("heun"), r = h_prev/h.  eta = 0 gives the
     deterministic 2M ODE solver; the last step to sigma 0 returns x0.
     """
     if solver_type not in ("midpoint", "heun"):
@@ -271,7 +271,7 @@ def dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, noise_sampler
             if solver_type == "midpoint":
                 x = x + (d0 - prev) * (0.5 * a1 * big_e * inv_r)
             else:
-                x = x + (d0 - prev) * (a1 * (big_e / ((1.0 + eta) * h) - 1.0) * inv_r)
+                x = x + (d0 - prev) * (a1 * (1.0 - big_e / ((1.0 + eta) * h)) * inv_r)
         if eta > 0.0:
             x = x + run.noise(s, s1) * (sg1 * math.sqrt(max(1.0 - e_eta * e_eta, 0.0)) * s_noise)
         prev, h_prev = d0, h

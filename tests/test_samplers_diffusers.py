@@ -144,11 +144,13 @@ def _run_dpm(sched, x0, noise=None, flow=False):
     return sample
 
 
-@pytest.mark.parametrize("algo", ["dpmsolver++", "sde-dpmsolver++"])
+@pytest.mark.parametrize("algo,solver", [("dpmsolver++", "midpoint"), ("sde-dpmsolver++", "midpoint"),
+                                         ("sde-dpmsolver++", "heun")])
 @pytest.mark.parametrize("karras_sigmas", [False, True])
-def test_dpmpp_2m_matches_diffusers(algo, karras_sigmas):
+def test_dpmpp_2m_matches_diffusers(algo, solver, karras_sigmas):
     sched = diffusers.DPMSolverMultistepScheduler(**SD, algorithm_type=algo, solver_order=2, prediction_type="sample",
-                                                  final_sigmas_type="zero", use_karras_sigmas=karras_sigmas)
+                                                  solver_type=solver, final_sigmas_type="zero",
+                                                  use_karras_sigmas=karras_sigmas)
     sched.set_timesteps(20)
     sigmas = sched.sigmas.tolist()
     x0 = _start(sigmas[0])
@@ -156,8 +158,15 @@ def test_dpmpp_2m_matches_diffusers(algo, karras_sigmas):
         theirs, ours = _run_dpm(sched, x0), _ours("dpmpp_2m", x0, sigmas)
     else:
         theirs = _run_dpm(sched, x0, noise=Predrawn(20))
-        ours = _ours("dpmpp_2m_sde", x0, sigmas, noise_sampler=Predrawn(20))
+        ours = _ours("dpmpp_2m_sde", x0, sigmas, noise_sampler=Predrawn(20), solver_type=solver)
     assert rel(ours, theirs) < RTOL
+
+
+def test_dpmpp_2m_sde_with_eta_zero_is_the_ode_solver():
+    sigmas = karras(15, 0.03, 14.6)
+    x0 = _start(sigmas[0])
+    a = _ours("dpmpp_2m_sde", x0, sigmas, eta=0.0)
+    np.testing.assert_allclose(a, _ours("dpmpp_2m", x0, sigmas), rtol=1e-10)
 
 
 @pytest.mark.parametrize("algo", ["dpmsolver++", "sde-dpmsolver++"])
