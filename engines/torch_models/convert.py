@@ -259,6 +259,8 @@ def convert_text_encoder(variant: str, sd: dict, model_keys: set) -> dict:
             sd["shared.weight"] = sd.pop("encoder.embed_tokens.weight")
         else:
             sd.pop("encoder.embed_tokens.weight", None)
+        if "encoder.embed_tokens.weight" in model_keys:
+            sd["encoder.embed_tokens.weight"] = sd["shared.weight"]  # tied: one tensor under both names
         return sd
     if variant == "gemma":
         out = {}

@@ -402,8 +402,6 @@ def _load_te_from(engine, source, det: Detection, prefix: str, family, dtype):
         out = convert.convert_text_encoder(variant, sd, expected)
         if variant in ("clip_l", "clip_g") and "text_projection.weight" not in expected:
             out.pop("text_projection.weight", None)
-        if variant == "t5" and "encoder.embed_tokens.weight" in expected and "shared.weight" in out:
-            out["encoder.embed_tokens.weight"] = out["shared.weight"]  # tied: one tensor, two names
         return out
 
     fill = {}
