@@ -155,9 +155,15 @@ def _clip(handle, role, prompts):
     return hidden.to(torch.float32), pooled.to(torch.float32)
 
 
+def _num_classes(handle) -> int:
+    """DiT's class count; the null (unconditional) class is this number."""
+    cfg = handle.config or {}
+    return int((handle.extras or {}).get("num_classes") or cfg.get("num_embeds_ada_norm") or 1000)
+
+
 def _class_labels(handle, prompts):
     cfg = handle.config or {}
-    n = int(cfg.get("num_embeds_ada_norm") or cfg.get("num_classes") or 1000)
+    n = _num_classes(handle)
     id2label = (handle.extras or {}).get("id2label") or cfg.get("id2label") or {}
     by_name = {}
     for k, v in dict(id2label).items():
@@ -199,7 +205,7 @@ def encode_text(engine, handle, prompts, *, max_length: int | None = None, guida
     with torch.no_grad():
         if fam == "dit":
             if negative:
-                n = int((handle.config or {}).get("num_embeds_ada_norm") or 1000)
+                n = _num_classes(handle)
                 cond.class_labels = [n] * len(prompts)
             elif class_labels is not None:
                 cond.class_labels = [int(c) for c in class_labels]
@@ -208,9 +214,8 @@ def encode_text(engine, handle, prompts, *, max_length: int | None = None, guida
             return cond
         comfy_load([m for m in (handle.text_encoders or {}).values()])
         if fam == "pixart":
-            ml = max_length or (300 if "sigma" in (handle.variant or "").lower() or handle.variant in ("", None) else 120)
-            if "alpha" in (handle.variant or "").lower():
-                ml = max_length or 120
+            ml = max_length or (handle.extras or {}).get("max_sequence_length") or (
+                120 if "alpha" in (handle.variant or "").lower() else 300)
             cond.embeds, cond.mask = _t5(handle, prompts, ml)
         elif fam == "sana":
             enc, tok = _role(handle, "gemma")
@@ -318,7 +323,7 @@ class TorchDenoiser:
         self.slice = bool(policy.attention_slicing) if attention_slicing is None and policy is not None else bool(attention_slicing)
         self.use_cfg = uncond is not None and abs(self.cfg - 1.0) > 1e-6
         if handle.family == "dit" and uncond is None and abs(self.cfg - 1.0) > 1e-6:
-            n = int((handle.config or {}).get("num_embeds_ada_norm") or 1000)
+            n = _num_classes(handle)
             from ...pipeline import Conditioning
 
             self.uncond = Conditioning(family="dit", prompts=[""], class_labels=[n] * len(cond.class_labels or [0]))
