@@ -53,13 +53,42 @@ def _marginal(sigma0, flow):
 
 
 # steps and relative-std tolerance per sampler, from its order of accuracy: 1st-order methods need
-# more steps; ancestral Euler loses ~S^2 (dsigma)^2 / sigma^2 of variance per step (weak order 1).
+# more steps; ancestral Euler loses ~S^2 (dsigma)^2 / sigma^2 of variance per step (weak order 1);
+# LCM with the exact consistency function is exact at any step count.
 PLAN = {
     "euler": (300, 0.012), "flow_euler": (300, 0.012), "ddim": (300, 0.012),
-    "euler_ancestral": (300, 0.022), "flow_euler_ancestral": (300, 0.022),
-    "heun": (100, 0.009), "dpmpp_2m": (100, 0.009), "dpmpp_2m_sde": (200, 0.013), "lcm": (60, 0.009),
+    "euler_ancestral": (300, 0.02), "flow_euler_ancestral": (300, 0.02),
+    "heun": (100, 0.008), "dpmpp_2m": (100, 0.008), "dpmpp_2m_sde": (200, 0.012), "lcm": (60, 1e-9),
 }
-N_DET, N_STOCH = 4000, 40000
+
+
+def _case(name, flow):
+    model = {(False, False): ve_denoiser, (True, False): flow_denoiser,
+             (False, True): ve_consistency, (True, True): flow_consistency}[(flow, name == "lcm")]
+    return model, (FlowSchedule(shift=3.0) if flow else DiscreteSchedule.scaled_linear())
+
+
+def exact_output_moments(fn, model, sigmas, m0, s0, flow):
+    """Exact mean and std of a sampler's output distribution for an affine denoiser.
+
+    The output is affine in the start noise z and the step noises n_k: out = c + a z + sum_k b_k n_k,
+    so with all inputs standard normal, mean = c and var = a^2 + sum b_k^2.  One batched run finds
+    c, a and every b_k: item 0 starts at z = 1, item k+1 gets n_k = 1, the last item gets only zeros.
+    """
+    batch = len(sigmas) + 2  # at most one noise draw per step
+    x = np.full(batch, m0, dtype=np.float64)
+    x[0] += s0
+    draws = []
+
+    def one_hot(*_):
+        e = np.zeros(batch)
+        e[len(draws) + 1] = 1.0
+        draws.append(e)
+        return e
+
+    out = fn(model, x, sigmas, noise_sampler=one_hot, flow=flow)
+    c = out[-1]
+    return float(c), float(np.sqrt(((out[:-1] - c) ** 2).sum()))
 
 
 def test_plan_covers_every_sampler():
@@ -68,28 +97,38 @@ def test_plan_covers_every_sampler():
 
 @pytest.mark.parametrize("flow", [False, True], ids=["ve", "flow"])
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
-def test_every_sampler_reproduces_gaussian_data(schedule, flow):
-    model_schedule = FlowSchedule(shift=3.0) if flow else DiscreteSchedule.scaled_linear()
+def test_every_sampler_reproduces_gaussian_data_exactly_computed(schedule, flow):
+    """Every sampler x schedule: the *exact* output mean/std (no Monte-Carlo error) match the data."""
     failures = []
     for name, fn in SAMPLERS.items():
         steps, tol = PLAN[name]
+        model, model_schedule = _case(name, flow)
         sigmas = SCHEDULES[schedule](steps, model_schedule=model_schedule)
-        stochastic = name in STOCHASTIC
-        z = np.random.default_rng(0).standard_normal(N_STOCH if stochastic else N_DET)
+        mean, std = exact_output_moments(fn, model, sigmas, *_marginal(sigmas[0], flow), flow)
+        if abs(mean - MU) > max(tol, 1e-9) * S or abs(std / S - 1) > tol:
+            failures.append(f"{name}: mean {mean - MU:+.2e} std {std / S - 1:+.3%}")
+    assert not failures, failures
+
+
+@pytest.mark.parametrize("flow,schedule", [(False, "karras"), (True, "simple")], ids=["ve", "flow"])
+def test_every_sampler_on_20000_samples(schedule, flow):
+    """The same on 20000 scalar samples with real noise (also checks the exact-moments shortcut)."""
+    n = 20000
+    failures = []
+    for name, fn in SAMPLERS.items():
+        steps, tol = PLAN[name]
+        model, model_schedule = _case(name, flow)
+        sigmas = SCHEDULES[schedule](steps, model_schedule=model_schedule)
         m0, s0 = _marginal(sigmas[0], flow)
+        z = np.random.default_rng(0).standard_normal(n)
         rng = np.random.default_rng(1)
-        model = {(False, False): ve_denoiser, (True, False): flow_denoiser,
-                 (False, True): ve_consistency, (True, True): flow_consistency}[(flow, name == "lcm")]
-        out = fn(model, m0 + s0 * z, sigmas, noise_sampler=lambda *_: rng.standard_normal(z.shape), flow=flow)
-        if stochastic:  # against the data distribution; tolerance includes ~4 standard errors
-            mean_ref, std_ref = MU, S
-            tol_m = tol * S + 4 * S / math.sqrt(len(z))
-        else:  # against the exact ODE map of the same starting points: pure discretisation error
-            mean_ref, std_ref = MU + S * z.mean(), S * z.std()
-            tol_m = tol * S
-        d_mean, d_std = out.mean() - mean_ref, out.std() / std_ref - 1
-        if abs(d_mean) > tol_m or abs(d_std) > tol:
-            failures.append(f"{name}: mean {d_mean:+.4f} std {d_std:+.2%}")
+        out = fn(model, m0 + s0 * z, sigmas, noise_sampler=lambda *_: rng.standard_normal(n), flow=flow)
+        if name in STOCHASTIC:  # against the data, allowing 4 standard errors
+            ok = abs(out.mean() - MU) < tol * S + 4 * S / math.sqrt(n) and abs(out.std() / S - 1) < tol + 4 / math.sqrt(2 * n)
+        else:  # against the exact ODE map of the same starting points
+            ok = abs(out.mean() - (MU + S * z.mean())) < tol * S and abs(out.std() / (S * z.std()) - 1) < tol
+        if not ok:
+            failures.append(f"{name}: mean {out.mean() - MU:+.4f} std {out.std() / S - 1:+.3%}")
     assert not failures, failures
 
 
@@ -166,16 +205,17 @@ def test_flow_ancestral_with_eta_zero_is_flow_euler_and_ddim_eta_zero_is_euler()
     np.testing.assert_allclose(SAMPLERS["ddim"](flow_denoiser, x.copy(), sig, flow=True), e, rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["euler_ancestral", "flow_euler_ancestral", "dpmpp_2m_sde", "lcm", "ddim"])
+@pytest.mark.parametrize("name,eta", [("euler_ancestral", 1.0), ("euler_ancestral", 0.5), ("flow_euler_ancestral", 1.0),
+                                      ("dpmpp_2m_sde", 1.0), ("dpmpp_2m_sde", 0.4), ("lcm", None), ("ddim", 0.7)])
 @pytest.mark.parametrize("flow", [False, True], ids=["ve", "flow"])
-def test_one_noisy_step_with_an_oracle_lands_on_the_right_noise_level(name, flow):
+def test_one_noisy_step_with_an_oracle_lands_on_the_right_noise_level(name, eta, flow):
     """Given the true x0, one re-noising step from x = a x0 + s n must give a' x0 + s' n' with n' ~ N(0, 1)."""
     rng = np.random.default_rng(5)
     s, s1 = (0.7, 0.45) if flow else (3.0, 1.2)
     x0 = rng.standard_normal(200000) * S + MU
     x = (1 - s) * x0 + s * rng.standard_normal(x0.shape) if flow else x0 + s * rng.standard_normal(x0.shape)
     out = SAMPLERS[name](lambda *_: x0, x, [s, s1], noise_sampler=lambda *_: rng.standard_normal(x0.shape),
-                         flow=flow, **({"eta": 1.0} if name == "ddim" else {}))
+                         flow=flow, **({"eta": eta} if eta is not None else {}))
     resid = (out - ((1 - s1) if flow else 1.0) * x0) / s1
     assert abs(resid.mean()) < 0.01 and abs(resid.std() - 1) < 0.006
     assert abs(np.corrcoef(resid, x0)[0, 1]) < 0.01

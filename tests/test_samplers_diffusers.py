@@ -169,22 +169,24 @@ def test_dpmpp_2m_sde_with_eta_zero_is_the_ode_solver():
     np.testing.assert_allclose(a, _ours("dpmpp_2m", x0, sigmas), rtol=1e-10)
 
 
-@pytest.mark.parametrize("algo", ["dpmsolver++", "sde-dpmsolver++"])
-def test_dpmpp_2m_flow_matches_diffusers(algo):
+@pytest.mark.parametrize("algo,solver", [("dpmsolver++", "midpoint"), ("sde-dpmsolver++", "midpoint"),
+                                         ("sde-dpmsolver++", "heun")])
+def test_dpmpp_2m_flow_matches_diffusers(algo, solver):
     sched = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, algorithm_type=algo, solver_order=2,
                                                   prediction_type="flow_prediction", use_flow_sigmas=True,
-                                                  flow_shift=3.0, final_sigmas_type="zero")
+                                                  flow_shift=3.0, final_sigmas_type="zero", solver_type=solver)
     sched.set_timesteps(20)
     sigmas = sched.sigmas.tolist()
     x0 = make_noise(7, SHAPE).astype(np.float64)
     name = "dpmpp_2m" if algo == "dpmsolver++" else "dpmpp_2m_sde"
     noise = (Predrawn(20), Predrawn(20)) if name == "dpmpp_2m_sde" else (None, None)
     theirs = _run_dpm(sched, x0, noise=noise[0], flow=True)
-    ours = SAMPLERS[name](flow_denoiser, x0.copy(), sigmas, noise_sampler=noise[1], flow=True)
+    opts = {"solver_type": solver} if name == "dpmpp_2m_sde" else {}
+    ours = SAMPLERS[name](flow_denoiser, x0.copy(), sigmas, noise_sampler=noise[1], flow=True, **opts)
     assert rel(ours, theirs) < RTOL
 
 
-@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_ddim_matches_diffusers(eta):
     sched = diffusers.DDIMScheduler(**SD, steps_offset=1, timestep_spacing="leading", set_alpha_to_one=True,
                                     clip_sample=False)
