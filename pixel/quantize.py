@@ -139,8 +139,10 @@ def dither(img, palette, method: str = "fs", *, strength: float = 1.0, protect_e
     """Palette indices (``H x W`` int) for an RGB(A) uint8 image, with dithering.
 
     ``method``: ``none``, ``fs``, ``atkinson``, ``bayer2``, ``bayer4``, ``bayer8``. ``strength`` (0..1)
-    scales the diffused error / the Bayer offset. ``protect_edges`` leaves silhouette edges and dark
-    outlines (see :func:`edge_mask`) undithered: they take their nearest colour and spread no error.
+    scales the diffused error / the Bayer offset. ``alpha`` (or the image's 4th channel): transparent
+    pixels spread no error, so whatever colour they hold cannot leak into the sprite.
+    ``protect_edges`` leaves silhouette edges and dark outlines (see :func:`edge_mask`) undithered:
+    they take their nearest colour and spread no error.
     """
     img = check_image(img)
     m = _ALIASES.get(str(method).lower(), str(method).lower())
@@ -155,7 +157,13 @@ def dither(img, palette, method: str = "fs", *, strength: float = 1.0, protect_e
     pal, plab = _palette_lab(palette)
     if m == "none" or strength == 0.0 or len(pal) == 1:
         return match(img, pal)
+    if alpha is None and img.shape[2] == 4:
+        alpha = img[..., 3]
     keep = edge_mask(img, alpha=alpha, contrast=edge_contrast) if protect_edges else None
+    if alpha is not None and m in _KERNELS:
+        clear = check_alpha(alpha, img.shape) < 128  # transparent pixels spread no error into the sprite
+        if clear.any():
+            keep = clear if keep is None else (keep | clear)
     lab = srgb_to_oklab(img[..., :3])
     if m.startswith("bayer"):
         n = int(m[5:])

@@ -260,6 +260,19 @@ def test_protect_edges_leaves_outlines_undithered():
     del bw
 
 
+@pytest.mark.parametrize("method", ["fs", "atkinson"])
+def test_transparent_pixels_do_not_leak_error_into_the_sprite(method):
+    y, x = np.mgrid[0:24, 0:24]
+    rgb = np.stack([x * 10, y * 10, (x + y) * 5], -1).clip(0, 255).astype(np.uint8)
+    a = np.zeros((24, 24), np.uint8)
+    a[4:20, 4:20] = 255
+    other = rgb.copy()
+    other[a == 0] = (255, 0, 255)
+    i1 = px.dither(rgb, "pico-8", method, alpha=a)
+    i2 = px.dither(np.concatenate([other, a[..., None]], -1), "pico-8", method)
+    assert np.array_equal(i1[a > 0], i2[a > 0])
+
+
 def test_dither_bad_input():
     img = np.zeros((4, 4, 3), np.uint8)
     for kw in (dict(method="blue-noise"), dict(strength=2.0), dict(strength="x")):
