@@ -64,8 +64,9 @@ class _Run:
         self._x = x
 
     def steps(self):
+        """(i, sigma, sigma_next) per step; steps starting at sigma <= 0 have nothing to do."""
         s = self.sigmas
-        return [(i, s[i], s[i + 1]) for i in range(len(s) - 1)]
+        return [(i, s[i], s[i + 1]) for i in range(len(s) - 1) if s[i] > 0.0]
 
     def denoise(self, x, sigma):
         return self.model(x, sigma, **self.extra)
@@ -97,6 +98,8 @@ def _half_log_snr(s: float, flow: bool) -> float:
 
 def _exp_neg_h(s: float, s_next: float, flow: bool) -> float:
     """exp(-(lambda_next - lambda)) = (sigma'/alpha') / (sigma/alpha), computed without logs."""
+    if s_next == s:
+        return 1.0
     a, sg = _alpha_sigma(s, flow)
     a1, sg1 = _alpha_sigma(s_next, flow)
     return (sg1 * a) / (sg * a1)
@@ -143,7 +146,7 @@ def _ancestral(run, x, eta: float, s_noise: float, flow: bool):
             #   x' = (1-t')/(1-t_d) x_d + sqrt(t'^2 - (t_d (1-t')/(1-t_d))^2) n.
             t_down = s1 * (1.0 - eta + eta * s1 / s)
             x = d0 + (x - d0) * (t_down / s)
-            if eta > 0.0:
+            if eta > 0.0 and t_down < 1.0:
                 scale = (1.0 - s1) / (1.0 - t_down)
                 renoise = math.sqrt(max(s1 * s1 - (t_down * scale) ** 2, 0.0))
                 x = x * scale + run.noise(s, s1) * (s_noise * renoise)
@@ -229,8 +232,8 @@ def dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, noise_sampler=Non
         a1, sg1 = _alpha_sigma(s1, flow)
         coef = a1 * (1.0 - _exp_neg_h(s, s1, flow))
         d = d0
-        if prev is not None:
-            k = 0.5 * h / h_prev if math.isfinite(h_prev) else 0.0  # 1/(2r)
+        if prev is not None and 0.0 < h_prev < math.inf:
+            k = 0.5 * h / h_prev  # 1/(2r)
             d = d0 * (1.0 + k) - prev * k
         x = x * (sg1 / s) + d * coef  # sigma(s) = s in both parametrisations
         prev, h_prev = d0, h
@@ -266,7 +269,7 @@ def dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, noise_sampler
         e_eta = e_h ** eta  # exp(-eta h)
         big_e = 1.0 - e_h * e_eta  # 1 - exp(-(1 + eta) h)
         x = x * (sg1 / sg * e_eta) + d0 * (a1 * big_e)
-        if prev is not None and math.isfinite(h_prev):
+        if prev is not None and 0.0 < h_prev < math.inf and h > 0.0:
             inv_r = h / h_prev
             if solver_type == "midpoint":
                 x = x + (d0 - prev) * (0.5 * a1 * big_e * inv_r)
@@ -308,4 +311,6 @@ SAMPLERS: dict[str, Callable] = {
 
 # Samplers whose result depends on the noise parametrisation; the rest accept ``flow`` and ignore it.
 FLOW_AWARE = frozenset({"euler_ancestral", "flow_euler_ancestral", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "lcm"})
+# Samplers that draw from ``noise_sampler`` with their default options (``ddim`` does too when eta > 0,
+# ``dpmpp_2m_sde`` not when eta = 0).  Passing a NoiseSampler to any sampler is harmless.
 STOCHASTIC = frozenset({"euler_ancestral", "flow_euler_ancestral", "dpmpp_2m_sde", "lcm"})

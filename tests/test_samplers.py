@@ -196,6 +196,17 @@ def test_default_noise_sampler_is_deterministic_and_follows_the_array_type():
     np.testing.assert_allclose(c.numpy(), a, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("flow", [False, True], ids=["ve", "flow"])
+def test_repeated_and_zero_sigmas_are_safe(flow):
+    sig = [1.0, 1.0, 0.8, 0.8, 0.3, 0.0, 0.0] if flow else [14.6, 5.0, 5.0, 1.0, 1.0, 0.5, 0.0, 0.0]
+    x = make_noise(3, (2, 5)).astype(np.float64) * sig[0]
+    model = flow_denoiser if flow else ve_denoiser
+    for name, fn in SAMPLERS.items():
+        out = fn(model, x.copy(), sig, noise_sampler=NoiseSampler(1, x.shape), flow=flow)
+        assert np.all(np.isfinite(out)), name
+    assert SAMPLERS["euler"](model, x, []) is x and SAMPLERS["heun"](model, x, [0.0]) is x
+
+
 def test_flow_ancestral_with_eta_zero_is_flow_euler_and_ddim_eta_zero_is_euler():
     sig = SCHEDULES["simple"](12, model_schedule=FlowSchedule(3.0))
     x = make_noise(4, (2, 8)).astype(np.float64)
