@@ -1,0 +1,69 @@
+"""``spriteforge run WORKFLOW.json``: execute an exported ComfyUI workflow in-process.
+
+WORKFLOW is the API format (Workflow > Export (API)) or the graph format (Workflow > Save);
+the graph format is converted like the editor does. Only SpriteForge's nodes and the core
+LoadImage / SaveImage / PreviewImage are available. Outputs go to --out (never overwritten).
+
+Examples:
+  spriteforge run workflows/sprite_pipeline.json --models ~/ComfyUI/models --out out/
+  spriteforge run wf.json --set 12.seed=7 --set '6.positive="a knight, pixel art"'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run", help="run an exported workflow (API or graph JSON) in-process, without ComfyUI",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("workflow", metavar="WORKFLOW.json", help="workflow file (API format or graph format)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
+                   help="override an input (VALUE is parsed as JSON when possible); repeatable")
+    p.add_argument("--models", metavar="DIR", help="models root laid out like ComfyUI's models/ folder")
+    p.add_argument("--out", metavar="DIR", default="output", help="output folder (default ./output)")
+    p.add_argument("--input", metavar="DIR", help="LoadImage's input folder (default ./input)")
+    p.add_argument("--check", action="store_true", help="only convert and validate; do not execute")
+    p.add_argument("--print-api", action="store_true", help="print the API-format prompt that would run, then exit")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..nodes import graph as G
+    from ..runner import run_workflow
+
+    if args.check or args.print_api:
+        import os
+        from pathlib import Path
+
+        if args.input:
+            os.environ["SPRITEFORGE_INPUT"] = str(Path(args.input))
+        if args.models:
+            from ..paths import set_models_root
+
+            set_models_root(args.models)
+        info = G.object_info()
+        prompt, _graph = G.load_workflow(args.workflow, info)
+        G.apply_overrides(prompt, args.sets, info)
+        G.check_prompt(prompt, info)
+        if args.print_api:
+            print(json.dumps(prompt, indent=2))
+        else:
+            print(f"{args.workflow}: valid ({len(prompt)} nodes)")
+        return 0
+    stream = None if args.quiet else sys.stderr
+    res = run_workflow(args.workflow, overrides=args.sets, out_dir=args.out, input_dir=args.input,
+                       models_dir=args.models, progress_stream=stream)
+    for f in res.files:
+        print(f)
+    for nid, ui in res.outputs.items():
+        for text in ui.get("text") or []:
+            print(f"[node {nid}] {text}")
+    if stream is not None:
+        print(f"finished in {res.seconds:.1f}s: {len(res.executed)} node(s) run, {len(res.files)} file(s) written",
+              file=stream)
+    return 0

@@ -1,0 +1,220 @@
+"""Minimal LoadImage / SaveImage / PreviewImage for running workflows without ComfyUI.
+
+Same node ids, inputs, outputs and ``ui`` results as ComfyUI's core nodes, so an exported
+workflow runs unchanged in ``spriteforge run``. NOT registered in ``NODES``: inside ComfyUI
+its own nodes are used; :mod:`spriteforge.runner` adds these when ComfyUI is absent.
+
+Folders: images are read from ``SPRITEFORGE_INPUT`` (default ``./input``) and written to
+``SPRITEFORGE_OUTPUT`` (default ``./output``); the runner sets both. Files are never
+overwritten: names get ComfyUI's ``_00001_`` counter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BAD_INPUT, SpriteForgeError
+from ._compat import io
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def input_dir() -> Path:
+    return Path(os.environ.get("SPRITEFORGE_INPUT", "input"))
+
+
+def output_dir() -> Path:
+    return Path(os.environ.get("SPRITEFORGE_OUTPUT", "output"))
+
+
+def list_input_images() -> list[str]:
+    root = input_dir()
+    if not root.is_dir():
+        return []
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+            out.append(p.relative_to(root).as_posix())
+    return out
+
+
+def _to_np(images) -> np.ndarray:
+    arr = images.detach().cpu().float().numpy() if hasattr(images, "detach") else np.asarray(images, np.float32)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4:
+        raise SpriteForgeError(BAD_INPUT, f"IMAGE has shape {tuple(arr.shape)}; expected [B,H,W,C]. Connect an image output.")
+    return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+
+
+def _tensor(arr: np.ndarray):
+    try:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(arr))
+    except ImportError:  # pragma: no cover - torch is there wherever the generation nodes are
+        return np.ascontiguousarray(arr)
+
+
+def next_free(folder: Path, name: str, ext: str = ".png") -> tuple[Path, int]:
+    """``folder/name_00001_.ext`` with the first counter above every existing one (never overwrites)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pat = re.compile(re.escape(name) + r"_(\d+)_?\.")
+    counter = 0
+    for p in folder.iterdir():
+        m = pat.match(p.name)
+        if m:
+            counter = max(counter, int(m.group(1)))
+    while True:
+        counter += 1
+        path = folder / f"{name}_{counter:05}_{ext}"
+        if not path.exists():
+            return path, counter
+
+
+def _split_prefix(prefix: str) -> tuple[str, str]:
+    prefix = (prefix or "ComfyUI").replace("\\", "/").strip()
+    parts = [p for p in prefix.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts or prefix.startswith("/") or re.match(r"^[A-Za-z]:", prefix):
+        raise SpriteForgeError(BAD_INPUT, f"filename_prefix {prefix!r} must be a relative name inside the output "
+                               "folder (no '..', not absolute). Use e.g. 'sprites/hero'.")
+    return "/".join(parts[:-1]), parts[-1]
+
+
+def _pnginfo(cls):
+    try:
+        from PIL.PngImagePlugin import PngInfo
+    except ImportError:  # pragma: no cover
+        return None
+    hidden = getattr(cls, "hidden", None)
+    info = PngInfo()
+    prompt = getattr(hidden, "prompt", None)
+    extra = getattr(hidden, "extra_pnginfo", None)
+    if prompt is not None:
+        info.add_text("prompt", json.dumps(prompt))
+    if isinstance(extra, dict):
+        for k, v in extra.items():
+            info.add_text(str(k), json.dumps(v))
+    return info
+
+
+def save_images(cls, images, filename_prefix: str, root: Path, kind: str) -> list[dict]:
+    from PIL import Image
+
+    sub, name = _split_prefix(filename_prefix)
+    folder = root / sub if sub else root
+    results = []
+    meta = _pnginfo(cls)
+    for frame in _to_np(images):
+        if frame.shape[-1] == 1:
+            frame = np.repeat(frame, 3, -1)
+        path, _ = next_free(folder, name)
+        Image.fromarray(frame[..., :4] if frame.shape[-1] == 4 else frame[..., :3]).save(path, pnginfo=meta,
+                                                                                         compress_level=4)
+        results.append({"filename": path.name, "subfolder": sub, "type": kind})
+    return results
+
+
+def _upload_kw() -> dict:
+    if hasattr(io, "UploadType"):  # comfy_api.latest.io
+        return {"upload": io.UploadType.image}
+    return {"image_upload": True}
+
+
+class LoadImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoadImage",
+            display_name="Load Image",
+            category="image",
+            description="Loads an image from the input folder (ComfyUI's LoadImage: the mask is 1 - alpha).",
+            inputs=[io.Combo.Input("image", options=list_input_images(), tooltip="Image file in the input folder.",
+                                   **_upload_kw())],
+            outputs=[io.Image.Output(display_name="IMAGE"), io.Mask.Output(display_name="MASK")],
+        )
+
+    @classmethod
+    def execute(cls, image):
+        from PIL import Image, ImageOps, ImageSequence
+
+        root = input_dir()
+        p = Path(str(image))
+        path = p if p.is_absolute() else root / p
+        if ".." in p.parts or not path.is_file():
+            raise SpriteForgeError(BAD_INPUT, f"image {image!r} was not found in the input folder {root}. "
+                                   "Put it there (or pass --input DIR).", details={"image": str(image)})
+        frames, masks = [], []
+        with Image.open(path) as im:
+            size = None
+            for f in ImageSequence.Iterator(im):
+                f = ImageOps.exif_transpose(f)
+                if f.mode == "I":
+                    f = f.point(lambda v: v * (1 / 255))
+                rgb = np.asarray(f.convert("RGB"), np.float32) / 255.0
+                if size is None:
+                    size = rgb.shape[:2]
+                elif rgb.shape[:2] != size:
+                    continue
+                if "A" in f.getbands() or (f.mode == "P" and "transparency" in f.info):
+                    a = np.asarray(f.convert("RGBA").getchannel("A"), np.float32) / 255.0
+                    m = 1.0 - a
+                else:
+                    m = np.zeros((64, 64), np.float32)
+                frames.append(rgb)
+                masks.append(m)
+                if im.format == "MPO":
+                    break
+        if len({m.shape for m in masks}) > 1:
+            masks = [m if m.shape == frames[0].shape[:2] else np.zeros(frames[0].shape[:2], np.float32) for m in masks]
+        return io.NodeOutput(_tensor(np.stack(frames)), _tensor(np.stack(masks)))
+
+
+class SaveImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SaveImage",
+            display_name="Save Image",
+            category="image",
+            description="Saves the images to the output folder as PNG (with the workflow in the metadata).",
+            inputs=[
+                io.Image.Input("images", tooltip="The images to save."),
+                io.String.Input("filename_prefix", default="ComfyUI",
+                                tooltip="Prefix of the file names; may contain sub-folders, e.g. 'sprites/hero'."),
+            ],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images, filename_prefix="ComfyUI"):
+        return io.NodeOutput(ui={"images": save_images(cls, images, filename_prefix, output_dir(), "output")})
+
+
+class PreviewImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PreviewImage",
+            display_name="Preview Image",
+            category="image",
+            description="Shows the images; on the command line they are written to the output's 'previews' folder.",
+            inputs=[io.Image.Input("images", tooltip="The images to preview.")],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, images):
+        return io.NodeOutput(ui={"images": save_images(cls, images, "preview", output_dir() / "previews", "temp")})
+
+
+CORE_NODES = [LoadImage, SaveImage, PreviewImage]
+
+__all__ = ["CORE_NODES", "LoadImage", "SaveImage", "PreviewImage", "next_free", "input_dir", "output_dir"]

@@ -1,0 +1,699 @@
+"""Workflow formats: node descriptions, graph -> API conversion, validation of an API prompt.
+
+Three things, all driven by *object_info-style descriptions* (the JSON ComfyUI serves at
+``GET /object_info``), so the same code works for our V3 nodes (described from their schema
+by :func:`describe_node`), the core IO nodes of :mod:`.core_io`, and any node a running
+ComfyUI knows (``spriteforge submit`` passes the server's ``/object_info``):
+
+* :func:`describe_node` / :func:`object_info`: a V3 schema as ComfyUI's ``/object_info`` entry.
+* :func:`graph_to_api`: the editor's *graph format* (``nodes`` + ``links``, what "Save" writes)
+  to the *API format* ``{node_id: {"class_type", "inputs"}}`` that ``POST /prompt`` takes,
+  following the frontend's ``graphToPrompt`` (widget order, the extra ``control_after_generate``
+  value after seed-like inputs, the upload button value, muted/bypassed nodes, reroutes,
+  primitive nodes, notes).
+* :func:`validate_prompt` / :func:`check_prompt`: the checks of ComfyUI's ``validate_inputs``
+  (required inputs, link shape and type, INT/FLOAT/STRING/BOOLEAN conversion, min/max, combo
+  options) with messages that name the node, the input and what to do;
+  :func:`format_node_errors` turns a ComfyUI ``node_errors`` answer into the same lines.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Iterable
+
+from ..errors import BAD_INPUT, SpriteForgeError
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+# Frontend-only nodes: never sent to the server.
+VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode", "Primitive"}
+# Inputs whose widget gets an extra, unserialised companion widget in the editor.
+UPLOAD_KEYS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload", "3d_model_upload",
+               "upload")
+MODE_MUTED = 2
+MODE_BYPASS = 4
+
+
+def _bad(msg: str, **details) -> SpriteForgeError:
+    return SpriteForgeError(BAD_INPUT, msg, details=details or None)
+
+
+# --------------------------------------------------------------------------- schema -> object_info
+
+def _plain(v):
+    if isinstance(v, Enum):
+        return v.value
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _io_type(obj) -> str:
+    if hasattr(obj, "get_io_type"):
+        try:
+            t = obj.get_io_type()
+            return str(t.value if isinstance(t, Enum) else t)
+        except Exception:  # noqa: BLE001
+            pass
+    return str(getattr(obj, "io_type", "*"))
+
+
+def _input_options(inp) -> dict:
+    if hasattr(inp, "as_dict"):  # comfy_api.latest.io
+        d = dict(inp.as_dict())
+    else:  # our stand-in: constructor keywords are attributes
+        d = {k: v for k, v in vars(inp).items() if not k.startswith("_")}
+        d.pop("id", None)
+    d.pop("optional", None)
+    return {k: _plain(v) for k, v in d.items() if v is not None}
+
+
+def describe_node(cls) -> dict:
+    """The ``/object_info`` entry of a V3 node class (same keys and shapes as ComfyUI's)."""
+    s = cls.define_schema()
+    req: dict = {}
+    opt: dict = {}
+    for inp in s.inputs or []:
+        (opt if getattr(inp, "optional", False) else req)[inp.id] = [_io_type(inp), _input_options(inp)]
+    inputs = {"required": req}
+    if opt:
+        inputs["optional"] = opt
+    if s.hidden:
+        inputs["hidden"] = {str(getattr(h, "name", h)): [str(_plain(h))] for h in s.hidden}
+    outs = list(s.outputs or [])
+    return {
+        "input": inputs,
+        "input_order": {k: list(v) for k, v in inputs.items()},
+        "output": [_io_type(o) for o in outs],
+        "output_is_list": [bool(getattr(o, "is_output_list", False)) for o in outs],
+        "output_name": [getattr(o, "display_name", None) or _io_type(o) for o in outs],
+        "output_tooltips": [getattr(o, "tooltip", None) for o in outs],
+        "name": s.node_id,
+        "display_name": s.display_name or s.node_id,
+        "description": s.description or "",
+        "category": s.category,
+        "output_node": bool(s.is_output_node),
+        "deprecated": bool(getattr(s, "is_deprecated", False)),
+        "experimental": bool(getattr(s, "is_experimental", False)),
+        "api_node": bool(getattr(s, "is_api_node", False)),
+        "python_module": "spriteforge",
+    }
+
+
+def node_classes(include_core: bool = True) -> dict[str, type]:
+    """Node id -> class: the pack's nodes, plus the core IO stand-ins (LoadImage, SaveImage, PreviewImage)."""
+    from . import node_map
+
+    out = dict(node_map())
+    if include_core:
+        from .core_io import CORE_NODES
+
+        for cls in CORE_NODES:
+            out.setdefault(cls.define_schema().node_id, cls)
+    return out
+
+
+def object_info(classes: dict[str, type] | None = None) -> dict:
+    """``/object_info`` for ``classes`` (default :func:`node_classes`)."""
+    classes = node_classes() if classes is None else classes
+    return {name: describe_node(cls) for name, cls in classes.items()}
+
+
+# --------------------------------------------------------------------------- helpers on descriptions
+
+def input_spec(info: dict, name: str) -> tuple[str | None, Any, dict]:
+    """(category, type, options) of input ``name`` in an object_info entry; category None when unknown."""
+    for cat in ("required", "optional", "hidden"):
+        spec = (info.get("input") or {}).get(cat, {}).get(name)
+        if spec is not None:
+            typ = spec[0] if spec else None
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            return cat, typ, opts
+    return None, None, {}
+
+
+def ordered_inputs(info: dict) -> list[tuple[str, str, Any, dict]]:
+    """(name, category, type, options) for required then optional inputs, in the frontend's order."""
+    out = []
+    order = info.get("input_order") or {}
+    for cat in ("required", "optional"):
+        specs = (info.get("input") or {}).get(cat) or {}
+        names = order.get(cat) or list(specs)
+        for name in names:
+            spec = specs.get(name)
+            if spec is None:
+                continue
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            out.append((name, cat, spec[0], opts))
+    return out
+
+
+def combo_options(typ, opts: dict) -> list | None:
+    if isinstance(typ, (list, tuple)):
+        return list(typ)
+    if typ == "COMBO":
+        return list(opts.get("options") or [])
+    return None
+
+
+def is_widget(typ, opts: dict) -> bool:
+    if opts.get("forceInput"):
+        return False
+    return isinstance(typ, (list, tuple)) or typ in WIDGET_TYPES
+
+
+def widget_slots(info: dict) -> list[str | None]:
+    """The names behind each ``widgets_values`` position (``None`` for companion widgets).
+
+    Follows the frontend: one widget per widget input, then a ``control_after_generate``
+    combo after an INT/COMBO input that asks for it (and after INT inputs named ``seed`` or
+    ``noise_seed``), and the upload button after an ``image_upload`` combo.
+    """
+    slots: list[str | None] = []
+    for name, _cat, typ, opts in ordered_inputs(info):
+        if not is_widget(typ, opts):
+            continue
+        slots.append(name)
+        cag = opts.get("control_after_generate")
+        if cag is None and typ == "INT" and name in ("seed", "noise_seed"):
+            cag = True
+        if cag and (typ in ("INT", "COMBO") or isinstance(typ, (list, tuple))):
+            slots.append(None)
+        if any(opts.get(k) for k in UPLOAD_KEYS):
+            slots.append(None)
+    return slots
+
+
+def output_types(info: dict) -> list[str]:
+    return [t if isinstance(t, str) else "COMBO" for t in info.get("output") or []]
+
+
+def types_match(received: str, expected) -> bool:
+    """ComfyUI's ``validate_node_input`` (non-strict): ``*`` matches, comma lists must overlap."""
+    if isinstance(expected, (list, tuple)):
+        expected = "COMBO"
+    if received == expected or "*" in (received, expected):
+        return True
+    if not isinstance(received, str) or not isinstance(expected, str):
+        return False
+    r = {t.strip() for t in received.split(",")}
+    e = {t.strip() for t in expected.split(",")}
+    return "*" in r or "*" in e or bool(r & e)
+
+
+# --------------------------------------------------------------------------- graph -> API
+
+def is_graph_format(data) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data
+
+
+def is_api_format(data) -> bool:
+    return (isinstance(data, dict) and bool(data)
+            and all(isinstance(v, dict) and "class_type" in v for v in data.values()))
+
+
+def _links_table(graph: dict) -> dict:
+    table = {}
+    for link in graph.get("links") or []:
+        if isinstance(link, dict):  # newer serialisation
+            lid = link.get("id")
+            table[lid] = (link.get("origin_id"), link.get("origin_slot"), link.get("target_id"),
+                          link.get("target_slot"), link.get("type"))
+        elif isinstance(link, (list, tuple)) and len(link) >= 5:
+            table[link[0]] = (link[1], link[2], link[3], link[4], link[5] if len(link) > 5 else "*")
+    return table
+
+
+def _label(node: dict) -> str:
+    return f"node {node.get('id')} ({node.get('type')})"
+
+
+def graph_to_api(graph: dict, info: dict | None = None, *, strict: bool = True, titles: bool = True) -> dict:
+    """Convert a graph-format workflow to the API format, as the editor's "Queue" does.
+
+    ``info`` is an object_info mapping (default: ours + core IO). Unknown node types raise
+    (``strict``) or are left out. Subgraphs / group nodes are not expanded.
+    """
+    if not is_graph_format(graph):
+        raise _bad("this is not a graph-format workflow (no 'nodes' and 'links'). Export it from the editor "
+                   "with Workflow > Save, or give the API format.")
+    info = object_info() if info is None else info
+    nodes = {str(n.get("id")): n for n in graph["nodes"]}
+    links = _links_table(graph)
+
+    def resolve(link_id, seen=()):
+        """Follow a link through reroutes and bypassed nodes: ('link', node_id, slot) | ('value', v) | None."""
+        if link_id is None or link_id not in links:
+            return None
+        origin, slot, _t, _s, typ = links[link_id]
+        src = nodes.get(str(origin))
+        if src is None or str(origin) in seen:
+            return None
+        seen = seen + (str(origin),)
+        stype = src.get("type")
+        if stype == "Reroute":
+            ins = src.get("inputs") or []
+            return resolve(ins[0].get("link"), seen) if ins else None
+        if stype in ("PrimitiveNode", "Primitive"):
+            vals = src.get("widgets_values") or []
+            return ("value", vals[0]) if vals else None
+        if src.get("mode") == MODE_MUTED:
+            return None
+        if src.get("mode") == MODE_BYPASS:
+            ins = src.get("inputs") or []
+            otype = None
+            outs = src.get("outputs") or []
+            if isinstance(slot, int) and slot < len(outs):
+                otype = outs[slot].get("type")
+            otype = otype or typ
+            cands = []
+            if isinstance(slot, int) and slot < len(ins) and types_match(str(ins[slot].get("type")), otype):
+                cands.append(ins[slot])
+            cands += [i for i in ins if types_match(str(i.get("type")), otype) and i.get("link") is not None]
+            for c in cands:
+                r = resolve(c.get("link"), seen)
+                if r is not None:
+                    return r
+            return None
+        return ("link", str(origin), int(slot))
+
+    out: dict = {}
+    for nid, node in nodes.items():
+        ctype = node.get("type")
+        if ctype in VIRTUAL_NODES or node.get("mode") in (MODE_MUTED, MODE_BYPASS):
+            continue
+        desc = info.get(ctype)
+        if desc is None:
+            if strict:
+                raise _bad(f"{_label(node)}: the node type {ctype!r} is not known here. Install the node pack that "
+                           f"provides it, or run the workflow on a ComfyUI that has it (`spriteforge submit`).",
+                           node_id=nid, class_type=ctype)
+            continue
+        inputs: dict = {}
+        values = node.get("widgets_values")
+        if isinstance(values, dict):
+            for name, _cat, typ, opts in ordered_inputs(desc):
+                if name in values and is_widget(typ, opts):
+                    inputs[name] = values[name]
+        else:
+            values = list(values or [])
+            slots = widget_slots(desc)
+            for i, name in enumerate(slots):
+                if name is None:
+                    continue
+                if i < len(values):
+                    inputs[name] = values[i]
+                else:
+                    _c, _t, opts = input_spec(desc, name)
+                    if "default" in opts:
+                        inputs[name] = opts["default"]
+        for slot in node.get("inputs") or []:
+            name = slot.get("name")
+            if name is None:
+                continue
+            cat, typ, opts = input_spec(desc, name)
+            lid = slot.get("link")
+            if lid is None:
+                continue
+            r = resolve(lid)
+            if r is None:
+                inputs.pop(name, None) if not is_widget(typ, opts) else None
+                continue
+            if r[0] == "value":
+                inputs[name] = r[1]
+            else:
+                inputs[name] = [r[1], r[2]]
+        for k, v in list(inputs.items()):
+            if isinstance(v, list) and not (len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int)):
+                inputs[k] = {"__value__": v}
+        entry = {"inputs": inputs, "class_type": ctype}
+        if titles:
+            entry["_meta"] = {"title": node.get("title") or desc.get("display_name") or ctype}
+        out[nid] = entry
+    for entry in out.values():  # links to nodes that were left out
+        for k, v in list(entry["inputs"].items()):
+            if isinstance(v, list) and len(v) == 2 and v[0] not in out:
+                del entry["inputs"][k]
+    return out
+
+
+def load_workflow(data_or_path, info: dict | None = None) -> tuple[dict, dict | None]:
+    """(API prompt, graph or None) from a path, JSON text or dict in either format."""
+    from pathlib import Path
+
+    data = data_or_path
+    if isinstance(data, (str, bytes)) and not str(data).lstrip().startswith("{"):
+        p = Path(data)
+        if not p.is_file():
+            raise _bad(f"workflow file {p} does not exist. Give the path of a workflow .json file.")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise _bad(f"{p} is not valid JSON ({exc}). Export the workflow again.") from exc
+    elif isinstance(data, (str, bytes)):
+        data = json.loads(data)
+    if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and is_api_format(data["prompt"]):
+        data = data["prompt"]  # a saved POST /prompt body
+    if is_graph_format(data):
+        return graph_to_api(data, info), data
+    if is_api_format(data):
+        return copy.deepcopy(data), None
+    raise _bad("this JSON is neither an API-format workflow ({id: {class_type, inputs}}) nor a graph-format one "
+               "(nodes + links). Export it from ComfyUI (Workflow > Export (API), or Save).")
+
+
+# --------------------------------------------------------------------------- overrides
+
+def parse_value(text: str):
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return text
+
+
+def _find_node(prompt: dict, ref: str) -> str:
+    if ref in prompt:
+        return ref
+    matches = [k for k, v in prompt.items() if (v.get("_meta") or {}).get("title") == ref]
+    if len(matches) == 1:
+        return matches[0]
+    matches = [k for k, v in prompt.items() if v.get("class_type") == ref]
+    if len(matches) == 1:
+        return matches[0]
+    ids = ", ".join(f"{k} ({v.get('class_type')})" for k, v in sorted(prompt.items(), key=lambda kv: _id_key(kv[0])))
+    raise _bad(f"there is no node {ref!r} in the workflow. Use one of the node ids: {ids}.", node=ref)
+
+
+def apply_overrides(prompt: dict, sets: Iterable[str] = (), info: dict | None = None) -> dict:
+    """Apply ``NODE.INPUT=VALUE`` overrides (value parsed as JSON when it is JSON); returns ``prompt``."""
+    for item in sets or ():
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise _bad(f"--set {item!r} is not NODE_ID.INPUT=VALUE (e.g. --set 12.seed=7).")
+        lhs, text = item.split("=", 1)
+        ref, name = lhs.rsplit(".", 1)
+        nid = _find_node(prompt, ref.strip())
+        node = prompt[nid]
+        desc = (info or {}).get(node.get("class_type"))
+        if desc is not None and input_spec(desc, name)[0] is None:
+            names = ", ".join(n for n, *_ in ordered_inputs(desc))
+            raise _bad(f"--set {item!r}: node {nid} ({node.get('class_type')}) has no input {name!r}. "
+                       f"Its inputs are: {names}.")
+        node.setdefault("inputs", {})[name.strip()] = parse_value(text)
+    return prompt
+
+
+def find_prompt_input(prompt: dict, spec: str | None = None) -> tuple[str, str]:
+    """The (node_id, input) a batch line replaces: ``spec`` ``NODE.INPUT``, or the first
+    SpriteForgeEncodePrompt's ``positive`` (lowest id)."""
+    if spec:
+        if "." not in spec:
+            raise _bad(f"--prompt-input {spec!r} is not NODE_ID.INPUT (e.g. 6.positive).")
+        ref, name = spec.rsplit(".", 1)
+        return _find_node(prompt, ref), name
+    for nid in sorted(prompt, key=_id_key):
+        if prompt[nid].get("class_type") == "SpriteForgeEncodePrompt":
+            return nid, "positive"
+    raise _bad("the workflow has no SpriteForgeEncodePrompt node to put the --prompts lines into. "
+               "Name the input with --prompt-input NODE_ID.INPUT.")
+
+
+def _id_key(k):
+    s = str(k)
+    return (0, int(s), s) if s.isdigit() else (1, 0, s)
+
+
+# --------------------------------------------------------------------------- validation
+
+@dataclass
+class Issue:
+    node_id: str
+    class_type: str
+    input: str | None
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"node {self.node_id} ({self.class_type})"
+        if self.input:
+            where += f", input '{self.input}'"
+        return f"{where}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return {"node_id": self.node_id, "class_type": self.class_type, "input": self.input, "type": self.kind,
+                "message": self.message, "text": str(self)}
+
+
+def _fmt(v) -> str:
+    return json.dumps(v) if isinstance(v, str) else repr(v)
+
+
+def check_value(typ, opts: dict, val) -> tuple[Any, str | None, str | None]:
+    """(converted value, error kind, message) for one widget value, like ComfyUI's validate_inputs."""
+    if isinstance(val, dict) and "__value__" in val:
+        val = val["__value__"]
+    options = combo_options(typ, opts)
+    try:
+        if typ == "INT":
+            if isinstance(val, bool):
+                val = int(val)
+            elif isinstance(val, float):
+                if not val.is_integer():
+                    return val, "invalid_input_type", f"{_fmt(val)} is not a whole number. Give an integer."
+                val = int(val)
+            else:
+                val = int(val)
+        elif typ == "FLOAT":
+            val = float(val)
+        elif typ == "STRING":
+            if isinstance(val, (dict, list)):
+                raise TypeError("not text")
+            val = str(val)
+        elif typ == "BOOLEAN":
+            if isinstance(val, str):
+                low = val.strip().lower()
+                if low not in ("true", "false", "1", "0"):
+                    raise ValueError("not a boolean")
+                val = low in ("true", "1")
+            else:
+                val = bool(val)
+    except (TypeError, ValueError):
+        want = {"INT": "an integer", "FLOAT": "a number", "STRING": "text", "BOOLEAN": "true or false"}[typ]
+        return val, "invalid_input_type", f"{_fmt(val)} is not {want}. Give {want}."
+    if typ in ("INT", "FLOAT"):
+        lo, hi = opts.get("min"), opts.get("max")
+        if lo is not None and val < lo:
+            return val, "value_smaller_than_min", f"{val} is below the minimum {lo}. Set it to at least {lo}."
+        if hi is not None and val > hi:
+            return val, "value_bigger_than_max", f"{val} is above the maximum {hi}. Set it to at most {hi}."
+    if options is not None and not opts.get("multiselect"):
+        if val not in options:
+            shown = ", ".join(_fmt(o) for o in options[:20]) + (f", ... ({len(options)} in all)" if len(options) > 20 else "")
+            if not options:
+                return val, "value_not_in_list", (f"{_fmt(val)} is not available: there are no choices (for a model list, "
+                                                  f"put the files in the model folder, or pass --models DIR).")
+            return val, "value_not_in_list", f"{_fmt(val)} is not one of the choices: {shown}. Pick one of them."
+    return val, None, None
+
+
+def validate_prompt(prompt: dict, info: dict | None = None, *, convert: bool = True,
+                    require_output: bool = True) -> list[Issue]:
+    """Every problem ComfyUI's validation would report, as :class:`Issue` objects.
+
+    With ``convert`` the widget values are converted in place (``"7"`` -> ``7`` for INT), as ComfyUI does.
+    """
+    info = object_info() if info is None else info
+    issues: list[Issue] = []
+    if not is_api_format(prompt):
+        return [Issue("?", "?", None, "invalid_prompt", "the prompt is not in API format {id: {class_type, inputs}}.")]
+    for nid in sorted(prompt, key=_id_key):
+        node = prompt[nid]
+        ctype = node.get("class_type")
+        desc = info.get(ctype)
+        if desc is None:
+            issues.append(Issue(nid, str(ctype), None, "missing_node_type",
+                                f"the node type {ctype!r} is not known. Install the node pack that provides it "
+                                f"or remove the node."))
+            continue
+        inputs = node.setdefault("inputs", {})
+        for name, cat, typ, opts in ordered_inputs(desc):
+            if name not in inputs:
+                if cat == "required":
+                    hint = "Connect it to an output" if not is_widget(typ, opts) else "Give it a value"
+                    issues.append(Issue(nid, ctype, name, "required_input_missing",
+                                        f"required input is missing. {hint} (type {_tname(typ)})."))
+                continue
+            val = inputs[name]
+            if isinstance(val, list):
+                if len(val) != 2 or not isinstance(val[1], int):
+                    issues.append(Issue(nid, ctype, name, "bad_linked_input",
+                                        f"{_fmt(val)} is not a link [node_id, output_slot]. Wrap list values as "
+                                        f"{{\"__value__\": [...]}}."))
+                    continue
+                src_id = str(val[0])
+                src = prompt.get(src_id)
+                if src is None:
+                    issues.append(Issue(nid, ctype, name, "bad_linked_input",
+                                        f"it is linked to node {src_id}, which is not in the workflow. "
+                                        f"Reconnect it to an existing node."))
+                    continue
+                sdesc = info.get(src.get("class_type"))
+                if sdesc is None:
+                    continue  # reported on that node
+                outs = output_types(sdesc)
+                if not 0 <= val[1] < len(outs):
+                    issues.append(Issue(nid, ctype, name, "bad_linked_input",
+                                        f"it is linked to output {val[1]} of node {src_id} ({src.get('class_type')}), "
+                                        f"which has only {len(outs)} output(s). Reconnect it."))
+                    continue
+                if not types_match(outs[val[1]], typ):
+                    oname = (sdesc.get("output_name") or outs)[val[1]]
+                    issues.append(Issue(nid, ctype, name, "return_type_mismatch",
+                                        f"expects {_tname(typ)} but is linked to output {val[1]} '{oname}' "
+                                        f"({outs[val[1]]}) of node {src_id} ({src.get('class_type')}). "
+                                        f"Connect an output of type {_tname(typ)}."))
+                continue
+            if not is_widget(typ, opts):
+                issues.append(Issue(nid, ctype, name, "bad_linked_input",
+                                    f"a {_tname(typ)} input must be connected to another node's output, "
+                                    f"not given the value {_fmt(val)[:60]}."))
+                continue
+            conv, kind, msg = check_value(typ if isinstance(typ, str) else "COMBO", opts, val)
+            if kind:
+                issues.append(Issue(nid, ctype, name, kind, msg))
+            elif convert:
+                inputs[name] = conv
+    if require_output and not any((info.get(n.get("class_type")) or {}).get("output_node") for n in prompt.values()):
+        issues.append(Issue("-", "workflow", None, "prompt_no_outputs",
+                            "the workflow has no output node (SaveImage, PreviewImage, a Save/Preview node). "
+                            "Add one, or nothing would run."))
+    return issues
+
+
+def _tname(typ) -> str:
+    return "COMBO" if isinstance(typ, (list, tuple)) else str(typ)
+
+
+def check_prompt(prompt: dict, info: dict | None = None, **kw) -> dict:
+    """Validate and raise one :class:`SpriteForgeError` listing every problem; returns ``prompt``."""
+    issues = validate_prompt(prompt, info, **kw)
+    if issues:
+        lines = [str(i) for i in issues]
+        head = "the workflow is not valid" if len(lines) > 1 else lines[0]
+        msg = head if len(lines) == 1 else head + ":\n  - " + "\n  - ".join(lines)
+        raise SpriteForgeError(BAD_INPUT, msg, hint="", details={"issues": [i.to_dict() for i in issues]})
+    return prompt
+
+
+_COMFY_KINDS = {
+    "required_input_missing": "required input is missing. Connect it or give it a value.",
+    "value_smaller_than_min": None,
+    "value_bigger_than_max": None,
+    "value_not_in_list": None,
+    "return_type_mismatch": None,
+}
+
+
+def format_node_errors(node_errors: dict, prompt: dict | None = None, error: dict | None = None) -> list[str]:
+    """Readable lines for a ComfyUI ``/prompt`` 400 answer (``error`` + ``node_errors``)."""
+    lines = []
+    prompt = prompt or {}
+    for nid in sorted(node_errors or {}, key=_id_key):
+        ne = node_errors[nid] or {}
+        ctype = ne.get("class_type") or (prompt.get(nid) or {}).get("class_type") or "?"
+        for e in ne.get("errors") or []:
+            extra = e.get("extra_info") or {}
+            name = extra.get("input_name")
+            kind = e.get("type")
+            val = extra.get("received_value")
+            cfg = extra.get("input_config")
+            opts = cfg[1] if isinstance(cfg, (list, tuple)) and len(cfg) > 1 and isinstance(cfg[1], dict) else {}
+            if kind == "value_smaller_than_min" and "min" in opts:
+                msg = f"{val} is below the minimum {opts['min']}. Set it to at least {opts['min']}."
+            elif kind == "value_bigger_than_max" and "max" in opts:
+                msg = f"{val} is above the maximum {opts['max']}. Set it to at most {opts['max']}."
+            elif kind == "value_not_in_list":
+                msg = f"{_fmt(val)} is not one of the choices ({e.get('details')}). Pick one the server offers."
+            elif kind == "return_type_mismatch":
+                msg = f"{e.get('details')}. Connect an output of the right type."
+            elif kind == "required_input_missing":
+                msg = _COMFY_KINDS[kind]
+            else:
+                msg = f"{e.get('message')}: {e.get('details')}".rstrip(": ")
+            where = f"node {nid} ({ctype})" + (f", input '{name}'" if name else "")
+            lines.append(f"{where}: {msg}")
+    if not lines and error:
+        lines.append(f"{error.get('message', 'the server refused the workflow')}: {error.get('details', '')}".rstrip(": "))
+    return lines
+
+
+__all__ = [
+    "describe_node", "node_classes", "object_info", "input_spec", "ordered_inputs", "widget_slots", "combo_options",
+    "is_widget", "types_match", "is_graph_format", "is_api_format", "graph_to_api", "load_workflow",
+    "parse_value", "apply_overrides", "find_prompt_input", "Issue", "check_value", "validate_prompt",
+    "check_prompt", "format_node_errors", "api_to_graph",
+]
+
+
+# --------------------------------------------------------------------------- API -> graph (for tests and authoring)
+
+def api_to_graph(prompt: dict, info: dict | None = None) -> dict:
+    """A minimal graph-format workflow for an API prompt (grid layout); inverse of :func:`graph_to_api`."""
+    info = object_info() if info is None else info
+    ids = sorted(prompt, key=_id_key)
+    nodes, links = [], []
+    out_links: dict = {}
+    lid = 0
+    for k, nid in enumerate(ids):
+        node = prompt[nid]
+        desc = info.get(node["class_type"]) or {}
+        ins, wv = [], []
+        for name, _cat, typ, opts in ordered_inputs(desc):
+            val = node["inputs"].get(name)
+            linked = isinstance(val, list) and len(val) == 2
+            if is_widget(typ, opts):
+                _c, _t, o = input_spec(desc, name)
+                wv.append(val if not linked and name in node["inputs"] else o.get("default"))
+                cag = opts.get("control_after_generate")
+                if cag is None and typ == "INT" and name in ("seed", "noise_seed"):
+                    cag = True
+                if cag:
+                    wv.append("fixed")
+                if any(opts.get(x) for x in UPLOAD_KEYS):
+                    wv.append("image")
+            slot = {"name": name, "type": _tname(typ), "link": None}
+            if is_widget(typ, opts):
+                slot["widget"] = {"name": name}
+            if linked:
+                lid += 1
+                src, sslot = str(val[0]), val[1]
+                stype = output_types(info.get(prompt[src]["class_type"], {}))[sslot] if src in prompt else "*"
+                links.append([lid, _num(src), sslot, _num(nid), len(ins), stype])
+                out_links.setdefault((src, sslot), []).append(lid)
+                slot["link"] = lid
+            if linked or not is_widget(typ, opts):
+                ins.append(slot)
+            elif is_widget(typ, opts):
+                ins.append(slot)
+        nodes.append({"id": _num(nid), "type": node["class_type"], "pos": [40 + 360 * (k % 4), 40 + 320 * (k // 4)],
+                      "size": [320, 260], "flags": {}, "order": k, "mode": 0, "inputs": ins,
+                      "outputs": [], "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": wv})
+        if node.get("_meta", {}).get("title"):
+            nodes[-1]["title"] = node["_meta"]["title"]
+    for n in nodes:
+        desc = info.get(n["type"]) or {}
+        for s, t in enumerate(output_types(desc)):
+            names = desc.get("output_name") or []
+            n["outputs"].append({"name": names[s] if s < len(names) else t, "type": t,
+                                 "links": out_links.get((str(n["id"]), s)) or [], "slot_index": s})
+    return {"id": "00000000-0000-0000-0000-000000000000", "revision": 0, "last_node_id": max([n["id"] for n in nodes if isinstance(n["id"], int)] or [0]),
+            "last_link_id": lid, "nodes": nodes, "links": links, "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def _num(s):
+    s = str(s)
+    return int(s) if s.isdigit() else s

@@ -1,0 +1,294 @@
+"""Run an exported workflow in-process, without ComfyUI: ``spriteforge run``.
+
+:func:`run_workflow` takes the API format (``{id: {class_type, inputs}}``) or the graph format
+(converted by :func:`spriteforge.nodes.graph.graph_to_api`), applies ``--set`` overrides,
+validates every input against the nodes' schemas, then executes -- like ComfyUI -- only the
+nodes the output nodes (``is_output_node``) need, in dependency order, calling each class's
+``execute(**inputs)`` (``async def execute`` too). Results are cached by node signature, so a
+:class:`Cache` shared between runs re-executes only what changed. The core IO nodes
+LoadImage / SaveImage / PreviewImage come from :mod:`spriteforge.nodes.core_io`.
+
+Errors are :class:`~spriteforge.errors.SpriteForgeError` naming the node (id and type), the
+input and what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import inspect
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .errors import BAD_INPUT, SpriteForgeError, classify
+from .progress import Interrupted
+
+Event = Callable[[str, dict], None]
+
+
+@dataclass
+class RunResult:
+    prompt: dict                      # the API prompt that ran (after conversion and overrides)
+    outputs: dict = field(default_factory=dict)   # node_id -> ui dict of output nodes (ComfyUI's history "outputs")
+    files: list = field(default_factory=list)     # Paths written under out_dir
+    executed: list = field(default_factory=list)  # node ids executed (not from the cache), in order
+    cached: list = field(default_factory=list)    # node ids taken from the cache
+    seconds: float = 0.0
+
+
+class Cache:
+    """Node outputs by signature (class, inputs, upstream signatures). Share one between runs."""
+
+    def __init__(self):
+        self.data: dict[str, tuple] = {}
+
+    def __len__(self):
+        return len(self.data)
+
+
+class _Hidden:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    def __getattr__(self, key):  # missing hidden values are None, as in ComfyUI
+        return None
+
+
+def _node_label(nid: str, ctype: str) -> str:
+    return f"node {nid} ({ctype})"
+
+
+def _is_link(v) -> bool:
+    return isinstance(v, list) and len(v) == 2 and isinstance(v[1], int) and isinstance(v[0], (str, int))
+
+
+def needed_nodes(prompt: dict, info: dict, outputs: Iterable[str] | None = None) -> list[str]:
+    """Ids of the nodes the output nodes depend on, in an execution (topological) order."""
+    if outputs is None:
+        outputs = [nid for nid, n in prompt.items() if (info.get(n["class_type"]) or {}).get("output_node")]
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(nid: str, path: tuple):
+        st = state.get(nid)
+        if st == 2:
+            return
+        if st == 1:
+            cyc = " -> ".join(path[path.index(nid):] + (nid,))
+            raise SpriteForgeError(BAD_INPUT, f"the workflow has a cycle: {cyc}. Remove one of those links.")
+        state[nid] = 1
+        for v in prompt[nid]["inputs"].values():
+            if _is_link(v) and str(v[0]) in prompt:
+                visit(str(v[0]), path + (nid,))
+        state[nid] = 2
+        order.append(nid)
+
+    for nid in sorted(outputs, key=lambda k: (0, int(k)) if str(k).isdigit() else (1, str(k))):
+        visit(str(nid), ())
+    return order
+
+
+def _sig(obj) -> str:
+    try:
+        return json.dumps(obj, sort_keys=True, default=repr)
+    except Exception:  # noqa: BLE001
+        return repr(obj)
+
+
+def _call_execute(cls, kwargs: dict):
+    res = cls.execute(**kwargs)
+    if inspect.isawaitable(res):
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(res)
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:  # called from async code: run on a fresh loop
+            return ex.submit(asyncio.run, res).result()
+    return res
+
+
+def _unpack(res, n_out: int) -> tuple[tuple, dict | None]:
+    """(output values, ui) of a V3 NodeOutput, a V1 tuple or a V1 dict {"ui", "result"}."""
+    if res is None:
+        return (None,) * n_out, None
+    if hasattr(res, "args") and hasattr(res, "ui"):
+        args = tuple(res.args or ())
+        ui = res.ui
+        if ui is not None and not isinstance(ui, dict):
+            ui = ui.as_dict() if hasattr(ui, "as_dict") else dict(ui)
+        return args, ui
+    if isinstance(res, dict):
+        return tuple(res.get("result") or ()), res.get("ui")
+    if isinstance(res, tuple):
+        return res, None
+    return (res,), None
+
+
+@contextmanager
+def _environment(out_dir: Path, input_dir: Path | None, models_dir):
+    saved = {k: os.environ.get(k) for k in ("SPRITEFORGE_OUTPUT", "SPRITEFORGE_INPUT")}
+    os.environ["SPRITEFORGE_OUTPUT"] = str(out_dir)
+    if input_dir is not None:
+        os.environ["SPRITEFORGE_INPUT"] = str(input_dir)
+    if models_dir:
+        from .paths import set_models_root
+
+        set_models_root(models_dir)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _printer(stream) -> Event:
+    def on_event(kind: str, data: dict):
+        if kind == "executing":
+            stream.write(f"[{data['index']}/{data['total']}] {_node_label(data['node'], data['class_type'])}...\n")
+        elif kind == "executed":
+            how = "cached" if data.get("cached") else f"{data['seconds']:.2f}s"
+            files = data.get("files") or []
+            stream.write(f"      done ({how})" + (f": {', '.join(str(f) for f in files)}" if files else "") + "\n")
+        stream.flush()
+    return on_event
+
+
+def run_workflow(
+    workflow,
+    *,
+    overrides: Iterable[str] = (),
+    out_dir: str | os.PathLike = "output",
+    input_dir: str | os.PathLike | None = None,
+    models_dir: str | os.PathLike | None = None,
+    cache: Cache | None = None,
+    on_event: Event | None = None,
+    progress_stream=None,
+    classes: dict[str, type] | None = None,
+    outputs: Iterable[str] | None = None,
+    extra_pnginfo: dict | None = None,
+) -> RunResult:
+    """Execute ``workflow`` (path, JSON text or dict; API or graph format) in-process.
+
+    ``overrides``: ``"NODE_ID.INPUT=VALUE"`` strings (VALUE parsed as JSON when possible).
+    ``out_dir``: where SaveImage and the pack's save nodes write (never overwriting).
+    ``input_dir``: LoadImage's folder (default ``$SPRITEFORGE_INPUT`` or ``./input``).
+    ``models_dir``: a models root laid out like ComfyUI's ``models/``.
+    ``on_event(kind, data)``: ``"executing"``/``"executed"`` per node (default: lines on
+    ``progress_stream`` when given). ``classes``: node id -> class (default: the pack + core IO).
+    ``outputs``: run only these output node ids.
+    """
+    from .nodes import graph as G
+
+    t0 = time.monotonic()
+    out = Path(out_dir)
+    with _environment(out, Path(input_dir) if input_dir else None, models_dir):
+        classes = G.node_classes() if classes is None else classes
+        info = G.object_info(classes)
+        prompt, graph = G.load_workflow(workflow, info)
+        G.apply_overrides(prompt, overrides, info)
+        G.check_prompt(prompt, info)
+        if on_event is None and progress_stream is not None:
+            on_event = _printer(progress_stream)
+        emit = on_event or (lambda k, d: None)
+        if outputs is not None:
+            outputs = [str(o) for o in outputs]
+            for o in outputs:
+                if o not in prompt:
+                    raise SpriteForgeError(BAD_INPUT, f"output node {o} is not in the workflow.")
+        order = needed_nodes(prompt, info, outputs)
+        pnginfo = dict(extra_pnginfo or {})
+        if graph is not None and "workflow" not in pnginfo:
+            pnginfo["workflow"] = graph
+        cache = cache if cache is not None else Cache()
+        result = RunResult(prompt=prompt)
+        values: dict[str, tuple] = {}
+        sigs: dict[str, str] = {}
+        emit("execution_start", {"nodes": order})
+        for index, nid in enumerate(order, 1):
+            node = prompt[nid]
+            ctype = node["class_type"]
+            cls = classes[ctype]
+            desc = info[ctype]
+            emit("executing", {"node": nid, "class_type": ctype, "index": index, "total": len(order)})
+            kwargs: dict[str, Any] = {}
+            sig_inputs = {}
+            for name, v in node["inputs"].items():
+                if G.input_spec(desc, name)[0] is None:
+                    continue  # ComfyUI ignores inputs the node does not declare
+                if _is_link(v):
+                    src = str(v[0])
+                    kwargs[name] = values[src][v[1]] if v[1] < len(values[src]) else None
+                    sig_inputs[name] = ["link", sigs[src], v[1]]
+                else:
+                    if isinstance(v, dict) and "__value__" in v:
+                        v = v["__value__"]
+                    kwargs[name] = v
+                    sig_inputs[name] = v
+            schema = cls.define_schema()
+            sig = hashlib.sha256(_sig([ctype, sig_inputs]).encode()).hexdigest()
+            sigs[nid] = sig
+            idempotent = not getattr(schema, "not_idempotent", False)
+            t1 = time.monotonic()
+            if idempotent and sig in cache.data:
+                args, ui = cache.data[sig]
+                result.cached.append(nid)
+                was_cached = True
+            else:
+                hidden = _Hidden(unique_id=nid, prompt=prompt, extra_pnginfo=pnginfo, dynprompt=None)
+                bound = type(cls.__name__, (cls,), {"hidden": hidden, "__module__": cls.__module__})
+                try:
+                    res = _call_execute(bound, kwargs)
+                except (Interrupted, KeyboardInterrupt):
+                    raise
+                except SpriteForgeError as exc:
+                    raise SpriteForgeError(exc.code, f"{_node_label(nid, ctype)}: {exc.message}", hint=exc.hint,
+                                           details={**exc.details, "node_id": nid, "class_type": ctype}) from exc
+                except Exception as exc:  # noqa: BLE001
+                    err = classify(exc, context=f"running {_node_label(nid, ctype)}")
+                    err.details.update({"node_id": nid, "class_type": ctype})
+                    raise err from exc
+                n_out = len(desc.get("output") or [])
+                args, ui = _unpack(res, n_out)
+                if len(args) < n_out:
+                    args = tuple(args) + (None,) * (n_out - len(args))
+                if idempotent:
+                    cache.data[sig] = (args, ui)
+                result.executed.append(nid)
+                was_cached = False
+            values[nid] = args
+            files = []
+            if ui:
+                if desc.get("output_node"):
+                    result.outputs[nid] = ui
+                for key, items in ui.items():
+                    if not isinstance(items, list):
+                        continue
+                    for it in items:
+                        if isinstance(it, dict) and "filename" in it:
+                            root = out / "previews" if it.get("type") == "temp" else out
+                            p = root / (it.get("subfolder") or "") / it["filename"]
+                            if p not in result.files:
+                                files.append(p)
+                result.files.extend(files)
+            emit("executed", {"node": nid, "class_type": ctype, "output": ui, "cached": was_cached,
+                              "seconds": time.monotonic() - t1, "files": files, "index": index, "total": len(order)})
+        result.seconds = time.monotonic() - t0
+        emit("execution_success", {"seconds": result.seconds, "files": result.files})
+        return result
+
+
+__all__ = ["run_workflow", "RunResult", "Cache", "needed_nodes"]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run_workflow(sys.argv[1], progress_stream=sys.stderr)
