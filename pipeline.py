@@ -377,6 +377,8 @@ def _sample(engine, handle, params: GenerateParams) -> SampleResult:
     init_lat = _np(params.init_latent, engine)
     init_img = _np(params.init_image, engine)
     mask = _np(params.mask, engine)
+    if init_lat is not None and init_lat.ndim != 4:
+        raise SpriteForgeError(BAD_INPUT, f"the latent must be [B,C,h,w], got shape {tuple(init_lat.shape)}.")
     if init_img is not None:
         if init_img.ndim == 3:
             init_img = init_img[None]
@@ -385,26 +387,28 @@ def _sample(engine, handle, params: GenerateParams) -> SampleResult:
         init_img = np.clip(init_img[..., :3], 0.0, 1.0)
         width, height = prepare_size(handle, init_img.shape[2], init_img.shape[1], max_side=params.max_side, engine=engine, notes=notes)
         init_img = _resize(init_img, width, height)
-        batch = max(batch, init_img.shape[0]) if params.batch_size == 1 else batch
+        if params.batch_size == 1:
+            batch = max(batch, init_img.shape[0])
         init_img = _to_batch(init_img, batch, "init image")
     elif init_lat is not None:
-        if init_lat.ndim != 4:
-            raise SpriteForgeError(BAD_INPUT, f"the latent must be [B,C,h,w], got shape {tuple(init_lat.shape)}.")
         width, height = prepare_size(handle, init_lat.shape[3] * f, init_lat.shape[2] * f, max_side=params.max_side,
                                      engine=engine, notes=notes)
-        if init_lat.shape[1] != C or (init_lat.shape[2] * f, init_lat.shape[3] * f) != (height, width):
-            if denoise < 1.0 or mask is not None:
-                raise SpriteForgeError(BAD_INPUT, f"the input latent ({init_lat.shape[1]} channels, {init_lat.shape[3]}x{init_lat.shape[2]}) "
-                                       f"does not fit the {handle.family} model ({C} channels, multiples of {handle.latent_multiple // f}): "
-                                       "use a latent made with this model, or denoise 1.")
-            init_lat = None  # only its size is used
-            notes.append("the input latent was used for its size only")
-        else:
-            if params.batch_size == 1:
-                batch = max(batch, init_lat.shape[0])
-            init_lat = _to_batch(init_lat, batch, "latent")
     else:
         width, height = prepare_size(handle, params.width, params.height, max_side=params.max_side, engine=engine, notes=notes)
+    if init_lat is not None:
+        if init_lat.shape[1] != C or (init_lat.shape[2] * f, init_lat.shape[3] * f) != (height, width):
+            if denoise < 1.0 or (mask is not None and init_img is None):
+                raise SpriteForgeError(BAD_INPUT, f"the input latent ({init_lat.shape[1]} channels, {init_lat.shape[3]}x{init_lat.shape[2]}) "
+                                       f"does not fit the {handle.family} model ({C} channels, {width // f}x{height // f}): "
+                                       "use a latent made with this model, or denoise 1.")
+            if params.batch_size == 1 and init_img is None:
+                batch = max(batch, init_lat.shape[0])
+            init_lat = None  # only its size (and batch) is used
+            notes.append("the input latent was used for its size only")
+        else:
+            if params.batch_size == 1 and init_img is None:
+                batch = max(batch, init_lat.shape[0])
+            init_lat = _to_batch(init_lat, batch, "latent")
     h, w = height // f, width // f
     shape = (batch, C, h, w)
 
@@ -592,18 +596,24 @@ def generate_full(engine, handle, params: GenerateParams) -> GenerateResult:
     res = sample(engine, handle, params)
     images = decode(engine, handle, res.latents, tile=params.tile)
     if params.mask is not None and params.init_image is not None:
-        src = _np(params.init_image, engine)
-        if src.ndim == 3:
-            src = src[None]
-        src = _to_batch(_resize(np.clip(src[..., :3], 0, 1), res.width, res.height), images.shape[0], "init image")
-        m = _np(params.mask, engine)
-        if m.ndim == 4 and m.shape[-1] == 1:
-            m = m[..., 0]
-        if m.ndim == 2:
-            m = m[None]
-        m = _to_batch(feather_mask(np.clip(_resize(m, res.width, res.height), 0, 1), params.mask_feather), images.shape[0], "mask")
-        images = src * (1.0 - m[..., None]) + images * m[..., None]
+        images = composite_inpaint(images, params.init_image, params.mask, params.mask_feather)
     return GenerateResult(images.astype(np.float32), res.latents, res.notes, res.info)
+
+
+def composite_inpaint(images: np.ndarray, source, mask, feather: int = 8) -> np.ndarray:
+    """Generated ``images`` where ``mask`` (1 = repaint, feathered by ``feather`` px) and ``source`` elsewhere."""
+    b, H, W = images.shape[:3]
+    src = _np(source)
+    if src.ndim == 3:
+        src = src[None]
+    src = _to_batch(_resize(np.clip(src[..., :3], 0, 1), W, H), b, "init image")
+    m = _np(mask)
+    if m.ndim == 4 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if m.ndim == 2:
+        m = m[None]
+    m = _to_batch(feather_mask(np.clip(_resize(m, W, H), 0, 1), feather), b, "mask")
+    return (src * (1.0 - m[..., None]) + images * m[..., None]).astype(np.float32)
 
 
 def generate(engine, handle, params: GenerateParams) -> np.ndarray:
@@ -612,5 +622,5 @@ def generate(engine, handle, params: GenerateParams) -> np.ndarray:
 
 
 __all__ = ["Conditioning", "GenerateParams", "GenerateResult", "SampleResult", "FAMILY_DEFAULTS", "DEFAULT_MAX_SIDE",
-           "generate", "generate_full", "sample", "decode", "encode", "prepare_size", "model_schedule", "feather_mask",
+           "generate", "generate_full", "sample", "decode", "composite_inpaint", "encode", "prepare_size", "model_schedule", "feather_mask",
            "is_bad_image"]
