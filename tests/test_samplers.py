@@ -185,6 +185,18 @@ def test_numpy_and_torch_give_identical_results(name):
     np.testing.assert_allclose(b.numpy(), a, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_mlx_gives_the_numpy_results(name):
+    mx = pytest.importorskip("mlx.core")
+    shape = (2, 2, 4, 4)
+    sig = SCHEDULES["karras"](8, 0.03, 14.6)
+    x = make_noise(11, shape) * np.float32(sig[0])
+    a = SAMPLERS[name](ve_denoiser, x.copy(), sig, noise_sampler=NoiseSampler(5, shape))
+    b = SAMPLERS[name](ve_denoiser, mx.array(x), mx.array(sig), noise_sampler=NoiseSampler(5, shape, mx.array))
+    assert type(b).__module__.startswith("mlx")
+    np.testing.assert_allclose(np.array(b), a, rtol=1e-5, atol=1e-5)
+
+
 def test_default_noise_sampler_is_deterministic_and_follows_the_array_type():
     torch = pytest.importorskip("torch")
     sig = SCHEDULES["karras"](5, 0.03, 14.6)
@@ -301,6 +313,11 @@ def _frameworks():
         import torch
         out.append(("torch", torch.from_numpy, lambda t: t.numpy()))
     except ImportError:  # pragma: no cover
+        pass
+    try:  # MLX (Apple silicon; also a CPU build on Linux): checked where installed
+        import mlx.core as mx
+        out.append(("mlx", mx.array, np.array))
+    except ImportError:
         pass
     return out
 
