@@ -56,6 +56,9 @@ def _fake(sprite, scale, blur=0.0, jpeg=0, noise=0.0, rng=None, cells=None):
     (16, 16, 12, 1.5, 75, 2.0),
     (64, 64, 4, 0.7, 90, 0.0),
     (20, 28, 6, 1.0, 0, 4.0),
+    (32, 32, 3, 0.0, 90, 2.0),     # small cells, sharp
+    (32, 24, 2.5, 0.0, 92, 1.0),   # cells of 2 and 3 pixels
+    (24, 24, 16, 3.0, 80, 2.0),    # heavy blur on big cells
 ])
 def test_grid_recovery_is_pixel_exact(h, w, scale, blur, jpeg, noise):
     rng = np.random.default_rng(h * 1000 + w)
