@@ -340,6 +340,10 @@ def test_ops_for(fw):
     np.testing.assert_allclose(back(ops.sqrt(ops.abs(to(x)))), np.sqrt(np.abs(x)), rtol=1e-6)
     back_np = ops.to_numpy(ops.from_numpy(x[:1] * 2, to(x)))
     np.testing.assert_array_equal(back_np, x[:1] * 2)
+    np.testing.assert_allclose(back(dynamic_threshold(to(x), 0.9)), dynamic_threshold(x, 0.9), rtol=1e-5, atol=1e-6)
+    c, u = x[:, :1] * 0.5, x[:, 1:]
+    np.testing.assert_allclose(back(cfg_rescale(to(c), to(u), 4.0, 0.7, x=to(x[:, :1]), sigma=1.5)),
+                               cfg_rescale(c, u, 4.0, 0.7, x=x[:, :1], sigma=1.5), rtol=1e-4, atol=1e-5)
     with pytest.raises(SpriteForgeError):
         ops_for([1.0, 2.0])
 
