@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from ..errors import BAD_INPUT, SpriteForgeError
 from .noise import NoiseSampler
 from .ops import ops_for
 
@@ -252,7 +253,7 @@ def dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, noise_sampler
     deterministic 2M ODE solver; the last step to sigma 0 returns x0.
     """
     if solver_type not in ("midpoint", "heun"):
-        raise ValueError("solver_type must be 'midpoint' or 'heun'")
+        raise SpriteForgeError(BAD_INPUT, f"Unknown solver_type {solver_type!r} for dpmpp_2m_sde. Use 'midpoint' or 'heun'.")
     run = _Run(model, x, sigmas, extra_args, callback, noise_sampler)
     eta, s_noise = float(eta), float(s_noise)
     prev, h_prev = None, None

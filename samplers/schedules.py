@@ -286,6 +286,8 @@ def beta(n_steps: int, sigma_min=None, sigma_max=None, *, model_schedule=None,
     """
     if n_steps <= 0:
         return []
+    if not (alpha > 0 and beta > 0):
+        raise SpriteForgeError(BAD_INPUT, f"The beta schedule needs alpha > 0 and beta > 0, not {alpha}, {beta}. Use e.g. 0.6, 0.6.")
     if model_schedule is None:
         lo, hi = _range(sigma_min, sigma_max, None)
         qs = 1.0 - np.linspace(0.0, 1.0, n_steps)

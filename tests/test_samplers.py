@@ -416,6 +416,10 @@ def test_schedules_without_model_schedule_and_errors():
         SCHEDULES["karras"](10)
     with pytest.raises(SpriteForgeError):
         get_sigmas("nope", 10, DiscreteSchedule())
+    with pytest.raises(SpriteForgeError):
+        SCHEDULES["beta"](10, 0.1, 10.0, alpha=0.0)
+    with pytest.raises(SpriteForgeError):
+        SAMPLERS["dpmpp_2m_sde"](ve_denoiser, np.zeros(2), [1.0, 0.0], solver_type="rk4")
 
 
 def test_discrete_and_flow_schedule_conversions():
