@@ -150,7 +150,12 @@ class LoadImage(io.ComfyNode):
             raise SpriteForgeError(BAD_INPUT, f"image {image!r} was not found in the input folder {root}. "
                                    "Put it there (or pass --input DIR).", details={"image": str(image)})
         frames, masks = [], []
-        with Image.open(path) as im:
+        try:
+            im = Image.open(path)
+        except Exception as exc:  # noqa: BLE001 - unreadable file
+            raise SpriteForgeError(BAD_INPUT, f"image {image!r} is not a readable image ({type(exc).__name__}). "
+                                   "Replace the file or pick another one.", details={"image": str(image)}) from exc
+        with im:
             size = None
             for f in ImageSequence.Iterator(im):
                 f = ImageOps.exif_transpose(f)

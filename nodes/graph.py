@@ -342,8 +342,8 @@ def graph_to_api(graph: dict, info: dict | None = None, *, strict: bool = True, 
     return out
 
 
-def load_workflow(data_or_path, info: dict | None = None) -> tuple[dict, dict | None]:
-    """(API prompt, graph or None) from a path, JSON text or dict in either format."""
+def read_workflow(data_or_path):
+    """The workflow JSON (dict) from a path, JSON text or dict; a saved POST /prompt body gives its prompt."""
     from pathlib import Path
 
     data = data_or_path
@@ -359,6 +359,12 @@ def load_workflow(data_or_path, info: dict | None = None) -> tuple[dict, dict | 
         data = json.loads(data)
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and is_api_format(data["prompt"]):
         data = data["prompt"]  # a saved POST /prompt body
+    return data
+
+
+def load_workflow(data_or_path, info: dict | None = None) -> tuple[dict, dict | None]:
+    """(API prompt, graph or None) from a path, JSON text or dict in either format."""
+    data = read_workflow(data_or_path)
     if is_graph_format(data):
         return graph_to_api(data, info), data
     if is_api_format(data):
@@ -633,7 +639,7 @@ def format_node_errors(node_errors: dict, prompt: dict | None = None, error: dic
 
 __all__ = [
     "describe_node", "node_classes", "object_info", "input_spec", "ordered_inputs", "widget_slots", "combo_options",
-    "is_widget", "types_match", "is_graph_format", "is_api_format", "graph_to_api", "load_workflow",
+    "is_widget", "types_match", "is_graph_format", "is_api_format", "graph_to_api", "read_workflow", "load_workflow",
     "parse_value", "apply_overrides", "find_prompt_input", "Issue", "check_value", "validate_prompt",
     "check_prompt", "format_node_errors", "api_to_graph",
 ]

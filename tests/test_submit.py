@@ -1,0 +1,478 @@
+"""submit.py and `spriteforge submit` against a small fake ComfyUI speaking the same protocol.
+
+The fake (stdlib http.server + a minimal WebSocket server side) implements POST /prompt
+(validation with ComfyUI's node_errors format), GET /queue, GET /history/{id}, GET /view,
+POST /interrupt, POST /queue {delete}, GET /object_info and /ws (status, execution_start,
+executing, progress, executed, execution_success / execution_error / execution_interrupted),
+and executes prompts with SpriteForge's in-process runner. Bound to 127.0.0.1 on an
+ephemeral port; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spriteforge.errors import SpriteForgeError
+from spriteforge.nodes import graph as G
+from spriteforge.submit import ComfyServer, WebSocket, submit_workflow
+
+pytest.importorskip("torch")
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+_RUN_LOCK = threading.Lock()  # the runner's folders are process-wide: one fake executes at a time
+
+
+class FakeComfy:
+    """A ComfyUI stand-in: one worker executes queued prompts in order with spriteforge.runner."""
+
+    def __init__(self, root: Path, *, node_delay: float = 0.0, extra_load: int = 0, crash_on_start: bool = False):
+        self.root = root
+        (root / "input").mkdir(parents=True, exist_ok=True)
+        (root / "output").mkdir(exist_ok=True)
+        self.node_delay = node_delay
+        self.extra_load = extra_load
+        self.crash_on_start = crash_on_start
+        self.sockets: dict[str, tuple] = {}
+        self.lock = threading.Lock()
+        self.pending: list = []
+        self.running: list = []
+        self.history: dict = {}
+        self.received: list = []
+        self.interrupts: list = []
+        self.deleted: list = []
+        self.interrupt_flag = threading.Event()
+        self.wake = threading.Condition(self.lock)
+        self._base_info = G.object_info()
+        self.stopped = False
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _json(self, obj, status=200):
+                body = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _body(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                return json.loads(self.rfile.read(n) or b"{}")
+
+            def do_GET(self):
+                u = urllib.parse.urlsplit(self.path)
+                q = dict(urllib.parse.parse_qsl(u.query))
+                if u.path == "/ws":
+                    return fake._ws(self, q.get("clientId") or uuid.uuid4().hex)
+                if u.path == "/queue":
+                    with fake.lock:
+                        pend = [[0, "other", {}, {}, []]] * fake.extra_load + [list(p[:2]) for p in fake.pending]
+                        return self._json({"queue_running": [list(r[:2]) for r in fake.running],
+                                           "queue_pending": pend})
+                if u.path.startswith("/history/"):
+                    pid = u.path.split("/", 2)[2]
+                    with fake.lock:
+                        h = fake.history.get(pid)
+                    return self._json({pid: h} if h else {})
+                if u.path == "/view":
+                    base = fake.root / ("output" if q.get("type", "output") == "output" else "temp")
+                    p = base / q.get("subfolder", "") / q["filename"]
+                    if not p.is_file():
+                        return self._json({"error": "not found"}, 404)
+                    data = p.read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                if u.path == "/object_info":
+                    return self._json(fake.info)
+                self._json({"error": "no route"}, 404)
+
+            def do_POST(self):
+                body = self._body()
+                if self.path == "/prompt":
+                    return self._json(*fake._queue(body))
+                if self.path == "/interrupt":
+                    fake.interrupts.append(body.get("prompt_id"))
+                    with fake.lock:
+                        if any(r[1] == body.get("prompt_id") for r in fake.running) or not body.get("prompt_id"):
+                            fake.interrupt_flag.set()
+                    return self._json({})
+                if self.path == "/queue":
+                    with fake.lock:
+                        ids = set(body.get("delete") or [])
+                        fake.deleted += list(ids)
+                        fake.pending = [p for p in fake.pending if p[1] not in ids]
+                    return self._json({})
+                self._json({"error": "no route"}, 404)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.worker = threading.Thread(target=self._work, daemon=True)
+        self.worker.start()
+
+    @property
+    def info(self) -> dict:
+        """object_info with LoadImage listing this server's input folder, like ComfyUI."""
+        info = json.loads(json.dumps(self._base_info))
+        files = sorted(p.name for p in (self.root / "input").iterdir() if p.is_file())
+        info["LoadImage"]["input"]["required"]["image"][1]["options"] = files
+        return info
+
+    # ------------------------------------------------------------------ websocket (server side)
+    def _ws(self, h: BaseHTTPRequestHandler, sid: str):
+        key = h.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        h.send_response(101)
+        h.send_header("Upgrade", "websocket")
+        h.send_header("Connection", "Upgrade")
+        h.send_header("Sec-WebSocket-Accept", accept)
+        h.end_headers()
+        h.wfile.flush()
+        lock = threading.Lock()
+        with self.lock:
+            self.sockets[sid] = (h.wfile, lock, h.connection)
+        self._send_to(sid, "status", {"status": {"exec_info": {"queue_remaining": 0}}, "sid": sid})
+        self._send_binary(sid, b"\x00\x00\x00\x01" + b"fakejpeg")  # a preview frame: clients must skip it
+        try:
+            while not self.stopped:
+                hdr = h.rfile.read(2)
+                if len(hdr) < 2:
+                    break
+                n = hdr[1] & 0x7F
+                if n == 126:
+                    n = struct.unpack("!H", h.rfile.read(2))[0]
+                elif n == 127:
+                    n = struct.unpack("!Q", h.rfile.read(8))[0]
+                h.rfile.read(4 + n)
+                if hdr[0] & 0x0F == 0x8:
+                    break
+        except OSError:
+            pass
+        with self.lock:
+            if self.sockets.get(sid, (None,))[0] is h.wfile:
+                del self.sockets[sid]
+        h.close_connection = True
+
+    def _frame(self, op: int, payload: bytes) -> bytes:
+        n = len(payload)
+        head = bytes([0x80 | op]) + (bytes([n]) if n < 126 else (bytes([126]) + struct.pack("!H", n) if n < 65536
+                                                                   else bytes([127]) + struct.pack("!Q", n)))
+        return head + payload
+
+    def _send_binary(self, sid, payload):
+        self._raw(sid, self._frame(0x2, payload))
+
+    def _raw(self, sid, data):
+        with self.lock:
+            s = self.sockets.get(sid)
+        if s is None:
+            return
+        try:
+            with s[1]:
+                s[0].write(data)
+                s[0].flush()
+        except OSError:
+            pass
+
+    def _send_to(self, sid, kind, data):
+        if sid is None:  # broadcast
+            with self.lock:
+                sids = list(self.sockets)
+            for s in sids:
+                self._send_to(s, kind, data)
+            return
+        self._raw(sid, self._frame(0x1, json.dumps({"type": kind, "data": data}).encode()))
+
+    # ------------------------------------------------------------------ queue + worker
+    def _queue(self, body):
+        prompt = body.get("prompt")
+        self.received.append(body)
+        if not isinstance(prompt, dict):
+            return {"error": {"type": "no_prompt", "message": "No prompt provided", "details": "", "extra_info": {}},
+                    "node_errors": {}}, 400
+        issues = G.validate_prompt(copy.deepcopy(prompt), self.info)
+        if issues:
+            node_errors = {}
+            for i in issues:
+                _c, typ, opts = G.input_spec(self.info.get(i.class_type, {}), i.input or "")
+                val = (prompt.get(i.node_id) or {}).get("inputs", {}).get(i.input)
+                ne = node_errors.setdefault(i.node_id, {"errors": [], "dependent_outputs": [], "class_type": i.class_type})
+                ne["errors"].append({"type": i.kind, "message": i.kind.replace("_", " "), "details": i.input or "",
+                                     "extra_info": {"input_name": i.input, "input_config": [typ, opts],
+                                                    "received_value": val}})
+            return {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                              "details": "", "extra_info": {}}, "node_errors": node_errors}, 400
+        pid = body.get("prompt_id") or str(uuid.uuid4())
+        with self.wake:
+            self.pending.append((0, pid, prompt, {"client_id": body.get("client_id"), **(body.get("extra_data") or {})}))
+            self.wake.notify()
+        return {"prompt_id": pid, "number": len(self.received), "node_errors": {}}, 200
+
+    def _work(self):
+        from spriteforge.progress import Interrupted
+        from spriteforge.runner import run_workflow
+
+        while not self.stopped:
+            with self.wake:
+                while not self.pending and not self.stopped:
+                    self.wake.wait(0.2)
+                if self.stopped:
+                    return
+                item = self.pending.pop(0)
+                self.running = [item]
+            _n, pid, prompt, extra = item
+            sid = extra.get("client_id")
+            if self.crash_on_start:
+                self.stop()
+                return
+            self.interrupt_flag.clear()
+            self._send_to(sid, "execution_start", {"prompt_id": pid})
+            status, messages = "success", []
+
+            def on_event(kind, d, pid=pid, sid=sid):
+                if kind == "executing":
+                    self._send_to(sid, "executing", {"node": d["node"], "display_node": d["node"], "prompt_id": pid})
+                    t_end = time.monotonic() + self.node_delay
+                    while time.monotonic() < t_end:
+                        if self.interrupt_flag.is_set():
+                            raise _Interrupt()
+                        time.sleep(0.01)
+                    if self.interrupt_flag.is_set():
+                        raise _Interrupt()
+                    self._send_to(sid, "progress", {"value": 1, "max": 1, "node": d["node"], "prompt_id": pid})
+                elif kind == "executed" and d.get("output"):
+                    self._send_to(sid, "executed", {"node": d["node"], "display_node": d["node"],
+                                                    "output": d["output"], "prompt_id": pid})
+
+            outputs = {}
+            try:
+                with _RUN_LOCK:
+                        res = run_workflow(prompt, out_dir=self.root / "output", input_dir=self.root / "input",
+                                       on_event=on_event)
+                outputs = res.outputs
+                self._send_to(sid, "execution_success", {"prompt_id": pid})
+            except (_Interrupt, Interrupted):
+                status = "error"
+                messages = [["execution_interrupted", {"prompt_id": pid, "node_id": "?"}]]
+                self._send_to(sid, "execution_interrupted", {"prompt_id": pid, "node_id": "?", "node_type": "?"})
+            except SpriteForgeError as exc:
+                status = "error"
+                nid = exc.details.get("node_id", "?")
+                data = {"prompt_id": pid, "node_id": nid, "node_type": exc.details.get("class_type", "?"),
+                        "exception_message": str(exc), "exception_type": "SpriteForgeError", "traceback": []}
+                messages = [["execution_error", data]]
+                self._send_to(sid, "execution_error", data)
+            with self.lock:
+                self.history[pid] = {"prompt": [0, pid, prompt, extra, []], "outputs": outputs,
+                                     "status": {"status_str": status, "completed": status == "success",
+                                                "messages": messages}}
+                self.running = []
+            self._send_to(sid, "executing", {"node": None, "prompt_id": pid})
+
+    def stop(self):
+        """Drop everything like a crashed server: listening socket and open websockets."""
+        self.stopped = True
+        with self.lock:
+            socks = list(self.sockets.values())
+        for _w, _l, conn in socks:
+            try:
+                conn.shutdown(2)
+            except OSError:
+                pass
+        threading.Thread(target=self.httpd.shutdown, daemon=True).start()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def servers(tmp_path):
+    made = []
+
+    def make(name="a", **kw):
+        root = tmp_path / f"srv_{name}"
+        s = FakeComfy(root, **kw)
+        rgba = np.zeros((16, 16, 4), np.uint8)
+        rgba[4:12, 4:12] = [250, 40, 40, 255]
+        Image.fromarray(rgba).save(root / "input" / "sprite.png")
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        if not s.stopped:
+            s.stop()
+
+
+def _wf(prefix="hero", factor=2):
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "sprite.png"}},
+        "2": {"class_type": "SpriteForgePixelDownscale",
+              "inputs": {"image": ["1", 0], "method": "box", "mode": "factor", "factor": factor, "width": 8, "height": 8}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+def test_websocket_client_roundtrip(servers):
+    s = servers()
+    ws = WebSocket(s.url.replace("http", "ws") + "/ws?clientId=abc", timeout=5)
+    first = ws.recv_json()
+    assert first["type"] == "status" and first["data"]["sid"] == "abc"
+    ws.send("hello")  # masked client frame; the fake reads and drops it
+    ws.close()
+
+
+def test_single_run_downloads_outputs(servers, tmp_path):
+    s = servers()
+    events = []
+    jobs = submit_workflow(_wf(), [s.url], out_dir=tmp_path / "out", on_event=lambda k, d: events.append(k),
+                           timeout=60, poll_interval=0.2)
+    assert [j.status for j in jobs] == ["done"]
+    f = tmp_path / "out" / "hero_00001_.png"
+    assert jobs[0].files == [f] and np.asarray(Image.open(f)).shape[:2] == (8, 8)
+    assert s.received[0]["client_id"] == ComfyServer(s.url).client_id or s.received[0]["client_id"]
+    assert "executing" in events and "done" in events
+    # again: same server file name -> a counter suffix locally, never an overwrite
+    submit_workflow(_wf(), [s.url], out_dir=tmp_path / "out", timeout=60, poll_interval=0.2)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hero_00001_.png", "hero_00002_.png"]
+
+
+def test_graph_format_uses_server_object_info(servers, tmp_path):
+    s = servers()
+    graph = G.api_to_graph(_wf("graph"))
+    jobs = submit_workflow(graph, [s.url], out_dir=tmp_path / "o", timeout=60, poll_interval=0.2)
+    assert jobs[0].status == "done" and jobs[0].files[0].name == "graph_00001_.png"
+    assert s.received[0]["extra_data"]["extra_pnginfo"]["workflow"]["nodes"]
+
+
+def test_refused_workflow_is_explained(servers, tmp_path):
+    s = servers()
+    with pytest.raises(SpriteForgeError) as ei:
+        submit_workflow(_wf(factor=0), [s.url], out_dir=tmp_path, timeout=30, overrides=["2.method=\"fancy\""])
+    msg = str(ei.value)
+    assert "node 2 (SpriteForgePixelDownscale), input 'factor': 0 is below the minimum 1. Set it to at least 1." in msg
+    assert "input 'method': \"fancy\" is not one of the choices" in msg
+
+
+def test_execution_error_is_readable(servers, tmp_path):
+    s = servers()
+    wf = _wf()
+    wf["1"]["inputs"]["image"] = "sprite.png"
+    (s.root / "input" / "broken.png").write_bytes(b"not a png")  # listed, but unreadable
+    wf["1"]["inputs"]["image"] = "broken.png"
+    jobs = submit_workflow(wf, [s.url], out_dir=tmp_path, timeout=60, poll_interval=0.2)
+    assert jobs[0].status == "failed"
+    assert "node 1 (LoadImage) failed: [BAD_INPUT]" in jobs[0].error and "is not a readable image" in jobs[0].error
+
+
+def test_batch_prompts_spread_over_least_loaded_servers(servers, tmp_path):
+    a = servers("a", node_delay=0.05)
+    b = servers("b", node_delay=0.05, extra_load=5)  # busy with other people's work
+    lines = [f"line{i}" for i in range(4)]
+    jobs = submit_workflow(_wf(), [b.url, a.url], prompts=lines, prompt_input="3.filename_prefix",
+                           out_dir=tmp_path / "out", timeout=90, poll_interval=0.2, max_inflight=2)
+    assert [j.status for j in jobs] == ["done"] * 4
+    # the first jobs went to the idle server, none to the busy one while the idle one had room
+    assert jobs[0].server.url == a.url and jobs[1].server.url == a.url
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == [f"line{i}_00001_.png" for i in range(4)]
+    sent = [r["prompt"]["3"]["inputs"]["filename_prefix"] for r in a.received + b.received]
+    assert sorted(sent) == lines
+
+
+def test_job_retried_when_its_server_drops(servers, tmp_path):
+    dead = servers("dead", crash_on_start=True)
+    ok = servers("ok")
+    events = []
+    jobs = submit_workflow(_wf("retry"), [dead.url, ok.url], out_dir=tmp_path / "out", timeout=60,
+                           poll_interval=0.2, on_event=lambda k, d: events.append(k))
+    assert jobs[0].status == "done" and jobs[0].server.url == ok.url
+    assert jobs[0].servers_tried == [dead.url, ok.url]
+    assert "server_down" in events and "retry" in events
+    assert (tmp_path / "out" / "retry_00001_.png").exists()
+
+
+def test_unreachable_server(tmp_path):
+    with pytest.raises(SpriteForgeError) as ei:
+        submit_workflow(_wf(), ["http://127.0.0.1:9"], out_dir=tmp_path, timeout=10, http_timeout=2)
+    assert ei.value.code == "ENGINE_UNAVAILABLE" and "cannot reach ComfyUI" in str(ei.value)
+
+
+def test_stop_interrupts_runs_on_the_server(servers, tmp_path):
+    s = servers(node_delay=5.0)
+    stop = threading.Event()
+    out: dict = {}
+
+    def go():
+        out["jobs"] = submit_workflow(_wf(), [s.url], prompts=["a", "b", "c"], prompt_input="3.filename_prefix",
+                                      out_dir=tmp_path, timeout=60, poll_interval=0.1, stop=stop)
+
+    t = threading.Thread(target=go)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not s.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    t.join(30)
+    assert not t.is_alive()
+    assert s.interrupts and s.interrupts[0] == s.history.get(s.interrupts[0], {}).get("prompt", [0, s.interrupts[0]])[1]
+    assert s.deleted  # the queued one was removed
+    assert {j.status for j in out["jobs"]} == {"interrupted"}
+
+
+def test_cli_submit_batch_and_ctrl_c(servers, tmp_path):
+    s = servers(node_delay=0.0)
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(_wf()))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# comment\nknight\n\nwizard\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO.parent)}
+    r = subprocess.run([sys.executable, "-m", "spriteforge.cli.main", "submit", str(wf), "--server", s.url,
+                        "--prompts", str(prompts), "--prompt-input", "3.filename_prefix", "--out", str(tmp_path / "o"),
+                        "--timeout", "60"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(Path(p).name for p in r.stdout.split()) == ["knight_00001_.png", "wizard_00001_.png"]
+
+    slow = servers("slow", node_delay=30.0)
+    p = subprocess.Popen([sys.executable, "-m", "spriteforge.cli.main", "submit", str(wf), "--server", slow.url,
+                          "--out", str(tmp_path / "o2"), "--timeout", "60"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 40
+    while not slow.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    _out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert slow.interrupts, err
