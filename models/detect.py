@@ -247,6 +247,7 @@ def _pixart(t: dict[str, TensorInfo], original: bool) -> Detection:
         sample = 128
     gen = "alpha" if alpha else "sigma"
     res = _res_name(sample)
+    interp = (sample / 64 if sample != 64 else 1) if gen == "sigma" else None
     name = f"pixart-{gen}-{res}"
     if name not in configs.names():
         name = f"pixart-{gen}-1024"
@@ -264,6 +265,7 @@ def _pixart(t: dict[str, TensorInfo], original: bool) -> Detection:
         patch_size=patch,
         caption_channels=caption,
         use_additional_conditions=bool(extra_cond),
+        interpolation_scale=interp,
     )
     det = Detection("pixart", f"{gen}-{res}", "transformer", cfg, layout="original" if original else "diffusers")
     if tokens:
@@ -749,6 +751,26 @@ def _detect_folder(p: Path) -> Detection:
     )
 
 
+def _with_side_config(det: Detection, p: Path) -> Detection:
+    """A diffusers-layout file does not record settings that have no weights (PixArt's sample size...):
+    take them from ``<name>.json`` or ``config.json`` beside it when that names the same class."""
+    if det.kind not in ("transformer", "vae") or det.layout != "diffusers":
+        return det
+    for cand in (p.with_suffix(".json"), p.parent / "config.json"):
+        if cand.is_file():
+            try:
+                cfg = json.loads(cand.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(cfg, dict) and cfg.get("_class_name") == det.config.get("_class_name"):
+                keep = {k: v for k, v in cfg.items() if not k.startswith("_")}
+                det.config.update(keep)
+                det.extras["config_file"] = str(cand)
+                det.extras.pop("ambiguous", None)
+                break
+    return det
+
+
 def detect(path: str | os.PathLike, *, family_hint: str | None = None) -> Detection:
     """What ``path`` (a safetensors file or a diffusers folder) is. Reads headers and JSON only."""
     p = Path(path).expanduser()
@@ -758,7 +780,7 @@ def detect(path: str | os.PathLike, *, family_hint: str | None = None) -> Detect
         return _detect_folder(p)
     suffix = p.suffix.lower()
     if suffix in (".safetensors", ".sft"):
-        return detect_header(read_header(p), family_hint=family_hint)
+        return _with_side_config(detect_header(read_header(p), family_hint=family_hint), p)
     if suffix in (".ckpt", ".pt", ".pth", ".bin"):
         raise SpriteForgeError(
             UNSUPPORTED_ARCHITECTURE,

@@ -354,14 +354,15 @@ def build_pixart(variant: str = "sigma", seed: int = 0):
     alpha = variant == "alpha"
     m = PixArtTransformer2DModel(
         num_attention_heads=2, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=2,
-        cross_attention_dim=144, sample_size=8, patch_size=2, caption_channels=T5_DIM,
-        interpolation_scale=None if alpha else 1, use_additional_conditions=alpha, norm_num_groups=32,
+        cross_attention_dim=144, sample_size=128, patch_size=2, caption_channels=T5_DIM,
+        interpolation_scale=None if alpha else 2, use_additional_conditions=alpha, norm_num_groups=32,
     )
     return _randomize(m, seed)
 
 
-def pixart_to_original(sd: dict, tokens: int = 300, hidden: int = 144, caption: int = T5_DIM, n_pos: int = 16) -> dict:
-    out = {"pos_embed": torch.randn(1, n_pos, hidden), "y_embedder.y_embedding": torch.randn(tokens, caption)}
+def pixart_to_original(sd: dict, tokens: int = 300, hidden: int = 144, caption: int = T5_DIM, n_pos: int = 64 * 64) -> dict:
+    """diffusers PixArtTransformer2DModel keys -> PixArt repo keys (sample_size 128 => a 64x64 pos_embed table)."""
+    out = {"pos_embed": torch.zeros(1, n_pos, hidden), "y_embedder.y_embedding": torch.randn(tokens, caption)}
     ren = {
         "pos_embed.proj.": "x_embedder.proj.",
         "adaln_single.emb.timestep_embedder.linear_1.": "t_embedder.mlp.0.",
@@ -547,13 +548,18 @@ def build_dit(seed: int = 0):
     from diffusers import DiTTransformer2DModel
 
     m = DiTTransformer2DModel(
-        num_attention_heads=1, attention_head_dim=64, in_channels=4, out_channels=8, num_layers=2, sample_size=8, patch_size=2,
+        num_attention_heads=1, attention_head_dim=64, in_channels=4, out_channels=8, num_layers=2, sample_size=32, patch_size=2,
         num_embeds_ada_norm=1000,
     )
-    return _randomize(m, seed)
+    m = _randomize(m, seed)
+    # the original DiT has ONE timestep/class embedder; diffusers copies it into every block
+    first = m.transformer_blocks[0].norm1.emb.state_dict()
+    for blk in m.transformer_blocks[1:]:
+        blk.norm1.emb.load_state_dict(first)
+    return m
 
 
-def dit_to_original(sd: dict, n_pos: int = 16) -> dict:
+def dit_to_original(sd: dict, n_pos: int = 256) -> dict:
     hidden = sd["pos_embed.proj.weight"].shape[0]
     out = {"pos_embed": torch.randn(1, n_pos, hidden)}
     e = "transformer_blocks.0.norm1.emb."

@@ -260,16 +260,37 @@ def _keep_fp8(engine) -> bool:
 
 
 def _enable_fp8(model, tensors, weight_dtype):
+    """Keep fp8 weights stored as fp8 and upcast them one layer at a time, only for its forward."""
     fp8 = [t.dtype for t in tensors.values() if t.dtype in FP8]
     if not fp8:
         return None
-    storage = torch_dtype(max(set(fp8), key=fp8.count))
-    try:
-        model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=weight_dtype)
-    except Exception:  # noqa: BLE001 - older diffusers: upcast now
-        model.to(weight_dtype)
-        return None
-    return str(storage).replace("torch.", "")
+    fp8_types = {torch.float8_e4m3fn, torch.float8_e5m2}
+    n = 0
+    for mod in model.modules():
+        if any(p is not None and p.dtype in fp8_types for p in mod._parameters.values()):
+            mod.register_forward_pre_hook(_Fp8Upcast(weight_dtype).pre)
+            mod.register_forward_hook(_Fp8Upcast.post)
+            n += 1
+    return max(set(fp8), key=fp8.count) if n else None
+
+
+class _Fp8Upcast:
+    def __init__(self, compute: torch.dtype):
+        self.compute = compute
+
+    def pre(self, mod, args):
+        stored = {}
+        for name, p in mod._parameters.items():
+            if p is not None and p.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+                stored[name] = p
+                mod._parameters[name] = torch.nn.Parameter(p.to(self.compute), requires_grad=False)
+        mod.__dict__["_sf_fp8_stored"] = stored
+
+    @staticmethod
+    def post(mod, args, out):
+        for name, p in mod.__dict__.pop("_sf_fp8_stored", {}).items():
+            mod._parameters[name] = p
+        return out
 
 
 def build_transformer(det: Detection):
