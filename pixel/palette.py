@@ -423,8 +423,10 @@ def kmeans(frames, k: int, *, seed: int = 0, iterations: int = 24, alpha_thresho
         j = rng.choice(len(x), p=p / tot) if tot > 0 else int(np.argmax(w))
         centres[i] = x[j]
         d2 = np.minimum(d2, ((x - centres[i]) ** 2).sum(1))
+    x32 = x.astype(np.float32)
     for _ in range(int(iterations)):
-        lab = np.argmin(_sqdist(x, centres), 1)
+        c32 = centres.astype(np.float32)
+        lab = np.argmin((c32 * c32).sum(1)[None, :] - 2.0 * (x32 @ c32.T), 1)  # |x|^2 does not change argmin
         wsum = np.bincount(lab, weights=w, minlength=k)
         new = np.stack([np.bincount(lab, weights=w * x[:, c], minlength=k) for c in range(3)], 1)
         empty = wsum == 0
