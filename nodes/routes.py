@@ -1,0 +1,107 @@
+"""Extra ``/spriteforge/`` routes for the editor extension (``web/spriteforge.js``).
+
+* ``GET /spriteforge/palettes`` -> ``{name: ["#rrggbb", ...]}``: the shipped palettes (swatches on palette nodes).
+* ``GET /spriteforge/model_family?name=NAME`` -> ``{"name", "family", "variant", "error"}``: what a model file in
+  the model dropdown is (headers only, cached), so the editor can disable widgets that do not apply.
+
+:func:`register_routes` adds them to ComfyUI's server; it does nothing outside ComfyUI and is safe to call
+twice. The handlers are plain functions (:func:`palettes`, :func:`model_family`) tested without a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("spriteforge")
+_registered: dict = {}
+_family_cache: dict = {}
+MODEL_KINDS = ("diffusion_models", "checkpoints", "diffusers")
+
+
+def palettes() -> dict[str, list[str]]:
+    """Every shipped palette as ``#rrggbb`` strings (empty when the pixel library is absent)."""
+    try:
+        from ..pixel import palette as P
+    except Exception as exc:  # noqa: BLE001 - the pack may ship without pixel tools
+        log.warning("[spriteforge] palettes unavailable: %s", exc)
+        return {}
+    out = {}
+    for name in P.builtin_names():
+        try:
+            out[name] = ["#" + h for h in P.builtin(name).hex()]
+        except Exception as exc:  # noqa: BLE001 - one broken file must not hide the others
+            log.warning("[spriteforge] palette %s unreadable: %s", name, exc)
+    return out
+
+
+def model_family(name: str) -> dict:
+    """``{"name", "family", "variant", "error"}`` for a model dropdown value (cached by file and mtime)."""
+    from .. import paths
+
+    res = {"name": name, "family": None, "variant": None, "error": None}
+    if not name:
+        res["error"] = "no model name"
+        return res
+    path = None
+    for kind in MODEL_KINDS:
+        try:
+            path = paths.resolve(kind, name)
+            break
+        except Exception:  # noqa: BLE001 - try the next folder
+            continue
+    if path is None:
+        res["error"] = f"{name} was not found in the model folders"
+        return res
+    try:
+        key = (str(path), os.path.getmtime(path))
+    except OSError:
+        key = (str(path), 0)
+    if key not in _family_cache:
+        try:
+            from ..models.detect import detect
+
+            det = detect(path)
+            _family_cache[key] = {"family": det.family, "variant": det.variant, "error": None}
+        except Exception as exc:  # noqa: BLE001 - reported to the editor, which then leaves widgets alone
+            _family_cache[key] = {"family": None, "variant": None, "error": str(exc)}
+    res.update(_family_cache[key])
+    return res
+
+
+def register_routes(server=None) -> bool:
+    """Add the routes to ComfyUI's ``PromptServer`` (or ``server``); False when there is none."""
+    try:
+        from aiohttp import web
+    except Exception:
+        return False
+    if server is None:
+        try:
+            from server import PromptServer  # type: ignore
+        except Exception:
+            return False
+        server = getattr(PromptServer, "instance", None)
+    if server is None or id(server) in _registered:
+        return server is not None
+    routes = server.routes
+    cache: dict = {}
+
+    @routes.get("/spriteforge/palettes")
+    async def _palettes(request):  # pragma: no cover - exercised in a real ComfyUI
+        if "p" not in cache or request.query.get("refresh"):
+            cache["p"] = palettes()
+        return web.json_response(cache["p"])
+
+    @routes.get("/spriteforge/model_family")
+    async def _model_family(request):  # pragma: no cover - exercised in a real ComfyUI
+        import asyncio
+
+        name = request.query.get("name", "")
+        data = await asyncio.get_running_loop().run_in_executor(None, model_family, name)
+        return web.json_response(data)
+
+    _registered[id(server)] = True
+    return True
+
+
+__all__ = ["register_routes", "palettes", "model_family"]

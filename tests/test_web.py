@@ -1,0 +1,56 @@
+"""web/: the editor extension's JavaScript tests (node --test) and the routes it reads (nodes/routes.py)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from spriteforge.nodes import routes
+
+REPO = Path(__file__).resolve().parents[1]
+WEB = REPO / "web"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+def test_javascript_extension_with_node_test_runner():
+    r = subprocess.run(["node", "--test", "web/tests/"], cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "# fail 0" in r.stdout
+
+
+def test_web_directory_layout():
+    # ComfyUI serves WEB_DIRECTORY and imports every .js in it as an extension: only the extension is .js
+    js = sorted(p.relative_to(WEB).as_posix() for p in WEB.rglob("*.js"))
+    assert js == ["spriteforge.js"]
+    text = (WEB / "spriteforge.js").read_text()
+    assert "comfyAPI" in text and "import " not in text.split("export", 1)[0]  # no bare imports ComfyUI cannot resolve
+
+
+def test_palettes_route_data():
+    pals = routes.palettes()
+    assert "pico-8" in pals and len(pals["pico-8"]) == 16
+    assert all(c.startswith("#") and len(c) == 7 for cs in pals.values() for c in cs)
+
+
+def test_model_family_route_data(tmp_path):
+    from spriteforge import paths
+
+    res = routes.model_family("")
+    assert res["family"] is None and res["error"]
+    paths.set_models_root(tmp_path)
+    try:
+        res = routes.model_family("missing.safetensors")
+        assert res["family"] is None and "not found" in res["error"]
+        (tmp_path / "diffusion_models").mkdir()
+        (tmp_path / "diffusion_models" / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+        res = routes.model_family("junk.safetensors")
+        assert res["family"] is None and res["error"]  # unknown file: reported, editor leaves widgets alone
+    finally:
+        paths.set_models_root(None)
+
+
+def test_register_routes_without_comfyui_is_a_no_op():
+    assert routes.register_routes() is False

@@ -1,0 +1,397 @@
+// SpriteForge editor extension for ComfyUI's frontend.
+//
+// * palette swatches on palette nodes (an SF_PALETTE output or a palette-name widget), colours from
+//   GET /spriteforge/palettes ({name: ["#rrggbb", ...]}), or from a node's executed `palette` output;
+// * an engine/device badge on model nodes (SF_MODEL outputs) from GET /spriteforge/capabilities;
+// * widgets that do not apply to the model family (from GET /spriteforge/model_family) or to the
+//   engine's capabilities are disabled, with a hint in their label;
+// * SpriteForge error codes in execution errors are shown with their what-to-do text
+//   (the capabilities route's `error_codes`).
+//
+// It uses only `window.comfyAPI` (app.registerExtension, api.addEventListener, api.fetchApi), and
+// exports its pure helpers so `node --test web/tests/` can check them against a stand-in.
+
+export const EXTENSION_NAME = "SpriteForge.Editor";
+export const PALETTE_TYPE = "SF_PALETTE";
+export const MODEL_TYPE = "SF_MODEL";
+export const SWATCH_H = 16;
+
+// Widgets that apply only to some model families: name -> {only?: [families], not?: [families], hint}.
+export const FAMILY_RULES = {
+  guidance: { only: ["flux"], hint: "Flux only" },
+  sana_instruction: { only: ["sana"], hint: "Sana only" },
+  negative: { not: ["dit"], hint: "not used by DiT (null class)" },
+};
+// Widgets relabelled for a family (the input means something else there).
+export const FAMILY_LABELS = {
+  positive: { dit: "class label (0-999 or ImageNet name)" },
+};
+// Widgets that need an engine capability: name -> capability key in /spriteforge/capabilities.
+export const CAPABILITY_WIDGETS = {
+  tile: "vae_tiling",
+  lora_strength: "lora",
+  strength_model: "lora",
+};
+
+export const state = {
+  capabilities: null, // the /spriteforge/capabilities report
+  palettes: {}, // name -> ["#rrggbb"]
+  families: {}, // model name -> {family, variant, error} | "pending"
+  app: null,
+  api: null,
+};
+
+// ----------------------------------------------------------------------------- pure helpers
+
+/** The SpriteForge error code in an exception message ("[CODE] ..." or "CODE: ..."), or null. */
+export function errorCode(message, codes) {
+  if (!message) return null;
+  const text = String(message);
+  const m = text.match(/\[([A-Z][A-Z_]+)\]/) || text.match(/^([A-Z][A-Z_]+):/m);
+  if (!m) return null;
+  if (codes && !(m[1] in codes)) return null;
+  return m[1];
+}
+
+/** Toast payload for a ws execution_error detail, or null when it is not a SpriteForge error. */
+export function describeError(detail, codes) {
+  if (!detail) return null;
+  const code = errorCode(detail.exception_message, codes);
+  if (!code) return null;
+  const hint = codes?.[code] || "";
+  const node = detail.node_id != null ? `node ${detail.node_id} (${detail.node_type || "?"})` : "a node";
+  return {
+    code,
+    hint,
+    nodeId: detail.node_id,
+    summary: `SpriteForge ${code} in ${node}`,
+    detail: `${String(detail.exception_message || "").trim()}${hint && !String(detail.exception_message).includes(hint) ? `\nWhat to do: ${hint}` : ""}`,
+  };
+}
+
+/** Is this node definition (object_info entry) a palette node? */
+export function isPaletteNode(nodeData) {
+  if (!nodeData) return false;
+  if ((nodeData.output || []).includes(PALETTE_TYPE)) return true;
+  const inputs = { ...(nodeData.input?.required || {}), ...(nodeData.input?.optional || {}) };
+  return "palette" in inputs && isWidgetSpec(inputs.palette);
+}
+
+/** Is this node definition a model node (gives an SF_MODEL or has an `engine` widget)? */
+export function isModelNode(nodeData) {
+  if (!nodeData) return false;
+  if ((nodeData.output || []).includes(MODEL_TYPE)) return true;
+  const inputs = { ...(nodeData.input?.required || {}), ...(nodeData.input?.optional || {}) };
+  return "engine" in inputs;
+}
+
+export function isWidgetSpec(spec) {
+  if (!Array.isArray(spec)) return false;
+  const t = spec[0];
+  return Array.isArray(t) || ["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"].includes(t);
+}
+
+/** The palette colours a node shows: a palette-name widget value, else its last executed palette. */
+export function paletteColors(node, palettes) {
+  if (node?.sfPalette?.length) return node.sfPalette;
+  for (const w of node?.widgets || []) {
+    if (typeof w.value === "string" && palettes && Array.isArray(palettes[w.value])) return palettes[w.value];
+  }
+  return null;
+}
+
+/** Rectangles [x, y, w, h, colour] of a swatch strip of `colors` across `width` at `y`. */
+export function swatchRects(colors, width, y, height = SWATCH_H, margin = 8) {
+  if (!colors || !colors.length) return [];
+  const inner = Math.max(width - 2 * margin, 1);
+  const perRow = Math.min(colors.length, 32);
+  const rows = Math.ceil(colors.length / perRow);
+  const w = inner / perRow;
+  const h = height / rows;
+  return colors.map((c, i) => [margin + (i % perRow) * w, y + Math.floor(i / perRow) * h, Math.ceil(w), Math.ceil(h), c]);
+}
+
+export function drawSwatches(ctx, colors, width, y, height = SWATCH_H) {
+  const rects = swatchRects(colors, width, y, height);
+  for (const [x, yy, w, h, c] of rects) {
+    ctx.fillStyle = c.startsWith("#") ? c : `#${c}`;
+    ctx.fillRect(x, yy, w, h);
+  }
+  return rects.length;
+}
+
+/** The engine a model node will use and its device label, from the capabilities report. */
+export function engineBadge(node, caps) {
+  if (!caps) return null;
+  const engineW = (node?.widgets || []).find((w) => w.name === "engine");
+  const deviceW = (node?.widgets || []).find((w) => w.name === "device");
+  let engine = engineW?.value;
+  const usable = (caps.engines || []).filter((e) => e.usable && (e.devices || []).length);
+  if (!engine || engine === "auto") engine = usable[0]?.name || (caps.devices || [])[0]?.engine;
+  if (!engine) return { text: "no engine", ok: false, engine: null };
+  const info = (caps.engines || []).find((e) => e.name === engine);
+  if (!info || !info.usable) {
+    return { text: `${engine}: unavailable`, ok: false, engine, reason: info?.reason || "not installed" };
+  }
+  let dev = null;
+  const pick = deviceW?.value && deviceW.value !== "auto" ? deviceW.value : null;
+  const devs = (caps.devices || []).filter((d) => d.engine === engine);
+  dev = (pick && devs.find((d) => `${d.device?.kind}` === pick || d.device?.label === pick)) || devs[0];
+  const label = dev?.device?.label || (info.devices || [])[0]?.label || pick || "?";
+  const dtype = dev?.policy?.weight_dtype ? ` ${dev.policy.weight_dtype}` : "";
+  return { text: `${engine} · ${label}${dtype}`, ok: true, engine };
+}
+
+/** Follow a node's SF_MODEL input upstream to the node that loads the model (or null). */
+export function findModelSource(graph, node, depth = 0) {
+  if (!graph || !node || depth > 32) return null;
+  const hasModelOut = (node.outputs || []).some((o) => o.type === MODEL_TYPE);
+  const modelW = (node.widgets || []).find((w) => w.name === "model");
+  if (hasModelOut && modelW && !(node.inputs || []).some((i) => i.type === MODEL_TYPE && i.link != null)) return node;
+  const input = (node.inputs || []).find((i) => i.type === MODEL_TYPE && i.link != null);
+  if (!input) return hasModelOut && modelW ? node : null;
+  const link = getLink(graph, input.link);
+  if (!link) return null;
+  const src = graph.getNodeById(link.origin_id);
+  return findModelSource(graph, src, depth + 1);
+}
+
+export function getLink(graph, id) {
+  const links = graph?.links;
+  if (!links) return null;
+  if (typeof links.get === "function") return links.get(id) ?? null;
+  return links[id] ?? null;
+}
+
+/** What each widget of `node` should look like: [{name, disabled, hint, label}] for the family/engine. */
+export function widgetStates(node, family, engineCaps) {
+  const out = [];
+  for (const w of node?.widgets || []) {
+    let disabled = false;
+    let hint = null;
+    const rule = FAMILY_RULES[w.name];
+    if (rule && family) {
+      if (rule.only && !rule.only.includes(family)) disabled = true;
+      if (rule.not && rule.not.includes(family)) disabled = true;
+      if (disabled) hint = rule.hint;
+    }
+    const cap = CAPABILITY_WIDGETS[w.name];
+    if (!disabled && cap && engineCaps && engineCaps[cap] === false) {
+      disabled = true;
+      hint = `not supported by this engine`;
+    }
+    const relabel = family ? FAMILY_LABELS[w.name]?.[family] : null;
+    const label = disabled ? `${w.name} (${hint})` : relabel || undefined;
+    out.push({ name: w.name, disabled, hint, label });
+  }
+  return out;
+}
+
+/** Apply widgetStates to the node's widgets; returns true when anything changed. */
+export function applyWidgetStates(node, states) {
+  let changed = false;
+  for (const s of states) {
+    const w = (node.widgets || []).find((x) => x.name === s.name);
+    if (!w) continue;
+    if (w.sfOrigLabel === undefined) w.sfOrigLabel = w.label ?? null;
+    const label = s.label ?? w.sfOrigLabel ?? undefined;
+    if (!!w.disabled !== s.disabled || w.label !== label) changed = true;
+    w.disabled = s.disabled;
+    if (label === undefined || label === null) delete w.label;
+    else w.label = label;
+    w.sfHint = s.hint;
+  }
+  return changed;
+}
+
+// ----------------------------------------------------------------------------- talking to the server
+
+async function getJSON(api, path) {
+  try {
+    const r = await api.fetchApi(path);
+    if (!r || !r.ok) return null;
+    return await r.json();
+  } catch (e) {
+    console.warn(`[SpriteForge] ${path}:`, e);
+    return null;
+  }
+}
+
+export async function loadServerData(api) {
+  const [caps, pals] = await Promise.all([getJSON(api, "/spriteforge/capabilities"), getJSON(api, "/spriteforge/palettes")]);
+  state.capabilities = caps;
+  state.palettes = pals || {};
+  return state;
+}
+
+/** The model family behind `node` (null while unknown; fetches once per model name and redraws). */
+export function familyFor(node) {
+  const graph = state.app?.graph ?? node?.graph;
+  const src = findModelSource(graph, node);
+  if (!src) return null;
+  const name = (src.widgets || []).find((w) => w.name === "model")?.value;
+  if (!name) return null;
+  const known = state.families[name];
+  if (known && known !== "pending") return known.family || null;
+  if (!known && state.api) {
+    state.families[name] = "pending";
+    getJSON(state.api, `/spriteforge/model_family?name=${encodeURIComponent(name)}`).then((d) => {
+      state.families[name] = d || { family: null };
+      refreshAll();
+    });
+  }
+  return null;
+}
+
+function engineCapsFor(node) {
+  const caps = state.capabilities;
+  if (!caps) return null;
+  const graph = state.app?.graph ?? node?.graph;
+  const src = findModelSource(graph, node) || node;
+  const badge = engineBadge(src, caps);
+  return badge?.engine ? caps.capabilities?.[badge.engine] || null : null;
+}
+
+export function refreshNode(node) {
+  const states = widgetStates(node, familyFor(node), engineCapsFor(node));
+  if (applyWidgetStates(node, states)) node.setDirtyCanvas?.(true, true);
+}
+
+export function refreshAll() {
+  const nodes = state.app?.graph?._nodes || state.app?.graph?.nodes || [];
+  for (const n of nodes) if (n.sfSpriteForge) refreshNode(n);
+  state.app?.graph?.setDirtyCanvas?.(true, true);
+}
+
+function showError(app, info) {
+  const toast = app?.extensionManager?.toast;
+  if (toast?.add) {
+    toast.add({ severity: "error", summary: info.summary, detail: info.detail, life: 15000 });
+  } else {
+    console.error(`[SpriteForge] ${info.summary}: ${info.detail}`);
+  }
+}
+
+// ----------------------------------------------------------------------------- the extension
+
+export function makeExtension(app, api) {
+  state.app = app;
+  state.api = api;
+  return {
+    name: EXTENSION_NAME,
+
+    async setup() {
+      await loadServerData(api);
+      api.addEventListener("execution_error", (ev) => {
+        const info = describeError(ev?.detail, state.capabilities?.error_codes);
+        if (!info) return;
+        const node = info.nodeId != null ? app.graph?.getNodeById?.(Number(info.nodeId) || info.nodeId) : null;
+        if (node) {
+          node.sfError = info;
+          node.setDirtyCanvas?.(true, true);
+        }
+        showError(app, info);
+      });
+      api.addEventListener("execution_start", () => {
+        for (const n of app.graph?._nodes || app.graph?.nodes || []) if (n.sfError) delete n.sfError;
+      });
+      refreshAll();
+    },
+
+    async beforeRegisterNodeDef(nodeType, nodeData) {
+      const ours = String(nodeData?.name || "").startsWith("SpriteForge");
+      const palette = isPaletteNode(nodeData);
+      const model = isModelNode(nodeData);
+      if (!ours && !palette && !model) return;
+      const proto = nodeType.prototype;
+
+      const onNodeCreated = proto.onNodeCreated;
+      proto.onNodeCreated = function () {
+        const r = onNodeCreated?.apply(this, arguments);
+        this.sfSpriteForge = true;
+        this.sfPaletteNode = palette;
+        this.sfModelNode = model;
+        if (palette && Array.isArray(this.size)) this.size[1] += SWATCH_H + 8;
+        for (const w of this.widgets || []) {
+          const cb = w.callback;
+          w.callback = function () {
+            const res = cb?.apply(this, arguments);
+            refreshAll();
+            return res;
+          };
+        }
+        refreshNode(this);
+        return r;
+      };
+
+      const onConnectionsChange = proto.onConnectionsChange;
+      proto.onConnectionsChange = function () {
+        const r = onConnectionsChange?.apply(this, arguments);
+        refreshNode(this);
+        return r;
+      };
+
+      const onExecuted = proto.onExecuted;
+      proto.onExecuted = function (message) {
+        const r = onExecuted?.apply(this, arguments);
+        const pal = message?.palette;
+        if (Array.isArray(pal) && pal.length) {
+          this.sfPalette = pal.flat().map((c) => (String(c).startsWith("#") ? String(c) : `#${c}`));
+          this.setDirtyCanvas?.(true, true);
+        }
+        return r;
+      };
+
+      const onDrawForeground = proto.onDrawForeground;
+      proto.onDrawForeground = function (ctx) {
+        const r = onDrawForeground?.apply(this, arguments);
+        if (this.flags?.collapsed) return r;
+        if (this.sfPaletteNode) {
+          const colors = paletteColors(this, state.palettes);
+          if (colors) drawSwatches(ctx, colors, this.size[0], this.size[1] - SWATCH_H - 6);
+        }
+        if (this.sfModelNode) {
+          const badge = engineBadge(this, state.capabilities);
+          if (badge) drawBadge(ctx, this, badge.text, badge.ok);
+        }
+        if (this.sfError) {
+          ctx.save();
+          ctx.fillStyle = "#ff6666";
+          ctx.font = "11px sans-serif";
+          ctx.fillText(`${this.sfError.code}: ${this.sfError.hint}`.slice(0, 90), 6, this.size[1] + 14);
+          ctx.restore();
+        }
+        return r;
+      };
+    },
+  };
+}
+
+function drawBadge(ctx, node, text, ok) {
+  const titleH = globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+  ctx.save();
+  ctx.font = "10px sans-serif";
+  const w = (ctx.measureText?.(text)?.width ?? text.length * 6) + 10;
+  const x = node.size[0] - w - 6;
+  const y = -titleH + 6;
+  ctx.fillStyle = ok ? "#2d5a3d" : "#6a2d2d";
+  if (ctx.roundRect) {
+    ctx.beginPath();
+    ctx.roundRect(x, y, w, titleH - 12, 4);
+    ctx.fill();
+  } else {
+    ctx.fillRect(x, y, w, titleH - 12);
+  }
+  ctx.fillStyle = "#e8e8e8";
+  ctx.fillText(text, x + 5, y + (titleH - 12) / 2 + 3.5);
+  ctx.restore();
+}
+
+// ----------------------------------------------------------------------------- registration
+
+const comfy = globalThis.window?.comfyAPI ?? globalThis.comfyAPI;
+const theApp = comfy?.app?.app;
+const theApi = comfy?.api?.api;
+if (theApp?.registerExtension && theApi) {
+  theApp.registerExtension(makeExtension(theApp, theApi));
+}
