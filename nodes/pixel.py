@@ -80,9 +80,11 @@ def np_to_mask(alpha: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(alpha).astype(np.float32) / 255.0)
 
 
-def _frames(image, mask) -> tuple[np.ndarray, np.ndarray]:
+def _frames(image, mask, invert: bool = False) -> tuple[np.ndarray, np.ndarray]:
     rgb = image_to_np(image)
     a = mask_to_np(mask, *rgb.shape[:3])
+    if invert and mask is not None:
+        a = 255 - a
     return rgb, a
 
 
@@ -179,14 +181,17 @@ class PixelDownscale(io.ComfyNode):
                 io.Int.Input("factor", default=8, min=1, max=64, tooltip="Cell size in pixels when mode is 'factor'."),
                 io.Int.Input("width", default=64, min=1, max=4096, tooltip="Target width when mode is 'size'."),
                 io.Int.Input("height", default=64, min=1, max=4096, tooltip="Target height when mode is 'size'."),
+                io.Boolean.Input("invert_mask", default=False,
+                                 tooltip="Turn on when the mask comes straight from LoadImage (there 1 = transparent)."),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
             ],
             outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
         )
 
     @classmethod
-    def execute(cls, image, method="kcentroid", mode="factor", factor=8, width=64, height=64, mask=None):
-        rgb, a = _frames(image, mask)
+    def execute(cls, image, method="kcentroid", mode="factor", factor=8, width=64, height=64, invert_mask=False,
+                mask=None):
+        rgb, a = _frames(image, mask, invert_mask)
         kw = {"factor": factor} if mode == "factor" else {"size": (width, height)}
         outs = []
         bar = Progress(len(rgb), "downscale")
@@ -237,6 +242,8 @@ class PixelGridRecover(io.ComfyNode):
                                "sprite comes back as 63px)."),
                 io.Float.Input("max_scale", default=0.0, min=0.0, max=256.0, step=0.5,
                                tooltip="Largest cell size to consider in pixels (0 = automatic, up to a third of the image)."),
+                io.Boolean.Input("invert_mask", default=False,
+                                 tooltip="Turn on when the mask comes straight from LoadImage (there 1 = transparent)."),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
             ],
             outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask"),
@@ -245,8 +252,8 @@ class PixelGridRecover(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, image, snap_to_multiple="none", max_scale=0.0, mask=None):
-        rgb, a = _frames(image, mask)
+    def execute(cls, image, snap_to_multiple="none", max_scale=0.0, invert_mask=False, mask=None):
+        rgb, a = _frames(image, mask, invert_mask)
         snap = None if snap_to_multiple in (None, "none", "", 0) else int(snap_to_multiple)
         first = _rgba(rgb[0], a[0]) if mask is not None else rgb[0]
         out0, info = G.recover_grid(first, snap_multiple=snap, max_scale=float(max_scale) or None)
@@ -374,6 +381,8 @@ class PixelAlphaCleanup(io.ComfyNode):
                                 tooltip="Outline colour as hex (#rrggbb), or 'index:N' for colour N of the palette."),
                 io.Boolean.Input("bleed", default=True,
                                  tooltip="Fill transparent pixels' colour from the edge so filtering shows no dark halo."),
+                io.Boolean.Input("invert_mask", default=False,
+                                 tooltip="Turn on when the mask comes straight from LoadImage (there 1 = transparent)."),
                 PaletteType.Input("palette", optional=True, tooltip="Palette for 'index:N' outline colours."),
             ],
             outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
@@ -381,8 +390,8 @@ class PixelAlphaCleanup(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, mask, threshold=0.5, min_island=4, max_hole=4, strays=False, outline=False,
-                outline_color="#000000", bleed=True, palette=None):
-        rgb, a = _frames(image, mask)
+                outline_color="#000000", bleed=True, invert_mask=False, palette=None):
+        rgb, a = _frames(image, mask, invert_mask)
         color = None
         if outline:
             oc = (outline_color or "#000000").strip()

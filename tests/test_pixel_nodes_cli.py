@@ -188,3 +188,36 @@ def test_cli_subprocess(tmp_path):
     assert "1 image(s)" in r.stdout
     with Image.open(tmp_path / "out" / "s0.png") as im:
         assert im.mode == "P" and im.size == (16, 16)
+
+
+def test_workflow_load_image_to_indexed_png_through_the_runner(tmp_path):
+    """An API-format prompt as ComfyUI would queue it: LoadImage -> grid recovery -> palette -> quantize -> save."""
+    runner = pytest.importorskip("spriteforge.runner")
+    sprite = _sprite(4)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(px.upscale(sprite, 8)).save(tmp_path / "in" / "hero.png")
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "hero.png"}},
+        "2": {"class_type": "SpriteForgePixelGridRecover",
+              "inputs": {"image": ["1", 0], "mask": ["1", 1], "invert_mask": True, "snap_to_multiple": "8",
+                         "max_scale": 0.0}},
+        "3": {"class_type": "SpriteForgePixelPaletteLoad", "inputs": {"name": "pico-8", "file": ""}},
+        "4": {"class_type": "SpriteForgePixelQuantize",
+              "inputs": {"image": ["2", 0], "mask": ["2", 1], "palette": ["3", 0], "dither": "fs", "strength": 0.5,
+                         "protect_edges": True}},
+        "5": {"class_type": "SpriteForgePixelAlphaCleanup",
+              "inputs": {"image": ["4", 0], "mask": ["4", 1], "threshold": 0.5, "min_island": 2, "max_hole": 2,
+                         "strays": False, "outline": False, "outline_color": "#000000", "bleed": True,
+                         "invert_mask": False}},
+        "6": {"class_type": "SpriteForgePixelSaveIndexed",
+              "inputs": {"images": ["5", 0], "mask": ["5", 1], "palette": ["3", 0], "filename_prefix": "sprites/hero",
+                         "upscale": 1}},
+    }
+    res = runner.run_workflow(prompt, out_dir=tmp_path / "out", input_dir=tmp_path / "in")
+    entry = res.outputs["6"]["images"][0]
+    path = tmp_path / "out" / entry["subfolder"] / entry["filename"]
+    with Image.open(path) as im:
+        assert im.mode == "P" and im.size == (16, 16) and im.info.get("transparency") == 0
+        assert "prompt" in im.text
+        rgba = np.asarray(im.convert("RGBA"))
+    assert np.array_equal(rgba, np.where(sprite[..., 3:] > 0, sprite, 0))
