@@ -116,7 +116,7 @@ def read_header(path: str | os.PathLike) -> Header:
         if n <= 1 or n > MAX_HEADER:
             raise _bad(p, f"header length {n} is not plausible")
         if 8 + n > size:
-            raise _bad(p, f"the header says {n} bytes but the file has {size - 8} after the length")
+            raise _bad(p, f"the header says {n} bytes but the file has only {size - 8} after the length (truncated)")
         raw = fh.read(n)
     try:
         data = json.loads(raw.decode("utf-8"))
