@@ -1,0 +1,133 @@
+"""Applying LoRAs to a loaded model handle, whatever the engine."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BAD_INPUT, LORA_UNSUPPORTED_ENGINE, SpriteForgeError
+
+
+@dataclass(frozen=True)
+class LoRASpec:
+    """One LoRA to apply: a file (or an in-memory ``{name: array}`` dict) and its strengths.
+
+    ``strength_text`` defaults to ``strength_model``.
+    """
+
+    source: object
+    strength_model: float = 1.0
+    strength_text: float | None = None
+    name: str | None = None
+
+    @property
+    def text_strength(self) -> float:
+        return self.strength_model if self.strength_text is None else float(self.strength_text)
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if isinstance(self.source, (str, Path)):
+            return Path(self.source).name
+        return "LoRA"
+
+
+@dataclass(frozen=True)
+class AppliedLoRA:
+    """What one applied LoRA did; kept in ``ModelHandle.loras``."""
+
+    name: str
+    path: str | None
+    strength_model: float
+    strength_text: float
+    family: tuple = ()
+    format: str = ""
+    layers: dict = field(default_factory=dict)  # component -> number of model layers patched
+    matched: int = 0
+    unmatched: tuple = ()
+    skipped: tuple = ()  # (module, reason)
+    missing_components: tuple = ()
+
+    def summary(self) -> str:
+        parts = [f"{self.name}: {self.matched} LoRA layers applied"]
+        if self.layers:
+            parts.append("(" + ", ".join(f"{k} {v}" for k, v in self.layers.items()) + ")")
+        if self.unmatched:
+            parts.append(f"; {len(self.unmatched)} not in this model: {', '.join(self.unmatched[:8])}"
+                         + ("…" if len(self.unmatched) > 8 else ""))
+        if self.skipped:
+            parts.append(f"; {len(self.skipped)} skipped: " + "; ".join(f"{k} ({r})" for k, r in self.skipped[:4]))
+        if self.missing_components:
+            parts.append("; for parts not loaded: " + ", ".join(f"{c} ({n} layers)" for c, n in self.missing_components))
+        return " ".join(parts)
+
+
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_ARG = re.compile(rf"^(?P<path>.+?)(?::(?P<sm>{_NUM}))?(?::(?P<st>{_NUM}))?$")
+
+
+def parse_lora_arg(text: str) -> LoRASpec:
+    """``FILE[:STRENGTH[:TEXT_STRENGTH]]`` (the ``--lora`` option) → :class:`LoRASpec`.
+
+    A colon followed by something that is not a number stays part of the path
+    (``C:\\loras\\x.safetensors`` works).
+    """
+    text = str(text).strip()
+    if not text:
+        raise SpriteForgeError(BAD_INPUT, "--lora needs a file name, optionally followed by :STRENGTH.")
+    m = _ARG.match(text)
+    path, sm, st = m.group("path"), m.group("sm"), m.group("st")
+    return LoRASpec(path, float(sm) if sm is not None else 1.0, float(st) if st is not None else None)
+
+
+def as_spec(item) -> LoRASpec:
+    if isinstance(item, LoRASpec):
+        return item
+    if isinstance(item, str):
+        return parse_lora_arg(item) if not Path(item).exists() else LoRASpec(item)
+    if isinstance(item, Path):
+        return LoRASpec(item)
+    if isinstance(item, (tuple, list)) and item:
+        return LoRASpec(item[0], *[float(x) if x is not None else None for x in item[1:3]])
+    if isinstance(item, dict) and "source" in item:
+        return LoRASpec(**item)
+    raise SpriteForgeError(BAD_INPUT, f"cannot read a LoRA spec from {type(item).__name__}; give a path, path:strength or LoRASpec.")
+
+
+def check_engine(handle) -> None:
+    """Raise LORA_UNSUPPORTED_ENGINE unless the handle's engine declares it applies LoRAs."""
+    engine = handle.engine
+    caps = getattr(engine, "capabilities", None)
+    name = getattr(engine, "name", str(engine))
+    if caps is None or not getattr(caps, "lora", False):
+        raise SpriteForgeError(
+            LORA_UNSUPPORTED_ENGINE,
+            f"the {name} engine cannot apply LoRAs. Load the model with engine 'torch' to use LoRAs.",
+            details={"engine": name},
+        )
+
+
+def apply_loras(handle, specs, *, merge: bool = False):
+    """A new :class:`~spriteforge.engines.base.ModelHandle` with ``specs`` applied; ``handle`` is unchanged.
+
+    ``specs``: LoRASpec, ``"file[:strength[:text_strength]]"`` strings, paths or ``(path, strength[, text])``.
+    Applying stacks onto LoRAs already on ``handle``; to remove a LoRA, use the handle
+    without it (the base weights were never touched). ``merge`` materialises the patched
+    weights once (faster sampling, one extra copy of every patched layer) instead of
+    patching each layer on the fly.
+    """
+    check_engine(handle)
+    specs = [as_spec(s) for s in (specs if isinstance(specs, (list, tuple)) else [specs])]
+    if not specs:
+        return handle
+    name = getattr(handle.engine, "name", "")
+    if name == "torch":
+        from ..engines.torch_models.lora import apply_loras as impl
+
+        return impl(handle, specs, merge=merge)
+    impl = getattr(handle.engine, "apply_loras", None)
+    if impl is None:
+        raise SpriteForgeError(LORA_UNSUPPORTED_ENGINE, f"the {name} engine has no LoRA implementation. Use engine 'torch'.")
+    return impl(handle, specs, merge=merge)

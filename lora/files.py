@@ -1,0 +1,232 @@
+"""Reading LoRA files (safetensors; ``.pt``/``.ckpt`` with ``weights_only``) and describing them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
+from .detect import _BLOCK, NAMES
+from .keys import LoRAModule, file_format, group_modules, split_key
+from .layouts import is_original_layout
+
+
+@dataclass
+class LoRAFile:
+    name: str
+    path: str | None
+    tensors: Mapping[str, Any]
+    metadata: dict = field(default_factory=dict)
+    modules: list = field(default_factory=list)
+    stray: list = field(default_factory=list)
+
+    def get(self, key):
+        return self.tensors[key]
+
+
+def _metadata(path: Path) -> dict:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            return dict(f.metadata() or {})
+    except Exception:
+        return {}
+
+
+def _load_tensors(path: Path, framework: str) -> dict:
+    suffix = path.suffix.lower()
+    if suffix not in (".safetensors", ".sft"):
+        if suffix in (".pt", ".pth", ".ckpt", ".bin"):
+            import torch
+
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+                sd = sd["state_dict"]
+            sd = {k: v for k, v in sd.items() if hasattr(v, "shape")}
+            if framework == "numpy":
+                return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+            return sd
+        raise SpriteForgeError(BAD_INPUT, f"{path.name}: LoRA files must be .safetensors (or .pt/.ckpt); got {suffix or 'no extension'}.")
+    if framework == "torch":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    if framework == "mlx":
+        import mlx.core as mx
+
+        return dict(mx.load(str(path)))
+    try:
+        from safetensors.numpy import load_file
+
+        return load_file(str(path))
+    except Exception:  # bfloat16 has no numpy dtype: go through torch
+        from safetensors.torch import load_file as tload
+
+        return {k: v.float().numpy() for k, v in tload(str(path), device="cpu").items()}
+
+
+def read_lora(source, *, framework: str = "numpy", name: str | None = None) -> LoRAFile:
+    """A LoRA from a file path or an in-memory ``{name: array}`` dict, grouped into modules."""
+    if isinstance(source, LoRAFile):
+        return source
+    if isinstance(source, Mapping):
+        tensors, meta, path = dict(source), {}, None
+        label = name or "LoRA"
+    else:
+        p = Path(source)
+        if not p.is_file():
+            raise SpriteForgeError(MODEL_NOT_FOUND, f"LoRA file {p} does not exist. Put it in models/loras or give its full path.",
+                                   details={"path": str(p)})
+        try:
+            tensors = _load_tensors(p, framework)
+        except SpriteForgeError:
+            raise
+        except Exception as exc:
+            raise SpriteForgeError(BAD_INPUT, f"{p.name} could not be read as a LoRA ({type(exc).__name__}: {exc}). "
+                                   "The download may be damaged; download it again.", details={"path": str(p)}) from exc
+        meta, path = _metadata(p) if p.suffix.lower() in (".safetensors", ".sft") else {}, str(p)
+        label = name or p.name
+    modules, stray = group_modules(tensors.keys())
+    if not modules:
+        raise SpriteForgeError(BAD_INPUT, f"{label} has no LoRA tensors (no lora_down/lora_A/hada/lokr names): it is not a LoRA file.")
+    return LoRAFile(label, path, tensors, meta, modules, stray)
+
+
+# -- inspect -----------------------------------------------------------------------
+
+
+def _header(path: Path) -> tuple[dict, dict]:
+    """``({name: shape}, metadata)`` of a safetensors file without reading tensor data."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        return shapes, dict(f.metadata() or {})
+
+
+def _alpha_values(path: Path, keys) -> list:
+    if not keys:
+        return []
+    from safetensors import safe_open
+
+    vals = []
+    for fw in ("numpy", "pt"):
+        try:
+            with safe_open(str(path), framework=fw) as f:
+                for k in keys:
+                    v = f.get_tensor(k)
+                    vals.append(float(v.reshape(-1)[0]))
+            return vals
+        except Exception:
+            vals = []
+    return vals
+
+
+def is_lora_file(path) -> bool:
+    """True when ``path`` is a safetensors file whose tensors are (mostly) LoRA adapter parts."""
+    p = Path(path)
+    if not p.is_file() or p.suffix.lower() not in (".safetensors", ".sft"):
+        return False
+    try:
+        shapes, _ = _header(p)
+    except Exception:
+        return False
+    if not shapes:
+        return False
+    hits = sum(1 for k in shapes if split_key(k) is not None)
+    return hits >= max(1, len(shapes) // 2)
+
+
+def _rank(m: LoRAModule, shapes) -> int | None:
+    p = m.params
+    for role in ("down", "w1b_h", "w1b_k", "w2b_k"):
+        if role in p and shapes.get(p[role]):
+            return int(shapes[p[role]][0])
+    return None
+
+
+_TE_LABEL = {"te1": "text_encoder_1", "te2": "text_encoder_2", "te3": "text_encoder_3"}
+
+
+def describe_modules(modules, shapes: dict, metadata: dict | None = None, alphas: list | None = None) -> dict:
+    from .plan import detect
+
+    fmt = file_format(modules)
+    det = detect(modules, lambda k: shapes[k], metadata)
+    ranks = Counter(r for r in (_rank(m, shapes) for m in modules) if r is not None)
+    comps = Counter(_TE_LABEL.get(m.component, m.component) for m in modules)
+    blocks: dict[str, set] = {}
+    other: list[str] = []
+    fam = det.family
+    layout = "unknown"
+    for m in modules:
+        if m.component != "transformer":
+            continue
+        mb = _BLOCK.search(m.flat)
+        if mb:
+            blocks.setdefault(mb.group(2), set()).add(int(mb.group(3)))
+        else:
+            other.append(m.body)
+        if is_original_layout(m.flat, fam if fam in ("flux", "sd3", "pixart", "sana", "dit") else None):
+            layout = "original"
+    if layout == "unknown" and any(m.component == "transformer" for m in modules):
+        layout = "diffusers"
+    info = {
+        "kind": "lora",
+        "format": fmt["format"],
+        "namings": fmt["namings"],
+        "algorithms": fmt["algorithms"],
+        "dora": fmt["dora"],
+        "family": fam,
+        "family_name": NAMES.get(fam, "unknown") if fam else "unknown",
+        "family_candidates": det.candidates,
+        "family_reason": det.reason,
+        "layout": layout,
+        "rank": ranks.most_common(1)[0][0] if ranks else None,
+        "ranks": sorted(ranks),
+        "alphas": sorted(set(alphas or [])),
+        "modules": len(modules),
+        "components": dict(comps),
+        "blocks": {k: sorted(v) for k, v in sorted(blocks.items())},
+        "other_layers": sorted(other),
+    }
+    if metadata:
+        keep = ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_base_model_version", "modelspec.architecture",
+                "modelspec.title", "ss_output_name")
+        info["metadata"] = {k: metadata[k] for k in keep if k in metadata}
+    return info
+
+
+def inspect_lora(path) -> dict:
+    """What a LoRA file is: format, algorithms, family, rank(s), alpha(s), components and blocks.
+
+    Reads only the header (and the tiny ``alpha`` scalars). Raises BAD_INPUT when the file
+    holds no LoRA tensors.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SpriteForgeError(MODEL_NOT_FOUND, f"{p} does not exist.", details={"path": str(p)})
+    if p.suffix.lower() in (".safetensors", ".sft"):
+        try:
+            shapes, meta = _header(p)
+        except Exception as exc:
+            raise SpriteForgeError(BAD_INPUT, f"{p.name} is not a readable safetensors file ({exc}).") from exc
+        modules, stray = group_modules(shapes)
+        alphas = _alpha_values(p, [m.params["alpha"] for m in modules if "alpha" in m.params])
+    else:
+        lf = read_lora(p, framework="numpy")
+        shapes = {k: tuple(v.shape) for k, v in lf.tensors.items()}
+        meta, modules, stray = lf.metadata, lf.modules, lf.stray
+        alphas = [float(lf.tensors[m.params["alpha"]].reshape(-1)[0]) for m in modules if "alpha" in m.params]
+    if not modules:
+        raise SpriteForgeError(BAD_INPUT, f"{p.name} has no LoRA tensors: it is not a LoRA file.")
+    info = describe_modules(modules, shapes, meta, alphas)
+    info["path"] = str(p)
+    info["tensors"] = len(shapes)
+    info["ignored_tensors"] = sorted(stray)[:20]
+    info["size_bytes"] = p.stat().st_size
+    return info
+
