@@ -373,6 +373,26 @@ def load_workflow(data_or_path, info: dict | None = None) -> tuple[dict, dict | 
                "(nodes + links). Export it from ComfyUI (Workflow > Export (API), or Save).")
 
 
+def fill_defaults(prompt: dict, info: dict | None = None, *, optional: bool = False) -> dict:
+    """Give every missing required widget input (and optional ones with ``optional``) its default; returns ``prompt``."""
+    info = object_info() if info is None else info
+    for node in prompt.values():
+        desc = info.get(node.get("class_type"))
+        if desc is None:
+            continue
+        inputs = node.setdefault("inputs", {})
+        for name, cat, typ, opts in ordered_inputs(desc):
+            if name in inputs or not is_widget(typ, opts) or (cat == "optional" and not optional):
+                continue
+            if "default" in opts:
+                inputs[name] = opts["default"]
+            else:
+                options = combo_options(typ, opts)
+                if options:
+                    inputs[name] = options[0]
+    return prompt
+
+
 # --------------------------------------------------------------------------- overrides
 
 def parse_value(text: str):
@@ -640,7 +660,7 @@ def format_node_errors(node_errors: dict, prompt: dict | None = None, error: dic
 __all__ = [
     "describe_node", "node_classes", "object_info", "input_spec", "ordered_inputs", "widget_slots", "combo_options",
     "is_widget", "types_match", "is_graph_format", "is_api_format", "graph_to_api", "read_workflow", "load_workflow",
-    "parse_value", "apply_overrides", "find_prompt_input", "Issue", "check_value", "validate_prompt",
+    "fill_defaults", "parse_value", "apply_overrides", "find_prompt_input", "Issue", "check_value", "validate_prompt",
     "check_prompt", "format_node_errors", "api_to_graph",
 ]
 

@@ -30,7 +30,7 @@ def dirs(tmp_path):
 
 
 def _pixel_wf():
-    return {
+    return G.fill_defaults({
         "1": {"class_type": "LoadImage", "inputs": {"image": "sprite.png"}},
         "2": {"class_type": "SpriteForgePixelDownscale",
               "inputs": {"image": ["1", 0], "method": "box", "mode": "factor", "factor": 4, "width": 64, "height": 64}},
@@ -41,7 +41,7 @@ def _pixel_wf():
         "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "sprites/hero"}},
         "6": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
         "7": {"class_type": "SpriteForgePixelUpscale", "inputs": {"image": ["1", 0], "factor": 2}},  # not needed
-    }
+    })
 
 
 def test_pixel_pipeline_runs_and_never_overwrites(dirs):

@@ -336,12 +336,12 @@ def servers(tmp_path):
 
 
 def _wf(prefix="hero", factor=2):
-    return {
+    return G.fill_defaults({
         "1": {"class_type": "LoadImage", "inputs": {"image": "sprite.png"}},
         "2": {"class_type": "SpriteForgePixelDownscale",
               "inputs": {"image": ["1", 0], "method": "box", "mode": "factor", "factor": factor, "width": 8, "height": 8}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
-    }
+    })
 
 
 def test_websocket_client_roundtrip(servers):
