@@ -9,6 +9,7 @@ model is unchanged, the output moves with strength and equals the base at streng
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -233,7 +234,7 @@ def test_separate_qkv_lora_onto_fused_qkv(tmp_path):
     names = dict(fused.named_modules())
     if "transformer_blocks.0.attn.to_qkv" not in names:
         pytest.skip("this diffusers version does not fuse Flux projections")
-    h = U.replace_transformer(h, fused) if hasattr(U, "replace_transformer") else type(h)(**{**h.__dict__, "transformer": fused})
+    h = dataclasses.replace(h, transformer=fused)
     w = U.Writer(5)
     shapes = _shapes(ref_h.transformer)
     for layer in ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_v", "transformer_blocks.0.attn.add_k_proj"]:
@@ -405,7 +406,7 @@ def test_patched_forward_equals_merged_weights_and_merge_mode(tmp_path, family):
 
 
 def test_bf16_model(tmp_path):
-    h = U.handle("pixart")
+    h = U.handle("pixart", fresh=True)
     h.transformer.to(torch.bfloat16)
     base_sd = U.state(h.transformer)
     path, w, keys = _write(tmp_path, "kohya", "pixart", h.transformer)

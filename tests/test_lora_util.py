@@ -36,7 +36,22 @@ def build(family: str, seed: int = 0, variant: str | None = None):
     return getattr(tm, f"build_{family}")(seed=seed)
 
 
-def handle(family: str, *, te: tuple = (), seed: int = 0, engine_name: str = "torch", variant: str | None = None) -> ModelHandle:
+_CACHE: dict = {}
+
+
+def handle(family: str, *, te: tuple = (), seed: int = 0, engine_name: str = "torch", variant: str | None = None,
+           fresh: bool = False) -> ModelHandle:
+    """A tiny handle; cached per arguments (LoRA application never changes it) unless ``fresh``."""
+    key = (family, tuple(te), seed, engine_name, variant)
+    if not fresh and key in _CACHE:
+        return _CACHE[key]
+    h = _handle(family, te=te, seed=seed, engine_name=engine_name, variant=variant)
+    if not fresh:
+        _CACHE[key] = h
+    return h
+
+
+def _handle(family, *, te, seed, engine_name, variant):
     tm = tiny()
     tes = {}
     for k in te:
@@ -202,15 +217,24 @@ def expected_dora(W: np.ndarray, d: np.ndarray, m: np.ndarray, strength: float) 
     return W + strength * (Wd - W)
 
 
-def state(model) -> dict:
+_STATES: dict = {}
+
+
+def state(model, clone: bool = True) -> dict:
+    """Every tensor of ``model`` with its LoRA patches applied (a clone, cached for unpatched cached models)."""
     from spriteforge.engines.torch_models.lora import merged_state_dict
 
-    return {k: v.detach().clone() for k, v in merged_state_dict(model).items()}
+    if any(model is h.transformer for h in _CACHE.values()):
+        if id(model) not in _STATES:
+            _STATES[id(model)] = {k: v.detach().clone() for k, v in merged_state_dict(model).items()}
+        return _STATES[id(model)]
+    sd = merged_state_dict(model)
+    return {k: v.detach().clone() for k, v in sd.items()} if clone else sd
 
 
 def check_weights(base_sd: dict, new_model, expected: dict, rtol=1e-5, atol=1e-5):
     """``expected``: param name -> numpy weight. Every other tensor must be bit-identical to ``base_sd``."""
-    new_sd = state(new_model)
+    new_sd = state(new_model, clone=False)
     assert set(new_sd) == set(base_sd)
     for k, v in new_sd.items():
         if k in expected:
