@@ -1,0 +1,184 @@
+"""LoRA nodes: apply one LoRA (chain them to stack), apply up to four at once, describe a LoRA file.
+
+The model handle that comes in is never changed: each node returns a new handle that
+shares the loaded weights and patches the LoRA's layers on the fly, so two branches of one
+graph can use different LoRAs, and bypassing the node gives the exact base model back.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import BAD_INPUT, SpriteForgeError
+from ..log import get_logger
+from ._compat import IN_COMFYUI, io
+
+log = get_logger("nodes")
+
+CATEGORY = "SpriteForge/lora"
+ModelType = io.Custom("SF_MODEL")
+NONE = "(none)"
+STACK_SLOTS = 4
+
+TIP_MODEL = "The SpriteForge model (from SpriteForge Load Model or another LoRA node). It is not changed; a new one comes out."
+TIP_NAME = "A LoRA file from models/loras (kohya, OneTrainer, ComfyUI, diffusers/peft or LyCORIS LoHa/LoKr; DoRA too)."
+TIP_SM = "How strongly the LoRA changes the diffusion transformer: 1 = as trained, 0 = off, negative inverts it."
+TIP_ST = "How strongly the LoRA changes the text encoders (when the file has text-encoder layers)."
+TIP_MERGE = ("Compute the patched weights once (faster sampling, extra memory for every patched layer) "
+             "instead of patching each layer on the fly (no extra copy).")
+
+
+def lora_choices(first: str | None = None) -> list[str]:
+    from .. import paths
+
+    try:
+        names = paths.list_models("loras")
+    except Exception as exc:  # a broken folder must not hide the node
+        log.warning("could not list loras: %s", exc)
+        names = []
+    return ([first] if first else []) + names
+
+
+def resolve_lora(name: str):
+    from pathlib import Path
+
+    from .. import paths
+
+    if not name or name == NONE:
+        raise SpriteForgeError(BAD_INPUT, "no LoRA was chosen. Pick a file from models/loras.")
+    p = Path(str(name)).expanduser()
+    if not IN_COMFYUI and p.is_file():
+        return p
+    return paths.resolve("loras", str(name), allow_absolute=not IN_COMFYUI)
+
+
+def _apply(model, items, merge=False):
+    from ..lora import LoRASpec, apply_loras
+
+    if model is None:
+        raise SpriteForgeError(BAD_INPUT, "no model is connected. Connect SpriteForge Load Model to the model input.")
+    specs = [LoRASpec(resolve_lora(name), float(sm), float(st), name=name) for name, sm, st in items]
+    new = apply_loras(model, specs, merge=bool(merge)) if specs else model
+    info = "\n".join(r.summary() for r in new.loras[len(model.loras):]) or "no LoRA applied"
+    return new, info
+
+
+class ApplyLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgeApplyLoRA",
+            display_name="SpriteForge Apply LoRA",
+            category=CATEGORY,
+            description="Applies a LoRA to a SpriteForge model with separate strengths for the transformer and the text "
+            "encoders, and returns a new model; the input model is left as it was. Chain several to stack LoRAs. "
+            "The LoRA's model family is detected from its layer names: a LoRA for another family is refused, and "
+            "layers the model does not have are listed in the info output.",
+            inputs=[
+                ModelType.Input("model", tooltip=TIP_MODEL),
+                io.Combo.Input("lora_name", options=lora_choices(), tooltip=TIP_NAME),
+                io.Float.Input("strength_model", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip=TIP_SM),
+                io.Float.Input("strength_text", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip=TIP_ST),
+                io.Boolean.Input("merge", default=False, optional=True, tooltip=TIP_MERGE),
+            ],
+            outputs=[ModelType.Output(display_name="model"), io.String.Output(display_name="info")],
+        )
+
+    @classmethod
+    def execute(cls, model, lora_name, strength_model=1.0, strength_text=1.0, merge=False):
+        new, info = _apply(model, [(lora_name, strength_model, strength_text)], merge)
+        return io.NodeOutput(new, info)
+
+
+class LoRAStack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        inputs = [ModelType.Input("model", tooltip=TIP_MODEL)]
+        for i in range(1, STACK_SLOTS + 1):
+            inputs += [
+                io.Combo.Input(f"lora_{i}", options=lora_choices(NONE), default=NONE, tooltip=f"LoRA {i} ((none) = empty slot). " + TIP_NAME),
+                io.Float.Input(f"strength_model_{i}", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip=f"LoRA {i}: " + TIP_SM),
+                io.Float.Input(f"strength_text_{i}", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip=f"LoRA {i}: " + TIP_ST),
+            ]
+        inputs.append(io.Boolean.Input("merge", default=False, optional=True, tooltip=TIP_MERGE))
+        return io.Schema(
+            node_id="SpriteForgeLoRAStack",
+            display_name="SpriteForge LoRA Stack",
+            category=CATEGORY,
+            description=f"Applies up to {STACK_SLOTS} LoRAs at once, each with its own transformer and text-encoder "
+            "strength, and returns a new model; the input model is left as it was. Empty slots are skipped.",
+            inputs=inputs,
+            outputs=[ModelType.Output(display_name="model"), io.String.Output(display_name="info")],
+        )
+
+    @classmethod
+    def execute(cls, model, merge=False, **kw):
+        items = []
+        for i in range(1, STACK_SLOTS + 1):
+            name = kw.get(f"lora_{i}", NONE)
+            if name and name != NONE:
+                items.append((name, kw.get(f"strength_model_{i}", 1.0), kw.get(f"strength_text_{i}", 1.0)))
+        new, info = _apply(model, items, merge)
+        return io.NodeOutput(new, info)
+
+
+class LoRAInfo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgeLoRAInfo",
+            display_name="SpriteForge LoRA Info",
+            category=CATEGORY,
+            description="Describes a LoRA file without loading a model: the family it was made for, its format "
+            "(kohya, OneTrainer, ComfyUI, diffusers/peft, LyCORIS), algorithm, rank, alpha and which blocks it changes.",
+            inputs=[
+                io.Combo.Input("lora_name", options=lora_choices(), tooltip=TIP_NAME),
+                io.Boolean.Input("as_json", default=False, tooltip="Output the full description as JSON instead of a summary."),
+            ],
+            outputs=[io.String.Output(display_name="report")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, lora_name, as_json=False):
+        from ..lora import inspect_lora
+
+        info = inspect_lora(resolve_lora(lora_name))
+        text = json.dumps(info, indent=2, default=str) if as_json else summary(info)
+        return io.NodeOutput(text, ui={"text": [text]})
+
+
+def summary(info: dict) -> str:
+    """A few lines describing an :func:`~spriteforge.lora.inspect_lora` result."""
+    algos = ", ".join(f"{k} x{v}" for k, v in info["algorithms"].items())
+    fam = " or ".join(info["family_candidates"]) or "unknown"
+    lines = [
+        f"LoRA for {fam} ({info['family_reason']})",
+        f"format {info['format']}, {info['layout']} layout, {algos}{', DoRA' if info['dora'] else ''}",
+        f"rank {info['rank']}" + (f" (ranks {info['ranks']})" if len(info["ranks"]) > 1 else "")
+        + (f", alpha {info['alphas'][0] if len(info['alphas']) == 1 else info['alphas']}" if info["alphas"] else ", no alpha (scale 1)"),
+        "layers: " + ", ".join(f"{k} {v}" for k, v in info["components"].items()),
+    ]
+    for group, idx in info["blocks"].items():
+        lines.append(f"  {group}: {_ranges(idx)}")
+    if info["other_layers"]:
+        lines.append("  other: " + ", ".join(info["other_layers"][:8]) + ("…" if len(info["other_layers"]) > 8 else ""))
+    return "\n".join(lines)
+
+
+def _ranges(idx) -> str:
+    out, start, prev = [], None, None
+    for i in idx:
+        if start is None:
+            start = prev = i
+        elif i == prev + 1:
+            prev = i
+        else:
+            out.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = prev = i
+    if start is not None:
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+    return ", ".join(out)
+
+
+NODES = [ApplyLoRA, LoRAStack, LoRAInfo]
