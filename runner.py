@@ -196,7 +196,7 @@ def run_workflow(
         info = G.object_info(classes)
         prompt, graph = G.load_workflow(workflow, info)
         G.apply_overrides(prompt, overrides, info)
-        G.check_prompt(prompt, info)
+        G.check_prompt(prompt, info, only_needed=outputs is None)
         if on_event is None and progress_stream is not None:
             on_event = _printer(progress_stream)
         emit = on_event or (lambda k, d: None)

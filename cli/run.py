@@ -49,7 +49,7 @@ def run(args) -> int:
         info = G.object_info()
         prompt, _graph = G.load_workflow(args.workflow, info)
         G.apply_overrides(prompt, args.sets, info)
-        G.check_prompt(prompt, info)
+        G.check_prompt(prompt, info, only_needed=True)
         if args.print_api:
             print(json.dumps(prompt, indent=2))
         else:

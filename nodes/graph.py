@@ -307,7 +307,8 @@ def graph_to_api(graph: dict, info: dict | None = None, *, strict: bool = True, 
                 if name is None:
                     continue
                 if i < len(values):
-                    inputs[name] = values[i]
+                    if values[i] is not None:  # the editor's `undefined` (an empty combo): not sent
+                        inputs[name] = values[i]
                 else:
                     _c, _t, opts = input_spec(desc, name)
                     if "default" in opts:
@@ -526,17 +527,37 @@ def check_value(typ, opts: dict, val) -> tuple[Any, str | None, str | None]:
     return val, None, None
 
 
+def reachable_nodes(prompt: dict, info: dict) -> set[str]:
+    """Ids of the output nodes and everything they depend on (what ComfyUI validates and runs)."""
+    todo = [k for k, n in prompt.items() if (info.get(n.get("class_type")) or {}).get("output_node")]
+    seen: set[str] = set()
+    while todo:
+        nid = todo.pop()
+        if nid in seen or nid not in prompt:
+            continue
+        seen.add(nid)
+        for v in (prompt[nid].get("inputs") or {}).values():
+            if isinstance(v, list) and len(v) == 2 and isinstance(v[1], int):
+                todo.append(str(v[0]))
+    return seen
+
+
 def validate_prompt(prompt: dict, info: dict | None = None, *, convert: bool = True,
-                    require_output: bool = True) -> list[Issue]:
+                    require_output: bool = True, only_needed: bool = False) -> list[Issue]:
     """Every problem ComfyUI's validation would report, as :class:`Issue` objects.
 
     With ``convert`` the widget values are converted in place (``"7"`` -> ``7`` for INT), as ComfyUI does.
+    ``only_needed`` checks only the output nodes and their inputs, like ComfyUI (which ignores the rest);
+    by default every node is checked.
     """
     info = object_info() if info is None else info
     issues: list[Issue] = []
     if not is_api_format(prompt):
         return [Issue("?", "?", None, "invalid_prompt", "the prompt is not in API format {id: {class_type, inputs}}.")]
+    needed = reachable_nodes(prompt, info) if only_needed else None
     for nid in sorted(prompt, key=_id_key):
+        if needed is not None and nid not in needed and prompt[nid].get("class_type") in info:
+            continue
         node = prompt[nid]
         ctype = node.get("class_type")
         desc = info.get(ctype)
@@ -660,7 +681,7 @@ def format_node_errors(node_errors: dict, prompt: dict | None = None, error: dic
 __all__ = [
     "describe_node", "node_classes", "object_info", "input_spec", "ordered_inputs", "widget_slots", "combo_options",
     "is_widget", "types_match", "is_graph_format", "is_api_format", "graph_to_api", "read_workflow", "load_workflow",
-    "fill_defaults", "parse_value", "apply_overrides", "find_prompt_input", "Issue", "check_value", "validate_prompt",
+    "fill_defaults", "reachable_nodes", "parse_value", "apply_overrides", "find_prompt_input", "Issue", "check_value", "validate_prompt",
     "check_prompt", "format_node_errors", "api_to_graph",
 ]
 

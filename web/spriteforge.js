@@ -20,7 +20,7 @@ export const SWATCH_H = 16;
 export const FAMILY_RULES = {
   guidance: { only: ["flux"], hint: "Flux only" },
   sana_instruction: { only: ["sana"], hint: "Sana only" },
-  negative: { not: ["dit"], hint: "not used by DiT (null class)" },
+  negative: { not: ["dit"], hint: "unused by DiT" },
 };
 // Widgets relabelled for a family (the input means something else there).
 export const FAMILY_LABELS = {
@@ -120,6 +120,17 @@ export function drawSwatches(ctx, colors, width, y, height = SWATCH_H) {
   return rects.length;
 }
 
+/** Where the swatch strip starts: below the last widget (or above the bottom edge when unknown). */
+export function swatchTop(node) {
+  const wh = globalThis.LiteGraph?.NODE_WIDGET_HEIGHT ?? 20;
+  let bottom = 0;
+  for (const w of node?.widgets || []) {
+    const y = w.last_y ?? w.y;
+    if (typeof y === "number") bottom = Math.max(bottom, y + (w.computedHeight ?? wh));
+  }
+  return bottom > 0 ? bottom + 6 : node.size[1] - SWATCH_H - 6;
+}
+
 /** The engine a model node will use and its device label, from the capabilities report. */
 export function engineBadge(node, caps) {
   if (!caps) return null;
@@ -200,6 +211,14 @@ export function applyWidgetStates(node, states) {
     if (label === undefined || label === null) delete w.label;
     else w.label = label;
     w.sfHint = s.hint;
+    const el = w.element || w.inputEl; // multiline text widgets are DOM textareas: show it there too
+    if (el && "placeholder" in el) {
+      if (w.sfOrigPlaceholder === undefined) w.sfOrigPlaceholder = el.placeholder ?? "";
+      const ph = s.label ?? w.sfOrigPlaceholder;
+      if (el.placeholder !== ph || !!el.disabled !== s.disabled) changed = true;
+      el.placeholder = ph;
+      el.disabled = s.disabled;
+    }
   }
   return changed;
 }
@@ -348,7 +367,11 @@ export function makeExtension(app, api) {
         if (this.flags?.collapsed) return r;
         if (this.sfPaletteNode) {
           const colors = paletteColors(this, state.palettes);
-          if (colors) drawSwatches(ctx, colors, this.size[0], this.size[1] - SWATCH_H - 6);
+          if (colors) {
+            const top = swatchTop(this);
+            if (top + SWATCH_H + 6 > this.size[1]) this.size[1] = top + SWATCH_H + 6; // keep the strip inside
+            drawSwatches(ctx, colors, this.size[0], top);
+          }
         }
         if (this.sfModelNode) {
           const badge = engineBadge(this, state.capabilities);
@@ -372,18 +395,19 @@ function drawBadge(ctx, node, text, ok) {
   ctx.save();
   ctx.font = "10px sans-serif";
   const w = (ctx.measureText?.(text)?.width ?? text.length * 6) + 10;
-  const x = node.size[0] - w - 6;
-  const y = -titleH + 6;
+  const h = 16;
+  const x = 0; // above the title bar, left (the frontend's node-source badge sits on the right)
+  const y = -titleH - h - 3;
   ctx.fillStyle = ok ? "#2d5a3d" : "#6a2d2d";
   if (ctx.roundRect) {
     ctx.beginPath();
-    ctx.roundRect(x, y, w, titleH - 12, 4);
+    ctx.roundRect(x, y, w, h, 4);
     ctx.fill();
   } else {
-    ctx.fillRect(x, y, w, titleH - 12);
+    ctx.fillRect(x, y, w, h);
   }
   ctx.fillStyle = "#e8e8e8";
-  ctx.fillText(text, x + 5, y + (titleH - 12) / 2 + 3.5);
+  ctx.fillText(text, x + 5, y + h / 2 + 3.5);
   ctx.restore();
 }
 

@@ -189,12 +189,16 @@ test("widgets that do not apply to the model family are disabled with a hint", a
   const flux = await makeNode(LOAD_MODEL, [["model", "flux-tiny.safetensors"], ["engine", "auto"]]);
   const dit = await makeNode(LOAD_MODEL, [["model", "dit-tiny.safetensors"], ["engine", "auto"]]);
   const enc = await makeNode(ENCODE, [["positive", "a cat"], ["negative", ""], ["guidance", 3.5]]);
+  enc.widgets[0].element = { placeholder: "positive", disabled: false }; // DOM textarea widgets
+  enc.widgets[1].element = { placeholder: "negative", disabled: false };
   link(dit, 0, enc, "model");
   assert.equal(mod.findModelSource(graph, enc), dit);
   mod.refreshNode(enc);
   await new Promise((r) => setTimeout(r, 10)); // the family fetch resolves, then everything refreshes
   const byName = Object.fromEntries(enc.widgets.map((w) => [w.name, w]));
   assert.equal(byName.guidance.disabled, true);
+  assert.equal(byName.positive.element.placeholder, "class label (0-999 or ImageNet name)");
+  assert.equal(byName.negative.element.disabled, true);
   assert.equal(byName.guidance.label, "guidance (Flux only)");
   assert.equal(byName.negative.disabled, true);
   assert.equal(byName.positive.label, "class label (0-999 or ImageNet name)");
@@ -210,6 +214,8 @@ test("widgets that do not apply to the model family are disabled with a hint", a
   assert.equal(byName.guidance.label, undefined);
   assert.equal(byName.positive.label, undefined);
   assert.equal(byName.negative.disabled, false);
+  assert.equal(byName.positive.element.placeholder, "positive");
+  assert.equal(byName.negative.element.disabled, false);
 });
 
 test("engine capabilities disable widgets the engine cannot honour", () => {
