@@ -94,8 +94,22 @@ def _role(handle, role, required=True):
 _PATCHERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def _holder(module):
+    """A plain container for a diffusers/transformers module: ModelPatcher sets ``.device`` on the model it
+    manages, which those classes expose as a read-only property."""
+    import torch
+
+    class SpriteForgeModule(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.device, self.dtype = _module_device_dtype(inner)
+
+    return SpriteForgeModule(module)
+
+
 def comfy_load(modules) -> None:
-    """Inside ComfyUI, wrap torch modules in ModelPatchers and let the memory manager load them."""
+    """Inside ComfyUI, wrap torch modules in ModelPatchers and let the memory manager load them (before use)."""
     try:
         import comfy.model_management as mm  # type: ignore
         import comfy.model_patcher as mp  # type: ignore
@@ -108,7 +122,7 @@ def comfy_load(modules) -> None:
         try:
             p = _PATCHERS.get(m)
             if p is None:
-                p = mp.ModelPatcher(m, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+                p = mp.ModelPatcher(_holder(m), load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
                 _PATCHERS[m] = p
             patchers.append(p)
         except Exception as exc:  # pragma: no cover - only inside ComfyUI
@@ -318,6 +332,7 @@ class TorchDenoiser:
         self.ms = model_schedule
         self.flow = handle.prediction == "flow"
         self.module = handle.transformer
+        comfy_load([self.module])  # inside ComfyUI: onto the GPU before its device is read
         self.device, self.dtype = _module_device_dtype(self.module, getattr(engine, "torch_device", None))
         policy = getattr(engine, "policy", None)
         self.slice = bool(policy.attention_slicing) if attention_slicing is None and policy is not None else bool(attention_slicing)
@@ -335,8 +350,11 @@ class TorchDenoiser:
         else:
             self._fill_args = None
         self.calls = 0
-        comfy_load([self.module])
         self._torch = torch
+        if self._fill_args is not None and fill_image is not None:
+            f = int(handle.vae_scale_factor or 8)
+            img = np.asarray(fill_image)
+            self._fill_cond(img.shape[-3] // f, img.shape[-2] // f)
 
     # ------------------------------------------------------------------
     def _timestep(self, sigma: float) -> float:
@@ -359,7 +377,9 @@ class TorchDenoiser:
         mask = (np.asarray(mask, np.float32) > 0.5).astype(np.float32)
         # diffusers' FluxFill masks in [-1,1] space: masked pixels become 0 (grey) after normalising
         masked = np.where(mask[..., None] > 0.5, 0.5, img).astype(np.float32)
-        lat = vae_encode(self.engine, self.handle, masked).to(self.device, torch.float32)
+        lat = vae_encode(self.engine, self.handle, masked)
+        comfy_load([self.module])
+        lat = lat.to(self.device, torch.float32)
         m = torch.from_numpy(mask).to(self.device, torch.float32)
         b = max(lat.shape[0], m.shape[0])
         lat, m = _expand(lat, b), _expand(m, b)
