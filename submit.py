@@ -695,6 +695,8 @@ def submit_workflow(
             if src == "ws":
                 handle(conn, msg)
             elif src == "ws_closed" and conn.alive:
+                if conn.ws is not None:
+                    conn.ws.close()
                 conn.ws = None
                 try:  # a dropped socket: is the server still there?
                     conn.server.queue_load()

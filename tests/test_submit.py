@@ -204,7 +204,7 @@ class FakeComfy:
             with s[1]:
                 s[0].write(data)
                 s[0].flush()
-        except OSError:
+        except (OSError, ValueError):  # the client went away
             pass
 
     def _send_to(self, sid, kind, data):
