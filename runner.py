@@ -220,19 +220,19 @@ def run_workflow(
             cls = classes[ctype]
             desc = info[ctype]
             emit("executing", {"node": nid, "class_type": ctype, "index": index, "total": len(order)})
-            kwargs: dict[str, Any] = {}
+            lists: dict[str, list] = {}  # every input as a list (ComfyUI's list semantics)
             sig_inputs = {}
             for name, v in node["inputs"].items():
                 if G.input_spec(desc, name)[0] is None:
                     continue  # ComfyUI ignores inputs the node does not declare
                 if _is_link(v):
                     src = str(v[0])
-                    kwargs[name] = values[src][v[1]] if v[1] < len(values[src]) else None
+                    lists[name] = values[src][v[1]] if v[1] < len(values[src]) else [None]
                     sig_inputs[name] = ["link", sigs[src], v[1]]
                 else:
                     if isinstance(v, dict) and "__value__" in v:
                         v = v["__value__"]
-                    kwargs[name] = v
+                    lists[name] = [v]
                     sig_inputs[name] = v
             schema = cls.define_schema()
             sig = hashlib.sha256(_sig([ctype, sig_inputs]).encode()).hexdigest()
@@ -240,32 +240,53 @@ def run_workflow(
             idempotent = not getattr(schema, "not_idempotent", False)
             t1 = time.monotonic()
             if idempotent and sig in cache.data:
-                args, ui = cache.data[sig]
+                outs, ui = cache.data[sig]
                 result.cached.append(nid)
                 was_cached = True
             else:
                 hidden = _Hidden(unique_id=nid, prompt=prompt, extra_pnginfo=pnginfo, dynprompt=None)
                 bound = type(cls.__name__, (cls,), {"hidden": hidden, "__module__": cls.__module__})
-                try:
-                    res = _call_execute(bound, kwargs)
-                except (Interrupted, KeyboardInterrupt):
-                    raise
-                except SpriteForgeError as exc:
-                    raise SpriteForgeError(exc.code, f"{_node_label(nid, ctype)}: {exc.message}", hint=exc.hint,
-                                           details={**exc.details, "node_id": nid, "class_type": ctype}) from exc
-                except Exception as exc:  # noqa: BLE001
-                    err = classify(exc, context=f"running {_node_label(nid, ctype)}")
-                    err.details.update({"node_id": nid, "class_type": ctype})
-                    raise err from exc
                 n_out = len(desc.get("output") or [])
-                args, ui = _unpack(res, n_out)
-                if len(args) < n_out:
-                    args = tuple(args) + (None,) * (n_out - len(args))
+                out_is_list = list(desc.get("output_is_list") or [False] * n_out)
+                if getattr(schema, "is_input_list", False):
+                    calls = [dict(lists)]
+                else:  # one call per item of the longest list; shorter lists repeat their last item
+                    n = max([len(v) for v in lists.values()] or [1])
+                    calls = [{k: (v[min(i, len(v) - 1)] if v else None) for k, v in lists.items()} for i in range(n)]
+                outs = [[] for _ in range(n_out)]
+                ui: dict | None = None
+                for kwargs in calls:
+                    try:
+                        res = _call_execute(bound, kwargs)
+                    except (Interrupted, KeyboardInterrupt):
+                        raise
+                    except SpriteForgeError as exc:
+                        raise SpriteForgeError(exc.code, f"{_node_label(nid, ctype)}: {exc.message}", hint=exc.hint,
+                                               details={**exc.details, "node_id": nid, "class_type": ctype}) from exc
+                    except Exception as exc:  # noqa: BLE001
+                        err = classify(exc, context=f"running {_node_label(nid, ctype)}")
+                        err.details.update({"node_id": nid, "class_type": ctype})
+                        raise err from exc
+                    args, one_ui = _unpack(res, n_out)
+                    for k in range(n_out):
+                        val = args[k] if k < len(args) else None
+                        if k < len(out_is_list) and out_is_list[k] and isinstance(val, (list, tuple)):
+                            outs[k].extend(val)
+                        else:
+                            outs[k].append(val)
+                    if one_ui:
+                        ui = ui or {}
+                        for key, val in one_ui.items():
+                            if isinstance(val, list) and isinstance(ui.get(key), list):
+                                ui[key] = ui[key] + val
+                            else:
+                                ui[key] = val
+                outs = tuple(outs)
                 if idempotent:
-                    cache.data[sig] = (args, ui)
+                    cache.data[sig] = (outs, ui)
                 result.executed.append(nid)
                 was_cached = False
-            values[nid] = args
+            values[nid] = outs
             files = []
             if ui:
                 if desc.get("output_node"):

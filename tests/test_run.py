@@ -152,3 +152,37 @@ def test_cli_run(dirs, tmp_path):
 def test_engine_info_runs():
     res = run_workflow({"1": {"class_type": "SpriteForgeEngineInfo", "inputs": {"as_json": True}}})
     assert "devices" in json.loads(res.outputs["1"]["text"][0])
+
+
+class _Many(sio.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return sio.Schema(node_id="TMany", inputs=[sio.Int.Input("n", default=3, min=1, max=10)],
+                          outputs=[sio.Int.Output(is_output_list=True)])
+
+    @classmethod
+    def execute(cls, n):
+        return sio.NodeOutput(list(range(n)))
+
+
+class _Collect(sio.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return sio.Schema(node_id="TCollect", inputs=[sio.Int.Input("v", default=0)], is_input_list=True,
+                          is_output_node=True)
+
+    @classmethod
+    def execute(cls, v):
+        return sio.NodeOutput(ui={"text": [repr(v)]})
+
+
+def test_output_lists_map_over_normal_nodes(tmp_path):
+    """ComfyUI's list semantics: a list output runs the next node once per item; is_input_list sees the list."""
+    classes = {"TMany": _Many, "TAsync": _Async, "TShow": _Show, "TCollect": _Collect}
+    wf = {"1": {"class_type": "TMany", "inputs": {"n": 3}},
+          "2": {"class_type": "TAsync", "inputs": {"x": ["1", 0]}},
+          "3": {"class_type": "TShow", "inputs": {"v": ["2", 0]}},
+          "4": {"class_type": "TCollect", "inputs": {"v": ["2", 0]}}}
+    res = run_workflow(wf, classes=classes, out_dir=tmp_path)
+    assert res.outputs["3"] == {"text": ["3:0", "3:2", "3:4"]}
+    assert res.outputs["4"] == {"text": ["[0, 2, 4]"]}
