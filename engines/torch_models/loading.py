@@ -46,6 +46,33 @@ FOLDER_TEXT_ENCODERS = {
     "sana": {"text_encoder": "gemma"},
     "dit": {},
 }
+# where each class lives: importing it directly skips diffusers' lazy import of every model (seconds)
+CLASS_MODULES = {
+    "PixArtTransformer2DModel": "diffusers.models.transformers.pixart_transformer_2d",
+    "SD3Transformer2DModel": "diffusers.models.transformers.transformer_sd3",
+    "FluxTransformer2DModel": "diffusers.models.transformers.transformer_flux",
+    "SanaTransformer2DModel": "diffusers.models.transformers.sana_transformer",
+    "DiTTransformer2DModel": "diffusers.models.transformers.dit_transformer_2d",
+    "AutoencoderKL": "diffusers.models.autoencoders.autoencoder_kl",
+    "AutoencoderDC": "diffusers.models.autoencoders.autoencoder_dc",
+}
+
+
+def diffusers_class(name: str):
+    """A diffusers model class by name, imported from its own module when known."""
+    import importlib
+
+    mod = CLASS_MODULES.get(name)
+    if mod:
+        try:
+            return getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError):
+            pass
+    import diffusers
+
+    return getattr(diffusers, name)
+
+
 TRANSFORMER_CLASSES = {
     "pixart": "PixArtTransformer2DModel",
     "sd3": "SD3Transformer2DModel",
@@ -294,9 +321,7 @@ class _Fp8Upcast:
 
 
 def build_transformer(det: Detection):
-    import diffusers
-
-    cls = getattr(diffusers, TRANSFORMER_CLASSES[det.family])
+    cls = diffusers_class(TRANSFORMER_CLASSES[det.family])
     cfg = {k: v for k, v in det.config.items() if not k.startswith("_")}
     return _empty(lambda: cls.from_config(cfg))
 
@@ -342,10 +367,7 @@ def _family_vae_name(family, variant, latent):
 
 
 def _build_vae(cfg: dict):
-    import diffusers
-
-    cls_name = cfg.get("_class_name", "AutoencoderKL")
-    cls = getattr(diffusers, cls_name)
+    cls = diffusers_class(cfg.get("_class_name", "AutoencoderKL"))
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     return _empty(lambda: cls.from_config(cfg))
 
@@ -373,9 +395,7 @@ def load_vae(engine, path, *, family: str | None = None, variant: str | None = N
     if p.is_dir():
         sub = p / "vae" if (p / "vae" / "config.json").exists() else p
         cfg = json.loads((sub / "config.json").read_text())
-        import diffusers
-
-        cls = getattr(diffusers, cfg.get("_class_name", "AutoencoderKL"))
+        cls = diffusers_class(cfg.get("_class_name", "AutoencoderKL"))
         model = cls.from_pretrained(sub, local_files_only=True, torch_dtype=dt).to(engine.torch_device).eval().requires_grad_(False)
         return model, dict(model.config)
     source = open_tensors(p)
@@ -709,25 +729,22 @@ def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None) -> Model
 
 
 def _load_component_folder(engine, p: Path, det: Detection, wdt):
-    import diffusers
-
-    cls = getattr(diffusers, TRANSFORMER_CLASSES[det.family])
+    cls = diffusers_class(TRANSFORMER_CLASSES[det.family])
     return cls.from_pretrained(p, local_files_only=True, torch_dtype=wdt).to(engine.torch_device).eval().requires_grad_(False)
 
 
 def _load_folder(engine, p: Path, det: Detection, wdt, vdt, tdt):
-    import diffusers
     import transformers
 
     index = json.loads((p / "model_index.json").read_text())
     device = engine.torch_device
-    tcls = getattr(diffusers, TRANSFORMER_CLASSES[det.family])
+    tcls = diffusers_class(TRANSFORMER_CLASSES[det.family])
     transformer = tcls.from_pretrained(p, subfolder="transformer", local_files_only=True, torch_dtype=wdt)
     transformer = transformer.to(device).eval().requires_grad_(False)
     vae_model, vae_cfg = None, {}
     if (p / "vae" / "config.json").exists():
         vcfg = json.loads((p / "vae" / "config.json").read_text())
-        vcls = getattr(diffusers, vcfg.get("_class_name", "AutoencoderKL"))
+        vcls = diffusers_class(vcfg.get("_class_name", "AutoencoderKL"))
         vae_model = vcls.from_pretrained(p, subfolder="vae", local_files_only=True, torch_dtype=vdt).to(device).eval().requires_grad_(False)
         vae_cfg = dict(vae_model.config)
     tes, toks = {}, {}

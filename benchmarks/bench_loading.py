@@ -1,0 +1,173 @@
+"""Load time and peak RSS of SpriteForge's loader against diffusers' own, on the same file, in one run.
+
+A PixArt-Sigma-XL-sized transformer (0.61B parameters, the real config) with random weights is
+written once as a diffusers component folder (``config.json`` + ``diffusion_pytorch_model.safetensors``).
+Each loader then runs in a fresh subprocess that reports ``ru_maxrss``:
+
+* ``diffusers``: ``PixArtTransformer2DModel.from_pretrained(folder, torch_dtype=...)``
+* ``spriteforge``: ``load_model(engine, folder/diffusion_pytorch_model.safetensors)`` (the single-file path:
+  header detection, meta build, memory-mapped reads)
+
+Scenarios: the file's dtype equals the target (fp32 -> fp32: SpriteForge maps the file, zero copy) and a
+cast (bf16 file -> fp32, what a CPU or a no-bf16 GPU does). After loading, every parameter is summed once
+(``touch``), so pages a mapping would load lazily are counted too. Prints seconds, peak RSS, RSS growth
+over the imports, and the ratios spriteforge/diffusers.
+
+    python benchmarks/bench_loading.py [--workdir DIR] [--keep] [--scenarios fp32,bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PIXART_SIGMA_1024 = {
+    "_class_name": "PixArtTransformer2DModel",
+    "activation_fn": "gelu-approximate",
+    "attention_bias": True,
+    "attention_head_dim": 72,
+    "attention_type": "default",
+    "caption_channels": 4096,
+    "cross_attention_dim": 1152,
+    "dropout": 0.0,
+    "in_channels": 4,
+    "interpolation_scale": 2,
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-06,
+    "norm_num_groups": 32,
+    "norm_type": "ada_norm_single",
+    "num_attention_heads": 16,
+    "num_embeds_ada_norm": 1000,
+    "num_layers": 28,
+    "out_channels": 8,
+    "patch_size": 2,
+    "sample_size": 128,
+    "upcast_attention": False,
+    "use_additional_conditions": False,
+}
+
+CHILD = r"""
+import json, os, resource, sys, time
+def rss_mb():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+which, folder, dtype = sys.argv[1], sys.argv[2], sys.argv[3]
+import torch, diffusers, transformers  # noqa: F401  (imports are not what we measure)
+from diffusers.models.transformers.pixart_transformer_2d import PixArtTransformer2DModel
+from spriteforge.engines import get_engine
+from spriteforge.engines.torch_models import loading  # noqa: F401
+get_engine("torch", "cpu", dtype)
+base = rss_mb()
+peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+t0 = time.perf_counter()
+if which == "diffusers":
+    model = PixArtTransformer2DModel.from_pretrained(folder, torch_dtype=getattr(torch, dtype), local_files_only=True)
+else:
+    from spriteforge.engines.torch_models.loading import load_model
+    engine = get_engine("torch", "cpu", dtype)
+    model = load_model(engine, os.path.join(folder, "diffusion_pytorch_model.safetensors")).transformer
+load_s = time.perf_counter() - t0
+with torch.no_grad():
+    total = sum(float(p.float().sum()) for p in model.parameters())
+touch_s = time.perf_counter() - t0
+n = sum(p.numel() for p in model.parameters())
+dt = str(next(model.parameters()).dtype)
+print(json.dumps({"load_s": load_s, "touch_s": touch_s, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "base_mb": base, "peak_before_mb": peak_before, "params": n, "dtype": dt, "checksum": total}))
+"""
+
+
+def write_model(folder: Path, dtype: str) -> Path:
+    import torch
+    from diffusers import PixArtTransformer2DModel
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    f = folder / "diffusion_pytorch_model.safetensors"
+    if f.exists():
+        return folder
+    cfg = {k: v for k, v in PIXART_SIGMA_1024.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        model = PixArtTransformer2DModel.from_config(cfg)
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for k, v in model.state_dict().items():
+        sd[k] = (torch.randn(v.shape, generator=g) * 0.02).to(getattr(torch, dtype))
+    save_file(sd, str(f))
+    del sd
+    (folder / "config.json").write_text(json.dumps(PIXART_SIGMA_1024, indent=2))
+    return folder
+
+
+def run_child(which: str, folder: Path, dtype: str) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
+    out = subprocess.run([sys.executable, "-c", CHILD, which, str(folder), dtype], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"{which} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", default=None, help="where to write the test model (default: a temp folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the written model files")
+    ap.add_argument("--scenarios", default="fp32,bf16", help="file dtypes to test (loaded as fp32): fp32,bf16,fp16")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per loader (best time, max RSS reported)")
+    args = ap.parse_args(argv)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="sf-bench-"))
+    names = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    rows = []
+    try:
+        for sc in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
+            file_dtype = names[sc]
+            t0 = time.perf_counter()
+            folder = write_model(work / f"pixart-sigma-{sc}", file_dtype)
+            size_mb = (folder / "diffusion_pytorch_model.safetensors").stat().st_size / 2**20
+            print(f"[{sc}] file {size_mb:.0f} MiB written/found in {time.perf_counter() - t0:.1f}s", flush=True)
+            res = {}
+            for which in ("diffusers", "spriteforge"):
+                runs = [run_child(which, folder, "float32") for _ in range(args.repeat)]
+                best = min(runs, key=lambda r: r["load_s"])
+                best["peak_mb"] = max(r["peak_mb"] for r in runs)
+                res[which] = best
+                print(f"  {which:11s} load {best['load_s']:.2f}s  load+touch {best['touch_s']:.2f}s  peak RSS {best['peak_mb']:.0f} MiB "
+                      f"(+{best['peak_mb'] - best['base_mb']:.0f} over imports)  {best['params'] / 1e9:.3f}B params {best['dtype']}", flush=True)
+            d, s = res["diffusers"], res["spriteforge"]
+            assert abs(d["checksum"] - s["checksum"]) <= 1e-3 * max(1.0, abs(d["checksum"])), "the two loaders disagree on the weights"
+            growth_d, growth_s = d["peak_mb"] - d["base_mb"], s["peak_mb"] - s["base_mb"]
+            row = {
+                "scenario": f"{sc} file -> fp32",
+                "file_mib": round(size_mb),
+                "load_s": (round(s["load_s"], 2), round(d["load_s"], 2)),
+                "load_ratio": round(s["load_s"] / d["load_s"], 2),
+                "touch_ratio": round(s["touch_s"] / d["touch_s"], 2),
+                "peak_mib": (round(s["peak_mb"]), round(d["peak_mb"])),
+                "peak_ratio": round(s["peak_mb"] / d["peak_mb"], 2),
+                "growth_mib": (round(growth_s), round(growth_d)),
+                "growth_ratio": round(growth_s / max(growth_d, 1), 2),
+                "growth_over_file_sf": round(growth_s / size_mb, 2),
+                "growth_over_file_diffusers": round(growth_d / size_mb, 2),
+            }
+            rows.append(row)
+            print(f"  ratio spriteforge/diffusers: load {row['load_ratio']}x, load+touch {row['touch_ratio']}x, "
+                  f"peak RSS {row['peak_ratio']}x, RSS growth {row['growth_ratio']}x "
+                  f"(growth/file: spriteforge {row['growth_over_file_sf']}, diffusers {row['growth_over_file_diffusers']})", flush=True)
+        print(json.dumps(rows, indent=1))
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
