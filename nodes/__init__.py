@@ -47,6 +47,12 @@ def node_map(strict: bool = False) -> dict[str, type]:
     return {cls.define_schema().node_id: cls for cls in all_nodes(strict)}
 
 
+if IN_COMFYUI:
+    from .routes import register_routes
+
+    register_routes()
+
+
 class SpriteForgeExtension(ComfyExtension):
     async def get_node_list(self):
         return all_nodes()
