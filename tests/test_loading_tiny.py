@@ -80,6 +80,7 @@ CASES = [
     ("flux", "diffusers", "depth"),
     ("flux", "folder", "dev"),
     ("sana", "diffusers", ""),
+    ("sana", "original", ""),
     ("sana", "folder", ""),
     ("dit", "original", ""),
     ("dit", "diffusers", ""),
@@ -169,6 +170,18 @@ def test_gemma_single_file(root, engine):
     key, model, tok = load_text_encoder(engine, tm.make_gemma(d), family="sana")
     assert key == "gemma"
     ref = tm.build_gemma(vocab_size=len(tok))
+    ids = tok("a cat", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).last_hidden_state, ref(ids).last_hidden_state)
+
+
+def test_gemma_tokenizer_inside_the_file(root, engine, tmp_path):
+    """ComfyUI's Gemma files carry the sentencepiece model as a uint8 tensor; no tokenizer folder needed."""
+    lone = tmp_path / "gemma_2_2b_fp16.safetensors"
+    lone.write_bytes(tm.make_gemma(root / "gemma", embed_tokenizer=True).read_bytes())
+    key, model, tok = load_text_encoder(engine, lone, family="sana")
+    assert key == "gemma" and len(tok) >= 200
+    ref = tm.build_gemma(vocab_size=model.config.vocab_size)
     ids = tok("a cat", return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(model(ids).last_hidden_state, ref(ids).last_hidden_state)

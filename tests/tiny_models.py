@@ -22,12 +22,12 @@ Writers (return the Path they wrote; ``root`` is a folder, created if needed):
     make_sd3(root, layout="diffusers"|"original"|"checkpoint"|"folder", variant="sd3"|"sd3.5-medium"|"sd3.5-large")
         "checkpoint" = all-in-one file: model.diffusion_model. + first_stage_model. + text_encoders.{clip_l,clip_g,t5xxl}.transformer.
     make_flux(root, layout="diffusers"|"original"|"folder", variant="dev"|"schnell"|"fill"|"depth")
-    make_sana(root, layout="diffusers"|"folder")
+    make_sana(root, layout="diffusers"|"original"|"folder")
     make_dit(root, layout="diffusers"|"original"|"folder")
     make_vae(root, latent_channels=4|16, layout="original"|"diffusers"|"folder", name=None)
     make_t5(root, d_model=32) -> t5xxl.safetensors (with the tied copy, like the release) + t5xxl_tokenizer/
     make_clip(root, kind="clip_l"|"clip_g") -> clip_l.safetensors (text_model.* keys) + <name>_tokenizer/
-    make_gemma(root) -> gemma.safetensors + gemma_tokenizer/
+    make_gemma(root, embed_tokenizer=False) -> gemma.safetensors + gemma_tokenizer/ (or the tokenizer inside the file)
     make_tokenizer(root, kind="clip"|"t5"|"gemma") -> tokenizer folder (save_pretrained format)
     "folder" layouts are complete diffusers pipelines: model_index.json, transformer/, vae/,
     text_encoder*/, tokenizer*/, scheduler/ (scheduler config like the release's).
@@ -263,14 +263,20 @@ def make_t5(root, d_model: int = T5_DIM, seed: int = 0, name: str = "t5xxl") -> 
     return _save_file(sd, path)
 
 
-def make_gemma(root, seed: int = 0) -> Path:
+def make_gemma(root, seed: int = 0, embed_tokenizer: bool = False) -> Path:
+    """``gemma.safetensors`` + ``gemma_tokenizer/``; ``embed_tokenizer`` stores the sentencepiece model
+    inside the file as a uint8 ``spiece_model`` tensor instead (as ComfyUI's Gemma files do)."""
     root = Path(root)
-    path = root / "gemma.safetensors"
+    path = root / ("gemma_embedded.safetensors" if embed_tokenizer else "gemma.safetensors")
     make_tokenizer(root, "gemma", name="gemma_tokenizer")
     if path.exists():
         return path
     m = build_gemma(seed, vocab_size=_tok_vocab(root, "gemma"))
-    return _save_file(m.state_dict(), path)
+    sd = dict(m.state_dict())
+    if embed_tokenizer:
+        raw = (root / ".gemma_tokenizer_raw" / "tokenizer.model").read_bytes()
+        sd["spiece_model"] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    return _save_file(sd, path)
 
 
 # --------------------------------------------------------------------------- VAEs
@@ -544,6 +550,50 @@ def build_sana(seed: int = 0):
     return _randomize(m, seed)
 
 
+def sana_to_original(sd: dict, tokens: int = 300, n_pos: int = 64) -> dict:
+    """diffusers SanaTransformer2DModel keys -> NVlabs Sana keys (inverse of diffusers' converter)."""
+    hidden = sd["patch_embed.proj.weight"].shape[0]
+    caption = sd["caption_projection.linear_1.weight"].shape[1]
+    out = {"pos_embed": torch.zeros(1, n_pos, hidden), "y_embedder.y_embedding": torch.zeros(tokens, caption)}
+    top = {
+        "patch_embed.proj": "x_embedder.proj", "time_embed.emb.timestep_embedder.linear_1": "t_embedder.mlp.0",
+        "time_embed.emb.timestep_embedder.linear_2": "t_embedder.mlp.2", "time_embed.linear": "t_block.1",
+        "caption_projection.linear_1": "y_embedder.y_proj.fc1", "caption_projection.linear_2": "y_embedder.y_proj.fc2",
+        "caption_norm": "attention_y_norm", "proj_out": "final_layer.linear",
+    }
+    blk = {
+        "attn1.to_out.0": "attn.proj", "attn2.to_q": "cross_attn.q_linear", "attn2.to_out.0": "cross_attn.proj",
+        "ff.conv_inverted": "mlp.inverted_conv.conv", "ff.conv_depth": "mlp.depth_conv.conv", "ff.conv_point": "mlp.point_conv.conv",
+    }
+    for k, v in sd.items():
+        if k == "scale_shift_table":
+            out["final_layer.scale_shift_table"] = v
+            continue
+        base, part = k.rsplit(".", 1)
+        if base in top:
+            out[f"{top[base]}.{part}"] = v
+            continue
+        m = re.match(r"transformer_blocks\.(\d+)\.(.*)$", base)
+        if not m:
+            if k.startswith("transformer_blocks.") and k.endswith("scale_shift_table"):
+                out["blocks." + k.split(".")[1] + ".scale_shift_table"] = v
+                continue
+            raise KeyError(k)
+        i, rest = m.groups()
+        b = f"blocks.{i}."
+        if rest == "attn1.to_q":
+            out[f"{b}attn.qkv.{part}"] = torch.cat([v, sd[k.replace("to_q", "to_k")], sd[k.replace("to_q", "to_v")]])
+        elif rest == "attn2.to_k":
+            out[f"{b}cross_attn.kv_linear.{part}"] = torch.cat([v, sd[k.replace("to_k", "to_v")]])
+        elif rest in ("attn1.to_k", "attn1.to_v", "attn2.to_v"):
+            continue
+        elif rest in blk:
+            out[f"{b}{blk[rest]}.{part}"] = v
+        else:
+            raise KeyError(k)
+    return out
+
+
 def build_dit(seed: int = 0):
     from diffusers import DiTTransformer2DModel
 
@@ -729,7 +779,10 @@ def make_sana(root, layout: str = "diffusers", seed: int = 0) -> Path:
     path = root / f"sana-{layout}.safetensors"
     if _done(path):
         return path
-    return _save_file(m.state_dict(), path)
+    sd = m.state_dict()
+    if layout == "original":
+        sd = sana_to_original(sd)
+    return _save_file(sd, path)
 
 
 def make_dit(root, layout: str = "diffusers", seed: int = 0) -> Path:

@@ -436,7 +436,8 @@ def _te_model(variant: str, cfg: dict, family: str | None):
 def _load_te_from(engine, source, det: Detection, prefix: str, family, dtype):
     variant = det.variant
     model = _te_model(variant, det.config, family)
-    mapping = {k: k[len(prefix):] for k in source.keys() if k.startswith(prefix)}
+    # tokenizer data some files carry (ComfyUI's "spiece_model") is not a weight
+    mapping = {k: k[len(prefix):] for k in source.keys() if k.startswith(prefix) and not k.endswith("spiece_model")}
     expected = set(model.state_dict())
 
     def conv(sd):
@@ -626,15 +627,12 @@ def _tokenizer_matches(d: Path, kind: str) -> bool:
 def _embedded_spiece(source, kind):
     import tempfile
 
-    import transformers
-
     try:
         data = source.get("spiece_model", None, torch.device("cpu")).numpy().tobytes()
-        with tempfile.NamedTemporaryFile(suffix=".model", delete=False) as fh:
-            fh.write(data)
-            name = fh.name
-        cls = transformers.GemmaTokenizer if kind == "gemma" else transformers.T5Tokenizer
-        return cls(vocab_file=name)
+        with tempfile.TemporaryDirectory() as tmp:
+            f = Path(tmp) / "tokenizer.model"
+            f.write_bytes(data)
+            return tokenizer_from_spm(f, kind)
     except Exception as exc:  # noqa: BLE001
         log.warning("embedded tokenizer could not be used: %s", exc)
         return None
