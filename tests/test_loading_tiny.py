@@ -313,6 +313,39 @@ def test_same_dtype_cpu_load_is_zero_copy(root, engine):
     assert w.untyped_storage().nbytes() == path.stat().st_size
 
 
+def test_cast_load_peak_memory_is_one_copy(tmp_path, engine):
+    """bf16 file -> fp32: peak RSS grows by about the fp32 result (2x the file), not result + file copy."""
+    import re as _re
+
+    clear = Path("/proc/self/clear_refs")
+    if not clear.exists():
+        pytest.skip("needs Linux /proc to reset the peak RSS")
+
+    def status(field):
+        return int(_re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+    from diffusers import DiTTransformer2DModel
+    from safetensors.torch import save_file
+
+    with torch.device("meta"):  # DiT-XL width, 4 layers: ~80M parameters, a 160 MiB bf16 file
+        shapes = {k: v.shape for k, v in DiTTransformer2DModel(num_layers=4, sample_size=32).state_dict().items()}
+    big = tm.dit_to_original({k: torch.zeros(s, dtype=torch.bfloat16) for k, s in shapes.items()})
+    big = {k: v.to(torch.bfloat16).contiguous() for k, v in big.items()}
+    p = tmp_path / "dit_bf16.safetensors"
+    save_file(big, str(p))
+    del big
+    size = p.stat().st_size
+    try:
+        clear.write_text("5")
+    except OSError:
+        pytest.skip("cannot reset the peak RSS here")
+    base = status("VmRSS")
+    h = load_model(engine, p)
+    peak = status("VmHWM") - base
+    assert next(h.transformer.parameters()).dtype == torch.float32
+    assert peak < 2.5 * size + 16 * 2**20, f"peak growth {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB bf16 file"
+
+
 # --------------------------------------------------------------------------- errors
 
 

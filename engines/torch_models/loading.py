@@ -240,9 +240,15 @@ def _load_into(model, source, mapping: dict[str, str], convert_fn, *, dtype, dev
 
     ``convert_fn`` maps the prefix-less dict to the model's keys. Returns the model.
     """
+    from ...progress import Progress
+
     sd = {}
-    for src_key, key in mapping.items():
-        sd[key] = source.get(src_key, _plan(source.tensors[src_key], dtype, keep_fp8), device)
+    step = 32
+    with Progress(max(1, (len(mapping) + step - 1) // step), f"loading {what}") as bar:
+        for i, (src_key, key) in enumerate(mapping.items()):
+            sd[key] = source.get(src_key, _plan(source.tensors[src_key], dtype, keep_fp8), device)
+            if i % step == step - 1:
+                bar.update()  # also the interrupt point
     sd = convert_fn(sd)
     expected = model.state_dict()
     if fill:
@@ -582,8 +588,8 @@ def find_tokenizer(key: str, near: Path | None = None, *, source=None, required:
     cands: list[Path] = []
     if near is not None:
         near = Path(near)
-        if near.is_dir():
-            cands += [near, near.parent / "tokenizer", near.parent / f"tokenizer_{ {'clip_g': 2, 't5': 3}.get(key, 1) }"]
+        if near.is_dir():  # a text_encoder*/ folder of a diffusers model: its tokenizer*/ siblings
+            cands += [near] + sorted(d for d in near.parent.glob("tokenizer*") if d.is_dir())
         else:
             cands += [near.parent / f"{near.stem}_tokenizer", near.parent / "tokenizer", near.parent / f"{kind}_tokenizer", near.parent / near.stem]
     for root in paths.roots("diffusers"):
