@@ -723,6 +723,11 @@ def build_from_state_dict(sd: dict, *, strict_buffers: bool = False) -> tuple[Bi
 # --------------------------------------------------------------------------- device, loading
 
 
+def _same_device(a, b) -> bool:
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def _default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -769,14 +774,19 @@ class BiRefNetHandle:
             import comfy.model_management as mm  # type: ignore
 
             mm.load_model_gpu(self.patcher)
-            return torch.device(self.patcher.load_device)
+            dev = torch.device(self.patcher.load_device)
+            # A plain module has no per-layer weight casting; if ComfyUI left part of it offloaded, finish the move.
+            if any(not _same_device(p.device, dev) for p in self.model.parameters()):
+                log.warning("BiRefNet was only partly loaded to %s by ComfyUI; moving the rest", dev)
+                self.model.to(dev)
+            return dev
         p = next(self.model.parameters())
-        if p.device != self.device:
+        if not _same_device(p.device, self.device):
             self.model.to(self.device)
         return self.device
 
     @torch.inference_mode()
-    def predict(self, images, size_hw, *, channels_last: bool = True):
+    def predict(self, images, size_hw, *, channels_last: bool | None = None):
         """Foreground probability for a batch.
 
         ``images``: float32 numpy [b, h, w, 3] in 0..1 (already padded to the target aspect);
@@ -794,6 +804,8 @@ class BiRefNetHandle:
         mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         x = ((x - mean) / std).to(self.dtype)
+        if channels_last is None:
+            channels_last = device.type == "cuda"  # cuDNN half convs prefer NHWC; on CPUs it only adds copies
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self.model(x).float()
@@ -835,9 +847,9 @@ class BiRefNetHandle:
         """A rough upper bound of the activation memory one image needs at ``size_hw`` (for chunking)."""
         H, W = size_hw
         el = 2 if self.dtype in (torch.float16, torch.bfloat16) else 4
-        # Measured on CPU fp32: ~2.3 GB (Swin-L) / ~1.6 GB (Swin-T) peak per 1024^2 image, dominated by the
-        # full-resolution decoder and the stage-1 attention; scale with pixels and element size.
-        per_mpx = (2.4e9 if self.config.embed_dim >= 128 else 1.7e9) * el / 4
+        # Swin-T measured on CPU fp32 (benchmarks/bench_rmbg.py, peak RSS of batch 4 minus batch 1, /3):
+        # ~1.25 GB per 1024^2 image. Swin-L: estimated (wider, deeper backbone; same decoder).
+        per_mpx = (2.0e9 if self.config.embed_dim >= 128 else 1.3e9) * el / 4
         return int(per_mpx * (H * W) / (1024 * 1024))
 
 

@@ -12,10 +12,10 @@ depend on):
   which every corner outside the input counts as 0, and a sample whose position is
   outside ``(-1, H) x (-1, W)`` is 0.
 
-The implementation gathers the four bilinear corners for one kernel tap at a time
-from a channels-last, zero-bordered copy of the input and accumulates
-``weight[:, :, i, j] @ sample`` into the output, so the working memory is one
-``[B*Ho*Wo, C]`` sample per tap instead of the full ``C*kh*kw`` column matrix.
+The implementation samples a group of kernel taps at a time with ``grid_sample`` from a
+zero-bordered float32 copy of the input and multiplies the columns into the output, so
+the working memory stays under ``max_chunk_bytes`` instead of the full ``C*kh*kw``
+column matrix.
 """
 
 from __future__ import annotations
@@ -39,8 +39,16 @@ def deform_conv2d(
     padding=0,
     dilation=1,
     mask: torch.Tensor | None = None,
+    *,
+    max_chunk_bytes: int = 64 * 1024 * 1024,
 ) -> torch.Tensor:
-    """Deformable 2-D convolution; see the module docstring for the exact semantics."""
+    """Deformable 2-D convolution; see the module docstring for the exact semantics.
+
+    Sampling is done with ``grid_sample`` (bilinear, zeros outside) on a copy of the input with a
+    one-pixel zero border, in float32 whatever the input dtype (half-precision coordinates would
+    be too coarse), for a group of kernel taps at a time; each group's columns
+    ``[B, C*taps, Ho*Wo]`` are multiplied into the output with one batched GEMM.
+    """
     B, C, H, W = input.shape
     O, Cg, kh, kw = weight.shape
     sh, sw = _pair(stride)
@@ -53,69 +61,52 @@ def deform_conv2d(
         raise ValueError("grouped deformable convolution (weight groups > 1) is not supported")
     if offset.shape[1] % (2 * K) != 0:
         raise ValueError(f"offset has {offset.shape[1]} channels; expected a multiple of 2*kh*kw = {2 * K}")
-    n_off_groups = offset.shape[1] // (2 * K)
-    if C % n_off_groups != 0:
+    G = offset.shape[1] // (2 * K)
+    if C % G != 0:
         raise ValueError("input channels must be divisible by the offset groups")
     if tuple(offset.shape[2:]) != (Ho, Wo):
         raise ValueError(f"offset is {tuple(offset.shape[2:])} spatially; the output is {(Ho, Wo)}")
-    if mask is not None and mask.shape[1] != n_off_groups * K:
-        raise ValueError(f"mask has {mask.shape[1]} channels; expected {n_off_groups * K}")
+    if mask is not None and mask.shape[1] != G * K:
+        raise ValueError(f"mask has {mask.shape[1]} channels; expected {G * K}")
 
+    dev = input.device
     dtype = input.dtype
-    # Channels-last input with a one-pixel zero border: a corner at -1 or at H/W reads 0.
-    xp = F.pad(input, (1, 1, 1, 1)).permute(0, 2, 3, 1).reshape(B * (H + 2) * (W + 2), C)
+    L = Ho * Wo
+    cg = C // G
     Hp, Wp = H + 2, W + 2
-    cg = C // n_off_groups
-    # Offsets and mask as [B, Ho*Wo, G, K, 2] / [B, Ho*Wo, G, K], float32 coordinates.
-    off = offset.float().reshape(B, n_off_groups, K, 2, Ho * Wo)
-    msk = mask.float().reshape(B, n_off_groups, K, Ho * Wo) if mask is not None else None
-    base_y = (torch.arange(Ho, device=input.device, dtype=torch.float32) * sh - ph).view(Ho, 1).expand(Ho, Wo).reshape(-1)
-    base_x = (torch.arange(Wo, device=input.device, dtype=torch.float32) * sw - pw).view(1, Wo).expand(Ho, Wo).reshape(-1)
-    batch_base = (torch.arange(B, device=input.device) * (Hp * Wp)).view(B, 1)
-
-    out = torch.zeros(B * Ho * Wo, O, device=input.device, dtype=dtype)
+    # Zero border: samples in (-1, 0) mix in zeros and a sample at -1 or H/W reads only zeros.
+    xp = F.pad(input, (1, 1, 1, 1)).float()
+    off = offset.float().view(B, G, K, 2, Ho, Wo)
+    msk = mask.float().view(B, G, K, L) if mask is not None else None
+    f32 = torch.float32
+    base_y = (torch.arange(Ho, device=dev, dtype=f32) * sh + (1 - ph)).view(1, 1, Ho, 1)
+    base_x = (torch.arange(Wo, device=dev, dtype=f32) * sw + (1 - pw)).view(1, 1, 1, Wo)
+    tap_y = (torch.arange(kh, device=dev, dtype=f32) * dh).repeat_interleave(kw).view(1, K, 1, 1)
+    tap_x = (torch.arange(kw, device=dev, dtype=f32) * dw).repeat(kh).view(1, K, 1, 1)
+    sy, sx = 2.0 / (Hp - 1), 2.0 / (Wp - 1)
     w_taps = weight.reshape(O, C, K)
-    for k in range(K):
-        i, j = divmod(k, kw)
-        parts = []
-        for g in range(n_off_groups):
-            y = base_y + i * dh + off[:, g, k, 0]  # [B, L]
-            x = base_x + j * dw + off[:, g, k, 1]
-            valid = (y > -1) & (y < H) & (x > -1) & (x < W)
-            y0 = torch.floor(y)
-            x0 = torch.floor(x)
-            ly = y - y0
-            lx = x - x0
-            hy = 1.0 - ly
-            hx = 1.0 - lx
-            # Indices into the bordered map (+1); clamp keeps invalid samples in range (they get weight 0).
-            iy0 = (y0.long() + 1).clamp_(0, Hp - 1)
-            ix0 = (x0.long() + 1).clamp_(0, Wp - 1)
-            iy1 = (iy0 + 1).clamp_(max=Hp - 1)
-            ix1 = (ix0 + 1).clamp_(max=Wp - 1)
-            scale = valid.float()
+    per_tap = B * cg * L * 4
+    step = max(1, min(K, int(max_chunk_bytes // max(per_tap, 1))))
+    out = None
+    for g in range(G):
+        xg = xp if G == 1 else xp[:, g * cg:(g + 1) * cg]
+        for k0 in range(0, K, step):
+            k1 = min(K, k0 + step)
+            k = k1 - k0
+            y = (base_y + tap_y[:, k0:k1] + off[:, g, k0:k1, 0]) * sy - 1.0  # [B, k, Ho, Wo]
+            x = (base_x + tap_x[:, k0:k1] + off[:, g, k0:k1, 1]) * sx - 1.0
+            grid = torch.stack((x, y), dim=-1).view(B, k * Ho, Wo, 2)
+            cols = F.grid_sample(xg, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            cols = cols.view(B, cg, k, L)
             if msk is not None:
-                scale = scale * msk[:, g, k]
-            w00 = (hy * hx * scale).reshape(-1, 1)
-            w01 = (hy * lx * scale).reshape(-1, 1)
-            w10 = (ly * hx * scale).reshape(-1, 1)
-            w11 = (ly * lx * scale).reshape(-1, 1)
-            r0 = batch_base + iy0 * Wp
-            r1 = batch_base + iy1 * Wp
-            src = xp if n_off_groups == 1 else xp[:, g * cg:(g + 1) * cg]
-            s = (
-                src.index_select(0, (r0 + ix0).reshape(-1)) * w00.to(dtype)
-                + src.index_select(0, (r0 + ix1).reshape(-1)) * w01.to(dtype)
-                + src.index_select(0, (r1 + ix0).reshape(-1)) * w10.to(dtype)
-                + src.index_select(0, (r1 + ix1).reshape(-1)) * w11.to(dtype)
-            )
-            parts.append(s)
-        sample = parts[0] if n_off_groups == 1 else torch.cat(parts, dim=1)  # [B*L, C]
-        out.addmm_(sample, w_taps[:, :, k].t())
-    out = out.view(B, Ho, Wo, O).permute(0, 3, 1, 2)
+                cols = cols * msk[:, g, k0:k1].unsqueeze(1)
+            wk = w_taps[:, g * cg:(g + 1) * cg, k0:k1].reshape(O, cg * k)
+            part = torch.matmul(wk, cols.to(dtype).view(B, cg * k, L))  # [B, O, L]
+            out = part if out is None else out.add_(part)
+    out = out.view(B, O, Ho, Wo)
     if bias is not None:
         out = out + bias.view(1, O, 1, 1)
-    return out.contiguous()
+    return out
 
 
 def deform_conv2d_reference(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):

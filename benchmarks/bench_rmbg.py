@@ -1,0 +1,121 @@
+"""Background-removal benchmark: time and peak memory of BiRefNet at 1024x1024 on the CPU.
+
+For each architecture (lite = Swin-T, general = Swin-L; random weights, which time the same as
+real ones) and batch size (1, 4) two paths are measured, each in a fresh process so that its
+peak resident memory (ru_maxrss, weights included) is its own:
+
+* ``reference``: the plain fp32 forward ``model(x)`` on the whole batch at once (NCHW, no chunking,
+  input already normalised) - what calling the module directly costs;
+* ``pipeline``: SpriteForge's path, ``rmbg.predict_alpha`` with ``BiRefNetHandle.predict`` and the
+  automatic chunk size (pad/resize/normalise/sigmoid/unpad included).
+
+Printed ratios: pipeline vs reference (time and peak memory, same batch, same run) and the
+per-image time of batch 4 vs batch 1. One timed run per row after a small warm-up (256x256), so
+expect a few percent of noise on a shared machine.
+
+Usage: python benchmarks/bench_rmbg.py [--arch lite general] [--batch 1 4] [--size 1024] [--threads 2]
+       [--paths reference pipeline] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+
+def _child(arch: str, batch: int, size: int, path: str, threads: int) -> dict:
+    import numpy as np
+    import torch
+
+    from spriteforge.engines.torch_models import birefnet as bn
+    from spriteforge.rmbg import predict_alpha
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = bn.SWIN_T if arch == "lite" else bn.SWIN_L
+    model = bn.BiRefNet(cfg).eval().requires_grad_(False)
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    handle = bn.BiRefNetHandle(model=model, config=cfg, variant=arch, resolution=(size, size),
+                               device=torch.device("cpu"), dtype=torch.float32)
+    rng = np.random.default_rng(0)
+    imgs = rng.random((batch, size, size, 3), dtype=np.float32)
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 256, 256))  # warm-up: kernels, allocator
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if path == "reference":
+        mean = np.array(bn.IMAGENET_MEAN, np.float32)
+        std = np.array(bn.IMAGENET_STD, np.float32)
+        x = torch.from_numpy(((imgs - mean) / std).transpose(0, 3, 1, 2).copy())
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            torch.sigmoid(model(x))
+        dt = time.perf_counter() - t0
+        chunk = batch
+    else:
+        chunk = handle.auto_chunk((size, size), batch)
+        t0 = time.perf_counter()
+        predict_alpha(imgs, handle.predict, resolution=size, chunk_size=chunk)
+        dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"arch": arch, "batch": batch, "path": path, "seconds": dt, "per_image": dt / batch, "peak_rss": peak,
+            "rss_before": rss0, "weights": weights, "chunk": chunk, "threads": threads}
+
+
+def run_one(arch, batch, size, path, threads) -> dict:
+    cmd = [sys.executable, __file__, "--child", arch, str(batch), str(size), path, str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", nargs="+", default=["lite", "general"], choices=["lite", "general"])
+    ap.add_argument("--batch", nargs="+", type=int, default=[1, 4])
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--paths", nargs="+", default=["reference", "pipeline"], choices=["reference", "pipeline"],
+                    help="which paths to time (default both)")
+    ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        arch, batch, size, path, threads = args.child
+        print(json.dumps(_child(arch, int(batch), int(size), path, int(threads))))
+        return 0
+    GB = 1024**3
+    rows = []
+    print(f"BiRefNet CPU benchmark, {args.size}x{args.size}, fp32, {args.threads} threads, random weights")
+    print(f"{'arch':8} {'batch':>5} {'path':10} {'chunk':>5} {'seconds':>8} {'s/image':>8} {'peak GB':>8} {'weights GB':>10}")
+    for arch in args.arch:
+        for b in args.batch:
+            for path in args.paths:
+                r = run_one(arch, b, args.size, path, args.threads)
+                rows.append(r)
+                print(f"{arch:8} {b:5d} {path:10} {r['chunk']:5d} {r['seconds']:8.2f} {r['per_image']:8.2f} "
+                      f"{r['peak_rss'] / GB:8.2f} {r['weights'] / GB:10.2f}", flush=True)
+    print("\nratios (measured in this run):")
+    both = len(args.paths) == 2
+    for arch in args.arch:
+        for b in args.batch if both else []:
+            ref = next(r for r in rows if r["arch"] == arch and r["batch"] == b and r["path"] == "reference")
+            ours = next(r for r in rows if r["arch"] == arch and r["batch"] == b and r["path"] == "pipeline")
+            print(f"  {arch} batch {b}: pipeline/reference time {ours['seconds'] / ref['seconds']:.2f}x, "
+                  f"peak memory {ours['peak_rss'] / ref['peak_rss']:.2f}x")
+        if 1 in args.batch and 4 in args.batch:
+            for path in args.paths:
+                r1 = next(r for r in rows if r["arch"] == arch and r["batch"] == 1 and r["path"] == path)
+                r4 = next(r for r in rows if r["arch"] == arch and r["batch"] == 4 and r["path"] == path)
+                print(f"  {arch} {path}: per-image time batch4/batch1 {r4['per_image'] / r1['per_image']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
