@@ -29,6 +29,8 @@ from .progress import Interrupted, Progress
 log = get_logger("pipeline")
 
 DEFAULT_MAX_SIDE = 2048
+# batch x width x height above this is refused (DIMENSION_LIMIT) before any memory is touched
+MAX_BATCH_PIXELS = 16 * 2048 * 2048
 
 # Per-family defaults: CFG scale, steps, sampler, schedule.
 FAMILY_DEFAULTS: dict[str, dict] = {
@@ -409,6 +411,10 @@ def _sample(engine, handle, params: GenerateParams) -> SampleResult:
             if params.batch_size == 1 and init_img is None:
                 batch = max(batch, init_lat.shape[0])
             init_lat = _to_batch(init_lat, batch, "latent")
+    if batch * width * height > MAX_BATCH_PIXELS:
+        raise SpriteForgeError(DIMENSION_LIMIT, f"a batch of {batch} images of {width}x{height} is over the limit of "
+                               f"{MAX_BATCH_PIXELS // (2048 * 2048)} images of 2048x2048 per run. Lower the batch size or the size.",
+                               details={"batch": batch, "width": width, "height": height})
     h, w = height // f, width // f
     shape = (batch, C, h, w)
 

@@ -61,6 +61,19 @@ def test_flux_schnell_and_true_cfg(engine):  # noqa: F811
     assert np.abs(img2 - img).max() > 1e-4
 
 
+def test_pixart_alpha_1024_resolution_conditions_and_sd3_without_t5(engine, handles):  # noqa: F811
+    import dataclasses
+
+    h = make_pixart(engine, "alpha-1024", additional_conditions=True)
+    assert h.transformer.use_additional_conditions
+    img = generate(engine, h, P("pixart", width=64, height=32))
+    assert img.shape == (1, 32, 64, 3) and np.isfinite(img).all()
+    sd3 = H(handles, engine, "sd3")
+    no_t5 = dataclasses.replace(sd3, text_encoders={k: v for k, v in sd3.text_encoders.items() if k != "t5"})
+    img = generate(engine, no_t5, P("sd3"))
+    assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
+
+
 @pytest.mark.parametrize("family", ["pixart", "sd3"])
 def test_same_seed_same_image_whatever_the_batch(engine, handles, family):  # noqa: F811
     h = H(handles, engine, family)
@@ -180,6 +193,9 @@ def test_dimension_guard(engine, handles):  # noqa: F811
     assert e.value.code == DIMENSION_LIMIT
     with pytest.raises(SpriteForgeError) as e:
         generate(engine, h, P("pixart", width=64, height=300, max_side=256))
+    assert e.value.code == DIMENSION_LIMIT
+    with pytest.raises(SpriteForgeError) as e:
+        generate(engine, h, P("pixart", width=2048, height=2048, batch_size=64))
     assert e.value.code == DIMENSION_LIMIT
     for bad in (0, -64, "wide", float("nan")):
         with pytest.raises(SpriteForgeError) as e:

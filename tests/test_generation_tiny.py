@@ -101,13 +101,14 @@ def _handle(engine, family, variant, transformer, **kw):
                        config=dict(transformer.config), source=f"tiny-{family}", **kw)
 
 
-def make_pixart(engine, variant="sigma"):
+def make_pixart(engine, variant="sigma", additional_conditions=False):
     from diffusers import PixArtTransformer2DModel
 
     _seed(10)
-    tr = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
-                                  cross_attention_dim=16, sample_size=8, patch_size=2, caption_channels=32,
-                                  norm_num_groups=4).eval()
+    heads = 3 if additional_conditions else 2  # the size embeddings need a width divisible by 3
+    tr = PixArtTransformer2DModel(num_attention_heads=heads, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
+                                  cross_attention_dim=8 * heads, sample_size=8, patch_size=2, caption_channels=32,
+                                  norm_num_groups=4, use_additional_conditions=additional_conditions).eval()
     return _handle(engine, "pixart", variant, tr, vae=tiny_vae(4), text_encoders={"t5": tiny_t5()},
                    tokenizers={"t5": FakeTokenizer()}, prediction="eps", latent_channels=4, vae_scale_factor=8,
                    patch_size=2, scaling_factor=0.13025)
