@@ -113,6 +113,7 @@ class SafetensorsFile:
         self._storage = None
         self._fh = None
         self._buf: np.ndarray | None = None
+        self._can_map = True
 
     def keys(self):
         return self.tensors.keys()
@@ -152,8 +153,12 @@ class SafetensorsFile:
         info = self.tensors[name]
         src = torch_dtype(info.dtype)
         want = src if dtype is None else dtype
-        if device.type == "cpu" and want == src:
-            return self.view(name)
+        if device.type == "cpu" and want == src and self._can_map:
+            try:
+                return self.view(name)
+            except (RuntimeError, OSError) as exc:  # a platform without private file mappings: read instead
+                log.debug("memory mapping %s failed (%s); reading tensors instead", self.path, exc)
+                self._can_map = False
         return self.read(name).to(device=device, dtype=want, copy=True)
 
     def close(self):
@@ -405,6 +410,13 @@ def load_vae(engine, path, *, family: str | None = None, variant: str | None = N
         model = cls.from_pretrained(sub, local_files_only=True, torch_dtype=dt).to(engine.torch_device).eval().requires_grad_(False)
         return model, dict(model.config)
     source = open_tensors(p)
+    try:
+        return _vae_from_source(engine, source, p, family, variant, dt)
+    finally:
+        source.close()
+
+
+def _vae_from_source(engine, source, p: Path, family, variant, dt):
     det = detect_tensors(source.tensors, name=p.name, family_hint=family)
     prefix = ""
     if det.kind != "vae":
@@ -469,13 +481,16 @@ def load_text_encoder(engine, path, *, family: str | None = None, hint: str | No
     if p.is_dir():
         return _te_from_folder(engine, p, family, hint, dt)
     source = open_tensors(p)
-    det = detect_tensors(source.tensors, name=p.name, family_hint=hint)
-    prefix = det.components.get(det.variant, "") if det.components else ""
-    if det.kind != "text_encoder":
-        raise SpriteForgeError(BAD_INPUT, f"{p.name} is a {det.kind} ({det.family or det.variant}), not a text encoder.")
-    model = _load_te_from(engine, source, det, prefix, family, dt)
-    tok = find_tokenizer(det.variant, p, source=source)
-    return det.variant, model, tok
+    try:
+        det = detect_tensors(source.tensors, name=p.name, family_hint=hint)
+        prefix = det.components.get(det.variant, "") if det.components else ""
+        if det.kind != "text_encoder":
+            raise SpriteForgeError(BAD_INPUT, f"{p.name} is a {det.kind} ({det.family or det.variant}), not a text encoder.")
+        model = _load_te_from(engine, source, det, prefix, family, dt)
+        tok = find_tokenizer(det.variant, p, source=source)
+        return det.variant, model, tok
+    finally:
+        source.close()
 
 
 def _te_from_folder(engine, p: Path, family, hint, dt):
@@ -673,11 +688,31 @@ def _weight_dtype(engine, dtype: str | None) -> torch.dtype:
 
 
 def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None) -> ModelHandle:
-    """Load a DiT model (file or diffusers folder) with its VAE and text encoders. See the module doc."""
+    """Load a DiT model (file or diffusers folder) with its VAE and text encoders.
+
+    ``path``: a diffusers folder (``model_index.json``), a transformer component folder
+    (``config.json``), or a single file: a transformer in the original or diffusers layout,
+    or an all-in-one SD3/SD3.5 (or ComfyUI Flux) checkpoint. A bare name is looked up in the
+    ``diffusion_models``, ``checkpoints`` and ``diffusers`` model folders. ``vae`` and
+    ``text_encoders`` are optional paths/names (files or folders) that replace or complete
+    what ``path`` carries. ``dtype`` overrides the policy's weight dtype. Every failure is a
+    :class:`SpriteForgeError`.
+    """
     p = _resolve(path, ("diffusion_models", "checkpoints", "diffusers"))
+    try:
+        return _load_model(engine, p, vae=vae, text_encoders=text_encoders, dtype=dtype)
+    except SpriteForgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a coded error
+        from ...errors import classify
+
+        raise classify(exc, context=f"loading {p.name}") from exc
+
+
+def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None) -> ModelHandle:
     wdt = _weight_dtype(engine, dtype)
     vdt = torch_dtype(engine.policy.vae_dtype)
-    tdt = torch_dtype(dtype or engine.policy.text_encoder_dtype) if dtype else torch_dtype(engine.policy.text_encoder_dtype)
+    tdt = torch_dtype(dtype or engine.policy.text_encoder_dtype)
     extras: dict = {}
     tes: dict = {}
     toks: dict = {}
@@ -715,16 +750,15 @@ def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None) -> Model
                 sub.variant = comp
                 tes[comp] = _load_te_from(engine, source, sub, det.components[comp], det.family, tdt)
                 toks[comp] = find_tokenizer(comp, p, source=source, required=False)
+        source.close()  # tensors that are views keep the mapping alive on their own
     family = det.family
     if vae is not None:
         vae_model, vae_cfg = load_vae(engine, vae, family=family, variant=det.variant)
     for te in text_encoders or ():
         if te is None or te == "":
             continue
-        key, model, tok = load_text_encoder(engine, te, family=family, dtype=engine.policy.text_encoder_dtype if not dtype else dtype)
-        if family == "sd3" and key in tes and key in ("clip_l", "clip_g"):
-            key = "clip_g" if key == "clip_l" else key
-        tes[key] = model
+        key, model, tok = load_text_encoder(engine, te, family=family, dtype=dtype or engine.policy.text_encoder_dtype)
+        tes[key] = model  # an explicit text encoder replaces one the model file carries
         toks[key] = tok
     missing_tok = [k for k in tes if toks.get(k) is None]
     for k in missing_tok:
