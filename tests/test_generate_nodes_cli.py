@@ -225,3 +225,21 @@ def test_cli_with_separate_vae_and_text_encoder_files(tmp_path):
     im = Image.open(out / "sf-3.png")
     meta = json.loads(im.text["spriteforge"])
     assert meta["family"] == "flux" and meta["tile"] is True and meta["guidance"] == 3.5
+
+
+def test_txt2img_api_workflow_runs_in_process(models_root, tmp_path):
+    """An API-format txt2img graph with the SpriteForge nodes and core SaveImage, validated and run like /prompt."""
+    runner = pytest.importorskip("spriteforge.runner")
+    root, folder = models_root
+    wf = {
+        "1": {"class_type": "SpriteForgeLoadModel", "inputs": {"model": folder.name}},
+        "2": {"class_type": "SpriteForgeEncodePrompt", "inputs": {"model": ["1", 0], "positive": "a knight", "negative": ""}},
+        "3": {"class_type": "SpriteForgeSampler", "inputs": {
+            "model": ["1", 0], "conditioning": ["2", 0], "seed": 7, "steps": 2, "sampler": "euler", "schedule": "normal",
+            "cfg": 4.5, "shift": 0.0, "denoise": 1.0, "batch_size": 1, "width": 64, "height": 64}},
+        "4": {"class_type": "SpriteForgeVAEDecode", "inputs": {"model": ["1", 0], "latent": ["3", 0]}},
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "sf_test"}},
+    }
+    res = runner.run_workflow(wf, out_dir=tmp_path / "out", models_dir=root)
+    pngs = list((tmp_path / "out").rglob("*.png"))
+    assert len(pngs) == 1, res
