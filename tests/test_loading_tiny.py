@@ -142,6 +142,27 @@ def test_sd3_all_in_one_components(root, engine):
         torch.testing.assert_close(h.text_encoders["clip_g"](ids).text_embeds, clip_g(ids).text_embeds)
 
 
+def test_comfy_flux_all_in_one(root, engine, tmp_path):
+    """A ComfyUI-style Flux checkpoint: model.diffusion_model. + vae. + text_encoders.clip_l/t5xxl.transformer."""
+    from safetensors.torch import load_file, save_file
+
+    sd = {"model.diffusion_model." + k: v for k, v in load_file(str(tm.make_flux(root, layout="original", variant="schnell"))).items()}
+    sd.update({"vae." + k: v for k, v in load_file(str(tm.make_vae(root, 16, layout="original"))).items()})
+    sd.update({"text_encoders.clip_l.transformer." + k: v for k, v in load_file(str(tm.make_clip(root, "clip_l"))).items()})
+    sd.update({"text_encoders.t5xxl.transformer." + k: v for k, v in load_file(str(tm.make_t5(root))).items()})
+    p = tmp_path / "flux1-schnell-fp8.safetensors"
+    save_file({k: v.contiguous().clone() for k, v in sd.items()}, str(p))
+    for kind in ("clip", "t5"):  # tokenizers beside the file
+        import shutil
+
+        shutil.copytree(tm.make_tokenizer(root, kind), tmp_path / f"{kind}_tokenizer")
+    h = load_model(engine, p)
+    assert h.family == "flux" and h.variant == "schnell" and h.extras["needs"] == []
+    assert h.scaling_factor == 0.3611 and h.shift_factor == 0.1159
+    assert set(h.text_encoders) == {"clip_l", "t5"} and type(h.text_encoders["clip_l"]).__name__ == "CLIPTextModel"
+    torch.testing.assert_close(_run("flux", h.transformer), _run("flux", tm.build_flux("schnell")), rtol=0, atol=1e-5)
+
+
 def test_single_file_text_encoders_and_vae(root, engine):
     """Flux the ComfyUI way: transformer in diffusion_models, ae in vae, clip_l + t5 in text_encoders."""
     d = root / "comfy"
