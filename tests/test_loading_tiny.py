@@ -247,6 +247,17 @@ def test_tokenizer_from_comfyui(root, engine, tmp_path, monkeypatch):
     assert key == "t5" and len(tok) == tm.tokenizer_len(root, "t5")
 
 
+def test_folder_with_fp16_variant_files_only(root, engine, tmp_path):
+    import shutil
+
+    d = tmp_path / "dit-fp16"
+    shutil.copytree(tm.make_dit(root, layout="folder"), d)
+    w = d / "transformer" / "diffusion_pytorch_model.safetensors"
+    w.rename(w.with_name("diffusion_pytorch_model.fp16.safetensors"))
+    h = load_model(engine, d)
+    torch.testing.assert_close(_run("dit", h.transformer), _run("dit", tm.build_dit()), rtol=0, atol=1e-5)
+
+
 def test_models_root_and_names(root, engine, tmp_path):
     from spriteforge import paths
 

@@ -771,19 +771,33 @@ def _load_component_folder(engine, p: Path, det: Detection, wdt):
     return cls.from_pretrained(p, local_files_only=True, torch_dtype=wdt).to(engine.torch_device).eval().requires_grad_(False)
 
 
+def _variant(folder: Path) -> dict:
+    """``{"variant": "fp16"}`` when a component folder only has ``*.fp16.safetensors`` (or bf16) weights."""
+    import re
+
+    files = [f.name for f in folder.glob("*.safetensors")]
+    if not files or any(not re.search(r"\.(fp16|bf16|fp8)\.safetensors$", f) and not re.search(r"\.(fp16|bf16)-\d+-of-\d+\.safetensors$", f) for f in files):
+        return {}
+    for v in ("fp16", "bf16"):
+        if any(f".{v}." in f or f".{v}-" in f for f in files):
+            return {"variant": v}
+    return {}
+
+
 def _load_folder(engine, p: Path, det: Detection, wdt, vdt, tdt):
     import transformers
 
     index = json.loads((p / "model_index.json").read_text())
     device = engine.torch_device
     tcls = diffusers_class(TRANSFORMER_CLASSES[det.family])
-    transformer = tcls.from_pretrained(p, subfolder="transformer", local_files_only=True, torch_dtype=wdt)
+    transformer = tcls.from_pretrained(p, subfolder="transformer", local_files_only=True, torch_dtype=wdt, **_variant(p / "transformer"))
     transformer = transformer.to(device).eval().requires_grad_(False)
     vae_model, vae_cfg = None, {}
     if (p / "vae" / "config.json").exists():
         vcfg = json.loads((p / "vae" / "config.json").read_text())
         vcls = diffusers_class(vcfg.get("_class_name", "AutoencoderKL"))
-        vae_model = vcls.from_pretrained(p, subfolder="vae", local_files_only=True, torch_dtype=vdt).to(device).eval().requires_grad_(False)
+        vae_model = vcls.from_pretrained(p, subfolder="vae", local_files_only=True, torch_dtype=vdt, **_variant(p / "vae"))
+        vae_model = vae_model.to(device).eval().requires_grad_(False)
         vae_cfg = dict(vae_model.config)
     tes, toks = {}, {}
     for sub, key in FOLDER_TEXT_ENCODERS.get(det.family, {}).items():
@@ -792,7 +806,7 @@ def _load_folder(engine, p: Path, det: Detection, wdt, vdt, tdt):
             continue
         lib, cls_name = entry
         cls = getattr(transformers, cls_name)
-        tes[key] = cls.from_pretrained(p / sub, local_files_only=True, dtype=tdt).to(device).eval().requires_grad_(False)
+        tes[key] = cls.from_pretrained(p / sub, local_files_only=True, dtype=tdt, **_variant(p / sub)).to(device).eval().requires_grad_(False)
         tsub = sub.replace("text_encoder", "tokenizer")
         tentry = index.get(tsub)
         if tentry and tentry[0] and (p / tsub).is_dir():
