@@ -610,18 +610,16 @@ def detect_tensors(tensors: dict[str, TensorInfo], *, name: str = "", family_hin
             if det is None:
                 raise SpriteForgeError(
                     UNSUPPORTED_ARCHITECTURE,
-                    f"{name or 'the file'} has {', '.join(found.values())} entries but no diffusion model SpriteForge knows ({_describe_unknown(tensors)}).",
+                    f"{name or 'the file'} has {', '.join(found.values())} entries but no diffusion model SpriteForge knows "
+                    f"({_describe_unknown(tensors)}).{_unet_hint(tensors)}",
                     details={"prefixes": list(found.values())},
                 )
     else:
         det = classify(tensors, hint=family_hint, name=name)
         if det is None:
-            hint = ""
-            if any(k.startswith(("input_blocks.", "model.diffusion_model.input_blocks.")) for k in tensors):
-                hint = " It looks like a UNet (SD1.x/SDXL) model, which SpriteForge does not run."
             raise SpriteForgeError(
                 UNSUPPORTED_ARCHITECTURE,
-                f"{name or 'the file'} is not a model SpriteForge knows: {_describe_unknown(tensors)}.{hint}",
+                f"{name or 'the file'} is not a model SpriteForge knows: {_describe_unknown(tensors)}.{_unet_hint(tensors)}",
                 details={"tensors": len(tensors)},
             )
         if det.kind == "transformer":
@@ -629,6 +627,12 @@ def detect_tensors(tensors: dict[str, TensorInfo], *, name: str = "", family_hin
     det.parameters = _params(tensors)
     det.dtype = _dominant_dtype(tensors)
     return det
+
+
+def _unet_hint(tensors) -> str:
+    if any("input_blocks." in k or "down_blocks.0.attentions." in k for k in tensors):
+        return " It looks like a UNet model (SD1.x/SD2/SDXL), which SpriteForge does not run: it runs DiT models (PixArt, SD3, Flux, Sana, DiT)."
+    return ""
 
 
 def _redetect_vae(t, family):

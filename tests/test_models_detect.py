@@ -120,3 +120,17 @@ def test_shipped_configs_build():
             assert rel["family"] in ("pixart", "sd3", "flux", "sana", "dit")
         elif rel.get("kind") == "vae":
             _meta_model(rel["config"]["_class_name"], rel["config"])
+
+
+def test_unet_checkpoint_is_named_as_such():
+    from spriteforge.errors import SpriteForgeError
+
+    t = {
+        "model.diffusion_model.input_blocks.0.0.weight": TensorInfo("float16", (320, 4, 3, 3)),
+        "model.diffusion_model.out.2.weight": TensorInfo("float16", (4, 320, 3, 3)),
+        "first_stage_model.encoder.conv_in.weight": TensorInfo("float16", (128, 3, 3, 3)),
+        "cond_stage_model.transformer.text_model.final_layer_norm.weight": TensorInfo("float16", (768,)),
+    }
+    with pytest.raises(SpriteForgeError) as ei:
+        detect_tensors(t, name="v1-5-pruned.safetensors")
+    assert ei.value.code == "UNSUPPORTED_ARCHITECTURE" and "UNet" in ei.value.message and "model.diffusion_model" in ei.value.message
