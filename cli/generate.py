@@ -141,6 +141,10 @@ def run(args) -> int:
         max_side=args.max_side,
     )
     clear_interrupt()
+    if getattr(args, "quiet", False):
+        from ..progress import set_cli_bars
+
+        set_cli_bars(False)
     res = generate_full(handle.engine, handle, params)
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -82,6 +82,8 @@ def mask_in(mask) -> np.ndarray | None:
         m = m[None]
     if m.ndim == 4 and m.shape[-1] == 1:
         m = m[..., 0]
+    elif m.ndim == 4 and m.shape[1] == 1:  # SetLatentNoiseMask's [B,1,H,W]
+        m = m[:, 0]
     if m.ndim != 3:
         raise SpriteForgeError(BAD_INPUT, f"MASK has shape {tuple(m.shape)}; expected [B,H,W] with 1 = repaint.")
     return np.clip(m, 0.0, 1.0).astype(np.float32)

@@ -74,6 +74,35 @@ def test_pixart_alpha_1024_resolution_conditions_and_sd3_without_t5(engine, hand
     assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
 
 
+def test_sana_complex_human_instruction_and_t5_fp32_retry(engine, handles):  # noqa: F811
+    from spriteforge.pipeline import encode
+
+    sana = H(handles, engine, "sana")
+    plain = encode(engine, sana, "a cat", with_negative=False)
+    chi = encode(engine, sana, "a cat", with_negative=False, complex_human_instruction=True)
+    assert chi.embeds.shape == plain.embeds.shape  # [first token] + the last max_length - 1 tokens, as diffusers
+    assert not torch.allclose(chi.embeds, plain.embeds)
+    # a T5 that overflows (NaN) in its stored dtype is run again in float32 and restored
+    pix = H(handles, engine, "pixart")
+    t5 = pix.text_encoders["t5"]
+    calls = []
+    orig = t5.forward
+
+    def flaky(*a, **kw):
+        out = orig(*a, **kw)
+        calls.append(next(t5.parameters()).dtype)
+        if len(calls) == 1:
+            out.last_hidden_state = out.last_hidden_state * float("nan")
+        return out
+
+    t5.forward = flaky
+    try:
+        cond = encode(engine, pix, "a cat", with_negative=False)
+    finally:
+        del t5.forward
+    assert len(calls) == 2 and torch.isfinite(cond.embeds).all()
+
+
 @pytest.mark.parametrize("family", ["pixart", "sd3"])
 def test_same_seed_same_image_whatever_the_batch(engine, handles, family):  # noqa: F811
     h = H(handles, engine, family)

@@ -150,6 +150,12 @@ def _t5(handle, prompts, max_length, required=True):
     mask = ti["attention_mask"].to(dev)
     out = enc(ti["input_ids"].to(dev), attention_mask=mask)
     emb = out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
+    if not torch.isfinite(emb).all():
+        # T5 overflows in fp16 on some inputs: run it again in fp32 (restored afterwards)
+        log.warning("the T5 text encoder gave NaN/inf in %s: encoding again in float32", _module_device_dtype(enc)[1])
+        with _vae_dtype(enc, torch.float32):
+            out = enc(ti["input_ids"].to(dev), attention_mask=mask)
+            emb = out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
     return emb.to(torch.float32), mask
 
 
