@@ -449,3 +449,23 @@ def test_inspect_kohya_flux_with_text_encoders(tmp_path):
     from spriteforge.lora import is_lora_file
 
     assert is_lora_file(path)
+
+
+@pytest.mark.parametrize("tokens", [2, 400])  # low-rank path (few tokens) and the patched-weight path
+def test_linear_forward_paths_agree(tokens):
+    from spriteforge.engines.torch_models.lora import _low_rank_ok, patched_copy
+    from spriteforge.lora import Patch
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(24, 36))
+    g = torch.Generator().manual_seed(1)
+    patches = [Patch("lora", {"down": torch.randn(3, 24, generator=g), "up": torch.randn(12, 3, generator=g)}, alpha=1.5,
+                     strength=0.7, rows=(12, 24)),
+               Patch("lora", {"down": torch.randn(2, 24, generator=g), "up": torch.randn(36, 2, generator=g)}, strength=-0.4)]
+    m = patched_copy(base, {"0": patches})
+    x = torch.randn(1, tokens, 24, generator=g)
+    assert _low_rank_ok(m[0], x) == (tokens == 2)
+    with torch.no_grad():
+        want = torch.nn.functional.linear(x, m[0].sf_patched_weight(), base[0].bias)
+        torch.testing.assert_close(m(x), want, rtol=1e-5, atol=1e-5)
+        assert torch.equal(base(x), torch.nn.functional.linear(x, base[0].weight, base[0].bias))

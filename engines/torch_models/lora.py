@@ -7,7 +7,9 @@ shared. Each patched ``Linear``/``Conv`` becomes a same-class copy (``isinstance
 holds, the state-dict names are unchanged) that shares the base weight and bias and
 holds its list of :class:`~spriteforge.lora.core.Patch`. Its forward computes
 ``W' = patched_weight(W, patches)`` — the one engine-agnostic function — for that layer
-only and frees it after use. So:
+only and frees it after use; for plain LoRAs on a Linear layer fed few tokens (fewer than
+``in·out/(in+out)``) it adds ``strength·alpha/rank·(x·downᵀ)·upᵀ`` to the base output
+instead, the same update without building ``W'``. So:
 
 * the base model is bit-identical after any number of applications; removing a LoRA is
   using the handle without it; two graph branches hold different LoRAs at once;
@@ -94,6 +96,8 @@ def _patched_class(cls: type) -> type:
         merged = self.__dict__.get("_sf_merged")
         if merged is not None:
             w = merged
+        elif isinstance(self, nn.Linear) and _low_rank_ok(self, x):
+            return _low_rank_forward(self, x)
         else:
             w = self.sf_patched_weight(x)
         if isinstance(self, nn.Linear):
@@ -112,6 +116,34 @@ def _patched_class(cls: type) -> type:
                                                  "__module__": __name__})
     _CLASSES[cls] = new
     return new
+
+
+def _low_rank_ok(module, x) -> bool:
+    """Plain LoRAs on a Linear with few tokens: ``x·downᵀ·upᵀ`` is cheaper than building ``W'``."""
+    w = module.weight
+    if not (w.dtype.is_floating_point and w.element_size() >= 2) or x.dtype != w.dtype:
+        return False
+    for p in module.__dict__["_sf_patches"]:
+        if p.kind != "lora" or p.dora_scale is not None or len(p.tensors["down"].shape) != 2:
+            return False
+    out_f, in_f = w.shape
+    tokens = x.numel() // max(1, x.shape[-1])
+    return tokens * (in_f + out_f) < in_f * out_f
+
+
+def _low_rank_forward(module, x):
+    """``x·Wᵀ + b + Σ strength·alpha/rank·(x·downᵀ)·upᵀ`` (the same update as :func:`patched_weight`, unmerged)."""
+    y = F.linear(x, module.weight, module.bias)
+    for p in _on_device(module, module.weight.device):
+        if p.strength == 0:
+            continue
+        d = F.linear(F.linear(x, p.tensors["down"].to(x.dtype)), p.tensors["up"].to(x.dtype)) * (p.scale * p.strength)
+        if p.rows:
+            a, b = p.rows
+            y = torch.cat([y[..., :a], y[..., a:b] + d, y[..., b:]], dim=-1)
+        else:
+            y = y + d
+    return y
 
 
 def _on_device(module, device):
