@@ -469,3 +469,25 @@ def test_linear_forward_paths_agree(tokens):
         want = torch.nn.functional.linear(x, m[0].sf_patched_weight(), base[0].bias)
         torch.testing.assert_close(m(x), want, rtol=1e-5, atol=1e-5)
         assert torch.equal(base(x), torch.nn.functional.linear(x, base[0].weight, base[0].bias))
+
+
+@pytest.mark.parametrize("family,tes,slots", [
+    ("sd3", ("clip_l", "clip_g", "t5"), {"te1": "clip_l", "te2": "clip_g", "te3": "t5"}),
+    ("pixart", ("t5",), {"te1": "t5"}),
+])
+def test_text_encoder_slots_per_family(tmp_path, family, tes, slots):
+    h = U.handle(family, te=tes)
+    layer = {"clip_l": "text_model.encoder.layers.0.mlp.fc1", "clip_g": "text_model.encoder.layers.0.self_attn.v_proj",
+             "t5": "encoder.block.0.layer.1.DenseReluDense.wo"}
+    w = U.Writer(11)
+    keys = {}
+    for slot, te in slots.items():
+        keys[te] = w.lora("kohya", layer[te], _shapes(h.text_encoders[te])[layer[te]], rank=2, alpha=2.0, component=slot)
+    path = w.save(tmp_path / "te_only.safetensors")
+    new = apply_loras(h, [LoRASpec(path, 1.0, 0.6)])
+    assert new.loras[-1].layers == {te: 1 for te in slots.values()}
+    assert new.transformer is h.transformer
+    for te, key in keys.items():
+        base_sd = {k: v.clone() for k, v in h.text_encoders[te].state_dict().items()}
+        want = base_sd[layer[te] + ".weight"].double().numpy() + 0.6 * w.delta[key]
+        U.check_weights(base_sd, new.text_encoders[te], {layer[te] + ".weight": want})
