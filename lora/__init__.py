@@ -13,16 +13,16 @@ No framework is imported at module top; engines bring their arrays.
 
 from __future__ import annotations
 
-from .apply import AppliedLoRA, LoRASpec, apply_loras, as_spec, check_engine, parse_lora_arg
+from .apply import AppliedLoRA, LoRASpec, add_cli_arguments, apply_loras, as_spec, check_engine, parse_lora_arg, specs_from_args
 from .core import Patch, delta_weight, fuse_lora_parts, patched_weight, take_rows
 from .detect import Detection, detect_family
-from .files import LoRAFile, inspect_lora, is_lora_file, read_lora
+from .files import LoRAFile, inspect_lora, is_lora_file, read_lora, summary
 from .keys import LoRAModule, group_modules, underscore
 from .plan import Plan, plan
 
 __all__ = [
-    "AppliedLoRA", "LoRASpec", "apply_loras", "as_spec", "check_engine", "parse_lora_arg",
+    "AppliedLoRA", "LoRASpec", "add_cli_arguments", "apply_loras", "as_spec", "check_engine", "parse_lora_arg", "specs_from_args",
     "Patch", "delta_weight", "fuse_lora_parts", "patched_weight", "take_rows",
-    "Detection", "detect_family", "LoRAFile", "inspect_lora", "is_lora_file", "read_lora",
+    "Detection", "detect_family", "LoRAFile", "inspect_lora", "is_lora_file", "read_lora", "summary",
     "LoRAModule", "group_modules", "underscore", "Plan", "plan",
 ]

@@ -82,6 +82,17 @@ def parse_lora_arg(text: str) -> LoRASpec:
     return LoRASpec(path, float(sm) if sm is not None else 1.0, float(st) if st is not None else None)
 
 
+def add_cli_arguments(parser) -> None:
+    """``--lora FILE[:STRENGTH[:TEXT_STRENGTH]]`` (repeatable) for a command's parser; read back with :func:`specs_from_args`."""
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH[:TEXT_STRENGTH]]",
+                        help="apply a LoRA (repeatable); STRENGTH defaults to 1, TEXT_STRENGTH to STRENGTH")
+
+
+def specs_from_args(args) -> list:
+    """The :class:`LoRASpec` list of parsed ``--lora`` options."""
+    return [parse_lora_arg(t) for t in (getattr(args, "lora", None) or [])]
+
+
 def as_spec(item) -> LoRASpec:
     if isinstance(item, LoRASpec):
         return item

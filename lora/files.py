@@ -230,3 +230,35 @@ def inspect_lora(path) -> dict:
     info["size_bytes"] = p.stat().st_size
     return info
 
+
+def summary(info: dict) -> str:
+    """A few lines describing an :func:`~spriteforge.lora.inspect_lora` result."""
+    algos = ", ".join(f"{k} x{v}" for k, v in info["algorithms"].items())
+    fam = " or ".join(info["family_candidates"]) or "unknown"
+    lines = [
+        f"LoRA for {fam} ({info['family_reason']})",
+        f"format {info['format']}, {info['layout']} layout, {algos}{', DoRA' if info['dora'] else ''}",
+        f"rank {info['rank']}" + (f" (ranks {info['ranks']})" if len(info["ranks"]) > 1 else "")
+        + (f", alpha {info['alphas'][0] if len(info['alphas']) == 1 else info['alphas']}" if info["alphas"] else ", no alpha (scale 1)"),
+        "layers: " + ", ".join(f"{k} {v}" for k, v in info["components"].items()),
+    ]
+    for group, idx in info["blocks"].items():
+        lines.append(f"  {group}: {_ranges(idx)}")
+    if info["other_layers"]:
+        lines.append("  other: " + ", ".join(info["other_layers"][:8]) + ("…" if len(info["other_layers"]) > 8 else ""))
+    return "\n".join(lines)
+
+
+def _ranges(idx) -> str:
+    out, start, prev = [], None, None
+    for i in idx:
+        if start is None:
+            start = prev = i
+        elif i == prev + 1:
+            prev = i
+        else:
+            out.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = prev = i
+    if start is not None:
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+    return ", ".join(out)

@@ -328,3 +328,14 @@ def test_plan_refuses_other_family_by_name():
 def test_parse_lora_arg(text, want):
     s = parse_lora_arg(text)
     assert (s.source, s.strength_model, s.strength_text) == want
+
+
+def test_cli_arguments():
+    import argparse
+
+    from spriteforge.lora import add_cli_arguments, specs_from_args
+
+    p = argparse.ArgumentParser()
+    add_cli_arguments(p)
+    specs = specs_from_args(p.parse_args(["--lora", "a.safetensors:0.5", "--lora", "b.safetensors"]))
+    assert [(s.source, s.strength_model, s.text_strength) for s in specs] == [("a.safetensors", 0.5, 0.5), ("b.safetensors", 1.0, 1.0)]
