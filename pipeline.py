@@ -286,6 +286,13 @@ def _with_extras(handle, **extras):
     return dataclasses.replace(handle, extras={**(handle.extras or {}), **extras})
 
 
+def is_fill_model(handle) -> bool:
+    """A family's native inpaint model (Flux Fill: 384 input channels = latent + masked-image latent + packed mask)."""
+    cfg = handle.config or {}
+    inc = cfg.get("in_channels") or (handle.extras or {}).get("in_channels") or 64
+    return handle.family == "flux" and (int(inc) == 384 or "fill" in (handle.variant or "").lower())
+
+
 def _samplers():
     from . import samplers
 
@@ -428,13 +435,7 @@ def _sample(engine, handle, params: GenerateParams) -> SampleResult:
         mask = np.clip(_resize(mask, width, height), 0.0, 1.0)
         mask = _to_batch(mask, batch, "mask")
 
-    fill = False
-    if mask is not None:
-        from_engine = getattr(engine, "name", "") == "torch"
-        if from_engine:
-            from .engines.torch_models.generation import is_fill_model
-
-            fill = is_fill_model(handle)
+    fill = mask is not None and is_fill_model(handle)
     if init_img is not None and init_lat is None and (denoise < 1.0 or (mask is not None and not fill)):
         init_lat = _np(engine.vae_encode(handle, init_img), engine)
 
@@ -628,5 +629,5 @@ def generate(engine, handle, params: GenerateParams) -> np.ndarray:
 
 
 __all__ = ["Conditioning", "GenerateParams", "GenerateResult", "SampleResult", "FAMILY_DEFAULTS", "DEFAULT_MAX_SIDE",
-           "generate", "generate_full", "sample", "decode", "composite_inpaint", "encode", "prepare_size", "model_schedule", "feather_mask",
+           "generate", "generate_full", "sample", "decode", "composite_inpaint", "encode", "prepare_size", "model_schedule", "feather_mask", "is_fill_model",
            "is_bad_image"]

@@ -25,7 +25,7 @@ import weakref
 
 import numpy as np
 
-from ...errors import BAD_INPUT, ENGINE_INTERNAL, MODEL_NOT_FOUND, SpriteForgeError
+from ...errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...log import get_logger
 
 log = get_logger("torch")
@@ -318,7 +318,7 @@ def is_fill_model(handle) -> bool:
     """A Flux Fill (native inpaint) model: 384 input channels."""
     cfg = handle.config or {}
     inc = cfg.get("in_channels") or getattr(getattr(handle.transformer, "config", None), "in_channels", None)
-    return handle.family == "flux" and (int(inc or 64) > 64 or "fill" in (handle.variant or "").lower())
+    return handle.family == "flux" and (int(inc or 64) == 384 or "fill" in (handle.variant or "").lower())
 
 
 class TorchDenoiser:
@@ -350,6 +350,10 @@ class TorchDenoiser:
             self.uncond = Conditioning(family="dit", prompts=[""], class_labels=[n] * len(cond.class_labels or [0]))
             self.use_cfg = True
         self.fill = None
+        inc = int(getattr(getattr(self.module, "config", None), "in_channels", 0) or 0)
+        if handle.family == "flux" and inc not in (0, 64, 384):
+            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"this Flux model takes {inc} input channels (a control model such as "
+                                   "Flux Depth/Canny); SpriteForge generates with Flux dev/schnell and Flux Fill. Load one of those.")
         if is_fill_model(handle):
             # without an image: an all-repaint mask over a blank image (txt2img with a Fill model)
             self._fill_args = (fill_image, fill_mask)
