@@ -339,3 +339,17 @@ def test_cli_arguments():
     add_cli_arguments(p)
     specs = specs_from_args(p.parse_args(["--lora", "a.safetensors:0.5", "--lora", "b.safetensors"]))
     assert [(s.source, s.strength_model, s.text_strength) for s in specs] == [("a.safetensors", 0.5, 0.5), ("b.safetensors", 1.0, 1.0)]
+
+
+def test_original_qkv_lora_onto_diffusers_fused_to_qkv():
+    d = 4
+    t = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": rnd(2, d),
+         "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": rnd(3 * d, 2),
+         "lora_unet_double_blocks_0_img_attn_qkv.alpha": np.float32(1.0)}
+    targets = {"transformer_blocks.0.attn.to_qkv": (3 * d, d)}
+    cp = plan(_mods(t), t.__getitem__, family="flux", transformer=targets, text_encoders={}).components["transformer"]
+    ps = cp.patches["transformer_blocks.0.attn.to_qkv"]
+    assert sorted(p.rows for p in ps) == [(0, d), (d, 2 * d), (2 * d, 3 * d)]
+    W = rnd(3 * d, d)
+    want = W + 0.5 * t["lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"] @ t["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"]
+    np.testing.assert_allclose(patched_weight(W, ps), want, rtol=1e-5, atol=1e-6)

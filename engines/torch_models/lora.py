@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import OrderedDict
 from dataclasses import replace as dc_replace
 
 import torch
@@ -80,7 +81,7 @@ def _shallow(m: nn.Module) -> nn.Module:
     c = copy.copy(m)
     d = c.__dict__
     for k, v in list(d.items()):
-        if k.startswith("_") and isinstance(v, (dict, set)) and k not in ("_sf_patches",):
+        if k.startswith("_") and type(v) in (dict, OrderedDict, set):  # _parameters, _modules, _buffers, hooks
             d[k] = copy.copy(v)
     return c
 
