@@ -49,6 +49,7 @@ class AppliedLoRA:
     unmatched: tuple = ()
     skipped: tuple = ()  # (module, reason)
     missing_components: tuple = ()
+    ignored: tuple = ()  # tensor names not applied (bias diffs, norm parts) of applied layers
 
     def summary(self) -> str:
         parts = [f"{self.name}: {self.matched} LoRA layers applied"]
@@ -59,6 +60,9 @@ class AppliedLoRA:
                          + ("…" if len(self.unmatched) > 8 else ""))
         if self.skipped:
             parts.append(f"; {len(self.skipped)} skipped: " + "; ".join(f"{k} ({r})" for k, r in self.skipped[:4]))
+        if self.ignored:
+            parts.append(f"; {len(self.ignored)} bias/norm parts not applied: {', '.join(self.ignored[:4])}"
+                         + ("…" if len(self.ignored) > 4 else ""))
         if self.missing_components:
             parts.append("; for parts not loaded: " + ", ".join(f"{c} ({n} layers)" for c, n in self.missing_components))
         return " ".join(parts)

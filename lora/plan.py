@@ -105,6 +105,7 @@ class ComponentPlan:
     matched: list = field(default_factory=list)  # LoRA module keys applied
     unmatched: list = field(default_factory=list)  # LoRA module keys with no layer
     skipped: list = field(default_factory=list)  # (LoRA module key, reason)
+    ignored: list = field(default_factory=list)  # tensor names applied without (bias / norm parts)
 
     def add(self, target, patch):
         self.patches.setdefault(target, []).append(patch)
@@ -125,6 +126,9 @@ class Plan:
 
     def skipped(self) -> list:
         return [s for c in self.components.values() for s in c.skipped]
+
+    def ignored(self) -> list:
+        return [s for c in self.components.values() for s in c.ignored]
 
 
 def _fits(p: Patch, shape) -> bool:
@@ -165,7 +169,12 @@ def resolve_component(modules, targets: dict, get, strength: float, *, family: s
             for target, p in placed:
                 plan.add(target, p)
             plan.matched.append(m.key)
+            plan.ignored += [m.params[r] for r in _IGNORED_ROLES if r in m.params]
     return plan
+
+
+# parts of a module that are not applied (the weight update is): bias diffs, LyCORIS norms
+_IGNORED_ROLES = ("diff_b", "bias_b", "w_norm", "b_norm", "unsupported")
 
 
 def _shape_text(p: Patch) -> str:
@@ -340,6 +349,7 @@ def plan(modules, get, *, family: str, transformer: dict | None, text_encoders: 
             old.matched += cp.matched
             old.unmatched += cp.unmatched
             old.skipped += cp.skipped
+            old.ignored += cp.ignored
         else:
             result.components[te_name] = cp
     active = (strength_model != 0 and tr_mods and transformer is not None) or (strength_text != 0 and by_comp)

@@ -287,6 +287,7 @@ def test_partial_match_applies_what_matches_and_names_the_rest(tmp_path):
     k = w.lora("diffusers", "transformer_blocks.0.attn1.to_q", (144, 144), rank=4)
     w.lora("diffusers", "transformer_blocks.7.attn1.to_q", (144, 144), rank=4)  # a block this model lacks
     w.lora("diffusers", "transformer_blocks.0.attn1.to_k", (288, 144), rank=4)  # wrong size
+    w.sd["transformer.transformer_blocks.0.attn1.to_q.lora_B.bias"] = torch.zeros(144)  # a bias part we do not apply
     path = w.save(tmp_path / "partial.safetensors")
     new = apply_loras(h, [path])
     rec = new.loras[-1]
@@ -294,6 +295,7 @@ def test_partial_match_applies_what_matches_and_names_the_rest(tmp_path):
     assert rec.unmatched == ("transformer.transformer_blocks.7.attn1.to_q",)
     assert rec.skipped and rec.skipped[0][0] == "transformer.transformer_blocks.0.attn1.to_k"
     assert "transformer_blocks.7.attn1.to_q" in rec.summary()
+    assert rec.ignored == ("transformer.transformer_blocks.0.attn1.to_q.lora_B.bias",) and "bias/norm" in rec.summary()
     W = base_sd["transformer_blocks.0.attn1.to_q.weight"].double().numpy() + w.delta[k]
     U.check_weights(base_sd, new.transformer, {"transformer_blocks.0.attn1.to_q.weight": W})
 

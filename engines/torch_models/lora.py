@@ -251,9 +251,9 @@ def apply_loras(handle, specs, *, merge: bool = False):
             name=lf.name, path=lf.path, strength_model=float(spec.strength_model), strength_text=spec.text_strength,
             family=tuple(pl.detection.candidates), format=file_format(lf.modules)["format"], layers=layers,
             matched=pl.matched, unmatched=tuple(pl.unmatched()), skipped=tuple(pl.skipped()),
-            missing_components=tuple(pl.missing_components),
+            missing_components=tuple(pl.missing_components), ignored=tuple(pl.ignored()),
         )
-        if rec.unmatched or rec.skipped or rec.missing_components:
+        if rec.unmatched or rec.skipped or rec.missing_components or rec.ignored:
             log.warning("LoRA %s", rec.summary())
         else:
             log.info("LoRA %s", rec.summary())
