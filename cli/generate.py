@@ -141,11 +141,15 @@ def run(args) -> int:
         max_side=args.max_side,
     )
     clear_interrupt()
-    if getattr(args, "quiet", False):
-        from ..progress import set_cli_bars
+    from .. import progress
 
-        set_cli_bars(False)
-    res = generate_full(handle.engine, handle, params)
+    bars = progress._cli_bars["enabled"]
+    if getattr(args, "quiet", False):
+        progress.set_cli_bars(False)
+    try:
+        res = generate_full(handle.engine, handle, params)
+    finally:
+        progress.set_cli_bars(bars)
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
     written = []

@@ -152,7 +152,15 @@ def test_load_model_node_and_missing_models(models_root):
         paths.set_models_root(None)
 
 
-def test_cli_generate(models_root, tmp_path, capsys):
+@pytest.fixture
+def reset_models_root():
+    from spriteforge import paths
+
+    yield
+    paths.set_models_root(None)  # `--models` sets the process-wide root
+
+
+def test_cli_generate(models_root, tmp_path, capsys, reset_models_root):
     from PIL import Image
 
     from spriteforge.cli.main import main
@@ -203,7 +211,7 @@ def test_every_family_from_real_format_files(models_root, family):
     assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all() and img.std() > 1e-3
 
 
-def test_cli_with_separate_vae_and_text_encoder_files(tmp_path):
+def test_cli_with_separate_vae_and_text_encoder_files(tmp_path, reset_models_root):
     """A single-file Flux transformer (original keys) with the VAE and text encoders given as files."""
     tm = pytest.importorskip("spriteforge.tests.tiny_models")
     from PIL import Image
