@@ -1,0 +1,317 @@
+"""The shipped workflows (``workflows/NAME.api.json``) run end to end on tiny real-format models.
+
+:func:`build_models_root` lays out a models root like ComfyUI's ``models/`` in which every file
+name the workflows pick is the real release name, holding a TINY model of that family in the
+release's format (``tests/tiny_models.py`` writers, plus a BiRefNet-lite with the real Swin-T
+backbone and random weights):
+
+    diffusion_models/flux1-schnell.safetensors      Flux.1-schnell, BFL layout
+    vae/ae.safetensors                               16-channel KL VAE, LDM layout
+    checkpoints/sd3.5_medium.safetensors             SD3.5-medium MMDiT-X + VAE (no text encoders, like the release)
+    text_encoders/clip_l.safetensors, clip_g.safetensors, t5xxl_fp16.safetensors (+ <stem>_tokenizer/ beside each)
+    diffusers/PixArt-Sigma-XL-2-1024-MS/            PixArt-Sigma diffusers pipeline folder
+    birefnet/BiRefNet_lite.safetensors               BiRefNet lite (Swin-T), random weights
+
+One ``t5xxl_fp16.safetensors`` serves Flux and SD3.5 (as in a real ComfyUI install), so the tiny
+Flux here reads a 64-wide T5 (``joint_attention_dim=64``), the width the tiny SD3 needs.
+
+Each workflow runs once per session (:func:`run_small`, shared with ``test_graph_workflows``)
+with small sizes (64x64, 2 steps, BiRefNet working at 64) and the shipped input images shrunk to 64x64.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+REPO = Path(__file__).resolve().parents[1]
+WF = REPO / "workflows"
+NAMES = ("txt2img", "img2img", "tileset", "inpainting", "sprite_pipeline")
+SMALL = 64
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tiny_models as tm  # noqa: E402
+
+sys.path.pop(0)
+
+# every model file / folder name the shipped workflows use (checked below against the workflows)
+RELEASE_FILES = {
+    "diffusion_models": ["flux1-schnell.safetensors"],
+    "checkpoints": ["sd3.5_medium.safetensors"],
+    "vae": ["ae.safetensors"],
+    "text_encoders": ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"],
+    "diffusers": ["PixArt-Sigma-XL-2-1024-MS"],
+    "birefnet": ["BiRefNet_lite.safetensors"],
+}
+
+
+# --------------------------------------------------------------------------- the models root
+
+def _flux_schnell_64(path: Path) -> Path:
+    """Tiny Flux.1-schnell (BFL keys) reading a 64-wide T5, so it shares t5xxl_fp16 with SD3.5."""
+    from diffusers import FluxTransformer2DModel
+
+    m = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=32, num_attention_heads=2,
+        joint_attention_dim=2 * tm.CLIP_DIM, pooled_projection_dim=tm.CLIP_DIM, guidance_embeds=False,
+        axes_dims_rope=(4, 14, 14),
+    )
+    tm._randomize(m, 0)
+    return tm._save_file(tm.flux_to_original(m.state_dict()), path)
+
+
+def _sd35_medium(scratch: Path, path: Path) -> Path:
+    """SD3.5-medium as released: ``model.diffusion_model.`` + ``first_stage_model.`` (VAE), no text encoders."""
+    from safetensors.torch import load_file
+
+    sd = load_file(str(tm.make_sd3(scratch, layout="checkpoint", variant="sd3.5-medium")))
+    return tm._save_file({k: v for k, v in sd.items() if not k.startswith("text_encoders.")}, path)
+
+
+def _birefnet_lite(path: Path) -> Path:
+    """BiRefNet_lite's architecture (Swin-T backbone, the release's decoder sizes) with small random weights."""
+    from safetensors.torch import save_file
+
+    from spriteforge.engines.torch_models import birefnet as bn
+
+    torch.manual_seed(0)
+    m = bn.BiRefNet(bn.SWIN_T).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(0.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().half().contiguous() if v.is_floating_point() else v.contiguous()
+               for k, v in m.state_dict().items()}, str(path))
+    return path
+
+
+def build_models_root(root: Path) -> Path:
+    """Build (once; a marker file makes later calls free) the tiny models root described above."""
+    root = Path(root)
+    if (root / ".complete").exists():
+        return root
+    scratch = root / ".scratch"
+    te = root / "text_encoders"
+    tm.make_clip(te, "clip_l")
+    tm.make_clip(te, "clip_g")
+    tm.make_t5(te, d_model=2 * tm.CLIP_DIM, name="t5xxl_fp16")
+    for raw in te.glob(".*_raw"):
+        shutil.rmtree(raw)
+    _flux_schnell_64(root / "diffusion_models" / "flux1-schnell.safetensors")
+    tm.make_vae(root / "vae", 16, layout="original", name="ae.safetensors")
+    _sd35_medium(scratch, root / "checkpoints" / "sd3.5_medium.safetensors")
+    pix = tm.make_pixart(scratch, layout="folder", variant="sigma")
+    (root / "diffusers").mkdir(parents=True, exist_ok=True)
+    shutil.move(str(pix), str(root / "diffusers" / "PixArt-Sigma-XL-2-1024-MS"))
+    _birefnet_lite(root / "birefnet" / "BiRefNet_lite.safetensors")
+    shutil.rmtree(scratch)
+    (root / ".complete").write_text("ok")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_models_root(tmp_path_factory) -> Path:
+    """A models root with the workflows' release file names holding tiny real-format models (built once)."""
+    return build_models_root(tmp_path_factory.getbasetemp() / "workflow_models")
+
+
+# --------------------------------------------------------------------------- running a workflow small
+
+def small_overrides(prompt: dict) -> list[str]:
+    """``--set`` overrides that make a workflow cheap on tiny models: 64x64, 2 steps, batch <= 2,
+    BiRefNet at 64 (the image size), pixel-art sizes that divide 64."""
+    sets = []
+    for nid, node in prompt.items():
+        ct, inp = node["class_type"], node["inputs"]
+        if ct == "SpriteForgeSampler":
+            sets += [f"{nid}.width={SMALL}", f"{nid}.height={SMALL}", f"{nid}.steps=2",
+                     f"{nid}.batch_size={min(2, int(inp.get('batch_size', 1)))}"]
+        elif ct == "SpriteForgeRemoveBackground":
+            sets.append(f"{nid}.resolution={SMALL}")  # the image size: fast on a CPU
+        elif ct == "SpriteForgePixelDownscale":
+            sets.append(f"{nid}.factor=4")
+        elif ct == "SpriteForgePixelSliceTiles":
+            sets += [f"{nid}.tile_width=8", f"{nid}.tile_height=8"]
+    return sets
+
+
+def small_inputs(folder: Path) -> Path:
+    """The shipped example images (workflows/input) shrunk to 64x64, alpha kept."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in sorted((WF / "input").glob("*.png")):
+        if not (folder / p.name).exists():
+            with Image.open(p) as im:
+                im.resize((SMALL, SMALL), Image.NEAREST).save(folder / p.name)
+    return folder
+
+
+def run_small(name: str, models_root: Path, base: Path) -> dict:
+    """Run ``workflows/NAME.api.json`` small (once per session: the result is kept under ``base``).
+
+    Returns ``{"outputs": {node_id: ui}, "files": [paths], "out": dir, "inputs": dir, "seconds": s}``.
+    """
+    from spriteforge.nodes import graph as G
+    from spriteforge.runner import run_workflow
+
+    done = base / name / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    out = base / name / "out"
+    inputs = small_inputs(base / "inputs")
+    prompt = G.read_workflow(str(WF / f"{name}.api.json"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: per-op overhead dominates; one thread avoids spin-waits on shared cores
+    t0 = time.monotonic()
+    try:
+        res = run_workflow(str(WF / f"{name}.api.json"), models_dir=models_root, out_dir=out, input_dir=inputs,
+                           overrides=small_overrides(prompt))
+    finally:
+        torch.set_num_threads(n)
+    result = {"outputs": res.outputs, "files": [str(f) for f in res.files], "out": str(out), "inputs": str(inputs),
+              "seconds": time.monotonic() - t0}
+    done.write_text(json.dumps(result, default=str))
+    return result
+
+
+@pytest.fixture(scope="session")
+def workflow_runs(tiny_models_root, tmp_path_factory):
+    """``run(name)`` -> the result of :func:`run_small` (each workflow runs once per session)."""
+    base = tmp_path_factory.getbasetemp() / "workflow_runs"
+    return lambda name: run_small(name, tiny_models_root, base)
+
+
+# --------------------------------------------------------------------------- tests
+
+def _png(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return im.copy()
+
+
+def _files(res, suffix=".png") -> list[Path]:
+    return [Path(f) for f in res["files"] if str(f).endswith(suffix)]
+
+
+def test_workflows_use_the_models_the_fixture_provides():
+    """Every model name in the shipped workflows is one the tiny root provides (and so a real release name)."""
+    model_inputs = {"model": ("diffusion_models", "checkpoints", "diffusers"), "vae": ("vae",),
+                    "text_encoder_1": ("text_encoders",), "text_encoder_2": ("text_encoders",),
+                    "text_encoder_3": ("text_encoders",), "model_name": ("birefnet",)}
+    for name in NAMES:
+        api = json.loads((WF / f"{name}.api.json").read_text())
+        for node in api.values():
+            if node["class_type"] not in ("SpriteForgeLoadModel", "SpriteForgeLoadBiRefNet"):
+                continue
+            for key, kinds in model_inputs.items():
+                v = node["inputs"].get(key)
+                if v is None or str(v).startswith("("):
+                    continue
+                assert any(v in RELEASE_FILES[k] for k in kinds), f"{name}: {key}={v!r} is not built by the fixture"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflow_validates_with_models_installed(name, tiny_models_root):
+    """With the models installed every combo has its real choices: every value must be one of them."""
+    from spriteforge import paths
+    from spriteforge.nodes import graph as G
+
+    saved = list(paths._models_root)
+    env = os.environ.get("SPRITEFORGE_INPUT")
+    try:
+        paths.set_models_root(tiny_models_root)
+        os.environ["SPRITEFORGE_INPUT"] = str(WF / "input")
+        info = G.object_info()
+        graph = json.loads((WF / f"{name}.json").read_text())
+        issues = G.validate_prompt(G.graph_to_api(graph, info), info)
+        assert not issues, "\n".join(map(str, issues))
+        issues = G.validate_prompt(json.loads((WF / f"{name}.api.json").read_text()), info)
+        assert not issues, "\n".join(map(str, issues))
+    finally:
+        paths._models_root[:] = saved
+        if env is None:
+            os.environ.pop("SPRITEFORGE_INPUT", None)
+        else:
+            os.environ["SPRITEFORGE_INPUT"] = env
+
+
+@pytest.mark.slow
+def test_txt2img(workflow_runs):
+    res = workflow_runs("txt2img")
+    (png,) = _files(res)
+    im = _png(png)
+    assert png.name.startswith("txt2img_") and png.parent.name == "spriteforge"
+    assert im.size == (SMALL, SMALL) and im.mode == "RGB"
+    assert np.asarray(im).std() > 1  # an image, not a constant
+    assert "workflow" not in im.info and "prompt" in im.info  # API file: the prompt is embedded
+
+
+@pytest.mark.slow
+def test_img2img(workflow_runs):
+    res = workflow_runs("img2img")
+    (png,) = _files(res)
+    assert _png(png).size == (SMALL, SMALL)
+
+
+@pytest.mark.slow
+def test_inpainting_repaints_only_the_transparent_part(workflow_runs):
+    res = workflow_runs("inpainting")
+    (png,) = _files(res)
+    out = np.asarray(_png(png).convert("RGB"), np.int16)
+    src_im = _png(Path(res["inputs"]) / "spriteforge_knight_inpaint.png")
+    src = np.asarray(src_im.convert("RGB"), np.int16)
+    alpha = np.asarray(src_im.getchannel("A"))
+    assert out.shape == src.shape
+    keep = alpha == 255
+    keep[: int(np.argmax(alpha[:, 0] == 255)) + 12] = False  # leave the feathered band out
+    assert keep.any() and np.abs(out[keep] - src[keep]).max() <= 2      # kept pixels are the source's
+    assert np.abs(out[alpha == 0] - src[alpha == 0]).mean() > 5       # the transparent part was re-drawn
+
+
+@pytest.mark.slow
+def test_tileset_makes_an_indexed_sheet_of_tiles(workflow_runs):
+    res = workflow_runs("tileset")
+    out = Path(res["out"]) / "spriteforge"
+    (sheet,) = sorted(out.glob("tileset_0*.png"))
+    atlas = json.loads(sheet.with_suffix(".json").read_text())
+    assert len(atlas["frames"]) == (SMALL // 4 // 8) ** 2  # 64 px / downscale 4 = 16 px, 8 px tiles: 2x2
+    im = _png(sheet)
+    assert im.mode == "P" and len(im.getpalette()) // 3 <= 33  # endesga-32 (+ the transparent index)
+    assert sheet.with_suffix(".hex").exists() and sheet.with_suffix(".gpl").exists()
+    (texture,) = sorted(out.glob("tileset_texture_*.png"))
+    assert _png(texture).mode == "P" and _png(texture).size == (SMALL // 4, SMALL // 4)
+    assert _files(res) and any("previews" in str(f) for f in res["files"])
+
+
+@pytest.mark.slow
+def test_sprite_pipeline_writes_indexed_sprites_and_a_sheet(workflow_runs):
+    res = workflow_runs("sprite_pipeline")
+    out = Path(res["out"]) / "spriteforge"
+    sprites = sorted(out.glob("sprite_0*.png"))
+    assert len(sprites) == 2  # batch 2 -> two indexed PNGs
+    for p in sprites:
+        im = _png(p)
+        assert im.mode == "P" and im.size == (SMALL // 4, SMALL // 4)
+        assert "transparency" in im.info  # index 0 is transparent
+    assert sorted(out.glob("sprite_palette*.hex"))
+    (sheet,) = sorted(out.glob("sprite_sheet_*.png"))
+    assert _png(sheet).mode == "P"
+    atlas = json.loads(sheet.with_suffix(".json").read_text())
+    assert len(atlas["frames"]) == 2
+    previews = [f for f in res["files"] if "previews" in f]
+    assert previews and _png(previews[0]).mode == "RGBA"  # the background-removal composite keeps alpha

@@ -1,0 +1,612 @@
+"""Generates the shipped workflows: ``NAME.json`` (graph format, what the editor's Save writes),
+``NAME.api.json`` (API format for POST /prompt, converted from the graph by
+:func:`spriteforge.nodes.graph.graph_to_api`, so the two agree by construction), ``NAME.jpg``
+(a 256x256 diagram of the graph for the template browser) and the example images in ``input/``.
+
+    python workflows/_build.py            # rewrite every file
+    python workflows/_build.py txt2img    # just one workflow
+
+A workflow is a list of nodes (``N``: id, type, column/row on a left-to-right grid, widget
+values by input name), links (``L``: source node + output index -> target node + input name),
+groups (titled boxes around node ids) and Note nodes that explain the knobs. ``widgets_values``
+follow the node's widget inputs in the editor's order (``graph.widget_slots``), with the extra
+``control_after_generate`` value after seed inputs, exactly as the editor saves them.
+Model file names are the real release names (see the notes in each workflow).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+COL_W = 400          # horizontal pitch of the layout grid
+ROW_GAP = 40         # vertical gap between stacked nodes
+NODE_W = 340
+X0, Y0 = 40, 80
+NOTE_COLOR, NOTE_BG = "#432", "#653"
+
+
+@dataclass
+class N:
+    id: int
+    type: str
+    col: float
+    row: float = 0          # in units of 120 px; nodes in a column are placed at this offset
+    w: dict = field(default_factory=dict)      # widget values by input name (others: the node's defaults)
+    title: str | None = None
+    cag: str = "fixed"      # control_after_generate value saved after a seed widget
+    width: int = NODE_W
+    height: int | None = None  # default: from the node's sockets and widgets
+
+
+@dataclass
+class Note:
+    id: int
+    col: float
+    row: float
+    text: str
+    width: int = NODE_W
+    height: int = 200
+
+
+@dataclass
+class L:
+    src: int
+    out: int
+    dst: int
+    inp: str
+
+
+@dataclass
+class Group:
+    title: str
+    ids: list
+    color: str = "#3f789e"
+
+
+@dataclass
+class Workflow:
+    name: str
+    nodes: list
+    links: list
+    groups: list
+    notes: list
+    inputs: list = field(default_factory=list)   # example images in input/ the workflow reads
+
+
+# --------------------------------------------------------------------------- the workflows
+
+FLUX = {"model": "flux1-schnell.safetensors", "vae": "ae.safetensors", "text_encoder_1": "clip_l.safetensors",
+        "text_encoder_2": "t5xxl_fp16.safetensors"}
+SD35 = {"model": "sd3.5_medium.safetensors", "text_encoder_1": "clip_l.safetensors",
+        "text_encoder_2": "clip_g.safetensors", "text_encoder_3": "t5xxl_fp16.safetensors"}
+PIXART = {"model": "PixArt-Sigma-XL-2-1024-MS"}
+
+NOTE_FLUX = """MODELS (Flux.1 [schnell], Apache-2.0)
+models/diffusion_models/flux1-schnell.safetensors  (black-forest-labs/FLUX.1-schnell)
+models/vae/ae.safetensors  (same repository)
+models/text_encoders/clip_l.safetensors + t5xxl_fp16.safetensors  (comfyanonymous/flux_text_encoders)
+
+text_encoder_1 = CLIP-L, text_encoder_2 = T5-XXL. Any other SpriteForge family works here too: pick a
+PixArt / SD3 / Sana / DiT file or diffusers folder and set the VAE/encoders to (from model) where it has them.
+device/dtype 'auto': the first GPU in bf16 (fp32 on the CPU)."""
+
+NOTE_SD35 = """MODELS (Stable Diffusion 3.5 Medium)
+models/checkpoints/sd3.5_medium.safetensors  (stabilityai/stable-diffusion-3.5-medium; MMDiT-X + VAE)
+models/text_encoders/clip_l.safetensors, clip_g.safetensors, t5xxl_fp16.safetensors
+  (the text_encoders folder of that repository)
+
+text_encoder_1 = CLIP-L, 2 = CLIP-G, 3 = T5-XXL (T5 can be left at (from model) to save memory; prompts then
+follow less closely). The VAE comes from the checkpoint."""
+
+NOTE_SAMPLER_FLUX = """SAMPLER KNOBS
+steps: schnell is distilled for 4 steps (1-8 work).
+cfg 0 = the family's default (Flux: 1 = no CFG, so the negative prompt is unused; schnell ignores 'guidance').
+shift 0 = the family's default (schnell: 1).
+seed: 'randomize' after each queue; set it to 'fixed' to keep a result.
+width/height: multiples of 16; Flux likes 0.5-2 megapixels.
+max_side: guard against out-of-memory sizes."""
+
+NOTE_SAMPLER_SD3 = """SAMPLER KNOBS
+denoise: how much of the input is re-drawn (0.3 = keep the composition and colours, 0.6 = same layout,
+new details, 1.0 = ignore the input). Only steps x denoise steps actually run.
+cfg 0 = SD3's default 5 (4-5.5 suits 3.5 Medium); shift 0 = SD3's default 3.
+The image size comes from the input image (rounded to a multiple of 16; VAE Encode's max_side caps it),
+so width/height are not used here."""
+
+NOTE_INPAINT = """INPAINTING
+Open the image in the Load Image node's mask editor (right click > Open in MaskEditor) and paint over the part
+to re-draw; Save. Painted = transparent in the saved PNG, and Load Image's MASK is 1 where the PNG is
+transparent, which is what SpriteForge Sampler's mask means (1 = repaint). The shipped example has the
+sky above the knight transparent.
+
+denoise 1.0 re-draws the masked part from scratch (lower keeps some of what is there).
+mask_feather: soft edge in pixels between repainted and kept pixels.
+VAE Decode pastes the result over the original outside the mask, so unmasked pixels stay exact.
+For Flux Fill, load flux1-fill-dev.safetensors instead: it inpaints natively with the same graph."""
+
+NOTE_TILESET = """SEAMLESS TILESET
+tile = true makes the sampler wrap the image around both edges (circular padding), so the texture repeats
+without seams; VAE Decode then decodes it seamlessly as well (its own tile switch turns on automatically
+for tiled latents).
+
+Pixel Downscale: 1024 / factor 8 = a 128x128 pixel-art texture (kcentroid keeps each cell's dominant colour).
+Palette: endesga-32 (any shipped Lospec palette, or a .hex/.gpl/.pal file in 'file').
+Slice Tileset: 32x32 tiles = a 4x4 set; every tile continues into its neighbours, the outer ones wrap.
+Save Sprite Sheet: the tiles with 1 px padding as an indexed PNG + JSON atlas (TexturePacker hash format)
++ the palette as .hex and .gpl, in output/spriteforge/."""
+
+NOTE_SPRITE_MODEL = """MODEL (PixArt-Sigma)
+models/diffusers/PixArt-Sigma-XL-2-1024-MS  (the whole PixArt-alpha/PixArt-Sigma-XL-2-1024-MS repository folder:
+transformer, vae, text_encoder (T5), tokenizer, scheduler). Everything comes from the folder, so VAE and
+text encoders stay at (from model).
+
+batch_size 4 = four variations (seed, seed+1, ...), which become the frames of the sprite sheet.
+cfg 0 = PixArt's default 4.5. Ask for a plain background: it makes background removal easy."""
+
+NOTE_RMBG = """BACKGROUND REMOVAL (BiRefNet)
+models/birefnet/BiRefNet_lite.safetensors = model.safetensors of ZhengPeng7/BiRefNet_lite, renamed so the variant
+is recognised (BiRefNet-general.safetensors / BiRefNet_HR.safetensors work too: larger, slower, finer).
+
+resolution 0 = the variant's own (1024). threshold 0.5 gives the hard alpha pixel art needs (0 = soft matte).
+fill_holes / remove_islands clean the mask (pixels). The outputs: foreground colours + mask (1 = sprite),
+and an RGBA composite (previewed here)."""
+
+NOTE_PIXEL = """PIXEL ART
+Pixel Downscale: factor 16 turns 1024 px into a 64x64 sprite (kcentroid = dominant colour per 16x16 cell,
+'contrast' keeps thin dark outlines). The mask is downscaled with it.
+Pixel Palette Extract: one 16-colour palette for all frames (so the sheet does not flicker); transparent
+pixels are ignored. Swap in Pixel Palette Load for a fixed Lospec palette.
+Pixel Alpha Cleanup: hard 0/1 alpha, removes specks (min_island) and pinholes (max_hole), stray pixels;
+'outline' adds a 1 px outline (colour #rrggbb or index:N of the palette).
+Pixel Quantize: every pixel onto the palette (dither none for crisp sprites; fs/bayer for gradients).
+
+OUTPUT (output/spriteforge/)
+sprite_00001_.png ... indexed PNGs (mode P, index 0 transparent) + sprite_palette .hex
+sprite_sheet_00001_.png + .json atlas + .hex/.gpl palette."""
+
+
+def txt2img() -> Workflow:
+    nodes = [
+        N(4, "SpriteForgeLoadModel", 0, 0, FLUX),
+        N(6, "SpriteForgeEncodePrompt", 1, 0, {
+            "positive": "pixel art sprite of a knight in silver armour with a red cape, full body, side view, "
+                        "plain white background",
+            "negative": "", "guidance": 3.5}),
+        N(9, "SpriteForgeSampler", 2, 0, {"seed": 42, "steps": 4, "sampler": "euler", "schedule": "simple",
+                                          "width": 1024, "height": 1024}, cag="randomize"),
+        N(10, "SpriteForgeVAEDecode", 3, 0),
+        N(11, "SaveImage", 4, 0, {"filename_prefix": "spriteforge/txt2img"}),
+    ]
+    links = [L(4, 0, 6, "model"), L(4, 0, 9, "model"), L(6, 0, 9, "conditioning"), L(4, 0, 10, "model"),
+             L(9, 0, 10, "latent"), L(10, 0, 11, "images")]
+    notes = [Note(20, 0, 2.7, NOTE_FLUX, height=260), Note(21, 3, 1.6, NOTE_SAMPLER_FLUX, width=740, height=200)]
+    groups = [Group("Model", [4, 20], "#3f789e"), Group("Prompt and sampling", [6, 9], "#8a8a3f"),
+              Group("Decode and save", [10, 11], "#3f8a5a")]
+    return Workflow("txt2img", nodes, links, groups, notes)
+
+
+def img2img() -> Workflow:
+    nodes = [
+        N(1, "SpriteForgeLoadModel", 0, 0, SD35),
+        N(2, "LoadImage", 0, 5.6, {"image": "spriteforge_knight.png"}, height=380),
+        N(3, "SpriteForgeEncodePrompt", 1, 0, {
+            "positive": "detailed pixel art of a knight in golden armour standing in a green meadow, blue sky, "
+                        "16-bit game style",
+            "negative": "blurry, photo, jpeg artifacts, text, watermark"}),
+        N(4, "SpriteForgeVAEEncode", 1, 5.6, {"max_side": 2048}),
+        N(5, "SpriteForgeSampler", 2, 0, {"seed": 7, "steps": 28, "sampler": "euler", "schedule": "normal",
+                                          "cfg": 4.5, "denoise": 0.6, "width": 1024, "height": 1024},
+          cag="randomize"),
+        N(6, "SpriteForgeVAEDecode", 3, 0),
+        N(7, "SaveImage", 4, 0, {"filename_prefix": "spriteforge/img2img"}),
+    ]
+    links = [L(1, 0, 3, "model"), L(1, 0, 4, "model"), L(2, 0, 4, "image"), L(1, 0, 5, "model"),
+             L(3, 0, 5, "conditioning"), L(4, 0, 5, "latent"), L(1, 0, 6, "model"), L(5, 0, 6, "latent"),
+             L(6, 0, 7, "images")]
+    notes = [Note(20, 0, 2.7, NOTE_SD35, height=230), Note(21, 3, 1.6, NOTE_SAMPLER_SD3, width=740, height=200)]
+    groups = [Group("Model", [1, 20], "#3f789e"), Group("Input image", [2, 4], "#a1309b"),
+              Group("Prompt and sampling", [3, 5], "#8a8a3f"), Group("Decode and save", [6, 7], "#3f8a5a")]
+    return Workflow("img2img", nodes, links, groups, notes, inputs=["spriteforge_knight.png"])
+
+
+def inpainting() -> Workflow:
+    nodes = [
+        N(1, "SpriteForgeLoadModel", 0, 0, SD35),
+        N(2, "LoadImage", 0, 5.6, {"image": "spriteforge_knight_inpaint.png"}, height=380),
+        N(3, "SpriteForgeEncodePrompt", 1, 0, {
+            "positive": "pixel art, a red dragon flying in a stormy sky, 16-bit game style",
+            "negative": "blurry, photo, jpeg artifacts, text, watermark"}),
+        N(4, "SpriteForgeVAEEncode", 1, 5.6, {"max_side": 2048}),
+        N(5, "SpriteForgeSampler", 2, 0, {"seed": 11, "steps": 28, "sampler": "euler", "schedule": "normal",
+                                          "cfg": 4.5, "denoise": 1.0, "width": 1024, "height": 1024,
+                                          "mask_feather": 8}, cag="randomize"),
+        N(6, "SpriteForgeVAEDecode", 3, 0),
+        N(7, "SaveImage", 4, 0, {"filename_prefix": "spriteforge/inpaint"}),
+    ]
+    links = [L(1, 0, 3, "model"), L(1, 0, 4, "model"), L(2, 0, 4, "image"), L(1, 0, 5, "model"),
+             L(3, 0, 5, "conditioning"), L(4, 0, 5, "latent"), L(2, 1, 5, "mask"), L(1, 0, 6, "model"),
+             L(5, 0, 6, "latent"), L(6, 0, 7, "images")]
+    notes = [Note(20, 0, 2.7, NOTE_SD35, height=230), Note(21, 3, 1.6, NOTE_INPAINT, width=740, height=260)]
+    groups = [Group("Model", [1, 20], "#3f789e"), Group("Image and mask", [2, 4], "#a1309b"),
+              Group("Prompt and inpainting", [3, 5], "#8a8a3f"), Group("Decode and save", [6, 7], "#3f8a5a")]
+    return Workflow("inpainting", nodes, links, groups, notes, inputs=["spriteforge_knight_inpaint.png"])
+
+
+def tileset() -> Workflow:
+    nodes = [
+        N(1, "SpriteForgeLoadModel", 0, 0, FLUX),
+        N(2, "SpriteForgeEncodePrompt", 1, 0, {
+            "positive": "seamless top-down texture of mossy cobblestones and grass, pixel art game tile, "
+                        "flat lighting", "negative": ""}),
+        N(3, "SpriteForgeSampler", 2, 0, {"seed": 3, "steps": 4, "sampler": "euler", "schedule": "simple",
+                                          "width": 1024, "height": 1024, "tile": True}, cag="randomize"),
+        N(4, "SpriteForgeVAEDecode", 3, 0, {"tile": True}),
+        N(5, "PreviewImage", 3, 1.5, height=300),
+        N(6, "SpriteForgePixelDownscale", 4, 0, {"method": "kcentroid", "mode": "factor", "factor": 8}),
+        N(7, "SpriteForgePixelPaletteLoad", 4, 2.4, {"name": "endesga-32", "file": ""}),
+        N(8, "SpriteForgePixelQuantize", 5, 0, {"dither": "none", "strength": 1.0, "protect_edges": True}),
+        N(9, "SpriteForgePixelSaveIndexed", 6, 3.2, {"filename_prefix": "spriteforge/tileset_texture",
+                                                      "upscale": 1}),
+        N(10, "SpriteForgePixelSliceTiles", 6, 0, {"tile_width": 32, "tile_height": 32, "skip_empty": False}),
+        N(11, "SpriteForgePixelSpriteSheet", 7, 0, {"filename_prefix": "spriteforge/tileset", "columns": 4,
+                                                     "padding": 1, "indexed": True}),
+    ]
+    links = [L(1, 0, 2, "model"), L(1, 0, 3, "model"), L(2, 0, 3, "conditioning"), L(1, 0, 4, "model"),
+             L(3, 0, 4, "latent"), L(4, 0, 5, "images"), L(4, 0, 6, "image"), L(6, 0, 8, "image"),
+             L(7, 0, 8, "palette"), L(8, 0, 9, "images"), L(7, 0, 9, "palette"), L(8, 0, 10, "image"),
+             L(10, 0, 11, "images"), L(7, 0, 11, "palette")]
+    notes = [Note(20, 0, 2.7, NOTE_FLUX, height=260), Note(21, 4, 5.6, NOTE_TILESET, width=740, height=320)]
+    groups = [Group("Model", [1, 20], "#3f789e"), Group("Seamless texture", [2, 3, 4, 5], "#8a8a3f"),
+              Group("Pixel art", [6, 7, 8], "#a1309b"), Group("Tileset", [9, 10, 11], "#3f8a5a")]
+    return Workflow("tileset", nodes, links, groups, notes)
+
+
+def sprite_pipeline() -> Workflow:
+    nodes = [
+        N(1, "SpriteForgeLoadModel", 0, 0, PIXART),
+        N(2, "SpriteForgeEncodePrompt", 1, 0, {
+            "positive": "a pixel art sprite of a small red dragon, full body, centered, game asset, "
+                        "plain white background",
+            "negative": "text, watermark, blurry, cropped, frame, busy background"}),
+        N(3, "SpriteForgeSampler", 2, 0, {"seed": 1, "steps": 20, "sampler": "dpmpp_2m", "schedule": "normal",
+                                          "batch_size": 4, "width": 1024, "height": 1024}, cag="randomize"),
+        N(4, "SpriteForgeVAEDecode", 3, 0),
+        N(5, "SpriteForgeLoadBiRefNet", 4, 0, {"model_name": "BiRefNet_lite.safetensors", "variant": "auto"}),
+        N(6, "SpriteForgeRemoveBackground", 4, 2.3, {"resolution": 0, "threshold": 0.5, "fill_holes": 64,
+                                                    "remove_islands": 256, "foreground": "ml",
+                                                    "composite": "alpha"}),
+        N(7, "PreviewImage", 4, 6.0, height=300),
+        N(8, "SpriteForgePixelDownscale", 5, 0, {"method": "kcentroid", "mode": "factor", "factor": 16}),
+        N(9, "SpriteForgePixelPaletteExtract", 5, 2.6, {"colors": 16, "method": "kmeans", "seed": 0}),
+        N(10, "SpriteForgePixelAlphaCleanup", 6, 0, {"threshold": 0.5, "min_island": 4, "max_hole": 4,
+                                                      "strays": True, "outline": False, "bleed": True}),
+        N(11, "SpriteForgePixelQuantize", 7, 0, {"dither": "none", "strength": 1.0, "protect_edges": True}),
+        N(12, "SpriteForgePixelSaveIndexed", 8, 0, {"filename_prefix": "spriteforge/sprite", "upscale": 1}),
+        N(13, "SpriteForgePixelSpriteSheet", 8, 2.2, {"filename_prefix": "spriteforge/sprite_sheet", "columns": 0,
+                                                       "padding": 1, "indexed": True, "frame_duration_ms": 100}),
+    ]
+    links = [L(1, 0, 2, "model"), L(1, 0, 3, "model"), L(2, 0, 3, "conditioning"), L(1, 0, 4, "model"),
+             L(3, 0, 4, "latent"), L(5, 0, 6, "birefnet"), L(4, 0, 6, "image"), L(6, 2, 7, "images"),
+             L(6, 0, 8, "image"), L(6, 1, 8, "mask"), L(8, 0, 9, "image"), L(8, 1, 9, "mask"),
+             L(8, 0, 10, "image"), L(8, 1, 10, "mask"), L(9, 0, 10, "palette"), L(10, 0, 11, "image"),
+             L(9, 0, 11, "palette"), L(10, 1, 11, "mask"), L(11, 0, 12, "images"), L(9, 0, 12, "palette"),
+             L(11, 1, 12, "mask"), L(11, 0, 13, "images"), L(9, 0, 13, "palette"), L(11, 1, 13, "mask")]
+    notes = [Note(20, 0, 2.7, NOTE_SPRITE_MODEL, height=250), Note(21, 1, 5.5, NOTE_RMBG, width=740, height=250),
+             Note(22, 5, 5.6, NOTE_PIXEL, width=1140, height=330)]
+    groups = [Group("Generate", [1, 2, 3, 4, 20], "#3f789e"), Group("Remove background", [5, 6, 7], "#8a8a3f"),
+              Group("Pixel art", [8, 9, 10, 11], "#a1309b"), Group("Save", [12, 13], "#3f8a5a")]
+    return Workflow("sprite_pipeline", nodes, links, groups, notes)
+
+
+WORKFLOWS = {"txt2img": txt2img, "img2img": img2img, "tileset": tileset, "inpainting": inpainting,
+             "sprite_pipeline": sprite_pipeline}
+
+
+# --------------------------------------------------------------------------- graph assembly
+
+def _widget_values(desc: dict, values: dict, cag: str) -> list:
+    from spriteforge.nodes import graph as G
+
+    unknown = set(values) - {n for n, *_ in G.ordered_inputs(desc)}
+    if unknown:
+        raise KeyError(f"{desc['name']}: no inputs {sorted(unknown)}")
+    out = []
+    slots = G.widget_slots(desc)
+    for i, name in enumerate(slots):
+        if name is None:
+            prev = slots[i - 1]
+            _c, _t, opts = G.input_spec(desc, prev)
+            out.append("image" if any(opts.get(k) for k in G.UPLOAD_KEYS) else cag)
+            continue
+        _c, typ, opts = G.input_spec(desc, name)
+        if name in values:
+            out.append(values[name])
+        elif "default" in opts:
+            out.append(opts["default"])
+        else:
+            options = G.combo_options(typ, opts)
+            out.append(options[0] if options else None)
+    return out
+
+
+def _height(desc: dict, n_sockets: int, n_outputs: int, widgets: list, slots: list) -> int:
+    from spriteforge.nodes import graph as G
+
+    h = 30 + 22 * max(n_sockets, n_outputs)
+    for name in slots:
+        if name is None:
+            continue
+        _c, typ, opts = G.input_spec(desc, name)
+        h += 90 if (typ == "STRING" and opts.get("multiline")) else 26
+    return h + 10
+
+
+def build_graph(wf: Workflow, info: dict) -> dict:
+    from spriteforge.nodes import graph as G
+
+    by_id = {n.id: n for n in wf.nodes}
+    link_rows = []
+    in_link: dict = {}
+    out_links: dict = {}
+    for k, l in enumerate(wf.links, 1):
+        src_desc = info[by_id[l.src].type]
+        typ = G.output_types(src_desc)[l.out]
+        link_rows.append([k, l.src, l.out, l.dst, None, typ])   # target slot filled below
+        in_link[(l.dst, l.inp)] = k
+        out_links.setdefault((l.src, l.out), []).append(k)
+    nodes = []
+    rows_by_id = {r[0]: r for r in link_rows}
+    for order, n in enumerate(wf.nodes):
+        desc = info[n.type]
+        inputs = []
+        for name, cat, typ, opts in G.ordered_inputs(desc):
+            tname = "COMBO" if isinstance(typ, (list, tuple)) else typ
+            lid = in_link.pop((n.id, name), None)
+            widget = G.is_widget(typ, opts)
+            if not widget and lid is None and cat == "optional":
+                slot = {"name": name, "localized_name": name, "type": tname, "shape": 7, "link": None}
+            else:
+                slot = {"name": name, "localized_name": name, "type": tname, "link": lid}
+                if cat == "optional":
+                    slot["shape"] = 7
+            if widget:
+                slot["widget"] = {"name": name}
+            if lid is not None:
+                rows_by_id[lid][4] = len(inputs)
+            inputs.append(slot)
+        outputs = []
+        names = desc.get("output_name") or []
+        for s, t in enumerate(G.output_types(desc)):
+            outputs.append({"name": names[s] if s < len(names) else t, "localized_name": names[s] if s < len(names) else t,
+                            "type": t, "links": out_links.get((n.id, s), []), "slot_index": s})
+        wv = _widget_values(desc, n.w, n.cag)
+        slots = G.widget_slots(desc)
+        n_sockets = sum(1 for name, _c, typ, opts in G.ordered_inputs(desc) if not G.is_widget(typ, opts))
+        node = {
+            "id": n.id, "type": n.type,
+            "pos": [X0 + int(n.col * COL_W), Y0 + int(n.row * 120)],
+            "size": [n.width, n.height or _height(desc, n_sockets, len(outputs), wv, slots)],
+            "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
+            "properties": {"Node name for S&R": n.type}, "widgets_values": wv,
+        }
+        if n.title:
+            node["title"] = n.title
+        nodes.append(node)
+    if in_link:
+        raise KeyError(f"{wf.name}: links to unknown inputs {sorted(in_link)}")
+    for note in wf.notes:
+        nodes.append({"id": note.id, "type": "Note", "pos": [X0 + int(note.col * COL_W), Y0 + int(note.row * 120)],
+                      "size": [note.width, note.height], "flags": {}, "order": len(nodes), "mode": 0,
+                      "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note.text],
+                      "color": NOTE_COLOR, "bgcolor": NOTE_BG})
+    groups = []
+    by_node = {nd["id"]: nd for nd in nodes}
+    for gi, g in enumerate(wf.groups, 1):
+        xs0 = min(by_node[i]["pos"][0] for i in g.ids) - 20
+        ys0 = min(by_node[i]["pos"][1] for i in g.ids) - 60
+        xs1 = max(by_node[i]["pos"][0] + by_node[i]["size"][0] for i in g.ids) + 20
+        ys1 = max(by_node[i]["pos"][1] + by_node[i]["size"][1] for i in g.ids) + 20
+        groups.append({"id": gi, "title": g.title, "bounding": [xs0, ys0, xs1 - xs0, ys1 - ys0], "color": g.color,
+                       "font_size": 24, "flags": {}})
+    return {
+        "id": _uuid(wf.name),
+        "revision": 0,
+        "last_node_id": max(nd["id"] for nd in nodes),
+        "last_link_id": len(link_rows),
+        "nodes": nodes,
+        "links": link_rows,
+        "groups": groups,
+        "config": {},
+        "extra": {"ds": {"scale": 0.75, "offset": [0, 0]}, "spriteforge_workflow": wf.name},
+        "version": 0.4,
+    }
+
+
+def _uuid(name: str) -> str:
+    import uuid
+
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "spriteforge/workflows/" + name))
+
+
+# --------------------------------------------------------------------------- thumbnail
+
+CAT_COLORS = {"SpriteForge/generate": (63, 120, 158), "SpriteForge/background": (138, 138, 63),
+              "SpriteForge/pixel": (161, 48, 155), "image": (63, 138, 90)}
+SHORT = {
+    "SpriteForgeLoadModel": "Load Model", "SpriteForgeEncodePrompt": "Prompt", "SpriteForgeSampler": "Sampler",
+    "SpriteForgeVAEDecode": "VAE Decode", "SpriteForgeVAEEncode": "VAE Encode", "SaveImage": "Save Image",
+    "PreviewImage": "Preview", "LoadImage": "Load Image", "SpriteForgeLoadBiRefNet": "BiRefNet",
+    "SpriteForgeRemoveBackground": "Remove BG", "SpriteForgePixelDownscale": "Downscale",
+    "SpriteForgePixelPaletteExtract": "Palette", "SpriteForgePixelPaletteLoad": "Palette",
+    "SpriteForgePixelQuantize": "Quantize", "SpriteForgePixelAlphaCleanup": "Alpha Clean",
+    "SpriteForgePixelSaveIndexed": "Save Indexed", "SpriteForgePixelSpriteSheet": "Sprite Sheet",
+    "SpriteForgePixelSliceTiles": "Slice Tiles",
+}
+TITLES = {"txt2img": "Text to image", "img2img": "Image to image", "tileset": "Seamless tileset",
+          "inpainting": "Inpainting", "sprite_pipeline": "Sprite pipeline"}
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def render_thumbnail(graph: dict, info: dict, name: str, size: int = 256):
+    """A diagram of the graph: one box per node (category colour, short title), links as elbow arrows.
+
+    Nodes keep their columns and order from the graph; a graph wider than 5 columns is drawn in
+    two bands (the second band continues the first), so the titles stay legible at 256 px.
+    """
+    import math
+
+    from PIL import Image, ImageDraw
+
+    ss = 3  # draw at 3x, then downsample (smooth lines and text)
+    S = size * ss
+    img = Image.new("RGB", (S, S), (32, 34, 40))
+    d = ImageDraw.Draw(img)
+    d.text((10 * ss, 6 * ss), TITLES.get(name, name), fill=(235, 235, 235), font=_font(20 * ss))
+    d.text((10 * ss, 30 * ss), "SpriteForge workflow", fill=(150, 155, 165), font=_font(11 * ss))
+    nodes = [n for n in graph["nodes"] if n["type"] in info]
+    cols = {n["id"]: round((n["pos"][0] - X0) / COL_W) for n in nodes}
+    ncols = max(cols.values()) + 1
+    per_band = math.ceil(ncols / 2) if ncols > 5 else ncols
+    bands = math.ceil(ncols / per_band)
+    # rows within a column, in the graph's vertical order
+    slot = {}
+    for c in range(ncols):
+        ids = sorted((n for n in nodes if cols[n["id"]] == c), key=lambda n: n["pos"][1])
+        for r, n in enumerate(ids):
+            slot[n["id"]] = (c % per_band, c // per_band, r)
+    rows_per_band = [1 + max([r for (_c, band, r) in slot.values() if band == b] or [0]) for b in range(bands)]
+    top, margin, gap = 52 * ss, 8 * ss, 10 * ss
+    cw = (S - 2 * margin) / per_band
+    total_rows = sum(rows_per_band)
+    rh = min(46 * ss, (S - top - margin - gap * (bands - 1)) / total_rows)
+    bw, bh = cw * 0.78, rh * 0.72
+    used = total_rows * rh + gap * (bands - 1)
+    top += max(0.0, (S - top - margin - used) / 2)
+    band_y = [top + sum(rows_per_band[:b]) * rh + b * gap for b in range(bands)]
+    boxes = {}
+    for nid, (c, band, r) in slot.items():
+        boxes[nid] = (margin + c * cw + (cw - bw) / 2, band_y[band] + r * rh + (rh - bh) / 2, bw, bh)
+    line = (170, 175, 185)
+    for _lid, src, _so, dst, _ts, _t in graph["links"]:
+        if src not in boxes or dst not in boxes:
+            continue
+        sx, sy, sw, sh = boxes[src]
+        tx, ty, _tw, th = boxes[dst]
+        a, b = (sx + sw, sy + sh / 2), (tx, ty + th / 2)
+        if b[0] > a[0]:
+            mid = a[0] + (cw - bw) / 2
+            pts = [a, (mid, a[1]), (mid, b[1]), b]
+        else:  # into the next band: down the right edge, across, into the target's left
+            right, low = a[0] + (cw - bw) / 3, ty - (rh - bh) / 2 + 1 * ss
+            left = tx - (cw - bw) / 3
+            pts = [a, (right, a[1]), (right, low), (left, low), (left, b[1]), b]
+        d.line(pts, fill=line, width=ss + 1, joint="curve")
+        d.polygon([b, (b[0] - 5 * ss, b[1] - 3 * ss), (b[0] - 5 * ss, b[1] + 3 * ss)], fill=line)
+    for n in nodes:
+        bx, by, w, h = boxes[n["id"]]
+        col = CAT_COLORS.get(info[n["type"]].get("category", ""), (90, 90, 100))
+        d.rounded_rectangle([bx, by, bx + w, by + h], radius=4 * ss, fill=col, outline=(230, 230, 230), width=ss)
+        words = SHORT.get(n["type"], n["type"]).split(" ")
+        lines = [" ".join(words)] if len(words) == 1 else [" ".join(words[:-1]), words[-1]]
+        fs = 10 * ss
+        while fs > 6 * ss:
+            f = _font(fs)
+            widths = [d.textlength(t, font=f) for t in lines]
+            if max(widths) <= w - 4 * ss and len(lines) * fs * 1.1 <= h - 2 * ss:
+                break
+            fs -= ss
+        f = _font(fs)
+        y = by + (h - len(lines) * fs * 1.1) / 2
+        for t in lines:
+            d.text((bx + (w - d.textlength(t, font=f)) / 2, y), t, fill=(255, 255, 255), font=f)
+            y += fs * 1.1
+    return img.resize((size, size), Image.LANCZOS)
+
+
+# --------------------------------------------------------------------------- example input images
+
+def _knight_scene(size: int = 1024):
+    """A flat-shaded scene (sky, hills, a blocky knight) for img2img / inpainting, drawn on a 64x64 grid."""
+    from PIL import Image, ImageDraw
+
+    g = 64
+    im = Image.new("RGB", (g, g), (104, 168, 232))
+    d = ImageDraw.Draw(im)
+    for y in range(0, 26):
+        d.line([(0, y), (g, y)], fill=(80 + y, 140 + y, 220))
+    d.ellipse([-20, 36, 40, 80], fill=(72, 156, 72))
+    d.ellipse([24, 40, 90, 90], fill=(56, 132, 60))
+    d.rectangle([0, 52, g, g], fill=(64, 144, 64))
+    d.ellipse([46, 6, 56, 16], fill=(250, 220, 90))
+    # the knight
+    d.rectangle([26, 22, 37, 31], fill=(190, 195, 205))      # helmet
+    d.rectangle([29, 25, 36, 27], fill=(40, 40, 50))          # visor slit
+    d.rectangle([24, 32, 39, 45], fill=(170, 175, 190))      # body
+    d.rectangle([20, 33, 23, 44], fill=(150, 40, 40))         # cape
+    d.rectangle([26, 46, 30, 55], fill=(120, 125, 140))      # legs
+    d.rectangle([33, 46, 37, 55], fill=(120, 125, 140))
+    d.rectangle([40, 20, 41, 42], fill=(220, 220, 230))      # sword
+    d.rectangle([38, 40, 43, 41], fill=(120, 80, 40))
+    return im.resize((size, size), Image.NEAREST)
+
+
+def write_inputs(names: list[str]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder = HERE / "input"
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        im = _knight_scene()
+        if "inpaint" in name:  # the sky above the knight is transparent: the part to repaint
+            a = np.full((im.height, im.width), 255, np.uint8)
+            a[: im.height * 22 // 64, :] = 0
+            im = im.convert("RGBA")
+            im.putalpha(Image.fromarray(a))
+        im.save(folder / name, optimize=True)
+
+
+# --------------------------------------------------------------------------- main
+
+def build(name: str, info: dict | None = None) -> tuple[dict, dict]:
+    from spriteforge.nodes import graph as G
+
+    info = G.object_info() if info is None else info
+    wf = WORKFLOWS[name]()
+    graph = build_graph(wf, info)
+    api = G.graph_to_api(graph, info)
+    return graph, api
+
+
+def main(argv: list[str]) -> int:
+    from spriteforge.nodes import graph as G
+
+    info = G.object_info()
+    for name in argv or list(WORKFLOWS):
+        wf = WORKFLOWS[name]()
+        graph = build_graph(wf, info)
+        api = G.graph_to_api(graph, info)
+        (HERE / f"{name}.json").write_text(json.dumps(graph, indent=2) + "\n", encoding="utf-8")
+        (HERE / f"{name}.api.json").write_text(json.dumps(api, indent=2) + "\n", encoding="utf-8")
+        render_thumbnail(graph, info, name).save(HERE / f"{name}.jpg", quality=88)
+        if wf.inputs:
+            write_inputs(wf.inputs)
+        print(f"wrote {name}.json, {name}.api.json, {name}.jpg")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
