@@ -1,23 +1,27 @@
 """Native-grid recovery for "fake" pixel art (upscaled, blurred, compressed AI output).
 
-1. Edge profiles: mean absolute difference between neighbouring columns (rows), all channels.
-2. Period: the profile's spectrum is evaluated on a fine grid of (non-integer) periods; the
-   fundamental is the longest-period spectral peak within ``peak_ratio`` of the strongest one
-   (shorter periods with equally strong peaks are its harmonics).
-   A period twice the true one (art drawn in 2x2 clusters, blurred) is halved when the half-way
-   lines carry edges and the quarter lines do not (:func:`_refine_half`).
-3. Snapping: starting from the strongest boundary, cuts are tracked outwards one period at a time,
-   each moved to the strongest edge within about a third of a period (so slightly non-uniform
+1. Edge profiles: mean absolute difference between neighbouring columns (rows), all channels
+   (alpha included). Edges are the profile's clear local maxima (:func:`find_edges`; JPEG ringing
+   and the ripples of one blurred edge are dropped).
+2. Period: the LARGEST period (fractional ones included) whose grid explains (nearly) all gaps
+   between consecutive edges and the image borders (:func:`estimate_period`). Every divisor of the
+   true cell size explains them as well, a multiple does not: edges at 32, 48, 72, 96 give 8, not
+   16 (72 is off a 16-grid), so sparse sprites with few edges and harmonics are both handled.
+   A period twice the true one (art drawn in 2x2 clusters, blurred: the single-cell edges fade) is
+   halved when the half-way lines carry edges and the quarter lines do not (:func:`_refine_half`).
+   The two axes share one period when it explains both (:func:`_common_scale`; an axis without
+   edges takes the other's).
+3. Snapping: starting from the strongest edge, cuts are tracked outwards one period at a time,
+   each moved onto the strongest real edge within a quarter of a period (so slightly non-uniform
    grids, e.g. 7/8/7/8-pixel cells of a x7.5 upscale or random 7-9 pixel cells, are followed);
-   with no clear edge the expected position is kept.
+   with no edge there the lattice position is kept; round(length / period) cells.
 4. Check: edges must sit on the cuts and cell centres must be flat (:func:`edge_contrast`);
    native-resolution art or noise scores about 1 and is returned as is (scale 1).
-
-Measured on generated sprites (JPEG q90 + noise): the grid is found for Gaussian blur up to about
-a quarter of the cell size; colours come back exact for scale >= 4 with blur up to about a sixth
-of the cell, and for scale 2-3 only when the upscale is sharp.
 5. Each cell's colour is the per-channel median of its central samples (borders are where the blur
    and compression ringing live).
+
+Limits: an axis with only one or two edges at a fractional scale does not determine the scale (many
+periods fit); native art whose strong edges all fall on a k-pixel grid reads as a k-times upscale.
 
 ``recover_grid`` returns the true-resolution uint8 image and a :class:`GridInfo` (scale, cuts).
 """
@@ -58,82 +62,163 @@ def edge_profiles(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return px, py
 
 
-def estimate_period(profile: np.ndarray, *, min_period: float = 2.0, max_period: float | None = None,
-                    peak_ratio: float = 0.6) -> tuple[float, float]:
-    """(period, confidence 0..1) of the boundary pattern in an edge profile; (1.0, 0.0) when none is found."""
+def find_edges(profile: np.ndarray, *, rel: float = 0.08, k_noise: float = 6.0, local: float = 0.2,
+               window: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, strengths) of the edges in an edge profile: local maxima clearly above the noise floor.
+
+    Position ``i`` is the boundary between pixel ``i`` and ``i + 1`` (a cut at ``i + 1``). The floor is
+    measured on the lower half of the profile (cell interiors); a peak must stand ``k_noise`` noise
+    deviations above it, reach ``rel`` of the strongest edge and ``local`` of the strongest one within
+    ``window`` pixels (JPEG ringing lives in the 8x8 block of a strong edge and is a few percent of it).
+    Ripples on one blurred edge (maxima without a real dip between them) count once.
+    """
     prof = np.asarray(profile, np.float64)
-    n = len(prof)
-    if n < 4 or prof.sum() <= 0:
-        return 1.0, 0.0
-    prof = prof - np.median(prof)
-    prof = np.maximum(prof, 0)
-    if prof.sum() <= 0:
-        return 1.0, 0.0
-    max_period = min(max_period or n / 3.0, n / 2.0)
-    if max_period <= min_period:
-        return 1.0, 0.0
-    fmin, fmax = 1.0 / max_period, 1.0 / min_period
-    freqs = np.arange(fmin, fmax, 1.0 / (8.0 * n))
-    xs = np.arange(n)
-    score = np.empty(len(freqs))
-    for i in range(0, len(freqs), 512):
-        f = freqs[i:i + 512]
-        ang = 2 * np.pi * f[:, None] * xs[None, :]
-        score[i:i + 512] = np.hypot(np.cos(ang) @ prof, np.sin(ang) @ prof)
-    score /= prof.sum()
-    peaks = np.flatnonzero((score[1:-1] >= score[:-2]) & (score[1:-1] >= score[2:])) + 1
-    if len(peaks) == 0:
-        return 1.0, 0.0
-    best = score[peaks].max()
-    cand = peaks[score[peaks] >= 0.85 * best]
-    sm = np.convolve(np.pad(prof, 1), [1.0, 1.0, 1.0], mode="valid")
-    level = 0.3 * np.percentile(sm[sm > 0], 90) if (sm > 0).any() else 0.0
+    if len(prof) < 3:
+        return np.zeros(0, int), np.zeros(0)
+    low = prof[prof <= np.percentile(prof, 50)]
+    base = float(np.median(low))
+    # noise: the spread of the cell interiors, or of the second difference where heavy blur leaves no
+    # flat interiors (a smooth profile has small second differences; noise does not)
+    noise = 1.4826 * min(float(np.median(np.abs(low - base))),
+                         float(np.median(np.abs(np.diff(prof, 2)))) / np.sqrt(6.0))
+    r = prof - base
+    pad = np.pad(r, 1, constant_values=-np.inf)
+    peak = (pad[1:-1] >= pad[:-2]) & (pad[1:-1] > pad[2:])  # plateaus: the first position
+    thr = max(k_noise * noise, rel * r.max(), 1e-9)
+    near = np.lib.stride_tricks.sliding_window_view(np.pad(r, window, constant_values=-np.inf),
+                                                   2 * window + 1).max(1)
+    pos = np.flatnonzero(peak & (r >= thr) & (r >= local * near))
+    if len(pos) > 1:
+        # one blurred edge, rippled by JPEG, can show several maxima with shallow dips between them: of two
+        # neighbouring maxima whose dip is less than half as deep as the lower one is high, the lower goes
+        dip = np.minimum.reduceat(r, pos)[:-1]
+        a, b = r[pos[:-1]], r[pos[1:]]
+        shallow = (np.minimum(a, b) - dip) < 0.5 * np.minimum(a, b)
+        drop = np.zeros(len(pos), bool)
+        drop[:-1] |= shallow & (a < b)
+        drop[1:] |= shallow & (b <= a)
+        pos = pos[~drop]
+    return pos, r[pos]
 
-    def support(i: int) -> float:
-        """Fraction of the candidate grid's lines that sit on a real edge."""
-        f = freqs[i]
-        per = 1.0 / f
-        z = (prof * np.exp(2j * np.pi * f * xs)).sum()
-        x0 = (np.angle(z) / (2 * np.pi * f)) % per
-        pos = np.rint(np.arange(x0, n, per)).astype(int)
-        pos = pos[(pos >= 0) & (pos < n)]
-        return float((sm[pos] > level).mean()) if len(pos) else 0.0
 
-    # The strongest spectral peak is the grid, unless it is a harmonic: sharp (unblurred) edges give the
-    # fundamental's multiples equal strength, and then the harmonic's lines fall in flat cell interiors
-    # about half of the time. A near-equal peak at a multiple of the period with clearly better support wins.
-    top = peaks[int(np.argmax(score[peaks]))]
-    period, sup = 1.0 / freqs[top], support(top)
-    for i in sorted(cand, key=lambda j: freqs[j], reverse=True):
-        per = 1.0 / freqs[i]
-        m = per / period
-        if m > 1.5 and abs(m - round(m)) < 0.08 and support(i) >= 1.3 * sup:
-            period, sup = per, support(i)
-    return float(period), float(best)
+def _tolerance(period):
+    """How far (pixels) a gap between two edges may be from a whole number of cells: a fractional scale
+    rounds each edge by up to half a pixel (a gap by up to 1); blur, JPEG and uneven cells add a little.
+    Kept tight (at most 1.25 px): a loose tolerance lets a few far-apart edges fit long wrong periods by chance."""
+    return np.minimum(1.25, 0.75 + 0.05 * np.asarray(period, np.float64))
+
+
+def _gaps(edges: np.ndarray, strength: np.ndarray, length: int, periods: np.ndarray,
+          dominance: float = 0.3, reach: float = 8.0) -> tuple[np.ndarray, np.ndarray]:
+    """Gaps between consecutive edges (and the image borders) as each candidate period sees them:
+    ``(gaps, weights)``, both ``len(periods) x (len(edges) + 1)``; weight 0 marks no gap.
+
+    For a period ``p`` real edges are at least about a cell apart, so an edge less than ``p - 1.5`` pixels
+    (and less than ``reach``, the JPEG block) from one more than 1/``dominance`` times as strong is ringing
+    of that one and is skipped. Gaps that touch a border count half (the image may be cropped mid-cell).
+    """
+    cut = np.asarray(edges, np.float64) + 1.0
+    s = np.asarray(strength, np.float64)
+    p = np.asarray(periods, np.float64)[:, None]
+    dist = np.abs(cut[:, None] - cut[None, :])
+    dom = np.where(dominance * s[None, :] > s[:, None], dist, np.inf).min(1, initial=np.inf)  # nearest stronger
+    active = np.ones((len(p), len(cut) + 2), bool)
+    active[:, 1:-1] = dom[None, :] >= np.minimum(p - 1.5, reach)
+    x = np.concatenate([[0.0], cut, [float(length)]])
+    idx = np.where(active, np.arange(len(x))[None, :], -1)
+    prev = np.maximum.accumulate(idx, axis=1)[:, :-1]  # last active index before each position
+    gaps = x[None, 1:] - x[prev]
+    wgt = np.where(active[:, 1:], 1.0, 0.0)
+    wgt[(prev == 0) | (np.arange(1, len(x)) == len(x) - 1)[None, :]] *= 0.5
+    wgt[gaps <= 0] = 0.0
+    return gaps, wgt
+
+
+def period_fit(edges: np.ndarray, strength: np.ndarray, length: int, periods: np.ndarray,
+               with_error: bool = False):
+    """Weighted fraction of the gaps (:func:`_gaps`) that are a whole number of cells of each candidate
+    period, within :func:`_tolerance`; with ``with_error`` also the mean squared residual (capped at the
+    tolerance) relative to ``p**2 / 12``, the residual of gaps that fit no grid (so periods compare)."""
+    p = np.asarray(periods, np.float64)[:, None]
+    gaps, wgt = _gaps(edges, strength, length, periods)
+    n = np.maximum(1.0, np.rint(gaps / p))
+    res = np.abs(gaps - n * p)
+    tol = _tolerance(p)
+    tot = np.maximum(wgt.sum(1), 1e-12)
+    fit = np.where(wgt.sum(1) > 0, ((res <= tol) * wgt).sum(1) / tot, 0.0)
+    if not with_error:
+        return fit
+    err = (wgt * np.minimum(res, tol) ** 2).sum(1) / tot / (p[:, 0] ** 2 / 12.0)
+    return fit, err
+
+
+def _period_grid(min_period: float, max_period: float) -> np.ndarray:
+    return np.exp(np.arange(np.log(min_period), np.log(max_period) + 1e-9, 0.002))
+
+
+def estimate_period(profile: np.ndarray, *, min_period: float = 2.0, max_period: float | None = None,
+                    length: int | None = None, need: float = 0.85, slack: float = 0.02) -> tuple[float, float]:
+    """(period, fraction of gaps explained) of the cell boundaries in an edge profile; (1.0, 0.0) when none.
+
+    The period is the LARGEST one whose grid explains (nearly) all edges: every divisor of the true period
+    (2x2 clusters, harmonics) explains them too, a multiple does not (edges at 32, 48, 72: 16 leaves 72
+    off-grid, 8 fits). Fractional periods (7.5) and slightly uneven cells are allowed by the tolerance,
+    which also lets a few far-apart edges fit some long period loosely by chance (gaps 30 and 66 fit
+    7.36 within 0.6 px, 6 exactly): so only periods whose relative residual is within ``slack`` of the
+    best one compete, and within the longest such range the best-fitting period is refined.
+    """
+    prof = np.asarray(profile, np.float64)
+    length = len(prof) + 1 if length is None else int(length)
+    edges, strength = find_edges(prof)
+    max_period = min(max_period or length / 3.0, length / 2.0)
+    if len(edges) == 0 or max_period <= min_period:
+        return 1.0, 0.0
+    periods = _period_grid(min_period, max_period)
+    fit, err = period_fit(edges, strength, length, periods, with_error=True)
+    feasible = fit >= need
+    if not feasible.any():
+        return 1.0, 0.0
+    good = feasible & (err <= err[feasible].min() + slack)
+    # the top connected run of good periods (a small gap in the fine grid does not split it)
+    top = int(np.flatnonzero(good)[-1])
+    lo = top
+    while lo > 0 and (good[lo - 1] or (lo >= 2 and good[lo - 2])):
+        lo -= 1
+    i = lo + int(np.argmin(np.where(good[lo:top + 1], err[lo:top + 1], np.inf)))
+    gaps, wgt = _gaps(edges, strength, length, periods[i:i + 1])
+    return _fit_period(gaps[0], wgt[0], float(periods[i])), float(fit[i])
+
+
+def _fit_period(gaps: np.ndarray, wgt: np.ndarray, p: float) -> float:
+    """Weighted least-squares period of gaps that are whole numbers of cells; gaps off the grid (a stray
+    edge, a cropped border) are left out."""
+    for _ in range(3):
+        n = np.maximum(1.0, np.rint(gaps / p))
+        w = wgt * (np.abs(gaps - n * p) <= _tolerance(p))
+        if w.sum() <= 0:
+            break
+        p = float((w * gaps * n).sum() / (w * n * n).sum())
+    return p
 
 
 def snap_cuts(profile: np.ndarray, period: float, length: int) -> list[int]:
-    """Cut positions (cell starts, plus ``length`` at the end) following the strongest edges near a period grid."""
-    prof = np.asarray(profile, np.float64)
-    sm = np.convolve(np.pad(prof, 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid")
-    strong = np.percentile(sm, 90) if len(sm) else 0.0
-    floor = 0.25 * strong
-    reach = max(0.6, (period - 1.0) / 3.0)  # both neighbours of a fractional position; < half a cell
+    """Cut positions (cell starts, plus ``length`` at the end): a grid of the period, each line moved onto a
+    real edge within a quarter of a cell (the strongest one there); lines with no edge nearby stay on the grid."""
+    edges, strength = find_edges(profile, rel=0.05, k_noise=4.0)
+    cut_at = edges + 1  # an edge between pixels i and i+1 is a cut at i+1
+    reach = max(0.6, period / 4.0)
 
     def best_near(pos: float) -> tuple[int, bool]:
-        c = int(round(pos))
-        lo, hi = max(1, int(np.ceil(pos - reach))), min(length - 1, int(np.floor(pos + reach)))
-        if hi < lo:
-            return c, False
-        seg = sm[lo - 1:hi]  # cut at k means an edge between k-1 and k: profile index k-1
-        if len(seg) == 0:
-            return c, False
-        j = int(np.argmax(seg))
-        return (lo + j, True) if seg[j] >= floor else (c, False)
+        near = np.flatnonzero(np.abs(cut_at - pos) <= reach)
+        if len(near) == 0:
+            return int(round(pos)), False
+        return int(cut_at[near[np.argmax(strength[near])]]), True
 
+    if len(cut_at) == 0:
+        return [int(round(v)) for v in np.arange(0.0, length - period * 0.5, period)] + [length]
     # follow the edges outwards from the strongest one; the expected position moves on by one period
     # each step and re-anchors on every real edge found (so slow drift and jitter are both followed)
-    start = int(np.argmax(sm)) + 1
+    start = int(cut_at[np.argmax(strength)])
     cuts = [start]
     exp = float(start)
     while exp + period < length - period * 0.5:
@@ -192,9 +277,14 @@ def detect_grid(img, *, min_scale: float = 2.0, max_scale: float | None = None, 
     if h < 4 or w < 4:
         raise bad(f"image {w}x{h} is too small to detect a pixel grid. Use an image of at least 4x4 pixels.")
     px, py = edge_profiles(img)
-    kx, _ = estimate_period(px, min_period=min_scale, max_period=max_scale)
-    ky, _ = estimate_period(py, min_period=min_scale, max_period=max_scale)
+    kx, _ = estimate_period(px, min_period=min_scale, max_period=max_scale, length=w)
+    ky, _ = estimate_period(py, min_period=min_scale, max_period=max_scale, length=h)
     none = GridInfo(1.0, 1.0, list(range(w + 1)), list(range(h + 1)), w, h)
+    # blurred art drawn in 2x2 clusters: single-cell details fade below the edge threshold and the
+    # remaining edges all fit twice the cell size; the weak half-way edges tell it apart
+    kx = _refine_half(px, kx, w, min_scale)
+    ky = _refine_half(py, ky, h, min_scale)
+    kx, ky = _common_scale(px, py, kx, ky, w, h, min_scale)
 
     def axis(prof, period, length):
         if period < min_scale:
@@ -202,10 +292,13 @@ def detect_grid(img, *, min_scale: float = 2.0, max_scale: float | None = None, 
         cuts = snap_cuts(prof, period, length)
         return cuts, edge_contrast(prof, cuts)
 
-    kx = _refine_half(px, kx, w, min_scale)
-    ky = _refine_half(py, ky, h, min_scale)
     cuts_x, rx = axis(px, kx, w)
     cuts_y, ry = axis(py, ky, h)
+    # an axis with no edges at all (stripes) has nothing to contradict the other axis' grid
+    if not px.any() and ry >= min_contrast:
+        rx = np.inf
+    if not py.any() and rx >= min_contrast:
+        ry = np.inf
     # an axis whose cuts do not sit on the edges borrows the other axis' period (square pixels)
     if rx < min_contrast <= ry:
         kx = ky
@@ -247,6 +340,33 @@ def _refine_half(profile: np.ndarray, period: float, length: int, min_scale: flo
         else:
             break
     return period
+
+
+def _common_scale(px, py, kx, ky, w, h, min_scale, need: float = 0.85) -> tuple[float, float]:
+    """Square cells unless the edges say otherwise.
+
+    An axis with no edges takes the other axis' period. Otherwise, when one of the two periods explains
+    the edges of both axes (an axis with few edges can fit a wrong period by chance, or a slightly
+    different fractional one), both axes use it, fitted to the gaps of both; the longer period is tried
+    first (the longest grid that explains every edge). When neither does (truly different cell widths
+    and heights), each axis keeps its own.
+    """
+    if kx < min_scale and ky >= min_scale:
+        return ky, ky
+    if ky < min_scale and kx >= min_scale:
+        return kx, kx
+    if kx < min_scale:
+        return kx, ky
+    ex, sx = find_edges(px)
+    ey, sy = find_edges(py)
+    for p in sorted({kx, ky}, reverse=True):
+        if period_fit(ex, sx, w, [p])[0] < need or period_fit(ey, sy, h, [p])[0] < need:
+            continue
+        gx, wx = _gaps(ex, sx, w, [p])
+        gy, wy = _gaps(ey, sy, h, [p])
+        joint = _fit_period(np.concatenate([gx[0], gy[0]]), np.concatenate([wx[0], wy[0]]), p)
+        return (joint, joint) if abs(joint - p) <= 0.05 * p else (p, p)
+    return kx, ky
 
 
 def edge_contrast(profile: np.ndarray, cuts) -> float:
