@@ -55,6 +55,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--prefix", default="sf", help="file name prefix (default sf)")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of paths")
+    from ..lora import add_cli_arguments
+
+    add_cli_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -112,6 +115,7 @@ def save_png(path: Path, image: np.ndarray, meta: dict, text: str) -> None:
 def run(args) -> int:
     from .. import paths
     from ..nodes.loaders import load_handle
+    from ..lora import apply_loras, specs_from_args
     from ..pipeline import GenerateParams, generate_full
     from ..progress import clear_interrupt
 
@@ -134,6 +138,11 @@ def run(args) -> int:
 
     handle = load_handle(args.model, vae=args.vae, text_encoders=args.text_encoder, engine=args.engine,
                          device=args.device, dtype=args.dtype, allow_path=True)
+    lora_specs = specs_from_args(args)
+    if lora_specs:
+        handle = apply_loras(handle, lora_specs)
+        for applied in handle.loras:
+            print(f"lora: {applied.summary()}", file=sys.stderr)
     params = GenerateParams(
         prompt=args.prompt, negative=args.negative, seed=args.seed, steps=args.steps, cfg=args.cfg, sampler=args.sampler,
         schedule=args.schedule, shift=args.shift, guidance=args.guidance, width=args.width, height=args.height,

@@ -89,6 +89,10 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     path = _resolve(args.path, args.models)
+    from ..lora import inspect_lora, is_lora_file
+
+    if is_lora_file(path):
+        return _print_lora(inspect_lora(path), path, time.perf_counter() - t0, args.json)
     det = detect(path)
     elapsed = time.perf_counter() - t0
     size = path.stat().st_size if path.is_file() else None
@@ -112,5 +116,39 @@ def run(args) -> int:
         print("  config:")
         for line in json.dumps(det.config, indent=2, default=str).splitlines():
             print("    " + line)
+    print(f"  (read the header in {elapsed * 1000:.1f} ms)")
+    return 0
+
+
+def _print_lora(info: dict, path, elapsed: float, as_json: bool) -> int:
+    """A LoRA file: family, format, rank, which blocks (``--json`` keeps the common keys too)."""
+    from collections import Counter
+
+    from ..lora import summary
+    from ..models.safetensors_header import read_header
+
+    tensors = read_header(path).tensors
+    info = dict(info)
+    info.setdefault("parameters", sum(t.numel for t in tensors.values()))
+    weights = Counter()
+    for t in tensors.values():
+        weights[t.dtype] += t.numel
+    info.setdefault("dtype", weights.most_common(1)[0][0] if weights else None)
+    if as_json:
+        out = dict(info)
+        out.update({
+            "kind": "lora",
+            "family": info.get("family"),
+            "variant": f"lora-{info.get('format')}",
+            "dtype": info.get("dtype"),
+            "parameters": info.get("parameters"),
+            "seconds": round(elapsed, 4),
+        })
+        json.dump(out, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{path}")
+    for line in summary(info).splitlines():
+        print("  " + line)
     print(f"  (read the header in {elapsed * 1000:.1f} ms)")
     return 0
