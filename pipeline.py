@@ -505,9 +505,8 @@ def _sample(engine, handle, params: GenerateParams) -> SampleResult:
 
     opts = dict(params.sampler_options or {})
     opts.setdefault("flow", flow)
-    ns = None
-    if d["sampler"] in S.STOCHASTIC:
-        ns = S.NoiseSampler(int(params.seed), shape, to_array=to_eng)
+    # Every sampler gets the seeded noise source: DDIM with eta > 0 draws noise too.
+    ns = S.NoiseSampler(int(params.seed), shape, to_array=to_eng)
     with progress:
         x = S.SAMPLERS[d["sampler"]](model, x, sigmas, callback=callback, noise_sampler=ns, **opts)
     lat = _np(x, engine)

@@ -33,14 +33,20 @@ def set_cli_bars(enabled: bool) -> None:
     _cli_bars["enabled"] = enabled
 
 
-def _comfy():
-    try:
-        import comfy.model_management as mm  # type: ignore
-        import comfy.utils as cu  # type: ignore
+_COMFY: list = []
 
-        return cu, mm
-    except Exception:
-        return None, None
+
+def _comfy():
+    """ComfyUI's utils and model_management modules, or (None, None); looked up once."""
+    if not _COMFY:
+        try:
+            import comfy.model_management as mm  # type: ignore
+            import comfy.utils as cu  # type: ignore
+
+            _COMFY.append((cu, mm))
+        except Exception:
+            _COMFY.append((None, None))
+    return _COMFY[0]
 
 
 def check_interrupt() -> None:
