@@ -36,17 +36,21 @@ def _load(p: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def info():
-    models = os.environ.get("SPRITEFORGE_WORKFLOW_MODELS")
-    if not models:
-        return G.object_info()
     from spriteforge import paths
 
-    saved = list(paths._models_root)
-    paths.set_models_root(models)  # the model dropdowns list that root's files
+    saved, env = list(paths._models_root), os.environ.get("SPRITEFORGE_INPUT")
+    os.environ["SPRITEFORGE_INPUT"] = str(WF / "input")  # LoadImage lists the shipped example images
+    models = os.environ.get("SPRITEFORGE_WORKFLOW_MODELS")
+    if models:
+        paths.set_models_root(models)  # the model dropdowns list that root's files
     try:
         return G.object_info()
     finally:
         paths._models_root[:] = saved
+        if env is None:
+            os.environ.pop("SPRITEFORGE_INPUT", None)
+        else:
+            os.environ["SPRITEFORGE_INPUT"] = env
 
 
 def _models_present(info) -> bool:

@@ -226,6 +226,26 @@ def test_workflows_use_the_models_the_fixture_provides():
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_files_are_what_build_py_writes(name):
+    """workflows/_build.py is the source: the shipped graph and API files are its output, unedited."""
+    import importlib.util
+
+    from spriteforge.nodes import graph as G
+
+    spec = importlib.util.spec_from_file_location("_sf_workflows_build", WF / "_build.py")
+    build = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = build  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(build)
+    finally:
+        sys.modules.pop(spec.name, None)
+    graph, api = build.build(name, G.object_info())
+    assert json.loads((WF / f"{name}.json").read_text()) == json.loads(json.dumps(graph)), \
+        f"{name}.json differs from what workflows/_build.py writes: run python workflows/_build.py {name}"
+    assert json.loads((WF / f"{name}.api.json").read_text()) == json.loads(json.dumps(api))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_workflow_validates_with_models_installed(name, tiny_models_root):
     """With the models installed every combo has its real choices: every value must be one of them."""
     from spriteforge import paths

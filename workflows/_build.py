@@ -127,7 +127,8 @@ sky above the knight transparent.
 denoise 1.0 re-draws the masked part from scratch (lower keeps some of what is there).
 mask_feather: soft edge in pixels between repainted and kept pixels.
 VAE Decode pastes the result over the original outside the mask, so unmasked pixels stay exact.
-For Flux Fill, load flux1-fill-dev.safetensors instead: it inpaints natively with the same graph."""
+Flux Fill inpaints natively with the same graph: load flux1-fill-dev.safetensors with vae ae.safetensors,
+text encoders clip_l + t5xxl_fp16 (text_encoder_3 back to (from model)), cfg 0 and guidance 30."""
 
 NOTE_TILESET = """SEAMLESS TILESET
 tile = true makes the sampler wrap the image around both edges (circular padding), so the texture repeats
