@@ -164,6 +164,7 @@ def run_small(name: str, models_root: Path, base: Path) -> dict:
 
     Returns ``{"outputs": {node_id: ui}, "files": [paths], "out": dir, "inputs": dir, "seconds": s}``.
     """
+    from spriteforge import paths
     from spriteforge.nodes import graph as G
     from spriteforge.runner import run_workflow
 
@@ -175,12 +176,14 @@ def run_small(name: str, models_root: Path, base: Path) -> dict:
     prompt = G.read_workflow(str(WF / f"{name}.api.json"))
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: per-op overhead dominates; one thread avoids spin-waits on shared cores
+    saved_root = list(paths._models_root)  # run_workflow sets the models root for good: restore it for other tests
     t0 = time.monotonic()
     try:
         res = run_workflow(str(WF / f"{name}.api.json"), models_dir=models_root, out_dir=out, input_dir=inputs,
                            overrides=small_overrides(prompt))
     finally:
         torch.set_num_threads(n)
+        paths._models_root[:] = saved_root
     result = {"outputs": res.outputs, "files": [str(f) for f in res.files], "out": str(out), "inputs": str(inputs),
               "seconds": time.monotonic() - t0}
     done.write_text(json.dumps(result, default=str))
