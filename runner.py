@@ -137,13 +137,15 @@ def _environment(out_dir: Path, input_dir: Path | None, models_dir):
     os.environ["SPRITEFORGE_OUTPUT"] = str(out_dir)
     if input_dir is not None:
         os.environ["SPRITEFORGE_INPUT"] = str(input_dir)
-    if models_dir:
-        from .paths import set_models_root
+    from . import paths
 
-        set_models_root(models_dir)
+    saved_root = list(paths._models_root)
+    if models_dir:
+        paths.set_models_root(models_dir)
     try:
         yield
     finally:
+        paths._models_root[:] = saved_root
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterable
@@ -348,6 +349,8 @@ def read_workflow(data_or_path):
     from pathlib import Path
 
     data = data_or_path
+    if isinstance(data, os.PathLike):
+        data = os.fspath(data)
     if isinstance(data, (str, bytes)) and not str(data).lstrip().startswith("{"):
         p = Path(data)
         if not p.is_file():

@@ -186,3 +186,17 @@ def test_output_lists_map_over_normal_nodes(tmp_path):
     res = run_workflow(wf, classes=classes, out_dir=tmp_path)
     assert res.outputs["3"] == {"text": ["3:0", "3:2", "3:4"]}
     assert res.outputs["4"] == {"text": ["[0, 2, 4]"]}
+
+
+def test_run_workflow_takes_a_path_object_and_restores_the_models_root(tmp_path):
+    import json as _json
+
+    from spriteforge import paths
+    from spriteforge.runner import run_workflow
+
+    wf = tmp_path / "wf.json"
+    wf.write_text(_json.dumps({"1": {"class_type": "SpriteForgeEngineInfo", "inputs": {"as_json": False}}}))
+    before = list(paths._models_root)
+    res = run_workflow(wf, out_dir=tmp_path / "out", models_dir=tmp_path)
+    assert "1" in res.outputs
+    assert paths._models_root == before
