@@ -24,3 +24,14 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_dir() -> Path:
     return REPO
+
+
+@pytest.fixture(autouse=True)
+def _isolate_models_root(monkeypatch):
+    """A test that points the pack at a models root must not leak it into the next test."""
+    from spriteforge import paths
+
+    saved = list(paths._models_root)
+    monkeypatch.delenv("SPRITEFORGE_MODELS", raising=False)
+    yield
+    paths._models_root[:] = saved

@@ -104,11 +104,12 @@ def test_lora_formats(tmp_path, capsys):
         "diffusion_model.joint_blocks.0.x_block.attn.qkv.lora_down.weight": torch.zeros(16, 64),
         "diffusion_model.joint_blocks.0.x_block.attn.qkv.lora_up.weight": torch.zeros(192, 16),
     }
-    for name, sd, fmt, rank in (("k", kohya, "kohya", 8), ("p", peft, "peft", 4), ("c", comfy, "comfy", 16)):
+    for name, sd, fmt, rank in (("k", kohya, "kohya", 8), ("p", peft, "diffusers", 4), ("c", comfy, "comfyui", 16)):
         p = tmp_path / f"{name}.safetensors"
         save_file(sd, str(p))
         out = _inspect_json(capsys, p)
-        assert out["kind"] == "lora" and out["extras"]["format"] == fmt and out["extras"]["rank"] == rank
+        assert out["kind"] == "lora" and out["format"] == fmt and out["rank"] == rank
+        assert {"family", "variant", "dtype", "parameters"} <= set(out)
 
 
 def test_unknown_and_errors(tmp_path, capsys):
