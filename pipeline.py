@@ -134,6 +134,7 @@ def prepare_size(handle, width, height, *, max_side: int | None = DEFAULT_MAX_SI
     mult = int(getattr(handle, "latent_multiple", 16) or 16)
     limit = int(max_side or DEFAULT_MAX_SIDE)
     cap = getattr(getattr(engine, "capabilities", None), "max_resolution", None) if engine is not None else None
+    model_cap = model_max_side(handle)
     out = []
     for name, v in (("width", width), ("height", height)):
         try:
@@ -149,6 +150,12 @@ def prepare_size(handle, width, height, *, max_side: int | None = DEFAULT_MAX_SI
         if cap and fv > cap:
             raise SpriteForgeError(DIMENSION_LIMIT, f"{name} {int(fv)} is over this engine's maximum of {cap} pixels.",
                                    details={name: int(fv), "limit": cap})
+        if model_cap and fv > model_cap:
+            raise SpriteForgeError(
+                DIMENSION_LIMIT,
+                f"{name} {int(fv)} is over what this {handle.family} model can draw ({model_cap} pixels per side: "
+                f"its position table covers {model_cap // mult} patches). Use {model_cap} or less.",
+                details={name: int(fv), "limit": model_cap})
         r = max(mult, int(round(fv / mult)) * mult)
         if r > limit:
             r = (limit // mult) * mult
@@ -160,6 +167,15 @@ def prepare_size(handle, width, height, *, max_side: int | None = DEFAULT_MAX_SI
     if getattr(handle, "family", "") == "dit" and out[0] != out[1]:
         raise SpriteForgeError(BAD_INPUT, f"DiT makes square images only; {out[0]}x{out[1]} was asked for. Use equal width and height.")
     return out[0], out[1]
+
+
+def model_max_side(handle) -> int | None:
+    """The largest side a model's fixed position table allows (SD3's ``pos_embed_max_size``), or None."""
+    cfg = getattr(handle, "config", None) or {}
+    n = cfg.get("pos_embed_max_size")
+    if not n:
+        return None
+    return int(n) * int(getattr(handle, "latent_multiple", 16) or 16)
 
 
 # --------------------------------------------------------------------------- schedules

@@ -338,3 +338,14 @@ def test_pixart_loop_matches_the_diffusers_pipeline():
     ours = run_ours(engine, h, cond, 3, 64, 0)
     ref = run_diffusers(engine, h, cond, 3, 64, 0)
     assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_sd3_size_over_its_position_table_is_a_dimension_limit(engine, handles):  # noqa: F811
+    from spriteforge.pipeline import model_max_side
+
+    sd3 = H(handles, engine, "sd3")
+    cap = model_max_side(sd3)
+    assert cap == sd3.config["pos_embed_max_size"] * sd3.latent_multiple
+    with pytest.raises(SpriteForgeError) as ei:
+        generate(engine, sd3, P("sd3", width=cap + sd3.latent_multiple, height=64))
+    assert ei.value.code == DIMENSION_LIMIT and str(cap) in ei.value.message
