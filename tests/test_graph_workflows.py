@@ -1,7 +1,7 @@
 """Keep the shipped workflows honest (workflows/*.json; skipped while there are none).
 
 For every workflow: every node type exists, every widget value passes the node's validation,
-links type-check, the graph file and its API twin (``NAME.api.json``) agree through the
+links type-check, the graph file and its API twin (``api/NAME.json``) agree through the
 converter, and -- with tiny real-format models -- it runs end to end.
 The end-to-end run uses ``SPRITEFORGE_WORKFLOW_MODELS`` (a models root with real models: every
 workflow runs as shipped) or else the ``tiny_models_root`` fixture of ``test_workflows_e2e``
@@ -25,8 +25,8 @@ except (ImportError, pytest.skip.Exception):  # pragma: no cover - without the M
     pass
 
 WF = Path(__file__).resolve().parents[1] / "workflows"
-GRAPHS = sorted(p for p in WF.glob("*.json") if not p.name.endswith(".api.json"))
-APIS = sorted(WF.glob("*.api.json"))
+GRAPHS = sorted(WF.glob("*.json"))
+APIS = sorted((WF / "api").glob("*.json"))
 ALL = GRAPHS + APIS
 
 
@@ -71,7 +71,7 @@ def _model_list_empty(info, issue) -> bool:
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_workflow_validates(path, info):
     data = _load(path)
-    if path.name.endswith(".api.json"):
+    if path.parent.name == "api":
         assert G.is_api_format(data), f"{path.name} must be API format"
         prompt = data
     else:
@@ -89,7 +89,7 @@ def test_workflow_validates(path, info):
 @pytest.mark.skipif(not GRAPHS, reason="no workflows shipped yet")
 @pytest.mark.parametrize("path", GRAPHS, ids=lambda p: p.name)
 def test_graph_and_api_agree(path, info):
-    twin = path.with_name(path.stem + ".api.json")
+    twin = WF / "api" / path.name
     assert twin.exists(), f"{path.name} has no API twin {twin.name}"
     converted = G.graph_to_api(_load(path), info, titles=False)
     api = {k: {"inputs": v["inputs"], "class_type": v["class_type"]} for k, v in _load(twin).items()}
@@ -109,7 +109,7 @@ def test_workflow_runs_end_to_end(path, tmp_path, request):
             runs = request.getfixturevalue("workflow_runs")
         except pytest.FixtureLookupError:
             pytest.skip("no tiny models root (set SPRITEFORGE_WORKFLOW_MODELS or provide a tiny_models_root fixture)")
-        res = runs(path.name[: -len(".api.json")])  # tiny models, small sizes (see test_workflows_e2e)
+        res = runs(path.stem)  # tiny models, small sizes (see test_workflows_e2e)
         assert res["outputs"], "the workflow produced no output"
         return
     inputs = WF / "input"

@@ -1,4 +1,4 @@
-"""The shipped workflows (``workflows/NAME.api.json``) run end to end on tiny real-format models.
+"""The shipped workflows (``workflows/api/NAME.json``) run end to end on tiny real-format models.
 
 :func:`build_models_root` lays out a models root like ComfyUI's ``models/`` in which every file
 name the workflows pick is the real release name, holding a TINY model of that family in the
@@ -160,7 +160,7 @@ def small_inputs(folder: Path) -> Path:
 
 
 def run_small(name: str, models_root: Path, base: Path) -> dict:
-    """Run ``workflows/NAME.api.json`` small (once per session: the result is kept under ``base``).
+    """Run ``workflows/api/NAME.json`` small (once per session: the result is kept under ``base``).
 
     Returns ``{"outputs": {node_id: ui}, "files": [paths], "out": dir, "inputs": dir, "seconds": s}``.
     """
@@ -173,13 +173,13 @@ def run_small(name: str, models_root: Path, base: Path) -> dict:
         return json.loads(done.read_text())
     out = base / name / "out"
     inputs = small_inputs(base / "inputs")
-    prompt = G.read_workflow(str(WF / f"{name}.api.json"))
+    prompt = G.read_workflow(str(WF / "api" / f"{name}.json"))
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: per-op overhead dominates; one thread avoids spin-waits on shared cores
     saved_root = list(paths._models_root)  # run_workflow sets the models root for good: restore it for other tests
     t0 = time.monotonic()
     try:
-        res = run_workflow(str(WF / f"{name}.api.json"), models_dir=models_root, out_dir=out, input_dir=inputs,
+        res = run_workflow(str(WF / "api" / f"{name}.json"), models_dir=models_root, out_dir=out, input_dir=inputs,
                            overrides=small_overrides(prompt))
     finally:
         torch.set_num_threads(n)
@@ -217,7 +217,7 @@ def test_workflows_use_the_models_the_fixture_provides():
                     "text_encoder_1": ("text_encoders",), "text_encoder_2": ("text_encoders",),
                     "text_encoder_3": ("text_encoders",), "model_name": ("birefnet",)}
     for name in NAMES:
-        api = json.loads((WF / f"{name}.api.json").read_text())
+        api = json.loads((WF / "api" / f"{name}.json").read_text())
         for node in api.values():
             if node["class_type"] not in ("SpriteForgeLoadModel", "SpriteForgeLoadBiRefNet"):
                 continue
@@ -245,7 +245,7 @@ def test_files_are_what_build_py_writes(name):
     graph, api = build.build(name, G.object_info())
     assert json.loads((WF / f"{name}.json").read_text()) == json.loads(json.dumps(graph)), \
         f"{name}.json differs from what workflows/_build.py writes: run python workflows/_build.py {name}"
-    assert json.loads((WF / f"{name}.api.json").read_text()) == json.loads(json.dumps(api))
+    assert json.loads((WF / "api" / f"{name}.json").read_text()) == json.loads(json.dumps(api))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -263,7 +263,7 @@ def test_workflow_validates_with_models_installed(name, tiny_models_root):
         graph = json.loads((WF / f"{name}.json").read_text())
         issues = G.validate_prompt(G.graph_to_api(graph, info), info)
         assert not issues, "\n".join(map(str, issues))
-        issues = G.validate_prompt(json.loads((WF / f"{name}.api.json").read_text()), info)
+        issues = G.validate_prompt(json.loads((WF / "api" / f"{name}.json").read_text()), info)
         assert not issues, "\n".join(map(str, issues))
     finally:
         paths._models_root[:] = saved

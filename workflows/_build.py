@@ -1,5 +1,5 @@
 """Generates the shipped workflows: ``NAME.json`` (graph format, what the editor's Save writes),
-``NAME.api.json`` (API format for POST /prompt, converted from the graph by
+``api/NAME.json`` (API format for POST /prompt, converted from the graph by
 :func:`spriteforge.nodes.graph.graph_to_api`, so the two agree by construction), ``NAME.jpg``
 (a 256x256 diagram of the graph for the template browser) and the example images in ``input/``.
 
@@ -601,11 +601,12 @@ def main(argv: list[str]) -> int:
         graph = build_graph(wf, info)
         api = G.graph_to_api(graph, info)
         (HERE / f"{name}.json").write_text(json.dumps(graph, indent=2) + "\n", encoding="utf-8")
-        (HERE / f"{name}.api.json").write_text(json.dumps(api, indent=2) + "\n", encoding="utf-8")
+        (HERE / "api").mkdir(exist_ok=True)
+        (HERE / "api" / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n", encoding="utf-8")
         render_thumbnail(graph, info, name).save(HERE / f"{name}.jpg", quality=88)
         if wf.inputs:
             write_inputs(wf.inputs)
-        print(f"wrote {name}.json, {name}.api.json, {name}.jpg")
+        print(f"wrote {name}.json, api/{name}.json, {name}.jpg")
     return 0
 
 
