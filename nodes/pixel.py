@@ -546,7 +546,37 @@ class PixelSliceTiles(io.ComfyNode):
         return io.NodeOutput(np_to_image(tiles), np_to_mask(tiles[..., 3]), int(len(tiles)))
 
 
+class PixelKeyToAlpha(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgePixelKeyToAlpha",
+            display_name="Pixel Key Colour to Alpha",
+            category=CATEGORY,
+            description="Turns a flat key-colour background (magenta by default, what the built-in demo model draws "
+            "on) into exact 0/1 alpha: pixels near the key colour become transparent, everything else opaque.",
+            inputs=[
+                io.Image.Input("image", tooltip="Images drawn on a flat key-colour background."),
+                io.String.Input("key_color", default="#ff00ff", tooltip="The background colour to remove, as #rrggbb."),
+                io.Float.Input("threshold", default=0.3, min=0.0, max=1.0, step=0.01,
+                               tooltip="How close to the key colour a pixel must be to become transparent "
+                               "(relative RGB distance)."),
+            ],
+            outputs=[io.Image.Output(display_name="image"),
+                     io.Mask.Output(display_name="mask", tooltip="Alpha: 1 = sprite pixel, 0 = background.")],
+        )
+
+    @classmethod
+    def execute(cls, image, key_color="#ff00ff", threshold=0.3):
+        from ..pixel.color import parse_hex_color
+
+        rgb = image_to_np(image)
+        out = A.key_to_alpha(rgb, tuple(parse_hex_color(key_color))[:3], threshold=float(threshold))
+        return io.NodeOutput(np_to_image(out), np_to_mask(out[..., 3]))
+
+
 NODES = [
+    PixelKeyToAlpha,
     PixelDownscale,
     PixelUpscale,
     PixelGridRecover,

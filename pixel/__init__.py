@@ -9,7 +9,8 @@ recovery), :mod:`.palette` (shipped palettes, files, extraction), :mod:`.quantiz
 dithering), :mod:`.alpha` (clean alpha), :mod:`.export` (indexed PNG, sprite sheets, tiles).
 """
 
-from .alpha import bleed, clean, fill_pinholes, label, outline, remove_islands, remove_strays, threshold
+from .alpha import (bleed, clean, fill_pinholes, key_to_alpha, label, outline, remove_islands, remove_strays,
+                    threshold)
 from .color import delta_e, mean_delta_e, oklab_to_srgb, srgb_to_oklab
 from .export import (indexed_image, pack_sheet, save_indexed_png, save_rgba_png, slice_tiles, to_indexed,
                      unique_path)
@@ -21,6 +22,7 @@ from .scale import METHODS as DOWNSCALE_METHODS
 from .scale import downscale, upscale
 
 __all__ = [
+    "key_to_alpha",
     "DITHERS", "DOWNSCALE_METHODS", "GridInfo", "Palette", "apply_palette", "bayer_matrix", "bleed", "builtin",
     "builtin_names", "clean", "delta_e", "detect_grid", "dither", "downscale", "edge_mask", "extract",
     "fill_pinholes", "format_palette", "indexed_image", "kmeans", "label", "match", "mean_delta_e", "median_cut",

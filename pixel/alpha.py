@@ -211,3 +211,27 @@ def clean(rgb, alpha, *, level: int = 128, min_island: int = 0, max_hole: int = 
     if bleed_edges:
         rgb = bleed(rgb, a)
     return rgb, a
+
+
+def key_to_alpha(rgb, key=(255, 0, 255), *, threshold: float = 0.3) -> np.ndarray:
+    """RGB image(s) on the key colour -> RGBA uint8 with alpha exactly 0 or 255.
+
+    ``rgb`` is uint8 0..255 or float 0..1, shape ``(..., H, W, 3)``. A pixel is background when its RGB
+    distance to the key colour, relative to the largest possible distance, is below ``threshold``, or
+    when it is magenta-like (red and blue both well above green, as key pixels blended with an edge
+    are; only for a magenta key). Background pixels get alpha 0 and RGB 0; sprite pixels keep their colour with alpha 255.
+    """
+    x = np.asarray(rgb)
+    f = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else np.clip(x.astype(np.float32), 0.0, 1.0)
+    k = np.asarray(key, np.float32) / 255.0
+    d = np.sqrt(((f - k) ** 2).sum(-1)) / np.sqrt(3.0)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    magenta = (np.minimum(r, b) - g > 0.45) & (np.abs(r - b) < 0.3)
+    if not (k[0] > 0.8 and k[2] > 0.8 and k[1] < 0.2):
+        magenta = np.zeros_like(magenta)
+    bg = (d < threshold) | magenta
+    out = np.zeros(f.shape[:-1] + (4,), np.uint8)
+    rgb8 = np.clip(np.round(f * 255.0), 0, 255).astype(np.uint8)
+    out[..., :3] = np.where(bg[..., None], 0, rgb8)
+    out[..., 3] = np.where(bg, 0, 255)
+    return out
