@@ -26,7 +26,9 @@ from ..errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
 def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate images from a prompt with a DiT model (no graph needed)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="DiT model: a path, or a name in diffusion_models/checkpoints/diffusers")
+    p.add_argument("--model", default=None,
+                   help="DiT model: a path, or a name in diffusion_models/checkpoints/diffusers "
+                        "(default: the built-in 32x32 sprite demo model)")
     p.add_argument("--vae", help="VAE file (path or a name in the vae folder) when the model has none")
     p.add_argument("--text-encoder", action="append", default=[], metavar="PATH",
                    help="text encoder file (repeat for several: CLIP-L, CLIP-G, T5 / Gemma-2)")
@@ -40,8 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("--sampler", help="sampler name (default: the family's)")
     p.add_argument("--schedule", help="schedule name (default normal)")
     p.add_argument("--shift", type=float, help="flow shift (SD3/Sana/Flux)")
-    p.add_argument("--width", type=int, default=512, help="image width (default 512)")
-    p.add_argument("--height", type=int, default=512, help="image height (default 512)")
+    p.add_argument("--width", type=int, default=None, help="image width (default 512; 32 for the demo model)")
+    p.add_argument("--height", type=int, default=None, help="image height (default 512; 32 for the demo model)")
     p.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
     p.add_argument("--init", metavar="IMAGE", help="source image for img2img / inpainting")
     p.add_argument("--denoise", type=float, default=None, help="img2img strength 0..1 (default 0.6 with --init, 1 with --mask)")
@@ -136,6 +138,12 @@ def run(args) -> int:
     except OSError as exc:
         raise SpriteForgeError(BAD_INPUT, f"cannot create the output folder {out}: {exc}.") from exc
 
+    from ..nodes.loaders import DEMO
+
+    args.model = args.model or DEMO
+    side = 32 if args.model == DEMO else 512  # the demo model draws 32x32 sprites
+    args.width = side if args.width is None else args.width
+    args.height = side if args.height is None else args.height
     handle = load_handle(args.model, vae=args.vae, text_encoders=args.text_encoder, engine=args.engine,
                          device=args.device, dtype=args.dtype, allow_path=True)
     lora_specs = specs_from_args(args)

@@ -6,6 +6,8 @@ on an engine, device and dtype, giving a model handle (``SF_MODEL``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
 from ..log import get_logger
 from ._compat import IN_COMFYUI, io
@@ -16,6 +18,8 @@ CATEGORY = "SpriteForge/generate"
 ModelType = io.Custom("SF_MODEL")
 MODEL_KINDS = ("diffusion_models", "checkpoints", "diffusers")
 FROM_MODEL = "(from model)"
+DEMO = "spriteforge-demo (built-in)"
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo_model"
 NONE = "(none)"
 ENGINES = ["auto", "torch", "mlx"]
 DEVICES = ["auto", "gpu", "cpu", "cuda", "mps"]
@@ -32,6 +36,8 @@ def model_choices() -> list[str]:
             names += paths.list_models(kind, folders=(kind == "diffusers"))
         except Exception as exc:  # a broken folder must not hide the node
             log.warning("could not list %s models: %s", kind, exc)
+    if (DEMO_DIR / "model_index.json").exists():
+        names.insert(0, DEMO)  # the small sprite model that ships with the pack: the default
     seen: set = set()
     return [n for n in names if not (n in seen or seen.add(n))]
 
@@ -53,6 +59,10 @@ def resolve_model(name: str, *, allow_path: bool | None = None):
 
     if not name or not str(name).strip() or name in (FROM_MODEL, NONE):
         raise SpriteForgeError(BAD_INPUT, "no model was chosen. Pick a DiT model file or diffusers folder.")
+    if name == DEMO:
+        if not (DEMO_DIR / "model_index.json").exists():
+            raise SpriteForgeError(MODEL_NOT_FOUND, f"the built-in demo model is missing from {DEMO_DIR}. Reinstall the pack.")
+        return DEMO_DIR
     allow = (not IN_COMFYUI) if allow_path is None else allow_path
     p = Path(str(name)).expanduser()
     if allow and p.exists():

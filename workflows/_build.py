@@ -85,6 +85,7 @@ FLUX = {"model": "flux1-schnell.safetensors", "vae": "ae.safetensors", "text_enc
 SD35 = {"model": "sd3.5_medium.safetensors", "text_encoder_1": "clip_l.safetensors",
         "text_encoder_2": "clip_g.safetensors", "text_encoder_3": "t5xxl_fp16.safetensors"}
 PIXART = {"model": "PixArt-Sigma-XL-2-1024-MS"}
+DEMO = {"model": "spriteforge-demo (built-in)"}
 
 NOTE_FLUX = """MODELS (Flux.1 [schnell], Apache-2.0)
 models/diffusion_models/flux1-schnell.safetensors  (black-forest-labs/FLUX.1-schnell)
@@ -304,8 +305,52 @@ def sprite_pipeline() -> Workflow:
     return Workflow("sprite_pipeline", nodes, links, groups, notes)
 
 
+NOTE_DEMO = """BUILT-IN DEMO MODEL (no download needed)
+'spriteforge-demo (built-in)' is the small PixArt-Sigma-style model that ships with SpriteForge
+(demo_model/, Apache-2.0): 32x32 game sprites on a magenta key colour, trained on procedural sprites.
+Prompts use its vocabulary: [small|large] <colour> <object> [with outline], e.g. 'red potion',
+'small blue gem with outline'. Objects: potion, sword, shield, gem, coin, heart, key, tree, slime, chest,
+mushroom, star. Colours: red, orange, yellow, green, cyan, blue, purple, pink, white, gray, brown, gold.
+
+batch_size 8 = eight variations (seed, seed+1, ...), the frames of the sheet. Keep 32x32."""
+
+NOTE_DEMO_PIXEL = """FROM SPRITE TO GAME ASSET
+Key Colour to Alpha: the magenta background becomes exact 0/1 alpha (nothing else is removed: the
+sprite's own pixels keep alpha 1). Palette Extract: one palette for all frames (no flicker).
+Alpha Cleanup + Quantize: hard alpha, no specks, every pixel on the palette.
+OUTPUT (output/spriteforge/): demo_sprite_*.png (indexed, index 0 transparent) and
+demo_sheet_*.png + .json atlas + .hex/.gpl palette."""
+
+
+def sprite_demo() -> Workflow:
+    nodes = [
+        N(1, "SpriteForgeLoadModel", 0, 0, DEMO),
+        N(2, "SpriteForgeEncodePrompt", 1, 0, {"positive": "red potion", "negative": ""}),
+        N(3, "SpriteForgeSampler", 2, 0, {"seed": 0, "steps": 20, "sampler": "dpmpp_2m", "schedule": "normal",
+                                          "cfg": 4.5, "batch_size": 8, "width": 32, "height": 32}, cag="fixed"),
+        N(4, "SpriteForgeVAEDecode", 3, 0),
+        N(5, "SpriteForgePixelKeyToAlpha", 4, 0, {"key_color": "#ff00ff", "threshold": 0.3}),
+        N(6, "SpriteForgePixelPaletteExtract", 5, 0, {"colors": 16, "method": "kmeans", "seed": 0}),
+        N(7, "SpriteForgePixelAlphaCleanup", 6, 0, {"threshold": 0.5, "min_island": 2, "max_hole": 2,
+                                                     "strays": False, "outline": False, "bleed": True}),
+        N(8, "SpriteForgePixelQuantize", 7, 0, {"dither": "none", "strength": 1.0, "protect_edges": True}),
+        N(9, "SpriteForgePixelSaveIndexed", 8, 0, {"filename_prefix": "spriteforge/demo_sprite", "upscale": 1}),
+        N(10, "SpriteForgePixelSpriteSheet", 8, 2.2, {"filename_prefix": "spriteforge/demo_sheet", "columns": 0,
+                                                      "padding": 1, "indexed": True, "frame_duration_ms": 100}),
+    ]
+    links = [L(1, 0, 2, "model"), L(1, 0, 3, "model"), L(2, 0, 3, "conditioning"), L(1, 0, 4, "model"),
+             L(3, 0, 4, "latent"), L(4, 0, 5, "image"), L(5, 0, 6, "image"), L(5, 1, 6, "mask"),
+             L(5, 0, 7, "image"), L(5, 1, 7, "mask"), L(6, 0, 7, "palette"), L(7, 0, 8, "image"),
+             L(6, 0, 8, "palette"), L(7, 1, 8, "mask"), L(8, 0, 9, "images"), L(6, 0, 9, "palette"),
+             L(8, 1, 9, "mask"), L(8, 0, 10, "images"), L(6, 0, 10, "palette"), L(8, 1, 10, "mask")]
+    notes = [Note(20, 0, 2.7, NOTE_DEMO, width=740, height=260), Note(21, 4, 2.7, NOTE_DEMO_PIXEL, width=740, height=200)]
+    groups = [Group("Generate (built-in model)", [1, 2, 3, 4, 20], "#3f789e"),
+              Group("Pixel art", [5, 6, 7, 8, 21], "#a1309b"), Group("Save", [9, 10], "#3f8a5a")]
+    return Workflow("sprite_demo", nodes, links, groups, notes)
+
+
 WORKFLOWS = {"txt2img": txt2img, "img2img": img2img, "tileset": tileset, "inpainting": inpainting,
-             "sprite_pipeline": sprite_pipeline}
+             "sprite_pipeline": sprite_pipeline, "sprite_demo": sprite_demo}
 
 
 # --------------------------------------------------------------------------- graph assembly
@@ -446,10 +491,10 @@ SHORT = {
     "SpriteForgePixelPaletteExtract": "Palette", "SpriteForgePixelPaletteLoad": "Palette",
     "SpriteForgePixelQuantize": "Quantize", "SpriteForgePixelAlphaCleanup": "Alpha Clean",
     "SpriteForgePixelSaveIndexed": "Save Indexed", "SpriteForgePixelSpriteSheet": "Sprite Sheet",
-    "SpriteForgePixelSliceTiles": "Slice Tiles",
+    "SpriteForgePixelSliceTiles": "Slice Tiles", "SpriteForgePixelKeyToAlpha": "Key to Alpha",
 }
 TITLES = {"txt2img": "Text to image", "img2img": "Image to image", "tileset": "Seamless tileset",
-          "inpainting": "Inpainting", "sprite_pipeline": "Sprite pipeline"}
+          "inpainting": "Inpainting", "sprite_pipeline": "Sprite pipeline", "sprite_demo": "Demo sprites"}
 
 
 def _font(size: int):
