@@ -571,12 +571,11 @@ def _roll(x, dy, dx):
         return x.roll(shifts=(dy, dx), dims=(-2, -1))
     if isinstance(x, np.ndarray):
         return np.roll(x, (dy, dx), axis=(-2, -1))
-    try:  # MLX
-        import mlx.core as mx  # type: ignore
+    if (type(x).__module__ or "").startswith("mlx"):
+        from .engines.mlx_ops import roll2d  # MLX code lives in engines/
 
-        return mx.roll(mx.roll(x, dy, axis=-2), dx, axis=-1)
-    except Exception as exc:  # pragma: no cover
-        raise SpriteForgeError(ENGINE_INTERNAL, f"cannot roll arrays of type {type(x).__name__} for seamless tiling.") from exc
+        return roll2d(x, dy, dx)
+    raise SpriteForgeError(ENGINE_INTERNAL, f"cannot roll arrays of type {type(x).__name__} for seamless tiling.")
 
 
 # --------------------------------------------------------------------------- decode

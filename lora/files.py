@@ -55,9 +55,9 @@ def _load_tensors(path: Path, framework: str) -> dict:
 
         return load_file(str(path), device="cpu")
     if framework == "mlx":
-        import mlx.core as mx
+        from ..engines.mlx_ops import load_safetensors
 
-        return dict(mx.load(str(path)))
+        return load_safetensors(path)
     try:
         from safetensors.numpy import load_file
 

@@ -84,53 +84,13 @@ class TorchOps:
         return torch.cat(list(xs), dim=axis)
 
 
-class MLXOps:
-    name = "mlx"
-
-    @staticmethod
-    def f32(x):
-        import mlx.core as mx
-
-        return x.astype(mx.float32)
-
-    @staticmethod
-    def cast_like(x, like):
-        return x.astype(like.dtype)
-
-    @staticmethod
-    def reshape(x, shape):
-        return x.reshape(tuple(shape))
-
-    @staticmethod
-    def sum_keep(x, axes):
-        import mlx.core as mx
-
-        return mx.sum(x, axis=list(axes), keepdims=True)
-
-    @staticmethod
-    def sqrt(x):
-        import mlx.core as mx
-
-        return mx.sqrt(x)
-
-    @staticmethod
-    def zeros(shape, like):
-        import mlx.core as mx
-
-        return mx.zeros(tuple(shape), dtype=mx.float32)
-
-    @staticmethod
-    def concat(xs, axis=0):
-        import mlx.core as mx
-
-        return mx.concatenate(list(xs), axis=axis)
-
-
 def ops_for(x):
     """The operations namespace for the array ``x`` (numpy, torch or MLX)."""
     mod = type(x).__module__ or ""
     if mod.startswith("torch"):
         return TorchOps
     if mod.startswith("mlx"):
-        return MLXOps
+        from ..engines.mlx_ops import LoraOps  # MLX code lives in engines/
+
+        return LoraOps
     return NumpyOps

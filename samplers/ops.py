@@ -113,53 +113,8 @@ class TorchOps:
         return x.detach().float().cpu().numpy()
 
 
-class MLXOps:
-    name = "mlx"
-
-    def where(self, cond, a, b):
-        import mlx.core as mx
-        return mx.where(cond, a, b)
-
-    def clip(self, x, lo, hi):
-        import mlx.core as mx
-        return mx.clip(x, lo, hi)
-
-    def abs(self, x):
-        import mlx.core as mx
-        return mx.abs(x)
-
-    def maximum(self, a, b):
-        import mlx.core as mx
-        return mx.maximum(a, b)
-
-    def sqrt(self, x):
-        import mlx.core as mx
-        return mx.sqrt(x)
-
-    def mean_per_sample(self, x):
-        return _keep(x, x.reshape(x.shape[0], -1).mean(axis=1))
-
-    def std_per_sample(self, x):
-        import mlx.core as mx
-        flat = x.reshape(x.shape[0], -1)
-        return _keep(x, mx.sqrt(mx.var(flat, axis=1, ddof=1)))
-
-    def quantile_per_sample(self, x, q: float):
-        import mlx.core as mx
-        flat = x.reshape(x.shape[0], -1).astype(mx.float32)
-        values = _sorted_quantile(mx.sort(flat, axis=1), q, flat.shape[1])
-        return _keep(x, values.astype(x.dtype))
-
-    def from_numpy(self, a, like=None):
-        import mlx.core as mx
-        arr = mx.array(np.asarray(a))
-        return arr.astype(like.dtype) if like is not None else arr
-
-    def to_numpy(self, x):
-        return np.array(x)
-
-
-_NUMPY, _TORCH, _MLX = NumpyOps(), TorchOps(), MLXOps()
+_NUMPY, _TORCH = NumpyOps(), TorchOps()
+_MLX: list = []
 
 
 def ops_for(x):
@@ -168,7 +123,11 @@ def ops_for(x):
     if module.startswith("torch"):
         return _TORCH
     if module.startswith("mlx"):
-        return _MLX
+        if not _MLX:  # MLX code lives in engines/ (the one place mlx is imported)
+            from ..engines.mlx_ops import SamplerOps
+
+            _MLX.append(SamplerOps())
+        return _MLX[0]
     if isinstance(x, (np.ndarray, np.generic)):
         return _NUMPY
     raise SpriteForgeError(BAD_INPUT, f"Unsupported array type {type(x).__name__}. Pass a numpy array, torch tensor or MLX array.")

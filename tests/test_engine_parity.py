@@ -53,3 +53,12 @@ def test_samplers_agree_on_torch_and_mlx(name):
         results[eng_name] = eng.to_numpy(out)
     assert np.isfinite(results["torch"]).all()
     np.testing.assert_allclose(results["mlx"], results["torch"], rtol=1e-4, atol=1e-4)
+
+
+def test_seamless_roll_is_the_same_on_mlx_and_numpy():
+    import mlx.core as mx
+
+    from spriteforge.pipeline import _roll
+
+    a = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    assert np.array_equal(np.array(_roll(mx.array(a), 2, 3)), _roll(a, 2, 3))
