@@ -131,3 +131,73 @@ def test_t5_map_weights_tied_embedding_and_coded_error():
     with pytest.raises(SpriteForgeError) as ei:
         layers.load_weights(t5.T5EncoderModel(cfg), wrong, what="t5 text encoder")
     assert ei.value.code == MODEL_NOT_CONVERTED
+
+
+# --------------------------------------------------------------------------- CLIP
+def _clip_ids(vocab: int, eos: int, pad: int, lengths, seq: int = 77, seed: int = 5):
+    """Tokenizer-like rows: bos, words, eos, then padding."""
+    rng = np.random.default_rng(seed)
+    ids = np.full((len(lengths), seq), pad, dtype=np.int64)
+    for i, n in enumerate(lengths):
+        ids[i, 0] = 0
+        ids[i, 1:n - 1] = rng.integers(3, vocab - 1, n - 2)
+        ids[i, n - 1] = eos
+    return ids
+
+
+def _clip_check(ref, ids, projection, what):
+    from spriteforge.engines.mlx_models import clip
+
+    model = clip.CLIPTextModel(ref.config.to_dict(), projection=projection)
+    layers.load_weights(model, clip.map_weights(_mx_sd(ref)), what="clip text encoder")
+    with torch.no_grad():
+        out = ref(torch.tensor(ids), output_hidden_states=True)
+    want_pooled = out.text_embeds if projection else out.pooler_output
+    hidden, pooled = model(mx.array(ids))
+    assert len(hidden) == len(out.hidden_states)
+    diffs = [_close(hidden[-2], out.hidden_states[-2].numpy(), f"{what} hidden_states[-2]"),
+             _close(hidden[-1], out.hidden_states[-1].numpy(), f"{what} hidden_states[-1]"),
+             _close(pooled, want_pooled.numpy(), f"{what} pooled")]
+    _close(model.last_hidden_state(mx.array(ids)), out.last_hidden_state.numpy(), f"{what} last_hidden_state")
+    return max(diffs)
+
+
+@pytest.mark.parametrize("kind", ["clip_l", "clip_g"])
+@pytest.mark.parametrize("projection", [True, False])
+def test_clip_tiny_legacy_eos(kind, projection):
+    ref = tm.build_clip(kind, projection=projection)
+    assert ref.config.eos_token_id == 2 and ref.config.hidden_act == ("quick_gelu" if kind == "clip_l" else "gelu")
+    # legacy rule: the pooled token is the largest id; the eos here (599) is the vocabulary's last id
+    ids = _clip_ids(600, 599, 1, [9, 30])
+    _clip_check(ref, ids, projection, f"{kind} proj={projection}")
+
+
+def test_clip_eos_id_rule_two_layers():
+    # released configs after transformers PR #24773: the first position holding eos_token_id
+    # (pad == eos as in clip_l's tokenizer, and an eos id that is not the largest id)
+    cfg = transformers.CLIPTextConfig(vocab_size=300, hidden_size=32, intermediate_size=48, projection_dim=24,
+                                      num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=40,
+                                      hidden_act="gelu", bos_token_id=0, eos_token_id=250, pad_token_id=250)
+    ref = tm._randomize(transformers.CLIPTextModelWithProjection(cfg), 7)
+    ids = _clip_ids(300, 250, 250, [6, 40], seq=40)
+    ids[0, 3] = 299  # larger than eos: the legacy rule would pick this one
+    _clip_check(ref, ids, True, "clip eos-id rule")
+
+
+def test_clip_projection_rule_and_map_weights():
+    from spriteforge.engines.mlx_models import clip
+
+    plain = tm.build_clip("clip_l", projection=False)
+    with_proj = tm.build_clip("clip_g", projection=True)
+    cfg = plain.config.to_dict()
+    assert not clip.wants_projection(cfg)
+    assert clip.wants_projection({**cfg, "architectures": ["CLIPTextModelWithProjection"]})
+    assert clip.wants_projection(cfg, keys=with_proj.state_dict().keys())
+    assert not clip.wants_projection(cfg, keys=plain.state_dict().keys())
+    assert not clip.CLIPTextModel(cfg).has_projection
+    mapped = clip.map_weights(_mx_sd(plain))
+    assert all(k.startswith("text_model.") for k in mapped) and not any("position_ids" in k for k in mapped)
+    # a file without the projection does not fit a model that wants one: coded error
+    with pytest.raises(SpriteForgeError) as ei:
+        layers.load_weights(clip.CLIPTextModel(cfg, projection=True), mapped, what="clip_l text encoder")
+    assert ei.value.code == MODEL_NOT_CONVERTED and "text_projection.weight" in str(ei.value)
