@@ -92,3 +92,8 @@ class TorchEngine(Engine):
         from .torch_models import generation
 
         return generation.vae_decode(self, handle, latents)
+
+    def apply_loras(self, handle, specs, *, merge: bool = False):
+        from .torch_models.lora import apply_loras
+
+        return apply_loras(handle, specs, merge=merge)

@@ -138,11 +138,7 @@ def apply_loras(handle, specs, *, merge: bool = False):
     if not specs:
         return handle
     name = getattr(handle.engine, "name", "")
-    if name == "torch":
-        from ..engines.torch_models.lora import apply_loras as impl
-
-        return impl(handle, specs, merge=merge)
-    impl = getattr(handle.engine, "apply_loras", None)
+    impl = getattr(handle.engine, "apply_loras", None)  # Engine.apply_loras: every engine implements it
     if impl is None:
         raise SpriteForgeError(LORA_UNSUPPORTED_ENGINE, f"the {name} engine has no LoRA implementation. Use engine 'torch'.")
     return impl(handle, specs, merge=merge)
