@@ -92,3 +92,71 @@ def test_sd3_missing_or_bad_tensor_is_coded():
     with pytest.raises(SpriteForgeError) as e:
         layers.load_weights(sd3.SD3Transformer2DModel(dict(model.config)), bad, what="sd3")
     assert e.value.code == MODEL_NOT_CONVERTED
+
+
+# --------------------------------------------------------------------------- Flux.1
+flux = pytest.importorskip("spriteforge.engines.mlx_models.flux")
+
+
+def _flux_port(model):
+    p = flux.FluxTransformer2DModel(dict(model.config))
+    return layers.load_weights(p, flux.map_weights(_sd(model)), what="flux")
+
+
+def _img_ids(h2, w2):
+    """The engine's ids (generation._flux_img_ids): (0, row, col) per packed token."""
+    ids = torch.zeros(h2, w2, 3)
+    ids[..., 1] = torch.arange(h2)[:, None]
+    ids[..., 2] = torch.arange(w2)[None, :]
+    return ids.reshape(-1, 3)
+
+
+@pytest.mark.parametrize("variant", ["dev", "schnell", "fill"])
+def test_flux_matches_diffusers(variant):
+    model = tm.build_flux(variant)
+    cfg = model.config
+    g = torch.Generator().manual_seed(2)
+    b, h2, w2, seq = 2, 3, 5, 6  # a 6x10 latent packed into 3x5 tokens
+    x = torch.randn(b, h2 * w2, cfg.in_channels, generator=g)
+    enc = torch.randn(b, seq, cfg.joint_attention_dim, generator=g)
+    pooled = torch.randn(b, cfg.pooled_projection_dim, generator=g)
+    t = torch.tensor([0.875, 0.3125])
+    img_ids = _img_ids(h2, w2)
+    txt_ids = torch.zeros(seq, 3)
+    txt_ids[:, 0] = torch.arange(seq) * 0.5  # non-zero text positions exercise the first rope axis too
+    guidance = torch.tensor([3.5, 5.0]) if cfg.guidance_embeds else None
+    with torch.no_grad():
+        ref = model(hidden_states=x, encoder_hidden_states=enc, pooled_projections=pooled, timestep=t, img_ids=img_ids,
+                    txt_ids=txt_ids, guidance=guidance, return_dict=False)[0].numpy()
+    port = _flux_port(model)
+    assert ("guidance_embedder" in port.time_text_embed) == (variant != "schnell")
+    out = port(mx.array(x.numpy()), mx.array(enc.numpy()), mx.array(pooled.numpy()), mx.array(t.numpy()),
+               img_ids=mx.array(img_ids.numpy()), txt_ids=mx.array(txt_ids.numpy()),
+               guidance=None if guidance is None else mx.array(guidance.numpy()))
+    assert ref.shape == (b, h2 * w2, 64)
+    _check(out, ref, f"flux {variant}")
+
+
+def test_flux_dev_without_guidance_is_coded():
+    model = tm.build_flux("dev")
+    port = _flux_port(model)
+    cfg = model.config
+    with pytest.raises(SpriteForgeError) as e:
+        port(mx.zeros((1, 4, cfg.in_channels)), mx.zeros((1, 2, cfg.joint_attention_dim)), mx.zeros((1, cfg.pooled_projection_dim)),
+             mx.array([0.5]), img_ids=mx.zeros((4, 3)), txt_ids=mx.zeros((2, 3)))
+    assert e.value.code == "BAD_INPUT"
+
+
+def test_flux_missing_or_bad_tensor_is_coded():
+    model = tm.build_flux("fill")
+    sd = flux.map_weights(_sd(model))
+    missing = dict(sd)
+    missing.pop("single_transformer_blocks.0.attn.norm_k.weight")
+    with pytest.raises(SpriteForgeError) as e:
+        layers.load_weights(flux.FluxTransformer2DModel(dict(model.config)), missing, what="flux")
+    assert e.value.code == MODEL_NOT_CONVERTED and "norm_k" in str(e.value)
+    # Fill weights into a dev-shaped port (64 input channels): a shape mismatch, coded
+    dev_cfg = dict(tm.build_flux("dev").config)
+    with pytest.raises(SpriteForgeError) as e:
+        layers.load_weights(flux.FluxTransformer2DModel(dev_cfg), sd, what="flux")
+    assert e.value.code == MODEL_NOT_CONVERTED and "x_embedder.weight" in str(e.value)
