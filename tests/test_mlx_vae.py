@@ -150,6 +150,32 @@ def test_kl_vae_old_attention_names_and_no_attention():
     _parity(t2, m2, 12, 20, "kl-noattn")
 
 
+@pytest.mark.parametrize("channels", [4, 16])
+def test_kl_vae_original_layout_matches_diffusers_converter(channels):
+    """Single-file (LDM / BFL) names map like diffusers' own convert_ldm_vae_checkpoint, and the
+    port loaded from them (under ``first_stage_model.``) decodes like diffusers."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from spriteforge.engines.mlx_models import layers
+    from spriteforge.engines.mlx_models.vae import AutoencoderKL, is_ldm_layout, ldm_to_diffusers, map_weights
+    from spriteforge.tests.tiny_models import vae_to_original
+
+    tvae = build_vae(channels)
+    orig = vae_to_original(tvae.state_dict(), num_blocks=4)
+    ref = convert_ldm_vae_checkpoint({"first_stage_model." + k: v for k, v in orig.items()}, dict(tvae.config))
+    mine = ldm_to_diffusers({"first_stage_model." + k: v for k, v in orig.items()})
+    assert is_ldm_layout(orig) and not is_ldm_layout(tvae.state_dict())
+    assert sorted(mine) == sorted(ref)
+    for k in ref:
+        assert tuple(mine[k].shape) == tuple(ref[k].shape) and torch.equal(mine[k], ref[k]), k
+    m = AutoencoderKL(dict(tvae.config))
+    layers.load_weights(m, map_weights(_to_mx({"first_stage_model." + k: v for k, v in orig.items()})), "vae")
+    z = _inputs(channels, 4, 6, batch=1)
+    with torch.no_grad():
+        want = tvae.decode(torch.from_numpy(z)).sample.numpy()
+    _check(want, np.array(m.decode(mx.array(z))), f"kl{channels} original-layout decode")
+
+
 def test_kl_vae_wrong_weights_coded_error():
     from spriteforge.engines.mlx_models import layers
     from spriteforge.engines.mlx_models.vae import AutoencoderKL, map_weights
@@ -171,3 +197,86 @@ def test_kl_vae_wrong_weights_coded_error():
     with pytest.raises(SpriteForgeError) as e:
         layers.load_weights(m, map_weights(_to_mx(build_vae(4).state_dict())), "vae")
     assert e.value.code == MODEL_NOT_CONVERTED
+
+
+# --------------------------------------------------------------------------- DC-AE
+def _dc_port(tvae):
+    from spriteforge.engines.mlx_models import layers
+    from spriteforge.engines.mlx_models.dcae import AutoencoderDC, map_weights
+
+    m = AutoencoderDC(dict(tvae.config))
+    layers.load_weights(m, map_weights(_to_mx(tvae.state_dict())), "dc-ae")
+    return m
+
+
+def _dc_parity(tvae, m, h, w, label):
+    """Like :func:`_parity`, for an autoencoder whose encode gives the latent itself."""
+    f = 2 ** (len(tvae.config.encoder_block_out_channels) - 1)
+    x = _inputs(tvae.config.in_channels, h, w)
+    z = _inputs(tvae.config.latent_channels, h // f, w // f, seed=1)
+    for circ in (False, True):
+        m.set_circular(circ)
+        with torch.no_grad():
+            with _torch_circular(tvae.encoder, circ):
+                ref_z = tvae.encode(torch.from_numpy(x)).latent
+            with _torch_circular(tvae.decoder, circ):
+                ref_x = tvae.decode(torch.from_numpy(z)).sample
+        got_z, got_x = m.encode(mx.array(x)), m.decode(mx.array(z))
+        tag = f"{label} {'circular' if circ else 'zero-pad'}"
+        _check(ref_z.numpy(), np.array(got_z), tag + " encode")
+        _check(ref_x.numpy(), np.array(got_x), tag + " decode")
+    m.set_circular(False)
+
+
+def test_dcae_parity_tiny():
+    """tiny_models.build_dcae: interpolate upsampling, Conv downsampling, rms_norm, linear attention
+    (16x24 image, 4x6 latent) and the quadratic branch (a 2x2 latent has fewer tokens than the head width)."""
+    tvae = build_dcae()
+    m = _dc_port(tvae)
+    _dc_parity(tvae, m, 16, 24, "dcae")
+    z = _inputs(32, 2, 2, batch=2, seed=3)
+    with torch.no_grad():
+        ref = tvae.decode(torch.from_numpy(z)).sample.numpy()
+    _check(ref, np.array(m.decode(mx.array(z))), "dcae quadratic-attention decode")
+
+
+def test_dcae_parity_pixel_shuffle_batch_norm():
+    """The other DC-AE options: pixel_shuffle / pixel_unshuffle, batch-norm + ReLU decoder blocks with
+    real running statistics, two attention scales, an empty first stage (shuffle blocks as conv_in/conv_out)."""
+    from diffusers import AutoencoderDC as TorchDC
+
+    from spriteforge.tests.tiny_models import _randomize
+
+    tvae = _randomize(TorchDC(
+        in_channels=3, latent_channels=16, attention_head_dim=4,
+        encoder_block_types=("ResBlock", "EfficientViTBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 16, 32), decoder_block_out_channels=(8, 16, 32),
+        encoder_layers_per_block=(0, 1, 1), decoder_layers_per_block=(0, 1, 2),
+        encoder_qkv_multiscales=((), (3,), (3, 5)), decoder_qkv_multiscales=((), (3,), (3, 5)),
+        upsample_block_type="pixel_shuffle", downsample_block_type="pixel_unshuffle",
+        decoder_norm_types=("batch_norm", "batch_norm", "rms_norm"), decoder_act_fns=("relu", "relu", "silu"),
+        decoder_conv_act_fn="silu", scaling_factor=0.5), seed=1)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for mod in tvae.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.copy_(0.3 * torch.randn(mod.running_mean.shape, generator=g))
+                mod.running_var.copy_(0.5 + torch.rand(mod.running_var.shape, generator=g))
+    m = _dc_port(tvae)
+    _dc_parity(tvae, m, 24, 16, "dcae-shuffle")
+
+
+def test_dcae_wrong_weights_coded_error():
+    from spriteforge.engines.mlx_models import layers
+    from spriteforge.engines.mlx_models.dcae import AutoencoderDC, map_weights
+
+    tvae = build_dcae()
+    w = map_weights(_to_mx(tvae.state_dict()))
+    m = AutoencoderDC(dict(tvae.config))
+    w.pop("decoder.up_blocks.2.0.attn.to_q.weight")
+    w["encoder.conv_out.extra"] = mx.zeros((1,))
+    with pytest.raises(SpriteForgeError) as e:
+        layers.load_weights(m, w, "dc-ae")
+    assert e.value.code == MODEL_NOT_CONVERTED
+    assert "to_q.weight" in str(e.value) and "encoder.conv_out.extra" in str(e.value)

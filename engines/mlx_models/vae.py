@@ -12,6 +12,8 @@ NCHW like diffusers. Latents are unscaled: the caller applies ``scaling_factor``
 
 from __future__ import annotations
 
+import re
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -284,12 +286,59 @@ class AutoencoderKL(nn.Module):
         _set_circular(self, on)
 
 
-def map_weights(sd: dict) -> dict:
-    """diffusers ``AutoencoderKL`` state-dict names -> this port's (conv kernels to OHWI).
+LDM_PREFIXES = ("first_stage_model.", "vae.")
+_LDM_ATTN = {"norm.": "group_norm.", "q.": "to_q.", "k.": "to_k.", "v.": "to_v.", "proj_out.": "to_out.0."}
 
-    Old diffusers checkpoints (before the attention refactor) name the mid attention
-    ``query/key/value/proj_attn`` and may store its projections as 1x1 convs; both map here.
+
+def is_ldm_layout(sd: dict) -> bool:
+    """True for the original (LDM / BFL ``ae.safetensors``) key layout: ``encoder.down.0.block.0...``."""
+    return any(re.match(r"(encoder\.(down|mid)|decoder\.(up|mid))\.", _strip_prefix(k)) for k in sd)
+
+
+def _strip_prefix(k: str) -> str:
+    for p in LDM_PREFIXES:
+        if k.startswith(p):
+            return k[len(p):]
+    return k
+
+
+def ldm_to_diffusers(sd: dict) -> dict:
+    """Original LDM VAE names (optionally under ``first_stage_model.`` / ``vae.``) -> diffusers'.
+
+    The decoder's ``up.N`` run from the highest resolution in LDM and from the lowest in diffusers,
+    so they are renumbered; the mid attention's 1x1-conv q/k/v/proj_out become linear weights.
     """
+    ups = [int(m.group(1)) for k in sd for m in [re.match(r"decoder\.up\.(\d+)\.", _strip_prefix(k))] if m]
+    n_up = max(ups) + 1 if ups else 0
+    out = {}
+    for key, v in sd.items():
+        k = _strip_prefix(key)
+        k = re.sub(r"^encoder\.down\.(\d+)\.block\.", r"encoder.down_blocks.\1.resnets.", k)
+        k = re.sub(r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0.", k)
+        k = re.sub(r"^decoder\.up\.(\d+)\.block\.", lambda m: f"decoder.up_blocks.{n_up - 1 - int(m.group(1))}.resnets.", k)
+        k = re.sub(r"^decoder\.up\.(\d+)\.upsample\.", lambda m: f"decoder.up_blocks.{n_up - 1 - int(m.group(1))}.upsamplers.0.", k)
+        k = re.sub(r"^(encoder|decoder)\.mid\.block_(\d+)\.", lambda m: f"{m.group(1)}.mid_block.resnets.{int(m.group(2)) - 1}.", k)
+        m = re.match(r"^(encoder|decoder)\.mid\.attn_1\.(norm\.|q\.|k\.|v\.|proj_out\.)(.*)$", k)
+        if m:
+            k = f"{m.group(1)}.mid_block.attentions.0.{_LDM_ATTN[m.group(2)]}{m.group(3)}"
+            if m.group(2) != "norm." and len(v.shape) > 2:
+                v = v.reshape(v.shape[0], v.shape[1])
+        k = k.replace(".nin_shortcut.", ".conv_shortcut.")
+        k = re.sub(r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out.", k)
+        out[k] = v
+    return out
+
+
+def map_weights(sd: dict) -> dict:
+    """A KL VAE state dict -> this port's names (conv kernels to OHWI).
+
+    Takes diffusers' names, the original LDM / BFL layout (also under ``first_stage_model.`` or
+    ``vae.``, as in single-file checkpoints: pass only the VAE's tensors), and old diffusers
+    checkpoints (before the attention refactor) whose mid attention is ``query/key/value/proj_attn``,
+    possibly stored as 1x1 convs.
+    """
+    if is_ldm_layout(sd):
+        sd = ldm_to_diffusers(sd)
     old = {"query.": "to_q.", "key.": "to_k.", "value.": "to_v.", "proj_attn.": "to_out.0."}
     out = {}
     for k, v in sd.items():
@@ -298,10 +347,10 @@ def map_weights(sd: dict) -> dict:
             for a, b in old.items():
                 if ("." + a) in name:
                     name = name.replace("." + a, "." + b)
-            if k.endswith(".weight") and len(v.shape) == 4 and v.shape[2] == 1 and v.shape[3] == 1 and "group_norm" not in k:
+            if k.endswith(".weight") and len(v.shape) > 2 and "group_norm" not in k:
                 v = v.reshape(v.shape[0], v.shape[1])
         out[name] = v
     return map_names(out)
 
 
-__all__ = ["AutoencoderKL", "map_weights"]
+__all__ = ["AutoencoderKL", "map_weights", "ldm_to_diffusers", "is_ldm_layout"]
