@@ -201,3 +201,51 @@ def test_clip_projection_rule_and_map_weights():
     with pytest.raises(SpriteForgeError) as ei:
         layers.load_weights(clip.CLIPTextModel(cfg, projection=True), mapped, what="clip_l text encoder")
     assert ei.value.code == MODEL_NOT_CONVERTED and "text_projection.weight" in str(ei.value)
+
+
+# --------------------------------------------------------------------------- Gemma-2
+def _gemma_check(ref, ids, mask, what):
+    from spriteforge.engines.mlx_models import gemma
+
+    model = gemma.Gemma2Model(ref.config.to_dict())
+    layers.load_weights(model, gemma.map_weights(_mx_sd(ref)), what="gemma text encoder")
+    with torch.no_grad():
+        want = ref(torch.tensor(ids), attention_mask=None if mask is None else torch.tensor(mask)).last_hidden_state
+    got = model(mx.array(ids), attention_mask=None if mask is None else mx.array(mask))
+    return _close(got, want.float().numpy(), what)
+
+
+def test_gemma_tiny_right_padding():
+    ref = tm.build_gemma()
+    ids, mask = _padded(_ids(200, 30, 8), [30, 12])  # right padding, as Sana's tokenizer call
+    ids[:, 0] = 2  # bos
+    _gemma_check(ref, ids, mask, "gemma tiny right-padded")
+
+
+def test_gemma_gqa_sliding_window_softcap_three_layers():
+    # 4 query heads on 2 key/value heads, a window (5) shorter than the prompt on the alternating
+    # sliding layers, a soft-cap small enough to bite, query_pre_attn_scalar != head_dim, rope_theta
+    cfg = transformers.Gemma2Config(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24,
+                                    sliding_window=5, attn_logit_softcapping=2.0,
+                                    rope_parameters={"rope_theta": 500.0, "rope_type": "default"},
+                                    pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    ref = tm._randomize(transformers.Gemma2Model(cfg), 4)
+    assert ref.config.layer_types == ["sliding_attention", "full_attention", "sliding_attention"]
+    ids, mask = _padded(_ids(100, 20, 9), [7, 20])
+    _gemma_check(ref, ids, mask, "gemma gqa/sliding/softcap")
+
+
+def test_gemma_map_weights_and_coded_error():
+    from spriteforge.engines.mlx_models import gemma
+
+    ref = tm.build_gemma()
+    sd = _mx_sd(ref)
+    causal_lm = {"model." + k: v for k, v in sd.items()}
+    causal_lm["lm_head.weight"] = sd["embed_tokens.weight"]
+    assert set(gemma.map_weights(causal_lm)) == set(sd)
+    broken = gemma.map_weights(sd)
+    broken["layers.0.self_attn.k_proj.weight"] = mx.zeros((3, 32))
+    with pytest.raises(SpriteForgeError) as ei:
+        layers.load_weights(gemma.Gemma2Model(ref.config.to_dict()), broken, what="gemma text encoder")
+    assert ei.value.code == MODEL_NOT_CONVERTED and "k_proj" in str(ei.value)
