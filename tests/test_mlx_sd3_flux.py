@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_models as tm  # noqa: E402
 
 from spriteforge.engines.mlx_models import layers  # noqa: E402
-from spriteforge.errors import DIMENSION_LIMIT, MODEL_NOT_CONVERTED, SpriteForgeError  # noqa: E402
+from spriteforge.errors import BAD_INPUT, DIMENSION_LIMIT, MODEL_NOT_CONVERTED, SpriteForgeError  # noqa: E402
 
 sd3 = pytest.importorskip("spriteforge.engines.mlx_models.sd3")
 
@@ -130,9 +130,12 @@ def test_flux_matches_diffusers(variant):
                     txt_ids=txt_ids, guidance=guidance, return_dict=False)[0].numpy()
     port = _flux_port(model)
     assert ("guidance_embedder" in port.time_text_embed) == (variant != "schnell")
-    out = port(mx.array(x.numpy()), mx.array(enc.numpy()), mx.array(pooled.numpy()), mx.array(t.numpy()),
-               img_ids=mx.array(img_ids.numpy()), txt_ids=mx.array(txt_ids.numpy()),
-               guidance=None if guidance is None else mx.array(guidance.numpy()))
+    args = (mx.array(x.numpy()), mx.array(enc.numpy()), mx.array(pooled.numpy()), mx.array(t.numpy()))
+    mg = None if guidance is None else mx.array(guidance.numpy())
+    # a first call with other ids: the port's rotary-table cache must follow the ids, not the first call
+    stale = port(*args, img_ids=mx.zeros((h2 * w2, 3)), txt_ids=mx.zeros((seq, 3)), guidance=mg)
+    out = port(*args, img_ids=mx.array(img_ids.numpy()), txt_ids=mx.array(txt_ids.numpy()), guidance=mg)
+    assert float(mx.abs(out - stale).max()) > 1e-3
     assert ref.shape == (b, h2 * w2, 64)
     _check(out, ref, f"flux {variant}")
 
@@ -144,7 +147,7 @@ def test_flux_dev_without_guidance_is_coded():
     with pytest.raises(SpriteForgeError) as e:
         port(mx.zeros((1, 4, cfg.in_channels)), mx.zeros((1, 2, cfg.joint_attention_dim)), mx.zeros((1, cfg.pooled_projection_dim)),
              mx.array([0.5]), img_ids=mx.zeros((4, 3)), txt_ids=mx.zeros((2, 3)))
-    assert e.value.code == "BAD_INPUT"
+    assert e.value.code == BAD_INPUT
 
 
 def test_flux_missing_or_bad_tensor_is_coded():
@@ -160,3 +163,19 @@ def test_flux_missing_or_bad_tensor_is_coded():
     with pytest.raises(SpriteForgeError) as e:
         layers.load_weights(flux.FluxTransformer2DModel(dev_cfg), sd, what="flux")
     assert e.value.code == MODEL_NOT_CONVERTED and "x_embedder.weight" in str(e.value)
+
+
+@pytest.mark.parametrize("which", ["sd3.5-medium", "sd3", "dev", "fill"])
+def test_linear_layers_sit_at_the_diffusers_paths(which):
+    """LoRA on MLX wraps layers by path: every torch nn.Linear has an mlx nn.Linear at the same name, and no other."""
+    import mlx.nn as nn
+
+    if which.startswith("sd3"):
+        model = tm.build_sd3(which)
+        port = _sd3_port(model)
+    else:
+        model = tm.build_flux(which)
+        port = _flux_port(model)
+    ref = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    own = {n for n, m in port.named_modules() if isinstance(m, nn.Linear)}
+    assert own == ref

@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ...errors import BAD_INPUT, SpriteForgeError
+from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from .layers import RMSNorm, gelu_tanh, layer_norm, sdpa_heads
 from .sd3 import (AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle, CombinedTimestepTextProjEmbeddings, FeedForward,
                   Identity, batch_vector, merge_heads, split_heads)
@@ -173,9 +173,10 @@ class FluxTransformer2DModel(nn.Module):
         self.guidance_embeds = bool(c.get("guidance_embeds", False))
         self.axes_dims_rope = tuple(int(a) for a in (c.get("axes_dims_rope") or (16, 56, 56)))
         if sum(self.axes_dims_rope) != head_dim:
-            raise SpriteForgeError("UNSUPPORTED_ARCHITECTURE", f"a Flux config whose axes_dims_rope {self.axes_dims_rope} do not add up "
+            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"a Flux config whose axes_dims_rope {self.axes_dims_rope} do not add up "
                                    f"to the head dimension {head_dim}. Check the model file, or load it with engine 'torch'.")
-        self.time_text_embed = CombinedTimestepTextProjEmbeddings(dim, int(c.get("pooled_projection_dim", 768)), guidance=self.guidance_embeds)
+        self.time_text_embed = CombinedTimestepTextProjEmbeddings(dim, int(c.get("pooled_projection_dim", 768)),
+                                                                  guidance=self.guidance_embeds)
         self.context_embedder = nn.Linear(int(c.get("joint_attention_dim", 4096)), dim)
         self.x_embedder = nn.Linear(in_ch, dim)
         self.transformer_blocks = [FluxTransformerBlock(dim, heads, head_dim) for _ in range(int(c.get("num_layers", 19)))]
@@ -193,7 +194,13 @@ class FluxTransformer2DModel(nn.Module):
         t, i = _host(txt_ids), _host(img_ids)
         t = t[0] if t.ndim == 3 else t
         i = i[0] if i.ndim == 3 else i
-        return rope_tables(np.concatenate([t, i], axis=0), self.axes_dims_rope)
+        ids = np.ascontiguousarray(np.concatenate([t, i], axis=0))
+        key = (ids.shape, ids.tobytes())
+        cached = getattr(self, "_rope_cache", None)
+        if cached is None or cached[0] != key:  # the same ids every sampling step: build the tables once
+            cached = (key, rope_tables(ids, self.axes_dims_rope))
+            object.__setattr__(self, "_rope_cache", cached)
+        return cached[1]
 
     def __call__(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance=None):
         dt = self.dtype

@@ -21,7 +21,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ...errors import DIMENSION_LIMIT, SpriteForgeError
+from ...errors import DIMENSION_LIMIT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from .layers import Conv2d, RMSNorm, TimestepEmbedding, gelu_tanh, layer_norm, map_names, sdpa_heads, sincos_2d, timestep_embedding
 
 
@@ -179,7 +179,8 @@ class JointAttention(nn.Module):
         self.to_out = [nn.Linear(inner, dim), Identity()]
         self.qk = qk_norm is not None
         if qk_norm is not None and qk_norm != "rms_norm":
-            raise SpriteForgeError("UNSUPPORTED_ARCHITECTURE", f"the SD3 qk_norm {qk_norm!r} has no MLX port. Load the model with engine 'torch'.")
+            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE,
+                                   f"the SD3 qk_norm {qk_norm!r} has no MLX port. Load the model with engine 'torch'.")
         if self.qk:
             self.norm_q = RMSNorm(head_dim, eps=1e-6)
             self.norm_k = RMSNorm(head_dim, eps=1e-6)
@@ -308,9 +309,10 @@ class SD3Transformer2DModel(nn.Module):
         qk_norm = c.get("qk_norm")
         cap = int(c.get("caption_projection_dim", 1152))
         if cap != dim:
-            raise SpriteForgeError("UNSUPPORTED_ARCHITECTURE", f"an SD3 config with caption_projection_dim {cap} != width {dim} "
+            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"an SD3 config with caption_projection_dim {cap} != width {dim} "
                                    "has no MLX port. Load the model with engine 'torch'.")
-        self.pos_embed = PatchEmbed(int(c.get("sample_size", 128)), self.patch_size, in_ch, dim, c.get("pos_embed_max_size", 96))
+        self.pos_embed = PatchEmbed(int(c.get("sample_size", 128)), self.patch_size, in_ch, dim,
+                                    c.get("pos_embed_max_size", 96))
         self.time_text_embed = CombinedTimestepTextProjEmbeddings(dim, int(c.get("pooled_projection_dim", 2048)))
         self.context_embedder = nn.Linear(int(c.get("joint_attention_dim", 4096)), cap)
         self.transformer_blocks = [
