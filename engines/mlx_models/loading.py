@@ -1,0 +1,563 @@
+"""Load DiT models onto MLX from the same files the torch engine takes.
+
+Public entry point: :func:`load_model` (``MLXEngine.load_model`` calls it); also
+:func:`load_vae`, :func:`load_text_encoder`, :func:`available_families`, :func:`missing_ports`.
+
+A file means the same on both engines: detection is :mod:`spriteforge.models.detect`, the
+tensors are opened by the torch loader's :func:`open_tensors` (memory-mapped safetensors
+views, or a ``weights_only`` pickle), original layouts are renamed by the torch loader's
+converters (:mod:`..torch_models.convert`), tokenizers are found by its
+:func:`find_tokenizer`, and the handle's fields come from
+:func:`spriteforge.engines.base.handle_fields`. torch is used here only to read and rename
+tensors while loading; nothing of it is kept, and sampling never touches it.
+
+Each tensor becomes an mx array (bf16 through an int16 view, fp8 upcast), cast to the
+engine's weight dtype, mapped by the port's ``map_weights`` and loaded strictly with
+:func:`layers.load_weights`; arrays are evaluated in small groups while they are made, so
+the peak stays near one copy of the model (the mapped file pages are shared, not copied).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from ...log import get_logger
+from ..base import ModelHandle, handle_fields
+
+log = get_logger("mlx")
+
+# port key -> (module in engines/mlx_models, class name)
+PORTS = {
+    "pixart": ("pixart", "PixArtTransformer2DModel"),
+    "sd3": ("sd3", "SD3Transformer2DModel"),
+    "flux": ("flux", "FluxTransformer2DModel"),
+    "sana": ("sana", "SanaTransformer2DModel"),
+    "dit": ("dit", "DiTTransformer2DModel"),
+    "vae": ("vae", "AutoencoderKL"),
+    "dcae": ("dcae", "AutoencoderDC"),
+    "t5": ("t5", "T5EncoderModel"),
+    "clip": ("clip", "CLIPTextModel"),
+    "gemma": ("gemma", "Gemma2Model"),
+}
+# what each family needs on MLX: its transformer, its VAE, its text encoders
+FAMILY_PORTS = {
+    "pixart": ("pixart", "vae", "t5"),
+    "sd3": ("sd3", "vae", "clip", "t5"),
+    "flux": ("flux", "vae", "clip", "t5"),
+    "sana": ("sana", "dcae", "gemma"),
+    "dit": ("dit", "vae"),
+}
+TE_PORT = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma"}
+VAE_PORT = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae"}
+
+_port_cache: dict = {}
+
+
+def port(key: str):
+    """``(class, map_weights)`` of a port; ImportError/AttributeError when it is not there (yet)."""
+    if key not in _port_cache:
+        mod_name, cls_name = PORTS[key]
+        mod = importlib.import_module(f"{__package__}.{mod_name}")
+        _port_cache[key] = (getattr(mod, cls_name), getattr(mod, "map_weights"))
+    return _port_cache[key]
+
+
+def _port_ok(key: str) -> bool:
+    try:
+        port(key)
+        return True
+    except Exception as exc:  # noqa: BLE001 - a missing or broken port file: the family is not offered
+        log.debug("MLX port %s is not usable: %s", key, exc)
+        return False
+
+
+def missing_ports(family: str) -> list[str]:
+    """The port modules (``engines/mlx_models/<name>.py``) ``family`` needs that do not import."""
+    return [f"{PORTS[k][0]}.py:{PORTS[k][1]}" for k in FAMILY_PORTS.get(family, ()) if not _port_ok(k)]
+
+
+def available_families(order=None) -> tuple[str, ...]:
+    """The families whose every port imports, in ``order`` (the engines' FAMILIES)."""
+    from ..base import FAMILIES
+
+    return tuple(f for f in (order or FAMILIES) if not missing_ports(f))
+
+
+def _require(family: str, path) -> None:
+    if family not in FAMILY_PORTS:
+        raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{Path(str(path)).name}: family {family!r} is not supported.")
+    missing = missing_ports(family)
+    if missing:
+        raise SpriteForgeError(
+            UNSUPPORTED_ARCHITECTURE,
+            f"{Path(str(path)).name} is a {family} model, and the MLX engine has no port of {', '.join(missing)} for it. "
+            "Choose engine 'torch' in the loader (on a Mac it runs on MPS).",
+            details={"family": family, "missing_ports": missing},
+        )
+
+
+# --------------------------------------------------------------------------- tensors -> mx
+
+
+def _mx():
+    import mlx.core as mx
+
+    return mx
+
+
+def mx_dtype(name: str):
+    mx = _mx()
+    return {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16, "fp32": mx.float32,
+            "fp16": mx.float16, "bf16": mx.bfloat16}[str(name).replace("mlx.core.", "")]
+
+
+def to_mx(t, dtype=None):
+    """A torch tensor as an mx array (bf16 through an int16 view, fp8 upcast), floats cast to ``dtype``."""
+    import torch
+
+    mx = _mx()
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.dtype == torch.bfloat16:
+        a = mx.array(np.ascontiguousarray(t.contiguous().view(torch.int16).numpy())).view(mx.bfloat16)
+    elif t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        a = mx.array(np.ascontiguousarray(t.to(torch.float32).numpy()))
+    elif t.dtype == torch.bool:
+        a = mx.array(np.ascontiguousarray(t.numpy()))
+    else:
+        a = mx.array(np.ascontiguousarray(t.numpy()))
+    if dtype is not None and mx.issubdtype(a.dtype, mx.floating) and a.dtype != dtype:
+        a = a.astype(dtype)
+    return a
+
+
+def _to_mx_dict(sd: dict, dtype) -> dict:
+    mx = _mx()
+    out = {}
+    pending = []
+    for k, v in sd.items():
+        a = to_mx(v, dtype)
+        out[k] = a
+        pending.append(a)
+        if len(pending) >= 32:  # materialise in small groups: peak stays near one copy
+            mx.eval(pending)
+            pending = []
+    if pending:
+        mx.eval(pending)
+    return out
+
+
+def build(key: str, config: dict, sd_torch: dict, dtype, what: str):
+    """The port ``key`` built from ``config``, filled strictly with the torch-named ``sd_torch``, evaluated."""
+    from . import layers
+
+    mx = _mx()
+    cls, map_weights = port(key)
+    model = cls(dict(config))
+    weights = map_weights(_to_mx_dict(sd_torch, dtype))
+    sd_torch.clear()
+    layers.load_weights(model, weights, what=what)
+    del weights
+    mx.eval(model.parameters())
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def full_config(class_name: str, cfg: dict) -> dict:
+    """``cfg`` completed with the diffusers class's defaults: what ``dict(model.config)`` holds on torch."""
+    from ..torch_models.loading import diffusers_class
+
+    cls = diffusers_class(class_name)
+    out = {}
+    for name, prm in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or prm.kind in (prm.VAR_KEYWORD, prm.VAR_POSITIONAL):
+            continue
+        if prm.default is not inspect.Parameter.empty:
+            out[name] = prm.default
+    for k, v in cfg.items():
+        if not k.startswith("_") and (k in out or not out):
+            out[k] = v
+    # tuples as diffusers' FrozenDict would give them back from JSON: lists are fine for the ports
+    return out
+
+
+def _te_config(key: str, cfg: dict) -> dict:
+    import transformers
+
+    cfg = {k: v for k, v in cfg.items() if k != "model_type"}
+    conf = {"clip_l": transformers.CLIPTextConfig, "clip_g": transformers.CLIPTextConfig, "t5": transformers.T5Config,
+            "gemma": transformers.Gemma2Config}[key](**cfg)
+    return conf.to_dict()
+
+
+def _clip_with_projection(key: str, family: str | None, archs=()) -> bool:
+    """The torch loader's choice of CLIPTextModelWithProjection over CLIPTextModel."""
+    return key == "clip_g" or family == "sd3" or any("WithProjection" in a for a in archs or ())
+
+
+# --------------------------------------------------------------------------- tensor sources
+
+
+class FolderTensors:
+    """The weight files of one diffusers/transformers component folder as one tensor source."""
+
+    def __init__(self, folder: Path):
+        from ...models.detect import weight_files
+        from ..torch_models.loading import open_tensors
+
+        files = weight_files(folder)
+        if not files:
+            raise SpriteForgeError(BAD_INPUT, f"{folder} holds no .safetensors weights (MLX loads safetensors only). "
+                                   "Convert the folder's weights to safetensors, or load it with engine 'torch'.")
+        self.path = str(folder)
+        self.sources = [open_tensors(f) for f in files]
+        self.tensors = {}
+        self._where = {}
+        for s in self.sources:
+            for k, info in s.tensors.items():
+                self.tensors[k] = info
+                self._where[k] = s
+
+    def keys(self):
+        return self.tensors.keys()
+
+    def get(self, name, dtype, device):
+        return self._where[name].get(name, dtype, device)
+
+    def close(self):
+        for s in self.sources:
+            s.close()
+
+
+def _read(source, prefix: str = "", skip=()) -> dict:
+    """``{key without prefix: torch view}`` (no copy for safetensors)."""
+    import torch
+
+    cpu = torch.device("cpu")
+    out = {}
+    for k in list(source.keys()):
+        if k.startswith(prefix) and not any(k.endswith(s) for s in skip):
+            out[k[len(prefix):]] = source.get(k, None, cpu)
+    return out
+
+
+# --------------------------------------------------------------------------- components
+
+
+def _transformer(det, sd: dict, wdt, config: dict | None = None):
+    from ..torch_models import convert
+    from ..torch_models.loading import TRANSFORMER_CLASSES
+
+    cfg = full_config(TRANSFORMER_CLASSES[det.family], config if config is not None else det.config)
+    sd = convert.convert_transformer(det.family, sd, det.layout)
+    model = build(det.family, cfg, sd, wdt, f"{det.family} transformer")
+    return model, cfg
+
+
+def _vae(cfg: dict, sd: dict, layout: str, variant: str, vdt):
+    from ..torch_models import convert
+
+    cls_name = cfg.get("_class_name") or ("AutoencoderDC" if "encoder_block_types" in cfg else "AutoencoderKL")
+    key = VAE_PORT.get(cls_name)
+    if key is None:
+        raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"VAE class {cls_name!r} has no MLX port. Load the model with engine 'torch'.")
+    full = full_config(cls_name, cfg)
+    full["_class_name"] = cls_name
+    sd = convert.convert_vae(variant or "", sd, layout, cfg)
+    return build(key, full, sd, vdt, "VAE"), full
+
+
+def _te_expected_keys(key: str, conf_dict: dict, with_proj: bool) -> set:
+    """The transformers class's own state-dict keys (built on the meta device: no memory)."""
+    import transformers
+    from accelerate import init_empty_weights
+
+    cfg = {k: v for k, v in conf_dict.items()}
+    if key in ("clip_l", "clip_g"):
+        conf = transformers.CLIPTextConfig(**cfg)
+        cls = transformers.CLIPTextModelWithProjection if with_proj else transformers.CLIPTextModel
+    elif key == "t5":
+        conf = transformers.T5Config(**cfg)
+        cls = transformers.T5EncoderModel
+    else:
+        conf = transformers.Gemma2Config(**cfg)
+        cls = transformers.Gemma2Model
+    with init_empty_weights():
+        m = cls(conf)
+    return set(m.state_dict())
+
+
+def _text_encoder(key: str, conf_dict: dict, sd: dict, tdt, family, archs=()):
+    import torch
+
+    from ..torch_models import convert
+
+    with_proj = key in ("clip_l", "clip_g") and _clip_with_projection(key, family, archs)
+    expected = _te_expected_keys(key, conf_dict, with_proj)
+    out = convert.convert_text_encoder(key if key in ("clip_l", "clip_g", "t5", "gemma") else key, sd, expected)
+    if key in ("clip_l", "clip_g"):
+        if "text_projection.weight" not in expected:
+            out.pop("text_projection.weight", None)
+        elif "text_projection.weight" not in out:
+            # published clip_l has no projection; ComfyUI then uses the identity, so does the torch loader
+            hid = int(conf_dict.get("hidden_size", 768))
+            proj = int(conf_dict.get("projection_dim", hid))
+            out["text_projection.weight"] = torch.eye(proj, hid)
+        conf_dict = dict(conf_dict, architectures=["CLIPTextModelWithProjection" if with_proj else "CLIPTextModel"])
+    return build(TE_PORT[key], conf_dict, out, tdt, f"{key} text encoder")
+
+
+def _weight_dtype(engine, dtype):
+    name = dtype or engine.policy.weight_dtype
+    name = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(name, name)
+    if name not in engine.capabilities.dtypes:
+        log.info("dtype %s is not available on this MLX device: %s instead", name, engine.policy.weight_dtype)
+        name = engine.policy.weight_dtype
+    return name
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def load_vae(engine, path, *, family: str | None = None, variant: str | None = None, dtype=None):
+    """A VAE from a single file (original or diffusers layout) or a diffusers ``vae`` folder -> (model, config)."""
+    from ...models.detect import detect_tensors
+    from ..torch_models.loading import _resolve, open_tensors, vae_config_for
+
+    p = _resolve(path, ("vae",))
+    vdt = mx_dtype(dtype or engine.policy.vae_dtype)
+    if p.is_dir():
+        sub = p / "vae" if (p / "vae" / "config.json").exists() else p
+        cfg = json.loads((sub / "config.json").read_text())
+        src = FolderTensors(sub)
+        try:
+            return _vae(cfg, _read(src), "diffusers", "", vdt)
+        finally:
+            src.close()
+    source = open_tensors(p)
+    try:
+        det = detect_tensors(source.tensors, name=p.name, family_hint=family)
+        prefix = ""
+        if det.kind != "vae":
+            if "vae" in det.parts:
+                prefix = det.components["vae"]
+                det = det.parts["vae"]
+            else:
+                raise SpriteForgeError(BAD_INPUT, f"{p.name} is a {det.kind} ({det.family or det.variant}), not a VAE. Choose a VAE file for the VAE input.")
+        elif det.components.get("vae"):
+            prefix = det.components["vae"]
+        cfg = vae_config_for(det, family, variant)
+        return _vae(cfg, _read(source, prefix), det.layout, det.variant or "", vdt)
+    finally:
+        source.close()
+
+
+def load_text_encoder(engine, path, *, family: str | None = None, hint: str | None = None, dtype=None):
+    """One text encoder from a single file or a transformers folder -> (key, model, tokenizer)."""
+    from ...models.detect import detect_tensors
+    from ..torch_models.loading import _resolve, find_tokenizer, open_tensors
+
+    p = _resolve(path, ("text_encoders",))
+    tdt = mx_dtype(_weight_dtype(engine, dtype or engine.policy.text_encoder_dtype))
+    if p.is_dir():
+        cfg = json.loads((p / "config.json").read_text())
+        mt = cfg.get("model_type", "")
+        if mt.startswith("t5"):
+            key = "t5"
+        elif mt.startswith("gemma"):
+            key = "gemma"
+        elif mt.startswith("clip"):
+            key = hint if hint in ("clip_l", "clip_g") else ("clip_g" if cfg.get("hidden_size") == 1280 else "clip_l")
+        else:
+            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{p.name}: text encoder type {mt!r} is not supported.")
+        _require_port(TE_PORT[key], p)
+        model = _folder_te(p, key, tdt, family)
+        return key, model, find_tokenizer(key, p)
+    source = open_tensors(p)
+    try:
+        det = detect_tensors(source.tensors, name=p.name, family_hint=hint)
+        if det.kind != "text_encoder":
+            raise SpriteForgeError(BAD_INPUT, f"{p.name} is a {det.kind} ({det.family or det.variant}), not a text encoder.")
+        _require_port(TE_PORT[det.variant], p)
+        prefix = det.components.get(det.variant, "") if det.components else ""
+        sd = _read(source, prefix, skip=("spiece_model",))
+        model = _text_encoder(det.variant, _te_config(det.variant, det.config), sd, tdt, family)
+        tok = find_tokenizer(det.variant, p, source=source)
+        return det.variant, model, tok
+    finally:
+        source.close()
+
+
+def _require_port(key: str, p) -> None:
+    if not _port_ok(key):
+        raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{Path(str(p)).name}: the MLX engine has no port of "
+                               f"{PORTS[key][0]}.py:{PORTS[key][1]} yet. Choose engine 'torch' in the loader.",
+                               details={"missing_ports": [f"{PORTS[key][0]}.py:{PORTS[key][1]}"]})
+
+
+def _folder_te(folder: Path, key: str, tdt, family, archs=None):
+    import transformers
+
+    raw = json.loads((folder / "config.json").read_text())
+    archs = archs if archs is not None else (raw.get("architectures") or [])
+    conf = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True).to_dict()
+    src = FolderTensors(folder)
+    try:
+        return _text_encoder(key, conf, _read(src), tdt, family, archs)
+    finally:
+        src.close()
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None) -> ModelHandle:
+    """Load a DiT model (file or diffusers folder) with its VAE and text encoders onto MLX.
+
+    Takes exactly what :func:`spriteforge.engines.torch_models.loading.load_model` takes; every
+    failure is a :class:`SpriteForgeError` (a family without an MLX port: UNSUPPORTED_ARCHITECTURE).
+    """
+    from ..torch_models.loading import _resolve
+
+    p = _resolve(path, ("diffusion_models", "checkpoints", "diffusers"))
+    try:
+        return _load_model(engine, p, vae=vae, text_encoders=text_encoders, dtype=dtype)
+    except SpriteForgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a coded error
+        from ...errors import classify
+
+        raise classify(exc, context=f"loading {p.name} on MLX") from exc
+
+
+def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None) -> ModelHandle:
+    from ...models.detect import detect, detect_tensors
+    from ..torch_models.loading import FOLDER_TEXT_ENCODERS, find_tokenizer, open_tensors, vae_config_for
+
+    wname = _weight_dtype(engine, dtype)
+    wdt = mx_dtype(wname)
+    vdt = mx_dtype(engine.policy.vae_dtype)
+    tdt = mx_dtype(_weight_dtype(engine, dtype or engine.policy.text_encoder_dtype))
+    extras: dict = {}
+    tes: dict = {}
+    toks: dict = {}
+    vae_model, vae_cfg = None, {}
+    if p.is_dir():
+        det = detect(p)
+        if det.kind not in ("diffusers", "transformer"):
+            raise SpriteForgeError(BAD_INPUT, f"{p.name} is a {det.kind} folder, not a diffusion model.")
+        _require(det.family, p)
+        if det.kind == "diffusers":
+            tdir = p / "transformer"
+            tcfg = json.loads((tdir / "config.json").read_text())
+            src = FolderTensors(tdir)
+            try:
+                transformer, cfg = _transformer(det, _read(src), wdt, tcfg)
+            finally:
+                src.close()
+            index = json.loads((p / "model_index.json").read_text())
+            if (p / "vae" / "config.json").exists() and vae is None:
+                vcfg = json.loads((p / "vae" / "config.json").read_text())
+                vsrc = FolderTensors(p / "vae")
+                try:
+                    vae_model, vae_cfg = _vae(vcfg, _read(vsrc), "diffusers", "", vdt)
+                finally:
+                    vsrc.close()
+            for sub, key in FOLDER_TEXT_ENCODERS.get(det.family, {}).items():
+                entry = index.get(sub)
+                if not entry or not entry[0] or not (p / sub).is_dir():
+                    continue
+                archs = [entry[1]]
+                tes[key] = _folder_te(p / sub, key, tdt, det.family, archs)
+                toks[key] = _folder_tokenizer(p, sub, index)
+        else:
+            det.layout = det.layout or "diffusers"
+            src = FolderTensors(p)
+            try:
+                transformer, cfg = _transformer(det, _read(src), wdt, json.loads((p / "config.json").read_text()))
+            finally:
+                src.close()
+    else:
+        source = open_tensors(p)
+        try:
+            det = detect_tensors(source.tensors, name=p.name)
+            det.path = str(p)
+            if det.kind not in ("transformer", "checkpoint"):
+                raise SpriteForgeError(
+                    BAD_INPUT,
+                    f"{p.name} is a {det.kind} ({det.variant or det.family}), not a diffusion model. "
+                    "Load it through the matching VAE/text-encoder input instead.",
+                    details={"kind": det.kind},
+                )
+            _require(det.family, p)
+            prefix = det.components.get("transformer", "")
+            fp8 = sorted({i.dtype for k, i in source.tensors.items() if k.startswith(prefix) and i.dtype.startswith("float8")})
+            if fp8:
+                extras["fp8_upcast"] = fp8[0]  # MLX keeps no fp8: the weights are upcast once while loading
+            transformer, cfg = _transformer(det, _read(source, prefix), wdt)
+            if "vae" in det.parts and vae is None:
+                vd = det.parts["vae"]
+                vae_model, vae_cfg = _vae(vae_config_for(vd, det.family, det.variant), _read(source, det.components["vae"]),
+                                          vd.layout, vd.variant or "", vdt)
+            for comp in ("clip_l", "clip_g", "t5"):
+                if comp in det.parts and det.parts[comp].kind == "text_encoder":
+                    sub = det.parts[comp]
+                    sd = _read(source, det.components[comp], skip=("spiece_model",))
+                    tes[comp] = _text_encoder(comp, _te_config(comp, sub.config), sd, tdt, det.family)
+                    toks[comp] = find_tokenizer(comp, p, source=source, required=False)
+        finally:
+            source.close()
+    family = det.family
+    if vae is not None:
+        vae_model, vae_cfg = load_vae(engine, vae, family=family, variant=det.variant)
+    for te in text_encoders or ():
+        if te is None or te == "":
+            continue
+        key, model, tok = load_text_encoder(engine, te, family=family, dtype=dtype or engine.policy.text_encoder_dtype)
+        tes[key] = model  # an explicit text encoder replaces one the model file carries
+        toks[key] = tok
+    for k in [k for k in tes if toks.get(k) is None]:
+        toks[k] = find_tokenizer(k, p, required=True)
+    fields = handle_fields(det, cfg, vae_cfg, has_vae=vae_model is not None, text_encoders=tes, extras=extras)
+    return ModelHandle(
+        family=family,
+        variant=det.variant or "",
+        engine=engine,
+        transformer=transformer,
+        config=cfg,
+        vae=vae_model,
+        vae_config=dict(vae_cfg),
+        text_encoders=tes,
+        tokenizers=toks,
+        dtype=wname,
+        source=str(p),
+        **fields,
+    )
+
+
+def _folder_tokenizer(p: Path, sub: str, index: dict):
+    """The tokenizer beside a diffusers text encoder, loaded as the torch loader does."""
+    import transformers
+
+    tsub = sub.replace("text_encoder", "tokenizer")
+    tentry = index.get(tsub)
+    if not (tentry and tentry[0] and (p / tsub).is_dir()):
+        return None
+    try:
+        return getattr(transformers, tentry[1]).from_pretrained(p / tsub, local_files_only=True)
+    except Exception:  # noqa: BLE001 - e.g. slow class unavailable: generic loader
+        return transformers.AutoTokenizer.from_pretrained(p / tsub, local_files_only=True)
+
+
+__all__ = ["load_model", "load_vae", "load_text_encoder", "available_families", "missing_ports", "port", "to_mx",
+           "full_config", "PORTS", "FAMILY_PORTS"]
