@@ -198,3 +198,26 @@ def test_half_precision_keeps_dtype_and_stays_close():
         diff = float(np.abs(np.array(out.astype(mx.float32)) - ref).max())
         print(f"float16 max |diff| {diff:.3g} (max |ref| {np.abs(ref).max():.3g})")
         assert diff <= 1e-2 * (1 + float(np.abs(ref).max()))
+
+
+# --------------------------------------------------------------------------- real files
+@pytest.mark.parametrize("family", ["dit", "sana"])
+def test_original_checkpoint_file_through_the_converter(tmp_path, family):
+    """An original-layout .safetensors (facebookresearch DiT / NVlabs Sana keys), converted to diffusers names by
+    the project's converter, runs in the MLX port like diffusers does (DiT's embedder shared by every block)."""
+    from safetensors.torch import load_file
+
+    from spriteforge.engines.torch_models.convert import convert_transformer
+
+    path = (tm.make_dit if family == "dit" else tm.make_sana)(tmp_path, layout="original")
+    conv = convert_transformer(family, load_file(str(path)), "original")
+    arrays: dict = {}
+    sd = {k: arrays.setdefault(id(v), mx.array(v.float().numpy())) for k, v in conv.items()}
+    if family == "dit":
+        assert sd["transformer_blocks.1.norm1.emb.class_embedder.embedding_table.weight"] is \
+            sd["transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight"]
+        model = tm.build_dit()
+        _dit_compare(model, _dit_port(model, sd))
+    else:
+        model = tm.build_sana()
+        _sana_compare(model, _sana_port(model, sd))
