@@ -347,7 +347,7 @@ class AutoencoderDC(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
         cfg = dict(config)
-        self.config = cfg
+        self._config = cfg  # underscore: kept out of the parameter tree
         g = cfg.get
         enc_ch = tuple(g("encoder_block_out_channels", (128, 256, 512, 512, 1024, 1024)))
         dec_ch = tuple(g("decoder_block_out_channels", (128, 256, 512, 512, 1024, 1024)))
@@ -369,6 +369,11 @@ class AutoencoderDC(nn.Module):
         self.scaling_factor = g("scaling_factor", 1.0)
         self.shift_factor = None
         self.spatial_compression_ratio = 2 ** (len(enc_ch) - 1)
+
+    @property
+    def config(self) -> dict:
+        """The config dict the model was built from."""
+        return self._config
 
     def encode_nhwc(self, x):
         return self.encoder(x)

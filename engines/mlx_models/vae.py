@@ -231,7 +231,7 @@ class AutoencoderKL(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
         cfg = dict(config)
-        self.config = cfg
+        self._config = cfg  # underscore: kept out of the parameter tree
         ch = tuple(cfg.get("block_out_channels", (64,)))
         n = len(ch)
         down = tuple(cfg.get("down_block_types", ("DownEncoderBlock2D",) * n))
@@ -254,6 +254,11 @@ class AutoencoderKL(nn.Module):
             self.post_quant_conv = Conv2d(lc, lc, 1)
         self.scaling_factor = cfg.get("scaling_factor", 0.18215)
         self.shift_factor = cfg.get("shift_factor")
+
+    @property
+    def config(self) -> dict:
+        """The config dict the model was built from."""
+        return self._config
 
     # ----------------------------------------------------------------- NHWC core
     def encode_nhwc(self, x):
