@@ -69,6 +69,23 @@ def test_sd3_matches_diffusers(variant):
     _check(out, ref, f"sd3 {variant}")
 
 
+def test_sd3_without_position_table_size_matches_diffusers():
+    """``pos_embed_max_size=None``: no saved table, a sin-cos grid of the input's own size (diffusers' fallback)."""
+    from diffusers import SD3Transformer2DModel
+
+    cfg = {k: v for k, v in dict(tm.build_sd3("sd3").config).items() if not k.startswith("_")}
+    cfg["pos_embed_max_size"] = None
+    model = tm._randomize(SD3Transformer2DModel(**cfg), 3)
+    assert not any(k == "pos_embed.pos_embed" for k in model.state_dict())
+    port = _sd3_port(model)
+    g = torch.Generator().manual_seed(4)
+    x, enc = torch.randn(2, 16, 10, 6, generator=g), torch.randn(2, 5, cfg["joint_attention_dim"], generator=g)
+    pooled, t = torch.randn(2, cfg["pooled_projection_dim"], generator=g), torch.tensor([900.0, 10.0])
+    with torch.no_grad():
+        ref = model(x, enc, pooled, t, return_dict=False)[0].numpy()
+    _check(port(mx.array(x.numpy()), mx.array(enc.numpy()), mx.array(pooled.numpy()), mx.array(t.numpy())), ref, "sd3 no table")
+
+
 def test_sd3_size_beyond_table_is_coded():
     model = tm.build_sd3("sd3")
     port = _sd3_port(model)
