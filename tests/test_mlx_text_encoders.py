@@ -93,6 +93,12 @@ def test_t5_demo_model_text_encoder():
     ids, mask = _padded(_ids(ref.config.vocab_size, 64, 4, lo=2), [64, 9])
     ids[1, 8] = 1  # eos before the padding, as the tokenizer writes it
     _t5_check(ref, ids, mask, "demo T5")
+    # the demo model's own tokenizer, padded to PixArt's 120 tokens as the pipeline does
+    tok = transformers.AutoTokenizer.from_pretrained(REPO / "demo_model" / "tokenizer", local_files_only=True)
+    ti = tok(["a knight with a sword, pixel art", "red slime"], padding="max_length", max_length=120,
+             truncation=True, return_tensors="np")
+    assert ti["attention_mask"].sum(1).max() < 120
+    _t5_check(ref, ti["input_ids"].astype(np.int64), ti["attention_mask"].astype(np.int64), "demo T5 tokenized")
 
 
 def test_t5_relative_position_buckets_match_transformers():
@@ -249,3 +255,35 @@ def test_gemma_map_weights_and_coded_error():
     with pytest.raises(SpriteForgeError) as ei:
         layers.load_weights(gemma.Gemma2Model(ref.config.to_dict()), broken, what="gemma text encoder")
     assert ei.value.code == MODEL_NOT_CONVERTED and "k_proj" in str(ei.value)
+
+
+# --------------------------------------------------------------------------- half precision
+@pytest.mark.parametrize("family", ["t5", "clip", "gemma"])
+def test_float16_stays_close_to_float32(family):
+    # the MLX engine may run text encoders in half precision: finite and near the float32 reference
+    from spriteforge.engines.mlx_models import clip, gemma, t5
+
+    if family == "clip":
+        ref = tm.build_clip("clip_g")
+        ids, mask = _clip_ids(600, 599, 1, [9, 30]), None
+        model = clip.CLIPTextModel(ref.config.to_dict(), projection=True)
+        layers.load_weights(model, clip.map_weights(_mx_sd(ref)))
+        with torch.no_grad():
+            want = ref(torch.tensor(ids)).text_embeds.numpy()
+        run = lambda m: m(mx.array(ids))[1]  # noqa: E731
+    else:
+        mod, ref = (t5, tm.build_t5()) if family == "t5" else (gemma, tm.build_gemma())
+        ids, mask = _padded(_ids(200, 40, 1), [40, 23])
+        model = (t5.T5EncoderModel if family == "t5" else gemma.Gemma2Model)(ref.config.to_dict())
+        layers.load_weights(model, mod.map_weights(_mx_sd(ref)))
+        with torch.no_grad():
+            want = ref(torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+        run = lambda m: m(mx.array(ids), attention_mask=mx.array(mask))  # noqa: E731
+    layers.cast_module(model, mx.float16)
+    got = run(model)
+    assert got.dtype == mx.float16
+    got = np.array(got.astype(mx.float32))
+    assert np.isfinite(got).all()
+    diff = np.abs(got - want) if mask is None else np.abs(got - want)[mask.astype(bool)]
+    print(f"{family} float16 vs float32: max|diff| {diff.max():.3g}")
+    assert diff.max() <= 2e-2 * (1 + np.abs(want).max())
