@@ -12,7 +12,7 @@ import logging
 
 from ._compat import IN_COMFYUI, ComfyExtension, io
 
-NODE_MODULES = ("info", "loaders", "generate", "lora", "pixel", "rmbg")
+NODE_MODULES = ("info", "loaders", "generate", "comfy_sampling", "lora", "pixel", "rmbg")
 
 log = logging.getLogger("spriteforge")
 
