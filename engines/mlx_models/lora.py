@@ -266,6 +266,12 @@ def apply_loras(handle, specs, *, merge: bool = False):
     ``handle.transformer`` and the MLX modules in ``handle.text_encoders`` are patched; the
     returned handle records an :class:`~spriteforge.lora.apply.AppliedLoRA` per spec.
     """
+    if handle.transformer is not None and not _is_module(handle.transformer):
+        from ...errors import BAD_INPUT
+
+        raise SpriteForgeError(BAD_INPUT, f"this model's transformer is a {type(handle.transformer).__name__}, not an MLX "
+                               "model, so the MLX engine cannot apply LoRAs to it. Load the model with engine 'mlx' "
+                               "(or apply the LoRA on the engine that loaded it).")
     t0 = time.perf_counter()
     tr_maps: dict[str, list] = {}
     te_maps: dict[str, dict[str, list]] = {}
