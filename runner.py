@@ -165,6 +165,27 @@ def _printer(stream) -> Event:
     return on_event
 
 
+LOADERS_WITH_ENGINE = ("SpriteForgeLoadModel",)
+
+
+def set_engine(prompt: dict, engine: str) -> list[str]:
+    """Set the ``engine`` input of every SpriteForge Load Model node of an API ``prompt``; returns their ids.
+
+    ``engine`` is ``auto`` or a registered engine name (``torch``, ``mlx``); anything else is BAD_INPUT.
+    """
+    from .engines import REGISTRY
+
+    name = str(engine).strip().lower()
+    if name not in ("auto",) + tuple(REGISTRY):
+        raise SpriteForgeError(BAD_INPUT, f"unknown engine {engine!r}. Choose one of auto, {', '.join(REGISTRY)}.")
+    ids = []
+    for nid, node in prompt.items():
+        if node.get("class_type") in LOADERS_WITH_ENGINE:
+            node.setdefault("inputs", {})["engine"] = name
+            ids.append(nid)
+    return ids
+
+
 def run_workflow(
     workflow,
     *,
@@ -178,6 +199,7 @@ def run_workflow(
     classes: dict[str, type] | None = None,
     outputs: Iterable[str] | None = None,
     extra_pnginfo: dict | None = None,
+    engine: str | None = None,
 ) -> RunResult:
     """Execute ``workflow`` (path, JSON text or dict; API or graph format) in-process.
 
@@ -188,6 +210,7 @@ def run_workflow(
     ``on_event(kind, data)``: ``"executing"``/``"executed"`` per node (default: lines on
     ``progress_stream`` when given). ``classes``: node id -> class (default: the pack + core IO).
     ``outputs``: run only these output node ids.
+    ``engine``: ``auto``/``torch``/``mlx`` for every SpriteForge Load Model node (:func:`set_engine`).
     """
     from .nodes import graph as G
 
@@ -198,6 +221,8 @@ def run_workflow(
         info = G.object_info(classes)
         prompt, graph = G.load_workflow(workflow, info)
         G.apply_overrides(prompt, overrides, info)
+        if engine:
+            set_engine(prompt, engine)
         G.check_prompt(prompt, info, only_needed=outputs is None)
         if on_event is None and progress_stream is not None:
             on_event = _printer(progress_stream)

@@ -24,9 +24,23 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def engine_capabilities(status):
+    """The declared :class:`~spriteforge.engines.base.Capabilities` of a usable engine (None when it cannot run)."""
+    from ..engines import engine_class
+    from ..engines.policy import decide
+
+    if not status.usable or not status.devices:
+        return None
+    try:
+        dev = status.devices[0]
+        return engine_class(status.name)(dev, decide(dev)).capabilities
+    except Exception:  # noqa: BLE001 - a broken engine is reported as not running anything
+        return None
+
+
 def report() -> dict:
     from .. import __version__
-    from ..engines import engine_status
+    from ..engines import choose_engine, engine_status
     from ..engines.policy import decide
 
     engines = engine_status()
@@ -41,12 +55,29 @@ def report() -> dict:
         "spriteforge": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "engines": [s.to_dict() for s in engines],
+        "engines": [_engine_entry(s) for s in engines],
+        "auto": _auto(choose_engine, engines),
         "devices": devices,
         "versions": vers,
         "missing": missing,
         "ok": any(s.usable for s in engines),
     }
+
+
+def _engine_entry(status) -> dict:
+    d = status.to_dict()
+    caps = engine_capabilities(status)
+    d["available"] = bool(status.usable)
+    d["families"] = list(caps.families) if caps else []
+    d["lora"] = bool(caps.lora) if caps else False
+    return d
+
+
+def _auto(choose, engines):
+    try:
+        return choose(engines)
+    except Exception:  # noqa: BLE001 - no usable engine: reported by "ok"
+        return None
 
 
 def _print(rep: dict) -> None:
@@ -56,6 +87,11 @@ def _print(rep: dict) -> None:
         mark = "ok " if e["usable"] else "-- "
         devs = ", ".join(d["label"] for d in e["devices"]) or "none"
         print(f"  {mark}{e['name']:<6} devices: {devs}" + ("" if e["usable"] else f"   ({e['reason']})"))
+        if e["usable"]:
+            fams = ", ".join(e.get("families") or ()) or "none yet"
+            print(f"         families: {fams}; LoRA: {'yes' if e.get('lora') else 'no'}")
+    if rep.get("auto"):
+        print(f"  engine 'auto' picks: {rep['auto']}")
     print("\nPolicy per device:")
     for d in rep["devices"]:
         p = d["policy"]

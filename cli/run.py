@@ -7,6 +7,7 @@ LoadImage / SaveImage / PreviewImage are available. Outputs go to --out (never o
 Examples:
   spriteforge run workflows/sprite_pipeline.json --models ~/ComfyUI/models --out out/
   spriteforge run wf.json --set 12.seed=7 --set '6.positive="a knight, pixel art"'
+  spriteforge run workflows/sprite_demo.json --engine mlx   (every Load Model node on MLX)
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--models", metavar="DIR", help="models root laid out like ComfyUI's models/ folder")
     p.add_argument("--out", metavar="DIR", default="output", help="output folder (default ./output)")
     p.add_argument("--input", metavar="DIR", help="LoadImage's input folder (default ./input)")
+    p.add_argument("--engine", choices=("auto", "torch", "mlx"), default=None,
+                   help="set the engine of every SpriteForge Load Model node (default: as the workflow says)")
     p.add_argument("--check", action="store_true", help="only convert and validate; do not execute")
     p.add_argument("--print-api", action="store_true", help="print the API-format prompt that would run, then exit")
     p.set_defaults(func=run)
@@ -49,6 +52,10 @@ def run(args) -> int:
         info = G.object_info()
         prompt, _graph = G.load_workflow(args.workflow, info)
         G.apply_overrides(prompt, args.sets, info)
+        if args.engine:
+            from ..runner import set_engine
+
+            set_engine(prompt, args.engine)
         G.check_prompt(prompt, info, only_needed=True)
         if args.print_api:
             print(json.dumps(prompt, indent=2))
@@ -57,7 +64,7 @@ def run(args) -> int:
         return 0
     stream = None if args.quiet else sys.stderr
     res = run_workflow(args.workflow, overrides=args.sets, out_dir=args.out, input_dir=args.input,
-                       models_dir=args.models, progress_stream=stream)
+                       models_dir=args.models, progress_stream=stream, engine=args.engine)
     for f in res.files:
         print(f)
     for nid, ui in res.outputs.items():

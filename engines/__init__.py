@@ -76,17 +76,73 @@ def pick_device(engine: str, device: str = "auto") -> DeviceInfo:
 _cache: dict[tuple, Engine] = {}
 
 
-def get_engine(name: str = "auto", device: str = "auto", dtype: str | None = None) -> Engine:
-    """An engine instance (cached per engine/device/dtype)."""
+def apple_silicon(status: EngineStatus) -> bool:
+    """True when ``status`` is a usable MLX engine on Metal (MLX has Metal only on Apple silicon Macs)."""
+    return status.name == "mlx" and status.usable and any(d.kind == "mlx" and d.metal for d in status.devices)
+
+
+def engine_families(status: EngineStatus) -> tuple:
+    """The model families the engine of ``status`` runs (its declared ``capabilities.families``); () if unusable."""
+    if not status.usable or not status.devices:
+        return ()
+    try:
+        dev = status.devices[0]
+        return tuple(engine_class(status.name)(dev, decide(dev)).capabilities.families)
+    except Exception:
+        return ()
+
+
+_TORCH_ONLY_DEVICES = ("cuda", "rocm", "mps", "hip")
+
+
+def choose_engine(statuses, *, family: str | None = None, device: str = "auto", families_of=engine_families) -> str:
+    """The engine ``auto`` stands for, from the engines' statuses (pure: tested on simulated devices).
+
+    MLX on Apple silicon (an MLX device with Metal) when it runs the requested ``family`` (or,
+    with no family given, every family), torch elsewhere (CUDA, ROCm, CPU, and Macs for what
+    MLX does not run yet); MLX alone when torch is not usable. A torch device name (``cuda``,
+    ``mps``...) means torch. ``families_of(status)`` gives an engine's families.
+    """
+    usable = [s for s in statuses if s.usable]
+    if not usable:
+        raise SpriteForgeError(ENGINE_UNAVAILABLE, "no engine is usable: install PyTorch (or MLX on a Mac). "
+                               "Run `spriteforge doctor` to see what is missing.")
+    names = [s.name for s in usable]
+    want = (device or "auto").lower()
+    if "torch" in names and want.split(":")[0] in _TORCH_ONLY_DEVICES:
+        return "torch"
+    for s in usable:
+        if apple_silicon(s):
+            fams = set(families_of(s))
+            if (family in fams) if family else fams >= set(FAMILIES):
+                return "mlx"
+    return "torch" if "torch" in names else names[0]
+
+
+def _unavailable(name: str) -> SpriteForgeError | None:
+    """ENGINE_UNAVAILABLE (with what to do) when engine ``name`` cannot run here, else None."""
+    st = next((s for s in engine_status() if s.name == name), None)
+    if st is None or st.usable:
+        return None
+    other = "torch" if name != "torch" else "mlx"
+    return SpriteForgeError(ENGINE_UNAVAILABLE, f"the {name} engine is not available on this machine: {st.reason}. "
+                            f"Install it, or choose engine '{other}' (or 'auto').", details={"engine": name, "reason": st.reason})
+
+
+def get_engine(name: str = "auto", device: str = "auto", dtype: str | None = None, *, family: str | None = None) -> Engine:
+    """An engine instance (cached per engine/device/dtype).
+
+    ``auto`` is :func:`choose_engine`: MLX on Apple silicon when it runs ``family`` (every
+    family when none is given), torch elsewhere.
+    """
     if name in ("auto", "", None):
-        usable = [s for s in engine_status() if s.usable]
-        if not usable:
-            raise SpriteForgeError(ENGINE_UNAVAILABLE, "no engine is usable: install PyTorch (or MLX on a Mac).")
-        # torch first: it runs every family; MLX when it is the only one.
-        name = "torch" if any(s.name == "torch" for s in usable) else usable[0].name
+        name = choose_engine(engine_status(), family=family, device=device)
     key = (name, device, dtype)
     if key not in _cache:
         cls = engine_class(name)
+        err = _unavailable(name)
+        if err is not None:
+            raise err
         try:
             dev = pick_device(name, device)
         except SpriteForgeError:
@@ -106,9 +162,12 @@ __all__ = [
     "ModelHandle",
     "Policy",
     "REGISTRY",
+    "apple_silicon",
+    "choose_engine",
     "decide",
     "detect_devices",
     "engine_class",
+    "engine_families",
     "engine_status",
     "get_engine",
     "pick_device",

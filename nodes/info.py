@@ -1,14 +1,14 @@
-"""Engine information: a node that reports engines/devices/policy, and the ``/spriteforge/`` routes.
+"""Engine information: a node that reports engines/devices/policy and the data of the capabilities route.
 
-The routes are registered when ComfyUI's server exists; their handlers do the
-(cheap, cached) device probing only when called.
+``/spriteforge/capabilities`` itself is registered with the other routes in :mod:`.routes`;
+it serves :func:`capabilities_report`, which does the (cheap) device probing only when called.
 """
 
 from __future__ import annotations
 
 import json
 
-from ._compat import IN_COMFYUI, io
+from ._compat import io
 
 
 def capabilities_report() -> dict:
@@ -55,6 +55,14 @@ class EngineInfo(io.ComfyNode):
             text = json.dumps(rep, indent=2, default=str)
         else:
             lines = []
+            for e in rep["engines"]:
+                if e["usable"]:
+                    fams = ", ".join(e.get("families") or ()) or "none yet"
+                    lines.append(f"{e['name']}: available; families {fams}; LoRA {'yes' if e.get('lora') else 'no'}")
+                else:
+                    lines.append(f"{e['name']}: not available ({e['reason']})")
+            if rep.get("auto"):
+                lines.append(f"engine 'auto' picks {rep['auto']}")
             for d in rep["devices"]:
                 p = d["policy"]
                 lines.append(f"{d['engine']} on {d['device']['label']}: weights {p['weight_dtype']}, VAE {p['vae_dtype']}, attention {p['attention']}")
@@ -64,24 +72,3 @@ class EngineInfo(io.ComfyNode):
 
 NODES = [EngineInfo]
 
-
-def _register_routes() -> None:
-    try:
-        from aiohttp import web
-        from server import PromptServer  # type: ignore
-    except Exception:
-        return
-    inst = getattr(PromptServer, "instance", None)
-    if inst is None:
-        return
-    cache: dict = {}
-
-    @inst.routes.get("/spriteforge/capabilities")
-    async def _capabilities(request):  # pragma: no cover - exercised in a real ComfyUI
-        if "rep" not in cache or request.query.get("refresh"):
-            cache["rep"] = capabilities_report()
-        return web.json_response(cache["rep"], dumps=lambda o: json.dumps(o, default=str))
-
-
-if IN_COMFYUI:
-    _register_routes()

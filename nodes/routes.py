@@ -3,9 +3,12 @@
 * ``GET /spriteforge/palettes`` -> ``{name: ["#rrggbb", ...]}``: the shipped palettes (swatches on palette nodes).
 * ``GET /spriteforge/model_family?name=NAME`` -> ``{"name", "family", "variant", "error"}``: what a model file in
   the model dropdown is (headers only, cached), so the editor can disable widgets that do not apply.
+* ``GET /spriteforge/capabilities[?refresh=1]`` -> the engine report (:func:`capabilities`): per engine whether it
+  is available, the families it runs and whether it applies LoRAs, what ``auto`` picks, devices, policy, error codes.
 
 :func:`register_routes` adds them to ComfyUI's server; it does nothing outside ComfyUI and is safe to call
-twice. The handlers are plain functions (:func:`palettes`, :func:`model_family`) tested without a server.
+twice. The handlers are plain functions (:func:`palettes`, :func:`model_family`, :func:`capabilities`) tested
+without a server.
 """
 
 from __future__ import annotations
@@ -69,6 +72,13 @@ def model_family(name: str) -> dict:
     return res
 
 
+def capabilities() -> dict:
+    """The ``/spriteforge/capabilities`` data (the Engine Info node's report): see :func:`spriteforge.nodes.info.capabilities_report`."""
+    from .info import capabilities_report
+
+    return capabilities_report()
+
+
 def register_routes(server=None) -> bool:
     """Add the routes to ComfyUI's ``PromptServer`` (or ``server``); False when there is none."""
     try:
@@ -100,8 +110,17 @@ def register_routes(server=None) -> bool:
         data = await asyncio.get_running_loop().run_in_executor(None, model_family, name)
         return web.json_response(data)
 
+    @routes.get("/spriteforge/capabilities")
+    async def _capabilities(request):  # pragma: no cover - exercised in a real ComfyUI
+        import asyncio
+        import json
+
+        if "caps" not in cache or request.query.get("refresh"):
+            cache["caps"] = await asyncio.get_running_loop().run_in_executor(None, capabilities)
+        return web.json_response(cache["caps"], dumps=lambda o: json.dumps(o, default=str))
+
     _registered[id(server)] = True
     return True
 
 
-__all__ = ["register_routes", "palettes", "model_family"]
+__all__ = ["register_routes", "palettes", "model_family", "capabilities"]
