@@ -489,3 +489,26 @@ def test_demo_model_night_lora_same_image_on_both_engines():
     print(f"demo + night LoRA: max |torch - mlx| = {diff:.3f}/255")
     assert diff <= 2.0
     assert float(np.abs(images["torch"] - base).max()) * 255 > 20  # the LoRA does something
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "loha"])
+def test_half_precision_mlx_model_keeps_its_dtype(tmp_path, fmt):
+    """On Metal the weights may be float16: patched layers compute in float32 and answer in the model's dtype."""
+    from spriteforge.engines.mlx_models.layers import cast_module
+
+    h = U.handle("pixart")
+    hm = dataclasses.replace(mlx_handle(h), transformer=cast_module(mirror(h.transformer), mx.float16))
+    path, _, keys = _write(tmp_path, fmt, "pixart", h.transformer)
+    t_new, m_new = apply_any(h, [(path, 0.5)]), ML.apply_loras(hm, [LoRASpec(path, 0.5)])
+    tmods = dict(t_new.transformer.named_modules())
+    for n in keys:
+        if not isinstance(tmods[n], torch.nn.Linear):
+            continue
+        layer = ML._get(m_new.transformer, n)
+        for tokens in (2, 300):
+            x = np.random.default_rng(tokens).standard_normal((1, tokens, tmods[n].in_features)).astype(np.float32)
+            y = layer(mx.array(x).astype(mx.float16))
+            assert y.dtype == mx.float16
+            with torch.no_grad():
+                ref = tmods[n](torch.from_numpy(x)).numpy()
+            assert np.abs(np.array(y.astype(mx.float32)) - ref).max() <= 2e-2 * (1 + np.abs(ref).max()), n
