@@ -1,21 +1,18 @@
 """The Apple MLX engine (Metal on macOS, ``mlx[cpu]`` on Linux).
 
-Declares what it can do today: arrays, the shared samplers and seeded noise run on
-MLX; the DiT model ports are not written yet, so ``families`` is empty and model
-loading answers MODEL_NOT_CONVERTED with what to do instead.
+Model loading lives in ``mlx_models/loading.py`` (the user's own files, renamed by the
+same converters as the torch engine), generation (text encoding, the denoiser wrapper,
+VAE) in ``mlx_models/generation.py``; the model ports are ``mlx_models/<name>.py``.
+``capabilities.families`` lists the families whose ports all import; any other family
+answers UNSUPPORTED_ARCHITECTURE naming the missing port.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import LORA_UNSUPPORTED_ENGINE, MODEL_NOT_CONVERTED, SpriteForgeError
-from .base import Capabilities, Engine, ModelHandle
-
-_NOT_YET = (
-    "the MLX engine has no port of this model family yet. Choose engine 'torch' in the loader "
-    "(on a Mac it runs on MPS)."
-)
+from ..errors import BAD_INPUT, SpriteForgeError
+from .base import FAMILIES, Capabilities, Engine, ModelHandle
 
 
 class MLXEngine(Engine):
@@ -25,14 +22,22 @@ class MLXEngine(Engine):
     def capabilities(self) -> Capabilities:
         return Capabilities(
             dtypes=("float32", "float16", "bfloat16") if self.device.metal else ("float32",),
-            lora=False,
+            lora=True,  # mlx_models/lora.py: every format the torch engine takes (tests/test_lora_mlx.py)
             attention=("mlx_fast",),
             max_resolution=2048,
             fp8_weights=False,
-            families=(),
+            families=self._families(),
             vae_tiling=False,
             birefnet=False,
         )
+
+    @staticmethod
+    def _families() -> tuple:
+        try:
+            from .mlx_models.loading import available_families
+        except ImportError:  # mlx itself missing: nothing runs
+            return ()
+        return available_families(FAMILIES)
 
     def _mx(self):
         import mlx.core as mx
@@ -51,19 +56,39 @@ class MLXEngine(Engine):
         self._mx().eval()
 
     def load_model(self, path, *, vae=None, text_encoders=(), dtype=None) -> ModelHandle:
-        raise SpriteForgeError(MODEL_NOT_CONVERTED, f"{path}: {_NOT_YET}")
+        from .mlx_models.loading import load_model
+
+        return load_model(self, path, vae=vae, text_encoders=text_encoders, dtype=dtype)
 
     def encode_text(self, handle, prompts, **options):
-        raise SpriteForgeError(MODEL_NOT_CONVERTED, _NOT_YET)
+        from .mlx_models import generation
+
+        return generation.encode_text(self, self._own(handle), prompts, **options)
 
     def denoiser(self, handle, cond, uncond=None, *, cfg=1.0, **options):
-        raise SpriteForgeError(MODEL_NOT_CONVERTED, _NOT_YET)
+        from .mlx_models import generation
+
+        return generation.make_denoiser(self, self._own(handle), cond, uncond, cfg=cfg, **options)
 
     def vae_encode(self, handle, images):
-        raise SpriteForgeError(MODEL_NOT_CONVERTED, _NOT_YET)
+        from .mlx_models import generation
+
+        return generation.vae_encode(self, self._own(handle), images)
 
     def vae_decode(self, handle, latents):
-        raise SpriteForgeError(MODEL_NOT_CONVERTED, _NOT_YET)
+        from .mlx_models import generation
 
-    def apply_lora(self, *args, **kwargs):
-        raise SpriteForgeError(LORA_UNSUPPORTED_ENGINE, "the MLX engine does not apply LoRAs yet.")
+        return generation.vae_decode(self, self._own(handle), latents)
+
+    def _own(self, handle):
+        """``handle`` when it was loaded by an MLX engine; a coded error for a handle of another engine."""
+        eng = getattr(handle, "engine", None)
+        if eng is not None and getattr(eng, "name", "mlx") != "mlx":
+            raise SpriteForgeError(BAD_INPUT, f"this model was loaded with engine {eng.name!r}, so the MLX engine cannot run it. "
+                                   "Load it again with engine 'mlx' (or run everything on that engine).")
+        return handle
+
+    def apply_loras(self, handle, specs, *, merge=False):
+        from .mlx_models.lora import apply_loras
+
+        return apply_loras(handle, specs, merge=merge)
