@@ -1,0 +1,177 @@
+"""Our samplers on ComfyUI's own SDXL MODEL / CONDITIONING in a real ComfyUI: opt-in, it boots a
+ComfyUI server on the CPU (set ``SPRITEFORGE_COMFYUI``; see tests/test_lora_comfyui.py for the other
+variables).  ``SPRITEFORGE_SDXL_MODELS`` may name a models folder already holding the files that
+``tests/sdxl_fixture.py`` writes (they take a minute and 2 GB to build; otherwise they are built in a
+temporary folder).
+
+Files (release names): ``checkpoints/sd_xl_base_1.0.safetensors`` (single-file SDXL in the SGM
+layout, detected by ComfyUI as SDXL) and ``loras/pixel-art-xl.safetensors`` (kohya keys).
+One prompt, core Load Checkpoint -> LoraLoader -> CLIP Text Encode, with branches:
+
+* a/b/c: SpriteForge KSampler at batch 2 seed 5, batch 1 seed 5, batch 1 seed 6 -> item i of the
+  batch equals seed 5 + i alone (CPU-made noise);
+* d: the LoRA at strength 0 -> differs from b (the LoRA reached the model);
+* e: core SamplerCustomAdvanced with SpriteForge Noise + core CFGGuider + SpriteForge Sampler Select
+  + core BasicScheduler -> equals b (same maths through ComfyUI's own sampling entry point);
+* f: core SamplerCustom (its own noise) with our SAMPLER (dpmpp_2m_sde);
+* g: img2img + inpaint mask + seamless tile + CFG-rescale + dynamic thresholding;
+then a long run interrupted over HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spriteforge.tests.test_lora_comfyui import _STUB, _free_port, _get, _image, _post, _wait
+
+COMFY = os.environ.get("SPRITEFORGE_COMFYUI")
+pytestmark = pytest.mark.skipif(not COMFY, reason="set SPRITEFORGE_COMFYUI=/path/to/ComfyUI to run the real-ComfyUI SDXL test")
+
+CKPT, LORA = "sd_xl_base_1.0.safetensors", "pixel-art-xl.safetensors"
+
+
+def _models(tmp_path) -> Path:
+    given = os.environ.get("SPRITEFORGE_SDXL_MODELS")
+    root = Path(given) if given else tmp_path / "models"
+    if not (root / "checkpoints" / CKPT).exists() or not (root / "loras" / LORA).exists():
+        from safetensors import safe_open
+
+        from spriteforge.tests.sdxl_fixture import make_sdxl_checkpoint, make_sdxl_lora
+
+        ck = make_sdxl_checkpoint(root / "checkpoints" / CKPT)
+        with safe_open(str(ck), "pt") as f:
+            keys = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        make_sdxl_lora(root / "loras" / LORA, keys)
+    return root
+
+
+def _ks(model, latent, seed, **kw):
+    inputs = {"model": model, "positive": ["3", 0], "negative": ["4", 0], "latent_image": latent, "seed": seed, "steps": 2,
+              "cfg": 5.0, "sampler": "euler_ancestral", "schedule": "karras", "denoise": 1.0}
+    inputs.update(kw)
+    return {"class_type": "SpriteForgeKSampler", "inputs": inputs}
+
+
+def _save(src, prefix):
+    return {"class_type": "SaveImage", "inputs": {"images": src, "filename_prefix": prefix}}
+
+
+def _decode(src):
+    return {"class_type": "VAEDecode", "inputs": {"samples": src, "vae": ["1", 2]}}
+
+
+def sdxl_graph() -> dict:
+    g = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": LORA,
+                                                     "strength_model": 1.0, "strength_clip": 1.0}},
+        "2z": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": LORA,
+                                                      "strength_model": 0.0, "strength_clip": 1.0}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "pixel art, a knight with a sword"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "blurry, photo"}},
+        "L2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "L1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "a": _ks(["2", 0], ["L2", 0], 5), "b": _ks(["2", 0], ["L1", 0], 5), "c": _ks(["2", 0], ["L1", 0], 6),
+        "d": _ks(["2z", 0], ["L1", 0], 5),
+        "eN": {"class_type": "SpriteForgeNoise", "inputs": {"noise_seed": 5}},
+        "eG": {"class_type": "CFGGuider", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0], "cfg": 5.0}},
+        "eS": {"class_type": "SpriteForgeSamplerSelect", "inputs": {"sampler": "euler_ancestral"}},
+        "eT": {"class_type": "BasicScheduler", "inputs": {"model": ["2", 0], "scheduler": "karras", "steps": 2, "denoise": 1.0}},
+        "e": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["eN", 0], "guider": ["eG", 0], "sampler": ["eS", 0],
+                                                                "sigmas": ["eT", 0], "latent_image": ["L1", 0]}},
+        "fS": {"class_type": "SpriteForgeSamplerSelect", "inputs": {"sampler": "dpmpp_2m_sde", "eta": 1.0,
+                                                                    "solver_type": "heun"}},
+        "f": {"class_type": "SamplerCustom", "inputs": {"model": ["2", 0], "add_noise": True, "noise_seed": 3, "cfg": 5.0,
+                                                        "positive": ["3", 0], "negative": ["4", 0], "sampler": ["fS", 0],
+                                                        "sigmas": ["eT", 0], "latent_image": ["L2", 0]}},
+        "gI": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x3366AA}},
+        "gE": {"class_type": "VAEEncode", "inputs": {"pixels": ["gI", 0], "vae": ["1", 2]}},
+        "gM": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 64}},
+        "g": _ks(["2", 0], ["gE", 0], 9, sampler="dpmpp_2m_sde", schedule="normal", denoise=0.6, mask=["gM", 0], tile=True,
+                 cfg_rescale=0.7, dynamic_threshold=0.995),
+    }
+    for k in ("a", "b", "c", "d", "g"):
+        g["D" + k], g["S" + k] = _decode([k, 0]), _save(["D" + k, 0], f"sf_{k}")
+    for k in ("e", "f"):  # SamplerCustom(Advanced): output 0 is the (denoised-at-last-step) sample
+        g["D" + k], g["S" + k] = _decode([k, 0]), _save(["D" + k, 0], f"sf_{k}")
+    return g
+
+
+def _images(out, node_out):
+    from PIL import Image
+
+    return [np.asarray(Image.open(out / i.get("subfolder", "") / i["filename"])).astype(np.int16) for i in node_out["images"]]
+
+
+def test_our_samplers_on_core_sdxl_graphs_in_real_comfyui(tmp_path):
+    models = _models(tmp_path)
+    cfg = tmp_path / "extra_model_paths.yaml"
+    cfg.write_text(f"sf_test:\n    base_path: {models}\n    checkpoints: checkpoints\n    loras: loras\n")
+    out = tmp_path / "out"
+    port = _free_port()
+    env = dict(os.environ)
+    extra = [os.environ.get("SPRITEFORGE_COMFY_PYTHONPATH")]
+    if os.environ.get("SPRITEFORGE_COMFY_TORCHVISION_STUB") == "1":
+        (tmp_path / "stub" / "torchvision").mkdir(parents=True)
+        (tmp_path / "stub" / "torchvision" / "__init__.py").write_text(_STUB)
+        extra.insert(0, str(tmp_path / "stub"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, extra + [env.get("PYTHONPATH")]))
+    log = open(tmp_path / "comfy.log", "w")
+    proc = subprocess.Popen([os.environ.get("SPRITEFORGE_COMFY_PYTHON", sys.executable), "main.py", "--cpu", "--listen",
+                             "127.0.0.1", "--port", str(port), "--disable-auto-launch", "--extra-model-paths-config", str(cfg),
+                             "--output-directory", str(out)], cwd=COMFY, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                info = _get(f"{base}/object_info/SpriteForgeKSampler")
+                break
+            except Exception:
+                if proc.poll() is not None:
+                    raise RuntimeError((tmp_path / "comfy.log").read_text()[-3000:])
+                time.sleep(0.5)
+        else:
+            raise TimeoutError("ComfyUI did not start")
+        assert info["SpriteForgeKSampler"]["output"] == ["LATENT"]
+        r = _wait(base, _post(f"{base}/prompt", {"prompt": sdxl_graph()})["prompt_id"], proc, timeout=900)
+        o = r["outputs"]
+        a, (b,), (c,), (d,), (e,) = (_images(out, o["S" + k]) for k in "abcde")
+        assert len(a) == 2 and a[0].shape == (64, 64, 3)
+        assert np.abs(a[0] - b).max() <= 2 and np.abs(a[1] - c).max() <= 2  # batch item i == seed + i alone
+        assert np.abs(b - d).max() > 10  # the LoRA changed the model
+        assert np.abs(e - b).max() <= 2  # SamplerCustomAdvanced + our NOISE/SAMPLER == our KSampler
+        assert len(_images(out, o["Sf"])) == 2 and len(_images(out, o["Sg"])) == 1
+        logtext = (tmp_path / "comfy.log").read_text()
+        assert "model_type EPS" in logtext and "Requested to load SDXL" in logtext
+        assert "lora key not loaded" not in logtext
+
+        # Cancel: a long run stops at the next step
+        long = {k: v for k, v in sdxl_graph().items() if k in ("1", "2", "3", "4", "L1")}
+        long["x"] = _ks(["2", 0], ["L1", 0], 1, steps=400)
+        long["Dx"], long["Sx"] = _decode(["x", 0]), _save(["Dx", 0], "sf_long")
+        pid = _post(f"{base}/prompt", {"prompt": long})["prompt_id"]
+        time.sleep(8)
+        urllib.request.urlopen(urllib.request.Request(f"{base}/interrupt", data=b"", method="POST"), timeout=30).read()
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            h = _get(f"{base}/history/{pid}")
+            if pid in h and h[pid].get("status", {}).get("completed") is not None:
+                break
+            time.sleep(0.5)
+        st = h[pid]["status"]
+        assert any(m[0] == "execution_interrupted" for m in st["messages"]), st
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
