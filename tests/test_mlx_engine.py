@@ -209,3 +209,17 @@ def test_a_torch_handle_is_refused_by_the_mlx_engine(engines, handles):
     with pytest.raises(SpriteForgeError) as e:
         me.encode_text(ht, ["x"])
     assert e.value.code == BAD_INPUT and "mlx" in str(e.value)
+
+
+def test_component_folders_with_separate_vae_and_text_encoder(engines):
+    """A transformer component folder (config.json + weights) with the VAE and T5 given as folders of their own."""
+    te, me = engines
+    kw = {"vae": str(DEMO / "vae"), "text_encoders": [str(DEMO / "text_encoder")]}
+    ht, hm = te.load_model(str(DEMO / "transformer"), **kw), me.load_model(str(DEMO / "transformer"), **kw)
+    for f in ("family", "prediction", "latent_channels", "vae_scale_factor", "patch_size", "scaling_factor", "extras"):
+        assert getattr(hm, f) == getattr(ht, f), f
+    assert set(hm.text_encoders) == {"t5"} and hm.extras["needs"] == []
+    p = pipeline.GenerateParams(prompt="red potion", seed=4, steps=2, width=32, height=32)
+    diff = float(np.abs(pipeline.generate(te, ht, p) - pipeline.generate(me, hm, p)).max())
+    print(f"component folders: max |torch - mlx| = {diff * 255:.4f}/255")
+    assert diff <= TOL
