@@ -62,8 +62,10 @@ def test_apply_chain_and_branches(loras):
         assert torch.equal(v, base_sd[k])
 
 
-def test_mlx_engine_refuses(loras):
-    h = U.handle("pixart", engine_name="mlx")
+def test_engine_without_lora_refuses(loras):
+    import dataclasses
+
+    h = dataclasses.replace(U.handle("pixart"), engine=U.engine_without_lora())
     with pytest.raises(SpriteForgeError) as ei:
         ApplyLoRA.execute(model=h, lora_name="a.safetensors", strength_model=1.0, strength_text=1.0)
     assert ei.value.code == LORA_UNSUPPORTED_ENGINE

@@ -310,7 +310,9 @@ def test_nothing_matching_is_a_key_mismatch(tmp_path):
 
 
 def test_engine_without_lora_capability(tmp_path):
-    h = U.handle("pixart", engine_name="mlx")
+    import dataclasses
+
+    h = dataclasses.replace(U.handle("pixart"), engine=U.engine_without_lora())
     assert h.engine.capabilities.lora is False
     with pytest.raises(SpriteForgeError) as ei:
         apply_loras(h, [tmp_path / "x.safetensors"])

@@ -29,6 +29,23 @@ def engine(name: str = "torch"):
     return engine_class(name)(dev, decide(dev))
 
 
+def engine_without_lora():
+    """A real torch engine that declares no LoRA support (capabilities are declared, never guessed)."""
+    import dataclasses
+
+    from spriteforge.engines.torch_engine import TorchEngine
+
+    class NoLoRAEngine(TorchEngine):
+        name = "no-lora"
+
+        @property
+        def capabilities(self):
+            return dataclasses.replace(super().capabilities, lora=False)
+
+    base = engine("torch")
+    return NoLoRAEngine(base.device, base.policy)
+
+
 def build(family: str, seed: int = 0, variant: str | None = None):
     tm = tiny()
     if family == "sd3":
