@@ -17,8 +17,13 @@
    with no edge there the lattice position is kept; round(length / period) cells.
 4. Check: edges must sit on the cuts and cell centres must be flat (:func:`edge_contrast`);
    native-resolution art or noise scores about 1 and is returned as is (scale 1).
-5. Each cell's colour is the per-channel median of its central samples (borders are where the blur
-   and compression ringing live).
+   On a noisy image every line of the profile sits on a noise floor; :func:`noise_contrast` measures
+   above it (and the half-period test of step 2 too).
+5. Each cell's colour (:func:`estimate_cells`): the medians of the cell cores (:func:`sample_cells`)
+   start a least-squares fit of "cells, blurred by a Gaussian per YCbCr channel" to every pixel, the
+   blur chosen by the fit's residual; on fractional scales the cells may have fractional boundaries.
+   The blur and JPEG's subsampled chroma reach into the cores of small (4-pixel) cells; the fit takes
+   that back out. A sharp integer grid keeps the core medians exactly.
 
 Limits: an axis with only one or two edges at a fractional scale does not determine the scale (many
 periods fit); native art whose strong edges all fall on a k-pixel grid reads as a k-times upscale.
@@ -270,6 +275,149 @@ def sample_cells(img: np.ndarray, cuts_y, cuts_x, *, inner: float = 0.5) -> np.n
     return np.clip(np.rint(np.median(block, axis=2)), 0, 255).astype(np.uint8)
 
 
+# JPEG's (ITU-R BT.601 full range) YCbCr: JPEG blurs chroma more than luma (4:2:0 subsampling), so the blur
+# is estimated per channel in the space the encoder used
+_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+_SIGMAS = np.array([0.0, 0.3, 0.5, 0.7, 0.9, 1.2, 1.6, 2.2, 3.0])  # coarse; refined by midpoints
+
+
+def _blur_axis(x: np.ndarray, sigma: float, axis: int) -> np.ndarray:
+    """Gaussian blur of a 2-D float array along one axis (reflected borders); ``sigma`` 0 is the identity."""
+    if sigma <= 0:
+        return x
+    r = int(np.ceil(3.0 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (r, r)
+    xp = np.pad(x, pad, mode="reflect" if x.shape[axis] > r else "edge")
+    n = x.shape[axis]
+    out = np.zeros_like(x)
+    for i, w in enumerate(k):
+        out += w * (xp[i:i + n] if axis == 0 else xp[:, i:i + n])
+    return out
+
+
+def _axis_operator(bounds: np.ndarray, sigma: float) -> np.ndarray:
+    """``length x cells``: column ``j`` is how much of each pixel cell ``j`` covers along one axis (cell
+    boundaries may be fractional), blurred by ``sigma``."""
+    b = np.asarray(bounds, np.float64)
+    n = int(round(b[-1] - b[0]))
+    px = np.arange(n, dtype=np.float64)[:, None] + b[0]
+    cover = np.clip(np.minimum(px + 1.0, b[None, 1:]) - np.maximum(px, b[None, :-1]), 0.0, 1.0)
+    return _blur_axis(cover, sigma, 0)
+
+
+def _fractional_bounds(cuts: np.ndarray) -> np.ndarray:
+    """The cell boundaries of a fractional scale (4.3x), when the integer cuts are a rounded uniform lattice:
+    a least-squares line through the inner cuts, image borders kept. Other grids (integer scales, uneven
+    cells) keep their integer cuts."""
+    c = np.asarray(cuts, np.float64)
+    inner = np.arange(1, len(c) - 1)
+    if len(inner) < 3:
+        return c
+    period, offset = np.polyfit(inner, c[inner], 1)
+    line = offset + period * inner
+    if abs(period - round(period)) < 0.05 or np.abs(line - c[inner]).max() > 1.0:
+        return c
+    return np.concatenate([[c[0]], np.clip(line, c[0], c[-1]), [c[-1]]])
+
+
+def _ridge(ky: np.ndarray, kx: np.ndarray, x: np.ndarray, prior: np.ndarray, lam: float) -> np.ndarray:
+    """``argmin_C sum_c |ky C_c kx^T - x_c|^2 + lam |C_c - prior_c|^2`` for every channel ``c`` at once.
+
+    The normal equations are Kronecker-structured: with ``ky^T ky = U_y S_y U_y^T`` (likewise x) the solution
+    is diagonal in the eigenbases, so no ``cells^2 x cells^2`` system is ever formed."""
+    sy, uy = np.linalg.eigh(ky.T @ ky)
+    sx, ux = np.linalg.eigh(kx.T @ kx)
+    xc, pc = np.moveaxis(x, -1, 0), np.moveaxis(prior, -1, 0)  # channels first: batched matrix products
+    t = uy.T @ (ky.T @ xc @ kx + lam * pc) @ ux
+    t /= np.maximum(sy, 0)[:, None] * np.maximum(sx, 0)[None, :] + lam
+    return np.moveaxis(uy @ t @ ux.T, 0, -1)
+
+
+def _window(cuts: np.ndarray, n: int) -> tuple[int, int]:
+    a = max(0, (len(cuts) - 1 - n) // 2)
+    return a, min(len(cuts) - 1, a + n)
+
+
+def estimate_cells(img: np.ndarray, cuts_y, cuts_x, *, max_fit_cells: int = 32, ridge: float = 0.05) -> np.ndarray:
+    """Each cell's colour, undoing the blur that bled neighbouring cells into it.
+
+    The fake image is modelled as the piecewise-constant cell image blurred by a Gaussian (one sigma per
+    channel, in JPEG's YCbCr: 4:2:0 chroma subsampling blurs chroma more than luma), plus noise and
+    compression error. The cell colours are the least-squares fit of that model to every pixel, pulled
+    slightly (``ridge`` x cell area) towards the medians of the cell cores (:func:`sample_cells`) so that
+    noise is not amplified where the blur is wide. The blur of each channel is the candidate sigma whose
+    fit leaves the least residual, measured on at most ``max_fit_cells`` x ``max_fit_cells`` cells from the
+    middle (coarse candidates, then the midpoints beside the best). Small cells, whose cores the blur and
+    JPEG's chroma reach (4x upscales), get their colours
+    back; where no blur is found (a sharp image on an integer grid) the core medians are kept exactly. A
+    fractional scale (4.3x) is fitted with fractional cell boundaries (:func:`_fractional_bounds`), so the
+    pixels a boundary splits count for both cells by the share each covers, when that fits better than the
+    integer cuts (a nearest-neighbour resize to 7.5x has hard 7/8-pixel cells).
+    """
+    img = check_image(img)
+    cy, cx = np.asarray(cuts_y, int), np.asarray(cuts_x, int)
+    start = sample_cells(img, cy, cx)
+    if min(len(cy), len(cx)) < 3:
+        return start
+    m = np.eye(img.shape[2])
+    m[:3, :3] = _YCC
+    x = img[cy[0]:cy[-1], cx[0]:cx[-1]].astype(np.float64) @ m.T
+    prior = start.astype(np.float64) @ m.T
+    cy, cx = cy - cy[0], cx - cx[0]
+    lam = ridge * float(np.mean(np.diff(cy))) * float(np.mean(np.diff(cx)))
+    # the blur per channel: the sigma whose fit leaves the least residual (on a middle window)
+    y0, y1 = _window(cy, max_fit_cells)
+    x0, x1 = _window(cx, max_fit_cells)
+    obs = x[cy[y0]:cy[y1], cx[x0]:cx[x1]]
+    pw = prior[y0:y1, x0:x1]
+
+    def search(by, bx):
+        """(per-channel best sigma, its residual) for one set of cell boundaries."""
+        wy, wx = by[y0:y1 + 1] - cy[y0], bx[x0:x1 + 1] - cx[x0]
+        tried: dict[float, np.ndarray] = {}
+
+        def trial(sigmas):
+            for s in sigmas:
+                s = round(float(s), 3)
+                if s in tried:
+                    continue
+                ky, kx = _axis_operator(wy, s), _axis_operator(wx, s)
+                fit = _ridge(ky, kx, obs, pw, lam)
+                tried[s] = ((ky @ np.moveaxis(fit, -1, 0) @ kx.T - np.moveaxis(obs, -1, 0)) ** 2).mean((1, 2))
+            keys = np.array(sorted(tried))
+            err = np.stack([tried[k] for k in keys])
+            return keys[np.argmin(err, 0)], err.min(0)
+
+        best, _ = trial(_SIGMAS)  # coarse, then the midpoints beside each channel's best
+        grid = sorted(tried)
+        near = set()
+        for b in set(best.tolist()):
+            i = grid.index(round(float(b), 3))
+            near.update((grid[j] + b) / 2.0 for j in (i - 1, i + 1) if 0 <= j < len(grid))
+        return trial(sorted(near))
+
+    by, bx = cy, cx
+    best, err = search(cy, cx)
+    fy, fx = _fractional_bounds(cy), _fractional_bounds(cx)
+    if fy is not cy or fx is not cx:  # a fractional scale: resampled (split boundary pixels) or nearest (not)
+        fbest, ferr = search(fy, fx)
+        if ferr.sum() < err.sum():
+            by, bx, best = fy, fx, fbest
+    if best.max() <= 0 and by is cy and bx is cx:
+        return start
+    cells = prior.copy()
+    for s in np.unique(best):
+        ch = np.flatnonzero(best == s)
+        if s <= 0 and by is cy and bx is cx:
+            continue  # sharp channel on an integer grid: the core medians are exact
+        cells[..., ch] = _ridge(_axis_operator(by, s), _axis_operator(bx, s), x[..., ch], prior[..., ch], lam)
+    out = cells @ np.linalg.inv(m).T
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def detect_grid(img, *, min_scale: float = 2.0, max_scale: float | None = None, min_contrast: float = 2.0) -> GridInfo:
     """Detect the native pixel grid of an upscaled image (uint8 RGB(A)). Scale 1 means no grid was found."""
     img = check_image(img)
@@ -290,7 +438,10 @@ def detect_grid(img, *, min_scale: float = 2.0, max_scale: float | None = None, 
         if period < min_scale:
             return None, 0.0
         cuts = snap_cuts(prof, period, length)
-        return cuts, edge_contrast(prof, cuts)
+        # noise raises every line of the profile alike; the floor-aware contrast sees through it
+        # (only for cells of 3+ pixels: a 2-pixel lattice fitted to sparse native edges always looks sharp)
+        noisy = noise_contrast(prof, cuts) * min_contrast / 3.0 if period >= 3.0 else 0.0
+        return cuts, max(edge_contrast(prof, cuts), noisy)
 
     cuts_x, rx = axis(px, kx, w)
     cuts_y, ry = axis(py, ky, h)
@@ -320,6 +471,11 @@ def _refine_half(profile: np.ndarray, period: float, length: int, min_scale: flo
     For a true period the half-way lines are cell centres and as flat as the quarters.
     """
     prof = np.asarray(profile, np.float64)
+    low = prof[prof <= np.percentile(prof, 50)]
+    floor = float(np.median(low))
+    spread = 1.4826 * float(np.median(np.abs(low - floor)))
+    if floor < 1.0:  # clean: no floor to take off (keeps the original test exactly)
+        floor = spread = 0.0
     while period / 2.0 >= max(min_scale, 2.0):
         cuts = np.asarray(snap_cuts(prof, period, length))
         a, b = cuts[:-1], cuts[1:]
@@ -332,10 +488,11 @@ def _refine_half(profile: np.ndarray, period: float, length: int, min_scale: flo
             i = np.clip(np.rint(pos).astype(int) - 1, 1, len(prof) - 2)
             return np.maximum(np.maximum(prof[i - 1], prof[i]), prof[i + 1]) if window else prof[i]
 
-        mid = at((a + b) / 2.0).mean()  # an edge near the half-way line (rounding: +-1)
-        quarter = np.concatenate([at(a + (b - a) / 4.0, False), at(a + 3 * (b - a) / 4.0, False)]).mean()
-        on = at(b[b < length]).mean() if (b < length).any() else 0.0
-        if mid > 2.0 * quarter and mid > 0.15 * on:
+        # measured above the noise floor (noise lifts every line alike; 0 on clean images)
+        mid = at((a + b) / 2.0).mean() - floor  # an edge near the half-way line (rounding: +-1)
+        quarter = np.concatenate([at(a + (b - a) / 4.0, False), at(a + 3 * (b - a) / 4.0, False)]).mean() - floor
+        on = (at(b[b < length]).mean() if (b < length).any() else 0.0) - floor
+        if mid > 2.0 * max(quarter, 0.0) + 2.0 * spread and mid > 0.15 * on:
             period /= 2.0
         else:
             break
@@ -385,6 +542,42 @@ def edge_contrast(profile: np.ndarray, cuts) -> float:
     return float(on / off) if off > 0 else (np.inf if on > 0 else 0.0)
 
 
+def noise_contrast(profile: np.ndarray, cuts) -> float:
+    """Edge contrast above the noise floor: (cut lines - floor) / (cell centre lines - floor + spread).
+
+    Noise adds about the same to every line of the edge profile, which pulls :func:`edge_contrast` towards 1
+    on a noisy upscale. Here the floor (median of the profile's lower half) is taken off first and the
+    spread of that lower half added below, so pure noise and native art stay near or under 1 (cuts and
+    centres alike sit a spread or so above the floor) while a noisy grid, whose centres sit on the floor,
+    scores high. Cuts and centres are each represented by their strongest quarter (a sprite on a flat
+    background has edges on only some of its cut lines; for native art both quarters look alike). A cut
+    line takes the strongest of its position and the two beside it (a fractional,
+    interpolated scale splits an edge over two positions); a centre line is its own position only (a 4-pixel
+    cell's neighbours of the centre already touch those split edges). For native art that bias is about one
+    spread, far below the threshold the caller uses (3)."""
+    prof = np.asarray(profile, np.float64)
+    c = np.asarray(cuts, int)
+    a, b = c[:-1], c[1:]
+    keep = (b - a) >= 3
+    if len(c) < 3 or not keep.any() or len(prof) < 3:
+        return 0.0
+    low = prof[prof <= np.percentile(prof, 50)]
+    floor = float(np.median(low))
+    spread = 1.4826 * float(np.median(np.abs(low - floor)))
+    if floor < 1.0:  # no noise floor (flat cell interiors): edge_contrast already decides
+        return 0.0
+    pad = np.pad(prof, 1, mode="edge")
+    win = np.maximum(np.maximum(pad[:-2], pad[1:-1]), pad[2:])
+    def top(v):  # a sprite on a flat background has edges on only some cut lines: the strongest quarter
+        v = np.sort(v)[::-1]
+        return float(v[:max(2, len(v) // 4)].mean())
+
+    on = top(win[np.clip(c[1:-1] - 1, 0, len(prof) - 1)])
+    off = top(prof[np.clip(np.rint((a[keep] + b[keep]) / 2.0).astype(int) - 1, 0, len(prof) - 1)])
+    den = off - floor + spread
+    return float((on - floor) / den) if den > 1e-9 else (np.inf if on > floor else 0.0)
+
+
 def recover_grid(img, *, snap_multiple: int | None = None, min_scale: float = 2.0,
                  max_scale: float | None = None) -> tuple[np.ndarray, GridInfo]:
     """Detect the grid, snap to it and return ``(true-resolution image, GridInfo)``.
@@ -414,4 +607,4 @@ def recover_grid(img, *, snap_multiple: int | None = None, min_scale: float = 2.
         info = GridInfo((cx[-1] - cx[0]) / nx, (cy[-1] - cy[0]) / ny, cx, cy, nx, ny)
     if info.width == img.shape[1] and info.height == img.shape[0]:
         return img.copy(), info
-    return sample_cells(img, cy, cx), info
+    return estimate_cells(img, cy, cx), info
