@@ -223,3 +223,23 @@ def test_component_folders_with_separate_vae_and_text_encoder(engines):
     diff = float(np.abs(pipeline.generate(te, ht, p) - pipeline.generate(me, hm, p)).max())
     print(f"component folders: max |torch - mlx| = {diff * 255:.4f}/255")
     assert diff <= TOL
+
+
+def test_loading_peak_memory_is_one_copy(engines):
+    """Weights are made one group at a time from the mapped file: MLX's peak while loading stays near the
+    size of the loaded parameters (no second copy of the model)."""
+    from mlx.utils import tree_flatten
+
+    _, me = engines
+    if not hasattr(mx, "reset_peak_memory"):
+        pytest.skip("this mlx has no peak-memory counter")
+    import gc
+
+    gc.collect()
+    base = mx.get_active_memory()
+    mx.reset_peak_memory()
+    h = me.load_model(str(DEMO))
+    peak = mx.get_peak_memory() - base
+    size = sum(v.nbytes for m in (h.transformer, h.vae, *h.text_encoders.values()) for _, v in tree_flatten(m.parameters()))
+    print(f"loaded parameters {size / 2**20:.2f} MiB, MLX peak while loading {peak / 2**20:.2f} MiB")
+    assert peak <= 1.25 * size + 2**20
