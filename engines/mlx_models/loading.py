@@ -216,9 +216,11 @@ class FolderTensors:
         from ..torch_models.loading import open_tensors
 
         files = weight_files(folder)
+        if not files:  # older folders: pytorch_model*.bin, read with torch.load(weights_only=True) like the torch engine
+            files = sorted(folder.glob("*.bin"))
         if not files:
-            raise SpriteForgeError(BAD_INPUT, f"{folder} holds no .safetensors weights (MLX loads safetensors only). "
-                                   "Convert the folder's weights to safetensors, or load it with engine 'torch'.")
+            raise SpriteForgeError(BAD_INPUT, f"{folder} holds no weight files (.safetensors or .bin). "
+                                   "Put the component's weights there, or load the model from another copy.")
         self.path = str(folder)
         self.sources = [open_tensors(f) for f in files]
         self.tensors = {}
