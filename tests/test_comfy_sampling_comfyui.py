@@ -15,11 +15,13 @@ One prompt, core Load Checkpoint -> LoraLoader -> CLIP Text Encode, with branche
   + core BasicScheduler -> equals b (same maths through ComfyUI's own sampling entry point);
 * f: core SamplerCustom (its own noise) with our SAMPLER (dpmpp_2m_sde);
 * g: img2img + inpaint mask + seamless tile + CFG-rescale + dynamic thresholding;
-then a long run interrupted over HTTP.
+then a long run interrupted over HTTP, and the shipped workflows/api/sdxl_pixel_art.json at 64x64
+(indexed PNGs with index 0 transparent and a sheet come back).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +52,10 @@ def _models(tmp_path) -> Path:
         with safe_open(str(ck), "pt") as f:
             keys = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         make_sdxl_lora(root / "loras" / LORA, keys)
+    if not (root / "birefnet" / "BiRefNet_lite.safetensors").exists():
+        from spriteforge.tests.test_workflows_e2e import _birefnet_lite
+
+        _birefnet_lite(root / "birefnet" / "BiRefNet_lite.safetensors")
     return root
 
 
@@ -114,7 +120,8 @@ def _images(out, node_out):
 def test_our_samplers_on_core_sdxl_graphs_in_real_comfyui(tmp_path):
     models = _models(tmp_path)
     cfg = tmp_path / "extra_model_paths.yaml"
-    cfg.write_text(f"sf_test:\n    base_path: {models}\n    checkpoints: checkpoints\n    loras: loras\n")
+    cfg.write_text(f"sf_test:\n    base_path: {models}\n    checkpoints: checkpoints\n    loras: loras\n"
+                   "    birefnet: birefnet\n")
     out = tmp_path / "out"
     port = _free_port()
     env = dict(os.environ)
@@ -168,6 +175,30 @@ def test_our_samplers_on_core_sdxl_graphs_in_real_comfyui(tmp_path):
             time.sleep(0.5)
         st = h[pid]["status"]
         assert any(m[0] == "execution_interrupted" for m in st["messages"]), st
+
+        # the shipped SDXL pixel-art workflow, small
+        wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "api" / "sdxl_pixel_art.json").read_text())
+        for node in wf.values():
+            node.pop("_meta", None)
+            ct, inp = node["class_type"], node["inputs"]
+            if ct == "EmptyLatentImage":
+                inp.update(width=64, height=64, batch_size=2)
+            elif ct == "SpriteForgeKSampler":
+                inp["steps"] = 2
+            elif ct == "SpriteForgeRemoveBackground":
+                inp["resolution"] = 64
+            elif ct == "SpriteForgePixelDownscale":
+                inp["factor"] = 4
+        r = _wait(base, _post(f"{base}/prompt", {"prompt": wf})["prompt_id"], proc, timeout=900)
+        from PIL import Image
+
+        saved = [i for o in r["outputs"].values() for i in o.get("images", []) if i.get("type") == "output"]
+        sprites = [i for i in saved if "sdxl_sprite" in i["filename"]]
+        sheets = [i for i in saved if "sdxl_sheet" in i["filename"]]
+        assert len(sprites) == 2 and len(sheets) == 1
+        for i in sprites + sheets:
+            with Image.open(out / i["subfolder"] / i["filename"]) as im:
+                assert im.mode == "P" and im.info.get("transparency") == 0
     finally:
         proc.terminate()
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from spriteforge.nodes import graph as G
+from spriteforge.nodes.comfy_core_info import CORE_INFO, with_core
 
 try:  # the tiny models root and the shared small runs (needs torch + diffusers + transformers)
     from spriteforge.tests.test_workflows_e2e import tiny_models_root, workflow_runs  # noqa: F401
@@ -43,8 +44,8 @@ def info():
     models = os.environ.get("SPRITEFORGE_WORKFLOW_MODELS")
     if models:
         paths.set_models_root(models)  # the model dropdowns list that root's files
-    try:
-        return G.object_info()
+    try:  # with ComfyUI's descriptions of the core nodes the SDXL workflow uses (they run only in ComfyUI)
+        return with_core(G.object_info())
     finally:
         paths._models_root[:] = saved
         if env is None:
@@ -106,6 +107,9 @@ def test_graph_and_api_agree(path, info):
 def test_workflow_runs_end_to_end(path, tmp_path, request):
     from spriteforge.runner import run_workflow
 
+    core = sorted({n["class_type"] for n in _load(path).values()} & set(CORE_INFO))
+    if core:
+        pytest.skip(f"uses ComfyUI's core nodes {core}: runs in a real ComfyUI (tests/test_comfy_sampling_comfyui.py)")
     models = os.environ.get("SPRITEFORGE_WORKFLOW_MODELS")
     if not models:
         try:
