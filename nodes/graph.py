@@ -238,8 +238,19 @@ def graph_to_api(graph: dict, info: dict | None = None, *, strict: bool = True, 
     """Convert a graph-format workflow to the API format, as the editor's "Queue" does.
 
     ``info`` is an object_info mapping (default: ours + core IO). Unknown node types raise
-    (``strict``) or are left out. Subgraphs / group nodes are not expanded.
+    (``strict``) or are left out. Subgraphs / group nodes are not expanded. A damaged graph
+    (entries of the wrong type) raises BAD_INPUT.
     """
+    try:
+        return _graph_to_api(graph, info, strict=strict, titles=titles)
+    except SpriteForgeError:
+        raise
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError, RecursionError) as exc:
+        raise _bad(f"the graph-format workflow is malformed ({type(exc).__name__}: {str(exc)[:200]}). Save it "
+                   "again from the editor, or give the API format.") from None
+
+
+def _graph_to_api(graph: dict, info: dict | None, *, strict: bool, titles: bool) -> dict:
     if not is_graph_format(graph):
         raise _bad("this is not a graph-format workflow (no 'nodes' and 'links'). Export it from the editor "
                    "with Workflow > Save, or give the API format.")
@@ -351,16 +362,31 @@ def read_workflow(data_or_path):
     data = data_or_path
     if isinstance(data, os.PathLike):
         data = os.fspath(data)
-    if isinstance(data, (str, bytes)) and not str(data).lstrip().startswith("{"):
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            data = os.fsdecode(data)  # a file name in bytes
+    if isinstance(data, str) and not data.lstrip().startswith("{"):
         p = Path(data)
-        if not p.is_file():
-            raise _bad(f"workflow file {p} does not exist. Give the path of a workflow .json file.")
+        try:
+            exists = p.is_file()
+        except (OSError, ValueError):  # a name the file system cannot hold (too long, NUL)
+            exists = False
+        if not exists:
+            raise _bad(f"workflow file {data[:200]!r} does not exist. Give the path of a workflow .json file.")
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise _bad(f"{p} is not valid JSON ({exc}). Export the workflow again.") from exc
-    elif isinstance(data, (str, bytes)):
-        data = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise _bad(f"{p} is not valid JSON ({type(exc).__name__}: {str(exc)[:200]}). Export the workflow again.") from None
+        except OSError as exc:
+            raise _bad(f"workflow file {p} cannot be read ({exc.strerror or exc}). Check the path.") from None
+    elif isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise _bad(f"the workflow text is not valid JSON ({type(exc).__name__}: {str(exc)[:200]}). "
+                       "Export the workflow again.") from None
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and is_api_format(data["prompt"]):
         data = data["prompt"]  # a saved POST /prompt body
     return data
@@ -409,7 +435,7 @@ def parse_value(text: str):
 def _find_node(prompt: dict, ref: str) -> str:
     if ref in prompt:
         return ref
-    matches = [k for k, v in prompt.items() if (v.get("_meta") or {}).get("title") == ref]
+    matches = [k for k, v in prompt.items() if isinstance(v.get("_meta"), dict) and v["_meta"].get("title") == ref]
     if len(matches) == 1:
         return matches[0]
     matches = [k for k, v in prompt.items() if v.get("class_type") == ref]
@@ -428,6 +454,8 @@ def apply_overrides(prompt: dict, sets: Iterable[str] = (), info: dict | None = 
         ref, name = lhs.rsplit(".", 1)
         nid = _find_node(prompt, ref.strip())
         node = prompt[nid]
+        if structure_issues({nid: node}):
+            raise _bad(f"--set {item!r}: node {nid} is malformed: {structure_issues({nid: node})[0].message}")
         desc = (info or {}).get(node.get("class_type"))
         if desc is not None and input_spec(desc, name)[0] is None:
             names = ", ".join(n for n, *_ in ordered_inputs(desc))
@@ -498,7 +526,11 @@ def check_value(typ, opts: dict, val) -> tuple[Any, str | None, str | None]:
             else:
                 val = int(val)
         elif typ == "FLOAT":
+            if isinstance(val, (dict, list)):
+                raise TypeError("not a number")
             val = float(val)
+            if val != val or val in (float("inf"), float("-inf")):
+                return val, "invalid_input_type", f"{val} is not a finite number. Give a number."
         elif typ == "STRING":
             if isinstance(val, (dict, list)):
                 raise TypeError("not text")
@@ -545,6 +577,24 @@ def reachable_nodes(prompt: dict, info: dict) -> set[str]:
     return seen
 
 
+def structure_issues(prompt: dict) -> list[Issue]:
+    """Nodes whose id, ``class_type`` or ``inputs`` have the wrong JSON type (checked before anything else)."""
+    issues = []
+    for nid, node in prompt.items():
+        ctype = node.get("class_type")
+        label = ctype if isinstance(ctype, str) else "?"
+        if not isinstance(nid, str):
+            issues.append(Issue(str(nid), label, None, "invalid_prompt", "the node id is not text. Use string ids."))
+        if not isinstance(ctype, str):
+            issues.append(Issue(str(nid), label, None, "invalid_prompt",
+                                f"class_type {_fmt(ctype)[:60]} is not a node type name. Give the node's type as text."))
+        inputs = node.get("inputs", {})
+        if not isinstance(inputs, dict) or not all(isinstance(k, str) for k in inputs):
+            issues.append(Issue(str(nid), label, None, "invalid_prompt",
+                                f"inputs {_fmt(inputs)[:60]} is not an object {{name: value}}. Export the workflow again."))
+    return issues
+
+
 def validate_prompt(prompt: dict, info: dict | None = None, *, convert: bool = True,
                     require_output: bool = True, only_needed: bool = False) -> list[Issue]:
     """Every problem ComfyUI's validation would report, as :class:`Issue` objects.
@@ -557,6 +607,9 @@ def validate_prompt(prompt: dict, info: dict | None = None, *, convert: bool = T
     issues: list[Issue] = []
     if not is_api_format(prompt):
         return [Issue("?", "?", None, "invalid_prompt", "the prompt is not in API format {id: {class_type, inputs}}.")]
+    shape = structure_issues(prompt)
+    if shape:
+        return shape
     needed = reachable_nodes(prompt, info) if only_needed else None
     for nid in sorted(prompt, key=_id_key):
         if needed is not None and nid not in needed and prompt[nid].get("class_type") in info:
@@ -684,7 +737,7 @@ def format_node_errors(node_errors: dict, prompt: dict | None = None, error: dic
 __all__ = [
     "describe_node", "node_classes", "object_info", "input_spec", "ordered_inputs", "widget_slots", "combo_options",
     "is_widget", "types_match", "is_graph_format", "is_api_format", "graph_to_api", "read_workflow", "load_workflow",
-    "fill_defaults", "reachable_nodes", "parse_value", "apply_overrides", "find_prompt_input", "Issue", "check_value", "validate_prompt",
+    "fill_defaults", "reachable_nodes", "structure_issues", "parse_value", "apply_overrides", "find_prompt_input", "Issue", "check_value", "validate_prompt",
     "check_prompt", "format_node_errors", "api_to_graph",
 ]
 
