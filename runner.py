@@ -76,22 +76,32 @@ def needed_nodes(prompt: dict, info: dict, outputs: Iterable[str] | None = None)
     order: list[str] = []
     state: dict[str, int] = {}
 
-    def visit(nid: str, path: tuple):
-        st = state.get(nid)
-        if st == 2:
-            return
-        if st == 1:
-            cyc = " -> ".join(path[path.index(nid):] + (nid,))
-            raise SpriteForgeError(BAD_INPUT, f"the workflow has a cycle: {cyc}. Remove one of those links.")
-        state[nid] = 1
-        for v in prompt[nid]["inputs"].values():
-            if _is_link(v) and str(v[0]) in prompt:
-                visit(str(v[0]), path + (nid,))
-        state[nid] = 2
-        order.append(nid)
+    def visit(start: str):  # depth-first with an explicit stack: no recursion limit on long chains
+        stack = [(start, iter(_upstream(start)))]
+        state[start] = 1
+        while stack:
+            nid, it = stack[-1]
+            for src in it:
+                st = state.get(src)
+                if st == 1:
+                    path = [n for n, _ in stack]
+                    cyc = " -> ".join(path[path.index(src):] + [src])
+                    raise SpriteForgeError(BAD_INPUT, f"the workflow has a cycle: {cyc}. Remove one of those links.")
+                if st is None:
+                    state[src] = 1
+                    stack.append((src, iter(_upstream(src))))
+                    break
+            else:
+                stack.pop()
+                state[nid] = 2
+                order.append(nid)
+
+    def _upstream(nid: str) -> list[str]:
+        return [str(v[0]) for v in (prompt[nid].get("inputs") or {}).values() if _is_link(v) and str(v[0]) in prompt]
 
     for nid in sorted(outputs, key=lambda k: (0, int(k)) if str(k).isdigit() else (1, str(k))):
-        visit(str(nid), ())
+        if str(nid) in prompt and state.get(str(nid)) is None:
+            visit(str(nid))
     return order
 
 
