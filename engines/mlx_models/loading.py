@@ -138,19 +138,23 @@ def to_mx(t, dtype=None):
     return a
 
 
-def _to_mx_dict(sd: dict, dtype) -> dict:
+def _to_mx_dict(sd: dict, dtype, what: str = "model") -> dict:
+    """mx arrays for a dict of torch views, made and evaluated in groups of 32 (a Progress step each:
+    also the interrupt point), so the peak stays near one copy of the weights."""
+    from ...progress import Progress
+
     mx = _mx()
     out = {}
-    pending = []
-    for k, v in sd.items():
-        a = to_mx(v, dtype)
-        out[k] = a
-        pending.append(a)
-        if len(pending) >= 32:  # materialise in small groups: peak stays near one copy
-            mx.eval(pending)
-            pending = []
-    if pending:
-        mx.eval(pending)
+    items = list(sd.items())
+    step = 32
+    with Progress(max(1, (len(items) + step - 1) // step), f"loading {what}") as bar:
+        for i in range(0, len(items), step):
+            group = []
+            for k, v in items[i:i + step]:
+                out[k] = to_mx(v, dtype)
+                group.append(out[k])
+            mx.eval(group)
+            bar.update()
     return out
 
 
@@ -161,7 +165,7 @@ def build(key: str, config: dict, sd_torch: dict, dtype, what: str):
     mx = _mx()
     cls, map_weights = port(key)
     model = cls(dict(config))
-    weights = map_weights(_to_mx_dict(sd_torch, dtype))
+    weights = map_weights(_to_mx_dict(sd_torch, dtype, what))
     sd_torch.clear()
     layers.load_weights(model, weights, what=what)
     del weights
