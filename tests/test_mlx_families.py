@@ -172,3 +172,33 @@ def test_half_and_fp8_storage(root, engines, storage, tmp_path):
     diff = float(np.abs(outs[0] - outs[1]).max())
     print(f"{storage} storage: denoiser max |torch - mlx| = {diff:.3g}")
     assert diff <= 1e-4 * (1 + float(np.abs(outs[0]).max()))
+
+
+def test_comfy_flux_all_in_one_and_pickle_checkpoint(root, engines, tmp_path):
+    """Two more file kinds on both engines: a ComfyUI-style Flux all-in-one (model.diffusion_model. + vae. +
+    text_encoders.*, tokenizers beside the file) and a PixArt ``.ckpt`` read with ``weights_only``."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    te, me = engines
+    sd = {"model.diffusion_model." + k: v for k, v in load_file(str(tm.make_flux(root, layout="original", variant="schnell"))).items()}
+    d = root / "parts"
+    sd.update({"vae." + k: v for k, v in load_file(str(tm.make_vae(d, 16, layout="original"))).items()})
+    sd.update({"text_encoders.clip_l.transformer." + k: v for k, v in load_file(str(tm.make_clip(d, "clip_l"))).items()})
+    sd.update({"text_encoders.t5xxl.transformer." + k: v for k, v in load_file(str(tm.make_t5(d))).items()})
+    flux = tmp_path / "flux1-schnell-aio.safetensors"
+    save_file({k: v.contiguous().clone() for k, v in sd.items()}, str(flux))
+    for kind in ("clip", "t5"):
+        shutil.copytree(tm.make_tokenizer(root, kind), tmp_path / f"{kind}_tokenizer")
+    ckpt = tmp_path / "pixart-sigma.ckpt"
+    torch.save({"state_dict": load_file(str(tm.make_pixart(root, layout="original", variant="sigma")))}, ckpt)
+    for path, extra, size in ((flux, {}, 64), (ckpt, _parts(root, "pixart"), 32)):
+        ht, hm = te.load_model(str(path), **extra), me.load_model(str(path), **extra)
+        for f in FIELDS:
+            assert getattr(hm, f) == getattr(ht, f), (path.name, f)
+        assert hm.extras["needs"] == []
+        params = pipeline.GenerateParams(prompt="a red knight", seed=9, steps=2, width=size, height=size)
+        diff = float(np.abs(pipeline.generate(te, ht, params) - pipeline.generate(me, hm, params)).max())
+        print(f"{path.name}: max |torch - mlx| = {diff * 255:.4f}/255")
+        assert diff <= TOL
