@@ -67,13 +67,16 @@ CASES = [
     ("sd3", "checkpoint", "sd3", {}),
     ("sd3", "original", "sd3.5-medium", {"tile": True}),
     ("sd3", "folder", "sd3", {"init": True, "mask": True}),
+    ("sd3", "diffusers", "sd3.5-large", {"steps": 1}),
     ("flux", "original", "dev", {}),
     ("flux", "diffusers", "schnell", {}),
     ("flux", "folder", "fill", {"init": True, "mask": True}),
     ("sana", "folder", "", {}),
     ("sana", "original", "", {"init": True, "denoise": 0.6}),
+    ("sana", "diffusers", "", {"steps": 1}),
     ("dit", "original", "", {}),
     ("dit", "folder", "", {"tile": True}),
+    ("dit", "diffusers", "", {"steps": 1}),
 ]
 
 
