@@ -243,3 +243,21 @@ def test_loading_peak_memory_is_one_copy(engines):
     size = sum(v.nbytes for m in (h.transformer, h.vae, *h.text_encoders.values()) for _, v in tree_flatten(m.parameters()))
     print(f"loaded parameters {size / 2**20:.2f} MiB, MLX peak while loading {peak / 2**20:.2f} MiB")
     assert peak <= 1.25 * size + 2**20
+
+
+def test_denoiser_pads_conditionings_of_different_lengths(engines, handles):
+    """CFG with a negative encoded at another max length: both engines pad (uncond first) the same way."""
+    te, me = engines
+    ht, hm = handles
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32) * 2.0
+    outs = []
+    for eng, h in ((te, ht), (me, hm)):
+        cond = eng.encode_text(h, ["red potion", "blue slime"])
+        neg = eng.encode_text(h, [""], max_length=40, negative=True)
+        dn = eng.denoiser(h, cond, neg, cfg=4.5, model_schedule=pipeline.model_schedule(h, 32, 32))
+        outs.append(dn(x, 2.5))
+    assert outs[1].shape == x.shape and isinstance(outs[1], np.ndarray)
+    diff = float(np.abs(outs[0] - outs[1]).max())
+    print(f"padded CFG denoiser: max |torch - mlx| = {diff:.3g}")
+    assert diff <= 1e-4 * (1 + float(np.abs(outs[0]).max()))

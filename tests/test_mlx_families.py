@@ -205,3 +205,19 @@ def test_comfy_flux_all_in_one_and_pickle_checkpoint(root, engines, tmp_path):
         diff = float(np.abs(pipeline.generate(te, ht, params) - pipeline.generate(me, hm, params)).max())
         print(f"{path.name}: max |torch - mlx| = {diff * 255:.4f}/255")
         assert diff <= TOL
+
+
+def test_dit_null_class_guidance_without_a_negative(root, engines):
+    """DiT with CFG and no negative conditioning: both denoisers add the null class themselves."""
+    te, me = engines
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32) * 4.0
+    outs = []
+    for eng in (te, me):
+        h = _load(eng, root, "dit", "original", "")
+        cond = eng.encode_text(h, ["3", "7"])
+        dn = eng.denoiser(h, cond, None, cfg=4.0, model_schedule=pipeline.model_schedule(h, 64, 64))
+        outs.append(dn(x, 4.0))
+    diff = float(np.abs(outs[0] - outs[1]).max())
+    print(f"DiT null-class CFG denoiser: max |torch - mlx| = {diff:.3g}")
+    assert diff <= 1e-4 * (1 + float(np.abs(outs[0]).max()))
