@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import SpriteForgeError
+from ..errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 
-SEARCH_KINDS = ("diffusion_models", "checkpoints", "diffusers", "vae", "text_encoders", "loras")
+SEARCH_KINDS = ("diffusion_models", "checkpoints", "diffusers", "vae", "text_encoders", "loras", "birefnet")
 
 
 def register(subparsers) -> None:
@@ -73,6 +73,11 @@ def describe(det, file_size: int | None = None) -> list[str]:
         lines.append(f"file size:  {file_size / 2**30:.2f} GiB")
     if det.kind == "lora":
         lines.append(f"lora:       format {det.extras.get('format')}, rank {det.extras.get('rank')}, {det.extras.get('modules')} modules")
+    if det.kind == "birefnet":
+        res = det.extras.get("resolution") or []
+        lines.append(f"backbone:   {det.config.get('backbone')}" + (f", trained at {res[0]}x{res[1]}" if len(res) == 2 else "")
+                     + (f" ({det.extras['release']})" if det.extras.get("release") else "")
+                     + "; load it with Load BiRefNet / spriteforge rmbg")
     if det.components:
         comps = ", ".join(f"{k} ({v})" for k, v in det.components.items())
         lines.append(f"components: {comps}")
@@ -93,7 +98,12 @@ def run(args) -> int:
 
     if is_lora_file(path):
         return _print_lora(inspect_lora(path), path, time.perf_counter() - t0, args.json)
-    det = detect(path)
+    try:
+        det = detect(path)
+    except SpriteForgeError as exc:
+        det = _birefnet(path) if exc.code == UNSUPPORTED_ARCHITECTURE else None
+        if det is None:
+            raise
     elapsed = time.perf_counter() - t0
     size = path.stat().st_size if path.is_file() else None
     if args.json:
@@ -118,6 +128,37 @@ def run(args) -> int:
             print("    " + line)
     print(f"  (read the header in {elapsed * 1000:.1f} ms)")
     return 0
+
+
+def _birefnet(path: Path):
+    """A BiRefNet weights file (what ``spriteforge rmbg`` / Load BiRefNet load) from its header alone:
+    kind ``birefnet``, the backbone from the tensor shapes and the released variant (general, lite, HR, ...)
+    from the backbone and the file name; None when it is not one."""
+    if not path.is_file() or path.suffix.lower() not in (".safetensors", ".sft"):
+        return None
+    from ..models.detect import Detection
+    from ..models.safetensors_header import read_header
+
+    try:
+        from ..engines.torch_models import birefnet as bn
+    except ImportError:  # torch missing: the shapes cannot be read into a config
+        return None
+    tensors = read_header(path).tensors
+    shapes = bn.strip_training_prefixes({k: tuple(t.shape) for k, t in tensors.items()})
+    try:
+        cfg = bn.config_from_shapes(shapes)
+    except SpriteForgeError:
+        return None
+    backbone = cfg.backbone
+    variant = bn.variant_from_name(path.name, backbone) or bn.DEFAULT_VARIANT_FOR_BACKBONE.get(backbone)
+    weights = {}
+    for t in tensors.values():
+        weights[t.dtype] = weights.get(t.dtype, 0) + t.numel
+    info = bn.VARIANTS.get(variant or "", {})
+    return Detection(family="birefnet", variant=variant, kind="birefnet", dtype=max(weights, key=weights.get) if weights else "",
+                     parameters=sum(t.numel for t in tensors.values()), layout="original", path=str(path),
+                     config={"backbone": backbone, "embed_dim": cfg.embed_dim, "depths": list(cfg.depths)},
+                     extras={"resolution": list(info.get("resolution", ())), "release": info.get("hf")})
 
 
 def _print_lora(info: dict, path, elapsed: float, as_json: bool) -> int:

@@ -25,9 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="SpriteForge: DiT generation, pixel-art tools and background removal, without the editor.",
     )
     parser.add_argument("--version", action="version", version=f"spriteforge {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--log-json", action="store_true", help="write log lines as JSON objects")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _global_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -37,7 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
+    for sp in sub.choices.values():  # the global flags work after the sub-command too (`spriteforge generate ... -q`)
+        _global_flags(sp, default=argparse.SUPPRESS)
     return parser
+
+
+def _global_flags(p: argparse.ArgumentParser, default=False) -> None:
+    """--debug, --log-json and -q/--quiet on ``p``; with ``default=SUPPRESS`` an absent flag leaves the
+    main parser's value alone."""
+    have = {o for a in p._actions for o in a.option_strings}
+    for flags, help_ in ((("--debug",), "show tracebacks on errors"), (("--log-json",), "write log lines as JSON objects"),
+                         (("-q", "--quiet"), "no progress bars")):
+        if not have & set(flags):
+            p.add_argument(*flags, action="store_true", default=default, help=help_)
 
 
 def main(argv: list[str] | None = None) -> int:

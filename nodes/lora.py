@@ -21,11 +21,20 @@ NONE = "(none)"
 STACK_SLOTS = 4
 
 TIP_MODEL = "The SpriteForge model (from SpriteForge Load Model or another LoRA node). It is not changed; a new one comes out."
-TIP_NAME = "A LoRA file from models/loras (kohya, OneTrainer, ComfyUI, diffusers/peft or LyCORIS LoHa/LoKr; DoRA too)."
+TIP_NAME = ("A LoRA file from models/loras (kohya, OneTrainer, ComfyUI, diffusers/peft or LyCORIS LoHa/LoKr; DoRA too), "
+            "or a built-in one for the demo model.")
 TIP_SM = "How strongly the LoRA changes the diffusion transformer: 1 = as trained, 0 = off, negative inverts it."
 TIP_ST = "How strongly the LoRA changes the text encoders (when the file has text-encoder layers)."
 TIP_MERGE = ("Compute the patched weights once (faster sampling, extra memory for every patched layer) "
              "instead of patching each layer on the fly (no extra copy).")
+
+
+def shipped_loras() -> dict:
+    """The LoRAs that ship with the pack (for the built-in demo model), by their dropdown name."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "demo_model" / "loras"
+    return {f"spriteforge-demo {p.stem} (built-in)": p for p in sorted(folder.glob("*.safetensors"))}
 
 
 def lora_choices(first: str | None = None) -> list[str]:
@@ -36,7 +45,7 @@ def lora_choices(first: str | None = None) -> list[str]:
     except Exception as exc:  # a broken folder must not hide the node
         log.warning("could not list loras: %s", exc)
         names = []
-    return ([first] if first else []) + names
+    return ([first] if first else []) + names + [n for n in shipped_loras() if n not in names]
 
 
 def resolve_lora(name: str):
@@ -46,6 +55,9 @@ def resolve_lora(name: str):
 
     if not name or name == NONE:
         raise SpriteForgeError(BAD_INPUT, "no LoRA was chosen. Pick a file from models/loras.")
+    shipped = shipped_loras().get(str(name))
+    if shipped is not None:
+        return shipped
     p = Path(str(name)).expanduser()
     if not IN_COMFYUI and p.is_file():
         return p
@@ -81,7 +93,8 @@ class ApplyLoRA(io.ComfyNode):
                 io.Float.Input("strength_text", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip=TIP_ST),
                 io.Boolean.Input("merge", default=False, optional=True, tooltip=TIP_MERGE),
             ],
-            outputs=[ModelType.Output(display_name="model"), io.String.Output(display_name="info")],
+            outputs=[ModelType.Output(display_name="model", tooltip="The model with the LoRA(s) applied (the input model is unchanged)."),
+                     io.String.Output(display_name="info", tooltip="What was applied: layers per LoRA, skipped keys.")],
         )
 
     @classmethod
@@ -108,7 +121,8 @@ class LoRAStack(io.ComfyNode):
             description=f"Applies up to {STACK_SLOTS} LoRAs at once, each with its own transformer and text-encoder "
             "strength, and returns a new model; the input model is left as it was. Empty slots are skipped.",
             inputs=inputs,
-            outputs=[ModelType.Output(display_name="model"), io.String.Output(display_name="info")],
+            outputs=[ModelType.Output(display_name="model", tooltip="The model with the LoRA(s) applied (the input model is unchanged)."),
+                     io.String.Output(display_name="info", tooltip="What was applied: layers per LoRA, skipped keys.")],
         )
 
     @classmethod
@@ -135,7 +149,7 @@ class LoRAInfo(io.ComfyNode):
                 io.Combo.Input("lora_name", options=lora_choices(), tooltip=TIP_NAME),
                 io.Boolean.Input("as_json", default=False, tooltip="Output the full description as JSON instead of a summary."),
             ],
-            outputs=[io.String.Output(display_name="report")],
+            outputs=[io.String.Output(display_name="report", tooltip="The LoRA file's family, format, rank and layers.")],
             is_output_node=True,
         )
 
