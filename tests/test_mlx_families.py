@@ -221,3 +221,28 @@ def test_dit_null_class_guidance_without_a_negative(root, engines):
     diff = float(np.abs(outs[0] - outs[1]).max())
     print(f"DiT null-class CFG denoiser: max |torch - mlx| = {diff:.3g}")
     assert diff <= 1e-4 * (1 + float(np.abs(outs[0]).max()))
+
+
+def test_sana_sprint_guidance_embeds_and_timestep_scale(engines, tmp_path):
+    """A Sana transformer folder with guidance embeddings, q/k RMS norms and a timestep scale (SANA-Sprint's
+    settings): both denoisers scale the timestep and pass the guidance the same way."""
+    from diffusers import SanaTransformer2DModel
+
+    te, me = engines
+    m = SanaTransformer2DModel(in_channels=32, out_channels=32, num_attention_heads=2, attention_head_dim=32, num_layers=1,
+                               num_cross_attention_heads=2, cross_attention_head_dim=32, cross_attention_dim=64,
+                               caption_channels=tm.GEMMA_DIM, sample_size=8, patch_size=1, guidance_embeds=True,
+                               qk_norm="rms_norm_across_heads", timestep_scale=0.5)
+    tm._randomize(m, 6).save_pretrained(str(tmp_path / "sprint"))
+    rng = np.random.default_rng(5)
+    emb, keep = rng.standard_normal((1, 6, tm.GEMMA_DIM)).astype(np.float32), np.array([[1, 1, 1, 1, 1, 0]])
+    x = rng.standard_normal((1, 32, 8, 8)).astype(np.float32)
+    outs = []
+    for eng in (te, me):
+        h = eng.load_model(str(tmp_path / "sprint"))
+        assert h.family == "sana" and h.config["timestep_scale"] == 0.5 and h.config["guidance_embeds"] is True
+        cond = pipeline.Conditioning(family="sana", embeds=eng.from_numpy(emb), mask=eng.from_numpy(keep, "int32"), guidance=2.5)
+        outs.append(eng.denoiser(h, cond, model_schedule=pipeline.model_schedule(h, 256, 256))(x, 0.7))
+    diff = float(np.abs(outs[0] - outs[1]).max())
+    print(f"Sana guidance/timestep_scale denoiser: max |torch - mlx| = {diff:.3g}")
+    assert diff <= 1e-4 * (1 + float(np.abs(outs[0]).max()))
