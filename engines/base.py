@@ -125,6 +125,17 @@ class Engine(ABC):
     def vae_decode(self, handle: ModelHandle, latents):
         """Images (numpy float ``[B,H,W,3]`` in 0..1) for latents."""
 
+    def apply_loras(self, handle: ModelHandle, specs, *, merge: bool = False) -> ModelHandle:
+        """A new handle with the LoRAs ``specs`` (normalised :class:`~spriteforge.lora.apply.LoRASpec` list) applied.
+
+        Called by :func:`spriteforge.lora.apply_loras` once the engine's ``capabilities.lora`` is
+        checked; ``handle`` must stay unchanged. Engines that apply LoRAs override this.
+        """
+        from ..errors import LORA_UNSUPPORTED_ENGINE, SpriteForgeError
+
+        raise SpriteForgeError(LORA_UNSUPPORTED_ENGINE, f"the {self.name} engine cannot apply LoRAs. "
+                               "Load the model with engine 'torch' to use LoRAs.", details={"engine": self.name})
+
     def describe(self) -> dict:
         return {
             "engine": self.name,
@@ -132,3 +143,74 @@ class Engine(ABC):
             "policy": self.policy.to_dict(),
             "capabilities": self.capabilities.to_dict(),
         }
+
+
+def family_vae_name(family, variant, latent) -> str:
+    """The shipped VAE config a family's release uses (``models/configs``), by latent channels."""
+    if latent == 16:
+        return "vae-kl16-flux" if family == "flux" else "vae-kl16-sd3"
+    if family == "dit" or (family == "pixart" and variant and variant.startswith("alpha")):
+        return "vae-kl4-sd"
+    return "vae-kl4-sdxl"
+
+
+def handle_fields(det, cfg: dict, vae_cfg: dict, *, has_vae: bool, text_encoders, extras: dict) -> dict:
+    """The framework-free :class:`ModelHandle` fields of a loaded model, the same on every engine.
+
+    ``det``: the :class:`~spriteforge.models.detect.Detection`; ``cfg``: the transformer's full
+    diffusers config; ``vae_cfg``: the loaded VAE's config (empty when none); ``text_encoders``:
+    the keys of the loaded text encoders. Returns prediction, latent channels, VAE scale factor,
+    patch size, scaling/shift factors, flow shift and extras (needs, layout, sigma_learned, ...).
+    """
+    from ..models import configs
+    from ..models.detect import FAMILY_VAE
+
+    family = det.family
+    sched = det.extras.get("scheduler") or {}
+    if family in ("sd3", "flux", "sana"):
+        prediction = "flow"
+    else:
+        pt = sched.get("prediction_type", "epsilon")
+        prediction = "v" if pt == "v_prediction" else "eps"
+    if vae_cfg:
+        latent = int(vae_cfg.get("latent_channels", 4))
+        dc = vae_cfg.get("_class_name") == "AutoencoderDC" or "encoder_block_types" in vae_cfg
+        blocks = vae_cfg.get("encoder_block_out_channels") if dc else vae_cfg.get("block_out_channels")
+        vsf = 2 ** (len(blocks or [0] * (6 if dc else 4)) - 1)
+        scaling = float(vae_cfg.get("scaling_factor") or 1.0)
+        shift = float(vae_cfg.get("shift_factor") or 0.0)
+    else:
+        ref = configs.load(family_vae_name(family, det.variant, 16 if family in ("sd3", "flux") else 4) if family != "sana" else FAMILY_VAE["sana"])["config"]
+        latent = int(ref["latent_channels"])
+        vsf = 32 if family == "sana" else 8
+        scaling = float(ref.get("scaling_factor") or 1.0)
+        shift = float(ref.get("shift_factor") or 0.0)
+    if family == "flux":
+        patch = 2  # latents are packed 2x2 into the 64-wide tokens
+    else:
+        patch = int(cfg.get("patch_size") or 1)
+    if family == "sd3":
+        flow_shift = float(sched.get("shift", 3.0))
+    elif family == "sana":
+        flow_shift = float(sched.get("flow_shift", sched.get("shift", 3.0)) or 3.0)
+    else:
+        flow_shift = None
+    ex = dict(extras)
+    if family == "flux":
+        ex["guidance_embeds"] = bool(cfg.get("guidance_embeds"))
+        ex["in_channels"] = int(cfg.get("in_channels", 64))
+    if family == "dit":
+        n = cfg.get("num_embeds_ada_norm") or 1000
+        ex["num_classes"] = det.extras.get("num_classes", n)
+    if family in ("pixart", "dit"):
+        ex["sigma_learned"] = int(cfg.get("out_channels") or 0) == 2 * int(cfg.get("in_channels") or 0)
+    if sched:
+        ex["scheduler"] = sched
+    for k in ("max_sequence_length", "fp8_storage"):
+        if k in det.extras:
+            ex[k] = det.extras[k]
+    ex["layout"] = det.layout
+    tes = set(text_encoders or ())
+    ex["needs"] = [n for n in det.needs if not ((n == "vae" and has_vae) or n in tes)]
+    return dict(prediction=prediction, latent_channels=latent, vae_scale_factor=vsf, patch_size=patch, scaling_factor=scaling,
+                shift_factor=shift, flow_shift=flow_shift, extras=ex)

@@ -28,9 +28,9 @@ from ... import paths
 from ...errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...log import get_logger
 from ...models import configs
-from ...models.detect import FAMILY_VAE, Detection, detect, detect_tensors
+from ...models.detect import Detection, detect, detect_tensors
 from ...models.safetensors_header import DTYPES, TensorInfo, read_header
-from ..base import ModelHandle
+from ..base import ModelHandle, family_vae_name, handle_fields
 from . import convert
 
 log = get_logger("torch")
@@ -240,6 +240,27 @@ def _plan(info: TensorInfo, weight: torch.dtype, keep_fp8: bool) -> torch.dtype 
     return weight
 
 
+# Tensors are read (and cast) in groups of at most this many tensors and file bytes; each group ends with a
+# progress step, the interrupt point (a group is well under a second of reading and casting on a CPU).
+LOAD_GROUP_TENSORS = 32
+LOAD_GROUP_BYTES = 64 << 20
+
+
+def _load_groups(source, mapping) -> list[list[str]]:
+    groups: list[list[str]] = [[]]
+    size = 0
+    for src_key in mapping:
+        info = source.tensors[src_key]
+        b, e = info.offsets
+        n = (e - b) or info.numel * 4
+        if groups[-1] and (len(groups[-1]) >= LOAD_GROUP_TENSORS or size + n > LOAD_GROUP_BYTES):
+            groups.append([])
+            size = 0
+        groups[-1].append(src_key)
+        size += n
+    return groups if groups[0] else []
+
+
 def _load_into(model, source, mapping: dict[str, str], convert_fn, *, dtype, device, keep_fp8=False, what="model", fill=None):
     """Read ``mapping`` (source key -> prefix-less key), convert, and assign into ``model`` (on meta).
 
@@ -248,12 +269,12 @@ def _load_into(model, source, mapping: dict[str, str], convert_fn, *, dtype, dev
     from ...progress import Progress
 
     sd = {}
-    step = 32
-    with Progress(max(1, (len(mapping) + step - 1) // step), f"loading {what}") as bar:
-        for i, (src_key, key) in enumerate(mapping.items()):
-            sd[key] = source.get(src_key, _plan(source.tensors[src_key], dtype, keep_fp8), device)
-            if i % step == step - 1:
-                bar.update()  # also the interrupt point
+    groups = _load_groups(source, mapping)
+    with Progress(len(groups), f"loading {what}") as bar:
+        for group in groups:
+            for src_key in group:
+                sd[mapping[src_key]] = source.get(src_key, _plan(source.tensors[src_key], dtype, keep_fp8), device)
+            bar.update()  # also the interrupt point: Cancel stops within one group
     sd = convert_fn(sd)
     expected = model.state_dict()
     if fill:
@@ -369,12 +390,7 @@ def vae_config_for(det: Detection, family: str | None, variant: str | None = Non
     return cfg
 
 
-def _family_vae_name(family, variant, latent):
-    if latent == 16:
-        return "vae-kl16-flux" if family == "flux" else "vae-kl16-sd3"
-    if family == "dit" or (family == "pixart" and variant and variant.startswith("alpha")):
-        return "vae-kl4-sd"
-    return "vae-kl4-sdxl"
+_family_vae_name = family_vae_name  # shared with the MLX loader (engines/base.py)
 
 
 def _build_vae(cfg: dict):
@@ -818,55 +834,10 @@ def _load_folder(engine, p: Path, det: Detection, wdt, vdt, tdt):
 
 
 def _handle(engine, det: Detection, p: Path, transformer, vae_model, vae_cfg, tes, toks, wdt, extras) -> ModelHandle:
-    family = det.family
     cfg = dict(transformer.config)
-    sched = det.extras.get("scheduler") or {}
-    if family in ("sd3", "flux", "sana"):
-        prediction = "flow"
-    else:
-        pt = sched.get("prediction_type", "epsilon")
-        prediction = "v" if pt == "v_prediction" else "eps"
-    if vae_cfg:
-        latent = int(vae_cfg.get("latent_channels", 4))
-        dc = vae_cfg.get("_class_name") == "AutoencoderDC" or "encoder_block_types" in vae_cfg
-        blocks = vae_cfg.get("encoder_block_out_channels") if dc else vae_cfg.get("block_out_channels")
-        vsf = 2 ** (len(blocks or [0] * (6 if dc else 4)) - 1)
-        scaling = float(vae_cfg.get("scaling_factor") or 1.0)
-        shift = float(vae_cfg.get("shift_factor") or 0.0)
-    else:
-        ref = configs.load(_family_vae_name(family, det.variant, 16 if family in ("sd3", "flux") else 4) if family != "sana" else FAMILY_VAE["sana"])["config"]
-        latent = int(ref["latent_channels"])
-        vsf = 32 if family == "sana" else 8
-        scaling = float(ref.get("scaling_factor") or 1.0)
-        shift = float(ref.get("shift_factor") or 0.0)
-    if family == "flux":
-        patch = 2  # latents are packed 2x2 into the 64-wide tokens
-    else:
-        patch = int(cfg.get("patch_size") or 1)
-    if family == "sd3":
-        flow_shift = float(sched.get("shift", 3.0))
-    elif family == "sana":
-        flow_shift = float(sched.get("flow_shift", sched.get("shift", 3.0)) or 3.0)
-    else:
-        flow_shift = None
-    ex = dict(extras)
-    if family == "flux":
-        ex["guidance_embeds"] = bool(cfg.get("guidance_embeds"))
-        ex["in_channels"] = int(cfg.get("in_channels", 64))
-    if family == "dit":
-        n = cfg.get("num_embeds_ada_norm") or 1000
-        ex["num_classes"] = det.extras.get("num_classes", n)
-    if family in ("pixart", "dit"):
-        ex["sigma_learned"] = int(cfg.get("out_channels") or 0) == 2 * int(cfg.get("in_channels") or 0)
-    if sched:
-        ex["scheduler"] = sched
-    for k in ("max_sequence_length", "fp8_storage"):
-        if k in det.extras:
-            ex[k] = det.extras[k]
-    ex["layout"] = det.layout
-    ex["needs"] = [n for n in det.needs if not ((n == "vae" and vae_model is not None) or n in tes)]
+    fields = handle_fields(det, cfg, vae_cfg, has_vae=vae_model is not None, text_encoders=tes, extras=extras)
     return ModelHandle(
-        family=family,
+        family=det.family,
         variant=det.variant or "",
         engine=engine,
         transformer=transformer,
@@ -875,15 +846,7 @@ def _handle(engine, det: Detection, p: Path, transformer, vae_model, vae_cfg, te
         vae_config=dict(vae_cfg),
         text_encoders=tes,
         tokenizers=toks,
-        prediction=prediction,
-        latent_channels=latent,
-        vae_scale_factor=vsf,
-        patch_size=patch,
-        scaling_factor=scaling,
-        shift_factor=shift,
-        flow_shift=flow_shift,
         dtype=str(wdt).replace("torch.", ""),
         source=str(p),
-        extras=ex,
+        **fields,
     )
-
