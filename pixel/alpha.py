@@ -10,7 +10,9 @@ Functions returning masks return uint8 0/255; functions taking an RGB image take
 * :func:`bleed` - push edge colours into transparent pixels (no dark halos when scaled/filtered);
 * :func:`outline` - a 1-pixel outline in a given colour around the silhouette;
 * :func:`remove_strays` - single pixels that differ from four agreeing neighbours take their colour;
-* :func:`clean` - the chain in one call.
+* :func:`clean` - the chain in one call;
+* :func:`key_to_alpha` - a flat key-colour background to alpha, edge colours decontaminated;
+* :func:`near_key_hue` - pixels with the key colour's hue (what fringe looks like).
 """
 
 from __future__ import annotations
@@ -213,13 +215,140 @@ def clean(rgb, alpha, *, level: int = 128, min_island: int = 0, max_hole: int = 
     return rgb, a
 
 
-def key_to_alpha(rgb, key=(255, 0, 255), *, threshold: float = 0.3) -> np.ndarray:
+def _hue_sat(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hue in degrees, HSV saturation, value) of float RGB 0..1, shape (..., 3)."""
+    mx, mn = f.max(-1), f.min(-1)
+    d = mx - mn
+    safe = np.maximum(d, 1e-9)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    h = np.where(mx == r, ((g - b) / safe) % 6.0, np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    return np.where(d > 0, h * 60.0, 0.0), np.where(mx > 0, d / np.maximum(mx, 1e-9), 0.0), mx
+
+
+def near_key_hue(rgb, key=(255, 0, 255), *, hue: float = 25.0, saturation: float = 0.5,
+                 value: float = 0.2) -> np.ndarray:
+    """Pixels whose hue is within ``hue`` degrees of the key colour's, saturated and not dark (bool ``H x W``):
+    what key-colour fringe looks like. All False for an unsaturated key (white, gray, black)."""
+    x = np.asarray(rgb)
+    f = x[..., :3].astype(np.float64) / 255.0 if x.dtype == np.uint8 else np.clip(x[..., :3].astype(np.float64), 0, 1)
+    kh, ks, kv = _hue_sat(np.asarray(key, np.float64)[:3] / 255.0)
+    if ks < 0.5 or kv < 0.3:
+        return np.zeros(f.shape[:-1], bool)
+    h, s, v = _hue_sat(f)
+    dh = np.abs(h - kh)
+    dh = np.minimum(dh, 360.0 - dh)
+    return (dh <= hue) & (s >= saturation) & (v >= value)
+
+
+def _dilate(m: np.ndarray, steps: int) -> np.ndarray:
+    for _ in range(steps):
+        m = m | (_neighbour_sum(m.astype(np.int32)) > 0)
+    return m
+
+
+def _best_blend(f: np.ndarray, ys, xs, cand: np.ndarray, k: np.ndarray, reach: int):
+    """For pixels ``(ys, xs)``: the colour ``F`` among ``cand`` pixels within ``reach`` that best explains each
+    as ``a F + (1 - a) K``: (a, relative residual, F, distance to the nearest candidate colour); residual and
+    distance inf where no candidate is in reach."""
+    c = f[ys, xs]
+    ck = c - k
+    best_a = np.ones(len(ys))
+    best_r = np.full(len(ys), np.inf)
+    best_f = c.copy()
+    nearest = np.full(len(ys), np.inf)
+    fp = np.pad(f, [(reach, reach), (reach, reach), (0, 0)])
+    cp = np.pad(cand, reach)
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            ok = cp[ys + dy + reach, xs + dx + reach]
+            if not ok.any():
+                continue
+            fc = fp[ys + dy + reach, xs + dx + reach]
+            fk = fc - k
+            den = (fk * fk).sum(-1)
+            a = np.clip((ck * fk).sum(-1) / np.maximum(den, 1e-9), 0.0, 1.0)
+            r = np.sqrt(((ck - a[:, None] * fk) ** 2).sum(-1)) / np.sqrt(3.0)
+            nearest = np.where(ok, np.minimum(nearest, np.sqrt(((c - fc) ** 2).sum(-1)) / np.sqrt(3.0)), nearest)
+            better = ok & (den > 1e-6) & (r < best_r)
+            best_r = np.where(better, r, best_r)
+            best_a = np.where(better, a, best_a)
+            best_f = np.where(better[:, None], fc, best_f)
+    return best_a, best_r, best_f, nearest
+
+
+def _hue_nearby(f: np.ndarray, ys, xs, cand: np.ndarray, reach: int, hue: float = 12.0) -> np.ndarray:
+    """Whether some ``cand`` pixel within ``reach`` has about the hue (and saturation) of pixel ``(ys, xs)``."""
+    h, s, _ = _hue_sat(f)
+    cand = cand & (s >= 0.2)
+    hp, sp, cp = np.pad(h, reach), np.pad(s, reach), np.pad(cand, reach)
+    found = np.zeros(len(ys), bool)
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            yy, xx = ys + dy + reach, xs + dx + reach
+            dh = np.abs(hp[yy, xx] - h[ys, xs])
+            found |= cp[yy, xx] & (np.minimum(dh, 360.0 - dh) <= hue) & (np.abs(sp[yy, xx] - s[ys, xs]) <= 0.3)
+    return found
+
+
+def _decontaminate(f: np.ndarray, bg: np.ndarray, k: np.ndarray, band: int, reach: int,
+                   tol: float, hue: float = 25.0) -> tuple[np.ndarray, np.ndarray]:
+    """One image: (colours, opaque mask) with the key colour's contribution taken out of the edge band.
+
+    An opaque pixel within ``band`` pixels of the background is a blend ``c = a F + (1 - a) K`` when some
+    sprite colour ``F`` from the interior within ``reach`` pixels puts it on the line from the key ``K``
+    (residual under ``tol``) clearly short of ``F`` (``a`` < 0.9): below ``a`` = 0.5 it becomes
+    transparent, above it takes the un-premultiplied colour ``(c - (1 - a) K) / a``. Edge pixels nothing
+    inside explains keep their colour, unless they are fringe: a hue within ``hue`` degrees of the key's
+    (:func:`near_key_hue`, loosely: saturation 0.35) that no interior colour within ``reach`` matches, in
+    colour or in hue (a purple sprite's shaded edge has its inside's hue; violet specks around a red
+    potion match nothing). Fringe that
+    a nearby opaque colour of another hue explains loosely (residual under ``2 tol``, ``a`` >= 0.5) takes
+    that colour; the rest becomes transparent.
+    """
+    opaque = ~bg
+    edge = opaque & _dilate(bg, band)
+    out = f.copy()
+    keep = opaque.copy()
+    ys, xs = np.nonzero(edge)
+    if len(ys) == 0:
+        return out, keep
+    c = f[ys, xs]
+    a, r, _, own = _best_blend(f, ys, xs, opaque & ~edge, k, reach)
+    blend = (r < tol) & (a < 0.9)
+    col = np.clip((c - (1.0 - a[:, None]) * k) / np.maximum(a[:, None], 1e-9), 0.0, 1.0)
+    out[ys[blend], xs[blend]] = col[blend]
+    keep[ys[blend & (a < 0.5)], xs[blend & (a < 0.5)]] = False
+    # key-hued band pixels left (unexplained, or still key-hued once un-premultiplied): fringe
+    key8 = np.round(k * 255.0)
+
+    def fringe_hue(x):
+        return near_key_hue(x, key8, hue=hue, saturation=0.35, value=0.15)
+
+    hued = keep[ys, xs] & fringe_hue(out[ys, xs][None])[0] & ~(own < 0.1)
+    if hued.any():  # a hue the inside has nearby is the sprite's own colour family (its edge shading)
+        hued[hued] &= ~_hue_nearby(f, ys[hued], xs[hued], opaque & ~edge, reach)
+    if hued.any():
+        hy, hx = ys[hued], xs[hued]
+        other = keep & ~fringe_hue(out)
+        a2, r2, f2, _ = _best_blend(out, hy, hx, other, k, reach)
+        take = (r2 < 2.0 * tol) & (a2 >= 0.5)
+        out[hy[take], hx[take]] = f2[take]
+        keep[hy[~take], hx[~take]] = False
+    return out, keep
+
+
+def key_to_alpha(rgb, key=(255, 0, 255), *, threshold: float = 0.3, decontaminate: bool = True,
+                 band: int = 2) -> np.ndarray:
     """RGB image(s) on the key colour -> RGBA uint8 with alpha exactly 0 or 255.
 
     ``rgb`` is uint8 0..255 or float 0..1, shape ``(..., H, W, 3)``. A pixel is background when its RGB
     distance to the key colour, relative to the largest possible distance, is below ``threshold``, or
     when it is magenta-like (red and blue both well above green, as key pixels blended with an edge
-    are; only for a magenta key). Background pixels get alpha 0 and RGB 0; sprite pixels keep their colour with alpha 255.
+    are; only for a magenta key). Background pixels get alpha 0 and RGB 0; sprite pixels keep their colour
+    with alpha 255, except, with ``decontaminate``, in the ``band`` pixels next to the background: there a
+    pixel that is a sprite colour blended with the key gets the key taken out (un-premultiplied; mostly
+    key: transparent), and pixels that keep the key's hue (:func:`near_key_hue`) are dropped, so no
+    key-colour fringe is left around the silhouette (see :func:`_decontaminate`).
     """
     x = np.asarray(rgb)
     f = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else np.clip(x.astype(np.float32), 0.0, 1.0)
@@ -230,6 +359,16 @@ def key_to_alpha(rgb, key=(255, 0, 255), *, threshold: float = 0.3) -> np.ndarra
     if not (k[0] > 0.8 and k[2] > 0.8 and k[1] < 0.2):
         magenta = np.zeros_like(magenta)
     bg = (d < threshold) | magenta
+    if decontaminate and f.ndim >= 3 and int(band) > 0:
+        flat_f = f.reshape((-1,) + f.shape[-3:]).astype(np.float64)
+        flat_bg = bg.reshape((-1,) + bg.shape[-2:])
+        cols, keeps = [], []
+        for fi, bi in zip(flat_f, flat_bg):
+            ci, ki = _decontaminate(fi, bi, k.astype(np.float64), int(band), reach=3, tol=0.035)
+            cols.append(ci)
+            keeps.append(ki)
+        f = np.stack(cols).reshape(f.shape)
+        bg = ~np.stack(keeps).reshape(bg.shape)
     out = np.zeros(f.shape[:-1] + (4,), np.uint8)
     rgb8 = np.clip(np.round(f * 255.0), 0, 255).astype(np.uint8)
     out[..., :3] = np.where(bg[..., None], 0, rgb8)
