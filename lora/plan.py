@@ -156,21 +156,78 @@ def resolve_component(modules, targets: dict, get, strength: float, *, family: s
     for m in modules:
         try:
             patch = build_patch(m, get, strength, metadata)
+            placed = _place(patch, m.flat, index, targets, fams, te)
         except ValueError as exc:
             plan.skipped.append((m.key, str(exc)))
             continue
-        flat = m.flat
-        placed = _place(patch, flat, index, targets, fams, te)
+        except (KeyError, IndexError, TypeError, RuntimeError) as exc:  # a damaged module: parts or shapes missing
+            plan.skipped.append((m.key, f"malformed adapter ({type(exc).__name__}: {str(exc)[:120]})"))
+            continue
         if placed is None:
             plan.unmatched.append(m.key)
         elif isinstance(placed, str):
             plan.skipped.append((m.key, placed))
         else:
+            bad = next((why for target, p in placed if (why := shape_problem(p, targets[target]))), None)
+            if bad:
+                plan.skipped.append((m.key, bad))
+                continue
             for target, p in placed:
                 plan.add(target, p)
             plan.matched.append(m.key)
             plan.ignored += [m.params[r] for r in _IGNORED_ROLES if r in m.params]
     return plan
+
+
+def shape_problem(p: Patch, layer_shape) -> str | None:
+    """Why the parts of ``p`` cannot make its update for a layer of ``layer_shape`` (None when they can).
+
+    The same shape arithmetic as :func:`spriteforge.lora.core.delta_weight` and the low-rank forward, done on
+    the shapes only, so a damaged file is refused at planning instead of failing in the model's forward.
+    """
+    t = p.tensors
+    shape = tuple(int(s) for s in layer_shape)
+    out = (p.rows[1] - p.rows[0]) if p.rows else shape[0]
+    rest = _numel(shape[1:])
+    sh = {k: tuple(int(s) for s in v.shape) for k, v in t.items()}
+    n = {k: _numel(v) for k, v in sh.items()}
+    bad = f"malformed {p.kind} parts {', '.join(f'{k}{list(v)}' for k, v in sorted(sh.items()))} for layer {list(shape)}"
+    if any(0 in v for v in sh.values()):
+        return bad + " (an empty part)"
+    if p.kind == "lora":
+        down, up = sh["down"], sh["up"]
+        r = down[0] if down else 0
+        if len(down) < 2 or len(up) < 2 or up[0] != out or up[1] != r or n["up"] != out * r or n["down"] != r * rest:
+            return bad
+    elif p.kind == "loha":
+        for a, b in (("w1a", "w1b"), ("w2a", "w2b")):
+            r = sh[b][0] if sh[b] else 0
+            if len(sh[a]) < 2 or len(sh[b]) < 2 or n[a] != out * r or n[b] != r * rest:
+                return bad
+    elif p.kind == "lokr":
+        if "w1" in sh:
+            w1 = sh["w1"]
+        elif len(sh.get("w1a", ())) == 2 and len(sh.get("w1b", ())) == 2 and sh["w1a"][1] == sh["w1b"][0]:
+            w1 = (sh["w1a"][0], sh["w1b"][1])
+        else:
+            return bad
+        if len(w1) != 2 or len(shape) < 2 or out % w1[0] or shape[1] % w1[1]:
+            return bad
+        want = (out // w1[0]) * (shape[1] // w1[1]) * _numel(shape[2:])
+        if "w2" in sh:
+            ok = n["w2"] == want
+        else:
+            a, b = sh.get("w2a", ()), sh.get("w2b", ())
+            ok = len(a) == 2 and len(b) >= 2 and a[1] == b[0] and a[0] * (n["w2b"] // b[0]) == want
+        if not ok:
+            return bad
+    elif n["diff"] != out * rest:
+        return bad
+    if p.dora_scale is not None:
+        m = _numel(p.dora_scale.shape)
+        if m not in (out, shape[1] if len(shape) > 1 else 1):
+            return bad + f" (DoRA scale of {m} values)"
+    return None
 
 
 # parts of a module that are not applied (the weight update is): bias diffs, LyCORIS norms

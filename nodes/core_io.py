@@ -141,20 +141,36 @@ class LoadImage(io.ComfyNode):
 
     @classmethod
     def execute(cls, image):
-        from PIL import Image, ImageOps, ImageSequence
-
         root = input_dir()
         p = Path(str(image))
-        path = p if p.is_absolute() else root / p
-        if ".." in p.parts or not path.is_file():
+        if p.is_absolute() or ".." in p.parts:
+            raise SpriteForgeError(BAD_INPUT, f"image {image!r} must be a name inside the input folder {root}, not a "
+                                   "path. Put the file there and give its name.", details={"image": str(image)})
+        path = root / p
+        try:
+            inside = path.resolve().is_relative_to(root.resolve())  # a symlink may not point out of the folder
+        except (OSError, RuntimeError):
+            inside = False
+        if not inside:
+            raise SpriteForgeError(BAD_INPUT, f"image {image!r} points outside the input folder {root}. "
+                                   "Copy the file into the folder instead of linking it.", details={"image": str(image)})
+        if not path.is_file():
             raise SpriteForgeError(BAD_INPUT, f"image {image!r} was not found in the input folder {root}. "
                                    "Put it there (or pass --input DIR).", details={"image": str(image)})
-        frames, masks = [], []
         try:
-            im = Image.open(path)
-        except Exception as exc:  # noqa: BLE001 - unreadable file
+            return cls._load(path)
+        except SpriteForgeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - unreadable, truncated or damaged file
             raise SpriteForgeError(BAD_INPUT, f"image {image!r} is not a readable image ({type(exc).__name__}). "
                                    "Replace the file or pick another one.", details={"image": str(image)}) from exc
+
+    @classmethod
+    def _load(cls, path: Path):
+        from PIL import Image, ImageOps, ImageSequence
+
+        frames, masks = [], []
+        im = Image.open(path)
         with im:
             size = None
             for f in ImageSequence.Iterator(im):
