@@ -293,6 +293,8 @@ class MLXDenoiser:
         self._pixart_extra = bool(getattr(self.module, "use_additional_conditions", False))
         self._guidance_embeds = bool(cfgd.get("guidance_embeds", False))
         self._timestep_scale = float(cfgd.get("timestep_scale", 1.0) or 1.0)
+        gs = cfgd.get("guidance_embeds_scale", 0.1)
+        self._guidance_scale = float(0.1 if gs is None else gs)  # SanaTransformer2DModel's default
         self._mx = mx
         if self._fill_args is not None and fill_image is not None:
             f = int(handle.vae_scale_factor or 8)
@@ -350,7 +352,8 @@ class MLXDenoiser:
         elif fam == "sana":
             kw = {}
             if self._guidance_embeds:
-                kw["guidance"] = mx.full((b,), float(self.cond.guidance or 4.5), dtype=x.dtype)
+                # as diffusers' SanaSprintPipeline: guidance (float32, in the embeds' dtype) times config.guidance_embeds_scale
+                kw["guidance"] = mx.full((b,), float(self.cond.guidance or 4.5), dtype=mx.float32).astype(x.dtype) * self._guidance_scale
             out = m(x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond.get("mask"),
                     timestep=t * self._timestep_scale, **kw)
         elif fam == "flux":
