@@ -98,8 +98,9 @@ def build_tokenizer(work: Path):
 
     shutil.copy(str(prefix) + ".model", tok_dir / "spiece.model")  # for transformers 4's sentencepiece T5Tokenizer
     tok = transformers.T5Tokenizer.from_pretrained(tok_dir, local_files_only=True)
-    # (transformers 5's T5Tokenizer rebuilds its normaliser on load, so upper case is not folded there: give
-    # prompts in lower case; diffusers' PixArt pipelines lower-case prompts themselves)
+    # (transformers 5's T5Tokenizer rebuilds its normaliser on load, so upper case is not folded there; the
+    # pack's loaders fold case for lower-case-only vocabularies, engines/tokenizer_case.py; diffusers' PixArt
+    # pipelines lower-case prompts themselves)
     assert tok("small blue gem").input_ids == sp.encode("small blue gem") + [1], (tok("small blue gem").input_ids, sp.encode("small blue gem"))
     for w in S.vocabulary():  # every caption word is a single token
         ids = tok(w).input_ids

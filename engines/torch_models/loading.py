@@ -31,6 +31,7 @@ from ...models import configs
 from ...models.detect import Detection, detect, detect_tensors
 from ...models.safetensors_header import DTYPES, TensorInfo, read_header
 from ..base import ModelHandle, family_vae_name, handle_fields
+from ..tokenizer_case import fold_case_if_lowercase
 from . import convert
 
 log = get_logger("torch")
@@ -615,7 +616,7 @@ def find_tokenizer(key: str, near: Path | None = None, *, source=None, required:
     if source is not None and kind in ("gemma", "t5") and "spiece_model" in source.tensors:
         tok = _embedded_spiece(source, kind)
         if tok is not None:
-            return tok
+            return fold_case_if_lowercase(tok)
     cands: list[Path] = []
     if near is not None:
         near = Path(near)
@@ -632,7 +633,7 @@ def find_tokenizer(key: str, near: Path | None = None, *, source=None, required:
     for d in cands:
         if _has_tokenizer_files(d, kind) and _tokenizer_matches(d, kind):
             try:
-                return _load_tokenizer_dir(d, kind)
+                return fold_case_if_lowercase(_load_tokenizer_dir(d, kind))
             except Exception as exc:  # noqa: BLE001 - try the next place
                 log.warning("tokenizer in %s could not be loaded: %s", d, exc)
     if not required:
@@ -830,6 +831,7 @@ def _load_folder(engine, p: Path, det: Detection, wdt, vdt, tdt):
                 toks[key] = getattr(transformers, tentry[1]).from_pretrained(p / tsub, local_files_only=True)
             except Exception:  # noqa: BLE001 - e.g. slow class unavailable: generic loader
                 toks[key] = transformers.AutoTokenizer.from_pretrained(p / tsub, local_files_only=True)
+            fold_case_if_lowercase(toks[key])  # a lower-case-only vocabulary: case-insensitive prompts
     return transformer, vae_model, vae_cfg, tes, toks
 
 
