@@ -32,20 +32,24 @@ SDXL_CHANNELS = 320
 SDXL_DEPTHS = (0, 2, 10)  # transformer depth per level (2 res blocks each) -> [0, 0, 2, 2, 10, 10]
 
 
-def unet_config(channels: int = SDXL_CHANNELS, depths=SDXL_DEPTHS, context_dim: int = 2048, adm: int = 2816) -> dict:
-    """A diffusers UNet2DConditionModel config with SDXL's down path (and ``channels`` per level)."""
+def unet_config(channels: int = SDXL_CHANNELS, depths=SDXL_DEPTHS, context_dim: int = 2048, adm: int | None = 2816,
+                linear: bool = True, layers_per_block: int = 2) -> dict:
+    """A diffusers UNet2DConditionModel config with SDXL's down path (and ``channels`` per level); with
+    ``adm=None, linear=False, context_dim=768`` an SD1.x-style one."""
     head = 64 if channels % 64 == 0 else channels // 4
-    return dict(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
+    cfg = dict(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=layers_per_block,
         block_out_channels=(channels,) * len(depths),
         down_block_types=tuple("CrossAttnDownBlock2D" if d else "DownBlock2D" for d in depths),
         up_block_types=("UpBlock2D",) * len(depths),
         mid_block_type="UNetMidBlock2DCrossAttn",
         transformer_layers_per_block=tuple(max(d, 1) for d in depths),
         attention_head_dim=tuple(channels // head for _ in depths), cross_attention_dim=context_dim,
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=adm, norm_num_groups=32 if channels % 32 == 0 else 8,
+        use_linear_projection=linear, norm_num_groups=32 if channels % 32 == 0 else 8,
     )
+    if adm:
+        cfg.update(addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=adm)
+    return cfg
 
 
 def build_unet(seed: int = 0, **cfg):
@@ -149,9 +153,9 @@ def _rand(rng, shape, std=0.02):
     return torch.from_numpy((rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float16))
 
 
-def clip_l_state(rng, layers: int = 12, width: int = 768) -> dict:
-    """CLIP ViT-L/14 text encoder in transformers' layout (what SDXL checkpoints hold), random weights."""
-    p = "conditioner.embedders.0.transformer.text_model."
+def clip_l_state(rng, layers: int = 12, width: int = 768, prefix: str = "conditioner.embedders.0.transformer.") -> dict:
+    """CLIP ViT-L/14 text encoder in transformers' layout (what SDXL and SD1.x checkpoints hold), random weights."""
+    p = prefix + "text_model."
     sd = {p + "embeddings.token_embedding.weight": _rand(rng, (49408, width)),
           p + "embeddings.position_embedding.weight": _rand(rng, (77, width)),
           p + "final_layer_norm.weight": torch.ones(width, dtype=torch.float16),
@@ -213,6 +217,29 @@ def make_sdxl_checkpoint(path, seed: int = 0) -> Path:
     return path
 
 
+SD15_CONFIG = dict(channels=320, depths=(1, 0), context_dim=768, adm=None, linear=False, layers_per_block=1)
+
+
+def make_sd15_checkpoint(path, seed: int = 0) -> Path:
+    """An SD1.x single-file checkpoint (``model.diffusion_model.``, ``first_stage_model.``,
+    ``cond_stage_model.transformer.``), float16.  ComfyUI recognises SD1.x from model_channels 320,
+    context_dim 768, conv proj_in and no adm; the depth is free, so the UNet here is two 320-channel levels
+    with one res block each (~30M parameters).  The CLIP-L and the VAE are full size (ComfyUI's fixed configs)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    unet = build_unet(seed, **SD15_CONFIG)
+    sd = {"model.diffusion_model." + k: v.half().contiguous() for k, v in unet_to_ldm(unet.state_dict(), unet.config).items()}
+    del unet
+    vae = build_vae(seed + 1)
+    sd.update({"first_stage_model." + k: v.half().contiguous() for k, v in vae_to_ldm(vae.state_dict()).items()})
+    del vae
+    sd.update(clip_l_state(np.random.Generator(np.random.PCG64(seed + 2)), prefix="cond_stage_model.transformer."))
+    save_file(sd, str(path))
+    return path
+
+
 def make_sdxl_lora(path, ckpt_keys, rank: int = 4, seed: int = 0, max_layers: int = 12) -> Path:
     """A kohya-format SDXL LoRA (``lora_unet_<ldm path>`` with lora_down/lora_up/alpha) on the checkpoint's
     attention q/k/v/out layers (``ckpt_keys``: the checkpoint's tensor names and shapes)."""
@@ -247,4 +274,4 @@ if __name__ == "__main__":  # python -m spriteforge.tests.sdxl_fixture MODELS_DI
     with safe_open(str(ck), "pt") as f:
         keys = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     make_sdxl_lora(root / "loras" / "pixel-art-xl.safetensors", keys)
-    print(ck)
+    print(ck, make_sd15_checkpoint(root / "checkpoints" / "v1-5-pruned-emaonly.safetensors"))

@@ -15,6 +15,7 @@ One prompt, core Load Checkpoint -> LoraLoader -> CLIP Text Encode, with branche
   + core BasicScheduler -> equals b (same maths through ComfyUI's own sampling entry point);
 * f: core SamplerCustom (its own noise) with our SAMPLER (dpmpp_2m_sde);
 * g: img2img + inpaint mask + seamless tile + CFG-rescale + dynamic thresholding;
+* h/i: an SD1.x checkpoint (``v1-5-pruned-emaonly.safetensors``) through SpriteForge KSampler and SamplerCustom;
 then a long run interrupted over HTTP, and the shipped workflows/api/sdxl_pixel_art.json at 64x64
 (indexed PNGs with index 0 transparent and a sheet come back).
 """
@@ -37,7 +38,7 @@ from spriteforge.tests.test_lora_comfyui import _STUB, _free_port, _get, _image,
 COMFY = os.environ.get("SPRITEFORGE_COMFYUI")
 pytestmark = pytest.mark.skipif(not COMFY, reason="set SPRITEFORGE_COMFYUI=/path/to/ComfyUI to run the real-ComfyUI SDXL test")
 
-CKPT, LORA = "sd_xl_base_1.0.safetensors", "pixel-art-xl.safetensors"
+CKPT, LORA, SD15 = "sd_xl_base_1.0.safetensors", "pixel-art-xl.safetensors", "v1-5-pruned-emaonly.safetensors"
 
 
 def _models(tmp_path) -> Path:
@@ -52,6 +53,10 @@ def _models(tmp_path) -> Path:
         with safe_open(str(ck), "pt") as f:
             keys = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         make_sdxl_lora(root / "loras" / LORA, keys)
+    if not (root / "checkpoints" / SD15).exists():
+        from spriteforge.tests.sdxl_fixture import make_sd15_checkpoint
+
+        make_sd15_checkpoint(root / "checkpoints" / SD15)
     if not (root / "birefnet" / "BiRefNet_lite.safetensors").exists():
         from spriteforge.tests.test_workflows_e2e import _birefnet_lite
 
@@ -104,6 +109,22 @@ def sdxl_graph() -> dict:
         "g": _ks(["2", 0], ["gE", 0], 9, sampler="dpmpp_2m_sde", schedule="normal", denoise=0.6, mask=["gM", 0], tile=True,
                  cfg_rescale=0.7, dynamic_threshold=0.995),
     }
+    g.update({  # SD1.5 through the same nodes
+        "h1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15}},
+        "h3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["h1", 1], "text": "pixel art, a knight"}},
+        "h4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["h1", 1], "text": "blurry"}},
+        "h": {"class_type": "SpriteForgeKSampler", "inputs": {"model": ["h1", 0], "positive": ["h3", 0], "negative": ["h4", 0],
+                                                              "latent_image": ["L2", 0], "seed": 5, "steps": 3, "cfg": 6.0,
+                                                              "sampler": "dpmpp_2m_sde", "schedule": "normal", "denoise": 1.0}},
+        "hT": {"class_type": "BasicScheduler", "inputs": {"model": ["h1", 0], "scheduler": "normal", "steps": 2, "denoise": 1.0}},
+        "hS": {"class_type": "SpriteForgeSamplerSelect", "inputs": {"sampler": "heun"}},
+        "i": {"class_type": "SamplerCustom", "inputs": {"model": ["h1", 0], "add_noise": True, "noise_seed": 3, "cfg": 5.0,
+                                                        "positive": ["h3", 0], "negative": ["h4", 0], "sampler": ["hS", 0],
+                                                        "sigmas": ["hT", 0], "latent_image": ["L1", 0]}},
+    })
+    for k in ("h", "i"):
+        g["D" + k] = {"class_type": "VAEDecode", "inputs": {"samples": [k, 0], "vae": ["h1", 2]}}
+        g["S" + k] = _save(["D" + k, 0], f"sf_{k}")
     for k in ("a", "b", "c", "d", "g"):
         g["D" + k], g["S" + k] = _decode([k, 0]), _save(["D" + k, 0], f"sf_{k}")
     for k in ("e", "f"):  # SamplerCustom(Advanced): output 0 is the (denoised-at-last-step) sample
@@ -156,8 +177,10 @@ def test_our_samplers_on_core_sdxl_graphs_in_real_comfyui(tmp_path):
         assert np.abs(b - d).max() > 10  # the LoRA changed the model
         assert np.abs(e - b).max() <= 2  # SamplerCustomAdvanced + our NOISE/SAMPLER == our KSampler
         assert len(_images(out, o["Sf"])) == 2 and len(_images(out, o["Sg"])) == 1
+        assert len(_images(out, o["Sh"])) == 2 and len(_images(out, o["Si"])) == 1  # SD1.5
         logtext = (tmp_path / "comfy.log").read_text()
         assert "model_type EPS" in logtext and "Requested to load SDXL" in logtext
+        assert "Requested to load BaseModel" in logtext  # SD1.5's model class
         assert "lora key not loaded" not in logtext
 
         # Cancel: a long run stops at the next step
@@ -206,3 +229,27 @@ def test_our_samplers_on_core_sdxl_graphs_in_real_comfyui(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def test_our_schedules_equal_comfyuis_on_its_model_samplings(tmp_path):
+    """ComfyUI's own model_sampling objects (SD1.5, SDXL eps and v, SD3, Flux): the parametrisation read from them
+    and our schedules built from them against ComfyUI's calculate_sigmas."""
+    env = dict(os.environ)
+    extra = [COMFY, os.environ.get("SPRITEFORGE_COMFY_PYTHONPATH")]
+    if os.environ.get("SPRITEFORGE_COMFY_TORCHVISION_STUB") == "1":
+        (tmp_path / "stub" / "torchvision").mkdir(parents=True)
+        (tmp_path / "stub" / "torchvision" / "__init__.py").write_text(_STUB)
+        extra.insert(0, str(tmp_path / "stub"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, extra + [env.get("PYTHONPATH")]))
+    script = Path(__file__).resolve().parent / "comfy_schedule_check.py"
+    r = subprocess.run([os.environ.get("SPRITEFORGE_COMFY_PYTHON", sys.executable), str(script)], cwd=COMFY, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {k: v["flow"] for k, v in res.items()} == {"SD15": False, "SDXL": False, "SDXL_vpred": False, "SD3": True,
+                                                      "Flux": True}
+    for fam, v in res.items():
+        for sched, err in v["max_err"].items():
+            if sched == "ddim_uniform":  # ours follows diffusers' leading spacing; ComfyUI's has one more step
+                continue
+            assert err < 1e-5, (fam, sched, err)
