@@ -37,7 +37,7 @@ CODES: dict[str, int] = {
 
 # The generic "what to do" for each code; a raised error adds its specifics.
 HINTS: dict[str, str] = {
-    MODEL_NOT_FOUND: "Put the file in the model folder named in the message (or pass its full path) and try again.",
+    MODEL_NOT_FOUND: "Put the file in a model folder the message names and try again.",
     MODEL_NOT_CONVERTED: "This model needs converting for the chosen engine; use the torch engine or convert it first.",
     UNSUPPORTED_ARCHITECTURE: "The file is not a model SpriteForge knows. Check it is the right file for this loader.",
     LORA_KEY_MISMATCH: "The LoRA was made for another model family; pick a LoRA trained for the loaded model.",

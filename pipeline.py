@@ -100,7 +100,7 @@ class GenerateParams:
     class_labels: list | None = None
     max_side: int = DEFAULT_MAX_SIDE
     cond: Conditioning | None = None
-    preview: bool = False
+    preview: Any = False  # True: ComfyUI's preview setting; or a previewer (spriteforge.preview); False/None: none
     callback: Callable | None = None
     sampler_options: dict = field(default_factory=dict)
 
@@ -340,19 +340,16 @@ def _check_cond(handle, cond):
 
 
 # --------------------------------------------------------------------------- preview
-def _preview(engine, x0):
-    """A small RGB preview of a latent for ComfyUI (first three channels, normalised), or None."""
-    try:
-        from PIL import Image
-
-        a = _np(x0, engine)[0]
-        rgb = a[:3] if a.shape[0] >= 3 else np.repeat(a[:1], 3, axis=0)
-        rgb = rgb - rgb.min(axis=(1, 2), keepdims=True)
-        rgb = rgb / np.maximum(rgb.max(axis=(1, 2), keepdims=True), 1e-6)
-        img = Image.fromarray((rgb.transpose(1, 2, 0) * 255).astype(np.uint8))
-        return ("JPEG", img, 512)
-    except Exception:  # previews are best effort
+def _previewer(engine, handle, preview):
+    """The previewer for ``GenerateParams.preview``: a previewer callable as given, True = ComfyUI's setting
+    (:func:`spriteforge.preview.make_previewer`, None when ComfyUI's preview method is ``none``), else None."""
+    if preview is None or preview is False:
         return None
+    if preview is True:
+        from .preview import make_previewer
+
+        return make_previewer(engine, handle)
+    return preview
 
 
 # --------------------------------------------------------------------------- sample
@@ -513,10 +510,19 @@ def _sample(engine, handle, params: GenerateParams) -> SampleResult:
     progress = Progress(total, desc=f"{handle.family} {d['sampler']}")
     user_cb = params.callback
 
+    previewer = _previewer(engine, handle, params.preview)
+
     def callback(state):
         if user_cb is not None:
             user_cb(state)
-        prev = _preview(engine, state.get("denoised")) if params.preview else None
+        if previewer is None:
+            progress.update(1)
+            return
+        try:
+            prev = previewer(state.get("denoised"))
+        except Exception as exc:  # previews are best effort
+            log.debug("preview failed: %s", exc)
+            prev = None
         progress.update(1, preview=prev) if prev is not None else progress.update(1)
 
     opts = dict(params.sampler_options or {})

@@ -1,0 +1,272 @@
+"""The shipped workflows in the real editor: opt-in, it boots a ComfyUI server on the CPU and drives
+its real frontend (the ``comfyui-frontend-package`` ComfyUI serves) in headless Chromium.
+
+Set ``SPRITEFORGE_COMFYUI=/path/to/ComfyUI`` (with this pack in its ``custom_nodes``), and have
+Playwright importable (``pip install playwright``) and a Chromium (``SPRITEFORGE_CHROMIUM``, default
+``/usr/bin/chromium``); ``SPRITEFORGE_COMFY_PYTHON`` / ``SPRITEFORGE_COMFY_PYTHONPATH`` /
+``SPRITEFORGE_COMFY_TORCHVISION_STUB=1`` as for ``test_lora_comfyui.py``. Screenshots go to
+``SPRITEFORGE_SCREENSHOTS`` (default: the test's tmp folder).
+
+For every shipped graph (``workflows/NAME.json``) the test opens it in the editor with the
+frontend's own ``app.loadGraphData`` and reads every node's box from ``app.graph`` (the frontend's
+``getBounding``, title bar included, plus the engine badge drawn above model nodes) and every group's
+title bar, and checks that none overlaps another. Then it runs sprite_demo (the built-in model) from
+the editor with an Engine Info and a LoRA Info node added, waits for the run to end and checks:
+
+* the swatch strip of Palette Extract and Quantize shows the colours those nodes sent
+  (``/history`` ui ``palette``) and the strip lies inside the node;
+* the two info nodes show their report text in their text box;
+* the family route knows the demo model (the prompt's widget hints), and nothing overlaps now
+  that the image previews and swatches are drawn;
+* no sampler preview reached the editor (ComfyUI's default ``--preview-method none``).
+
+The other workflows need release models the test does not have: for them the test puts sprite_demo's
+output images into their image nodes' outputs (as a run would) and checks the layout again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+COMFY = os.environ.get("SPRITEFORGE_COMFYUI")
+CHROMIUM = os.environ.get("SPRITEFORGE_CHROMIUM", "/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--no-first-run"]
+
+pytestmark = pytest.mark.skipif(not COMFY, reason="set SPRITEFORGE_COMFYUI=/path/to/ComfyUI to run the real-editor test")
+
+# Boxes of everything drawn for a node (title bar, body, engine badge) and group title bars, from app.graph.
+JS_LAYOUT = """() => {
+  const app = window.comfyAPI.app.app;
+  const g = app.graph;
+  const titleH = LiteGraph.NODE_TITLE_HEIGHT;
+  const nodes = (g._nodes || g.nodes).map((n) => {
+    const b = n.getBounding ? Array.from(n.getBounding()) : [n.pos[0], n.pos[1] - titleH, n.size[0], n.size[1] + titleH];
+    if (n.sfModelNode) { b[1] -= 19; b[3] += 19; }  // the engine badge above the title bar
+    return { id: n.id, type: n.type, box: b, pos: Array.from(n.pos), size: Array.from(n.size),
+             widgets: (n.widgets || []).map((w) => w.name), palette: n.sfPalette || null, text: n.sfText || null,
+             report: (n.widgets || []).find((w) => w.name === "sf_report")?.value ?? null,
+             swatchTop: n.sfPaletteNode ? window.sfSwatchTop?.(n) ?? null : null, imgs: (n.imgs || []).length };
+  });
+  const groups = (g._groups || g.groups || []).map((gr) => {
+    const r = Array.from(gr._bounding || gr.bounding);
+    return { title: gr.title, box: r, titleBox: [r[0], r[1], r[2], gr.titleHeight ?? LiteGraph.NODE_TITLE_HEIGHT] };
+  });
+  return { nodes, groups };
+}"""
+
+
+def _overlaps(a, b) -> bool:  # [x, y, w, h]
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def layout_problems(layout: dict) -> list[str]:
+    out = []
+    nodes = layout["nodes"]
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            if _overlaps(a["box"], b["box"]):
+                out.append(f"nodes {a['id']} {a['type']} and {b['id']} {b['type']} overlap: {a['box']} / {b['box']}")
+    for gi, g in enumerate(layout["groups"]):
+        for n in nodes:
+            if _overlaps(g["titleBox"], n["box"]):
+                out.append(f"group {g['title']!r} title bar overlaps node {n['id']} {n['type']}")
+        for h in layout["groups"][gi + 1:]:
+            if _overlaps(g["titleBox"], h["titleBox"]):
+                out.append(f"group titles {g['title']!r} and {h['title']!r} overlap")
+    return out
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _boot(tmp_path):
+    from spriteforge.tests.test_lora_comfyui import _STUB, _free_port
+
+    models = tmp_path / "models"
+    (models / "loras").mkdir(parents=True)
+    shutil.copy(REPO / "demo_model" / "loras" / "night.safetensors", models / "loras" / "night.safetensors")
+    cfg = tmp_path / "extra_model_paths.yaml"
+    cfg.write_text(f"sf_browser:\n    base_path: {models}\n    loras: loras\n")
+    out = tmp_path / "out"
+    for d in ("user", "temp", "input"):
+        (tmp_path / d).mkdir()
+    port = _free_port()
+    py = os.environ.get("SPRITEFORGE_COMFY_PYTHON", sys.executable)
+    env = dict(os.environ)
+    extra = [os.environ.get("SPRITEFORGE_COMFY_PYTHONPATH")]
+    if os.environ.get("SPRITEFORGE_COMFY_TORCHVISION_STUB") == "1":
+        (tmp_path / "stub" / "torchvision").mkdir(parents=True)
+        (tmp_path / "stub" / "torchvision" / "__init__.py").write_text(_STUB)
+        extra.insert(0, str(tmp_path / "stub"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, extra + [env.get("PYTHONPATH")]))
+    log = open(tmp_path / "comfy.log", "w")
+    proc = subprocess.Popen([py, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+                             "--extra-model-paths-config", str(cfg), "--output-directory", str(out),
+                             "--user-directory", str(tmp_path / "user"), "--temp-directory", str(tmp_path / "temp"),
+                             "--input-directory", str(tmp_path / "input"), "--database-url", "sqlite:///:memory:"],
+                            cwd=COMFY, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(480):
+        try:
+            _get(f"{base}/object_info/SpriteForgeSampler")
+            return proc, base, log
+        except Exception:
+            if proc.poll() is not None:
+                log.close()
+                raise RuntimeError((tmp_path / "comfy.log").read_text()[-3000:])
+            time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError("ComfyUI did not start")
+
+
+def _load(page, graph: dict, name: str):
+    page.evaluate("async ([g, name]) => { await window.comfyAPI.app.app.loadGraphData(g, true, true, name); }", [graph, name])
+    page.wait_for_timeout(800)  # a few frames: widgets, DOM widgets and the extension's refresh
+
+
+def _frame(page, n=6):
+    for _ in range(n):
+        page.evaluate("() => { const c = window.comfyAPI.app.app.canvas; c.setDirty(true, true); c.draw(true, true); }")
+        page.wait_for_timeout(100)
+
+
+def _fit(page):
+    page.evaluate("""() => { const app = window.comfyAPI.app.app; const c = app.canvas; const ns = app.graph._nodes || app.graph.nodes;
+      const x0 = Math.min(...ns.map((n) => n.pos[0])) - 40, y0 = Math.min(...ns.map((n) => n.pos[1])) - 140;
+      const x1 = Math.max(...ns.map((n) => n.pos[0] + n.size[0])) + 40, y1 = Math.max(...ns.map((n) => n.pos[1] + n.size[1])) + 300;
+      const W = c.canvas.width / (window.devicePixelRatio || 1), H = c.canvas.height / (window.devicePixelRatio || 1);
+      c.ds.scale = Math.min(W / (x1 - x0), H / (y1 - y0), 1); c.ds.offset = [-x0, -y0]; c.setDirty(true, true); }""")
+    _frame(page)
+
+
+def test_shipped_workflows_in_the_real_editor(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (set SPRITEFORGE_CHROMIUM)")
+    shots = Path(os.environ.get("SPRITEFORGE_SCREENSHOTS", tmp_path / "shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    graphs = {p.stem: json.loads(p.read_text()) for p in sorted((REPO / "workflows").glob("*.json"))}
+    proc, base, log = _boot(tmp_path)
+    try:
+        fam = _get(f"{base}/spriteforge/model_family?name=spriteforge-demo%20(built-in)")
+        assert fam["family"] == "pixart" and fam["error"] is None, fam
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1800, "height": 1000})
+            errors: list[str] = []
+            phase = ["start"]
+            page.on("pageerror", lambda e: errors.append(f"{phase[0]}: {e}\n{getattr(e, 'stack', '') or ''}"))
+            page.goto(base, wait_until="domcontentloaded", timeout=180_000)
+            page.wait_for_function("() => window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types?.SpriteForgeSampler",
+                                   timeout=300_000, polling=500)
+            page.evaluate("""() => { window.sfSwatchTop = (n) => {
+                const wh = LiteGraph.NODE_WIDGET_HEIGHT; let b = 0;
+                for (const w of n.widgets || []) { const y = w.last_y ?? w.y; if (typeof y === 'number') b = Math.max(b, y + (w.computedHeight ?? wh)); }
+                return b > 0 ? b + 6 : n.size[1] - 22; }; }""")
+            problems = {}
+            for name, graph in graphs.items():
+                phase[0] = f"load {name}"
+                _load(page, graph, name)
+                _fit(page)
+                pr = layout_problems(page.evaluate(JS_LAYOUT))
+                if pr:
+                    problems[name] = pr
+            assert not problems, json.dumps(problems, indent=1)
+
+            # --- run sprite_demo from the editor, with Engine Info and LoRA Info added
+            phase[0] = "run sprite_demo"
+            _load(page, graphs["sprite_demo"], "sprite_demo")
+            page.evaluate("""() => {
+              const app = window.comfyAPI.app.app; const g = app.graph;
+              const right = Math.max(...(g._nodes || g.nodes).map((n) => n.pos[0] + n.size[0]));
+              const a = LiteGraph.createNode('SpriteForgeEngineInfo'); a.pos = [right + 120, 140]; g.add(a);
+              const b = LiteGraph.createNode('SpriteForgeLoRAInfo'); b.pos = [right + 120, 140 + a.size[1] + 120]; g.add(b);
+              b.widgets.find((w) => w.name === 'lora_name').value = 'night.safetensors';
+              window.sfDone = null; window.sfPreviews = 0;
+              app.api.addEventListener('b_preview', () => { window.sfPreviews += 1; });
+              app.api.addEventListener('execution_success', () => { window.sfDone = 'ok'; });
+              app.api.addEventListener('execution_error', (e) => { window.sfDone = 'error: ' + JSON.stringify(e.detail).slice(0, 2000); });
+            }""")
+            page.evaluate("async () => { await window.comfyAPI.app.app.queuePrompt(0, 1); }")
+            page.wait_for_function("() => window.sfDone", timeout=600_000, polling=500)
+            assert page.evaluate("() => window.sfDone") == "ok", page.evaluate("() => window.sfDone")
+            # ComfyUI runs with its default --preview-method none: the sampler sends no previews
+            assert page.evaluate("() => window.sfPreviews") == 0
+            _fit(page)  # every node on screen, so the frontend draws (and sizes) all of them
+            page.wait_for_timeout(1500)  # previews load
+            _frame(page, 10)
+            lay = page.evaluate(JS_LAYOUT)
+            page.screenshot(path=str(shots / "sprite_demo_after_run.png"))
+            page.evaluate("""() => { const app = window.comfyAPI.app.app; const c = app.canvas; const g = app.graph;
+              const q = (g._nodes || g.nodes).find((n) => n.type === 'SpriteForgePixelQuantize');
+              c.ds.scale = 0.9; c.ds.offset = [-q.pos[0] + 60, -q.pos[1] + 140]; c.setDirty(true, true); }""")
+            _frame(page)
+            page.screenshot(path=str(shots / "sprite_demo_after_run_zoom.png"))
+
+            hist = _get(f"{base}/history")
+            outputs = list(hist.values())[-1]["outputs"]
+            by_type = {n["type"]: n for n in lay["nodes"]}
+            for t in ("SpriteForgePixelPaletteExtract", "SpriteForgePixelQuantize"):
+                n = by_type[t]
+                sent = outputs[str(n["id"])]["palette"]
+                assert sent and n["palette"] == [c if c.startswith("#") else "#" + c for c in sent], (t, n["palette"], sent)
+                assert n["swatchTop"] is not None and n["swatchTop"] + 16 <= n["size"][1] + 0.5, (t, n["swatchTop"], n["size"])
+            for t, want in (("SpriteForgeEngineInfo", "torch"), ("SpriteForgeLoRAInfo", "pixart")):
+                n = by_type[t]
+                assert n["report"] and want in n["report"].lower(), (t, n["report"])
+            save = by_type["SpriteForgePixelSaveIndexed"]
+            assert save["imgs"] > 0 or "$$canvas-image-preview" in save["widgets"], "the run's previews are on the node"
+            after = layout_problems(lay)
+            assert not after, "\n".join(after)
+
+            # --- the other workflows with sprite_demo's images in their image nodes' outputs
+            imgs = outputs[str(by_type["SpriteForgePixelSaveIndexed"]["id"])]["images"]
+            problems = {}
+            for name, graph in graphs.items():
+                if name == "sprite_demo":
+                    continue
+                phase[0] = f"outputs {name}"
+                _load(page, graph, name)
+                page.evaluate("""(imgs) => {
+                  const app = window.comfyAPI.app.app; const out = {};
+                  for (const n of app.graph._nodes || app.graph.nodes) {
+                    if (['PreviewImage', 'SaveImage', 'SpriteForgePixelSaveIndexed', 'SpriteForgePixelSpriteSheet'].includes(n.type))
+                      out[n.id] = { images: imgs };
+                    if (['SpriteForgePixelPaletteExtract', 'SpriteForgePixelPaletteLoad', 'SpriteForgePixelQuantize'].includes(n.type))
+                      n.onExecuted?.({ palette: ['#ff0000', '#00ff00', '#0000ff'] });
+                  }
+                  app.nodeOutputs = out;
+                }""", imgs)
+                _fit(page)
+                page.wait_for_timeout(1200)
+                _frame(page, 10)
+                lay2 = page.evaluate(JS_LAYOUT)
+                page.screenshot(path=str(shots / f"{name}_after_run.png"))
+                pr = layout_problems(lay2)
+                if pr:
+                    problems[name] = pr
+            assert not problems, json.dumps(problems, indent=1)
+            (shots / "page_errors.txt").write_text("\n\n".join(errors))
+            ours = [e for e in errors if "spriteforge" in e.lower()]  # the frontend's own boot errors are not ours
+            assert not ours, ours
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
