@@ -86,6 +86,19 @@ def _split_prefix(prefix: str) -> tuple[str, str]:
     return "/".join(parts[:-1]), parts[-1]
 
 
+def confined_folder(root: Path, sub: str) -> Path:
+    """``root/sub``, created; BAD_INPUT when a symlink on the way leads out of ``root``."""
+    folder = root / sub if sub else root
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.resolve().relative_to(root.resolve())
+    except ValueError:
+        raise SpriteForgeError(BAD_INPUT, f"the output subfolder {sub!r} is a link that leads outside the output folder "
+                               f"{root}. Use another filename_prefix, or replace the link with a folder.",
+                               details={"subfolder": sub}) from None
+    return folder
+
+
 def _pnginfo(cls):
     try:
         from PIL.PngImagePlugin import PngInfo
@@ -107,7 +120,7 @@ def save_images(cls, images, filename_prefix: str, root: Path, kind: str) -> lis
     from PIL import Image
 
     sub, name = _split_prefix(filename_prefix)
-    folder = root / sub if sub else root
+    folder = confined_folder(root, sub)
     results = []
     meta = _pnginfo(cls)
     for frame in _to_np(images):
@@ -238,4 +251,5 @@ class PreviewImage(io.ComfyNode):
 
 CORE_NODES = [LoadImage, SaveImage, PreviewImage]
 
-__all__ = ["CORE_NODES", "LoadImage", "SaveImage", "PreviewImage", "next_free", "input_dir", "output_dir"]
+__all__ = ["CORE_NODES", "LoadImage", "SaveImage", "PreviewImage", "next_free", "input_dir", "output_dir",
+           "confined_folder"]
