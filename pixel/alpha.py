@@ -301,9 +301,8 @@ def _decontaminate(f: np.ndarray, bg: np.ndarray, k: np.ndarray, band: int, reac
     inside explains keep their colour, unless they are fringe: a hue within ``hue`` degrees of the key's
     (:func:`near_key_hue`, loosely: saturation 0.35) that no interior colour within ``reach`` matches, in
     colour or in hue (a purple sprite's shaded edge has its inside's hue; violet specks around a red
-    potion match nothing). Fringe that
-    a nearby opaque colour of another hue explains loosely (residual under ``2 tol``, ``a`` >= 0.5) takes
-    that colour; the rest becomes transparent.
+    potion match nothing). Fringe that a nearby opaque colour of another hue explains loosely (residual
+    under ``2 tol``, ``a`` >= 0.5) takes that colour; the rest becomes transparent.
     """
     opaque = ~bg
     edge = opaque & _dilate(bg, band)
