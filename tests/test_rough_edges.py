@@ -189,3 +189,13 @@ def test_img2img_size_the_model_cannot_draw_is_reported_at_validation(sd35_root,
                "--check"])
     assert rc == 0, capsys.readouterr().err
     os.environ.pop("SPRITEFORGE_INPUT", None)
+
+
+def test_run_says_a_core_node_workflow_needs_comfyui(capsys):
+    from spriteforge.cli.main import main
+
+    for wf in (WF / "api" / "sdxl_pixel_art.json", WF / "sdxl_pixel_art.json"):
+        assert main(["run", str(wf), "--check"]) != 0
+        err = capsys.readouterr().err
+        assert err.startswith("BAD_INPUT: this workflow uses ComfyUI's core nodes") and "CheckpointLoaderSimple" in err
+        assert "spriteforge submit" in err
