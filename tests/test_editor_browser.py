@@ -215,6 +215,10 @@ def test_shipped_workflows_in_the_real_editor(tmp_path):
               c.ds.scale = 0.9; c.ds.offset = [-q.pos[0] + 60, -q.pos[1] + 140]; c.setDirty(true, true); }""")
             _frame(page)
             page.screenshot(path=str(shots / "sprite_demo_after_run_zoom.png"))
+            page.evaluate("""() => { const c = window.comfyAPI.app.app.canvas; c.ds.scale = 0.9; c.ds.offset = [40, 140];
+              c.setDirty(true, true); }""")
+            _frame(page)
+            page.screenshot(path=str(shots / "sprite_demo_after_run_model.png"))
 
             hist = _get(f"{base}/history")
             outputs = list(hist.values())[-1]["outputs"]
