@@ -15,6 +15,12 @@ export const EXTENSION_NAME = "SpriteForge.Editor";
 export const PALETTE_TYPE = "SF_PALETTE";
 export const MODEL_TYPE = "SF_MODEL";
 export const SWATCH_H = 16;
+// Nodes that are not palette nodes by their definition but send the palette they used ({palette: [...]}).
+export const PALETTE_UI_NODES = ["SpriteForgePixelQuantize"];
+// Nodes whose report ({text: [...]}) is shown on the node after a run, in a read-only text box like
+// core's Preview Any.
+export const TEXT_NODES = ["SpriteForgeEngineInfo", "SpriteForgeLoRAInfo"];
+export const REPORT_WIDGET = "sf_report";
 
 // Widgets that apply only to some model families: name -> {only?: [families], not?: [families], hint}.
 export const FAMILY_RULES = {
@@ -72,7 +78,7 @@ export function describeError(detail, codes) {
 /** Is this node definition (object_info entry) a palette node? */
 export function isPaletteNode(nodeData) {
   if (!nodeData) return false;
-  if ((nodeData.output || []).includes(PALETTE_TYPE)) return true;
+  if ((nodeData.output || []).includes(PALETTE_TYPE) || PALETTE_UI_NODES.includes(nodeData.name)) return true;
   const inputs = { ...(nodeData.input?.required || {}), ...(nodeData.input?.optional || {}) };
   return "palette" in inputs && isWidgetSpec(inputs.palette);
 }
@@ -98,6 +104,30 @@ export function paletteColors(node, palettes) {
     if (typeof w.value === "string" && palettes && Array.isArray(palettes[w.value])) return palettes[w.value];
   }
   return null;
+}
+
+/** The colours of an executed node's `palette` ui output as "#rrggbb" strings (null when none). */
+export function executedPalette(message) {
+  const pal = message?.palette;
+  if (!Array.isArray(pal)) return null;
+  return pal.flat().map((c) => (String(c).startsWith("#") ? String(c) : `#${c}`));
+}
+
+/** The report text of an executed node's `text` ui output (null when none). */
+export function executedText(message) {
+  const t = message?.text;
+  if (t == null) return null;
+  return Array.isArray(t) ? t.flat().map(String).join("\n") : String(t);
+}
+
+/** Add the read-only report text box (ComfyWidgets.STRING, multiline) a text node shows its report in. */
+export function addReportWidget(node, app) {
+  const widgets = (globalThis.window ?? globalThis).comfyAPI?.widgets?.ComfyWidgets;
+  if (!widgets?.STRING || (node.widgets || []).some((w) => w.name === REPORT_WIDGET)) return null;
+  const w = widgets.STRING(node, REPORT_WIDGET, ["STRING", { multiline: true }], app).widget;
+  if (w.element) w.element.readOnly = true;
+  w.serialize = false;
+  return w;
 }
 
 /** Rectangles [x, y, w, h, colour] of a swatch strip of `colors` across `width` at `y`. */
@@ -330,6 +360,8 @@ export function makeExtension(app, api) {
         this.sfSpriteForge = true;
         this.sfPaletteNode = palette;
         this.sfModelNode = model;
+        this.sfTextNode = TEXT_NODES.includes(nodeData?.name);
+        if (this.sfTextNode) addReportWidget(this, state.app);
         if (palette && Array.isArray(this.size)) this.size[1] += SWATCH_H + 8;
         for (const w of this.widgets || []) {
           const cb = w.callback;
@@ -353,9 +385,17 @@ export function makeExtension(app, api) {
       const onExecuted = proto.onExecuted;
       proto.onExecuted = function (message) {
         const r = onExecuted?.apply(this, arguments);
-        const pal = message?.palette;
-        if (Array.isArray(pal) && pal.length) {
-          this.sfPalette = pal.flat().map((c) => (String(c).startsWith("#") ? String(c) : `#${c}`));
+        const pal = executedPalette(message);
+        if (pal) {
+          this.sfPalette = pal; // what the node made (an empty list: no colour left after quantizing)
+          this.sfPaletteNode = true;
+          this.setDirtyCanvas?.(true, true);
+        }
+        const text = executedText(message);
+        if (text != null && this.sfTextNode) {
+          this.sfText = text;
+          const w = (this.widgets || []).find((x) => x.name === REPORT_WIDGET) || addReportWidget(this, state.app);
+          if (w) w.value = text;
           this.setDirtyCanvas?.(true, true);
         }
         return r;

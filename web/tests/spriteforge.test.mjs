@@ -233,3 +233,52 @@ test("nodes of other packs are left untouched", async () => {
   assert.equal(Other.prototype.onDrawForeground, before);
   assert.equal(Other.prototype.onNodeCreated, undefined);
 });
+
+test("Quantize shows the colours it used; an executed palette replaces the named one", async () => {
+  const QUANTIZE = { name: "SpriteForgePixelQuantize", output: ["IMAGE", "MASK"], input: { required: { palette: ["SF_PALETTE", {}] } } };
+  assert.ok(mod.isPaletteNode(QUANTIZE));
+  const node = await makeNode(QUANTIZE, [["dither", "none"], ["strength", 1.0]]);
+  let ctx = new FakeCtx();
+  node.onDrawForeground(ctx);
+  assert.equal(ctx.calls.filter((c) => c[0] === "fillRect").length, 0, "nothing before a run");
+  node.onExecuted({ palette: ["#102030", "a0b0c0"] });
+  ctx = new FakeCtx();
+  node.onDrawForeground(ctx);
+  assert.deepEqual(ctx.calls.filter((c) => c[0] === "fillRect").map((c) => c[1]), ["#102030", "#a0b0c0"]);
+  const top = mod.swatchTop(node);
+  assert.ok(node.size[1] >= top + mod.SWATCH_H, "the strip stays inside the node");
+  assert.deepEqual(mod.executedPalette({ palette: [["ff0000"], ["00ff00"]] }), ["#ff0000", "#00ff00"]);
+  assert.equal(mod.executedPalette({ images: [] }), null);
+});
+
+test("Engine Info / LoRA Info show their report in a read-only text box after a run", async () => {
+  const made = [];
+  window.comfyAPI.widgets = {
+    ComfyWidgets: {
+      STRING(node, name, spec) {
+        const widget = { name, value: "", type: "customtext", element: { readOnly: false }, spec };
+        node.widgets.push(widget);
+        made.push(widget);
+        return { widget };
+      },
+    },
+  };
+  const INFO = { name: "SpriteForgeEngineInfo", output: ["STRING"], input: { required: { as_json: ["BOOLEAN", {}] } } };
+  const node = await makeNode(INFO, [["as_json", false]]);
+  const w = node.widgets.find((x) => x.name === mod.REPORT_WIDGET);
+  assert.ok(w, "the text box exists before the run, so the node keeps its size");
+  assert.equal(w.element.readOnly, true);
+  assert.equal(w.serialize, false, "not saved into widgets_values");
+  assert.deepEqual(w.spec, ["STRING", { multiline: true }]);
+  node.onExecuted({ text: ["torch: available; families pixart\nengine 'auto' picks torch"] });
+  assert.equal(w.value, "torch: available; families pixart\nengine 'auto' picks torch");
+  node.onExecuted({ text: ["second run"] });
+  assert.equal(w.value, "second run");
+  assert.equal(made.length, 1, "one text box, reused");
+  assert.equal(mod.executedText({ text: ["a", "b"] }), "a\nb");
+  assert.equal(mod.executedText({}), null);
+  // other SpriteForge nodes get no text box
+  const other = await makeNode(PALETTE_LOAD, [["name", "pico-8"]]);
+  assert.ok(!other.widgets.some((x) => x.name === mod.REPORT_WIDGET));
+  delete window.comfyAPI.widgets;
+});
