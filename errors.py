@@ -3,12 +3,13 @@
 Every error a user can meet carries a code from :data:`CODES` and a message that
 says what to do.  The command line prints ``CODE: message`` and exits non-zero;
 ComfyUI shows the same text in its error dialog (the web extension adds the
-what-to-do hint from :data:`HINTS`).
+what-to-do hint, :func:`hint_for`: :data:`HINTS`, with :data:`EDITOR_HINTS` where a line names the command line).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 
 MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
 MODEL_NOT_CONVERTED = "MODEL_NOT_CONVERTED"
@@ -49,6 +50,27 @@ HINTS: dict[str, str] = {
     BAD_INPUT: "Check the input named in the message and correct it.",
 }
 
+# Inside ComfyUI's editor there is no `spriteforge` command: the lines that name one read so instead.
+EDITOR_HINTS: dict[str, str] = {
+    ENGINE_UNAVAILABLE: "Install the engine's package into the Python ComfyUI runs on (the SpriteForge Engine Info "
+                        "node shows what is missing) or choose another engine.",
+    ENGINE_INTERNAL: "An engine failed unexpectedly; run the SpriteForge Engine Info node and report the message "
+                     "with its report.",
+}
+
+
+def in_comfyui() -> bool:
+    """True inside ComfyUI (it imports its ``folder_paths`` module before loading custom nodes)."""
+    return "folder_paths" in sys.modules
+
+
+def hint_for(code: str, editor: bool | None = None) -> str:
+    """The generic what-to-do line of ``code`` where it is shown: the editor (``editor``, default
+    :func:`in_comfyui`) or the command line."""
+    if in_comfyui() if editor is None else editor:
+        return EDITOR_HINTS.get(code, HINTS[code])
+    return HINTS[code]
+
 
 class SpriteForgeError(Exception):
     """The one exception type SpriteForge raises on purpose.
@@ -62,7 +84,7 @@ class SpriteForgeError(Exception):
             raise ValueError(f"unknown SpriteForge error code {code!r}")
         self.code = code
         self.message = message
-        self.hint = hint if hint is not None else HINTS[code]
+        self.hint = hint if hint is not None else hint_for(code)
         self.details = dict(details or {})
         super().__init__(self.__str__())
 

@@ -216,3 +216,21 @@ def test_model_not_found_hint_inside_comfyui(tmp_path, monkeypatch):
         resolve_model(str(tmp_path / "x.safetensors"), allow_path=False)
     assert ei.value.code == BAD_INPUT
     assert paths.not_found_hint(full_path=True, comfy=False) != paths.not_found_hint(full_path=True, comfy=True)
+
+
+def test_generic_hints_name_the_command_line_only_on_the_command_line(monkeypatch):
+    from spriteforge import errors as E
+
+    for code in E.CODES:
+        assert "spriteforge " not in E.hint_for(code, editor=True), code  # no `spriteforge ...` command in the editor
+        assert "--" not in E.hint_for(code, editor=True), code
+    assert "spriteforge doctor" in E.hint_for(E.ENGINE_UNAVAILABLE, editor=False)
+    if "folder_paths" not in sys.modules:  # the CLI: errors carry the command-line line
+        assert "spriteforge doctor" in SpriteForgeError(E.ENGINE_INTERNAL, "boom.").hint
+        monkeypatch.setitem(sys.modules, "folder_paths", types.ModuleType("folder_paths"))
+    err = SpriteForgeError(E.ENGINE_INTERNAL, "boom.")  # inside ComfyUI
+    assert "Engine Info node" in err.hint and "spriteforge doctor" not in str(err)
+    from spriteforge.nodes.info import capabilities_report
+
+    codes = capabilities_report()["error_codes"]  # what the editor extension shows with an error
+    assert codes[E.ENGINE_UNAVAILABLE] == E.EDITOR_HINTS[E.ENGINE_UNAVAILABLE]
