@@ -548,10 +548,21 @@ def submit_workflow(
                         dest.write_bytes(blob)
                         job.files.append(dest)
         except ServerDown as exc:
+            for f in job.files:  # a partial download: the retry brings every output again, each once
+                try:
+                    f.unlink()
+                except OSError:
+                    pass
+            job.files, job.outputs = [], {}
             job.status = "pending"
             mark_down(conn, str(exc))
-            if job.status == "pending" and job not in pending and job.attempts < max_attempts:
-                pending.insert(0, job)
+            if job.status == "pending" and job not in pending:
+                if job.attempts < max_attempts:
+                    emit("retry", {"job": job, "reason": str(exc)})
+                    pending.insert(0, job)
+                else:  # never left "pending" with nothing queued: that job would be lost silently
+                    job.status, job.error = "failed", f"gave up after {job.attempts} attempts (server dropped: {exc})"
+                    emit("failed", {"job": job})
             return
         job.status = "done"
         emit("done", {"job": job})

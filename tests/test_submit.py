@@ -48,7 +48,14 @@ _RUN_LOCK = threading.Lock()  # the runner's folders are process-wide: one fake 
 class FakeComfy:
     """A ComfyUI stand-in: one worker executes queued prompts in order with spriteforge.runner."""
 
-    def __init__(self, root: Path, *, node_delay: float = 0.0, extra_load: int = 0, crash_on_start: bool = False):
+    def __init__(self, root: Path, *, node_delay: float = 0.0, extra_load: int = 0, crash_on_start: bool = False,
+                 crash_after: int | None = None, drop_on_view: int | None = None):
+        """``crash_after``: finish that many prompts, then crash when the next one starts (a drop mid-batch);
+        ``drop_on_view``: crash on that /view download (1 = the first), mid-way through a job's outputs."""
+        self.crash_after = crash_after
+        self.drop_on_view = drop_on_view
+        self.views = 0
+        self.finished = 0
         self.root = root
         (root / "input").mkdir(parents=True, exist_ok=True)
         (root / "output").mkdir(exist_ok=True)
@@ -103,6 +110,12 @@ class FakeComfy:
                         h = fake.history.get(pid)
                     return self._json({pid: h} if h else {})
                 if u.path == "/view":
+                    fake.views += 1
+                    if fake.drop_on_view is not None and fake.views >= fake.drop_on_view:
+                        fake.stop()
+                        self.close_connection = True
+                        self.connection.shutdown(2)
+                        return
                     base = fake.root / ("output" if q.get("type", "output") == "output" else "temp")
                     p = base / q.get("subfolder", "") / q["filename"]
                     if not p.is_file():
@@ -255,7 +268,7 @@ class FakeComfy:
                 self.running = [item]
             _n, pid, prompt, extra = item
             sid = extra.get("client_id")
-            if self.crash_on_start:
+            if self.crash_on_start or (self.crash_after is not None and self.finished >= self.crash_after):
                 self.stop()
                 return
             self.interrupt_flag.clear()
@@ -300,6 +313,7 @@ class FakeComfy:
                                      "status": {"status_str": status, "completed": status == "success",
                                                 "messages": messages}}
                 self.running = []
+                self.finished += 1
             self._send_to(sid, "executing", {"node": None, "prompt_id": pid})
 
     def stop(self):
