@@ -363,10 +363,12 @@ export function makeExtension(app, api) {
         this.sfTextNode = TEXT_NODES.includes(nodeData?.name);
         if (this.sfTextNode) addReportWidget(this, state.app);
         if (palette && Array.isArray(this.size)) this.size[1] += SWATCH_H + 8;
+        const node = this;
         for (const w of this.widgets || []) {
           const cb = w.callback;
           w.callback = function () {
             const res = cb?.apply(this, arguments);
+            delete node.sfPalette; // the colours of the last run no longer describe what the node will make
             refreshAll();
             return res;
           };

@@ -167,6 +167,11 @@ test("palette swatches are drawn from /spriteforge/palettes and from executed pa
   const ctx3 = new FakeCtx();
   node.onDrawForeground(ctx3);
   assert.deepEqual(ctx3.calls.filter((c) => c[0] === "fillRect").map((c) => c[1]), ["#ff0000", "#00ff00"]);
+  node.widgets[0].value = "pico-8";
+  node.widgets[0].callback(); // a changed widget: the last run's colours are stale, the named palette shows
+  const ctx4 = new FakeCtx();
+  node.onDrawForeground(ctx4);
+  assert.deepEqual(ctx4.calls.filter((c) => c[0] === "fillRect").map((c) => c[1]), PALETTES["pico-8"]);
   const r = mod.swatchRects(new Array(40).fill("#000000"), 300, 10);
   assert.equal(r.length, 40);
   assert.ok(r.every(([x, y, w]) => x >= 8 && x + w <= 300 - 8 + 1 && y >= 10));
