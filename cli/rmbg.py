@@ -127,7 +127,7 @@ def run(args) -> int:
         try:
             img = read_image(path)
             plan(img.shape[0], img.shape[1], res)  # size checks before any model work
-            r = remove_background(img, handle.predict, resolution=res, chunk_size=1, refine_opts=opts,
+            r = remove_background(img, handle.predict, resolution=res, chunk_size=1, refine_opts=opts, stages=handle.stages,
                                   foreground="none" if args.mask_only else args.foreground,
                                   composite=comp, color=color, on_oom=handle.empty_cache)
             name = _out_name(path, used)

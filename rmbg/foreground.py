@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from ..errors import BAD_INPUT, SpriteForgeError
+from ..progress import check_interrupt
 
 METHODS = ("ml", "blur_fusion", "none")
 COMPOSITES = ("alpha", "white", "black", "color")
@@ -58,6 +59,7 @@ def estimate_foreground_ml(
     F = np.broadcast_to(mean, (1, 1, img.shape[2])).astype(np.float32)
     B = F.copy()
     for level in range(n_levels + 1):
+        check_interrupt()  # a 1024^2 image takes a second or more here
         w = max(1, int(round(w0 ** (level / n_levels))))
         h = max(1, int(round(h0 ** (level / n_levels))))
         I = _resize_nearest(img, h, w)

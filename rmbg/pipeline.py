@@ -13,7 +13,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BAD_INPUT, OUT_OF_MEMORY, SpriteForgeError, classify
-from ..progress import Progress
+from ..oom import note_oom
+from ..progress import Interrupted, Progress, check_interrupt
 from . import foreground as fg
 from .geometry import Geometry, pad, plan, unpad
 from .refine import RefineOptions, refine
@@ -83,26 +84,55 @@ def predict_alpha(
     progress: Progress | None = None,
     on_oom: Callable[[], None] | None = None,
     chunks_log: list | None = None,
+    auto_chunk: Callable[[tuple, int], int] | None = None,
+    stages: int = 1,
 ) -> tuple[np.ndarray, Geometry]:
     """Raw foreground probabilities [B, H, W] for RGB images [B, H, W, 3], ``chunk_size`` images per model call.
 
-    A chunk that runs out of memory is retried in halves (down to one image) after ``on_oom()``.
+    ``chunk_size <= 0`` means automatic: ``auto_chunk(model_size, B)`` (the handle's memory-based choice), or 1.
+    With ``stages > 1`` the predictor is called with ``on_stage=`` and reports that many steps per chunk, each
+    advancing ``progress`` by the chunk's image count (``stages * B`` in all); otherwise ``progress`` advances once
+    per chunk by its image count. A chunk that runs out of memory is retried in halves (down to one image)
+    after ``on_oom()``.
     """
     B, H, W, _ = images.shape
     g = plan(H, W, resolution)
     out = np.empty((B, H, W), dtype=np.float32)
-    size = max(1, int(chunk_size))
+    size = int(chunk_size)
+    if size <= 0:
+        size = int(auto_chunk(g.model_size, B)) if auto_chunk is not None else 1
+    size = max(1, size)
+    stages = max(1, int(stages))
     i = 0
     while i < B:
         n = min(size, B - i)
         batch = pad(images[i : i + n], g, mode=pad_mode)
+        done = [0]
+
+        def on_stage(n=n, done=done):
+            done[0] += 1
+            if progress is not None and done[0] <= stages:
+                progress.update(n)
+            else:
+                check_interrupt()
+
         try:
-            prob = np.asarray(predict(batch, g.model_size), dtype=np.float32)
+            if stages > 1:
+                prob = predict(batch, g.model_size, on_stage=on_stage)
+            else:
+                check_interrupt()
+                prob = predict(batch, g.model_size)
+            prob = np.asarray(prob, dtype=np.float32)
         except Exception as exc:  # noqa: BLE001 - classified below
+            if isinstance(exc, Interrupted) or type(exc).__name__ == "InterruptProcessingException":
+                raise  # Cancel (ours or ComfyUI's) passes through as it is
             err = classify(exc, context="running BiRefNet")
             if err.code == OUT_OF_MEMORY and n > 1:
+                note_oom("BiRefNet", n, max(1, n // 2), exc)
                 if on_oom is not None:
                     on_oom()
+                if progress is not None:  # the stages this chunk reported are redone by its halves
+                    progress.n = max(0, progress.n - n * min(done[0], stages))
                 size = max(1, n // 2)
                 continue
             raise err from exc
@@ -112,8 +142,8 @@ def predict_alpha(
         if chunks_log is not None:
             chunks_log.append(n)
         i += n
-        if progress is not None:
-            progress.update(n)
+        if progress is not None and done[0] < stages:
+            progress.update(n * (stages - done[0]))
     return out, g
 
 
@@ -131,8 +161,12 @@ def remove_background(
     pad_mode: str = "edge",
     desc: str = "rmbg",
     on_oom: Callable[[], None] | None = None,
+    auto_chunk: Callable[[tuple, int], int] | None = None,
+    stages: int = 1,
 ) -> RMBGResult:
-    """The whole job for a batch: see the module docstring. Progress (and interrupt) once per image."""
+    """The whole job for a batch: see the module docstring and :func:`predict_alpha` (``chunk_size``, ``stages``).
+
+    Progress (and the interrupt point) per network stage of each chunk and once per image after it."""
     rgb, in_alpha = to_rgb_batch(images)
     if foreground not in fg.METHODS:
         raise SpriteForgeError(BAD_INPUT, f"foreground method {foreground!r} is not one of {', '.join(fg.METHODS)}.")
@@ -143,10 +177,11 @@ def remove_background(
     B = rgb.shape[0]
     opts = refine_opts or RefineOptions()
     chunks: list = []
-    with Progress(2 * B, desc) as prog:
+    stages = max(1, int(stages))
+    with Progress((stages + 1) * B, desc) as prog:
         alpha, g = predict_alpha(
             rgb, predict, resolution=resolution, chunk_size=chunk_size, pad_mode=pad_mode,
-            progress=prog, on_oom=on_oom, chunks_log=chunks,
+            progress=prog, on_oom=on_oom, chunks_log=chunks, auto_chunk=auto_chunk, stages=stages,
         )
         fgs = np.empty_like(rgb)
         for b in range(B):

@@ -20,6 +20,13 @@ ASPP kernel sizes) is read from the weights, so all released variants load:
 general, lite (Swin-T), lite-2K, portrait, matting, HR, HR-matting, dynamic, massive.
 Variants that share a backbone have identical keys; the working resolution then
 comes from the file name (``variant_from_name``) or the caller.
+
+Inference computes the same function with less memory than the literal layer order: the
+ASPP 1x1 fusion conv is summed branch by branch (no 5-branch concatenation), and the output
+head's 1x1 conv is split so its decoder part runs before the final upsampling and its image
+part folds into ``ipt_blk1``'s last conv (no 96-channel full-resolution tensors). A forward
+reports ``num_stages()`` progress steps through ``on_stage`` and checks for an interrupt at
+every Swin block, ASPP branch and deformable-conv tap group.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import torch.nn.functional as F
 
 from ...errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...log import get_logger
+from ...progress import Interrupted, Progress, check_interrupt
 from .deform_conv import deform_conv2d
 
 log = get_logger("torch")
@@ -78,6 +86,16 @@ EXPECTED_FILES = (
 )
 
 TRAINING_PREFIXES = ("module.", "_orig_mod.")
+
+# Peak activation memory per image and 1024x1024 pixels in fp32 (scaled linearly by pixel count and
+# element size), for choosing chunk sizes. Measured with benchmarks/bench_rmbg.py on the CPU: peak RSS
+# of a chunk of n images minus that of the weights-only process, divided by n, rounded up ~20%.
+BYTES_PER_MPX = {
+    "swin_v1_t": 1_000_000_000,  # lite / lite-2K
+    "swin_v1_l": 1_000_000_000,  # general, HR, matting, portrait, dynamic, massive
+}
+# On a CPU a chunk's activations are also kept under this (see BiRefNetHandle.auto_chunk).
+CPU_CHUNK_BYTES = 1 << 30
 
 
 # --------------------------------------------------------------------------- config
@@ -186,6 +204,7 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, H: int, W: int, mask: torch.Tensor | None) -> torch.Tensor:
+        check_interrupt()  # one Swin block is the longest step between interrupt points in the backbone
         B, L, C = x.shape
         w = self.window
         shortcut = x
@@ -288,14 +307,18 @@ class SwinTransformer(nn.Module):
         for i, nf in enumerate(self.num_features):
             self.add_module(f"norm{i}", nn.LayerNorm(nf))
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, on_stage=None) -> list[torch.Tensor]:
         x, H, W = self.patch_embed(x)
         outs = []
         for i, layer in enumerate(self.layers):
             x_out, x, Hn, Wn = layer(x, H, W)
             y = getattr(self, f"norm{i}")(x_out)
+            del x_out
             outs.append(y.view(-1, H, W, self.num_features[i]).permute(0, 3, 1, 2).contiguous())
+            del y
             H, W = Hn, Wn
+            if on_stage is not None:
+                on_stage()
         return outs
 
 
@@ -342,12 +365,20 @@ class ASPPDeformable(nn.Module):
         self.bn1 = _bn(cin, use_bn)
 
     def forward(self, x):
-        x1 = self.aspp1(x)
-        branches = [m(x) for m in self.aspp_deforms]
+        # conv1 (1x1, no bias) over cat(aspp1, deforms..., pooled) is the sum of its per-branch slices, so each
+        # branch is folded into the sum as soon as it exists: the 5-branch concatenation (the decoder's largest
+        # tensor) is never built. The pooled branch is constant over the image (a 1x1 map upsampled with
+        # align_corners=True), so its term is added as a [B, C, 1, 1] broadcast.
+        w = self.conv1.weight.flatten(1)  # [cin, inter * n_branches]
+        inter = self.aspp1.atrous_conv.regular_conv.out_channels
+        out = None
+        for i, m in enumerate((self.aspp1, *self.aspp_deforms)):
+            check_interrupt()
+            part = _conv1x1(m(x), w[:, i * inter:(i + 1) * inter])
+            out = part if out is None else out.add_(part)
         x5 = self.global_avg_pool(x)
-        x5 = F.interpolate(x5, size=x1.shape[2:], mode="bilinear", align_corners=True)
-        x = torch.cat((x1, *branches, x5), dim=1)
-        return F.relu(self.bn1(self.conv1(x)))  # dropout is the identity in eval
+        out.add_(_conv1x1(x5, w[:, -inter:]))
+        return F.relu(self.bn1(out))  # dropout is the identity in eval
 
 
 class BasicDecBlk(nn.Module):
@@ -395,7 +426,16 @@ def image_to_patch_stack(x: torch.Tensor, ref_hw) -> torch.Tensor:
 
 
 def _up(x, size):
+    if tuple(x.shape[2:]) == tuple(size):
+        return x  # align_corners=True at the same size is the identity
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+def _conv1x1(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1x1 convolution [B, Ci, H, W] x [Co, Ci] as one GEMM per image (faster than conv2d's path for these on CPU)."""
+    B, C, H, W = x.shape
+    out = torch.matmul(w, x.reshape(B, C, H * W)).view(B, w.shape[0], H, W)
+    return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
 
 
 class Decoder(nn.Module):
@@ -435,32 +475,56 @@ class Decoder(nn.Module):
     def _ipt(self, blk, x, ref_hw):
         return blk(_up(image_to_patch_stack(x, ref_hw), ref_hw))
 
-    def forward(self, x, x1, x2, x3, x4, taps: dict | None = None):
+    def forward(self, x, x1, x2, x3, x4, taps: dict | None = None, on_stage=None):
+        tick = on_stage if on_stage is not None else check_interrupt
         x4 = torch.cat((x4, self._ipt(self.ipt_blk5, x, x4.shape[2:])), 1)
         p4 = self.decoder_block4(x4)
         if taps is not None:
             taps["dec_block4_out"] = p4
         p4 = p4 * torch.sigmoid(self.gdt_convs_attn_4(self.gdt_convs_4(p4)))
+        tick()
         _p3 = _up(p4, x3.shape[2:]) + self.lateral_block4(x3)
         _p3 = torch.cat((_p3, self._ipt(self.ipt_blk4, x, x3.shape[2:])), 1)
         p3 = self.decoder_block3(_p3)
         if taps is not None:
             taps["dec_block3_out"] = p3
         p3 = p3 * torch.sigmoid(self.gdt_convs_attn_3(self.gdt_convs_3(p3)))
+        tick()
         _p2 = _up(p3, x2.shape[2:]) + self.lateral_block3(x2)
         _p2 = torch.cat((_p2, self._ipt(self.ipt_blk3, x, x2.shape[2:])), 1)
         p2 = self.decoder_block2(_p2)
         if taps is not None:
             taps["dec_block2_out"] = p2
         p2 = p2 * torch.sigmoid(self.gdt_convs_attn_2(self.gdt_convs_2(p2)))
+        tick()
         _p1 = _up(p2, x1.shape[2:]) + self.lateral_block2(x1)
         _p1 = torch.cat((_p1, self._ipt(self.ipt_blk2, x, x1.shape[2:])), 1)
         _p1 = self.decoder_block1(_p1)
         if taps is not None:
             taps["dec_block1_out"] = _p1
-        _p1 = _up(_p1, x.shape[2:])
-        _p1 = torch.cat((_p1, self._ipt(self.ipt_blk1, x, x.shape[2:])), 1)
-        return self.conv_out1(_p1)
+        tick()
+        return self._head(x, _p1)
+
+    def _head(self, x, p1):
+        """``conv_out1(cat(up(p1), ipt_blk1(x)))`` without its full-resolution intermediates.
+
+        conv_out1 is a 1x1 convolution, i.e. the sum of its slice on ``up(p1)`` and its slice on
+        ``ipt_blk1(x)``. The first commutes with the bilinear upsampling (both linear, and the
+        upsampling weights sum to 1), so it runs at the decoder's stride-4 size on 1 channel; the
+        second folds into ipt_blk1's last (linear, 3x3) convolution. Same function, at 1024x1024
+        ~1 GB less memory per image than the literal order (and no 96-channel full-size upsample).
+        """
+        head = self.conv_out1[0]
+        w = head.weight.flatten(1)  # [1, C_p1 + C_ipt]
+        cp = p1.shape[1]
+        y = _up(_conv1x1(p1, w[:, :cp]), x.shape[2:])
+        blk = self.ipt_blk1
+        h = blk.conv1(x)  # the G = 1 patch stack is the image itself, already at its own size
+        wo = blk.conv_out.weight  # [C_ipt, inter, 3, 3]
+        wf = torch.einsum("oc,cikl->oikl", w[:, cp:], wo)
+        bf = w[:, cp:] @ blk.conv_out.bias + head.bias
+        y = y + F.conv2d(h, wf, bf, padding=blk.conv_out.padding)
+        return y
 
 
 class BiRefNet(nn.Module):
@@ -474,25 +538,36 @@ class BiRefNet(nn.Module):
         self.squeeze_module = nn.Sequential(BasicDecBlk(ch[0] + sum(ch[1:]), ch[0], cfg))
         self.decoder = Decoder(cfg)
 
-    def encode(self, x: torch.Tensor, taps: dict | None = None):
+    def num_stages(self) -> int:
+        """How many times ``forward(..., on_stage=f)`` calls ``f`` (backbone stages twice, squeeze, 4 decoder steps)."""
+        return 2 * len(self.bb.layers) + 5
+
+    def encode(self, x: torch.Tensor, taps: dict | None = None, on_stage=None):
         H, W = x.shape[2:]
-        full = self.bb(x)
-        half = self.bb(F.interpolate(x, size=(H // 2, W // 2), mode="bilinear", align_corners=True))
+        full = self.bb(x, on_stage)
+        half = self.bb(F.interpolate(x, size=(H // 2, W // 2), mode="bilinear", align_corners=True), on_stage)
         if taps is not None:
             for i in range(4):
                 taps[f"bb_full_s{i + 1}"] = full[i]
                 taps[f"bb_half_s{i + 1}"] = half[i]
         x1, x2, x3, x4 = [torch.cat([f, _up(h, f.shape[2:])], dim=1) for f, h in zip(full, half)]
+        del full, half
         size4 = x4.shape[2:]
         x4 = torch.cat((_up(x1, size4), _up(x2, size4), _up(x3, size4), x4), dim=1)
         return x1, x2, x3, x4
 
-    def forward(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
-        x1, x2, x3, x4 = self.encode(x, taps)
+    def forward(self, x: torch.Tensor, taps: dict | None = None, on_stage=None) -> torch.Tensor:
+        """Logits; ``on_stage()`` (if given) is called after each of :meth:`num_stages` stages, e.g. to report
+        progress. Interrupt points (:func:`spriteforge.progress.check_interrupt`) come at every Swin block,
+        ASPP branch and deformable-convolution tap group, so a request stops the forward within a fraction
+        of a second on a CPU."""
+        x1, x2, x3, x4 = self.encode(x, taps, on_stage)
         x4 = self.squeeze_module(x4)
         if taps is not None:
             taps["squeeze_out"] = x4
-        return self.decoder(x, x1, x2, x3, x4, taps)
+        if on_stage is not None:
+            on_stage()
+        return self.decoder(x, x1, x2, x3, x4, taps, on_stage)
 
 
 # --------------------------------------------------------------------------- weights
@@ -625,10 +700,10 @@ def _read_state_dict(path: Path) -> dict:
         head = fh.read(8)
     if suffix in (".safetensors", ".sft") or (len(head) == 8 and int.from_bytes(head, "little") < 100_000_000 and _looks_safetensors(path)):
         try:
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
+            return _read_safetensors(path)
         except Exception as exc:  # damaged, truncated, a pickle renamed to .safetensors...
+            if _is_interrupt(exc):
+                raise
             raise SpriteForgeError(
                 BAD_INPUT,
                 f"{path.name} is not a readable safetensors file ({type(exc).__name__}: {str(exc)[:160]}). "
@@ -653,6 +728,36 @@ def _read_state_dict(path: Path) -> dict:
     raise SpriteForgeError(
         BAD_INPUT, f"{path.name}: unsupported file type {suffix!r}; use a .safetensors file.", details={"path": str(path)}
     )
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    """Our :class:`Interrupted` or ComfyUI's ``InterruptProcessingException`` (Cancel): never re-labelled."""
+    return isinstance(exc, Interrupted) or type(exc).__name__ == "InterruptProcessingException"
+
+
+def _read_safetensors(path: Path, group_bytes: int = 64 << 20) -> dict:
+    """All tensors of a safetensors file, read in groups of ~``group_bytes`` with a progress step (the
+    interrupt point) after each group."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as fh:
+        keys = list(fh.keys())
+        groups, size = [[]], 0
+        for k in keys:
+            sl = fh.get_slice(k)
+            n = math.prod(sl.get_shape()) * 2  # a size estimate is enough for grouping
+            if groups[-1] and size + n > group_bytes:
+                groups.append([])
+                size = 0
+            groups[-1].append(k)
+            size += n
+        out = {}
+        with Progress(len(groups), f"loading {path.name}") as bar:
+            for group in groups:
+                for k in group:
+                    out[k] = fh.get_tensor(k)
+                bar.update()
+    return out
 
 
 def _looks_safetensors(path: Path) -> bool:
@@ -785,12 +890,19 @@ class BiRefNetHandle:
             self.model.to(self.device)
         return self.device
 
+    @property
+    def stages(self) -> int:
+        """How often :meth:`predict` calls its ``on_stage`` per chunk (for progress bars)."""
+        fn = getattr(self.model, "num_stages", None)
+        return int(fn()) if callable(fn) else 1
+
     @torch.inference_mode()
-    def predict(self, images, size_hw, *, channels_last: bool | None = None):
+    def predict(self, images, size_hw, *, channels_last: bool | None = None, on_stage=None):
         """Foreground probability for a batch.
 
         ``images``: float32 numpy [b, h, w, 3] in 0..1 (already padded to the target aspect);
         ``size_hw``: (H, W) multiples of 32 the model runs at. Returns float32 numpy [b, h, w] in 0..1.
+        ``on_stage()`` is called after each of :attr:`stages` network stages (progress; it may raise to stop).
         """
         import numpy as np
 
@@ -808,32 +920,49 @@ class BiRefNetHandle:
             channels_last = device.type == "cuda"  # cuDNN half convs prefer NHWC; on CPUs NHWC measured ~1.4x slower
         # The permuted NHWC input would otherwise carry channels-last strides into the whole network.
         x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        logits = self.model(x).float()
+        logits = (self.model(x) if on_stage is None else self.model(x, on_stage=on_stage)).float()
         prob = torch.sigmoid(logits)
         if (h, w) != (H, W):
             prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
         return prob[:, 0].clamp_(0, 1).cpu().numpy()
 
+    def compute_device(self) -> torch.device:
+        return torch.device(self.patcher.load_device) if self.patcher is not None else torch.device(self.device)
+
     def free_memory(self) -> int:
-        """Bytes the compute device has free now (ComfyUI's view inside ComfyUI)."""
-        dev = torch.device(self.patcher.load_device) if self.patcher is not None else self.device
+        """Bytes the compute device has free now (ComfyUI's view inside ComfyUI; psutil's available RAM on a CPU)."""
+        dev = self.compute_device()
         mm, _ = _comfy_mm()
         try:
             if mm is not None:
                 return int(mm.get_free_memory(dev))
             if dev.type == "cuda":
                 return int(torch.cuda.mem_get_info(dev)[0])
-            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+            try:
+                import psutil
+
+                return int(psutil.virtual_memory().available)
+            except ImportError:
+                return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
         except Exception:
             return 0
 
-    def auto_chunk(self, size_hw, batch: int, limit: int = 8) -> int:
-        """How many images of ``size_hw`` fit in one model call with the memory free now (at least 1)."""
-        free = self.free_memory()
+    def auto_chunk(self, size_hw, batch: int, limit: int = 8, free: int | None = None) -> int:
+        """How many images of ``size_hw`` go in one model call (``batch_chunk = 0``), at least 1.
+
+        The chunk's activations (:meth:`bytes_per_image` each) get half of the memory free now; on a CPU
+        at most :data:`CPU_CHUNK_BYTES` as well: batching buys a CPU no speed (benchmarks/bench_rmbg.py,
+        per-image time at batch 4 vs 1), while a bigger chunk costs resident memory and makes progress
+        reports and interrupt checks between images rarer.
+        """
+        free = self.free_memory() if free is None else int(free)
         if free <= 0:
             return 1
-        n = int(0.7 * free // max(self.bytes_per_image(size_hw), 1))
-        return max(1, min(int(batch), limit, n))
+        budget = 0.5 * free
+        if self.compute_device().type == "cpu":
+            budget = min(budget, CPU_CHUNK_BYTES)
+        n = int(budget // max(self.bytes_per_image(size_hw), 1))
+        return max(1, min(int(batch), int(limit), n))
 
     def empty_cache(self) -> None:
         """Release cached device memory (after an out-of-memory chunk, before retrying smaller)."""
@@ -844,13 +973,14 @@ class BiRefNetHandle:
             torch.cuda.empty_cache()
 
     def bytes_per_image(self, size_hw) -> int:
-        """A rough upper bound of the activation memory one image needs at ``size_hw`` (for chunking)."""
+        """Activation memory one image needs at ``size_hw`` (H, W), an upper bound used for chunking.
+
+        :data:`BYTES_PER_MPX` per backbone, scaled by the pixel count and the element size.
+        """
         H, W = size_hw
         el = 2 if self.dtype in (torch.float16, torch.bfloat16) else 4
-        # Swin-T measured on CPU fp32 (benchmarks/bench_rmbg.py, peak RSS of batch 4 minus batch 1, /3):
-        # ~1.25 GB per 1024^2 image. Swin-L: estimated (wider, deeper backbone; same decoder).
-        per_mpx = (2.0e9 if self.config.embed_dim >= 128 else 1.3e9) * el / 4
-        return int(per_mpx * (H * W) / (1024 * 1024))
+        per_mpx = BYTES_PER_MPX.get(self.config.backbone, BYTES_PER_MPX["swin_v1_l"])
+        return int(per_mpx * el / 4 * (H * W) / (1024 * 1024))
 
 
 def _comfy_mm():

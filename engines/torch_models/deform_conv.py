@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...progress import check_interrupt
+
 
 def _pair(v) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
@@ -91,6 +93,7 @@ def deform_conv2d(
     for g in range(G):
         xg = xp if G == 1 else xp[:, g * cg:(g + 1) * cg]
         for k0 in range(0, K, step):
+            check_interrupt()  # a large deformable conv is seconds of work on a CPU: stop between tap groups
             k1 = min(K, k0 + step)
             k = k1 - k0
             y = (base_y + tap_y[:, k0:k1] + off[:, g, k0:k1, 0]) * sy - 1.0  # [B, k, Ho, Wo]
@@ -99,7 +102,7 @@ def deform_conv2d(
             cols = F.grid_sample(xg, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
             cols = cols.view(B, cg, k, L)
             if msk is not None:
-                cols = cols * msk[:, g, k0:k1].unsqueeze(1)
+                cols.mul_(msk[:, g, k0:k1].unsqueeze(1))  # grid_sample's output is ours: no second copy
             wk = w_taps[:, g * cg:(g + 1) * cg, k0:k1].reshape(O, cg * k)
             part = torch.matmul(wk, cols.to(dtype).view(B, cg * k, L))  # [B, O, L]
             out = part if out is None else out.add_(part)
