@@ -85,12 +85,21 @@ def _common_inputs():
     ]
 
 
-def _make_fn(sampler, seed, eta, s_noise, solver_type, dynamic_threshold, parametrisation):
+def _make_fn(sampler, seed, eta, s_noise, solver_type, dynamic_threshold, parametrisation, batch_index_offset=0):
     from ..comfy_bridge import sampler_function
 
     return sampler_function(sampler, seed=seed, flow=_flow_choice(parametrisation),
-                            dynamic_threshold=float(dynamic_threshold or 0.0),
+                            dynamic_threshold=float(dynamic_threshold or 0.0), batch_index_offset=int(batch_index_offset),
                             **_sampler_options(sampler, eta, s_noise, solver_type))
+
+
+def _index_offset(batch_index) -> int:
+    """The step-noise offset for a latent's ``batch_index`` (e.g. from Latent From Batch): its first index when the
+    indices are consecutive, so item k's step noise is that of seed + batch_index[k]; 0 otherwise."""
+    if not batch_index:
+        return 0
+    idx = [int(i) for i in batch_index]
+    return idx[0] if idx == list(range(idx[0], idx[0] + len(idx))) else 0
 
 
 class SamplerSelect(io.ComfyNode):
@@ -241,7 +250,7 @@ class KSampler(io.ComfyNode):
         guider.set_conds(positive, negative)
         guider.set_cfg(float(cfg))
         ks = csamplers.KSAMPLER(_make_fn(sampler, int(seed), eta, s_noise, solver_type, dynamic_threshold,
-                                         "flow" if flow else "noise"))
+                                         "flow" if flow else "noise", _index_offset(latent_image.get("batch_index"))))
         callback = _callback(m, max(len(sigmas) - 1, 1))
         samples = guider.sample(noise, lat, ks, sigmas, denoise_mask=noise_mask, callback=callback,
                                 disable_pbar=not cutils.PROGRESS_BAR_ENABLED, seed=int(seed))

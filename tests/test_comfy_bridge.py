@@ -160,6 +160,16 @@ def test_seed_noise_is_the_same_at_every_batch_size(name):
         torch.testing.assert_close(out1[0], out3[i], rtol=1e-6, atol=1e-6)
 
 
+def test_batch_index_offset_gives_the_items_own_step_noise():
+    sigmas = torch.tensor(get_sigmas("karras", 4, SD), dtype=torch.float32)
+    x3 = torch.from_numpy(B.initial_noise(5, (3, 4, 4, 4))) * sigmas[0]
+    out3 = B.sampler_function("euler_ancestral", seed=5)(gauss_ve, x3, sigmas, extra_args={}, callback=None, disable=True)
+    x1 = torch.from_numpy(B.initial_noise(5, (1, 4, 4, 4), batch_index=[2])) * sigmas[0]  # Latent From Batch index 2
+    out1 = B.sampler_function("euler_ancestral", seed=5, batch_index_offset=2)(gauss_ve, x1, sigmas, extra_args={},
+                                                                                  callback=None, disable=True)
+    torch.testing.assert_close(out1[0], out3[2], rtol=1e-6, atol=1e-6)
+
+
 def test_step_noise_seed_defaults_to_comfys_extra_args_seed():
     sigmas = torch.tensor(get_sigmas("karras", 4, SD), dtype=torch.float32)
     x = torch.from_numpy(make_noise(0, (1, 4, 4, 4))) * sigmas[0]

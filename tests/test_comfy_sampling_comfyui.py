@@ -11,6 +11,7 @@ One prompt, core Load Checkpoint -> LoraLoader -> CLIP Text Encode, with branche
 * a/b/c: SpriteForge KSampler at batch 2 seed 5, batch 1 seed 5, batch 1 seed 6 -> item i of the
   batch equals seed 5 + i alone (CPU-made noise);
 * d: the LoRA at strength 0 -> differs from b (the LoRA reached the model);
+* j: Latent From Batch (index 1) of the batch-2 latent -> equals a's item 1;
 * e: core SamplerCustomAdvanced with SpriteForge Noise + core CFGGuider + SpriteForge Sampler Select
   + core BasicScheduler -> equals b (same maths through ComfyUI's own sampling entry point);
 * f: core SamplerCustom (its own noise) with our SAMPLER (dpmpp_2m_sde);
@@ -92,6 +93,8 @@ def sdxl_graph() -> dict:
         "L1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "a": _ks(["2", 0], ["L2", 0], 5), "b": _ks(["2", 0], ["L1", 0], 5), "c": _ks(["2", 0], ["L1", 0], 6),
         "d": _ks(["2z", 0], ["L1", 0], 5),
+        "jL": {"class_type": "LatentFromBatch", "inputs": {"samples": ["L2", 0], "batch_index": 1, "length": 1}},
+        "j": _ks(["2", 0], ["jL", 0], 5),
         "eN": {"class_type": "SpriteForgeNoise", "inputs": {"noise_seed": 5}},
         "eG": {"class_type": "CFGGuider", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0], "cfg": 5.0}},
         "eS": {"class_type": "SpriteForgeSamplerSelect", "inputs": {"sampler": "euler_ancestral"}},
@@ -125,7 +128,7 @@ def sdxl_graph() -> dict:
     for k in ("h", "i"):
         g["D" + k] = {"class_type": "VAEDecode", "inputs": {"samples": [k, 0], "vae": ["h1", 2]}}
         g["S" + k] = _save(["D" + k, 0], f"sf_{k}")
-    for k in ("a", "b", "c", "d", "g"):
+    for k in ("a", "b", "c", "d", "g", "j"):
         g["D" + k], g["S" + k] = _decode([k, 0]), _save(["D" + k, 0], f"sf_{k}")
     for k in ("e", "f"):  # SamplerCustom(Advanced): output 0 is the (denoised-at-last-step) sample
         g["D" + k], g["S" + k] = _decode([k, 0]), _save(["D" + k, 0], f"sf_{k}")
@@ -175,6 +178,8 @@ def test_our_samplers_on_core_sdxl_graphs_in_real_comfyui(tmp_path):
         assert len(a) == 2 and a[0].shape == (64, 64, 3)
         assert np.abs(a[0] - b).max() <= 2 and np.abs(a[1] - c).max() <= 2  # batch item i == seed + i alone
         assert np.abs(b - d).max() > 10  # the LoRA changed the model
+        (j,) = _images(out, o["Sj"])
+        assert np.abs(j - a[1]).max() <= 2  # Latent From Batch index 1: that item's noise (initial and per step)
         assert np.abs(e - b).max() <= 2  # SamplerCustomAdvanced + our NOISE/SAMPLER == our KSampler
         assert len(_images(out, o["Sf"])) == 2 and len(_images(out, o["Sg"])) == 1
         assert len(_images(out, o["Sh"])) == 2 and len(_images(out, o["Si"])) == 1  # SD1.5
