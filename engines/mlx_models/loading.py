@@ -11,6 +11,9 @@ converters (:mod:`..torch_models.convert`), tokenizers are found by its
 :func:`spriteforge.engines.base.handle_fields`. torch is used here only to read and rename
 tensors while loading; nothing of it is kept, and sampling never touches it.
 
+A converted cache (:mod:`.cache`, ``spriteforge convert --engine mlx``) is taken directly, or used
+in place of the source when the source's default cache folder holds one; it is checked first.
+
 Each tensor becomes an mx array (bf16 through an int16 view, fp8 upcast), cast to the
 engine's weight dtype, mapped by the port's ``map_weights`` and loaded strictly with
 :func:`layers.load_weights`; arrays are evaluated in small groups while they are made, so
@@ -165,6 +168,8 @@ def build(key: str, config: dict, sd_torch: dict, dtype, what: str):
     mx = _mx()
     cls, map_weights = port(key)
     model = cls(dict(config))
+    # what the converted cache (cache.py) needs to rebuild this component: port, config, the file's storage dtype
+    object.__setattr__(model, "_sf_port", (key, dict(config), _storage_dtype(sd_torch)))
     weights = map_weights(_to_mx_dict(sd_torch, dtype, what))
     sd_torch.clear()
     layers.load_weights(model, weights, what=what)
@@ -172,6 +177,19 @@ def build(key: str, config: dict, sd_torch: dict, dtype, what: str):
     mx.eval(model.parameters())
     model.eval()
     return model
+
+
+def _storage_dtype(sd_torch: dict) -> str:
+    """The floating dtype most of ``sd_torch``'s elements are stored in (fp8 -> float16, which holds it exactly)."""
+    import torch
+
+    count: dict = {}
+    for v in sd_torch.values():
+        if getattr(v, "is_floating_point", lambda: False)():
+            name = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float8_e4m3fn: "float16",
+                    torch.float8_e5m2: "float16"}.get(v.dtype, "float32")
+            count[name] = count.get(name, 0) + v.numel()
+    return max(count, key=count.get) if count else "float32"
 
 
 # --------------------------------------------------------------------------- configs
@@ -435,8 +453,17 @@ def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None) -> Model
     """
     from ..torch_models.loading import _resolve
 
+    from . import cache
+
     p = _resolve(path, ("diffusion_models", "checkpoints", "diffusers"))
     try:
+        # a converted cache (spriteforge convert --engine mlx), given itself or found in the source's default cache
+        # folder (made with these same VAE/text encoders): checked against the source, then loaded lazily
+        if cache.is_cache(p):
+            return cache.load_cache(engine, p, vae=vae, text_encoders=text_encoders, dtype=dtype)
+        found = cache.find_cache(p, vae=vae, text_encoders=text_encoders)
+        if found is not None:
+            return cache.load_cache(engine, found, dtype=dtype)
         return _load_model(engine, p, vae=vae, text_encoders=text_encoders, dtype=dtype)
     except SpriteForgeError:
         raise
@@ -446,14 +473,15 @@ def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None) -> Model
         raise classify(exc, context=f"loading {p.name} on MLX") from exc
 
 
-def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None) -> ModelHandle:
+def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None, all_dtype=None) -> ModelHandle:
+    """``all_dtype``: every component (VAE and text encoders too) in that dtype (the converter loads in float32)."""
     from ...models.detect import detect, detect_tensors
     from ..torch_models.loading import FOLDER_TEXT_ENCODERS, find_tokenizer, open_tensors, vae_config_for
 
-    wname = _weight_dtype(engine, dtype)
+    wname = _weight_dtype(engine, all_dtype or dtype)
     wdt = mx_dtype(wname)
-    vdt = mx_dtype(engine.policy.vae_dtype)
-    tdt = mx_dtype(_weight_dtype(engine, dtype or engine.policy.text_encoder_dtype))
+    vdt = mx_dtype(all_dtype or engine.policy.vae_dtype)
+    tdt = mx_dtype(_weight_dtype(engine, all_dtype or dtype or engine.policy.text_encoder_dtype))
     extras: dict = {}
     tes: dict = {}
     toks: dict = {}
@@ -525,11 +553,11 @@ def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None) -> M
             source.close()
     family = det.family
     if vae is not None:
-        vae_model, vae_cfg = load_vae(engine, vae, family=family, variant=det.variant)
+        vae_model, vae_cfg = load_vae(engine, vae, family=family, variant=det.variant, dtype=all_dtype)
     for te in text_encoders or ():
         if te is None or te == "":
             continue
-        key, model, tok = load_text_encoder(engine, te, family=family, dtype=dtype or engine.policy.text_encoder_dtype)
+        key, model, tok = load_text_encoder(engine, te, family=family, dtype=all_dtype or dtype or engine.policy.text_encoder_dtype)
         tes[key] = model  # an explicit text encoder replaces one the model file carries
         toks[key] = tok
     for k in [k for k in tes if toks.get(k) is None]:
@@ -559,10 +587,13 @@ def _folder_tokenizer(p: Path, sub: str, index: dict):
     tentry = index.get(tsub)
     if not (tentry and tentry[0] and (p / tsub).is_dir()):
         return None
+    from ..tokenizer_case import fold_case_if_lowercase
+
     try:
-        return getattr(transformers, tentry[1]).from_pretrained(p / tsub, local_files_only=True)
+        tok = getattr(transformers, tentry[1]).from_pretrained(p / tsub, local_files_only=True)
     except Exception:  # noqa: BLE001 - e.g. slow class unavailable: generic loader
-        return transformers.AutoTokenizer.from_pretrained(p / tsub, local_files_only=True)
+        tok = transformers.AutoTokenizer.from_pretrained(p / tsub, local_files_only=True)
+    return fold_case_if_lowercase(tok)  # as the torch loader does
 
 
 __all__ = ["load_model", "load_vae", "load_text_encoder", "available_families", "missing_ports", "port", "to_mx",
