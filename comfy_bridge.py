@@ -15,7 +15,8 @@ adapter between the two, plus the pieces a ComfyUI sampling node needs around it
 * :func:`is_flow` / :func:`find_model_sampling` / :func:`model_schedule` - read a ComfyUI
   ``model_sampling`` object (duck-typed) into our flag and schedule objects;
 * :func:`rescale_cfg_function` - CFG-rescale (Lin et al. 2023) as a ``sampler_cfg_function``;
-* :class:`SeamlessWrapper` - seamless tiles as a ``model_function_wrapper`` (seeded roll).
+* :class:`SeamlessWrapper` - seamless tiles as a ``model_function_wrapper`` (seeded roll);
+* :func:`circular_padding` - wrap-around padding on a module's convolutions for a while (seamless VAE decode).
 
 Arrays are torch tensors inside ComfyUI; numpy works too (tests).  Nothing here imports torch
 or ComfyUI at module level.
@@ -29,7 +30,7 @@ from .errors import BAD_INPUT, SpriteForgeError
 from .samplers import SAMPLERS, DiscreteSchedule, FlowSchedule, NoiseSampler, cfg_rescale, dynamic_threshold, make_noise
 
 __all__ = ["sampler_function", "ComfyDenoiser", "initial_noise", "is_flow", "find_model_sampling", "model_schedule",
-           "SigmaTable", "rescale_cfg_function", "SeamlessWrapper", "sigma_batch"]
+           "SigmaTable", "rescale_cfg_function", "SeamlessWrapper", "sigma_batch", "circular_padding"]
 
 
 # --------------------------------------------------------------------------- arrays
@@ -270,3 +271,27 @@ class SeamlessWrapper:
         else:
             out = apply_model(rolled["input"], rolled["timestep"], **rolled["c"])
         return _roll(out, -dy, -dx)
+
+
+class circular_padding:
+    """Context manager: every padded 2-D convolution of ``module`` pads circularly (wraps around) inside the
+    block and is restored after, so a periodic latent decodes into an image without seams."""
+
+    def __init__(self, module):
+        self.module = module
+        self._saved = []
+
+    def __enter__(self):
+        for m in self.module.modules():
+            pad = getattr(m, "padding", None)
+            if getattr(m, "padding_mode", None) is None or not isinstance(pad, tuple) or len(pad) != 2 or pad == (0, 0):
+                continue
+            self._saved.append((m, m.padding_mode))
+            m.padding_mode = "circular"
+        return self
+
+    def __exit__(self, *exc):
+        for m, mode in self._saved:
+            m.padding_mode = mode
+        self._saved.clear()
+        return False

@@ -8,6 +8,7 @@ CFGGuider.
   CFG-rescale and dynamic thresholding.
 * **SpriteForge Sampler Select** - a SAMPLER for core SamplerCustom / SamplerCustomAdvanced.
 * **SpriteForge Noise** - a NOISE for SamplerCustomAdvanced: our CPU-seeded noise.
+* **SpriteForge VAE Decode (seamless)** - ComfyUI's VAE decoding with wrap-around padding (seamless tiles).
 
 The maths lives in :mod:`spriteforge.comfy_bridge`; these nodes need ComfyUI to run.
 """
@@ -208,7 +209,8 @@ class KSampler(io.ComfyNode):
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional inpainting mask, 1 = repaint (overrides the latent's noise_mask)."),
                 io.Boolean.Input("tile", default=False, optional=True,
-                                 tooltip="Seamless tile: the latent wraps around on both axes (for tilesets)."),
+                                 tooltip="Seamless tile: the latent wraps around on both axes (for tilesets); decode it "
+                                 "with SpriteForge VAE Decode (seamless)."),
                 io.Float.Input("cfg_rescale", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="CFG-rescale phi (Lin et al. 2023) against over-saturation at high cfg; 0 = off."),
                 *_common_inputs(),
@@ -276,4 +278,33 @@ def _callback(model, steps):
         return lambda step, x0, x, total: bar.update(1)
 
 
-NODES = [KSampler, SamplerSelect, Noise]
+class SeamlessVAEDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgeSeamlessVAEDecode",
+            display_name="SpriteForge VAE Decode (seamless)",
+            category=CATEGORY,
+            description="Decodes a LATENT with ComfyUI's VAE (from Load Checkpoint / Load VAE) with wrap-around padding, "
+            "so a seamless latent (SpriteForge KSampler with tile on) becomes an image that tiles without a seam.",
+            inputs=[io.Latent.Input("samples", tooltip="The latent to decode (tile it with SpriteForge KSampler's tile)."),
+                    io.Vae.Input("vae", tooltip="ComfyUI's VAE (Load Checkpoint's or Load VAE's).")],
+            outputs=[io.Image.Output(display_name="image", tooltip="The decoded images [B,H,W,3]; they tile seamlessly.")],
+        )
+
+    @classmethod
+    def execute(cls, samples, vae):
+        from ..comfy_bridge import circular_padding
+
+        _comfy()
+        model = getattr(vae, "first_stage_model", None)
+        if model is None:
+            raise SpriteForgeError(BAD_INPUT, "the vae input is not a ComfyUI VAE: connect Load Checkpoint's or Load VAE's VAE.")
+        with circular_padding(model):
+            images = vae.decode(samples["samples"])
+        if images.ndim == 5:  # video VAEs: frames into the batch
+            images = images.reshape(-1, *images.shape[-3:])
+        return io.NodeOutput(images)
+
+
+NODES = [KSampler, SamplerSelect, Noise, SeamlessVAEDecode]

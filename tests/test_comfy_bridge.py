@@ -266,3 +266,23 @@ def test_seamless_wrapper_rolls_input_and_concat_and_back():
     assert torch.equal(seen["cc"], cc.roll((dy, dx), (-2, -1)))
     with torch.no_grad():
         torch.testing.assert_close(out, conv(x), rtol=1e-5, atol=1e-5)  # circular conv is roll-equivariant
+
+
+def test_circular_padding_makes_a_real_vae_decoder_roll_equivariant():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2).eval()
+    z = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(1))
+
+    def dec(latent):
+        with torch.no_grad():
+            return vae.decode(latent).sample
+
+    f = 2  # two levels: one 2x upsample
+    with B.circular_padding(vae):
+        a, b = dec(z).roll((f, 3 * f), (-2, -1)), dec(z.roll((1, 3), (-2, -1)))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # a rolled latent decodes to the rolled image: no seam
+    assert all(m.padding_mode == "zeros" for m in vae.modules() if isinstance(m, torch.nn.Conv2d))  # restored
+    assert not torch.allclose(dec(z).roll((f, 3 * f), (-2, -1)), dec(z.roll((1, 3), (-2, -1))), atol=1e-3)

@@ -16,6 +16,7 @@ One prompt, core Load Checkpoint -> LoraLoader -> CLIP Text Encode, with branche
   + core BasicScheduler -> equals b (same maths through ComfyUI's own sampling entry point);
 * f: core SamplerCustom (its own noise) with our SAMPLER (dpmpp_2m_sde);
 * g: img2img + inpaint mask + seamless tile + CFG-rescale + dynamic thresholding;
+* t: a tiled latent (tile on) decoded by SpriteForge VAE Decode (seamless) twice side by side: equal halves;
 * h/i: an SD1.x checkpoint (``v1-5-pruned-emaonly.safetensors``) through SpriteForge KSampler and SamplerCustom;
 then a long run interrupted over HTTP, and the shipped workflows/api/sdxl_pixel_art.json at 64x64
 (indexed PNGs with index 0 transparent and a sheet come back).
@@ -125,6 +126,19 @@ def sdxl_graph() -> dict:
                                                         "positive": ["h3", 0], "negative": ["h4", 0], "sampler": ["hS", 0],
                                                         "sigmas": ["hT", 0], "latent_image": ["L1", 0]}},
     })
+    g.update({  # seamless: a tiled latent placed twice side by side decodes into two equal halves
+        "tK": _ks(["2", 0], ["L1", 0], 4, tile=True),
+        "tW": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 64, "batch_size": 1}},
+        "tC1": {"class_type": "LatentComposite", "inputs": {"samples_to": ["tW", 0], "samples_from": ["tK", 0], "x": 0, "y": 0,
+                                                            "feather": 0}},
+        "tC2": {"class_type": "LatentComposite", "inputs": {"samples_to": ["tC1", 0], "samples_from": ["tK", 0], "x": 64,
+                                                            "y": 0, "feather": 0}},
+        "Dtw": {"class_type": "SpriteForgeSeamlessVAEDecode", "inputs": {"samples": ["tC2", 0], "vae": ["1", 2]}},
+        "Dt": {"class_type": "SpriteForgeSeamlessVAEDecode", "inputs": {"samples": ["tK", 0], "vae": ["1", 2]}},
+        "Dtz": _decode(["tC2", 0]),
+    })
+    for k in ("tw", "t", "tz"):
+        g["S" + k] = _save(["D" + k, 0], f"sf_{k}")
     for k in ("h", "i"):
         g["D" + k] = {"class_type": "VAEDecode", "inputs": {"samples": [k, 0], "vae": ["h1", 2]}}
         g["S" + k] = _save(["D" + k, 0], f"sf_{k}")
@@ -183,6 +197,10 @@ def test_our_samplers_on_core_sdxl_graphs_in_real_comfyui(tmp_path):
         assert np.abs(e - b).max() <= 2  # SamplerCustomAdvanced + our NOISE/SAMPLER == our KSampler
         assert len(_images(out, o["Sf"])) == 2 and len(_images(out, o["Sg"])) == 1
         assert len(_images(out, o["Sh"])) == 2 and len(_images(out, o["Si"])) == 1  # SD1.5
+        (tw,), (t,), (tz,) = (_images(out, o[k]) for k in ("Stw", "St", "Stz"))
+        assert tw.shape == (64, 128, 3)
+        assert np.abs(tw[:, :64] - tw[:, 64:]).max() <= 2 and np.abs(tw[:, :64] - t).max() <= 2  # no seam
+        assert np.abs(tz[:, :64] - tz[:, 64:]).max() > 2  # core VAE Decode pads with zeros: the halves differ
         logtext = (tmp_path / "comfy.log").read_text()
         assert "model_type EPS" in logtext and "Requested to load SDXL" in logtext
         assert "Requested to load BaseModel" in logtext  # SD1.5's model class
