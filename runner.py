@@ -234,6 +234,9 @@ def run_workflow(
         if engine:
             set_engine(prompt, engine)
         G.check_prompt(prompt, info, only_needed=outputs is None)
+        from .preflight import check_sizes
+
+        check_sizes(prompt)  # an input image the model cannot draw: say so now, before any model loads
         if on_event is None and progress_stream is not None:
             on_event = _printer(progress_stream)
         emit = on_event or (lambda k, d: None)

@@ -7,8 +7,12 @@ Loads the model as SpriteForge Load Model does (:func:`spriteforge.nodes.loaders
 runs :func:`spriteforge.pipeline.generate_full` (txt2img, img2img with ``--init``/``--denoise``,
 inpainting with ``--mask`` (white = repaint), seamless tiles with ``--tile``). Images are written
 as ``<prefix>-<seed of the image>.png`` (batch item i has seed + i, so each file can be remade
-alone at batch 1) with the parameters in the PNG text chunks ``parameters`` (readable) and
+alone at batch 1; seeds are zero-padded to the batch's widest, ``sf-07.png ... sf-10.png``, so the
+files sort) with the parameters in the PNG text chunks ``parameters`` (readable) and
 ``spriteforge`` (JSON). The written paths are printed, one a line (``--json``: one JSON object).
+On the built-in demo model, which draws on a magenta key colour, the PNGs are transparent (the key
+removed by :func:`spriteforge.pixel.alpha.key_to_alpha`, edges decontaminated); ``--keep-key`` keeps
+the raw image.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="weight dtype")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--prefix", default="sf", help="file name prefix (default sf)")
+    p.add_argument("--keep-key", action="store_true",
+                   help="models that draw on a key colour (the built-in demo model, magenta): keep the raw image "
+                        "(default: the key removed, a transparent RGBA PNG)")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of paths")
     from ..lora import add_cli_arguments
 
@@ -105,13 +112,28 @@ def param_text(info: dict, prompt: str, negative: str) -> str:
 
 
 def save_png(path: Path, image: np.ndarray, meta: dict, text: str) -> None:
+    """``image``: float 0..1 RGB, or uint8 RGB(A) as it is (an RGBA array gives a transparent PNG)."""
     from PIL import Image, PngImagePlugin
 
-    arr = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    arr = image if image.dtype == np.uint8 else np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)
     info.add_text("spriteforge", json.dumps(meta, default=str))
     Image.fromarray(arr).save(path, pnginfo=info)
+
+
+def key_colour(handle, model) -> tuple[int, int, int] | None:
+    """The key colour a model draws its background in, when it is one that does: the built-in demo model
+    (magenta, whether chosen by name or by its folder's path). None for every other model."""
+    from ..nodes.loaders import DEMO, DEMO_DIR
+    from ..sprites.generator import KEY_COLOR
+
+    src = str(getattr(handle, "source", "") or "")
+    try:
+        is_demo = model == DEMO or (bool(src) and Path(src).resolve() == Path(DEMO_DIR).resolve())
+    except OSError:
+        is_demo = model == DEMO
+    return tuple(KEY_COLOR) if is_demo else None
 
 
 def run(args) -> int:
@@ -133,6 +155,10 @@ def run(args) -> int:
     if denoise is None:
         denoise = 1.0 if (init is None or mask is not None) else 0.6
     out = Path(args.out).expanduser()
+    prefix = str(args.prefix)
+    if not prefix or prefix in (".", "..") or any(c in prefix for c in "/\\:\0"):
+        raise SpriteForgeError(BAD_INPUT, f"--prefix {prefix!r} must be a plain file name prefix (no folders, no '..'); "
+                               "the files go into --out.")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -172,11 +198,23 @@ def run(args) -> int:
     written = []
     info = dict(res.info)
     info["model"] = Path(str(handle.source or args.model)).name
+    width = len(str(int(args.seed) + len(res.images) - 1))  # zero-pad seeds so a batch's files sort: sf-07 ... sf-10
+    key = None if getattr(args, "keep_key", False) else key_colour(handle, args.model)
+    if key is not None:
+        info["key_removed"] = "#%02x%02x%02x" % key
     for i, img in enumerate(res.images):
         seed_i = int(args.seed) + i
         meta = {**info, "seed": seed_i, "batch_index": i, "prompt": args.prompt, "negative": args.negative,
                 "init": args.init, "mask": args.mask, "spriteforge_command": "generate"}
-        path = out / f"{args.prefix}-{seed_i}.png"
+        path = out / f"{args.prefix}-{seed_i:0{width}d}.png"
+        k = 1
+        while path.exists():  # never overwrite an earlier image: sf-7.png, sf-7_1.png, ...
+            path = out / f"{args.prefix}-{seed_i:0{width}d}_{k}.png"
+            k += 1
+        if key is not None:  # transparent: the key colour removed, edge colours decontaminated
+            from ..pixel.alpha import key_to_alpha
+
+            img = key_to_alpha(img, key)
         save_png(path, img, meta, param_text({**info, "seed": seed_i}, args.prompt, args.negative))
         written.append(str(path))
     if args.json:

@@ -27,7 +27,8 @@ def register(subparsers) -> None:
                    help="override an input (VALUE is parsed as JSON when possible); repeatable")
     p.add_argument("--models", metavar="DIR", help="models root laid out like ComfyUI's models/ folder")
     p.add_argument("--out", metavar="DIR", default="output", help="output folder (default ./output)")
-    p.add_argument("--input", metavar="DIR", help="LoadImage's input folder (default ./input)")
+    p.add_argument("--input", metavar="DIR", help="LoadImage's input folder (default ./input, or the input/ folder "
+                   "beside the workflow (or one level up) that holds its images)")
     p.add_argument("--engine", choices=("auto", "torch", "mlx"), default=None,
                    help="set the engine of every SpriteForge Load Model node (default: as the workflow says)")
     p.add_argument("--check", action="store_true", help="only convert and validate; do not execute")
@@ -35,9 +36,57 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def shipped_input_dir(workflow, info=None):
+    """The folder LoadImage should read when neither ``--input`` nor ``SPRITEFORGE_INPUT`` says: ``./input``
+    when it holds the images the workflow loads, else an ``input/`` beside the workflow file or one level up
+    (the shipped ``workflows/input`` for ``workflows/api/NAME.json``) that holds them all; None otherwise."""
+    import os
+    from pathlib import Path
+
+    from ..nodes import graph as G
+
+    if os.environ.get("SPRITEFORGE_INPUT"):
+        return None
+    try:
+        prompt, _graph = G.load_workflow(workflow, info)
+    except Exception:  # reported properly when the run reads it
+        return None
+    wanted = {n["inputs"]["image"] for n in prompt.values()
+              if n.get("class_type") == "LoadImage" and isinstance((n.get("inputs") or {}).get("image"), str)}
+    if not wanted or not isinstance(workflow, (str, os.PathLike)):
+        return None
+    wf = Path(workflow).resolve()
+    for d in (Path("input"), wf.parent / "input", wf.parent.parent / "input"):
+        if all((d / w).is_file() for w in wanted):
+            return None if d == Path("input") else str(d)
+    return None
+
+
+def _refuse_core_nodes(workflow) -> None:
+    """A workflow with ComfyUI's core model nodes (Load Checkpoint, CLIP Text Encode, ...) runs only in ComfyUI:
+    say so plainly instead of "unknown node type"."""
+    from ..errors import BAD_INPUT, SpriteForgeError
+    from ..nodes import graph as G
+    from ..nodes.comfy_core_info import CORE_INFO
+
+    try:
+        prompt, _graph = G.load_workflow(workflow, {**CORE_INFO, **G.object_info()})
+    except Exception:  # reported properly when the run reads it
+        return
+    core = sorted({n.get("class_type") for n in prompt.values()} & (set(CORE_INFO) - set(G.node_classes())))
+    if core:
+        raise SpriteForgeError(BAD_INPUT, f"this workflow uses ComfyUI's core nodes ({', '.join(core)}), which run only "
+                               "inside ComfyUI. Open it in ComfyUI, or queue it on a running server with "
+                               "`spriteforge submit WORKFLOW --server http://127.0.0.1:8188`.")
+
+
 def run(args) -> int:
     from ..nodes import graph as G
     from ..runner import run_workflow
+
+    if not args.input:
+        args.input = shipped_input_dir(args.workflow)
+    _refuse_core_nodes(args.workflow)
 
     if args.check or args.print_api:
         import os
@@ -57,6 +106,9 @@ def run(args) -> int:
 
             set_engine(prompt, args.engine)
         G.check_prompt(prompt, info, only_needed=True)
+        from ..preflight import check_sizes
+
+        check_sizes(prompt)
         if args.print_api:
             print(json.dumps(prompt, indent=2))
         else:
