@@ -40,6 +40,27 @@ def _folder_paths():
         return None
 
 
+def in_comfyui() -> bool:
+    """True inside ComfyUI (its ``folder_paths`` module is importable), False on the command line."""
+    return _folder_paths() is not None
+
+
+def not_found_hint(*, full_path: bool, comfy: bool | None = None) -> str:
+    """What to do about a model file that is not in the folders searched, true where it is shown.
+
+    Inside ComfyUI (``comfy``; default: :func:`in_comfyui`) names come from the node's list, paths are
+    refused and the folders come from ComfyUI (``extra_model_paths.yaml``); on the command line
+    ``--models DIR`` / ``SPRITEFORGE_MODELS`` set the folders and ``full_path`` says whether a path is
+    accepted where the name was given.
+    """
+    if in_comfyui() if comfy is None else comfy:
+        return ("Put the file in one of those folders (or add its folder to ComfyUI's extra_model_paths.yaml), "
+                "press R in the editor to refresh the lists, and pick it from the node's list.")
+    alt = "give its full path, or " if full_path else ""
+    return (f"Put the file in one of those folders, {alt}point --models DIR (or SPRITEFORGE_MODELS) at a folder "
+            "laid out like ComfyUI's models/.")
+
+
 def register_comfy_folders() -> None:
     """Register the pack's own model folders with ComfyUI, keeping user-configured paths."""
     fp = _folder_paths()
@@ -124,12 +145,16 @@ def resolve(kind: str, name: str, *, allow_absolute: bool = False, expected: str
     searched = roots(kind)
     for root in searched:
         cand = root / p
-        if cand.exists() and _inside(cand, root):
+        if cand.exists():
+            if not _inside(cand, root):  # a symlink (the file or a folder on the way) pointing out of the folder
+                raise SpriteForgeError(BAD_INPUT, f"{kind} model {name!r} is a link that points outside {root}. Move or "
+                                       "copy the file into the folder instead of linking out of it.",
+                                       details={"kind": kind, "name": name, "root": str(root)})
             return cand
-    where = ", ".join(str(r) for r in searched) or f"models/{kind} (no models folder configured: pass --models DIR)"
+    where = ", ".join(str(r) for r in searched) or f"models/{kind} (no models folder is configured)"
     extra = f" Expected file names: {expected}." if expected else ""
     raise SpriteForgeError(
         MODEL_NOT_FOUND,
-        f"{kind} model {name!r} was not found in {where}.{extra} Put the file there, or give its full path.",
+        f"{kind} model {name!r} was not found in {where}.{extra}", hint=not_found_hint(full_path=allow_absolute),
         details={"kind": kind, "name": name, "searched": [str(r) for r in searched]},
     )

@@ -16,7 +16,7 @@ import sys
 from .. import __version__
 from ..errors import SpriteForgeError, classify
 
-COMMANDS = ("doctor", "inspect", "generate", "pixel", "rmbg", "run", "submit")
+COMMANDS = ("doctor", "inspect", "generate", "pixel", "rmbg", "run", "submit", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

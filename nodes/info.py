@@ -26,9 +26,9 @@ def capabilities_report() -> dict:
             dev = pick_device(e["name"])
             caps[e["name"]] = engine_class(e["name"])(dev, decide(dev)).capabilities.to_dict()
     rep["capabilities"] = caps
-    from ..errors import CODES, HINTS
+    from ..errors import CODES, hint_for
 
-    rep["error_codes"] = {code: HINTS[code] for code in CODES}
+    rep["error_codes"] = {code: hint_for(code) for code in CODES}
     return rep
 
 
@@ -44,7 +44,7 @@ class EngineInfo(io.ComfyNode):
             inputs=[
                 io.Boolean.Input("as_json", default=False, tooltip="Output the full report as JSON instead of a summary."),
             ],
-            outputs=[io.String.Output(display_name="report")],
+            outputs=[io.String.Output(display_name="report", tooltip="Devices, usable engines and the device policy's choices.")],
             is_output_node=True,
         )
 

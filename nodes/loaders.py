@@ -75,9 +75,9 @@ def resolve_model(name: str, *, allow_path: bool | None = None):
             if exc.code == BAD_INPUT and not allow:
                 raise
             searched += exc.details.get("searched", [])
-    where = ", ".join(searched) or "models/diffusion_models, models/checkpoints, models/diffusers (no models folder configured: pass --models DIR)"
-    raise SpriteForgeError(MODEL_NOT_FOUND, f"model {name!r} was not found in {where}. Put the file there, or give its full path.",
-                           details={"name": str(name), "searched": searched})
+    where = ", ".join(searched) or "models/diffusion_models, models/checkpoints, models/diffusers (no models folder is configured)"
+    raise SpriteForgeError(MODEL_NOT_FOUND, f"model {name!r} was not found in {where}.",
+                           hint=paths.not_found_hint(full_path=allow), details={"name": str(name), "searched": searched})
 
 
 def _resolve_part(kind: str, name, allow):

@@ -27,6 +27,8 @@ from ..progress import Progress
 from ._compat import io
 
 CATEGORY = "SpriteForge/pixel"
+TIP_OUT_IMAGE = "The processed image [B,H,W,3], 0..1."
+TIP_OUT_MASK = "Alpha [B,H,W]: 1 = opaque (sprite), 0 = transparent."
 PaletteType = io.Custom("SF_PALETTE")
 MASK_TIP = "Optional alpha of the sprite: 1 = opaque sprite pixel, 0 = transparent (LoadImage's mask is the inverse: " \
            "add InvertMask). Without it the image is treated as fully opaque."
@@ -115,6 +117,12 @@ def output_dir() -> Path:
         return Path(os.environ.get("SPRITEFORGE_OUTPUT", "output"))
 
 
+def confined_folder(root: Path, sub: str) -> Path:
+    from .core_io import confined_folder as cf
+
+    return cf(root, sub)
+
+
 def _split_prefix(prefix: str) -> tuple[str, str]:
     prefix = (prefix or "sprite").replace("\\", "/").strip()
     parts = [p for p in prefix.split("/") if p not in ("", ".")]
@@ -167,7 +175,7 @@ class PixelDownscale(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SpriteForgePixelDownscale",
-            display_name="Pixel Downscale",
+            display_name="SpriteForge Pixel Downscale",
             category=CATEGORY,
             description="Downscale to pixel-art resolution by a whole factor or to a size that divides the image: "
             "nearest, box, k-centroid (dominant colour per cell), median, or contrast-aware (keeps thin dark outlines).",
@@ -185,7 +193,8 @@ class PixelDownscale(io.ComfyNode):
                                  tooltip="Turn on when the mask comes straight from LoadImage (there 1 = transparent)."),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
             ],
-            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
+            outputs=[io.Image.Output(display_name="image", tooltip=TIP_OUT_IMAGE),
+                     io.Mask.Output(display_name="mask", tooltip=TIP_OUT_MASK)],
         )
 
     @classmethod
@@ -207,7 +216,7 @@ class PixelUpscale(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SpriteForgePixelUpscale",
-            display_name="Pixel Upscale (nearest)",
+            display_name="SpriteForge Pixel Upscale (nearest)",
             category=CATEGORY,
             description="Nearest-neighbour integer upscale for display: every pixel becomes a crisp square.",
             inputs=[
@@ -215,7 +224,8 @@ class PixelUpscale(io.ComfyNode):
                 io.Int.Input("factor", default=4, min=1, max=64, tooltip="Each pixel becomes factor x factor pixels."),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
             ],
-            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
+            outputs=[io.Image.Output(display_name="image", tooltip=TIP_OUT_IMAGE),
+                     io.Mask.Output(display_name="mask", tooltip=TIP_OUT_MASK)],
         )
 
     @classmethod
@@ -230,7 +240,7 @@ class PixelGridRecover(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SpriteForgePixelGridRecover",
-            display_name="Pixel Grid Recover",
+            display_name="SpriteForge Pixel Grid Recover",
             category=CATEGORY,
             description="Recovers the true resolution of 'fake' pixel art (AI output where each art pixel became a "
             "blurry block, possibly on a slightly uneven grid, with compression noise): detects the grid, snaps to it "
@@ -246,9 +256,11 @@ class PixelGridRecover(io.ComfyNode):
                                  tooltip="Turn on when the mask comes straight from LoadImage (there 1 = transparent)."),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
             ],
-            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask"),
-                     io.Float.Output(display_name="scale"), io.Int.Output(display_name="width"),
-                     io.Int.Output(display_name="height")],
+            outputs=[io.Image.Output(display_name="image", tooltip="The image on its native pixel grid (one pixel per cell)."),
+                     io.Mask.Output(display_name="mask", tooltip=TIP_OUT_MASK),
+                     io.Float.Output(display_name="scale", tooltip="The detected cell size in input pixels."),
+                     io.Int.Output(display_name="width", tooltip="Width of the recovered image in pixels."),
+                     io.Int.Output(display_name="height", tooltip="Height of the recovered image in pixels.")],
         )
 
     @classmethod
@@ -267,12 +279,30 @@ class PixelGridRecover(io.ComfyNode):
         return io.NodeOutput(np_to_image(o), np_to_mask(o[..., 3]), float(info.scale), int(info.width), int(info.height))
 
 
+def palette_ui(pal, used=None, alpha=None) -> dict:
+    """The editor's swatch strip data (``{"palette": ["#rrggbb", ...]}``, the node's ``ui`` output).
+
+    With ``used`` (the node's output frames, uint8 ``[H,W,3]``) only the palette colours that occur in
+    their opaque pixels (``alpha``: uint8 masks, 255 = opaque, > 127 counts) are listed, in palette order.
+    """
+    colours = ["#" + h for h in pal.hex()]
+    if used is not None:
+        rgb = np.asarray(pal.colors, dtype=np.int64).reshape(-1, 3)
+        px = [np.asarray(f)[..., :3].astype(np.int64).reshape(-1, 3) for f in used]
+        if alpha is not None:
+            px = [p[np.asarray(m).reshape(-1) > 127] for p, m in zip(px, alpha)]
+        allpx = np.concatenate(px) if px else np.zeros((0, 3), np.int64)
+        codes = set(np.unique((allpx[:, 0] << 16) | (allpx[:, 1] << 8) | allpx[:, 2]).tolist())
+        colours = [c for c, (r, g, b) in zip(colours, rgb.tolist()) if (r << 16) | (g << 8) | b in codes]
+    return {"palette": colours}
+
+
 class PixelPaletteExtract(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="SpriteForgePixelPaletteExtract",
-            display_name="Pixel Palette Extract",
+            display_name="SpriteForge Pixel Palette Extract",
             category=CATEGORY,
             description="Fits one palette to all frames of the batch (so an animation does not flicker): seeded k-means "
             "in OKLab, median cut, or octree. Transparent pixels (mask) are ignored.",
@@ -284,14 +314,15 @@ class PixelPaletteExtract(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the k-means start: same seed, same palette."),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
             ],
-            outputs=[PaletteType.Output(display_name="palette"), io.Image.Output(display_name="preview")],
+            outputs=[PaletteType.Output(display_name="palette", tooltip="The palette, for Quantize, Save Indexed and Sprite Sheet."),
+                     io.Image.Output(display_name="preview", tooltip="The palette as a strip of swatches.")],
         )
 
     @classmethod
     def execute(cls, image, colors=16, method="kmeans", seed=0, mask=None):
         rgb, a = _frames(image, mask)
         pal = P.extract([_rgba(f, m) for f, m in zip(rgb, a)], colors, method, seed=seed)
-        return io.NodeOutput(pal, np_to_image(palette_swatch(pal)[None]))
+        return io.NodeOutput(pal, np_to_image(palette_swatch(pal)[None]), ui=palette_ui(pal))
 
 
 class PixelPaletteLoad(io.ComfyNode):
@@ -300,7 +331,7 @@ class PixelPaletteLoad(io.ComfyNode):
         names = P.builtin_names()
         return io.Schema(
             node_id="SpriteForgePixelPaletteLoad",
-            display_name="Pixel Palette Load",
+            display_name="SpriteForge Pixel Palette Load",
             category=CATEGORY,
             description="A fixed palette: one shipped with SpriteForge (Lospec names: pico-8, sweetie-16, endesga-32...) "
             "or a palette file (.hex, .gpl incl. Aseprite RGBA, JASC .pal, PNG strip).",
@@ -310,13 +341,14 @@ class PixelPaletteLoad(io.ComfyNode):
                 io.String.Input("file", default="", tooltip="Optional path to a .hex/.gpl/.pal/.png palette file; "
                                 "overrides 'name'."),
             ],
-            outputs=[PaletteType.Output(display_name="palette"), io.Image.Output(display_name="preview")],
+            outputs=[PaletteType.Output(display_name="palette", tooltip="The palette, for Quantize, Save Indexed and Sprite Sheet."),
+                     io.Image.Output(display_name="preview", tooltip="The palette as a strip of swatches.")],
         )
 
     @classmethod
     def execute(cls, name="pico-8", file=""):
         pal = P.read_palette(file.strip()) if file and file.strip() else P.builtin(name)
-        return io.NodeOutput(pal, np_to_image(palette_swatch(pal)[None]))
+        return io.NodeOutput(pal, np_to_image(palette_swatch(pal)[None]), ui=palette_ui(pal))
 
 
 class PixelQuantize(io.ComfyNode):
@@ -324,7 +356,7 @@ class PixelQuantize(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SpriteForgePixelQuantize",
-            display_name="Pixel Quantize / Dither",
+            display_name="SpriteForge Pixel Quantize / Dither",
             category=CATEGORY,
             description="Maps every frame onto one palette (nearest colour in OKLab), optionally dithered: Floyd-Steinberg, "
             "Atkinson or Bayer 2/4/8, with a strength, and optionally leaving outlines and silhouette edges undithered.",
@@ -339,7 +371,8 @@ class PixelQuantize(io.ComfyNode):
                                  tooltip="Leave dark outlines and silhouette edges undithered (their nearest colour)."),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
             ],
-            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
+            outputs=[io.Image.Output(display_name="image", tooltip=TIP_OUT_IMAGE),
+                     io.Mask.Output(display_name="mask", tooltip=TIP_OUT_MASK)],
         )
 
     @classmethod
@@ -352,7 +385,7 @@ class PixelQuantize(io.ComfyNode):
             outs.append(quantize_image(f, pal, dither, strength=strength, protect_edges=protect_edges,
                                    alpha=m if mask is not None else None))
             bar.update()
-        return io.NodeOutput(np_to_image(np.stack(outs)), np_to_mask(a))
+        return io.NodeOutput(np_to_image(np.stack(outs)), np_to_mask(a), ui=palette_ui(pal, used=outs, alpha=a))
 
 
 class PixelAlphaCleanup(io.ComfyNode):
@@ -360,7 +393,7 @@ class PixelAlphaCleanup(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SpriteForgePixelAlphaCleanup",
-            display_name="Pixel Alpha Cleanup",
+            display_name="SpriteForge Pixel Alpha Cleanup",
             category=CATEGORY,
             description="Makes sprite alpha clean: threshold to 0/1, remove small islands, fill pinholes, stray-pixel "
             "clean-up, optional 1-pixel outline, and edge-colour bleed into transparent pixels (no halos when scaled).",
@@ -385,7 +418,8 @@ class PixelAlphaCleanup(io.ComfyNode):
                                  tooltip="Turn on when the mask comes straight from LoadImage (there 1 = transparent)."),
                 PaletteType.Input("palette", optional=True, tooltip="Palette for 'index:N' outline colours."),
             ],
-            outputs=[io.Image.Output(display_name="image"), io.Mask.Output(display_name="mask")],
+            outputs=[io.Image.Output(display_name="image", tooltip=TIP_OUT_IMAGE),
+                     io.Mask.Output(display_name="mask", tooltip=TIP_OUT_MASK)],
         )
 
     @classmethod
@@ -423,7 +457,7 @@ class PixelSaveIndexed(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SpriteForgePixelSaveIndexed",
-            display_name="Save Indexed Sprite PNG",
+            display_name="SpriteForge Save Indexed Sprite PNG",
             category=CATEGORY,
             description="Saves each frame as an indexed PNG (mode P, index 0 transparent via tRNS, palette in a stable "
             "order) with the workflow embedded, and the palette as a .hex file beside it. Never overwrites.",
@@ -449,7 +483,7 @@ class PixelSaveIndexed(io.ComfyNode):
         frames = [_rgba(f, m) for f, m in zip(rgb, a)]
         pal = _palette_for(frames, palette)
         sub, name = _split_prefix(filename_prefix)
-        folder = output_dir() / sub
+        folder = confined_folder(output_dir(), sub)
         text = _metadata(cls)
         results = []
         bar = Progress(len(frames), "save indexed")
@@ -471,7 +505,7 @@ class PixelSpriteSheet(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SpriteForgePixelSpriteSheet",
-            display_name="Save Sprite Sheet",
+            display_name="SpriteForge Save Sprite Sheet",
             category=CATEGORY,
             description="Packs the batch's frames on a grid into one PNG (indexed or RGBA) with a JSON atlas "
             "(TexturePacker/Aseprite hash format) and the palette (.hex and .gpl) beside it. Never overwrites.",
@@ -486,7 +520,8 @@ class PixelSpriteSheet(io.ComfyNode):
                 PaletteType.Input("palette", optional=True, tooltip="Palette for the indexed sheet (else the frames' colours)."),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
             ],
-            outputs=[io.Image.Output(display_name="sheet"), io.Mask.Output(display_name="mask")],
+            outputs=[io.Image.Output(display_name="sheet", tooltip="The sprite sheet image (as saved, in RGB)."),
+                     io.Mask.Output(display_name="mask", tooltip="The sheet's alpha: 1 = sprite pixel, 0 = transparent.")],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
         )
@@ -497,7 +532,7 @@ class PixelSpriteSheet(io.ComfyNode):
         rgb, a = _frames(images, mask)
         frames = [_rgba(f, m) for f, m in zip(rgb, a)]
         sub, name = _split_prefix(filename_prefix)
-        folder = output_dir() / sub
+        folder = confined_folder(output_dir(), sub)
         path = X.unique_path(folder, name)
         sheet, atlas = X.pack_sheet(frames, columns=columns or None, padding=padding, image_name=path.name,
                                     duration_ms=frame_duration_ms)
@@ -522,7 +557,7 @@ class PixelSliceTiles(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SpriteForgePixelSliceTiles",
-            display_name="Slice Tileset",
+            display_name="SpriteForge Slice Tileset",
             category=CATEGORY,
             description="Cuts a tileset image into its tiles (row by row) and returns them as a batch with their masks.",
             inputs=[
@@ -534,8 +569,9 @@ class PixelSliceTiles(io.ComfyNode):
                 io.Boolean.Input("skip_empty", default=True, tooltip="Drop tiles that are fully transparent (needs a mask)."),
                 io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
             ],
-            outputs=[io.Image.Output(display_name="tiles"), io.Mask.Output(display_name="masks"),
-                     io.Int.Output(display_name="count")],
+            outputs=[io.Image.Output(display_name="tiles", tooltip="The tiles as a batch [N,h,w,3], row by row."),
+                     io.Mask.Output(display_name="masks", tooltip="Each tile's alpha [N,h,w]: 1 = opaque."),
+                     io.Int.Output(display_name="count", tooltip="How many tiles were cut.")],
         )
 
     @classmethod
@@ -551,27 +587,34 @@ class PixelKeyToAlpha(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SpriteForgePixelKeyToAlpha",
-            display_name="Pixel Key Colour to Alpha",
+            display_name="SpriteForge Pixel Key Colour to Alpha",
             category=CATEGORY,
             description="Turns a flat key-colour background (magenta by default, what the built-in demo model draws "
-            "on) into exact 0/1 alpha: pixels near the key colour become transparent, everything else opaque.",
+            "on) into exact 0/1 alpha: pixels near the key colour become transparent, everything else opaque; "
+            "edge pixels are decontaminated (no key-colour fringe).",
             inputs=[
                 io.Image.Input("image", tooltip="Images drawn on a flat key-colour background."),
                 io.String.Input("key_color", default="#ff00ff", tooltip="The background colour to remove, as #rrggbb."),
                 io.Float.Input("threshold", default=0.3, min=0.0, max=1.0, step=0.01,
                                tooltip="How close to the key colour a pixel must be to become transparent "
                                "(relative RGB distance)."),
+                io.Boolean.Input("decontaminate", default=True, optional=True,  # optional: older workflows load
+                                 tooltip="Take the key colour out of the edge pixels (2 px band): pixels that are "
+                                 "a sprite colour blended with the key get it back, mostly-key ones become "
+                                 "transparent, and key-hued fringe is dropped. Off: threshold only."),
             ],
-            outputs=[io.Image.Output(display_name="image"),
+            outputs=[io.Image.Output(display_name="image", tooltip="The sprite's colours [B,H,W,3]; the mask says which "
+                                     "pixels are transparent."),
                      io.Mask.Output(display_name="mask", tooltip="Alpha: 1 = sprite pixel, 0 = background.")],
         )
 
     @classmethod
-    def execute(cls, image, key_color="#ff00ff", threshold=0.3):
+    def execute(cls, image, key_color="#ff00ff", threshold=0.3, decontaminate=True):
         from ..pixel.color import parse_hex_color
 
         rgb = image_to_np(image)
-        out = A.key_to_alpha(rgb, tuple(parse_hex_color(key_color))[:3], threshold=float(threshold))
+        out = A.key_to_alpha(rgb, tuple(parse_hex_color(key_color))[:3], threshold=float(threshold),
+                             decontaminate=bool(decontaminate))
         return io.NodeOutput(np_to_image(out), np_to_mask(out[..., 3]))
 
 

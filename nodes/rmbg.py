@@ -35,7 +35,7 @@ class LoadBiRefNet(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SpriteForgeLoadBiRefNet",
-            display_name="Load BiRefNet (SpriteForge)",
+            display_name="SpriteForge Load BiRefNet",
             category="SpriteForge/background",
             description="Loads a BiRefNet background-removal model (model.safetensors of ZhengPeng7/BiRefNet, "
             "BiRefNet_lite, _HR, -matting, -portrait, _dynamic, ...) from the models/birefnet folder (extra_model_paths.yaml "
@@ -100,7 +100,7 @@ class RemoveBackground(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SpriteForgeRemoveBackground",
-            display_name="Remove Background (BiRefNet, SpriteForge)",
+            display_name="SpriteForge Remove Background (BiRefNet)",
             category="SpriteForge/background",
             description="Removes the background of every image in the batch with BiRefNet. Each image is fitted into the "
             "working resolution keeping its aspect ratio (padded, never stretched, to multiples of 32), processed in chunks "
@@ -113,7 +113,8 @@ class RemoveBackground(io.ComfyNode):
                              tooltip="Working resolution (long side, multiple of 32); 0 uses the variant's own "
                              "(1024; HR 2048; lite-2K 2560x1440). Higher finds finer detail but needs more memory."),
                 io.Int.Input("batch_chunk", default=0, min=0, max=64,
-                             tooltip="Images per model call; 0 picks the most that fit in free memory."),
+                             tooltip="Images per model call; 0 (auto) picks it from free memory (on a CPU at most "
+                             "~1 GB of working memory per call). Progress and Cancel work per network stage either way."),
                 io.Float.Input("threshold", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Make the mask hard: 1 where the prediction is at least this, else 0. "
                                "0 keeps the soft mask (best for hair and glass); 0.5 suits pixel art."),
@@ -149,7 +150,7 @@ class RemoveBackground(io.ComfyNode):
                 grow=0, feather=0.0, foreground="ml", composite="alpha", color="#00ff00"):
         import torch
 
-        from ..rmbg import RefineOptions, plan, remove_background
+        from ..rmbg import RefineOptions, remove_background
 
         handle = birefnet
         if not hasattr(handle, "predict"):
@@ -158,15 +159,13 @@ class RemoveBackground(io.ComfyNode):
         res = int(resolution) if resolution else tuple(handle.resolution)
         if isinstance(res, int) and res % 32:
             raise SpriteForgeError(BAD_INPUT, f"resolution {res} must be a multiple of 32 (or 0 for the variant's own).")
-        chunk = int(batch_chunk)
-        if chunk <= 0:
-            g = plan(arr.shape[1], arr.shape[2], res)
-            chunk = handle.auto_chunk(g.model_size, arr.shape[0])
         out = remove_background(
             arr,
             handle.predict,
             resolution=res,
-            chunk_size=chunk,
+            chunk_size=int(batch_chunk),  # 0: auto, from free memory (handle.auto_chunk)
+            auto_chunk=handle.auto_chunk,
+            stages=handle.stages,
             refine_opts=RefineOptions(threshold=threshold, fill_holes=int(fill_holes), remove_islands=int(remove_islands),
                                       grow=int(grow), feather=float(feather)),
             foreground=foreground,

@@ -47,7 +47,11 @@ def model_family(name: str) -> dict:
         res["error"] = "no model name"
         return res
     path = None
-    for kind in MODEL_KINDS:
+    from .loaders import DEMO, DEMO_DIR
+
+    if name == DEMO and (DEMO_DIR / "model_index.json").exists():
+        path = DEMO_DIR  # the built-in demo model is not in a model folder
+    for kind in MODEL_KINDS if path is None else ():
         try:
             path = paths.resolve(kind, name)
             break
