@@ -27,6 +27,9 @@ import numpy as np
 
 from ...errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...log import get_logger
+from ...oom import empty_device_cache, run_in_chunks
+from ...progress import Progress
+from .interrupt import conv_count, conv_steps, kl_tiles
 
 log = get_logger("torch")
 
@@ -340,6 +343,8 @@ class TorchDenoiser:
         self.module = handle.transformer
         comfy_load([self.module])  # inside ComfyUI: onto the GPU before its device is read
         self.device, self.dtype = _module_device_dtype(self.module, getattr(engine, "torch_device", None))
+        if self.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):  # fp8 storage: compute in the dtype it is upcast to
+            self.dtype = getattr(torch, handle.dtype or "float32")
         policy = getattr(engine, "policy", None)
         self.slice = bool(policy.attention_slicing) if attention_slicing is None and policy is not None else bool(attention_slicing)
         self.use_cfg = uncond is not None and abs(self.cfg - 1.0) > 1e-6
@@ -420,7 +425,10 @@ class TorchDenoiser:
             scale = float(getattr(getattr(m, "config", None), "timestep_scale", 1.0) or 1.0)
             kw = {}
             if getattr(getattr(m, "config", None), "guidance_embeds", False):
-                kw["guidance"] = torch.full((b,), float(self.cond.guidance or 4.5), device=x.device, dtype=x.dtype)
+                # as diffusers' SanaSprintPipeline: guidance (float32, in the embeds' dtype) times config.guidance_embeds_scale
+                gs = m.config.get("guidance_embeds_scale", 0.1)  # SanaTransformer2DModel's default
+                gs = 0.1 if gs is None else float(gs)
+                kw["guidance"] = torch.full((b,), float(self.cond.guidance or 4.5), device=x.device, dtype=torch.float32).to(x.dtype) * gs
             out = m(x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond["mask"], timestep=t * scale,
                     return_dict=False, **kw)[0]
         elif fam == "flux":
@@ -595,16 +603,22 @@ def vae_encode(engine, handle, images):
         slicing = bool(policy and policy.vae_slicing) and x.shape[0] > 1
         chunks = x.split(1) if slicing else [x]
         outs = []
-        for ch in chunks:
-            enc = vae.encode(ch)
-            if hasattr(enc, "latent_dist"):
-                z = enc.latent_dist.mode()
-            elif hasattr(enc, "latent"):
-                z = enc.latent
-            else:
-                z = enc[0]
-                z = z.mode() if hasattr(z, "mode") else z
-            outs.append(z.float())
+        # Progress (and the interrupt point) before every conv of the encoder: Cancel stops within one layer.
+        enc_mod = getattr(vae, "encoder", vae)
+        with Progress(len(chunks) * conv_count(enc_mod), "VAE encode") as bar, conv_steps(enc_mod, bar.update):
+            def _encode(a, b):  # out of memory: the chunk is halved and retried (spriteforge.oom)
+                enc = vae.encode(x[a:b])
+                if hasattr(enc, "latent_dist"):
+                    z = enc.latent_dist.mode()
+                elif hasattr(enc, "latent"):
+                    z = enc.latent
+                else:
+                    z = enc[0]
+                    z = z.mode() if hasattr(z, "mode") else z
+                return z.float()
+
+            outs = run_in_chunks(_encode, x.shape[0], 1 if slicing else x.shape[0], what="VAE encode",
+                                 on_oom=empty_device_cache)
         z = torch.cat(outs, 0)
     return (z - float(handle.shift_factor or 0.0)) * float(handle.scaling_factor or 1.0)
 
@@ -636,12 +650,18 @@ def vae_decode(engine, handle, latents):
         tiling = bool(policy and policy.vae_tiling) and big and not seamless and hasattr(vae, "tiled_decode")
         slicing = bool(policy and policy.vae_slicing) and z.shape[0] > 1
         outs = []
-        for ch in (z.split(1) if slicing else [z]):
-            if tiling:
-                dec = vae.tiled_decode(ch, return_dict=False)[0]
-            else:
-                dec = vae.decode(ch, return_dict=False)[0]
-            outs.append(dec.float())
+        chunks = z.split(1) if slicing else [z]
+        # Progress (and the interrupt point) before every conv of the decoder (per tile when tiled).
+        dec_mod = getattr(vae, "decoder", vae)
+        steps = conv_count(dec_mod) * (kl_tiles(vae, z.shape[-2:]) if tiling else 1)
+        with Progress(len(chunks) * steps, "VAE decode") as bar, conv_steps(dec_mod, bar.update):
+            def _decode(a, b):  # out of memory: the chunk is halved and retried (spriteforge.oom)
+                ch = z[a:b]
+                dec = vae.tiled_decode(ch, return_dict=False)[0] if tiling else vae.decode(ch, return_dict=False)[0]
+                return dec.float()
+
+            outs = run_in_chunks(_decode, z.shape[0], 1 if slicing else z.shape[0], what="VAE decode",
+                                 on_oom=empty_device_cache)
         x = torch.cat(outs, 0)
     x = (x / 2.0 + 0.5).clamp(0.0, 1.0)
     return x.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
