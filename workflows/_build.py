@@ -26,7 +26,19 @@ HERE = Path(__file__).resolve().parent
 COL_W = 400          # horizontal pitch of the layout grid
 ROW_GAP = 40         # vertical gap between stacked nodes
 NODE_W = 340
-X0, Y0 = 40, 80
+X0, Y0 = 40, 140
+# What the editor draws around and inside a node, so that nothing overlaps after a run (the layout
+# pushes nodes down until their boxes, with these, are apart; tests/test_workflow_layout.py checks):
+TITLE_H = 30         # the node's title bar, above its pos (LiteGraph.NODE_TITLE_HEIGHT)
+BADGE_H = 19         # the SpriteForge engine badge above a model node's title bar (web/spriteforge.js)
+GROUP_TITLE_H = 34   # a group's title bar at font_size 24
+GROUP_PAD = 20       # group edge around its nodes (the title bar sits above this)
+IMAGE_ROOM = 220     # the frontend's image preview under an image-output node's widgets (its min height)
+SWATCH_ROOM = 24     # the extension's palette swatch strip (SWATCH_H 16 + margins)
+IMAGE_UI_NODES = {"PreviewImage", "SaveImage", "LoadImage", "SpriteForgePixelSaveIndexed",
+                  "SpriteForgePixelSpriteSheet"}
+PALETTE_UI_NODES = {"SpriteForgePixelPaletteExtract", "SpriteForgePixelPaletteLoad", "SpriteForgePixelQuantize"}
+MODEL_NODES = {"SpriteForgeLoadModel"}
 NOTE_COLOR, NOTE_BG = "#432", "#653"
 
 
@@ -316,8 +328,9 @@ batch_size 8 = eight variations (seed, seed+1, ...), the frames of the sheet. Ke
 
 NOTE_DEMO_PIXEL = """FROM SPRITE TO GAME ASSET
 Key Colour to Alpha: the magenta background becomes exact 0/1 alpha (nothing else is removed: the
-sprite's own pixels keep alpha 1). Palette Extract: one palette for all frames (no flicker).
-Alpha Cleanup + Quantize: hard alpha, no specks, every pixel on the palette.
+sprite's own pixels keep alpha 1); decontaminate takes the magenta out of the edge pixels (no fringe).
+Palette Extract: one palette for all frames (no flicker). Alpha Cleanup + Quantize: hard alpha, specks
+under min_island (8) pixels removed, every pixel on the palette.
 OUTPUT (output/spriteforge/): demo_sprite_*.png (indexed, index 0 transparent) and
 demo_sheet_*.png + .json atlas + .hex/.gpl palette."""
 
@@ -329,9 +342,9 @@ def sprite_demo() -> Workflow:
         N(3, "SpriteForgeSampler", 2, 0, {"seed": 0, "steps": 20, "sampler": "dpmpp_2m", "schedule": "normal",
                                           "cfg": 4.5, "batch_size": 8, "width": 32, "height": 32}, cag="fixed"),
         N(4, "SpriteForgeVAEDecode", 3, 0),
-        N(5, "SpriteForgePixelKeyToAlpha", 4, 0, {"key_color": "#ff00ff", "threshold": 0.3}),
+        N(5, "SpriteForgePixelKeyToAlpha", 4, 0, {"key_color": "#ff00ff", "threshold": 0.3, "decontaminate": True}),
         N(6, "SpriteForgePixelPaletteExtract", 5, 0, {"colors": 16, "method": "kmeans", "seed": 0}),
-        N(7, "SpriteForgePixelAlphaCleanup", 6, 0, {"threshold": 0.5, "min_island": 2, "max_hole": 2,
+        N(7, "SpriteForgePixelAlphaCleanup", 6, 0, {"threshold": 0.5, "min_island": 8, "max_hole": 2,
                                                      "strays": False, "outline": False, "bleed": True}),
         N(8, "SpriteForgePixelQuantize", 7, 0, {"dither": "none", "strength": 1.0, "protect_edges": True}),
         N(9, "SpriteForgePixelSaveIndexed", 8, 0, {"filename_prefix": "spriteforge/demo_sprite", "upscale": 1}),
@@ -349,8 +362,68 @@ def sprite_demo() -> Workflow:
     return Workflow("sprite_demo", nodes, links, groups, notes)
 
 
+SDXL = {"ckpt_name": "sd_xl_base_1.0.safetensors"}
+NOTE_SDXL_MODEL = """MODELS (core ComfyUI loaders: any SD1.x / SDXL checkpoint and LoRA works)
+models/checkpoints/sd_xl_base_1.0.safetensors  (stabilityai/stable-diffusion-xl-base-1.0)
+models/loras/pixel-art-xl.safetensors  (nerijs/pixel-art-xl, a kohya SDXL LoRA; any SDXL LoRA works)
+Load Checkpoint gives MODEL, CLIP and VAE; Load LoRA patches MODEL and CLIP (strength 0-1.2).
+Put 'pixel art' in the prompt (the LoRA's trigger) and ask for a plain background."""
+NOTE_SDXL_SAMPLER = """SPRITEFORGE KSAMPLER on ComfyUI's MODEL
+Same knobs as KSampler, with SpriteForge's samplers and schedules: the starting noise is made on the
+CPU from the seed, batch item i = seed + i, so a frame looks the same on every GPU and at any batch size.
+cfg 5-8 suits SDXL; cfg_rescale 0.3-0.7 tames over-saturated colours at high cfg.
+dynamic_threshold (e.g. 0.995) clamps extreme latents; tile makes seamless textures.
+Empty Latent Image: 1024x1024 (SDXL's size), batch 4 = four frames for the sheet."""
+
+
+def sdxl_pixel_art() -> Workflow:
+    nodes = [
+        N(1, "CheckpointLoaderSimple", 0, 0, SDXL),
+        N(2, "LoraLoader", 0, 1.6, {"lora_name": "pixel-art-xl.safetensors", "strength_model": 1.0,
+                                    "strength_clip": 1.0}),
+        N(3, "CLIPTextEncode", 1, 0, {"text": "pixel art, a small red dragon, full body, centered, game asset, "
+                                              "plain white background"}, height=160),
+        N(4, "CLIPTextEncode", 1, 2.2, {"text": "text, watermark, blurry, 3d render, photo, busy background"},
+          height=160),
+        N(5, "EmptyLatentImage", 1, 4.4, {"width": 1024, "height": 1024, "batch_size": 4}),
+        N(6, "SpriteForgeKSampler", 2, 0, {"seed": 1, "steps": 20, "cfg": 7.0, "sampler": "dpmpp_2m",
+                                           "schedule": "karras", "denoise": 1.0}, cag="randomize"),
+        N(7, "VAEDecode", 3, 0),
+        N(8, "SpriteForgeLoadBiRefNet", 4, 0, {"model_name": "BiRefNet_lite.safetensors", "variant": "auto"}),
+        N(9, "SpriteForgeRemoveBackground", 4, 2.3, {"resolution": 0, "threshold": 0.5, "fill_holes": 64,
+                                                    "remove_islands": 256, "foreground": "ml",
+                                                    "composite": "alpha"}),
+        N(10, "PreviewImage", 4, 6.0, height=300),
+        N(11, "SpriteForgePixelDownscale", 5, 0, {"method": "kcentroid", "mode": "factor", "factor": 16}),
+        N(12, "SpriteForgePixelPaletteExtract", 5, 2.6, {"colors": 16, "method": "kmeans", "seed": 0}),
+        N(13, "SpriteForgePixelAlphaCleanup", 6, 0, {"threshold": 0.5, "min_island": 4, "max_hole": 4,
+                                                      "strays": True, "outline": False, "bleed": True}),
+        N(14, "SpriteForgePixelQuantize", 7, 0, {"dither": "none", "strength": 1.0, "protect_edges": True}),
+        N(15, "SpriteForgePixelSaveIndexed", 8, 0, {"filename_prefix": "spriteforge/sdxl_sprite", "upscale": 1}),
+        N(16, "SpriteForgePixelSpriteSheet", 8, 2.2, {"filename_prefix": "spriteforge/sdxl_sheet", "columns": 0,
+                                                       "padding": 1, "indexed": True, "frame_duration_ms": 100}),
+    ]
+    links = [L(1, 0, 2, "model"), L(1, 1, 2, "clip"), L(2, 1, 3, "clip"), L(2, 1, 4, "clip"),
+             L(2, 0, 6, "model"), L(3, 0, 6, "positive"), L(4, 0, 6, "negative"), L(5, 0, 6, "latent_image"),
+             L(6, 0, 7, "samples"), L(1, 2, 7, "vae"),
+             L(8, 0, 9, "birefnet"), L(7, 0, 9, "image"), L(9, 2, 10, "images"),
+             L(9, 0, 11, "image"), L(9, 1, 11, "mask"), L(11, 0, 12, "image"), L(11, 1, 12, "mask"),
+             L(11, 0, 13, "image"), L(11, 1, 13, "mask"), L(12, 0, 13, "palette"), L(13, 0, 14, "image"),
+             L(12, 0, 14, "palette"), L(13, 1, 14, "mask"), L(14, 0, 15, "images"), L(12, 0, 15, "palette"),
+             L(14, 1, 15, "mask"), L(14, 0, 16, "images"), L(12, 0, 16, "palette"), L(14, 1, 16, "mask")]
+    notes = [Note(20, 0, 6.4, NOTE_SDXL_MODEL, width=740, height=230),
+             Note(21, 2, 3.2, NOTE_SDXL_SAMPLER, width=740, height=250),
+             Note(22, 4, 8.8, NOTE_RMBG, width=740, height=250),
+             Note(23, 6, 3.0, NOTE_PIXEL, width=1140, height=330)]
+    groups = [Group("SDXL + pixel-art LoRA (core loaders)", [1, 2, 3, 4, 5, 20], "#3f789e"),
+              Group("Sample (SpriteForge)", [6, 7, 21], "#3f789e"),
+              Group("Remove background", [8, 9, 10], "#8a8a3f"),
+              Group("Pixel art", [11, 12, 13, 14], "#a1309b"), Group("Save", [15, 16], "#3f8a5a")]
+    return Workflow("sdxl_pixel_art", nodes, links, groups, notes)
+
+
 WORKFLOWS = {"txt2img": txt2img, "img2img": img2img, "tileset": tileset, "inpainting": inpainting,
-             "sprite_pipeline": sprite_pipeline, "sprite_demo": sprite_demo}
+             "sprite_pipeline": sprite_pipeline, "sprite_demo": sprite_demo, "sdxl_pixel_art": sdxl_pixel_art}
 
 
 # --------------------------------------------------------------------------- graph assembly
@@ -389,7 +462,89 @@ def _height(desc: dict, n_sockets: int, n_outputs: int, widgets: list, slots: li
             continue
         _c, typ, opts = G.input_spec(desc, name)
         h += 90 if (typ == "STRING" and opts.get("multiline")) else 26
-    return h + 10
+    return h + 10 + ui_room(desc.get("name", ""))
+
+
+def ui_room(node_type: str) -> int:
+    """Height a node needs below its widgets for what it shows after a run (image previews, swatches)."""
+    if node_type in IMAGE_UI_NODES:
+        return IMAGE_ROOM
+    if node_type in PALETTE_UI_NODES:
+        return SWATCH_ROOM
+    return 0
+
+
+def node_box(nd: dict) -> tuple:
+    """``(x0, y0, x1, y1)`` the editor draws for a graph node: title bar (and engine badge) included."""
+    x, y = nd["pos"]
+    w, h = nd["size"]
+    # the engine badge (model nodes) and the frontend's node-source badge (every custom node) sit above the title
+    top = y - TITLE_H - (BADGE_H if nd["type"] in MODEL_NODES or nd["type"].startswith("SpriteForge") else 0)
+    return (x, top, x + w, y + h)
+
+
+def _overlaps(a, b, gap_x: float = 0.0, gap_y: float = 0.0) -> bool:
+    return a[0] < b[2] + gap_x and b[0] < a[2] + gap_x and a[1] < b[3] + gap_y and b[1] < a[3] + gap_y
+
+
+def place(nodes: list, group_of: dict) -> None:
+    """Push nodes down (in place) until no two boxes come closer than ROW_GAP; between nodes of
+    different groups also leave room for the lower group's title bar."""
+    placed: list = []
+    for nd in sorted(nodes, key=lambda d: (d["pos"][1], d["pos"][0])):
+        while True:
+            box = node_box(nd)
+            hit = None
+            for other in placed:
+                gap_x, gap = 20, ROW_GAP
+                if group_of.get(other["id"]) != group_of.get(nd["id"]):
+                    gap_x, gap = 2 * GROUP_PAD + 10, ROW_GAP + GROUP_TITLE_H + 2 * GROUP_PAD
+                ob = node_box(other)
+                if _overlaps(box, ob, gap_x, gap):
+                    hit = (ob, gap) if hit is None or ob[3] + gap > hit[0][3] + hit[1] else hit
+            if hit is None:
+                break
+            nd["pos"][1] += int(hit[0][3] + hit[1] - box[1])
+        placed.append(nd)
+
+
+def group_bounds(members: list) -> tuple:
+    """``(x0, y0, x1, y1)`` of a group around its member nodes: padding, and the title bar on top."""
+    boxes = [node_box(nd) for nd in members]
+    return (min(b[0] for b in boxes) - GROUP_PAD, min(b[1] for b in boxes) - GROUP_PAD - GROUP_TITLE_H,
+            max(b[2] for b in boxes) + GROUP_PAD, max(b[3] for b in boxes) + GROUP_PAD)
+
+
+def settle(nodes: list, groups: list) -> None:
+    """:func:`place`, then move groups (or stray nodes) down until no group's box touches a node
+    that is not in it; repeated until nothing moves (everything only ever moves down)."""
+    by_id = {nd["id"]: nd for nd in nodes}
+    group_of = {i: gi for gi, g in enumerate(groups) for i in g.ids}
+    for _ in range(50):
+        place(nodes, group_of)
+        moved = False
+        for gi, g in enumerate(groups):
+            members = [by_id[i] for i in g.ids]
+            gb = group_bounds(members)
+            for nd in nodes:
+                if group_of.get(nd["id"]) == gi:
+                    continue
+                b = node_box(nd)
+                if not _overlaps(gb, b, 10, 10):
+                    continue
+                if b[1] < gb[1]:  # the node is above: the whole group moves down
+                    dy = int(b[3] + 10 - gb[1]) + 1
+                    for m in members:
+                        m["pos"][1] += dy
+                else:  # the node reaches into the group from below: it moves down
+                    nd["pos"][1] += int(gb[3] + 10 - b[1]) + 1
+                moved = True
+                break
+            if moved:
+                break
+        if not moved:
+            return
+    raise RuntimeError("the layout did not settle")
 
 
 def build_graph(wf: Workflow, info: dict) -> dict:
@@ -436,7 +591,7 @@ def build_graph(wf: Workflow, info: dict) -> dict:
         node = {
             "id": n.id, "type": n.type,
             "pos": [X0 + int(n.col * COL_W), Y0 + int(n.row * 120)],
-            "size": [n.width, n.height or _height(desc, n_sockets, len(outputs), wv, slots)],
+            "size": [n.width, max(n.height or 0, _height(desc, n_sockets, len(outputs), wv, slots))],
             "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
             "properties": {"Node name for S&R": n.type}, "widgets_values": wv,
         }
@@ -452,11 +607,9 @@ def build_graph(wf: Workflow, info: dict) -> dict:
                       "color": NOTE_COLOR, "bgcolor": NOTE_BG})
     groups = []
     by_node = {nd["id"]: nd for nd in nodes}
+    settle(nodes, wf.groups)
     for gi, g in enumerate(wf.groups, 1):
-        xs0 = min(by_node[i]["pos"][0] for i in g.ids) - 20
-        ys0 = min(by_node[i]["pos"][1] for i in g.ids) - 60
-        xs1 = max(by_node[i]["pos"][0] + by_node[i]["size"][0] for i in g.ids) + 20
-        ys1 = max(by_node[i]["pos"][1] + by_node[i]["size"][1] for i in g.ids) + 20
+        xs0, ys0, xs1, ys1 = group_bounds([by_node[i] for i in g.ids])
         groups.append({"id": gi, "title": g.title, "bounding": [xs0, ys0, xs1 - xs0, ys1 - ys0], "color": g.color,
                        "font_size": 24, "flags": {}})
     return {
@@ -482,7 +635,8 @@ def _uuid(name: str) -> str:
 # --------------------------------------------------------------------------- thumbnail
 
 CAT_COLORS = {"SpriteForge/generate": (63, 120, 158), "SpriteForge/background": (138, 138, 63),
-              "SpriteForge/pixel": (161, 48, 155), "image": (63, 138, 90)}
+              "SpriteForge/pixel": (161, 48, 155), "image": (63, 138, 90), "loaders": (63, 120, 158),
+              "conditioning": (63, 120, 158), "latent": (63, 120, 158)}
 SHORT = {
     "SpriteForgeLoadModel": "Load Model", "SpriteForgeEncodePrompt": "Prompt", "SpriteForgeSampler": "Sampler",
     "SpriteForgeVAEDecode": "VAE Decode", "SpriteForgeVAEEncode": "VAE Encode", "SaveImage": "Save Image",
@@ -492,9 +646,12 @@ SHORT = {
     "SpriteForgePixelQuantize": "Quantize", "SpriteForgePixelAlphaCleanup": "Alpha Clean",
     "SpriteForgePixelSaveIndexed": "Save Indexed", "SpriteForgePixelSpriteSheet": "Sprite Sheet",
     "SpriteForgePixelSliceTiles": "Slice Tiles", "SpriteForgePixelKeyToAlpha": "Key to Alpha",
+    "CheckpointLoaderSimple": "Load Checkpoint", "LoraLoader": "Load LoRA", "CLIPTextEncode": "Text Encode",
+    "EmptyLatentImage": "Empty Latent", "VAEDecode": "VAE Decode", "SpriteForgeKSampler": "KSampler",
 }
 TITLES = {"txt2img": "Text to image", "img2img": "Image to image", "tileset": "Seamless tileset",
-          "inpainting": "Inpainting", "sprite_pipeline": "Sprite pipeline", "sprite_demo": "Demo sprites"}
+          "inpainting": "Inpainting", "sprite_pipeline": "Sprite pipeline", "sprite_demo": "Demo sprites",
+          "sdxl_pixel_art": "SDXL pixel art"}
 
 
 def _font(size: int):
@@ -627,10 +784,17 @@ def write_inputs(names: list[str]) -> None:
 
 # --------------------------------------------------------------------------- main
 
+def _with_core(info: dict) -> dict:
+    """Our nodes' descriptions plus ComfyUI's for the core nodes a workflow uses (CheckpointLoaderSimple, ...)."""
+    from spriteforge.nodes.comfy_core_info import with_core
+
+    return with_core(info)
+
+
 def build(name: str, info: dict | None = None) -> tuple[dict, dict]:
     from spriteforge.nodes import graph as G
 
-    info = G.object_info() if info is None else info
+    info = _with_core(G.object_info() if info is None else info)
     wf = WORKFLOWS[name]()
     graph = build_graph(wf, info)
     api = G.graph_to_api(graph, info)
@@ -640,7 +804,7 @@ def build(name: str, info: dict | None = None) -> tuple[dict, dict]:
 def main(argv: list[str]) -> int:
     from spriteforge.nodes import graph as G
 
-    info = G.object_info()
+    info = _with_core(G.object_info())
     for name in argv or list(WORKFLOWS):
         wf = WORKFLOWS[name]()
         graph = build_graph(wf, info)
