@@ -514,7 +514,26 @@ def _strip(t: dict[str, TensorInfo], prefix: str) -> dict[str, TensorInfo]:
 
 
 def classify(t: dict[str, TensorInfo], *, hint: str | None = None, name: str = "") -> Detection | None:
-    """Classify prefix-less tensors; ``None`` when nothing matches."""
+    """Classify prefix-less tensors; ``None`` when nothing matches.
+
+    A file that has a family's marker tensors but lacks the others (or has them with impossible shapes)
+    gives UNSUPPORTED_ARCHITECTURE naming what is wrong, never a raw KeyError/IndexError.
+    """
+    try:
+        return _classify(t, hint=hint, name=name)
+    except SpriteForgeError:
+        raise
+    except (KeyError, IndexError, ValueError, TypeError, ZeroDivisionError) as exc:
+        what = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise SpriteForgeError(
+            UNSUPPORTED_ARCHITECTURE,
+            f"{name or 'the file'} looks like a model SpriteForge knows but is incomplete or malformed "
+            f"({type(exc).__name__}: {what!s}). Check that the file downloaded completely.",
+            details={"error": type(exc).__name__},
+        ) from None
+
+
+def _classify(t: dict[str, TensorInfo], *, hint: str | None = None, name: str = "") -> Detection | None:
     has = t.__contains__
     if has("double_blocks.0.img_attn.qkv.weight") or (has("img_in.weight") and has("txt_in.weight")):
         return _flux(t, True)

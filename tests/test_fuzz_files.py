@@ -157,6 +157,8 @@ def _header_file(draw):
 @example(struct.pack("<Q", 5) + b'{"\xff": 1}')  # a name that is not UTF-8
 @example(struct.pack("<Q", 3000) + b"{" * 3000)  # deeply nested JSON: RecursionError
 @example(struct.pack("<Q", 47) + b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0]}}'[:47])
+@example(b'_\x00\x00\x00\x00\x00\x00\x00{"double_blocks.0.img_attn.qkv.weight": {"dtype": "BF16", "shape": [], "data_offsets": [0, 2]}}\x00\x00')  # Flux marker only: KeyError
+@example(b'X\x00\x00\x00\x00\x00\x00\x00{"lora_unet_x.lora_down.weight": {"dtype": "BF16", "shape": [], "data_offsets": [0, 2]}}\x00\x00')  # 0-d LoRA: IndexError
 def test_safetensors_headers_and_detection(data):
     from spriteforge.models.detect import detect
     from spriteforge.models.safetensors_header import read_header
