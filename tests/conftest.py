@@ -35,3 +35,16 @@ def _isolate_models_root(monkeypatch):
     monkeypatch.delenv("SPRITEFORGE_MODELS", raising=False)
     yield
     paths._models_root[:] = saved
+
+
+@pytest.fixture(autouse=True)
+def _isolate_logging():
+    """The command line's ``log.configure`` (run by CLI tests) stops propagation for good; restore it so
+    pytest's caplog sees the pack's records in every later test."""
+    import logging
+
+    root = logging.getLogger("spriteforge")
+    saved = (root.propagate, list(root.handlers), root.level)
+    yield
+    root.propagate, root.level = saved[0], saved[2]
+    root.handlers[:] = saved[1]
