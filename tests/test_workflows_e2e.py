@@ -147,6 +147,13 @@ def small_overrides(prompt: dict) -> list[str]:
     return sets
 
 
+def engine_overrides(prompt: dict, engine: str | None) -> list[str]:
+    """``--set`` overrides giving every Load Model node ``engine`` (none for the workflow's own choice)."""
+    if engine is None:
+        return []
+    return [f"{nid}.engine={engine}" for nid, node in prompt.items() if node["class_type"] == "SpriteForgeLoadModel"]
+
+
 def small_inputs(folder: Path) -> Path:
     """The shipped example images (workflows/input) shrunk to 64x64, alpha kept."""
     from PIL import Image
@@ -159,7 +166,7 @@ def small_inputs(folder: Path) -> Path:
     return folder
 
 
-def run_small(name: str, models_root: Path, base: Path) -> dict:
+def run_small(name: str, models_root: Path, base: Path, engine: str | None = None) -> dict:
     """Run ``workflows/api/NAME.json`` small (once per session: the result is kept under ``base``).
 
     Returns ``{"outputs": {node_id: ui}, "files": [paths], "out": dir, "inputs": dir, "seconds": s}``.
@@ -168,10 +175,11 @@ def run_small(name: str, models_root: Path, base: Path) -> dict:
     from spriteforge.nodes import graph as G
     from spriteforge.runner import run_workflow
 
-    done = base / name / "result.json"
+    tag = name if engine is None else f"{name}-{engine}"
+    done = base / tag / "result.json"
     if done.exists():
         return json.loads(done.read_text())
-    out = base / name / "out"
+    out = base / tag / "out"
     inputs = small_inputs(base / "inputs")
     prompt = G.read_workflow(str(WF / "api" / f"{name}.json"))
     n = torch.get_num_threads()
@@ -180,7 +188,7 @@ def run_small(name: str, models_root: Path, base: Path) -> dict:
     t0 = time.monotonic()
     try:
         res = run_workflow(str(WF / "api" / f"{name}.json"), models_dir=models_root, out_dir=out, input_dir=inputs,
-                           overrides=small_overrides(prompt))
+                           overrides=small_overrides(prompt) + engine_overrides(prompt, engine))
     finally:
         torch.set_num_threads(n)
         paths._models_root[:] = saved_root
@@ -338,3 +346,31 @@ def test_sprite_pipeline_writes_indexed_sprites_and_a_sheet(workflow_runs):
     assert len(atlas["frames"]) == 2
     previews = [f for f in res["files"] if "previews" in f]
     assert previews and _png(previews[0]).mode == "RGBA"  # the background-removal composite keeps alpha
+
+
+# --------------------------------------------------------------------------- the same workflows on MLX
+
+MLX_RGB = ["txt2img", "img2img", "inpainting"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MLX_RGB + ["tileset", "sprite_pipeline"])
+def test_shipped_workflow_on_mlx(workflow_runs, tiny_models_root, tmp_path_factory, name):
+    """Every shipped workflow runs with its Load Model engine set to mlx; the pictures of the RGB
+    workflows are those of the torch run within 2/255 (same seed), the sprite workflows give the same
+    files (their palette k-means is not continuous in its input, so only shapes and transparency are compared)."""
+    pytest.importorskip("mlx.core")
+    ref = workflow_runs(name)
+    res = run_small(name, tiny_models_root, tmp_path_factory.getbasetemp() / "workflow_runs", engine="mlx")
+    a, b = sorted(_files(ref), key=lambda p: p.name), sorted(_files(res), key=lambda p: p.name)
+    assert [p.name for p in a] == [p.name for p in b] and a
+    for pa, pb in zip(a, b):
+        ia, ib = _png(pa), _png(pb)
+        assert ia.size == ib.size and ia.mode == ib.mode
+        if name in MLX_RGB:
+            d = np.abs(np.asarray(ia.convert("RGB"), np.int16) - np.asarray(ib.convert("RGB"), np.int16)).max()
+            assert d <= 2, f"{pa.name}: max |torch - mlx| = {d}/255"
+        elif "A" in ia.getbands() or "transparency" in ia.info:
+            ta = np.asarray(ia.convert("RGBA"))[..., 3] > 0
+            tb = np.asarray(ib.convert("RGBA"))[..., 3] > 0
+            assert (ta != tb).mean() <= 0.02
