@@ -135,8 +135,10 @@ def _mutated(draw):
             node["class_type"] = draw(st.one_of(st.sampled_from(NODE_TYPES), st.text(max_size=8), _scalars))
         elif op == "cycle":  # make an upstream node depend on this one
             up = [str(v[0]) for v in node["inputs"].values() if isinstance(v, list) and len(v) == 2]
-            if up and up[0] in wf:
+            if up and up[0] in wf and isinstance(wf[up[0]], dict):
                 target = wf[up[0]]
+                if not isinstance(target.get("inputs"), dict):  # an earlier mutation broke it: give it inputs
+                    target["inputs"] = {}
                 tname = draw(st.sampled_from(sorted(target["inputs"]) or ["image"]))
                 target["inputs"][tname] = [nid, draw(st.integers(0, 1))]
         elif op == "inputs":
