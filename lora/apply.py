@@ -124,6 +124,51 @@ def check_engine(handle) -> None:
         )
 
 
+def plan_specs(handle, specs, *, framework: str, getter, transformer_shapes, text_encoder_shapes, log):
+    """Read and plan every LoRA in ``specs`` for ``handle`` (framework-free; the engines patch).
+
+    ``getter(tensors)`` gives the planner's tensor lookup for one file's tensors; the shapes are the model's
+    Linear/conv layers per component. Returns ``(transformer_patches, text_encoder_patches, records)``:
+    ``{layer: [patch, ...]}``, ``{component: {layer: [patch, ...]}}`` and one :class:`AppliedLoRA` per spec.
+    """
+    from ..errors import classify
+    from .files import read_lora
+    from .keys import file_format
+    from .plan import plan as make_plan
+
+    tr_maps: dict[str, list] = {}
+    te_maps: dict[str, dict[str, list]] = {}
+    records = []
+    for spec in specs:
+        lf = read_lora(spec.source, framework=framework, name=spec.name)
+        try:
+            pl = make_plan(lf.modules, getter(lf.tensors), family=handle.family, transformer=transformer_shapes,
+                           text_encoders=text_encoder_shapes, strength_model=float(spec.strength_model),
+                           strength_text=spec.text_strength, metadata=lf.metadata, lora_name=lf.name)
+        except SpriteForgeError:
+            raise
+        except Exception as exc:
+            raise classify(exc, context=f"applying LoRA {lf.name}") from exc
+        layers = {}
+        for comp, cp in pl.components.items():
+            target = tr_maps if comp == "transformer" else te_maps.setdefault(comp, {})
+            for name, patches in cp.patches.items():
+                target.setdefault(name, []).extend(patches)
+            layers[comp] = len(cp.patches)
+        rec = AppliedLoRA(
+            name=lf.name, path=lf.path, strength_model=float(spec.strength_model), strength_text=spec.text_strength,
+            family=tuple(pl.detection.candidates), format=file_format(lf.modules)["format"], layers=layers,
+            matched=pl.matched, unmatched=tuple(pl.unmatched()), skipped=tuple(pl.skipped()),
+            missing_components=tuple(pl.missing_components), ignored=tuple(pl.ignored()),
+        )
+        if rec.unmatched or rec.skipped or rec.missing_components or rec.ignored:
+            log.warning("LoRA %s", rec.summary())
+        else:
+            log.info("LoRA %s", rec.summary())
+        records.append(rec)
+    return tr_maps, te_maps, records
+
+
 def apply_loras(handle, specs, *, merge: bool = False):
     """A new :class:`~spriteforge.engines.base.ModelHandle` with ``specs`` applied; ``handle`` is unchanged.
 

@@ -34,13 +34,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ...errors import SpriteForgeError, classify
+from ...errors import SpriteForgeError
 from ...log import get_logger
-from ...lora.apply import AppliedLoRA
+from ...lora.apply import plan_specs
 from ...lora.core import patched_weight
-from ...lora.files import read_lora
-from ...lora.keys import file_format
-from ...lora.plan import plan as make_plan
 from .layers import Conv2d as _SFConv2d
 
 log = get_logger("mlx")
@@ -273,38 +270,10 @@ def apply_loras(handle, specs, *, merge: bool = False):
                                "model, so the MLX engine cannot apply LoRAs to it. Load the model with engine 'mlx' "
                                "(or apply the LoRA on the engine that loaded it).")
     t0 = time.perf_counter()
-    tr_maps: dict[str, list] = {}
-    te_maps: dict[str, dict[str, list]] = {}
-    records = []
     tr_shapes = layer_shapes(handle.transformer) if _is_module(handle.transformer) else None
     te_shapes = {k: layer_shapes(v) for k, v in (handle.text_encoders or {}).items() if _is_module(v)}
-    for spec in specs:
-        lf = read_lora(spec.source, framework="mlx", name=spec.name)
-        try:
-            pl = make_plan(lf.modules, _getter(lf.tensors), family=handle.family, transformer=tr_shapes,
-                           text_encoders=te_shapes, strength_model=float(spec.strength_model),
-                           strength_text=spec.text_strength, metadata=lf.metadata, lora_name=lf.name)
-        except SpriteForgeError:
-            raise
-        except Exception as exc:
-            raise classify(exc, context=f"applying LoRA {lf.name}") from exc
-        layers = {}
-        for comp, cp in pl.components.items():
-            target = tr_maps if comp == "transformer" else te_maps.setdefault(comp, {})
-            for name, patches in cp.patches.items():
-                target.setdefault(name, []).extend(patches)
-            layers[comp] = len(cp.patches)
-        rec = AppliedLoRA(
-            name=lf.name, path=lf.path, strength_model=float(spec.strength_model), strength_text=spec.text_strength,
-            family=tuple(pl.detection.candidates), format=file_format(lf.modules)["format"], layers=layers,
-            matched=pl.matched, unmatched=tuple(pl.unmatched()), skipped=tuple(pl.skipped()),
-            missing_components=tuple(pl.missing_components), ignored=tuple(pl.ignored()),
-        )
-        if rec.unmatched or rec.skipped or rec.missing_components or rec.ignored:
-            log.warning("LoRA %s", rec.summary())
-        else:
-            log.info("LoRA %s", rec.summary())
-        records.append(rec)
+    tr_maps, te_maps, records = plan_specs(handle, specs, framework="mlx", getter=_getter, transformer_shapes=tr_shapes,
+                                           text_encoder_shapes=te_shapes, log=log)
     new_tr = patched_copy(handle.transformer, tr_maps, merge=merge) if tr_maps else handle.transformer
     new_te = dict(handle.text_encoders or {})
     for comp, pm in te_maps.items():
