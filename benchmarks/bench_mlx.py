@@ -56,38 +56,35 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args(argv)
 
-    try:
-        import mlx.core as mx
-    except ImportError:
-        print("mlx is not installed: pip install 'comfyui-spriteforge[mlx]' (mlx[cpu] on Linux)")
-        return 2
     import torch
 
     from spriteforge.engines import get_engine
+    from spriteforge.errors import SpriteForgeError
     from spriteforge.progress import set_cli_bars
 
     set_cli_bars(False)
     if args.threads:
         torch.set_num_threads(args.threads)
     demo = REPO / "demo_model"
-    engines = {"torch": get_engine("torch", "cpu"), "mlx": get_engine("mlx", "cpu")}
+    try:
+        engines = {"torch": get_engine("torch", "cpu"), "mlx": get_engine("mlx", "cpu")}
+    except SpriteForgeError as exc:
+        print(f"the MLX engine is not usable here: {exc}")
+        return 2
+    em = engines["mlx"]
     load, handles = {}, {}
     engines["torch"].load_model(str(demo))  # imports (diffusers, transformers) are paid here, by neither engine
     load_peak = None
     for name in ("torch", "mlx"):
-        if name == "mlx" and hasattr(mx, "reset_peak_memory"):
-            mx.reset_peak_memory()
+        if name == "mlx":
+            em.reset_peak_memory()
         t0 = time.perf_counter()
         handles[name] = engines[name].load_model(str(demo))
         load[name] = time.perf_counter() - t0
-        if name == "mlx" and hasattr(mx, "get_peak_memory"):
-            load_peak = mx.get_peak_memory()
-    from mlx.utils import tree_flatten
-
-    hm = handles["mlx"]
-    param_bytes = sum(v.nbytes for m in (hm.transformer, hm.vae, *hm.text_encoders.values()) for _, v in tree_flatten(m.parameters()))
-    if hasattr(mx, "reset_peak_memory"):
-        mx.reset_peak_memory()
+        if name == "mlx":
+            load_peak = em.peak_memory()
+    param_bytes = em.parameter_bytes(handles["mlx"])
+    em.reset_peak_memory()
     times = {"torch": [], "mlx": []}
     images = {}
     _stages(engines["torch"], handles["torch"], 2, args.size, args.batch, 0)  # warm-up: first calls allocate
@@ -112,7 +109,7 @@ def main(argv=None) -> int:
     print(f"{'load (once)':<14}{load['torch']:>10.3f}{load['mlx']:>10.3f}{load['mlx'] / load['torch']:>11.2f}")
     diff = float(np.abs(images["torch"] - images["mlx"]).max())
     print(f"max |torch - mlx| pixel difference: {diff * 255:.4f}/255")
-    peak = mx.get_peak_memory() if hasattr(mx, "get_peak_memory") else None
+    peak = em.peak_memory()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rss_mib = rss / 1024 if sys.platform != "darwin" else rss / 2**20
     print(f"MLX parameters: {param_bytes / 2**20:.1f} MiB; MLX peak while loading: "

@@ -104,6 +104,18 @@ class Engine(ABC):
     @abstractmethod
     def sync(self) -> None: ...
 
+    # memory (benchmarks) ------------------------------------------------
+    def reset_peak_memory(self) -> None:
+        """Start a new peak-memory measurement (no-op where the engine keeps none)."""
+
+    def peak_memory(self) -> int | None:
+        """Bytes the engine's allocator held at most since :meth:`reset_peak_memory`; None where unknown."""
+        return None
+
+    def parameter_bytes(self, handle: "ModelHandle") -> int | None:
+        """Bytes of the handle's weights (transformer, VAE, text encoders); None where unknown."""
+        return None
+
     # models -------------------------------------------------------------
     @abstractmethod
     def load_model(self, path, *, vae=None, text_encoders=(), dtype: str | None = None) -> ModelHandle:

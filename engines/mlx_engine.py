@@ -55,6 +55,21 @@ class MLXEngine(Engine):
     def sync(self) -> None:
         self._mx().eval()
 
+    def reset_peak_memory(self) -> None:
+        mx = self._mx()
+        if hasattr(mx, "reset_peak_memory"):
+            mx.reset_peak_memory()
+
+    def peak_memory(self) -> int | None:
+        mx = self._mx()
+        return int(mx.get_peak_memory()) if hasattr(mx, "get_peak_memory") else None
+
+    def parameter_bytes(self, handle) -> int | None:
+        from mlx.utils import tree_flatten
+
+        parts = (handle.transformer, handle.vae, *(handle.text_encoders or {}).values())
+        return sum(v.nbytes for m in parts if m is not None for _, v in tree_flatten(m.parameters()))
+
     def load_model(self, path, *, vae=None, text_encoders=(), dtype=None) -> ModelHandle:
         from .mlx_models.loading import load_model
 
