@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .engines.model_inputs import is_fill_model
 from .errors import BAD_INPUT, DIMENSION_LIMIT, ENGINE_INTERNAL, SpriteForgeError, classify
 from .log import get_logger
 from .progress import Interrupted, Progress
@@ -300,13 +301,6 @@ def is_bad_image(images: np.ndarray) -> str | None:
 def _with_extras(handle, **extras):
     """A shallow copy of the handle with extra run-time flags (handles are never mutated)."""
     return dataclasses.replace(handle, extras={**(handle.extras or {}), **extras})
-
-
-def is_fill_model(handle) -> bool:
-    """A family's native inpaint model (Flux Fill: 384 input channels = latent + masked-image latent + packed mask)."""
-    cfg = handle.config or {}
-    inc = cfg.get("in_channels") or (handle.extras or {}).get("in_channels") or 64
-    return handle.family == "flux" and (int(inc) == 384 or "fill" in (handle.variant or "").lower())
 
 
 def _samplers():

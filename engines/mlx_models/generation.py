@@ -18,12 +18,12 @@ No torch here: tokenizers give numpy (``return_tensors="np"``).
 from __future__ import annotations
 
 import contextlib
-import math
 
 import numpy as np
 
-from ...errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from ...errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
 from ...log import get_logger
+from ..model_inputs import check_flux_channels, dit_labels, is_fill_model, model_input, model_timestep, num_classes, pixart_max_length, sana_texts, to_x0
 
 log = get_logger("mlx")
 
@@ -134,16 +134,10 @@ def _clip(handle, role, prompts):
     return hidden[-2].astype(mx.float32), pooled.astype(mx.float32)
 
 
-def _num_classes(handle) -> int:
-    cfg = handle.config or {}
-    return int((handle.extras or {}).get("num_classes") or cfg.get("num_embeds_ada_norm") or 1000)
-
-
 def encode_text(engine, handle, prompts, *, max_length: int | None = None, guidance: float | None = None,
                 complex_human_instruction=False, class_labels=None, negative: bool = False, **_opts):
     """Conditioning for ``prompts`` with the family's text encoders, as mx arrays (see the torch twin)."""
     from ...pipeline import Conditioning
-    from ..torch_models.generation import SANA_CHI, _class_labels
 
     mx = _mx()
     if isinstance(prompts, str):
@@ -152,35 +146,20 @@ def encode_text(engine, handle, prompts, *, max_length: int | None = None, guida
     fam = handle.family
     cond = Conditioning(family=fam, prompts=list(prompts), guidance=guidance)
     if fam == "dit":
-        if negative:
-            cond.class_labels = [_num_classes(handle)] * len(prompts)
-        elif class_labels is not None:
-            cond.class_labels = [int(c) for c in class_labels]
-        else:
-            cond.class_labels, _ = _class_labels(handle, prompts)
+        cond.class_labels = dit_labels(handle, prompts, negative=negative, given=class_labels)
         return cond
     if fam == "pixart":
-        ml = max_length or (handle.extras or {}).get("max_sequence_length") or (
-            120 if "alpha" in (handle.variant or "").lower() else 300)
-        cond.embeds, cond.mask = _t5(handle, prompts, ml)
+        cond.embeds, cond.mask = _t5(handle, prompts, pixart_max_length(handle, max_length))
     elif fam == "sana":
         enc, tok = _role(handle, "gemma")
         ml = max_length or 300
-        chi = complex_human_instruction
-        if chi is True:
-            chi = SANA_CHI
-        texts = prompts
-        total = ml
-        if chi and not negative:
-            chi_text = "\n".join(chi)
-            texts = [chi_text + p for p in prompts]
-            total = len(tok.encode(chi_text)) + ml - 2
+        texts, total, keep = sana_texts(tok, prompts, ml, complex_human_instruction, negative)
         if hasattr(tok, "padding_side"):
             tok.padding_side = "right"
         ids, mask = _tokenize(tok, texts, total)
         emb = _hidden(enc(ids, attention_mask=mask)).astype(mx.float32)
-        if total != ml:
-            sel = mx.array([0] + [total - ml + 1 + i for i in range(ml - 1)])
+        if keep is not None:
+            sel = mx.array(keep)
             emb, mask = emb[:, sel], mask[:, sel]
         cond.embeds, cond.mask = emb, mask
     elif fam == "sd3":
@@ -248,13 +227,6 @@ def _flux_img_ids(h, w, dtype):
     return mx.array(ids.reshape(-1, 3)).astype(dtype)
 
 
-def is_fill_model(handle) -> bool:
-    """A Flux Fill (native inpaint) model: 384 input channels."""
-    cfg = handle.config or {}
-    inc = cfg.get("in_channels")
-    return handle.family == "flux" and (int(inc or 64) == 384 or "fill" in (handle.variant or "").lower())
-
-
 class MLXDenoiser:
     """``model(x, sigma) -> x0`` for one conditioning, with batched CFG (the MLX twin of TorchDenoiser).
 
@@ -279,15 +251,12 @@ class MLXDenoiser:
         if handle.family == "dit" and uncond is None and abs(self.cfg - 1.0) > 1e-6:
             from ...pipeline import Conditioning
 
-            n = _num_classes(handle)
+            n = num_classes(handle)
             self.uncond = Conditioning(family="dit", prompts=[""], class_labels=[n] * len(cond.class_labels or [0]))
             self.use_cfg = True
         self.fill = None
         cfgd = handle.config or {}
-        inc = int(cfgd.get("in_channels") or 0)
-        if handle.family == "flux" and inc not in (0, 64, 384):
-            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"this Flux model takes {inc} input channels (a control model such as "
-                                   "Flux Depth/Canny); SpriteForge generates with Flux dev/schnell and Flux Fill. Load one of those.")
+        check_flux_channels(handle.family, cfgd.get("in_channels"))
         self._fill_args = (fill_image, fill_mask) if is_fill_model(handle) else None
         self.calls = 0
         self._pixart_extra = bool(getattr(self.module, "use_additional_conditions", False))
@@ -303,9 +272,7 @@ class MLXDenoiser:
 
     # ------------------------------------------------------------------
     def _timestep(self, sigma: float) -> float:
-        if self.ms is not None:
-            return float(self.ms.timestep(sigma))
-        return sigma * (1.0 if self.handle.family == "flux" else 1000.0) if self.flow else sigma
+        return model_timestep(self.handle.family, self.flow, sigma, self.ms)
 
     def _fill_cond(self, h, w):
         mx = self._mx
@@ -417,12 +384,7 @@ class MLXDenoiser:
         sigma = float(sigma)
         b = xt.shape[0]
         self.calls += 1
-        if self.flow:
-            inp = xt
-        elif self.handle.prediction in ("eps", "v"):
-            inp = xt / math.sqrt(sigma * sigma + 1.0)
-        else:
-            inp = xt
+        inp = model_input(xt, self.handle.prediction, sigma)
         t = self._timestep(sigma)
         tdt = self.dtype if self.flow else mx.float32
         c = self._cond_arrays(self.cond, b)
@@ -442,13 +404,7 @@ class MLXDenoiser:
         else:
             tt = mx.full((b,), t, dtype=tdt)
             pred = self._forward(inp.astype(self.dtype), tt, c).astype(mx.float32)
-        if self.flow:
-            x0 = xt - pred * sigma
-        elif self.handle.prediction == "v":
-            a = 1.0 / math.sqrt(sigma * sigma + 1.0)
-            x0 = xt * (a * a) - pred * (a * sigma)
-        else:
-            x0 = xt - pred * sigma
+        x0 = to_x0(xt, pred, sigma, self.handle.prediction)
         mx.eval(x0)  # one graph per model call: memory stays flat over the steps
         if as_numpy:
             return np.array(x0).astype(x.dtype, copy=False)

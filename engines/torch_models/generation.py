@@ -20,15 +20,15 @@ diffusers component name (``text_encoder``, ``text_encoder_2``, ``text_encoder_3
 from __future__ import annotations
 
 import contextlib
-import math
 import weakref
 
 import numpy as np
 
-from ...errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from ...errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
 from ...log import get_logger
 from ...oom import empty_device_cache, run_in_chunks
 from ...progress import Progress
+from ..model_inputs import SANA_CHI, check_flux_channels, dit_labels, is_fill_model, model_input, model_timestep, num_classes, pixart_max_length, sana_texts, to_x0
 from .interrupt import conv_count, conv_steps, kl_tiles
 
 log = get_logger("torch")
@@ -42,17 +42,6 @@ _ROLE_NAMES = {
     "dit": {},
 }
 
-# Sana's default complex human instruction (as in diffusers' SanaPipeline).
-SANA_CHI = [
-    "Given a user prompt, generate an 'Enhanced prompt' that provides detailed visual descriptions suitable for image generation. Evaluate the level of detail in the user prompt:",
-    "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, textures, and spatial relationships to create vivid and concrete scenes.",
-    "- If the prompt is already detailed, refine and enhance the existing details slightly without overcomplicating.",
-    "Here are examples of how to transform or refine prompts:",
-    "- User Prompt: A cat sleeping -> Enhanced: A small, fluffy white cat curled up in a round shape, sleeping peacefully on a warm sunny windowsill, surrounded by pots of blooming red flowers.",
-    "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring glowing street lamps, a diverse crowd of people in colorful clothing, and a double-decker bus passing by towering glass skyscrapers.",
-    "Please generate only the enhanced description for the prompt below and avoid including any additional commentary or evaluations:",
-    "User Prompt: ",
-]
 
 
 def _torch():
@@ -178,39 +167,6 @@ def _clip(handle, role, prompts):
     return hidden.to(torch.float32), pooled.to(torch.float32)
 
 
-def _num_classes(handle) -> int:
-    """DiT's class count; the null (unconditional) class is this number."""
-    cfg = handle.config or {}
-    return int((handle.extras or {}).get("num_classes") or cfg.get("num_embeds_ada_norm") or 1000)
-
-
-def _class_labels(handle, prompts):
-    cfg = handle.config or {}
-    n = _num_classes(handle)
-    id2label = (handle.extras or {}).get("id2label") or cfg.get("id2label") or {}
-    by_name = {}
-    for k, v in dict(id2label).items():
-        for name in str(v).split(","):
-            by_name[name.strip().lower()] = int(k)
-    labels = []
-    for p in prompts:
-        p = str(p).strip()
-        if not p:
-            raise SpriteForgeError(BAD_INPUT, "DiT needs a class label (an ImageNet class number 0-999 or its name) as the prompt.")
-        first = p.split(",")[0].strip()
-        try:
-            lab = int(first)
-        except ValueError:
-            if first.lower() not in by_name:
-                raise SpriteForgeError(BAD_INPUT, f"DiT class {first!r} is neither a class number nor a known class name. "
-                                       f"Give a number from 0 to {n - 1}.") from None
-            lab = by_name[first.lower()]
-        if not 0 <= lab < n:
-            raise SpriteForgeError(BAD_INPUT, f"DiT class {lab} is out of range. Give a number from 0 to {n - 1}.")
-        labels.append(lab)
-    return labels, n
-
-
 def encode_text(engine, handle, prompts, *, max_length: int | None = None, guidance: float | None = None,
                 complex_human_instruction=False, class_labels=None, negative: bool = False, **_opts):
     """Conditioning for ``prompts`` (a list of strings) with the family's text encoders.
@@ -227,41 +183,24 @@ def encode_text(engine, handle, prompts, *, max_length: int | None = None, guida
     cond = Conditioning(family=fam, prompts=list(prompts), guidance=guidance)
     with torch.no_grad():
         if fam == "dit":
-            if negative:
-                n = _num_classes(handle)
-                cond.class_labels = [n] * len(prompts)
-            elif class_labels is not None:
-                cond.class_labels = [int(c) for c in class_labels]
-            else:
-                cond.class_labels, _ = _class_labels(handle, prompts)
+            cond.class_labels = dit_labels(handle, prompts, negative=negative, given=class_labels)
             return cond
         comfy_load([m for m in (handle.text_encoders or {}).values()])
         if fam == "pixart":
-            ml = max_length or (handle.extras or {}).get("max_sequence_length") or (
-                120 if "alpha" in (handle.variant or "").lower() else 300)
-            cond.embeds, cond.mask = _t5(handle, prompts, ml)
+            cond.embeds, cond.mask = _t5(handle, prompts, pixart_max_length(handle, max_length))
         elif fam == "sana":
             enc, tok = _role(handle, "gemma")
             dev, _ = _module_device_dtype(enc)
             ml = max_length or 300
-            chi = complex_human_instruction
-            if chi is True:
-                chi = SANA_CHI
-            texts = prompts
-            total = ml
-            if chi and not negative:
-                chi_text = "\n".join(chi)
-                texts = [chi_text + p for p in prompts]
-                total = len(tok.encode(chi_text)) + ml - 2
+            texts, total, keep = sana_texts(tok, prompts, ml, complex_human_instruction, negative)
             if hasattr(tok, "padding_side"):
                 tok.padding_side = "right"
             ti = _tokenize(tok, texts, total)
             mask = ti["attention_mask"].to(dev)
             out = enc(ti["input_ids"].to(dev), attention_mask=mask)
             emb = (out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state).to(torch.float32)
-            if total != ml:
-                sel = [0] + list(range(-ml + 1, 0))
-                emb, mask = emb[:, sel], mask[:, sel]
+            if keep is not None:
+                emb, mask = emb[:, keep], mask[:, keep]
             cond.embeds, cond.mask = emb, mask
         elif fam == "sd3":
             joint = int((handle.config or {}).get("joint_attention_dim") or getattr(getattr(handle.transformer, "config", None), "joint_attention_dim", 4096))
@@ -317,13 +256,6 @@ def _flux_img_ids(h, w, device, dtype):
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
-def is_fill_model(handle) -> bool:
-    """A Flux Fill (native inpaint) model: 384 input channels."""
-    cfg = handle.config or {}
-    inc = cfg.get("in_channels") or getattr(getattr(handle.transformer, "config", None), "in_channels", None)
-    return handle.family == "flux" and (int(inc or 64) == 384 or "fill" in (handle.variant or "").lower())
-
-
 class TorchDenoiser:
     """``model(x, sigma) -> x0`` for one conditioning, with batched CFG.
 
@@ -349,16 +281,13 @@ class TorchDenoiser:
         self.slice = bool(policy.attention_slicing) if attention_slicing is None and policy is not None else bool(attention_slicing)
         self.use_cfg = uncond is not None and abs(self.cfg - 1.0) > 1e-6
         if handle.family == "dit" and uncond is None and abs(self.cfg - 1.0) > 1e-6:
-            n = _num_classes(handle)
+            n = num_classes(handle)
             from ...pipeline import Conditioning
 
             self.uncond = Conditioning(family="dit", prompts=[""], class_labels=[n] * len(cond.class_labels or [0]))
             self.use_cfg = True
         self.fill = None
-        inc = int(getattr(getattr(self.module, "config", None), "in_channels", 0) or 0)
-        if handle.family == "flux" and inc not in (0, 64, 384):
-            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"this Flux model takes {inc} input channels (a control model such as "
-                                   "Flux Depth/Canny); SpriteForge generates with Flux dev/schnell and Flux Fill. Load one of those.")
+        check_flux_channels(handle.family, getattr(getattr(self.module, "config", None), "in_channels", 0))
         if is_fill_model(handle):
             # without an image: an all-repaint mask over a blank image (txt2img with a Fill model)
             self._fill_args = (fill_image, fill_mask)
@@ -373,9 +302,7 @@ class TorchDenoiser:
 
     # ------------------------------------------------------------------
     def _timestep(self, sigma: float) -> float:
-        if self.ms is not None:
-            return float(self.ms.timestep(sigma))
-        return sigma * (1.0 if self.handle.family == "flux" else 1000.0) if self.flow else sigma
+        return model_timestep(self.handle.family, self.flow, sigma, self.ms)
 
     def _fill_cond(self, h, w):
         torch = self._torch
@@ -491,12 +418,7 @@ class TorchDenoiser:
         b = xt.shape[0]
         self.calls += 1
         with torch.no_grad():
-            if self.flow:
-                inp = xt
-            elif self.handle.prediction in ("eps", "v"):
-                inp = xt / math.sqrt(sigma * sigma + 1.0)
-            else:
-                inp = xt
+            inp = model_input(xt, self.handle.prediction, sigma)
             t = self._timestep(sigma)
             c = self._cond_tensors(self.cond, b)
             if self.use_cfg:
@@ -516,13 +438,7 @@ class TorchDenoiser:
             else:
                 tt = torch.full((b,), t, device=self.device, dtype=self.dtype if self.flow else torch.float32)
                 pred = self._forward(inp.to(self.dtype), tt, c, b).float()
-            if self.flow:
-                x0 = xt - pred * sigma
-            elif self.handle.prediction == "v":
-                a = 1.0 / math.sqrt(sigma * sigma + 1.0)
-                x0 = xt * (a * a) - pred * (a * sigma)
-            else:
-                x0 = xt - pred * sigma
+            x0 = to_x0(xt, pred, sigma, self.handle.prediction)
         if as_numpy:
             return x0.cpu().numpy().astype(x.dtype, copy=False)
         return x0.to(out_device, out_dtype)
