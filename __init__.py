@@ -7,7 +7,7 @@ loading, no device work, no downloads, no installs.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 WEB_DIRECTORY = "./web"
 

@@ -39,7 +39,7 @@ def engine_capabilities(status):
 
 
 def report() -> dict:
-    from .. import __version__
+    from ..version import __version__
     from ..engines import choose_engine, engine_status
     from ..engines.policy import decide
 

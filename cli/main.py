@@ -13,7 +13,7 @@ import importlib
 import json
 import sys
 
-from .. import __version__
+from ..version import __version__
 from ..errors import SpriteForgeError, classify
 
 COMMANDS = ("doctor", "inspect", "generate", "pixel", "rmbg", "run", "submit", "convert")

@@ -134,7 +134,7 @@ def pack_sheet(frames, *, columns: int | None = None, padding: int = 0, names=No
             "sourceSize": {"w": fw, "h": fh},
             "duration": int(duration_ms),
         }
-    from .. import __version__
+    from ..version import __version__
 
     atlas = {
         "frames": atlas_frames,

@@ -279,7 +279,7 @@ def _check_out(out: Path, sources) -> None:
 
 def convert(engine, path, *, out=None, vae=None, text_encoders=(), dtype: str = "auto") -> Path:
     """Convert the model at ``path`` (with ``vae``/``text_encoders``) into an MLX cache folder; returns the folder."""
-    from ... import __version__
+    from ...version import __version__
     from ...progress import Progress
     from ..torch_models.loading import _resolve
     from . import loading
