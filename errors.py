@@ -102,10 +102,6 @@ class SpriteForgeError(Exception):
         return {"code": self.code, "message": self.message, "hint": self.hint, "details": self.details}
 
 
-def raise_error(code: str, message: str, **kw):
-    raise SpriteForgeError(code, message, **kw)
-
-
 _OOM_PATTERNS = [
     r"CUDA out of memory",
     r"HIP out of memory",

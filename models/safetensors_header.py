@@ -152,11 +152,6 @@ def read_header(path: str | os.PathLike) -> Header:
     return Header(str(p), tensors, {str(k): str(v) for k, v in meta.items()}, size, n)
 
 
-def is_safetensors(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return p.suffix.lower() in (".safetensors", ".sft")
-
-
 def header_from_manifest(manifest: dict) -> Header:
     """A :class:`Header` from a reference manifest (``{"tensors": {key: {"shape", "dtype"}}}``)."""
     tensors = {

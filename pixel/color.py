@@ -86,26 +86,6 @@ def to_uint8(x) -> np.ndarray:
     return np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
-def to_float(x) -> np.ndarray:
-    """uint8 0..255 -> float32 0..1."""
-    return np.asarray(x, dtype=np.float32) / 255.0
-
-
-def split_alpha(img: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """``H x W x 4`` -> (RGB, alpha); ``H x W x 3`` -> (RGB, None)."""
-    img = check_image(img)
-    if img.shape[2] == 4:
-        return img[..., :3], img[..., 3]
-    return img, None
-
-
-def join_alpha(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
-    """(RGB, alpha or None) -> RGBA (alpha 255 when None)."""
-    if alpha is None:
-        alpha = np.full(rgb.shape[:2], 255, np.uint8)
-    return np.concatenate([rgb[..., :3], alpha[..., None].astype(np.uint8)], axis=-1)
-
-
 def srgb_to_linear(rgb) -> np.ndarray:
     """sRGB (uint8 0..255, or float 0..1) -> linear light float32 0..1."""
     rgb = np.asarray(rgb)
@@ -153,11 +133,6 @@ def mean_delta_e(a, b) -> float:
     if a.shape != b.shape:
         raise bad(f"images differ in shape ({a.shape} vs {b.shape}). Compare images of the same size.")
     return float(delta_e(a, b).mean())
-
-
-def luminance(rgb) -> np.ndarray:
-    """OKLab lightness L (0..1) of sRGB colours."""
-    return srgb_to_oklab(rgb)[..., 0]
 
 
 def parse_hex_color(text: str) -> tuple[int, int, int]:

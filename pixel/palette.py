@@ -80,10 +80,6 @@ class Palette:
     def __len__(self) -> int:
         return len(self.colors)
 
-    @property
-    def oklab(self) -> np.ndarray:
-        return srgb_to_oklab(self.colors)
-
     def hex(self) -> list[str]:
         return ["%02x%02x%02x" % tuple(int(v) for v in c) for c in self.colors]
 
@@ -381,10 +377,6 @@ def _histogram(frames, alpha_threshold: int = 128, bits: int = 5, max_points: in
     if len(cols) > max_points:
         cols, w = binned(bits)
     return cols, w
-
-
-def _sqdist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    return (x * x).sum(1)[:, None] - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]
 
 
 def _finish(lab_centres: np.ndarray, name: str) -> Palette:

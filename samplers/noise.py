@@ -13,7 +13,6 @@ from typing import Callable, Sequence
 import numpy as np
 
 _SEED_MOD = 2 ** 64
-INITIAL_STREAM = 0
 STEP_STREAM = 1
 
 
