@@ -11,10 +11,11 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from ..models.families import FAMILIES
 from .devices import DeviceInfo
 from .policy import Policy
 
-FAMILIES = ("pixart", "sd3", "flux", "sana", "dit")
+__all__ = ["FAMILIES", "Capabilities", "Engine", "ModelHandle", "family_vae_name", "handle_fields"]
 
 
 @dataclass(frozen=True)

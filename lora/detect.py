@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..engines.base import FAMILIES
+from ..models.families import FAMILIES
 
 NAMES = {
     "pixart": "PixArt",
