@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .engines.base import Conditioning
 from .engines.model_inputs import is_fill_model
 from .errors import BAD_INPUT, DIMENSION_LIMIT, ENGINE_INTERNAL, SpriteForgeError, classify
 from .log import get_logger
@@ -41,30 +42,6 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "flux": {"cfg": 1.0, "steps": 20, "sampler": "euler", "schedule": "normal"},
     "sana": {"cfg": 4.5, "steps": 20, "sampler": "euler", "schedule": "normal"},
 }
-
-
-@dataclass
-class Conditioning:
-    """Encoded prompts (ComfyUI type ``SF_CONDITIONING``): engine arrays plus the text.
-
-    ``embeds``/``mask``: the text encoder sequence and its attention mask; ``pooled``: pooled
-    CLIP projections (SD3, Flux); ``guidance``: Flux's distilled guidance; ``class_labels``:
-    DiT's classes; ``negative``: the negative prompt's conditioning (or None).
-    """
-
-    family: str
-    prompts: list = field(default_factory=list)
-    embeds: Any = None
-    mask: Any = None
-    pooled: Any = None
-    guidance: float | None = None
-    class_labels: list | None = None
-    negative: "Conditioning | None" = None
-    extras: dict = field(default_factory=dict)
-
-    @property
-    def prompt(self) -> str:
-        return self.prompts[0] if self.prompts else ""
 
 
 @dataclass
@@ -642,6 +619,6 @@ def generate(engine, handle, params: GenerateParams) -> np.ndarray:
     return generate_full(engine, handle, params).images
 
 
-__all__ = ["Conditioning", "GenerateParams", "GenerateResult", "SampleResult", "FAMILY_DEFAULTS", "DEFAULT_MAX_SIDE",
+__all__ = ["GenerateParams", "GenerateResult", "SampleResult", "FAMILY_DEFAULTS", "DEFAULT_MAX_SIDE",
            "generate", "generate_full", "sample", "decode", "composite_inpaint", "encode", "prepare_size", "model_schedule", "feather_mask", "is_fill_model",
            "is_bad_image"]

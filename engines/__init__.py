@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass
 
 from ..errors import BAD_INPUT, ENGINE_UNAVAILABLE, SpriteForgeError
-from .base import FAMILIES, Capabilities, Engine, ModelHandle
+from .base import FAMILIES, Capabilities, Conditioning, Engine, ModelHandle
 from .devices import DeviceInfo, detect_devices
 from .policy import Policy, decide
 
@@ -155,6 +155,7 @@ def get_engine(name: str = "auto", device: str = "auto", dtype: str | None = Non
 
 __all__ = [
     "Capabilities",
+    "Conditioning",
     "DeviceInfo",
     "Engine",
     "EngineStatus",

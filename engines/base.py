@@ -15,7 +15,7 @@ from ..models.families import FAMILIES
 from .devices import DeviceInfo
 from .policy import Policy
 
-__all__ = ["FAMILIES", "Capabilities", "Engine", "ModelHandle", "family_vae_name", "handle_fields"]
+__all__ = ["FAMILIES", "Capabilities", "Conditioning", "Engine", "ModelHandle", "family_vae_name", "handle_fields"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,30 @@ class ModelHandle:
             "source": self.source,
             "loras": [getattr(lo, "name", str(lo)) for lo in self.loras],
         }
+
+
+@dataclass
+class Conditioning:
+    """Encoded prompts (ComfyUI type ``SF_CONDITIONING``): engine arrays plus the text.
+
+    ``embeds``/``mask``: the text encoder sequence and its attention mask; ``pooled``: pooled
+    CLIP projections (SD3, Flux); ``guidance``: Flux's distilled guidance; ``class_labels``:
+    DiT's classes; ``negative``: the negative prompt's conditioning (or None).
+    """
+
+    family: str
+    prompts: list = field(default_factory=list)
+    embeds: Any = None
+    mask: Any = None
+    pooled: Any = None
+    guidance: float | None = None
+    class_labels: list | None = None
+    negative: "Conditioning | None" = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        return self.prompts[0] if self.prompts else ""
 
 
 class Engine(ABC):

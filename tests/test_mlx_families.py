@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_models as tm  # noqa: E402
 
 from spriteforge import pipeline  # noqa: E402
+from spriteforge.engines.base import Conditioning  # noqa: E402
 
 TOL = 2.0 / 255.0
 FIELDS = ("family", "variant", "prediction", "latent_channels", "vae_scale_factor", "patch_size", "scaling_factor",
@@ -170,7 +171,7 @@ def test_half_and_fp8_storage(root, engines, storage, tmp_path):
     x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32) * 3.0
     outs = []
     for eng, h in ((te, ht), (me, hm)):
-        cond = pipeline.Conditioning(family="pixart", embeds=eng.from_numpy(emb), mask=eng.from_numpy(keep, "int32"))
+        cond = Conditioning(family="pixart", embeds=eng.from_numpy(emb), mask=eng.from_numpy(keep, "int32"))
         outs.append(eng.denoiser(h, cond)(x, 3.0))
     diff = float(np.abs(outs[0] - outs[1]).max())
     print(f"{storage} storage: denoiser max |torch - mlx| = {diff:.3g}")
@@ -241,7 +242,7 @@ def test_sana_sprint_guidance_embeds_and_timestep_scale(engines, tmp_path):
     for eng in (te, me):
         h = eng.load_model(str(tmp_path / "sprint"))
         assert h.family == "sana" and h.config["timestep_scale"] == 0.5 and h.config["guidance_embeds"] is True
-        cond = pipeline.Conditioning(family="sana", embeds=eng.from_numpy(emb), mask=eng.from_numpy(keep, "int32"), guidance=2.5)
+        cond = Conditioning(family="sana", embeds=eng.from_numpy(emb), mask=eng.from_numpy(keep, "int32"), guidance=2.5)
         outs.append(eng.denoiser(h, cond, model_schedule=pipeline.model_schedule(h, 256, 256))(x, 0.7))
     diff = float(np.abs(outs[0] - outs[1]).max())
     print(f"Sana guidance/timestep_scale denoiser: max |torch - mlx| = {diff:.3g}")

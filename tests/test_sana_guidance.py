@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_models as tm  # noqa: E402
 
 from spriteforge import pipeline  # noqa: E402
+from spriteforge.engines.base import Conditioning  # noqa: E402
 
 
 def _sprint(scale):
@@ -64,7 +65,7 @@ def test_guidance_is_scaled_as_in_sana_sprint_pipeline(tmp_path, scale):
     te = get_engine("torch", "cpu")
     h = te.load_model(str(tmp_path / "sprint"))
     seen = _record(h.transformer)
-    cond = pipeline.Conditioning(family="sana", embeds=te.from_numpy(emb), mask=te.from_numpy(keep, "int32"), guidance=2.5)
+    cond = Conditioning(family="sana", embeds=te.from_numpy(emb), mask=te.from_numpy(keep, "int32"), guidance=2.5)
     x = rng.standard_normal((1, 32, 8, 8)).astype(np.float32)
     dn = te.denoiser(h, cond, model_schedule=pipeline.model_schedule(h, 256, 256))
     out_t = dn(x, 0.7)
@@ -83,7 +84,7 @@ def test_guidance_is_scaled_as_in_sana_sprint_pipeline(tmp_path, scale):
     mx = pytest.importorskip("mlx.core")
     me = get_engine("mlx", "cpu")
     hm = me.load_model(str(tmp_path / "sprint"))
-    cm = pipeline.Conditioning(family="sana", embeds=me.from_numpy(emb), mask=me.from_numpy(keep, "int32"), guidance=2.5)
+    cm = Conditioning(family="sana", embeds=me.from_numpy(emb), mask=me.from_numpy(keep, "int32"), guidance=2.5)
     out_m = me.denoiser(hm, cm, model_schedule=pipeline.model_schedule(hm, 256, 256))(x, 0.7)
     diff = float(np.abs(out_t - out_m).max())
     print(f"Sana-Sprint guidance scale {scale}: max |torch - mlx| = {diff:.3g}")

@@ -3,7 +3,7 @@
 The MLX twin of :mod:`spriteforge.engines.torch_models.generation`, step for step, so the
 same inputs give the same numbers on both engines:
 
-* :func:`encode_text` -> :class:`spriteforge.pipeline.Conditioning` holding mx arrays
+* :func:`encode_text` -> :class:`spriteforge.engines.base.Conditioning` holding mx arrays
   (T5 for PixArt, CLIP-L/G + T5 for SD3, CLIP-L pooled + T5 for Flux, Gemma for Sana,
   class labels for DiT; the same tokenizers, max lengths and padding);
 * :class:`MLXDenoiser` -> ``model(x, sigma) -> x0`` in the samplers' convention, with
@@ -137,7 +137,7 @@ def _clip(handle, role, prompts):
 def encode_text(engine, handle, prompts, *, max_length: int | None = None, guidance: float | None = None,
                 complex_human_instruction=False, class_labels=None, negative: bool = False, **_opts):
     """Conditioning for ``prompts`` with the family's text encoders, as mx arrays (see the torch twin)."""
-    from ...pipeline import Conditioning
+    from ..base import Conditioning
 
     mx = _mx()
     if isinstance(prompts, str):
@@ -249,7 +249,7 @@ class MLXDenoiser:
         self.slice = bool(policy.attention_slicing) if attention_slicing is None and policy is not None else bool(attention_slicing)
         self.use_cfg = uncond is not None and abs(self.cfg - 1.0) > 1e-6
         if handle.family == "dit" and uncond is None and abs(self.cfg - 1.0) > 1e-6:
-            from ...pipeline import Conditioning
+            from ..base import Conditioning
 
             n = num_classes(handle)
             self.uncond = Conditioning(family="dit", prompts=[""], class_labels=[n] * len(cond.class_labels or [0]))

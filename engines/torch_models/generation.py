@@ -4,7 +4,7 @@ The sampling loop is not here: it is :mod:`spriteforge.samplers`, driven by
 :mod:`spriteforge.pipeline`. This module turns a family's torch modules (diffusers
 transformers, transformers text encoders, diffusers VAEs) into
 
-* :func:`encode_text` -> :class:`spriteforge.pipeline.Conditioning`;
+* :func:`encode_text` -> :class:`spriteforge.engines.base.Conditioning`;
 * :func:`make_denoiser` -> ``model(x, sigma) -> x0`` in the samplers' convention
   (k-diffusion VE space for eps/v models, x_t = (1-t) x0 + t n for flow models), with
   classifier-free guidance as one batched cond/uncond call;
@@ -173,7 +173,7 @@ def encode_text(engine, handle, prompts, *, max_length: int | None = None, guida
 
     ``negative`` marks an unconditional/negative encoding (DiT: the null class).
     """
-    from ...pipeline import Conditioning
+    from ..base import Conditioning
 
     torch = _torch()
     if isinstance(prompts, str):
@@ -282,7 +282,7 @@ class TorchDenoiser:
         self.use_cfg = uncond is not None and abs(self.cfg - 1.0) > 1e-6
         if handle.family == "dit" and uncond is None and abs(self.cfg - 1.0) > 1e-6:
             n = num_classes(handle)
-            from ...pipeline import Conditioning
+            from ..base import Conditioning
 
             self.uncond = Conditioning(family="dit", prompts=[""], class_labels=[n] * len(cond.class_labels or [0]))
             self.use_cfg = True
