@@ -25,7 +25,7 @@ def build(device: str, size: int, layers: int = 6):
 
     from spriteforge.engines import get_engine
     from spriteforge.engines.base import ModelHandle
-    from spriteforge.pipeline import Conditioning
+    from spriteforge.engines.base import Conditioning
 
     torch.manual_seed(0)
     tr = PixArtTransformer2DModel(num_attention_heads=4, attention_head_dim=32, in_channels=4, out_channels=8, num_layers=layers,

@@ -1,7 +1,7 @@
 """Generation nodes: encode prompts, sample, VAE encode/decode. Thin adapters over :mod:`spriteforge.pipeline`.
 
 Types: ``SF_MODEL`` (a model handle from SpriteForge Load Model), ``SF_CONDITIONING`` (a
-:class:`spriteforge.pipeline.Conditioning` with its negative), ComfyUI's IMAGE
+:class:`spriteforge.engines.base.Conditioning` with its negative), ComfyUI's IMAGE
 (float32 ``[B,H,W,3]`` 0..1), MASK (``[B,H,W]``, 1 = repaint, as LoadImage gives for
 transparent pixels) and LATENT (``{"samples": [B,C,h,w]}``: the VAE-scaled latent, as ComfyUI
 stores it, plus ``sf_family`` so decoding checks the model, and the source image/mask of an
