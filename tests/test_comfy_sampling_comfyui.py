@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -35,9 +34,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spriteforge.tests.test_lora_comfyui import _STUB, _free_port, _get, _image, _post, _wait
+from spriteforge.tests.comfyui_server import COMFY, env as comfy_env, get as _get, post as _post, python as comfy_python, server, wait as _wait
 
-COMFY = os.environ.get("SPRITEFORGE_COMFYUI")
 pytestmark = pytest.mark.skipif(not COMFY, reason="set SPRITEFORGE_COMFYUI=/path/to/ComfyUI to run the real-ComfyUI SDXL test")
 
 CKPT, LORA, SD15 = "sd_xl_base_1.0.safetensors", "pixel-art-xl.safetensors", "v1-5-pruned-emaonly.safetensors"
@@ -161,30 +159,7 @@ def test_our_samplers_on_core_sdxl_graphs_in_real_comfyui(tmp_path):
     cfg.write_text(f"sf_test:\n    base_path: {models}\n    checkpoints: checkpoints\n    loras: loras\n"
                    "    birefnet: birefnet\n")
     out = tmp_path / "out"
-    port = _free_port()
-    env = dict(os.environ)
-    extra = [os.environ.get("SPRITEFORGE_COMFY_PYTHONPATH")]
-    if os.environ.get("SPRITEFORGE_COMFY_TORCHVISION_STUB") == "1":
-        (tmp_path / "stub" / "torchvision").mkdir(parents=True)
-        (tmp_path / "stub" / "torchvision" / "__init__.py").write_text(_STUB)
-        extra.insert(0, str(tmp_path / "stub"))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, extra + [env.get("PYTHONPATH")]))
-    log = open(tmp_path / "comfy.log", "w")
-    proc = subprocess.Popen([os.environ.get("SPRITEFORGE_COMFY_PYTHON", sys.executable), "main.py", "--cpu", "--listen",
-                             "127.0.0.1", "--port", str(port), "--disable-auto-launch", "--extra-model-paths-config", str(cfg),
-                             "--output-directory", str(out)], cwd=COMFY, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                info = _get(f"{base}/object_info/SpriteForgeKSampler")
-                break
-            except Exception:
-                if proc.poll() is not None:
-                    raise RuntimeError((tmp_path / "comfy.log").read_text()[-3000:])
-                time.sleep(0.5)
-        else:
-            raise TimeoutError("ComfyUI did not start")
+    with server(tmp_path, cfg, out, ready="SpriteForgeKSampler") as (proc, base, info):
         assert info["SpriteForgeKSampler"]["output"] == ["LATENT"]
         r = _wait(base, _post(f"{base}/prompt", {"prompt": sdxl_graph()})["prompt_id"], proc, timeout=900)
         o = r["outputs"]
@@ -245,27 +220,14 @@ def test_our_samplers_on_core_sdxl_graphs_in_real_comfyui(tmp_path):
         for i in sprites + sheets:
             with Image.open(out / i["subfolder"] / i["filename"]) as im:
                 assert im.mode == "P" and im.info.get("transparency") == 0
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def test_our_schedules_equal_comfyuis_on_its_model_samplings(tmp_path):
     """ComfyUI's own model_sampling objects (SD1.5, SDXL eps and v, SD3, Flux): the parametrisation read from them
     and our schedules built from them against ComfyUI's calculate_sigmas."""
-    env = dict(os.environ)
-    extra = [COMFY, os.environ.get("SPRITEFORGE_COMFY_PYTHONPATH")]
-    if os.environ.get("SPRITEFORGE_COMFY_TORCHVISION_STUB") == "1":
-        (tmp_path / "stub" / "torchvision").mkdir(parents=True)
-        (tmp_path / "stub" / "torchvision" / "__init__.py").write_text(_STUB)
-        extra.insert(0, str(tmp_path / "stub"))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, extra + [env.get("PYTHONPATH")]))
+    env = comfy_env(tmp_path, COMFY)
     script = Path(__file__).resolve().parent / "comfy_schedule_check.py"
-    r = subprocess.run([os.environ.get("SPRITEFORGE_COMFY_PYTHON", sys.executable), str(script)], cwd=COMFY, env=env,
+    r = subprocess.run([comfy_python(), str(script)], cwd=COMFY, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])

@@ -29,15 +29,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-COMFY = os.environ.get("SPRITEFORGE_COMFYUI")
+from spriteforge.tests.comfyui_server import COMFY, get as _get, server
+
 CHROMIUM = os.environ.get("SPRITEFORGE_CHROMIUM", "/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -87,49 +84,18 @@ def layout_problems(layout: dict) -> list[str]:
     return out
 
 
-def _get(url):
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def _boot(tmp_path):
-    from spriteforge.tests.test_lora_comfyui import _STUB, _free_port
-
+def _setup(tmp_path):
+    """The models folder (the shipped night LoRA), its extra_model_paths.yaml, the output folder and the server flags."""
     models = tmp_path / "models"
     (models / "loras").mkdir(parents=True)
     shutil.copy(REPO / "demo_model" / "loras" / "night.safetensors", models / "loras" / "night.safetensors")
     cfg = tmp_path / "extra_model_paths.yaml"
     cfg.write_text(f"sf_browser:\n    base_path: {models}\n    loras: loras\n")
-    out = tmp_path / "out"
     for d in ("user", "temp", "input"):
         (tmp_path / d).mkdir()
-    port = _free_port()
-    py = os.environ.get("SPRITEFORGE_COMFY_PYTHON", sys.executable)
-    env = dict(os.environ)
-    extra = [os.environ.get("SPRITEFORGE_COMFY_PYTHONPATH")]
-    if os.environ.get("SPRITEFORGE_COMFY_TORCHVISION_STUB") == "1":
-        (tmp_path / "stub" / "torchvision").mkdir(parents=True)
-        (tmp_path / "stub" / "torchvision" / "__init__.py").write_text(_STUB)
-        extra.insert(0, str(tmp_path / "stub"))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, extra + [env.get("PYTHONPATH")]))
-    log = open(tmp_path / "comfy.log", "w")
-    proc = subprocess.Popen([py, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-                             "--extra-model-paths-config", str(cfg), "--output-directory", str(out),
-                             "--user-directory", str(tmp_path / "user"), "--temp-directory", str(tmp_path / "temp"),
-                             "--input-directory", str(tmp_path / "input"), "--database-url", "sqlite:///:memory:"],
-                            cwd=COMFY, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(480):
-        try:
-            _get(f"{base}/object_info/SpriteForgeSampler")
-            return proc, base, log
-        except Exception:
-            if proc.poll() is not None:
-                log.close()
-                raise RuntimeError((tmp_path / "comfy.log").read_text()[-3000:])
-            time.sleep(0.5)
-    proc.kill()
-    raise TimeoutError("ComfyUI did not start")
+    args = ("--user-directory", str(tmp_path / "user"), "--temp-directory", str(tmp_path / "temp"),
+            "--input-directory", str(tmp_path / "input"), "--database-url", "sqlite:///:memory:")
+    return cfg, tmp_path / "out", args
 
 
 def _load(page, graph: dict, name: str):
@@ -159,8 +125,8 @@ def test_shipped_workflows_in_the_real_editor(tmp_path):
     shots = Path(os.environ.get("SPRITEFORGE_SCREENSHOTS", tmp_path / "shots"))
     shots.mkdir(parents=True, exist_ok=True)
     graphs = {p.stem: json.loads(p.read_text()) for p in sorted((REPO / "workflows").glob("*.json"))}
-    proc, base, log = _boot(tmp_path)
-    try:
+    cfg, out, args = _setup(tmp_path)
+    with server(tmp_path, cfg, out, *args, tries=480) as (proc, base, _info):
         fam = _get(f"{base}/spriteforge/model_family?name=spriteforge-demo%20(built-in)")
         assert fam["family"] == "pixart" and fam["error"] is None, fam
         with sync_api.sync_playwright() as p:
@@ -267,10 +233,3 @@ def test_shipped_workflows_in_the_real_editor(tmp_path):
             ours = [e for e in errors if "spriteforge" in e.lower()]  # the frontend's own boot errors are not ours
             assert not ours, ours
             browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()

@@ -20,55 +20,15 @@ for bit (applying the LoRA did not touch the loaded model), the info strings cam
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-COMFY = os.environ.get("SPRITEFORGE_COMFYUI")
-_STUB = '"""torchvision stand-in for starting ComfyUI without torchvision; raises if actually used."""\nimport sys, types\n\nclass _Missing:\n    def __init__(self, name): self._name = name\n    def __getattr__(self, item):\n        if item.startswith("__"): raise AttributeError(item)\n        return _Missing(f"{self._name}.{item}")\n    def __call__(self, *a, **k): raise RuntimeError(f"torchvision stand-in: {self._name} is not available")\n\ndef __getattr__(name):\n    if name.startswith("__"): raise AttributeError(name)\n    return _Missing(f"torchvision.{name}")\n\nclass _Mod(types.ModuleType):\n    __path__ = []\n    def __getattr__(self, item):\n        if item.startswith("__"): raise AttributeError(item)\n        return _Missing(f"{self.__name__}.{item}")\n\nfor sub in ("transforms", "transforms.functional", "transforms.v2", "transforms.v2.functional", "ops", "models", "io", "utils"):\n    sys.modules[f"torchvision.{sub}"] = _Mod(f"torchvision.{sub}")\ntransforms = sys.modules["torchvision.transforms"]\ntransforms.v2 = sys.modules["torchvision.transforms.v2"]\ntransforms.v2.functional = sys.modules["torchvision.transforms.v2.functional"]\ntransforms.functional = sys.modules["torchvision.transforms.functional"]\nops = sys.modules["torchvision.ops"]\n__version__ = "0.0.0"\n'
+from spriteforge.tests.comfyui_server import COMFY, get as _get, post as _post, server, wait as _wait
+
 pytestmark = pytest.mark.skipif(not COMFY, reason="set SPRITEFORGE_COMFYUI=/path/to/ComfyUI to run the real-ComfyUI LoRA test")
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def _get(url):
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def _post(url, data):
-    req = urllib.request.Request(url, data=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def _wait(base, pid, proc, timeout=300):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError("ComfyUI exited")
-        h = _get(f"{base}/history/{pid}")
-        if pid in h and h[pid].get("status", {}).get("completed") is not None:
-            st = h[pid]["status"]
-            if st.get("status_str") == "error":
-                raise AssertionError(json.dumps(st, indent=1)[:4000])
-            return h[pid]
-        time.sleep(0.5)
-    raise TimeoutError("prompt did not finish")
 
 
 def _defaults(info: dict) -> dict:
@@ -132,31 +92,7 @@ def test_lora_nodes_in_real_comfyui(tmp_path):
     cfg = tmp_path / "extra_model_paths.yaml"
     cfg.write_text(f"sf_test:\n    base_path: {models}\n    diffusers: diffusers\n    loras: loras\n")
     out = tmp_path / "out"
-    port = _free_port()
-    py = os.environ.get("SPRITEFORGE_COMFY_PYTHON", sys.executable)
-    log = open(tmp_path / "comfy.log", "w")
-    env = dict(os.environ)
-    extra = [os.environ.get("SPRITEFORGE_COMFY_PYTHONPATH")]
-    if os.environ.get("SPRITEFORGE_COMFY_TORCHVISION_STUB") == "1":
-        (tmp_path / "stub" / "torchvision").mkdir(parents=True)
-        (tmp_path / "stub" / "torchvision" / "__init__.py").write_text(_STUB)
-        extra.insert(0, str(tmp_path / "stub"))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, extra + [env.get("PYTHONPATH")]))
-    proc = subprocess.Popen([py, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--cache-none",
-                             "--disable-auto-launch", "--extra-model-paths-config", str(cfg), "--output-directory", str(out)],
-                            cwd=COMFY, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                info = _get(f"{base}/object_info/SpriteForgeApplyLoRA")
-                break
-            except Exception:
-                if proc.poll() is not None:
-                    raise RuntimeError((tmp_path / "comfy.log").read_text()[-3000:])
-                time.sleep(0.5)
-        else:
-            raise TimeoutError("ComfyUI did not start")
+    with server(tmp_path, cfg, out, '--cache-none', ready="SpriteForgeApplyLoRA") as (proc, base, info):
         spec = info["SpriteForgeApplyLoRA"]["input"]["required"]
         options = spec["lora_name"][1].get("options", spec["lora_name"][0])
         assert {"style_kohya.safetensors", "detail_peft.safetensors"} <= set(options)
@@ -170,10 +106,3 @@ def test_lora_nodes_in_real_comfyui(tmp_path):
         assert "format kohya" in json.dumps(r1["outputs"]["12"])
         r2 = _wait(base, _post(f"{base}/prompt", {"prompt": _graph(pipe.name, loras, 7, with_lora=False, sampler_defaults=sd)})["prompt_id"], proc)
         assert np.array_equal(_image(out, r2["outputs"]["9"]), base1)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
