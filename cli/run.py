@@ -43,7 +43,7 @@ def shipped_input_dir(workflow, info=None):
     import os
     from pathlib import Path
 
-    from ..nodes import graph as G
+    from ..workflow import graph as G
 
     if os.environ.get("SPRITEFORGE_INPUT"):
         return None
@@ -66,8 +66,8 @@ def _refuse_core_nodes(workflow) -> None:
     """A workflow with ComfyUI's core model nodes (Load Checkpoint, CLIP Text Encode, ...) runs only in ComfyUI:
     say so plainly instead of "unknown node type"."""
     from ..errors import BAD_INPUT, SpriteForgeError
-    from ..nodes import graph as G
-    from ..nodes.comfy_core_info import CORE_INFO
+    from ..workflow import graph as G
+    from ..workflow.core_info import CORE_INFO
 
     try:
         prompt, _graph = G.load_workflow(workflow, {**CORE_INFO, **G.object_info()})
@@ -81,8 +81,8 @@ def _refuse_core_nodes(workflow) -> None:
 
 
 def run(args) -> int:
-    from ..nodes import graph as G
-    from ..runner import run_workflow
+    from ..workflow import graph as G
+    from ..workflow.runner import run_workflow
 
     if not args.input:
         args.input = shipped_input_dir(args.workflow)
@@ -102,11 +102,11 @@ def run(args) -> int:
         prompt, _graph = G.load_workflow(args.workflow, info)
         G.apply_overrides(prompt, args.sets, info)
         if args.engine:
-            from ..runner import set_engine
+            from ..workflow.runner import set_engine
 
             set_engine(prompt, args.engine)
         G.check_prompt(prompt, info, only_needed=True)
-        from ..preflight import check_sizes
+        from ..workflow.preflight import check_sizes
 
         check_sizes(prompt)
         if args.print_api:

@@ -42,7 +42,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..errors import SpriteForgeError
-    from ..submit import load_prompts_file, submit_workflow
+    from ..workflow.submit import load_prompts_file, submit_workflow
 
     prompts = load_prompts_file(args.prompts) if args.prompts else None
     stream = None if args.quiet else sys.stderr

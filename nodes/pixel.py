@@ -25,6 +25,7 @@ from ..pixel.quantize import quantize as quantize_image
 from ..pixel import scale as S
 from ..progress import Progress
 from ._compat import io
+from ._folders import confined_folder
 
 CATEGORY = "SpriteForge/pixel"
 TIP_OUT_IMAGE = "The processed image [B,H,W,3], 0..1."
@@ -115,12 +116,6 @@ def output_dir() -> Path:
         return Path(folder_paths.get_output_directory())
     except Exception:
         return Path(os.environ.get("SPRITEFORGE_OUTPUT", "output"))
-
-
-def confined_folder(root: Path, sub: str) -> Path:
-    from .core_io import confined_folder as cf
-
-    return cf(root, sub)
 
 
 def _split_prefix(prefix: str) -> tuple[str, str]:

@@ -205,7 +205,7 @@ def test_interrupt_mid_sampling_then_rerun_is_identical(demo):
 
 @needs_demo
 def test_interrupted_workflow_rerun_with_the_same_cache_is_identical(tmp_path):
-    from spriteforge.runner import Cache, run_workflow
+    from spriteforge.workflow.runner import Cache, run_workflow
 
     sets = ["3.batch_size=2", "3.steps=6", "3.seed=21"]
     plain = run_workflow(WF, out_dir=tmp_path / "plain", overrides=sets)
@@ -230,7 +230,7 @@ def test_interrupted_workflow_rerun_with_the_same_cache_is_identical(tmp_path):
 # --------------------------------------------------------------------------- a server that drops mid-batch
 
 def _two_outputs_wf():
-    from spriteforge.nodes import graph as G
+    from spriteforge.workflow import graph as G
 
     return G.fill_defaults({
         "1": {"class_type": "LoadImage", "inputs": {"image": "sprite.png"}},
@@ -272,7 +272,7 @@ def _each_once(jobs, out: Path, lines):
 
 
 def test_submit_server_crash_mid_batch_loses_nothing(fake_servers, tmp_path):
-    from spriteforge.submit import submit_workflow
+    from spriteforge.workflow.submit import submit_workflow
 
     a = fake_servers("a", crash_after=2, node_delay=0.02)  # runs two prompts, then dies with more in its queue
     b = fake_servers("b", node_delay=0.02)
@@ -289,7 +289,7 @@ def test_submit_server_crash_mid_batch_loses_nothing(fake_servers, tmp_path):
 
 
 def test_submit_server_drop_while_downloading_writes_each_result_once(fake_servers, tmp_path):
-    from spriteforge.submit import submit_workflow
+    from spriteforge.workflow.submit import submit_workflow
 
     a = fake_servers("a", drop_on_view=2)  # dies after the first of a job's two downloads
     b = fake_servers("b")

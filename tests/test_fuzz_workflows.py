@@ -1,6 +1,6 @@
 """Bad workflow files, fuzzed: random JSON, wrong types, cycles, missing links, unknown nodes, broken graphs.
 
-Every case goes through what ``spriteforge run`` does (:func:`spriteforge.runner.run_workflow`: reading the file,
+Every case goes through what ``spriteforge run`` does (:func:`spriteforge.workflow.runner.run_workflow`: reading the file,
 the graph -> API converter, ``--set`` overrides, validation, execution of the real pixel nodes on a real input
 image) and must end in a :class:`SpriteForgeError` with a stable code or a valid result: no other exception, nothing
 written outside the output folder, no input or earlier output file changed. Hypothesis is derandomized so CI sees
@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from spriteforge.errors import CODES, SpriteForgeError
-from spriteforge.nodes import graph as G
-from spriteforge.runner import _environment, needed_nodes, run_workflow
+from spriteforge.workflow import graph as G
+from spriteforge.workflow.runner import _environment, needed_nodes, run_workflow
 
 pytest.importorskip("torch")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from spriteforge.nodes import graph as G
-from spriteforge.nodes.comfy_core_info import CORE_INFO, with_core
+from spriteforge.workflow import graph as G
+from spriteforge.workflow.core_info import CORE_INFO, with_core
 
 try:  # the tiny models root and the shared small runs (needs torch + diffusers + transformers)
     from spriteforge.tests.test_workflows_e2e import tiny_models_root, workflow_runs  # noqa: F401
@@ -105,7 +105,7 @@ def test_graph_and_api_agree(path, info):
 @pytest.mark.skipif(not APIS, reason="no workflows shipped yet")
 @pytest.mark.parametrize("path", APIS, ids=lambda p: p.name)
 def test_workflow_runs_end_to_end(path, tmp_path, request):
-    from spriteforge.runner import run_workflow
+    from spriteforge.workflow.runner import run_workflow
 
     core = sorted({n["class_type"] for n in _load(path).values()} & set(CORE_INFO))
     if core:

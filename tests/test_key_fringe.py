@@ -87,7 +87,7 @@ def test_decontaminating_key_keeps_purple_and_pink_sprites_whole():
 @pytest.mark.slow
 @pytest.mark.skipif(not (REPO / "demo_model" / "model_index.json").exists(), reason="demo_model/ is not present")
 def test_main_job_has_no_key_fringe_and_no_specks(tmp_path):
-    from spriteforge.runner import run_workflow
+    from spriteforge.workflow.runner import run_workflow
 
     min_island = json.loads(WF.read_text())["7"]["inputs"]["min_island"]
     assert min_island >= 4  # specks of 1-3 pixels are what users saw

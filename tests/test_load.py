@@ -35,7 +35,7 @@ def _digest(paths) -> str:
 
 def test_twelve_prompts_in_process(tmp_path):
     psutil = pytest.importorskip("psutil")
-    from spriteforge.runner import Cache, run_workflow
+    from spriteforge.workflow.runner import Cache, run_workflow
 
     proc = psutil.Process()
     cache = Cache()

@@ -150,7 +150,7 @@ def test_sprite_demo_workflow_on_mlx_matches_torch(tmp_path):
 
     from PIL import Image
 
-    from spriteforge.runner import run_workflow
+    from spriteforge.workflow.runner import run_workflow
 
     wf = json.loads(WF.read_text())
     wf["99"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "decoded"}}

@@ -161,7 +161,7 @@ def test_capabilities_route_and_engine_info_node():
 
 def test_run_engine_sets_every_load_model_node(capsys):
     from spriteforge.cli.main import main
-    from spriteforge.runner import set_engine
+    from spriteforge.workflow.runner import set_engine
 
     wf = REPO / "workflows" / "sprite_demo.json"
     assert main(["run", str(wf), "--engine", "mlx", "--print-api"]) == 0

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from spriteforge.nodes import graph as G
-from spriteforge.nodes.comfy_core_info import CORE_INFO, with_core
+from spriteforge.workflow import graph as G
+from spriteforge.workflow.core_info import CORE_INFO, with_core
 
 WF = Path(__file__).resolve().parents[1] / "workflows"
 NAME = "sdxl_pixel_art"

@@ -18,8 +18,8 @@ from PIL import Image
 
 from spriteforge import paths
 from spriteforge.errors import BAD_INPUT, SpriteForgeError
-from spriteforge.nodes import graph as G
-from spriteforge.runner import run_workflow
+from spriteforge.workflow import graph as G
+from spriteforge.workflow.runner import run_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("torch")
@@ -95,7 +95,7 @@ def test_load_image_refuses_paths_out_of_the_input_folder(tree, image):
     with pytest.raises(SpriteForgeError) as e:
         run_workflow(_load_save(image), out_dir=tree["out"], input_dir=tree["input"])
     assert e.value.code == BAD_INPUT
-    from spriteforge.nodes.core_io import LoadImage  # the node itself, past the runner's choice list
+    from spriteforge.workflow.core_nodes import LoadImage  # the node itself, past the runner's choice list
 
     os.environ["SPRITEFORGE_INPUT"] = str(tree["input"])
     try:

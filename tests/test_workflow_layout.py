@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from spriteforge.nodes import graph as G
+from spriteforge.workflow import graph as G
 
 REPO = Path(__file__).resolve().parents[1]
 WF = REPO / "workflows"

@@ -172,8 +172,8 @@ def run_small(name: str, models_root: Path, base: Path, engine: str | None = Non
     Returns ``{"outputs": {node_id: ui}, "files": [paths], "out": dir, "inputs": dir, "seconds": s}``.
     """
     from spriteforge import paths
-    from spriteforge.nodes import graph as G
-    from spriteforge.runner import run_workflow
+    from spriteforge.workflow import graph as G
+    from spriteforge.workflow.runner import run_workflow
 
     tag = name if engine is None else f"{name}-{engine}"
     done = base / tag / "result.json"
@@ -241,7 +241,7 @@ def test_files_are_what_build_py_writes(name):
     """workflows/_build.py is the source: the shipped graph and API files are its output, unedited."""
     import importlib.util
 
-    from spriteforge.nodes import graph as G
+    from spriteforge.workflow import graph as G
 
     spec = importlib.util.spec_from_file_location("_sf_workflows_build", WF / "_build.py")
     build = importlib.util.module_from_spec(spec)
@@ -260,7 +260,7 @@ def test_files_are_what_build_py_writes(name):
 def test_workflow_validates_with_models_installed(name, tiny_models_root):
     """With the models installed every combo has its real choices: every value must be one of them."""
     from spriteforge import paths
-    from spriteforge.nodes import graph as G
+    from spriteforge.workflow import graph as G
 
     saved = list(paths._models_root)
     env = os.environ.get("SPRITEFORGE_INPUT")

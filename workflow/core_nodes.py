@@ -2,7 +2,7 @@
 
 Same node ids, inputs, outputs and ``ui`` results as ComfyUI's core nodes, so an exported
 workflow runs unchanged in ``spriteforge run``. NOT registered in ``NODES``: inside ComfyUI
-its own nodes are used; :mod:`spriteforge.runner` adds these when ComfyUI is absent.
+its own nodes are used; :mod:`spriteforge.workflow.runner` adds these when ComfyUI is absent.
 
 Folders: images are read from ``SPRITEFORGE_INPUT`` (default ``./input``) and written to
 ``SPRITEFORGE_OUTPUT`` (default ``./output``); the runner sets both. Files are never
@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BAD_INPUT, SpriteForgeError
-from ._compat import io
+from ..nodes._compat import io
+from ..nodes._folders import confined_folder
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -84,19 +85,6 @@ def _split_prefix(prefix: str) -> tuple[str, str]:
         raise SpriteForgeError(BAD_INPUT, f"filename_prefix {prefix!r} must be a relative name inside the output "
                                "folder (no '..', not absolute). Use e.g. 'sprites/hero'.")
     return "/".join(parts[:-1]), parts[-1]
-
-
-def confined_folder(root: Path, sub: str) -> Path:
-    """``root/sub``, created; BAD_INPUT when a symlink on the way leads out of ``root``."""
-    folder = root / sub if sub else root
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        folder.resolve().relative_to(root.resolve())
-    except ValueError:
-        raise SpriteForgeError(BAD_INPUT, f"the output subfolder {sub!r} is a link that leads outside the output folder "
-                               f"{root}. Use another filename_prefix, or replace the link with a folder.",
-                               details={"subfolder": sub}) from None
-    return folder
 
 
 def _pnginfo(cls):

@@ -1,12 +1,12 @@
 """Run an exported workflow in-process, without ComfyUI: ``spriteforge run``.
 
 :func:`run_workflow` takes the API format (``{id: {class_type, inputs}}``) or the graph format
-(converted by :func:`spriteforge.nodes.graph.graph_to_api`), applies ``--set`` overrides,
+(converted by :func:`spriteforge.workflow.graph.graph_to_api`), applies ``--set`` overrides,
 validates every input against the nodes' schemas, then executes -- like ComfyUI -- only the
 nodes the output nodes (``is_output_node``) need, in dependency order, calling each class's
 ``execute(**inputs)`` (``async def execute`` too). Results are cached by node signature, so a
 :class:`Cache` shared between runs re-executes only what changed. The core IO nodes
-LoadImage / SaveImage / PreviewImage come from :mod:`spriteforge.nodes.core_io`.
+LoadImage / SaveImage / PreviewImage come from :mod:`spriteforge.workflow.core_nodes`.
 
 Errors are :class:`~spriteforge.errors.SpriteForgeError` naming the node (id and type), the
 input and what to do.
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import BAD_INPUT, SpriteForgeError, classify
-from .progress import Interrupted
+from ..errors import BAD_INPUT, SpriteForgeError, classify
+from ..progress import Interrupted
 
 Event = Callable[[str, dict], None]
 
@@ -147,7 +147,7 @@ def _environment(out_dir: Path, input_dir: Path | None, models_dir):
     os.environ["SPRITEFORGE_OUTPUT"] = str(out_dir)
     if input_dir is not None:
         os.environ["SPRITEFORGE_INPUT"] = str(input_dir)
-    from . import paths
+    from .. import paths
 
     saved_root = list(paths._models_root)
     if models_dir:
@@ -183,7 +183,7 @@ def set_engine(prompt: dict, engine: str) -> list[str]:
 
     ``engine`` is ``auto`` or a registered engine name (``torch``, ``mlx``); anything else is BAD_INPUT.
     """
-    from .engines import REGISTRY
+    from ..engines import REGISTRY
 
     name = str(engine).strip().lower()
     if name not in ("auto",) + tuple(REGISTRY):
@@ -222,7 +222,7 @@ def run_workflow(
     ``outputs``: run only these output node ids.
     ``engine``: ``auto``/``torch``/``mlx`` for every SpriteForge Load Model node (:func:`set_engine`).
     """
-    from .nodes import graph as G
+    from . import graph as G
 
     t0 = time.monotonic()
     out = Path(out_dir)

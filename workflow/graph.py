@@ -108,11 +108,11 @@ def describe_node(cls) -> dict:
 
 def node_classes(include_core: bool = True) -> dict[str, type]:
     """Node id -> class: the pack's nodes, plus the core IO stand-ins (LoadImage, SaveImage, PreviewImage)."""
-    from . import node_map
+    from ..nodes import node_map
 
     out = dict(node_map())
     if include_core:
-        from .core_io import CORE_NODES
+        from .core_nodes import CORE_NODES
 
         for cls in CORE_NODES:
             out.setdefault(cls.define_schema().node_id, cls)

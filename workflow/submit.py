@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import BAD_INPUT, ENGINE_INTERNAL, ENGINE_UNAVAILABLE, HINTS, SpriteForgeError
+from ..errors import BAD_INPUT, ENGINE_INTERNAL, ENGINE_UNAVAILABLE, HINTS, SpriteForgeError
 
 Event = Callable[[str, dict], None]
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -256,7 +256,7 @@ class ComfyServer:
             self.last_node_errors = data.get("node_errors") or {}
             return str(data["prompt_id"])
         if isinstance(data, dict) and ("node_errors" in data or "error" in data):
-            from .nodes.graph import format_node_errors
+            from .graph import format_node_errors
 
             err = data.get("error") if isinstance(data.get("error"), dict) else {"message": str(data.get("error"))}
             lines = format_node_errors(data.get("node_errors") or {}, prompt, err)
@@ -385,7 +385,7 @@ def load_prompts_file(path) -> list[str]:
 
 
 def make_jobs(prompt: dict, prompts: list[str] | None = None, prompt_input: str | None = None) -> list[Job]:
-    from .nodes.graph import find_prompt_input
+    from .graph import find_prompt_input
 
     if not prompts:
         return [Job(0, prompt, "run")]
@@ -455,7 +455,7 @@ def submit_workflow(
     the servers' runs (POST /interrupt, queued ones deleted) and re-raises / returns.
     A refused workflow raises at once (it would be refused everywhere).
     """
-    from .nodes import graph as G
+    from . import graph as G
 
     srvs = [s if isinstance(s, ComfyServer) else ComfyServer(s, timeout=http_timeout) for s in servers]
     if not srvs:

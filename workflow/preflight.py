@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import DIMENSION_LIMIT, SpriteForgeError
+from ..errors import DIMENSION_LIMIT, SpriteForgeError
 
 
 def _const(prompt: dict, nid: str, name: str):
@@ -43,8 +43,8 @@ def _image_size(name: str) -> tuple[int, int] | None:
 def _model_cap(name: str) -> tuple[int | None, str]:
     """(largest side in pixels or None, family) of a Load Model choice, from its header."""
     try:
-        from .models.detect import detect
-        from .nodes.loaders import resolve_model
+        from ..models.detect import detect
+        from ..nodes.loaders import resolve_model
 
         det = detect(resolve_model(str(name)))
     except Exception:  # unreadable or missing: the loader reports it properly
@@ -57,8 +57,8 @@ def _model_cap(name: str) -> tuple[int | None, str]:
 
 
 def size_issues(prompt: dict) -> list:
-    """Issues (``spriteforge.nodes.graph.Issue``) for images too large for their model or over max_side."""
-    from .nodes.graph import Issue
+    """Issues (``spriteforge.workflow.graph.Issue``) for images too large for their model or over max_side."""
+    from .graph import Issue
 
     out = []
     for nid, node in prompt.items():
