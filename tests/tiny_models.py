@@ -150,7 +150,7 @@ def make_tokenizer(root, kind: str = "clip", name: str | None = None) -> Path:
     """A real-format tokenizer folder (``save_pretrained`` layout) for ``clip``, ``t5`` or ``gemma``."""
     import transformers
 
-    from spriteforge.engines.torch_models.loading import tokenizer_from_spm
+    from spriteforge.engines.tokenizers import tokenizer_from_spm
 
     d = Path(root) / (name or f"{kind}_tokenizer")
     if (d / "tokenizer_config.json").exists():
@@ -686,6 +686,14 @@ def _done(p: Path) -> bool:
     return p.exists() and (p.is_file() or (p / "model_index.json").exists() or (p / "config.json").exists())
 
 
+def _single_file(path: Path, model, layout: str, to_original) -> Path:
+    """``model``'s weights as one safetensors file: diffusers keys, or the original repo's through ``to_original``."""
+    if _done(path):
+        return path
+    sd = model.state_dict()
+    return _save_file(to_original(sd) if layout == "original" else sd, path)
+
+
 def make_pixart(root, layout: str = "diffusers", variant: str = "sigma", seed: int = 0) -> Path:
     """``layout``: ``diffusers`` (single transformer file, diffusers keys), ``original`` (PixArt repo keys, with
     pos_embed and y_embedding), ``folder`` (full diffusers pipeline)."""
@@ -699,13 +707,7 @@ def make_pixart(root, layout: str = "diffusers", variant: str = "sigma", seed: i
         return _write_pipeline(d, "PixArtAlphaPipeline" if variant == "alpha" else "PixArtSigmaPipeline", {
             "transformer": m, "vae": build_vae(4, seed + 2), "text_encoder": te, "tokenizer": _load_tok(root, "t5"),
             "scheduler": _scheduler("pixart", variant)})
-    path = root / f"pixart-{variant}-{layout}.safetensors"
-    if _done(path):
-        return path
-    sd = m.state_dict()
-    if layout == "original":
-        sd = pixart_to_original(sd, tokens=120 if variant == "alpha" else 300)
-    return _save_file(sd, path)
+    return _single_file(root / f"pixart-{variant}-{layout}.safetensors", m, layout, lambda sd: pixart_to_original(sd, tokens=120 if variant == "alpha" else 300))
 
 
 def make_sd3(root, layout: str = "diffusers", variant: str = "sd3", seed: int = 0) -> Path:
@@ -756,13 +758,7 @@ def make_flux(root, layout: str = "diffusers", variant: str = "dev", seed: int =
             "text_encoder": build_clip("clip_l", seed + 3, vocab_size=tokenizer_len(root, "clip"), projection=False), "tokenizer": _load_tok(root, "clip"),
             "text_encoder_2": build_t5(T5_DIM, seed + 1, vocab_size=tokenizer_len(root, "t5")), "tokenizer_2": _load_tok(root, "t5"),
             "scheduler": _scheduler("flux", variant)})
-    path = root / f"flux-{variant}-{layout}.safetensors"
-    if _done(path):
-        return path
-    sd = m.state_dict()
-    if layout == "original":
-        sd = flux_to_original(sd)
-    return _save_file(sd, path)
+    return _single_file(root / f"flux-{variant}-{layout}.safetensors", m, layout, flux_to_original)
 
 
 def make_sana(root, layout: str = "diffusers", seed: int = 0) -> Path:
@@ -776,13 +772,7 @@ def make_sana(root, layout: str = "diffusers", seed: int = 0) -> Path:
             "transformer": m, "vae": build_dcae(seed + 2),
             "text_encoder": build_gemma(seed + 1, vocab_size=tokenizer_len(root, "gemma")), "tokenizer": _load_tok(root, "gemma"),
             "scheduler": _scheduler("sana")})
-    path = root / f"sana-{layout}.safetensors"
-    if _done(path):
-        return path
-    sd = m.state_dict()
-    if layout == "original":
-        sd = sana_to_original(sd)
-    return _save_file(sd, path)
+    return _single_file(root / f"sana-{layout}.safetensors", m, layout, sana_to_original)
 
 
 def make_dit(root, layout: str = "diffusers", seed: int = 0) -> Path:
@@ -793,10 +783,4 @@ def make_dit(root, layout: str = "diffusers", seed: int = 0) -> Path:
         if _done(d):
             return d
         return _write_pipeline(d, "DiTPipeline", {"transformer": m, "vae": build_vae(4, seed + 2, family="dit"), "scheduler": _scheduler("dit")})
-    path = root / f"dit-{layout}.safetensors"
-    if _done(path):
-        return path
-    sd = m.state_dict()
-    if layout == "original":
-        sd = dit_to_original(sd)
-    return _save_file(sd, path)
+    return _single_file(root / f"dit-{layout}.safetensors", m, layout, dit_to_original)
