@@ -1,6 +1,6 @@
 """The shipped SDXL pixel-art workflow (core Load Checkpoint + Load LoRA -> SpriteForge KSampler -> BiRefNet ->
 pixel art -> indexed PNGs + sheet).  Its core nodes run only in ComfyUI, so here: the files are what
-workflows/_build.py writes, the chain is wired as documented and names the release files; it validates in
+tools/build_workflows.py writes, the chain is wired as documented and names the release files; it validates in
 test_graph_workflows.py and runs for real in test_comfy_sampling_comfyui.py."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ NAME = "sdxl_pixel_art"
 
 
 def _build_module():
-    spec = importlib.util.spec_from_file_location("_sf_workflows_build_sdxl", WF / "_build.py")
+    spec = importlib.util.spec_from_file_location("_sf_workflows_build_sdxl", WF.parent / "tools" / "build_workflows.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     try:

@@ -238,12 +238,12 @@ def test_workflows_use_the_models_the_fixture_provides():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_files_are_what_build_py_writes(name):
-    """workflows/_build.py is the source: the shipped graph and API files are its output, unedited."""
+    """tools/build_workflows.py is the source: the shipped graph and API files are its output, unedited."""
     import importlib.util
 
     from spriteforge.workflow import graph as G
 
-    spec = importlib.util.spec_from_file_location("_sf_workflows_build", WF / "_build.py")
+    spec = importlib.util.spec_from_file_location("_sf_workflows_build", WF.parent / "tools" / "build_workflows.py")
     build = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = build  # dataclasses look their module up
     try:
@@ -252,7 +252,7 @@ def test_files_are_what_build_py_writes(name):
         sys.modules.pop(spec.name, None)
     graph, api = build.build(name, G.object_info())
     assert json.loads((WF / f"{name}.json").read_text()) == json.loads(json.dumps(graph)), \
-        f"{name}.json differs from what workflows/_build.py writes: run python workflows/_build.py {name}"
+        f"{name}.json differs from what tools/build_workflows.py writes: run python tools/build_workflows.py {name}"
     assert json.loads((WF / "api" / f"{name}.json").read_text()) == json.loads(json.dumps(api))
 
 

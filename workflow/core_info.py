@@ -2,7 +2,7 @@
 LoraLoader, CLIPTextEncode, EmptyLatentImage, VAEDecode), as a real ComfyUI (Oct 2025, frontend 1.27)
 served them; the model lists hold the release names the workflow uses.
 
-Used where no ComfyUI is running: ``workflows/_build.py`` lays the graph out from it and the workflow
+Used where no ComfyUI is running: ``tools/build_workflows.py`` lays the graph out from it and the workflow
 tests validate the graph against it (the graph runs for real in tests/test_comfy_sampling_comfyui.py).
 These nodes do not run outside ComfyUI.
 """

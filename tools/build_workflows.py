@@ -3,8 +3,8 @@
 :func:`spriteforge.workflow.graph.graph_to_api`, so the two agree by construction), ``NAME.jpg``
 (a 256x256 diagram of the graph for the template browser) and the example images in ``input/``.
 
-    python workflows/_build.py            # rewrite every file
-    python workflows/_build.py txt2img    # just one workflow
+    python tools/build_workflows.py            # rewrite every file
+    python tools/build_workflows.py txt2img    # just one workflow
 
 A workflow is a list of nodes (``N``: id, type, column/row on a left-to-right grid, widget
 values by input name), links (``L``: source node + output index -> target node + input name),
@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "workflows"  # what this script writes
 
 COL_W = 400          # horizontal pitch of the layout grid
 ROW_GAP = 40         # vertical gap between stacked nodes
@@ -453,7 +453,7 @@ def _widget_values(desc: dict, values: dict, cag: str) -> list:
     return out
 
 
-def _height(desc: dict, n_sockets: int, n_outputs: int, widgets: list, slots: list) -> int:
+def _height(desc: dict, n_sockets: int, n_outputs: int, slots: list) -> int:
     from spriteforge.workflow import graph as G
 
     h = 30 + 22 * max(n_sockets, n_outputs)
@@ -591,7 +591,7 @@ def build_graph(wf: Workflow, info: dict) -> dict:
         node = {
             "id": n.id, "type": n.type,
             "pos": [X0 + int(n.col * COL_W), Y0 + int(n.row * 120)],
-            "size": [n.width, max(n.height or 0, _height(desc, n_sockets, len(outputs), wv, slots))],
+            "size": [n.width, max(n.height or 0, _height(desc, n_sockets, len(outputs), slots))],
             "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
             "properties": {"Node name for S&R": n.type}, "widgets_values": wv,
         }
