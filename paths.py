@@ -11,6 +11,7 @@ names are refused unless ``allow_absolute`` (explicit command-line paths).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -29,6 +30,19 @@ def set_models_root(path: str | os.PathLike | None) -> None:
     _models_root.clear()
     if path:
         _models_root.append(Path(path).expanduser().resolve())
+
+
+@contextlib.contextmanager
+def models_root(path: str | os.PathLike | None):
+    """:func:`set_models_root` for the duration of a ``with`` block (nothing changes when ``path`` is empty);
+    the previous root comes back afterwards, also on an error."""
+    saved = list(_models_root)
+    if path:
+        set_models_root(path)
+    try:
+        yield
+    finally:
+        _models_root[:] = saved
 
 
 def _folder_paths():
