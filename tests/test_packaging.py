@@ -90,3 +90,16 @@ def test_every_node_is_namespaced_described_and_tooltipped():
 def test_comfyignore_keeps_tests_and_benchmarks_out():
     lines = (REPO / ".comfyignore").read_text().split()
     assert "tests/" in lines and "benchmarks/" in lines
+
+
+def test_development_scripts_stay_out_of_the_installed_package():
+    """training/, tools/ and benchmarks/ are not packages, and no package-data glob picks up a script."""
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for folder in ("training", "tools", "benchmarks", "tests"):
+        assert not any(p == f"spriteforge.{folder}" or p.startswith(f"spriteforge.{folder}.") for p in cfg["packages"])
+    scripts = []
+    for package, globs in cfg["package-data"].items():
+        root = REPO.joinpath(*package.split(".")[1:])
+        for pattern in globs:
+            scripts += [p.relative_to(REPO) for p in root.glob(pattern) if p.suffix == ".py"]
+    assert scripts == []
