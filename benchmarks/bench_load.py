@@ -6,11 +6,15 @@ process's resident memory (psutil) after warm-up and at the end. Checked: every 
 present, no file is written twice or changed afterwards, and the sprites differ by seed.
 
 ``--server URL`` (repeatable): the same prompts queued on running ComfyUI servers with the real command line,
-``spriteforge submit WORKFLOW --server URL --prompts SEEDS --prompt-input 3.seed``; checked: every job done, the
-expected number of sprite files downloaded, all distinct. (The server's memory is the server's; not measured.)
+``spriteforge submit WORKFLOW --server URL --prompts SEEDS --prompt-input 3.seed``, after ``--warmup`` prompts of
+other seeds submitted the same way. Measured: the server process's resident memory (the local process listening on
+the first server's port, or ``--server-pid``) right after warm-up, sampled every 0.5 s during the run and at the
+end. Checked: every job done, every sprite and sheet downloaded, all sprites distinct, one distinct sheet per seed,
+and with ``--server-output DIR`` (the server's output folder) exactly the expected new files there and no earlier
+file changed.
 
 Run: ``python benchmarks/bench_load.py [--n 200] [--batch 8] [--steps 20] [--warmup 5] [--out DIR]
-[--server URL ...] [--json]``. Not a test: prints the figures (and exits non-zero when a check fails).
+[--server URL ... [--server-pid PID] [--server-output DIR]] [--json]``. Not a test: prints the figures (and exits non-zero when a check fails).
 """
 
 from __future__ import annotations
@@ -102,13 +106,65 @@ def in_process(n: int, batch: int, steps: int, warmup: int, out: Path) -> dict:
     }
 
 
-def on_servers(servers: list[str], n: int, batch: int, steps: int, out: Path, timeout: float | None) -> dict:
-    seeds = out / "seeds.txt"
+def _server_pid(url: str) -> int | None:
+    """The pid of the local process listening on the URL's port (None when it is not on this machine)."""
+    import psutil
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    if u.hostname not in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+        return None
+    port = u.port or 80
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+            return c.pid
+    return None
+
+
+class _RSSWatch:
+    """Samples a process's resident memory every `every` seconds on a thread (max and last seen)."""
+
+    def __init__(self, pid: int, every: float = 0.5):
+        import threading
+
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.every = every
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def now(self) -> int:
+        return self.proc.memory_info().rss
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            try:
+                self.samples.append(self.now())
+            except Exception:  # noqa: BLE001 - the server went away; the run reports it
+                return
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def _submit(servers: list[str], seeds: list[int], batch: int, steps: int, out: Path, timeout: float | None):
     out.mkdir(parents=True, exist_ok=True)
-    seeds.write_text("".join(f"{1000 + k}\n" for k in range(n)))
-    cmd = [sys.executable, "-m", "spriteforge.cli.main", "submit", str(WF), "--prompts", str(seeds),
+    seeds_file = out / "seeds.txt"
+    seeds_file.write_text("".join(f"{s}\n" for s in seeds))
+    cmd = [sys.executable, "-m", "spriteforge.cli.main", "submit", str(WF), "--prompts", str(seeds_file),
            "--prompt-input", "3.seed", "--set", f"3.batch_size={batch}", "--set", f"3.steps={steps}",
-           "--out", str(out / "downloads"), "--max-inflight", "2"]
+           "--out", str(out / "downloads"), "--max-inflight", "2", "-q"]
     for s in servers:
         cmd += ["--server", s]
     if timeout:
@@ -116,16 +172,58 @@ def on_servers(servers: list[str], n: int, batch: int, steps: int, out: Path, ti
     env = {**os.environ, "PYTHONPATH": str(REPO.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    total = time.perf_counter() - t0
-    sprites = sorted((out / "downloads").rglob("demo_sprite_*.png"))
+    return r, time.perf_counter() - t0
+
+
+def _snapshot(folder: Path | None) -> dict[Path, str]:
+    if folder is None or not folder.is_dir():
+        return {}
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.png")}
+
+
+def on_servers(servers: list[str], n: int, batch: int, steps: int, warmup: int, out: Path, timeout: float | None,
+               server_pid: int | None = None, server_output: Path | None = None) -> dict:
+    """The prompts through ``spriteforge submit`` on running servers; the (first, local) server's RSS watched."""
+    pid = server_pid or _server_pid(servers[0])
+    fig: dict = {"mode": "submit", "servers": servers, "prompts": n, "batch": batch, "steps": steps,
+                 "warmup": warmup, "server_pid": pid}
+    if warmup:  # distinct seeds, own folder: the model is loaded and the caches filled before the baseline
+        r, secs = _submit(servers, [900000 + k for k in range(warmup)], batch, steps, out / "warmup", timeout)
+        fig["warmup_exit_code"], fig["warmup_seconds"] = r.returncode, round(secs, 1)
+    before = _snapshot(server_output)
+    watch = _RSSWatch(pid) if pid else None
+    base = watch.now() if watch else None
+    if watch:
+        with watch:
+            r, total = _submit(servers, [1000 + k for k in range(n)], batch, steps, out, timeout)
+        end = watch.now()
+    else:
+        r, total = _submit(servers, [1000 + k for k in range(n)], batch, steps, out, timeout)
+        end = None
+    downloads = out / "downloads"
+    sprites = sorted(downloads.rglob("demo_sprite_*.png"))
+    sheets = sorted(downloads.rglob("demo_sheet_*.png"))
     digests = {hashlib.sha256(_pixels(p)).hexdigest() for p in sprites}
-    return {
-        "mode": "submit", "servers": servers, "prompts": n, "batch": batch, "steps": steps,
+    fig.update({
         "exit_code": r.returncode, "stderr_tail": r.stderr[-800:] if r.returncode else "",
         "seconds": round(total, 1), "prompts_per_minute": round(60 * n / total, 1) if total else None,
+        "seconds_per_prompt": round(total / n, 3) if n else None,
         "sprites_downloaded": len(sprites), "sprites_expected": n * batch,
         "distinct_sprites": len(digests),
-    }
+        "sheets_downloaded": len(sheets),
+        "distinct_by_seed": len({hashlib.sha256(_pixels(p)).hexdigest() for p in sheets}) == n == len(sheets),
+    })
+    if base is not None:
+        peak = max([base, end, *watch.samples])
+        fig.update({"server_rss_after_warmup_mib": round(base / 2**20, 1), "server_rss_end_mib": round(end / 2**20, 1),
+                    "server_rss_max_mib": round(peak / 2**20, 1), "server_rss_samples": len(watch.samples),
+                    "server_rss_growth_after_warmup": round((peak - base) / base, 4)})
+    if server_output is not None:
+        after = _snapshot(server_output)
+        fig.update({"server_files_new": len(set(after) - set(before)),
+                    "server_files_expected": n * (batch + 1),
+                    "server_files_changed_or_gone": sum(1 for p, d in before.items() if after.get(p) != d)})
+    return fig
 
 
 def main(argv=None) -> int:
@@ -137,13 +235,22 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="output folder (default: a temporary one)")
     ap.add_argument("--server", action="append", default=[], metavar="URL", help="a running ComfyUI (repeatable)")
     ap.add_argument("--timeout", type=float, help="submit: give up after this many seconds")
+    ap.add_argument("--server-pid", type=int, help="submit: the server process whose memory is watched "
+                    "(default: the local process listening on the first --server's port)")
+    ap.add_argument("--server-output", help="submit: the server's output folder; checks that exactly the expected "
+                    "new files appear there and that no earlier file changes")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = ap.parse_args(argv)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="sf-bench-load-"))
     if args.server:
-        fig = on_servers(args.server, args.n, args.batch, args.steps, out, args.timeout)
-        ok = (fig["exit_code"] == 0 and fig["sprites_downloaded"] == fig["sprites_expected"]
-              and fig["distinct_sprites"] == fig["sprites_downloaded"])
+        fig = on_servers(args.server, args.n, args.batch, args.steps, args.warmup, out, args.timeout,
+                         args.server_pid, Path(args.server_output) if args.server_output else None)
+        ok = (fig["exit_code"] == 0 and fig.get("warmup_exit_code", 0) == 0
+              and fig["sprites_downloaded"] == fig["sprites_expected"]
+              and fig["distinct_sprites"] == fig["sprites_downloaded"] and fig["distinct_by_seed"]
+              and (fig.get("server_rss_growth_after_warmup") or 0) < 0.05
+              and fig.get("server_files_new") == fig.get("server_files_expected")
+              and fig.get("server_files_changed_or_gone", 0) == 0)
     else:
         fig = in_process(args.n, args.batch, args.steps, args.warmup, out)
         ok = (fig["failed"] == 0 and fig["written_twice"] == 0 and fig["changed_later"] == 0
