@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ...errors import BAD_INPUT, SpriteForgeError
-from .layers import TimestepEmbedding, attention, gelu, gelu_tanh, layer_norm, map_names, sincos_2d, timestep_embedding
+from .layers import LayerNorm, TimestepEmbedding, attention, gelu, gelu_tanh, layer_norm, map_names, sincos_2d, timestep_embedding
 
 _EMB = "norm1.emb."
 
@@ -145,20 +145,6 @@ class _FeedForward(nn.Module):
         return self.net[2](self.net[0](x))
 
 
-class _LayerNorm(nn.Module):
-    """``nn.LayerNorm`` with or without the affine pair, as the config says."""
-
-    def __init__(self, dim: int, eps: float, affine: bool):
-        super().__init__()
-        self.eps = eps
-        if affine:
-            self.weight = mx.ones((dim,))
-            self.bias = mx.zeros((dim,))
-
-    def __call__(self, x):
-        return layer_norm(x, self.eps, self.get("weight"), self.get("bias"))
-
-
 class _DiTBlock(nn.Module):
     """``BasicTransformerBlock`` with ``norm_type="ada_norm_zero"`` and no cross-attention."""
 
@@ -166,7 +152,7 @@ class _DiTBlock(nn.Module):
         super().__init__()
         self.norm1 = _AdaLayerNormZero(dim, int(cfg["num_embeds_ada_norm"]))
         self.attn1 = _Attention(dim, heads, head_dim, bias=bool(cfg.get("attention_bias", True)))
-        self.norm3 = _LayerNorm(dim, float(cfg.get("norm_eps", 1e-5)), bool(cfg.get("norm_elementwise_affine", False)))
+        self.norm3 = LayerNorm(dim, float(cfg.get("norm_eps", 1e-5)), bool(cfg.get("norm_elementwise_affine", False)))
         self.ff = _FeedForward(dim, cfg.get("activation_fn", "gelu-approximate"))
 
     def __call__(self, x, timestep, class_labels):

@@ -103,6 +103,20 @@ def rms_norm(x, weight, eps: float = 1e-6):
     return mx.fast.rms_norm(x, weight, eps)
 
 
+class LayerNorm(nn.Module):
+    """torch ``nn.LayerNorm`` over the last axis, with or without the affine pair (``elementwise_affine``)."""
+
+    def __init__(self, dim: int, eps: float, affine: bool):
+        super().__init__()
+        self.eps = eps
+        if affine:
+            self.weight = mx.ones((dim,))
+            self.bias = mx.zeros((dim,))
+
+    def __call__(self, x):
+        return layer_norm(x, self.eps, self.get("weight"), self.get("bias"))
+
+
 class RMSNorm(nn.Module):
     """diffusers/transformers RMSNorm with a ``weight`` (computed in float32, cast back)."""
 

@@ -14,7 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ...errors import BAD_INPUT, SpriteForgeError
-from .layers import Conv2d, RMSNorm, TimestepEmbedding, attention, gelu_tanh, layer_norm, map_names, sincos_2d, \
+from .layers import Conv2d, LayerNorm, RMSNorm, TimestepEmbedding, attention, gelu_tanh, layer_norm, map_names, sincos_2d, \
     timestep_embedding
 
 
@@ -96,18 +96,6 @@ class _CaptionProjection(nn.Module):
 
     def __call__(self, x):
         return self.linear_2(gelu_tanh(self.linear_1(x)))
-
-
-class _LayerNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, affine: bool):
-        super().__init__()
-        self.eps = eps
-        if affine:
-            self.weight = mx.ones((dim,))
-            self.bias = mx.zeros((dim,))
-
-    def __call__(self, x):
-        return layer_norm(x, self.eps, self.get("weight"), self.get("bias"))
 
 
 def _qk_norms(module, qk_norm, heads: int, head_dim: int, kv_heads: int):
@@ -201,7 +189,7 @@ class _SanaBlock(nn.Module):
         qk_norm = cfg.get("qk_norm")
         self.norm_eps = eps
         self.attn1 = _LinearSelfAttention(dim, heads, head_dim, bool(cfg.get("attention_bias", False)), qk_norm)
-        self.norm2 = _LayerNorm(dim, eps, bool(cfg.get("norm_elementwise_affine", False)))
+        self.norm2 = LayerNorm(dim, eps, bool(cfg.get("norm_elementwise_affine", False)))
         self.attn2 = _CrossAttention(dim, int(cfg["cross_attention_dim"]), int(cfg.get("num_cross_attention_heads") or 20),
                                      int(cfg.get("cross_attention_head_dim") or 112), True, qk_norm)
         self.ff = _GLUMBConv(dim, dim, float(cfg.get("mlp_ratio", 2.5)))
