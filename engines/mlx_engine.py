@@ -1,7 +1,7 @@
 """The Apple MLX engine (Metal on macOS, ``mlx[cpu]`` on Linux).
 
 Model loading lives in ``mlx_models/loading.py`` (the user's own files, renamed by the
-same converters as the torch engine), generation (text encoding, the denoiser wrapper,
+same converters as the torch engine) and ``mlx_models/cache.py`` (converted caches), generation (text encoding, the denoiser wrapper,
 VAE) in ``mlx_models/generation.py``; the model ports are ``mlx_models/<name>.py``.
 ``capabilities.families`` lists the families whose ports all import; any other family
 answers UNSUPPORTED_ARCHITECTURE naming the missing port.
@@ -55,6 +55,12 @@ class MLXEngine(Engine):
     def sync(self) -> None:
         self._mx().eval()
 
+    @property
+    def ops(self):
+        from .ops import mlx_ops
+
+        return mlx_ops()
+
     def reset_peak_memory(self) -> None:
         mx = self._mx()
         if hasattr(mx, "reset_peak_memory"):
@@ -71,7 +77,7 @@ class MLXEngine(Engine):
         return sum(v.nbytes for m in parts if m is not None for _, v in tree_flatten(m.parameters()))
 
     def load_model(self, path, *, vae=None, text_encoders=(), dtype=None) -> ModelHandle:
-        from .mlx_models.loading import load_model
+        from .mlx_models.cache import load_model  # its converted cache when there is one, else its own files
 
         return load_model(self, path, vae=vae, text_encoders=text_encoders, dtype=dtype)
 

@@ -11,15 +11,6 @@ import numpy as np
 
 from .base import FAMILIES, Capabilities, Engine, ModelHandle
 
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, _DTYPES.get(name, name))
-
-
 class TorchEngine(Engine):
     name = "torch"
 
@@ -53,11 +44,19 @@ class TorchEngine(Engine):
     def from_numpy(self, array, dtype: str | None = None):
         import torch
 
+        from .torch_models.tensors import torch_dtype
+
         t = torch.from_numpy(np.ascontiguousarray(array))
         return t.to(self.torch_device, torch_dtype(dtype or self.policy.compute_dtype))
 
     def to_numpy(self, x) -> np.ndarray:
         return x.detach().float().cpu().numpy()
+
+    @property
+    def ops(self):
+        from .ops import torch_ops
+
+        return torch_ops()
 
     def sync(self) -> None:
         import torch

@@ -194,7 +194,7 @@ def test_vae_encode_stops_within_a_second_and_reruns_identically(vae_handle):
 def test_loading_stops_between_tensor_groups(tmp_path, monkeypatch):
     """A load stops at the next tensor group after the request; loading again gives the same weights."""
     from spriteforge.engines import get_engine
-    from spriteforge.engines.torch_models import loading
+    from spriteforge.engines.torch_models import building, loading, tensors
     from spriteforge.tests.tiny_models import make_vae
 
     engine = get_engine("torch", "cpu")
@@ -202,12 +202,12 @@ def test_loading_stops_between_tensor_groups(tmp_path, monkeypatch):
     ref, _ = loading.load_vae(engine, path, family="pixart")
     ref_sd = {k: v.clone() for k, v in ref.state_dict().items()}
     # Small groups (one or two tensors each) so this small file has many interrupt points.
-    monkeypatch.setattr(loading, "LOAD_GROUP_BYTES", 4096)
+    monkeypatch.setattr(building, "LOAD_GROUP_BYTES", 4096)
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as fh:
         n_tensors = len(list(fh.keys()))
-    groups = loading._load_groups(loading.open_tensors(path), {k: k for k in loading.open_tensors(path).keys()})
+    groups = building.load_groups(loading.open_tensors(path), {k: k for k in loading.open_tensors(path).keys()})
     assert len(groups) > n_tensors // 3  # many groups, every tensor in one
     assert sorted(k for g in groups for k in g) == sorted(loading.open_tensors(path).keys())
 
@@ -216,7 +216,7 @@ def test_loading_stops_between_tensor_groups(tmp_path, monkeypatch):
         loading.load_vae(engine, path, family="pixart")
 
     seen = []
-    real_get = loading.SafetensorsFile.get
+    real_get = tensors.SafetensorsFile.get
 
     def counting_get(self, name, dtype, device):  # counts reads of the real loader, then requests Cancel
         seen.append(name)
@@ -224,7 +224,7 @@ def test_loading_stops_between_tensor_groups(tmp_path, monkeypatch):
             request_interrupt()
         return real_get(self, name, dtype, device)
 
-    monkeypatch.setattr(loading.SafetensorsFile, "get", counting_get)
+    monkeypatch.setattr(tensors.SafetensorsFile, "get", counting_get)
     with pytest.raises(Interrupted):
         loading.load_vae(engine, path, family="pixart")
     # stopped at the end of the group holding the 10th tensor, far from the end of the file

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_models as tm  # noqa: E402
 
 from spriteforge.engines.torch_models import convert  # noqa: E402
-from spriteforge.engines.torch_models.loading import diffusers_class  # noqa: E402
+from spriteforge.engines.torch_models.building import diffusers_class  # noqa: E402
 from spriteforge.models import configs  # noqa: E402
 from spriteforge.models.detect import detect_tensors  # noqa: E402
 from spriteforge.models.safetensors_header import TensorInfo  # noqa: E402

@@ -57,7 +57,7 @@ def _manifest(shared_dir, name):
 
 
 def _meta(tensors, prefix=""):
-    from spriteforge.engines.torch_engine import torch_dtype
+    from spriteforge.engines.torch_models.tensors import torch_dtype
 
     return {k[len(prefix):]: torch.empty(v.shape, dtype=torch_dtype(v.dtype), device="meta") for k, v in tensors.items() if k.startswith(prefix)}
 
@@ -85,7 +85,7 @@ def _assert_same(got: dict, want: dict, what: str):
 def test_transformer_manifest_detect_and_convert(shared_dir, name):
     import diffusers
 
-    from spriteforge.engines.torch_models.loading import TRANSFORMER_CLASSES
+    from spriteforge.engines.model_files import TRANSFORMER_CLASSES
 
     man = _manifest(shared_dir, name)
     header = header_from_manifest(man)
@@ -136,7 +136,7 @@ def test_vae_manifest_detect_and_convert(shared_dir, name):
     if twin:
         _assert_same(_shapes(converted), _shapes(_meta(header_from_manifest(_manifest(shared_dir, twin)).tensors)), f"{name} vs {twin}")
     if "scaling_factor" in man and det.config["latent_channels"] == 16:
-        from spriteforge.engines.torch_models.loading import vae_config_for
+        from spriteforge.engines.model_files import vae_config_for
 
         family = "flux" if "flux" in name else "sd3"
         cfg = vae_config_for(det, family)
@@ -145,7 +145,7 @@ def test_vae_manifest_detect_and_convert(shared_dir, name):
 
 @pytest.mark.parametrize("name", sorted(TEXT))
 def test_text_encoder_manifest(shared_dir, name):
-    from spriteforge.engines.torch_models.loading import _te_model
+    from spriteforge.engines.torch_models.text_encoders import build_text_encoder as _te_model
 
     man = _manifest(shared_dir, name)
     header = header_from_manifest(man)

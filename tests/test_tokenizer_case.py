@@ -21,7 +21,7 @@ needs_demo = pytest.mark.skipif(not (MODEL / "model_index.json").exists(), reaso
 def test_plain_transformers_load_is_case_sensitive_but_ours_is_not():
     import transformers
 
-    from spriteforge.engines.torch_models.loading import find_tokenizer
+    from spriteforge.engines.tokenizers import find_tokenizer
 
     plain = transformers.T5Tokenizer.from_pretrained(MODEL / "tokenizer", local_files_only=True)
     assert plain("Red Sword").input_ids != plain("red sword").input_ids  # the bug: two unknown tokens
@@ -40,7 +40,7 @@ def _tiny_t5_tokenizer(pieces):
 
 
 def test_only_lower_case_vocabularies_are_folded():
-    from spriteforge.engines.tokenizer_case import fold_case_if_lowercase
+    from spriteforge.engines.tokenizers import fold_case_if_lowercase
 
     lower = fold_case_if_lowercase(_tiny_t5_tokenizer(["\u2581red", "\u2581sword", "\u2581a"]))
     assert lower("Red Sword").input_ids == lower("red sword").input_ids == [3, 4, 1]
@@ -69,7 +69,7 @@ def test_the_mlx_loader_hands_out_the_same_case_folding_tokenizer():
     import json
 
     pytest.importorskip("mlx.core")
-    from spriteforge.engines.mlx_models.loading import _folder_tokenizer
+    from spriteforge.engines.tokenizers import folder_tokenizer as _folder_tokenizer
 
     tok = _folder_tokenizer(MODEL, "text_encoder", json.loads((MODEL / "model_index.json").read_text()))
     assert tok("Red Sword").input_ids == tok("red sword").input_ids

@@ -26,8 +26,9 @@ root is ``$SPRITEFORGE_MLX_CACHE``, else ``mlx_cache/`` under the models root (C
 Never next to or inside the user's model (a cache folder in ``models/diffusers`` would be listed as a
 model), and never over a folder that is not an earlier cache.
 
-Loading: :func:`spriteforge.engines.mlx_models.loading.load_model` takes the cache folder itself, or
-the source, in which case the default folder is used when it holds a cache. Every load re-hashes
+Loading: :func:`load_model` (what ``MLXEngine.load_model`` calls) takes the cache folder itself, or
+the source, in which case the default folder is used when it holds a cache, and the source's own files
+(:func:`spriteforge.engines.mlx_models.loading.load_model`) otherwise. Every load re-hashes
 every cache file (a changed file: MODEL_NOT_CONVERTED) and, when the source is reachable, checks each
 source file's size and header hash, and re-hashes its tensor bytes only when its mtime changed (a
 full re-hash of a 20 GB source on every load would cost more than the cache saves; a same-size edit
@@ -47,6 +48,8 @@ from pathlib import Path
 
 from ...errors import BAD_INPUT, MODEL_NOT_CONVERTED, SpriteForgeError
 from ...log import get_logger
+from ..model_files import MODEL_KINDS, resolve
+from . import loading
 
 log = get_logger("mlx")
 
@@ -201,10 +204,8 @@ def cache_root() -> Path:
 
 
 def _resolved(vae=None, text_encoders=()):
-    from ..torch_models.loading import _resolve
-
-    v = str(_resolve(vae, ("vae",))) if vae else None
-    tes = [str(_resolve(t, ("text_encoders",))) for t in (text_encoders or ()) if t]
+    v = str(resolve(vae, ("vae",))) if vae else None
+    tes = [str(resolve(t, ("text_encoders",))) for t in (text_encoders or ()) if t]
     return v, tes
 
 
@@ -246,8 +247,6 @@ def _jsonable(obj, what):
 def _component_arrays(model, dtype: str) -> tuple[dict, str]:
     from mlx.utils import tree_flatten
 
-    from .loading import mx_dtype
-
     mx = _mx()
     stored = getattr(model, "_sf_port", (None, None, "float32"))[2]
     out = {}
@@ -255,11 +254,11 @@ def _component_arrays(model, dtype: str) -> tuple[dict, str]:
         if mx.issubdtype(v.dtype, mx.floating):
             if dtype == "auto":
                 if stored != "float32":
-                    c = v.astype(mx_dtype(stored))
+                    c = v.astype(loading.mx_dtype(stored))
                     if bool(mx.array_equal(c.astype(v.dtype), v).item()):
                         v = c
             else:
-                v = v.astype(mx_dtype(dtype))
+                v = v.astype(loading.mx_dtype(dtype))
         out[k] = v
     return out, stored
 
@@ -281,13 +280,11 @@ def convert(engine, path, *, out=None, vae=None, text_encoders=(), dtype: str = 
     """Convert the model at ``path`` (with ``vae``/``text_encoders``) into an MLX cache folder; returns the folder."""
     from ...version import __version__
     from ...progress import Progress
-    from ..torch_models.loading import _resolve
-    from . import loading
 
     mx = _mx()
     if dtype not in DTYPES:
         raise SpriteForgeError(BAD_INPUT, f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
-    p = _resolve(path, ("diffusion_models", "checkpoints", "diffusers"))
+    p = resolve(path, MODEL_KINDS)
     if is_cache(p):
         raise SpriteForgeError(BAD_INPUT, f"{p} is already an MLX cache. Convert the model it was made from.")
     v, tes = _resolved(vae, text_encoders)
@@ -413,10 +410,9 @@ def verify(d: Path, man: dict) -> None:
 
 def _component(d: Path, entry: dict, dt, what: str):
     from . import layers
-    from .loading import port
 
     mx = _mx()
-    cls, _ = port(entry["port"])
+    cls, _ = loading.port(entry["port"])
     model = cls(dict(entry["config"]))
     object.__setattr__(model, "_sf_port", (entry["port"], dict(entry["config"]), entry.get("source_dtype", "float32")))
     w = mx.load(str(d / entry["file"]))  # lazy: read when a forward pass first needs a tensor
@@ -431,7 +427,6 @@ def load_cache(engine, d, *, vae=None, text_encoders=(), dtype=None):
     import transformers
 
     from ..base import ModelHandle
-    from .loading import _weight_dtype, mx_dtype
 
     d = Path(d)
     if vae or any(t for t in (text_encoders or ())):
@@ -441,15 +436,13 @@ def load_cache(engine, d, *, vae=None, text_encoders=(), dtype=None):
     verify(d, man)
     comps = man["components"]
     for entry in comps.values():
-        from .loading import _port_ok
-
-        if not _port_ok(entry["port"]):
+        if not loading._port_ok(entry["port"]):
             raise SpriteForgeError(MODEL_NOT_CONVERTED, f"the MLX cache {d} needs the port {entry['port']}, which does not "
                                    "import in this SpriteForge. Convert the model again.")
-    wname = _weight_dtype(engine, dtype)
-    wdt = mx_dtype(wname)
-    vdt = mx_dtype(engine.policy.vae_dtype)
-    tdt = mx_dtype(_weight_dtype(engine, dtype or engine.policy.text_encoder_dtype))
+    wname = loading._weight_dtype(engine, dtype)
+    wdt = loading.mx_dtype(wname)
+    vdt = loading.mx_dtype(engine.policy.vae_dtype)
+    tdt = loading.mx_dtype(loading._weight_dtype(engine, dtype or engine.policy.text_encoder_dtype))
     fam = man["family"]
     transformer = _component(d, comps["transformer"], wdt, f"{fam} transformer")
     vae_model = _component(d, comps["vae"], vdt, "VAE") if "vae" in comps else None
@@ -469,5 +462,25 @@ def load_cache(engine, d, *, vae=None, text_encoders=(), dtype=None):
                        text_encoders=tes, tokenizers=toks, dtype=wname, source=man["source"]["path"], **fields)
 
 
-__all__ = ["convert", "load_cache", "find_cache", "is_cache", "verify", "default_dir", "cache_root", "source_record",
+def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None):
+    """The model at ``path`` on MLX: from its converted cache when ``path`` is one or the source's default cache
+    folder (made with these same VAE/text encoders) holds one, checked against the source and loaded lazily;
+    else from the source's own files (:func:`.loading.load_model`). Every failure is a :class:`SpriteForgeError`."""
+    p = resolve(path, MODEL_KINDS)
+    try:
+        if is_cache(p):
+            return load_cache(engine, p, vae=vae, text_encoders=text_encoders, dtype=dtype)
+        found = find_cache(p, vae=vae, text_encoders=text_encoders)
+        if found is not None:
+            return load_cache(engine, found, dtype=dtype)
+    except SpriteForgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a coded error
+        from ...errors import classify
+
+        raise classify(exc, context=f"loading {p.name} on MLX") from exc
+    return loading.load_model(engine, p, vae=vae, text_encoders=text_encoders, dtype=dtype)
+
+
+__all__ = ["load_model", "convert", "load_cache", "find_cache", "is_cache", "verify", "default_dir", "cache_root", "source_record",
            "FORMAT", "FORMAT_VERSION"]

@@ -3,16 +3,17 @@
 Public entry point: :func:`load_model` (``MLXEngine.load_model`` calls it); also
 :func:`load_vae`, :func:`load_text_encoder`, :func:`available_families`, :func:`missing_ports`.
 
-A file means the same on both engines: detection is :mod:`spriteforge.models.detect`, the
-tensors are opened by the torch loader's :func:`open_tensors` (memory-mapped safetensors
-views, or a ``weights_only`` pickle), original layouts are renamed by the torch loader's
-converters (:mod:`..torch_models.convert`), tokenizers are found by its
-:func:`find_tokenizer`, and the handle's fields come from
-:func:`spriteforge.engines.base.handle_fields`. torch is used here only to read and rename
-tensors while loading; nothing of it is kept, and sampling never touches it.
+A file means the same on both engines: detection is :mod:`spriteforge.models.detect`, which file
+and which part of it is :mod:`..model_files` (shared with the torch loader), the tensors are opened
+by :func:`..torch_models.tensors.open_tensors` (memory-mapped safetensors views, or a
+``weights_only`` pickle), original layouts are renamed by the torch converters
+(:mod:`..torch_models.convert`), tokenizers are found by :mod:`..tokenizers`, and the handle's
+fields come from :func:`spriteforge.engines.base.handle_fields`. torch is used here only to read
+and rename tensors while loading; nothing of it is kept, and sampling never touches it.
 
-A converted cache (:mod:`.cache`, ``spriteforge convert --engine mlx``) is taken directly, or used
-in place of the source when the source's default cache folder holds one; it is checked first.
+This loads the source files; ``MLXEngine.load_model`` goes through :func:`.cache.load_model`, which
+takes a converted cache (``spriteforge convert --engine mlx``) when there is one and calls this
+module's :func:`load_model` otherwise.
 
 Each tensor becomes an mx array (bf16 through an int16 view, fp8 upcast), cast to the
 engine's weight dtype, mapped by the port's ``map_weights`` and loaded strictly with
@@ -32,6 +33,24 @@ import numpy as np
 from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...log import get_logger
 from ..base import ModelHandle, handle_fields
+from ..model_files import (
+    MODEL_KINDS,
+    TRANSFORMER_CLASSES,
+    checkpoint_text_encoders,
+    clip_with_projection,
+    diffusion_folder,
+    diffusion_model_in,
+    dtype_name,
+    folder_config,
+    folder_text_encoders,
+    resolve,
+    text_encoder_in,
+    text_encoder_key,
+    vae_config_for,
+    vae_folder,
+    vae_in,
+)
+from ..tokenizers import find_tokenizer, folder_tokenizer
 
 log = get_logger("mlx")
 
@@ -116,8 +135,7 @@ def _mx():
 
 def mx_dtype(name: str):
     mx = _mx()
-    return {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16, "fp32": mx.float32,
-            "fp16": mx.float16, "bf16": mx.bfloat16}[str(name).replace("mlx.core.", "")]
+    return {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}[dtype_name(str(name).replace("mlx.core.", ""))]
 
 
 def to_mx(t, dtype=None):
@@ -197,7 +215,7 @@ def _storage_dtype(sd_torch: dict) -> str:
 
 def full_config(class_name: str, cfg: dict) -> dict:
     """``cfg`` completed with the diffusers class's defaults: what ``dict(model.config)`` holds on torch."""
-    from ..torch_models.loading import diffusers_class
+    from ..torch_models.building import diffusers_class
 
     cls = diffusers_class(class_name)
     out = {}
@@ -222,11 +240,6 @@ def _te_config(key: str, cfg: dict) -> dict:
     return conf.to_dict()
 
 
-def _clip_with_projection(key: str, family: str | None, archs=()) -> bool:
-    """The torch loader's choice of CLIPTextModelWithProjection over CLIPTextModel."""
-    return key == "clip_g" or family == "sd3" or any("WithProjection" in a for a in archs or ())
-
-
 # --------------------------------------------------------------------------- tensor sources
 
 
@@ -235,7 +248,7 @@ class FolderTensors:
 
     def __init__(self, folder: Path):
         from ...models.detect import weight_files
-        from ..torch_models.loading import open_tensors
+        from ..torch_models.tensors import open_tensors
 
         files = weight_files(folder)
         if not files:  # older folders: pytorch_model*.bin, read with torch.load(weights_only=True) like the torch engine
@@ -280,7 +293,6 @@ def _read(source, prefix: str = "", skip=()) -> dict:
 
 def _transformer(det, sd: dict, wdt, config: dict | None = None):
     from ..torch_models import convert
-    from ..torch_models.loading import TRANSFORMER_CLASSES
 
     cfg = full_config(TRANSFORMER_CLASSES[det.family], config if config is not None else det.config)
     sd = convert.convert_transformer(det.family, sd, det.layout)
@@ -326,7 +338,7 @@ def _text_encoder(key: str, conf_dict: dict, sd: dict, tdt, family, archs=()):
 
     from ..torch_models import convert
 
-    with_proj = key in ("clip_l", "clip_g") and _clip_with_projection(key, family, archs)
+    with_proj = key in ("clip_l", "clip_g") and clip_with_projection(key, family, archs)
     expected = _te_expected_keys(key, conf_dict, with_proj)
     out = convert.convert_text_encoder(key if key in ("clip_l", "clip_g", "t5", "gemma") else key, sd, expected)
     if key in ("clip_l", "clip_g"):
@@ -342,8 +354,7 @@ def _text_encoder(key: str, conf_dict: dict, sd: dict, tdt, family, archs=()):
 
 
 def _weight_dtype(engine, dtype):
-    name = dtype or engine.policy.weight_dtype
-    name = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(name, name)
+    name = dtype_name(dtype or engine.policy.weight_dtype)
     if name not in engine.capabilities.dtypes:
         log.info("dtype %s is not available on this MLX device: %s instead", name, engine.policy.weight_dtype)
         name = engine.policy.weight_dtype
@@ -355,13 +366,12 @@ def _weight_dtype(engine, dtype):
 
 def load_vae(engine, path, *, family: str | None = None, variant: str | None = None, dtype=None):
     """A VAE from a single file (original or diffusers layout) or a diffusers ``vae`` folder -> (model, config)."""
-    from ...models.detect import detect_tensors
-    from ..torch_models.loading import _resolve, open_tensors, vae_config_for
+    from ..torch_models.tensors import open_tensors
 
-    p = _resolve(path, ("vae",))
+    p = resolve(path, ("vae",))
     vdt = mx_dtype(dtype or engine.policy.vae_dtype)
     if p.is_dir():
-        sub = p / "vae" if (p / "vae" / "config.json").exists() else p
+        sub = vae_folder(p)
         cfg = json.loads((sub / "config.json").read_text())
         src = FolderTensors(sub)
         try:
@@ -370,16 +380,7 @@ def load_vae(engine, path, *, family: str | None = None, variant: str | None = N
             src.close()
     source = open_tensors(p)
     try:
-        det = detect_tensors(source.tensors, name=p.name, family_hint=family)
-        prefix = ""
-        if det.kind != "vae":
-            if "vae" in det.parts:
-                prefix = det.components["vae"]
-                det = det.parts["vae"]
-            else:
-                raise SpriteForgeError(BAD_INPUT, f"{p.name} is a {det.kind} ({det.family or det.variant}), not a VAE. Choose a VAE file for the VAE input.")
-        elif det.components.get("vae"):
-            prefix = det.components["vae"]
+        det, prefix = vae_in(source.tensors, p.name, family)
         cfg = vae_config_for(det, family, variant)
         return _vae(cfg, _read(source, prefix), det.layout, det.variant or "", vdt)
     finally:
@@ -388,32 +389,19 @@ def load_vae(engine, path, *, family: str | None = None, variant: str | None = N
 
 def load_text_encoder(engine, path, *, family: str | None = None, hint: str | None = None, dtype=None):
     """One text encoder from a single file or a transformers folder -> (key, model, tokenizer)."""
-    from ...models.detect import detect_tensors
-    from ..torch_models.loading import _resolve, find_tokenizer, open_tensors
+    from ..torch_models.tensors import open_tensors
 
-    p = _resolve(path, ("text_encoders",))
+    p = resolve(path, ("text_encoders",))
     tdt = mx_dtype(_weight_dtype(engine, dtype or engine.policy.text_encoder_dtype))
     if p.is_dir():
-        cfg = json.loads((p / "config.json").read_text())
-        mt = cfg.get("model_type", "")
-        if mt.startswith("t5"):
-            key = "t5"
-        elif mt.startswith("gemma"):
-            key = "gemma"
-        elif mt.startswith("clip"):
-            key = hint if hint in ("clip_l", "clip_g") else ("clip_g" if cfg.get("hidden_size") == 1280 else "clip_l")
-        else:
-            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{p.name}: text encoder type {mt!r} is not supported.")
+        key = text_encoder_key(folder_config(p), p.name, hint)
         _require_port(TE_PORT[key], p)
         model = _folder_te(p, key, tdt, family)
         return key, model, find_tokenizer(key, p)
     source = open_tensors(p)
     try:
-        det = detect_tensors(source.tensors, name=p.name, family_hint=hint)
-        if det.kind != "text_encoder":
-            raise SpriteForgeError(BAD_INPUT, f"{p.name} is a {det.kind} ({det.family or det.variant}), not a text encoder.")
+        det, prefix = text_encoder_in(source.tensors, p.name, hint)
         _require_port(TE_PORT[det.variant], p)
-        prefix = det.components.get(det.variant, "") if det.components else ""
         sd = _read(source, prefix, skip=("spiece_model",))
         model = _text_encoder(det.variant, _te_config(det.variant, det.config), sd, tdt, family)
         tok = find_tokenizer(det.variant, p, source=source)
@@ -432,8 +420,7 @@ def _require_port(key: str, p) -> None:
 def _folder_te(folder: Path, key: str, tdt, family, archs=None):
     import transformers
 
-    raw = json.loads((folder / "config.json").read_text())
-    archs = archs if archs is not None else (raw.get("architectures") or [])
+    archs = archs if archs is not None else (folder_config(folder).get("architectures") or [])
     conf = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True).to_dict()
     src = FolderTensors(folder)
     try:
@@ -446,24 +433,14 @@ def _folder_te(folder: Path, key: str, tdt, family, archs=None):
 
 
 def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None) -> ModelHandle:
-    """Load a DiT model (file or diffusers folder) with its VAE and text encoders onto MLX.
+    """Load a DiT model (file or diffusers folder) with its VAE and text encoders onto MLX, from its own files.
 
     Takes exactly what :func:`spriteforge.engines.torch_models.loading.load_model` takes; every
     failure is a :class:`SpriteForgeError` (a family without an MLX port: UNSUPPORTED_ARCHITECTURE).
+    A converted cache is not looked for here: :func:`.cache.load_model` does that first.
     """
-    from ..torch_models.loading import _resolve
-
-    from . import cache
-
-    p = _resolve(path, ("diffusion_models", "checkpoints", "diffusers"))
+    p = resolve(path, MODEL_KINDS)
     try:
-        # a converted cache (spriteforge convert --engine mlx), given itself or found in the source's default cache
-        # folder (made with these same VAE/text encoders): checked against the source, then loaded lazily
-        if cache.is_cache(p):
-            return cache.load_cache(engine, p, vae=vae, text_encoders=text_encoders, dtype=dtype)
-        found = cache.find_cache(p, vae=vae, text_encoders=text_encoders)
-        if found is not None:
-            return cache.load_cache(engine, found, dtype=dtype)
         return _load_model(engine, p, vae=vae, text_encoders=text_encoders, dtype=dtype)
     except SpriteForgeError:
         raise
@@ -475,8 +452,7 @@ def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None) -> Model
 
 def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None, all_dtype=None) -> ModelHandle:
     """``all_dtype``: every component (VAE and text encoders too) in that dtype (the converter loads in float32)."""
-    from ...models.detect import detect, detect_tensors
-    from ..torch_models.loading import FOLDER_TEXT_ENCODERS, find_tokenizer, open_tensors, vae_config_for
+    from ..torch_models.tensors import open_tensors
 
     wname = _weight_dtype(engine, all_dtype or dtype)
     wdt = mx_dtype(wname)
@@ -487,13 +463,11 @@ def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None, all_
     toks: dict = {}
     vae_model, vae_cfg = None, {}
     if p.is_dir():
-        det = detect(p)
-        if det.kind not in ("diffusers", "transformer"):
-            raise SpriteForgeError(BAD_INPUT, f"{p.name} is a {det.kind} folder, not a diffusion model.")
+        det = diffusion_folder(p)
         _require(det.family, p)
         if det.kind == "diffusers":
             tdir = p / "transformer"
-            tcfg = json.loads((tdir / "config.json").read_text())
+            tcfg = folder_config(tdir)
             src = FolderTensors(tdir)
             try:
                 transformer, cfg = _transformer(det, _read(src), wdt, tcfg)
@@ -501,38 +475,27 @@ def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None, all_
                 src.close()
             index = json.loads((p / "model_index.json").read_text())
             if (p / "vae" / "config.json").exists() and vae is None:
-                vcfg = json.loads((p / "vae" / "config.json").read_text())
+                vcfg = folder_config(p / "vae")
                 vsrc = FolderTensors(p / "vae")
                 try:
                     vae_model, vae_cfg = _vae(vcfg, _read(vsrc), "diffusers", "", vdt)
                 finally:
                     vsrc.close()
-            for sub, key in FOLDER_TEXT_ENCODERS.get(det.family, {}).items():
-                entry = index.get(sub)
-                if not entry or not entry[0] or not (p / sub).is_dir():
-                    continue
-                archs = [entry[1]]
-                tes[key] = _folder_te(p / sub, key, tdt, det.family, archs)
-                toks[key] = _folder_tokenizer(p, sub, index)
+            for sub, key, cls_name in folder_text_encoders(p, det.family, index):
+                tes[key] = _folder_te(p / sub, key, tdt, det.family, [cls_name])
+                toks[key] = folder_tokenizer(p, sub, index)
         else:
             det.layout = det.layout or "diffusers"
+            tcfg = folder_config(p)
             src = FolderTensors(p)
             try:
-                transformer, cfg = _transformer(det, _read(src), wdt, json.loads((p / "config.json").read_text()))
+                transformer, cfg = _transformer(det, _read(src), wdt, tcfg)
             finally:
                 src.close()
     else:
         source = open_tensors(p)
         try:
-            det = detect_tensors(source.tensors, name=p.name)
-            det.path = str(p)
-            if det.kind not in ("transformer", "checkpoint"):
-                raise SpriteForgeError(
-                    BAD_INPUT,
-                    f"{p.name} is a {det.kind} ({det.variant or det.family}), not a diffusion model. "
-                    "Load it through the matching VAE/text-encoder input instead.",
-                    details={"kind": det.kind},
-                )
+            det = diffusion_model_in(source.tensors, p)
             _require(det.family, p)
             prefix = det.components.get("transformer", "")
             fp8 = sorted({i.dtype for k, i in source.tensors.items() if k.startswith(prefix) and i.dtype.startswith("float8")})
@@ -543,12 +506,10 @@ def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None, all_
                 vd = det.parts["vae"]
                 vae_model, vae_cfg = _vae(vae_config_for(vd, det.family, det.variant), _read(source, det.components["vae"]),
                                           vd.layout, vd.variant or "", vdt)
-            for comp in ("clip_l", "clip_g", "t5"):
-                if comp in det.parts and det.parts[comp].kind == "text_encoder":
-                    sub = det.parts[comp]
-                    sd = _read(source, det.components[comp], skip=("spiece_model",))
-                    tes[comp] = _text_encoder(comp, _te_config(comp, sub.config), sd, tdt, det.family)
-                    toks[comp] = find_tokenizer(comp, p, source=source, required=False)
+            for comp, sub, te_prefix in checkpoint_text_encoders(det):
+                sd = _read(source, te_prefix, skip=("spiece_model",))
+                tes[comp] = _text_encoder(comp, _te_config(comp, sub.config), sd, tdt, det.family)
+                toks[comp] = find_tokenizer(comp, p, source=source, required=False)
         finally:
             source.close()
     family = det.family
@@ -577,23 +538,6 @@ def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None, all_
         source=str(p),
         **fields,
     )
-
-
-def _folder_tokenizer(p: Path, sub: str, index: dict):
-    """The tokenizer beside a diffusers text encoder, loaded as the torch loader does."""
-    import transformers
-
-    tsub = sub.replace("text_encoder", "tokenizer")
-    tentry = index.get(tsub)
-    if not (tentry and tentry[0] and (p / tsub).is_dir()):
-        return None
-    from ..tokenizer_case import fold_case_if_lowercase
-
-    try:
-        tok = getattr(transformers, tentry[1]).from_pretrained(p / tsub, local_files_only=True)
-    except Exception:  # noqa: BLE001 - e.g. slow class unavailable: generic loader
-        tok = transformers.AutoTokenizer.from_pretrained(p / tsub, local_files_only=True)
-    return fold_case_if_lowercase(tok)  # as the torch loader does
 
 
 __all__ = ["load_model", "load_vae", "load_text_encoder", "available_families", "missing_ports", "port", "to_mx",

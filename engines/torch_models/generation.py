@@ -266,6 +266,7 @@ class TorchDenoiser:
                  fill_image=None, fill_mask=None, attention_slicing: bool | None = None, **opts):
         torch = _torch()
         self.engine = engine
+        self.ops = engine.ops  # the samplers' array ops (default step noise)
         self.handle = handle
         self.cond = cond
         self.uncond = uncond

@@ -35,6 +35,7 @@ from torch import nn
 from ...log import get_logger
 from ...lora.apply import check_engine, plan_specs
 from ...lora.core import patched_weight
+from ..ops import torch_ops
 
 log = get_logger("torch")
 
@@ -107,7 +108,7 @@ def _patched_class(cls: type) -> type:
         if not (w.dtype.is_floating_point and w.element_size() >= 2) and x is not None:
             like = x  # fp8 storage: compute dtype is the input's
         patches = _on_device(self, w.device)
-        return patched_weight(w, patches, like=like)
+        return patched_weight(w, patches, like=like, ops=torch_ops())
 
     new = type(f"LoRA{cls.__name__}", (cls,), {"forward": forward, "sf_patched_weight": sf_patched_weight,
                                                  "__module__": __name__})
@@ -224,7 +225,7 @@ def apply_loras(handle, specs, *, merge: bool = False):
     tr_shapes = layer_shapes(handle.transformer) if handle.transformer is not None else None
     te_shapes = {k: layer_shapes(v) for k, v in (handle.text_encoders or {}).items() if isinstance(v, nn.Module)}
     dev = _device_of(handle.transformer) if handle.transformer is not None else None
-    tr_maps, te_maps, records = plan_specs(handle, specs, framework="torch", getter=lambda t: _getter(t, dev),
+    tr_maps, te_maps, records = plan_specs(handle, specs, ops=torch_ops(), getter=lambda t: _getter(t, dev),
                                            transformer_shapes=tr_shapes, text_encoder_shapes=te_shapes, log=log)
     new_tr = patched_copy(handle.transformer, tr_maps, merge=merge) if tr_maps else handle.transformer
     new_te = dict(handle.text_encoders or {})

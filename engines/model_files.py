@@ -1,0 +1,202 @@
+"""What a model's files are, decided once for both engines' loaders (no torch or mlx here).
+
+* :func:`resolve`: a path, or a bare name looked up in the model folders of some kinds;
+* which part of a file or folder is the diffusion model, the VAE, a text encoder
+  (:func:`diffusion_model_in`, :func:`diffusion_folder`, :func:`vae_in`, :func:`vae_folder`,
+  :func:`text_encoder_in`, :func:`text_encoder_key`, :func:`folder_text_encoders`);
+* the diffusers class names each family's parts are built from, and a single-file VAE's
+  config (:func:`vae_config_for`);
+* dtype names (:func:`dtype_name`: ``fp16`` → ``float16``).
+
+The torch loader (``torch_models/loading.py``) and the MLX loader (``mlx_models/loading.py``)
+read tensors their own way; everything they must agree on about *which* tensors lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .. import paths
+from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from ..models import configs
+from ..models.detect import Detection, detect, detect_tensors
+from .base import family_vae_name
+
+# where a bare model name is looked for
+MODEL_KINDS = ("diffusion_models", "checkpoints", "diffusers")
+
+# the diffusers class each family's transformer is
+TRANSFORMER_CLASSES = {
+    "pixart": "PixArtTransformer2DModel",
+    "sd3": "SD3Transformer2DModel",
+    "flux": "FluxTransformer2DModel",
+    "sana": "SanaTransformer2DModel",
+    "dit": "DiTTransformer2DModel",
+}
+# diffusers folder sub-folders -> our text-encoder keys, per family
+FOLDER_TEXT_ENCODERS = {
+    "pixart": {"text_encoder": "t5"},
+    "sd3": {"text_encoder": "clip_l", "text_encoder_2": "clip_g", "text_encoder_3": "t5"},
+    "flux": {"text_encoder": "clip_l", "text_encoder_2": "t5"},
+    "sana": {"text_encoder": "gemma"},
+    "dit": {},
+}
+# the text encoders an all-in-one checkpoint may carry
+CHECKPOINT_TEXT_ENCODERS = ("clip_l", "clip_g", "t5")
+
+DTYPE_NAMES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "fp32": "float32", "fp16": "float16",
+               "bf16": "bfloat16"}
+
+
+def dtype_name(name: str) -> str:
+    """The full dtype name for ``name`` (``fp16`` → ``float16``); other names are returned as they are."""
+    return DTYPE_NAMES.get(name, name)
+
+
+# --------------------------------------------------------------------------- where
+
+
+def resolve(path, kinds) -> Path:
+    """``path`` when it exists, else the bare name ``path`` in the model folders of ``kinds``; MODEL_NOT_FOUND otherwise."""
+    p = Path(str(path)).expanduser()
+    if p.exists():
+        return p
+    if not p.is_absolute():
+        for kind in kinds:
+            try:
+                return paths.resolve(kind, str(path))
+            except SpriteForgeError:
+                continue
+    raise SpriteForgeError(
+        MODEL_NOT_FOUND,
+        f"{path} was not found (looked for it as a path and in the {', '.join(kinds)} model folders). "
+        "Put the file there or give its full path.",
+        details={"path": str(path), "kinds": list(kinds)},
+    )
+
+
+def folder_variant(folder: Path) -> dict:
+    """``{"variant": "fp16"}`` when a component folder only has ``*.fp16.safetensors`` (or bf16) weights."""
+    files = [f.name for f in folder.glob("*.safetensors")]
+    if not files or any(not re.search(r"\.(fp16|bf16|fp8)\.safetensors$", f) and not re.search(r"\.(fp16|bf16)-\d+-of-\d+\.safetensors$", f) for f in files):
+        return {}
+    for v in ("fp16", "bf16"):
+        if any(f".{v}." in f or f".{v}-" in f for f in files):
+            return {"variant": v}
+    return {}
+
+
+# --------------------------------------------------------------------------- the diffusion model
+
+
+def diffusion_folder(p: Path) -> Detection:
+    """The detection of a diffusers folder or transformer component folder; BAD_INPUT for any other folder."""
+    det = detect(p)
+    if det.kind not in ("diffusers", "transformer"):
+        raise SpriteForgeError(BAD_INPUT, f"{p.name} is a {det.kind} folder, not a diffusion model.")
+    return det
+
+
+def diffusion_model_in(tensors, p: Path) -> Detection:
+    """The detection of the single file ``p`` (its ``tensors``): a transformer or an all-in-one checkpoint."""
+    det = detect_tensors(tensors, name=p.name)
+    det.path = str(p)
+    if det.kind not in ("transformer", "checkpoint"):
+        raise SpriteForgeError(
+            BAD_INPUT,
+            f"{p.name} is a {det.kind} ({det.variant or det.family}), not a diffusion model. "
+            "Load it through the matching VAE/text-encoder input instead.",
+            details={"kind": det.kind},
+        )
+    return det
+
+
+def checkpoint_text_encoders(det: Detection):
+    """``(key, part detection, tensor prefix)`` for each text encoder an all-in-one file carries."""
+    for comp in CHECKPOINT_TEXT_ENCODERS:
+        if comp in det.parts and det.parts[comp].kind == "text_encoder":
+            yield comp, det.parts[comp], det.components[comp]
+
+
+def folder_text_encoders(p: Path, family: str, index: dict):
+    """``(sub-folder, key, class name)`` for each text encoder a diffusers folder (``model_index.json`` = ``index``) has."""
+    for sub, key in FOLDER_TEXT_ENCODERS.get(family, {}).items():
+        entry = index.get(sub)
+        if not entry or not entry[0] or not (p / sub).is_dir():
+            continue
+        yield sub, key, entry[1]
+
+
+# --------------------------------------------------------------------------- VAE
+
+
+def vae_folder(p: Path) -> Path:
+    """The folder holding a VAE's ``config.json``: ``p/vae`` of a diffusers folder, else ``p`` itself."""
+    return p / "vae" if (p / "vae" / "config.json").exists() else p
+
+
+def vae_in(tensors, name: str, family: str | None) -> tuple[Detection, str]:
+    """``(VAE detection, tensor prefix)`` of a single file: a VAE, or a checkpoint that carries one; BAD_INPUT otherwise."""
+    det = detect_tensors(tensors, name=name, family_hint=family)
+    prefix = ""
+    if det.kind != "vae":
+        if "vae" in det.parts:
+            prefix = det.components["vae"]
+            det = det.parts["vae"]
+        else:
+            raise SpriteForgeError(BAD_INPUT, f"{name} is a {det.kind} ({det.family or det.variant}), not a VAE. Choose a VAE file for the VAE input.")
+    elif det.components.get("vae"):
+        prefix = det.components["vae"]
+    return det, prefix
+
+
+def vae_config_for(det: Detection, family: str | None, variant: str | None = None) -> dict:
+    """A single-file VAE's diffusers config: the detected one, with the family's scaling/shift factors for KL VAEs."""
+    cfg = dict(det.config)
+    if det.variant and det.variant.startswith("kl"):
+        name = family_vae_name(family, variant, int(det.variant[2:]))
+        ref = configs.load(name)["config"]
+        cfg["scaling_factor"] = ref["scaling_factor"]
+        cfg["shift_factor"] = ref.get("shift_factor")
+    return cfg
+
+
+# --------------------------------------------------------------------------- text encoders
+
+
+def text_encoder_in(tensors, name: str, hint: str | None) -> tuple[Detection, str]:
+    """``(text-encoder detection, tensor prefix)`` of a single file; BAD_INPUT when it is no text encoder."""
+    det = detect_tensors(tensors, name=name, family_hint=hint)
+    if det.kind != "text_encoder":
+        raise SpriteForgeError(BAD_INPUT, f"{name} is a {det.kind} ({det.family or det.variant}), not a text encoder.")
+    prefix = det.components.get(det.variant, "") if det.components else ""
+    return det, prefix
+
+
+def folder_config(folder: Path) -> dict:
+    return json.loads((folder / "config.json").read_text())
+
+
+def text_encoder_key(cfg: dict, name: str, hint: str | None = None) -> str:
+    """Our key (``t5``, ``gemma``, ``clip_l``, ``clip_g``) for a transformers folder's ``config.json`` (``cfg``)."""
+    mt = cfg.get("model_type", "")
+    if mt.startswith("t5"):
+        return "t5"
+    if mt.startswith("gemma"):
+        return "gemma"
+    if mt.startswith("clip"):
+        return hint if hint in ("clip_l", "clip_g") else ("clip_g" if cfg.get("hidden_size") == 1280 else "clip_l")
+    raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{name}: text encoder type {mt!r} is not supported.")
+
+
+def clip_with_projection(key: str, family: str | None, archs=()) -> bool:
+    """Whether a CLIP text encoder is built as CLIPTextModelWithProjection (CLIP-G, every SD3 CLIP, a
+    folder whose config names the projection class)."""
+    return key == "clip_g" or family == "sd3" or any("WithProjection" in a for a in archs or ())
+
+
+__all__ = ["MODEL_KINDS", "TRANSFORMER_CLASSES", "FOLDER_TEXT_ENCODERS", "dtype_name", "resolve", "folder_variant",
+           "diffusion_folder", "diffusion_model_in", "checkpoint_text_encoders", "folder_text_encoders", "vae_folder",
+           "vae_in", "vae_config_for", "text_encoder_in", "text_encoder_key", "clip_with_projection"]

@@ -1,0 +1,243 @@
+"""Tokenizers for both engines (the torch and MLX loaders hand out the same tokenizer objects); no torch or mlx here.
+
+:func:`find_tokenizer`: the tokenizer of a text encoder, looked for in the file itself, beside it, in the
+user's diffusers models and in the tokenizers ComfyUI ships. :func:`folder_tokenizer`: the tokenizer
+beside a diffusers folder's text encoder. :func:`tokenizer_from_spm`: a T5/Gemma tokenizer straight
+from a sentencepiece model file.
+
+:func:`fold_case_if_lowercase`: a tokenizer whose vocabulary has no upper-case letters at all was trained
+on case-folded text (the built-in demo model's word-level sentencepiece model, trained with
+``nmt_nfkc_cf``). transformers 5 rebuilds a T5Tokenizer's normaliser when it loads one, dropping the
+lower-casing, so "Red Sword" becomes two unknown tokens while "red sword" works. Such tokenizers get a
+lower-casing step in their own normaliser, so every caller (torch or MLX generation, the nodes, the
+command line) sees case-insensitive prompts. Tokenizers with upper-case pieces (real T5, Gemma) are left
+exactly as they are; ones that already lower-case (CLIP) too. Decided from the tokenizer's own vocabulary
+and normaliser, never from the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .. import paths
+from ..errors import MODEL_NOT_FOUND, SpriteForgeError
+from ..log import get_logger
+
+log = get_logger()
+
+# ComfyUI ships these tokenizers (relative to the ``comfy`` package folder)
+COMFY_TOKENIZERS = {
+    "clip": ("sd1_tokenizer", "text_encoders/sd1_tokenizer"),
+    "t5": ("text_encoders/t5_tokenizer", "t5_tokenizer"),
+    "gemma": ("text_encoders/gemma2_tokenizer", "text_encoders/gemma_tokenizer"),
+}
+TOKENIZER_FILES = {
+    "clip": (("vocab.json", "merges.txt"), ("tokenizer.json",)),
+    "t5": (("spiece.model",), ("tokenizer.json",)),
+    "gemma": (("tokenizer.model",), ("tokenizer.json",)),
+}
+
+
+def _tok_kind(key: str) -> str:
+    return "clip" if key.startswith("clip") else key
+
+
+def _has_tokenizer_files(d: Path, kind: str) -> bool:
+    return d.is_dir() and any(all((d / f).exists() for f in group) for group in TOKENIZER_FILES[kind])
+
+
+def tokenizer_from_spm(model_file, kind: str):
+    """A T5/Gemma tokenizer straight from a sentencepiece model file.
+
+    transformers 5 converts ``spiece.model``/``tokenizer.model`` through protobuf, which
+    ComfyUI installs do not always have; reading pieces and scores with sentencepiece
+    itself needs nothing else.
+    """
+    import sentencepiece as spm
+    import transformers
+
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    n = sp.get_piece_size()
+    if kind == "t5":
+        vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(n)]
+        extra = sum(1 for p, _ in vocab if p.startswith("<extra_id_"))
+        return transformers.T5Tokenizer(vocab=vocab, extra_ids=0 if extra else 0)
+    vocab = {sp.id_to_piece(i): i for i in range(n)}
+    merges = []
+    for piece, i in vocab.items():
+        for j in range(1, len(piece)):
+            a, b = piece[:j], piece[j:]
+            if a in vocab and b in vocab:
+                merges.append((i, vocab[a], vocab[b], a, b))
+    merges.sort()
+    specials = {sp.id_to_piece(i) for i in range(n) if sp.is_control(i) or sp.is_unknown(i)}
+    pick = lambda *names: next((x for x in names if x in specials or x in vocab), names[0])  # noqa: E731
+    return transformers.GemmaTokenizer(
+        vocab=vocab,
+        merges=[(m[3], m[4]) for m in merges],
+        bos_token=pick("<bos>", "<s>"),
+        eos_token=pick("<eos>", "</s>"),
+        pad_token=pick("<pad>"),
+        unk_token=pick("<unk>"),
+    )
+
+
+def _load_tokenizer_dir(d: Path, kind: str):
+    import transformers
+
+    cls = {"clip": transformers.CLIPTokenizer, "t5": transformers.T5Tokenizer, "gemma": transformers.GemmaTokenizer}[kind]
+    errors = []
+    if (d / "tokenizer.json").exists() or kind == "clip":
+        try:
+            return cls.from_pretrained(str(d), local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - try the other ways
+            errors.append(exc)
+    spm_file = d / ("spiece.model" if kind == "t5" else "tokenizer.model")
+    if spm_file.exists():
+        return tokenizer_from_spm(spm_file, kind)
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise errors[0] if errors else exc
+
+
+def comfy_tokenizer_dirs(kind: str) -> list[Path]:
+    try:
+        import comfy  # type: ignore
+
+        base = Path(os.path.dirname(comfy.__file__))
+    except Exception:  # noqa: BLE001 - not inside ComfyUI
+        return []
+    return [base / rel for rel in COMFY_TOKENIZERS.get(kind, ())]
+
+
+def find_tokenizer(key: str, near: Path | None = None, *, source=None, required: bool = True):
+    """The tokenizer for text encoder ``key`` (``clip_l``, ``clip_g``, ``t5``, ``gemma``).
+
+    Looked for, in order: tokenizer data embedded in the file (ComfyUI's ``spiece_model``),
+    a tokenizer folder beside the file (``<stem>_tokenizer/``, ``tokenizer/``, or the
+    folder itself), the tokenizer sub-folders of the user's diffusers models, and the
+    tokenizers ComfyUI ships. Raises MODEL_NOT_FOUND saying where to put one.
+    """
+    kind = _tok_kind(key)
+    if source is not None and kind in ("gemma", "t5") and "spiece_model" in source.tensors:
+        tok = _embedded_spiece(source, kind)
+        if tok is not None:
+            return fold_case_if_lowercase(tok)
+    cands: list[Path] = []
+    if near is not None:
+        near = Path(near)
+        if near.is_dir():  # a text_encoder*/ folder of a diffusers model: its tokenizer*/ siblings
+            cands += [near] + sorted(d for d in near.parent.glob("tokenizer*") if d.is_dir())
+        else:
+            cands += [near.parent / f"{near.stem}_tokenizer", near.parent / "tokenizer", near.parent / f"{kind}_tokenizer", near.parent / near.stem]
+    for root in paths.roots("diffusers"):
+        if root.is_dir():
+            for model in sorted(root.iterdir()):
+                if model.is_dir():
+                    cands += sorted(d for d in model.glob("tokenizer*") if d.is_dir())
+    cands += comfy_tokenizer_dirs(kind)
+    for d in cands:
+        if _has_tokenizer_files(d, kind) and _tokenizer_matches(d, kind):
+            try:
+                return fold_case_if_lowercase(_load_tokenizer_dir(d, kind))
+            except Exception as exc:  # noqa: BLE001 - try the next place
+                log.warning("tokenizer in %s could not be loaded: %s", d, exc)
+    if not required:
+        return None
+    where = str(near.parent / f"{near.stem}_tokenizer") if near is not None and not near.is_dir() else "a tokenizer/ folder beside the model"
+    files = " + ".join(TOKENIZER_FILES[kind][0]) + " (or tokenizer.json)"
+    raise SpriteForgeError(
+        MODEL_NOT_FOUND,
+        f"no {key} tokenizer was found. Put its files ({files}) in {where}, or keep the model's diffusers folder in models/diffusers; "
+        "inside ComfyUI the tokenizers ComfyUI ships are used.",
+        details={"tokenizer": key, "searched": [str(c) for c in cands]},
+    )
+
+
+def _tokenizer_matches(d: Path, kind: str) -> bool:
+    cfg = d / "tokenizer_config.json"
+    if not cfg.exists():
+        return True
+    try:
+        cls = json.loads(cfg.read_text()).get("tokenizer_class", "") or ""
+    except (OSError, json.JSONDecodeError):
+        return True
+    if not cls:
+        return True
+    low = cls.lower()
+    return {"clip": "clip" in low, "t5": "t5" in low, "gemma": "gemma" in low}[kind]
+
+
+def _embedded_spiece(source, kind):
+    import tempfile
+
+    try:
+        data = source.raw("spiece_model")
+        with tempfile.TemporaryDirectory() as tmp:
+            f = Path(tmp) / "tokenizer.model"
+            f.write_bytes(data)
+            return tokenizer_from_spm(f, kind)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("embedded tokenizer could not be used: %s", exc)
+        return None
+
+def folder_tokenizer(p: Path, sub: str, index: dict):
+    """The tokenizer beside the diffusers text encoder ``p/sub`` (``model_index.json`` = ``index``), or None."""
+    import transformers
+
+    tsub = sub.replace("text_encoder", "tokenizer")
+    tentry = index.get(tsub)
+    if not (tentry and tentry[0] and (p / tsub).is_dir()):
+        return None
+    try:
+        tok = getattr(transformers, tentry[1]).from_pretrained(p / tsub, local_files_only=True)
+    except Exception:  # noqa: BLE001 - e.g. slow class unavailable: generic loader
+        tok = transformers.AutoTokenizer.from_pretrained(p / tsub, local_files_only=True)
+    return fold_case_if_lowercase(tok)  # a lower-case-only vocabulary: case-insensitive prompts
+
+
+def _vocabulary_is_lowercase(tok) -> bool:
+    """True when the vocabulary has cased letters and none of them is upper case (special tokens aside)."""
+    try:
+        vocab = tok.get_vocab()
+    except Exception:  # noqa: BLE001 - not a transformers tokenizer
+        return False
+    special = set(getattr(tok, "all_special_tokens", []) or [])
+    cased = False
+    for piece in vocab:
+        if piece in special or (piece.startswith("<") and piece.endswith(">")):
+            continue
+        if piece != piece.lower():
+            return False
+        cased = cased or piece != piece.upper()
+    return cased
+
+
+def fold_case_if_lowercase(tok):
+    """Give ``tok`` a lower-casing normaliser when its vocabulary is lower-case only (see the module
+    docstring); returns ``tok`` (changed in place). A tokenizer without a ``tokenizers`` backend (the slow
+    sentencepiece classes, which apply the model's own case folding) is returned unchanged."""
+    if tok is None or getattr(tok, "_spriteforge_case_folded", False):
+        return tok
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or not _vocabulary_is_lowercase(tok):
+        return tok
+    norm = backend.normalizer
+    probe = "Aa Zz"
+    if norm is not None and norm.normalize_str(probe) == norm.normalize_str(probe).lower() and \
+            norm.normalize_str(probe) != probe:
+        tok._spriteforge_case_folded = True  # already folds case (CLIP)
+        return tok
+    from tokenizers import normalizers
+
+    backend.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([norm] if norm is not None else []))
+    tok._spriteforge_case_folded = True
+    log.debug("tokenizer %s: lower-case-only vocabulary, prompts are lower-cased", type(tok).__name__)
+    return tok
+
+
+__all__ = ["find_tokenizer", "folder_tokenizer", "tokenizer_from_spm", "fold_case_if_lowercase", "comfy_tokenizer_dirs",
+           "COMFY_TOKENIZERS", "TOKENIZER_FILES"]

@@ -1,0 +1,90 @@
+"""Text encoders on torch (CLIP-L/G, T5, Gemma 2): from a single file (or the ones inside an
+all-in-one checkpoint) or a transformers folder, with their tokenizers."""
+
+from __future__ import annotations
+
+import torch
+
+from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from ..model_files import clip_with_projection, folder_config, resolve, text_encoder_in, text_encoder_key
+from ..tokenizers import find_tokenizer
+from . import convert
+from .building import build_empty, load_into
+from .tensors import open_tensors, torch_dtype
+
+
+def build_text_encoder(variant: str, cfg: dict, family: str | None):
+    """The transformers class for text encoder ``variant`` built from ``cfg`` on the meta device."""
+    import transformers
+
+    cfg = {k: v for k, v in cfg.items() if k != "model_type"}
+    if variant in ("clip_l", "clip_g"):
+        conf = transformers.CLIPTextConfig(**cfg)
+        cls = transformers.CLIPTextModelWithProjection if clip_with_projection(variant, family) else transformers.CLIPTextModel
+    elif variant == "t5":
+        conf = transformers.T5Config(**cfg)
+        cls = transformers.T5EncoderModel
+    elif variant == "gemma":
+        conf = transformers.Gemma2Config(**cfg)
+        cls = transformers.Gemma2Model
+    else:
+        raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"text encoder {variant!r} is not supported.")
+    return build_empty(lambda: cls(conf))
+
+
+def text_encoder_from(engine, source, det, prefix: str, family, dtype):
+    """The text encoder under ``prefix`` in the tensor source ``source`` (detected as ``det``)."""
+    variant = det.variant
+    model = build_text_encoder(variant, det.config, family)
+    # tokenizer data some files carry (ComfyUI's "spiece_model") is not a weight
+    mapping = {k: k[len(prefix):] for k in source.keys() if k.startswith(prefix) and not k.endswith("spiece_model")}
+    expected = set(model.state_dict())
+
+    def conv(sd):
+        out = convert.convert_text_encoder(variant, sd, expected)
+        if variant in ("clip_l", "clip_g") and "text_projection.weight" not in expected:
+            out.pop("text_projection.weight", None)
+        return out
+
+    fill = {}
+    if variant in ("clip_l", "clip_g"):
+        # published clip_l has no projection; ComfyUI then uses the identity, so do we
+        fill["text_projection.weight"] = lambda ref: torch.eye(ref.shape[0], ref.shape[1])
+    model = load_into(model, source, mapping, conv, dtype=dtype, device=engine.torch_device, what=f"{variant} text encoder", fill=fill)
+    if variant == "t5":
+        model.encoder.embed_tokens = model.shared
+    return model
+
+
+def load_text_encoder(engine, path, *, family: str | None = None, hint: str | None = None, dtype=None):
+    """One text encoder from a single file or a transformers folder -> (key, model, tokenizer)."""
+    p = resolve(path, ("text_encoders",))
+    dt = torch_dtype(dtype or engine.policy.text_encoder_dtype)
+    if p.is_dir():
+        return _from_folder(engine, p, family, hint, dt)
+    source = open_tensors(p)
+    try:
+        det, prefix = text_encoder_in(source.tensors, p.name, hint)
+        model = text_encoder_from(engine, source, det, prefix, family, dt)
+        tok = find_tokenizer(det.variant, p, source=source)
+        return det.variant, model, tok
+    finally:
+        source.close()
+
+
+def _from_folder(engine, p, family, hint, dt):
+    import transformers
+
+    cfg = folder_config(p)
+    key = text_encoder_key(cfg, p.name, hint)
+    if key == "t5":
+        cls = transformers.T5EncoderModel
+    elif key == "gemma":
+        cls = transformers.Gemma2Model
+    else:
+        archs = cfg.get("architectures") or []
+        with_proj = any("WithProjection" in a for a in archs) or family == "sd3"
+        cls = transformers.CLIPTextModelWithProjection if with_proj else transformers.CLIPTextModel
+    model = cls.from_pretrained(p, local_files_only=True, dtype=dt).to(engine.torch_device).eval().requires_grad_(False)
+    tok = find_tokenizer(key, p)
+    return key, model, tok
