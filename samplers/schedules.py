@@ -28,8 +28,8 @@ from .beta_dist import beta_ppf
 
 
 # --------------------------------------------------------------------------- model schedules
-class _Table:
-    """Shared behaviour of model schedules: an ascending table of training sigmas."""
+class SigmaTableBase:
+    """Shared behaviour of model schedules: an ascending table of training sigmas (``sigmas``, float64)."""
 
     sigmas: np.ndarray  # ascending, float64
 
@@ -45,7 +45,7 @@ class _Table:
         return len(self.sigmas)
 
 
-class DiscreteSchedule(_Table):
+class DiscreteSchedule(SigmaTableBase):
     """The 1000 training noise levels of a DDPM-trained (discrete-time) model.
 
     From a beta schedule, alpha_bar_t = prod_{i<=t} (1 - beta_i) and the
@@ -119,7 +119,7 @@ def flux_mu(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096
     return base_shift + slope * (image_seq_len - base_seq_len)
 
 
-class FlowSchedule(_Table):
+class FlowSchedule(SigmaTableBase):
     """Time/noise levels of a rectified-flow model, x_t = (1 - t) x0 + t noise (Esser et al. 2024).
 
     Sigma *is* t in [0, 1].  Resolution shifting warps t (Esser et al. 2024, sec. 5.3.2):
@@ -172,7 +172,7 @@ class FlowSchedule(_Table):
         return f"FlowSchedule({what}, multiplier={self.multiplier:g}, n={len(self.sigmas)})"
 
 
-class _LinearSigmas(_Table):
+class _LinearSigmas(SigmaTableBase):
     """Fallback model schedule when none is given: 1000 sigmas linear in [sigma_min, sigma_max],
     timestep = sigma."""
 
