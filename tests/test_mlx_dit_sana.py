@@ -24,25 +24,13 @@ import tiny_models as tm  # noqa: E402
 
 from spriteforge.engines.mlx_models import dit, layers, sana  # noqa: E402
 from spriteforge.errors import BAD_INPUT, MODEL_NOT_CONVERTED, SpriteForgeError  # noqa: E402
-
-
-def _mx_sd(model):
-    return {k: mx.array(v.detach().float().numpy()) for k, v in model.state_dict().items()}
-
-
-def _check(out, ref):
-    out = np.array(out)
-    assert out.shape == ref.shape
-    diff = float(np.abs(out - ref).max())
-    print(f"max |diff| {diff:.3g} (max |ref| {np.abs(ref).max():.3g})")
-    assert diff <= 1e-4 * (1 + float(np.abs(ref).max()))
-    return diff
+from spriteforge.tests.parity import assert_close, mx_weights
 
 
 # --------------------------------------------------------------------------- DiT
 def _dit_port(model, sd=None):
     p = dit.DiTTransformer2DModel(dict(model.config))
-    return layers.load_weights(p, dit.map_weights(sd if sd is not None else _mx_sd(model)), what="dit")
+    return layers.load_weights(p, dit.map_weights(sd if sd is not None else mx_weights(model)), what="dit")
 
 
 def _dit_compare(model, port, *, b=2, size=None, labels=None):
@@ -54,7 +42,7 @@ def _dit_compare(model, port, *, b=2, size=None, labels=None):
     with torch.no_grad():
         ref = model(x, timestep=t, class_labels=y, return_dict=False)[0].numpy()
     out = port(mx.array(x.numpy()), timestep=mx.array(t.numpy()), class_labels=mx.array(y.numpy()))
-    return _check(out, ref)
+    return assert_close(out, ref)
 
 
 def test_dit_learned_sigma_matches_diffusers():
@@ -77,7 +65,7 @@ def test_dit_variant_affine_norm_exact_gelu():
 
 def test_dit_shared_embedder_as_in_converted_checkpoints():
     model = tm.build_dit()
-    sd = _mx_sd(model)
+    sd = mx_weights(model)
     # the same arrays under every block's name (what a converted original checkpoint holds) ...
     e0 = "transformer_blocks.0.norm1.emb."
     shared = {k: (sd[e0 + k.split(".norm1.emb.", 1)[1]] if ".norm1.emb." in k else v) for k, v in sd.items()}
@@ -90,7 +78,7 @@ def test_dit_shared_embedder_as_in_converted_checkpoints():
 
 def test_dit_missing_tensor_is_a_coded_error():
     model = tm.build_dit()
-    sd = _mx_sd(model)
+    sd = mx_weights(model)
     del sd["proj_out_2.weight"]
     with pytest.raises(SpriteForgeError) as ei:
         _dit_port(model, sd)
@@ -100,7 +88,7 @@ def test_dit_missing_tensor_is_a_coded_error():
 # --------------------------------------------------------------------------- Sana
 def _sana_port(model, sd=None):
     p = sana.SanaTransformer2DModel(dict(model.config))
-    return layers.load_weights(p, sana.map_weights(sd if sd is not None else _mx_sd(model)), what="sana")
+    return layers.load_weights(p, sana.map_weights(sd if sd is not None else mx_weights(model)), what="sana")
 
 
 def _sana_compare(model, port, *, b=2, h=8, w=8, seq=7, mask=True, guidance=None, t=None):
@@ -118,7 +106,7 @@ def _sana_compare(model, port, *, b=2, h=8, w=8, seq=7, mask=True, guidance=None
     out = port(mx.array(x.numpy()), mx.array(enc.numpy()), mx.array(t.numpy()),
                encoder_attention_mask=mx.array(keep.numpy()) if mask else None,
                guidance=None if gd is None else mx.array(gd.numpy()))
-    return _check(out, ref)
+    return assert_close(out, ref)
 
 
 def _build_sana(seed=4, **kw):
@@ -170,7 +158,7 @@ def test_sana_sincos_patch2_affine_norm():
 
 def test_sana_missing_tensor_is_a_coded_error():
     model = tm.build_sana()
-    sd = _mx_sd(model)
+    sd = mx_weights(model)
     del sd["transformer_blocks.1.ff.conv_depth.weight"]
     with pytest.raises(SpriteForgeError) as ei:
         _sana_port(model, sd)

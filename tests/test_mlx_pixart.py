@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 mx = pytest.importorskip("mlx.core")
@@ -23,13 +22,14 @@ import tiny_models as tm  # noqa: E402
 
 from spriteforge.engines.mlx_models import layers, pixart  # noqa: E402
 from spriteforge.errors import MODEL_NOT_CONVERTED, SpriteForgeError  # noqa: E402
+from spriteforge.tests.parity import assert_close, mx_weights
 
 DEMO = Path(__file__).resolve().parents[1] / "demo_model"
 
 
 def _port(model):
     p = pixart.PixArtTransformer2DModel(dict(model.config))
-    sd = {k: mx.array(v.detach().float().numpy()) for k, v in model.state_dict().items()}
+    sd = mx_weights(model)
     return layers.load_weights(p, pixart.map_weights(sd), what="pixart")
 
 
@@ -53,12 +53,7 @@ def _compare(model, *, b=2, h=8, w=12, seq=7, alpha=False, mask=True, caption=No
     madd = {k: mx.array(v.numpy()) for k, v in add.items()} if add else None
     out = port(mx.array(x.numpy()), encoder_hidden_states=mx.array(enc.numpy()), timestep=mx.array(t.numpy()),
                added_cond_kwargs=madd, encoder_attention_mask=mx.array(keep.numpy()) if mask else None)
-    out = np.array(out)
-    assert out.shape == ref.shape
-    diff = float(np.abs(out - ref).max())
-    print(f"max |diff| {diff:.3g} (max |ref| {np.abs(ref).max():.3g})")
-    assert diff <= 1e-4 * (1 + float(np.abs(ref).max()))
-    return diff
+    return assert_close(out, ref)
 
 
 def test_sigma_learned_sigma_with_mask():
@@ -101,7 +96,7 @@ def test_demo_model_transformer():
 
 def test_wrong_or_missing_tensor_is_a_coded_error():
     m = tm.build_pixart("sigma")
-    sd = {k: mx.array(v.detach().float().numpy()) for k, v in m.state_dict().items()}
+    sd = mx_weights(m)
     mapped = pixart.map_weights(sd)
     missing = dict(mapped)
     missing.pop("transformer_blocks.0.attn2.to_k.weight")

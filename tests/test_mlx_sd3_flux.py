@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 mx = pytest.importorskip("mlx.core")
@@ -25,27 +24,15 @@ import tiny_models as tm  # noqa: E402
 
 from spriteforge.engines.mlx_models import layers  # noqa: E402
 from spriteforge.errors import BAD_INPUT, DIMENSION_LIMIT, MODEL_NOT_CONVERTED, SpriteForgeError  # noqa: E402
+from spriteforge.tests.parity import assert_close, mx_weights
 
 sd3 = pytest.importorskip("spriteforge.engines.mlx_models.sd3")
-
-
-def _sd(model):
-    return {k: mx.array(v.detach().float().numpy()) for k, v in model.state_dict().items()}
-
-
-def _check(out, ref, what):
-    out = np.array(out)
-    assert out.shape == ref.shape, (out.shape, ref.shape)
-    diff = float(np.abs(out - ref).max())
-    print(f"{what}: max |diff| {diff:.3g} (max |ref| {np.abs(ref).max():.3g})")
-    assert diff <= 1e-4 * (1 + float(np.abs(ref).max())), diff
-    return diff
 
 
 # --------------------------------------------------------------------------- SD3 / SD3.5
 def _sd3_port(model):
     p = sd3.SD3Transformer2DModel(dict(model.config))
-    return layers.load_weights(p, sd3.map_weights(_sd(model)), what="sd3")
+    return layers.load_weights(p, sd3.map_weights(mx_weights(model)), what="sd3")
 
 
 @pytest.mark.parametrize("variant", ["sd3", "sd3.5-large", "sd3.5-medium"])
@@ -66,7 +53,7 @@ def test_sd3_matches_diffusers(variant):
     if variant != "sd3":
         assert "norm_added_q" in port.transformer_blocks[0].attn
     out = port(mx.array(x.numpy()), mx.array(enc.numpy()), mx.array(pooled.numpy()), mx.array(t.numpy()))
-    _check(out, ref, f"sd3 {variant}")
+    assert_close(out, ref, f"sd3 {variant}")
 
 
 def test_sd3_without_position_table_size_matches_diffusers():
@@ -83,7 +70,7 @@ def test_sd3_without_position_table_size_matches_diffusers():
     pooled, t = torch.randn(2, cfg["pooled_projection_dim"], generator=g), torch.tensor([900.0, 10.0])
     with torch.no_grad():
         ref = model(x, enc, pooled, t, return_dict=False)[0].numpy()
-    _check(port(mx.array(x.numpy()), mx.array(enc.numpy()), mx.array(pooled.numpy()), mx.array(t.numpy())), ref, "sd3 no table")
+    assert_close(port(mx.array(x.numpy()), mx.array(enc.numpy()), mx.array(pooled.numpy()), mx.array(t.numpy())), ref, "sd3 no table")
 
 
 def test_sd3_size_beyond_table_is_coded():
@@ -98,14 +85,14 @@ def test_sd3_size_beyond_table_is_coded():
 
 def test_sd3_missing_or_bad_tensor_is_coded():
     model = tm.build_sd3("sd3.5-medium")
-    sd = sd3.map_weights(_sd(model))
+    sd = sd3.map_weights(mx_weights(model))
     missing = dict(sd)
     missing.pop("transformer_blocks.0.attn2.norm_q.weight")
     with pytest.raises(SpriteForgeError) as e:
         layers.load_weights(sd3.SD3Transformer2DModel(dict(model.config)), missing, what="sd3")
     assert e.value.code == MODEL_NOT_CONVERTED and "attn2.norm_q" in str(e.value)
     bad = dict(sd)
-    bad["pos_embed.proj.weight"] = _sd(model)["pos_embed.proj.weight"]  # left in torch's OIHW layout
+    bad["pos_embed.proj.weight"] = mx_weights(model)["pos_embed.proj.weight"]  # left in torch's OIHW layout
     with pytest.raises(SpriteForgeError) as e:
         layers.load_weights(sd3.SD3Transformer2DModel(dict(model.config)), bad, what="sd3")
     assert e.value.code == MODEL_NOT_CONVERTED
@@ -117,7 +104,7 @@ flux = pytest.importorskip("spriteforge.engines.mlx_models.flux")
 
 def _flux_port(model):
     p = flux.FluxTransformer2DModel(dict(model.config))
-    return layers.load_weights(p, flux.map_weights(_sd(model)), what="flux")
+    return layers.load_weights(p, flux.map_weights(mx_weights(model)), what="flux")
 
 
 def _img_ids(h2, w2):
@@ -154,7 +141,7 @@ def test_flux_matches_diffusers(variant):
     out = port(*args, img_ids=mx.array(img_ids.numpy()), txt_ids=mx.array(txt_ids.numpy()), guidance=mg)
     assert float(mx.abs(out - stale).max()) > 1e-3
     assert ref.shape == (b, h2 * w2, 64)
-    _check(out, ref, f"flux {variant}")
+    assert_close(out, ref, f"flux {variant}")
 
 
 def test_flux_dev_without_guidance_is_coded():
@@ -169,7 +156,7 @@ def test_flux_dev_without_guidance_is_coded():
 
 def test_flux_missing_or_bad_tensor_is_coded():
     model = tm.build_flux("fill")
-    sd = flux.map_weights(_sd(model))
+    sd = flux.map_weights(mx_weights(model))
     missing = dict(sd)
     missing.pop("single_transformer_blocks.0.attn.norm_k.weight")
     with pytest.raises(SpriteForgeError) as e:

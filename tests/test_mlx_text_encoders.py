@@ -17,22 +17,9 @@ transformers = pytest.importorskip("transformers")
 from spriteforge.engines.mlx_models import layers  # noqa: E402
 from spriteforge.errors import MODEL_NOT_CONVERTED, SpriteForgeError  # noqa: E402
 from spriteforge.tests import tiny_models as tm  # noqa: E402
+from spriteforge.tests.parity import assert_close, mx_weights
 
 REPO = tm.Path(__file__).resolve().parents[1]
-
-
-def _mx_sd(model) -> dict:
-    return {k: mx.array(v.detach().float().numpy()) for k, v in model.state_dict().items()}
-
-
-def _close(out, ref, what=""):
-    out, ref = np.asarray(out, dtype=np.float32), np.asarray(ref, dtype=np.float32)
-    assert out.shape == ref.shape, (what, out.shape, ref.shape)
-    diff = float(np.abs(out - ref).max())
-    tol = 1e-4 * (1.0 + float(np.abs(ref).max()))
-    print(f"{what}: max|diff| {diff:.3g} (max|ref| {float(np.abs(ref).max()):.3g})")
-    assert diff <= tol, f"{what}: max |diff| {diff} > {tol}"
-    return diff
 
 
 def _ids(vocab: int, length: int, seed: int, lo: int = 3):
@@ -44,7 +31,7 @@ def _t5_pair(ref):
     from spriteforge.engines.mlx_models import t5
 
     model = t5.T5EncoderModel(ref.config.to_dict())
-    layers.load_weights(model, t5.map_weights(_mx_sd(ref)), what="t5 text encoder")
+    layers.load_weights(model, t5.map_weights(mx_weights(ref)), what="t5 text encoder")
     return model
 
 
@@ -53,7 +40,7 @@ def _t5_check(ref, ids, mask, what):
     with torch.no_grad():
         want = ref(torch.tensor(ids), attention_mask=None if mask is None else torch.tensor(mask)).last_hidden_state
     got = model(mx.array(ids), attention_mask=None if mask is None else mx.array(mask))
-    return _close(got, want.float().numpy(), what)
+    return assert_close(got, want.float().numpy(), what)
 
 
 def _padded(ids, lengths, pad=0):
@@ -117,7 +104,7 @@ def test_t5_map_weights_tied_embedding_and_coded_error():
     from spriteforge.engines.mlx_models import t5
 
     ref = tm.build_t5()
-    sd = _mx_sd(ref)
+    sd = mx_weights(ref)
     assert "shared.weight" in sd and "encoder.embed_tokens.weight" in sd
     only_tied = {k: v for k, v in sd.items() if k != "shared.weight"}
     mapped = t5.map_weights(only_tied)
@@ -155,16 +142,16 @@ def _clip_check(ref, ids, projection, what):
     from spriteforge.engines.mlx_models import clip
 
     model = clip.CLIPTextModel(ref.config.to_dict(), projection=projection)
-    layers.load_weights(model, clip.map_weights(_mx_sd(ref)), what="clip text encoder")
+    layers.load_weights(model, clip.map_weights(mx_weights(ref)), what="clip text encoder")
     with torch.no_grad():
         out = ref(torch.tensor(ids), output_hidden_states=True)
     want_pooled = out.text_embeds if projection else out.pooler_output
     hidden, pooled = model(mx.array(ids))
     assert len(hidden) == len(out.hidden_states)
-    diffs = [_close(hidden[-2], out.hidden_states[-2].numpy(), f"{what} hidden_states[-2]"),
-             _close(hidden[-1], out.hidden_states[-1].numpy(), f"{what} hidden_states[-1]"),
-             _close(pooled, want_pooled.numpy(), f"{what} pooled")]
-    _close(model.last_hidden_state(mx.array(ids)), out.last_hidden_state.numpy(), f"{what} last_hidden_state")
+    diffs = [assert_close(hidden[-2], out.hidden_states[-2].numpy(), f"{what} hidden_states[-2]"),
+             assert_close(hidden[-1], out.hidden_states[-1].numpy(), f"{what} hidden_states[-1]"),
+             assert_close(pooled, want_pooled.numpy(), f"{what} pooled")]
+    assert_close(model.last_hidden_state(mx.array(ids)), out.last_hidden_state.numpy(), f"{what} last_hidden_state")
     return max(diffs)
 
 
@@ -201,7 +188,7 @@ def test_clip_projection_rule_and_map_weights():
     assert clip.wants_projection(cfg, keys=with_proj.state_dict().keys())
     assert not clip.wants_projection(cfg, keys=plain.state_dict().keys())
     assert not clip.CLIPTextModel(cfg).has_projection
-    mapped = clip.map_weights(_mx_sd(plain))
+    mapped = clip.map_weights(mx_weights(plain))
     assert all(k.startswith("text_model.") for k in mapped) and not any("position_ids" in k for k in mapped)
     # a file without the projection does not fit a model that wants one: coded error
     with pytest.raises(SpriteForgeError) as ei:
@@ -214,11 +201,11 @@ def _gemma_check(ref, ids, mask, what):
     from spriteforge.engines.mlx_models import gemma
 
     model = gemma.Gemma2Model(ref.config.to_dict())
-    layers.load_weights(model, gemma.map_weights(_mx_sd(ref)), what="gemma text encoder")
+    layers.load_weights(model, gemma.map_weights(mx_weights(ref)), what="gemma text encoder")
     with torch.no_grad():
         want = ref(torch.tensor(ids), attention_mask=None if mask is None else torch.tensor(mask)).last_hidden_state
     got = model(mx.array(ids), attention_mask=None if mask is None else mx.array(mask))
-    return _close(got, want.float().numpy(), what)
+    return assert_close(got, want.float().numpy(), what)
 
 
 def test_gemma_tiny_right_padding():
@@ -246,7 +233,7 @@ def test_gemma_map_weights_and_coded_error():
     from spriteforge.engines.mlx_models import gemma
 
     ref = tm.build_gemma()
-    sd = _mx_sd(ref)
+    sd = mx_weights(ref)
     causal_lm = {"model." + k: v for k, v in sd.items()}
     causal_lm["lm_head.weight"] = sd["embed_tokens.weight"]
     assert set(gemma.map_weights(causal_lm)) == set(sd)
@@ -267,7 +254,7 @@ def test_float16_stays_close_to_float32(family):
         ref = tm.build_clip("clip_g")
         ids, mask = _clip_ids(600, 599, 1, [9, 30]), None
         model = clip.CLIPTextModel(ref.config.to_dict(), projection=True)
-        layers.load_weights(model, clip.map_weights(_mx_sd(ref)))
+        layers.load_weights(model, clip.map_weights(mx_weights(ref)))
         with torch.no_grad():
             want = ref(torch.tensor(ids)).text_embeds.numpy()
         run = lambda m: m(mx.array(ids))[1]  # noqa: E731
@@ -275,7 +262,7 @@ def test_float16_stays_close_to_float32(family):
         mod, ref = (t5, tm.build_t5()) if family == "t5" else (gemma, tm.build_gemma())
         ids, mask = _padded(_ids(200, 40, 1), [40, 23])
         model = (t5.T5EncoderModel if family == "t5" else gemma.Gemma2Model)(ref.config.to_dict())
-        layers.load_weights(model, mod.map_weights(_mx_sd(ref)))
+        layers.load_weights(model, mod.map_weights(mx_weights(ref)))
         with torch.no_grad():
             want = ref(torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
         run = lambda m: m(mx.array(ids), attention_mask=mx.array(mask))  # noqa: E731

@@ -15,13 +15,10 @@ torch = pytest.importorskip("torch")
 from spriteforge.errors import MODEL_NOT_CONVERTED, SpriteForgeError  # noqa: E402
 
 from spriteforge.tests.tiny_models import build_dcae, build_vae  # noqa: E402
+from spriteforge.tests.parity import assert_close, mx_weights
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_VAE = REPO / "demo_model" / "vae"
-
-
-def _to_mx(sd):
-    return {k: mx.array(v.detach().float().numpy()) for k, v in sd.items()}
 
 
 @contextlib.contextmanager
@@ -38,17 +35,6 @@ def _torch_circular(module, on=True):
     finally:
         for m, mode in changed:
             m.padding_mode = mode
-
-
-def _check(ref, got, what):
-    ref = np.asarray(ref, dtype=np.float32)
-    got = np.asarray(got, dtype=np.float32)
-    assert got.shape == ref.shape, (what, got.shape, ref.shape)
-    diff = float(np.abs(ref - got).max())
-    tol = 1e-4 * (1.0 + float(np.abs(ref).max()))
-    print(f"{what}: max|diff| = {diff:.3g} (max|ref| = {float(np.abs(ref).max()):.3g})")
-    assert diff <= tol, f"{what}: max|diff| {diff} > {tol}"
-    return diff
 
 
 def _inputs(channels, h, w, batch=2, seed=0):
@@ -75,8 +61,8 @@ def _parity(tvae, mvae, h, w, label, encode_circular=True):
         mx.eval(got_z, got_x)
         tag = f"{label} {'circular' if circ else 'zero-pad'}"
         if circ and encode_circular or not circ:
-            diffs[tag + " encode"] = _check(ref_z.numpy(), np.array(got_z), tag + " encode")
-        diffs[tag + " decode"] = _check(ref_x.numpy(), np.array(got_x), tag + " decode")
+            diffs[tag + " encode"] = assert_close(np.array(got_z), ref_z.numpy(), tag + " encode")
+        diffs[tag + " decode"] = assert_close(np.array(got_x), ref_x.numpy(), tag + " decode")
     mvae.set_circular(False)
     return diffs
 
@@ -87,7 +73,7 @@ def _kl_port(tvae):
     from spriteforge.engines.mlx_models.vae import AutoencoderKL, map_weights
 
     m = AutoencoderKL(dict(tvae.config))
-    layers.load_weights(m, map_weights(_to_mx(tvae.state_dict())), "vae")
+    layers.load_weights(m, map_weights(mx_weights(tvae.state_dict())), "vae")
     return m
 
 
@@ -125,7 +111,7 @@ def test_kl_vae_old_attention_names_and_no_attention():
     from spriteforge.engines.mlx_models.vae import AutoencoderKL, map_weights
 
     tvae = build_vae(4)
-    sd = _to_mx(tvae.state_dict())
+    sd = mx_weights(tvae.state_dict())
     old = {}
     for k, v in sd.items():
         if ".attentions.0." in k:
@@ -139,14 +125,14 @@ def test_kl_vae_old_attention_names_and_no_attention():
     z = _inputs(4, 3, 5, batch=1)
     with torch.no_grad():
         ref = tvae.decode(torch.from_numpy(z)).sample.numpy()
-    _check(ref, np.array(m.decode(mx.array(z))), "kl4 old names decode")
+    assert_close(np.array(m.decode(mx.array(z))), ref, "kl4 old names decode")
 
     torch.manual_seed(0)
     t2 = TorchKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
                  up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=2, norm_num_groups=4,
                  latent_channels=4, mid_block_add_attention=False).eval()
     m2 = AutoencoderKL(dict(t2.config))
-    layers.load_weights(m2, map_weights(_to_mx(t2.state_dict())), "vae")
+    layers.load_weights(m2, map_weights(mx_weights(t2.state_dict())), "vae")
     _parity(t2, m2, 12, 20, "kl-noattn")
 
 
@@ -169,11 +155,11 @@ def test_kl_vae_original_layout_matches_diffusers_converter(channels):
     for k in ref:
         assert tuple(mine[k].shape) == tuple(ref[k].shape) and torch.equal(mine[k], ref[k]), k
     m = AutoencoderKL(dict(tvae.config))
-    layers.load_weights(m, map_weights(_to_mx({"first_stage_model." + k: v for k, v in orig.items()})), "vae")
+    layers.load_weights(m, map_weights(mx_weights({"first_stage_model." + k: v for k, v in orig.items()})), "vae")
     z = _inputs(channels, 4, 6, batch=1)
     with torch.no_grad():
         want = tvae.decode(torch.from_numpy(z)).sample.numpy()
-    _check(want, np.array(m.decode(mx.array(z))), f"kl{channels} original-layout decode")
+    assert_close(np.array(m.decode(mx.array(z))), want, f"kl{channels} original-layout decode")
 
 
 def test_kl_vae_wrong_weights_coded_error():
@@ -181,7 +167,7 @@ def test_kl_vae_wrong_weights_coded_error():
     from spriteforge.engines.mlx_models.vae import AutoencoderKL, map_weights
 
     tvae = build_vae(16)
-    w = map_weights(_to_mx(tvae.state_dict()))
+    w = map_weights(mx_weights(tvae.state_dict()))
     m = AutoencoderKL(dict(tvae.config))
     missing = dict(w)
     missing.pop("decoder.conv_out.weight")
@@ -195,7 +181,7 @@ def test_kl_vae_wrong_weights_coded_error():
     assert e.value.code == MODEL_NOT_CONVERTED and "shape mismatch" in str(e.value)
     # a 4-channel VAE's weights (with quant convs) do not fit a 16-channel port
     with pytest.raises(SpriteForgeError) as e:
-        layers.load_weights(m, map_weights(_to_mx(build_vae(4).state_dict())), "vae")
+        layers.load_weights(m, map_weights(mx_weights(build_vae(4).state_dict())), "vae")
     assert e.value.code == MODEL_NOT_CONVERTED
 
 
@@ -205,7 +191,7 @@ def _dc_port(tvae):
     from spriteforge.engines.mlx_models.dcae import AutoencoderDC, map_weights
 
     m = AutoencoderDC(dict(tvae.config))
-    layers.load_weights(m, map_weights(_to_mx(tvae.state_dict())), "dc-ae")
+    layers.load_weights(m, map_weights(mx_weights(tvae.state_dict())), "dc-ae")
     return m
 
 
@@ -223,8 +209,8 @@ def _dc_parity(tvae, m, h, w, label):
                 ref_x = tvae.decode(torch.from_numpy(z)).sample
         got_z, got_x = m.encode(mx.array(x)), m.decode(mx.array(z))
         tag = f"{label} {'circular' if circ else 'zero-pad'}"
-        _check(ref_z.numpy(), np.array(got_z), tag + " encode")
-        _check(ref_x.numpy(), np.array(got_x), tag + " decode")
+        assert_close(np.array(got_z), ref_z.numpy(), tag + " encode")
+        assert_close(np.array(got_x), ref_x.numpy(), tag + " decode")
     m.set_circular(False)
 
 
@@ -237,7 +223,7 @@ def test_dcae_parity_tiny():
     z = _inputs(32, 2, 2, batch=2, seed=3)
     with torch.no_grad():
         ref = tvae.decode(torch.from_numpy(z)).sample.numpy()
-    _check(ref, np.array(m.decode(mx.array(z))), "dcae quadratic-attention decode")
+    assert_close(np.array(m.decode(mx.array(z))), ref, "dcae quadratic-attention decode")
 
 
 def test_dcae_parity_pixel_shuffle_batch_norm():
@@ -272,7 +258,7 @@ def test_dcae_wrong_weights_coded_error():
     from spriteforge.engines.mlx_models.dcae import AutoencoderDC, map_weights
 
     tvae = build_dcae()
-    w = map_weights(_to_mx(tvae.state_dict()))
+    w = map_weights(mx_weights(tvae.state_dict()))
     m = AutoencoderDC(dict(tvae.config))
     w.pop("decoder.up_blocks.2.0.attn.to_q.weight")
     w["encoder.conv_out.extra"] = mx.zeros((1,))
