@@ -24,6 +24,7 @@ import numpy as np
 
 from .engines.base import Conditioning
 from .engines.model_inputs import is_fill_model
+from .engines.ops import ops_for, to_numpy
 from .errors import BAD_INPUT, DIMENSION_LIMIT, ENGINE_INTERNAL, SpriteForgeError, classify
 from .log import get_logger
 from .progress import Interrupted, Progress
@@ -189,15 +190,7 @@ def _defaults(handle, params: GenerateParams) -> dict:
 
 # --------------------------------------------------------------------------- helpers
 def _np(x, engine=None) -> np.ndarray | None:
-    if x is None:
-        return None
-    if isinstance(x, np.ndarray):
-        return x.astype(np.float32, copy=False)
-    if hasattr(x, "detach"):
-        return x.detach().float().cpu().numpy()
-    if engine is not None:
-        return np.asarray(engine.to_numpy(x), dtype=np.float32)
-    return np.asarray(x, dtype=np.float32)
+    return to_numpy(x, engine)
 
 
 def _to_batch(a: np.ndarray, batch: int, what: str) -> np.ndarray:
@@ -514,6 +507,7 @@ class _Inpaint:
 
     def __init__(self, model, src, noise, mask, flow):
         self.model, self.src, self.noise, self.mask, self.flow = model, src, noise, mask, flow
+        self.ops = getattr(model, "ops", None)  # the samplers' array ops, passed on
 
     def __call__(self, x, sigma, **kw):
         s = float(sigma)
@@ -530,6 +524,7 @@ class _Seamless:
 
     def __init__(self, model, engine, seed, patch):
         self.model, self.engine, self.patch = model, engine, max(int(patch), 1)
+        self.ops = getattr(model, "ops", None)
         self.rng = np.random.Generator(np.random.PCG64(int(seed) % 2**64 + 7919))
         self.calls = 0
 
@@ -544,15 +539,8 @@ class _Seamless:
 
 
 def _roll(x, dy, dx):
-    if hasattr(x, "roll"):  # torch
-        return x.roll(shifts=(dy, dx), dims=(-2, -1))
-    if isinstance(x, np.ndarray):
-        return np.roll(x, (dy, dx), axis=(-2, -1))
-    if (type(x).__module__ or "").startswith("mlx"):
-        from .engines.mlx_ops import roll2d  # MLX code lives in engines/
-
-        return roll2d(x, dy, dx)
-    raise SpriteForgeError(ENGINE_INTERNAL, f"cannot roll arrays of type {type(x).__name__} for seamless tiling.")
+    """``x`` rolled by (dy, dx) over its last two axes, with the ops of its framework."""
+    return ops_for(x).roll2d(x, dy, dx)
 
 
 # --------------------------------------------------------------------------- decode

@@ -129,6 +129,14 @@ class Engine(ABC):
     @abstractmethod
     def sync(self) -> None: ...
 
+    @property
+    def ops(self):
+        """The engine's array operations (protocol in :mod:`spriteforge.samplers.ops`), handed to the
+        framework-free samplers and LoRA core; numpy's unless the engine overrides it."""
+        from ..samplers.ops import NUMPY_OPS
+
+        return NUMPY_OPS
+
     # memory (benchmarks) ------------------------------------------------
     def reset_peak_memory(self) -> None:
         """Start a new peak-memory measurement (no-op where the engine keeps none)."""

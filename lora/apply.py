@@ -124,9 +124,11 @@ def check_engine(handle) -> None:
         )
 
 
-def plan_specs(handle, specs, *, framework: str, getter, transformer_shapes, text_encoder_shapes, log):
+def plan_specs(handle, specs, *, ops, getter, transformer_shapes, text_encoder_shapes, log):
     """Read and plan every LoRA in ``specs`` for ``handle`` (framework-free; the engines patch).
 
+    ``ops``: the engine's array operations (``engine.ops``: it reads the files with
+    ``ops.load_safetensors`` and splits fused updates with them);
     ``getter(tensors)`` gives the planner's tensor lookup for one file's tensors; the shapes are the model's
     Linear/conv layers per component. Returns ``(transformer_patches, text_encoder_patches, records)``:
     ``{layer: [patch, ...]}``, ``{component: {layer: [patch, ...]}}`` and one :class:`AppliedLoRA` per spec.
@@ -140,11 +142,11 @@ def plan_specs(handle, specs, *, framework: str, getter, transformer_shapes, tex
     te_maps: dict[str, dict[str, list]] = {}
     records = []
     for spec in specs:
-        lf = read_lora(spec.source, framework=framework, name=spec.name)
+        lf = read_lora(spec.source, load=getattr(ops, "load_safetensors", None), name=spec.name)
         try:
             pl = make_plan(lf.modules, getter(lf.tensors), family=handle.family, transformer=transformer_shapes,
                            text_encoders=text_encoder_shapes, strength_model=float(spec.strength_model),
-                           strength_text=spec.text_strength, metadata=lf.metadata, lora_name=lf.name)
+                           strength_text=spec.text_strength, metadata=lf.metadata, lora_name=lf.name, ops=ops)
         except SpriteForgeError:
             raise
         except Exception as exc:
@@ -182,8 +184,4 @@ def apply_loras(handle, specs, *, merge: bool = False):
     specs = [as_spec(s) for s in (specs if isinstance(specs, (list, tuple)) else [specs])]
     if not specs:
         return handle
-    name = getattr(handle.engine, "name", "")
-    impl = getattr(handle.engine, "apply_loras", None)  # Engine.apply_loras: every engine implements it
-    if impl is None:
-        raise SpriteForgeError(LORA_UNSUPPORTED_ENGINE, f"the {name} engine has no LoRA implementation. Use engine 'torch'.")
-    return impl(handle, specs, merge=merge)
+    return handle.engine.apply_loras(handle, specs, merge=merge)  # the engine interface (engines.base.Engine)

@@ -1,7 +1,7 @@
 """The weight update, written once for every engine.
 
 A :class:`Patch` is one LoRA-family adapter on one weight: its tensors (any array type
-that :func:`spriteforge.lora.ops.ops_for` knows: numpy, torch, MLX), its ``alpha``, the
+of one framework: numpy, torch or MLX), its ``alpha``, the
 user's ``strength``, an optional DoRA magnitude and, for fused targets, the rows of the
 target weight it covers. :func:`delta_weight` is ``ΔW`` (``alpha/rank`` included, not the
 strength), :func:`patched_weight` is the patched weight. Both compute in float32 and
@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .ops import ops_for
+from ..samplers.ops import default_ops
 
 KINDS = ("lora", "loha", "lokr", "full")
 
@@ -121,11 +121,14 @@ def _kron(a, b, xp):
     return xp.reshape(xp.reshape(a, a_shape) * xp.reshape(b, b_shape), out)
 
 
-def delta_weight(patch: Patch, shape) -> Any:
-    """``ΔW`` of ``patch`` in float32, shaped ``shape`` (the rows it covers × the rest of the weight)."""
+def delta_weight(patch: Patch, shape, *, ops=None) -> Any:
+    """``ΔW`` of ``patch`` in float32, shaped ``shape`` (the rows it covers × the rest of the weight).
+
+    ``ops``: the array operations of the tensors' framework (the engine's ``engine.ops``; numpy's by default).
+    """
     t = patch.tensors
     first = next(iter(t.values()))
-    xp = ops_for(first)
+    xp = default_ops(first, ops)
     shape = tuple(int(s) for s in shape)
     out = shape[0]
     rest = _numel(shape[1:])
@@ -175,13 +178,13 @@ def _apply_one(W, d, p, xp):
     return W + (Wd - W) * p.strength if p.strength != 1.0 else Wd
 
 
-def patched_weight(weight, patches, *, like=None):
+def patched_weight(weight, patches, *, like=None, ops=None):
     """``weight`` with ``patches`` applied in order (float32 math, returned in ``like``'s dtype or the weight's).
 
     A patch with ``rows=(a, b)`` changes rows ``a:b`` only (its DoRA norm, if any, is taken
-    over those rows).
+    over those rows). ``ops`` as for :func:`delta_weight`.
     """
-    xp = ops_for(weight)
+    xp = default_ops(weight, ops)
     W = xp.f32(weight)
     total = int(W.shape[0])
     for p in patches:
@@ -189,12 +192,12 @@ def patched_weight(weight, patches, *, like=None):
             continue
         if p.rows:
             a, b = p.rows
-            d = delta_weight(p, (b - a,) + tuple(W.shape[1:]))
+            d = delta_weight(p, (b - a,) + tuple(W.shape[1:]), ops=xp)
             block = _apply_one(W[a:b], d, p, xp)
             parts = ([W[:a]] if a > 0 else []) + [block] + ([W[b:]] if b < total else [])
             W = xp.concat(parts, 0) if len(parts) > 1 else block
         else:
-            W = _apply_one(W, delta_weight(p, tuple(W.shape)), p, xp)
+            W = _apply_one(W, delta_weight(p, tuple(W.shape), ops=xp), p, xp)
     return xp.cast_like(W, like if like is not None else weight)
 
 
@@ -206,7 +209,7 @@ def _row_take(x, pieces, xp):
     return chunks[0] if len(chunks) == 1 else xp.concat(chunks, 0)
 
 
-def take_rows(patch: Patch, pieces, *, target_shape=None) -> Patch:
+def take_rows(patch: Patch, pieces, *, target_shape=None, ops=None) -> Patch:
     """The patch for rows ``pieces`` (list of ``(a, b)``, concatenated in order) of ``patch``'s update.
 
     Exact for LoRA, LoHa and full (rows of ``up`` / ``w1a`` and ``w2a`` / ``diff``); a LoKr
@@ -215,7 +218,7 @@ def take_rows(patch: Patch, pieces, *, target_shape=None) -> Patch:
     kept (then the norm is taken over the piece only, an approximation).
     """
     t = patch.tensors
-    xp = ops_for(next(iter(t.values())))
+    xp = default_ops(next(iter(t.values())), ops)
     if patch.kind == "lora":
         new = dict(t, up=_row_take(t["up"], pieces, xp))
         kind, alpha = "lora", patch.alpha
@@ -228,7 +231,7 @@ def take_rows(patch: Patch, pieces, *, target_shape=None) -> Patch:
         else:
             if target_shape is None:
                 raise ValueError("take_rows on a LoKr patch needs target_shape")
-            full = delta_weight(replace(patch, rows=None), target_shape)
+            full = delta_weight(replace(patch, rows=None), target_shape, ops=xp)
         new = {"diff": _row_take(full, pieces, xp)}
         kind, alpha = "full", None
     dora = patch.dora_scale
@@ -237,7 +240,7 @@ def take_rows(patch: Patch, pieces, *, target_shape=None) -> Patch:
     return replace(patch, kind=kind, tensors=new, alpha=alpha, dora_scale=dora, rows=None)
 
 
-def fuse_lora_parts(parts, sizes, in_features: int) -> Patch:
+def fuse_lora_parts(parts, sizes, in_features: int, *, ops=None) -> Patch:
     """One plain LoRA on a fused weight from LoRAs on its row blocks (q, k, v → qkv).
 
     ``parts[i]`` is a ``lora`` :class:`Patch` for rows block ``i`` (``sizes[i]`` rows) or
@@ -252,7 +255,7 @@ def fuse_lora_parts(parts, sizes, in_features: int) -> Patch:
     for p in present:
         if p.kind != "lora" or p.dora_scale is not None:
             raise ValueError("only plain LoRA parts can be fused")
-    xp = ops_for(present[0].tensors["down"])
+    xp = default_ops(present[0].tensors["down"], ops)
     ranks = [int(p.tensors["down"].shape[0]) if p is not None else 0 for p in parts]
     R = sum(ranks)
     downs, ups = [], []

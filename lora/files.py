@@ -36,28 +36,8 @@ def _metadata(path: Path) -> dict:
         return {}
 
 
-def _load_tensors(path: Path, framework: str) -> dict:
-    suffix = path.suffix.lower()
-    if suffix not in (".safetensors", ".sft"):
-        if suffix in (".pt", ".pth", ".ckpt", ".bin"):
-            import torch
-
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-            if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-                sd = sd["state_dict"]
-            sd = {k: v for k, v in sd.items() if hasattr(v, "shape")}
-            if framework == "numpy":
-                return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
-            return sd
-        raise SpriteForgeError(BAD_INPUT, f"{path.name}: LoRA files must be .safetensors (or .pt/.ckpt); got {suffix or 'no extension'}.")
-    if framework == "torch":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    if framework == "mlx":
-        from ..engines.mlx_ops import load_safetensors
-
-        return load_safetensors(path)
+def load_numpy(path) -> dict:
+    """Every tensor of a safetensors LoRA file as numpy arrays (bfloat16 upcast to float32)."""
     try:
         from safetensors.numpy import load_file
 
@@ -68,8 +48,33 @@ def _load_tensors(path: Path, framework: str) -> dict:
         return {k: v.float().numpy() for k, v in tload(str(path), device="cpu").items()}
 
 
-def read_lora(source, *, framework: str = "numpy", name: str | None = None) -> LoRAFile:
-    """A LoRA from a file path or an in-memory ``{name: array}`` dict, grouped into modules."""
+def _load_pickled(path: Path) -> dict:
+    """The tensors of a ``.pt``/``.ckpt`` LoRA (``weights_only``: no code runs) as numpy arrays."""
+    import torch
+
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    sd = {k: v for k, v in sd.items() if hasattr(v, "shape")}
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+
+
+def _load_tensors(path: Path, load) -> dict:
+    suffix = path.suffix.lower()
+    if suffix in (".safetensors", ".sft"):
+        return (load or load_numpy)(path)
+    if suffix in (".pt", ".pth", ".ckpt", ".bin"):
+        return _load_pickled(path)
+    raise SpriteForgeError(BAD_INPUT, f"{path.name}: LoRA files must be .safetensors (or .pt/.ckpt); got {suffix or 'no extension'}.")
+
+
+def read_lora(source, *, load=None, name: str | None = None) -> LoRAFile:
+    """A LoRA from a file path or an in-memory ``{name: array}`` dict, grouped into modules.
+
+    ``load(path) -> {name: array}`` reads a safetensors file into the engine's arrays (the
+    engine's ``engine.ops.load_safetensors``); default :func:`load_numpy`. ``.pt``/``.ckpt``
+    files are read as numpy arrays (the engine's tensor getter converts them).
+    """
     if isinstance(source, LoRAFile):
         return source
     if isinstance(source, Mapping):
@@ -81,7 +86,7 @@ def read_lora(source, *, framework: str = "numpy", name: str | None = None) -> L
             raise SpriteForgeError(MODEL_NOT_FOUND, f"LoRA file {p} does not exist. Put it in models/loras or give its full path.",
                                    details={"path": str(p)})
         try:
-            tensors = _load_tensors(p, framework)
+            tensors = _load_tensors(p, load)
         except SpriteForgeError:
             raise
         except Exception as exc:
@@ -217,7 +222,7 @@ def inspect_lora(path) -> dict:
         modules, stray = group_modules(shapes)
         alphas = _alpha_values(p, [m.params["alpha"] for m in modules if "alpha" in m.params])
     else:
-        lf = read_lora(p, framework="numpy")
+        lf = read_lora(p)
         shapes = {k: tuple(v.shape) for k, v in lf.tensors.items()}
         meta, modules, stray = lf.metadata, lf.modules, lf.stray
         alphas = [float(lf.tensors[m.params["alpha"]].reshape(-1)[0]) for m in modules if "alpha" in m.params]

@@ -148,15 +148,18 @@ def _lookup(index: dict, flat: str, te: bool):
 
 
 def resolve_component(modules, targets: dict, get, strength: float, *, family: str | None, te: bool = False,
-                      metadata: dict | None = None) -> ComponentPlan:
-    """Match ``modules`` (one component of a LoRA) onto ``targets`` (module name -> weight shape)."""
+                      metadata: dict | None = None, ops=None) -> ComponentPlan:
+    """Match ``modules`` (one component of a LoRA) onto ``targets`` (module name -> weight shape).
+
+    ``ops``: the array operations of the tensors ``get`` returns (the engine's; numpy's by default).
+    """
     plan = ComponentPlan()
     index = {underscore(n): n for n in targets}
     fams = [family] if family in RULES else list(RULES)
     for m in modules:
         try:
             patch = build_patch(m, get, strength, metadata)
-            placed = _place(patch, m.flat, index, targets, fams, te)
+            placed = _place(patch, m.flat, index, targets, fams, te, ops)
         except ValueError as exc:
             plan.skipped.append((m.key, str(exc)))
             continue
@@ -238,7 +241,7 @@ def _shape_text(p: Patch) -> str:
     return f"{p.out_rows}x{patch_in_numel(p)}"
 
 
-def _place(patch: Patch, flat: str, index, targets, fams, te):
+def _place(patch: Patch, flat: str, index, targets, fams, te, ops=None):
     """[(target, patch)], a reason string (found but unusable), or None (no such layer)."""
     # 1. the same layer by name
     name = _lookup(index, flat, te)
@@ -255,7 +258,7 @@ def _place(patch: Patch, flat: str, index, targets, fams, te):
         if not hit:
             continue
         names, swap = hit
-        out = _split(patch, names, swap, index, targets)
+        out = _split(patch, names, swap, index, targets, ops)
         if out is not None:
             return out
     # 3. diffusers layer -> fused original layer (rows of it)
@@ -277,7 +280,7 @@ def _place(patch: Patch, flat: str, index, targets, fams, te):
         p = patch
         if swap == "always" or (swap == "if2" and out_f == 2 * in_f):
             h = patch.out_rows // 2
-            p = take_rows(p, [(h, 2 * h), (0, h)], target_shape=(patch.out_rows,) + tuple(shape[1:]))
+            p = take_rows(p, [(h, 2 * h), (0, h)], target_shape=(patch.out_rows,) + tuple(shape[1:]), ops=ops)
         return [(oname, replace(p, rows=(a, b)) if n > 1 else p)]
     # 4. diffusers' fused to_qkv / to_added_qkv
     fused = _fused(flat, index, targets)
@@ -300,7 +303,7 @@ def _fused(flat, index, targets):
     return None
 
 
-def _split(patch: Patch, names, swap, index, targets):
+def _split(patch: Patch, names, swap, index, targets, ops=None):
     resolved = []
     for t in names:
         tname = index.get(underscore(t))
@@ -322,13 +325,13 @@ def _split(patch: Patch, names, swap, index, targets):
     in_f = int(rest_shape[0]) if rest_shape else 1
     if swap == "always" or (swap == "if2" and patch.out_rows == 2 * in_f):
         h = patch.out_rows // 2
-        p = take_rows(p, [(h, 2 * h), (0, h)], target_shape=whole)
+        p = take_rows(p, [(h, 2 * h), (0, h)], target_shape=whole, ops=ops)
     if len(resolved) == 1 and resolved[0][1] is None:
         return [(resolved[0][0], p)]
     out = []
     a = 0
     for tname, rows, size, _ in resolved:
-        piece = take_rows(p, [(a, a + size)], target_shape=whole)
+        piece = take_rows(p, [(a, a + size)], target_shape=whole, ops=ops)
         out.append((tname, replace(piece, rows=rows)))
         a += size
     return out
@@ -354,12 +357,13 @@ def detect(modules, shape_of=None, metadata=None) -> Detection:
 
 def plan(modules, get, *, family: str, transformer: dict | None, text_encoders: dict,
          strength_model: float = 1.0, strength_text: float = 1.0, metadata: dict | None = None,
-         lora_name: str = "this LoRA") -> Plan:
+         lora_name: str = "this LoRA", ops=None) -> Plan:
     """Patches of a LoRA for a model of ``family``.
 
     ``transformer`` and each ``text_encoders[name]`` are ``{module name: weight shape}``.
     Raises LORA_KEY_MISMATCH when the LoRA is for another family, or when nothing in it
     matches the model. A component at strength 0 is left out (it would not change anything).
+    ``ops``: the array operations of the tensors ``get`` returns (the engine's; numpy's by default).
     """
     det = detect(modules, lambda k: tuple(get(k).shape), metadata)
     fam_name = NAMES.get(family, family)
@@ -379,7 +383,7 @@ def plan(modules, get, *, family: str, transformer: dict | None, text_encoders: 
             result.missing_components.append(("transformer", len(tr_mods)))
         elif strength_model != 0:
             result.components["transformer"] = resolve_component(
-                tr_mods, transformer, get, strength_model, family=family, metadata=metadata)
+                tr_mods, transformer, get, strength_model, family=family, metadata=metadata, ops=ops)
     order = TE_ORDER.get(family, ())
     for comp in sorted(by_comp):
         mods = by_comp[comp]
@@ -390,7 +394,8 @@ def plan(modules, get, *, family: str, transformer: dict | None, text_encoders: 
         cands = prefer + [k for k in text_encoders if k not in prefer]
         best = None
         for te_name in cands:
-            cp = resolve_component(mods, text_encoders[te_name], get, strength_text, family=family, te=True, metadata=metadata)
+            cp = resolve_component(mods, text_encoders[te_name], get, strength_text, family=family, te=True, metadata=metadata,
+                                   ops=ops)
             if best is None or len(cp.matched) > len(best[1].matched):
                 best = (te_name, cp)
             if cp.matched and te_name in prefer:

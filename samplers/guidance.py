@@ -1,15 +1,15 @@
 """Classifier-free guidance and its two common corrections.
 
 All functions take denoised estimates (x0) by default, like the samplers' model output.
-Array work beyond + - * / goes through an ``ops`` namespace (:func:`.ops.ops_for`),
-found from the input when not given.
+Array work beyond + - * / goes through an ``ops`` object (:mod:`.ops`): the engine's
+``engine.ops`` for torch/MLX arrays; numpy's when not given.
 """
 
 from __future__ import annotations
 
 import math
 
-from .ops import ops_for
+from .ops import default_ops
 
 
 def cfg(cond, uncond, scale: float):
@@ -32,7 +32,7 @@ def cfg_rescale(cond, uncond, scale: float, phi: float = 0.7, *, x=None, sigma: 
     2022); for flow models (``flow=True``) v = (x - x0)/t and x0 = x - t v.
     Without ``x``/``sigma`` the rescaling is applied to the given predictions directly.
     """
-    ops = ops or ops_for(cond)
+    ops = default_ops(cond, ops)
     to_v = from_v = None
     if x is not None and sigma is not None and sigma > 0:
         s = float(sigma)
@@ -64,6 +64,6 @@ def dynamic_threshold(x0, percentile: float = 0.995, ops=None):
     s = the ``percentile`` quantile of |x0| per sample, s = max(s, 1); x0 is clamped to
     [-s, s] and divided by s.
     """
-    ops = ops or ops_for(x0)
+    ops = default_ops(x0, ops)
     s = ops.maximum(ops.quantile_per_sample(ops.abs(x0), float(percentile)), 1.0)
     return ops.clip(x0, -s, s) / s

@@ -1,13 +1,21 @@
-"""The few array operations beyond + - * / that the sampling code needs, per framework.
+"""The array operations beyond + - * / that the framework-free code needs, and their numpy reference.
 
-:func:`ops_for` picks the implementation by duck typing on the array's type (numpy,
-torch, MLX).  torch and MLX are imported lazily inside the methods, never at module top,
-so importing :mod:`spriteforge.samplers` needs only numpy.
+``samplers/`` and ``lora/`` are written once over an *ops* object that an engine hands them
+(``engine.ops``; a denoiser carries its engine's as ``.ops``). Each framework has one ops
+class, in ``engines/ops/`` (the one place torch and MLX are imported); the numpy one,
+:class:`NumpyOps`, lives here as the reference and the default for numpy arrays.
 
-Per-sample reductions treat axis 0 as the batch and return shape ``(B, 1, ..., 1)`` so
-the result broadcasts against the input.  ``std_per_sample`` is the unbiased (n - 1)
-standard deviation, as torch.std.  ``quantile_per_sample`` uses linear interpolation
-between order statistics (numpy's default method).
+The protocol (every method on every ops class):
+
+* samplers and guidance: ``where clip abs maximum sqrt``, ``mean_per_sample``,
+  ``std_per_sample`` (unbiased, n - 1, as torch.std), ``quantile_per_sample`` (linear
+  interpolation between order statistics, numpy's default), ``from_numpy(a, like=None)``,
+  ``to_numpy(x)``, ``roll2d(x, dy, dx)`` (over the last two axes: seamless tiling);
+* the LoRA core: ``f32``, ``cast_like``, ``reshape``, ``sum_keep``, ``zeros(shape, like)``
+  (float32, on ``like``'s device), ``concat(xs, axis)``.
+
+Per-sample reductions treat axis 0 as the batch and return shape ``(B, 1, ..., 1)`` so the
+result broadcasts against the input.
 """
 
 from __future__ import annotations
@@ -17,14 +25,26 @@ import numpy as np
 from ..errors import BAD_INPUT, SpriteForgeError
 
 
-def _keep(x, values):
+def keep_batch_rank(x, values):
     """Reshape per-sample values of shape (B,) to (B, 1, ..., 1) matching ``x``'s rank."""
     return values.reshape((x.shape[0],) + (1,) * (len(x.shape) - 1))
 
 
+def sorted_quantile(sorted_rows, q: float, n: int):
+    """Linear-interpolation quantile of rows already sorted along axis 1 (any array type)."""
+    pos = q * (n - 1)
+    lo = int(pos // 1)
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    return sorted_rows[:, lo] * (1.0 - frac) + sorted_rows[:, hi] * frac
+
+
 class NumpyOps:
+    """The ops protocol on numpy arrays (the reference the torch and MLX ops are tested against)."""
+
     name = "numpy"
 
+    # samplers and guidance -------------------------------------------------
     def where(self, cond, a, b):
         return np.where(cond, a, b)
 
@@ -41,14 +61,14 @@ class NumpyOps:
         return np.sqrt(x)
 
     def mean_per_sample(self, x):
-        return _keep(x, x.reshape(x.shape[0], -1).mean(axis=1))
+        return keep_batch_rank(x, x.reshape(x.shape[0], -1).mean(axis=1))
 
     def std_per_sample(self, x):
-        return _keep(x, x.reshape(x.shape[0], -1).std(axis=1, ddof=1))
+        return keep_batch_rank(x, x.reshape(x.shape[0], -1).std(axis=1, ddof=1))
 
     def quantile_per_sample(self, x, q: float):
         flat = x.reshape(x.shape[0], -1)
-        return _keep(x, np.quantile(flat, q, axis=1).astype(x.dtype, copy=False))
+        return keep_batch_rank(x, np.quantile(flat, q, axis=1).astype(x.dtype, copy=False))
 
     def from_numpy(self, a, like=None):
         a = np.asarray(a)
@@ -57,77 +77,41 @@ class NumpyOps:
     def to_numpy(self, x):
         return np.asarray(x)
 
+    def roll2d(self, x, dy: int, dx: int):
+        return np.roll(x, (dy, dx), axis=(-2, -1))
 
-def _sorted_quantile(sorted_rows, q: float, n: int):
-    """Linear-interpolation quantile of rows already sorted along axis 1."""
-    pos = q * (n - 1)
-    lo = int(pos // 1)
-    hi = min(lo + 1, n - 1)
-    frac = pos - lo
-    return sorted_rows[:, lo] * (1.0 - frac) + sorted_rows[:, hi] * frac
+    # LoRA core ------------------------------------------------------------------
+    def f32(self, x):
+        return np.asarray(x, dtype=np.float32)
 
+    def cast_like(self, x, like):
+        return x.astype(like.dtype, copy=False)
 
-class TorchOps:
-    name = "torch"
+    def reshape(self, x, shape):
+        return x.reshape(tuple(shape))
 
-    def where(self, cond, a, b):
-        import torch
-        return torch.where(cond, a, b)
+    def sum_keep(self, x, axes):
+        return np.sum(x, axis=tuple(axes), keepdims=True)
 
-    def clip(self, x, lo, hi):
-        import torch
-        return torch.clamp(x, lo, hi)
+    def zeros(self, shape, like):
+        return np.zeros(tuple(shape), dtype=np.float32)
 
-    def abs(self, x):
-        return x.abs()
-
-    def maximum(self, a, b):
-        import torch
-        if not torch.is_tensor(b):
-            b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
-        return torch.maximum(a, b)
-
-    def sqrt(self, x):
-        return x.sqrt()
-
-    def mean_per_sample(self, x):
-        return _keep(x, x.reshape(x.shape[0], -1).mean(dim=1))
-
-    def std_per_sample(self, x):
-        return _keep(x, x.reshape(x.shape[0], -1).std(dim=1))
-
-    def quantile_per_sample(self, x, q: float):
-        import torch
-        flat = x.reshape(x.shape[0], -1)
-        if flat.dtype != torch.float64:
-            flat = flat.float()
-        values = _sorted_quantile(flat.sort(dim=1).values, q, flat.shape[1])
-        return _keep(x, values.to(x.dtype))
-
-    def from_numpy(self, a, like=None):
-        import torch
-        t = torch.from_numpy(np.ascontiguousarray(a))
-        return t.to(device=like.device, dtype=like.dtype) if like is not None else t
-
-    def to_numpy(self, x):
-        return x.detach().float().cpu().numpy()
+    def concat(self, xs, axis=0):
+        return np.concatenate(list(xs), axis=axis)
 
 
-_NUMPY, _TORCH = NumpyOps(), TorchOps()
-_MLX: list = []
+NUMPY_OPS = NumpyOps()
 
 
-def ops_for(x):
-    """The ops namespace for array ``x``: numpy, torch or MLX, chosen by its type."""
-    module = type(x).__module__ or ""
-    if module.startswith("torch"):
-        return _TORCH
-    if module.startswith("mlx"):
-        if not _MLX:  # MLX code lives in engines/ (the one place mlx is imported)
-            from ..engines.mlx_ops import SamplerOps
+def default_ops(x, ops=None):
+    """``ops`` when given, else :data:`NUMPY_OPS` for numpy arrays; other arrays need their engine's ops.
 
-            _MLX.append(SamplerOps())
-        return _MLX[0]
+    Raises BAD_INPUT for a torch/MLX array without ops: the libraries never import a
+    framework (``spriteforge.engines.ops.ops_for(x)`` finds the right ones).
+    """
+    if ops is not None:
+        return ops
     if isinstance(x, (np.ndarray, np.generic)):
-        return _NUMPY
-    raise SpriteForgeError(BAD_INPUT, f"Unsupported array type {type(x).__name__}. Pass a numpy array, torch tensor or MLX array.")
+        return NUMPY_OPS
+    raise SpriteForgeError(BAD_INPUT, f"no array operations were given for a {type(x).__name__}. Pass ops= "
+                           "(the engine's `engine.ops`, or spriteforge.engines.ops.ops_for(array)), or use numpy arrays.")

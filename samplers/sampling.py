@@ -1,6 +1,6 @@
 """Samplers in the k-diffusion calling convention (Karras et al. 2022; Crowson's k-diffusion).
 
-Every sampler is ``fn(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, **options)``:
+Every sampler is ``fn(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *, ops=None, **options)``:
 
 * ``model(x, sigma, **extra_args)`` returns the *denoised estimate* x0 for the noisy ``x``
   at noise level ``sigma`` (a Python float);
@@ -9,7 +9,11 @@ Every sampler is ``fn(model, x, sigmas, extra_args=None, callback=None, noise_sa
 * ``sigmas`` is descending and normally ends with 0 (list, tuple, numpy array or 1-D tensor);
 * ``callback({"i", "x", "sigma", "sigma_next", "denoised"})`` is called once per step;
 * ``noise_sampler(sigma, sigma_next)`` gives fresh standard-normal noise like ``x`` for
-  ancestral/SDE steps (see :class:`.noise.NoiseSampler`; default: seed 0).
+  ancestral/SDE steps (see :class:`.noise.NoiseSampler`; default: seed 0, made into ``x``'s
+  arrays with ``ops``);
+* ``ops`` (keyword): the array operations of ``x``'s framework (:mod:`.ops`), needed only for
+  that default noise on torch/MLX arrays; default: the model's ``.ops`` (an engine's denoiser
+  carries its engine's), else numpy's.
 
 Arrays are only combined with + - * / and Python scalars, so the same code runs on numpy,
 torch and MLX.
@@ -37,7 +41,7 @@ from typing import Callable
 
 from ..errors import BAD_INPUT, SpriteForgeError
 from .noise import NoiseSampler
-from .ops import ops_for
+from .ops import default_ops
 
 
 # --------------------------------------------------------------------------- helpers
@@ -48,16 +52,18 @@ def to_float_list(sigmas) -> list[float]:
     return [float(s) for s in sigmas]
 
 
-def _default_noise(x):
-    ops = ops_for(x)
+def _default_noise(x, ops=None):
+    """Seed-0 noise like ``x``; ``ops`` (the model's ``.ops``) turn numpy noise into ``x``'s arrays."""
+    ops = default_ops(x, ops)
     return NoiseSampler(0, tuple(x.shape), to_array=lambda a: ops.from_numpy(a, x))
 
 
 class _Run:
     """The per-call bits every sampler shares: float sigmas, model call, callback, noise."""
 
-    def __init__(self, model, x, sigmas, extra_args, callback, noise_sampler):
+    def __init__(self, model, x, sigmas, extra_args, callback, noise_sampler, ops=None):
         self.model = model
+        self.ops = ops if ops is not None else getattr(model, "ops", None)
         self.sigmas = to_float_list(sigmas)
         self.extra = extra_args or {}
         self.callback = callback
@@ -78,7 +84,7 @@ class _Run:
 
     def noise(self, sigma, sigma_next):
         if self._noise is None:
-            self._noise = _default_noise(self._x)
+            self._noise = _default_noise(self._x, self.ops)
         return self._noise(sigma, sigma_next)
 
 
@@ -107,13 +113,13 @@ def _exp_neg_h(s: float, s_next: float, flow: bool) -> float:
 
 
 # --------------------------------------------------------------------------- samplers
-def euler(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *, flow: bool = False):
+def euler(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *, flow: bool = False, ops=None):
     """Euler's method on the probability-flow ODE dx/dsigma = (x - x0)/sigma
     (Karras et al. 2022, alg. 1 without the 2nd-order correction).
 
     Identical for flow models (dx/dt = (x - x0)/t), so ``flow`` is accepted and ignored.
     """
-    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler)
+    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler, ops)
     for i, s, s1 in run.steps():
         d0 = run.denoise(x, s)
         run.report(i, x, s, s1, d0)
@@ -121,10 +127,10 @@ def euler(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, 
     return x
 
 
-def flow_euler(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *, flow: bool = True):
+def flow_euler(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *, flow: bool = True, ops=None):
     """Flow-matching Euler (Lipman et al. 2023; Esser et al. 2024): x_{t'} = x_t + (t' - t) v
     with the velocity recovered from the denoiser, v = (x - x0)/t."""
-    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler)
+    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler, ops)
     for i, t, t1 in run.steps():
         d0 = run.denoise(x, t)
         run.report(i, x, t, t1, d0)
@@ -163,26 +169,26 @@ def _ancestral(run, x, eta: float, s_noise: float, flow: bool):
 
 
 def euler_ancestral(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *,
-                    eta: float = 1.0, s_noise: float = 1.0, flow: bool = False):
+                    eta: float = 1.0, s_noise: float = 1.0, flow: bool = False, ops=None):
     """Ancestral Euler: an Euler step to sigma_down, then fresh noise of std sigma_up
     (Song et al. 2021 ancestral sampling in Karras et al.'s sigma form).
 
     ``flow=True`` re-noises in the rectified-flow way (see module doc), as ComfyUI's
     euler_ancestral does for CONST (flow) models.
     """
-    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler)
+    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler, ops)
     return _ancestral(run, x, float(eta), float(s_noise), flow)
 
 
 def flow_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *,
-                         eta: float = 1.0, s_noise: float = 1.0, flow: bool = True):
+                         eta: float = 1.0, s_noise: float = 1.0, flow: bool = True, ops=None):
     """:func:`euler_ancestral` with rectified-flow re-noising (for SD3, Flux, Sana)."""
     return euler_ancestral(model, x, sigmas, extra_args, callback, noise_sampler,
-                           eta=eta, s_noise=s_noise, flow=flow)
+                           eta=eta, s_noise=s_noise, flow=flow, ops=ops)
 
 
 def ddim(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *,
-         eta: float = 0.0, s_noise: float = 1.0, flow: bool = False):
+         eta: float = 0.0, s_noise: float = 1.0, flow: bool = False, ops=None):
     """DDIM (Song et al. 2021, eq. 12) in sigma form.
 
     With eta = 0, x' = x0 + sigma' (x - x0)/sigma, which is exactly the Euler step; with
@@ -190,15 +196,15 @@ def ddim(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *
     sigma' sqrt((sigma^2 - sigma'^2)/sigma^2) * eta, i.e. the ancestral split above.
     Use ``ddim_uniform`` sigmas to reproduce DDIM's timestep skipping.
     """
-    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler)
+    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler, ops)
     return _ancestral(run, x, float(eta), float(s_noise), flow)
 
 
-def heun(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *, flow: bool = False):
+def heun(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *, flow: bool = False, ops=None):
     """Heun's 2nd-order method (Karras et al. 2022, alg. 1, deterministic): an Euler step,
     then the average of the slopes at both ends; plain Euler for the last step to sigma 0.
     Same ODE for flow models, so ``flow`` is ignored."""
-    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler)
+    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler, ops)
     for i, s, s1 in run.steps():
         d0 = run.denoise(x, s)
         run.report(i, x, s, s1, d0)
@@ -214,14 +220,14 @@ def heun(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *
     return x
 
 
-def dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *, flow: bool = False):
+def dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *, flow: bool = False, ops=None):
     """DPM-Solver++(2M), the multistep 2nd-order data-prediction solver (Lu et al. 2022, alg. 2).
 
     With lambda = log(alpha/sigma), h = lambda' - lambda and r = h_prev / h:
       x' = (sigma'/sigma) x + alpha' (1 - e^-h) D,  D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev,
     first order (D = x0) on the first step and on the final step to sigma 0.
     """
-    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler)
+    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler, ops)
     prev, h_prev = None, None
     for i, s, s1 in run.steps():
         d0 = run.denoise(x, s)
@@ -242,7 +248,7 @@ def dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, noise_sampler=Non
 
 
 def dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *,
-                 eta: float = 1.0, s_noise: float = 1.0, solver_type: str = "midpoint", flow: bool = False):
+                 eta: float = 1.0, s_noise: float = 1.0, solver_type: str = "midpoint", flow: bool = False, ops=None):
     """DPM-Solver++(2M) SDE (Lu et al. 2022, "DPM-Solver++", sec. 5 / appendix; the
     ``sde-dpmsolver++`` of diffusers and ``dpmpp_2m_sde`` of k-diffusion).
 
@@ -254,7 +260,7 @@ def dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, noise_sampler
     """
     if solver_type not in ("midpoint", "heun"):
         raise SpriteForgeError(BAD_INPUT, f"Unknown solver_type {solver_type!r} for dpmpp_2m_sde. Use 'midpoint' or 'heun'.")
-    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler)
+    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler, ops)
     eta, s_noise = float(eta), float(s_noise)
     prev, h_prev = None, None
     for i, s, s1 in run.steps():
@@ -282,12 +288,12 @@ def dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, noise_sampler
     return x
 
 
-def lcm(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *, flow: bool = False):
+def lcm(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *, flow: bool = False, ops=None):
     """Latent Consistency Model multistep sampling (Luo et al. 2023, alg. 1; Song et al. 2023):
     jump to the consistency estimate x0, then re-noise it to the next level,
     x' = x0 + sigma' n (VE) or x' = (1 - t') x0 + t' n (flow).  The c_skip/c_out boundary
     condition belongs to the model wrapper."""
-    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler)
+    run = _Run(model, x, sigmas, extra_args, callback, noise_sampler, ops)
     for i, s, s1 in run.steps():
         d0 = run.denoise(x, s)
         run.report(i, x, s, s1, d0)

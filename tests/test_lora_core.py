@@ -14,6 +14,7 @@ from spriteforge.errors import LORA_KEY_MISMATCH, SpriteForgeError
 from spriteforge.lora import Patch, delta_weight, detect_family, fuse_lora_parts, group_modules, parse_lora_arg, patched_weight, take_rows
 from spriteforge.lora.keys import file_format
 from spriteforge.lora.plan import plan
+from spriteforge.engines.ops import mlx_ops, torch_ops
 
 RNG = np.random.default_rng(0)
 
@@ -171,16 +172,16 @@ def test_numpy_torch_mlx_agree(conv):
     torch = pytest.importorskip("torch")
     W, patches = _patch_set(conv)
     ref = patched_weight(W, patches)
-    got_t = patched_weight(torch.from_numpy(W), _convert(patches, torch.from_numpy))
+    got_t = patched_weight(torch.from_numpy(W), _convert(patches, torch.from_numpy), ops=torch_ops())
     assert isinstance(got_t, torch.Tensor) and got_t.dtype == torch.float32
     np.testing.assert_allclose(got_t.numpy(), ref, rtol=1e-5, atol=1e-5)
-    bf = patched_weight(torch.from_numpy(W).to(torch.bfloat16), _convert(patches, torch.from_numpy))
+    bf = patched_weight(torch.from_numpy(W).to(torch.bfloat16), _convert(patches, torch.from_numpy), ops=torch_ops())
     assert bf.dtype == torch.bfloat16
     try:
         import mlx.core as mx
     except Exception:
         pytest.skip("mlx not installed")
-    got_m = patched_weight(mx.array(W), _convert(patches, mx.array))
+    got_m = patched_weight(mx.array(W), _convert(patches, mx.array), ops=mlx_ops())
     assert isinstance(got_m, mx.array)
     np.testing.assert_allclose(np.array(got_m), ref, rtol=1e-5, atol=1e-5)
 

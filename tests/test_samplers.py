@@ -12,7 +12,8 @@ import pytest
 from spriteforge.errors import SpriteForgeError
 from spriteforge.samplers import (SAMPLERS, SCHEDULES, STOCHASTIC, DiscreteSchedule, FlowSchedule, NoiseSampler,
                                   cfg, cfg_rescale, dynamic_threshold, from_epsilon, from_velocity, get_sigmas,
-                                  make_noise, ops_for, sigmas_for_denoise)
+                                  make_noise, sigmas_for_denoise)
+from spriteforge.engines.ops import ops_for
 from spriteforge.samplers.beta_dist import beta_ppf, betainc
 
 SAMPLERS_DIR = Path(__file__).resolve().parents[1] / "samplers"
@@ -203,7 +204,7 @@ def test_default_noise_sampler_is_deterministic_and_follows_the_array_type():
     x = make_noise(2, (2, 3)) * np.float32(sig[0])
     a = SAMPLERS["euler_ancestral"](ve_denoiser, x.copy(), sig)
     b = SAMPLERS["euler_ancestral"](ve_denoiser, x.copy(), sig)
-    c = SAMPLERS["euler_ancestral"](ve_denoiser, torch.from_numpy(x.copy()), sig)
+    c = SAMPLERS["euler_ancestral"](ve_denoiser, torch.from_numpy(x.copy()), sig, ops=ops_for(torch.zeros(1)))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(c.numpy(), a, rtol=1e-5, atol=1e-6)
 
@@ -340,9 +341,9 @@ def test_ops_for(fw):
     np.testing.assert_allclose(back(ops.sqrt(ops.abs(to(x)))), np.sqrt(np.abs(x)), rtol=1e-6)
     back_np = ops.to_numpy(ops.from_numpy(x[:1] * 2, to(x)))
     np.testing.assert_array_equal(back_np, x[:1] * 2)
-    np.testing.assert_allclose(back(dynamic_threshold(to(x), 0.9)), dynamic_threshold(x, 0.9), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(back(dynamic_threshold(to(x), 0.9, ops=ops)), dynamic_threshold(x, 0.9), rtol=1e-5, atol=1e-6)
     c, u = x[:, :1] * 0.5, x[:, 1:]
-    np.testing.assert_allclose(back(cfg_rescale(to(c), to(u), 4.0, 0.7, x=to(x[:, :1]), sigma=1.5)),
+    np.testing.assert_allclose(back(cfg_rescale(to(c), to(u), 4.0, 0.7, x=to(x[:, :1]), sigma=1.5, ops=ops)),
                                cfg_rescale(c, u, 4.0, 0.7, x=x[:, :1], sigma=1.5), rtol=1e-4, atol=1e-5)
     with pytest.raises(SpriteForgeError):
         ops_for([1.0, 2.0])
@@ -362,7 +363,8 @@ def test_guidance_cfg_rescale_and_dynamic_threshold():
     x, sigma = rng.standard_normal((2, 4, 6, 6)) * 3, 2.5
     np.testing.assert_allclose(cfg_rescale(cond, uncond, 5.0, phi=0.0, x=x, sigma=sigma), cfg(cond, uncond, 5.0))
     a = cfg_rescale(cond, uncond, 5.0, phi=0.7, x=x, sigma=sigma)
-    b = cfg_rescale(*(torch.from_numpy(v) for v in (cond, uncond)), 5.0, phi=0.7, x=torch.from_numpy(x), sigma=sigma)
+    b = cfg_rescale(*(torch.from_numpy(v) for v in (cond, uncond)), 5.0, phi=0.7, x=torch.from_numpy(x), sigma=sigma,
+                    ops=ops_for(torch.zeros(1)))
     np.testing.assert_allclose(b.numpy(), a, rtol=1e-10)
     alpha = 1 / math.sqrt(1 + sigma ** 2)
     v = lambda d: alpha * (x - d) / sigma - alpha * sigma * d  # noqa: E731  Salimans & Ho v for x0 = d
@@ -379,7 +381,7 @@ def test_guidance_cfg_rescale_and_dynamic_threshold():
     np.testing.assert_allclose(out, np.clip(x0, -s, s) / s)
     np.testing.assert_array_equal(out[0], x0[0])  # quantile < 1: untouched
     assert np.abs(out).max() <= 1.0 + 1e-12
-    np.testing.assert_allclose(dynamic_threshold(torch.from_numpy(x0), 0.95).numpy(), out, rtol=1e-12)
+    np.testing.assert_allclose(dynamic_threshold(torch.from_numpy(x0), 0.95, ops=ops_for(torch.zeros(1))).numpy(), out, rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- schedules

@@ -237,6 +237,7 @@ class MLXDenoiser:
                  fill_image=None, fill_mask=None, attention_slicing: bool | None = None, **opts):
         mx = _mx()
         self.engine = engine
+        self.ops = engine.ops  # the samplers' array ops (default step noise)
         self.handle = handle
         self.cond = cond
         self.uncond = uncond

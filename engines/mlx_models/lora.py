@@ -5,7 +5,7 @@ core: :func:`spriteforge.lora.files.read_lora` reads the file (as MLX arrays),
 :func:`spriteforge.lora.plan.plan` matches it onto the model's layers (``{path: weight
 shape}``, found by walking the MLX module tree, in torch's ``(out, in[, kh, kw])`` order) and
 :func:`spriteforge.lora.core.patched_weight` computes the update with the MLX ops of
-:mod:`spriteforge.engines.mlx_ops`.
+:mod:`spriteforge.engines.ops.for_mlx`.
 
 :func:`apply_loras` returns a new handle whose transformer / text encoders are *structural
 copies* of the loaded ones: every module (and Python list of modules) on the path to a
@@ -38,6 +38,7 @@ from ...errors import SpriteForgeError
 from ...log import get_logger
 from ...lora.apply import plan_specs
 from ...lora.core import patched_weight
+from ..ops import mlx_ops
 from .layers import Conv2d as _SFConv2d
 
 log = get_logger("mlx")
@@ -138,7 +139,7 @@ def _patched_class(cls: type) -> type:
     def sf_patched_weight(self, x=None):
         """The layer's weight with its patches applied, in the MLX layout and the weight's dtype."""
         w = base_module(self)["weight"]
-        return _to_mlx_layout(patched_weight(_to_torch_layout(w), self.__dict__["_sf_patches"]))
+        return _to_mlx_layout(patched_weight(_to_torch_layout(w), self.__dict__["_sf_patches"], ops=mlx_ops()))
 
     new = type(f"LoRA{cls.__name__}", (cls,), {"__call__": __call__, "sf_patched_weight": sf_patched_weight,
                                                  "__module__": __name__})
@@ -272,7 +273,7 @@ def apply_loras(handle, specs, *, merge: bool = False):
     t0 = time.perf_counter()
     tr_shapes = layer_shapes(handle.transformer) if _is_module(handle.transformer) else None
     te_shapes = {k: layer_shapes(v) for k, v in (handle.text_encoders or {}).items() if _is_module(v)}
-    tr_maps, te_maps, records = plan_specs(handle, specs, framework="mlx", getter=_getter, transformer_shapes=tr_shapes,
+    tr_maps, te_maps, records = plan_specs(handle, specs, ops=mlx_ops(), getter=_getter, transformer_shapes=tr_shapes,
                                            text_encoder_shapes=te_shapes, log=log)
     new_tr = patched_copy(handle.transformer, tr_maps, merge=merge) if tr_maps else handle.transformer
     new_te = dict(handle.text_encoders or {})
