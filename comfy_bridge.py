@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .engines.ops import ops_for
 from .errors import BAD_INPUT, SpriteForgeError
 from .samplers import SAMPLERS, DiscreteSchedule, FlowSchedule, NoiseSampler, cfg_rescale, dynamic_threshold, make_noise
+from .samplers.schedules import SigmaTableBase
 
 __all__ = ["sampler_function", "ComfyDenoiser", "initial_noise", "is_flow", "find_model_sampling", "model_schedule",
            "SigmaTable", "rescale_cfg_function", "SeamlessWrapper", "sigma_batch", "circular_padding"]
@@ -92,7 +94,7 @@ def is_flow(model_sampling) -> bool:
     return model_sampling is not None and "CONST" in _class_names(model_sampling)
 
 
-class SigmaTable:
+class SigmaTable(SigmaTableBase):
     """A model schedule from any ascending table of sigmas: timesteps are table positions,
     interpolated in log-sigma (how ComfyUI's discrete model samplings map them)."""
 
@@ -100,17 +102,6 @@ class SigmaTable:
         s = np.sort(_to_numpy(sigmas).reshape(-1))
         self.sigmas = s
         self.log_sigmas = np.log(np.maximum(s, 1e-300))
-
-    @property
-    def sigma_min(self) -> float:
-        return float(self.sigmas[0])
-
-    @property
-    def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
-
-    def __len__(self) -> int:
-        return len(self.sigmas)
 
     def timestep(self, sigma):
         ls = np.log(np.maximum(np.asarray(sigma, dtype=np.float64), 1e-300))
@@ -176,7 +167,7 @@ class ComfyDenoiser:
         self.calls += 1
         x0 = self.model(x, sigma_batch(x, sigma), **{**self.extra_args, **kw})
         if self.threshold > 0.0:
-            x0 = dynamic_threshold(x0, self.threshold)
+            x0 = dynamic_threshold(x0, self.threshold, ops=ops_for(x0))
         return x0
 
 
@@ -231,7 +222,7 @@ def rescale_cfg_function(phi: float, flow: bool):
         sig = args["sigma"]
         s = float(sig.reshape(-1)[0]) if hasattr(sig, "reshape") else float(sig)
         x0 = cfg_rescale(args["cond_denoised"], args["uncond_denoised"], float(args["cond_scale"]), phi, x=x, sigma=s,
-                         flow=flow)
+                         flow=flow, ops=ops_for(x))
         return x - x0
 
     return fn

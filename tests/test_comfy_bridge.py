@@ -18,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from spriteforge import comfy_bridge as B  # noqa: E402
+from spriteforge.engines.ops import ops_for  # noqa: E402
 from spriteforge.samplers import (SAMPLERS, SCHEDULES, DiscreteSchedule, FlowSchedule, NoiseSampler,  # noqa: E402
                                   cfg_rescale, from_epsilon, get_sigmas, make_noise)
 
@@ -237,7 +238,7 @@ def test_rescale_cfg_function_in_comfys_cfg_form():
     std = lambda t: t.reshape(2, -1).std(1).reshape(2, 1, 1, 1)  # noqa: E731
     v = 0.7 * vg * std(vc) / std(vg) + 0.3 * vg
     torch.testing.assert_close(x0, x * a * a - v * a * s, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(x0, cfg_rescale(c, u, 6.0, 0.7, x=x, sigma=2.5))
+    torch.testing.assert_close(x0, cfg_rescale(c, u, 6.0, 0.7, x=x, sigma=2.5, ops=ops_for(x)))
 
 
 def test_sigma_table_schedule_equals_the_ddpm_schedule():
