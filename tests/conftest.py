@@ -48,3 +48,15 @@ def _isolate_logging():
     yield
     root.propagate, root.level = saved[0], saved[2]
     root.handlers[:] = saved[1]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module: tiny models are dominated by per-op overhead, and one thread avoids
+    spin-waits on a shared 2-core machine. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

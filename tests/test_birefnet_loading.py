@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import pickle
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -45,13 +44,7 @@ def save_tiny(path, model, *, dtype=torch.float32, prefix=""):
     return path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models are dominated by per-op overhead; one thread avoids spin-waits on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
