@@ -61,15 +61,22 @@ def _nearest(name: str, mods) -> str | None:
     return name if name in mods else None
 
 
+def import_nodes(path: Path):
+    """Every import statement of a file, with whether it runs lazily (inside a function): ``(node, lazy)``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    lazy = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f)}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node, id(node) in lazy
+
+
 def edges(mods: dict[str, Path]) -> dict[tuple[str, str], set[str]]:
     """``{(importer, imported): {"top"|"lazy"}}`` for imports between the pack's own modules."""
     out: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
     for mod, path in mods.items():
         is_pkg = path.name == "__init__.py"
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        lazy = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                for n in ast.walk(f)}
-        for node in ast.walk(tree):
+        for node, is_lazy in import_nodes(path):
             targets = []
             if isinstance(node, ast.ImportFrom):
                 if node.level == 0:
@@ -90,7 +97,7 @@ def edges(mods: dict[str, Path]) -> dict[tuple[str, str], set[str]]:
             for t in targets:
                 t = _nearest(t, mods)
                 if t is not None and t != mod:
-                    out[(mod, t)].add("lazy" if id(node) in lazy else "top")
+                    out[(mod, t)].add("lazy" if is_lazy else "top")
     return out
 
 
