@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 
 
 def shipped_input_dir(workflow, info=None):
-    """The folder LoadImage should read when neither ``--input`` nor ``SPRITEFORGE_INPUT`` says: ``./input``
+    """The folder LoadImage should read when ``--input`` does not say: ``./input``
     when it holds the images the workflow loads, else an ``input/`` beside the workflow file or one level up
     (the shipped ``workflows/input`` for ``workflows/api/NAME.json``) that holds them all; None otherwise."""
     import os
@@ -45,8 +45,6 @@ def shipped_input_dir(workflow, info=None):
 
     from ..workflow import graph as G
 
-    if os.environ.get("SPRITEFORGE_INPUT"):
-        return None
     try:
         prompt, _graph = G.load_workflow(workflow, info)
     except Exception:  # reported properly when the run reads it
@@ -80,40 +78,38 @@ def _refuse_core_nodes(workflow) -> None:
                                "`spriteforge submit WORKFLOW --server http://127.0.0.1:8188`.")
 
 
-def run(args) -> int:
+def _check(args) -> int:
+    """``--check`` / ``--print-api``: convert and validate as a run would, execute nothing."""
+    from .. import paths
+    from ..nodes._folders import Folders
     from ..workflow import graph as G
+    from ..workflow.preflight import check_sizes
+    from ..workflow.runner import set_engine
+
+    folders = Folders(input=args.input or "input", output=args.out)
+    with paths.models_root(args.models):
+        info = G.object_info(folders=folders)
+        prompt, _graph = G.load_workflow(args.workflow, info)
+        G.apply_overrides(prompt, args.sets, info)
+        if args.engine:
+            set_engine(prompt, args.engine)
+        G.check_prompt(prompt, info, only_needed=True)
+        check_sizes(prompt, folders.input)
+    if args.print_api:
+        print(json.dumps(prompt, indent=2))
+    else:
+        print(f"{args.workflow}: valid ({len(prompt)} nodes)")
+    return 0
+
+
+def run(args) -> int:
     from ..workflow.runner import run_workflow
 
     if not args.input:
         args.input = shipped_input_dir(args.workflow)
     _refuse_core_nodes(args.workflow)
-
     if args.check or args.print_api:
-        import os
-        from pathlib import Path
-
-        if args.input:
-            os.environ["SPRITEFORGE_INPUT"] = str(Path(args.input))
-        if args.models:
-            from ..paths import set_models_root
-
-            set_models_root(args.models)
-        info = G.object_info()
-        prompt, _graph = G.load_workflow(args.workflow, info)
-        G.apply_overrides(prompt, args.sets, info)
-        if args.engine:
-            from ..workflow.runner import set_engine
-
-            set_engine(prompt, args.engine)
-        G.check_prompt(prompt, info, only_needed=True)
-        from ..workflow.preflight import check_sizes
-
-        check_sizes(prompt)
-        if args.print_api:
-            print(json.dumps(prompt, indent=2))
-        else:
-            print(f"{args.workflow}: valid ({len(prompt)} nodes)")
-        return 0
+        return _check(args)
     stream = None if args.quiet else sys.stderr
     res = run_workflow(args.workflow, overrides=args.sets, out_dir=args.out, input_dir=args.input,
                        models_dir=args.models, progress_stream=stream, engine=args.engine)

@@ -9,7 +9,6 @@ Palettes travel between nodes as ``SF_PALETTE`` (a :class:`spriteforge.pixel.Pal
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from ..pixel.quantize import quantize as quantize_image
 from ..pixel import scale as S
 from ..progress import Progress
 from ._compat import io
-from ._folders import confined_folder
+from ._folders import confined_folder, output_dir
 
 CATEGORY = "SpriteForge/pixel"
 TIP_OUT_IMAGE = "The processed image [B,H,W,3], 0..1."
@@ -108,15 +107,6 @@ def palette_swatch(pal: P.Palette, cell: int = 16) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- output folder
-
-def output_dir() -> Path:
-    try:
-        import folder_paths  # type: ignore
-
-        return Path(folder_paths.get_output_directory())
-    except Exception:
-        return Path(os.environ.get("SPRITEFORGE_OUTPUT", "output"))
-
 
 def _split_prefix(prefix: str) -> tuple[str, str]:
     prefix = (prefix or "sprite").replace("\\", "/").strip()
@@ -478,7 +468,7 @@ class PixelSaveIndexed(io.ComfyNode):
         frames = [_rgba(f, m) for f, m in zip(rgb, a)]
         pal = _palette_for(frames, palette)
         sub, name = _split_prefix(filename_prefix)
-        folder = confined_folder(output_dir(), sub)
+        folder = confined_folder(output_dir(cls), sub)
         text = _metadata(cls)
         results = []
         bar = Progress(len(frames), "save indexed")
@@ -527,7 +517,7 @@ class PixelSpriteSheet(io.ComfyNode):
         rgb, a = _frames(images, mask)
         frames = [_rgba(f, m) for f, m in zip(rgb, a)]
         sub, name = _split_prefix(filename_prefix)
-        folder = confined_folder(output_dir(), sub)
+        folder = confined_folder(output_dir(cls), sub)
         path = X.unique_path(folder, name)
         sheet, atlas = X.pack_sheet(frames, columns=columns or None, padding=padding, image_name=path.name,
                                     duration_ms=frame_duration_ms)

@@ -400,15 +400,14 @@ def _check_image_output(img, mask):
 def test_images_through_load_image_and_pixel_cli_loader(monkeypatch, kind, w, h, seed):
     pytest.importorskip("torch")
     from spriteforge.cli.pixel import _load
-    from spriteforge.workflow.core_nodes import LoadImage
+    from spriteforge.workflow.core_nodes import Folders, LoadImage, with_folders
 
     data, ext = _image_bytes(kind, w, h, seed)
     folder = _TMP / "input"
     folder.mkdir(exist_ok=True)
     p = folder / ("img" + ext)
     p.write_bytes(data)
-    monkeypatch.setenv("SPRITEFORGE_INPUT", str(folder))
-    out = _ends_well(LoadImage.execute, p.name)
+    out = _ends_well(with_folders(LoadImage, Folders(input=folder)).execute, p.name)
     if out is not None:
         _check_image_output(*out.args)
     arr = _ends_well(_load, p)

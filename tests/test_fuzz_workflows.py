@@ -24,7 +24,8 @@ from PIL import Image
 
 from spriteforge.errors import CODES, SpriteForgeError
 from spriteforge.workflow import graph as G
-from spriteforge.workflow.runner import _environment, needed_nodes, run_workflow
+from spriteforge.nodes._folders import Folders
+from spriteforge.workflow.runner import needed_nodes, run_workflow
 
 pytest.importorskip("torch")
 
@@ -43,8 +44,7 @@ _rgba = np.zeros((16, 16, 4), np.uint8)
 _rgba[4:12, 4:12] = [200, 30, 30, 255]
 Image.fromarray(_rgba).save(INPUT / "sprite.png")
 (INPUT / "not_an_image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)
-with _environment(OUT, INPUT, None):  # LoadImage's choices are the files of the input folder
-    INFO = G.object_info()
+INFO = G.object_info(folders=Folders(input=INPUT, output=OUT))  # LoadImage's choices: the input folder's files
 NODE_TYPES = sorted(INFO)
 
 

@@ -39,19 +39,12 @@ def _load(p: Path) -> dict:
 def info():
     from spriteforge import paths
 
-    saved, env = list(paths._models_root), os.environ.get("SPRITEFORGE_INPUT")
-    os.environ["SPRITEFORGE_INPUT"] = str(WF / "input")  # LoadImage lists the shipped example images
-    models = os.environ.get("SPRITEFORGE_WORKFLOW_MODELS")
-    if models:
-        paths.set_models_root(models)  # the model dropdowns list that root's files
-    try:  # with ComfyUI's descriptions of the core nodes the SDXL workflow uses (they run only in ComfyUI)
-        return with_core(G.object_info())
-    finally:
-        paths._models_root[:] = saved
-        if env is None:
-            os.environ.pop("SPRITEFORGE_INPUT", None)
-        else:
-            os.environ["SPRITEFORGE_INPUT"] = env
+    from spriteforge.nodes._folders import Folders
+
+    # the model dropdowns list that root's files; LoadImage lists the shipped example images
+    with paths.models_root(os.environ.get("SPRITEFORGE_WORKFLOW_MODELS")):
+        # with ComfyUI's descriptions of the core nodes the SDXL workflow uses (they run only in ComfyUI)
+        return with_core(G.object_info(folders=Folders(input=WF / "input")))
 
 
 def _models_present(info) -> bool:

@@ -17,6 +17,7 @@ import spriteforge.pixel as px  # noqa: E402
 from spriteforge.cli.main import main  # noqa: E402
 from spriteforge.errors import BAD_INPUT, SpriteForgeError  # noqa: E402
 from spriteforge.nodes import pixel as N  # noqa: E402
+from spriteforge.nodes._folders import Folders  # noqa: E402
 from spriteforge.nodes._standalone_io import _HiddenHolder  # noqa: E402
 
 PICO = px.builtin("pico-8")
@@ -54,7 +55,7 @@ def test_schemas_follow_the_pack_rules():
 
 
 def test_load_image_to_indexed_sprite_png(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPRITEFORGE_OUTPUT", str(tmp_path / "out"))
+    monkeypatch.setattr(N.PixelSaveIndexed, "folders", Folders(output=tmp_path / "out"), raising=False)
     sprite = _sprite(1)
     fake = px.upscale(sprite, 8)
     Image.fromarray(fake).save(tmp_path / "in.png")
@@ -85,7 +86,8 @@ def test_load_image_to_indexed_sprite_png(tmp_path, monkeypatch):
 
 
 def test_batch_nodes_sheet_and_tiles(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPRITEFORGE_OUTPUT", str(tmp_path))
+    for cls in N.NODES:  # the output folder, as the runner hands it to the nodes of a run
+        monkeypatch.setattr(cls, "folders", Folders(output=tmp_path), raising=False)
     frames = np.stack([_sprite(i) for i in range(4)])
     image = torch.from_numpy(px.upscale(frames.reshape(-1, 16, 4), 4).reshape(4, 64, 64, 4)[..., :3] / 255.0).float()
     alpha = torch.from_numpy(px.upscale(frames.reshape(-1, 16, 4), 4).reshape(4, 64, 64, 4)[..., 3] / 255.0).float()

@@ -95,15 +95,11 @@ def test_load_image_refuses_paths_out_of_the_input_folder(tree, image):
     with pytest.raises(SpriteForgeError) as e:
         run_workflow(_load_save(image), out_dir=tree["out"], input_dir=tree["input"])
     assert e.value.code == BAD_INPUT
-    from spriteforge.workflow.core_nodes import LoadImage  # the node itself, past the runner's choice list
+    from spriteforge.workflow.core_nodes import Folders, LoadImage, with_folders  # the node, past the choice list
 
-    os.environ["SPRITEFORGE_INPUT"] = str(tree["input"])
-    try:
-        with pytest.raises(SpriteForgeError) as e:
-            LoadImage.execute(image)
-        assert e.value.code == BAD_INPUT
-    finally:
-        os.environ.pop("SPRITEFORGE_INPUT", None)
+    with pytest.raises(SpriteForgeError) as e:
+        with_folders(LoadImage, Folders(input=tree["input"])).execute(image)
+    assert e.value.code == BAD_INPUT
 
 
 @pytest.mark.parametrize("save", ["SaveImage", "indexed", "sheet"])

@@ -22,7 +22,6 @@ with small sizes (64x64, 2 steps, BiRefNet working at 64) and the shipped input 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -262,23 +261,15 @@ def test_workflow_validates_with_models_installed(name, tiny_models_root):
     from spriteforge import paths
     from spriteforge.workflow import graph as G
 
-    saved = list(paths._models_root)
-    env = os.environ.get("SPRITEFORGE_INPUT")
-    try:
-        paths.set_models_root(tiny_models_root)
-        os.environ["SPRITEFORGE_INPUT"] = str(WF / "input")
-        info = G.object_info()
+    from spriteforge.nodes._folders import Folders
+
+    with paths.models_root(tiny_models_root):
+        info = G.object_info(folders=Folders(input=WF / "input"))
         graph = json.loads((WF / f"{name}.json").read_text())
         issues = G.validate_prompt(G.graph_to_api(graph, info), info)
         assert not issues, "\n".join(map(str, issues))
         issues = G.validate_prompt(json.loads((WF / "api" / f"{name}.json").read_text()), info)
         assert not issues, "\n".join(map(str, issues))
-    finally:
-        paths._models_root[:] = saved
-        if env is None:
-            os.environ.pop("SPRITEFORGE_INPUT", None)
-        else:
-            os.environ["SPRITEFORGE_INPUT"] = env
 
 
 @pytest.mark.slow

@@ -4,15 +4,15 @@ Same node ids, inputs, outputs and ``ui`` results as ComfyUI's core nodes, so an
 workflow runs unchanged in ``spriteforge run``. NOT registered in ``NODES``: inside ComfyUI
 its own nodes are used; :mod:`spriteforge.workflow.runner` adds these when ComfyUI is absent.
 
-Folders: images are read from ``SPRITEFORGE_INPUT`` (default ``./input``) and written to
-``SPRITEFORGE_OUTPUT`` (default ``./output``); the runner sets both. Files are never
-overwritten: names get ComfyUI's ``_00001_`` counter.
+Folders: images are read from ``cls.folders.input`` and written to ``cls.folders.output`` (previews in its
+``previews`` folder); the runner passes both as a :class:`~spriteforge.nodes._folders.Folders` by binding
+the classes of a run (:func:`~spriteforge.nodes._folders.with_folders`); unbound, ``./input`` and ``./output``.
+Files are never overwritten: names get ComfyUI's ``_00001_`` counter.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -20,21 +20,12 @@ import numpy as np
 
 from ..errors import BAD_INPUT, SpriteForgeError
 from ..nodes._compat import io
-from ..nodes._folders import confined_folder
+from ..nodes._folders import Folders, confined_folder, input_dir, output_dir, with_folders
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
-def input_dir() -> Path:
-    return Path(os.environ.get("SPRITEFORGE_INPUT", "input"))
-
-
-def output_dir() -> Path:
-    return Path(os.environ.get("SPRITEFORGE_OUTPUT", "output"))
-
-
-def list_input_images() -> list[str]:
-    root = input_dir()
+def list_input_images(root: Path) -> list[str]:
     if not root.is_dir():
         return []
     out = []
@@ -135,14 +126,15 @@ class LoadImage(io.ComfyNode):
             display_name="Load Image",
             category="image",
             description="Loads an image from the input folder (ComfyUI's LoadImage: the mask is 1 - alpha).",
-            inputs=[io.Combo.Input("image", options=list_input_images(), tooltip="Image file in the input folder.",
+            inputs=[io.Combo.Input("image", options=list_input_images(input_dir(cls)),
+                                   tooltip="Image file in the input folder.",
                                    **_upload_kw())],
             outputs=[io.Image.Output(display_name="IMAGE"), io.Mask.Output(display_name="MASK")],
         )
 
     @classmethod
     def execute(cls, image):
-        root = input_dir()
+        root = input_dir(cls)
         p = Path(str(image))
         if p.is_absolute() or ".." in p.parts:
             raise SpriteForgeError(BAD_INPUT, f"image {image!r} must be a name inside the input folder {root}, not a "
@@ -216,7 +208,7 @@ class SaveImage(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, filename_prefix="ComfyUI"):
-        return io.NodeOutput(ui={"images": save_images(cls, images, filename_prefix, output_dir(), "output")})
+        return io.NodeOutput(ui={"images": save_images(cls, images, filename_prefix, output_dir(cls), "output")})
 
 
 class PreviewImage(io.ComfyNode):
@@ -234,10 +226,10 @@ class PreviewImage(io.ComfyNode):
 
     @classmethod
     def execute(cls, images):
-        return io.NodeOutput(ui={"images": save_images(cls, images, "preview", output_dir() / "previews", "temp")})
+        return io.NodeOutput(ui={"images": save_images(cls, images, "preview", output_dir(cls) / "previews", "temp")})
 
 
 CORE_NODES = [LoadImage, SaveImage, PreviewImage]
 
-__all__ = ["CORE_NODES", "LoadImage", "SaveImage", "PreviewImage", "next_free", "input_dir", "output_dir",
-           "confined_folder"]
+__all__ = ["CORE_NODES", "LoadImage", "SaveImage", "PreviewImage", "next_free", "list_input_images", "Folders",
+           "with_folders", "confined_folder"]

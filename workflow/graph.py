@@ -106,8 +106,12 @@ def describe_node(cls) -> dict:
     }
 
 
-def node_classes(include_core: bool = True) -> dict[str, type]:
-    """Node id -> class: the pack's nodes, plus the core IO stand-ins (LoadImage, SaveImage, PreviewImage)."""
+def node_classes(include_core: bool = True, folders=None) -> dict[str, type]:
+    """Node id -> class: the pack's nodes, plus the core IO stand-ins (LoadImage, SaveImage, PreviewImage).
+
+    With ``folders`` (a :class:`~spriteforge.nodes._folders.Folders`) every class reads and writes there
+    (:func:`bind_folders`): LoadImage lists that input folder, the save nodes write to that output folder.
+    """
     from ..nodes import node_map
 
     out = dict(node_map())
@@ -116,12 +120,19 @@ def node_classes(include_core: bool = True) -> dict[str, type]:
 
         for cls in CORE_NODES:
             out.setdefault(cls.define_schema().node_id, cls)
-    return out
+    return out if folders is None else bind_folders(out, folders)
 
 
-def object_info(classes: dict[str, type] | None = None) -> dict:
-    """``/object_info`` for ``classes`` (default :func:`node_classes`)."""
-    classes = node_classes() if classes is None else classes
+def bind_folders(classes: dict[str, type], folders) -> dict[str, type]:
+    """``classes`` with each class replaced by a subclass that reads and writes in ``folders``."""
+    from ..nodes._folders import with_folders
+
+    return {name: with_folders(cls, folders) for name, cls in classes.items()}
+
+
+def object_info(classes: dict[str, type] | None = None, *, folders=None) -> dict:
+    """``/object_info`` for ``classes`` (default :func:`node_classes` for ``folders``)."""
+    classes = node_classes(folders=folders) if classes is None else classes
     return {name: describe_node(cls) for name, cls in classes.items()}
 
 
@@ -735,7 +746,8 @@ def format_node_errors(node_errors: dict, prompt: dict | None = None, error: dic
 
 
 __all__ = [
-    "describe_node", "node_classes", "object_info", "input_spec", "ordered_inputs", "widget_slots", "combo_options",
+    "describe_node", "node_classes", "bind_folders", "object_info",
+    "input_spec", "ordered_inputs", "widget_slots", "combo_options",
     "is_widget", "types_match", "is_graph_format", "is_api_format", "graph_to_api", "read_workflow", "load_workflow",
     "fill_defaults", "reachable_nodes", "structure_issues", "parse_value", "apply_overrides", "find_prompt_input", "Issue", "check_value", "validate_prompt",
     "check_prompt", "format_node_errors", "api_to_graph",

@@ -8,7 +8,6 @@ side (SD3's position table, from the safetensors header) and reports an image th
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import DIMENSION_LIMIT, SpriteForgeError
@@ -26,11 +25,10 @@ def _source(prompt: dict, nid: str, name: str, class_type: str):
     return None
 
 
-def _image_size(name: str) -> tuple[int, int] | None:
+def _image_size(root: Path, name: str) -> tuple[int, int] | None:
     from PIL import Image
 
-    root = Path(os.environ.get("SPRITEFORGE_INPUT", "input"))
-    path = root / str(name).split(" [")[0]
+    path = Path(root) / str(name).split(" [")[0]
     if not path.is_file():
         return None
     try:
@@ -56,8 +54,10 @@ def _model_cap(name: str) -> tuple[int | None, str]:
     return int(n) * 8 * int(cfg.get("patch_size") or 2), det.family or ""
 
 
-def size_issues(prompt: dict) -> list:
-    """Issues (``spriteforge.workflow.graph.Issue``) for images too large for their model or over max_side."""
+def size_issues(prompt: dict, input_dir: str | Path = "input") -> list:
+    """Issues (``spriteforge.workflow.graph.Issue``) for images too large for their model or over max_side.
+
+    ``input_dir`` is the folder LoadImage reads (the run's :class:`~spriteforge.nodes._folders.Folders` input)."""
     from .graph import Issue
 
     out = []
@@ -69,7 +69,7 @@ def size_issues(prompt: dict) -> list:
         if img_node is None:
             continue
         name = _const(prompt, img_node, "image")
-        size = _image_size(name) if name else None
+        size = _image_size(input_dir, name) if name else None
         if size is None:
             continue
         side = max(size)
@@ -90,9 +90,9 @@ def size_issues(prompt: dict) -> list:
     return out
 
 
-def check_sizes(prompt: dict) -> None:
+def check_sizes(prompt: dict, input_dir: str | Path = "input") -> None:
     """Raise DIMENSION_LIMIT listing :func:`size_issues`, if any."""
-    issues = size_issues(prompt)
+    issues = size_issues(prompt, input_dir)
     if issues:
         lines = [str(i) for i in issues]
         raise SpriteForgeError(DIMENSION_LIMIT, lines[0] if len(lines) == 1 else

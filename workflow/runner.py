@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -141,28 +140,6 @@ def _unpack(res, n_out: int) -> tuple[tuple, dict | None]:
     return (res,), None
 
 
-@contextmanager
-def _environment(out_dir: Path, input_dir: Path | None, models_dir):
-    saved = {k: os.environ.get(k) for k in ("SPRITEFORGE_OUTPUT", "SPRITEFORGE_INPUT")}
-    os.environ["SPRITEFORGE_OUTPUT"] = str(out_dir)
-    if input_dir is not None:
-        os.environ["SPRITEFORGE_INPUT"] = str(input_dir)
-    from .. import paths
-
-    saved_root = list(paths._models_root)
-    if models_dir:
-        paths.set_models_root(models_dir)
-    try:
-        yield
-    finally:
-        paths._models_root[:] = saved_root
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _printer(stream) -> Event:
     def on_event(kind: str, data: dict):
         if kind == "executing":
@@ -215,137 +192,194 @@ def run_workflow(
 
     ``overrides``: ``"NODE_ID.INPUT=VALUE"`` strings (VALUE parsed as JSON when possible).
     ``out_dir``: where SaveImage and the pack's save nodes write (never overwriting).
-    ``input_dir``: LoadImage's folder (default ``$SPRITEFORGE_INPUT`` or ``./input``).
+    ``input_dir``: LoadImage's folder (default ``./input``).
     ``models_dir``: a models root laid out like ComfyUI's ``models/``.
     ``on_event(kind, data)``: ``"executing"``/``"executed"`` per node (default: lines on
     ``progress_stream`` when given). ``classes``: node id -> class (default: the pack + core IO).
     ``outputs``: run only these output node ids.
     ``engine``: ``auto``/``torch``/``mlx`` for every SpriteForge Load Model node (:func:`set_engine`).
+
+    The folders reach the nodes as a :class:`~spriteforge.nodes._folders.Folders` carried by the classes of
+    this run (:func:`spriteforge.workflow.graph.bind_folders`), never through the environment.
     """
-    from . import graph as G
+    from .. import paths
+    from ..nodes._folders import Folders
 
     t0 = time.monotonic()
-    out = Path(out_dir)
-    with _environment(out, Path(input_dir) if input_dir else None, models_dir):
-        classes = G.node_classes() if classes is None else classes
-        info = G.object_info(classes)
-        prompt, graph = G.load_workflow(workflow, info)
-        G.apply_overrides(prompt, overrides, info)
-        if engine:
-            set_engine(prompt, engine)
-        G.check_prompt(prompt, info, only_needed=outputs is None)
-        from .preflight import check_sizes
+    folders = Folders(input=input_dir or "input", output=out_dir)
+    with paths.models_root(models_dir):
+        run = _prepare(workflow, folders, classes, overrides, engine, outputs, extra_pnginfo)
+        run.cache = cache if cache is not None else Cache()
+        run.emit = on_event or (_printer(progress_stream) if progress_stream is not None else _no_event)
+        run.emit("execution_start", {"nodes": run.order})
+        for index, nid in enumerate(run.order, 1):
+            _execute_node(run, nid, index)
+    run.result.seconds = time.monotonic() - t0
+    run.emit("execution_success", {"seconds": run.result.seconds, "files": run.result.files})
+    return run.result
 
-        check_sizes(prompt)  # an input image the model cannot draw: say so now, before any model loads
-        if on_event is None and progress_stream is not None:
-            on_event = _printer(progress_stream)
-        emit = on_event or (lambda k, d: None)
-        if outputs is not None:
-            outputs = [str(o) for o in outputs]
-            for o in outputs:
-                if o not in prompt:
-                    raise SpriteForgeError(BAD_INPUT, f"output node {o} is not in the workflow.")
-        order = needed_nodes(prompt, info, outputs)
-        pnginfo = dict(extra_pnginfo or {})
-        if graph is not None and "workflow" not in pnginfo:
-            pnginfo["workflow"] = graph
-        cache = cache if cache is not None else Cache()
-        result = RunResult(prompt=prompt)
-        values: dict[str, tuple] = {}
-        sigs: dict[str, str] = {}
-        emit("execution_start", {"nodes": order})
-        for index, nid in enumerate(order, 1):
-            node = prompt[nid]
-            ctype = node["class_type"]
-            cls = classes[ctype]
-            desc = info[ctype]
-            emit("executing", {"node": nid, "class_type": ctype, "index": index, "total": len(order)})
-            lists: dict[str, list] = {}  # every input as a list (ComfyUI's list semantics)
-            sig_inputs = {}
-            for name, v in node["inputs"].items():
-                if G.input_spec(desc, name)[0] is None:
-                    continue  # ComfyUI ignores inputs the node does not declare
-                if _is_link(v):
-                    src = str(v[0])
-                    lists[name] = values[src][v[1]] if v[1] < len(values[src]) else [None]
-                    sig_inputs[name] = ["link", sigs[src], v[1]]
-                else:
-                    if isinstance(v, dict) and "__value__" in v:
-                        v = v["__value__"]
-                    lists[name] = [v]
-                    sig_inputs[name] = v
-            schema = cls.define_schema()
-            sig = hashlib.sha256(_sig([ctype, sig_inputs]).encode()).hexdigest()
-            sigs[nid] = sig
-            idempotent = not getattr(schema, "not_idempotent", False)
-            t1 = time.monotonic()
-            if idempotent and sig in cache.data:
-                outs, ui = cache.data[sig]
-                result.cached.append(nid)
-                was_cached = True
+
+def _no_event(kind: str, data: dict) -> None:
+    pass
+
+
+@dataclass
+class _Run:
+    """What one execution of a prompt carries from node to node."""
+
+    prompt: dict
+    info: dict                       # object_info of the classes
+    classes: dict                    # node id -> class, bound to the run's folders
+    folders: object                  # nodes._folders.Folders
+    order: list                      # node ids to execute, in dependency order
+    pnginfo: dict                    # extra_pnginfo handed to the save nodes (the graph as "workflow")
+    result: RunResult
+    cache: Cache = None
+    emit: Event = _no_event
+    values: dict = field(default_factory=dict)   # node id -> output lists
+    sigs: dict = field(default_factory=dict)     # node id -> signature
+
+
+def _prepare(workflow, folders, classes, overrides, engine, outputs, extra_pnginfo) -> _Run:
+    """Read, convert, override and validate the workflow; work out the nodes to execute."""
+    from . import graph as G
+    from .preflight import check_sizes
+
+    classes = G.node_classes(folders=folders) if classes is None else G.bind_folders(classes, folders)
+    info = G.object_info(classes)
+    prompt, graph = G.load_workflow(workflow, info)
+    G.apply_overrides(prompt, overrides, info)
+    if engine:
+        set_engine(prompt, engine)
+    G.check_prompt(prompt, info, only_needed=outputs is None)
+    check_sizes(prompt, folders.input)  # an input image the model cannot draw: say so now, before any model loads
+    if outputs is not None:
+        outputs = [str(o) for o in outputs]
+        for o in outputs:
+            if o not in prompt:
+                raise SpriteForgeError(BAD_INPUT, f"output node {o} is not in the workflow.")
+    pnginfo = dict(extra_pnginfo or {})
+    if graph is not None and "workflow" not in pnginfo:
+        pnginfo["workflow"] = graph
+    return _Run(prompt=prompt, info=info, classes=classes, folders=folders, order=needed_nodes(prompt, info, outputs),
+                pnginfo=pnginfo, result=RunResult(prompt=prompt))
+
+
+def _execute_node(run: _Run, nid: str, index: int) -> None:
+    """Execute one node (or take it from the cache), record its outputs and files, emit its events."""
+    node = run.prompt[nid]
+    ctype = node["class_type"]
+    cls, desc = run.classes[ctype], run.info[ctype]
+    run.emit("executing", {"node": nid, "class_type": ctype, "index": index, "total": len(run.order)})
+    lists, sig_inputs = _gather_inputs(run, node, desc)
+    schema = cls.define_schema()
+    sig = run.sigs[nid] = hashlib.sha256(_sig([ctype, sig_inputs]).encode()).hexdigest()
+    idempotent = not getattr(schema, "not_idempotent", False)
+    t1 = time.monotonic()
+    was_cached = idempotent and sig in run.cache.data
+    if was_cached:
+        outs, ui = run.cache.data[sig]
+        run.result.cached.append(nid)
+    else:
+        hidden = _Hidden(unique_id=nid, prompt=run.prompt, extra_pnginfo=run.pnginfo, dynprompt=None)
+        bound = type(cls.__name__, (cls,), {"hidden": hidden, "__module__": cls.__module__})
+        outs, ui = _call_node(bound, schema, desc, lists, _node_label(nid, ctype), {"node_id": nid, "class_type": ctype})
+        if idempotent:
+            run.cache.data[sig] = (outs, ui)
+        run.result.executed.append(nid)
+    run.values[nid] = outs
+    files = _record_ui(run, nid, desc, ui)
+    run.emit("executed", {"node": nid, "class_type": ctype, "output": ui, "cached": was_cached,
+                          "seconds": time.monotonic() - t1, "files": files, "index": index, "total": len(run.order)})
+
+
+def _gather_inputs(run: _Run, node: dict, desc: dict) -> tuple[dict[str, list], dict]:
+    """Every declared input as a list (ComfyUI's list semantics), and the inputs' part of the node's signature."""
+    from . import graph as G
+
+    lists: dict[str, list] = {}
+    sig_inputs = {}
+    for name, v in node["inputs"].items():
+        if G.input_spec(desc, name)[0] is None:
+            continue  # ComfyUI ignores inputs the node does not declare
+        if _is_link(v):
+            src = str(v[0])
+            lists[name] = run.values[src][v[1]] if v[1] < len(run.values[src]) else [None]
+            sig_inputs[name] = ["link", run.sigs[src], v[1]]
+        else:
+            if isinstance(v, dict) and "__value__" in v:
+                v = v["__value__"]
+            lists[name] = [v]
+            sig_inputs[name] = v
+    return lists, sig_inputs
+
+
+def _call_node(bound, schema, desc: dict, lists: dict[str, list], label: str, details: dict) -> tuple[tuple, dict | None]:
+    """Call ``execute`` once per item of the longest input list (once with the lists for ``is_input_list``
+    nodes); (the output lists, the merged ui)."""
+    n_out = len(desc.get("output") or [])
+    out_is_list = list(desc.get("output_is_list") or [False] * n_out)
+    if getattr(schema, "is_input_list", False):
+        calls = [dict(lists)]
+    else:  # one call per item of the longest list; shorter lists repeat their last item
+        n = max([len(v) for v in lists.values()] or [1])
+        calls = [{k: (v[min(i, len(v) - 1)] if v else None) for k, v in lists.items()} for i in range(n)]
+    outs: list[list] = [[] for _ in range(n_out)]
+    ui: dict | None = None
+    for kwargs in calls:
+        args, one_ui = _unpack(_call_reporting(bound, kwargs, label, details), n_out)
+        for k in range(n_out):
+            val = args[k] if k < len(args) else None
+            if k < len(out_is_list) and out_is_list[k] and isinstance(val, (list, tuple)):
+                outs[k].extend(val)
             else:
-                hidden = _Hidden(unique_id=nid, prompt=prompt, extra_pnginfo=pnginfo, dynprompt=None)
-                bound = type(cls.__name__, (cls,), {"hidden": hidden, "__module__": cls.__module__})
-                n_out = len(desc.get("output") or [])
-                out_is_list = list(desc.get("output_is_list") or [False] * n_out)
-                if getattr(schema, "is_input_list", False):
-                    calls = [dict(lists)]
-                else:  # one call per item of the longest list; shorter lists repeat their last item
-                    n = max([len(v) for v in lists.values()] or [1])
-                    calls = [{k: (v[min(i, len(v) - 1)] if v else None) for k, v in lists.items()} for i in range(n)]
-                outs = [[] for _ in range(n_out)]
-                ui: dict | None = None
-                for kwargs in calls:
-                    try:
-                        res = _call_execute(bound, kwargs)
-                    except (Interrupted, KeyboardInterrupt):
-                        raise
-                    except SpriteForgeError as exc:
-                        raise SpriteForgeError(exc.code, f"{_node_label(nid, ctype)}: {exc.message}", hint=exc.hint,
-                                               details={**exc.details, "node_id": nid, "class_type": ctype}) from exc
-                    except Exception as exc:  # noqa: BLE001
-                        err = classify(exc, context=f"running {_node_label(nid, ctype)}")
-                        err.details.update({"node_id": nid, "class_type": ctype})
-                        raise err from exc
-                    args, one_ui = _unpack(res, n_out)
-                    for k in range(n_out):
-                        val = args[k] if k < len(args) else None
-                        if k < len(out_is_list) and out_is_list[k] and isinstance(val, (list, tuple)):
-                            outs[k].extend(val)
-                        else:
-                            outs[k].append(val)
-                    if one_ui:
-                        ui = ui or {}
-                        for key, val in one_ui.items():
-                            if isinstance(val, list) and isinstance(ui.get(key), list):
-                                ui[key] = ui[key] + val
-                            else:
-                                ui[key] = val
-                outs = tuple(outs)
-                if idempotent:
-                    cache.data[sig] = (outs, ui)
-                result.executed.append(nid)
-                was_cached = False
-            values[nid] = outs
-            files = []
-            if ui:
-                if desc.get("output_node"):
-                    result.outputs[nid] = ui
-                for key, items in ui.items():
-                    if not isinstance(items, list):
-                        continue
-                    for it in items:
-                        if isinstance(it, dict) and "filename" in it:
-                            root = out / "previews" if it.get("type") == "temp" else out
-                            p = root / (it.get("subfolder") or "") / it["filename"]
-                            if p not in result.files:
-                                files.append(p)
-                result.files.extend(files)
-            emit("executed", {"node": nid, "class_type": ctype, "output": ui, "cached": was_cached,
-                              "seconds": time.monotonic() - t1, "files": files, "index": index, "total": len(order)})
-        result.seconds = time.monotonic() - t0
-        emit("execution_success", {"seconds": result.seconds, "files": result.files})
-        return result
+                outs[k].append(val)
+        ui = _merge_ui(ui, one_ui)
+    return tuple(outs), ui
+
+
+def _call_reporting(bound, kwargs: dict, label: str, details: dict):
+    """``bound.execute(**kwargs)``; an error comes back as a SpriteForgeError naming the node."""
+    try:
+        return _call_execute(bound, kwargs)
+    except (Interrupted, KeyboardInterrupt):
+        raise
+    except SpriteForgeError as exc:
+        raise SpriteForgeError(exc.code, f"{label}: {exc.message}", hint=exc.hint,
+                               details={**exc.details, **details}) from exc
+    except Exception as exc:  # noqa: BLE001
+        err = classify(exc, context=f"running {label}")
+        err.details.update(details)
+        raise err from exc
+
+
+def _merge_ui(ui: dict | None, one_ui: dict | None) -> dict | None:
+    if not one_ui:
+        return ui
+    ui = ui or {}
+    for key, val in one_ui.items():
+        ui[key] = ui[key] + val if isinstance(val, list) and isinstance(ui.get(key), list) else val
+    return ui
+
+
+def _record_ui(run: _Run, nid: str, desc: dict, ui: dict | None) -> list[Path]:
+    """Keep an output node's ui as ComfyUI's history does; the files it names that are new to this run."""
+    if not ui:
+        return []
+    if desc.get("output_node"):
+        run.result.outputs[nid] = ui
+    files = []
+    for items in ui.values():
+        if not isinstance(items, list):
+            continue
+        for it in items:
+            if isinstance(it, dict) and "filename" in it:
+                root = run.folders.previews if it.get("type") == "temp" else run.folders.output
+                p = root / (it.get("subfolder") or "") / it["filename"]
+                if p not in run.result.files:
+                    files.append(p)
+    run.result.files.extend(files)
+    return files
 
 
 __all__ = ["run_workflow", "RunResult", "Cache", "needed_nodes"]
