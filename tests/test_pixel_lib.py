@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image
 
 import spriteforge.pixel as px
 from spriteforge.errors import BAD_INPUT, SpriteForgeError
 from spriteforge.pixel import alpha as A
 from spriteforge.pixel import grid as G
 from spriteforge.pixel import scale as S
+from spriteforge.tests.test_pixel_grid_regress import _degrade
 
 SWEETIE = px.builtin("sweetie-16")
 
@@ -33,14 +33,7 @@ def _fake(sprite, scale, blur=0.0, jpeg=0, noise=0.0, rng=None, cells=None):
         big = sprite.repeat(cy, 0).repeat(cx, 1)
     else:
         big = np.asarray(Image.fromarray(sprite).resize((int(round(w * scale)), int(round(h * scale))), Image.NEAREST))
-    im = Image.fromarray(big)
-    if blur:
-        im = im.filter(ImageFilter.GaussianBlur(blur))
-    if jpeg:
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=jpeg, subsampling=0)
-        im = Image.open(buf).convert("RGB")
-    out = np.asarray(im).astype(np.float64)
+    out = _degrade(big, blur, jpeg).astype(np.float64)
     if noise:
         out = out + rng.normal(0, noise, out.shape)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
