@@ -76,15 +76,6 @@ def test_dit_shared_embedder_as_in_converted_checkpoints():
     _dit_compare(model, _dit_port(model, first_only))
 
 
-def test_dit_missing_tensor_is_a_coded_error():
-    model = tm.build_dit()
-    sd = mx_weights(model)
-    del sd["proj_out_2.weight"]
-    with pytest.raises(SpriteForgeError) as ei:
-        _dit_port(model, sd)
-    assert ei.value.code == MODEL_NOT_CONVERTED and "proj_out_2.weight" in str(ei.value)
-
-
 # --------------------------------------------------------------------------- Sana
 def _sana_port(model, sd=None):
     p = sana.SanaTransformer2DModel(dict(model.config))
@@ -156,13 +147,16 @@ def test_sana_sincos_patch2_affine_norm():
     _sana_compare(model, port, h=8, w=12)  # a re-tabled non-square grid
 
 
-def test_sana_missing_tensor_is_a_coded_error():
-    model = tm.build_sana()
+@pytest.mark.parametrize("family, missing", [("dit", "proj_out_2.weight"),
+                                             ("sana", "transformer_blocks.1.ff.conv_depth.weight")])
+def test_missing_tensor_is_a_coded_error(family, missing):
+    build, port = {"dit": (tm.build_dit, _dit_port), "sana": (tm.build_sana, _sana_port)}[family]
+    model = build()
     sd = mx_weights(model)
-    del sd["transformer_blocks.1.ff.conv_depth.weight"]
+    del sd[missing]
     with pytest.raises(SpriteForgeError) as ei:
-        _sana_port(model, sd)
-    assert ei.value.code == MODEL_NOT_CONVERTED and "conv_depth" in str(ei.value)
+        port(model, sd)
+    assert ei.value.code == MODEL_NOT_CONVERTED and missing in str(ei.value)
 
 
 # --------------------------------------------------------------------------- half precision
