@@ -455,16 +455,24 @@ def submit_workflow(
     the servers' runs (POST /interrupt, queued ones deleted) and re-raises / returns.
     A refused workflow raises at once (it would be refused everywhere).
     """
-    from . import graph as G
-
     srvs = [s if isinstance(s, ComfyServer) else ComfyServer(s, timeout=http_timeout) for s in servers]
     if not srvs:
         raise SpriteForgeError(BAD_INPUT, "no --server given. Give the address of a running ComfyUI.")
     if on_event is None and progress_stream is not None:
         on_event = _printer(progress_stream)
-    emit = on_event or (lambda k, d: None)
+    prompt, graph = _load_for_servers(workflow, srvs, overrides)
+    sched = _Scheduler(srvs, make_jobs(prompt, prompts, prompt_input), emit=on_event or (lambda k, d: None),
+                       out=Path(out_dir), extra={"extra_pnginfo": {"workflow": graph}} if graph is not None else None,
+                       max_inflight=max_inflight, max_attempts=max_attempts, download_temp=download_temp)
+    sched.connect()
+    sched.run(poll_interval=poll_interval, timeout=timeout, stop=stop)
+    return sched.jobs
 
-    # the workflow: graph format is converted with a server's own node descriptions
+
+def _load_for_servers(workflow, srvs: list[ComfyServer], overrides) -> tuple[dict, dict | None]:
+    """(API prompt with the overrides, graph or None): a graph is converted with a server's own node descriptions."""
+    from . import graph as G
+
     data = G.read_workflow(workflow)
     info = None
     if G.is_graph_format(data):
@@ -477,144 +485,193 @@ def submit_workflow(
                 last = exc
         if info is None:
             raise _unreachable(", ".join(s.url for s in srvs), last)
-    prompt, _graph = G.load_workflow(data, info=info or {})
+    prompt, graph = G.load_workflow(data, info=info or {})
     G.apply_overrides(prompt, overrides, info)
-    extra = {"extra_pnginfo": {"workflow": _graph}} if _graph is not None else None
-    jobs = make_jobs(prompt, prompts, prompt_input)
-    out = Path(out_dir)
+    return prompt, graph
 
-    events: queue.Queue = queue.Queue()
-    conns = [_Conn(s, events) for s in srvs]
-    for c in conns:
-        if not c.start():
-            try:
-                c.server.queue_load()
-            except ServerDown as exc:
-                c.alive = False
-                emit("server_down", {"server": c.server, "reason": str(exc)})
-    if not any(c.alive for c in conns):
-        raise _unreachable(", ".join(s.url for s in srvs), "no server answered")
 
-    pending = list(jobs)
-    by_pid: dict[str, Job] = {}
-    t_end = None if timeout is None else time.monotonic() + timeout
-    last_poll = time.monotonic()
+class _Scheduler:
+    """Spreads the jobs over the servers, follows them (WebSocket messages, history polls), downloads the results
+    and queues a job again elsewhere when its server drops."""
 
-    def mark_down(conn: _Conn, reason: str):
+    def __init__(self, srvs, jobs, *, emit, out, extra, max_inflight, max_attempts, download_temp):
+        self.events: queue.Queue = queue.Queue()
+        self.conns = [_Conn(s, self.events) for s in srvs]
+        self.jobs = jobs
+        self.pending = list(jobs)
+        self.by_pid: dict[str, Job] = {}
+        self.emit, self.out, self.extra = emit, out, extra
+        self.max_inflight, self.max_attempts, self.download_temp = max_inflight, max_attempts, download_temp
+
+    # ----------------------------------------------------------------- connections
+
+    def connect(self) -> None:
+        """Open every server's /ws (a server without one is still used, by polling); raise when none answers."""
+        for c in self.conns:
+            if not c.start():
+                try:
+                    c.server.queue_load()
+                except ServerDown as exc:
+                    c.alive = False
+                    self.emit("server_down", {"server": c.server, "reason": str(exc)})
+        if not any(c.alive for c in self.conns):
+            raise _unreachable(", ".join(c.server.url for c in self.conns), "no server answered")
+
+    def mark_down(self, conn: _Conn, reason: str) -> None:
+        """``conn``'s server is gone: its jobs go back to the front of the queue (or fail after max_attempts)."""
         if not conn.alive:
             return
         conn.alive = False
         conn.stop()
-        emit("server_down", {"server": conn.server, "reason": reason})
+        self.emit("server_down", {"server": conn.server, "reason": reason})
         for pid, job in list(conn.inflight.items()):
-            by_pid.pop(pid, None)
+            self.by_pid.pop(pid, None)
             job.status, job.prompt_id, job.node = "pending", None, None
-            if job.attempts >= max_attempts:
+            if job.attempts >= self.max_attempts:
                 job.status, job.error = "failed", f"gave up after {job.attempts} attempts (servers dropped: {reason})"
-                emit("failed", {"job": job})
+                self.emit("failed", {"job": job})
             else:
-                emit("retry", {"job": job, "reason": reason})
-                pending.insert(0, job)
+                self.emit("retry", {"job": job, "reason": reason})
+                self.pending.insert(0, job)
         conn.inflight.clear()
 
-    def finish(conn: _Conn, job: Job, entry: dict | None = None):
-        conn.inflight.pop(job.prompt_id, None)
-        by_pid.pop(job.prompt_id, None)
-        try:
-            deadline = time.monotonic() + 15
-            while entry is None:  # execution_success comes just before the history is written
-                entry = conn.server.history(job.prompt_id)
-                if entry is None:
-                    if time.monotonic() > deadline:
-                        entry = {}
-                        break
-                    time.sleep(0.1)
-            job.outputs = entry.get("outputs") or {}
-            for nid, ui in job.outputs.items():
-                for key, items in (ui or {}).items():
-                    if not isinstance(items, list):
-                        continue
-                    for it in items:
-                        if not (isinstance(it, dict) and "filename" in it):
-                            continue
-                        kind = it.get("type") or "output"
-                        if kind != "output" and not download_temp:
-                            continue
-                        blob = conn.server.view(it["filename"], it.get("subfolder") or "", kind)
-                        root = out if kind == "output" else out / kind
-                        dest = root / (it.get("subfolder") or "") / Path(it["filename"]).name
-                        dest.parent.mkdir(parents=True, exist_ok=True)
-                        dest = _unique(dest)
-                        dest.write_bytes(blob)
-                        job.files.append(dest)
+    def _socket_closed(self, conn: _Conn) -> None:
+        if conn.ws is not None:
+            conn.ws.close()
+        conn.ws = None
+        try:  # a dropped socket: is the server still there?
+            conn.server.queue_load()
+            conn.start()
         except ServerDown as exc:
-            for f in job.files:  # a partial download: the retry brings every output again, each once
-                try:
-                    f.unlink()
-                except OSError:
-                    pass
-            job.files, job.outputs = [], {}
-            job.status = "pending"
-            mark_down(conn, str(exc))
-            if job.status == "pending" and job not in pending:
-                if job.attempts < max_attempts:
-                    emit("retry", {"job": job, "reason": str(exc)})
-                    pending.insert(0, job)
-                else:  # never left "pending" with nothing queued: that job would be lost silently
-                    job.status, job.error = "failed", f"gave up after {job.attempts} attempts (server dropped: {exc})"
-                    emit("failed", {"job": job})
+            self.mark_down(conn, str(exc))
+
+    # ----------------------------------------------------------------- a job's end
+
+    def finish(self, conn: _Conn, job: Job, entry: dict | None = None) -> None:
+        """The job ran: read its history entry (unless given), download its outputs, mark it done."""
+        conn.inflight.pop(job.prompt_id, None)
+        self.by_pid.pop(job.prompt_id, None)
+        try:
+            entry = entry if entry is not None else self._history_when_written(conn, job)
+            job.outputs = entry.get("outputs") or {}
+            self._download(conn, job)
+        except ServerDown as exc:
+            self._lost_while_downloading(conn, job, exc)
             return
         job.status = "done"
-        emit("done", {"job": job})
+        self.emit("done", {"job": job})
 
-    def fail(conn: _Conn, job: Job, text: str, status: str = "failed"):
-        conn.inflight.pop(job.prompt_id, None)
-        by_pid.pop(job.prompt_id, None)
-        job.status, job.error = status, text
-        emit("failed", {"job": job})
+    @staticmethod
+    def _history_when_written(conn: _Conn, job: Job) -> dict:
+        deadline = time.monotonic() + 15
+        while True:  # execution_success comes just before the history is written
+            entry = conn.server.history(job.prompt_id)
+            if entry is not None:
+                return entry
+            if time.monotonic() > deadline:
+                return {}
+            time.sleep(0.1)
 
-    def dispatch():
-        while pending:
-            cands = [c for c in conns if c.alive and len(c.inflight) < max_inflight]
-            if not cands:
-                return
-            loads = []
-            for c in cands:
-                try:
-                    loads.append((c.server.queue_load(), len(c.inflight), conns.index(c), c))
-                except ServerDown as exc:
-                    mark_down(c, str(exc))
-            if not loads:
-                continue
-            # prefer a server this job has not failed on
-            job = pending[0]
-            loads.sort(key=lambda t: (t[3].server.url in job.servers_tried, t[0], t[1], t[2]))
-            conn = loads[0][3]
-            pending.pop(0)
-            job.attempts += 1
-            job.server = conn.server
-            job.servers_tried.append(conn.server.url)
+    def _download(self, conn: _Conn, job: Job) -> None:
+        for ui in job.outputs.values():
+            for items in (ui or {}).values():
+                if not isinstance(items, list):
+                    continue
+                for it in items:
+                    if not (isinstance(it, dict) and "filename" in it):
+                        continue
+                    kind = it.get("type") or "output"
+                    if kind != "output" and not self.download_temp:
+                        continue
+                    blob = conn.server.view(it["filename"], it.get("subfolder") or "", kind)
+                    root = self.out if kind == "output" else self.out / kind
+                    dest = root / (it.get("subfolder") or "") / Path(it["filename"]).name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest = _unique(dest)
+                    dest.write_bytes(blob)
+                    job.files.append(dest)
+
+    def _lost_while_downloading(self, conn: _Conn, job: Job, exc: Exception) -> None:
+        for f in job.files:  # a partial download: the retry brings every output again, each once
             try:
-                pid = conn.server.queue_prompt(job.prompt, extra_data=extra)
-            except ServerDown as exc:
-                pending.insert(0, job)
-                job.attempts -= 1
-                mark_down(conn, str(exc))
-                continue
-            except SpriteForgeError:
-                job.status = "failed"
-                raise
-            job.prompt_id, job.status = pid, "queued"
-            partial = getattr(conn.server, "last_node_errors", None)
-            if partial:  # ComfyUI queued the valid outputs only
-                job.warnings = G.format_node_errors(partial, job.prompt)
-                emit("warning", {"job": job, "lines": job.warnings})
-            conn.inflight[pid] = job
-            by_pid[pid] = job
-            emit("queued", {"job": job})
+                f.unlink()
+            except OSError:
+                pass
+        job.files, job.outputs = [], {}
+        job.status = "pending"
+        self.mark_down(conn, str(exc))
+        if job.status == "pending" and job not in self.pending:
+            if job.attempts < self.max_attempts:
+                self.emit("retry", {"job": job, "reason": str(exc)})
+                self.pending.insert(0, job)
+            else:  # never left "pending" with nothing queued: that job would be lost silently
+                job.status, job.error = "failed", f"gave up after {job.attempts} attempts (server dropped: {exc})"
+                self.emit("failed", {"job": job})
 
-    def poll_history():
-        for c in conns:
+    def fail(self, conn: _Conn, job: Job, text: str, status: str = "failed") -> None:
+        conn.inflight.pop(job.prompt_id, None)
+        self.by_pid.pop(job.prompt_id, None)
+        job.status, job.error = status, text
+        self.emit("failed", {"job": job})
+
+    # ----------------------------------------------------------------- queueing
+
+    def dispatch(self) -> None:
+        """Queue pending jobs while a live server has room (the least loaded one this job has not failed on)."""
+        while self.pending:
+            conn = self._pick_server(self.pending[0])
+            if conn is False:
+                return
+            if conn is not None:
+                self._queue_on(conn, self.pending.pop(0))
+
+    def _pick_server(self, job: Job):
+        """The server for ``job``; False when none has room, None when the candidates dropped while asked."""
+        cands = [c for c in self.conns if c.alive and len(c.inflight) < self.max_inflight]
+        if not cands:
+            return False
+        loads = []
+        for c in cands:
+            try:
+                loads.append((c.server.queue_load(), len(c.inflight), self.conns.index(c), c))
+            except ServerDown as exc:
+                self.mark_down(c, str(exc))
+        if not loads:
+            return None
+        # prefer a server this job has not failed on
+        loads.sort(key=lambda t: (t[3].server.url in job.servers_tried, t[0], t[1], t[2]))
+        return loads[0][3]
+
+    def _queue_on(self, conn: _Conn, job: Job) -> None:
+        from .graph import format_node_errors
+
+        job.attempts += 1
+        job.server = conn.server
+        job.servers_tried.append(conn.server.url)
+        try:
+            pid = conn.server.queue_prompt(job.prompt, extra_data=self.extra)
+        except ServerDown as exc:
+            self.pending.insert(0, job)
+            job.attempts -= 1
+            self.mark_down(conn, str(exc))
+            return
+        except SpriteForgeError:
+            job.status = "failed"
+            raise
+        job.prompt_id, job.status = pid, "queued"
+        partial = getattr(conn.server, "last_node_errors", None)
+        if partial:  # ComfyUI queued the valid outputs only
+            job.warnings = format_node_errors(partial, job.prompt)
+            self.emit("warning", {"job": job, "lines": job.warnings})
+        conn.inflight[pid] = job
+        self.by_pid[pid] = job
+        self.emit("queued", {"job": job})
+
+    # ----------------------------------------------------------------- following the jobs
+
+    def poll_history(self) -> None:
+        """Catch what the WebSocket missed: a finished, failed or interrupted job in the servers' history."""
+        for c in self.conns:
             if not c.alive:
                 continue
             for pid, job in list(c.inflight.items()):
@@ -624,50 +681,54 @@ def submit_workflow(
                         c.server.queue_load()  # still alive?
                         continue
                 except ServerDown as exc:
-                    mark_down(c, str(exc))
+                    self.mark_down(c, str(exc))
                     break
                 st = entry.get("status") or {}
                 if st.get("status_str") == "error" or (st.get("completed") is False and st.get("status_str")):
-                    msgs = [m for m in st.get("messages") or [] if m and m[0] in ("execution_error", "execution_interrupted")]
+                    msgs = [m for m in st.get("messages") or []
+                            if m and m[0] in ("execution_error", "execution_interrupted")]
                     if msgs and msgs[-1][0] == "execution_error":
-                        fail(c, job, _explain_error(msgs[-1][1]))
+                        self.fail(c, job, _explain_error(msgs[-1][1]))
                     else:
-                        fail(c, job, "interrupted on the server", "interrupted")
+                        self.fail(c, job, "interrupted on the server", "interrupted")
                 elif st.get("completed", True):
-                    finish(c, job, entry)
+                    self.finish(c, job, entry)
 
-    def handle(conn: _Conn, msg: dict):
+    def handle(self, conn: _Conn, msg: dict) -> None:
+        """One /ws message of ``conn``'s server."""
         kind = msg.get("type")
         d = msg.get("data") or {}
-        job = by_pid.get(d.get("prompt_id")) if isinstance(d, dict) else None
+        job = self.by_pid.get(d.get("prompt_id")) if isinstance(d, dict) else None
         if job is None or conn.inflight.get(job.prompt_id) is not job:
             return
         if kind == "execution_start":
             job.status = "running"
-            emit("running", {"job": job})
+            self.emit("running", {"job": job})
         elif kind == "executing":
             node = d.get("node")
             if node is None:
-                finish(conn, job)
+                self.finish(conn, job)
             else:
                 job.node = node
-                emit("executing", {"job": job, "node": node,
-                                   "class_type": (job.prompt.get(str(node)) or {}).get("class_type")})
+                self.emit("executing", {"job": job, "node": node,
+                                        "class_type": (job.prompt.get(str(node)) or {}).get("class_type")})
         elif kind == "progress":
-            emit("progress", {"job": job, "node": d.get("node"), "value": d.get("value", 0), "max": d.get("max", 1)})
+            self.emit("progress", {"job": job, "node": d.get("node"), "value": d.get("value", 0),
+                                   "max": d.get("max", 1)})
         elif kind == "executed":
             if d.get("output"):
                 job.outputs[str(d.get("node"))] = d["output"]
         elif kind == "execution_success":
-            finish(conn, job)
+            self.finish(conn, job)
         elif kind == "execution_error":
-            fail(conn, job, _explain_error(d))
+            self.fail(conn, job, _explain_error(d))
         elif kind == "execution_interrupted":
-            fail(conn, job, f"interrupted on the server at node {d.get('node_id')}", "interrupted")
+            self.fail(conn, job, f"interrupted on the server at node {d.get('node_id')}", "interrupted")
 
-    def interrupt_all():
-        emit("interrupted", {})
-        for c in conns:
+    def interrupt_all(self) -> None:
+        """Delete the queued jobs and interrupt the running ones on every server; mark every job interrupted."""
+        self.emit("interrupted", {})
+        for c in self.conns:
             if not c.alive or not c.inflight:
                 continue
             running = [p for p, j in c.inflight.items() if j.status == "running"]
@@ -680,50 +741,55 @@ def submit_workflow(
                 pass
             for job in c.inflight.values():
                 job.status, job.error = "interrupted", "interrupted by the user"
-        for job in pending:
+        for job in self.pending:
             job.status, job.error = "interrupted", "not started (interrupted by the user)"
 
-    try:
-        while True:
-            dispatch()
-            if not pending and not by_pid:
-                break
-            if not any(c.alive for c in conns):
-                for job in pending:
-                    job.status, job.error = "failed", "every server is down"
-                    emit("failed", {"job": job})
-                break
-            if stop is not None and stop.is_set():
-                interrupt_all()
-                break
-            if t_end is not None and time.monotonic() > t_end:
-                raise SpriteForgeError(ENGINE_INTERNAL, f"the runs did not finish within {timeout:.0f}s.",
-                                       hint="Raise the timeout or check the servers.")
-            try:
-                src, conn, msg = events.get(timeout=min(poll_interval, 0.25))
-            except queue.Empty:
-                src = None
-            if src == "ws":
-                handle(conn, msg)
-            elif src == "ws_closed" and conn.alive:
-                if conn.ws is not None:
-                    conn.ws.close()
-                conn.ws = None
-                try:  # a dropped socket: is the server still there?
-                    conn.server.queue_load()
-                    conn.start()
-                except ServerDown as exc:
-                    mark_down(conn, str(exc))
-            if time.monotonic() - last_poll >= poll_interval:
-                last_poll = time.monotonic()
-                poll_history()
-    except KeyboardInterrupt:
-        interrupt_all()
-        raise
-    finally:
-        for c in conns:
-            c.stop()
-    return jobs
+    # ----------------------------------------------------------------- the loop
+
+    def run(self, *, poll_interval: float, timeout: float | None, stop: threading.Event | None) -> None:
+        """Dispatch and follow until every job has ended, every server is down, ``stop`` is set or time is up."""
+        t_end = None if timeout is None else time.monotonic() + timeout
+        last_poll = time.monotonic()
+        try:
+            while self._step_dispatch(stop):
+                if t_end is not None and time.monotonic() > t_end:
+                    raise SpriteForgeError(ENGINE_INTERNAL, f"the runs did not finish within {timeout:.0f}s.",
+                                           hint="Raise the timeout or check the servers.")
+                self._next_event(min(poll_interval, 0.25))
+                if time.monotonic() - last_poll >= poll_interval:
+                    last_poll = time.monotonic()
+                    self.poll_history()
+        except KeyboardInterrupt:
+            self.interrupt_all()
+            raise
+        finally:
+            for c in self.conns:
+                c.stop()
+
+    def _step_dispatch(self, stop: threading.Event | None) -> bool:
+        """Queue what can be queued; False when the loop is over."""
+        self.dispatch()
+        if not self.pending and not self.by_pid:
+            return False
+        if not any(c.alive for c in self.conns):
+            for job in self.pending:
+                job.status, job.error = "failed", "every server is down"
+                self.emit("failed", {"job": job})
+            return False
+        if stop is not None and stop.is_set():
+            self.interrupt_all()
+            return False
+        return True
+
+    def _next_event(self, wait: float) -> None:
+        try:
+            src, conn, msg = self.events.get(timeout=wait)
+        except queue.Empty:
+            return
+        if src == "ws":
+            self.handle(conn, msg)
+        elif src == "ws_closed" and conn.alive:
+            self._socket_closed(conn)
 
 
 __all__ = ["WebSocket", "WebSocketClosed", "ComfyServer", "ServerDown", "Job", "submit_workflow", "make_jobs",
