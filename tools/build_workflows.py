@@ -280,7 +280,37 @@ def tileset() -> Workflow:
     return Workflow("tileset", nodes, links, groups, notes)
 
 
+def _rmbg_to_sheet(b: int, image: int, sprite: str, sheet: str) -> tuple[list, list]:
+    """The shared tail of the sprite workflows, nodes ``b`` .. ``b + 8`` in columns 4-8: BiRefNet background
+    removal of node ``image``'s IMAGE, a preview, downscale, palette, alpha clean-up, quantize, then the indexed
+    sprites (``spriteforge/<sprite>``) and their sheet (``spriteforge/<sheet>``)."""
+    nodes = [
+        N(b, "SpriteForgeLoadBiRefNet", 4, 0, {"model_name": "BiRefNet_lite.safetensors", "variant": "auto"}),
+        N(b + 1, "SpriteForgeRemoveBackground", 4, 2.3, {"resolution": 0, "threshold": 0.5, "fill_holes": 64,
+                                                        "remove_islands": 256, "foreground": "ml",
+                                                        "composite": "alpha"}),
+        N(b + 2, "PreviewImage", 4, 6.0, height=300),
+        N(b + 3, "SpriteForgePixelDownscale", 5, 0, {"method": "kcentroid", "mode": "factor", "factor": 16}),
+        N(b + 4, "SpriteForgePixelPaletteExtract", 5, 2.6, {"colors": 16, "method": "kmeans", "seed": 0}),
+        N(b + 5, "SpriteForgePixelAlphaCleanup", 6, 0, {"threshold": 0.5, "min_island": 4, "max_hole": 4,
+                                                         "strays": True, "outline": False, "bleed": True}),
+        N(b + 6, "SpriteForgePixelQuantize", 7, 0, {"dither": "none", "strength": 1.0, "protect_edges": True}),
+        N(b + 7, "SpriteForgePixelSaveIndexed", 8, 0, {"filename_prefix": f"spriteforge/{sprite}", "upscale": 1}),
+        N(b + 8, "SpriteForgePixelSpriteSheet", 8, 2.2, {"filename_prefix": f"spriteforge/{sheet}", "columns": 0,
+                                                          "padding": 1, "indexed": True, "frame_duration_ms": 100}),
+    ]
+    rm, small, pal, clean, quant = b + 1, b + 3, b + 4, b + 5, b + 6
+    links = [L(b, 0, rm, "birefnet"), L(image, 0, rm, "image"), L(rm, 2, b + 2, "images"),
+             L(rm, 0, small, "image"), L(rm, 1, small, "mask"), L(small, 0, pal, "image"), L(small, 1, pal, "mask"),
+             L(small, 0, clean, "image"), L(small, 1, clean, "mask"), L(pal, 0, clean, "palette"),
+             L(clean, 0, quant, "image"), L(pal, 0, quant, "palette"), L(clean, 1, quant, "mask")]
+    for save in (b + 7, b + 8):
+        links += [L(quant, 0, save, "images"), L(pal, 0, save, "palette"), L(quant, 1, save, "mask")]
+    return nodes, links
+
+
 def sprite_pipeline() -> Workflow:
+    rmbg_nodes, rmbg_links = _rmbg_to_sheet(5, 4, "sprite", "sprite_sheet")
     nodes = [
         N(1, "SpriteForgeLoadModel", 0, 0, PIXART),
         N(2, "SpriteForgeEncodePrompt", 1, 0, {
@@ -290,26 +320,10 @@ def sprite_pipeline() -> Workflow:
         N(3, "SpriteForgeSampler", 2, 0, {"seed": 1, "steps": 20, "sampler": "dpmpp_2m", "schedule": "normal",
                                           "batch_size": 4, "width": 1024, "height": 1024}, cag="randomize"),
         N(4, "SpriteForgeVAEDecode", 3, 0),
-        N(5, "SpriteForgeLoadBiRefNet", 4, 0, {"model_name": "BiRefNet_lite.safetensors", "variant": "auto"}),
-        N(6, "SpriteForgeRemoveBackground", 4, 2.3, {"resolution": 0, "threshold": 0.5, "fill_holes": 64,
-                                                    "remove_islands": 256, "foreground": "ml",
-                                                    "composite": "alpha"}),
-        N(7, "PreviewImage", 4, 6.0, height=300),
-        N(8, "SpriteForgePixelDownscale", 5, 0, {"method": "kcentroid", "mode": "factor", "factor": 16}),
-        N(9, "SpriteForgePixelPaletteExtract", 5, 2.6, {"colors": 16, "method": "kmeans", "seed": 0}),
-        N(10, "SpriteForgePixelAlphaCleanup", 6, 0, {"threshold": 0.5, "min_island": 4, "max_hole": 4,
-                                                      "strays": True, "outline": False, "bleed": True}),
-        N(11, "SpriteForgePixelQuantize", 7, 0, {"dither": "none", "strength": 1.0, "protect_edges": True}),
-        N(12, "SpriteForgePixelSaveIndexed", 8, 0, {"filename_prefix": "spriteforge/sprite", "upscale": 1}),
-        N(13, "SpriteForgePixelSpriteSheet", 8, 2.2, {"filename_prefix": "spriteforge/sprite_sheet", "columns": 0,
-                                                       "padding": 1, "indexed": True, "frame_duration_ms": 100}),
+        *rmbg_nodes,
     ]
     links = [L(1, 0, 2, "model"), L(1, 0, 3, "model"), L(2, 0, 3, "conditioning"), L(1, 0, 4, "model"),
-             L(3, 0, 4, "latent"), L(5, 0, 6, "birefnet"), L(4, 0, 6, "image"), L(6, 2, 7, "images"),
-             L(6, 0, 8, "image"), L(6, 1, 8, "mask"), L(8, 0, 9, "image"), L(8, 1, 9, "mask"),
-             L(8, 0, 10, "image"), L(8, 1, 10, "mask"), L(9, 0, 10, "palette"), L(10, 0, 11, "image"),
-             L(9, 0, 11, "palette"), L(10, 1, 11, "mask"), L(11, 0, 12, "images"), L(9, 0, 12, "palette"),
-             L(11, 1, 12, "mask"), L(11, 0, 13, "images"), L(9, 0, 13, "palette"), L(11, 1, 13, "mask")]
+             L(3, 0, 4, "latent"), *rmbg_links]
     notes = [Note(20, 0, 2.7, NOTE_SPRITE_MODEL, height=250), Note(21, 1, 5.5, NOTE_RMBG, width=740, height=250),
              Note(22, 5, 5.6, NOTE_PIXEL, width=1140, height=330)]
     groups = [Group("Generate", [1, 2, 3, 4, 20], "#3f789e"), Group("Remove background", [5, 6, 7], "#8a8a3f"),
@@ -377,6 +391,7 @@ Empty Latent Image: 1024x1024 (SDXL's size), batch 4 = four frames for the sheet
 
 
 def sdxl_pixel_art() -> Workflow:
+    rmbg_nodes, rmbg_links = _rmbg_to_sheet(8, 7, "sdxl_sprite", "sdxl_sheet")
     nodes = [
         N(1, "CheckpointLoaderSimple", 0, 0, SDXL),
         N(2, "LoraLoader", 0, 1.6, {"lora_name": "pixel-art-xl.safetensors", "strength_model": 1.0,
@@ -389,28 +404,11 @@ def sdxl_pixel_art() -> Workflow:
         N(6, "SpriteForgeKSampler", 2, 0, {"seed": 1, "steps": 20, "cfg": 7.0, "sampler": "dpmpp_2m",
                                            "schedule": "karras", "denoise": 1.0}, cag="randomize"),
         N(7, "VAEDecode", 3, 0),
-        N(8, "SpriteForgeLoadBiRefNet", 4, 0, {"model_name": "BiRefNet_lite.safetensors", "variant": "auto"}),
-        N(9, "SpriteForgeRemoveBackground", 4, 2.3, {"resolution": 0, "threshold": 0.5, "fill_holes": 64,
-                                                    "remove_islands": 256, "foreground": "ml",
-                                                    "composite": "alpha"}),
-        N(10, "PreviewImage", 4, 6.0, height=300),
-        N(11, "SpriteForgePixelDownscale", 5, 0, {"method": "kcentroid", "mode": "factor", "factor": 16}),
-        N(12, "SpriteForgePixelPaletteExtract", 5, 2.6, {"colors": 16, "method": "kmeans", "seed": 0}),
-        N(13, "SpriteForgePixelAlphaCleanup", 6, 0, {"threshold": 0.5, "min_island": 4, "max_hole": 4,
-                                                      "strays": True, "outline": False, "bleed": True}),
-        N(14, "SpriteForgePixelQuantize", 7, 0, {"dither": "none", "strength": 1.0, "protect_edges": True}),
-        N(15, "SpriteForgePixelSaveIndexed", 8, 0, {"filename_prefix": "spriteforge/sdxl_sprite", "upscale": 1}),
-        N(16, "SpriteForgePixelSpriteSheet", 8, 2.2, {"filename_prefix": "spriteforge/sdxl_sheet", "columns": 0,
-                                                       "padding": 1, "indexed": True, "frame_duration_ms": 100}),
+        *rmbg_nodes,
     ]
     links = [L(1, 0, 2, "model"), L(1, 1, 2, "clip"), L(2, 1, 3, "clip"), L(2, 1, 4, "clip"),
              L(2, 0, 6, "model"), L(3, 0, 6, "positive"), L(4, 0, 6, "negative"), L(5, 0, 6, "latent_image"),
-             L(6, 0, 7, "samples"), L(1, 2, 7, "vae"),
-             L(8, 0, 9, "birefnet"), L(7, 0, 9, "image"), L(9, 2, 10, "images"),
-             L(9, 0, 11, "image"), L(9, 1, 11, "mask"), L(11, 0, 12, "image"), L(11, 1, 12, "mask"),
-             L(11, 0, 13, "image"), L(11, 1, 13, "mask"), L(12, 0, 13, "palette"), L(13, 0, 14, "image"),
-             L(12, 0, 14, "palette"), L(13, 1, 14, "mask"), L(14, 0, 15, "images"), L(12, 0, 15, "palette"),
-             L(14, 1, 15, "mask"), L(14, 0, 16, "images"), L(12, 0, 16, "palette"), L(14, 1, 16, "mask")]
+             L(6, 0, 7, "samples"), L(1, 2, 7, "vae"), *rmbg_links]
     notes = [Note(20, 0, 6.4, NOTE_SDXL_MODEL, width=740, height=230),
              Note(21, 2, 3.2, NOTE_SDXL_SAMPLER, width=740, height=250),
              Note(22, 4, 8.8, NOTE_RMBG, width=740, height=250),
