@@ -153,6 +153,26 @@ def get_engine(name: str = "auto", device: str = "auto", dtype: str | None = Non
     return _cache[key]
 
 
+def engine_for(capability: str, device: str = "auto", dtype: str | None = None) -> Engine:
+    """The first usable engine (registry order: torch, then MLX) that declares ``capability``
+    (a true flag of :class:`Capabilities`, e.g. ``birefnet``); ENGINE_UNAVAILABLE when none does."""
+    reasons = []
+    for st in engine_status():
+        if not st.usable:
+            reasons.append(f"{st.name}: {st.reason}")
+            continue
+        try:
+            eng = get_engine(st.name, device, dtype)
+        except SpriteForgeError as exc:
+            reasons.append(f"{st.name}: {exc.message}")
+            continue
+        if getattr(eng.capabilities, capability, False):
+            return eng
+        reasons.append(f"{st.name}: does not run {capability}")
+    raise SpriteForgeError(ENGINE_UNAVAILABLE, f"no engine on this machine runs {capability} ({'; '.join(reasons)}). "
+                           "Install PyTorch (the torch engine runs everything).", details={"capability": capability})
+
+
 __all__ = [
     "Capabilities",
     "Conditioning",
@@ -168,6 +188,7 @@ __all__ = [
     "decide",
     "detect_devices",
     "engine_class",
+    "engine_for",
     "engine_families",
     "engine_status",
     "get_engine",

@@ -181,6 +181,17 @@ class Engine(ABC):
         raise SpriteForgeError(LORA_UNSUPPORTED_ENGINE, f"the {self.name} engine cannot apply LoRAs. "
                                "Load the model with engine 'torch' to use LoRAs.", details={"engine": self.name})
 
+    # background removal (capability ``birefnet``) ----------------------------
+    def load_birefnet(self, path, *, variant: str | None = None, precision: str = "auto", use_comfy: bool = False):
+        """A loaded BiRefNet (``.predict(images, size_hw)``, ``.stages``, ``.resolution``, ``.empty_cache()``) from a
+        weights file; ``variant`` ("auto" or one of :data:`spriteforge.models.birefnet.VARIANTS`) sets the working
+        resolution, ``precision`` is auto/fp32/fp16/bf16, ``use_comfy`` hands memory management to ComfyUI.
+        Engines whose ``capabilities.birefnet`` is true override this."""
+        from ..errors import ENGINE_UNAVAILABLE, SpriteForgeError
+
+        raise SpriteForgeError(ENGINE_UNAVAILABLE, f"the {self.name} engine cannot run BiRefNet background removal. "
+                               "Use engine 'torch' (install PyTorch) for Remove Background.", details={"engine": self.name})
+
     def describe(self) -> dict:
         return {
             "engine": self.name,

@@ -92,6 +92,15 @@ class TorchEngine(Engine):
 
         return generation.vae_decode(self, handle, latents)
 
+    def load_birefnet(self, path, *, variant=None, precision="auto", use_comfy=False):
+        from .torch_models.birefnet import load_birefnet
+        from .torch_models.tensors import torch_dtype
+
+        dtype = None if precision in (None, "", "auto") else torch_dtype(precision)
+        # ComfyUI's memory manager picks the device (and falls back to the best one) when asked to
+        return load_birefnet(path, device=None if use_comfy else self.torch_device, dtype=dtype, variant=variant,
+                             use_comfy=use_comfy)
+
     def apply_loras(self, handle, specs, *, merge: bool = False):
         from .torch_models.lora import apply_loras
 
