@@ -140,7 +140,7 @@ def _birefnet(path: Path):
     from ..models.safetensors_header import read_header
 
     try:
-        from ..engines.torch_models import birefnet as bn
+        from ..models import birefnet as bn
     except ImportError:  # torch missing: the shapes cannot be read into a config
         return None
     tensors = read_header(path).tensors

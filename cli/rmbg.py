@@ -93,11 +93,11 @@ def _out_name(path: Path, used: set) -> str:
 
 def run(args) -> int:
     import numpy as np
-    import torch
     from PIL import Image
 
     from .. import paths
-    from ..engines.torch_models.birefnet import EXPECTED_FILES, load_birefnet
+    from ..engines import engine_for
+    from ..models.birefnet import EXPECTED_FILES
     from ..rmbg import RefineOptions, plan, remove_background
 
     if args.models:
@@ -111,8 +111,8 @@ def run(args) -> int:
         comp, color = "color", bg
     if args.resolution and args.resolution % 32:
         raise SpriteForgeError(BAD_INPUT, f"--resolution {args.resolution} must be a multiple of 32.")
-    dtype = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
-    handle = load_birefnet(model_path, device=args.device, dtype=dtype, variant=args.variant, use_comfy=False)
+    handle = engine_for("birefnet", args.device or "auto").load_birefnet(model_path, variant=args.variant,
+                                                                         precision=args.precision)
     out_dir = Path(args.out).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     opts = RefineOptions(threshold=args.threshold, fill_holes=args.fill_holes, remove_islands=args.remove_islands,

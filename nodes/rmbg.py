@@ -26,8 +26,9 @@ def _model_names() -> list[str]:
 
 
 def _variants() -> list[str]:
-    # Kept in step with engines.torch_models.birefnet.VARIANTS without importing torch at schema time.
-    return ["auto", "general", "lite", "lite-2K", "portrait", "matting", "HR", "HR-matting", "dynamic", "massive"]
+    from ..models.birefnet import VARIANTS  # framework-free: no torch at schema time
+
+    return ["auto", *VARIANTS]
 
 
 class LoadBiRefNet(io.ComfyNode):
@@ -57,17 +58,15 @@ class LoadBiRefNet(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, variant="auto", precision="auto", device="auto"):
-        import torch
-
         from .. import paths
-        from ..engines.torch_models.birefnet import EXPECTED_FILES, load_birefnet
+        from ..engines import engine_for
+        from ..models.birefnet import EXPECTED_FILES
 
         if model_name == NO_MODEL:
             model_name = "model.safetensors"
         path = paths.resolve("birefnet", model_name, expected=EXPECTED_FILES)
-        dtype = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        dev = None if device == "auto" else "cpu"
-        handle = load_birefnet(path, device=dev, dtype=dtype, variant=variant, use_comfy=(device == "auto"))
+        handle = engine_for("birefnet", device).load_birefnet(path, variant=variant, precision=precision,
+                                                              use_comfy=(device == "auto"))
         return io.NodeOutput(handle)
 
 
