@@ -22,6 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ...models.keymaps import gemma_model_keys
 from .t5 import activation
 
 
@@ -189,9 +190,4 @@ class Gemma2Model(nn.Module):
 
 def map_weights(sd: dict) -> dict:
     """transformers names -> ours: ``model.`` prefix (a ``Gemma2ForCausalLM`` file) stripped, ``lm_head`` dropped."""
-    out = {}
-    for k, v in sd.items():
-        if k.startswith("lm_head."):
-            continue
-        out[k[len("model."):] if k.startswith("model.") else k] = v
-    return out
+    return gemma_model_keys(sd)

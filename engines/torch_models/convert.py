@@ -7,9 +7,10 @@ the same code runs on ``meta`` tensors to check key sets and shapes of released 
 without their data.
 
 Where diffusers has a single-file converter that works for any size, it is used
-(SD3/SD3.5, Sana, the LDM KL VAE, DC-AE). Flux's hard-codes the 3072 hidden width, so a
-size-generic copy lives here (checked against diffusers' on the real key manifests).
-PixArt and DiT have none in diffusers; their mappings are written out here.
+(SD3/SD3.5, Sana, the LDM KL VAE, DC-AE). Flux's hard-codes the 3072 hidden width, and
+PixArt and DiT have none in diffusers: those three are renamed by the original-to-diffusers
+table in :mod:`spriteforge.models.keymaps`, the same table the LoRA layouts read (Flux's
+checked against diffusers' converter on the real key manifests).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import re
 import torch
 
 from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from ...models import keymaps
 
 
-def _layers(sd, pattern: str) -> int:
-    rx = re.compile(pattern)
+def _layers(sd, prefix: str) -> int:
+    rx = re.compile(re.escape(prefix) + r"(\d+)\.")
     nums = {int(m.group(1)) for k in sd if (m := rx.match(k))}
     return max(nums) + 1 if nums else 0
 
@@ -40,46 +42,76 @@ def _swap_scale_shift(w: torch.Tensor) -> torch.Tensor:
     return torch.cat([scale, shift], dim=0)
 
 
-# --------------------------------------------------------------------------- PixArt
+def _rows(weight: torch.Tensor, n: int, split: str) -> list[int]:
+    """Row counts of the ``n`` targets of a fused weight (see :class:`spriteforge.models.keymaps.Rule`)."""
+    if split == "width":
+        width = weight.shape[1]
+        return [width] * (n - 1) + [weight.shape[0] - width * (n - 1)]
+    return [t.shape[0] for t in weight.chunk(n, dim=0)]
+
+
+def _apply(rule: keymaps.Rule, sd: dict, out: dict, i, blocks: int) -> None:
+    orig = keymaps.fill(rule.original, i)
+    targets = [keymaps.fill(t, i) for t in rule.targets]
+    if rule.optional and orig + ".weight" not in sd and orig not in sd:
+        return
+    if rule.kind == "tensor":
+        out[targets[0]] = sd.pop(orig)
+    elif rule.kind == "shared":  # one tensor under every block's name (views of the same storage, not copies)
+        parts = {s: sd.pop(orig + s) for s in (".weight", ".bias") if orig + s in sd or s == ".weight"}
+        for b in range(blocks):
+            for s, t in parts.items():
+                out[keymaps.fill(targets[0], b) + s] = t
+    elif len(targets) == 1 and rule.swap is None:
+        _move(sd, out, orig, targets[0])
+    else:
+        sizes = None
+        for part in ("weight", "bias"):
+            w = sd.pop(f"{orig}.{part}")
+            if rule.swap == "always":
+                w = _swap_scale_shift(w)
+            sizes = sizes or _rows(w, len(targets), rule.split)
+            for t, piece in zip(targets, torch.split(w, sizes, dim=0)):
+                out[f"{t}.{part}"] = piece
+
+
+def keymap_to_diffusers(family: str, sd: dict, what: str) -> dict:
+    """An original-layout state dict renamed (and fused weights split by rows) to diffusers' names by the
+    family's table in :mod:`spriteforge.models.keymaps`; rules with block indices run block by block."""
+    sd = dict(sd)
+    out: dict = {}
+    for name in keymaps.DROPPED.get(family, ()):
+        sd.pop(name, None)
+    rules = keymaps.KEYMAPS[family]
+    counts: dict = {}
+
+    def count(prefix):
+        if prefix not in counts:
+            counts[prefix] = _layers(sd, prefix)
+        return counts[prefix]
+
+    k = 0
+    while k < len(rules):
+        prefix = keymaps.block_prefix(rules[k].original)
+        if prefix is None:
+            rule = rules[k]
+            _apply(rule, sd, out, None, count(keymaps.block_prefix(rule.per)) if rule.per else 0)
+            k += 1
+            continue
+        run = [rules[k]]
+        while k + len(run) < len(rules) and keymaps.block_prefix(rules[k + len(run)].original) == prefix:
+            run.append(rules[k + len(run)])
+        for i in range(count(prefix)):
+            for rule in run:
+                _apply(rule, sd, out, i, 0)
+        k += len(run)
+    _leftover(sd, what)
+    return out
 
 
 def pixart_to_diffusers(sd: dict) -> dict:
     """PixArt-α/Σ original (``blocks.N.attn.qkv`` ...) -> PixArtTransformer2DModel keys."""
-    sd = dict(sd)
-    out: dict = {}
-    sd.pop("pos_embed", None)  # fixed sin-cos table; diffusers recomputes it
-    sd.pop("y_embedder.y_embedding", None)  # learned null caption; diffusers encodes "" instead
-    _move(sd, out, "x_embedder.proj", "pos_embed.proj")
-    _move(sd, out, "t_embedder.mlp.0", "adaln_single.emb.timestep_embedder.linear_1")
-    _move(sd, out, "t_embedder.mlp.2", "adaln_single.emb.timestep_embedder.linear_2")
-    _move(sd, out, "t_block.1", "adaln_single.linear")
-    if "csize_embedder.mlp.0.weight" in sd:  # PixArt-α 1024 micro-conditions
-        _move(sd, out, "csize_embedder.mlp.0", "adaln_single.emb.resolution_embedder.linear_1")
-        _move(sd, out, "csize_embedder.mlp.2", "adaln_single.emb.resolution_embedder.linear_2")
-        _move(sd, out, "ar_embedder.mlp.0", "adaln_single.emb.aspect_ratio_embedder.linear_1")
-        _move(sd, out, "ar_embedder.mlp.2", "adaln_single.emb.aspect_ratio_embedder.linear_2")
-    _move(sd, out, "y_embedder.y_proj.fc1", "caption_projection.linear_1")
-    _move(sd, out, "y_embedder.y_proj.fc2", "caption_projection.linear_2")
-    for i in range(_layers(sd, r"blocks\.(\d+)\.")):
-        b, n = f"blocks.{i}.", f"transformer_blocks.{i}."
-        out[n + "scale_shift_table"] = sd.pop(b + "scale_shift_table")
-        for part in ("weight", "bias"):
-            q, k, v = sd.pop(f"{b}attn.qkv.{part}").chunk(3, dim=0)
-            out[f"{n}attn1.to_q.{part}"], out[f"{n}attn1.to_k.{part}"], out[f"{n}attn1.to_v.{part}"] = q, k, v
-            k2, v2 = sd.pop(f"{b}cross_attn.kv_linear.{part}").chunk(2, dim=0)
-            out[f"{n}attn2.to_k.{part}"], out[f"{n}attn2.to_v.{part}"] = k2, v2
-        _move(sd, out, b + "attn.proj", n + "attn1.to_out.0")
-        _move(sd, out, b + "cross_attn.q_linear", n + "attn2.to_q")
-        _move(sd, out, b + "cross_attn.proj", n + "attn2.to_out.0")
-        _move(sd, out, b + "mlp.fc1", n + "ff.net.0.proj")
-        _move(sd, out, b + "mlp.fc2", n + "ff.net.2")
-    out["scale_shift_table"] = sd.pop("final_layer.scale_shift_table")
-    _move(sd, out, "final_layer.linear", "proj_out")
-    _leftover(sd, "PixArt")
-    return out
-
-
-# --------------------------------------------------------------------------- DiT
+    return keymap_to_diffusers("pixart", sd, "PixArt")
 
 
 def dit_to_diffusers(sd: dict) -> dict:
@@ -88,89 +120,16 @@ def dit_to_diffusers(sd: dict) -> dict:
     diffusers gives every block its own timestep/class embedder; they are the same
     tensors here (shared, not copied).
     """
-    sd = dict(sd)
-    out: dict = {}
-    sd.pop("pos_embed", None)
-    _move(sd, out, "x_embedder.proj", "pos_embed.proj")
-    t1w, t1b = sd.pop("t_embedder.mlp.0.weight"), sd.pop("t_embedder.mlp.0.bias")
-    t2w, t2b = sd.pop("t_embedder.mlp.2.weight"), sd.pop("t_embedder.mlp.2.bias")
-    table = sd.pop("y_embedder.embedding_table.weight")
-    for i in range(_layers(sd, r"blocks\.(\d+)\.")):
-        b, n = f"blocks.{i}.", f"transformer_blocks.{i}."
-        e = n + "norm1.emb."
-        out[e + "timestep_embedder.linear_1.weight"], out[e + "timestep_embedder.linear_1.bias"] = t1w, t1b
-        out[e + "timestep_embedder.linear_2.weight"], out[e + "timestep_embedder.linear_2.bias"] = t2w, t2b
-        out[e + "class_embedder.embedding_table.weight"] = table
-        _move(sd, out, b + "adaLN_modulation.1", n + "norm1.linear")
-        for part in ("weight", "bias"):
-            q, k, v = sd.pop(f"{b}attn.qkv.{part}").chunk(3, dim=0)
-            out[f"{n}attn1.to_q.{part}"], out[f"{n}attn1.to_k.{part}"], out[f"{n}attn1.to_v.{part}"] = q, k, v
-        _move(sd, out, b + "attn.proj", n + "attn1.to_out.0")
-        _move(sd, out, b + "mlp.fc1", n + "ff.net.0.proj")
-        _move(sd, out, b + "mlp.fc2", n + "ff.net.2")
-    _move(sd, out, "final_layer.adaLN_modulation.1", "proj_out_1")
-    _move(sd, out, "final_layer.linear", "proj_out_2")
-    _leftover(sd, "DiT")
-    return out
-
-
-# --------------------------------------------------------------------------- Flux
+    return keymap_to_diffusers("dit", sd, "DiT")
 
 
 def flux_to_diffusers(sd: dict) -> dict:
     """BFL Flux (``double_blocks``/``single_blocks``) -> FluxTransformer2DModel keys, any width.
 
     Same mapping as diffusers' ``convert_flux_transformer_checkpoint_to_diffusers``, which
-    assumes a hidden width of 3072; here the width comes from ``img_in``.
+    assumes a hidden width of 3072; here each fused ``linear1`` is split by its own input width.
     """
-    sd = dict(sd)
-    out: dict = {}
-    inner = sd["img_in.weight"].shape[0]
-    _move(sd, out, "time_in.in_layer", "time_text_embed.timestep_embedder.linear_1")
-    _move(sd, out, "time_in.out_layer", "time_text_embed.timestep_embedder.linear_2")
-    _move(sd, out, "vector_in.in_layer", "time_text_embed.text_embedder.linear_1")
-    _move(sd, out, "vector_in.out_layer", "time_text_embed.text_embedder.linear_2")
-    if "guidance_in.in_layer.weight" in sd:
-        _move(sd, out, "guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1")
-        _move(sd, out, "guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2")
-    _move(sd, out, "txt_in", "context_embedder")
-    _move(sd, out, "img_in", "x_embedder")
-    for i in range(_layers(sd, r"double_blocks\.(\d+)\.")):
-        b, n = f"double_blocks.{i}.", f"transformer_blocks.{i}."
-        _move(sd, out, b + "img_mod.lin", n + "norm1.linear")
-        _move(sd, out, b + "txt_mod.lin", n + "norm1_context.linear")
-        for part in ("weight", "bias"):
-            q, k, v = sd.pop(f"{b}img_attn.qkv.{part}").chunk(3, dim=0)
-            out[f"{n}attn.to_q.{part}"], out[f"{n}attn.to_k.{part}"], out[f"{n}attn.to_v.{part}"] = q, k, v
-            q, k, v = sd.pop(f"{b}txt_attn.qkv.{part}").chunk(3, dim=0)
-            out[f"{n}attn.add_q_proj.{part}"], out[f"{n}attn.add_k_proj.{part}"], out[f"{n}attn.add_v_proj.{part}"] = q, k, v
-        out[n + "attn.norm_q.weight"] = sd.pop(b + "img_attn.norm.query_norm.scale")
-        out[n + "attn.norm_k.weight"] = sd.pop(b + "img_attn.norm.key_norm.scale")
-        out[n + "attn.norm_added_q.weight"] = sd.pop(b + "txt_attn.norm.query_norm.scale")
-        out[n + "attn.norm_added_k.weight"] = sd.pop(b + "txt_attn.norm.key_norm.scale")
-        _move(sd, out, b + "img_mlp.0", n + "ff.net.0.proj")
-        _move(sd, out, b + "img_mlp.2", n + "ff.net.2")
-        _move(sd, out, b + "txt_mlp.0", n + "ff_context.net.0.proj")
-        _move(sd, out, b + "txt_mlp.2", n + "ff_context.net.2")
-        _move(sd, out, b + "img_attn.proj", n + "attn.to_out.0")
-        _move(sd, out, b + "txt_attn.proj", n + "attn.to_add_out")
-    for i in range(_layers(sd, r"single_blocks\.(\d+)\.")):
-        b, n = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
-        _move(sd, out, b + "modulation.lin", n + "norm.linear")
-        w = sd[b + "linear1.weight"]
-        split = (inner, inner, inner, w.shape[0] - 3 * inner)
-        for part in ("weight", "bias"):
-            q, k, v, mlp = torch.split(sd.pop(f"{b}linear1.{part}"), split, dim=0)
-            out[f"{n}attn.to_q.{part}"], out[f"{n}attn.to_k.{part}"], out[f"{n}attn.to_v.{part}"] = q, k, v
-            out[f"{n}proj_mlp.{part}"] = mlp
-        out[n + "attn.norm_q.weight"] = sd.pop(b + "norm.query_norm.scale")
-        out[n + "attn.norm_k.weight"] = sd.pop(b + "norm.key_norm.scale")
-        _move(sd, out, b + "linear2", n + "proj_out")
-    _move(sd, out, "final_layer.linear", "proj_out")
-    out["norm_out.linear.weight"] = _swap_scale_shift(sd.pop("final_layer.adaLN_modulation.1.weight"))
-    out["norm_out.linear.bias"] = _swap_scale_shift(sd.pop("final_layer.adaLN_modulation.1.bias"))
-    _leftover(sd, "Flux")
-    return out
+    return keymap_to_diffusers("flux", sd, "Flux")
 
 
 # --------------------------------------------------------------------------- diffusers' own converters
@@ -263,12 +222,7 @@ def convert_text_encoder(variant: str, sd: dict, model_keys: set) -> dict:
             sd["encoder.embed_tokens.weight"] = sd["shared.weight"]  # tied: one tensor under both names
         return sd
     if variant == "gemma":
-        out = {}
-        for k, v in sd.items():
-            if k.startswith("lm_head."):
-                continue
-            out[k[len("model."):] if k.startswith("model.") else k] = v
-        return out
+        return keymaps.gemma_model_keys(sd)
     return sd
 
 
