@@ -3,8 +3,9 @@
 For a :class:`~spriteforge.engines.devices.DeviceInfo` it decides the weight,
 compute, VAE and text-encoder dtypes, the attention kind, slicing/tiling, fp8 and
 bf16 support, environment variables to set before torch is imported, and hints for
-the user, with a reason for every decision. Every rule is a row in the tables below
-so it can be read, tested with simulated devices, and changed in one place.
+the user, with a reason for every decision. Every rule is a row of :data:`RULES` (or
+of the architecture and memory tables above it), evaluated by one pure function
+(:func:`apply_rules`), so it can be read, tested with simulated devices, and changed in one place.
 """
 
 from __future__ import annotations
@@ -81,116 +82,150 @@ def _slicing(mem: int, unified: bool, reasons: list) -> tuple[bool, bool, bool]:
     return False, False, False
 
 
-def decide(device: DeviceInfo, *, dtype_override: str | None = None) -> Policy:
-    """The policy for ``device``. ``dtype_override`` ('float32', 'float16', 'bfloat16') forces the weight/compute dtype."""
-    reasons: list[str] = []
-    hints: list[str] = []
+# --------------------------------------------------------------------------- the rules
+#
+# A rule: ``group`` (rules of one group are alternatives: the first that holds is used; None: every rule that
+# holds is used), ``when`` (conditions on the device's facts and the decisions so far, all must hold), ``then``
+# (decisions: dtypes, bf16, fp8, attention; ``env``: variables to set; ``hint``: a line for the user) and
+# ``reason`` (said for every decision; ``{name}`` fills in a fact). Read top to bottom, in this order.
+
+
+@dataclass(frozen=True)
+class Rule:
+    group: str | None
+    when: tuple  # of (fact, op, value), op one of "==", "in", "not in", ">="
+    then: dict
+    reason: str | None = None
+
+
+def _dtypes(weights: str, vae: str | None = None) -> dict:
+    """Weight, compute and text-encoder dtype ``weights``; VAE ``vae`` when given."""
+    d = {"weight_dtype": weights, "compute_dtype": weights, "text_encoder_dtype": weights}
+    return d if vae is None else {**d, "vae_dtype": vae}
+
+
+_VAE_OVERFLOW = "(fp16 VAEs overflow to NaN on large images)"
+_KINDS = ("cuda", "rocm", "mps", "mlx")
+
+RULES: tuple[Rule, ...] = (
+    # NVIDIA CUDA: by compute capability
+    Rule("cuda dtype", (("kind", "==", "cuda"), ("cc", ">=", (8, 0))), {**_dtypes("bfloat16"), "bf16": True},
+         "CUDA sm_{sm} has fast bf16: bf16 weights and compute"),
+    Rule("cuda dtype", (("kind", "==", "cuda"), ("cc", ">=", (7, 0))), _dtypes("float16"),
+         "CUDA sm_{sm} has fp16 tensor cores but no bf16: fp16"),
+    Rule("cuda dtype", (("kind", "==", "cuda"),), _dtypes("float32"), "CUDA sm_{sm} has slow half precision: fp32"),
+    Rule("cuda fp8", (("kind", "==", "cuda"), ("cc", ">=", (8, 9))), {"fp8_compute": True}, "fp8 compute available (sm_89+)"),
+    Rule("cuda fp8", (("kind", "==", "cuda"),), {}, "no fp8 compute: fp8 weights are upcast per layer"),
+    # the 4-channel KL VAEs overflow in fp16; bf16 is safe where present
+    Rule("cuda vae", (("kind", "==", "cuda"), ("bf16", "==", True)), {"vae_dtype": "bfloat16"}, "VAE in bfloat16 " + _VAE_OVERFLOW),
+    Rule("cuda vae", (("kind", "==", "cuda"),), {"vae_dtype": "float32"}, "VAE in float32 " + _VAE_OVERFLOW),
+    # AMD ROCm: by GPU architecture
+    Rule("rocm dtype", (("kind", "==", "rocm"), ("arch", "in", ROCM_FP32_ARCHS)), _dtypes("float32", "float32"),
+         "ROCm {arch}: fp32 everywhere ({fp32_why})"),
+    Rule("rocm dtype", (("kind", "==", "rocm"), ("arch", "in", ROCM_BF16_ARCHS)), {**_dtypes("bfloat16", "float32"), "bf16": True},
+         "ROCm {arch} has fast bf16: bf16 weights and compute, VAE in fp32"),
+    Rule("rocm dtype", (("kind", "==", "rocm"),), _dtypes("float16", "float32"),
+         "ROCm {arch_or_unknown}: fp16 weights and compute, VAE in fp32"),
+    Rule(None, (("kind", "==", "rocm"),), {"vae_attention": "math"},
+         "no SDPA in the VAE on AMD (slow or failing kernels for the VAE's single-head attention)"),
+    Rule(None, (("kind", "==", "rocm"), ("arch", "in", ROCM_AOTRITON_EXPERIMENTAL)),
+         {"env": {"TORCH_ROCM_AOTRITON_ENABLE_EXPERIMENTAL": "1"}},
+         "{arch}: AOTriton flash attention is experimental; opt in before torch is imported"),
+    Rule(None, (("kind", "==", "rocm"), ("arch", "in", ROCM_HSA_OVERRIDE)),
+         {"hint": "{arch} is not on ROCm's support list; if kernels fail to load, set "
+                  "HSA_OVERRIDE_GFX_VERSION={hsa_override} before starting ComfyUI."}),
+    # Apple MPS
+    Rule(None, (("kind", "==", "mps"),), _dtypes("float16"), "MPS: fp16 weights and compute"),
+    Rule("mps bf16", (("kind", "==", "mps"), ("mac", ">=", (14,))), {"bf16": True},
+         "macOS {mac_text} supports bf16 on MPS (used for bf16 files)"),
+    Rule("mps bf16", (("kind", "==", "mps"),), {}, "bf16 on MPS needs macOS 14: bf16 files are cast to fp16"),
+    Rule(None, (("kind", "==", "mps"),), {"vae_dtype": "float32", "env": {"PYTORCH_ENABLE_MPS_FALLBACK": "1"}},
+         "MPS: VAE in fp32 (fp16 VAEs give black images on MPS)"),
+    # Apple MLX
+    Rule(None, (("kind", "==", "mlx"), ("metal", "==", True), ("mac", ">=", (14,))), {"bf16": True}),
+    Rule("mlx", (("kind", "==", "mlx"), ("metal", "==", True)),
+         {**_dtypes("float16", "float32"), "attention": "mlx_fast", "vae_attention": "mlx_fast"},
+         "MLX on Metal: fp16 weights/compute, fast attention, VAE in fp32"),
+    Rule("mlx", (("kind", "==", "mlx"),), {**_dtypes("float32", "float32"), "attention": "mlx_fast", "vae_attention": "mlx_fast"},
+         "MLX on the CPU: fp32"),
+    # anything else: the CPU
+    Rule(None, (("kind", "not in", _KINDS),), _dtypes("float32", "float32"),
+         "CPU: fp32 (half precision is slow or unsupported on CPUs)"),
+)
+
+_START = {"bf16": False, "fp8_compute": False, "attention": "sdpa", "vae_attention": "sdpa"}
+
+
+def facts(device: DeviceInfo) -> dict:
+    """What the rules look at (and their reasons quote) of ``device``."""
+    cc = tuple(device.compute_capability or (0, 0))
+    arch = (device.arch or "").split(":")[0]
+    mac = tuple(device.macos_version or (0,))
+    return {
+        "kind": device.kind,
+        "cc": cc,
+        "sm": f"{cc[0]}{cc[1]}",
+        "arch": arch,
+        "arch_or_unknown": arch or "unknown arch",
+        "fp32_why": ROCM_FP32_ARCHS.get(arch, ""),
+        "hsa_override": ROCM_HSA_OVERRIDE.get(arch, ""),
+        "mac": mac,
+        "mac_text": ".".join(map(str, mac)),
+        "metal": bool(device.metal),
+    }
+
+
+_OPS = {"==": lambda a, b: a == b, "in": lambda a, b: a in b, "not in": lambda a, b: a not in b, ">=": lambda a, b: a >= b}
+
+
+def apply_rules(rules, facts: dict) -> tuple[dict, dict, list, list]:
+    """``(decisions, env, hints, reasons)`` of ``rules`` over ``facts`` (pure)."""
+    state = dict(_START)
     env: dict[str, str] = {}
+    hints: list[str] = []
+    reasons: list[str] = []
+    done: set = set()
+    for rule in rules:
+        if rule.group in done:
+            continue
+        seen = {**facts, **state}
+        if not all(_OPS[op](seen.get(key), value) for key, op, value in rule.when):
+            continue
+        if rule.group is not None:
+            done.add(rule.group)
+        then = dict(rule.then)
+        env.update(then.pop("env", {}))
+        if "hint" in then:
+            hints.append(then.pop("hint").format(**facts))
+        state.update(then)
+        if rule.reason:
+            reasons.append(rule.reason.format(**facts))
+    return state, env, hints, reasons
+
+
+def _override(state: dict, dtype_override: str, kind: str, reasons: list) -> None:
+    if dtype_override not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, not {dtype_override!r}")
+    if dtype_override == "bfloat16" and not state["bf16"] and kind != "cpu":
+        reasons.append("bf16 requested but the device lacks it: fp16 instead")
+        dtype_override = "float16"
+    state.update(_dtypes(dtype_override))
+    reasons.append(f"weight/compute dtype forced to {dtype_override}")
+
+
+def decide(device: DeviceInfo, *, dtype_override: str | None = None) -> Policy:
+    """The policy for ``device`` (:data:`RULES` in order, then memory). ``dtype_override`` ('float32', 'float16',
+    'bfloat16') forces the weight/compute dtype."""
+    state, env, hints, reasons = apply_rules(RULES, facts(device))
     kind = device.kind
-    bf16 = False
-    fp8 = False
-    attention = "sdpa"
-    vae_attention = "sdpa"
-
-    if kind == "cuda":
-        cc = device.compute_capability or (0, 0)
-        if cc >= (8, 0):
-            wd = cd = "bfloat16"
-            bf16 = True
-            reasons.append(f"CUDA sm_{cc[0]}{cc[1]} has fast bf16: bf16 weights and compute")
-        elif cc >= (7, 0):
-            wd = cd = "float16"
-            reasons.append(f"CUDA sm_{cc[0]}{cc[1]} has fp16 tensor cores but no bf16: fp16")
-        else:
-            wd = cd = "float32"
-            reasons.append(f"CUDA sm_{cc[0]}{cc[1]} has slow half precision: fp32")
-        fp8 = cc >= (8, 9)
-        reasons.append("fp8 compute available (sm_89+)" if fp8 else "no fp8 compute: fp8 weights are upcast per layer")
-        # The 4-channel KL VAEs overflow in fp16; bf16 is safe where present.
-        vae = "bfloat16" if bf16 else "float32"
-        reasons.append(f"VAE in {vae} (fp16 VAEs overflow to NaN on large images)")
-        te = wd
-    elif kind == "rocm":
-        arch = (device.arch or "").split(":")[0]
-        if arch in ROCM_FP32_ARCHS:
-            wd = cd = vae = te = "float32"
-            reasons.append(f"ROCm {arch}: fp32 everywhere ({ROCM_FP32_ARCHS[arch]})")
-        elif arch in ROCM_BF16_ARCHS:
-            wd = cd = te = "bfloat16"
-            bf16 = True
-            vae = "float32"
-            reasons.append(f"ROCm {arch} has fast bf16: bf16 weights and compute, VAE in fp32")
-        else:
-            wd = cd = te = "float16"
-            vae = "float32"
-            reasons.append(f"ROCm {arch or 'unknown arch'}: fp16 weights and compute, VAE in fp32")
-        vae_attention = "math"
-        reasons.append("no SDPA in the VAE on AMD (slow or failing kernels for the VAE's single-head attention)")
-        if arch in ROCM_AOTRITON_EXPERIMENTAL:
-            env["TORCH_ROCM_AOTRITON_ENABLE_EXPERIMENTAL"] = "1"
-            reasons.append(f"{arch}: AOTriton flash attention is experimental; opt in before torch is imported")
-        if arch in ROCM_HSA_OVERRIDE:
-            hints.append(
-                f"{arch} is not on ROCm's support list; if kernels fail to load, set "
-                f"HSA_OVERRIDE_GFX_VERSION={ROCM_HSA_OVERRIDE[arch]} before starting ComfyUI."
-            )
-    elif kind == "mps":
-        mac = device.macos_version or (0,)
-        bf16 = tuple(mac) >= (14,)
-        wd = cd = te = "float16"
-        reasons.append("MPS: fp16 weights and compute")
-        if bf16:
-            reasons.append(f"macOS {'.'.join(map(str, mac))} supports bf16 on MPS (used for bf16 files)")
-        else:
-            reasons.append("bf16 on MPS needs macOS 14: bf16 files are cast to fp16")
-        vae = "float32"
-        reasons.append("MPS: VAE in fp32 (fp16 VAEs give black images on MPS)")
-        env["PYTORCH_ENABLE_MPS_FALLBACK"] = "1"
-    elif kind == "mlx":
-        if device.metal:
-            wd = cd = te = "float16"
-            bf16 = tuple(device.macos_version or (0,)) >= (14,)
-            vae = "float32"
-            attention = vae_attention = "mlx_fast"
-            reasons.append("MLX on Metal: fp16 weights/compute, fast attention, VAE in fp32")
-        else:
-            wd = cd = te = vae = "float32"
-            attention = vae_attention = "mlx_fast"
-            reasons.append("MLX on the CPU: fp32")
-    else:
-        wd = cd = vae = te = "float32"
-        reasons.append("CPU: fp32 (half precision is slow or unsupported on CPUs)")
-
     if dtype_override:
-        if dtype_override not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype must be float32, float16 or bfloat16, not {dtype_override!r}")
-        if dtype_override == "bfloat16" and not bf16 and kind != "cpu":
-            reasons.append("bf16 requested but the device lacks it: fp16 instead")
-            dtype_override = "float16"
-        wd = cd = te = dtype_override
-        reasons.append(f"weight/compute dtype forced to {dtype_override}")
-
+        _override(state, dtype_override, kind, reasons)
     unified = device.unified_memory or kind in ("mps", "mlx")
     att_slice, vae_tile, vae_slice = _slicing(device.memory_bytes if kind != "cpu" else 0, unified, reasons)
-    if att_slice and attention == "sdpa":
-        attention = "sliced"
-    return Policy(
-        device=device,
-        weight_dtype=wd,
-        compute_dtype=cd,
-        vae_dtype=vae,
-        text_encoder_dtype=te,
-        attention=attention,
-        vae_attention=vae_attention,
-        attention_slicing=att_slice,
-        vae_tiling=vae_tile,
-        vae_slicing=vae_slice,
-        bf16=bf16,
-        fp8_compute=fp8,
-        env=env,
-        hints=tuple(hints),
-        reasons=tuple(reasons),
-    )
+    if att_slice and state["attention"] == "sdpa":
+        state["attention"] = "sliced"
+    return Policy(device=device, attention_slicing=att_slice, vae_tiling=vae_tile, vae_slicing=vae_slice, env=env,
+                  hints=tuple(hints), reasons=tuple(reasons), **state)
 
 
 def env_before_torch(archs: list[str]) -> dict[str, str]:
