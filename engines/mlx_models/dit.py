@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ...errors import BAD_INPUT, SpriteForgeError
-from .layers import LayerNorm, TimestepEmbedding, attention, gelu, gelu_tanh, layer_norm, map_names, sincos_2d, timestep_embedding
+from .layers import AttentionProjections, LayerNorm, TimestepEmbedding, attention, gelu, gelu_tanh, layer_norm, map_names, sincos_2d, timestep_embedding
 
 _EMB = "norm1.emb."
 
@@ -77,17 +77,11 @@ class _AdaLayerNormZero(nn.Module):
         return x, gate, shift_mlp, scale_mlp, gate_mlp
 
 
-class _Attention(nn.Module):
+class _Attention(AttentionProjections):
     """diffusers ``Attention`` self-attention with the default (SDPA) processor."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, bias: bool = True, out_bias: bool = True):
-        super().__init__()
-        inner = heads * head_dim
-        self.heads = heads
-        self.to_q = nn.Linear(dim, inner, bias=bias)
-        self.to_k = nn.Linear(dim, inner, bias=bias)
-        self.to_v = nn.Linear(dim, inner, bias=bias)
-        self.to_out = [nn.Linear(inner, dim, bias=out_bias), nn.Identity()]
+        super().__init__(dim, heads, head_dim, bias=bias, out_bias=out_bias)
 
     def __call__(self, x):
         return self.to_out[0](attention(self.to_q(x), self.to_k(x), self.to_v(x), self.heads))

@@ -19,9 +19,9 @@ import mlx.nn as nn
 import numpy as np
 
 from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
-from .layers import RMSNorm, gelu_tanh, layer_norm, sdpa_heads
+from .layers import AttentionProjections, RMSNorm, gelu_tanh, layer_norm, sdpa_heads
 from .sd3 import (AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle, CombinedTimestepTextProjEmbeddings, FeedForward,
-                  Identity, batch_vector, merge_heads, split_heads)
+                  batch_vector, merge_heads, split_heads)
 
 
 # --------------------------------------------------------------------------- rotary embedding
@@ -52,22 +52,16 @@ def apply_rope(x, cos, sin):
 
 
 # --------------------------------------------------------------------------- attention and blocks
-class FluxAttention(nn.Module):
+class FluxAttention(AttentionProjections):
     """diffusers ``FluxAttention``: RMS q/k norms always; ``joint`` adds the text projections
     (``add_*_proj``, ``norm_added_*``, ``to_add_out``); ``pre_only`` (single blocks) has no ``to_out``."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, joint: bool, pre_only: bool = False, eps: float = 1e-6):
-        super().__init__()
+        super().__init__(dim, heads, head_dim, out=not pre_only)
         inner = heads * head_dim
-        self.heads = heads
-        self.to_q = nn.Linear(dim, inner)
-        self.to_k = nn.Linear(dim, inner)
-        self.to_v = nn.Linear(dim, inner)
         self.norm_q = RMSNorm(head_dim, eps=eps)
         self.norm_k = RMSNorm(head_dim, eps=eps)
         self.pre_only = pre_only
-        if not pre_only:
-            self.to_out = [nn.Linear(inner, dim), Identity()]
         self.joint = joint
         if joint:
             self.norm_added_q = RMSNorm(head_dim, eps=eps)

@@ -103,6 +103,25 @@ def rms_norm(x, weight, eps: float = 1e-6):
     return mx.fast.rms_norm(x, weight, eps)
 
 
+class AttentionProjections(nn.Module):
+    """diffusers ``Attention``'s projections under its own names: ``to_q``, ``to_k``/``to_v`` (from ``kv_dim``,
+    default ``dim``) and ``to_out`` (the output Linear, then a parameterless slot where diffusers keeps its
+    Dropout, so indices read like the torch module; no ``to_out`` when ``out=False``). Subclasses add the
+    attention itself and any norms."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, *, kv_dim: int | None = None, bias: bool = True,
+                 out_bias: bool = True, out: bool = True, dropout_slot: bool = True):
+        super().__init__()
+        inner = heads * head_dim
+        kv = kv_dim or dim
+        self.heads = heads
+        self.to_q = nn.Linear(dim, inner, bias=bias)
+        self.to_k = nn.Linear(kv, inner, bias=bias)
+        self.to_v = nn.Linear(kv, inner, bias=bias)
+        if out:
+            self.to_out = [nn.Linear(inner, dim, bias=out_bias)] + ([nn.Identity()] if dropout_slot else [])
+
+
 class LayerNorm(nn.Module):
     """torch ``nn.LayerNorm`` over the last axis, with or without the affine pair (``elementwise_affine``)."""
 

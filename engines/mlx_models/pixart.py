@@ -73,18 +73,11 @@ class PatchEmbed(nn.Module):
         return x.reshape(b, h * w, d) + table.astype(x.dtype)[None]
 
 
-class Attention(nn.Module):
+class Attention(layers.AttentionProjections):
     """diffusers ``Attention`` as PixArt uses it: q/k/v projections, SDPA, ``to_out.0``."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, bias: bool, kv_dim: int | None = None):
-        super().__init__()
-        inner = heads * head_dim
-        kv = kv_dim or dim
-        self.heads = heads
-        self.to_q = nn.Linear(dim, inner, bias=bias)
-        self.to_k = nn.Linear(kv, inner, bias=bias)
-        self.to_v = nn.Linear(kv, inner, bias=bias)
-        self.to_out = [nn.Linear(inner, dim, bias=True)]
+        super().__init__(dim, heads, head_dim, kv_dim=kv_dim, bias=bias, dropout_slot=False)
 
     def __call__(self, x, context=None, bias=None):
         c = x if context is None else context

@@ -14,7 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ...errors import BAD_INPUT, SpriteForgeError
-from .layers import Conv2d, LayerNorm, RMSNorm, TimestepEmbedding, attention, gelu_tanh, layer_norm, map_names, sincos_2d, \
+from .layers import AttentionProjections, Conv2d, LayerNorm, RMSNorm, TimestepEmbedding, attention, gelu_tanh, layer_norm, map_names, sincos_2d, \
     timestep_embedding
 
 
@@ -114,18 +114,12 @@ def _apply_qk_norm(module, q, k):
     return module.norm_q(q), module.norm_k(k)
 
 
-class _LinearSelfAttention(nn.Module):
+class _LinearSelfAttention(AttentionProjections):
     """``Attention`` with ``SanaLinearAttnProcessor2_0``: ReLU-kernel linear attention, computed in float32."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, bias: bool, qk_norm):
-        super().__init__()
-        inner = heads * head_dim
-        self.heads = heads
-        self.to_q = nn.Linear(dim, inner, bias=bias)
-        self.to_k = nn.Linear(dim, inner, bias=bias)
-        self.to_v = nn.Linear(dim, inner, bias=bias)
+        super().__init__(dim, heads, head_dim, bias=bias)
         _qk_norms(self, qk_norm, heads, head_dim, heads)
-        self.to_out = [nn.Linear(inner, dim, bias=True), nn.Identity()]
 
     def __call__(self, x):
         dtype = x.dtype
@@ -146,18 +140,12 @@ class _LinearSelfAttention(nn.Module):
         return out
 
 
-class _CrossAttention(nn.Module):
+class _CrossAttention(AttentionProjections):
     """``Attention`` with ``SanaAttnProcessor2_0`` (SDPA, optional qk norm, the caption mask)."""
 
     def __init__(self, dim: int, context_dim: int, heads: int, head_dim: int, out_bias: bool, qk_norm):
-        super().__init__()
-        inner = heads * head_dim
-        self.heads = heads
-        self.to_q = nn.Linear(dim, inner, bias=True)
-        self.to_k = nn.Linear(context_dim, inner, bias=True)
-        self.to_v = nn.Linear(context_dim, inner, bias=True)
+        super().__init__(dim, heads, head_dim, kv_dim=context_dim, out_bias=out_bias)
         _qk_norms(self, qk_norm, heads, head_dim, heads)
-        self.to_out = [nn.Linear(inner, dim, bias=out_bias), nn.Identity()]
 
     def __call__(self, x, context, mask=None):
         q, k = _apply_qk_norm(self, self.to_q(x), self.to_k(context))

@@ -22,7 +22,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ...errors import DIMENSION_LIMIT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
-from .layers import Conv2d, RMSNorm, TimestepEmbedding, gelu_tanh, layer_norm, map_names, sdpa_heads, sincos_2d, timestep_embedding
+from .layers import AttentionProjections, Conv2d, RMSNorm, TimestepEmbedding, gelu_tanh, layer_norm, map_names, sdpa_heads, sincos_2d, timestep_embedding
 
 
 # --------------------------------------------------------------------------- shared blocks
@@ -161,7 +161,7 @@ def merge_heads(x):
 
 
 # --------------------------------------------------------------------------- SD3 attention and block
-class JointAttention(nn.Module):
+class JointAttention(AttentionProjections):
     """diffusers ``Attention`` with ``JointAttnProcessor2_0``: image (``to_*``) and optional caption
     (``add_*_proj``) projections, optional per-head RMS q/k norms, one attention over ``[image, caption]``.
 
@@ -170,13 +170,8 @@ class JointAttention(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int, qk_norm: str | None, joint: bool, context_pre_only: bool = False):
-        super().__init__()
+        super().__init__(dim, heads, head_dim)
         inner = heads * head_dim
-        self.heads = heads
-        self.to_q = nn.Linear(dim, inner)
-        self.to_k = nn.Linear(dim, inner)
-        self.to_v = nn.Linear(dim, inner)
-        self.to_out = [nn.Linear(inner, dim), Identity()]
         self.qk = qk_norm is not None
         if qk_norm is not None and qk_norm != "rms_norm":
             raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE,
