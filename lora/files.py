@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
-from .detect import _BLOCK, NAMES
+from .family import _BLOCK, NAMES, family_of_modules
 from .keys import LoRAModule, file_format, group_modules, split_key
 from .layouts import is_original_layout
 
@@ -157,10 +157,8 @@ _TE_LABEL = {"te1": "text_encoder_1", "te2": "text_encoder_2", "te3": "text_enco
 
 
 def describe_modules(modules, shapes: dict, metadata: dict | None = None, alphas: list | None = None) -> dict:
-    from .plan import detect
-
     fmt = file_format(modules)
-    det = detect(modules, lambda k: shapes[k], metadata)
+    det = family_of_modules(modules, lambda k: shapes[k], metadata)
     ranks = Counter(r for r in (_rank(m, shapes) for m in modules) if r is not None)
     comps = Counter(_TE_LABEL.get(m.component, m.component) for m in modules)
     blocks: dict[str, set] = {}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from ..errors import LORA_KEY_MISMATCH, SpriteForgeError
 from .core import Patch, take_rows
-from .detect import NAMES, Detection, detect_family
+from .family import NAMES, FamilyGuess, family_of_modules
 from .keys import LoRAModule, underscore
 from .layouts import FUSED_ALIASES, RULES, diffusers_to_original, original_to_diffusers
 
@@ -113,7 +113,7 @@ class ComponentPlan:
 
 @dataclass
 class Plan:
-    detection: Detection
+    detection: FamilyGuess
     components: dict = field(default_factory=dict)  # component name ("transformer", "t5", ...) -> ComponentPlan
     missing_components: list = field(default_factory=list)  # (LoRA component, n modules) with no model part loaded
 
@@ -337,24 +337,6 @@ def _split(patch: Patch, names, swap, index, targets, ops=None):
     return out
 
 
-def _widths(modules, shape_of) -> dict:
-    out = {}
-    for m in modules:
-        key = m.params.get("down") or m.params.get("w1b_h")
-        if key:
-            shp = shape_of(key)
-            if len(shp) >= 2:
-                out[m.flat] = int(shp[1])
-    return out
-
-
-def detect(modules, shape_of=None, metadata=None) -> Detection:
-    """Family candidates of a LoRA's transformer modules."""
-    tr = [m for m in modules if m.component == "transformer"]
-    widths = _widths(tr, shape_of) if shape_of else None
-    return detect_family([m.flat for m in tr], widths=widths, metadata=metadata)
-
-
 def plan(modules, get, *, family: str, transformer: dict | None, text_encoders: dict,
          strength_model: float = 1.0, strength_text: float = 1.0, metadata: dict | None = None,
          lora_name: str = "this LoRA", ops=None) -> Plan:
@@ -365,7 +347,7 @@ def plan(modules, get, *, family: str, transformer: dict | None, text_encoders: 
     matches the model. A component at strength 0 is left out (it would not change anything).
     ``ops``: the array operations of the tensors ``get`` returns (the engine's; numpy's by default).
     """
-    det = detect(modules, lambda k: tuple(get(k).shape), metadata)
+    det = family_of_modules(modules, lambda k: tuple(get(k).shape), metadata)
     fam_name = NAMES.get(family, family)
     if det.candidates and family not in det.candidates:
         raise SpriteForgeError(

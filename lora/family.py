@@ -1,5 +1,9 @@
 """Which model family a LoRA was made for, from its module names (and shapes, metadata).
 
+:func:`family_of_modules` (a LoRA's parsed modules, with their shapes) and :func:`detect_family` (the
+transformer module names alone) give a :class:`FamilyGuess`. (A *model* file's architecture is
+:mod:`spriteforge.models.detect`'s business.)
+
 Returns the *candidates*: usually one family; two or three when the names cannot tell
 (a LoRA on only ``attn1``/``attn2`` of cross-attention DiTs fits PixArt and Sana alike,
 ``transformer_blocks.N.attn.add_q_proj`` fits Flux and SD3). A LoRA is refused only when
@@ -40,7 +44,7 @@ _WIDTHS = {3072: {"flux"}, 1536: {"sd3"}, 2432: {"sd3"}, 2240: {"sana"}}
 
 
 @dataclass
-class Detection:
+class FamilyGuess:
     candidates: list[str] = field(default_factory=list)  # best first; empty = unknown
     reason: str = ""
 
@@ -66,7 +70,7 @@ def _meta_family(metadata: dict | None) -> str | None:
     return None
 
 
-def detect_family(flat_names, *, widths: dict | None = None, metadata: dict | None = None) -> Detection:
+def detect_family(flat_names, *, widths: dict | None = None, metadata: dict | None = None) -> FamilyGuess:
     """Candidates for the family of a LoRA whose transformer modules are ``flat_names`` (underscore form).
 
     ``widths`` maps flat name → ``in_features`` of the adapted layer where known.
@@ -74,18 +78,18 @@ def detect_family(flat_names, *, widths: dict | None = None, metadata: dict | No
     names = list(flat_names)
     meta = _meta_family(metadata)
     if not names:
-        return Detection([], "no transformer layers (text encoders only)")
+        return FamilyGuess([], "no transformer layers (text encoders only)")
     joined = "\n".join(names)
 
     def has(rx):
         return any(rx.search(n) for n in names)
 
     if has(_UNET):
-        return Detection(["unet"], "UNet block names (input_blocks/down_blocks…)")
+        return FamilyGuess(["unet"], "UNet block names (input_blocks/down_blocks…)")
     if has(_FLUX):
-        return Detection(["flux"], "Flux block names (double_blocks/single_blocks…)")
+        return FamilyGuess(["flux"], "Flux block names (double_blocks/single_blocks…)")
     if has(_SD3):
-        return Detection(["sd3"], "SD3 MMDiT block names (joint_blocks/x_block/context_block)")
+        return FamilyGuess(["sd3"], "SD3 MMDiT block names (joint_blocks/x_block/context_block)")
     if has(_MMDIT):
         cands = ["flux", "sd3"]
         idx = [int(m.group(3)) for n in names for m in [_BLOCK.search(n)] if m and m.group(2) == "transformer_blocks"]
@@ -94,26 +98,26 @@ def detect_family(flat_names, *, widths: dict | None = None, metadata: dict | No
         cands = _by_width(cands, names, widths)
         if meta in cands:
             cands = [meta] + [c for c in cands if c != meta]
-        return Detection(cands, "joint-attention names (add_q_proj/ff_context) of Flux or SD3")
+        return FamilyGuess(cands, "joint-attention names (add_q_proj/ff_context) of Flux or SD3")
     if has(_SANA):
-        return Detection(["sana"], "Sana names (GLUMBConv ff / time_embed)")
+        return FamilyGuess(["sana"], "Sana names (GLUMBConv ff / time_embed)")
     if has(_PIXART):
-        return Detection(["pixart"], "PixArt names (adaln_single/t_block)")
+        return FamilyGuess(["pixart"], "PixArt names (adaln_single/t_block)")
     if has(_DIT) and not has(_CROSS):
-        return Detection(["dit"], "DiT names (adaLN in blocks, proj_out_1/2)")
+        return FamilyGuess(["dit"], "DiT names (adaLN in blocks, proj_out_1/2)")
     if has(_CROSS):
         cands = _by_width(["pixart", "sana"], names, widths)
         if meta in cands:
             cands = [meta] + [c for c in cands if c != meta]
-        return Detection(cands, "cross-attention DiT names (attn2/cross_attn) of PixArt or Sana")
+        return FamilyGuess(cands, "cross-attention DiT names (attn2/cross_attn) of PixArt or Sana")
     if has(_SELF) or has(_BLOCK):
         cands = ["pixart", "sana", "dit"]
         if meta in cands:
             cands = [meta] + [c for c in cands if c != meta]
-        return Detection(cands, "self-attention block names only")
+        return FamilyGuess(cands, "self-attention block names only")
     if meta:
-        return Detection([meta], "safetensors metadata")
-    return Detection([], "no names SpriteForge knows")
+        return FamilyGuess([meta], "safetensors metadata")
+    return FamilyGuess([], "no names SpriteForge knows")
 
 
 def _by_width(cands, names, widths):
@@ -130,6 +134,25 @@ def _by_width(cands, names, widths):
             if narrowed:
                 return narrowed
     return cands
+
+
+def _widths(modules, shape_of) -> dict:
+    out = {}
+    for m in modules:
+        key = m.params.get("down") or m.params.get("w1b_h")
+        if key:
+            shp = shape_of(key)
+            if len(shp) >= 2:
+                out[m.flat] = int(shp[1])
+    return out
+
+
+def family_of_modules(modules, shape_of=None, metadata=None) -> FamilyGuess:
+    """Family candidates of a LoRA's transformer modules (:class:`~.keys.LoRAModule`); ``shape_of(tensor name)``
+    gives shapes, which settle some ambiguities by the model width."""
+    tr = [m for m in modules if m.component == "transformer"]
+    widths = _widths(tr, shape_of) if shape_of else None
+    return detect_family([m.flat for m in tr], widths=widths, metadata=metadata)
 
 
 assert set(NAMES) >= set(FAMILIES)
