@@ -3,7 +3,7 @@
   spriteforge generate --model pixart-sigma.safetensors --vae sdxl_vae.safetensors \\
       --text-encoder t5xxl_fp16.safetensors --prompt "a knight, pixel art" --seed 7 --out out/
 
-Loads the model as SpriteForge Load Model does (:func:`spriteforge.nodes.loaders.load_handle`) and
+Loads the model as SpriteForge Load Model does (:func:`spriteforge.resolve.load_handle`) and
 runs :func:`spriteforge.pipeline.generate_full` (txt2img, img2img with ``--init``/``--denoise``,
 inpainting with ``--mask`` (white = repaint), seamless tiles with ``--tile``). Images are written
 as ``<prefix>-<seed of the image>.png`` (batch item i has seed + i, so each file can be remade
@@ -125,7 +125,7 @@ def save_png(path: Path, image: np.ndarray, meta: dict, text: str) -> None:
 def key_colour(handle, model) -> tuple[int, int, int] | None:
     """The key colour a model draws its background in, when it is one that does: the built-in demo model
     (magenta, whether chosen by name or by its folder's path). None for every other model."""
-    from ..nodes.loaders import DEMO, DEMO_DIR
+    from ..resolve import DEMO, DEMO_DIR
     from ..sprites.generator import KEY_COLOR
 
     src = str(getattr(handle, "source", "") or "")
@@ -138,7 +138,7 @@ def key_colour(handle, model) -> tuple[int, int, int] | None:
 
 def run(args) -> int:
     from .. import paths
-    from ..nodes.loaders import load_handle
+    from ..resolve import load_handle
     from ..lora import apply_loras, specs_from_args
     from ..pipeline import GenerateParams, generate_full
     from ..progress import clear_interrupt
@@ -164,7 +164,7 @@ def run(args) -> int:
     except OSError as exc:
         raise SpriteForgeError(BAD_INPUT, f"cannot create the output folder {out}: {exc}.") from exc
 
-    from ..nodes.loaders import DEMO
+    from ..resolve import DEMO
 
     args.model = args.model or DEMO
     side = 32 if args.model == DEMO else 512  # the demo model draws 32x32 sprites

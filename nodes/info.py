@@ -1,35 +1,16 @@
-"""Engine information: a node that reports engines/devices/policy and the data of the capabilities route.
+"""Engine information: a node that reports engines/devices/policy.
 
-``/spriteforge/capabilities`` itself is registered with the other routes in :mod:`.routes`;
-it serves :func:`capabilities_report`, which does the (cheap) device probing only when called.
+The report is :func:`spriteforge.diagnostics.capabilities_report` (also behind ``/spriteforge/capabilities``,
+registered with the other routes in :mod:`.routes`, and ``spriteforge doctor``); the device probing happens
+only when called.
 """
 
 from __future__ import annotations
 
 import json
 
+from ..diagnostics import capabilities_report
 from ._compat import io
-
-
-def capabilities_report() -> dict:
-    """Engines, devices, policy and capabilities: the data behind the editor badge and `doctor`."""
-    from ..cli.doctor import report
-    from ..engines import engine_class
-
-    rep = report()
-    caps = {}
-    for e in rep["engines"]:
-        if e["usable"] and e["devices"]:
-            from ..engines import pick_device
-            from ..engines.policy import decide
-
-            dev = pick_device(e["name"])
-            caps[e["name"]] = engine_class(e["name"])(dev, decide(dev)).capabilities.to_dict()
-    rep["capabilities"] = caps
-    from ..errors import CODES, hint_for
-
-    rep["error_codes"] = {code: hint_for(code) for code in CODES}
-    return rep
 
 
 class EngineInfo(io.ComfyNode):

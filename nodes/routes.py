@@ -19,7 +19,6 @@ import os
 log = logging.getLogger("spriteforge")
 _registered: dict = {}
 _family_cache: dict = {}
-MODEL_KINDS = ("diffusion_models", "checkpoints", "diffusers")
 
 
 def palettes() -> dict[str, list[str]]:
@@ -40,24 +39,15 @@ def palettes() -> dict[str, list[str]]:
 
 def model_family(name: str) -> dict:
     """``{"name", "family", "variant", "error"}`` for a model dropdown value (cached by file and mtime)."""
-    from .. import paths
+    from ..resolve import resolve_model
 
     res = {"name": name, "family": None, "variant": None, "error": None}
     if not name:
         res["error"] = "no model name"
         return res
-    path = None
-    from .loaders import DEMO, DEMO_DIR
-
-    if name == DEMO and (DEMO_DIR / "model_index.json").exists():
-        path = DEMO_DIR  # the built-in demo model is not in a model folder
-    for kind in MODEL_KINDS if path is None else ():
-        try:
-            path = paths.resolve(kind, name)
-            break
-        except Exception:  # noqa: BLE001 - try the next folder
-            continue
-    if path is None:
+    try:  # the built-in demo model or a file/folder of a model folder; never a path (the editor sends names)
+        path = resolve_model(name, allow_path=False)
+    except Exception:  # noqa: BLE001 - reported to the editor
         res["error"] = f"{name} was not found in the model folders"
         return res
     try:
@@ -77,8 +67,8 @@ def model_family(name: str) -> dict:
 
 
 def capabilities() -> dict:
-    """The ``/spriteforge/capabilities`` data (the Engine Info node's report): see :func:`spriteforge.nodes.info.capabilities_report`."""
-    from .info import capabilities_report
+    """The ``/spriteforge/capabilities`` data (the Engine Info node's report): :func:`spriteforge.diagnostics.capabilities_report`."""
+    from ..diagnostics import capabilities_report
 
     return capabilities_report()
 

@@ -70,7 +70,7 @@ def test_release_vaes_use_comfyui_latent_formats():
 
 @lru_cache(maxsize=1)
 def _demo():
-    from spriteforge.nodes.loaders import DEMO, load_handle
+    from spriteforge.resolve import DEMO, load_handle
 
     if not (REPO / "demo_model" / "model_index.json").exists():
         pytest.skip("demo_model/ is not present")
@@ -167,7 +167,7 @@ def test_info_nodes_show_their_report_as_ui_text():
 # --------------------------------------------------------------------------- routes
 def test_model_family_route_knows_the_built_in_model():
     from spriteforge.nodes import routes
-    from spriteforge.nodes.loaders import DEMO, model_choices
+    from spriteforge.resolve import DEMO, model_choices
 
     if not (REPO / "demo_model" / "model_index.json").exists():
         pytest.skip("demo_model/ is not present")
@@ -178,7 +178,7 @@ def test_model_family_route_knows_the_built_in_model():
 
 # --------------------------------------------------------------------------- what-to-do lines
 def test_model_not_found_hint_on_the_command_line(tmp_path):
-    from spriteforge.nodes.loaders import resolve_model
+    from spriteforge.resolve import resolve_model
 
     assert not paths.in_comfyui() or "folder_paths" in sys.modules
     paths.set_models_root(tmp_path)
@@ -197,7 +197,7 @@ def test_model_not_found_hint_on_the_command_line(tmp_path):
 def test_model_not_found_hint_inside_comfyui(tmp_path, monkeypatch):
     """Inside ComfyUI (its folder_paths module; a stand-in module only where ComfyUI is absent) names come from
     the list and paths are refused: the hint names ComfyUI's way to add a folder, never a path or --models."""
-    from spriteforge.nodes.loaders import resolve_model
+    from spriteforge.resolve import resolve_model
 
     if "folder_paths" not in sys.modules:
         fp = types.ModuleType("folder_paths")

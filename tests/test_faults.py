@@ -36,7 +36,7 @@ def _oom(msg="CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.8 GiB tot
 
 @pytest.fixture(scope="module")
 def demo():
-    from spriteforge.nodes.loaders import DEMO, load_handle
+    from spriteforge.resolve import DEMO, load_handle
 
     if not (REPO / "demo_model" / "model_index.json").exists():
         pytest.skip("demo_model/ is not present")

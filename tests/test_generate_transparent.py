@@ -50,7 +50,7 @@ def test_generate_on_the_demo_model_is_transparent_by_default(tmp_path, capsys):
 
 def test_key_colour_is_only_for_the_demo_model():
     from spriteforge.cli.generate import key_colour
-    from spriteforge.nodes.loaders import DEMO, DEMO_DIR
+    from spriteforge.resolve import DEMO, DEMO_DIR
 
     class H:
         def __init__(self, source):

@@ -59,7 +59,7 @@ def _model_list_empty(info, issue) -> bool:
         return True
     _c, typ, opts = G.input_spec(info.get(issue.class_type) or {}, issue.input)
     options = G.combo_options(typ, opts) or []
-    from spriteforge.nodes.loaders import DEMO
+    from spriteforge.resolve import DEMO
 
     return all(str(o).startswith("(") or o == DEMO for o in options)
 

@@ -42,7 +42,7 @@ def _model_cap(name: str) -> tuple[int | None, str]:
     """(largest side in pixels or None, family) of a Load Model choice, from its header."""
     try:
         from ..models.detect import detect
-        from ..nodes.loaders import resolve_model
+        from ..resolve import resolve_model
 
         det = detect(resolve_model(str(name)))
     except Exception:  # unreadable or missing: the loader reports it properly

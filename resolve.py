@@ -1,0 +1,107 @@
+"""Model resolution: from a name (a node's dropdown entry, a command-line name or path) to the files to load.
+
+The Load Model node, ``spriteforge generate``, the routes and the workflow preflight all resolve models
+here, the same way: :func:`resolve_model` (a DiT model file or diffusers folder, or the built-in demo
+model), :func:`resolve_part` (a separate VAE / text-encoder file) and :func:`load_handle` (both, then the
+engine's ``load_model``). Inside ComfyUI names come from ComfyUI's folders and paths are refused; on the
+command line a path is accepted where a name is expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import paths
+from .errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError, classify
+from .log import get_logger
+
+log = get_logger("resolve")
+
+MODEL_KINDS = ("diffusion_models", "checkpoints", "diffusers")
+FROM_MODEL = "(from model)"
+DEMO = "spriteforge-demo (built-in)"
+DEMO_DIR = Path(__file__).resolve().parent / "demo_model"
+NONE = "(none)"
+
+
+def model_choices() -> list[str]:
+    """Names for the model dropdown: the demo model, diffusion_models + checkpoints files, then diffusers folders."""
+    names: list[str] = []
+    for kind in MODEL_KINDS:
+        try:
+            names += paths.list_models(kind, folders=(kind == "diffusers"))
+        except Exception as exc:  # a broken folder must not hide the node
+            log.warning("could not list %s models: %s", kind, exc)
+    if (DEMO_DIR / "model_index.json").exists():
+        names.insert(0, DEMO)  # the small sprite model that ships with the pack: the default
+    seen: set = set()
+    return [n for n in names if not (n in seen or seen.add(n))]
+
+
+def part_choices(kind: str, first: str = FROM_MODEL) -> list[str]:
+    """``first`` then the files of ``kind`` (``vae``, ``text_encoders``): the dropdown of a separate part."""
+    try:
+        return [first] + paths.list_models(kind)
+    except Exception:
+        return [first]
+
+
+def _allow(allow_path: bool | None) -> bool:
+    return (not paths.in_comfyui()) if allow_path is None else allow_path
+
+
+def resolve_model(name: str, *, allow_path: bool | None = None) -> Path:
+    """Full path of a model name from the dropdown (any of :data:`MODEL_KINDS`), or a path outside ComfyUI."""
+    if not name or not str(name).strip() or name in (FROM_MODEL, NONE):
+        raise SpriteForgeError(BAD_INPUT, "no model was chosen. Pick a DiT model file or diffusers folder.")
+    if name == DEMO:
+        if not (DEMO_DIR / "model_index.json").exists():
+            raise SpriteForgeError(MODEL_NOT_FOUND, f"the built-in demo model is missing from {DEMO_DIR}. Reinstall the pack.")
+        return DEMO_DIR
+    allow = _allow(allow_path)
+    p = Path(str(name)).expanduser()
+    if allow and p.exists():
+        return p
+    searched = []
+    for kind in MODEL_KINDS:
+        try:
+            return paths.resolve(kind, str(name), allow_absolute=allow)
+        except SpriteForgeError as exc:
+            if exc.code == BAD_INPUT and not allow:
+                raise
+            searched += exc.details.get("searched", [])
+    where = ", ".join(searched) or "models/diffusion_models, models/checkpoints, models/diffusers (no models folder is configured)"
+    raise SpriteForgeError(MODEL_NOT_FOUND, f"model {name!r} was not found in {where}.",
+                           hint=paths.not_found_hint(full_path=allow), details={"name": str(name), "searched": searched})
+
+
+def resolve_part(kind: str, name, allow_path: bool | None = None) -> str | None:
+    """Full path of a separate part (``vae``, ``text_encoders``); None for "(from model)" / "(none)" / empty."""
+    if name in (None, "", FROM_MODEL, NONE):
+        return None
+    return str(paths.resolve(kind, str(name), allow_absolute=_allow(allow_path)))
+
+
+def load_handle(model: str, *, vae=None, text_encoders=(), engine: str = "auto", device: str = "auto",
+                dtype: str = "auto", allow_path: bool | None = None):
+    """Load ``model`` (name or path) on the chosen engine; returns a :class:`~spriteforge.engines.ModelHandle`."""
+    from .engines import get_engine
+
+    allow = _allow(allow_path)
+    path = resolve_model(model, allow_path=allow)
+    vae_path = resolve_part("vae", vae, allow)
+    tes = [p for p in (resolve_part("text_encoders", t, allow) for t in (text_encoders or ())) if p]
+    dt = None if dtype in (None, "", "auto") else dtype
+    eng = get_engine(engine or "auto", device or "auto", dt)
+    try:
+        handle = eng.load_model(str(path), vae=vae_path, text_encoders=tes, dtype=dt)
+    except SpriteForgeError:
+        raise
+    except Exception as exc:
+        raise classify(exc, context=f"loading {path.name}") from exc
+    log.info("loaded %s (%s %s) on %s", path.name, handle.family, handle.variant, getattr(eng, "name", eng))
+    return handle
+
+
+__all__ = ["MODEL_KINDS", "FROM_MODEL", "DEMO", "DEMO_DIR", "NONE", "model_choices", "part_choices", "resolve_model",
+           "resolve_part", "load_handle"]
