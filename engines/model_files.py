@@ -14,6 +14,7 @@ read tensors their own way; everything they must agree on about *which* tensors 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -22,7 +23,7 @@ from .. import paths
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ..models import configs
 from ..models.detect import Detection, detect, detect_tensors
-from .base import family_vae_name
+from .base import ModelHandle, family_vae_name, handle_fields
 
 # where a bare model name is looked for
 MODEL_KINDS = ("diffusion_models", "checkpoints", "diffusers")
@@ -56,6 +57,19 @@ def dtype_name(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- where
+
+
+@contextlib.contextmanager
+def coded_errors(context: str):
+    """Every failure inside becomes a :class:`SpriteForgeError` (``classify`` of it, ``context`` saying what was done)."""
+    try:
+        yield
+    except SpriteForgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a coded error
+        from ..errors import classify
+
+        raise classify(exc, context=context) from exc
 
 
 def resolve(path, kinds) -> Path:
@@ -197,6 +211,18 @@ def clip_with_projection(key: str, family: str | None, archs=()) -> bool:
     return key == "clip_g" or family == "sd3" or any("WithProjection" in a for a in archs or ())
 
 
-__all__ = ["MODEL_KINDS", "TRANSFORMER_CLASSES", "FOLDER_TEXT_ENCODERS", "dtype_name", "resolve", "folder_variant",
+# --------------------------------------------------------------------------- the handle
+
+
+def model_handle(engine, det: Detection, source: Path, *, transformer, config: dict, vae, vae_config: dict, text_encoders: dict,
+                 tokenizers: dict, dtype: str, extras: dict) -> ModelHandle:
+    """The :class:`ModelHandle` of a loaded model, its framework-free fields from :func:`handle_fields`."""
+    fields = handle_fields(det, config, vae_config, has_vae=vae is not None, text_encoders=text_encoders, extras=extras)
+    return ModelHandle(family=det.family, variant=det.variant or "", engine=engine, transformer=transformer, config=config,
+                       vae=vae, vae_config=dict(vae_config), text_encoders=text_encoders, tokenizers=tokenizers, dtype=dtype,
+                       source=str(source), **fields)
+
+
+__all__ = ["coded_errors", "model_handle", "MODEL_KINDS", "TRANSFORMER_CLASSES", "FOLDER_TEXT_ENCODERS", "dtype_name", "resolve", "folder_variant",
            "diffusion_folder", "diffusion_model_in", "checkpoint_text_encoders", "folder_text_encoders", "vae_folder",
            "vae_in", "vae_config_for", "text_encoder_in", "text_encoder_key", "clip_with_projection"]

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from ...errors import BAD_INPUT, MODEL_NOT_CONVERTED, SpriteForgeError
 from ...log import get_logger
-from ..model_files import MODEL_KINDS, resolve
+from ..model_files import MODEL_KINDS, coded_errors, resolve
 from . import loading
 
 log = get_logger("mlx")
@@ -467,18 +467,12 @@ def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None):
     folder (made with these same VAE/text encoders) holds one, checked against the source and loaded lazily;
     else from the source's own files (:func:`.loading.load_model`). Every failure is a :class:`SpriteForgeError`."""
     p = resolve(path, MODEL_KINDS)
-    try:
+    with coded_errors(f"loading {p.name} on MLX"):
         if is_cache(p):
             return load_cache(engine, p, vae=vae, text_encoders=text_encoders, dtype=dtype)
         found = find_cache(p, vae=vae, text_encoders=text_encoders)
         if found is not None:
             return load_cache(engine, found, dtype=dtype)
-    except SpriteForgeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a coded error
-        from ...errors import classify
-
-        raise classify(exc, context=f"loading {p.name} on MLX") from exc
     return loading.load_model(engine, p, vae=vae, text_encoders=text_encoders, dtype=dtype)
 
 

@@ -23,6 +23,7 @@ the peak stays near one copy of the model (the mapped file pages are shared, not
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -32,17 +33,19 @@ import numpy as np
 
 from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...log import get_logger
-from ..base import ModelHandle, handle_fields
+from ..base import ModelHandle
 from ..model_files import (
     MODEL_KINDS,
     TRANSFORMER_CLASSES,
     checkpoint_text_encoders,
     clip_with_projection,
+    coded_errors,
     diffusion_folder,
     diffusion_model_in,
     dtype_name,
     folder_config,
     folder_text_encoders,
+    model_handle,
     resolve,
     text_encoder_in,
     text_encoder_key,
@@ -276,6 +279,16 @@ class FolderTensors:
             s.close()
 
 
+@contextlib.contextmanager
+def _folder_weights(folder: Path):
+    """The weights of a component folder as ``{name: torch view}``, its files closed afterwards."""
+    src = FolderTensors(folder)
+    try:
+        yield _read(src)
+    finally:
+        src.close()
+
+
 def _read(source, prefix: str = "", skip=()) -> dict:
     """``{key without prefix: torch view}`` (no copy for safetensors)."""
     import torch
@@ -372,12 +385,9 @@ def load_vae(engine, path, *, family: str | None = None, variant: str | None = N
     vdt = mx_dtype(dtype or engine.policy.vae_dtype)
     if p.is_dir():
         sub = vae_folder(p)
-        cfg = json.loads((sub / "config.json").read_text())
-        src = FolderTensors(sub)
-        try:
-            return _vae(cfg, _read(src), "diffusers", "", vdt)
-        finally:
-            src.close()
+        cfg = folder_config(sub)
+        with _folder_weights(sub) as sd:
+            return _vae(cfg, sd, "diffusers", "", vdt)
     source = open_tensors(p)
     try:
         det, prefix = vae_in(source.tensors, p.name, family)
@@ -422,11 +432,8 @@ def _folder_te(folder: Path, key: str, tdt, family, archs=None):
 
     archs = archs if archs is not None else (folder_config(folder).get("architectures") or [])
     conf = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True).to_dict()
-    src = FolderTensors(folder)
-    try:
-        return _text_encoder(key, conf, _read(src), tdt, family, archs)
-    finally:
-        src.close()
+    with _folder_weights(folder) as sd:
+        return _text_encoder(key, conf, sd, tdt, family, archs)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -440,14 +447,8 @@ def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None) -> Model
     A converted cache is not looked for here: :func:`.cache.load_model` does that first.
     """
     p = resolve(path, MODEL_KINDS)
-    try:
+    with coded_errors(f"loading {p.name} on MLX"):
         return _load_model(engine, p, vae=vae, text_encoders=text_encoders, dtype=dtype)
-    except SpriteForgeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a coded error
-        from ...errors import classify
-
-        raise classify(exc, context=f"loading {p.name} on MLX") from exc
 
 
 def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None, all_dtype=None) -> ModelHandle:
@@ -468,30 +469,21 @@ def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None, all_
         if det.kind == "diffusers":
             tdir = p / "transformer"
             tcfg = folder_config(tdir)
-            src = FolderTensors(tdir)
-            try:
-                transformer, cfg = _transformer(det, _read(src), wdt, tcfg)
-            finally:
-                src.close()
+            with _folder_weights(tdir) as sd:
+                transformer, cfg = _transformer(det, sd, wdt, tcfg)
             index = json.loads((p / "model_index.json").read_text())
             if (p / "vae" / "config.json").exists() and vae is None:
                 vcfg = folder_config(p / "vae")
-                vsrc = FolderTensors(p / "vae")
-                try:
-                    vae_model, vae_cfg = _vae(vcfg, _read(vsrc), "diffusers", "", vdt)
-                finally:
-                    vsrc.close()
+                with _folder_weights(p / "vae") as sd:
+                    vae_model, vae_cfg = _vae(vcfg, sd, "diffusers", "", vdt)
             for sub, key, cls_name in folder_text_encoders(p, det.family, index):
                 tes[key] = _folder_te(p / sub, key, tdt, det.family, [cls_name])
                 toks[key] = folder_tokenizer(p, sub, index)
         else:
             det.layout = det.layout or "diffusers"
             tcfg = folder_config(p)
-            src = FolderTensors(p)
-            try:
-                transformer, cfg = _transformer(det, _read(src), wdt, tcfg)
-            finally:
-                src.close()
+            with _folder_weights(p) as sd:
+                transformer, cfg = _transformer(det, sd, wdt, tcfg)
     else:
         source = open_tensors(p)
         try:
@@ -523,21 +515,8 @@ def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None, all_
         toks[key] = tok
     for k in [k for k in tes if toks.get(k) is None]:
         toks[k] = find_tokenizer(k, p, required=True)
-    fields = handle_fields(det, cfg, vae_cfg, has_vae=vae_model is not None, text_encoders=tes, extras=extras)
-    return ModelHandle(
-        family=family,
-        variant=det.variant or "",
-        engine=engine,
-        transformer=transformer,
-        config=cfg,
-        vae=vae_model,
-        vae_config=dict(vae_cfg),
-        text_encoders=tes,
-        tokenizers=toks,
-        dtype=wname,
-        source=str(p),
-        **fields,
-    )
+    return model_handle(engine, det, p, transformer=transformer, config=cfg, vae=vae_model, vae_config=vae_cfg,
+                        text_encoders=tes, tokenizers=toks, dtype=wname, extras=extras)
 
 
 __all__ = ["load_model", "load_vae", "load_text_encoder", "available_families", "missing_ports", "port", "to_mx",

@@ -77,6 +77,11 @@ def load_groups(source, mapping) -> list[list[str]]:
     return groups if groups[0] else []
 
 
+def prefixed(source, prefix: str, skip=()) -> dict[str, str]:
+    """``{source key: key without prefix}`` of the tensors under ``prefix`` (but those ending in ``skip``)."""
+    return {k: k[len(prefix):] for k in source.keys() if k.startswith(prefix) and not any(k.endswith(s) for s in skip)}
+
+
 def load_into(model, source, mapping: dict[str, str], convert_fn, *, dtype, device, keep_fp8=False, what="model", fill=None):
     """Read ``mapping`` (source key -> prefix-less key), convert, and assign into ``model`` (on meta).
 

@@ -25,23 +25,24 @@ from pathlib import Path
 
 import torch
 
-from ...errors import SpriteForgeError
 from ...log import get_logger
 from ...models.detect import Detection
-from ..base import ModelHandle, handle_fields
+from ..base import ModelHandle
 from ..model_files import (
     MODEL_KINDS,
     TRANSFORMER_CLASSES,
     checkpoint_text_encoders,
+    coded_errors,
     diffusion_folder,
     diffusion_model_in,
     folder_text_encoders,
     folder_variant,
+    model_handle,
     resolve,
 )
 from ..tokenizers import find_tokenizer, folder_tokenizer
 from . import convert
-from .building import build_empty, diffusers_class, load_into
+from .building import build_empty, diffusers_class, load_into, prefixed
 from .fp8 import enable_fp8, has_fp8, keep_fp8
 from .tensors import open_tensors, torch_dtype
 from .text_encoders import load_text_encoder, text_encoder_from
@@ -60,17 +61,9 @@ def _load_transformer(engine, source, det: Detection, prefix: str, dtype):
     device = engine.torch_device
     keep = keep_fp8(engine) and has_fp8(source.tensors)
     model = build_transformer(det)
-    mapping = {k: k[len(prefix):] for k in source.keys() if k.startswith(prefix)}
-    model = load_into(
-        model,
-        source,
-        mapping,
-        lambda sd: convert.convert_transformer(det.family, sd, det.layout),
-        dtype=dtype,
-        device=device,
-        keep_fp8=keep,
-        what=f"{det.family} transformer",
-    )
+    mapping = prefixed(source, prefix)
+    model = load_into(model, source, mapping, lambda sd: convert.convert_transformer(det.family, sd, det.layout), dtype=dtype,
+                      device=device, keep_fp8=keep, what=f"{det.family} transformer")
     fp8 = enable_fp8(model, {k: source.tensors[k] for k in mapping}, dtype) if keep else None
     return model, fp8
 
@@ -94,14 +87,8 @@ def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None) -> Model
     :class:`SpriteForgeError`.
     """
     p = resolve(path, MODEL_KINDS)
-    try:
+    with coded_errors(f"loading {p.name}"):
         return _load_model(engine, p, vae=vae, text_encoders=text_encoders, dtype=dtype)
-    except SpriteForgeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a coded error
-        from ...errors import classify
-
-        raise classify(exc, context=f"loading {p.name}") from exc
 
 
 def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None) -> ModelHandle:
@@ -145,7 +132,8 @@ def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None) -> M
     missing_tok = [k for k in tes if toks.get(k) is None]
     for k in missing_tok:
         toks[k] = find_tokenizer(k, p, required=True)
-    return _handle(engine, det, p, transformer, vae_model, vae_cfg, tes, toks, wdt, extras)
+    return model_handle(engine, det, p, transformer=transformer, config=dict(transformer.config), vae=vae_model, vae_config=vae_cfg,
+                        text_encoders=tes, tokenizers=toks, dtype=str(wdt).replace("torch.", ""), extras=extras)
 
 
 def _load_component_folder(engine, p: Path, det: Detection, wdt):
@@ -176,22 +164,3 @@ def _load_folder(engine, p: Path, det: Detection, wdt, vdt, tdt):
         if tok is not None:
             toks[key] = tok
     return transformer, vae_model, vae_cfg, tes, toks
-
-
-def _handle(engine, det: Detection, p: Path, transformer, vae_model, vae_cfg, tes, toks, wdt, extras) -> ModelHandle:
-    cfg = dict(transformer.config)
-    fields = handle_fields(det, cfg, vae_cfg, has_vae=vae_model is not None, text_encoders=tes, extras=extras)
-    return ModelHandle(
-        family=det.family,
-        variant=det.variant or "",
-        engine=engine,
-        transformer=transformer,
-        config=cfg,
-        vae=vae_model,
-        vae_config=dict(vae_cfg),
-        text_encoders=tes,
-        tokenizers=toks,
-        dtype=str(wdt).replace("torch.", ""),
-        source=str(p),
-        **fields,
-    )

@@ -9,7 +9,7 @@ from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ..model_files import clip_with_projection, folder_config, resolve, text_encoder_in, text_encoder_key
 from ..tokenizers import find_tokenizer
 from . import convert
-from .building import build_empty, load_into
+from .building import build_empty, load_into, prefixed
 from .tensors import open_tensors, torch_dtype
 
 
@@ -37,7 +37,7 @@ def text_encoder_from(engine, source, det, prefix: str, family, dtype):
     variant = det.variant
     model = build_text_encoder(variant, det.config, family)
     # tokenizer data some files carry (ComfyUI's "spiece_model") is not a weight
-    mapping = {k: k[len(prefix):] for k in source.keys() if k.startswith(prefix) and not k.endswith("spiece_model")}
+    mapping = prefixed(source, prefix, skip=("spiece_model",))
     expected = set(model.state_dict())
 
     def conv(sd):

@@ -7,7 +7,7 @@ import json
 
 from ..model_files import resolve, vae_config_for, vae_folder, vae_in
 from . import convert
-from .building import build_empty, diffusers_class, load_into
+from .building import build_empty, diffusers_class, load_into, prefixed
 from .tensors import open_tensors, torch_dtype
 
 
@@ -22,16 +22,8 @@ def vae_from(engine, source, det, prefix: str, family, variant, dtype):
     """The VAE under ``prefix`` in the tensor source ``source`` (detected as ``det``) -> (model, config)."""
     cfg = vae_config_for(det, family, variant)
     model = build_vae(cfg)
-    mapping = {k: k[len(prefix):] for k in source.keys() if k.startswith(prefix)}
-    model = load_into(
-        model,
-        source,
-        mapping,
-        lambda sd: convert.convert_vae(det.variant or "", sd, det.layout, cfg),
-        dtype=dtype,
-        device=engine.torch_device,
-        what="VAE",
-    )
+    model = load_into(model, source, prefixed(source, prefix), lambda sd: convert.convert_vae(det.variant or "", sd, det.layout, cfg),
+                      dtype=dtype, device=engine.torch_device, what="VAE")
     return model, dict(model.config)
 
 
