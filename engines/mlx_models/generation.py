@@ -23,7 +23,8 @@ import numpy as np
 
 from ...errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
 from ...log import get_logger
-from ..model_inputs import check_flux_channels, dit_labels, is_fill_model, model_input, model_timestep, num_classes, pixart_max_length, sana_texts, to_x0
+from ..denoiser import Denoiser
+from ..model_inputs import dit_labels, is_fill_model, pixart_max_length, sana_texts
 
 log = get_logger("mlx")
 
@@ -196,220 +197,73 @@ def _as_mx(a):
     return mx.array(np.asarray(a))
 
 
-def _expand(t, batch):
-    """Repeat a batch-1 (or batch-n dividing ``batch``) array to ``batch`` rows (each row in place, as torch's repeat_interleave)."""
-    mx = _mx()
-    if t is None:
-        return None
-    if t.shape[0] == batch:
-        return t
-    if batch % t.shape[0]:
-        raise SpriteForgeError(BAD_INPUT, f"conditioning has {t.shape[0]} prompts but the batch is {batch}: use one prompt or one per image.")
-    return mx.repeat(t, batch // t.shape[0], axis=0)
-
-
-def _pack(x):
-    b, c, h, w = x.shape
-    return x.reshape(b, c, h // 2, 2, w // 2, 2).transpose(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def _unpack(x, h, w):
-    b, n, c4 = x.shape
-    c = c4 // 4
-    return x.reshape(b, h // 2, w // 2, c, 2, 2).transpose(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
-
-
-def _flux_img_ids(h, w, dtype):
-    mx = _mx()
-    ids = np.zeros((h // 2, w // 2, 3), np.float32)
-    ids[..., 1] += np.arange(h // 2)[:, None]
-    ids[..., 2] += np.arange(w // 2)[None, :]
-    return mx.array(ids.reshape(-1, 3)).astype(dtype)
-
-
-class MLXDenoiser:
-    """``model(x, sigma) -> x0`` for one conditioning, with batched CFG (the MLX twin of TorchDenoiser).
+class MLXDenoiser(Denoiser):
+    """``model(x, sigma) -> x0`` on an MLX transformer (the shared logic is :class:`~spriteforge.engines.denoiser.Denoiser`).
 
     ``x`` may be an mx array or a numpy array; the result has the same type.
     """
 
-    def __init__(self, engine, handle, cond, uncond=None, *, cfg: float = 1.0, model_schedule=None,
-                 fill_image=None, fill_mask=None, attention_slicing: bool | None = None, **opts):
+    def _setup(self):
         mx = _mx()
-        self.engine = engine
-        self.ops = engine.ops  # the samplers' array ops (default step noise)
-        self.handle = handle
-        self.cond = cond
-        self.uncond = uncond
-        self.cfg = float(cfg)
-        self.ms = model_schedule
-        self.flow = handle.prediction == "flow"
-        self.module = handle.transformer
-        self.dtype = _module_dtype(self.module)
-        policy = getattr(engine, "policy", None)
-        self.slice = bool(policy.attention_slicing) if attention_slicing is None and policy is not None else bool(attention_slicing)
-        self.use_cfg = uncond is not None and abs(self.cfg - 1.0) > 1e-6
-        if handle.family == "dit" and uncond is None and abs(self.cfg - 1.0) > 1e-6:
-            from ..base import Conditioning
-
-            n = num_classes(handle)
-            self.uncond = Conditioning(family="dit", prompts=[""], class_labels=[n] * len(cond.class_labels or [0]))
-            self.use_cfg = True
-        self.fill = None
-        cfgd = handle.config or {}
-        check_flux_channels(handle.family, cfgd.get("in_channels"))
-        self._fill_args = (fill_image, fill_mask) if is_fill_model(handle) else None
-        self.calls = 0
-        self._pixart_extra = bool(getattr(self.module, "use_additional_conditions", False))
-        self._guidance_embeds = bool(cfgd.get("guidance_embeds", False))
-        self._timestep_scale = float(cfgd.get("timestep_scale", 1.0) or 1.0)
-        gs = cfgd.get("guidance_embeds_scale", 0.1)
-        self._guidance_scale = float(0.1 if gs is None else gs)  # SanaTransformer2DModel's default
         self._mx = mx
-        if self._fill_args is not None and fill_image is not None:
-            f = int(handle.vae_scale_factor or 8)
-            img = np.asarray(fill_image)
-            self._fill_cond(img.shape[-3] // f, img.shape[-2] // f)
+        self.F32 = mx.float32
+        self.dtype = _module_dtype(self.module)
 
-    # ------------------------------------------------------------------
-    def _timestep(self, sigma: float) -> float:
-        return model_timestep(self.handle.family, self.flow, sigma, self.ms)
+    def _model_config(self):
+        return dict(self.handle.config or {})
 
-    def _fill_cond(self, h, w):
-        mx = self._mx
-        if self.fill is not None:
-            return self.fill
-        img, mask = self._fill_args or (None, None)
-        f = int(self.handle.vae_scale_factor or 8)
-        H, W = h * f, w * f
-        if img is None:
-            img = np.zeros((1, H, W, 3), np.float32)
-        if mask is None:
-            mask = np.ones((1, H, W), np.float32)
-        img = np.asarray(img, np.float32)
-        mask = (np.asarray(mask, np.float32) > 0.5).astype(np.float32)
-        # diffusers' FluxFill masks in [-1,1] space: masked pixels become 0 (grey) after normalising
-        masked = np.where(mask[..., None] > 0.5, 0.5, img).astype(np.float32)
-        lat = vae_encode(self.engine, self.handle, masked).astype(mx.float32)
-        m = mx.array(mask)
-        b = max(lat.shape[0], m.shape[0])
-        lat, m = _expand(lat, b), _expand(m, b)
-        m = m.reshape(b, h, f, w, f).transpose(0, 2, 4, 1, 3).reshape(b, f * f, h, w)
-        self.fill = mx.concatenate([_pack(lat), _pack(m)], axis=2)
-        mx.eval(self.fill)
-        return self.fill
+    def _run(self, **kw):
+        return self.module(**kw)
 
-    def _forward(self, x, t, cond):
-        """Model output (eps, v or flow velocity) for input ``x`` [N,C,h,w] at model timesteps ``t`` [N]."""
-        mx = self._mx
-        fam = self.handle.family
-        m = self.module
-        b, c, h, w = x.shape
-        if fam == "pixart":
-            add = None
-            if self._pixart_extra:
-                f = self.handle.vae_scale_factor or 8
-                add = {"resolution": mx.broadcast_to(mx.array([[h * f, w * f]], dtype=x.dtype), (b, 2)),
-                       "aspect_ratio": mx.broadcast_to(mx.array([[h / w]], dtype=x.dtype), (b, 1))}
-            out = m(x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond.get("mask"), timestep=t,
-                    added_cond_kwargs=add)
-        elif fam == "dit":
-            out = m(x, timestep=t, class_labels=cond["labels"])
-        elif fam == "sd3":
-            out = m(hidden_states=x, encoder_hidden_states=cond["embeds"], pooled_projections=cond["pooled"], timestep=t)
-        elif fam == "sana":
-            kw = {}
-            if self._guidance_embeds:
-                # as diffusers' SanaSprintPipeline: guidance (float32, in the embeds' dtype) times config.guidance_embeds_scale
-                kw["guidance"] = mx.full((b,), float(self.cond.guidance or 4.5), dtype=mx.float32).astype(x.dtype) * self._guidance_scale
-            out = m(x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond.get("mask"),
-                    timestep=t * self._timestep_scale, **kw)
-        elif fam == "flux":
-            hs = _pack(x)
-            if self._fill_args is not None:
-                fc = self._fill_cond(h, w)
-                if fc.shape[0] != b:
-                    fc = mx.concatenate([fc] * (b // fc.shape[0]), axis=0) if b % fc.shape[0] == 0 else mx.repeat(fc[:1], b, axis=0)
-                hs = mx.concatenate([hs, fc.astype(hs.dtype)], axis=2)
-            g = None
-            if self._guidance_embeds:
-                g = mx.full((b,), float(self.cond.guidance if self.cond.guidance is not None else 3.5), dtype=x.dtype)
-            txt = cond["embeds"]
-            out = m(hidden_states=hs, encoder_hidden_states=txt, pooled_projections=cond["pooled"], timestep=t, guidance=g,
-                    img_ids=_flux_img_ids(h, w, x.dtype), txt_ids=mx.zeros((txt.shape[1], 3), dtype=x.dtype))
-            out = _unpack(out, h, w)
-        else:
-            raise SpriteForgeError(BAD_INPUT, f"unknown family {fam!r}.")
-        if out.shape[1] != c:  # learned sigma: the first C channels are the prediction
-            out = out[:, :c]
-        return out
-
-    def _cond_arrays(self, cond, batch):
-        mx = self._mx
-        d = {}
-        dt = self.dtype
-        if cond.embeds is not None:
-            d["embeds"] = _expand(_as_mx(cond.embeds), batch).astype(dt)
-        if cond.mask is not None:
-            d["mask"] = _expand(_as_mx(cond.mask), batch)
-        if cond.pooled is not None:
-            d["pooled"] = _expand(_as_mx(cond.pooled), batch).astype(dt)
-        if cond.class_labels is not None:
-            d["labels"] = _expand(mx.array([int(v) for v in cond.class_labels], dtype=mx.int32), batch)
-        return d
-
-    def _cat(self, a, b):
-        mx = self._mx
-        out = {}
-        for k in a:
-            x, y = a[k], b.get(k)
-            if y is None:
-                raise SpriteForgeError(BAD_INPUT, f"the negative conditioning lacks {k}: encode both prompts with the same model.")
-            if x.ndim >= 2 and y.ndim >= 2 and x.shape[1] != y.shape[1] and k in ("embeds", "mask"):
-                n = max(x.shape[1], y.shape[1])
-
-                def pad(t):
-                    widths = [(0, 0), (0, n - t.shape[1])] + [(0, 0)] * (t.ndim - 2)
-                    return mx.pad(t, widths)
-
-                x, y = pad(x), pad(y)
-            out[k] = mx.concatenate([y, x.astype(y.dtype)], axis=0)  # uncond first
-        return out
-
-    def __call__(self, x, sigma, **_extra):
+    def _work(self, x):
         mx = self._mx
         as_numpy = isinstance(x, np.ndarray)
         xt = mx.array(np.ascontiguousarray(x)) if as_numpy else x
         out_dtype = xt.dtype
-        xt = xt.astype(mx.float32)
-        sigma = float(sigma)
-        b = xt.shape[0]
-        self.calls += 1
-        inp = model_input(xt, self.handle.prediction, sigma)
-        t = self._timestep(sigma)
-        tdt = self.dtype if self.flow else mx.float32
-        c = self._cond_arrays(self.cond, b)
-        if self.use_cfg:
-            u = self._cond_arrays(self.uncond, b)
-            allc = self._cat(c, u)
-            xin = mx.concatenate([inp, inp], axis=0).astype(self.dtype)
-            tt = mx.full((2 * b,), t, dtype=tdt)
-            if self.slice:
-                outs = [self._forward(xin[i:i + 1], tt[i:i + 1], {k: v[i:i + 1] for k, v in allc.items()}) for i in range(2 * b)]
-                out = mx.concatenate(outs, axis=0)
-            else:
-                out = self._forward(xin, tt, allc)
-            out = out.astype(mx.float32)
-            ou, oc = out[:b], out[b:]
-            pred = ou + (oc - ou) * self.cfg
-        else:
-            tt = mx.full((b,), t, dtype=tdt)
-            pred = self._forward(inp.astype(self.dtype), tt, c).astype(mx.float32)
-        x0 = to_x0(xt, pred, sigma, self.handle.prediction)
-        mx.eval(x0)  # one graph per model call: memory stays flat over the steps
-        if as_numpy:
-            return np.array(x0).astype(x.dtype, copy=False)
-        return x0.astype(out_dtype)
+
+        def back(x0):
+            mx.eval(x0)  # one graph per model call: memory stays flat over the steps
+            return np.array(x0).astype(x.dtype, copy=False) if as_numpy else x0.astype(out_dtype)
+
+        return xt.astype(mx.float32), back
+
+    def _no_grad(self):
+        return contextlib.nullcontext()
+
+    def _place(self, a, dtype=None):
+        a = _as_mx(a)
+        return a.astype(dtype) if dtype is not None else a
+
+    def _labels(self, values):
+        return self._mx.array(values, dtype=self._mx.int32)
+
+    def _rows(self, rows, dtype):
+        return self._mx.array(rows, dtype=dtype)
+
+    def _full(self, n, value, dtype):
+        return self._mx.full((n,), value, dtype=dtype)
+
+    def _zeros(self, shape, dtype):
+        return self._mx.zeros(shape, dtype=dtype)
+
+    def _cast(self, x, dtype):
+        return x.astype(dtype)
+
+    def _permute(self, x, axes):
+        return x.transpose(*axes)
+
+    def _repeat_rows(self, t, k):
+        return self._mx.repeat(t, k, axis=0)
+
+    def _pad_seq(self, t, n):
+        return self._mx.pad(t, [(0, 0), (0, n - t.shape[1])] + [(0, 0)] * (t.ndim - 2))
+
+    def _cat_rows(self, first, second):
+        return self._mx.concatenate([first, second.astype(first.dtype)], axis=0)
+
+    def _done(self, x):
+        self._mx.eval(x)
+        return x
 
 
 def make_denoiser(engine, handle, cond, uncond=None, *, cfg: float = 1.0, **opts):

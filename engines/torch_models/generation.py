@@ -28,7 +28,8 @@ from ...errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
 from ...log import get_logger
 from ...oom import empty_device_cache, run_in_chunks
 from ...progress import Progress
-from ..model_inputs import SANA_CHI, check_flux_channels, dit_labels, is_fill_model, model_input, model_timestep, num_classes, pixart_max_length, sana_texts, to_x0
+from ..denoiser import Denoiser
+from ..model_inputs import SANA_CHI, dit_labels, is_fill_model, pixart_max_length, sana_texts
 from .interrupt import conv_count, conv_steps, kl_tiles
 
 log = get_logger("torch")
@@ -226,223 +227,79 @@ def encode_text(engine, handle, prompts, *, max_length: int | None = None, guida
 
 
 # --------------------------------------------------------------------------- denoiser
-def _expand(t, batch):
-    """Repeat a batch-1 (or batch-n dividing ``batch``) tensor to ``batch`` rows."""
-    if t is None:
-        return None
-    if t.shape[0] == batch:
-        return t
-    if batch % t.shape[0]:
-        raise SpriteForgeError(BAD_INPUT, f"conditioning has {t.shape[0]} prompts but the batch is {batch}: use one prompt or one per image.")
-    return t.repeat_interleave(batch // t.shape[0], dim=0)
-
-
-def _pack(x):
-    b, c, h, w = x.shape
-    return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def _unpack(x, h, w):
-    b, n, c4 = x.shape
-    c = c4 // 4
-    return x.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
-
-
-def _flux_img_ids(h, w, device, dtype):
-    torch = _torch()
-    ids = torch.zeros(h // 2, w // 2, 3)
-    ids[..., 1] = ids[..., 1] + torch.arange(h // 2)[:, None]
-    ids[..., 2] = ids[..., 2] + torch.arange(w // 2)[None, :]
-    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
-
-
-class TorchDenoiser:
-    """``model(x, sigma) -> x0`` for one conditioning, with batched CFG.
+class TorchDenoiser(Denoiser):
+    """``model(x, sigma) -> x0`` on a torch transformer (the shared logic is :class:`~spriteforge.engines.denoiser.Denoiser`).
 
     ``x`` may be a torch tensor (any device) or a numpy array; the result has the same type.
     """
 
-    def __init__(self, engine, handle, cond, uncond=None, *, cfg: float = 1.0, model_schedule=None,
-                 fill_image=None, fill_mask=None, attention_slicing: bool | None = None, **opts):
+    def _setup(self):
         torch = _torch()
-        self.engine = engine
-        self.ops = engine.ops  # the samplers' array ops (default step noise)
-        self.handle = handle
-        self.cond = cond
-        self.uncond = uncond
-        self.cfg = float(cfg)
-        self.ms = model_schedule
-        self.flow = handle.prediction == "flow"
-        self.module = handle.transformer
-        comfy_load([self.module])  # inside ComfyUI: onto the GPU before its device is read
-        self.device, self.dtype = _module_device_dtype(self.module, getattr(engine, "torch_device", None))
-        if self.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):  # fp8 storage: compute in the dtype it is upcast to
-            self.dtype = getattr(torch, handle.dtype or "float32")
-        policy = getattr(engine, "policy", None)
-        self.slice = bool(policy.attention_slicing) if attention_slicing is None and policy is not None else bool(attention_slicing)
-        self.use_cfg = uncond is not None and abs(self.cfg - 1.0) > 1e-6
-        if handle.family == "dit" and uncond is None and abs(self.cfg - 1.0) > 1e-6:
-            n = num_classes(handle)
-            from ..base import Conditioning
-
-            self.uncond = Conditioning(family="dit", prompts=[""], class_labels=[n] * len(cond.class_labels or [0]))
-            self.use_cfg = True
-        self.fill = None
-        check_flux_channels(handle.family, getattr(getattr(self.module, "config", None), "in_channels", 0))
-        if is_fill_model(handle):
-            # without an image: an all-repaint mask over a blank image (txt2img with a Fill model)
-            self._fill_args = (fill_image, fill_mask)
-        else:
-            self._fill_args = None
-        self.calls = 0
         self._torch = torch
-        if self._fill_args is not None and fill_image is not None:
-            f = int(handle.vae_scale_factor or 8)
-            img = np.asarray(fill_image)
-            self._fill_cond(img.shape[-3] // f, img.shape[-2] // f)
+        self.F32 = torch.float32
+        comfy_load([self.module])  # inside ComfyUI: onto the GPU before its device is read
+        self.device, self.dtype = _module_device_dtype(self.module, getattr(self.engine, "torch_device", None))
+        if self.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):  # fp8 storage: compute in the dtype it is upcast to
+            self.dtype = getattr(torch, self.handle.dtype or "float32")
 
-    # ------------------------------------------------------------------
-    def _timestep(self, sigma: float) -> float:
-        return model_timestep(self.handle.family, self.flow, sigma, self.ms)
+    def _model_config(self):
+        cfg = getattr(self.module, "config", None)
+        return dict(cfg) if cfg is not None else {}
 
     def _fill_cond(self, h, w):
-        torch = self._torch
-        if self.fill is not None:
-            return self.fill
-        img, mask = self._fill_args or (None, None)
-        f = int(self.handle.vae_scale_factor or 8)
-        H, W = h * f, w * f
-        if img is None:
-            img = np.zeros((1, H, W, 3), np.float32)
-        if mask is None:
-            mask = np.ones((1, H, W), np.float32)
-        img = np.asarray(img, np.float32)
-        mask = (np.asarray(mask, np.float32) > 0.5).astype(np.float32)
-        # diffusers' FluxFill masks in [-1,1] space: masked pixels become 0 (grey) after normalising
-        masked = np.where(mask[..., None] > 0.5, 0.5, img).astype(np.float32)
-        lat = vae_encode(self.engine, self.handle, masked)
-        comfy_load([self.module])
-        lat = lat.to(self.device, torch.float32)
-        m = torch.from_numpy(mask).to(self.device, torch.float32)
-        b = max(lat.shape[0], m.shape[0])
-        lat, m = _expand(lat, b), _expand(m, b)
-        m = m.view(b, h, f, w, f).permute(0, 2, 4, 1, 3).reshape(b, f * f, h, w)
-        self.fill = torch.cat([_pack(lat), _pack(m)], dim=2)
-        return self.fill
+        fresh = self.fill is None
+        fill = super()._fill_cond(h, w)
+        if fresh:
+            comfy_load([self.module])  # the VAE ran: back onto the GPU inside ComfyUI
+        return fill
 
-    def _forward(self, x, t, cond, n_cond):
-        """Model output (eps or v) for input ``x`` [N,C,h,w] at model timestep ``t`` [N]."""
-        torch = self._torch
-        fam = self.handle.family
-        m = self.module
-        b, c, h, w = x.shape
-        if fam == "pixart":
-            add = {"resolution": None, "aspect_ratio": None}
-            if getattr(m, "use_additional_conditions", False):
-                f = self.handle.vae_scale_factor or 8
-                add = {"resolution": torch.tensor([[h * f, w * f]], device=x.device, dtype=x.dtype).repeat(b, 1),
-                       "aspect_ratio": torch.tensor([[h / w]], device=x.device, dtype=x.dtype).repeat(b, 1)}
-            out = m(x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond["mask"], timestep=t,
-                    added_cond_kwargs=add, return_dict=False)[0]
-        elif fam == "dit":
-            out = m(x, timestep=t, class_labels=cond["labels"], return_dict=False)[0]
-        elif fam == "sd3":
-            out = m(hidden_states=x, encoder_hidden_states=cond["embeds"], pooled_projections=cond["pooled"], timestep=t,
-                    return_dict=False)[0]
-        elif fam == "sana":
-            scale = float(getattr(getattr(m, "config", None), "timestep_scale", 1.0) or 1.0)
-            kw = {}
-            if getattr(getattr(m, "config", None), "guidance_embeds", False):
-                # as diffusers' SanaSprintPipeline: guidance (float32, in the embeds' dtype) times config.guidance_embeds_scale
-                gs = m.config.get("guidance_embeds_scale", 0.1)  # SanaTransformer2DModel's default
-                gs = 0.1 if gs is None else float(gs)
-                kw["guidance"] = torch.full((b,), float(self.cond.guidance or 4.5), device=x.device, dtype=torch.float32).to(x.dtype) * gs
-            out = m(x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond["mask"], timestep=t * scale,
-                    return_dict=False, **kw)[0]
-        elif fam == "flux":
-            hs = _pack(x)
-            if self._fill_args is not None:
-                fc = self._fill_cond(h, w)
-                if fc.shape[0] != b:
-                    fc = fc.repeat(b // fc.shape[0], 1, 1) if b % fc.shape[0] == 0 else fc[:1].repeat(b, 1, 1)
-                hs = torch.cat([hs, fc.to(hs.dtype)], dim=2)
-            g = None
-            if getattr(getattr(m, "config", None), "guidance_embeds", False):
-                g = torch.full((b,), float(self.cond.guidance if self.cond.guidance is not None else 3.5), device=x.device, dtype=x.dtype)
-            txt = cond["embeds"]
-            out = m(hidden_states=hs, encoder_hidden_states=txt, pooled_projections=cond["pooled"], timestep=t, guidance=g,
-                    img_ids=_flux_img_ids(h, w, x.device, x.dtype), txt_ids=torch.zeros(txt.shape[1], 3, device=x.device, dtype=x.dtype),
-                    return_dict=False)[0]
-            out = _unpack(out, h, w)
-        else:
-            raise SpriteForgeError(BAD_INPUT, f"unknown family {fam!r}.")
-        if out.shape[1] != c:  # learned sigma: the first C channels are the prediction
-            out = out[:, :c]
-        return out
+    def _run(self, **kw):
+        return self.module(return_dict=False, **kw)[0]
 
-    def _cond_tensors(self, cond, batch):
-        torch = self._torch
-        d = {}
-        dt = self.dtype
-        if cond.embeds is not None:
-            d["embeds"] = _expand(cond.embeds, batch).to(self.device, dt)
-        if cond.mask is not None:
-            d["mask"] = _expand(cond.mask, batch).to(self.device)
-        if cond.pooled is not None:
-            d["pooled"] = _expand(cond.pooled, batch).to(self.device, dt)
-        if cond.class_labels is not None:
-            d["labels"] = _expand(torch.tensor(list(cond.class_labels), dtype=torch.long), batch).to(self.device)
-        return d
-
-    @staticmethod
-    def _cat(a, b):
-        torch = _torch()
-        out = {}
-        for k in a:
-            x, y = a[k], b.get(k)
-            if y is None:
-                raise SpriteForgeError(BAD_INPUT, f"the negative conditioning lacks {k}: encode both prompts with the same model.")
-            if x.ndim >= 2 and y.ndim >= 2 and x.shape[1] != y.shape[1] and k in ("embeds", "mask"):
-                n = max(x.shape[1], y.shape[1])
-                pad = lambda t: torch.nn.functional.pad(t, ((0, 0) if t.ndim == 3 else ()) + (0, n - t.shape[1]))  # noqa: E731
-                x, y = pad(x), pad(y)
-            out[k] = torch.cat([y, x], dim=0)  # uncond first
-        return out
-
-    def __call__(self, x, sigma, **_extra):
+    def _work(self, x):
         torch = self._torch
         as_numpy = isinstance(x, np.ndarray)
         xt = torch.from_numpy(np.ascontiguousarray(x)) if as_numpy else x
         out_device, out_dtype = xt.device, xt.dtype
-        xt = xt.to(self.device, torch.float32)
-        sigma = float(sigma)
-        b = xt.shape[0]
-        self.calls += 1
-        with torch.no_grad():
-            inp = model_input(xt, self.handle.prediction, sigma)
-            t = self._timestep(sigma)
-            c = self._cond_tensors(self.cond, b)
-            if self.use_cfg:
-                u = self._cond_tensors(self.uncond, b)
-                allc = self._cat(c, u)
-                xin = torch.cat([inp, inp], dim=0).to(self.dtype)
-                tt = torch.full((2 * b,), t, device=self.device, dtype=self.dtype if self.flow else torch.float32)
-                if self.slice:
-                    outs = [self._forward(xin[i:i + 1], tt[i:i + 1], {k: v[i:i + 1] for k, v in allc.items()}, 1)
-                            for i in range(2 * b)]
-                    out = torch.cat(outs, dim=0)
-                else:
-                    out = self._forward(xin, tt, allc, b)
-                out = out.float()
-                ou, oc = out[:b], out[b:]
-                pred = ou + (oc - ou) * self.cfg
-            else:
-                tt = torch.full((b,), t, device=self.device, dtype=self.dtype if self.flow else torch.float32)
-                pred = self._forward(inp.to(self.dtype), tt, c, b).float()
-            x0 = to_x0(xt, pred, sigma, self.handle.prediction)
-        if as_numpy:
-            return x0.cpu().numpy().astype(x.dtype, copy=False)
-        return x0.to(out_device, out_dtype)
+
+        def back(x0):
+            return x0.cpu().numpy().astype(x.dtype, copy=False) if as_numpy else x0.to(out_device, out_dtype)
+
+        return xt.to(self.device, torch.float32), back
+
+    def _no_grad(self):
+        return self._torch.no_grad()
+
+    def _place(self, a, dtype=None):
+        t = a if self._torch.is_tensor(a) else self._torch.from_numpy(np.ascontiguousarray(a))
+        return t.to(self.device, dtype) if dtype is not None else t.to(self.device)
+
+    def _labels(self, values):
+        return self._torch.tensor(values, dtype=self._torch.long, device=self.device)
+
+    def _rows(self, rows, dtype):
+        return self._torch.tensor(rows, device=self.device, dtype=dtype)
+
+    def _full(self, n, value, dtype):
+        return self._torch.full((n,), value, device=self.device, dtype=dtype)
+
+    def _zeros(self, shape, dtype):
+        return self._torch.zeros(shape, device=self.device, dtype=dtype)
+
+    def _cast(self, x, dtype):
+        return x.to(dtype)
+
+    def _permute(self, x, axes):
+        return x.permute(*axes)
+
+    def _repeat_rows(self, t, k):
+        return t.repeat_interleave(k, dim=0)
+
+    def _pad_seq(self, t, n):
+        return self._torch.nn.functional.pad(t, ((0, 0) if t.ndim == 3 else ()) + (0, n - t.shape[1]))
+
+    def _cat_rows(self, first, second):
+        return self._torch.cat([first, second], dim=0)
 
 
 def make_denoiser(engine, handle, cond, uncond=None, *, cfg: float = 1.0, **opts):

@@ -1,0 +1,270 @@
+"""The engine-independent half of a denoiser ``model(x, sigma) -> x0``, shared by the torch and MLX engines.
+
+:class:`Denoiser` holds what does not depend on the framework: classifier-free guidance in one
+batch (uncond rows first) or one row at a time (attention slicing), DiT's null class as the
+unconditional input, the Flux Fill conditioning (masked image latents and the packed mask),
+padding the two prompts' sequences to one length, and which keyword each family's transformer
+takes. A subclass (``engines/torch_models/generation.py``, ``engines/mlx_models/generation.py``)
+supplies only the array calls, as the hooks at the end of the class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BAD_INPUT, SpriteForgeError
+from .model_inputs import check_flux_channels, is_fill_model, model_input, model_timestep, num_classes, to_x0
+
+
+class Denoiser:
+    """``model(x, sigma) -> x0`` for one conditioning, with batched CFG.
+
+    ``x`` may be an engine array or a numpy array; the result has the same type (and device).
+    ``ops`` are the engine's array operations (the samplers use them for their default noise).
+    """
+
+    def __init__(self, engine, handle, cond, uncond=None, *, cfg: float = 1.0, model_schedule=None,
+                 fill_image=None, fill_mask=None, attention_slicing: bool | None = None, **opts):
+        self.engine = engine
+        self.ops = engine.ops
+        self.handle = handle
+        self.cond = cond
+        self.uncond = uncond
+        self.cfg = float(cfg)
+        self.ms = model_schedule
+        self.flow = handle.prediction == "flow"
+        self.module = handle.transformer
+        self._setup()
+        policy = getattr(engine, "policy", None)
+        self.slice = bool(policy.attention_slicing) if attention_slicing is None and policy is not None else bool(attention_slicing)
+        self.use_cfg = uncond is not None and abs(self.cfg - 1.0) > 1e-6
+        if handle.family == "dit" and uncond is None and abs(self.cfg - 1.0) > 1e-6:
+            from .base import Conditioning
+
+            n = num_classes(handle)
+            self.uncond = Conditioning(family="dit", prompts=[""], class_labels=[n] * len(cond.class_labels or [0]))
+            self.use_cfg = True
+        cfgd = self._model_config()
+        self._pixart_extra = bool(getattr(self.module, "use_additional_conditions", False))
+        self._guidance_embeds = bool(cfgd.get("guidance_embeds", False))
+        self._timestep_scale = float(cfgd.get("timestep_scale", 1.0) or 1.0)
+        gs = cfgd.get("guidance_embeds_scale", 0.1)
+        self._guidance_scale = float(0.1 if gs is None else gs)  # SanaTransformer2DModel's default
+        self.fill = None
+        check_flux_channels(handle.family, cfgd.get("in_channels"))
+        # without an image: an all-repaint mask over a blank image (txt2img with a Fill model)
+        self._fill_args = (fill_image, fill_mask) if is_fill_model(handle) else None
+        self.calls = 0
+        if self._fill_args is not None and fill_image is not None:
+            f = int(handle.vae_scale_factor or 8)
+            img = np.asarray(fill_image)
+            self._fill_cond(img.shape[-3] // f, img.shape[-2] // f)
+
+    # ------------------------------------------------------------------ shared steps
+    def _timestep(self, sigma: float) -> float:
+        return model_timestep(self.handle.family, self.flow, sigma, self.ms)
+
+    def _expand(self, t, batch):
+        """Repeat a batch-1 (or batch-n dividing ``batch``) array to ``batch`` rows (each row in place)."""
+        if t is None:
+            return None
+        if t.shape[0] == batch:
+            return t
+        if batch % t.shape[0]:
+            raise SpriteForgeError(BAD_INPUT, f"conditioning has {t.shape[0]} prompts but the batch is {batch}: use one prompt or one per image.")
+        return self._repeat_rows(t, batch // t.shape[0])
+
+    def _pack(self, x):
+        """[B,C,h,w] -> Flux's 2x2-packed tokens [B, h/2 * w/2, 4C]."""
+        b, c, h, w = x.shape
+        return self._permute(x.reshape(b, c, h // 2, 2, w // 2, 2), (0, 2, 4, 1, 3, 5)).reshape(b, (h // 2) * (w // 2), c * 4)
+
+    def _unpack(self, x, h, w):
+        b, n, c4 = x.shape
+        c = c4 // 4
+        return self._permute(x.reshape(b, h // 2, w // 2, c, 2, 2), (0, 3, 1, 4, 2, 5)).reshape(b, c, h, w)
+
+    def _fill_cond(self, h, w):
+        """Flux Fill's extra input tokens: the masked image's latents and the mask, packed (made once)."""
+        if self.fill is not None:
+            return self.fill
+        img, mask = self._fill_args or (None, None)
+        f = int(self.handle.vae_scale_factor or 8)
+        H, W = h * f, w * f
+        if img is None:
+            img = np.zeros((1, H, W, 3), np.float32)
+        if mask is None:
+            mask = np.ones((1, H, W), np.float32)
+        img = np.asarray(img, np.float32)
+        mask = (np.asarray(mask, np.float32) > 0.5).astype(np.float32)
+        # diffusers' FluxFill masks in [-1,1] space: masked pixels become 0 (grey) after normalising
+        masked = np.where(mask[..., None] > 0.5, 0.5, img).astype(np.float32)
+        lat = self._place(self.engine.vae_encode(self.handle, masked), self.F32)
+        m = self._place(mask, self.F32)
+        b = max(lat.shape[0], m.shape[0])
+        lat, m = self._expand(lat, b), self._expand(m, b)
+        m = self._permute(m.reshape(b, h, f, w, f), (0, 2, 4, 1, 3)).reshape(b, f * f, h, w)
+        self.fill = self._done(self.ops.concat([self._pack(lat), self._pack(m)], 2))
+        return self.fill
+
+    def _forward(self, x, t, cond):
+        """Model output (eps, v or flow velocity) for input ``x`` [N,C,h,w] at model timesteps ``t`` [N]."""
+        fam = self.handle.family
+        b, c, h, w = x.shape
+        if fam == "pixart":
+            add = {"resolution": None, "aspect_ratio": None}
+            if self._pixart_extra:
+                f = self.handle.vae_scale_factor or 8
+                add = {"resolution": self._rows([[h * f, w * f]] * b, x.dtype), "aspect_ratio": self._rows([[h / w]] * b, x.dtype)}
+            out = self._run(hidden_states=x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond.get("mask"),
+                            timestep=t, added_cond_kwargs=add)
+        elif fam == "dit":
+            out = self._run(hidden_states=x, timestep=t, class_labels=cond["labels"])
+        elif fam == "sd3":
+            out = self._run(hidden_states=x, encoder_hidden_states=cond["embeds"], pooled_projections=cond["pooled"], timestep=t)
+        elif fam == "sana":
+            kw = {}
+            if self._guidance_embeds:
+                # as diffusers' SanaSprintPipeline: guidance (float32, in the embeds' dtype) times config.guidance_embeds_scale
+                g = self._cast(self._full(b, float(self.cond.guidance or 4.5), self.F32), x.dtype)
+                kw["guidance"] = g * self._guidance_scale
+            out = self._run(hidden_states=x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond.get("mask"),
+                            timestep=t * self._timestep_scale, **kw)
+        elif fam == "flux":
+            hs = self._pack(x)
+            if self._fill_args is not None:
+                fc = self._fill_cond(h, w)
+                if fc.shape[0] != b:
+                    fc = self.ops.concat([fc] * (b // fc.shape[0]), 0) if b % fc.shape[0] == 0 else self._repeat_rows(fc[:1], b)
+                hs = self.ops.concat([hs, self._cast(fc, hs.dtype)], 2)
+            g = None
+            if self._guidance_embeds:
+                g = self._full(b, float(self.cond.guidance if self.cond.guidance is not None else 3.5), x.dtype)
+            txt = cond["embeds"]
+            out = self._run(hidden_states=hs, encoder_hidden_states=txt, pooled_projections=cond["pooled"], timestep=t, guidance=g,
+                            img_ids=self._flux_img_ids(h, w, x.dtype), txt_ids=self._zeros((txt.shape[1], 3), x.dtype))
+            out = self._unpack(out, h, w)
+        else:
+            raise SpriteForgeError(BAD_INPUT, f"unknown family {fam!r}.")
+        if out.shape[1] != c:  # learned sigma: the first C channels are the prediction
+            out = out[:, :c]
+        return out
+
+    def _flux_img_ids(self, h, w, dtype):
+        ids = np.zeros((h // 2, w // 2, 3), np.float32)
+        ids[..., 1] += np.arange(h // 2)[:, None]
+        ids[..., 2] += np.arange(w // 2)[None, :]
+        return self._place(ids.reshape(-1, 3), dtype)
+
+    def _cond_arrays(self, cond, batch):
+        """The conditioning's arrays on the model's device, ``batch`` rows each (embeds/pooled in the model dtype)."""
+        d = {}
+        for key, value, dtype in (("embeds", cond.embeds, self.dtype), ("mask", cond.mask, None), ("pooled", cond.pooled, self.dtype)):
+            if value is not None:
+                d[key] = self._expand(self._place(value, dtype), batch)
+        if cond.class_labels is not None:
+            d["labels"] = self._expand(self._labels([int(v) for v in cond.class_labels]), batch)
+        return d
+
+    def _cat(self, a, b):
+        """Conditioning ``a`` and negative ``b`` in one batch, uncond first; sequences padded to one length."""
+        out = {}
+        for k in a:
+            x, y = a[k], b.get(k)
+            if y is None:
+                raise SpriteForgeError(BAD_INPUT, f"the negative conditioning lacks {k}: encode both prompts with the same model.")
+            if x.ndim >= 2 and y.ndim >= 2 and x.shape[1] != y.shape[1] and k in ("embeds", "mask"):
+                n = max(x.shape[1], y.shape[1])
+                x, y = self._pad_seq(x, n), self._pad_seq(y, n)
+            out[k] = self._cat_rows(y, x)
+        return out
+
+    def __call__(self, x, sigma, **_extra):
+        xt, back = self._work(x)
+        sigma = float(sigma)
+        b = xt.shape[0]
+        self.calls += 1
+        with self._no_grad():
+            inp = model_input(xt, self.handle.prediction, sigma)
+            t = self._timestep(sigma)
+            tdt = self.dtype if self.flow else self.F32
+            c = self._cond_arrays(self.cond, b)
+            if self.use_cfg:
+                allc = self._cat(c, self._cond_arrays(self.uncond, b))
+                xin = self._cast(self.ops.concat([inp, inp], 0), self.dtype)
+                tt = self._full(2 * b, t, tdt)
+                if self.slice:
+                    outs = [self._forward(xin[i:i + 1], tt[i:i + 1], {k: v[i:i + 1] for k, v in allc.items()}) for i in range(2 * b)]
+                    out = self.ops.concat(outs, 0)
+                else:
+                    out = self._forward(xin, tt, allc)
+                out = self.ops.f32(out)
+                ou, oc = out[:b], out[b:]
+                pred = ou + (oc - ou) * self.cfg
+            else:
+                pred = self.ops.f32(self._forward(self._cast(inp, self.dtype), self._full(b, t, tdt), c))
+            x0 = to_x0(xt, pred, sigma, self.handle.prediction)
+        return back(x0)
+
+    # ------------------------------------------------------------------ hooks (the framework's calls)
+    F32 = None  # the framework's float32 dtype
+    dtype = None  # the transformer's compute dtype
+
+    def _setup(self) -> None:
+        """Set ``self.dtype`` (and the device) from ``self.module``."""
+        raise NotImplementedError
+
+    def _model_config(self) -> dict:
+        """The transformer's diffusers config (``guidance_embeds``, ``timestep_scale``, ``in_channels``...)."""
+        raise NotImplementedError
+
+    def _run(self, **kw):
+        """The transformer's output array for keyword inputs."""
+        raise NotImplementedError
+
+    def _work(self, x):
+        """``(x as float32 on the model's device, back)``: ``back(x0)`` gives x0 in ``x``'s type, device and dtype."""
+        raise NotImplementedError
+
+    def _no_grad(self):
+        raise NotImplementedError
+
+    def _place(self, a, dtype=None):
+        """An engine array (from numpy or engine arrays) on the model's device, in ``dtype`` if given."""
+        raise NotImplementedError
+
+    def _labels(self, values):
+        """Integer class labels as an engine array on the model's device."""
+        raise NotImplementedError
+
+    def _rows(self, rows, dtype):
+        """A 2-D engine array from nested lists."""
+        raise NotImplementedError
+
+    def _full(self, n, value, dtype):
+        raise NotImplementedError
+
+    def _zeros(self, shape, dtype):
+        raise NotImplementedError
+
+    def _cast(self, x, dtype):
+        raise NotImplementedError
+
+    def _permute(self, x, axes):
+        raise NotImplementedError
+
+    def _repeat_rows(self, t, k):
+        """Each row of ``t`` repeated ``k`` times in place (torch's repeat_interleave)."""
+        raise NotImplementedError
+
+    def _pad_seq(self, t, n):
+        """``t`` zero-padded along axis 1 to length ``n``."""
+        raise NotImplementedError
+
+    def _cat_rows(self, first, second):
+        """``first`` and ``second`` stacked along the batch axis."""
+        raise NotImplementedError
+
+    def _done(self, x):
+        """``x`` materialised (MLX evaluates its lazy graph); as given elsewhere."""
+        return x
