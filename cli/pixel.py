@@ -105,17 +105,7 @@ def _parse_size(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def run(args) -> int:
-    from .. import pixel as px
-    from ..pixel import alpha as A
-    from ..pixel import export as X
-    from ..progress import Progress
-
-    if args.list_palettes:
-        for name in px.builtin_names():
-            pal = px.builtin(name)
-            print(f"{name:32s} {len(pal):3d} colours  {pal.comments[0] if pal.comments else ''}")
-        return 0
+def _check_args(args) -> None:
     if not args.inputs or not args.out:
         raise _bad("give INPUT files/folders and --out DIR (see spriteforge pixel --help).")
     if args.factor is not None and args.size:
@@ -124,149 +114,144 @@ def run(args) -> int:
         raise _bad("--snap only applies with --detect-grid.")
     if not 0.0 <= args.dither_strength <= 1.0:
         raise _bad(f"--dither-strength {args.dither_strength} is outside 0..1.")
-    out = Path(args.out)
-    files = _collect(args.inputs, out)
-    inputs_resolved = {f.resolve() for f in files}
-    t0 = time.perf_counter()
+    if args.alpha_threshold is not None and not 0 <= args.alpha_threshold <= 255:
+        raise _bad(f"--alpha-threshold {args.alpha_threshold} is outside 0..255.")
+    if args.outline and re.fullmatch(r"\s*\d+\s*", args.outline) and not args.palette:
+        raise _bad("--outline N (a palette index) needs --palette.")
 
-    # 1. geometry and alpha, per image
+
+def _steps(args):
+    """The options as the library's :class:`~spriteforge.pixel.sprite.SpriteSteps`."""
+    from ..pixel.sprite import SpriteSteps
+
     alpha_on = (args.alpha_threshold is not None or args.min_island or args.fill_holes or args.strays
                 or args.outline or args.indexed)
-    level = 128 if args.alpha_threshold is None else args.alpha_threshold
-    if not 0 <= level <= 255:
-        raise _bad(f"--alpha-threshold {level} is outside 0..255.")
-    frames, notes = [], []
+    return SpriteSteps(
+        detect_grid=args.detect_grid, snap=args.snap, factor=args.factor,
+        size=_parse_size(args.size) if args.size and not args.factor else None, method=args.method,
+        alpha_level=(128 if args.alpha_threshold is None else args.alpha_threshold) if alpha_on else None,
+        min_island=args.min_island, max_hole=args.fill_holes, strays=args.strays,
+        dither=args.dither, dither_strength=args.dither_strength, protect_edges=args.protect_edges,
+        outline=args.outline.strip() if args.outline else None, bleed=not args.no_bleed and not args.indexed,
+        upscale=args.upscale)
+
+
+def _palette_args(args) -> dict:
+    """``--palette NAME|FILE`` as a palette, ``--palette K`` as a colour count (per image with --per-image-palette)."""
+    if not args.palette:
+        return {}
+    if re.fullmatch(r"\d+", args.palette.strip()):
+        return {"colors": int(args.palette), "per_image": bool(args.per_image_palette), "method": args.palette_method,
+                "seed": args.seed}
+    return {"palette": args.palette}
+
+
+def _list_palettes() -> int:
+    from .. import pixel as px
+
+    for name in px.builtin_names():
+        pal = px.builtin(name)
+        print(f"{name:32s} {len(pal):3d} colours  {pal.comments[0] if pal.comments else ''}")
+    return 0
+
+
+def run(args) -> int:
+    from ..pixel.sprite import clean_sprites
+    from ..progress import Progress
+
+    if args.list_palettes:
+        return _list_palettes()
+    _check_args(args)
+    out = Path(args.out)
+    files = _collect(args.inputs, out)
+    t0 = time.perf_counter()
     bar = Progress(len(files), "pixel")
+    images = []
     for f in files:
-        img = _load(f)
-        note = ""
-        if args.detect_grid:
-            img, info = px.recover_grid(img, snap_multiple=args.snap)
-            note = f"grid x{info.scale:.2f}"
-        if args.factor or args.size:
-            kw = {"factor": args.factor} if args.factor else {"size": _parse_size(args.size)}
-            img = px.downscale(img, method=args.method, **kw)
-        if alpha_on:
-            rgb, al = A.clean(img[..., :3], img[..., 3], level=level, min_island=args.min_island,
-                              max_hole=args.fill_holes, strays=args.strays, bleed_edges=False)
-            img = np.concatenate([rgb, al[..., None]], -1)
-        frames.append(img)
-        notes.append(note)
+        images.append(_load(f))
         bar.update()
-
-    # 2. one palette for all (unless per image)
-    pal = None
-    per_image = False
-    if args.palette:
-        if re.fullmatch(r"\d+", args.palette.strip()):
-            k = int(args.palette)
-            if args.per_image_palette:
-                per_image = True
-            else:
-                pal = px.extract(frames, k, args.palette_method, seed=args.seed)
-        else:
-            pal = px.resolve_palette(args.palette)
-
-    # 3. colour, outline, save
+    pal_kw = _palette_args(args)
+    batch = clean_sprites(images, _steps(args), **pal_kw)
     out.mkdir(parents=True, exist_ok=True)
+    written, last_pal = _write_images(args, out, files, batch)
+    if last_pal is not None and not pal_kw.get("per_image"):
+        for ext in ("hex", "gpl"):
+            _write_palette(last_pal, _output(out / f"palette.{ext}", files))
+    if args.sheet:
+        _write_sheet(args, out, files, written, batch.images, last_pal)
+    _summary(args, out, written, batch, time.perf_counter() - t0)
+    return 0
+
+
+def _output(target: Path, inputs: list[Path]) -> Path:
+    if target.resolve() in {f.resolve() for f in inputs}:
+        raise _bad(f"{target} is one of the inputs; choose another --out folder (inputs are never overwritten).")
+    return target
+
+
+def _write_palette(pal, target: Path) -> None:
+    from .. import pixel as px
+
+    px.write_palette(pal, target)
+
+
+def _write_images(args, out: Path, files: list[Path], batch):
+    """One PNG per input (indexed with --indexed); (the paths written, the palette of the last indexed file)."""
+    from .. import pixel as px
+    from ..pixel.sprite import indexed_palette
+
     used: set[str] = set()
     written = []
-    last_pal = pal
-    results = []
-    for f, img, note in zip(files, frames, notes):
-        fpal = px.extract(img, int(args.palette), args.palette_method, seed=args.seed) if per_image else pal
-        if fpal is not None:
-            img = px.quantize(img, fpal, args.dither, strength=args.dither_strength, protect_edges=args.protect_edges)
-        rgb, al = img[..., :3], img[..., 3]
-        if args.outline:
-            col = args.outline.strip()
-            if re.fullmatch(r"\d+", col):
-                if fpal is None:
-                    raise _bad("--outline N (a palette index) needs --palette.")
-                if int(col) >= len(fpal):
-                    raise _bad(f"--outline {col}: the palette has colours 0..{len(fpal) - 1}.")
-                col = "#" + fpal.hex()[int(col)]
-            rgb, al = A.outline(rgb, al, col)
-        if not args.no_bleed and not args.indexed:
-            rgb = A.bleed(rgb, al)
-        img = np.concatenate([rgb, al[..., None]], -1)
-        if args.upscale > 1:
-            img = px.upscale(img, args.upscale)
-        stem = f.stem
+    last_pal = batch.palette
+    for f, img, pal, note in zip(files, batch.images, batch.palettes, batch.notes):
+        stem, n = f.stem, 1
         name = f"{stem}.png"
-        n = 1
         while name in used:
             name = f"{stem}_{n}.png"
             n += 1
         used.add(name)
-        target = out / name
-        if target.resolve() in inputs_resolved:
-            raise _bad(f"{target} is one of the inputs; choose another --out folder (inputs are never overwritten).")
+        target = _output(out / name, files)
         if args.indexed:
-            ipal = fpal if fpal is not None else _own_palette(img)
-            if args.outline:
-                ipal = _with_color(ipal, rgb, al)
+            ipal = indexed_palette(img, pal, add_missing=bool(args.outline))
             px.save_indexed_png(target, px.to_indexed(img, ipal), ipal)
             last_pal = ipal
         else:
             px.save_rgba_png(target, img)
         written.append(target)
-        results.append(img)
         print(f"{f} -> {target} {img.shape[1]}x{img.shape[0]}" + (f" ({note})" if note else ""))
-    if last_pal is not None and not per_image:
-        for ext in ("hex", "gpl"):
-            target = out / f"palette.{ext}"
-            if target.resolve() in inputs_resolved:
-                raise _bad(f"{target} is one of the inputs; choose another --out folder.")
-            px.write_palette(last_pal, target)
-    if args.sheet:
-        if len({r.shape for r in results}) != 1:
-            raise _bad("--sheet needs all results to have one size. Use --size/--factor to make them equal.")
-        sheet_name = re.sub(r"[^A-Za-z0-9._-]", "_", args.sheet)
-        target = out / f"{sheet_name}.png"
-        sheet, atlas = X.pack_sheet(results, columns=args.columns or None, names=[w.stem for w in written],
-                                    image_name=target.name, scale=args.upscale)
-        if args.indexed:
-            spal = last_pal if last_pal is not None else _own_palette(sheet)
-            px.save_indexed_png(target, px.to_indexed(sheet, spal), spal)
-            atlas["meta"]["format"] = "I8"
-        else:
-            px.save_rgba_png(target, sheet)
-        (out / f"{sheet_name}.json").write_text(json.dumps(atlas, indent=2))
-        print(f"sheet -> {target} ({len(results)} frames)")
-    dt = time.perf_counter() - t0
+    return written, last_pal
+
+
+def _write_sheet(args, out: Path, files: list[Path], written: list[Path], results: list, last_pal) -> None:
+    from .. import pixel as px
+    from ..pixel import export as X
+    from ..pixel.sprite import indexed_palette
+
+    if len({r.shape for r in results}) != 1:
+        raise _bad("--sheet needs all results to have one size. Use --size/--factor to make them equal.")
+    sheet_name = re.sub(r"[^A-Za-z0-9._-]", "_", args.sheet)
+    target = out / f"{sheet_name}.png"
+    sheet, atlas = X.pack_sheet(results, columns=args.columns or None, names=[w.stem for w in written],
+                                image_name=target.name, scale=args.upscale)
+    if args.indexed:
+        spal = indexed_palette(sheet, last_pal)
+        px.save_indexed_png(target, px.to_indexed(sheet, spal), spal)
+        atlas["meta"]["format"] = "I8"
+    else:
+        px.save_rgba_png(target, sheet)
+    (out / f"{sheet_name}.json").write_text(json.dumps(atlas, indent=2))
+    print(f"sheet -> {target} ({len(results)} frames)")
+
+
+def _summary(args, out: Path, written: list[Path], batch, seconds: float) -> None:
     what = []
-    if pal is not None:
-        what.append(f"palette {pal.name or args.palette} ({len(pal)} colours)")
-    elif per_image:
+    if batch.palette is not None:
+        what.append(f"palette {batch.palette.name or args.palette} ({len(batch.palette)} colours)")
+    elif args.palette:
         what.append(f"{args.palette} colours per image")
     if args.dither != "none" and args.palette:
         what.append(f"dither {args.dither}")
     if args.indexed:
         what.append("indexed")
-    print(f"{len(written)} image(s) -> {out} in {dt:.2f}s" + (f"; {', '.join(what)}" if what else ""), file=sys.stdout)
-    return 0
-
-
-def _own_palette(img: np.ndarray):
-    from .. import pixel as px
-
-    opaque = img[..., :3][img[..., 3] >= 128]
-    if len(opaque) == 0:
-        return px.Palette(np.zeros((1, 3), np.uint8), "empty")
-    uniq = np.unique(opaque, axis=0)
-    if len(uniq) <= 255:
-        return px.Palette(uniq, "image")
-    return px.kmeans(img, 255)
-
-
-def _with_color(pal, rgb: np.ndarray, al: np.ndarray):
-    """The palette plus any opaque colour of the image it lacks (the outline colour), if room remains."""
-    from .. import pixel as px
-
-    cols = np.unique(rgb[al >= 128], axis=0)
-    have = {tuple(c) for c in pal.colors.tolist()}
-    extra = [c for c in cols.tolist() if tuple(c) not in have]
-    if not extra or len(pal) + len(extra) > 255:
-        return pal
-    return px.Palette(np.concatenate([pal.colors, np.array(extra, np.uint8)]), pal.name)
+    print(f"{len(written)} image(s) -> {out} in {seconds:.2f}s" + (f"; {', '.join(what)}" if what else ""),
+          file=sys.stdout)

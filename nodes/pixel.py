@@ -21,6 +21,8 @@ from ..pixel import grid as G
 from ..pixel import palette as P
 from ..pixel.quantize import DITHERS
 from ..pixel.quantize import quantize as quantize_image
+from ..pixel.sprite import indexed_palette
+from ..pixel.sprite import outline_color as outline_color_of
 from ..pixel import scale as S
 from ..progress import Progress
 from ._compat import io
@@ -136,21 +138,6 @@ def _metadata(cls) -> dict | None:
         for k, v in extra.items():
             text[str(k)] = json.dumps(v)
     return text or None
-
-
-def _palette_for(frames_rgba: list[np.ndarray], palette) -> P.Palette:
-    """The given palette, or the image's exact colours (<= 255), or a 255-colour k-means fit."""
-    if palette is not None:
-        return P.resolve_palette(palette)
-    opaque = np.concatenate([f[..., :3][f[..., 3] >= 128] for f in frames_rgba]) if frames_rgba else np.zeros((0, 3))
-    if len(opaque) == 0:
-        return P.Palette(np.zeros((1, 3), np.uint8), "empty")
-    uniq = np.unique(opaque.astype(np.uint8), axis=0)
-    if len(uniq) <= 255:
-        lab = P.srgb_to_oklab(uniq)
-        order = np.lexsort((lab[:, 2], lab[:, 1], lab[:, 0]))
-        return P.Palette(uniq[order], "image")
-    return P.kmeans(frames_rgba, 255, seed=0)
 
 
 # --------------------------------------------------------------------------- nodes
@@ -417,12 +404,10 @@ class PixelAlphaCleanup(io.ComfyNode):
             if oc.lower().startswith("index:"):
                 if palette is None:
                     raise _bad("outline_color 'index:N' needs a palette input. Connect a palette or give a hex colour.")
-                pal = P.resolve_palette(palette)
-                try:
-                    i = int(oc.split(":", 1)[1])
-                    color = pal.colors[i]
-                except (ValueError, IndexError):
-                    raise _bad(f"outline_color {oc!r}: the palette has colours 0..{len(pal) - 1}.") from None
+                index = oc.split(":", 1)[1].strip()
+                if not index.isdigit():
+                    raise _bad(f"outline_color {oc!r}: write the palette index as 'index:N'.")
+                color = outline_color_of(int(index), P.resolve_palette(palette))
             else:
                 color = oc
         outs, alphas = [], []
@@ -466,7 +451,7 @@ class PixelSaveIndexed(io.ComfyNode):
     def execute(cls, images, filename_prefix="spriteforge/sprite", palette=None, mask=None, upscale=1):
         rgb, a = _frames(images, mask)
         frames = [_rgba(f, m) for f, m in zip(rgb, a)]
-        pal = _palette_for(frames, palette)
+        pal = indexed_palette(frames, palette)
         sub, name = _split_prefix(filename_prefix)
         folder = confined_folder(output_dir(cls), sub)
         text = _metadata(cls)
@@ -522,7 +507,7 @@ class PixelSpriteSheet(io.ComfyNode):
         sheet, atlas = X.pack_sheet(frames, columns=columns or None, padding=padding, image_name=path.name,
                                     duration_ms=frame_duration_ms)
         text = _metadata(cls)
-        pal = _palette_for(frames, palette)
+        pal = indexed_palette(frames, palette)
         if indexed:
             X.save_indexed_png(path, X.to_indexed(sheet, pal), pal, text=text)
             atlas["meta"]["format"] = "I8"

@@ -85,6 +85,28 @@ def test_load_image_to_indexed_sprite_png(tmp_path, monkeypatch):
     assert res2.ui["images"][0]["filename"] != entry["filename"]
 
 
+def test_cli_and_node_write_the_same_indexed_png(tmp_path, monkeypatch):
+    """No palette given: the image's own colours, in one order for `spriteforge pixel --indexed` and the nodes
+    (Load Image -> Alpha Cleanup -> Save Indexed): OKLab lightness, then a, then b. Same palette, same indices."""
+    sprite = _sprite(7)
+    Image.fromarray(sprite).save(tmp_path / "in.png")
+    assert main(["-q", "pixel", str(tmp_path / "in.png"), "--out", str(tmp_path / "cli"), "--indexed"]) == 0
+    image, loadmask = _load_image_like_comfyui(tmp_path / "in.png")
+    img, mask = N.PixelAlphaCleanup.execute(image, 1.0 - loadmask, threshold=0.5, min_island=0, max_hole=0).args
+    monkeypatch.setattr(N.PixelSaveIndexed, "folders", Folders(output=tmp_path / "node"), raising=False)
+    res = N.PixelSaveIndexed.execute(img, filename_prefix="in", mask=mask)
+    with Image.open(tmp_path / "cli" / "in.png") as a, Image.open(tmp_path / "node" / res.ui["images"][0]["filename"]) as b:
+        assert a.mode == b.mode == "P" and a.info.get("transparency") == b.info.get("transparency") == 0
+        assert a.getpalette() == b.getpalette()
+        idx_cli, idx_node = np.asarray(a), np.asarray(b)
+        colours = np.array(a.getpalette(), np.uint8).reshape(-1, 3)
+    assert np.array_equal(idx_cli, idx_node)
+    used = colours[1:len(np.unique(sprite[sprite[..., 3] > 0][:, :3], axis=0)) + 1]  # index 0 is transparent
+    lab = px.srgb_to_oklab(used)
+    assert np.all(np.diff(lab[:, 0]) >= 0), "the image's own palette runs dark to light"
+    assert np.array_equal(np.asarray(a.convert("RGBA")), np.where(sprite[..., 3:] > 0, sprite, 0))
+
+
 def test_batch_nodes_sheet_and_tiles(tmp_path, monkeypatch):
     for cls in N.NODES:  # the output folder, as the runner hands it to the nodes of a run
         monkeypatch.setattr(cls, "folders", Folders(output=tmp_path), raising=False)
