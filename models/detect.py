@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
-from . import configs
+from . import configs, keymaps
 from .safetensors_header import FLOAT_DTYPES, Header, TensorInfo, read_header
 
 KINDS = ("transformer", "vae", "text_encoder", "checkpoint", "diffusers", "lora")
@@ -120,26 +120,25 @@ def _finish(det: Detection, rel: dict) -> Detection:
 # --------------------------------------------------------------------------- transformers
 
 
+def _layout(family: str, t: dict[str, TensorInfo], original: bool):
+    """``(name, blocks)``: a diffusers tensor name as this file spells it, and the number of blocks in one of
+    diffusers' block lists (``transformer_blocks.``), either layout (names through :mod:`.keymaps`)."""
+    if not original:
+        return (lambda name: name), (lambda prefix: _count(t.keys(), re.escape(prefix) + r"(\d+)\."))
+    return (lambda name: keymaps.original_name(family, name),
+            lambda prefix: _count(t.keys(), re.escape(keymaps.original_prefix(family, prefix)) + r"(\d+)\."))
+
+
 def _flux(t: dict[str, TensorInfo], original: bool) -> Detection:
-    k = t.keys()
-    if original:
-        hidden, in_ch = t["img_in.weight"].shape
-        joint = t["txt_in.weight"].shape[1]
-        pooled = t["vector_in.in_layer.weight"].shape[1]
-        guidance = "guidance_in.in_layer.weight" in t
-        layers = _count(k, r"double_blocks\.(\d+)\.")
-        single = _count(k, r"single_blocks\.(\d+)\.")
-        head_dim = t["double_blocks.0.img_attn.norm.query_norm.scale"].shape[0] if layers else 128
-        out = t["final_layer.linear.weight"].shape[0]
-    else:
-        hidden, in_ch = t["x_embedder.weight"].shape
-        joint = t["context_embedder.weight"].shape[1]
-        pooled = t["time_text_embed.text_embedder.linear_1.weight"].shape[1]
-        guidance = "time_text_embed.guidance_embedder.linear_1.weight" in t
-        layers = _count(k, r"transformer_blocks\.(\d+)\.")
-        single = _count(k, r"single_transformer_blocks\.(\d+)\.")
-        head_dim = t["transformer_blocks.0.attn.norm_q.weight"].shape[0] if layers else 128
-        out = t["proj_out.weight"].shape[0]
+    n, blocks = _layout("flux", t, original)
+    hidden, in_ch = t[n("x_embedder.weight")].shape
+    joint = t[n("context_embedder.weight")].shape[1]
+    pooled = t[n("time_text_embed.text_embedder.linear_1.weight")].shape[1]
+    guidance = n("time_text_embed.guidance_embedder.linear_1.weight") in t
+    layers = blocks("transformer_blocks.")
+    single = blocks("single_transformer_blocks.")
+    head_dim = t[n("transformer_blocks.0.attn.norm_q.weight")].shape[0] if layers else 128
+    out = t[n("proj_out.weight")].shape[0]
     if in_ch == 384:
         variant = "fill"
     elif in_ch == 128:
@@ -172,27 +171,16 @@ def _flux(t: dict[str, TensorInfo], original: bool) -> Detection:
 
 
 def _sd3(t: dict[str, TensorInfo], original: bool) -> Detection:
-    k = t.keys()
-    if original:
-        pe = t["x_embedder.proj.weight"].shape
-        ctx = t["context_embedder.weight"].shape
-        pooled = t["y_embedder.mlp.0.weight"].shape[1]
-        layers = _count(k, r"joint_blocks\.(\d+)\.")
-        dual = _indices(k, r"joint_blocks\.(\d+)\.x_block\.attn2\.")
-        qk = "joint_blocks.0.x_block.attn.ln_q.weight" in t
-        head_dim = t["joint_blocks.0.x_block.attn.ln_q.weight"].shape[0] if qk else 64
-        out = t["final_layer.linear.weight"].shape[0]
-        pos = t["pos_embed"].shape[1] if "pos_embed" in t else 192 * 192
-    else:
-        pe = t["pos_embed.proj.weight"].shape
-        ctx = t["context_embedder.weight"].shape
-        pooled = t["time_text_embed.text_embedder.linear_1.weight"].shape[1]
-        layers = _count(k, r"transformer_blocks\.(\d+)\.")
-        dual = _indices(k, r"transformer_blocks\.(\d+)\.attn2\.")
-        qk = "transformer_blocks.0.attn.norm_q.weight" in t
-        head_dim = t["transformer_blocks.0.attn.norm_q.weight"].shape[0] if qk else 64
-        out = t["proj_out.weight"].shape[0]
-        pos = t["pos_embed.pos_embed"].shape[1] if "pos_embed.pos_embed" in t else 192 * 192
+    n, blocks = _layout("sd3", t, original)
+    pe = t[n("pos_embed.proj.weight")].shape
+    ctx = t[n("context_embedder.weight")].shape
+    pooled = t[n("time_text_embed.text_embedder.linear_1.weight")].shape[1]
+    layers = blocks("transformer_blocks.")
+    dual = _indices(t.keys(), r"joint_blocks\.(\d+)\.x_block\.attn2\." if original else r"transformer_blocks\.(\d+)\.attn2\.")
+    qk = n("transformer_blocks.0.attn.norm_q.weight") in t
+    head_dim = t[n("transformer_blocks.0.attn.norm_q.weight")].shape[0] if qk else 64
+    out = t[n("proj_out.weight")].shape[0]
+    pos = t[n("pos_embed.pos_embed")].shape[1] if n("pos_embed.pos_embed") in t else 192 * 192
     hidden, in_ch, patch = pe[0], pe[1], pe[2]
     if layers == 38 or (qk and not dual):
         variant = "sd3.5-large"
@@ -224,23 +212,16 @@ def _sd3(t: dict[str, TensorInfo], original: bool) -> Detection:
 
 
 def _pixart(t: dict[str, TensorInfo], original: bool) -> Detection:
-    k = t.keys()
+    n, blocks = _layout("pixart", t, original)
+    pe = t[n("pos_embed.proj.weight")].shape
+    caption = t[n("caption_projection.linear_1.weight")].shape[1]
+    layers = blocks("transformer_blocks.")
+    out = t[n("proj_out.weight")].shape[0]
+    extra_cond = n("adaln_single.emb.resolution_embedder.linear_1.weight") in t
+    tokens = sample = None  # only the original layout keeps the null caption and the position table
     if original:
-        pe = t["x_embedder.proj.weight"].shape
-        caption = t["y_embedder.y_proj.fc1.weight"].shape[1]
-        layers = _count(k, r"blocks\.(\d+)\.")
-        out = t["final_layer.linear.weight"].shape[0]
-        extra_cond = "csize_embedder.mlp.0.weight" in t
         tokens = t["y_embedder.y_embedding"].shape[0] if "y_embedder.y_embedding" in t else None
         sample = int(round(math.sqrt(t["pos_embed"].shape[1]))) * pe[2] if "pos_embed" in t else None
-    else:
-        pe = t["pos_embed.proj.weight"].shape
-        caption = t["caption_projection.linear_1.weight"].shape[1]
-        layers = _count(k, r"transformer_blocks\.(\d+)\.")
-        out = t["proj_out.weight"].shape[0]
-        extra_cond = "adaln_single.emb.resolution_embedder.linear_1.weight" in t
-        tokens = None
-        sample = None
     hidden, in_ch, patch = pe[0], pe[1], pe[2]
     alpha = extra_cond or tokens == 120
     if sample is None:
@@ -277,19 +258,12 @@ def _pixart(t: dict[str, TensorInfo], original: bool) -> Detection:
 
 
 def _sana(t: dict[str, TensorInfo], original: bool) -> Detection:
-    k = t.keys()
-    if original:
-        pe = t["x_embedder.proj.weight"].shape
-        caption = t["y_embedder.y_proj.fc1.weight"].shape[1]
-        layers = _count(k, r"blocks\.(\d+)\.")
-        inv = t["blocks.0.mlp.inverted_conv.conv.weight"].shape[0] if layers else 2 * 2.5 * pe[0]
-        out = t["final_layer.linear.weight"].shape[0]
-    else:
-        pe = t["patch_embed.proj.weight"].shape
-        caption = t["caption_projection.linear_1.weight"].shape[1]
-        layers = _count(k, r"transformer_blocks\.(\d+)\.")
-        inv = t["transformer_blocks.0.ff.conv_inverted.weight"].shape[0] if layers else 2 * 2.5 * pe[0]
-        out = t["proj_out.weight"].shape[0]
+    n, blocks = _layout("sana", t, original)
+    pe = t[n("patch_embed.proj.weight")].shape
+    caption = t[n("caption_projection.linear_1.weight")].shape[1]
+    layers = blocks("transformer_blocks.")
+    inv = t[n("transformer_blocks.0.ff.conv_inverted.weight")].shape[0] if layers else 2 * 2.5 * pe[0]
+    out = t[n("proj_out.weight")].shape[0]
     hidden, in_ch, patch = pe[0], pe[1], pe[2]
     variant = {1152: "600m", 2240: "1600m"}.get(hidden, "1600m")
     rel = _release(f"sana-{variant}")
@@ -316,19 +290,14 @@ def _sana(t: dict[str, TensorInfo], original: bool) -> Detection:
 
 
 def _dit(t: dict[str, TensorInfo], original: bool) -> Detection:
-    k = t.keys()
-    if original:
-        pe = t["x_embedder.proj.weight"].shape
-        layers = _count(k, r"blocks\.(\d+)\.")
-        classes = t["y_embedder.embedding_table.weight"].shape[0]
-        out = t["final_layer.linear.weight"].shape[0]
-        sample = int(round(math.sqrt(t["pos_embed"].shape[1]))) * pe[2] if "pos_embed" in t else 32
-    else:
-        pe = t["pos_embed.proj.weight"].shape
-        layers = _count(k, r"transformer_blocks\.(\d+)\.")
-        classes = t["transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight"].shape[0]
-        out = t["proj_out_2.weight"].shape[0]
-        sample = 32
+    n, blocks = _layout("dit", t, original)
+    pe = t[n("pos_embed.proj.weight")].shape
+    layers = blocks("transformer_blocks.")
+    classes = t[n("transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight")].shape[0]
+    out = t[n("proj_out_2.weight")].shape[0]
+    sample = 32  # the original layout's position table tells the sample size
+    if original and "pos_embed" in t:
+        sample = int(round(math.sqrt(t["pos_embed"].shape[1]))) * pe[2]
     hidden, in_ch, patch = pe[0], pe[1], pe[2]
     size = {1152: "XL", 1024: "L", 768: "B", 384: "S"}.get(hidden)
     res = "512" if sample == 64 else "256"

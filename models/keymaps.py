@@ -23,7 +23,8 @@ Names are matched in any separator form: ``double_blocks.0.img_attn.qkv`` and
 
 The converter uses the PixArt, DiT and Flux tables (diffusers has no size-generic converter for
 them); SD3 and Sana files are converted by diffusers' own single-file converters, and their tables
-serve the LoRA layouts.
+serve the LoRA layouts. Detection (:mod:`.detect`) reads a file's shapes under diffusers' names and
+finds them in an original-layout file through :func:`original_name`.
 """
 
 from __future__ import annotations
@@ -110,6 +111,10 @@ KEYMAPS: dict[str, tuple[Rule, ...]] = {
         _r("y_embedder.mlp.2", "time_text_embed.text_embedder.linear_2"),
         _r("final_layer.linear", "proj_out"),
         _r("final_layer.adaLN_modulation.1", "norm_out.linear", "always"),
+        # (SD3 files are converted by diffusers' converter; these renames tell detection where to look)
+        _t("joint_blocks.{i}.x_block.attn.ln_q.weight", f"{_TB}.attn.norm_q.weight"),
+        _t("joint_blocks.{i}.x_block.attn.ln_k.weight", f"{_TB}.attn.norm_k.weight"),
+        _t("pos_embed", "pos_embed.pos_embed"),
     ),
     "pixart": (
         _r("x_embedder.proj", "pos_embed.proj"),
@@ -224,6 +229,32 @@ def diffusers_to_original(flat: str, compiled) -> tuple[str, int, int, str | Non
     return None
 
 
+def _exact(template: str) -> re.Pattern:
+    return re.compile(re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+
+
+def original_name(family: str, name: str) -> str:
+    """The original-layout name of the diffusers tensor ``name`` (``x_embedder.weight`` → Flux's ``img_in.weight``);
+    ``name`` itself where both layouts agree. Only tensors a rule maps one to one (no row blocks of a fused weight)."""
+    for rule in KEYMAPS.get(family, ()):
+        if len(rule.targets) != 1:
+            continue
+        suffixes = ("",) if rule.kind == "tensor" else (".weight", ".bias")
+        for suffix in suffixes:
+            m = _exact(rule.targets[0] + suffix).match(name)
+            if m:
+                return fill(rule.original, m.groupdict().get("i")) + suffix
+    return name
+
+
+def original_prefix(family: str, prefix: str) -> str:
+    """The original-layout name of diffusers' block list ``prefix`` (Flux ``transformer_blocks.`` → ``double_blocks.``)."""
+    for rule in KEYMAPS.get(family, ()):
+        if "{i}" in rule.original and any(t.startswith(prefix + "{i}.") for t in rule.targets):
+            return block_prefix(rule.original)
+    return prefix
+
+
 # --------------------------------------------------------------------------- text encoders
 
 
@@ -239,4 +270,4 @@ def gemma_model_keys(sd: dict) -> dict:
 
 
 __all__ = ["Rule", "KEYMAPS", "DROPPED", "fill", "block_prefix", "compile_rules", "original_to_diffusers",
-           "diffusers_to_original", "gemma_model_keys"]
+           "diffusers_to_original", "original_name", "original_prefix", "gemma_model_keys"]
