@@ -244,7 +244,8 @@ class VAEEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, image, max_side=2048):
-        from ..pipeline import _resize, prepare_size
+        from ..generation.masks import resize as _resize
+        from ..pipeline import prepare_size
 
         h = _check_model(model)
         img = image_in(image)
@@ -277,7 +278,8 @@ class VAEDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, tile=False):
-        from ..pipeline import composite_inpaint, decode
+        from ..generation.masks import composite_inpaint
+        from ..pipeline import decode
 
         h = _check_model(model)
         lat = latent_in(latent, h)

@@ -3,12 +3,12 @@
 * :mod:`.geometry` - fit to the working resolution keeping the aspect ratio; pad to multiples of 32; unpad.
 * :mod:`.refine` - threshold, grow/erode, feather, remove islands, fill holes, connected components.
 * :mod:`.foreground` - foreground colour estimation (multi-level ML, blur-fusion) and compositing.
-* :mod:`.pipeline` - the batch job around a ``predict`` callable, chunked, with progress/interrupt.
+* :mod:`.remove` - the batch job around a ``predict`` callable, chunked, with progress/interrupt.
 """
 
 from .foreground import blur_fusion, composite, estimate_foreground, estimate_foreground_ml, parse_color
 from .geometry import MIN_SIDE, Geometry, pad, plan, unpad
-from .pipeline import RMBGResult, predict_alpha, remove_background, to_rgb_batch
+from .remove import RMBGResult, predict_alpha, remove_background, to_rgb_batch
 from .refine import RefineOptions, feather, fill_holes, grow, label, refine, remove_islands, threshold
 
 __all__ = [

@@ -58,7 +58,7 @@ def test_samplers_agree_on_torch_and_mlx(name):
 def test_seamless_roll_is_the_same_on_mlx_and_numpy():
     import mlx.core as mx
 
-    from spriteforge.pipeline import _roll
+    from spriteforge.generation.wrappers import roll as _roll
 
     a = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
     assert np.array_equal(np.array(_roll(mx.array(a), 2, 3)), _roll(a, 2, 3))

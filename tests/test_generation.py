@@ -341,7 +341,7 @@ def test_pixart_loop_matches_the_diffusers_pipeline():
 
 
 def test_sd3_size_over_its_position_table_is_a_dimension_limit(engine, handles):  # noqa: F811
-    from spriteforge.pipeline import model_max_side
+    from spriteforge.generation.sizes import model_max_side
 
     sd3 = H(handles, engine, "sd3")
     cap = model_max_side(sd3)
