@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ..errors import BAD_INPUT, ENGINE_UNAVAILABLE, SpriteForgeError
 from ._compat import io
+from .comfy_types import mask_tensor
 
 CATEGORY = "SpriteForge/generate"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
@@ -162,22 +163,6 @@ class Noise(io.ComfyNode):
         return io.NodeOutput(_Noise(noise_seed))
 
 
-def _mask_tensor(mask):
-    import torch
-
-    m = mask if hasattr(mask, "shape") else torch.as_tensor(mask)
-    m = m.float()
-    if m.ndim == 2:
-        m = m[None]
-    if m.ndim == 4 and m.shape[-1] == 1:
-        m = m[..., 0]
-    elif m.ndim == 4 and m.shape[1] == 1:
-        m = m[:, 0]
-    if m.ndim != 3:
-        raise SpriteForgeError(BAD_INPUT, f"MASK has shape {tuple(m.shape)}; expected [B,H,W] with 1 = repaint.")
-    return m.clamp(0.0, 1.0)
-
-
 class KSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -233,7 +218,7 @@ class KSampler(io.ComfyNode):
         lat = csample.fix_empty_latent_channels(model, latent_image["samples"])
         noise = torch.from_numpy(B.initial_noise(int(seed), tuple(lat.shape), latent_image.get("batch_index")))
         noise = noise.to(dtype=lat.dtype)
-        noise_mask = _mask_tensor(mask) if mask is not None else latent_image.get("noise_mask")
+        noise_mask = mask_tensor(mask) if mask is not None else latent_image.get("noise_mask")
 
         ms = model.get_model_object("model_sampling")
         flow = _flow_choice(parametrisation)

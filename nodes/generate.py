@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import BAD_INPUT, SpriteForgeError
 from ..log import get_logger
 from ._compat import IN_COMFYUI, io
+from .comfy_types import image_in, latent_out, latent_samples, mask_in, to_numpy, to_tensor
 from .loaders import CATEGORY, ModelType
 
 log = get_logger("nodes")
@@ -41,65 +42,15 @@ def _schedule_names() -> list[str]:
         return ["normal"]
 
 
-def _np(x):
-    if x is None:
-        return None
-    if hasattr(x, "detach"):
-        return x.detach().float().cpu().numpy()
-    return np.asarray(x, dtype=np.float32)
-
-
-def _tensor(a: np.ndarray):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-
-
 def _check_model(model):
     if model is None or not hasattr(model, "family") or not hasattr(model, "engine"):
         raise SpriteForgeError(BAD_INPUT, "the model input is not a SpriteForge model: connect SpriteForge Load Model.")
     return model
 
 
-def image_in(image) -> np.ndarray:
-    a = _np(image)
-    if a is None:
-        raise SpriteForgeError(BAD_INPUT, "no image was connected.")
-    if a.ndim == 3:
-        a = a[None]
-    if a.ndim != 4 or a.shape[-1] not in (1, 3, 4) or 0 in a.shape:
-        raise SpriteForgeError(BAD_INPUT, f"IMAGE has shape {tuple(a.shape)}; expected [B,H,W,3]. Connect an image output.")
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, -1)
-    return np.clip(a[..., :3], 0.0, 1.0).astype(np.float32)
-
-
-def mask_in(mask) -> np.ndarray | None:
-    m = _np(mask)
-    if m is None:
-        return None
-    if m.ndim == 2:
-        m = m[None]
-    if m.ndim == 4 and m.shape[-1] == 1:
-        m = m[..., 0]
-    elif m.ndim == 4 and m.shape[1] == 1:  # SetLatentNoiseMask's [B,1,H,W]
-        m = m[:, 0]
-    if m.ndim != 3:
-        raise SpriteForgeError(BAD_INPUT, f"MASK has shape {tuple(m.shape)}; expected [B,H,W] with 1 = repaint.")
-    return np.clip(m, 0.0, 1.0).astype(np.float32)
-
-
-def latent_out(latents: np.ndarray, family: str, **extra) -> dict:
-    out = {"samples": _tensor(latents), "sf_family": family}
-    out.update({k: v for k, v in extra.items() if v is not None})
-    return out
-
-
 def latent_in(latent, handle) -> np.ndarray:
-    if not isinstance(latent, dict) or "samples" not in latent:
-        raise SpriteForgeError(BAD_INPUT, "the latent input is not a LATENT ({'samples': ...}).")
+    lat = latent_samples(latent)
     fam = latent.get("sf_family")
-    lat = _np(latent["samples"])
     if lat.ndim != 4:
         raise SpriteForgeError(BAD_INPUT, f"the latent has shape {tuple(lat.shape)}; expected [B,C,h,w].")
     if fam is not None and fam != handle.family:
@@ -198,12 +149,10 @@ class Sampler(io.ComfyNode):
         init_lat = init_img = None
         noise_mask = None
         if latent is not None:
-            if not isinstance(latent, dict) or "samples" not in latent:
-                raise SpriteForgeError(BAD_INPUT, "the latent input is not a LATENT ({'samples': ...}).")
+            init_lat = latent_samples(latent)
             fam = latent.get("sf_family")
             if fam is not None and fam != h.family and (denoise < 1.0 or mask is not None):
                 raise SpriteForgeError(BAD_INPUT, f"this latent was made by a {fam} model but the model is {h.family}.")
-            init_lat = _np(latent["samples"])
             init_img = latent.get("sf_image")
             noise_mask = latent.get("noise_mask")
         m = mask_in(mask if mask is not None else noise_mask)
@@ -220,7 +169,7 @@ class Sampler(io.ComfyNode):
             log.info("%s", note)
         extra = {"sf_tile": bool(tile)}
         if m is not None and init_img is not None:
-            extra["sf_inpaint"] = {"image": _np(init_img), "mask": m, "feather": int(mask_feather)}
+            extra["sf_inpaint"] = {"image": to_numpy(init_img), "mask": m, "feather": int(mask_feather)}
         return io.NodeOutput(latent_out(res.latents, h.family, **extra))
 
 
@@ -290,7 +239,7 @@ class VAEDecode(io.ComfyNode):
         inp = latent.get("sf_inpaint")
         if inp:
             images = composite_inpaint(images, inp["image"], inp["mask"], int(inp.get("feather", 8)))
-        return io.NodeOutput(_tensor(images))
+        return io.NodeOutput(to_tensor(images))
 
 
 NODES = [EncodePrompt, Sampler, VAEEncode, VAEDecode]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +26,7 @@ from ..pixel import scale as S
 from ..progress import Progress
 from ._compat import io
 from ._folders import confined_folder, output_dir
+from .comfy_types import image_to_np, mask_to_np, np_to_image, np_to_mask
 
 CATEGORY = "SpriteForge/pixel"
 TIP_OUT_IMAGE = "The processed image [B,H,W,3], 0..1."
@@ -42,46 +42,6 @@ SNAP_CHOICES = ["none", "8", "16", "32"]
 
 def _bad(msg: str) -> SpriteForgeError:
     return SpriteForgeError(BAD_INPUT, msg)
-
-
-def image_to_np(image) -> np.ndarray:
-    """IMAGE tensor [B,H,W,C] float 0..1 -> uint8 numpy [B,H,W,3]."""
-    arr = image.detach().cpu().float().numpy() if hasattr(image, "detach") else np.asarray(image, np.float32)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or 0 in arr.shape:
-        raise _bad(f"IMAGE has shape {tuple(arr.shape)}; expected [B,H,W,3]. Connect an image output.")
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, -1)
-    return np.clip(np.rint(arr[..., :3] * 255.0), 0, 255).astype(np.uint8)
-
-
-def mask_to_np(mask, b: int, h: int, w: int) -> np.ndarray:
-    """MASK tensor (alpha) [B,H,W] or [H,W] or None -> uint8 [B,H,W] (255 = opaque)."""
-    if mask is None:
-        return np.full((b, h, w), 255, np.uint8)
-    m = mask.detach().cpu().float().numpy() if hasattr(mask, "detach") else np.asarray(mask, np.float32)
-    if m.ndim == 2:
-        m = m[None]
-    if m.ndim != 3 or m.shape[1:] != (h, w):
-        raise _bad(f"MASK has shape {tuple(m.shape)} but the image is {h}x{w}. Use a mask of the image's size.")
-    if m.shape[0] not in (1, b):
-        raise _bad(f"MASK batch {m.shape[0]} does not match the image batch {b}. Use one mask or one per frame.")
-    if m.shape[0] == 1 and b > 1:
-        m = np.repeat(m, b, 0)
-    return np.clip(np.rint(m * 255.0), 0, 255).astype(np.uint8)
-
-
-def np_to_image(arr: np.ndarray):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(arr[..., :3]).astype(np.float32) / 255.0)
-
-
-def np_to_mask(alpha: np.ndarray):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(alpha).astype(np.float32) / 255.0)
 
 
 def _frames(image, mask, invert: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..errors import BAD_INPUT, SpriteForgeError
 from ._compat import io
+from .comfy_types import image_array, to_tensor
 
 BIREFNET = io.Custom("SF_BIREFNET")
 NO_MODEL = "(no model in models/birefnet)"
@@ -70,30 +71,6 @@ class LoadBiRefNet(io.ComfyNode):
         return io.NodeOutput(handle)
 
 
-def image_to_numpy(image):
-    """ComfyUI IMAGE (torch [B,H,W,C]) -> float32 numpy, with coded errors for things that are not images."""
-    import numpy as np
-
-    try:
-        import torch
-
-        if isinstance(image, torch.Tensor):
-            arr = image.detach().to("cpu", torch.float32).numpy()
-        else:
-            arr = np.asarray(image, dtype=np.float32)
-    except SpriteForgeError:
-        raise
-    except Exception as exc:
-        raise SpriteForgeError(BAD_INPUT, f"the image input is not an IMAGE tensor ({type(image).__name__}).") from exc
-    if arr.ndim != 4:
-        raise SpriteForgeError(
-            BAD_INPUT,
-            f"the image input has shape {tuple(arr.shape)}; an IMAGE is [batch, height, width, channels]. "
-            "If this is a MASK, convert it with 'Convert Mask to Image' first.",
-        )
-    return arr
-
-
 class RemoveBackground(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -147,14 +124,12 @@ class RemoveBackground(io.ComfyNode):
     @classmethod
     def execute(cls, birefnet, image, resolution=0, batch_chunk=0, threshold=0.0, fill_holes=0, remove_islands=0,
                 grow=0, feather=0.0, foreground="ml", composite="alpha", color="#00ff00"):
-        import torch
-
         from ..rmbg import RefineOptions, remove_background
 
         handle = birefnet
         if not hasattr(handle, "predict"):
             raise SpriteForgeError(BAD_INPUT, "the birefnet input is not a model from Load BiRefNet.")
-        arr = image_to_numpy(image)
+        arr = image_array(image)
         res = int(resolution) if resolution else tuple(handle.resolution)
         if isinstance(res, int) and res % 32:
             raise SpriteForgeError(BAD_INPUT, f"resolution {res} must be a multiple of 32 (or 0 for the variant's own).")
@@ -172,11 +147,7 @@ class RemoveBackground(io.ComfyNode):
             color=color,
             on_oom=handle.empty_cache,
         )
-        return io.NodeOutput(
-            torch.from_numpy(out.foreground).float(),
-            torch.from_numpy(out.alpha).float(),
-            torch.from_numpy(out.composite).float(),
-        )
+        return io.NodeOutput(to_tensor(out.foreground), to_tensor(out.alpha), to_tensor(out.composite))
 
 
 NODES = [LoadBiRefNet, RemoveBackground]

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import BAD_INPUT, SpriteForgeError
 from ..nodes._compat import io
+from ..nodes.comfy_types import image_to_np, to_tensor
 from ..nodes._folders import Folders, confined_folder, input_dir, output_dir, with_folders
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -33,24 +34,6 @@ def list_input_images(root: Path) -> list[str]:
         if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
             out.append(p.relative_to(root).as_posix())
     return out
-
-
-def _to_np(images) -> np.ndarray:
-    arr = images.detach().cpu().float().numpy() if hasattr(images, "detach") else np.asarray(images, np.float32)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4:
-        raise SpriteForgeError(BAD_INPUT, f"IMAGE has shape {tuple(arr.shape)}; expected [B,H,W,C]. Connect an image output.")
-    return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
-
-
-def _tensor(arr: np.ndarray):
-    try:
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(arr))
-    except ImportError:  # pragma: no cover - torch is there wherever the generation nodes are
-        return np.ascontiguousarray(arr)
 
 
 def next_free(folder: Path, name: str, ext: str = ".png") -> tuple[Path, int]:
@@ -102,7 +85,7 @@ def save_images(cls, images, filename_prefix: str, root: Path, kind: str) -> lis
     folder = confined_folder(root, sub)
     results = []
     meta = _pnginfo(cls)
-    for frame in _to_np(images):
+    for frame in image_to_np(images, keep_alpha=True):
         if frame.shape[-1] == 1:
             frame = np.repeat(frame, 3, -1)
         path, _ = next_free(folder, name)
@@ -186,7 +169,7 @@ class LoadImage(io.ComfyNode):
                     break
         if len({m.shape for m in masks}) > 1:
             masks = [m if m.shape == frames[0].shape[:2] else np.zeros(frames[0].shape[:2], np.float32) for m in masks]
-        return io.NodeOutput(_tensor(np.stack(frames)), _tensor(np.stack(masks)))
+        return io.NodeOutput(to_tensor(np.stack(frames)), to_tensor(np.stack(masks)))
 
 
 class SaveImage(io.ComfyNode):
