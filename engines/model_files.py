@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import paths
@@ -24,6 +25,7 @@ from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, Sprit
 from ..models import configs
 from ..models.detect import Detection, detect, detect_tensors
 from .base import ModelHandle, family_vae_name, handle_fields
+from .tokenizers import find_tokenizer
 
 # where a bare model name is looked for
 MODEL_KINDS = ("diffusion_models", "checkpoints", "diffusers")
@@ -214,15 +216,43 @@ def clip_with_projection(key: str, family: str | None, archs=()) -> bool:
 # --------------------------------------------------------------------------- the handle
 
 
-def model_handle(engine, det: Detection, source: Path, *, transformer, config: dict, vae, vae_config: dict, text_encoders: dict,
-                 tokenizers: dict, dtype: str, extras: dict) -> ModelHandle:
-    """The :class:`ModelHandle` of a loaded model, its framework-free fields from :func:`handle_fields`."""
-    fields = handle_fields(det, config, vae_config, has_vae=vae is not None, text_encoders=text_encoders, extras=extras)
-    return ModelHandle(family=det.family, variant=det.variant or "", engine=engine, transformer=transformer, config=config,
-                       vae=vae, vae_config=dict(vae_config), text_encoders=text_encoders, tokenizers=tokenizers, dtype=dtype,
-                       source=str(source), **fields)
+@dataclass
+class Parts:
+    """What a loader read from a model's own file or folder, before the VAE and text encoders given with it."""
+
+    det: Detection
+    transformer: object
+    config: dict
+    vae: object = None
+    vae_config: dict = field(default_factory=dict)
+    text_encoders: dict = field(default_factory=dict)
+    tokenizers: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)
 
 
-__all__ = ["coded_errors", "model_handle", "MODEL_KINDS", "TRANSFORMER_CLASSES", "FOLDER_TEXT_ENCODERS", "dtype_name", "resolve", "folder_variant",
+def complete(engine, source: Path, parts: Parts, *, vae, text_encoders, load_vae, load_text_encoder, dtype: str) -> ModelHandle:
+    """The :class:`ModelHandle` of ``parts`` (loaded from ``source``), the same steps on every engine: the ``vae`` and
+    ``text_encoders`` given with the model replace what its file carries (loaded by the engine's
+    ``load_vae(path, family=, variant=)`` and ``load_text_encoder(path, family=)``), every text encoder without a
+    tokenizer gets one found for it, and the framework-free fields come from :func:`handle_fields`."""
+    det = parts.det
+    if vae is not None:
+        parts.vae, parts.vae_config = load_vae(vae, family=det.family, variant=det.variant)
+    for te in text_encoders or ():
+        if te is None or te == "":
+            continue
+        key, model, tok = load_text_encoder(te, family=det.family)
+        parts.text_encoders[key] = model  # an explicit text encoder replaces one the model file carries
+        parts.tokenizers[key] = tok
+    for k in [k for k in parts.text_encoders if parts.tokenizers.get(k) is None]:
+        parts.tokenizers[k] = find_tokenizer(k, source, required=True)
+    fields = handle_fields(det, parts.config, parts.vae_config, has_vae=parts.vae is not None, text_encoders=parts.text_encoders,
+                           extras=parts.extras)
+    return ModelHandle(family=det.family, variant=det.variant or "", engine=engine, transformer=parts.transformer,
+                       config=parts.config, vae=parts.vae, vae_config=dict(parts.vae_config), text_encoders=parts.text_encoders,
+                       tokenizers=parts.tokenizers, dtype=dtype, source=str(source), **fields)
+
+
+__all__ = ["coded_errors", "Parts", "complete", "MODEL_KINDS", "TRANSFORMER_CLASSES", "FOLDER_TEXT_ENCODERS", "dtype_name", "resolve", "folder_variant",
            "diffusion_folder", "diffusion_model_in", "checkpoint_text_encoders", "folder_text_encoders", "vae_folder",
            "vae_in", "vae_config_for", "text_encoder_in", "text_encoder_key", "clip_with_projection"]

@@ -45,7 +45,8 @@ from ..model_files import (
     dtype_name,
     folder_config,
     folder_text_encoders,
-    model_handle,
+    Parts,
+    complete,
     resolve,
     text_encoder_in,
     text_encoder_key,
@@ -453,70 +454,64 @@ def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None) -> Model
 
 def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None, all_dtype=None) -> ModelHandle:
     """``all_dtype``: every component (VAE and text encoders too) in that dtype (the converter loads in float32)."""
-    from ..torch_models.tensors import open_tensors
-
     wname = _weight_dtype(engine, all_dtype or dtype)
     wdt = mx_dtype(wname)
     vdt = mx_dtype(all_dtype or engine.policy.vae_dtype)
     tdt = mx_dtype(_weight_dtype(engine, all_dtype or dtype or engine.policy.text_encoder_dtype))
-    extras: dict = {}
-    tes: dict = {}
-    toks: dict = {}
-    vae_model, vae_cfg = None, {}
-    if p.is_dir():
-        det = diffusion_folder(p)
+    parts = _from_folder(p, vae, wdt, vdt, tdt) if p.is_dir() else _from_file(p, vae, wdt, vdt, tdt)
+    te_dtype = all_dtype or dtype or engine.policy.text_encoder_dtype
+    return complete(engine, p, parts, vae=vae, text_encoders=text_encoders,
+                    load_vae=lambda path, **kw: load_vae(engine, path, dtype=all_dtype, **kw),
+                    load_text_encoder=lambda path, **kw: load_text_encoder(engine, path, dtype=te_dtype, **kw),
+                    dtype=wname)
+
+
+def _from_folder(p: Path, vae, wdt, vdt, tdt) -> Parts:
+    det = diffusion_folder(p)
+    _require(det.family, p)
+    if det.kind != "diffusers":  # a transformer component folder
+        det.layout = det.layout or "diffusers"
+        tcfg = folder_config(p)
+        with _folder_weights(p) as sd:
+            return Parts(det, *_transformer(det, sd, wdt, tcfg))
+    tdir = p / "transformer"
+    tcfg = folder_config(tdir)
+    with _folder_weights(tdir) as sd:
+        parts = Parts(det, *_transformer(det, sd, wdt, tcfg))
+    index = json.loads((p / "model_index.json").read_text())
+    if (p / "vae" / "config.json").exists() and vae is None:
+        vcfg = folder_config(p / "vae")
+        with _folder_weights(p / "vae") as sd:
+            parts.vae, parts.vae_config = _vae(vcfg, sd, "diffusers", "", vdt)
+    for sub, key, cls_name in folder_text_encoders(p, det.family, index):
+        parts.text_encoders[key] = _folder_te(p / sub, key, tdt, det.family, [cls_name])
+        parts.tokenizers[key] = folder_tokenizer(p, sub, index)
+    return parts
+
+
+def _from_file(p: Path, vae, wdt, vdt, tdt) -> Parts:
+    from ..torch_models.tensors import open_tensors
+
+    source = open_tensors(p)
+    try:
+        det = diffusion_model_in(source.tensors, p)
         _require(det.family, p)
-        if det.kind == "diffusers":
-            tdir = p / "transformer"
-            tcfg = folder_config(tdir)
-            with _folder_weights(tdir) as sd:
-                transformer, cfg = _transformer(det, sd, wdt, tcfg)
-            index = json.loads((p / "model_index.json").read_text())
-            if (p / "vae" / "config.json").exists() and vae is None:
-                vcfg = folder_config(p / "vae")
-                with _folder_weights(p / "vae") as sd:
-                    vae_model, vae_cfg = _vae(vcfg, sd, "diffusers", "", vdt)
-            for sub, key, cls_name in folder_text_encoders(p, det.family, index):
-                tes[key] = _folder_te(p / sub, key, tdt, det.family, [cls_name])
-                toks[key] = folder_tokenizer(p, sub, index)
-        else:
-            det.layout = det.layout or "diffusers"
-            tcfg = folder_config(p)
-            with _folder_weights(p) as sd:
-                transformer, cfg = _transformer(det, sd, wdt, tcfg)
-    else:
-        source = open_tensors(p)
-        try:
-            det = diffusion_model_in(source.tensors, p)
-            _require(det.family, p)
-            prefix = det.components.get("transformer", "")
-            fp8 = sorted({i.dtype for k, i in source.tensors.items() if k.startswith(prefix) and i.dtype.startswith("float8")})
-            if fp8:
-                extras["fp8_upcast"] = fp8[0]  # MLX keeps no fp8: the weights are upcast once while loading
-            transformer, cfg = _transformer(det, _read(source, prefix), wdt)
-            if "vae" in det.parts and vae is None:
-                vd = det.parts["vae"]
-                vae_model, vae_cfg = _vae(vae_config_for(vd, det.family, det.variant), _read(source, det.components["vae"]),
-                                          vd.layout, vd.variant or "", vdt)
-            for comp, sub, te_prefix in checkpoint_text_encoders(det):
-                sd = _read(source, te_prefix, skip=("spiece_model",))
-                tes[comp] = _text_encoder(comp, _te_config(comp, sub.config), sd, tdt, det.family)
-                toks[comp] = find_tokenizer(comp, p, source=source, required=False)
-        finally:
-            source.close()
-    family = det.family
-    if vae is not None:
-        vae_model, vae_cfg = load_vae(engine, vae, family=family, variant=det.variant, dtype=all_dtype)
-    for te in text_encoders or ():
-        if te is None or te == "":
-            continue
-        key, model, tok = load_text_encoder(engine, te, family=family, dtype=all_dtype or dtype or engine.policy.text_encoder_dtype)
-        tes[key] = model  # an explicit text encoder replaces one the model file carries
-        toks[key] = tok
-    for k in [k for k in tes if toks.get(k) is None]:
-        toks[k] = find_tokenizer(k, p, required=True)
-    return model_handle(engine, det, p, transformer=transformer, config=cfg, vae=vae_model, vae_config=vae_cfg,
-                        text_encoders=tes, tokenizers=toks, dtype=wname, extras=extras)
+        prefix = det.components.get("transformer", "")
+        fp8 = sorted({i.dtype for k, i in source.tensors.items() if k.startswith(prefix) and i.dtype.startswith("float8")})
+        parts = Parts(det, *_transformer(det, _read(source, prefix), wdt))
+        if fp8:
+            parts.extras["fp8_upcast"] = fp8[0]  # MLX keeps no fp8: the weights are upcast once while loading
+        if "vae" in det.parts and vae is None:
+            vd = det.parts["vae"]
+            parts.vae, parts.vae_config = _vae(vae_config_for(vd, det.family, det.variant), _read(source, det.components["vae"]),
+                                               vd.layout, vd.variant or "", vdt)
+        for comp, sub, te_prefix in checkpoint_text_encoders(det):
+            sd = _read(source, te_prefix, skip=("spiece_model",))
+            parts.text_encoders[comp] = _text_encoder(comp, _te_config(comp, sub.config), sd, tdt, det.family)
+            parts.tokenizers[comp] = find_tokenizer(comp, p, source=source, required=False)
+    finally:
+        source.close()
+    return parts
 
 
 __all__ = ["load_model", "load_vae", "load_text_encoder", "available_families", "missing_ports", "port", "to_mx",

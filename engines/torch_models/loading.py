@@ -36,8 +36,9 @@ from ..model_files import (
     diffusion_folder,
     diffusion_model_in,
     folder_text_encoders,
+    Parts,
+    complete,
     folder_variant,
-    model_handle,
     resolve,
 )
 from ..tokenizers import find_tokenizer, folder_tokenizer
@@ -95,45 +96,37 @@ def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None) -> M
     wdt = _weight_dtype(engine, dtype)
     vdt = torch_dtype(engine.policy.vae_dtype)
     tdt = torch_dtype(dtype or engine.policy.text_encoder_dtype)
-    extras: dict = {}
-    tes: dict = {}
-    toks: dict = {}
-    vae_model = None
-    vae_cfg: dict = {}
-    if p.is_dir():
-        det = diffusion_folder(p)
-        if det.kind == "diffusers":
-            transformer, vae_model, vae_cfg, tes, toks = _load_folder(engine, p, det, wdt, vdt, tdt)
-        else:
-            transformer = _load_component_folder(engine, p, det, wdt)
-    else:
-        source = open_tensors(p)
-        det = diffusion_model_in(source.tensors, p)
-        prefix = det.components.get("transformer", "")
-        transformer, fp8 = _load_transformer(engine, source, det, prefix, wdt)
-        if fp8:
-            extras["fp8_storage"] = fp8
-        if "vae" in det.parts and vae is None:
-            vae_model, vae_cfg = vae_from(engine, source, det.parts["vae"], det.components["vae"], det.family, det.variant, vdt)
-        for comp, sub, te_prefix in checkpoint_text_encoders(det):
-            sub.variant = comp
-            tes[comp] = text_encoder_from(engine, source, sub, te_prefix, det.family, tdt)
-            toks[comp] = find_tokenizer(comp, p, source=source, required=False)
-        source.close()  # tensors that are views keep the mapping alive on their own
-    family = det.family
-    if vae is not None:
-        vae_model, vae_cfg = load_vae(engine, vae, family=family, variant=det.variant)
-    for te in text_encoders or ():
-        if te is None or te == "":
-            continue
-        key, model, tok = load_text_encoder(engine, te, family=family, dtype=dtype or engine.policy.text_encoder_dtype)
-        tes[key] = model  # an explicit text encoder replaces one the model file carries
-        toks[key] = tok
-    missing_tok = [k for k in tes if toks.get(k) is None]
-    for k in missing_tok:
-        toks[k] = find_tokenizer(k, p, required=True)
-    return model_handle(engine, det, p, transformer=transformer, config=dict(transformer.config), vae=vae_model, vae_config=vae_cfg,
-                        text_encoders=tes, tokenizers=toks, dtype=str(wdt).replace("torch.", ""), extras=extras)
+    parts = _from_folder(engine, p, wdt, vdt, tdt) if p.is_dir() else _from_file(engine, p, vae, wdt, vdt, tdt)
+    te_dtype = dtype or engine.policy.text_encoder_dtype
+    return complete(engine, p, parts, vae=vae, text_encoders=text_encoders,
+                    load_vae=lambda path, **kw: load_vae(engine, path, **kw),
+                    load_text_encoder=lambda path, **kw: load_text_encoder(engine, path, dtype=te_dtype, **kw),
+                    dtype=str(wdt).replace("torch.", ""))
+
+
+def _from_folder(engine, p: Path, wdt, vdt, tdt) -> Parts:
+    det = diffusion_folder(p)
+    if det.kind == "diffusers":
+        transformer, vae_model, vae_cfg, tes, toks = _load_folder(engine, p, det, wdt, vdt, tdt)
+        return Parts(det, transformer, dict(transformer.config), vae_model, vae_cfg, tes, toks)
+    transformer = _load_component_folder(engine, p, det, wdt)
+    return Parts(det, transformer, dict(transformer.config))
+
+
+def _from_file(engine, p: Path, vae, wdt, vdt, tdt) -> Parts:
+    source = open_tensors(p)
+    det = diffusion_model_in(source.tensors, p)
+    prefix = det.components.get("transformer", "")
+    transformer, fp8 = _load_transformer(engine, source, det, prefix, wdt)
+    parts = Parts(det, transformer, dict(transformer.config), extras={"fp8_storage": fp8} if fp8 else {})
+    if "vae" in det.parts and vae is None:
+        parts.vae, parts.vae_config = vae_from(engine, source, det.parts["vae"], det.components["vae"], det.family, det.variant, vdt)
+    for comp, sub, te_prefix in checkpoint_text_encoders(det):
+        sub.variant = comp
+        parts.text_encoders[comp] = text_encoder_from(engine, source, sub, te_prefix, det.family, tdt)
+        parts.tokenizers[comp] = find_tokenizer(comp, p, source=source, required=False)
+    source.close()  # tensors that are views keep the mapping alive on their own
+    return parts
 
 
 def _load_component_folder(engine, p: Path, det: Detection, wdt):
