@@ -43,13 +43,23 @@ class RunResult:
 
 
 class Cache:
-    """Node outputs by signature (class, inputs, upstream signatures). Share one between runs."""
+    """Node outputs by signature (class, inputs, upstream signatures). Share one between runs.
+
+    Like ComfyUI's default cache it holds the last prompt's outputs: after a run completes, entries that run did not
+    use are dropped (:meth:`keep`), so a queue of prompts with varied seeds does not grow memory without bound.
+    """
 
     def __init__(self):
         self.data: dict[str, tuple] = {}
 
     def __len__(self):
         return len(self.data)
+
+    def keep(self, sigs) -> None:
+        """Drop every entry whose signature is not in ``sigs``."""
+        sigs = set(sigs)
+        for k in [k for k in self.data if k not in sigs]:
+            del self.data[k]
 
 
 class _Hidden:
@@ -214,6 +224,7 @@ def run_workflow(
         run.emit("execution_start", {"nodes": run.order})
         for index, nid in enumerate(run.order, 1):
             _execute_node(run, nid, index)
+        run.cache.keep(run.sigs.values())
     run.result.seconds = time.monotonic() - t0
     run.emit("execution_success", {"seconds": run.result.seconds, "files": run.result.files})
     return run.result
