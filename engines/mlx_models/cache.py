@@ -161,10 +161,6 @@ def _check_out(out: Path, sources) -> None:
 
 def convert(engine, path, *, out=None, vae=None, text_encoders=(), dtype: str = "auto") -> Path:
     """Convert the model at ``path`` (with ``vae``/``text_encoders``) into an MLX cache folder; returns the folder."""
-    from ...version import __version__
-    from ...progress import Progress
-
-    mx = _mx()
     if dtype not in DTYPES:
         raise SpriteForgeError(BAD_INPUT, f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
     p = resolve(path, MODEL_KINDS)
@@ -182,60 +178,86 @@ def convert(engine, path, *, out=None, vae=None, text_encoders=(), dtype: str = 
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        comps = {"transformer": handle.transformer}
-        if handle.vae is not None:
-            comps["vae"] = handle.vae
-        for k, m in (handle.text_encoders or {}).items():
-            comps[f"te_{k}"] = m
-        entries = {}
-        with Progress(len(comps), "writing the MLX cache") as bar:
-            for name, model in comps.items():
-                port_key, config, _ = getattr(model, "_sf_port")
-                arrays, stored = _component_arrays(model, dtype)
-                fn = f"{name}.safetensors"
-                mx.save_safetensors(str(tmp / fn), arrays, metadata={"format": "mlx", "spriteforge_port": port_key})
-                del arrays
-                entries[name] = {"file": fn, "port": port_key, "config": _jsonable(config, f"{name} config"),
-                                 "source_dtype": stored}
-                bar.update()
-        toks = {}
-        for k, tok in (handle.tokenizers or {}).items():
-            if tok is None:
-                continue
-            tok.save_pretrained(str(tmp / "tokenizers" / k))
-            toks[k] = {"dir": f"tokenizers/{k}", "class": type(tok).__name__,
-                       "found_at": str(getattr(tok, "name_or_path", "") or "") or None}
-        files = {str(f.relative_to(tmp)): sha256_file(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "spriteforge_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "family": handle.family,
-            "variant": handle.variant,
-            "dtype": dtype,
-            "source": {"path": str(p), "vae": v, "text_encoders": tes, **record},
-            "handle": _jsonable({f: getattr(handle, f) for f in HANDLE_FIELDS}, "handle fields"),
-            "config": _jsonable(handle.config, "transformer config"),
-            "vae_config": _jsonable(handle.vae_config, "VAE config"),
-            "text_encoder_configs": {n[3:]: e["config"] for n, e in entries.items() if n.startswith("te_")},
-            "components": entries,
-            "tokenizers": toks,
-            "files": files,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        old = None
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-            dest.rename(old)
-        tmp.rename(dest)
-        if old is not None:
-            shutil.rmtree(old)
+        entries = _write_components(tmp, handle, dtype)
+        toks = _write_tokenizers(tmp, handle)
+        source = {"path": str(p), "vae": v, "text_encoders": tes, **record}
+        (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp, handle, dtype, source, entries, toks), indent=1))
+        _replace(dest, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("MLX cache of %s written to %s", p.name, dest)
     return dest
+
+
+def _write_components(tmp: Path, handle, dtype: str) -> dict:
+    """One ``<component>.safetensors`` per model part (port-named arrays); their manifest entries."""
+    from ...progress import Progress
+
+    mx = _mx()
+    comps = {"transformer": handle.transformer}
+    if handle.vae is not None:
+        comps["vae"] = handle.vae
+    for k, m in (handle.text_encoders or {}).items():
+        comps[f"te_{k}"] = m
+    entries = {}
+    with Progress(len(comps), "writing the MLX cache") as bar:
+        for name, model in comps.items():
+            port_key, config, _ = getattr(model, "_sf_port")
+            arrays, stored = _component_arrays(model, dtype)
+            fn = f"{name}.safetensors"
+            mx.save_safetensors(str(tmp / fn), arrays, metadata={"format": "mlx", "spriteforge_port": port_key})
+            del arrays
+            entries[name] = {"file": fn, "port": port_key, "config": _jsonable(config, f"{name} config"),
+                             "source_dtype": stored}
+            bar.update()
+    return entries
+
+
+def _write_tokenizers(tmp: Path, handle) -> dict:
+    """A copy of each tokenizer under ``tokenizers/<key>/``; their manifest entries."""
+    toks = {}
+    for k, tok in (handle.tokenizers or {}).items():
+        if tok is None:
+            continue
+        tok.save_pretrained(str(tmp / "tokenizers" / k))
+        toks[k] = {"dir": f"tokenizers/{k}", "class": type(tok).__name__,
+                   "found_at": str(getattr(tok, "name_or_path", "") or "") or None}
+    return toks
+
+
+def _manifest(tmp: Path, handle, dtype: str, source: dict, entries: dict, toks: dict) -> dict:
+    from ...version import __version__
+
+    files = {str(f.relative_to(tmp)): sha256_file(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "spriteforge_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "family": handle.family,
+        "variant": handle.variant,
+        "dtype": dtype,
+        "source": source,
+        "handle": _jsonable({f: getattr(handle, f) for f in HANDLE_FIELDS}, "handle fields"),
+        "config": _jsonable(handle.config, "transformer config"),
+        "vae_config": _jsonable(handle.vae_config, "VAE config"),
+        "text_encoder_configs": {n[3:]: e["config"] for n, e in entries.items() if n.startswith("te_")},
+        "components": entries,
+        "tokenizers": toks,
+        "files": files,
+    }
+
+
+def _replace(dest: Path, tmp: Path) -> None:
+    """``tmp`` becomes ``dest``; an earlier cache there is removed only once the new one is in place."""
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        dest.rename(old)
+    tmp.rename(dest)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 # --------------------------------------------------------------------------- load
