@@ -109,30 +109,13 @@ def _torch_devices() -> list[DeviceInfo]:
         hip = getattr(torch.version, "hip", None)
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
+            common = {"index": i, "name": p.name, "memory_bytes": int(p.total_memory)}
             if hip:
                 arch = getattr(p, "gcnArchName", "") or ""
-                devs.append(
-                    DeviceInfo(
-                        kind="rocm",
-                        index=i,
-                        name=p.name,
-                        memory_bytes=int(p.total_memory),
-                        arch=arch.split(":")[0] or None,
-                        extra={"hip": hip, "gcnArchName": arch},
-                    )
-                )
+                devs.append(DeviceInfo(kind="rocm", arch=arch.split(":")[0] or None, extra={"hip": hip, "gcnArchName": arch}, **common))
             else:
-                devs.append(
-                    DeviceInfo(
-                        kind="cuda",
-                        index=i,
-                        name=p.name,
-                        memory_bytes=int(p.total_memory),
-                        compute_capability=(p.major, p.minor),
-                        arch=f"sm_{p.major}{p.minor}",
-                        extra={"cuda": torch.version.cuda},
-                    )
-                )
+                devs.append(DeviceInfo(kind="cuda", compute_capability=(p.major, p.minor), arch=f"sm_{p.major}{p.minor}",
+                                       extra={"cuda": torch.version.cuda}, **common))
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         devs.append(
