@@ -17,14 +17,19 @@ import json
 import sys
 
 
+def add_workflow_arguments(p) -> None:
+    """WORKFLOW.json and ``--set``: the arguments ``spriteforge run`` and ``spriteforge submit`` share."""
+    p.add_argument("workflow", metavar="WORKFLOW.json", help="workflow file (API format or graph format)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
+                   help="override an input (VALUE is parsed as JSON when possible); repeatable")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "run", help="run an exported workflow (API or graph JSON) in-process, without ComfyUI",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("workflow", metavar="WORKFLOW.json", help="workflow file (API format or graph format)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
-                   help="override an input (VALUE is parsed as JSON when possible); repeatable")
+    add_workflow_arguments(p)
     p.add_argument("--models", metavar="DIR", help="models root laid out like ComfyUI's models/ folder")
     p.add_argument("--out", metavar="DIR", default="output", help="output folder (default ./output)")
     p.add_argument("--input", metavar="DIR", help="LoadImage's input folder (default ./input, or the input/ folder "

@@ -17,17 +17,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .run import add_workflow_arguments
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "submit", help="queue a workflow on running ComfyUI servers and download the results",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("workflow", metavar="WORKFLOW.json", help="workflow file (API format or graph format)")
+    add_workflow_arguments(p)
     p.add_argument("--server", dest="servers", action="append", default=[], metavar="URL",
                    help="ComfyUI address (default http://127.0.0.1:8188); repeat to spread a batch over servers")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
-                   help="override an input (VALUE is parsed as JSON when possible); repeatable")
     p.add_argument("--prompts", metavar="FILE", help="batch: one run per line of FILE (replaces the positive prompt)")
     p.add_argument("--prompt-input", metavar="NODE_ID.INPUT",
                    help="the input each --prompts line replaces (default: first SpriteForgeEncodePrompt's 'positive')")

@@ -38,6 +38,20 @@ DITHER_CHOICES = list(DITHERS)
 SNAP_CHOICES = ["none", "8", "16", "32"]
 
 
+def _mask_in():
+    return io.Mask.Input("mask", optional=True, tooltip=MASK_TIP)
+
+
+def _invert_mask_in():
+    return io.Boolean.Input("invert_mask", default=False,
+                            tooltip="Turn on when the mask comes straight from LoadImage (there 1 = transparent).")
+
+
+def _image_and_mask_out() -> list:
+    return [io.Image.Output(display_name="image", tooltip=TIP_OUT_IMAGE),
+            io.Mask.Output(display_name="mask", tooltip=TIP_OUT_MASK)]
+
+
 # --------------------------------------------------------------------------- tensor <-> numpy
 
 def _bad(msg: str) -> SpriteForgeError:
@@ -121,12 +135,10 @@ class PixelDownscale(io.ComfyNode):
                 io.Int.Input("factor", default=8, min=1, max=64, tooltip="Cell size in pixels when mode is 'factor'."),
                 io.Int.Input("width", default=64, min=1, max=4096, tooltip="Target width when mode is 'size'."),
                 io.Int.Input("height", default=64, min=1, max=4096, tooltip="Target height when mode is 'size'."),
-                io.Boolean.Input("invert_mask", default=False,
-                                 tooltip="Turn on when the mask comes straight from LoadImage (there 1 = transparent)."),
-                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
+                _invert_mask_in(),
+                _mask_in(),
             ],
-            outputs=[io.Image.Output(display_name="image", tooltip=TIP_OUT_IMAGE),
-                     io.Mask.Output(display_name="mask", tooltip=TIP_OUT_MASK)],
+            outputs=_image_and_mask_out(),
         )
 
     @classmethod
@@ -154,10 +166,9 @@ class PixelUpscale(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="Pixel-art images to enlarge."),
                 io.Int.Input("factor", default=4, min=1, max=64, tooltip="Each pixel becomes factor x factor pixels."),
-                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
+                _mask_in(),
             ],
-            outputs=[io.Image.Output(display_name="image", tooltip=TIP_OUT_IMAGE),
-                     io.Mask.Output(display_name="mask", tooltip=TIP_OUT_MASK)],
+            outputs=_image_and_mask_out(),
         )
 
     @classmethod
@@ -184,9 +195,8 @@ class PixelGridRecover(io.ComfyNode):
                                "sprite comes back as 63px)."),
                 io.Float.Input("max_scale", default=0.0, min=0.0, max=256.0, step=0.5,
                                tooltip="Largest cell size to consider in pixels (0 = automatic, up to a third of the image)."),
-                io.Boolean.Input("invert_mask", default=False,
-                                 tooltip="Turn on when the mask comes straight from LoadImage (there 1 = transparent)."),
-                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
+                _invert_mask_in(),
+                _mask_in(),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The image on its native pixel grid (one pixel per cell)."),
                      io.Mask.Output(display_name="mask", tooltip=TIP_OUT_MASK),
@@ -244,7 +254,7 @@ class PixelPaletteExtract(io.ComfyNode):
                 io.Combo.Input("method", options=list(P.METHODS), default="kmeans",
                                tooltip="kmeans = best perceptual fit (seeded, deterministic); median_cut; octree."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the k-means start: same seed, same palette."),
-                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
+                _mask_in(),
             ],
             outputs=[PaletteType.Output(display_name="palette", tooltip="The palette, for Quantize, Save Indexed and Sprite Sheet."),
                      io.Image.Output(display_name="preview", tooltip="The palette as a strip of swatches.")],
@@ -301,10 +311,9 @@ class PixelQuantize(io.ComfyNode):
                                tooltip="How much of the error (or Bayer offset) is applied: 0 = no dithering."),
                 io.Boolean.Input("protect_edges", default=True,
                                  tooltip="Leave dark outlines and silhouette edges undithered (their nearest colour)."),
-                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
+                _mask_in(),
             ],
-            outputs=[io.Image.Output(display_name="image", tooltip=TIP_OUT_IMAGE),
-                     io.Mask.Output(display_name="mask", tooltip=TIP_OUT_MASK)],
+            outputs=_image_and_mask_out(),
         )
 
     @classmethod
@@ -346,12 +355,10 @@ class PixelAlphaCleanup(io.ComfyNode):
                                 tooltip="Outline colour as hex (#rrggbb), or 'index:N' for colour N of the palette."),
                 io.Boolean.Input("bleed", default=True,
                                  tooltip="Fill transparent pixels' colour from the edge so filtering shows no dark halo."),
-                io.Boolean.Input("invert_mask", default=False,
-                                 tooltip="Turn on when the mask comes straight from LoadImage (there 1 = transparent)."),
+                _invert_mask_in(),
                 PaletteType.Input("palette", optional=True, tooltip="Palette for 'index:N' outline colours."),
             ],
-            outputs=[io.Image.Output(display_name="image", tooltip=TIP_OUT_IMAGE),
-                     io.Mask.Output(display_name="mask", tooltip=TIP_OUT_MASK)],
+            outputs=_image_and_mask_out(),
         )
 
     @classmethod
@@ -448,7 +455,7 @@ class PixelSpriteSheet(io.ComfyNode):
                 io.Boolean.Input("indexed", default=True, tooltip="Save as an indexed PNG (mode P, index 0 transparent)."),
                 io.Int.Input("frame_duration_ms", default=100, min=1, max=10000, tooltip="Frame duration written to the atlas."),
                 PaletteType.Input("palette", optional=True, tooltip="Palette for the indexed sheet (else the frames' colours)."),
-                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
+                _mask_in(),
             ],
             outputs=[io.Image.Output(display_name="sheet", tooltip="The sprite sheet image (as saved, in RGB)."),
                      io.Mask.Output(display_name="mask", tooltip="The sheet's alpha: 1 = sprite pixel, 0 = transparent.")],
@@ -497,7 +504,7 @@ class PixelSliceTiles(io.ComfyNode):
                 io.Int.Input("margin", default=0, min=0, max=1024, tooltip="Border around the whole tileset (Tiled's margin)."),
                 io.Int.Input("spacing", default=0, min=0, max=1024, tooltip="Gap between tiles (Tiled's spacing)."),
                 io.Boolean.Input("skip_empty", default=True, tooltip="Drop tiles that are fully transparent (needs a mask)."),
-                io.Mask.Input("mask", optional=True, tooltip=MASK_TIP),
+                _mask_in(),
             ],
             outputs=[io.Image.Output(display_name="tiles", tooltip="The tiles as a batch [N,h,w,3], row by row."),
                      io.Mask.Output(display_name="masks", tooltip="Each tile's alpha [N,h,w]: 1 = opaque."),
