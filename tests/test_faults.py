@@ -23,6 +23,7 @@ torch = pytest.importorskip("torch")
 from spriteforge.errors import OUT_OF_MEMORY, SpriteForgeError  # noqa: E402
 from spriteforge.oom import is_oom, run_in_chunks  # noqa: E402
 from spriteforge.progress import Interrupted, clear_interrupt, request_interrupt  # noqa: E402
+from spriteforge.tests.test_submit import servers  # noqa: E402,F401  (fake ComfyUI servers with an input image)
 
 REPO = Path(__file__).resolve().parents[1]
 WF = REPO / "workflows" / "api" / "sprite_demo.json"
@@ -241,26 +242,6 @@ def _two_outputs_wf():
     })
 
 
-@pytest.fixture
-def fake_servers(tmp_path):
-    from spriteforge.tests.test_submit import FakeComfy
-
-    made = []
-
-    def make(name, **kw):
-        s = FakeComfy(tmp_path / f"srv_{name}", **kw)
-        rgba = np.zeros((16, 16, 4), np.uint8)
-        rgba[4:12, 4:12] = [250, 40, 40, 255]
-        Image.fromarray(rgba).save(s.root / "input" / "sprite.png")
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        if not s.stopped:
-            s.stop()
-
-
 def _each_once(jobs, out: Path, lines):
     assert [j.status for j in jobs] == ["done"] * len(lines), [(j.status, j.error) for j in jobs]
     files = sorted(p.name for p in out.rglob("*.png"))
@@ -271,11 +252,11 @@ def _each_once(jobs, out: Path, lines):
     assert sorted(str(f) for j in jobs for f in j.files) == sorted(str(p) for p in out.rglob("*.png"))
 
 
-def test_submit_server_crash_mid_batch_loses_nothing(fake_servers, tmp_path):
+def test_submit_server_crash_mid_batch_loses_nothing(servers, tmp_path):
     from spriteforge.workflow.submit import submit_workflow
 
-    a = fake_servers("a", crash_after=2, node_delay=0.02)  # runs two prompts, then dies with more in its queue
-    b = fake_servers("b", node_delay=0.02)
+    a = servers("a", crash_after=2, node_delay=0.02)  # runs two prompts, then dies with more in its queue
+    b = servers("b", node_delay=0.02)
     lines = [f"p{i}" for i in range(8)]
     events = []
     jobs = submit_workflow(_two_outputs_wf(), [a.url, b.url], prompts=lines, prompt_input="3.filename_prefix",
@@ -288,11 +269,11 @@ def test_submit_server_crash_mid_batch_loses_nothing(fake_servers, tmp_path):
     _each_once(jobs, tmp_path / "out", lines)
 
 
-def test_submit_server_drop_while_downloading_writes_each_result_once(fake_servers, tmp_path):
+def test_submit_server_drop_while_downloading_writes_each_result_once(servers, tmp_path):
     from spriteforge.workflow.submit import submit_workflow
 
-    a = fake_servers("a", drop_on_view=2)  # dies after the first of a job's two downloads
-    b = fake_servers("b")
+    a = servers("a", drop_on_view=2)  # dies after the first of a job's two downloads
+    b = servers("b")
     lines = ["q0", "q1", "q2"]
     jobs = submit_workflow(_two_outputs_wf(), [a.url, b.url], prompts=lines, prompt_input="3.filename_prefix",
                            out_dir=tmp_path / "out", timeout=120, poll_interval=0.1, max_inflight=1)
