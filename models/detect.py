@@ -211,6 +211,12 @@ def _sd3(t: dict[str, TensorInfo], original: bool) -> Detection:
     return _finish(det, rel)
 
 
+def _patch_config(cfg: dict, heads: int, head_dim: int, in_ch: int, out: int, patch: int, layers: int, **more) -> None:
+    """The fields every patch-embedding DiT's config (PixArt, Sana, DiT) takes from the file's shapes, and ``more``."""
+    cfg.update(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=in_ch, out_channels=out // (patch * patch),
+               num_layers=layers, patch_size=patch, **more)
+
+
 def _pixart(t: dict[str, TensorInfo], original: bool) -> Detection:
     n, blocks = _layout("pixart", t, original)
     pe = t[n("pos_embed.proj.weight")].shape
@@ -235,19 +241,8 @@ def _pixart(t: dict[str, TensorInfo], original: bool) -> Detection:
     rel = _release(name)
     heads, hd = _heads(hidden, (72, 64))
     cfg = rel["transformer"]
-    cfg.update(
-        num_attention_heads=heads,
-        attention_head_dim=hd,
-        in_channels=in_ch,
-        out_channels=out // (patch * patch),
-        num_layers=layers,
-        cross_attention_dim=hidden,
-        sample_size=sample,
-        patch_size=patch,
-        caption_channels=caption,
-        use_additional_conditions=bool(extra_cond),
-        interpolation_scale=interp,
-    )
+    _patch_config(cfg, heads, hd, in_ch, out, patch, layers, cross_attention_dim=hidden, sample_size=sample, caption_channels=caption,
+                  use_additional_conditions=bool(extra_cond), interpolation_scale=interp)
     det = Detection("pixart", f"{gen}-{res}", "transformer", cfg, layout="original" if original else "diffusers")
     if tokens:
         det.extras["max_sequence_length"] = 300 if tokens >= 300 else tokens
@@ -270,19 +265,8 @@ def _sana(t: dict[str, TensorInfo], original: bool) -> Detection:
     cfg = rel["transformer"]
     heads, hd = _heads(hidden, (32,))
     cross = {1152: (16, 72), 2240: (20, 112)}.get(hidden, (heads, hd))
-    cfg.update(
-        in_channels=in_ch,
-        out_channels=out // (patch * patch),
-        num_attention_heads=heads,
-        attention_head_dim=hd,
-        num_layers=layers,
-        num_cross_attention_heads=cross[0],
-        cross_attention_head_dim=cross[1],
-        cross_attention_dim=hidden,
-        caption_channels=caption,
-        mlp_ratio=inv / (2 * hidden),
-        patch_size=patch,
-    )
+    _patch_config(cfg, heads, hd, in_ch, out, patch, layers, num_cross_attention_heads=cross[0], cross_attention_head_dim=cross[1],
+                  cross_attention_dim=hidden, caption_channels=caption, mlp_ratio=inv / (2 * hidden))
     if hidden not in (1152, 2240):
         variant = f"{variant}-like"
     det = Detection("sana", variant, "transformer", cfg, layout="original" if original else "diffusers")
@@ -304,16 +288,7 @@ def _dit(t: dict[str, TensorInfo], original: bool) -> Detection:
     rel = _release(f"dit-{(size or 'xl').lower()}-2-{res}")
     heads, hd = {1152: (16, 72), 1024: (16, 64), 768: (12, 64), 384: (6, 64)}.get(hidden) or _heads(hidden, (64, 72))
     cfg = rel["transformer"]
-    cfg.update(
-        num_attention_heads=heads,
-        attention_head_dim=hd,
-        in_channels=in_ch,
-        out_channels=out // (patch * patch),
-        num_layers=layers,
-        sample_size=sample,
-        patch_size=patch,
-        num_embeds_ada_norm=1000,
-    )
+    _patch_config(cfg, heads, hd, in_ch, out, patch, layers, sample_size=sample, num_embeds_ada_norm=1000)
     variant = f"{size or 'custom'}/{patch}-{res}"
     det = Detection("dit", variant, "transformer", cfg, layout="original" if original else "diffusers")
     det.extras["num_classes"] = classes - 1 if classes % 2 == 1 else classes
