@@ -24,7 +24,8 @@ import numpy as np
 from ...errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
 from ...log import get_logger
 from ..denoiser import Denoiser
-from ..model_inputs import dit_labels, is_fill_model, pixart_max_length, sana_texts
+from ..model_inputs import is_fill_model
+from ..text_encoding import TextEncoding, text_encoder
 
 log = get_logger("mlx")
 
@@ -33,39 +34,6 @@ def _mx():
     import mlx.core as mx
 
     return mx
-
-
-# role -> names to look for, per family (as the torch engine)
-_ROLE_NAMES = {
-    "pixart": {"t5": ("t5", "t5xxl", "text_encoder")},
-    "sd3": {"clip_l": ("clip_l", "text_encoder"), "clip_g": ("clip_g", "text_encoder_2"), "t5": ("t5", "t5xxl", "text_encoder_3")},
-    "flux": {"clip_l": ("clip_l", "text_encoder"), "t5": ("t5", "t5xxl", "text_encoder_2")},
-    "sana": {"gemma": ("gemma", "gemma2", "text_encoder")},
-    "dit": {},
-}
-
-
-def _lookup(d: dict, names):
-    for n in names:
-        if d.get(n) is not None:
-            return d[n]
-    return None
-
-
-def _role(handle, role, required=True):
-    names = _ROLE_NAMES.get(handle.family, {}).get(role, (role,))
-    enc = _lookup(handle.text_encoders or {}, names)
-    tok = _lookup(handle.tokenizers or {}, names)
-    if (enc is None or tok is None) and required:
-        what = {"t5": "a T5 text encoder", "clip_l": "a CLIP-L text encoder", "clip_g": "a CLIP-G (bigG) text encoder",
-                "gemma": "a Gemma-2 text encoder"}.get(role, role)
-        raise SpriteForgeError(
-            MODEL_NOT_FOUND,
-            f"{handle.family} needs {what} (with its tokenizer) to encode prompts, and the loaded model has none. "
-            "Choose it in the loader's text encoder inputs (or --text-encoder), or load a diffusers folder that contains it.",
-            details={"family": handle.family, "role": role},
-        )
-    return enc, tok
 
 
 def _module_dtype(module):
@@ -109,82 +77,55 @@ def _hidden(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _t5(handle, prompts, max_length, required=True):
-    mx = _mx()
-    enc, tok = _role(handle, "t5", required=required)
-    if enc is None:
-        return None, None
-    ids, mask = _tokenize(tok, prompts, max_length)
-    emb = _hidden(enc(ids, attention_mask=mask))
-    mx.eval(emb)
-    if not bool(mx.all(mx.isfinite(emb)).item()):
-        # T5 overflows in fp16 on some inputs: run it again in fp32 (restored afterwards)
-        log.warning("the T5 text encoder gave NaN/inf in %s: encoding again in float32", _module_dtype(enc))
-        with _as_dtype(enc, mx.float32):
-            emb = _hidden(enc(ids, attention_mask=mask))
-            mx.eval(emb)
-    return emb.astype(mx.float32), mask
+class MLXTextEncoding(TextEncoding):
+    """Prompt encoding with the MLX text encoder ports (the family logic is :class:`~spriteforge.engines.text_encoding.TextEncoding`)."""
 
+    engine_name = "MLX"
 
-def _clip(handle, role, prompts):
-    mx = _mx()
-    enc, tok = _role(handle, role)
-    ml = min(int(getattr(tok, "model_max_length", 77) or 77), 77)
-    ids, _ = _tokenize(tok, prompts, ml)
-    hidden, pooled = enc(ids)
-    return hidden[-2].astype(mx.float32), pooled.astype(mx.float32)
+    def _t5(self, prompts, max_length, required=True):
+        mx = _mx()
+        enc, tok = text_encoder(self.handle, "t5", required=required)
+        if enc is None:
+            return None, None
+        ids, mask = _tokenize(tok, prompts, max_length)
+        emb = _hidden(enc(ids, attention_mask=mask))
+        mx.eval(emb)
+        if not bool(mx.all(mx.isfinite(emb)).item()):
+            # T5 overflows in fp16 on some inputs: run it again in fp32 (restored afterwards)
+            log.warning("the T5 text encoder gave NaN/inf in %s: encoding again in float32", _module_dtype(enc))
+            with _as_dtype(enc, mx.float32):
+                emb = _hidden(enc(ids, attention_mask=mask))
+                mx.eval(emb)
+        return emb.astype(mx.float32), mask
 
+    def _clip(self, role, prompts):
+        mx = _mx()
+        enc, tok = text_encoder(self.handle, role)
+        ml = min(int(getattr(tok, "model_max_length", 77) or 77), 77)
+        ids, _ = _tokenize(tok, prompts, ml)
+        hidden, pooled = enc(ids)
+        return hidden[-2].astype(mx.float32), pooled.astype(mx.float32)
 
-def encode_text(engine, handle, prompts, *, max_length: int | None = None, guidance: float | None = None,
-                complex_human_instruction=False, class_labels=None, negative: bool = False, **_opts):
-    """Conditioning for ``prompts`` with the family's text encoders, as mx arrays (see the torch twin)."""
-    from ..base import Conditioning
-
-    mx = _mx()
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = [str(p) for p in prompts]
-    fam = handle.family
-    cond = Conditioning(family=fam, prompts=list(prompts), guidance=guidance)
-    if fam == "dit":
-        cond.class_labels = dit_labels(handle, prompts, negative=negative, given=class_labels)
-        return cond
-    if fam == "pixart":
-        cond.embeds, cond.mask = _t5(handle, prompts, pixart_max_length(handle, max_length))
-    elif fam == "sana":
-        enc, tok = _role(handle, "gemma")
-        ml = max_length or 300
-        texts, total, keep = sana_texts(tok, prompts, ml, complex_human_instruction, negative)
-        if hasattr(tok, "padding_side"):
-            tok.padding_side = "right"
+    def _gemma(self, enc, tok, texts, total, keep):
+        mx = _mx()
         ids, mask = _tokenize(tok, texts, total)
         emb = _hidden(enc(ids, attention_mask=mask)).astype(mx.float32)
         if keep is not None:
             sel = mx.array(keep)
             emb, mask = emb[:, sel], mask[:, sel]
-        cond.embeds, cond.mask = emb, mask
-    elif fam == "sd3":
-        joint = int((handle.config or {}).get("joint_attention_dim") or 4096)
-        l_h, l_p = _clip(handle, "clip_l", prompts)
-        g_h, g_p = _clip(handle, "clip_g", prompts)
-        clip_h = mx.concatenate([l_h, g_h], axis=-1)
-        t5, _ = _t5(handle, prompts, max_length or 256, required=False)
-        if t5 is None:
-            t5 = mx.zeros((len(prompts), max_length or 256, joint), dtype=mx.float32)
-        clip_h = mx.pad(clip_h, [(0, 0), (0, 0), (0, t5.shape[-1] - clip_h.shape[-1])])
-        cond.embeds = mx.concatenate([clip_h, t5], axis=-2)
-        cond.pooled = mx.concatenate([l_p, g_p], axis=-1)
-    elif fam == "flux":
-        _, pooled = _clip(handle, "clip_l", prompts)
-        schnell = "schnell" in (handle.variant or "").lower()
-        t5, _ = _t5(handle, prompts, max_length or (256 if schnell else 512))
-        cond.embeds, cond.pooled = t5, pooled
-        if cond.guidance is None:
-            cond.guidance = 3.5
-    else:
-        raise SpriteForgeError(BAD_INPUT, f"family {fam!r} has no text encoding in the MLX engine.")
-    mx.eval([a for a in (cond.embeds, cond.mask, cond.pooled) if a is not None])
-    return cond
+        return emb, mask
+
+    def _pad_last(self, x, n):
+        return _mx().pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
+
+    def _done(self, cond):
+        _mx().eval([a for a in (cond.embeds, cond.mask, cond.pooled) if a is not None])
+        return cond
+
+
+def encode_text(engine, handle, prompts, **options):
+    """Conditioning for ``prompts`` with the family's text encoders, as mx arrays (see :meth:`TextEncoding.encode`)."""
+    return MLXTextEncoding(engine, handle).encode(prompts, **options)
 
 
 # --------------------------------------------------------------------------- denoiser

@@ -29,21 +29,11 @@ from ...log import get_logger
 from ...oom import empty_device_cache, run_in_chunks
 from ...progress import Progress
 from ..denoiser import Denoiser
-from ..model_inputs import SANA_CHI, dit_labels, is_fill_model, pixart_max_length, sana_texts
+from ..model_inputs import SANA_CHI, is_fill_model
+from ..text_encoding import TextEncoding, text_encoder
 from .interrupt import conv_count, conv_steps, kl_tiles
 
 log = get_logger("torch")
-
-# role -> names to look for, per family (diffusers component names last)
-_ROLE_NAMES = {
-    "pixart": {"t5": ("t5", "t5xxl", "text_encoder")},
-    "sd3": {"clip_l": ("clip_l", "text_encoder"), "clip_g": ("clip_g", "text_encoder_2"), "t5": ("t5", "t5xxl", "text_encoder_3")},
-    "flux": {"clip_l": ("clip_l", "text_encoder"), "t5": ("t5", "t5xxl", "text_encoder_2")},
-    "sana": {"gemma": ("gemma", "gemma2", "text_encoder")},
-    "dit": {},
-}
-
-
 
 def _torch():
     import torch
@@ -58,29 +48,6 @@ def _module_device_dtype(module, fallback_device=None):
         return p.device, p.dtype
     except (StopIteration, AttributeError):
         return fallback_device or torch.device("cpu"), torch.float32
-
-
-def _lookup(d: dict, names) -> object | None:
-    for n in names:
-        if d.get(n) is not None:
-            return d[n]
-    return None
-
-
-def _role(handle, role, required=True):
-    names = _ROLE_NAMES.get(handle.family, {}).get(role, (role,))
-    enc = _lookup(handle.text_encoders or {}, names)
-    tok = _lookup(handle.tokenizers or {}, names)
-    if (enc is None or tok is None) and required:
-        what = {"t5": "a T5 text encoder", "clip_l": "a CLIP-L text encoder", "clip_g": "a CLIP-G (bigG) text encoder",
-                "gemma": "a Gemma-2 text encoder"}.get(role, role)
-        raise SpriteForgeError(
-            MODEL_NOT_FOUND,
-            f"{handle.family} needs {what} (with its tokenizer) to encode prompts, and the loaded model has none. "
-            "Choose it in the loader's text encoder inputs (or --text-encoder), or load a diffusers folder that contains it.",
-            details={"family": handle.family, "role": role},
-        )
-    return enc, tok
 
 
 # --------------------------------------------------------------------------- ComfyUI memory manager
@@ -133,97 +100,73 @@ def _tokenize(tok, prompts, max_length):
                add_special_tokens=True, return_tensors="pt")
 
 
-def _t5(handle, prompts, max_length, required=True):
-    enc, tok = _role(handle, "t5", required=required)
-    if enc is None:
-        return None, None
-    torch = _torch()
-    dev, _ = _module_device_dtype(enc)
-    ti = _tokenize(tok, prompts, max_length)
-    mask = ti["attention_mask"].to(dev)
-    out = enc(ti["input_ids"].to(dev), attention_mask=mask)
-    emb = out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
-    if not torch.isfinite(emb).all():
-        # T5 overflows in fp16 on some inputs: run it again in fp32 (restored afterwards)
-        log.warning("the T5 text encoder gave NaN/inf in %s: encoding again in float32", _module_device_dtype(enc)[1])
-        with _vae_dtype(enc, torch.float32):
-            out = enc(ti["input_ids"].to(dev), attention_mask=mask)
-            emb = out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
-    return emb.to(torch.float32), mask
+def _hidden(out):
+    return out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
 
 
-def _clip(handle, role, prompts):
-    enc, tok = _role(handle, role)
-    torch = _torch()
-    dev, _ = _module_device_dtype(enc)
-    ml = min(int(getattr(tok, "model_max_length", 77) or 77), 77)
-    ti = _tokenize(tok, prompts, ml)
-    out = enc(ti["input_ids"].to(dev), output_hidden_states=True)
-    hidden = out.hidden_states[-2]
-    pooled = getattr(out, "text_embeds", None)
-    if pooled is None:
-        pooled = getattr(out, "pooler_output", None)
-    if pooled is None:
-        pooled = out[0] if out[0].ndim == 2 else out[0][:, -1]
-    return hidden.to(torch.float32), pooled.to(torch.float32)
+class TorchTextEncoding(TextEncoding):
+    """Prompt encoding with torch text encoders (the family logic is :class:`~spriteforge.engines.text_encoding.TextEncoding`)."""
+
+    engine_name = "torch"
+
+    @contextlib.contextmanager
+    def _context(self):
+        torch = _torch()
+        with torch.no_grad():
+            comfy_load([m for m in (self.handle.text_encoders or {}).values()])
+            yield
+
+    def _t5(self, prompts, max_length, required=True):
+        enc, tok = text_encoder(self.handle, "t5", required=required)
+        if enc is None:
+            return None, None
+        torch = _torch()
+        dev, _ = _module_device_dtype(enc)
+        ti = _tokenize(tok, prompts, max_length)
+        mask = ti["attention_mask"].to(dev)
+        emb = _hidden(enc(ti["input_ids"].to(dev), attention_mask=mask))
+        if not torch.isfinite(emb).all():
+            # T5 overflows in fp16 on some inputs: run it again in fp32 (restored afterwards)
+            log.warning("the T5 text encoder gave NaN/inf in %s: encoding again in float32", _module_device_dtype(enc)[1])
+            with _vae_dtype(enc, torch.float32):
+                emb = _hidden(enc(ti["input_ids"].to(dev), attention_mask=mask))
+        return emb.to(torch.float32), mask
+
+    def _clip(self, role, prompts):
+        enc, tok = text_encoder(self.handle, role)
+        torch = _torch()
+        dev, _ = _module_device_dtype(enc)
+        ml = min(int(getattr(tok, "model_max_length", 77) or 77), 77)
+        ti = _tokenize(tok, prompts, ml)
+        out = enc(ti["input_ids"].to(dev), output_hidden_states=True)
+        hidden = out.hidden_states[-2]
+        pooled = getattr(out, "text_embeds", None)
+        if pooled is None:
+            pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            pooled = out[0] if out[0].ndim == 2 else out[0][:, -1]
+        return hidden.to(torch.float32), pooled.to(torch.float32)
+
+    def _gemma(self, enc, tok, texts, total, keep):
+        torch = _torch()
+        dev, _ = _module_device_dtype(enc)
+        ti = _tokenize(tok, texts, total)
+        mask = ti["attention_mask"].to(dev)
+        emb = _hidden(enc(ti["input_ids"].to(dev), attention_mask=mask)).to(torch.float32)
+        if keep is not None:
+            emb, mask = emb[:, keep], mask[:, keep]
+        return emb, mask
+
+    def _pad_last(self, x, n):
+        return _torch().nn.functional.pad(x, (0, n - x.shape[-1]))
+
+    def _like(self, x, ref):
+        return x.to(ref.device)
 
 
-def encode_text(engine, handle, prompts, *, max_length: int | None = None, guidance: float | None = None,
-                complex_human_instruction=False, class_labels=None, negative: bool = False, **_opts):
-    """Conditioning for ``prompts`` (a list of strings) with the family's text encoders.
-
-    ``negative`` marks an unconditional/negative encoding (DiT: the null class).
-    """
-    from ..base import Conditioning
-
-    torch = _torch()
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = [str(p) for p in prompts]
-    fam = handle.family
-    cond = Conditioning(family=fam, prompts=list(prompts), guidance=guidance)
-    with torch.no_grad():
-        if fam == "dit":
-            cond.class_labels = dit_labels(handle, prompts, negative=negative, given=class_labels)
-            return cond
-        comfy_load([m for m in (handle.text_encoders or {}).values()])
-        if fam == "pixart":
-            cond.embeds, cond.mask = _t5(handle, prompts, pixart_max_length(handle, max_length))
-        elif fam == "sana":
-            enc, tok = _role(handle, "gemma")
-            dev, _ = _module_device_dtype(enc)
-            ml = max_length or 300
-            texts, total, keep = sana_texts(tok, prompts, ml, complex_human_instruction, negative)
-            if hasattr(tok, "padding_side"):
-                tok.padding_side = "right"
-            ti = _tokenize(tok, texts, total)
-            mask = ti["attention_mask"].to(dev)
-            out = enc(ti["input_ids"].to(dev), attention_mask=mask)
-            emb = (out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state).to(torch.float32)
-            if keep is not None:
-                emb, mask = emb[:, keep], mask[:, keep]
-            cond.embeds, cond.mask = emb, mask
-        elif fam == "sd3":
-            joint = int((handle.config or {}).get("joint_attention_dim") or getattr(getattr(handle.transformer, "config", None), "joint_attention_dim", 4096))
-            l_h, l_p = _clip(handle, "clip_l", prompts)
-            g_h, g_p = _clip(handle, "clip_g", prompts)
-            clip_h = torch.cat([l_h, g_h], dim=-1)
-            t5, _ = _t5(handle, prompts, max_length or 256, required=False)
-            if t5 is None:
-                t5 = torch.zeros(len(prompts), max_length or 256, joint, device=clip_h.device)
-            clip_h = torch.nn.functional.pad(clip_h, (0, t5.shape[-1] - clip_h.shape[-1]))
-            cond.embeds = torch.cat([clip_h, t5.to(clip_h.device)], dim=-2)
-            cond.pooled = torch.cat([l_p, g_p], dim=-1)
-        elif fam == "flux":
-            _, pooled = _clip(handle, "clip_l", prompts)
-            schnell = "schnell" in (handle.variant or "").lower()
-            t5, _ = _t5(handle, prompts, max_length or (256 if schnell else 512))
-            cond.embeds, cond.pooled = t5, pooled.to(t5.device)
-            if cond.guidance is None:
-                cond.guidance = 3.5
-        else:
-            raise SpriteForgeError(BAD_INPUT, f"family {fam!r} has no text encoding in the torch engine.")
-    return cond
+def encode_text(engine, handle, prompts, **options):
+    """Conditioning for ``prompts`` (a list of strings) with the family's text encoders (see :meth:`TextEncoding.encode`)."""
+    return TorchTextEncoding(engine, handle).encode(prompts, **options)
 
 
 # --------------------------------------------------------------------------- denoiser
