@@ -42,7 +42,7 @@ class _Interrupt(Exception):
     pass
 
 
-_RUN_LOCK = threading.Lock()  # the runner's folders are process-wide: one fake executes at a time
+_RUN_LOCK = threading.Lock()  # one fake executes at a time, as one ComfyUI does (interrupts are process-wide)
 
 
 class FakeComfy:

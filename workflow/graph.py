@@ -268,43 +268,6 @@ def _graph_to_api(graph: dict, info: dict | None, *, strict: bool, titles: bool)
     info = object_info() if info is None else info
     nodes = {str(n.get("id")): n for n in graph["nodes"]}
     links = _links_table(graph)
-
-    def resolve(link_id, seen=()):
-        """Follow a link through reroutes and bypassed nodes: ('link', node_id, slot) | ('value', v) | None."""
-        if link_id is None or link_id not in links:
-            return None
-        origin, slot, _t, _s, typ = links[link_id]
-        src = nodes.get(str(origin))
-        if src is None or str(origin) in seen:
-            return None
-        seen = seen + (str(origin),)
-        stype = src.get("type")
-        if stype == "Reroute":
-            ins = src.get("inputs") or []
-            return resolve(ins[0].get("link"), seen) if ins else None
-        if stype in ("PrimitiveNode", "Primitive"):
-            vals = src.get("widgets_values") or []
-            return ("value", vals[0]) if vals else None
-        if src.get("mode") == MODE_MUTED:
-            return None
-        if src.get("mode") == MODE_BYPASS:
-            ins = src.get("inputs") or []
-            otype = None
-            outs = src.get("outputs") or []
-            if isinstance(slot, int) and slot < len(outs):
-                otype = outs[slot].get("type")
-            otype = otype or typ
-            cands = []
-            if isinstance(slot, int) and slot < len(ins) and types_match(str(ins[slot].get("type")), otype):
-                cands.append(ins[slot])
-            cands += [i for i in ins if types_match(str(i.get("type")), otype) and i.get("link") is not None]
-            for c in cands:
-                r = resolve(c.get("link"), seen)
-                if r is not None:
-                    return r
-            return None
-        return ("link", str(origin), int(slot))
-
     out: dict = {}
     for nid, node in nodes.items():
         ctype = node.get("type")
@@ -317,41 +280,8 @@ def _graph_to_api(graph: dict, info: dict | None, *, strict: bool, titles: bool)
                            f"provides it, or run the workflow on a ComfyUI that has it (`spriteforge submit`).",
                            node_id=nid, class_type=ctype)
             continue
-        inputs: dict = {}
-        values = node.get("widgets_values")
-        if isinstance(values, dict):
-            for name, _cat, typ, opts in ordered_inputs(desc):
-                if name in values and is_widget(typ, opts):
-                    inputs[name] = values[name]
-        else:
-            values = list(values or [])
-            slots = widget_slots(desc)
-            for i, name in enumerate(slots):
-                if name is None:
-                    continue
-                if i < len(values):
-                    if values[i] is not None:  # the editor's `undefined` (an empty combo): not sent
-                        inputs[name] = values[i]
-                else:
-                    _c, _t, opts = input_spec(desc, name)
-                    if "default" in opts:
-                        inputs[name] = opts["default"]
-        for slot in node.get("inputs") or []:
-            name = slot.get("name")
-            if name is None:
-                continue
-            cat, typ, opts = input_spec(desc, name)
-            lid = slot.get("link")
-            if lid is None:
-                continue
-            r = resolve(lid)
-            if r is None:
-                inputs.pop(name, None) if not is_widget(typ, opts) else None
-                continue
-            if r[0] == "value":
-                inputs[name] = r[1]
-            else:
-                inputs[name] = [r[1], r[2]]
+        inputs = _widget_inputs(node, desc)
+        _link_inputs(node, desc, inputs, lambda lid: _follow_link(nodes, links, lid))
         for k, v in list(inputs.items()):
             if isinstance(v, list) and not (len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int)):
                 inputs[k] = {"__value__": v}
@@ -364,6 +294,91 @@ def _graph_to_api(graph: dict, info: dict | None, *, strict: bool, titles: bool)
             if isinstance(v, list) and len(v) == 2 and v[0] not in out:
                 del entry["inputs"][k]
     return out
+
+
+def _follow_link(nodes: dict, links: dict, link_id, seen=()):
+    """Follow a link through reroutes and bypassed nodes: ('link', node_id, slot) | ('value', v) | None."""
+    if link_id is None or link_id not in links:
+        return None
+    origin, slot, _t, _s, typ = links[link_id]
+    src = nodes.get(str(origin))
+    if src is None or str(origin) in seen:
+        return None
+    seen = seen + (str(origin),)
+    stype = src.get("type")
+    if stype == "Reroute":
+        ins = src.get("inputs") or []
+        return _follow_link(nodes, links, ins[0].get("link"), seen) if ins else None
+    if stype in ("PrimitiveNode", "Primitive"):
+        vals = src.get("widgets_values") or []
+        return ("value", vals[0]) if vals else None
+    if src.get("mode") == MODE_MUTED:
+        return None
+    if src.get("mode") == MODE_BYPASS:
+        return _through_bypassed(nodes, links, src, slot, typ, seen)
+    return ("link", str(origin), int(slot))
+
+
+def _through_bypassed(nodes: dict, links: dict, src: dict, slot, typ, seen):
+    """A bypassed node passes on the input in the output's slot, else the first linked input of the output's type."""
+    ins = src.get("inputs") or []
+    otype = None
+    outs = src.get("outputs") or []
+    if isinstance(slot, int) and slot < len(outs):
+        otype = outs[slot].get("type")
+    otype = otype or typ
+    cands = []
+    if isinstance(slot, int) and slot < len(ins) and types_match(str(ins[slot].get("type")), otype):
+        cands.append(ins[slot])
+    cands += [i for i in ins if types_match(str(i.get("type")), otype) and i.get("link") is not None]
+    for c in cands:
+        r = _follow_link(nodes, links, c.get("link"), seen)
+        if r is not None:
+            return r
+    return None
+
+
+def _widget_inputs(node: dict, desc: dict) -> dict:
+    """The node's widget values by input name (a list in slot order, or the newer name -> value dict)."""
+    inputs: dict = {}
+    values = node.get("widgets_values")
+    if isinstance(values, dict):
+        for name, _cat, typ, opts in ordered_inputs(desc):
+            if name in values and is_widget(typ, opts):
+                inputs[name] = values[name]
+        return inputs
+    values = list(values or [])
+    for i, name in enumerate(widget_slots(desc)):
+        if name is None:
+            continue
+        if i < len(values):
+            if values[i] is not None:  # the editor's `undefined` (an empty combo): not sent
+                inputs[name] = values[i]
+        else:
+            _c, _t, opts = input_spec(desc, name)
+            if "default" in opts:
+                inputs[name] = opts["default"]
+    return inputs
+
+
+def _link_inputs(node: dict, desc: dict, inputs: dict, follow) -> None:
+    """Set the linked inputs in ``inputs``: ``[node_id, slot]``, or the value of a primitive node."""
+    for slot in node.get("inputs") or []:
+        name = slot.get("name")
+        if name is None:
+            continue
+        cat, typ, opts = input_spec(desc, name)
+        lid = slot.get("link")
+        if lid is None:
+            continue
+        r = follow(lid)
+        if r is None:
+            inputs.pop(name, None) if not is_widget(typ, opts) else None
+            continue
+        if r[0] == "value":
+            inputs[name] = r[1]
+        else:
+            inputs[name] = [r[1], r[2]]
 
 
 def read_workflow(data_or_path):
@@ -633,59 +648,69 @@ def validate_prompt(prompt: dict, info: dict | None = None, *, convert: bool = T
                                 f"the node type {ctype!r} is not known. Install the node pack that provides it "
                                 f"or remove the node."))
             continue
-        inputs = node.setdefault("inputs", {})
-        for name, cat, typ, opts in ordered_inputs(desc):
-            if name not in inputs:
-                if cat == "required":
-                    hint = "Connect it to an output" if not is_widget(typ, opts) else "Give it a value"
-                    issues.append(Issue(nid, ctype, name, "required_input_missing",
-                                        f"required input is missing. {hint} (type {_tname(typ)})."))
-                continue
-            val = inputs[name]
-            if isinstance(val, list):
-                if len(val) != 2 or not isinstance(val[1], int):
-                    issues.append(Issue(nid, ctype, name, "bad_linked_input",
-                                        f"{_fmt(val)} is not a link [node_id, output_slot]. Wrap list values as "
-                                        f"{{\"__value__\": [...]}}."))
-                    continue
-                src_id = str(val[0])
-                src = prompt.get(src_id)
-                if src is None:
-                    issues.append(Issue(nid, ctype, name, "bad_linked_input",
-                                        f"it is linked to node {src_id}, which is not in the workflow. "
-                                        f"Reconnect it to an existing node."))
-                    continue
-                sdesc = info.get(src.get("class_type"))
-                if sdesc is None:
-                    continue  # reported on that node
-                outs = output_types(sdesc)
-                if not 0 <= val[1] < len(outs):
-                    issues.append(Issue(nid, ctype, name, "bad_linked_input",
-                                        f"it is linked to output {val[1]} of node {src_id} ({src.get('class_type')}), "
-                                        f"which has only {len(outs)} output(s). Reconnect it."))
-                    continue
-                if not types_match(outs[val[1]], typ):
-                    oname = (sdesc.get("output_name") or outs)[val[1]]
-                    issues.append(Issue(nid, ctype, name, "return_type_mismatch",
-                                        f"expects {_tname(typ)} but is linked to output {val[1]} '{oname}' "
-                                        f"({outs[val[1]]}) of node {src_id} ({src.get('class_type')}). "
-                                        f"Connect an output of type {_tname(typ)}."))
-                continue
-            if not is_widget(typ, opts):
-                issues.append(Issue(nid, ctype, name, "bad_linked_input",
-                                    f"a {_tname(typ)} input must be connected to another node's output, "
-                                    f"not given the value {_fmt(val)[:60]}."))
-                continue
-            conv, kind, msg = check_value(typ if isinstance(typ, str) else "COMBO", opts, val)
-            if kind:
-                issues.append(Issue(nid, ctype, name, kind, msg))
-            elif convert:
-                inputs[name] = conv
+        issues += _node_issues(prompt, nid, ctype, desc, info, convert)
     if require_output and not any((info.get(n.get("class_type")) or {}).get("output_node") for n in prompt.values()):
         issues.append(Issue("-", "workflow", None, "prompt_no_outputs",
                             "the workflow has no output node (SaveImage, PreviewImage, a Save/Preview node). "
                             "Add one, or nothing would run."))
     return issues
+
+
+def _node_issues(prompt: dict, nid: str, ctype: str, desc: dict, info: dict, convert: bool) -> list[Issue]:
+    """The problems of one node's inputs (missing, badly linked, wrong type, out-of-range values)."""
+    issues: list[Issue] = []
+    inputs = prompt[nid].setdefault("inputs", {})
+    for name, cat, typ, opts in ordered_inputs(desc):
+        if name not in inputs:
+            if cat == "required":
+                hint = "Connect it to an output" if not is_widget(typ, opts) else "Give it a value"
+                issues.append(Issue(nid, ctype, name, "required_input_missing",
+                                    f"required input is missing. {hint} (type {_tname(typ)})."))
+            continue
+        val = inputs[name]
+        if isinstance(val, list):
+            issue = _link_issue(prompt, info, nid, ctype, name, typ, val)
+            if issue is not None:
+                issues.append(issue)
+            continue
+        if not is_widget(typ, opts):
+            issues.append(Issue(nid, ctype, name, "bad_linked_input",
+                                f"a {_tname(typ)} input must be connected to another node's output, "
+                                f"not given the value {_fmt(val)[:60]}."))
+            continue
+        conv, kind, msg = check_value(typ if isinstance(typ, str) else "COMBO", opts, val)
+        if kind:
+            issues.append(Issue(nid, ctype, name, kind, msg))
+        elif convert:
+            inputs[name] = conv
+    return issues
+
+
+def _link_issue(prompt: dict, info: dict, nid: str, ctype: str, name: str, typ, val: list) -> Issue | None:
+    """What is wrong with the link ``val`` of input ``name`` (None when it is a good link)."""
+    if len(val) != 2 or not isinstance(val[1], int):
+        return Issue(nid, ctype, name, "bad_linked_input",
+                     f"{_fmt(val)} is not a link [node_id, output_slot]. Wrap list values as {{\"__value__\": [...]}}.")
+    src_id = str(val[0])
+    src = prompt.get(src_id)
+    if src is None:
+        return Issue(nid, ctype, name, "bad_linked_input",
+                     f"it is linked to node {src_id}, which is not in the workflow. Reconnect it to an existing node.")
+    sdesc = info.get(src.get("class_type"))
+    if sdesc is None:
+        return None  # reported on that node
+    outs = output_types(sdesc)
+    if not 0 <= val[1] < len(outs):
+        return Issue(nid, ctype, name, "bad_linked_input",
+                     f"it is linked to output {val[1]} of node {src_id} ({src.get('class_type')}), "
+                     f"which has only {len(outs)} output(s). Reconnect it.")
+    if not types_match(outs[val[1]], typ):
+        oname = (sdesc.get("output_name") or outs)[val[1]]
+        return Issue(nid, ctype, name, "return_type_mismatch",
+                     f"expects {_tname(typ)} but is linked to output {val[1]} '{oname}' "
+                     f"({outs[val[1]]}) of node {src_id} ({src.get('class_type')}). "
+                     f"Connect an output of type {_tname(typ)}.")
+    return None
 
 
 def _tname(typ) -> str:
