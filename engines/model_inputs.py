@@ -104,6 +104,33 @@ def check_flux_channels(family: str, in_channels) -> None:
                                "Flux Depth/Canny); SpriteForge generates with Flux dev/schnell and Flux Fill. Load one of those.")
 
 
+# --------------------------------------------------------------------------- VAE inputs
+def vae_images(handle, images):
+    """Numpy float32 ``[B,H,W,3]`` images for the VAE encoder; BAD_INPUT for other shapes or sizes off the latent grid."""
+    import numpy as np
+
+    img = np.asarray(images, dtype=np.float32)
+    if img.ndim == 3:
+        img = img[None]
+    if img.ndim != 4 or img.shape[-1] not in (3, 4):
+        raise SpriteForgeError(BAD_INPUT, f"an image must be [B,H,W,3], got shape {tuple(img.shape)}.")
+    img = img[..., :3]
+    f = int(handle.vae_scale_factor or 8)
+    if img.shape[1] % f or img.shape[2] % f:
+        raise SpriteForgeError(BAD_INPUT, f"image size {img.shape[2]}x{img.shape[1]} is not a multiple of {f}: resize or crop it first.")
+    return img
+
+
+def check_latents(handle, z) -> None:
+    """BAD_INPUT unless ``z`` (any array type) is a ``[B,C,h,w]`` latent with the handle's channel count."""
+    if z.ndim != 4:
+        raise SpriteForgeError(BAD_INPUT, f"a latent must be [B,C,h,w], got shape {tuple(z.shape)}.")
+    lc = int(handle.latent_channels or z.shape[1])
+    if z.shape[1] != lc:
+        raise SpriteForgeError(BAD_INPUT, f"the latent has {z.shape[1]} channels but the {handle.family} VAE takes {lc}: "
+                               "decode it with the model it was made with.")
+
+
 # --------------------------------------------------------------------------- sigma -> model input/output
 def model_timestep(family: str, flow: bool, sigma: float, model_schedule=None) -> float:
     """The timestep the transformer gets at ``sigma``."""

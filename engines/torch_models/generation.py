@@ -24,12 +24,12 @@ import weakref
 
 import numpy as np
 
-from ...errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
+from ...errors import MODEL_NOT_FOUND, SpriteForgeError
 from ...log import get_logger
 from ...oom import empty_device_cache, run_in_chunks
 from ...progress import Progress
 from ..denoiser import Denoiser
-from ..model_inputs import SANA_CHI, is_fill_model
+from ..model_inputs import SANA_CHI, check_latents, is_fill_model, vae_images
 from ..text_encoding import TextEncoding, text_encoder
 from .interrupt import conv_count, conv_steps, kl_tiles
 
@@ -302,15 +302,7 @@ def vae_encode(engine, handle, images):
     """VAE-scaled latents (torch float32 on the VAE's device) for numpy images [B,H,W,3] in 0..1."""
     torch = _torch()
     vae = _need_vae(handle)
-    img = np.asarray(images, dtype=np.float32)
-    if img.ndim == 3:
-        img = img[None]
-    if img.ndim != 4 or img.shape[-1] not in (3, 4):
-        raise SpriteForgeError(BAD_INPUT, f"an image must be [B,H,W,3], got shape {tuple(img.shape)}.")
-    img = img[..., :3]
-    f = int(handle.vae_scale_factor or 8)
-    if img.shape[1] % f or img.shape[2] % f:
-        raise SpriteForgeError(BAD_INPUT, f"image size {img.shape[2]}x{img.shape[1]} is not a multiple of {f}: resize or crop it first.")
+    img = vae_images(handle, images)
     comfy_load([vae])
     force32 = bool((handle.extras or {}).get("vae_force_fp32"))
     with torch.no_grad(), _vae_dtype(vae, torch.float32 if force32 else None) as dt:
@@ -347,12 +339,7 @@ def vae_decode(engine, handle, latents):
     z = latents
     if isinstance(z, np.ndarray):
         z = torch.from_numpy(np.ascontiguousarray(z))
-    if z.ndim != 4:
-        raise SpriteForgeError(BAD_INPUT, f"a latent must be [B,C,h,w], got shape {tuple(z.shape)}.")
-    lc = int(handle.latent_channels or z.shape[1])
-    if z.shape[1] != lc:
-        raise SpriteForgeError(BAD_INPUT, f"the latent has {z.shape[1]} channels but the {handle.family} VAE takes {lc}: "
-                               "decode it with the model it was made with.")
+    check_latents(handle, z)
     comfy_load([vae])
     extras = handle.extras or {}
     force32 = bool(extras.get("vae_force_fp32"))
