@@ -97,7 +97,10 @@ def run(args) -> int:
     from ..lora import inspect_lora, is_lora_file
 
     if is_lora_file(path):
-        return _print_lora(inspect_lora(path), path, time.perf_counter() - t0, args.json)
+        from ..engines.ops import torch_ops
+
+        return _print_lora(inspect_lora(path, load_pickled=torch_ops().load_pickled), path, time.perf_counter() - t0,
+                           args.json)
     try:
         det = detect(path)
     except SpriteForgeError as exc:

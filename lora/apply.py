@@ -142,7 +142,8 @@ def plan_specs(handle, specs, *, ops, getter, transformer_shapes, text_encoder_s
     te_maps: dict[str, dict[str, list]] = {}
     records = []
     for spec in specs:
-        lf = read_lora(spec.source, load=getattr(ops, "load_safetensors", None), name=spec.name)
+        lf = read_lora(spec.source, load=getattr(ops, "load_safetensors", None),
+                       load_pickled=getattr(ops, "load_pickled", None), name=spec.name)
         try:
             pl = make_plan(lf.modules, getter(lf.tensors), family=handle.family, transformer=transformer_shapes,
                            text_encoders=text_encoder_shapes, strength_model=float(spec.strength_model),

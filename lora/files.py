@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
+from ..models.safetensors_header import read_numpy
 from .family import _BLOCK, NAMES, family_of_modules
 from .keys import LoRAModule, file_format, group_modules, split_key
 from .layouts import is_original_layout
@@ -37,43 +38,28 @@ def _metadata(path: Path) -> dict:
 
 
 def load_numpy(path) -> dict:
-    """Every tensor of a safetensors LoRA file as numpy arrays (bfloat16 upcast to float32)."""
-    try:
-        from safetensors.numpy import load_file
-
-        return load_file(str(path))
-    except Exception:  # bfloat16 has no numpy dtype: go through torch
-        from safetensors.torch import load_file as tload
-
-        return {k: v.float().numpy() for k, v in tload(str(path), device="cpu").items()}
+    """Every tensor of a safetensors LoRA file as numpy arrays (bfloat16 and fp8 as float32, exactly)."""
+    return read_numpy(path)
 
 
-def _load_pickled(path: Path) -> dict:
-    """The tensors of a ``.pt``/``.ckpt`` LoRA (``weights_only``: no code runs) as numpy arrays."""
-    import torch
-
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    sd = {k: v for k, v in sd.items() if hasattr(v, "shape")}
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
-
-
-def _load_tensors(path: Path, load) -> dict:
+def _load_tensors(path: Path, load, load_pickled) -> dict:
     suffix = path.suffix.lower()
     if suffix in (".safetensors", ".sft"):
         return (load or load_numpy)(path)
     if suffix in (".pt", ".pth", ".ckpt", ".bin"):
-        return _load_pickled(path)
+        if load_pickled is None:
+            raise SpriteForgeError(BAD_INPUT, f"{path.name} is a pickled (.pt/.ckpt) LoRA, which only an engine can "
+                                   "read (weights only). Apply it through a loaded model, or convert it to .safetensors.")
+        return load_pickled(path)
     raise SpriteForgeError(BAD_INPUT, f"{path.name}: LoRA files must be .safetensors (or .pt/.ckpt); got {suffix or 'no extension'}.")
 
 
-def read_lora(source, *, load=None, name: str | None = None) -> LoRAFile:
+def read_lora(source, *, load=None, load_pickled=None, name: str | None = None) -> LoRAFile:
     """A LoRA from a file path or an in-memory ``{name: array}`` dict, grouped into modules.
 
     ``load(path) -> {name: array}`` reads a safetensors file into the engine's arrays (the
     engine's ``engine.ops.load_safetensors``); default :func:`load_numpy`. ``.pt``/``.ckpt``
-    files are read as numpy arrays (the engine's tensor getter converts them).
+    files need ``load_pickled`` (the engine's ``engine.ops.load_pickled``, a weights-only load).
     """
     if isinstance(source, LoRAFile):
         return source
@@ -86,7 +72,7 @@ def read_lora(source, *, load=None, name: str | None = None) -> LoRAFile:
             raise SpriteForgeError(MODEL_NOT_FOUND, f"LoRA file {p} does not exist. Put it in models/loras or give its full path.",
                                    details={"path": str(p)})
         try:
-            tensors = _load_tensors(p, load)
+            tensors = _load_tensors(p, load, load_pickled)
         except SpriteForgeError:
             raise
         except Exception as exc:
@@ -203,11 +189,11 @@ def describe_modules(modules, shapes: dict, metadata: dict | None = None, alphas
     return info
 
 
-def inspect_lora(path) -> dict:
+def inspect_lora(path, *, load_pickled=None) -> dict:
     """What a LoRA file is: format, algorithms, family, rank(s), alpha(s), components and blocks.
 
-    Reads only the header (and the tiny ``alpha`` scalars). Raises BAD_INPUT when the file
-    holds no LoRA tensors.
+    Reads only the header (and the tiny ``alpha`` scalars) of a safetensors file; a pickled one is read whole
+    through ``load_pickled`` (see :func:`read_lora`). Raises BAD_INPUT when the file holds no LoRA tensors.
     """
     p = Path(path)
     if not p.is_file():
@@ -220,7 +206,7 @@ def inspect_lora(path) -> dict:
         modules, stray = group_modules(shapes)
         alphas = _alpha_values(p, [m.params["alpha"] for m in modules if "alpha" in m.params])
     else:
-        lf = read_lora(p)
+        lf = read_lora(p, load_pickled=load_pickled)
         shapes = {k: tuple(v.shape) for k, v in lf.tensors.items()}
         meta, modules, stray = lf.metadata, lf.modules, lf.stray
         alphas = [float(lf.tensors[m.params["alpha"]].reshape(-1)[0]) for m in modules if "alpha" in m.params]

@@ -18,6 +18,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
 
 # safetensors dtype code -> (canonical name, bytes per element)
@@ -158,3 +160,52 @@ def header_from_manifest(manifest: dict) -> Header:
         k: TensorInfo(canonical_dtype(v["dtype"]), tuple(int(s) for s in v["shape"])) for k, v in manifest["tensors"].items()
     }
     return Header(manifest.get("name", "manifest"), tensors)
+
+
+def _fp8_table(exp_bits: int, bias: int, finite_max: bool) -> np.ndarray:
+    """float32 values of all 256 fp8 bit patterns (sign, ``exp_bits`` exponent, the rest mantissa).
+    ``finite_max`` (e4m3fn): no infinities, only S.1111.111 is NaN; otherwise (e5m2) IEEE-style inf/NaN."""
+    man_bits = 7 - exp_bits
+    out = np.empty(256, np.float32)
+    for b in range(256):
+        sign = -1.0 if b & 0x80 else 1.0
+        e = (b >> man_bits) & ((1 << exp_bits) - 1)
+        m = b & ((1 << man_bits) - 1)
+        top = (1 << exp_bits) - 1
+        if finite_max and e == top and m == (1 << man_bits) - 1:
+            out[b] = np.nan
+        elif not finite_max and e == top:
+            out[b] = sign * np.inf if m == 0 else np.nan
+        elif e == 0:
+            out[b] = sign * (m / (1 << man_bits)) * 2.0 ** (1 - bias)
+        else:
+            out[b] = sign * (1 + m / (1 << man_bits)) * 2.0 ** (e - bias)
+    return out
+
+
+_NUMPY_DTYPES = {"float64": np.float64, "float32": np.float32, "float16": np.float16, "int64": np.int64,
+                 "int32": np.int32, "int16": np.int16, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_,
+                 "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64}
+
+
+def read_numpy(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as numpy arrays, without a framework: bfloat16 and fp8 (e4m3fn, e5m2),
+    which numpy has no dtype for, come back as float32 (exact). Validated by :func:`read_header` first."""
+    header = read_header(path)
+    data = np.memmap(header.path, dtype=np.uint8, mode="r", offset=8 + header.header_size)
+    out = {}
+    for name, ti in header.tensors.items():
+        raw = data[ti.offsets[0]:ti.offsets[1]]
+        if ti.dtype == "bfloat16":
+            arr = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+        elif ti.dtype in ("float8_e4m3fn", "float8_e5m2"):
+            table = _fp8_table(4, 7, True) if ti.dtype == "float8_e4m3fn" else _fp8_table(5, 15, False)
+            arr = table[raw]
+        elif ti.dtype in _NUMPY_DTYPES:
+            arr = np.array(raw.view(np.dtype(_NUMPY_DTYPES[ti.dtype]).newbyteorder("<")))
+        else:
+            raise SpriteForgeError(BAD_INPUT, f"{Path(header.path).name}: tensor {name!r} is stored as {ti.dtype}, "
+                                   "which SpriteForge cannot read without a framework. Save it as float16 or float32.")
+        out[name] = np.ascontiguousarray(arr).reshape(ti.shape)
+    return out
+

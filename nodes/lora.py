@@ -155,10 +155,11 @@ class LoRAInfo(io.ComfyNode):
 
     @classmethod
     def execute(cls, lora_name, as_json=False):
+        from ..engines.ops import torch_ops
         from ..lora import inspect_lora
-
-        info = inspect_lora(resolve_lora(lora_name))
         from ..lora.files import summary
+
+        info = inspect_lora(resolve_lora(lora_name), load_pickled=torch_ops().load_pickled)
 
         text = json.dumps(info, indent=2, default=str) if as_json else summary(info)
         return io.NodeOutput(text, ui={"text": [text]})

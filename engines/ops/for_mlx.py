@@ -72,3 +72,11 @@ class MLXOps:
     def load_safetensors(self, path) -> dict:
         """Every tensor of a safetensors file as MLX arrays (bfloat16 kept)."""
         return dict(mx.load(str(path)))
+
+    def load_pickled(self, path) -> dict:
+        """The tensors of a pickled ``.pt``/``.ckpt`` file as MLX arrays. torch reads it (``weights_only``: no code
+        in it runs); it is used only for reading."""
+        from .for_torch import TorchOps
+
+        return {k: self.from_numpy(v.float().numpy() if v.is_floating_point() else v.numpy())
+                for k, v in TorchOps().load_pickled(path).items()}

@@ -77,3 +77,10 @@ class TorchOps:
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
+
+    def load_pickled(self, path) -> dict:
+        """The tensors of a pickled ``.pt``/``.ckpt`` file (``weights_only``: no code in it runs), on the CPU."""
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+            sd = sd["state_dict"]
+        return {k: v for k, v in sd.items() if torch.is_tensor(v)} if isinstance(sd, dict) else {}
