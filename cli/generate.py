@@ -136,24 +136,7 @@ def key_colour(handle, model) -> tuple[int, int, int] | None:
     return tuple(KEY_COLOR) if is_demo else None
 
 
-def run(args) -> int:
-    from .. import paths
-    from ..resolve import load_handle
-    from ..lora import apply_loras, specs_from_args
-    from ..pipeline import GenerateParams, generate_full
-    from ..progress import clear_interrupt
-
-    if args.models:
-        if not Path(args.models).expanduser().is_dir():
-            raise SpriteForgeError(MODEL_NOT_FOUND, f"models folder {args.models} does not exist.")
-        paths.set_models_root(args.models)
-    if args.mask and not args.init:
-        raise SpriteForgeError(BAD_INPUT, "--mask needs --init (the image to inpaint).")
-    init = _load_image(args.init) if args.init else None
-    mask = _load_mask(args.mask) if args.mask else None
-    denoise = args.denoise
-    if denoise is None:
-        denoise = 1.0 if (init is None or mask is not None) else 0.6
+def _output_folder(args) -> Path:
     out = Path(args.out).expanduser()
     prefix = str(args.prefix)
     if not prefix or prefix in (".", "..") or any(c in prefix for c in "/\\:\0"):
@@ -163,8 +146,13 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpriteForgeError(BAD_INPUT, f"cannot create the output folder {out}: {exc}.") from exc
+    return out
 
-    from ..resolve import DEMO
+
+def _load_model(args):
+    """The model handle (with the --lora files applied); fills in the demo model and its size when not given."""
+    from ..lora import apply_loras, specs_from_args
+    from ..resolve import DEMO, load_handle
 
     args.model = args.model or DEMO
     side = 32 if args.model == DEMO else 512  # the demo model draws 32x32 sprites
@@ -177,31 +165,38 @@ def run(args) -> int:
         handle = apply_loras(handle, lora_specs)
         for applied in handle.loras:
             print(f"lora: {applied.summary()}", file=sys.stderr)
+    return handle
+
+
+def _generate(args, handle, init, mask, denoise):
+    from .. import progress
+    from ..pipeline import GenerateParams, generate_full
+
     params = GenerateParams(
         prompt=args.prompt, negative=args.negative, seed=args.seed, steps=args.steps, cfg=args.cfg, sampler=args.sampler,
         schedule=args.schedule, shift=args.shift, guidance=args.guidance, width=args.width, height=args.height,
         batch_size=args.batch, init_image=init, denoise=denoise, mask=mask, mask_feather=args.feather, tile=args.tile,
         max_side=args.max_side,
     )
-    clear_interrupt()
-    from .. import progress
-
+    progress.clear_interrupt()
     bars = progress._cli_bars["enabled"]
     if getattr(args, "quiet", False):
         progress.set_cli_bars(False)
     try:
-        res = generate_full(handle.engine, handle, params)
+        return generate_full(handle.engine, handle, params)
     finally:
         progress.set_cli_bars(bars)
-    for note in res.notes:
-        print(f"note: {note}", file=sys.stderr)
-    written = []
+
+
+def _save_images(args, out: Path, handle, res) -> tuple[list[str], dict]:
+    """One PNG per image (the demo model's key colour made transparent unless --keep-key); (paths, info)."""
     info = dict(res.info)
     info["model"] = Path(str(handle.source or args.model)).name
     width = len(str(int(args.seed) + len(res.images) - 1))  # zero-pad seeds so a batch's files sort: sf-07 ... sf-10
     key = None if getattr(args, "keep_key", False) else key_colour(handle, args.model)
     if key is not None:
         info["key_removed"] = "#%02x%02x%02x" % key
+    written = []
     for i, img in enumerate(res.images):
         seed_i = int(args.seed) + i
         meta = {**info, "seed": seed_i, "batch_index": i, "prompt": args.prompt, "negative": args.negative,
@@ -217,6 +212,29 @@ def run(args) -> int:
             img = key_to_alpha(img, key)
         save_png(path, img, meta, param_text({**info, "seed": seed_i}, args.prompt, args.negative))
         written.append(str(path))
+    return written, info
+
+
+def run(args) -> int:
+    from .. import paths
+
+    if args.models:
+        if not Path(args.models).expanduser().is_dir():
+            raise SpriteForgeError(MODEL_NOT_FOUND, f"models folder {args.models} does not exist.")
+        paths.set_models_root(args.models)
+    if args.mask and not args.init:
+        raise SpriteForgeError(BAD_INPUT, "--mask needs --init (the image to inpaint).")
+    init = _load_image(args.init) if args.init else None
+    mask = _load_mask(args.mask) if args.mask else None
+    denoise = args.denoise
+    if denoise is None:
+        denoise = 1.0 if (init is None or mask is not None) else 0.6
+    out = _output_folder(args)
+    handle = _load_model(args)
+    res = _generate(args, handle, init, mask, denoise)
+    for note in res.notes:
+        print(f"note: {note}", file=sys.stderr)
+    written, info = _save_images(args, out, handle, res)
     if args.json:
         print(json.dumps({"images": written, "info": info, "notes": res.notes}, default=str))
     else:
