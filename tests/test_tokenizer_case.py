@@ -2,7 +2,7 @@
 
 transformers 5's T5Tokenizer rebuilds its normaliser on load and drops the demo tokenizer's lower-casing;
 the loaders (torch and MLX) give such tokenizers a lower-casing normaliser, decided from the vocabulary
-(engines/tokenizer_case.py). Tokenizers with upper-case pieces keep telling cases apart.
+(engines/tokenizers.py). Tokenizers with upper-case pieces keep telling cases apart.
 """
 
 from __future__ import annotations
