@@ -20,6 +20,7 @@ seed gives the same image whatever the batch size and device.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -169,17 +170,24 @@ def _previewer(engine, handle, preview):
     return preview
 
 
-# --------------------------------------------------------------------------- sample
-def sample(engine, handle, params: GenerateParams) -> SampleResult:
-    """Run the sampling loop; VAE-scaled latents ``[B,C,h,w]`` (numpy float32)."""
+@contextlib.contextmanager
+def _coded_errors(context: str):
+    """Framework errors as coded SpriteForgeErrors (:func:`spriteforge.errors.classify`); ours and interrupts pass."""
     try:
-        return _sample(engine, handle, params)
+        yield
     except (SpriteForgeError, Interrupted):
         raise
     except Exception as exc:
         if "Interrupt" in type(exc).__name__:
             raise
-        raise classify(exc, context="running the sampler") from exc
+        raise classify(exc, context=context) from exc
+
+
+# --------------------------------------------------------------------------- sample
+def sample(engine, handle, params: GenerateParams) -> SampleResult:
+    """Run the sampling loop; VAE-scaled latents ``[B,C,h,w]`` (numpy float32)."""
+    with _coded_errors("running the sampler"):
+        return _sample(engine, handle, params)
 
 
 def _validate(handle, params, d):
@@ -387,14 +395,8 @@ def decode(engine, handle, latents, *, tile: bool = False) -> np.ndarray:
     if lat is None or lat.ndim != 4:
         raise SpriteForgeError(BAD_INPUT, "the latent must be a [B,C,h,w] array.")
     h2 = _with_extras(handle, vae_seamless=True) if tile else handle
-    try:
+    with _coded_errors("decoding the latent"):
         images = np.asarray(engine.vae_decode(h2, lat), dtype=np.float32)
-    except (SpriteForgeError, Interrupted):
-        raise
-    except Exception as exc:
-        if "Interrupt" in type(exc).__name__:
-            raise
-        raise classify(exc, context="decoding the latent") from exc
     bad = is_bad_image(images)
     vae_dtype = str(getattr(getattr(engine, "policy", None), "vae_dtype", "float32"))
     if bad and bad != "empty" and not np.isfinite(lat).all():

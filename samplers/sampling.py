@@ -78,6 +78,12 @@ class _Run:
     def denoise(self, x, sigma):
         return self.model(x, sigma, **self.extra)
 
+    def x0(self, i, x, sigma, sigma_next):
+        """The model's denoised estimate at step ``i``, reported to the callback."""
+        d0 = self.denoise(x, sigma)
+        self.report(i, x, sigma, sigma_next, d0)
+        return d0
+
     def report(self, i, x, sigma, sigma_next, denoised):
         if self.callback is not None:
             self.callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})
@@ -121,8 +127,7 @@ def euler(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, 
     """
     run = _Run(model, x, sigmas, extra_args, callback, noise_sampler, ops)
     for i, s, s1 in run.steps():
-        d0 = run.denoise(x, s)
-        run.report(i, x, s, s1, d0)
+        d0 = run.x0(i, x, s, s1)
         x = x + (x - d0) * ((s1 - s) / s)
     return x
 
@@ -132,8 +137,7 @@ def flow_euler(model, x, sigmas, extra_args=None, callback=None, noise_sampler=N
     with the velocity recovered from the denoiser, v = (x - x0)/t."""
     run = _Run(model, x, sigmas, extra_args, callback, noise_sampler, ops)
     for i, t, t1 in run.steps():
-        d0 = run.denoise(x, t)
-        run.report(i, x, t, t1, d0)
+        d0 = run.x0(i, x, t, t1)
         v = (x - d0) * (1.0 / t)
         x = x + v * (t1 - t)
     return x
@@ -141,8 +145,7 @@ def flow_euler(model, x, sigmas, extra_args=None, callback=None, noise_sampler=N
 
 def _ancestral(run, x, eta: float, s_noise: float, flow: bool):
     for i, s, s1 in run.steps():
-        d0 = run.denoise(x, s)
-        run.report(i, x, s, s1, d0)
+        d0 = run.x0(i, x, s, s1)
         if s1 <= 0.0:
             x = d0
             continue
@@ -206,8 +209,7 @@ def heun(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *
     Same ODE for flow models, so ``flow`` is ignored."""
     run = _Run(model, x, sigmas, extra_args, callback, noise_sampler, ops)
     for i, s, s1 in run.steps():
-        d0 = run.denoise(x, s)
-        run.report(i, x, s, s1, d0)
+        d0 = run.x0(i, x, s, s1)
         slope = (x - d0) * (1.0 / s)
         dt = s1 - s
         if s1 <= 0.0:
@@ -230,8 +232,7 @@ def dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, noise_sampler=Non
     run = _Run(model, x, sigmas, extra_args, callback, noise_sampler, ops)
     prev, h_prev = None, None
     for i, s, s1 in run.steps():
-        d0 = run.denoise(x, s)
-        run.report(i, x, s, s1, d0)
+        d0 = run.x0(i, x, s, s1)
         if s1 <= 0.0:
             x = d0
             continue
@@ -264,8 +265,7 @@ def dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, noise_sampler
     eta, s_noise = float(eta), float(s_noise)
     prev, h_prev = None, None
     for i, s, s1 in run.steps():
-        d0 = run.denoise(x, s)
-        run.report(i, x, s, s1, d0)
+        d0 = run.x0(i, x, s, s1)
         if s1 <= 0.0:
             x = d0
             continue
@@ -295,8 +295,7 @@ def lcm(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, *,
     condition belongs to the model wrapper."""
     run = _Run(model, x, sigmas, extra_args, callback, noise_sampler, ops)
     for i, s, s1 in run.steps():
-        d0 = run.denoise(x, s)
-        run.report(i, x, s, s1, d0)
+        d0 = run.x0(i, x, s, s1)
         x = d0
         if s1 > 0.0:
             a1, sg1 = _alpha_sigma(s1, flow)
