@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BAD_INPUT, SpriteForgeError
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tga", ".tif", ".tiff")
-
+from ._files import collect_images, unique_name
 
 def _bad(msg: str) -> SpriteForgeError:
     return SpriteForgeError(BAD_INPUT, msg)
@@ -68,23 +66,6 @@ def register(subparsers) -> None:
     o.add_argument("--columns", type=int, default=0, help="sprite sheet columns (0 = square-ish)")
     o.add_argument("--list-palettes", action="store_true", help="list the shipped palettes and exit")
     p.set_defaults(func=run)
-
-
-def _collect(inputs: list[str], out: Path) -> list[Path]:
-    files: list[Path] = []
-    for s in inputs:
-        p = Path(s)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTS
-                           and q.resolve().parent != out.resolve())
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise _bad(f"input {s} does not exist. Give image files or folders.")
-    if not files:
-        raise _bad("no images found in the inputs. Give .png/.jpg/... files or folders holding them.")
-    return files
 
 
 def _load(path: Path) -> np.ndarray:
@@ -163,7 +144,7 @@ def run(args) -> int:
         return _list_palettes()
     _check_args(args)
     out = Path(args.out)
-    files = _collect(args.inputs, out)
+    files = collect_images(args.inputs, skip_folder=out)
     t0 = time.perf_counter()
     bar = Progress(len(files), "pixel")
     images = []
@@ -204,13 +185,7 @@ def _write_images(args, out: Path, files: list[Path], batch):
     written = []
     last_pal = batch.palette
     for f, img, pal, note in zip(files, batch.images, batch.palettes, batch.notes):
-        stem, n = f.stem, 1
-        name = f"{stem}.png"
-        while name in used:
-            name = f"{stem}_{n}.png"
-            n += 1
-        used.add(name)
-        target = _output(out / name, files)
+        target = _output(out / unique_name(f, used), files)
         if args.indexed:
             ipal = indexed_palette(img, pal, add_missing=bool(args.outline))
             px.save_indexed_png(target, px.to_indexed(img, ipal), ipal)

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import BAD_INPUT, SpriteForgeError
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+from ._files import collect_images, unique_name
 
 
 def register(subparsers) -> None:
@@ -45,22 +44,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def collect_inputs(inputs, recursive: bool = False) -> list[Path]:
-    files: list[Path] = []
-    for raw in inputs:
-        p = Path(raw).expanduser()
-        if p.is_dir():
-            it = p.rglob("*") if recursive else p.iterdir()
-            files.extend(sorted(q for q in it if q.is_file() and q.suffix.lower() in IMAGE_EXTS))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise SpriteForgeError(BAD_INPUT, f"input {raw} does not exist.", details={"path": str(p)})
-    if not files:
-        raise SpriteForgeError(BAD_INPUT, f"no images found in {', '.join(map(str, inputs))} ({', '.join(IMAGE_EXTS)}).")
-    return files
-
-
 def read_image(path: Path):
     """An image file as float32 [H, W, C] (C = 3, or 4 when it has transparency)."""
     import numpy as np
@@ -80,30 +63,38 @@ def read_image(path: Path):
         raise SpriteForgeError(BAD_INPUT, f"{path} is not a readable image ({exc}).", details={"path": str(path)}) from exc
 
 
-def _out_name(path: Path, used: set) -> str:
-    stem = path.stem
-    name = f"{stem}.png"
-    i = 1
-    while name in used:
-        name = f"{stem}_{i}.png"
-        i += 1
-    used.add(name)
+def _remove_one(args, handle, path: Path, out_dir: Path, used: set, res, opts, comp: str, color: str) -> str:
+    """Remove the background of one file and write the result (or the mask); the name written."""
+    import numpy as np
+    from PIL import Image
+
+    from ..rmbg import plan, remove_background
+
+    img = read_image(path)
+    plan(img.shape[0], img.shape[1], res)  # size checks before any model work
+    r = remove_background(img, handle.predict, resolution=res, chunk_size=1, refine_opts=opts, stages=handle.stages,
+                          foreground="none" if args.mask_only else args.foreground,
+                          composite=comp, color=color, on_oom=handle.empty_cache)
+    name = unique_name(path, used)
+    if args.mask_only:
+        data = np.round(r.alpha[0] * 255).astype(np.uint8)
+        Image.fromarray(data, mode="L").save(out_dir / name)
+    else:
+        data = np.round(np.clip(r.composite[0], 0, 1) * 255).astype(np.uint8)
+        Image.fromarray(data, mode="RGBA" if data.shape[-1] == 4 else "RGB").save(out_dir / name)
     return name
 
 
 def run(args) -> int:
-    import numpy as np
-    from PIL import Image
-
     from .. import paths
     from ..engines import engine_for
     from ..models.birefnet import EXPECTED_FILES
-    from ..rmbg import RefineOptions, plan, remove_background
+    from ..rmbg import RefineOptions
 
     if args.models:
         paths.set_models_root(args.models)
     model_path = paths.resolve("birefnet", args.model, allow_absolute=True, expected=EXPECTED_FILES)
-    files = collect_inputs(args.inputs, args.recursive)
+    files = collect_images(args.inputs, recursive=args.recursive)
     bg = args.background
     if bg in ("alpha", "white", "black"):
         comp, color = bg, "#000000"
@@ -125,18 +116,7 @@ def run(args) -> int:
     failures = []
     for path in files:
         try:
-            img = read_image(path)
-            plan(img.shape[0], img.shape[1], res)  # size checks before any model work
-            r = remove_background(img, handle.predict, resolution=res, chunk_size=1, refine_opts=opts, stages=handle.stages,
-                                  foreground="none" if args.mask_only else args.foreground,
-                                  composite=comp, color=color, on_oom=handle.empty_cache)
-            name = _out_name(path, used)
-            if args.mask_only:
-                data = np.round(r.alpha[0] * 255).astype(np.uint8)
-                Image.fromarray(data, mode="L").save(out_dir / name)
-            else:
-                data = np.round(np.clip(r.composite[0], 0, 1) * 255).astype(np.uint8)
-                Image.fromarray(data, mode="RGBA" if data.shape[-1] == 4 else "RGB").save(out_dir / name)
+            name = _remove_one(args, handle, path, out_dir, used, res, opts, comp, color)
             if not quiet:
                 print(f"  {path} -> {out_dir / name}", file=sys.stderr)
         except SpriteForgeError as err:
