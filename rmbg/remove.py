@@ -106,36 +106,14 @@ def predict_alpha(
     i = 0
     while i < B:
         n = min(size, B - i)
-        batch = pad(images[i : i + n], g, mode=pad_mode)
-        done = [0]
-
-        def on_stage(n=n, done=done):
-            done[0] += 1
-            if progress is not None and done[0] <= stages:
-                progress.update(n)
-            else:
-                check_interrupt()
-
+        on_stage, done = _stage_counter(n, stages, progress)
         try:
-            if stages > 1:
-                prob = predict(batch, g.model_size, on_stage=on_stage)
-            else:
-                check_interrupt()
-                prob = predict(batch, g.model_size)
-            prob = np.asarray(prob, dtype=np.float32)
+            prob = _predict_chunk(predict, pad(images[i : i + n], g, mode=pad_mode), g.model_size, stages, on_stage)
         except Exception as exc:  # noqa: BLE001 - classified below
             if isinstance(exc, Interrupted) or type(exc).__name__ == "InterruptProcessingException":
                 raise  # Cancel (ours or ComfyUI's) passes through as it is
-            err = classify(exc, context="running BiRefNet")
-            if err.code == OUT_OF_MEMORY and n > 1:
-                note_oom("BiRefNet", n, max(1, n // 2), exc)
-                if on_oom is not None:
-                    on_oom()
-                if progress is not None:  # the stages this chunk reported are redone by its halves
-                    progress.n = max(0, progress.n - n * min(done[0], stages))
-                size = max(1, n // 2)
-                continue
-            raise err from exc
+            size = _smaller_chunk(exc, n, done[0], stages, progress, on_oom)
+            continue
         if prob.shape != (n, g.padded_h, g.padded_w):
             raise SpriteForgeError(BAD_INPUT, f"the model returned {prob.shape}; expected {(n, g.padded_h, g.padded_w)}.")
         out[i : i + n] = unpad(prob, g, batched=True)
@@ -145,6 +123,45 @@ def predict_alpha(
         if progress is not None and done[0] < stages:
             progress.update(n * (stages - done[0]))
     return out, g
+
+
+def _stage_counter(n: int, stages: int, progress: Progress | None):
+    """``(on_stage, done)`` for a chunk of ``n`` images: the predictor's per-stage callback (progress by ``n``
+    for each of the ``stages``, an interrupt check after) and ``done[0]``, the stages it has reported."""
+    done = [0]
+
+    def on_stage():
+        done[0] += 1
+        if progress is not None and done[0] <= stages:
+            progress.update(n)
+        else:
+            check_interrupt()
+
+    return on_stage, done
+
+
+def _predict_chunk(predict: Predict, batch: np.ndarray, model_size, stages: int, on_stage) -> np.ndarray:
+    """One model call on a padded chunk: float32 probabilities (``on_stage`` given where the predictor has stages)."""
+    if stages > 1:
+        prob = predict(batch, model_size, on_stage=on_stage)
+    else:
+        check_interrupt()
+        prob = predict(batch, model_size)
+    return np.asarray(prob, dtype=np.float32)
+
+
+def _smaller_chunk(exc: Exception, n: int, reported: int, stages: int, progress: Progress | None, on_oom) -> int:
+    """The chunk size to retry with after a chunk of ``n`` images failed: half, after ``on_oom()``, when it ran out
+    of memory and can shrink (the stages it reported are taken back from ``progress``); else the coded error."""
+    err = classify(exc, context="running BiRefNet")
+    if err.code != OUT_OF_MEMORY or n <= 1:
+        raise err from exc
+    note_oom("BiRefNet", n, max(1, n // 2), exc)
+    if on_oom is not None:
+        on_oom()
+    if progress is not None:  # the stages this chunk reported are redone by its halves
+        progress.n = max(0, progress.n - n * min(reported, stages))
+    return max(1, n // 2)
 
 
 def remove_background(
