@@ -337,6 +337,32 @@ def _split(patch: Patch, names, swap, index, targets, ops=None):
     return out
 
 
+def _text_encoder_plan(comp: str, mods, text_encoders: dict, get, strength: float, *, family: str, metadata, ops):
+    """``(encoder name, plan)`` for the LoRA's text-encoder slot ``comp`` (``te1``, ``te2``...): the family's encoder
+    for that slot when it matches, else the loaded encoder matching most layers; None when none matches."""
+    order = TE_ORDER.get(family, ())
+    slot = int(comp[2:]) - 1
+    prefer = [order[slot]] if slot < len(order) and order[slot] in text_encoders else []
+    best = None
+    for te_name in prefer + [k for k in text_encoders if k not in prefer]:
+        cp = resolve_component(mods, text_encoders[te_name], get, strength, family=family, te=True, metadata=metadata, ops=ops)
+        if best is None or len(cp.matched) > len(best[1].matched):
+            best = (te_name, cp)
+        if cp.matched and te_name in prefer:
+            break
+    return best if best is not None and best[1].matched else None
+
+
+def _merge(into: ComponentPlan, cp: ComponentPlan) -> None:
+    """Add ``cp`` (another LoRA slot's plan for the same encoder) to ``into``."""
+    for k, v in cp.patches.items():
+        into.patches.setdefault(k, []).extend(v)
+    into.matched += cp.matched
+    into.unmatched += cp.unmatched
+    into.skipped += cp.skipped
+    into.ignored += cp.ignored
+
+
 def plan(modules, get, *, family: str, transformer: dict | None, text_encoders: dict,
          strength_model: float = 1.0, strength_text: float = 1.0, metadata: dict | None = None,
          lora_name: str = "this LoRA", ops=None) -> Plan:
@@ -366,34 +392,17 @@ def plan(modules, get, *, family: str, transformer: dict | None, text_encoders: 
         elif strength_model != 0:
             result.components["transformer"] = resolve_component(
                 tr_mods, transformer, get, strength_model, family=family, metadata=metadata, ops=ops)
-    order = TE_ORDER.get(family, ())
     for comp in sorted(by_comp):
         mods = by_comp[comp]
         if strength_text == 0:
             continue
-        slot = int(comp[2:]) - 1
-        prefer = [order[slot]] if slot < len(order) and order[slot] in text_encoders else []
-        cands = prefer + [k for k in text_encoders if k not in prefer]
-        best = None
-        for te_name in cands:
-            cp = resolve_component(mods, text_encoders[te_name], get, strength_text, family=family, te=True, metadata=metadata,
-                                   ops=ops)
-            if best is None or len(cp.matched) > len(best[1].matched):
-                best = (te_name, cp)
-            if cp.matched and te_name in prefer:
-                break
-        if best is None or not best[1].matched:
+        best = _text_encoder_plan(comp, mods, text_encoders, get, strength_text, family=family, metadata=metadata, ops=ops)
+        if best is None:
             result.missing_components.append((comp, len(mods)))
             continue
         te_name, cp = best
         if te_name in result.components:  # two LoRA slots onto one encoder: merge
-            old = result.components[te_name]
-            for k, v in cp.patches.items():
-                old.patches.setdefault(k, []).extend(v)
-            old.matched += cp.matched
-            old.unmatched += cp.unmatched
-            old.skipped += cp.skipped
-            old.ignored += cp.ignored
+            _merge(result.components[te_name], cp)
         else:
             result.components[te_name] = cp
     active = (strength_model != 0 and tr_mods and transformer is not None) or (strength_text != 0 and by_comp)
