@@ -86,7 +86,7 @@ def _refuse_core_nodes(workflow) -> None:
 def _check(args) -> int:
     """``--check`` / ``--print-api``: convert and validate as a run would, execute nothing."""
     from .. import paths
-    from ..nodes._folders import Folders
+    from ..nodes.folders import Folders
     from ..workflow import graph as G
     from ..workflow.preflight import check_sizes
     from ..workflow.runner import set_engine

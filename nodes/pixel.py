@@ -25,7 +25,7 @@ from ..pixel.sprite import outline_color as outline_color_of
 from ..pixel import scale as S
 from ..progress import Progress
 from ._compat import io
-from ._folders import confined_folder, output_dir
+from .folders import confined_folder, output_dir
 from .comfy_types import image_to_np, mask_to_np, np_to_image, np_to_mask
 
 CATEGORY = "SpriteForge/pixel"

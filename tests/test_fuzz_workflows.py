@@ -24,7 +24,7 @@ from PIL import Image
 
 from spriteforge.errors import CODES, SpriteForgeError
 from spriteforge.workflow import graph as G
-from spriteforge.nodes._folders import Folders
+from spriteforge.nodes.folders import Folders
 from spriteforge.workflow.runner import needed_nodes, run_workflow
 
 pytest.importorskip("torch")

@@ -39,7 +39,7 @@ def _load(p: Path) -> dict:
 def info():
     from spriteforge import paths
 
-    from spriteforge.nodes._folders import Folders
+    from spriteforge.nodes.folders import Folders
 
     # the model dropdowns list that root's files; LoadImage lists the shipped example images
     with paths.models_root(os.environ.get("SPRITEFORGE_WORKFLOW_MODELS")):

@@ -17,7 +17,7 @@ import spriteforge.pixel as px  # noqa: E402
 from spriteforge.cli.main import main  # noqa: E402
 from spriteforge.errors import BAD_INPUT, SpriteForgeError  # noqa: E402
 from spriteforge.nodes import pixel as N  # noqa: E402
-from spriteforge.nodes._folders import Folders  # noqa: E402
+from spriteforge.nodes.folders import Folders  # noqa: E402
 from spriteforge.nodes._standalone_io import _HiddenHolder  # noqa: E402
 
 PICO = px.builtin("pico-8")

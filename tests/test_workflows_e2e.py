@@ -261,7 +261,7 @@ def test_workflow_validates_with_models_installed(name, tiny_models_root):
     from spriteforge import paths
     from spriteforge.workflow import graph as G
 
-    from spriteforge.nodes._folders import Folders
+    from spriteforge.nodes.folders import Folders
 
     with paths.models_root(tiny_models_root):
         info = G.object_info(folders=Folders(input=WF / "input"))

@@ -5,8 +5,8 @@ workflow runs unchanged in ``spriteforge run``. NOT registered in ``NODES``: ins
 its own nodes are used; :mod:`spriteforge.workflow.runner` adds these when ComfyUI is absent.
 
 Folders: images are read from ``cls.folders.input`` and written to ``cls.folders.output`` (previews in its
-``previews`` folder); the runner passes both as a :class:`~spriteforge.nodes._folders.Folders` by binding
-the classes of a run (:func:`~spriteforge.nodes._folders.with_folders`); unbound, ``./input`` and ``./output``.
+``previews`` folder); the runner passes both as a :class:`~spriteforge.nodes.folders.Folders` by binding
+the classes of a run (:func:`~spriteforge.nodes.folders.with_folders`); unbound, ``./input`` and ``./output``.
 Files are never overwritten: names get ComfyUI's ``_00001_`` counter.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import BAD_INPUT, SpriteForgeError
 from ..nodes._compat import io
 from ..nodes.comfy_types import image_to_np, to_tensor
-from ..nodes._folders import Folders, confined_folder, input_dir, output_dir, with_folders
+from ..nodes.folders import Folders, confined_folder, input_dir, output_dir, with_folders
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 

@@ -109,7 +109,7 @@ def describe_node(cls) -> dict:
 def node_classes(include_core: bool = True, folders=None) -> dict[str, type]:
     """Node id -> class: the pack's nodes, plus the core IO stand-ins (LoadImage, SaveImage, PreviewImage).
 
-    With ``folders`` (a :class:`~spriteforge.nodes._folders.Folders`) every class reads and writes there
+    With ``folders`` (a :class:`~spriteforge.nodes.folders.Folders`) every class reads and writes there
     (:func:`bind_folders`): LoadImage lists that input folder, the save nodes write to that output folder.
     """
     from ..nodes import node_map
@@ -125,7 +125,7 @@ def node_classes(include_core: bool = True, folders=None) -> dict[str, type]:
 
 def bind_folders(classes: dict[str, type], folders) -> dict[str, type]:
     """``classes`` with each class replaced by a subclass that reads and writes in ``folders``."""
-    from ..nodes._folders import with_folders
+    from ..nodes.folders import with_folders
 
     return {name: with_folders(cls, folders) for name, cls in classes.items()}
 

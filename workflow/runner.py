@@ -209,11 +209,11 @@ def run_workflow(
     ``outputs``: run only these output node ids.
     ``engine``: ``auto``/``torch``/``mlx`` for every SpriteForge Load Model node (:func:`set_engine`).
 
-    The folders reach the nodes as a :class:`~spriteforge.nodes._folders.Folders` carried by the classes of
+    The folders reach the nodes as a :class:`~spriteforge.nodes.folders.Folders` carried by the classes of
     this run (:func:`spriteforge.workflow.graph.bind_folders`), never through the environment.
     """
     from .. import paths
-    from ..nodes._folders import Folders
+    from ..nodes.folders import Folders
 
     t0 = time.monotonic()
     folders = Folders(input=input_dir or "input", output=out_dir)
@@ -241,7 +241,7 @@ class _Run:
     prompt: dict
     info: dict                       # object_info of the classes
     classes: dict                    # node id -> class, bound to the run's folders
-    folders: object                  # nodes._folders.Folders
+    folders: object                  # nodes.folders.Folders
     order: list                      # node ids to execute, in dependency order
     pnginfo: dict                    # extra_pnginfo handed to the save nodes (the graph as "workflow")
     result: RunResult
