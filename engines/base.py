@@ -218,39 +218,52 @@ def handle_fields(det, cfg: dict, vae_cfg: dict, *, has_vae: bool, text_encoders
     the keys of the loaded text encoders. Returns prediction, latent channels, VAE scale factor,
     patch size, scaling/shift factors, flow shift and extras (needs, layout, sigma_learned, ...).
     """
+    family = det.family
+    sched = det.extras.get("scheduler") or {}
+    latent, vsf, scaling, shift = _vae_numbers(det, vae_cfg)
+    return dict(prediction=_prediction(family, sched), latent_channels=latent, vae_scale_factor=vsf,
+                patch_size=2 if family == "flux" else int(cfg.get("patch_size") or 1),  # Flux: latents packed 2x2 into tokens
+                scaling_factor=scaling, shift_factor=shift, flow_shift=_flow_shift(family, sched),
+                extras=_handle_extras(det, cfg, sched, has_vae=has_vae, text_encoders=text_encoders, extras=extras))
+
+
+def _prediction(family: str, sched: dict) -> str:
+    """``flow`` for the rectified-flow families, else the scheduler's ``v`` or ``eps``."""
+    if family in ("sd3", "flux", "sana"):
+        return "flow"
+    return "v" if sched.get("prediction_type", "epsilon") == "v_prediction" else "eps"
+
+
+def _vae_numbers(det, vae_cfg: dict) -> tuple:
+    """``(latent channels, VAE scale factor, scaling factor, shift factor)`` of the loaded VAE, or of the
+    family's shipped VAE config when none is loaded yet."""
     from ..models import configs
     from ..models.detect import FAMILY_VAE
 
     family = det.family
-    sched = det.extras.get("scheduler") or {}
-    if family in ("sd3", "flux", "sana"):
-        prediction = "flow"
-    else:
-        pt = sched.get("prediction_type", "epsilon")
-        prediction = "v" if pt == "v_prediction" else "eps"
     if vae_cfg:
-        latent = int(vae_cfg.get("latent_channels", 4))
         dc = vae_cfg.get("_class_name") == "AutoencoderDC" or "encoder_block_types" in vae_cfg
         blocks = vae_cfg.get("encoder_block_out_channels") if dc else vae_cfg.get("block_out_channels")
-        vsf = 2 ** (len(blocks or [0] * (6 if dc else 4)) - 1)
-        scaling = float(vae_cfg.get("scaling_factor") or 1.0)
-        shift = float(vae_cfg.get("shift_factor") or 0.0)
-    else:
-        ref = configs.load(family_vae_name(family, det.variant, 16 if family in ("sd3", "flux") else 4) if family != "sana" else FAMILY_VAE["sana"])["config"]
-        latent = int(ref["latent_channels"])
-        vsf = 32 if family == "sana" else 8
-        scaling = float(ref.get("scaling_factor") or 1.0)
-        shift = float(ref.get("shift_factor") or 0.0)
-    if family == "flux":
-        patch = 2  # latents are packed 2x2 into the 64-wide tokens
-    else:
-        patch = int(cfg.get("patch_size") or 1)
+        return (int(vae_cfg.get("latent_channels", 4)), 2 ** (len(blocks or [0] * (6 if dc else 4)) - 1),
+                float(vae_cfg.get("scaling_factor") or 1.0), float(vae_cfg.get("shift_factor") or 0.0))
+    name = FAMILY_VAE["sana"] if family == "sana" else family_vae_name(family, det.variant, 16 if family in ("sd3", "flux") else 4)
+    ref = configs.load(name)["config"]
+    return (int(ref["latent_channels"]), 32 if family == "sana" else 8, float(ref.get("scaling_factor") or 1.0),
+            float(ref.get("shift_factor") or 0.0))
+
+
+def _flow_shift(family: str, sched: dict) -> float | None:
     if family == "sd3":
-        flow_shift = float(sched.get("shift", 3.0))
-    elif family == "sana":
-        flow_shift = float(sched.get("flow_shift", sched.get("shift", 3.0)) or 3.0)
-    else:
-        flow_shift = None
+        return float(sched.get("shift", 3.0))
+    if family == "sana":
+        return float(sched.get("flow_shift", sched.get("shift", 3.0)) or 3.0)
+    return None
+
+
+def _handle_extras(det, cfg: dict, sched: dict, *, has_vae: bool, text_encoders, extras: dict) -> dict:
+    """The handle's extras: the loader's, plus Flux guidance/in-channels, DiT classes, learned sigma, the scheduler,
+    max sequence length / fp8 storage, the layout and what the model still ``needs``."""
+    family = det.family
     ex = dict(extras)
     if family == "flux":
         ex["guidance_embeds"] = bool(cfg.get("guidance_embeds"))
@@ -268,5 +281,4 @@ def handle_fields(det, cfg: dict, vae_cfg: dict, *, has_vae: bool, text_encoders
     ex["layout"] = det.layout
     tes = set(text_encoders or ())
     ex["needs"] = [n for n in det.needs if not ((n == "vae" and has_vae) or n in tes)]
-    return dict(prediction=prediction, latent_channels=latent, vae_scale_factor=vsf, patch_size=patch, scaling_factor=scaling,
-                shift_factor=shift, flow_shift=flow_shift, extras=ex)
+    return ex
