@@ -2,9 +2,10 @@
 
 The Load Model node, ``spriteforge generate``, the routes and the workflow preflight all resolve models
 here, the same way: :func:`resolve_model` (a DiT model file or diffusers folder, or the built-in demo
-model), :func:`resolve_part` (a separate VAE / text-encoder file) and :func:`load_handle` (both, then the
-engine's ``load_model``). Inside ComfyUI names come from ComfyUI's folders and paths are refused; on the
-command line a path is accepted where a name is expected.
+model), :func:`resolve_part` (a separate VAE / text-encoder file), :func:`load_handle` (both, then the
+engine's ``load_model``) and :func:`resolve_lora` (a LoRA, shipped or in models/loras). Inside ComfyUI names
+come from ComfyUI's folders and paths are refused; on the command line a path is accepted where a name is
+expected.
 """
 
 from __future__ import annotations
@@ -103,5 +104,34 @@ def load_handle(model: str, *, vae=None, text_encoders=(), engine: str = "auto",
     return handle
 
 
+def shipped_loras() -> dict:
+    """The LoRAs that ship with the pack (for the built-in demo model), by their dropdown name."""
+    return {f"spriteforge-demo {p.stem} (built-in)": p for p in sorted((DEMO_DIR / "loras").glob("*.safetensors"))}
+
+
+def lora_choices(first: str | None = None) -> list[str]:
+    """Names for a LoRA dropdown: ``first`` (e.g. "(none)"), the files of models/loras, then the shipped LoRAs."""
+    try:
+        names = paths.list_models("loras")
+    except Exception as exc:  # a broken folder must not hide the node
+        log.warning("could not list loras: %s", exc)
+        names = []
+    return ([first] if first else []) + names + [n for n in shipped_loras() if n not in names]
+
+
+def resolve_lora(name: str, *, allow_path: bool | None = None) -> Path:
+    """Full path of a LoRA dropdown name (a shipped one, a file of models/loras), or a file path outside ComfyUI."""
+    if not name or name == NONE:
+        raise SpriteForgeError(BAD_INPUT, "no LoRA was chosen. Pick a file from models/loras.")
+    shipped = shipped_loras().get(str(name))
+    if shipped is not None:
+        return shipped
+    allow = _allow(allow_path)
+    p = Path(str(name)).expanduser()
+    if allow and p.is_file():
+        return p
+    return paths.resolve("loras", str(name), allow_absolute=allow)
+
+
 __all__ = ["MODEL_KINDS", "FROM_MODEL", "DEMO", "DEMO_DIR", "NONE", "model_choices", "part_choices", "resolve_model",
-           "resolve_part", "load_handle"]
+           "resolve_part", "load_handle", "shipped_loras", "lora_choices", "resolve_lora"]

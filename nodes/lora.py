@@ -10,14 +10,11 @@ from __future__ import annotations
 import json
 
 from ..errors import BAD_INPUT, SpriteForgeError
-from ..log import get_logger
-from ._compat import IN_COMFYUI, io
-
-log = get_logger("nodes")
+from ..resolve import NONE, lora_choices, resolve_lora
+from ._compat import io
 
 CATEGORY = "SpriteForge/lora"
 ModelType = io.Custom("SF_MODEL")
-NONE = "(none)"
 STACK_SLOTS = 4
 
 TIP_MODEL = "The SpriteForge model (from SpriteForge Load Model or another LoRA node). It is not changed; a new one comes out."
@@ -27,41 +24,6 @@ TIP_SM = "How strongly the LoRA changes the diffusion transformer: 1 = as traine
 TIP_ST = "How strongly the LoRA changes the text encoders (when the file has text-encoder layers)."
 TIP_MERGE = ("Compute the patched weights once (faster sampling, extra memory for every patched layer) "
              "instead of patching each layer on the fly (no extra copy).")
-
-
-def shipped_loras() -> dict:
-    """The LoRAs that ship with the pack (for the built-in demo model), by their dropdown name."""
-    from pathlib import Path
-
-    folder = Path(__file__).resolve().parents[1] / "demo_model" / "loras"
-    return {f"spriteforge-demo {p.stem} (built-in)": p for p in sorted(folder.glob("*.safetensors"))}
-
-
-def lora_choices(first: str | None = None) -> list[str]:
-    from .. import paths
-
-    try:
-        names = paths.list_models("loras")
-    except Exception as exc:  # a broken folder must not hide the node
-        log.warning("could not list loras: %s", exc)
-        names = []
-    return ([first] if first else []) + names + [n for n in shipped_loras() if n not in names]
-
-
-def resolve_lora(name: str):
-    from pathlib import Path
-
-    from .. import paths
-
-    if not name or name == NONE:
-        raise SpriteForgeError(BAD_INPUT, "no LoRA was chosen. Pick a file from models/loras.")
-    shipped = shipped_loras().get(str(name))
-    if shipped is not None:
-        return shipped
-    p = Path(str(name)).expanduser()
-    if not IN_COMFYUI and p.is_file():
-        return p
-    return paths.resolve("loras", str(name), allow_absolute=not IN_COMFYUI)
 
 
 def _apply(model, items, merge=False):
