@@ -832,6 +832,41 @@ def _comfy_mm():
         return None, None
 
 
+def _pick_variant(variant: str | None, path: Path, backbone: str) -> str:
+    """The released variant: ``variant`` when given (it must fit the backbone), else guessed from the file or
+    folder name, else the backbone's default."""
+    if variant and variant != "auto":
+        if variant not in VARIANTS:
+            raise SpriteForgeError(BAD_INPUT, f"unknown BiRefNet variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+        if VARIANTS[variant]["backbone"] != backbone:
+            raise SpriteForgeError(
+                BAD_INPUT,
+                f"{path.name} has a {backbone} backbone but variant {variant!r} uses {VARIANTS[variant]['backbone']}; "
+                "pick 'auto' or a matching variant.",
+            )
+        return variant
+    var = variant_from_name(path.name, backbone) or variant_from_name(path.parent.name, backbone)
+    return var if var is not None else DEFAULT_VARIANT_FOR_BACKBONE.get(backbone, "custom")
+
+
+def _place(model, device, dtype, use_comfy):
+    """``(device, dtype, patcher)``: the model moved to ``device``/``dtype`` (defaults: the best device, fp16 on GPUs),
+    or inside ComfyUI (``use_comfy`` None/True) onto its offload device under a ModelPatcher."""
+    dev = torch.device(device) if device is not None else _default_device()
+    dt = dtype or _default_precision(dev)
+    mm, mp = _comfy_mm() if use_comfy in (None, True) else (None, None)
+    if mm is None or mp is None:
+        model.to(device=dev, dtype=dt)
+        return dev, dt, None
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    if device is None:
+        dev = torch.device(load_device)
+        dt = dtype or _default_precision(dev)
+    model.to(device=offload_device, dtype=dt)
+    return dev, dt, mp.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
 def load_birefnet(
     path: str | os.PathLike,
     *,
@@ -853,36 +888,9 @@ def load_birefnet(
     file_dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values() if v.is_floating_point()})
     model, cfg = build_from_state_dict(sd)
     del sd
-    if variant and variant != "auto":
-        if variant not in VARIANTS:
-            raise SpriteForgeError(BAD_INPUT, f"unknown BiRefNet variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
-        if VARIANTS[variant]["backbone"] != cfg.backbone:
-            raise SpriteForgeError(
-                BAD_INPUT,
-                f"{path.name} has a {cfg.backbone} backbone but variant {variant!r} uses {VARIANTS[variant]['backbone']}; "
-                "pick 'auto' or a matching variant.",
-            )
-        var = variant
-    else:
-        var = variant_from_name(path.name, cfg.backbone) or variant_from_name(path.parent.name, cfg.backbone)
-        if var is None:
-            var = DEFAULT_VARIANT_FOR_BACKBONE.get(cfg.backbone, "custom")
+    var = _pick_variant(variant, path, cfg.backbone)
     resolution = VARIANTS[var]["resolution"] if var in VARIANTS else (1024, 1024)
-
-    dev = torch.device(device) if device is not None else _default_device()
-    dt = dtype or _default_precision(dev)
-    mm, mp = _comfy_mm() if use_comfy in (None, True) else (None, None)
-    patcher = None
-    if mm is not None and mp is not None:
-        load_device = mm.get_torch_device()
-        offload_device = mm.unet_offload_device()
-        if device is None:
-            dev = torch.device(load_device)
-            dt = dtype or _default_precision(dev)
-        model.to(device=offload_device, dtype=dt)
-        patcher = mp.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
-    else:
-        model.to(device=dev, dtype=dt)
+    dev, dt, patcher = _place(model, device, dtype, use_comfy)
     # BatchNorm statistics and LayerNorm in fp16 are fine for inference; integer buffers stay int64.
     model.eval()
     model.requires_grad_(False)
