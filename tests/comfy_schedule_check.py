@@ -16,8 +16,20 @@ import comfy.samplers as cs
 import comfy.supported_models as sm
 import torch
 
-from spriteforge import comfy_bridge as B
-from spriteforge.samplers import get_sigmas
+try:
+    import spriteforge  # noqa: F401  (installed in ComfyUI's environment)
+except ImportError:  # only linked into custom_nodes: import the checkout as `spriteforge`
+    import importlib.util
+    from pathlib import Path
+
+    _repo = Path(__file__).resolve().parents[1]
+    _spec = importlib.util.spec_from_file_location("spriteforge", _repo / "__init__.py",
+                                                   submodule_search_locations=[str(_repo)])
+    sys.modules["spriteforge"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["spriteforge"])
+
+from spriteforge import comfy_bridge as B  # noqa: E402
+from spriteforge.samplers import get_sigmas  # noqa: E402
 
 cases = {"SD15": (sm.SD15, mb.ModelType.EPS), "SDXL": (sm.SDXL, mb.ModelType.EPS),
          "SDXL_vpred": (sm.SDXL, mb.ModelType.V_PREDICTION), "SD3": (sm.SD3, mb.ModelType.FLOW),
