@@ -23,11 +23,11 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("core", ["errors", "log", "progress", "paths", "oom", "version"]),
     ("libraries", ["samplers", "models", "pixel", "rmbg", "sprites", "lora"]),
     ("engines", ["engines"]),
-    ("services", ["pipeline", "generation", "comfy_bridge", "preview", "resolve", "diagnostics", "sprite"]),
+    ("services", ["pipeline", "generation", "comfy_bridge", "preview", "resolve", "diagnostics"]),
     ("nodes", ["nodes"]),
-    ("workflow", ["workflow", "runner", "submit", "preflight"]),
+    ("workflow", ["workflow"]),
     ("cli", ["cli"]),
-    ("entry", ["", "benchmarks", "training", "tools", "workflows"]),
+    ("entry", ["", "benchmarks", "training", "tools"]),
 ]
 SKIP_DIRS = {"tests", ".git", "__pycache__", "out", ".ci", "node_modules"}
 
