@@ -27,43 +27,38 @@ def activation(name):
 
 
 # --------------------------------------------------------------------------- norms over the channel axis
-class ChannelRMSNorm(nn.Module):
-    """diffusers' ``RMSNorm(dim, eps, elementwise_affine=True, bias=True)`` over the last (channel) axis."""
+class _AffineNorm(nn.Module):
+    """A norm over the last (channel) axis with a per-channel ``weight`` (ones) and ``bias`` (zeros)."""
 
     def __init__(self, dims: int, eps: float = 1e-5):
         super().__init__()
         self.weight = mx.ones((dims,))
         self.bias = mx.zeros((dims,))
         self.eps = eps
+
+
+class ChannelRMSNorm(_AffineNorm):
+    """diffusers' ``RMSNorm(dim, eps, elementwise_affine=True, bias=True)`` over the last (channel) axis."""
 
     def __call__(self, x):
         y = mx.fast.rms_norm(x.astype(mx.float32), self.weight.astype(mx.float32), self.eps)
         return (y + self.bias.astype(mx.float32)).astype(x.dtype)
 
 
-class BatchNorm2d(nn.Module):
+class BatchNorm2d(_AffineNorm):
     """torch ``BatchNorm2d`` in eval mode (running statistics) on NHWC input."""
 
     def __init__(self, dims: int, eps: float = 1e-5):
-        super().__init__()
-        self.weight = mx.ones((dims,))
-        self.bias = mx.zeros((dims,))
+        super().__init__(dims, eps)
         self.running_mean = mx.zeros((dims,))
         self.running_var = mx.ones((dims,))
-        self.eps = eps
 
     def __call__(self, x):
         scale = self.weight * mx.rsqrt(self.running_var + self.eps)
         return (x - self.running_mean) * scale + self.bias
 
 
-class ChannelLayerNorm(nn.Module):
-    def __init__(self, dims: int, eps: float = 1e-5):
-        super().__init__()
-        self.weight = mx.ones((dims,))
-        self.bias = mx.zeros((dims,))
-        self.eps = eps
-
+class ChannelLayerNorm(_AffineNorm):
     def __call__(self, x):
         return mx.fast.layer_norm(x, self.weight, self.bias, self.eps)
 
