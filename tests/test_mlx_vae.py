@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -15,26 +14,11 @@ torch = pytest.importorskip("torch")
 from spriteforge.errors import MODEL_NOT_CONVERTED, SpriteForgeError  # noqa: E402
 
 from spriteforge.tests.tiny_models import build_dcae, build_vae  # noqa: E402
+from spriteforge.engines.torch_models.generation import circular as _torch_circular  # the torch engine's seamless mode
 from spriteforge.tests.parity import assert_close, mx_weights
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_VAE = REPO / "demo_model" / "vae"
-
-
-@contextlib.contextmanager
-def _torch_circular(module, on=True):
-    """Every padded Conv2d of ``module`` pads circularly, as the torch engine's seamless mode."""
-    changed = []
-    if on:
-        for m in module.modules():
-            if isinstance(m, torch.nn.Conv2d) and m.padding_mode != "circular" and any(p > 0 for p in m.padding):
-                changed.append((m, m.padding_mode))
-                m.padding_mode = "circular"
-    try:
-        yield
-    finally:
-        for m, mode in changed:
-            m.padding_mode = mode
 
 
 def _inputs(channels, h, w, batch=2, seed=0):

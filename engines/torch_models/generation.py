@@ -251,7 +251,7 @@ def make_denoiser(engine, handle, cond, uncond=None, *, cfg: float = 1.0, **opts
 
 # --------------------------------------------------------------------------- VAE
 @contextlib.contextmanager
-def _circular(module, on: bool):
+def circular(module, on: bool):
     """Temporarily make every padded Conv2d of ``module`` pad circularly (seamless tiling)."""
     torch = _torch()
     changed = []
@@ -345,7 +345,7 @@ def vae_decode(engine, handle, latents):
     force32 = bool(extras.get("vae_force_fp32"))
     seamless = bool(extras.get("vae_seamless"))
     policy = getattr(engine, "policy", None)
-    with torch.no_grad(), _vae_dtype(vae, torch.float32 if force32 else None) as dt, _circular(getattr(vae, "decoder", vae), seamless):
+    with torch.no_grad(), _vae_dtype(vae, torch.float32 if force32 else None) as dt, circular(getattr(vae, "decoder", vae), seamless):
         dev, _ = _module_device_dtype(vae)
         z = z.to(dev, torch.float32) / float(handle.scaling_factor or 1.0) + float(handle.shift_factor or 0.0)
         z = z.to(dt)
