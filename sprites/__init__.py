@@ -2,7 +2,8 @@
 
 * :mod:`.generator` - 32x32 RGBA sprites of 12 object kinds in 12 colours, 3 sizes, with or without outline,
   with captions ("small blue gem with outline"); deterministic by seed; key colour <-> alpha helpers.
-* :mod:`.metrics` - colour families, luminance, blue share, silhouettes (for meaning tests).
+* :mod:`.metrics` - colour families, luminance, blue share, silhouettes (for meaning tests), and shape IoU against
+  the generator's own silhouettes for a caption (:func:`.metrics.caption_shape_iou`, the demo model's shape test).
 
 The project's demo model (``demo_model/`` at the repository root) is trained on these sprites by
 ``training/train_demo_model.py``.

@@ -10,14 +10,24 @@ Stages (each cached in --work, so a rerun resumes; ``--stage`` runs one):
 2. ``vae``       - a small ``AutoencoderKL`` (3 -> 4 latent channels, factor 4: 32x32 -> 4x8x8).
 3. ``dit``       - a tiny ``PixArtTransformer2DModel`` (PixArt-Sigma style: adaLN-single, no extra
                    conditions, epsilon prediction) trained jointly with a tiny ``T5EncoderModel``,
-                   10 % caption dropout (for classifier-free guidance), EMA of both.
+                   10 % caption dropout (for classifier-free guidance), optional Min-SNR loss weighting,
+                   EMA of both; ``--init-dit`` continues from an earlier output folder instead.
 4. ``lora``      - a rank-4 LoRA on the DiT's attention projections for a "night palette" style
                    (darker, blue-shifted colours) the base model never saw; written in the diffusers/peft key format.
 5. ``save``      - ``model_index.json`` (PixArtSigmaPipeline), transformer/ vae/ text_encoder/ tokenizer/ scheduler/
                    (safetensors, fp16), ``loras/night.safetensors``, ``training_log.csv``, ``loss_curve.png``,
                    ``training.json``.
 
-Seeded (``--seed``); single-threaded by default (``--threads``). No network.
+Seeded (``--seed``); single-threaded by default (``--threads``; on a machine shared with other work, one thread
+was up to 16x faster per step than two). Per-stage wall and CPU seconds go to ``training.json``. No network.
+
+The shipped demo model is the default run followed by two continuations of the DiT stage (see its MODEL_CARD.md):
+
+    python training/train_demo_model.py --out /tmp/m0 --work /tmp/w0 --threads 2
+    python training/train_demo_model.py --out /tmp/m1 --work /tmp/w1 --reuse-vae /tmp/m0 --init-dit /tmp/m0 \
+        --dit-steps 1400 --dit-lr 2.5e-4 --min-snr 5
+    python training/train_demo_model.py --out demo_model --work /tmp/w2 --reuse-vae /tmp/m0 --init-dit /tmp/m1 \
+        --dit-steps 1400 --dit-lr 2.5e-4 --min-snr 5
 This script is not part of the pack's runtime; it needs torch, diffusers, transformers, sentencepiece.
 """
 
@@ -284,7 +294,10 @@ def betas_alphas():
     return torch.cumprod(1.0 - betas, 0).float()
 
 
-def dit_loss(transformer, te, ids, mask, z0, g, acp):
+def dit_loss(transformer, te, ids, mask, z0, g, acp, min_snr: float = 0.0):
+    """epsilon-prediction MSE at uniform timesteps; with ``min_snr`` > 0 each sample is weighted by
+    min(SNR, min_snr) / SNR (Min-SNR weighting): the nearly clean timesteps, where the noise is easy to read
+    and the global shape is already fixed, count less than the noisy ones that decide the silhouette."""
     import torch
 
     b = z0.shape[0]
@@ -298,7 +311,8 @@ def dit_loss(transformer, te, ids, mask, z0, g, acp):
     return torch.nn.functional.mse_loss(pred, noise)
 
 
-def train_dit(work: Path, tok, lat, caps, steps: int, batch: int, seed: int, logw, lr: float = 4e-4):
+def train_dit(work: Path, tok, lat, caps, steps: int, batch: int, seed: int, logw, lr: float = 4e-4, min_snr: float = 0.0,
+              init: Path | None = None):
     import torch
     import transformers
     from diffusers import PixArtTransformer2DModel
@@ -308,12 +322,19 @@ def train_dit(work: Path, tok, lat, caps, steps: int, batch: int, seed: int, log
         return (PixArtTransformer2DModel.from_pretrained(out_t, local_files_only=True),
                 transformers.T5EncoderModel.from_pretrained(out_e, local_files_only=True))
     torch.manual_seed(seed + 1)
-    transformer = PixArtTransformer2DModel(**dit_config())
-    te = transformers.T5EncoderModel(transformers.T5Config(**t5_config(len(tok))))
+    if init is not None:  # continue from an earlier model's DiT + text encoder (the EMA starts there too)
+        transformer = PixArtTransformer2DModel.from_pretrained(init / "transformer", local_files_only=True, torch_dtype=torch.float32)
+        te = transformers.T5EncoderModel.from_pretrained(init / "text_encoder", local_files_only=True, dtype=torch.float32)
+        assert dict(transformer.config)["num_layers"] == dit_config()["num_layers"] and te.config.vocab_size == len(tok)
+        transformer.train()
+        te.train()
+    else:
+        transformer = PixArtTransformer2DModel(**dit_config())
+        te = transformers.T5EncoderModel(transformers.T5Config(**t5_config(len(tok))))
     ema_t, ema_e = copy.deepcopy(transformer).requires_grad_(False), copy.deepcopy(te).requires_grad_(False)
     params = list(transformer.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
-    warm = 200
+    warm = 200 if init is None else 50
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
     ids_all, mask_all = tokenize(tok, caps)
     empty_ids, empty_mask = tokenize(tok, [""])
@@ -326,7 +347,7 @@ def train_dit(work: Path, tok, lat, caps, steps: int, batch: int, seed: int, log
         ids, mask = ids_all[idx].clone(), mask_all[idx].clone()
         drop = torch.rand(batch, generator=g) < 0.1
         ids[drop], mask[drop] = empty_ids[0], empty_mask[0]
-        loss = dit_loss(transformer, te, ids, mask, lat[idx], g, acp)
+        loss = dit_loss(transformer, te, ids, mask, lat[idx], g, acp, min_snr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -446,6 +467,10 @@ def save_model(out: Path, work: Path, tok, vae, transformer, te, lora_sd, rank: 
     for name, m in (("vae", vae), ("transformer", transformer), ("text_encoder", te)):
         m = copy.deepcopy(m).to(torch.float16)
         m.save_pretrained(out / name, safe_serialization=True)
+        cfg_path = out / name / "config.json"  # no local path of the training machine in the shipped config
+        cfg_json = json.loads(cfg_path.read_text())
+        if cfg_json.pop("_name_or_path", None) is not None:
+            cfg_path.write_text(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")
     tok.save_pretrained(out / "tokenizer")
     cfg = {k: v for k, v in SCHEDULER.items() if not k.startswith("_")}
     DPMSolverMultistepScheduler(**cfg).save_pretrained(out / "scheduler")
@@ -514,10 +539,20 @@ def main(argv=None):
     ap.add_argument("--vae-batch", type=int, default=24)
     ap.add_argument("--decoder-steps", type=int, default=800)
     ap.add_argument("--dit-steps", type=int, default=2800)
+    ap.add_argument("--dit-lr", type=float, default=4e-4)
+    ap.add_argument("--init-dit", default=None, metavar="MODEL_DIR",
+                    help="start the DiT stage from this earlier output folder's transformer/ and text_encoder/ instead of "
+                         "random weights (a continuation: --dit-steps more steps; recorded in training.json)")
+    ap.add_argument("--min-snr", type=float, default=0.0,
+                    help="Min-SNR-gamma loss weighting of the DiT stage (0: plain MSE; the shipped model's two "
+                         "continuation runs used 5, see demo_model/MODEL_CARD.md)")
     ap.add_argument("--dit-batch", type=int, default=64)
     ap.add_argument("--lora-steps", type=int, default=300)
     ap.add_argument("--lora-batch", type=int, default=32)
     ap.add_argument("--lora-rank", type=int, default=4)
+    ap.add_argument("--reuse-vae", default=None, metavar="MODEL_DIR",
+                    help="take the VAE (both VAE stages) from an earlier output folder of this script instead of training "
+                         "it (the VAE stages do not depend on the DiT settings; recorded in training.json)")
     ap.add_argument("--stage", choices=["all", "data", "vae", "decoder", "dit", "lora", "save"], default="all")
     args = ap.parse_args(argv)
 
@@ -546,19 +581,31 @@ def main(argv=None):
             w.writerow({"stage": stage, "step": step, "loss": f"{loss:.6f}", **{k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in kw.items()}})
 
     times = json.loads((work / "times.json").read_text()) if (work / "times.json").exists() else {}
+    cpu_times = json.loads((work / "cpu_times.json").read_text()) if (work / "cpu_times.json").exists() else {}
 
     def timed(name, fn):
-        t = time.time()
+        # wall seconds and CPU seconds of this process (all threads; the machine may be shared, so wall time
+        # can be longer than the work itself)
+        t, c = time.time(), time.process_time()
         r = fn()
-        if name not in times:
-            # merge with the file: a stage may have run in another process beside this one
-            disk = json.loads((work / "times.json").read_text()) if (work / "times.json").exists() else {}
-            times.update({k: v for k, v in disk.items() if k not in times})
-            times.setdefault(name, round(time.time() - t, 1))
-            (work / "times.json").write_text(json.dumps(times, indent=2))
+        for store, fname, value in ((times, "times.json", time.time() - t), (cpu_times, "cpu_times.json", time.process_time() - c)):
+            if name not in store:
+                # merge with the file: a stage may have run in another process beside this one
+                disk = json.loads((work / fname).read_text()) if (work / fname).exists() else {}
+                store.update({k: v for k, v in disk.items() if k not in store})
+                store.setdefault(name, round(value, 1))
+                (work / fname).write_text(json.dumps(store, indent=2))
         return r
 
     log(f"torch {torch.__version__}, {args.threads} thread(s), work {work}")
+    if args.reuse_vae and not (work / "vae" / "config.json").exists():
+        from diffusers import AutoencoderKL
+
+        # the shipped VAE is the decoder stage's output: its encoder (frozen in that stage) is the vae stage's
+        v = AutoencoderKL.from_pretrained(Path(args.reuse_vae) / "vae", local_files_only=True, torch_dtype=torch.float32)
+        v.save_pretrained(work / "vae", safe_serialization=True)
+        v.save_pretrained(work / "vae_decoder", safe_serialization=True)
+        log(f"VAE taken from {args.reuse_vae} (scaling factor {v.config.scaling_factor:.4f})")
     tok = timed("tokenizer", lambda: build_tokenizer(work))
     rgba, caps = timed("data", lambda: build_data(work, args.n_sprites, args.seed))
     log(f"{len(caps)} sprites, vocabulary {len(tok)} tokens")
@@ -572,7 +619,9 @@ def main(argv=None):
     vae_out = timed("vae_decoder", lambda: train_decoder(work, vae, rgba, args.decoder_steps, args.vae_batch, args.seed, logw))
     if args.stage == "decoder":
         return 0
-    transformer, te = timed("dit", lambda: train_dit(work, tok, lat, caps, args.dit_steps, args.dit_batch, args.seed, logw))
+    transformer, te = timed("dit", lambda: train_dit(work, tok, lat, caps, args.dit_steps, args.dit_batch, args.seed, logw,
+                                                                   lr=args.dit_lr, min_snr=args.min_snr,
+                                                                   init=Path(args.init_dit) if args.init_dit else None))
     transformer.eval()
     te.eval()
     if args.stage == "dit":
@@ -594,10 +643,15 @@ def main(argv=None):
     last = {s: next((r for r in reversed(rows) if r["stage"] == s), None) for s in ("vae", "vae_decoder", "dit", "lora")}
     info = {
         "seed": args.seed, "threads": args.threads, "torch": torch.__version__, "args": vars(args), "times_s": times,
+        "cpu_times_s": cpu_times, "total_s": round(sum(times.values()), 1), "total_cpu_s": round(sum(cpu_times.values()), 1),
         "parameters": n_params, "lora_parameters": sum(v.numel() for v in lora_sd.values()),
         "final": {s: ({"step": r["step"], "loss": r["loss"], "loss_ema": r.get("loss_ema")} if r else None) for s, r in last.items()},
         "vae_scaling_factor": vae.config.scaling_factor,
     }
+    for opt, key in ((args.reuse_vae, "vae_reused_from"), (args.init_dit, "dit_initialised_from")):
+        if opt:  # what the earlier model's own training was (its arguments, times, losses)
+            prev = Path(opt) / "training.json"
+            info[key] = json.loads(prev.read_text()) if prev.exists() else str(opt)
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     log(f"wrote {out}: {json.dumps(info['times_s'])}")
     return 0
