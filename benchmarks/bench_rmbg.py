@@ -15,6 +15,9 @@ per-image time of batch 4 vs batch 1. Each row is the best of ``--repeats`` time
 after a small warm-up (256x256); the load average is printed with each row, since on a shared
 machine other processes' load is the main noise. The CPU seconds the process used (all threads) are
 printed too: on a loaded machine their ratio is the steadier measure of the pipeline's own overhead.
+``est GB`` is the activation memory ``BiRefNetHandle.bytes_per_image`` budgets for the chunk (what
+``auto_chunk`` sizes chunks by) and ``act GB`` the measured peak resident memory above the weights and the
+warm-up (ru_maxrss after the warm-up): the estimate should be above the measurement, not far above it.
 
 With ``--interrupt`` each pipeline row is followed by a run per fraction f in 0.1, 0.4, 0.7 of its time
 with an interrupt requested (another thread, ``progress.request_interrupt``) at f * time: printed is how
@@ -79,6 +82,9 @@ def _child(arch: str, batch: int, size: int, path: str, threads: int, repeats: i
     return {"arch": arch, "batch": batch, "path": path, "seconds": dt, "per_image": dt / batch, "peak_rss": peak,
             "rss_before": rss0, "weights": weights, "chunk": chunk, "threads": threads, "times": times,
             "cpu_seconds": min(cpu),
+            # what auto_chunk budgets for the chunk's activations vs what the run added to the peak resident
+            # memory over weights + warm-up (ru_maxrss after the warm-up)
+            "estimate_bytes": handle.bytes_per_image((size, size)) * chunk, "activation_peak": peak - rss0,
             "load": os.getloadavg()[0]}
 
 
@@ -139,14 +145,15 @@ def main(argv=None) -> int:
     rows = []
     print(f"BiRefNet CPU benchmark, {args.size}x{args.size}, fp32, {args.threads} threads, random weights")
     print(f"{'arch':8} {'batch':>5} {'path':10} {'chunk':>5} {'seconds':>8} {'s/image':>8} {'cpu s':>8} {'peak GB':>8} "
-          f"{'weights GB':>10} {'load':>5}  runs")
+          f"{'weights GB':>10} {'est GB':>7} {'act GB':>7} {'load':>5}  runs")
     for arch in args.arch:
         for b in args.batch:
             for path in args.paths:
                 r = run_one(arch, b, args.size, path, args.threads, args.repeats)
                 rows.append(r)
                 print(f"{arch:8} {b:5d} {path:10} {r['chunk']:5d} {r['seconds']:8.2f} {r['per_image']:8.2f} "
-                      f"{r['cpu_seconds']:8.2f} {r['peak_rss'] / GB:8.2f} {r['weights'] / GB:10.2f} {r['load']:5.2f}  "
+                      f"{r['cpu_seconds']:8.2f} {r['peak_rss'] / GB:8.2f} {r['weights'] / GB:10.2f} {r['estimate_bytes'] / GB:7.2f} "
+                      f"{r['activation_peak'] / GB:7.2f} {r['load']:5.2f}  "
                       f"{' '.join(f'{t:.2f}' for t in r['times'])}", flush=True)
                 if args.interrupt and path == "pipeline":
                     ir = run_one(arch, b, args.size, f"interrupt:{r['seconds']}", args.threads, 1)
