@@ -124,7 +124,7 @@ def test_birefnet_auto_chunk_follows_free_memory(birefnet):
     assert TINY.backbone not in bn.BYTES_PER_MPX and per == bn.BYTES_PER_MPX["swin_v1_l"]  # unknown: the larger
     # half the free memory, and on a CPU at most CPU_CHUNK_BYTES of activations
     q = h.bytes_per_image((512, 512))
-    assert q == per // 4 and bn.CPU_CHUNK_BYTES >= 4 * q
+    assert q == per // 4 and bn.CPU_CHUNK_BYTES >= 2 * q  # room for two 512² images under the CPU cap
     assert h.auto_chunk((512, 512), 8, free=int(4.2 * q)) == 2
     assert h.auto_chunk((512, 512), 8, free=int(0.5 * q)) == 1
     cap = max(1, int(bn.CPU_CHUNK_BYTES // per))

@@ -61,7 +61,7 @@ PATCH_ORDER = "b c (hg h) (wg w) -> b (c hg wg) h w"
 # of a chunk of n images minus that of the weights-only process, divided by n, rounded up ~20%.
 BYTES_PER_MPX = {
     "swin_v1_t": 1_000_000_000,  # lite / lite-2K
-    "swin_v1_l": 1_000_000_000,  # general, HR, matting, portrait, dynamic, massive
+    "swin_v1_l": 1_450_000_000,  # general, HR, matting, portrait, dynamic, massive (1.22 GB measured at 1024²)
 }
 # On a CPU a chunk's activations are also kept under this (see BiRefNetHandle.auto_chunk).
 CPU_CHUNK_BYTES = 1 << 30
