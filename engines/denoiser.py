@@ -31,6 +31,7 @@ class Denoiser:
         self.cond = cond
         self.uncond = uncond
         self.cfg = float(cfg)
+        self._cond_cache: dict = {}  # what is the same on every step: conditioning per batch size, Flux image ids
         self.ms = model_schedule
         self.flow = handle.prediction == "flow"
         self.module = handle.transformer
@@ -151,10 +152,13 @@ class Denoiser:
         return out
 
     def _flux_img_ids(self, h, w, dtype):
-        ids = np.zeros((h // 2, w // 2, 3), np.float32)
-        ids[..., 1] += np.arange(h // 2)[:, None]
-        ids[..., 2] += np.arange(w // 2)[None, :]
-        return self._place(ids.reshape(-1, 3), dtype)
+        key = ("img_ids", h, w, dtype)
+        if key not in self._cond_cache:  # the same on every step
+            ids = np.zeros((h // 2, w // 2, 3), np.float32)
+            ids[..., 1] += np.arange(h // 2)[:, None]
+            ids[..., 2] += np.arange(w // 2)[None, :]
+            self._cond_cache[key] = self._place(ids.reshape(-1, 3), dtype)
+        return self._cond_cache[key]
 
     def _cond_arrays(self, cond, batch):
         """The conditioning's arrays on the model's device, ``batch`` rows each (embeds/pooled in the model dtype)."""
@@ -165,6 +169,15 @@ class Denoiser:
         if cond.class_labels is not None:
             d["labels"] = self._expand(self._labels([int(v) for v in cond.class_labels]), batch)
         return d
+
+    def _conditioning(self, batch):
+        """(cond, cond and uncond in one batch or None) for ``batch`` rows, built once per batch size: the
+        conditioning is the same on every step."""
+        cache = self._cond_cache
+        if batch not in cache:
+            c = self._cond_arrays(self.cond, batch)
+            cache[batch] = (c, self._cat(c, self._cond_arrays(self.uncond, batch)) if self.use_cfg else None)
+        return cache[batch]
 
     def _cat(self, a, b):
         """Conditioning ``a`` and negative ``b`` in one batch, uncond first; sequences padded to one length."""
@@ -188,9 +201,8 @@ class Denoiser:
             inp = model_input(xt, self.handle.prediction, sigma)
             t = self._timestep(sigma)
             tdt = self.dtype if self.flow else self.F32
-            c = self._cond_arrays(self.cond, b)
+            c, allc = self._conditioning(b)
             if self.use_cfg:
-                allc = self._cat(c, self._cond_arrays(self.uncond, b))
                 xin = self._cast(self.ops.concat([inp, inp], 0), self.dtype)
                 tt = self._full(2 * b, t, tdt)
                 if self.slice:

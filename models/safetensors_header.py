@@ -12,6 +12,7 @@ the file name, so a damaged download is reported before anything is loaded.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -162,6 +163,7 @@ def header_from_manifest(manifest: dict) -> Header:
     return Header(manifest.get("name", "manifest"), tensors)
 
 
+@functools.lru_cache(maxsize=None)
 def _fp8_table(exp_bits: int, bias: int, finite_max: bool) -> np.ndarray:
     """float32 values of all 256 fp8 bit patterns (sign, ``exp_bits`` exponent, the rest mantissa).
     ``finite_max`` (e4m3fn): no infinities, only S.1111.111 is NaN; otherwise (e5m2) IEEE-style inf/NaN."""
