@@ -156,16 +156,18 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     written, last_pal = _write_images(args, out, files, batch)
     if last_pal is not None and not pal_kw.get("per_image"):
+        inputs = {f.resolve() for f in files}
         for ext in ("hex", "gpl"):
-            _write_palette(last_pal, _output(out / f"palette.{ext}", files))
+            _write_palette(last_pal, _output(out / f"palette.{ext}", inputs))
     if args.sheet:
         _write_sheet(args, out, files, written, batch.images, last_pal)
     _summary(args, out, written, batch, time.perf_counter() - t0)
     return 0
 
 
-def _output(target: Path, inputs: list[Path]) -> Path:
-    if target.resolve() in {f.resolve() for f in inputs}:
+def _output(target: Path, inputs: set[Path]) -> Path:
+    """``target``, unless it is one of the (resolved) input files."""
+    if target.resolve() in inputs:
         raise _bad(f"{target} is one of the inputs; choose another --out folder (inputs are never overwritten).")
     return target
 
@@ -184,8 +186,9 @@ def _write_images(args, out: Path, files: list[Path], batch):
     used: set[str] = set()
     written = []
     last_pal = batch.palette
+    inputs = {f.resolve() for f in files}
     for f, img, pal, note in zip(files, batch.images, batch.palettes, batch.notes):
-        target = _output(out / unique_name(f, used), files)
+        target = _output(out / unique_name(f, used), inputs)
         if args.indexed:
             ipal = indexed_palette(img, pal, add_missing=bool(args.outline))
             px.save_indexed_png(target, px.to_indexed(img, ipal), ipal)

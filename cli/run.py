@@ -72,11 +72,13 @@ def _refuse_core_nodes(workflow) -> None:
     from ..workflow import graph as G
     from ..workflow.core_info import CORE_INFO
 
-    try:
-        prompt, _graph = G.load_workflow(workflow, {**CORE_INFO, **G.object_info()})
+    try:  # the node types only: no schemas are built for this
+        data = G.read_workflow(workflow)
+        nodes = data["nodes"] if G.is_graph_format(data) else list(data.values())
+        types = {n.get("type", n.get("class_type")) for n in nodes if isinstance(n, dict)}
     except Exception:  # reported properly when the run reads it
         return
-    core = sorted({n.get("class_type") for n in prompt.values()} & (set(CORE_INFO) - set(G.node_classes())))
+    core = sorted(t for t in types & (set(CORE_INFO) - set(G.node_classes())) if isinstance(t, str))
     if core:
         raise SpriteForgeError(BAD_INPUT, f"this workflow uses ComfyUI's core nodes ({', '.join(core)}), which run only "
                                "inside ComfyUI. Open it in ComfyUI, or queue it on a running server with "
@@ -87,19 +89,11 @@ def _check(args) -> int:
     """``--check`` / ``--print-api``: convert and validate as a run would, execute nothing."""
     from .. import paths
     from ..nodes.folders import Folders
-    from ..workflow import graph as G
-    from ..workflow.preflight import check_sizes
-    from ..workflow.runner import set_engine
+    from ..workflow.runner import prepare
 
     folders = Folders(input=args.input or "input", output=args.out)
     with paths.models_root(args.models):
-        info = G.object_info(folders=folders)
-        prompt, _graph = G.load_workflow(args.workflow, info)
-        G.apply_overrides(prompt, args.sets, info)
-        if args.engine:
-            set_engine(prompt, args.engine)
-        G.check_prompt(prompt, info, only_needed=True)
-        check_sizes(prompt, folders.input)
+        prompt = prepare(args.workflow, folders, overrides=args.sets, engine=args.engine).prompt
     if args.print_api:
         print(json.dumps(prompt, indent=2))
     else:

@@ -218,7 +218,7 @@ def run_workflow(
     t0 = time.monotonic()
     folders = Folders(input=input_dir or "input", output=out_dir)
     with paths.models_root(models_dir):
-        run = _prepare(workflow, folders, classes, overrides, engine, outputs, extra_pnginfo)
+        run = prepare(workflow, folders, classes, overrides, engine, outputs, extra_pnginfo)
         run.cache = cache if cache is not None else Cache()
         run.emit = on_event or (_printer(progress_stream) if progress_stream is not None else _no_event)
         run.emit("execution_start", {"nodes": run.order})
@@ -249,10 +249,11 @@ class _Run:
     emit: Event = _no_event
     values: dict = field(default_factory=dict)   # node id -> output lists
     sigs: dict = field(default_factory=dict)     # node id -> signature
+    schemas: dict = field(default_factory=dict)  # class type -> its schema, built once per run
 
 
-def _prepare(workflow, folders, classes, overrides, engine, outputs, extra_pnginfo) -> _Run:
-    """Read, convert, override and validate the workflow; work out the nodes to execute."""
+def prepare(workflow, folders, classes=None, overrides=None, engine=None, outputs=None, extra_pnginfo=None) -> _Run:
+    """Read, convert, override and validate the workflow; work out the nodes to execute (``--check`` stops here)."""
     from . import graph as G
     from .preflight import check_sizes
 
@@ -283,7 +284,9 @@ def _execute_node(run: _Run, nid: str, index: int) -> None:
     cls, desc = run.classes[ctype], run.info[ctype]
     run.emit("executing", {"node": nid, "class_type": ctype, "index": index, "total": len(run.order)})
     lists, sig_inputs = _gather_inputs(run, node, desc)
-    schema = cls.define_schema()
+    schema = run.schemas.get(ctype)
+    if schema is None:
+        schema = run.schemas[ctype] = cls.define_schema()
     sig = run.sigs[nid] = hashlib.sha256(_sig([ctype, sig_inputs]).encode()).hexdigest()
     idempotent = not getattr(schema, "not_idempotent", False)
     t1 = time.monotonic()
