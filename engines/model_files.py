@@ -24,6 +24,7 @@ from .. import paths
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ..models import configs
 from ..models.detect import Detection, detect, detect_tensors
+from ..models.safetensors_header import canonical_dtype
 from .base import ModelHandle, family_vae_name, handle_fields
 from .tokenizers import find_tokenizer
 
@@ -49,13 +50,10 @@ FOLDER_TEXT_ENCODERS = {
 # the text encoders an all-in-one checkpoint may carry
 CHECKPOINT_TEXT_ENCODERS = ("clip_l", "clip_g", "t5")
 
-DTYPE_NAMES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "fp32": "float32", "fp16": "float16",
-               "bf16": "bfloat16"}
-
-
 def dtype_name(name: str) -> str:
-    """The full dtype name for ``name`` (``fp16`` → ``float16``); other names are returned as they are."""
-    return DTYPE_NAMES.get(name, name)
+    """The full dtype name for ``name`` (``fp16`` → ``float16``, ``BF16`` → ``bfloat16``), as safetensors headers
+    and the manifests spell them (:func:`~spriteforge.models.safetensors_header.canonical_dtype`)."""
+    return canonical_dtype(name)
 
 
 # --------------------------------------------------------------------------- where

@@ -62,8 +62,7 @@ def tokenizer_from_spm(model_file, kind: str):
     n = sp.get_piece_size()
     if kind == "t5":
         vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(n)]
-        extra = sum(1 for p, _ in vocab if p.startswith("<extra_id_"))
-        return transformers.T5Tokenizer(vocab=vocab, extra_ids=0 if extra else 0)
+        return transformers.T5Tokenizer(vocab=vocab, extra_ids=0)  # any <extra_id_*> pieces are in the vocabulary
     vocab = {sp.id_to_piece(i): i for i in range(n)}
     merges = []
     for piece, i in vocab.items():

@@ -20,12 +20,10 @@ def _bad(msg: str) -> SpriteForgeError:
 
 def to_numpy(x, what: str = "the input") -> np.ndarray | None:
     """A torch tensor (any device/dtype) or array-like as float32 numpy; None stays None."""
-    if x is None:
-        return None
+    from ..engines.ops import to_numpy as array_to_numpy
+
     try:
-        if hasattr(x, "detach"):
-            return x.detach().float().cpu().numpy()
-        return np.asarray(x, dtype=np.float32)
+        return array_to_numpy(x)
     except Exception as exc:  # noqa: BLE001 - a value of another type on this socket
         raise _bad(f"{what} is not a tensor ({type(x).__name__}). Connect the right output.") from exc
 

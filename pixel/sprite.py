@@ -1,4 +1,6 @@
-"""The sprite clean-up chain, once: ``spriteforge pixel``, the pixel nodes and the shipped workflows share it.
+"""The sprite clean-up chain, once. ``spriteforge pixel`` runs it whole (:func:`clean_sprites`); the pixel nodes
+(one node a step, as the shipped workflows wire them) share its palette rules (:func:`indexed_palette`,
+:func:`outline_color`).
 
 Per image: native-grid recovery -> downscale -> alpha clean-up (:func:`prepare_sprite`); then one palette for
 all images, or one per image (:func:`sprite_palette`); then quantize/dither -> outline -> edge bleed -> upscale

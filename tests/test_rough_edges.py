@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -156,7 +155,6 @@ def sd35_root(tmp_path):
 def test_run_finds_the_workflows_own_input_folder(tmp_path, monkeypatch):
     from spriteforge.cli.run import shipped_input_dir
 
-    monkeypatch.delenv("SPRITEFORGE_INPUT", raising=False)
     monkeypatch.chdir(tmp_path)  # no ./input here
     assert Path(shipped_input_dir(str(WF / "api" / "img2img.json"))) == WF / "input"
     assert Path(shipped_input_dir(str(WF / "inpainting.json"))) == WF / "input"
@@ -172,7 +170,6 @@ def test_run_finds_the_workflows_own_input_folder(tmp_path, monkeypatch):
 def test_img2img_size_the_model_cannot_draw_is_reported_at_validation(sd35_root, tmp_path, monkeypatch, capsys):
     from spriteforge.cli.main import main
 
-    monkeypatch.delenv("SPRITEFORGE_INPUT", raising=False)
     monkeypatch.chdir(tmp_path)
     for extra in (["--check"], ["--out", str(tmp_path / "out")]):
         rc = main(["run", str(WF / "api" / "img2img.json"), "--models", str(sd35_root), *extra])
@@ -188,7 +185,6 @@ def test_img2img_size_the_model_cannot_draw_is_reported_at_validation(sd35_root,
     rc = main(["run", str(WF / "api" / "img2img.json"), "--models", str(sd35_root), "--input", str(tmp_path / "small"),
                "--check"])
     assert rc == 0, capsys.readouterr().err
-    os.environ.pop("SPRITEFORGE_INPUT", None)
 
 
 def test_run_says_a_core_node_workflow_needs_comfyui(capsys):

@@ -85,12 +85,9 @@ def save_images(cls, images, filename_prefix: str, root: Path, kind: str) -> lis
     folder = confined_folder(root, sub)
     results = []
     meta = _pnginfo(cls)
-    for frame in image_to_np(images, keep_alpha=True):
-        if frame.shape[-1] == 1:
-            frame = np.repeat(frame, 3, -1)
+    for frame in image_to_np(images, keep_alpha=True):  # uint8 RGB or RGBA
         path, _ = next_free(folder, name)
-        Image.fromarray(frame[..., :4] if frame.shape[-1] == 4 else frame[..., :3]).save(path, pnginfo=meta,
-                                                                                         compress_level=4)
+        Image.fromarray(frame).save(path, pnginfo=meta, compress_level=4)
         results.append({"filename": path.name, "subfolder": sub, "type": kind})
     return results
 

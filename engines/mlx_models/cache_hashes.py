@@ -14,19 +14,11 @@ CHUNK = 16 << 20
 SMALL = 64 << 20  # files below this are always hashed whole on load
 
 
-def _sha256_stream(f, h=None, limit=None):
-    h = h or hashlib.sha256()
-    left = limit
-    while True:
-        n = CHUNK if left is None else min(CHUNK, left)
-        if n <= 0:
-            break
-        b = f.read(n)
-        if not b:
-            break
+def _sha256_stream(f):
+    """sha256 of the rest of file ``f``, read in CHUNK pieces."""
+    h = hashlib.sha256()
+    while b := f.read(CHUNK):
         h.update(b)
-        if left is not None:
-            left -= len(b)
     return h.hexdigest()
 
 

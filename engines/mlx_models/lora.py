@@ -38,13 +38,13 @@ from ...errors import SpriteForgeError
 from ...log import get_logger
 from ...lora.apply import plan_specs
 from ...lora.core import patched_weight
+from ...lora.layouts import FUSED_ALIASES
 from ..ops import mlx_ops
 from .layers import Conv2d as _SFConv2d
 
 log = get_logger("mlx")
 
-_FUSED_PARTS = {"to_q": "to_qkv", "to_k": "to_qkv", "to_v": "to_qkv",
-                "add_q_proj": "to_added_qkv", "add_k_proj": "to_added_qkv", "add_v_proj": "to_added_qkv"}
+_FUSED_PARTS = {part: fused for part, (fused, _, _) in FUSED_ALIASES.items()}  # to_q -> to_qkv, ...
 _CONVS = (nn.Conv1d, nn.Conv2d, _SFConv2d)
 
 

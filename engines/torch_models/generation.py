@@ -294,10 +294,6 @@ def _need_vae(handle):
     return handle.vae
 
 
-def _is_dc(vae) -> bool:
-    return type(vae).__name__ == "AutoencoderDC" or hasattr(vae, "encoder") and not hasattr(vae, "quant_conv") and hasattr(getattr(vae, "config", None), "encoder_block_out_channels")
-
-
 def vae_encode(engine, handle, images):
     """VAE-scaled latents (torch float32 on the VAE's device) for numpy images [B,H,W,3] in 0..1."""
     torch = _torch()

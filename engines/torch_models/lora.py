@@ -35,6 +35,7 @@ from torch import nn
 from ...log import get_logger
 from ...lora.apply import check_engine, plan_specs
 from ...lora.core import patched_weight
+from ...lora.layouts import FUSED_ALIASES
 from ..ops import torch_ops
 
 log = get_logger("torch")
@@ -51,8 +52,7 @@ def is_patched(m: nn.Module) -> bool:
     return "_sf_patches" in m.__dict__
 
 
-_FUSED_PARTS = {"to_q": "to_qkv", "to_k": "to_qkv", "to_v": "to_qkv",
-                "add_q_proj": "to_added_qkv", "add_k_proj": "to_added_qkv", "add_v_proj": "to_added_qkv"}
+_FUSED_PARTS = {part: fused for part, (fused, _, _) in FUSED_ALIASES.items()}  # to_q -> to_qkv, ...
 
 
 def layer_shapes(model: nn.Module) -> dict:
