@@ -101,19 +101,11 @@ def _header(path: Path) -> tuple[dict, dict]:
 def _alpha_values(path: Path, keys) -> list:
     if not keys:
         return []
-    from safetensors import safe_open
-
-    vals = []
-    for fw in ("numpy", "pt"):
-        try:
-            with safe_open(str(path), framework=fw) as f:
-                for k in keys:
-                    v = f.get_tensor(k)
-                    vals.append(float(v.reshape(-1)[0]))
-            return vals
-        except Exception:
-            vals = []
-    return vals
+    try:  # only these scalars are read (bfloat16 ones too, without a framework)
+        tensors = read_numpy(path, keys)
+    except Exception:
+        return []
+    return [float(tensors[k].reshape(-1)[0]) for k in keys]
 
 
 def is_lora_file(path) -> bool:

@@ -190,13 +190,15 @@ _NUMPY_DTYPES = {"float64": np.float64, "float32": np.float32, "float16": np.flo
                  "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64}
 
 
-def read_numpy(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every tensor of a safetensors file as numpy arrays, without a framework: bfloat16 and fp8 (e4m3fn, e5m2),
-    which numpy has no dtype for, come back as float32 (exact). Validated by :func:`read_header` first."""
+def read_numpy(path: str | os.PathLike, names=None) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file (or those in ``names``) as numpy arrays, without a framework: bfloat16 and
+    fp8 (e4m3fn, e5m2), which numpy has no dtype for, come back as float32 (exact). Validated by
+    :func:`read_header` first; a name the file lacks is a KeyError."""
     header = read_header(path)
     data = np.memmap(header.path, dtype=np.uint8, mode="r", offset=8 + header.header_size)
     out = {}
-    for name, ti in header.tensors.items():
+    wanted = header.tensors if names is None else {n: header.tensors[n] for n in names}
+    for name, ti in wanted.items():
         raw = data[ti.offsets[0]:ti.offsets[1]]
         if ti.dtype == "bfloat16":
             arr = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)

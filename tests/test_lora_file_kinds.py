@@ -82,3 +82,12 @@ def test_pickled_lora_on_the_mlx_engine_matches_torch(tmp_path):
     m_new = apply_loras(mlx_handle(h), [LoRASpec(pt, 0.7)])
     assert m_new.loras[-1].matched == len(keys)
     assert_same_weights(apply_loras(h, [LoRASpec(path, 0.7)]).transformer, m_new.transformer)
+
+
+def test_bf16_alphas_are_inspected_without_torch(tmp_path):
+    path = tmp_path / "bf16.safetensors"
+    key = "lora_unet_transformer_blocks_0_attn1_to_q"
+    save_file({f"{key}.lora_down.weight": torch.ones(4, 8, dtype=torch.bfloat16),
+               f"{key}.lora_up.weight": torch.ones(8, 4, dtype=torch.bfloat16),
+               f"{key}.alpha": torch.tensor(3.0, dtype=torch.bfloat16)}, str(path))
+    assert inspect_lora(path)["alphas"] == [3.0]
