@@ -1,6 +1,6 @@
 """Load benchmark: N prompts of the sprite-demo workflow with varied seeds, in-process or on a running ComfyUI.
 
-In-process (default): the prompts go through :func:`spriteforge.workflow.runner.run_workflow` one after another on one shared
+In-process (default): the prompts go through :func:`spriteforge.execution.runner.run_workflow` one after another on one shared
 cache, like a ComfyUI server's queue. Measured: per-prompt latency (median, p95, max), throughput, and the
 process's resident memory (psutil) after warm-up and at the end. Checked: every run succeeds, every output file is
 present, no file is written twice or changed afterwards, and the sprites differ by seed.
@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-WF = REPO / "workflows" / "api" / "sprite_demo.json"
+WF = REPO / "example_workflows" / "api" / "sprite_demo.json"
 
 
 def _pixels(p: Path) -> bytes:
@@ -46,7 +46,7 @@ def _pixels(p: Path) -> bytes:
 def in_process(n: int, batch: int, steps: int, warmup: int, out: Path) -> dict:
     import psutil
 
-    from spriteforge.workflow.runner import Cache, run_workflow
+    from spriteforge.execution.runner import Cache, run_workflow
 
     proc = psutil.Process()
     cache = Cache()

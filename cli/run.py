@@ -5,9 +5,9 @@ the graph format is converted like the editor does. Only SpriteForge's nodes and
 LoadImage / SaveImage / PreviewImage are available. Outputs go to --out (never overwritten).
 
 Examples:
-  spriteforge run workflows/sprite_pipeline.json --models ~/ComfyUI/models --out out/
+  spriteforge run example_workflows/sprite_pipeline.json --models ~/ComfyUI/models --out out/
   spriteforge run wf.json --set 12.seed=7 --set '6.positive="a knight, pixel art"'
-  spriteforge run workflows/sprite_demo.json --engine mlx   (every Load Model node on MLX)
+  spriteforge run example_workflows/sprite_demo.json --engine mlx   (every Load Model node on MLX)
 """
 
 from __future__ import annotations
@@ -44,11 +44,11 @@ def register(subparsers) -> None:
 def shipped_input_dir(workflow, info=None):
     """The folder LoadImage should read when ``--input`` does not say: ``./input``
     when it holds the images the workflow loads, else an ``input/`` beside the workflow file or one level up
-    (the shipped ``workflows/input`` for ``workflows/api/NAME.json``) that holds them all; None otherwise."""
+    (the shipped ``example_workflows/input`` for ``example_workflows/api/NAME.json``) that holds them all; None otherwise."""
     import os
     from pathlib import Path
 
-    from ..workflow import graph as G
+    from ..execution import graph as G
 
     try:
         prompt, _graph = G.load_workflow(workflow, info)
@@ -69,8 +69,8 @@ def _refuse_core_nodes(workflow) -> None:
     """A workflow with ComfyUI's core model nodes (Load Checkpoint, CLIP Text Encode, ...) runs only in ComfyUI:
     say so plainly instead of "unknown node type"."""
     from ..errors import BAD_INPUT, SpriteForgeError
-    from ..workflow import graph as G
-    from ..workflow.core_info import CORE_INFO
+    from ..execution import graph as G
+    from ..execution.core_info import CORE_INFO
 
     try:  # the node types only: no schemas are built for this
         data = G.read_workflow(workflow)
@@ -89,7 +89,7 @@ def _check(args) -> int:
     """``--check`` / ``--print-api``: convert and validate as a run would, execute nothing."""
     from .. import paths
     from ..nodes.folders import Folders
-    from ..workflow.runner import prepare
+    from ..execution.runner import prepare
 
     folders = Folders(input=args.input or "input", output=args.out)
     with paths.models_root(args.models):
@@ -102,7 +102,7 @@ def _check(args) -> int:
 
 
 def run(args) -> int:
-    from ..workflow.runner import run_workflow
+    from ..execution.runner import run_workflow
 
     if not args.input:
         args.input = shipped_input_dir(args.workflow)

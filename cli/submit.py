@@ -8,7 +8,7 @@ job goes to the least-loaded server, and a job whose server drops is retried on 
 Ctrl-C interrupts the runs on the servers.
 
 Examples:
-  spriteforge submit workflows/txt2img.api.json --server http://127.0.0.1:8188 --out out/
+  spriteforge submit example_workflows/txt2img.api.json --server http://127.0.0.1:8188 --out out/
   spriteforge submit wf.json --prompts prompts.txt --server http://gpu1:8188 --server http://gpu2:8188
 """
 
@@ -42,7 +42,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..errors import SpriteForgeError
-    from ..workflow.submit import load_prompts_file, submit_workflow
+    from ..execution.submit import load_prompts_file, submit_workflow
 
     prompts = load_prompts_file(args.prompts) if args.prompts else None
     stream = None if args.quiet else sys.stderr

@@ -3,7 +3,7 @@
 It implements only the subset of the V3 schema that SpriteForge's nodes use, with the
 same names and constructor arguments, so the very same node classes run inside
 ComfyUI (real ``comfy_api``) and in ``spriteforge run`` / the tests (this module).
-Validation of widget values (min/max/options) lives in :mod:`spriteforge.workflow.graph`.
+Validation of widget values (min/max/options) lives in :mod:`spriteforge.execution.graph`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ One prompt, core Load Checkpoint -> LoraLoader -> CLIP Text Encode, with branche
 * g: img2img + inpaint mask + seamless tile + CFG-rescale + dynamic thresholding;
 * t: a tiled latent (tile on) decoded by SpriteForge VAE Decode (seamless) twice side by side: equal halves;
 * h/i: an SD1.x checkpoint (``v1-5-pruned-emaonly.safetensors``) through SpriteForge KSampler and SamplerCustom;
-then a long run interrupted over HTTP, and the shipped workflows/api/sdxl_pixel_art.json at 64x64
+then a long run interrupted over HTTP, and the shipped example_workflows/api/sdxl_pixel_art.json at 64x64
 (indexed PNGs with index 0 transparent and a sheet come back).
 """
 
@@ -198,7 +198,7 @@ def test_our_samplers_on_core_sdxl_graphs_in_real_comfyui(tmp_path):
         assert any(m[0] == "execution_interrupted" for m in st["messages"]), st
 
         # the shipped SDXL pixel-art workflow, small
-        wf = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "api" / "sdxl_pixel_art.json").read_text())
+        wf = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" / "api" / "sdxl_pixel_art.json").read_text())
         for node in wf.values():
             node.pop("_meta", None)
             ct, inp = node["class_type"], node["inputs"]

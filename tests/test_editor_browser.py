@@ -7,7 +7,7 @@ Playwright importable (``pip install playwright``) and a Chromium (``SPRITEFORGE
 ``SPRITEFORGE_COMFY_TORCHVISION_STUB=1`` as for ``test_lora_comfyui.py``. Screenshots go to
 ``SPRITEFORGE_SCREENSHOTS`` (default: the test's tmp folder).
 
-For every shipped graph (``workflows/NAME.json``) the test opens it in the editor with the
+For every shipped graph (``example_workflows/NAME.json``) the test opens it in the editor with the
 frontend's own ``app.loadGraphData`` and reads every node's box from ``app.graph`` (the frontend's
 ``getBounding``, title bar included, plus the engine badge drawn above model nodes) and every group's
 title bar, and checks that none overlaps another. Then it runs sprite_demo (the built-in model) from
@@ -124,7 +124,7 @@ def test_shipped_workflows_in_the_real_editor(tmp_path):
         pytest.skip(f"no Chromium at {CHROMIUM} (set SPRITEFORGE_CHROMIUM)")
     shots = Path(os.environ.get("SPRITEFORGE_SCREENSHOTS", tmp_path / "shots"))
     shots.mkdir(parents=True, exist_ok=True)
-    graphs = {p.stem: json.loads(p.read_text()) for p in sorted((REPO / "workflows").glob("*.json"))}
+    graphs = {p.stem: json.loads(p.read_text()) for p in sorted((REPO / "example_workflows").glob("*.json"))}
     cfg, out, args = _setup(tmp_path)
     with server(tmp_path, cfg, out, *args, tries=480) as (proc, base, _info):
         fam = _get(f"{base}/spriteforge/model_family?name=spriteforge-demo%20(built-in)")

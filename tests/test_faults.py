@@ -26,7 +26,7 @@ from spriteforge.progress import Interrupted, clear_interrupt, request_interrupt
 from spriteforge.tests.test_submit import servers  # noqa: E402,F401  (fake ComfyUI servers with an input image)
 
 REPO = Path(__file__).resolve().parents[1]
-WF = REPO / "workflows" / "api" / "sprite_demo.json"
+WF = REPO / "example_workflows" / "api" / "sprite_demo.json"
 needs_demo = pytest.mark.skipif(not (REPO / "demo_model" / "model_index.json").exists(),
                                 reason="demo_model/ is not present")
 
@@ -206,7 +206,7 @@ def test_interrupt_mid_sampling_then_rerun_is_identical(demo):
 
 @needs_demo
 def test_interrupted_workflow_rerun_with_the_same_cache_is_identical(tmp_path):
-    from spriteforge.workflow.runner import Cache, run_workflow
+    from spriteforge.execution.runner import Cache, run_workflow
 
     sets = ["3.batch_size=2", "3.steps=6", "3.seed=21"]
     plain = run_workflow(WF, out_dir=tmp_path / "plain", overrides=sets)
@@ -231,7 +231,7 @@ def test_interrupted_workflow_rerun_with_the_same_cache_is_identical(tmp_path):
 # --------------------------------------------------------------------------- a server that drops mid-batch
 
 def _two_outputs_wf():
-    from spriteforge.workflow import graph as G
+    from spriteforge.execution import graph as G
 
     return G.fill_defaults({
         "1": {"class_type": "LoadImage", "inputs": {"image": "sprite.png"}},
@@ -253,7 +253,7 @@ def _each_once(jobs, out: Path, lines):
 
 
 def test_submit_server_crash_mid_batch_loses_nothing(servers, tmp_path):
-    from spriteforge.workflow.submit import submit_workflow
+    from spriteforge.execution.submit import submit_workflow
 
     a = servers("a", crash_after=2, node_delay=0.02)  # runs two prompts, then dies with more in its queue
     b = servers("b", node_delay=0.02)
@@ -270,7 +270,7 @@ def test_submit_server_crash_mid_batch_loses_nothing(servers, tmp_path):
 
 
 def test_submit_server_drop_while_downloading_writes_each_result_once(servers, tmp_path):
-    from spriteforge.workflow.submit import submit_workflow
+    from spriteforge.execution.submit import submit_workflow
 
     a = servers("a", drop_on_view=2)  # dies after the first of a job's two downloads
     b = servers("b")

@@ -400,7 +400,7 @@ def _check_image_output(img, mask):
 def test_images_through_load_image_and_pixel_cli_loader(monkeypatch, kind, w, h, seed):
     pytest.importorskip("torch")
     from spriteforge.cli.pixel import _load
-    from spriteforge.workflow.core_nodes import Folders, LoadImage, with_folders
+    from spriteforge.execution.core_nodes import Folders, LoadImage, with_folders
 
     data, ext = _image_bytes(kind, w, h, seed)
     folder = _TMP / "input"

@@ -1,6 +1,6 @@
 """Bad workflow files, fuzzed: random JSON, wrong types, cycles, missing links, unknown nodes, broken graphs.
 
-Every case goes through what ``spriteforge run`` does (:func:`spriteforge.workflow.runner.run_workflow`: reading the file,
+Every case goes through what ``spriteforge run`` does (:func:`spriteforge.execution.runner.run_workflow`: reading the file,
 the graph -> API converter, ``--set`` overrides, validation, execution of the real pixel nodes on a real input
 image) and must end in a :class:`SpriteForgeError` with a stable code or a valid result: no other exception, nothing
 written outside the output folder, no input or earlier output file changed. Hypothesis is derandomized so CI sees
@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from spriteforge.errors import CODES, SpriteForgeError
-from spriteforge.workflow import graph as G
+from spriteforge.execution import graph as G
 from spriteforge.nodes.folders import Folders
-from spriteforge.workflow.runner import needed_nodes, run_workflow
+from spriteforge.execution.runner import needed_nodes, run_workflow
 
 pytest.importorskip("torch")
 

@@ -237,7 +237,7 @@ def test_cli_with_separate_vae_and_text_encoder_files(tmp_path, reset_models_roo
 
 def test_txt2img_api_workflow_runs_in_process(models_root, tmp_path):
     """An API-format txt2img graph with the SpriteForge nodes and core SaveImage, validated and run like /prompt."""
-    runner = pytest.importorskip("spriteforge.workflow.runner")
+    runner = pytest.importorskip("spriteforge.execution.runner")
     root, folder = models_root
     wf = {
         "1": {"class_type": "SpriteForgeLoadModel", "inputs": {"model": folder.name}},

@@ -1,4 +1,4 @@
-"""workflow/graph.py: schema -> object_info, graph -> API conversion, validation, overrides."""
+"""execution/graph.py: schema -> object_info, graph -> API conversion, validation, overrides."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from spriteforge.errors import SpriteForgeError
 from spriteforge.nodes import _standalone_io as sio
-from spriteforge.workflow import graph as G
+from spriteforge.execution import graph as G
 from spriteforge.nodes import node_map
 
 

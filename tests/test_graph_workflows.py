@@ -1,4 +1,4 @@
-"""Keep the shipped workflows honest (workflows/*.json; skipped while there are none).
+"""Keep the shipped workflows honest (example_workflows/*.json; skipped while there are none).
 
 For every workflow: every node type exists, every widget value passes the node's validation,
 links type-check, the graph file and its API twin (``api/NAME.json``) agree through the
@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from spriteforge.workflow import graph as G
-from spriteforge.workflow.core_info import CORE_INFO, with_core
+from spriteforge.execution import graph as G
+from spriteforge.execution.core_info import CORE_INFO, with_core
 
 try:  # the tiny models root and the shared small runs (needs torch + diffusers + transformers)
     from spriteforge.tests.test_workflows_e2e import tiny_models_root, workflow_runs  # noqa: F401
 except (ImportError, pytest.skip.Exception):  # pragma: no cover - without the ML stack
     pass
 
-WF = Path(__file__).resolve().parents[1] / "workflows"
+WF = Path(__file__).resolve().parents[1] / "example_workflows"
 GRAPHS = sorted(WF.glob("*.json"))
 APIS = sorted((WF / "api").glob("*.json"))
 ALL = GRAPHS + APIS
@@ -98,7 +98,7 @@ def test_graph_and_api_agree(path, info):
 @pytest.mark.skipif(not APIS, reason="no workflows shipped yet")
 @pytest.mark.parametrize("path", APIS, ids=lambda p: p.name)
 def test_workflow_runs_end_to_end(path, tmp_path, request):
-    from spriteforge.workflow.runner import run_workflow
+    from spriteforge.execution.runner import run_workflow
 
     core = sorted({n["class_type"] for n in _load(path).values()} & set(CORE_INFO))
     if core:

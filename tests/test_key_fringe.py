@@ -20,7 +20,7 @@ from PIL import Image
 from spriteforge import pixel
 
 REPO = Path(__file__).resolve().parents[1]
-WF = REPO / "workflows" / "api" / "sprite_demo.json"
+WF = REPO / "example_workflows" / "api" / "sprite_demo.json"
 KEY = (255, 0, 255)
 
 
@@ -87,7 +87,7 @@ def test_decontaminating_key_keeps_purple_and_pink_sprites_whole():
 @pytest.mark.slow
 @pytest.mark.skipif(not (REPO / "demo_model" / "model_index.json").exists(), reason="demo_model/ is not present")
 def test_main_job_has_no_key_fringe_and_no_specks(tmp_path):
-    from spriteforge.workflow.runner import run_workflow
+    from spriteforge.execution.runner import run_workflow
 
     min_island = json.loads(WF.read_text())["7"]["inputs"]["min_island"]
     assert min_island >= 4  # specks of 1-3 pixels are what users saw

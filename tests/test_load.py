@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-WF = REPO / "workflows" / "api" / "sprite_demo.json"
+WF = REPO / "example_workflows" / "api" / "sprite_demo.json"
 N = 12
 WARMUP = 3
 
@@ -36,7 +36,7 @@ def _digest(paths) -> str:
 
 def test_twelve_prompts_in_process(tmp_path):
     psutil = pytest.importorskip("psutil")
-    from spriteforge.workflow.runner import Cache, run_workflow
+    from spriteforge.execution.runner import Cache, run_workflow
 
     proc = psutil.Process()
     cache = Cache()

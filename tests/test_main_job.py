@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-WF = REPO / "workflows" / "api" / "sprite_demo.json"
+WF = REPO / "example_workflows" / "api" / "sprite_demo.json"
 
 pytestmark = pytest.mark.skipif(not (REPO / "demo_model" / "model_index.json").exists(),
                                 reason="demo_model/ is not present")

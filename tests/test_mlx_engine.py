@@ -23,7 +23,7 @@ from spriteforge.errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeE
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo_model"
-WF = REPO / "workflows" / "api" / "sprite_demo.json"
+WF = REPO / "example_workflows" / "api" / "sprite_demo.json"
 TOL = 2.0 / 255.0
 
 pytestmark = pytest.mark.skipif(not (DEMO / "model_index.json").exists(), reason="demo_model/ is not present")
@@ -150,7 +150,7 @@ def test_sprite_demo_workflow_on_mlx_matches_torch(tmp_path):
 
     from PIL import Image
 
-    from spriteforge.workflow.runner import run_workflow
+    from spriteforge.execution.runner import run_workflow
 
     wf = json.loads(WF.read_text())
     wf["99"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "decoded"}}

@@ -161,9 +161,9 @@ def test_capabilities_route_and_engine_info_node():
 
 def test_run_engine_sets_every_load_model_node(capsys):
     from spriteforge.cli.main import main
-    from spriteforge.workflow.runner import set_engine
+    from spriteforge.execution.runner import set_engine
 
-    wf = REPO / "workflows" / "sprite_demo.json"
+    wf = REPO / "example_workflows" / "sprite_demo.json"
     assert main(["run", str(wf), "--engine", "mlx", "--print-api"]) == 0
     prompt = json.loads(capsys.readouterr().out)
     loaders = [n for n in prompt.values() if n["class_type"] == "SpriteForgeLoadModel"]
@@ -196,7 +196,7 @@ def test_generate_and_run_with_engine_mlx_without_mlx(monkeypatch, tmp_path, cap
                "--steps", "1", "--width", "32", "--height", "32", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == CODES[ENGINE_UNAVAILABLE] and err.startswith("ENGINE_UNAVAILABLE:") and "pip install" in err
-    rc = main(["-q", "run", str(REPO / "workflows" / "sprite_demo.json"), "--engine", "mlx", "--out", str(tmp_path / "o2")])
+    rc = main(["-q", "run", str(REPO / "example_workflows" / "sprite_demo.json"), "--engine", "mlx", "--out", str(tmp_path / "o2")])
     err = capsys.readouterr().err
     assert rc == CODES[ENGINE_UNAVAILABLE] and "ENGINE_UNAVAILABLE" in err
     assert not list((tmp_path).rglob("*.png"))

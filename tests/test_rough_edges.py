@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-WF = REPO / "workflows"
+WF = REPO / "example_workflows"
 
 
 # --------------------------------------------------------------------------- shipped LoRA in the dropdowns
@@ -175,7 +175,7 @@ def test_img2img_size_the_model_cannot_draw_is_reported_at_validation(sd35_root,
         rc = main(["run", str(WF / "api" / "img2img.json"), "--models", str(sd35_root), *extra])
         err = capsys.readouterr().err
         assert rc != 0 and err.startswith("DIMENSION_LIMIT: node 4 (SpriteForgeVAEEncode)"), err
-        assert "1024x1024" in err and "at most 256 pixels" in err  # found workflows/input without --input
+        assert "1024x1024" in err and "at most 256 pixels" in err  # found example_workflows/input without --input
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png"))
     # a size the model can draw passes the check
     from PIL import Image

@@ -1,4 +1,4 @@
-"""workflow/runner.py and `spriteforge run`: in-process execution of API/graph workflows."""
+"""execution/runner.py and `spriteforge run`: in-process execution of API/graph workflows."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from PIL import Image
 
 from spriteforge.errors import SpriteForgeError
 from spriteforge.nodes import _standalone_io as sio
-from spriteforge.workflow import graph as G
-from spriteforge.workflow.runner import Cache, needed_nodes, run_workflow
+from spriteforge.execution import graph as G
+from spriteforge.execution.runner import Cache, needed_nodes, run_workflow
 
 pytest.importorskip("torch")
 
@@ -192,7 +192,7 @@ def test_run_workflow_takes_a_path_object_and_restores_the_models_root(tmp_path)
     import json as _json
 
     from spriteforge import paths
-    from spriteforge.workflow.runner import run_workflow
+    from spriteforge.execution.runner import run_workflow
 
     wf = tmp_path / "wf.json"
     wf.write_text(_json.dumps({"1": {"class_type": "SpriteForgeEngineInfo", "inputs": {"as_json": False}}}))

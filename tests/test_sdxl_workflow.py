@@ -10,10 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from spriteforge.workflow import graph as G
-from spriteforge.workflow.core_info import CORE_INFO, with_core
+from spriteforge.execution import graph as G
+from spriteforge.execution.core_info import CORE_INFO, with_core
 
-WF = Path(__file__).resolve().parents[1] / "workflows"
+WF = Path(__file__).resolve().parents[1] / "example_workflows"
 NAME = "sdxl_pixel_art"
 
 

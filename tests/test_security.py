@@ -18,8 +18,8 @@ from PIL import Image
 
 from spriteforge import paths
 from spriteforge.errors import BAD_INPUT, SpriteForgeError
-from spriteforge.workflow import graph as G
-from spriteforge.workflow.runner import run_workflow
+from spriteforge.execution import graph as G
+from spriteforge.execution.runner import run_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("torch")
@@ -95,7 +95,7 @@ def test_load_image_refuses_paths_out_of_the_input_folder(tree, image):
     with pytest.raises(SpriteForgeError) as e:
         run_workflow(_load_save(image), out_dir=tree["out"], input_dir=tree["input"])
     assert e.value.code == BAD_INPUT
-    from spriteforge.workflow.core_nodes import Folders, LoadImage, with_folders  # the node, past the choice list
+    from spriteforge.execution.core_nodes import Folders, LoadImage, with_folders  # the node, past the choice list
 
     with pytest.raises(SpriteForgeError) as e:
         with_folders(LoadImage, Folders(input=tree["input"])).execute(image)
@@ -181,7 +181,7 @@ def test_sprite_demo_generates_with_sockets_blocked(tmp_path, no_network):
     with pytest.raises(OSError):  # the block is real
         socket.create_connection(("example.com", 80), timeout=1)
     no_network.clear()
-    res = run_workflow(REPO / "workflows" / "api" / "sprite_demo.json", out_dir=tmp_path,
+    res = run_workflow(REPO / "example_workflows" / "api" / "sprite_demo.json", out_dir=tmp_path,
                        overrides=["3.batch_size=2", "3.steps=4"])
     sprites = [p for p in res.files if p.name.startswith("demo_sprite_")]
     assert len(sprites) == 2 and all(p.is_file() for p in sprites)

@@ -1,4 +1,4 @@
-"""workflow/submit.py and `spriteforge submit` against a small fake ComfyUI speaking the same protocol.
+"""execution/submit.py and `spriteforge submit` against a small fake ComfyUI speaking the same protocol.
 
 The fake (stdlib http.server + a minimal WebSocket server side) implements POST /prompt
 (validation with ComfyUI's node_errors format), GET /queue, GET /history/{id}, GET /view,
@@ -31,8 +31,8 @@ import pytest
 from PIL import Image
 
 from spriteforge.errors import SpriteForgeError
-from spriteforge.workflow import graph as G
-from spriteforge.workflow.submit import ComfyServer, WebSocket, submit_workflow
+from spriteforge.execution import graph as G
+from spriteforge.execution.submit import ComfyServer, WebSocket, submit_workflow
 
 pytest.importorskip("torch")
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ _RUN_LOCK = threading.Lock()  # one fake executes at a time, as one ComfyUI does
 
 
 class FakeComfy:
-    """A ComfyUI stand-in: one worker executes queued prompts in order with spriteforge.workflow.runner."""
+    """A ComfyUI stand-in: one worker executes queued prompts in order with spriteforge.execution.runner."""
 
     def __init__(self, root: Path, *, node_delay: float = 0.0, extra_load: int = 0, crash_on_start: bool = False,
                  crash_after: int | None = None, drop_on_view: int | None = None):
@@ -256,7 +256,7 @@ class FakeComfy:
 
     def _work(self):
         from spriteforge.progress import Interrupted
-        from spriteforge.workflow.runner import run_workflow
+        from spriteforge.execution.runner import run_workflow
 
         while not self.stopped:
             with self.wake:

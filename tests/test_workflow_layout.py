@@ -1,4 +1,4 @@
-"""The shipped graphs (workflows/NAME.json) are laid out so that nothing overlaps in the editor, also
+"""The shipped graphs (example_workflows/NAME.json) are laid out so that nothing overlaps in the editor, also
 after a run: a node's box is its title bar (plus the engine badge above model nodes) and its body,
 which must hold its sockets, widgets and what it shows after a run (the frontend's image preview,
 at least 220 px, under image-output nodes; the extension's swatch strip under palette nodes). Group
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from spriteforge.workflow import graph as G
+from spriteforge.execution import graph as G
 
 REPO = Path(__file__).resolve().parents[1]
-WF = REPO / "workflows"
+WF = REPO / "example_workflows"
 GRAPHS = sorted(p for p in WF.glob("*.json"))
 
 TITLE_H = 30            # LiteGraph.NODE_TITLE_HEIGHT

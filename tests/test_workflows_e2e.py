@@ -1,4 +1,4 @@
-"""The shipped workflows (``workflows/api/NAME.json``) run end to end on tiny real-format models.
+"""The shipped workflows (``example_workflows/api/NAME.json``) run end to end on tiny real-format models.
 
 :func:`build_models_root` lays out a models root like ComfyUI's ``models/`` in which every file
 name the workflows pick is the real release name, holding a TINY model of that family in the
@@ -36,7 +36,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[1]
-WF = REPO / "workflows"
+WF = REPO / "example_workflows"
 NAMES = ("txt2img", "img2img", "tileset", "inpainting", "sprite_pipeline")
 SMALL = 64
 
@@ -154,7 +154,7 @@ def engine_overrides(prompt: dict, engine: str | None) -> list[str]:
 
 
 def small_inputs(folder: Path) -> Path:
-    """The shipped example images (workflows/input) shrunk to 64x64, alpha kept."""
+    """The shipped example images (example_workflows/input) shrunk to 64x64, alpha kept."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -166,13 +166,13 @@ def small_inputs(folder: Path) -> Path:
 
 
 def run_small(name: str, models_root: Path, base: Path, engine: str | None = None) -> dict:
-    """Run ``workflows/api/NAME.json`` small (once per session: the result is kept under ``base``).
+    """Run ``example_workflows/api/NAME.json`` small (once per session: the result is kept under ``base``).
 
     Returns ``{"outputs": {node_id: ui}, "files": [paths], "out": dir, "inputs": dir, "seconds": s}``.
     """
     from spriteforge import paths
-    from spriteforge.workflow import graph as G
-    from spriteforge.workflow.runner import run_workflow
+    from spriteforge.execution import graph as G
+    from spriteforge.execution.runner import run_workflow
 
     tag = name if engine is None else f"{name}-{engine}"
     done = base / tag / "result.json"
@@ -240,7 +240,7 @@ def test_files_are_what_build_py_writes(name):
     """tools/build_workflows.py is the source: the shipped graph and API files are its output, unedited."""
     import importlib.util
 
-    from spriteforge.workflow import graph as G
+    from spriteforge.execution import graph as G
 
     spec = importlib.util.spec_from_file_location("_sf_workflows_build", WF.parent / "tools" / "build_workflows.py")
     build = importlib.util.module_from_spec(spec)
@@ -259,7 +259,7 @@ def test_files_are_what_build_py_writes(name):
 def test_workflow_validates_with_models_installed(name, tiny_models_root):
     """With the models installed every combo has its real choices: every value must be one of them."""
     from spriteforge import paths
-    from spriteforge.workflow import graph as G
+    from spriteforge.execution import graph as G
 
     from spriteforge.nodes.folders import Folders
 

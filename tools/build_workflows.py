@@ -1,6 +1,6 @@
 """Generates the shipped workflows: ``NAME.json`` (graph format, what the editor's Save writes),
 ``api/NAME.json`` (API format for POST /prompt, converted from the graph by
-:func:`spriteforge.workflow.graph.graph_to_api`, so the two agree by construction), ``NAME.jpg``
+:func:`spriteforge.execution.graph.graph_to_api`, so the two agree by construction), ``NAME.jpg``
 (a 256x256 diagram of the graph for the template browser) and the example images in ``input/``.
 
     python tools/build_workflows.py            # rewrite every file
@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parents[1] / "workflows"  # what this script writes
+HERE = Path(__file__).resolve().parents[1] / "example_workflows"  # what this script writes
 
 COL_W = 400          # horizontal pitch of the layout grid
 ROW_GAP = 40         # vertical gap between stacked nodes
@@ -427,7 +427,7 @@ WORKFLOWS = {"txt2img": txt2img, "img2img": img2img, "tileset": tileset, "inpain
 # --------------------------------------------------------------------------- graph assembly
 
 def _widget_values(desc: dict, values: dict, cag: str) -> list:
-    from spriteforge.workflow import graph as G
+    from spriteforge.execution import graph as G
 
     unknown = set(values) - {n for n, *_ in G.ordered_inputs(desc)}
     if unknown:
@@ -452,7 +452,7 @@ def _widget_values(desc: dict, values: dict, cag: str) -> list:
 
 
 def _height(desc: dict, n_sockets: int, n_outputs: int, slots: list) -> int:
-    from spriteforge.workflow import graph as G
+    from spriteforge.execution import graph as G
 
     h = 30 + 22 * max(n_sockets, n_outputs)
     for name in slots:
@@ -546,7 +546,7 @@ def settle(nodes: list, groups: list) -> None:
 
 
 def build_graph(wf: Workflow, info: dict) -> dict:
-    from spriteforge.workflow import graph as G
+    from spriteforge.execution import graph as G
 
     by_id = {n.id: n for n in wf.nodes}
     link_rows = []
@@ -784,13 +784,13 @@ def write_inputs(names: list[str]) -> None:
 
 def _with_core(info: dict) -> dict:
     """Our nodes' descriptions plus ComfyUI's for the core nodes a workflow uses (CheckpointLoaderSimple, ...)."""
-    from spriteforge.workflow.core_info import with_core
+    from spriteforge.execution.core_info import with_core
 
     return with_core(info)
 
 
 def build(name: str, info: dict | None = None) -> tuple[dict, dict]:
-    from spriteforge.workflow import graph as G
+    from spriteforge.execution import graph as G
 
     info = _with_core(G.object_info() if info is None else info)
     wf = WORKFLOWS[name]()
@@ -800,7 +800,7 @@ def build(name: str, info: dict | None = None) -> tuple[dict, dict]:
 
 
 def main(argv: list[str]) -> int:
-    from spriteforge.workflow import graph as G
+    from spriteforge.execution import graph as G
 
     info = _with_core(G.object_info())
     for name in argv or list(WORKFLOWS):

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("engines", ["engines"]),
     ("services", ["pipeline", "generation", "comfy_bridge", "preview", "resolve", "diagnostics"]),
     ("nodes", ["nodes"]),
-    ("workflow", ["workflow"]),
+    ("execution", ["execution"]),
     ("cli", ["cli"]),
     ("entry", ["", "benchmarks", "training", "tools"]),
 ]

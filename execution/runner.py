@@ -1,12 +1,12 @@
 """Run an exported workflow in-process, without ComfyUI: ``spriteforge run``.
 
 :func:`run_workflow` takes the API format (``{id: {class_type, inputs}}``) or the graph format
-(converted by :func:`spriteforge.workflow.graph.graph_to_api`), applies ``--set`` overrides,
+(converted by :func:`spriteforge.execution.graph.graph_to_api`), applies ``--set`` overrides,
 validates every input against the nodes' schemas, then executes -- like ComfyUI -- only the
 nodes the output nodes (``is_output_node``) need, in dependency order, calling each class's
 ``execute(**inputs)`` (``async def execute`` too). Results are cached by node signature, so a
 :class:`Cache` shared between runs re-executes only what changed. The core IO nodes
-LoadImage / SaveImage / PreviewImage come from :mod:`spriteforge.workflow.core_nodes`.
+LoadImage / SaveImage / PreviewImage come from :mod:`spriteforge.execution.core_nodes`.
 
 Errors are :class:`~spriteforge.errors.SpriteForgeError` naming the node (id and type), the
 input and what to do.
@@ -210,7 +210,7 @@ def run_workflow(
     ``engine``: ``auto``/``torch``/``mlx`` for every SpriteForge Load Model node (:func:`set_engine`).
 
     The folders reach the nodes as a :class:`~spriteforge.nodes.folders.Folders` carried by the classes of
-    this run (:func:`spriteforge.workflow.graph.bind_folders`), never through the environment.
+    this run (:func:`spriteforge.execution.graph.bind_folders`), never through the environment.
     """
     from .. import paths
     from ..nodes.folders import Folders

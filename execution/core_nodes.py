@@ -2,7 +2,7 @@
 
 Same node ids, inputs, outputs and ``ui`` results as ComfyUI's core nodes, so an exported
 workflow runs unchanged in ``spriteforge run``. NOT registered in ``NODES``: inside ComfyUI
-its own nodes are used; :mod:`spriteforge.workflow.runner` adds these when ComfyUI is absent.
+its own nodes are used; :mod:`spriteforge.execution.runner` adds these when ComfyUI is absent.
 
 Folders: images are read from ``cls.folders.input`` and written to ``cls.folders.output`` (previews in its
 ``previews`` folder); the runner passes both as a :class:`~spriteforge.nodes.folders.Folders` by binding

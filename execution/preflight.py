@@ -55,7 +55,7 @@ def _model_cap(name: str) -> tuple[int | None, str]:
 
 
 def size_issues(prompt: dict, input_dir: str | Path = "input") -> list:
-    """Issues (``spriteforge.workflow.graph.Issue``) for images too large for their model or over max_side.
+    """Issues (``spriteforge.execution.graph.Issue``) for images too large for their model or over max_side.
 
     ``input_dir`` is the folder LoadImage reads (the run's :class:`~spriteforge.nodes.folders.Folders` input)."""
     from .graph import Issue
