@@ -27,7 +27,7 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--terrain", action="append", default=[], metavar="PROMPT", required=True,
                    help="a terrain prompt; give it twice for two terrains, once for a terrain and transparency")
-    p.add_argument("--layout", default="wang16", choices=list(LAYOUTS), help="tile layout (default wang16)")
+    p.add_argument("--layout", default="wang16", help=f"tile layout: {', '.join(LAYOUTS)} (default wang16)")
     p.add_argument("--tile", type=int, default=16, help="tile size in pixels (default 16)")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--name", help="file name stem (default <terrain>_<terrain>_<layout>)")
