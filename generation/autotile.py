@@ -141,10 +141,13 @@ def inpaint_band(engine, handle, spec: AutotileSpec, images: np.ndarray, weight:
     ``spec.batch`` tiles a run; outside the band (and at every tile border) the images stay exactly as given."""
     _, _, prompt = _prompts(spec)
     out = images.copy()
-    todo = [i for i in range(len(images)) if weight[i].max() > 0.05]
-    chunks = [todo[i:i + int(spec.batch)] for i in range(0, len(todo), int(spec.batch))]
+    n, step = len(images), int(spec.batch)
+    chunks = [list(range(i, min(i + step, n))) for i in range(0, n, step)]  # tile i always gets seed + 7 + i
     bar = Progress(max(len(chunks), 1), "autotile band")
     for chunk in chunks:
+        if weight[chunk].max() <= 0.05:  # nothing to redraw (single-terrain tiles)
+            bar.update()
+            continue
         gen = _generate(engine, handle, spec, prompt=prompt, seed=int(spec.seed) + 7 + chunk[0],
                         steps=spec.inpaint_steps, init_image=images[chunk], mask=(weight[chunk] > 0.05).astype(np.float32),
                         mask_feather=0, denoise=float(spec.strength), batch_size=len(chunk), tile=True)

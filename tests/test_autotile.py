@@ -119,3 +119,13 @@ def test_cancel_stops_the_run(demo):
             make_autotiles(demo.engine, demo, AutotileSpec("grass", "water", "wang16", tile=8, scale=1, steps=2))
     finally:
         progress.clear_interrupt()
+
+
+def test_the_set_does_not_depend_on_the_batch_size(demo):
+    """Tile i is inpainted from seed + 7 + i however many tiles share a sampler run."""
+    def run(batch):
+        spec = AutotileSpec("grass", "water", "dualgrid", tile=8, scale=1, seed=4, steps=2, inpaint_steps=2,
+                            colors=8, batch=batch)
+        return make_autotiles(demo.engine, demo, spec).tiles
+
+    assert np.array_equal(run(3), run(16))
