@@ -3,7 +3,7 @@ from them, one palette for the set.
 
 :func:`make_autotiles` runs it: each terrain prompt is generated as a seamless texture
 (:func:`spriteforge.pipeline.generate` with ``tile=True``) at the work size (tile x ``scale``); each tile of
-the layout is the two textures joined along its terrain mask (:mod:`spriteforge.pixel.autotile`: the same
+the layout is the two textures (their wrap seams mended by inpainting) joined along its terrain mask (:mod:`spriteforge.pixel.autotile`: the same
 texture offset in every tile, so whatever two tiles may touch continue into each other), then the band along
 the boundary is inpainted (masked generation with the tile wrapped, a few tiles a batch; the band stays clear
 of the tile's border, which is what neighbours share); then the pixel chain (:mod:`spriteforge.pixel.sprite`)
@@ -123,17 +123,32 @@ def _generate(engine, handle, spec: AutotileSpec, **kw) -> np.ndarray:
 
 
 def textures(engine, handle, spec: AutotileSpec, side: int) -> list:
-    """The terrains as seamless textures ``[side, side, 3]`` float 0..1 (B None for transparency)."""
+    """The terrains as seamless textures ``[side, side, 3]`` float 0..1 (B None for transparency): generated
+    with ``tile=True``, then the wrap seam mended (:func:`mend_seam`)."""
     a, b, _ = _prompts(spec)
     out = []
     for k, prompt in enumerate((a, b)):
         if prompt is None:
             out.append(None)
             continue
-        img = _generate(engine, handle, spec, prompt=prompt, seed=int(spec.seed) + 1000 * k, steps=spec.steps,
-                        width=side, height=side, tile=True)
-        out.append(img[0])
+        seed = int(spec.seed) + 1000 * k
+        img = _generate(engine, handle, spec, prompt=prompt, seed=seed, steps=spec.steps, width=side, height=side,
+                        tile=True)
+        out.append(mend_seam(engine, handle, spec, img[0], prompt, seed + 500))
     return out
+
+
+def mend_seam(engine, handle, spec: AutotileSpec, tex: np.ndarray, prompt: str, seed: int) -> np.ndarray:
+    """``tex`` with its wrap seam redrawn: rolled by half its side (the seam becomes a cross through the
+    middle, where the model sees both sides), the cross inpainted with the image wrapped, rolled back. The
+    seamless sampling leaves a DiT's wrap seam only as good as its last steps; this makes it interior content."""
+    side = tex.shape[0]
+    half = side // 2
+    rolled = np.roll(tex, (half, half), axis=(0, 1))
+    w = T.seam_band(side).astype(np.float32)
+    gen = _generate(engine, handle, spec, prompt=prompt, seed=seed, steps=spec.inpaint_steps, init_image=rolled[None],
+                    mask=(w > 0.05)[None].astype(np.float32), mask_feather=0, denoise=float(spec.strength), tile=True)
+    return np.roll(rolled * (1.0 - w[..., None]) + gen[0] * w[..., None], (-half, -half), axis=(0, 1))
 
 
 def inpaint_band(engine, handle, spec: AutotileSpec, images: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -229,4 +244,4 @@ FILE_EXTS = (".png", ".json", ".tsx", ".tres")
 
 
 __all__ = ["AutotileSpec", "AutotileSet", "FILE_EXTS", "check_spec", "native_side", "work_scale", "textures",
-           "inpaint_band", "finish", "make_autotiles", "tileset_files"]
+           "mend_seam", "inpaint_band", "finish", "make_autotiles", "tileset_files"]

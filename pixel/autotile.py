@@ -215,6 +215,13 @@ def band(field: np.ndarray, radius: float, hold: float) -> np.ndarray:
     return w * np.minimum(ramp[:, None], ramp[None, :])
 
 
+def seam_band(size: int) -> np.ndarray:
+    """Weight 0..1 of a cross through the middle of a ``size x size`` image (a sixth of the side either way):
+    where a texture rolled by half its side has its wrap seam, redrawn to mend it."""
+    c = np.abs(np.arange(size) + 0.5 - size // 2)
+    return np.clip(1.0 - np.minimum(c[:, None], c[None, :]) / (size / 6.0), 0.0, 1.0)
+
+
 def composite(field: np.ndarray, tex_a: np.ndarray, tex_b: np.ndarray | None, soft: float = 0.04) -> np.ndarray:
     """Float RGB ``[N, H, W, 3]``: texture A where the field says A, texture B elsewhere (soft across ``soft``
     of field value); without B (transparency) texture A everywhere (the alpha comes from the field)."""
@@ -400,5 +407,5 @@ def write_new(folder, files: dict) -> list:
 
 
 __all__ = ["LAYOUTS", "POSITIONS", "Tile", "Layout", "layout", "blob_codes", "may_touch", "touching_pairs",
-           "tile_noise", "terrain_field", "masks", "band", "composite", "upsample", "inner_change", "continuity",
+           "tile_noise", "terrain_field", "masks", "band", "seam_band", "composite", "upsample", "inner_change", "continuity",
            "seam_ratio", "atlas", "tiled_tsx", "godot_tres", "png_bytes", "free_stem", "write_new"]
