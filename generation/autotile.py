@@ -44,7 +44,7 @@ class AutotileSpec:
     cfg: float | None = None
     transition: str | None = None      # the band's prompt (default "<a> and <b>" / "edge of <a>")
     colors: int = 16
-    palette: str | None = None
+    palette: object = None             # a Palette, shipped palette name or palette file
     batch: int = 8
 
 

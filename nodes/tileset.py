@@ -15,7 +15,7 @@ from .comfy_types import np_to_image, np_to_mask
 from .folders import confined_folder, output_dir
 from .generate import MAX_SEED, _check_model
 from .loaders import ModelType
-from .pixel import _bad, _split_prefix
+from .pixel import PaletteType, _bad, _split_prefix
 
 CATEGORY = "SpriteForge/tileset"
 AutotileType = io.Custom("SF_AUTOTILE")
@@ -52,6 +52,10 @@ class MakeAutotileSet(io.ComfyNode):
                                tooltip="How much of the boundary band is redrawn (denoise)."),
                 io.Int.Input("colors", default=16, min=2, max=255, tooltip="Palette size fitted to the whole set."),
                 io.Int.Input("batch", default=8, min=1, max=64, tooltip="Tiles inpainted per sampler run."),
+                io.String.Input("transition", default="", optional=True,
+                                tooltip="Prompt for the redrawn boundary band; empty = '<a> and <b>' (or 'edge of <a>')."),
+                PaletteType.Input("palette", optional=True,
+                                  tooltip="A fixed palette (from Palette Load / Extract) instead of fitting 'colors'."),
             ],
             outputs=[io.Image.Output(display_name="tiles", tooltip="The tiles as a batch [N,h,w,3], in sheet order."),
                      io.Mask.Output(display_name="masks", tooltip="Each tile's alpha [N,h,w]: 1 = opaque."),
@@ -60,12 +64,12 @@ class MakeAutotileSet(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, terrain_a="grass", terrain_b="water", layout="wang16", tile_size=16, scale=0, seed=0,
-                steps=0, inpaint_steps=0, strength=0.75, colors=16, batch=8):
+                steps=0, inpaint_steps=0, strength=0.75, colors=16, batch=8, transition="", palette=None):
         h = _check_model(model)
         spec = AutotileSpec(terrain_a=str(terrain_a), terrain_b=str(terrain_b or "").strip() or None, layout=layout,
                             tile=int(tile_size), scale=int(scale) or None, seed=int(seed), steps=int(steps) or None,
                             inpaint_steps=int(inpaint_steps) or None, strength=float(strength), colors=int(colors),
-                            batch=int(batch))
+                            batch=int(batch), transition=str(transition or "").strip() or None, palette=palette)
         aset = make_autotiles(h.engine, h, spec)
         return io.NodeOutput(np_to_image(aset.tiles), np_to_mask(aset.tiles[..., 3]), aset)
 

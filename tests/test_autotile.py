@@ -100,8 +100,14 @@ def test_nodes_make_and_save_a_set(demo, tmp_path):
     from spriteforge.nodes.folders import Folders, with_folders
     from spriteforge.nodes.tileset import MakeAutotileSet, SaveAutotileSet
 
-    tiles, masks, aset = MakeAutotileSet.execute(demo, "rock", "", "dualgrid", 8, 1, 5, 2, 2, 0.75, 8, 16).args
+    from spriteforge.pixel.palette import builtin
+
+    pico = builtin("pico-8")
+    tiles, masks, aset = MakeAutotileSet.execute(demo, "rock", "", "dualgrid", 8, 1, 5, 2, 2, 0.75, 8, 16,
+                                                 transition="rock edge", palette=pico).args
     assert tuple(tiles.shape) == (16, 8, 8, 3) and tuple(masks.shape) == (16, 8, 8)
+    opaque = aset.tiles[aset.tiles[..., 3] == 255][:, :3]
+    assert {tuple(c) for c in opaque.tolist()} <= {tuple(c) for c in pico.colors.tolist()}
     save = with_folders(SaveAutotileSet, Folders(tmp_path / "in", tmp_path / "out"))
     for _ in range(2):  # the second save gets new names, never the first one's
         save.execute(aset, "sets/rock")
