@@ -4,7 +4,8 @@ A tile's *code* is eight terrain values in Tiled's wangid order: top, top-right,
 bottom-left, left, top-left (edges at even positions, corners at odd ones). ``1`` is the first terrain (A),
 ``0`` the second (B, or transparency), ``None`` a position the layout does not use (the edges of the corner
 sets). Blob tiles are all terrain A in the middle; their edges say whether the neighbour is A, their corners
-are A only where both edges beside them and the diagonal neighbour are (the 47 codes left after that pruning).
+are A only where both edges beside them and the diagonal neighbour are (the 47 codes left after that pruning);
+the blob sheet's 48th slot holds the plain terrain-B tile (middle B), so B can be painted too.
 
 The pieces here are numpy only:
 
@@ -68,6 +69,12 @@ class Tile:
         return {POSITIONS[i]: self.code[i] for i in EDGES if self.code[i] is not None}
 
 
+    @property
+    def key(self) -> tuple:
+        """What tells tiles apart: the middle terrain and the code."""
+        return (self.centre, self.code)
+
+
 @dataclass(frozen=True)
 class Layout:
     name: str
@@ -78,7 +85,7 @@ class Layout:
 
     @property
     def codes(self) -> list:
-        return [t.code for t in self.tiles]
+        return [t.key for t in self.tiles]
 
 
 def _corner_code(tl: int, tr: int, br: int, bl: int) -> tuple:
@@ -113,7 +120,10 @@ def blob_codes() -> list:
 
 
 def _blob47() -> Layout:
+    """The 47 blob tiles, then in the sheet's 48th slot the plain second-terrain tile (middle B, all around B):
+    the fill that lets the engines paint the second terrain (fully transparent with transparency)."""
     tiles = [Tile(code, i % 8, i // 8, centre=1) for i, code in enumerate(blob_codes())]
+    tiles.append(Tile((0,) * 8, 7, 5, centre=0))
     return Layout("blob47", "mixed", 8, 6, tuple(tiles))
 
 
@@ -130,19 +140,15 @@ def layout(name: str) -> Layout:
 
 
 def may_touch(a: Tile, b: Tile, side: str) -> bool:
-    """Whether ``b`` may sit to the ``side`` ("right" or "below") of ``a``: the corners on the shared edge
-    agree, and (blob tiles) each tile's edge there says the other's middle terrain."""
+    """Whether ``b`` may sit to the ``side`` ("right" or "below") of ``a``: the two corners and (blob tiles) the
+    edge they share have the same terrain in both codes - Tiled's rule for corner and mixed wangsets."""
     if side == "right":
-        pairs, ea, eb = ((1, 7), (3, 5)), 2, 6
+        pairs = ((1, 7), (2, 6), (3, 5))
     elif side == "below":
-        pairs, ea, eb = ((5, 7), (3, 1)), 4, 0
+        pairs = ((5, 7), (4, 0), (3, 1))
     else:
         raise ValueError(side)
-    if any(a.code[i] != b.code[j] for i, j in pairs):
-        return False
-    if a.centre is None and b.centre is None:
-        return True
-    return a.code[ea] == b.centre and b.code[eb] == a.centre
+    return all(a.code[i] == b.code[j] for i, j in pairs)
 
 
 def touching_pairs(lay: Layout) -> list:
@@ -285,6 +291,14 @@ def _wangid(tile: Tile, transparent: bool) -> list:
     return [0 if v is None else (1 if v == 1 else (0 if transparent else 2)) for v in tile.code]
 
 
+def in_wangset(tile: Tile, transparent: bool) -> bool:
+    """Whether the tile goes into Tiled's wangset: not when its wangid is all empty, and not the one-cell blob
+    island, whose wangid (the second terrain all around) cannot say that its middle is the first terrain - it
+    would stand in for the plain second-terrain tile. Both stay on the sheet and in Godot's terrain set."""
+    wid = _wangid(tile, transparent)
+    return any(wid) and not (tile.centre == 1 and 1 not in wid)
+
+
 def atlas(lay: Layout, terrains: tuple, tile: int, image_name: str, base: dict) -> dict:
     """The sheet's JSON atlas (``base``: :func:`spriteforge.pixel.export.pack_sheet`'s) with each tile's
     terrain code and the layout."""
@@ -319,7 +333,7 @@ def tiled_tsx(lay: Layout, terrains: tuple, tile: int, image_name: str, colours:
         lines.append(f'   <wangcolor name={quoteattr(str(name))} color="{_colour(col)}" tile="-1" probability="1"/>')
     for t in lay.tiles:
         wid = _wangid(t, transparent)
-        if any(wid):
+        if in_wangset(t, transparent):
             lines.append(f'   <wangtile tileid="{t.row * lay.columns + t.column}" wangid="{",".join(map(str, wid))}"/>')
     lines += ["  </wangset>", " </wangsets>", "</tileset>", ""]
     return "\n".join(lines)
@@ -406,6 +420,6 @@ def write_new(folder, files: dict) -> list:
     return written
 
 
-__all__ = ["LAYOUTS", "POSITIONS", "Tile", "Layout", "layout", "blob_codes", "may_touch", "touching_pairs",
+__all__ = ["LAYOUTS", "POSITIONS", "Tile", "Layout", "layout", "blob_codes", "in_wangset", "may_touch", "touching_pairs",
            "tile_noise", "terrain_field", "masks", "band", "seam_band", "composite", "upsample", "inner_change", "continuity",
            "seam_ratio", "atlas", "tiled_tsx", "godot_tres", "png_bytes", "free_stem", "write_new"]
