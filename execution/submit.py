@@ -1,16 +1,22 @@
 """Queue workflows on running ComfyUI servers and collect the results (``spriteforge submit``).
 
-Standard library only: HTTP through :mod:`urllib`, and a small WebSocket client
-(:class:`WebSocket`, RFC 6455, text/binary/ping/close) for ComfyUI's ``/ws`` messages.
+Standard library only: a small HTTP/1.1 client and a small WebSocket client (:class:`WebSocket`, RFC 6455,
+text/binary/ping/close, for ComfyUI's ``/ws`` messages) over one buffered reader, :class:`_Wire`, whose every
+read ends by a fixed time: a server that sends one byte at a time cannot make a wait longer.
 
-* :class:`ComfyServer`: one server: ``object_info``, ``queue_load``, ``queue_prompt`` (POST /prompt with a
-  ``client_id``; a refusal raises a :class:`SpriteForgeError` listing ``node_errors`` readably),
-  ``history``, ``view``, ``interrupt``, ``delete_queued``.
+* :class:`Deadline`: the whole submit's time limit; connecting, every request and every poll take their
+  waits from what is left of it.
+* :func:`server_url`: a ``--server`` value checked and normalised (BAD_INPUT for what cannot be an address).
+* :class:`ComfyServer`: one server: ``object_info``, ``queue``/``queue_load``, ``queue_prompt`` (POST /prompt
+  with a ``client_id``; a refusal raises a :class:`SpriteForgeError` listing ``node_errors`` readably),
+  ``history``, ``view``, ``interrupt``, ``delete_queued``. No answer in time raises :class:`ServerDown`; an
+  answer that is not ComfyUI's (an HTTP error, not JSON, not HTTP) raises :class:`BadAnswer`.
 * :func:`submit_workflow`: queue one run, or one run per batch prompt, spread over one or more servers:
   each job goes to the alive server with the shortest ``/queue`` (running + pending), follows ``/ws``
   for progress, downloads the outputs listed by ``/history`` through ``/view`` into one folder (never
-  overwriting), and retries a job elsewhere when its server drops. Ctrl-C (``KeyboardInterrupt``) or
-  the ``stop`` event interrupts the runs on the servers (POST /interrupt, queued ones deleted).
+  replacing a file, never leaving it), and queues a job again (elsewhere when it can) when its server drops
+  or loses it. Ctrl-C (``KeyboardInterrupt``) or the ``stop`` event interrupts the runs on the servers
+  (POST /interrupt, queued ones deleted).
 """
 
 from __future__ import annotations
