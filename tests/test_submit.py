@@ -626,11 +626,11 @@ def test_dripping_answer_is_cut_at_the_request_limit_without_timeout(raw_server,
 
 def test_dripping_history_mid_run_ends_at_the_timeout(servers, tmp_path):
     s = servers(drip="/history")  # runs the prompt, then drips every /history answer
-    jobs, err = _in_thread(lambda: submit_workflow(_wf(), [s.url], out_dir=tmp_path / "o", timeout=4,
+    jobs, err = _in_thread(lambda: submit_workflow(_wf(), [s.url], out_dir=tmp_path / "o", timeout=8,
                                                    http_timeout=600, poll_interval=0.2))
     assert err is None, err
     assert [j.status for j in jobs] == ["timed_out"] and jobs[0].code == "ENGINE_UNAVAILABLE"
-    assert "did not finish within the time limit (--timeout 4 s)" in jobs[0].error
+    assert "did not finish within the time limit (--timeout 8 s)" in jobs[0].error
     assert jobs[0].prompt_id in jobs[0].error
 
 
