@@ -723,3 +723,58 @@ def test_cli_submit_help_and_bad_values(tmp_path):
                 ["--server", "http://127.0.0.1:99999"]):
         assert main(["-q", "submit", str(wf), "--out", str(tmp_path / "o"), *bad]) == 19, bad
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- a real ComfyUI (opt-in)
+
+@pytest.mark.skipif(not os.environ.get("SPRITEFORGE_COMFYUI"), reason="set SPRITEFORGE_COMFYUI=/path/to/ComfyUI "
+                    "(see tests/comfyui_server.py) to run submit and the routes against a real ComfyUI")
+def test_real_comfyui_submit_routes_and_palette_file(tmp_path):
+    """The HTTP/WebSocket client, the routes' statuses and Palette Load's confinement in a real ComfyUI running
+    this checkout (``--base-directory`` with only this pack in its custom_nodes)."""
+    import urllib.error
+    import urllib.request
+
+    from spriteforge.tests.comfyui_server import server
+
+    base_dir = tmp_path / "base"
+    for d in ("custom_nodes", "input", "user", "temp", "models"):
+        (base_dir / d).mkdir(parents=True)
+    (base_dir / "custom_nodes" / "spriteforge").symlink_to(Path(spriteforge.__file__).parent, target_is_directory=True)
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[4:12, 4:12] = [250, 40, 40, 255]
+    Image.fromarray(rgba).save(base_dir / "input" / "sprite.png")
+    (base_dir / "input" / "mine.hex").write_text("ff0000\n0000ff\n")
+    cfg = tmp_path / "extra_model_paths.yaml"
+    cfg.write_text(f"sf_submit:\n    base_path: {base_dir / 'models'}\n")
+    with server(tmp_path, cfg, tmp_path / "server_out", "--base-directory", str(base_dir), "--database-url",
+                "sqlite:///:memory:", ready="SpriteForgePixelPaletteLoad") as (_proc, base, _info):
+        jobs = submit_workflow(_wf("real"), [base], prompts=["a", "b"], prompt_input="3.filename_prefix",
+                               out_dir=tmp_path / "o", timeout=240)
+        assert [j.status for j in jobs] == ["done", "done"], [j.error for j in jobs]
+        assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_00001_.png", "b_00001_.png"]
+
+        def palette(file):
+            wf = _wf("pal")
+            wf["0"] = {"class_type": "SpriteForgePixelPaletteLoad", "inputs": {"name": "pico-8", "file": file}}
+            wf["4"] = {"class_type": "SpriteForgePixelQuantize", "inputs": {"image": ["2", 0], "palette": ["0", 0]}}
+            wf["3"]["inputs"]["images"] = ["4", 0]
+            return submit_workflow(G.fill_defaults(wf), [base], out_dir=tmp_path / "p", timeout=240)[0]
+
+        assert palette("mine.hex").status == "done"
+        for bad in ("/etc/passwd.hex", "../../../../etc/x.hex"):
+            job = palette(bad)
+            assert job.status == "failed" and "[BAD_INPUT]" in job.error, job.error
+
+        def status(path):
+            try:
+                with urllib.request.urlopen(base + path, timeout=60) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        got = {n: status(f"/spriteforge/model_family?name={urllib.parse.quote(n)}")[0]
+               for n in (".", "..", "/etc/passwd", "missing.safetensors")}
+        assert got == {".": 400, "..": 400, "/etc/passwd": 400, "missing.safetensors": 404}
+        code, caps = status("/spriteforge/capabilities")
+        assert code == 200 and str(tmp_path) not in caps and str(REPO) not in caps
