@@ -691,6 +691,29 @@ def test_a_server_that_answers_wrongly_is_not_unreachable(raw_server, tmp_path, 
     assert s.url in err.message
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "until-close"])
+def test_http_answers_in_every_framing(raw_server, framing):
+    body = json.dumps({"queue_running": [[0, "p1", {}, {}, []]], "queue_pending": [[1, "p2", {}, {}, []]]}).encode()
+    if framing == "chunked":
+        head, payload = "Transfer-Encoding: chunked\r\n", b"".join(
+            b"%x;ext=1\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7)) + b"0\r\n\r\n"
+    elif framing == "content-length":
+        head, payload = f"Content-Length: {len(body)}\r\n", body
+    else:
+        head, payload = "", body
+
+    def serve(conn, stopped):
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{head}\r\n".encode() + payload)
+        if framing == "until-close":
+            conn.shutdown(socket.SHUT_WR)
+        else:
+            stopped.wait()  # keeps the connection open: the answer's own framing must end the read
+
+    s = raw_server(serve)
+    srv = ComfyServer(s.url, timeout=60)
+    assert srv.queue() == ["p1", "p2"] and srv.queue_load() == 2
+
+
 def test_outputs_named_outside_the_folder_are_not_written(servers, tmp_path):
     s = servers(subfolder="../../escape")
     out = tmp_path / "deep" / "out"
