@@ -1,8 +1,9 @@
 """Paths stay inside their folders, and nothing reaches the network at run time.
 
-* Model names (``paths.resolve``), LoadImage names, save prefixes (SaveImage, PreviewImage, the pack's indexed PNG
-  and sprite-sheet savers), ``spriteforge generate --prefix`` and the ``/spriteforge/model_family`` route refuse
-  ``..``, absolute paths and symlinks that lead out, with BAD_INPUT; nothing is written outside the output folder.
+* Model names (``paths.resolve``), LoadImage names, Palette Load's ``file``, save prefixes (SaveImage, PreviewImage,
+  the pack's indexed PNG and sprite-sheet savers), ``spriteforge generate --prefix`` and the
+  ``/spriteforge/model_family`` route refuse ``..``, absolute paths and symlinks that lead out, with BAD_INPUT (the
+  route with 400/404/422); no route reply holds an absolute path; nothing is written outside the output folder.
 * A full generation of the sprite-demo workflow on the built-in model runs with every socket connect refused.
 """
 
