@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..errors import BAD_INPUT, ENGINE_INTERNAL, ENGINE_UNAVAILABLE, HINTS, SpriteForgeError
+from ..errors import BAD_INPUT, ENGINE_UNAVAILABLE, HINTS, SpriteForgeError
 
 Event = Callable[[str, dict], None]
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
