@@ -366,9 +366,9 @@ class WebSocket:
 
 # --------------------------------------------------------------------------- one server
 
-def _unreachable(url: str, exc) -> SpriteForgeError:
-    return SpriteForgeError(ENGINE_UNAVAILABLE, f"cannot reach ComfyUI at {url} ({exc}). Start it (python main.py "
-                            f"--listen) or check the --server address.", hint="")
+def _unreachable(problems: list[ServerDown]) -> SpriteForgeError:
+    return SpriteForgeError(ENGINE_UNAVAILABLE, f"cannot reach ComfyUI ({'; '.join(str(p) for p in problems)}). "
+                            "Start it (python main.py --listen) or check the --server address.", hint="")
 
 
 def _not_comfyui(problems: list[BadAnswer]) -> SpriteForgeError:
@@ -767,7 +767,7 @@ def _load_for_servers(workflow, srvs: list[ComfyServer], overrides) -> tuple[dic
                 problems.append(exc)
         if info is None:
             answered = [p for p in problems if isinstance(p, BadAnswer)]
-            raise _not_comfyui(answered) if answered else _unreachable(", ".join(s.url for s in srvs), problems[-1])
+            raise _not_comfyui(answered) if answered else _unreachable(problems)
     prompt, graph = G.load_workflow(data, info=info or {})
     G.apply_overrides(prompt, overrides, info)
     return prompt, graph
@@ -807,7 +807,7 @@ class _Scheduler:
         answered = [p for p in problems if isinstance(p, BadAnswer)]
         if answered:
             raise _not_comfyui(answered)
-        raise _unreachable(", ".join(c.server.url for c in self.conns), "; ".join(str(p) for p in problems))
+        raise _unreachable(problems)
 
     def mark_down(self, conn: _Conn, reason: str) -> None:
         """``conn``'s server is gone: its jobs go back to the front of the queue (or fail after max_attempts)."""
