@@ -691,6 +691,14 @@ def test_a_server_that_answers_wrongly_is_not_unreachable(raw_server, tmp_path, 
     assert s.url in err.message
 
 
+def test_graph_workflow_on_a_server_that_answers_wrongly(raw_server, tmp_path):
+    # a graph needs the server's /object_info first: a 500 there is named as such too
+    s = raw_server(_answers("500 Internal Server Error", b"boom"))
+    _, err = _in_thread(lambda: submit_workflow(G.api_to_graph(_wf()), [s.url], out_dir=tmp_path, timeout=30))
+    assert isinstance(err, SpriteForgeError) and err.code == "ENGINE_UNAVAILABLE", err
+    assert "/object_info answered 500" in err.message and "not as ComfyUI does" in err.message
+
+
 @pytest.mark.parametrize("framing", ["content-length", "chunked", "until-close"])
 def test_http_answers_in_every_framing(raw_server, framing):
     body = json.dumps({"queue_running": [[0, "p1", {}, {}, []]], "queue_pending": [[1, "p2", {}, {}, []]]}).encode()
