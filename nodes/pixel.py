@@ -280,8 +280,8 @@ class PixelPaletteLoad(io.ComfyNode):
             inputs=[
                 io.Combo.Input("name", options=names, default="pico-8" if "pico-8" in names else names[0],
                                tooltip="Shipped palette, used when 'file' is empty."),
-                io.String.Input("file", default="", tooltip="Optional path to a .hex/.gpl/.pal/.png palette file; "
-                                "overrides 'name'."),
+                io.String.Input("file", default="", tooltip="Optional palette file (.hex/.gpl/.pal/.png) in the input "
+                                "folder, by name (e.g. mine.gpl); overrides 'name'."),
             ],
             outputs=[PaletteType.Output(display_name="palette", tooltip="The palette, for Quantize, Save Indexed and Sprite Sheet."),
                      io.Image.Output(display_name="preview", tooltip="The palette as a strip of swatches.")],
@@ -289,7 +289,12 @@ class PixelPaletteLoad(io.ComfyNode):
 
     @classmethod
     def execute(cls, name="pico-8", file=""):
-        pal = P.read_palette(file.strip()) if file and file.strip() else P.builtin(name)
+        from .folders import input_dir
+
+        if file and file.strip():  # confined like LoadImage: the input folder, then the shipped palettes
+            pal = P.read_palette(P.find_palette_file(file, [input_dir(cls), P.PALETTE_DIR]))
+        else:
+            pal = P.builtin(name)
         return io.NodeOutput(pal, np_to_image(palette_swatch(pal)[None]), ui=palette_ui(pal))
 
 
