@@ -224,11 +224,19 @@ test("widgets that do not apply to the model family are disabled with a hint", a
 });
 
 test("engine capabilities disable widgets the engine cannot honour", () => {
-  const node = { widgets: [{ name: "tile", value: true }, { name: "steps", value: 4 }] };
-  const st = mod.widgetStates(node, null, CAPS.capabilities.torch);
-  assert.deepEqual(st[0], { name: "tile", disabled: true, hint: "not supported by this engine", label: "tile (not supported by this engine)" });
-  assert.equal(st[1].disabled, false);
+  const noLora = { lora: false, vae_tiling: false };
+  const node = { widgets: [{ name: "strength_model", value: 1 }, { name: "strength_text_2", value: 1 }, { name: "lora_3", value: "x" }, { name: "steps", value: 4 }] };
+  const st = mod.widgetStates(node, null, noLora);
+  assert.deepEqual(st[0], { name: "strength_model", disabled: true, hint: "not supported by this engine", label: "strength_model (not supported by this engine)" });
+  assert.deepEqual(st.map((s) => s.disabled), [true, true, true, false]);
   assert.equal(mod.widgetStates(node, null, null)[0].disabled, false, "unknown capabilities leave widgets alone");
+});
+
+test("the seamless tile toggle stays usable on an engine without VAE tiling (MLX)", () => {
+  const mlx = { lora: true, vae_tiling: false, families: ["pixart"] };
+  const sampler = { widgets: [{ name: "tile", value: true }, { name: "cfg", value: 4.5 }] };
+  assert.deepEqual(mod.widgetStates(sampler, "pixart", mlx).map((s) => s.disabled), [false, false]);
+  assert.equal(mod.capabilityFor("tile"), null);
 });
 
 test("nodes of other packs are left untouched", async () => {
