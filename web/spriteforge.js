@@ -32,12 +32,15 @@ export const FAMILY_RULES = {
 export const FAMILY_LABELS = {
   positive: { dit: "class label (0-999 or ImageNet name)" },
 };
-// Widgets that need an engine capability: name -> capability key in /spriteforge/capabilities.
-export const CAPABILITY_WIDGETS = {
-  tile: "vae_tiling",
-  lora_strength: "lora",
-  strength_model: "lora",
-};
+// Widgets that need an engine capability: [widget name pattern, capability key in /spriteforge/capabilities].
+// The LoRA nodes' name and strength widgets (LoRA Stack numbers them). The Sampler's and VAE Decode's `tile`
+// is seamless tiling, which every engine does: no rule (the `vae_tiling` capability is a memory feature).
+export const CAPABILITY_WIDGETS = [[/^(lora_name|lora_\d+|strength_(model|text)(_\d+)?)$/, "lora"]];
+
+/** The engine capability widget `name` needs (null when any engine can honour it). */
+export function capabilityFor(name) {
+  return CAPABILITY_WIDGETS.find(([re]) => re.test(name))?.[1] ?? null;
+}
 
 export const state = {
   capabilities: null, // the /spriteforge/capabilities report
@@ -216,7 +219,7 @@ export function widgetStates(node, family, engineCaps) {
       if (rule.not && rule.not.includes(family)) disabled = true;
       if (disabled) hint = rule.hint;
     }
-    const cap = CAPABILITY_WIDGETS[w.name];
+    const cap = capabilityFor(w.name);
     if (!disabled && cap && engineCaps && engineCaps[cap] === false) {
       disabled = true;
       hint = `not supported by this engine`;
