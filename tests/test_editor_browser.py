@@ -20,6 +20,7 @@ the editor with an Engine Info and a LoRA Info node added, waits for the run to 
 * the swatch strip of Palette Extract and Quantize (a DOM widget) shows the colours those nodes sent
   (``/history`` ui ``palette``) and the frontend laid it out inside the node;
 * the two info nodes show their report text in their text box;
+* Load Model's node badge names the engine and device;
 * the family route knows the demo model (the prompt's widget hints), and nothing overlaps now
   that the image previews and swatches are drawn;
 * no sampler preview reached the editor (ComfyUI's default ``--preview-method none``);
@@ -66,6 +67,7 @@ JS_LAYOUT = """() => {
              palette: sw ? (sw.element.dataset.colors ? sw.element.dataset.colors.split(",") : []) : null,
              swatch: sw ? { y: sw.y ?? sw.last_y ?? null, h: sw.computedHeight ?? null, dom: sw.element.getBoundingClientRect().height,
                             cells: sw.element.children.length } : null,
+             badges: (n.badges || []).map((x) => (typeof x === "function" ? x() : x)?.text ?? null),
              imgs: (n.imgs || []).length };
   });
   const groups = (g._groups || g.groups || []).map((gr) => {
@@ -255,6 +257,7 @@ def test_shipped_workflows_in_the_real_editor(tmp_path):
             for t, want in (("SpriteForgeEngineInfo", "torch"), ("SpriteForgeLoRAInfo", "pixart")):
                 n = by_type[t]
                 assert n["report"] and want in n["report"].lower(), (t, n["report"])
+            assert by_type["SpriteForgeLoadModel"]["badges"][0].startswith("torch · "), by_type["SpriteForgeLoadModel"]["badges"]
             save = by_type["SpriteForgePixelSaveIndexed"]
             assert save["imgs"] > 0 or "$$canvas-image-preview" in save["widgets"], "the run's previews are on the node"
             after = layout_problems(lay)
@@ -301,5 +304,59 @@ def test_shipped_workflows_in_the_real_editor(tmp_path):
             assert not problems, json.dumps(problems, indent=1)
             (shots / "page_errors.txt").write_text("\n\n".join(errors))
             ours = [e for e in errors if "spriteforge" in e.lower()]  # the frontend's own boot errors are not ours
+            assert not ours, ours
+            browser.close()
+
+
+FRONTEND_ROOT = os.environ.get("SPRITEFORGE_COMFY_FRONTEND_ROOT")
+
+
+@pytest.mark.skipif(not FRONTEND_ROOT, reason="set SPRITEFORGE_COMFY_FRONTEND_ROOT to a newer frontend's static folder "
+                                               "(comfyui-frontend-package's) to check the Vue node renderer")
+def test_the_extension_in_the_vue_node_renderer(tmp_path):
+    """Nodes 2.0: with ``Comfy.VueNodes.Enabled`` the frontend renders nodes as Vue components and no longer calls
+    canvas drawing hooks; the swatch strips (DOM widgets) and the engine badge (a node badge) must show there too."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    shots = Path(os.environ.get("SPRITEFORGE_SCREENSHOTS", tmp_path / "shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    cfg, out, args = _setup(tmp_path)
+    with server(tmp_path, cfg, out, *args, "--front-end-root", FRONTEND_ROOT, tries=480) as (_proc, base, _info):
+        pack = _check_template_route(base)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1800, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(f"{e}\n{getattr(e, 'stack', '') or ''}"))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(base, wait_until="domcontentloaded", timeout=180_000)
+            page.wait_for_function("() => window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types?.SpriteForgeSampler",
+                                   timeout=300_000, polling=500)
+            page.keyboard.press("Escape")  # this frontend's template browser differs: the graph is fetched as it does
+            page.evaluate("async () => { await window.comfyAPI.app.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true); }")
+            page.wait_for_function("() => LiteGraph.vueNodesMode === true", timeout=60_000)
+            page.evaluate("""async (pack) => { const app = window.comfyAPI.app.app;
+              const r = await fetch(app.api.apiURL(`/workflow_templates/${pack}/sprite_demo.json`));
+              await app.loadGraphData(await r.json(), true, true, 'sprite_demo'); }""", pack)
+            page.wait_for_timeout(2000)  # the Vue nodes mount; then a run's results arrive
+            page.evaluate("""() => { const app = window.comfyAPI.app.app;
+              for (const n of app.graph._nodes || app.graph.nodes)
+                if (['SpriteForgePixelPaletteExtract', 'SpriteForgePixelQuantize'].includes(n.type))
+                  n.onExecuted?.({ palette: ['#ff0000', '#00ff00', '#0000ff'] }); }""")
+            _fit(page)
+            page.wait_for_timeout(2000)
+            strips = page.evaluate("""() => Array.from(document.querySelectorAll('.sf-swatches')).map((e) => ({
+                node: e.closest('[data-node-id]')?.getAttribute('data-node-id') ?? null, height: e.getBoundingClientRect().height,
+                colors: Array.from(e.children).map((c) => getComputedStyle(c).backgroundColor) }))""")
+            ids = {str(n["id"]) for n in json.loads((REPO / "example_workflows" / "sprite_demo.json").read_text())["nodes"]
+                   if n["type"] in ("SpriteForgePixelPaletteExtract", "SpriteForgePixelQuantize")}
+            assert {s["node"] for s in strips} == ids, strips
+            assert all(s["height"] > 0 and s["colors"] == ["rgb(255, 0, 0)", "rgb(0, 255, 0)", "rgb(0, 0, 255)"] for s in strips), strips
+            badge = page.evaluate("""() => { const g = window.comfyAPI.app.app.graph;
+                const n = (g._nodes || g.nodes).find((x) => x.type === 'SpriteForgeLoadModel');
+                return document.querySelector(`[data-node-id="${n.id}"]`)?.textContent ?? ''; }""")
+            assert "torch · " in badge, badge
+            _screenshot(page, shots / "sprite_demo_vue_nodes.png")
+            (shots / "vue_page_errors.txt").write_text("\n\n".join(errors))
+            ours = [e for e in errors if "spriteforge" in e.lower()]
             assert not ours, ours
             browser.close()

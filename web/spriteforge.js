@@ -3,7 +3,8 @@
 // * palette swatches on palette nodes (an SF_PALETTE output or a palette-name widget), colours from
 //   GET /spriteforge/palettes ({name: ["#rrggbb", ...]}), or from a node's executed `palette` output, in a
 //   DOM widget (so the Vue node renderer shows them too);
-// * an engine/device badge on model nodes (SF_MODEL outputs) from GET /spriteforge/capabilities;
+// * an engine/device badge on model nodes (SF_MODEL outputs) from GET /spriteforge/capabilities, and the error
+//   code of a node's failed run, as node badges (the frontend draws them on the canvas and in its Vue nodes);
 // * widgets that do not apply to the model family (from GET /spriteforge/model_family) or to the
 //   engine's capabilities are disabled, with a hint in their label;
 // * SpriteForge error codes in execution errors are shown with their what-to-do text
@@ -383,6 +384,7 @@ export function makeExtension(app, api) {
         this.sfModelNode = model;
         this.sfTextNode = TEXT_NODES.includes(nodeData?.name);
         if (this.sfTextNode) addReportWidget(this, state.app);
+        if (Array.isArray(this.badges)) this.badges.unshift(() => nodeBadge(this)); // first: left of the source badge
         if (palette) addSwatchWidget(this);
         const node = this;
         for (const w of this.widgets || []) {
@@ -425,47 +427,47 @@ export function makeExtension(app, api) {
         }
         return r;
       };
-
-      const onDrawForeground = proto.onDrawForeground;
-      proto.onDrawForeground = function (ctx) {
-        const r = onDrawForeground?.apply(this, arguments);
-        if (this.flags?.collapsed) return r;
-        if (this.sfModelNode) {
-          const badge = engineBadge(this, state.capabilities);
-          if (badge) drawBadge(ctx, this, badge.text, badge.ok);
-        }
-        if (this.sfError) {
-          ctx.save();
-          ctx.fillStyle = "#ff6666";
-          ctx.font = "11px sans-serif";
-          ctx.fillText(`${this.sfError.code}: ${this.sfError.hint}`.slice(0, 90), 6, this.size[1] + 14);
-          ctx.restore();
-        }
-        return r;
-      };
     },
   };
 }
 
-function drawBadge(ctx, node, text, ok) {
-  const titleH = globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
-  ctx.save();
-  ctx.font = "10px sans-serif";
-  const w = (ctx.measureText?.(text)?.width ?? text.length * 6) + 10;
-  const h = 16;
-  const x = 0; // above the title bar, left (the frontend's node-source badge sits on the right)
-  const y = -titleH - h - 3;
-  ctx.fillStyle = ok ? "#2d5a3d" : "#6a2d2d";
-  if (ctx.roundRect) {
-    ctx.beginPath();
-    ctx.roundRect(x, y, w, h, 4);
-    ctx.fill();
-  } else {
-    ctx.fillRect(x, y, w, h);
+/** A node badge (what the frontend draws above the title bar on the canvas and shows in its Vue node renderer):
+ * the shape of litegraph's LGraphBadge, text and colours plus getWidth/draw for the canvas. */
+export class NodeBadge {
+  constructor(text, bgColor, fgColor = "#e8e8e8") {
+    Object.assign(this, { text, bgColor, fgColor, fontSize: 10, padding: 5, height: 16, visible: !!text });
   }
-  ctx.fillStyle = "#e8e8e8";
-  ctx.fillText(text, x + 5, y + h / 2 + 3.5);
-  ctx.restore();
+
+  getWidth(ctx) {
+    if (!this.visible) return 0;
+    const { font } = ctx;
+    ctx.font = `${this.fontSize}px sans-serif`;
+    const w = ctx.measureText(this.text).width + 2 * this.padding;
+    ctx.font = font;
+    return w;
+  }
+
+  draw(ctx, x, y) {
+    if (!this.visible) return;
+    ctx.save();
+    ctx.font = `${this.fontSize}px sans-serif`;
+    ctx.fillStyle = this.bgColor;
+    ctx.beginPath();
+    if (ctx.roundRect) ctx.roundRect(x, y, this.getWidth(ctx), this.height, 4);
+    else ctx.rect(x, y, this.getWidth(ctx), this.height);
+    ctx.fill();
+    ctx.fillStyle = this.fgColor;
+    ctx.textBaseline = "middle";
+    ctx.fillText(this.text, x + this.padding, y + this.height / 2 + 1);
+    ctx.restore();
+  }
+}
+
+/** The badge a SpriteForge node shows: its last error code, else (model nodes) the engine and device it will use. */
+export function nodeBadge(node) {
+  if (node.sfError) return new NodeBadge(`${node.sfError.code}`, "#8a2020");
+  const badge = node.sfModelNode ? engineBadge(node, state.capabilities) : null;
+  return new NodeBadge(badge?.text ?? "", badge?.ok ? "#2d5a3d" : "#6a2d2d");
 }
 
 // ----------------------------------------------------------------------------- registration

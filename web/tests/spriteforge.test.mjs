@@ -88,6 +88,9 @@ class FakeCtx {
   save() {}
   restore() {}
   beginPath() {}
+  rect(x, y, w, h) {
+    this.calls.push(["rect", x, y, w, h]);
+  }
   fill() {
     this.calls.push(["fill", this.fillStyle]);
   }
@@ -105,6 +108,7 @@ async function makeNode(nodeData, widgets, extra = {}) {
     size: [300, 120],
     widgets: widgets.map(([name, value]) => ({ name, value })),
     inputs: [],
+    badges: [],
     outputs: (nodeData.output || []).map((t) => ({ type: t, links: [] })),
     setDirtyCanvas() {
       this.dirty = true;
@@ -162,6 +166,7 @@ test("error codes: parsed from messages, shown with the what-to-do text", async 
   assert.match(toasts[0].summary, /DIMENSION_LIMIT in node \d+ \(SpriteForgeSampler\)/);
   assert.match(toasts[0].detail, /What to do: Lower the width\/height/);
   assert.equal(node.sfError.code, "DIMENSION_LIMIT");
+  assert.equal(node.badges[0]().text, "DIMENSION_LIMIT", "the error code shows as the node's badge");
   listeners.execution_error[0]({ detail: { node_id: "1", exception_message: "ValueError: not ours" } });
   assert.equal(toasts.length, 1, "non-SpriteForge errors are left to ComfyUI");
   listeners.execution_start[0]({});
@@ -180,7 +185,7 @@ test("palette swatches show /spriteforge/palettes and executed palettes in a DOM
   assert.deepEqual(shown(node), PALETTES["pico-8"]);
   const ctx = new FakeCtx();
   node.onDrawForeground(ctx);
-  assert.ok(node.baseDrawn, "the original onDrawForeground still runs");
+  assert.ok(node.baseDrawn, "the node's own onDrawForeground is left as it was");
   assert.equal(ctx.calls.filter((c) => c[0] === "fillRect").length, 0, "nothing drawn on the canvas");
   node.widgets[0].value = "gameboy-dmg";
   node.widgets[0].callback();
@@ -200,9 +205,14 @@ test("palette swatches show /spriteforge/palettes and executed palettes in a DOM
 test("engine badge on model nodes from the capabilities report", async () => {
   const loader = await makeNode(LOAD_MODEL, [["model", "flux-tiny.safetensors"], ["engine", "auto"]]);
   assert.deepEqual(mod.engineBadge(loader, CAPS), { text: "torch · CPU x86_64 fp32", ok: true, engine: "torch" });
+  // a node badge: the frontend draws it above the title bar (canvas) and shows it in its Vue nodes (text)
+  const badge = loader.badges[0]();
+  assert.equal(badge.text, "torch · CPU x86_64 fp32");
   const ctx = new FakeCtx();
-  loader.onDrawForeground(ctx);
+  assert.ok(badge.getWidth(ctx) > 0);
+  badge.draw(ctx, 0, -48);
   assert.ok(ctx.calls.some((c) => c[0] === "fillText" && c[1] === "torch · CPU x86_64 fp32"));
+  assert.match(String(loader.onDrawForeground), /baseDrawn/, "the extension draws nothing on the canvas itself");
   loader.widgets[1].value = "mlx";
   const b = mod.engineBadge(loader, CAPS);
   assert.equal(b.ok, false);
