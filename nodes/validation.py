@@ -10,7 +10,9 @@ values against their options, and NaN passes its min/max checks; a ``validate_in
 * ``CHECKS``: per node, input name -> the function its ``execute`` parses that input with (which raises
   ``SpriteForgeError``), so a rule lives in one place and holds at queue time and at run time.
 
-``spriteforge run`` calls the same ``validate_inputs`` (see ``execution.graph.validate_prompt``).
+``spriteforge run`` applies the same two (``execution.graph.validate_prompt`` with the node classes), one issue per
+input. ComfyUI lists the text ``validate_inputs`` returns once under each input it passed in, so each problem
+starts with its input's name.
 """
 
 from __future__ import annotations
