@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import BAD_INPUT, SpriteForgeError
 from ..log import get_logger
 from ._compat import IN_COMFYUI, io
+from .validation import ValidatedNode
 from .comfy_types import image_in, latent_out, latent_samples, mask_in, to_numpy, to_tensor
 from .loaders import CATEGORY, ModelType
 
@@ -60,7 +61,7 @@ def latent_in(latent, handle) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- nodes
-class EncodePrompt(io.ComfyNode):
+class EncodePrompt(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -95,7 +96,7 @@ class EncodePrompt(io.ComfyNode):
         return io.NodeOutput(cond)
 
 
-class Sampler(io.ComfyNode):
+class Sampler(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -173,7 +174,7 @@ class Sampler(io.ComfyNode):
         return io.NodeOutput(latent_out(res.latents, h.family, **extra))
 
 
-class VAEEncode(io.ComfyNode):
+class VAEEncode(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -207,7 +208,7 @@ class VAEEncode(io.ComfyNode):
         return io.NodeOutput(latent_out(np.asarray(lat, np.float32), h.family, sf_image=img))
 
 
-class VAEDecode(io.ComfyNode):
+class VAEDecode(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

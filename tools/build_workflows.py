@@ -515,7 +515,8 @@ def group_bounds(members: list) -> tuple:
 
 def settle(nodes: list, groups: list) -> None:
     """:func:`place`, then move groups (or stray nodes) down until no group's box touches a node
-    that is not in it; repeated until nothing moves (everything only ever moves down)."""
+    that is not in it, and groups apart from each other; repeated until nothing moves (everything only
+    ever moves down)."""
     by_id = {nd["id"]: nd for nd in nodes}
     group_of = {i: gi for gi, g in enumerate(groups) for i in g.ids}
     for _ in range(50):
@@ -541,8 +542,24 @@ def settle(nodes: list, groups: list) -> None:
             if moved:
                 break
         if not moved:
+            moved = _separate_groups(groups, by_id)
+        if not moved:
             return
     raise RuntimeError("the layout did not settle")
+
+
+def _separate_groups(groups: list, by_id: dict) -> bool:
+    """Move the lower of two groups whose boxes touch (one group's body over the other's title bar) down
+    below the upper one; True when something moved."""
+    bounds = [group_bounds([by_id[i] for i in g.ids]) for g in groups]
+    for a, ga in enumerate(bounds):
+        for b, gb in enumerate(bounds):
+            if a != b and ga[1] <= gb[1] and _overlaps(ga, gb, 10, 10):
+                dy = int(ga[3] + 10 - gb[1]) + 1
+                for i in groups[b].ids:
+                    by_id[i]["pos"][1] += dy
+                return True
+    return False
 
 
 def build_graph(wf: Workflow, info: dict) -> dict:
