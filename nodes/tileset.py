@@ -16,12 +16,13 @@ from .folders import confined_folder, output_dir
 from .generate import MAX_SEED, _check_model
 from .loaders import ModelType
 from .pixel import PaletteType, _bad, _split_prefix
+from .validation import ValidatedNode
 
 CATEGORY = "SpriteForge/tileset"
 AutotileType = io.Custom("SF_AUTOTILE")
 
 
-class MakeAutotileSet(io.ComfyNode):
+class MakeAutotileSet(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -74,7 +75,9 @@ class MakeAutotileSet(io.ComfyNode):
         return io.NodeOutput(np_to_image(aset.tiles), np_to_mask(aset.tiles[..., 3]), aset)
 
 
-class SaveAutotileSet(io.ComfyNode):
+class SaveAutotileSet(ValidatedNode):
+    CHECKS = {"filename_prefix": _split_prefix}
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
