@@ -695,6 +695,7 @@ SHORT = {
     "SpriteForgePixelSliceTiles": "Slice Tiles", "SpriteForgePixelKeyToAlpha": "Key to Alpha",
     "CheckpointLoaderSimple": "Load Checkpoint", "LoraLoader": "Load LoRA", "CLIPTextEncode": "Text Encode",
     "EmptyLatentImage": "Empty Latent", "VAEDecode": "VAE Decode", "SpriteForgeKSampler": "KSampler",
+    "SpriteForgeMakeAutotileSet": "Make Autotile", "SpriteForgeSaveAutotileSet": "Save Autotile",
 }
 TITLES = {"txt2img": "Text to image", "img2img": "Image to image", "tileset": "Seamless tileset",
           "inpainting": "Inpainting", "sprite_pipeline": "Sprite pipeline", "sprite_demo": "Demo sprites",
