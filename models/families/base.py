@@ -65,8 +65,12 @@ class Family:
     diffusers_markers: ClassVar[tuple[tuple[str, ...], ...]] = ()
     detect_order: ClassVar[int] = 100  # lower is tried first (markers of one family may be a subset of another's)
     folder_classes: ClassVar[tuple[str, ...]] = ()  # other transformer ``_class_name``s of its diffusers folders
+    # released files whose key/shape manifests (``../shared/reference/checkpoints/<name>.json``) detection is
+    # checked against: manifest name -> the variant it must be named
+    reference_manifests: ClassVar[dict] = {}
     # --- weights
     transformer_class: ClassVar[str] = ""  # the diffusers class (torch builds it; MLX ports the same config)
+    transformer_module: ClassVar[str] = ""  # the diffusers module defining it (imported directly: no lazy import of all)
     keymap: ClassVar[tuple[keymaps.Rule, ...]] = ()  # original layout <-> diffusers names (converter and LoRA)
     dropped: ClassVar[tuple[str, ...]] = ()  # original tensors diffusers has no place for
     original_converter: ClassVar[str] = "keymap"  # "keymap" (:attr:`keymap`) or "diffusers" (its single-file converter)
@@ -79,6 +83,12 @@ class Family:
     projected_clip: ClassVar[bool] = False  # every CLIP is built as CLIPTextModelWithProjection (its pooled output is projected)
     # --- sampling
     prediction: ClassVar[str | None] = None  # "flow", or None: the scheduler's (eps / v)
+    flow_multiplier: ClassVar[float] = 1000.0  # a flow model's timestep is sigma times this
+    resolution_shift: ClassVar[bool] = False  # the flow shift follows the image size (Flux), unless given or by variant
+    variant_shift: ClassVar[dict] = {}  # a word in the variant name -> its fixed flow shift (with resolution_shift)
+    class_conditional: ClassVar[bool] = False  # prompts are class labels (its negative is the null class), no text encoder
+    distilled_guidance: ClassVar[bool] = False  # guidance is a model input; a negative prompt only with CFG above 1
+    square_only: ClassVar[bool] = False  # draws square images only
     patch_size: ClassVar[int | None] = None  # None: the config's
     defaults: ClassVar[dict] = {"cfg": 4.5, "steps": 20, "sampler": "dpmpp_2m", "schedule": "normal"}
     variant_defaults: ClassVar[dict] = {}  # a word in the variant name -> overrides of :attr:`defaults`
@@ -175,14 +185,29 @@ class Family:
         """Family facts a :class:`~spriteforge.engines.base.ModelHandle`'s extras carry (from the loaded config)."""
         return {}
 
+    def is_fill(self, variant: str | None, in_channels: int) -> bool:
+        """Whether the model is the family's native inpaint model (its input carries the masked image and mask)."""
+        return False
+
+    def check_input_channels(self, in_channels: int) -> None:
+        """UNSUPPORTED_ARCHITECTURE when a model of this family with ``in_channels`` inputs cannot generate."""
+
     def sampling_defaults(self, variant: str | None) -> dict:
         """CFG scale, steps, sampler and schedule for ``variant``."""
         d = dict(self.defaults)
-        low = (variant or "").lower()
-        for word, over in self.variant_defaults.items():
-            if word in low:
-                d.update(over)
+        for over in _by_variant(self.variant_defaults, variant):
+            d.update(over)
         return d
+
+    def fixed_shift(self, variant: str | None) -> float | None:
+        """The flow shift ``variant`` always samples with (Flux schnell: 1.0), or None."""
+        return next(iter(_by_variant(self.variant_shift, variant)), None)
+
+
+def _by_variant(table: dict, variant: str | None) -> list:
+    """The values of ``table`` whose key is a word in ``variant``'s name (any case)."""
+    low = (variant or "").lower()
+    return [v for word, v in table.items() if word in low]
 
 
 def learned_sigma(cfg: dict) -> bool:

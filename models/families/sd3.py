@@ -18,8 +18,14 @@ class SD3(Family):
     label = "SD3"
     original_markers = (("x_embedder.proj.weight", "context_embedder.weight", "joint_blocks.*"),)
     diffusers_markers = (("pos_embed.proj.weight", "context_embedder.weight", "time_text_embed.text_embedder.linear_1.weight"),)
+    reference_manifests = {
+        "sd3-medium.mmdit.original": "sd3-medium", "sd3-medium.mmdit.diffusers": "sd3-medium",
+        "sd3.5-medium.mmdit.original": "sd3.5-medium", "sd3.5-medium.mmdit.diffusers": "sd3.5-medium",
+        "sd3.5-large.mmdit.original": "sd3.5-large", "sd3.5-large.mmdit.diffusers": "sd3.5-large",
+    }
     detect_order = 20
     transformer_class = "SD3Transformer2DModel"
+    transformer_module = "diffusers.models.transformers.transformer_sd3"
     original_converter = "diffusers"  # the table below tells detection and LoRA where to look
     keymap = (
         _r("joint_blocks.{i}.x_block.attn.qkv", [f"{_TB}.attn.{q}" for q in Q3]),
