@@ -19,6 +19,7 @@ class DiT(Family):
     detect_order = 50
     folder_classes = ("Transformer2DModel",)  # diffusers' older name for DiT's transformer
     transformer_class = "DiTTransformer2DModel"
+    transformer_module = "diffusers.models.transformers.dit_transformer_2d"
     keymap = (
         _r("x_embedder.proj", "pos_embed.proj"),
         # facebookresearch DiT has one timestep/class embedder; diffusers gives every block its own (the same tensors)
@@ -35,6 +36,8 @@ class DiT(Family):
     )
     dropped = ("pos_embed",)  # the fixed sin-cos position table diffusers recomputes
     vae_by_latent = {4: "vae-kl4-sd"}
+    class_conditional = True
+    square_only = True
     defaults = {"cfg": 4.0, "steps": 25, "sampler": "dpmpp_2m", "schedule": "normal"}
     mlx_port = "dit"
     widgets_unused = ("negative",)

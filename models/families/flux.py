@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ..keymaps import Q3, rule as _r, tensor_rule as _t
 from .base import Family, TextEncoder
 
@@ -14,8 +15,13 @@ class Flux(Family):
     label = "Flux"
     original_markers = (("double_blocks.0.img_attn.qkv.weight",), ("img_in.weight", "txt_in.weight"))
     diffusers_markers = (("x_embedder.weight", "context_embedder.weight", "single_transformer_blocks.*"),)
+    reference_manifests = {
+        "flux1-dev.transformer.original": "dev", "flux1-dev.transformer.diffusers": "dev",
+        "flux1-schnell.transformer.original": "schnell", "flux1-schnell.transformer.diffusers": "schnell",
+    }
     detect_order = 10
     transformer_class = "FluxTransformer2DModel"
+    transformer_module = "diffusers.models.transformers.transformer_flux"
     keymap = (
         _r("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
         _r("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
@@ -51,6 +57,10 @@ class Flux(Family):
     latent_channels = 16
     vae_by_latent = {16: "vae-kl16-flux"}
     prediction = "flow"
+    flow_multiplier = 1.0
+    resolution_shift = True
+    variant_shift = {"schnell": 1.0}
+    distilled_guidance = True
     patch_size = 2  # latents are packed 2x2 into tokens
     defaults = {"cfg": 1.0, "steps": 20, "sampler": "euler", "schedule": "normal"}
     variant_defaults = {"schnell": {"steps": 4}}
@@ -101,6 +111,15 @@ class Flux(Family):
 
     def variant_from_folder(self, cfg, pipeline_class, detected):
         return detected if detected is not None else ("dev" if cfg.get("guidance_embeds") else "schnell")
+
+    def is_fill(self, variant, in_channels):
+        # Flux Fill: 384 input channels = latent + masked-image latent + packed mask
+        return in_channels == 384 or "fill" in (variant or "").lower()
+
+    def check_input_channels(self, in_channels):
+        if in_channels not in (0, 64, 384):
+            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"this Flux model takes {in_channels} input channels (a control model such as "
+                                   "Flux Depth/Canny); SpriteForge generates with Flux dev/schnell and Flux Fill. Load one of those.")
 
     def handle_extras(self, det, cfg):
         return {"guidance_embeds": bool(cfg.get("guidance_embeds")), "in_channels": int(cfg.get("in_channels", 64))}

@@ -17,8 +17,10 @@ class PixArt(Family):
     label = "PixArt"
     original_markers = (("x_embedder.proj.weight", "y_embedder.y_proj.fc1.weight"),)
     diffusers_markers = (("pos_embed.proj.weight", "adaln_single.linear.weight", "caption_projection.linear_1.weight"),)
+    reference_manifests = {"pixart-sigma-xl-2-1024-ms.original": "sigma-1024", "pixart-sigma-xl-2-1024-ms.diffusers": "sigma-1024"}
     detect_order = 40
     transformer_class = "PixArtTransformer2DModel"
+    transformer_module = "diffusers.models.transformers.pixart_transformer_2d"
     keymap = (
         _r("x_embedder.proj", "pos_embed.proj"),
         _r("t_embedder.mlp.0", "adaln_single.emb.timestep_embedder.linear_1"),

@@ -18,6 +18,7 @@ class Sana(Family):
                          ("patch_embed.proj.weight", "transformer_blocks.0.ff.conv_inverted.weight"))
     detect_order = 30
     transformer_class = "SanaTransformer2DModel"
+    transformer_module = "diffusers.models.transformers.sana_transformer"
     original_converter = "diffusers"
     keymap = (
         _r("blocks.{i}.attn.qkv", [f"{_TB}.attn1.{q}" for q in Q3]),
