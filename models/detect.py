@@ -7,6 +7,10 @@ checkpoints which components were found under which prefix.
 
 :func:`detect_tensors` does the same for a plain ``{name: TensorInfo}`` map, so reference
 manifests (key/shape lists of released files) can be checked without any file.
+
+A family's transformer is recognised and read by its entry in the family registry
+(:mod:`.families`: markers, ``detect``); this module handles the rest: files and folders,
+all-in-one prefixes, VAEs, text encoders and LoRAs.
 """
 
 from __future__ import annotations
