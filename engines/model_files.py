@@ -24,6 +24,7 @@ from .. import paths
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ..models import configs
 from ..models.detect import Detection, detect, detect_tensors
+from ..models.families import registry
 from ..models.safetensors_header import canonical_dtype
 from .base import ModelHandle, family_vae_name, handle_fields
 from .tokenizers import find_tokenizer
@@ -31,22 +32,10 @@ from .tokenizers import find_tokenizer
 # where a bare model name is looked for
 MODEL_KINDS = ("diffusion_models", "checkpoints", "diffusers")
 
-# the diffusers class each family's transformer is
-TRANSFORMER_CLASSES = {
-    "pixart": "PixArtTransformer2DModel",
-    "sd3": "SD3Transformer2DModel",
-    "flux": "FluxTransformer2DModel",
-    "sana": "SanaTransformer2DModel",
-    "dit": "DiTTransformer2DModel",
-}
+# the diffusers class each family's transformer is (declared by the family, :mod:`spriteforge.models.families`)
+TRANSFORMER_CLASSES = {f.name: f.transformer_class for f in registry.families()}
 # diffusers folder sub-folders -> our text-encoder keys, per family
-FOLDER_TEXT_ENCODERS = {
-    "pixart": {"text_encoder": "t5"},
-    "sd3": {"text_encoder": "clip_l", "text_encoder_2": "clip_g", "text_encoder_3": "t5"},
-    "flux": {"text_encoder": "clip_l", "text_encoder_2": "t5"},
-    "sana": {"text_encoder": "gemma"},
-    "dit": {},
-}
+FOLDER_TEXT_ENCODERS = {f.name: {te.folder: te.key for te in f.text_encoders} for f in registry.families()}
 # the text encoders an all-in-one checkpoint may carry
 CHECKPOINT_TEXT_ENCODERS = ("clip_l", "clip_g", "t5")
 
@@ -206,9 +195,9 @@ def text_encoder_key(cfg: dict, name: str, hint: str | None = None) -> str:
 
 
 def clip_with_projection(key: str, family: str | None, archs=()) -> bool:
-    """Whether a CLIP text encoder is built as CLIPTextModelWithProjection (CLIP-G, every SD3 CLIP, a
-    folder whose config names the projection class)."""
-    return key == "clip_g" or family == "sd3" or any("WithProjection" in a for a in archs or ())
+    """Whether a CLIP text encoder is built as CLIPTextModelWithProjection (CLIP-G, every CLIP of a family
+    whose ``projected_clip`` is set (SD3), a folder whose config names the projection class)."""
+    return key == "clip_g" or registry.rules(family).projected_clip or any("WithProjection" in a for a in archs or ())
 
 
 # --------------------------------------------------------------------------- the handle

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import BAD_INPUT, SpriteForgeError
 from ..log import get_logger
+from ..models.families import registry
 from ._compat import IN_COMFYUI, io
 from .validation import ValidatedNode
 from .comfy_types import image_in, latent_out, latent_samples, mask_in, to_numpy, to_tensor
@@ -91,7 +92,8 @@ class EncodePrompt(ValidatedNode):
         from ..pipeline import encode
 
         h = _check_model(model)
-        opts = {"complex_human_instruction": True} if (sana_instruction and h.family == "sana") else {}
+        uses = sana_instruction and "sana_instruction" in registry.rules(h.family).widgets_only  # the family declares it
+        opts = {"complex_human_instruction": True} if uses else {}
         cond = encode(h.engine, h, str(positive or ""), str(negative or ""), guidance=float(guidance), **opts)
         return io.NodeOutput(cond)
 

@@ -65,12 +65,16 @@ def test_widget_rules_name_real_widgets():
     names = sorted({n for d in G.object_info().values() for n, _c, typ, opts in G.ordered_inputs(d) if G.is_widget(typ, opts)})
     script = ("import('./web/spriteforge.js').then((m) => { const names = JSON.parse(process.argv[1]); console.log(JSON.stringify({"
               "caps: m.CAPABILITY_WIDGETS.map(([re, cap]) => [cap, names.filter((n) => re.test(n))]),"
-              "named: [...Object.keys(m.FAMILY_RULES), ...Object.keys(m.FAMILY_LABELS)], tile: m.capabilityFor('tile')})); })")
+              "tile: m.capabilityFor('tile')})); })")
     r = subprocess.run(["node", "-e", script, json.dumps(names)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     rules = json.loads(r.stdout)
     assert all(matched for _cap, matched in rules["caps"]), rules["caps"]
     lora = dict((cap, m) for cap, m in rules["caps"])["lora"]
     assert {"lora_name", "strength_model", "strength_text", "strength_model_1", "lora_1"} <= set(lora)
-    assert set(rules["named"]) <= set(names), set(rules["named"]) - set(names)
+    from spriteforge.models.families import registry
+
+    hints = registry.widget_hints()  # the family rules and labels the extension applies (served by the registry)
+    named = {*hints["rules"], *hints["labels"]}
+    assert named and named <= set(names), named - set(names)
     assert rules["tile"] is None

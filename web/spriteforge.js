@@ -25,16 +25,11 @@ export const PALETTE_UI_NODES = ["SpriteForgePixelQuantize"];
 export const TEXT_NODES = ["SpriteForgeEngineInfo", "SpriteForgeLoRAInfo"];
 export const REPORT_WIDGET = "sf_report";
 
-// Widgets that apply only to some model families: name -> {only?: [families], not?: [families], hint}.
-export const FAMILY_RULES = {
-  guidance: { only: ["flux"], hint: "Flux only" },
-  sana_instruction: { only: ["sana"], hint: "Sana only" },
-  negative: { not: ["dit"], hint: "unused by DiT" },
-};
-// Widgets relabelled for a family (the input means something else there).
-export const FAMILY_LABELS = {
-  positive: { dit: "class label (0-999 or ImageNet name)" },
-};
+// Widgets that apply only to some model families (name -> {only?: [families], not?: [families], hint}) and widgets
+// relabelled for a family (name -> {family: label}): each family declares them in the pack's family registry
+// (models/families), served as `family_widgets` in /spriteforge/capabilities.
+export const familyRules = () => state.capabilities?.family_widgets?.rules || {};
+export const familyLabels = () => state.capabilities?.family_widgets?.labels || {};
 // Widgets that need an engine capability: [widget name pattern, capability key in /spriteforge/capabilities].
 // The LoRA nodes' name and strength widgets (LoRA Stack numbers them). The Sampler's and VAE Decode's `tile`
 // is seamless tiling, which every engine does: no rule (the `vae_tiling` capability is a memory feature).
@@ -231,7 +226,7 @@ export function widgetStates(node, family, engineCaps) {
   for (const w of node?.widgets || []) {
     let disabled = false;
     let hint = null;
-    const rule = FAMILY_RULES[w.name];
+    const rule = familyRules()[w.name];
     if (rule && family) {
       if (rule.only && !rule.only.includes(family)) disabled = true;
       if (rule.not && rule.not.includes(family)) disabled = true;
@@ -242,7 +237,7 @@ export function widgetStates(node, family, engineCaps) {
       disabled = true;
       hint = `not supported by this engine`;
     }
-    const relabel = family ? FAMILY_LABELS[w.name]?.[family] : null;
+    const relabel = family ? familyLabels()[w.name]?.[family] : null;
     const label = disabled ? `${w.name} (${hint})` : relabel || undefined;
     out.push({ name: w.name, disabled, hint, label });
   }
