@@ -46,7 +46,9 @@ def run(args) -> int:
     if args.engine != "mlx":
         raise SpriteForgeError(BAD_INPUT, f"--engine {args.engine}: only the MLX engine has a converted format (the torch "
                                "engine loads the files as they are). Use --engine mlx.")
-    if args.models:
+    from ._models import models_dir
+
+    if models_dir(args.models):
         paths.set_models_root(args.models)
     from ..engines import get_engine
     from ..engines.mlx_models import cache

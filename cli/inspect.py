@@ -34,7 +34,9 @@ def register(subparsers) -> None:
 
 def _resolve(raw: str, models: str | None) -> Path:
     from .. import paths
+    from ._models import models_dir
 
+    models = models_dir(models)
     p = Path(raw).expanduser()
     if p.exists():
         return p
