@@ -1,8 +1,10 @@
-"""``spriteforge run WORKFLOW.json``: execute an exported ComfyUI workflow in-process.
+"""spriteforge run WORKFLOW.json: execute an exported ComfyUI workflow in-process.
 
 WORKFLOW is the API format (Workflow > Export (API)) or the graph format (Workflow > Save);
 the graph format is converted like the editor does. Only SpriteForge's nodes and the core
 LoadImage / SaveImage / PreviewImage are available. Outputs go to --out (never overwritten).
+Model names are looked up in --models DIR (or $SPRITEFORGE_MODELS), a folder laid out like
+ComfyUI's models/; --print-api shows the prompt that would run without needing them.
 
 Examples:
   spriteforge run example_workflows/sprite_pipeline.json --models ~/ComfyUI/models --out out/
