@@ -177,6 +177,25 @@ def vae_config_for(det: Detection, family: str | None, variant: str | None = Non
     return cfg
 
 
+# which families' VAEs make latents of how many channels (for saying what a VAE file is for)
+LATENT_FAMILIES = {4: "PixArt, DiT, SD 1.x/SDXL", 16: "SD3, Flux", 32: "Sana (DC-AE)"}
+
+
+def check_vae_fits(det: Detection, vae_config: dict, vae) -> None:
+    """BAD_INPUT when the VAE given with a model makes latents of another width than the model's family draws
+    (a PixArt/SDXL VAE given for Flux...): said before sampling, naming both, instead of a shape error inside it."""
+    want = int(configs.load(family_vae_name(det.family, det.variant, 16 if det.family in ("sd3", "flux") else 4)
+                            if det.family != "sana" else "dc-ae-f32c32-sana")["config"]["latent_channels"])
+    got = int(vae_config.get("latent_channels") or 0)
+    if got and got != want:
+        raise SpriteForgeError(
+            BAD_INPUT,
+            f"{Path(str(vae)).name} is a VAE for {got}-channel latents ({LATENT_FAMILIES.get(got, 'another family')}), but "
+            f"this {det.family} model needs a VAE for {want}-channel latents ({LATENT_FAMILIES.get(want, det.family)}). "
+            f"Give the {det.family} model's own VAE.",
+            details={"vae": str(vae), "latent_channels": got, "needed": want, "family": det.family})
+
+
 # --------------------------------------------------------------------------- text encoders
 
 
@@ -236,6 +255,7 @@ def complete(engine, source: Path, parts: Parts, *, vae, text_encoders, load_vae
     det = parts.det
     if vae is not None:
         parts.vae, parts.vae_config = load_vae(vae, family=det.family, variant=det.variant)
+        check_vae_fits(det, parts.vae_config, vae)
     for te in text_encoders or ():
         if te is None or te == "":
             continue
@@ -253,4 +273,4 @@ def complete(engine, source: Path, parts: Parts, *, vae, text_encoders, load_vae
 
 __all__ = ["coded_errors", "Parts", "complete", "MODEL_KINDS", "TRANSFORMER_CLASSES", "FOLDER_TEXT_ENCODERS", "dtype_name", "resolve", "folder_variant",
            "diffusion_folder", "diffusion_model_in", "checkpoint_text_encoders", "folder_text_encoders", "vae_folder",
-           "vae_in", "vae_config_for", "text_encoder_in", "text_encoder_key", "clip_with_projection"]
+           "vae_in", "vae_config_for", "check_vae_fits", "LATENT_FAMILIES", "text_encoder_in", "text_encoder_key", "clip_with_projection"]

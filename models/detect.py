@@ -102,8 +102,30 @@ def _heads(hidden: int, preferred: tuple[int, ...]) -> tuple[int, int]:
     return 1, hidden
 
 
-def _res_name(sample: int) -> str:
-    return {32: "256", 64: "512", 128: "1024", 256: "2k"}.get(sample, str(sample * 8))
+def _res_name(sample: int, vae_factor: int = 8) -> str:
+    """A PixArt variant's size: the release names (latent side x 8 = 256/512/1024/2k), else the pixel side."""
+    if vae_factor == 8 and sample in (32, 64, 128, 256):
+        return {32: "256", 64: "512", 128: "1024", 256: "2k"}[sample]
+    return str(sample * vae_factor)
+
+
+def _pixart_size_from_config(det: Detection, cfg: dict, pipeline: Path) -> None:
+    """A PixArt transformer's variant from the ``sample_size`` of its config.json (its weights do not record it),
+    in pixels of the VAE of the diffusers folder ``pipeline`` it sits in."""
+    if det.family == "pixart" and isinstance(cfg.get("sample_size"), int):
+        gen = (det.variant or "sigma").split("-")[0]
+        det.variant = f"{gen}-{_res_name(cfg['sample_size'], _vae_factor(pipeline))}"
+        det.extras.pop("ambiguous", None)
+
+
+def _vae_factor(folder: Path) -> int:
+    """The scale factor of the VAE in a diffusers folder's ``vae/`` (2 ** (blocks - 1)); 8 when there is none."""
+    cfg = folder / "vae" / "config.json"
+    try:
+        blocks = json.loads(cfg.read_text(encoding="utf-8")).get("block_out_channels") if cfg.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        blocks = None
+    return 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
 
 
 def _release(name: str) -> dict:
@@ -668,7 +690,7 @@ def _detect_folder(p: Path) -> Detection:
         pipe = index.get("_class_name", "")
         if family == "pixart":
             gen = "alpha" if "Alpha" in pipe else "sigma"
-            variant = f"{gen}-{_res_name(cfg.get('sample_size', 128))}"
+            variant = f"{gen}-{_res_name(cfg.get('sample_size', 128), _vae_factor(p))}"
         if family == "flux" and variant is None:
             variant = "dev" if cfg.get("guidance_embeds") else "schnell"
         out = Detection(family, variant, "diffusers", {k: v for k, v in cfg.items() if not k.startswith("_") or k == "_class_name"}, layout="diffusers", path=str(p))
@@ -702,6 +724,7 @@ def _detect_folder(p: Path) -> Detection:
         if det is None:
             raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{p} holds a config.json for {cfg.get('_class_name') or cfg.get('model_type')!r} that SpriteForge does not know.")
         det.config = {**det.config, **{k: v for k, v in cfg.items() if not k.startswith("_") or k == "_class_name"}}
+        _pixart_size_from_config(det, cfg, p.parent)
         det.path = str(p)
         det.parameters = _params(tensors)
         det.dtype = _dominant_dtype(tensors)
@@ -734,6 +757,7 @@ def _with_side_config(det: Detection, p: Path) -> Detection:
                 det.config.update(keep)
                 det.extras["config_file"] = str(cand)
                 det.extras.pop("ambiguous", None)
+                _pixart_size_from_config(det, keep, cand.parent.parent)
                 break
     return det
 

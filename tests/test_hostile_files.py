@@ -116,3 +116,24 @@ def test_png_given_to_inspect_under_its_own_name(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(path)
     rc, err = _cli(capsys, "inspect", path)
     assert rc == 19 and "is a PNG image" in err and "truncated" not in err, err
+
+
+@pytest.mark.parametrize("engine", ["torch", "mlx"])
+def test_a_vae_of_another_family_is_named_not_a_shape_error(engine, tmp_path, capsys):
+    """A PixArt/SDXL (4-channel) VAE given for Flux, or Flux's 16-channel one for PixArt, ended in a shape error
+    inside the sampler (ENGINE_INTERNAL); now the file, what it is for and what the model needs are said."""
+    if engine == "mlx":
+        pytest.importorskip("mlx.core")  # the MLX framework itself, on machines that have it
+    root = tmp_path / "m"
+    flux = tiny_models.make_flux(root, layout="original", variant="schnell")
+    pixart = tiny_models.make_pixart(root, layout="original")
+    vae4 = tiny_models.make_vae(root, 4, name="vae4.safetensors")
+    vae16 = tiny_models.make_vae(root, 16, name="vae16.safetensors")
+    clip, t5 = tiny_models.make_clip(root), tiny_models.make_t5(root)
+    common = ["generate", "--engine", engine, "--prompt", "x", "--steps", "1", "--width", "32", "--height", "32"]
+    rc, err = _cli(capsys, *common, "--model", flux, "--vae", vae4, "--text-encoder", clip, "--text-encoder", t5,
+                   "--out", tmp_path / "a")
+    assert rc == 19 and "vae4.safetensors is a VAE for 4-channel latents" in err and "flux model needs" in err, err
+    rc, err = _cli(capsys, *common, "--model", pixart, "--vae", vae16, "--text-encoder", t5, "--out", tmp_path / "b")
+    assert rc == 19 and "vae16.safetensors is a VAE for 16-channel latents" in err and "pixart model needs" in err, err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
