@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -180,9 +181,7 @@ def _check_args(args) -> None:
                                    "or raise --max-side if the machine has the memory.")
     if args.mask and not args.init:
         raise SpriteForgeError(BAD_INPUT, "--mask needs --init (the image to inpaint).")
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise SpriteForgeError(BAD_INPUT, f"--out {args.out} is a file, not a folder. Give a folder for the images.")
+    _check_out(Path(args.out).expanduser())
     _check_prefix(str(args.prefix))
     from ..lora import specs_from_args
 
@@ -197,6 +196,16 @@ def _check_prefix(prefix: str) -> None:
     if len(prefix.encode("utf-8", "surrogateescape")) > MAX_PREFIX_BYTES:
         raise SpriteForgeError(BAD_INPUT, f"--prefix is {len(prefix)} characters long; file names are limited to 255 "
                                f"bytes, so the prefix may have at most {MAX_PREFIX_BYTES}. Give a shorter one.")
+
+
+def _check_out(out: Path) -> None:
+    """--out can hold the images: an existing folder, or one that can be made in its nearest existing parent (it is
+    made only when there are images to write, so a failed run leaves no empty folder)."""
+    if out.exists() and not out.is_dir():
+        raise SpriteForgeError(BAD_INPUT, f"--out {out} is a file, not a folder. Give a folder for the images.")
+    parent = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise SpriteForgeError(BAD_INPUT, f"--out {out}: {parent} cannot be written to. Give a folder you can write in.")
 
 
 def _output_folder(args) -> Path:
@@ -293,8 +302,8 @@ def run(args) -> int:
     if denoise is None:
         denoise = 1.0 if (init is None or mask is not None) else 0.6
     handle = _load_model(args)
-    out = _output_folder(args)
     res = _generate(args, handle, init, mask, denoise)
+    out = _output_folder(args)
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
     written, info = _save_images(args, out, handle, res)

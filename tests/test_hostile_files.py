@@ -137,3 +137,60 @@ def test_a_vae_of_another_family_is_named_not_a_shape_error(engine, tmp_path, ca
     rc, err = _cli(capsys, *common, "--model", pixart, "--vae", vae16, "--text-encoder", t5, "--out", tmp_path / "b")
     assert rc == 19 and "vae16.safetensors is a VAE for 16-channel latents" in err and "pixart model needs" in err, err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+class _RunsCode:
+    """Pickles as a call of print("pwned"): what a hostile .pt would hold (os.system in the wild)."""
+
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickles_that_would_run_code_are_refused_as_such(tmp_path, capsys):
+    """A pickled LoRA that would run code was "damaged, download it again", passing on torch's advice to turn off
+    weights_only; now LoRA and model alike say it may run code and was refused (#22.7)."""
+    import torch
+
+    lora = tmp_path / "evil_lora.pt"
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(4, 4), "lora_unet_x.lora_up.weight": torch.zeros(4, 4),
+                "payload": _RunsCode()}, lora)
+    model = tmp_path / "evil_model.ckpt"
+    model.write_bytes(lora.read_bytes())
+    for argv in (["--lora", lora], ["--model", model]):
+        rc, err = _cli(capsys, "generate", "-q", "--prompt", "red sword", "--steps", "1", "--out", tmp_path / "o", *argv)
+        out = capsys.readouterr()
+        assert rc == 19 and "could run code from the file, so it was refused" in err, err
+        assert "weights_only" not in err and "download it again" not in err and "damaged" not in err, err
+        assert "pwned" not in err + out.out + out.err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_lora_full_of_nan_is_named(tmp_path, capsys):
+    """"the sampler produced NaN latents ... load in float32" did not name the LoRA that caused it (#22.7)."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from spriteforge.resolve import DEMO_DIR
+
+    night = load_file(str(DEMO_DIR / "loras" / "night.safetensors"))
+    save_file({k: np.full_like(v, np.nan) if v.ndim > 1 else v for k, v in night.items()}, str(tmp_path / "nan.safetensors"))
+    rc, err = _cli(capsys, "generate", "-q", "--prompt", "red sword", "--steps", "2", "--lora", tmp_path / "nan.safetensors",
+                   "--out", tmp_path / "o")
+    assert rc == 19 and "with the LoRA nan.safetensors applied" in err and "float32" not in err, err
+    assert not (tmp_path / "o").exists()  # a failed run leaves no empty output folder
+
+
+def test_a_config_far_larger_than_its_weights_is_refused_before_allocating(tmp_path, capsys):
+    """config.json saying 1000x the layers of the weights beside it: compared on the meta device, refused (#22.7)."""
+    folder = tiny_models.make_pixart(tmp_path / "m", layout="folder")
+    cfg_path = folder / "transformer" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["num_layers"] *= 1000
+    cfg_path.write_text(json.dumps(cfg))
+    rc, err = _cli(capsys, "generate", "-q", "--model", folder, "--prompt", "x", "--steps", "1", "--out", tmp_path / "o")
+    assert rc == 19 and "config.json does not match the weights" in err and "parameters" in err, err
+    cfg["num_layers"] //= 1000
+    cfg["attention_head_dim"] *= 1000
+    cfg_path.write_text(json.dumps(cfg))
+    rc, err = _cli(capsys, "generate", "-q", "--model", folder, "--prompt", "x", "--steps", "1", "--out", tmp_path / "o")
+    assert rc == 19 and "in the config but" in err, err
