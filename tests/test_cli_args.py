@@ -137,3 +137,9 @@ def test_quiet_shows_no_bars_at_all(tmp_path):
     res = _generate("-q", "--prompt", "red sword", "--steps", "2", "--out", tmp_path / "q")
     assert res.returncode == 0, res.stderr
     assert "Loading weights" not in res.stderr and "2/2" not in res.stderr, res.stderr
+
+
+def test_a_5000_character_filename_prefix_in_a_workflow_is_bad_input(tmp_path, capsys):
+    rc, _, err = _cli(capsys, "-q", "run", ROOT / "example_workflows" / "api" / "sprite_demo.json", "--out", tmp_path / "o",
+                      "--set", "3.steps=1", "--set", f"9.filename_prefix={'a' * 5000}")
+    assert rc == 19 and err.startswith("BAD_INPUT:") and "over the file system's limit" in err, err
