@@ -43,12 +43,16 @@ def set_cli_bars(enabled: bool) -> None:
 
 
 def _third_party_bars(enabled: bool) -> None:
-    """transformers' and huggingface_hub's tqdm bars ("Loading weights") follow ours. The environment variable
-    reaches them when they are imported later; modules already imported are told directly (never imported here)."""
+    """transformers' and huggingface_hub's tqdm bars ("Loading weights") follow ours: off with ``-q``. The environment
+    variable reaches them when they are imported later; modules already imported are told directly (never imported
+    here). Turning them back on undoes only what was done here: a user's own HF_HUB_DISABLE_PROGRESS_BARS stays."""
     if enabled:
-        if _cli_bars.pop("hf_env_set", False):
-            os.environ.pop(_HF_BARS, None)
-    elif _HF_BARS not in os.environ:
+        if not _cli_bars.pop("hf_env_set", False):
+            return
+        os.environ.pop(_HF_BARS, None)
+    elif _HF_BARS in os.environ:
+        return
+    else:
         os.environ[_HF_BARS] = "1"
         _cli_bars["hf_env_set"] = True
     hub = sys.modules.get("huggingface_hub.utils")

@@ -143,3 +143,37 @@ def test_a_5000_character_filename_prefix_in_a_workflow_is_bad_input(tmp_path, c
     rc, _, err = _cli(capsys, "-q", "run", ROOT / "example_workflows" / "api" / "sprite_demo.json", "--out", tmp_path / "o",
                       "--set", "3.steps=1", "--set", f"9.filename_prefix={'a' * 5000}")
     assert rc == 19 and err.startswith("BAD_INPUT:") and "over the file system's limit" in err, err
+
+
+def test_progress_outside_a_terminal_prints_plain_lines_and_quiet_prints_none(monkeypatch):
+    import io
+
+    from spriteforge import progress
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setattr(progress, "_LINE_EVERY_S", 3600.0)  # no line between first and last, however slow the machine
+    try:
+        progress.set_cli_bars(True)
+        out = io.StringIO()  # not a terminal
+        with progress.Progress(50, "sampling", stream=out) as bar:
+            for _ in range(50):
+                bar.update()
+        lines = out.getvalue().splitlines()
+        assert [ln.split(" (")[0] for ln in lines] == ["sampling: 1/50", "sampling: 50/50"]
+        assert "\r" not in out.getvalue()
+        progress.set_cli_bars(False)
+        assert os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1"  # transformers' loading bars too
+        quiet = io.StringIO()
+        with progress.Progress(3, "sampling", stream=quiet) as bar:
+            for _ in range(3):
+                bar.update()
+        assert quiet.getvalue() == ""
+        progress.set_cli_bars(True)
+        assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
+        monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # the user's own setting stays
+        progress.set_cli_bars(False)
+        progress.set_cli_bars(True)
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    finally:
+        progress.set_cli_bars(True)
+        progress._cli_bars["lines"] = False
