@@ -34,7 +34,7 @@ def _is_model_file(name: str, value) -> bool:
 def missing_models_error(err: SpriteForgeError, prompt: dict) -> SpriteForgeError | None:
     """MODEL_NOT_FOUND for a workflow whose loaders name files that are not in the models folders (what the
     validation of ``prompt`` reported in ``err`` as values "not one of the choices"); None when none is missing."""
-    issues = (err.details or {}).get("issues") or [] if err.code == BAD_INPUT else []
+    issues = ((err.details or {}).get("issues") or []) if err.code == BAD_INPUT else []
     missing, other = [], []
     for issue in issues:
         value = ((prompt.get(str(issue.get("node_id"))) or {}).get("inputs") or {}).get(issue.get("input"))
