@@ -14,7 +14,7 @@ from importlib import metadata
 PACKAGES = ("torch", "numpy", "pillow", "safetensors", "diffusers", "transformers", "sentencepiece", "accelerate", "mlx")
 INSTALL_HINTS = {
     "torch": "install PyTorch for your GPU (inside ComfyUI it is already there; on a CPU-only machine: pip install torch)",
-    "mlx": "optional: pip install 'comfyui-spriteforge[mlx]' (Metal on macOS, mlx[cpu] on Linux)",
+    "mlx": "optional: pip install mlx (Metal on macOS; 'mlx[cpu]' on Linux), or pip install -e '.[mlx]' in the pack's folder",
 }
 
 

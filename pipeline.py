@@ -393,6 +393,12 @@ def decode(engine, handle, latents, *, tile: bool = False) -> np.ndarray:
     bad = is_bad_image(images)
     vae_dtype = str(getattr(getattr(engine, "policy", None), "vae_dtype", "float32"))
     if bad and bad != "empty" and not np.isfinite(lat).all():
+        loras = [getattr(a, "name", str(a)) for a in getattr(handle, "loras", ()) or ()]
+        if loras:  # a LoRA with NaN/inf weights poisons every step: name it first
+            raise SpriteForgeError(BAD_INPUT, f"the sampler produced NaN latents with the LoRA {', '.join(loras)} applied. "
+                                   "A LoRA whose weights hold NaN or inf values does this: run without it (or at a lower "
+                                   "strength) to check; if the model alone works, the LoRA file is broken.",
+                                   details={"loras": loras})
         raise SpriteForgeError(ENGINE_INTERNAL, "the sampler produced NaN latents (the model overflowed). "
                                "Load the model in float32 or bfloat16, or lower cfg.")
     if bad in ("nan", "black"):

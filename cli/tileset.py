@@ -1,13 +1,13 @@
-"""``spriteforge tileset``: an autotile set for two terrains (or a terrain and transparency), ready for Godot and Tiled.
+"""spriteforge tileset: an autotile set for two terrains (or a terrain and transparency), ready for Godot and Tiled.
 
   spriteforge tileset --terrain grass --terrain water --layout wang16 --tile 16 --out tiles/
 
-Each ``--terrain`` is a prompt; one terrain alone makes a terrain-and-transparency set (islands, platforms).
-Layouts: ``wang16`` (corner Wang, 16 tiles), ``blob47`` (edges and corners, 47 tiles), ``dualgrid`` (16 tiles
-in the dual-grid order). Writes ``OUT/NAME.png`` (indexed sheet), ``NAME.json`` (atlas: each tile's rectangle
-and terrain code), ``NAME.tsx`` (Tiled tileset with a wangset) and ``NAME.tres`` (Godot 4 TileSet with a terrain
+Each --terrain is a prompt; one terrain alone makes a terrain-and-transparency set (islands, platforms).
+Layouts: wang16 (corner Wang, 16 tiles), blob47 (edges and corners, 47 tiles), dualgrid (16 tiles
+in the dual-grid order). Writes OUT/NAME.png (indexed sheet), NAME.json (atlas: each tile's rectangle
+and terrain code), NAME.tsx (Tiled tileset with a wangset) and NAME.tres (Godot 4 TileSet with a terrain
 set and peering bits); existing files are never replaced. Runs on any model (default: the built-in demo
-model) through :func:`spriteforge.generation.autotile.make_autotiles`.
+model).
 """
 
 from __future__ import annotations

@@ -166,6 +166,24 @@ def vae_config_for(det: Detection, family: str | None, variant: str | None = Non
     return cfg
 
 
+def _latent_users(channels: int) -> str:
+    return ", ".join(f.label for f in registry.families() if f.latent_channels == channels) or "another family"
+
+
+def check_vae_fits(det: Detection, vae_config: dict, vae) -> None:
+    """BAD_INPUT when the VAE given with a model makes latents of another width than the model's family draws
+    (a PixArt/SDXL VAE given for Flux...): said before sampling, naming both, instead of a shape error inside it."""
+    want = registry.rules(det.family).latent_channels
+    got = int(vae_config.get("latent_channels") or 0)
+    if got and got != want:
+        raise SpriteForgeError(
+            BAD_INPUT,
+            f"{Path(str(vae)).name} is a VAE for {got}-channel latents ({_latent_users(got)}), but "
+            f"this {det.family} model needs a VAE for {want}-channel latents ({_latent_users(want)}). "
+            f"Give the {det.family} model's own VAE.",
+            details={"vae": str(vae), "latent_channels": got, "needed": want, "family": det.family})
+
+
 # --------------------------------------------------------------------------- text encoders
 
 
@@ -225,6 +243,7 @@ def complete(engine, source: Path, parts: Parts, *, vae, text_encoders, load_vae
     det = parts.det
     if vae is not None:
         parts.vae, parts.vae_config = load_vae(vae, family=det.family, variant=det.variant)
+        check_vae_fits(det, parts.vae_config, vae)
     for te in text_encoders or ():
         if te is None or te == "":
             continue
@@ -242,4 +261,4 @@ def complete(engine, source: Path, parts: Parts, *, vae, text_encoders, load_vae
 
 __all__ = ["coded_errors", "Parts", "complete", "MODEL_KINDS", "TRANSFORMER_CLASSES", "FOLDER_TEXT_ENCODERS", "dtype_name", "resolve", "folder_variant",
            "diffusion_folder", "diffusion_model_in", "checkpoint_text_encoders", "folder_text_encoders", "vae_folder",
-           "vae_in", "vae_config_for", "text_encoder_in", "text_encoder_key", "clip_with_projection"]
+           "vae_in", "vae_config_for", "check_vae_fits", "text_encoder_in", "text_encoder_key", "clip_with_projection"]

@@ -19,7 +19,7 @@ def prepare_size(handle, width, height, *, max_side: int | None = DEFAULT_MAX_SI
     """Validated ``(width, height)`` rounded to the family's latent grid.
 
     Non-numbers or sizes below one grid cell: BAD_INPUT; above ``max_side`` (or the
-    engine's maximum): DIMENSION_LIMIT. A rounding is recorded in ``notes`` and logged.
+    engine's maximum): DIMENSION_LIMIT. A rounding is recorded in ``notes``.
     """
     notes = notes if notes is not None else []
     mult = int(getattr(handle, "latent_multiple", 16) or 16)
@@ -52,8 +52,7 @@ def prepare_size(handle, width, height, *, max_side: int | None = DEFAULT_MAX_SI
             r = (limit // mult) * mult
         if r != fv:
             msg = f"{name} {v} rounded to {r} (a multiple of {mult} for {handle.family})"
-            notes.append(msg)
-            log.info(msg)
+            notes.append(msg)  # the callers show their notes once (the command line prints them, the nodes log them)
         out.append(r)
     fam = registry.rules(getattr(handle, "family", ""))
     if fam.square_only and out[0] != out[1]:

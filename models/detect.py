@@ -57,6 +57,24 @@ def _params(tensors) -> int:
     return sum(t.numel for t in tensors.values())
 
 
+def _vae_factor(folder: Path) -> int:
+    """The scale factor of the VAE in a diffusers folder's ``vae/`` (2 ** (blocks - 1)); 8 when there is none."""
+    cfg = folder / "vae" / "config.json"
+    try:
+        blocks = json.loads(cfg.read_text(encoding="utf-8")).get("block_out_channels") if cfg.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        blocks = None
+    return 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
+
+
+def _variant_from_config(det: Detection, cfg: dict, pipeline: Path) -> None:
+    """Let the family refine ``det``'s variant from a config.json (settings its weights do not record), in pixels
+    of the VAE of the diffusers folder ``pipeline`` it sits in."""
+    fam = registry.get(det.family)
+    if fam is not None:
+        fam.variant_from_config(det, cfg, _vae_factor(pipeline))
+
+
 # --------------------------------------------------------------------------- VAEs / text encoders
 
 
@@ -399,7 +417,7 @@ def _detect_folder(p: Path) -> Detection:
         det = classify(tensors) if tensors else None
         variant = det.variant if (det is not None and det.family == family) else None
         pipe = index.get("_class_name", "")
-        variant = fam.variant_from_folder(cfg, pipe, variant)
+        variant = fam.variant_from_folder(cfg, pipe, variant, _vae_factor(p))
         out = Detection(family, variant, "diffusers", {k: v for k, v in cfg.items() if not k.startswith("_") or k == "_class_name"}, layout="diffusers", path=str(p))
         out.parameters = _params(tensors)
         out.dtype = _dominant_dtype(tensors) if tensors else ""
@@ -431,6 +449,7 @@ def _detect_folder(p: Path) -> Detection:
         if det is None:
             raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{p} holds a config.json for {cfg.get('_class_name') or cfg.get('model_type')!r} that SpriteForge does not know.")
         det.config = {**det.config, **{k: v for k, v in cfg.items() if not k.startswith("_") or k == "_class_name"}}
+        _variant_from_config(det, cfg, p.parent)
         det.path = str(p)
         det.parameters = _params(tensors)
         det.dtype = _dominant_dtype(tensors)
@@ -463,6 +482,7 @@ def _with_side_config(det: Detection, p: Path) -> Detection:
                 det.config.update(keep)
                 det.extras["config_file"] = str(cand)
                 det.extras.pop("ambiguous", None)
+                _variant_from_config(det, keep, cand.parent.parent)
                 break
     return det
 

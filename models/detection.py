@@ -51,8 +51,11 @@ def heads(hidden: int, preferred: tuple[int, ...]) -> tuple[int, int]:
     return 1, hidden
 
 
-def res_name(sample: int) -> str:
-    return {32: "256", 64: "512", 128: "1024", 256: "2k"}.get(sample, str(sample * 8))
+def res_name(sample: int, vae_factor: int = 8) -> str:
+    """A variant's size: the release names (latent side x 8 = 256/512/1024/2k), else the pixel side."""
+    if vae_factor == 8 and sample in (32, 64, 128, 256):
+        return {32: "256", 64: "512", 128: "1024", 256: "2k"}[sample]
+    return str(sample * vae_factor)
 
 
 __all__ = ["Detection", "count", "indices", "heads", "res_name"]

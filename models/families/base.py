@@ -145,10 +145,14 @@ class Family:
         cfg.update(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=in_ch, out_channels=out // (patch * patch),
                    num_layers=layers, patch_size=patch, **more)
 
-    def variant_from_folder(self, cfg: dict, pipeline_class: str, detected: str | None) -> str | None:
-        """A diffusers folder's variant: from its transformer's ``config.json`` and pipeline class where the weights
-        alone do not tell; ``detected`` (from the weights, or None) otherwise."""
+    def variant_from_folder(self, cfg: dict, pipeline_class: str, detected: str | None, vae_factor: int = 8) -> str | None:
+        """A diffusers folder's variant: from its transformer's ``config.json``, pipeline class and VAE scale factor
+        where the weights alone do not tell; ``detected`` (from the weights, or None) otherwise."""
         return detected
+
+    def variant_from_config(self, det, cfg: dict, vae_factor: int = 8) -> None:
+        """Refine ``det`` (a transformer read from its weights) with the ``config.json`` found with it, for settings
+        the weights do not record; ``vae_factor``: the scale factor of the VAE it sits with."""
 
     # ------------------------------------------------------------------ parts
     @property

@@ -109,7 +109,7 @@ class Flux(Family):
         det.extras["in_channels"] = in_ch
         return self.finish(det, rel)
 
-    def variant_from_folder(self, cfg, pipeline_class, detected):
+    def variant_from_folder(self, cfg, pipeline_class, detected, vae_factor=8):
         return detected if detected is not None else ("dev" if cfg.get("guidance_embeds") else "schnell")
 
     def is_fill(self, variant, in_channels):

@@ -85,9 +85,16 @@ class PixArt(Family):
         det.extras["sigma_learned"] = cfg["out_channels"] == 2 * in_ch
         return self.finish(det, rel)
 
-    def variant_from_folder(self, cfg, pipeline_class, detected):
+    def variant_from_folder(self, cfg, pipeline_class, detected, vae_factor=8):
         gen = "alpha" if "Alpha" in pipeline_class else "sigma"
-        return f"{gen}-{res_name(cfg.get('sample_size', 128))}"
+        return f"{gen}-{res_name(cfg.get('sample_size', 128), vae_factor)}"
+
+    def variant_from_config(self, det, cfg, vae_factor=8):
+        # the weights do not record the sample size: the config's, in pixels of the VAE it sits with
+        if isinstance(cfg.get("sample_size"), int):
+            gen = (det.variant or "sigma").split("-")[0]
+            det.variant = f"{gen}-{res_name(cfg['sample_size'], vae_factor)}"
+            det.extras.pop("ambiguous", None)
 
     def vae_config_name(self, variant, latent):
         if latent != 16 and variant and variant.startswith("alpha"):
