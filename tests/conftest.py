@@ -4,6 +4,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -11,6 +13,35 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPRITEFORGE_SHARED", REPO.parent / "shared"))
+
+# Hypothesis: the same cases in every clone, at any path, on every run ("ci", the default: derandomized, no example
+# database, and the fuzzers' explicit seeds, tests/fuzzing.py); `--hypothesis-profile=explore` searches anew each
+# run with SPRITEFORGE_FUZZ_SCALE (default 20) times the cases and keeps what fails in .hypothesis/ to replay it
+# (docs/RELIABILITY.md, "Fuzzing"). What exploring finds becomes an @example in the test. No deadline: a wall-clock
+# limit is no test.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+_SCALE = float(os.environ.get("SPRITEFORGE_FUZZ_SCALE", "20"))
+settings.register_profile("explore", max_examples=max(1, round(_SCALE * settings.default.max_examples)), derandomize=False,
+                          database=DirectoryBasedExampleDatabase(REPO / ".hypothesis" / "examples"), deadline=None,
+                          print_blob=True)
+settings.load_profile("ci")  # hypothesis' pytest plugin loads --hypothesis-profile after this file
+
+
+class _CheckoutIsAPlainDirectory:
+    """The checkout is the package itself (its ``__init__.py`` is ComfyUI's entry). Left alone, pytest collects it as
+    a Package and imports that ``__init__.py`` again under the checkout folder's name: a second copy of the pack
+    (``main``, ``clone``), or, where the name is no identifier (``comfyui-spriteforge``, ``wt-a``), an ImportError
+    in every test. The tests use the installed ``spriteforge``; the checkout is collected as a plain folder."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path, parent):
+        if path == REPO:
+            return pytest.Dir.from_parent(parent, path=path)
+        return None
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_CheckoutIsAPlainDirectory(), "spriteforge-checkout-dir")
 
 
 @pytest.fixture(scope="session")
