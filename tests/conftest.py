@@ -35,13 +35,27 @@ class _CheckoutIsAPlainDirectory:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collect_directory(self, path, parent):
-        if path == REPO:
+        if path.resolve() == REPO:
             return pytest.Dir.from_parent(parent, path=path)
         return None
 
 
+def _without_source_constants():
+    """Hypothesis also draws constants it collects from the source of every "local" module imported so far: a pool
+    that changes with the checkout's path (modules under a `test` or `tests` folder or in site-packages do not
+    count), with the tests that ran before (what they imported), and with any edit anywhere in the pack. For fixed
+    cases the pool stays empty; Hypothesis is pinned (pyproject's test extra), so its internal hook is stable."""
+    from hypothesis.internal.conjecture import providers
+
+    providers._get_local_constants = providers.Constants
+    providers.CONSTANTS_CACHE.cache.clear()
+
+
+@pytest.hookimpl(trylast=True)  # after hypothesis' plugin has loaded --hypothesis-profile
 def pytest_configure(config):
     config.pluginmanager.register(_CheckoutIsAPlainDirectory(), "spriteforge-checkout-dir")
+    if settings.get_current_profile_name() == "ci":
+        _without_source_constants()
 
 
 @pytest.fixture(scope="session")
