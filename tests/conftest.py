@@ -47,8 +47,9 @@ def _without_source_constants():
     cases the pool stays empty; Hypothesis is pinned (pyproject's test extra), so its internal hook is stable."""
     from hypothesis.internal.conjecture import providers
 
-    providers._get_local_constants = providers.Constants
-    providers.CONSTANTS_CACHE.cache.clear()
+    if hasattr(providers, "_get_local_constants"):  # another Hypothesis draws other cases anyway
+        providers._get_local_constants = providers.Constants
+        providers.CONSTANTS_CACHE.cache.clear()
 
 
 @pytest.hookimpl(trylast=True)  # after hypothesis' plugin has loaded --hypothesis-profile
