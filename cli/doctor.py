@@ -23,7 +23,7 @@ def _print(rep: dict) -> None:
     for d in rep["devices"]:
         p = d["policy"]
         print(f"  [{d['engine']}] {d['device']['label']}: weights {p['weight_dtype']}, compute {p['compute_dtype']}, "
-              f"VAE {p['vae_dtype']}, attention {p['attention']} (VAE: {p['vae_attention']})"
+              f"VAE {p['vae_dtype']}"
               f"{', attention slicing' if p['attention_slicing'] else ''}{', VAE tiling' if p['vae_tiling'] else ''}")
         for r in p["reasons"]:
             print(f"      because {r}")

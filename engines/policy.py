@@ -1,9 +1,10 @@
 """The device policy: data plus pure functions.
 
 For a :class:`~spriteforge.engines.devices.DeviceInfo` it decides the weight,
-compute, VAE and text-encoder dtypes, the attention kind, slicing/tiling, fp8 and
-bf16 support, environment variables to set before torch is imported, and hints for
-the user, with a reason for every decision. Every rule is a row of :data:`RULES` (or
+compute, VAE and text-encoder dtypes, attention slicing and VAE tiling/slicing, bf16
+support, environment variables to set before torch is imported, and hints for the
+user, with a reason for every decision. Every decision is one the engines apply
+(``tests/test_policy.py`` checks that each field is read). Every rule is a row of :data:`RULES` (or
 of the architecture and memory tables above it), evaluated by one pure function
 (:func:`apply_rules`), so it can be read, tested with simulated devices, and changed in one place.
 """
@@ -47,13 +48,10 @@ class Policy:
     compute_dtype: str
     vae_dtype: str
     text_encoder_dtype: str
-    attention: str  # "sdpa" | "math" | "sliced" | "mlx_fast"
-    vae_attention: str
-    attention_slicing: bool
+    attention_slicing: bool  # the denoiser runs the CFG batch one row at a time
     vae_tiling: bool
     vae_slicing: bool
     bf16: bool
-    fp8_compute: bool
     env: dict = field(default_factory=dict)
     hints: tuple = ()
     reasons: tuple = ()
@@ -86,7 +84,7 @@ def _slicing(mem: int, unified: bool, reasons: list) -> tuple[bool, bool, bool]:
 #
 # A rule: ``group`` (rules of one group are alternatives: the first that holds is used; None: every rule that
 # holds is used), ``when`` (conditions on the device's facts and the decisions so far, all must hold), ``then``
-# (decisions: dtypes, bf16, fp8, attention; ``env``: variables to set; ``hint``: a line for the user) and
+# (decisions: dtypes, bf16; ``env``: variables to set; ``hint``: a line for the user) and
 # ``reason`` (said for every decision; ``{name}`` fills in a fact). Read top to bottom, in this order.
 
 
@@ -114,8 +112,6 @@ RULES: tuple[Rule, ...] = (
     Rule("cuda dtype", (("kind", "==", "cuda"), ("cc", ">=", (7, 0))), _dtypes("float16"),
          "CUDA sm_{sm} has fp16 tensor cores but no bf16: fp16"),
     Rule("cuda dtype", (("kind", "==", "cuda"),), _dtypes("float32"), "CUDA sm_{sm} has slow half precision: fp32"),
-    Rule("cuda fp8", (("kind", "==", "cuda"), ("cc", ">=", (8, 9))), {"fp8_compute": True}, "fp8 compute available (sm_89+)"),
-    Rule("cuda fp8", (("kind", "==", "cuda"),), {}, "no fp8 compute: fp8 weights are upcast per layer"),
     # the 4-channel KL VAEs overflow in fp16; bf16 is safe where present
     Rule("cuda vae", (("kind", "==", "cuda"), ("bf16", "==", True)), {"vae_dtype": "bfloat16"}, "VAE in bfloat16 " + _VAE_OVERFLOW),
     Rule("cuda vae", (("kind", "==", "cuda"),), {"vae_dtype": "float32"}, "VAE in float32 " + _VAE_OVERFLOW),
@@ -126,8 +122,6 @@ RULES: tuple[Rule, ...] = (
          "ROCm {arch} has fast bf16: bf16 weights and compute, VAE in fp32"),
     Rule("rocm dtype", (("kind", "==", "rocm"),), _dtypes("float16", "float32"),
          "ROCm {arch_or_unknown}: fp16 weights and compute, VAE in fp32"),
-    Rule(None, (("kind", "==", "rocm"),), {"vae_attention": "math"},
-         "no SDPA in the VAE on AMD (slow or failing kernels for the VAE's single-head attention)"),
     Rule(None, (("kind", "==", "rocm"), ("arch", "in", ROCM_AOTRITON_EXPERIMENTAL)),
          {"env": {"TORCH_ROCM_AOTRITON_ENABLE_EXPERIMENTAL": "1"}},
          "{arch}: AOTriton flash attention is experimental; opt in before torch is imported"),
@@ -143,17 +137,15 @@ RULES: tuple[Rule, ...] = (
          "MPS: VAE in fp32 (fp16 VAEs give black images on MPS)"),
     # Apple MLX
     Rule(None, (("kind", "==", "mlx"), ("metal", "==", True), ("mac", ">=", (14,))), {"bf16": True}),
-    Rule("mlx", (("kind", "==", "mlx"), ("metal", "==", True)),
-         {**_dtypes("float16", "float32"), "attention": "mlx_fast", "vae_attention": "mlx_fast"},
-         "MLX on Metal: fp16 weights/compute, fast attention, VAE in fp32"),
-    Rule("mlx", (("kind", "==", "mlx"),), {**_dtypes("float32", "float32"), "attention": "mlx_fast", "vae_attention": "mlx_fast"},
-         "MLX on the CPU: fp32"),
+    Rule("mlx", (("kind", "==", "mlx"), ("metal", "==", True)), _dtypes("float16", "float32"),
+         "MLX on Metal: fp16 weights/compute, VAE in fp32"),
+    Rule("mlx", (("kind", "==", "mlx"),), _dtypes("float32", "float32"), "MLX on the CPU: fp32"),
     # anything else: the CPU
     Rule(None, (("kind", "not in", _KINDS),), _dtypes("float32", "float32"),
          "CPU: fp32 (half precision is slow or unsupported on CPUs)"),
 )
 
-_START = {"bf16": False, "fp8_compute": False, "attention": "sdpa", "vae_attention": "sdpa"}
+_START = {"bf16": False}
 
 
 def facts(device: DeviceInfo) -> dict:
@@ -222,8 +214,6 @@ def decide(device: DeviceInfo, *, dtype_override: str | None = None) -> Policy:
         _override(state, dtype_override, kind, reasons)
     unified = device.unified_memory or kind in ("mps", "mlx")
     att_slice, vae_tile, vae_slice = _slicing(device.memory_bytes if kind != "cpu" else 0, unified, reasons)
-    if att_slice and state["attention"] == "sdpa":
-        state["attention"] = "sliced"
     return Policy(device=device, attention_slicing=att_slice, vae_tiling=vae_tile, vae_slicing=vae_slice, env=env,
                   hints=tuple(hints), reasons=tuple(reasons), **state)
 

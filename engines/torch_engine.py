@@ -34,7 +34,7 @@ class TorchEngine(Engine):
             lora=True,
             attention=attention,
             max_resolution=4096 if kind in ("cuda", "rocm") else 2048,
-            fp8_weights=True,  # stored fp8 is upcast per layer where the device has no fp8 compute
+            fp8_weights=True,  # stored fp8 is kept as fp8 and upcast per layer to compute (torch_models/fp8.py)
             families=FAMILIES,
             vae_tiling=True,
             birefnet=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,29 @@ def read_lora(source, *, load=None, load_pickled=None, name: str | None = None) 
     modules, stray = group_modules(tensors.keys())
     if not modules:
         raise SpriteForgeError(BAD_INPUT, f"{label} has no LoRA tensors (no lora_down/lora_A/hada/lokr names): it is not a LoRA file.")
+    for key in _alpha_keys(modules):
+        alpha_value(tensors[key], key, label)
     return LoRAFile(label, path, tensors, meta, modules, stray)
+
+
+def _alpha_keys(modules) -> list:
+    return [m.params["alpha"] for m in modules if "alpha" in m.params]
+
+
+def alpha_value(tensor, key: str, label: str) -> float:
+    """The one finite number a module's ``alpha`` tensor holds (0-d or one element, any dtype; numpy, torch or MLX).
+
+    Anything else (no element, several, NaN or infinity) is a damaged file: BAD_INPUT naming the tensor and file.
+    """
+    shape = [int(s) for s in tensor.shape]
+    n = math.prod(shape)
+    value = float(tensor.reshape(-1)[0].item()) if n == 1 else None
+    if value is not None and math.isfinite(value):
+        return value
+    held = f"{value}" if value is not None else f"{n} numbers (shape {shape})"
+    raise SpriteForgeError(BAD_INPUT, f"{label}: tensor {key!r} must hold one finite number (the layer's LoRA alpha) "
+                           f"but holds {held}. The file is damaged: download it again, or ask its author for a fixed one.",
+                           details={"file": label, "key": key})
 
 
 # -- inspect -----------------------------------------------------------------------
@@ -104,9 +127,12 @@ def _alpha_values(path: Path, keys) -> list:
         return []
     try:  # only these scalars are read (bfloat16 ones too, without a framework)
         tensors = read_numpy(path, keys)
-    except Exception:
-        return []
-    return [float(tensors[k].reshape(-1)[0]) for k in keys]
+    except SpriteForgeError:
+        raise
+    except Exception as exc:
+        raise SpriteForgeError(BAD_INPUT, f"{path.name}: its alpha tensors could not be read ({type(exc).__name__}: "
+                               f"{exc}). The download may be damaged; download it again.", details={"path": str(path)}) from exc
+    return [alpha_value(tensors[k], k, path.name) for k in keys]
 
 
 def is_lora_file(path) -> bool:
@@ -197,12 +223,12 @@ def inspect_lora(path, *, load_pickled=None) -> dict:
         except Exception as exc:
             raise SpriteForgeError(BAD_INPUT, f"{p.name} is not a readable safetensors file ({exc}).") from exc
         modules, stray = group_modules(shapes)
-        alphas = _alpha_values(p, [m.params["alpha"] for m in modules if "alpha" in m.params])
+        alphas = _alpha_values(p, _alpha_keys(modules))
     else:
         lf = read_lora(p, load_pickled=load_pickled)
         shapes = {k: tuple(v.shape) for k, v in lf.tensors.items()}
         meta, modules, stray = lf.metadata, lf.modules, lf.stray
-        alphas = [float(lf.tensors[m.params["alpha"]].reshape(-1)[0]) for m in modules if "alpha" in m.params]
+        alphas = [alpha_value(lf.tensors[k], k, lf.name) for k in _alpha_keys(modules)]
     if not modules:
         raise SpriteForgeError(BAD_INPUT, f"{p.name} has no LoRA tensors: it is not a LoRA file.")
     info = describe_modules(modules, shapes, meta, alphas)

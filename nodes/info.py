@@ -47,7 +47,7 @@ class EngineInfo(ValidatedNode):
                 lines.append(f"engine 'auto' picks {rep['auto']}")
             for d in rep["devices"]:
                 p = d["policy"]
-                lines.append(f"{d['engine']} on {d['device']['label']}: weights {p['weight_dtype']}, VAE {p['vae_dtype']}, attention {p['attention']}")
+                lines.append(f"{d['engine']} on {d['device']['label']}: weights {p['weight_dtype']}, VAE {p['vae_dtype']}")
             text = "\n".join(lines) or "no usable engine"
         return io.NodeOutput(text, ui={"text": [text]})
 

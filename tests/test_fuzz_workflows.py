@@ -3,8 +3,9 @@
 Every case goes through what ``spriteforge run`` does (:func:`spriteforge.execution.runner.run_workflow`: reading the file,
 the graph -> API converter, ``--set`` overrides, validation, execution of the real pixel nodes on a real input
 image) and must end in a :class:`SpriteForgeError` with a stable code or a valid result: no other exception, nothing
-written outside the output folder, no input or earlier output file changed. Hypothesis is derandomized so CI sees
-the same cases every run; each ``@example`` is a bug the fuzzer found (kept as a regression).
+written outside the output folder, no input or earlier output file changed. Each test runs the same cases in every
+clone and on every run (an explicit seed, :mod:`spriteforge.tests.fuzzing`); each ``@example`` is a bug a fuzzer
+found (kept as a regression).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -26,15 +27,9 @@ from spriteforge.errors import CODES, SpriteForgeError
 from spriteforge.execution import graph as G
 from spriteforge.nodes.folders import Folders
 from spriteforge.execution.runner import needed_nodes, run_workflow
+from spriteforge.tests.fuzzing import fuzz
 
 pytest.importorskip("torch")
-
-_SCALE = float(os.environ.get("SPRITEFORGE_FUZZ_SCALE", "1"))  # e.g. 10 for a long local run
-
-
-def _fuzz(n: int):
-    return settings(max_examples=max(1, int(n * _SCALE)), deadline=None, derandomize=True,
-                    suppress_health_check=list(HealthCheck), database=None)
 
 _ROOT = Path(tempfile.mkdtemp(prefix="sf-fuzz-wf-"))
 INPUT = _ROOT / "input"
@@ -229,7 +224,7 @@ def test_the_unmutated_workflows_run():
     assert _is_valid_result(_run_case(G.api_to_graph(_pixel_wf())))
 
 
-@_fuzz(400)
+@fuzz(400, case_seed=11)
 @given(_json)
 @example("{not json")  # JSON text that is not JSON: a raw JSONDecodeError escaped read_workflow
 @example('{"1": ' * 5000)  # deeply nested JSON text: RecursionError
@@ -245,7 +240,7 @@ def test_random_json(data):
     _run_case(text)
 
 
-@_fuzz(120)
+@fuzz(120, case_seed=12)
 @given(_mutated(), st.lists(st.text(max_size=20), max_size=2))
 @example({"1": {"class_type": "LoadImage", "inputs": {"image": "sprite.png"}},
           "5": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "ok"}}},
@@ -262,13 +257,13 @@ def test_mutated_pixel_workflow(wf, overrides):
     _run_case(copy.deepcopy(wf), overrides)
 
 
-@_fuzz(300)
+@fuzz(300, case_seed=13)
 @given(_random_api())
 def test_random_api_prompts(wf):
     _run_case(wf)
 
 
-@_fuzz(300)
+@fuzz(300, case_seed=14)
 @given(_graph())
 @example({"nodes": [{"id": 1, "type": "Reroute", "inputs": [{"link": 1}]},
                     {"id": 2, "type": "SaveImage", "inputs": [{"name": "images", "link": 1}]}],

@@ -119,14 +119,11 @@ def test_tiled_sampler_run_decodes_seamlessly(pix):
 # --------------------------------------------------------------------------- real files: loader node + CLI
 @pytest.fixture(scope="module")
 def models_root(tmp_path_factory):
-    tm = pytest.importorskip("spriteforge.tests.tiny_models")
+    from spriteforge.tests import tiny_models as tm
+
     root = tmp_path_factory.mktemp("models")
     (root / "diffusers").mkdir()
-    try:
-        folder = tm.make_pixart(root / "diffusers", layout="folder")
-    except Exception as exc:  # pragma: no cover - the loaders' factories not usable here
-        pytest.skip(f"tiny model factory failed: {exc}")
-    return root, folder
+    return root, tm.make_pixart(root / "diffusers", layout="folder")
 
 
 def test_load_model_node_and_missing_models(models_root):
@@ -200,7 +197,8 @@ def test_cli_generate(models_root, tmp_path, capsys, reset_models_root):
 @pytest.mark.parametrize("family", ["pixart", "dit", "sd3", "flux", "sana"])
 def test_every_family_from_real_format_files(models_root, family):
     """Load tiny real-format diffusers folders through the loader node and run the whole graph."""
-    tm = pytest.importorskip("spriteforge.tests.tiny_models")
+    from spriteforge.tests import tiny_models as tm
+
     root, _ = models_root
     folder = getattr(tm, f"make_{family}")(root / "diffusers", layout="folder")
     h = L.load_handle(str(folder), allow_path=True)
@@ -213,10 +211,10 @@ def test_every_family_from_real_format_files(models_root, family):
 
 def test_cli_with_separate_vae_and_text_encoder_files(tmp_path, reset_models_root):
     """A single-file Flux transformer (original keys) with the VAE and text encoders given as files."""
-    tm = pytest.importorskip("spriteforge.tests.tiny_models")
     from PIL import Image
 
     from spriteforge.cli.main import main
+    from spriteforge.tests import tiny_models as tm
 
     root = tmp_path / "models"
     for k in ("diffusion_models", "vae", "text_encoders"):
@@ -237,7 +235,8 @@ def test_cli_with_separate_vae_and_text_encoder_files(tmp_path, reset_models_roo
 
 def test_txt2img_api_workflow_runs_in_process(models_root, tmp_path):
     """An API-format txt2img graph with the SpriteForge nodes and core SaveImage, validated and run like /prompt."""
-    runner = pytest.importorskip("spriteforge.execution.runner")
+    from spriteforge.execution import runner
+
     root, folder = models_root
     wf = {
         "1": {"class_type": "SpriteForgeLoadModel", "inputs": {"model": folder.name}},

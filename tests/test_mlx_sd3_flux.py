@@ -26,7 +26,7 @@ from spriteforge.engines.mlx_models import layers  # noqa: E402
 from spriteforge.errors import BAD_INPUT, DIMENSION_LIMIT, MODEL_NOT_CONVERTED, SpriteForgeError  # noqa: E402
 from spriteforge.tests.parity import assert_close, mx_weights
 
-sd3 = pytest.importorskip("spriteforge.engines.mlx_models.sd3")
+from spriteforge.engines.mlx_models import sd3  # noqa: E402
 
 
 # --------------------------------------------------------------------------- SD3 / SD3.5
@@ -99,7 +99,7 @@ def test_sd3_missing_or_bad_tensor_is_coded():
 
 
 # --------------------------------------------------------------------------- Flux.1
-flux = pytest.importorskip("spriteforge.engines.mlx_models.flux")
+from spriteforge.engines.mlx_models import flux  # noqa: E402
 
 
 def _flux_port(model):

@@ -216,7 +216,8 @@ def test_cli_subprocess(tmp_path):
 
 def test_workflow_load_image_to_indexed_png_through_the_runner(tmp_path):
     """An API-format prompt as ComfyUI would queue it: LoadImage -> grid recovery -> palette -> quantize -> save."""
-    runner = pytest.importorskip("spriteforge.execution.runner")
+    from spriteforge.execution import runner
+
     sprite = _sprite(4)
     (tmp_path / "in").mkdir()
     Image.fromarray(px.upscale(sprite, 8)).save(tmp_path / "in" / "hero.png")

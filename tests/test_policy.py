@@ -1,6 +1,10 @@
-"""Every device-policy rule, on simulated devices (CI has only a CPU)."""
+"""Every device-policy rule, on simulated devices (CI has only a CPU); every decision is one an engine applies."""
 
 from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
 
 import pytest
 
@@ -23,14 +27,13 @@ def mps(mac=(14, 5), mem=32):
 
 
 @pytest.mark.parametrize(
-    "cc,wd,vae,fp8",
-    [((9, 0), "bfloat16", "bfloat16", True), ((8, 9), "bfloat16", "bfloat16", True), ((8, 6), "bfloat16", "bfloat16", False),
+    "cc,wd,vae,bf16",
+    [((9, 0), "bfloat16", "bfloat16", True), ((8, 9), "bfloat16", "bfloat16", True), ((8, 6), "bfloat16", "bfloat16", True),
      ((7, 5), "float16", "float32", False), ((6, 1), "float32", "float32", False)],
 )
-def test_cuda_dtypes_follow_compute_capability(cc, wd, vae, fp8):
+def test_cuda_dtypes_follow_compute_capability(cc, wd, vae, bf16):
     p = decide(cuda(cc))
-    assert (p.weight_dtype, p.compute_dtype, p.vae_dtype, p.fp8_compute) == (wd, wd, vae, fp8)
-    assert p.attention == "sdpa" and p.vae_attention == "sdpa"
+    assert (p.weight_dtype, p.compute_dtype, p.vae_dtype, p.bf16) == (wd, wd, vae, bf16)
     assert p.reasons
 
 
@@ -41,10 +44,9 @@ def test_rocm_gfx1103_runs_fp32_everywhere():
     assert any("HSA_OVERRIDE_GFX_VERSION=11.0.0" in h for h in p.hints)
 
 
-def test_rocm_rdna3_bf16_with_fp32_vae_no_vae_sdpa_and_aotriton_env():
+def test_rocm_rdna3_bf16_with_fp32_vae_and_aotriton_env():
     p = decide(rocm("gfx1100"))
     assert p.weight_dtype == "bfloat16" and p.vae_dtype == "float32"
-    assert p.vae_attention == "math" and p.attention == "sdpa"
     assert p.env == {"TORCH_ROCM_AOTRITON_ENABLE_EXPERIMENTAL": "1"}
 
 
@@ -70,7 +72,7 @@ def test_mps_fp32_vae_and_bf16_only_from_macos_14():
 
 def test_low_memory_turns_on_slicing_and_tiling():
     p = decide(cuda((8, 6), mem=4))
-    assert p.attention_slicing and p.vae_tiling and p.vae_slicing and p.attention == "sliced"
+    assert p.attention_slicing and p.vae_tiling and p.vae_slicing
     big = decide(cuda((8, 6), mem=80))
     assert not (big.attention_slicing or big.vae_tiling)
     # unified memory counts about two thirds
@@ -81,7 +83,7 @@ def test_cpu_and_mlx():
     cpu = decide(DeviceInfo(kind="cpu"))
     assert cpu.weight_dtype == "float32" and not cpu.attention_slicing
     metal = decide(DeviceInfo(kind="mlx", backend="mlx", metal=True, macos_version=(15, 0), memory_bytes=64 * GiB))
-    assert metal.weight_dtype == "float16" and metal.vae_dtype == "float32" and metal.attention == "mlx_fast"
+    assert metal.weight_dtype == "float16" and metal.vae_dtype == "float32" and metal.bf16
     mcpu = decide(DeviceInfo(kind="mlx", backend="mlx", metal=False))
     assert mcpu.weight_dtype == "float32"
 
@@ -104,3 +106,18 @@ def test_gfx_target_version_decoding_and_env_before_torch():
 def test_policy_serialises():
     d = decide(rocm("gfx1103")).to_dict()
     assert d["device"]["label"].startswith("ROCm") and isinstance(d["reasons"], list)
+
+
+_INFORMATION = {"device", "env", "hints", "reasons"}  # shown by `spriteforge doctor`; env is set by apply_env_before_torch
+
+
+def test_every_decision_of_the_policy_is_read_by_the_code_that_generates():
+    """A decision nothing reads is a claim, not a setting: each field of Policy (but the explanations) is read as
+    ``policy.<field>`` by the engines or the pipeline. The attention kind, the VAE's attention kind and fp8 compute
+    were decided (and shown) but never applied, and are gone."""
+    root = Path(__file__).resolve().parents[1]
+    code = "\n".join(p.read_text(encoding="utf-8") for d in ("engines", "generation") for p in (root / d).rglob("*.py")
+                     if p.name != "policy.py") + (root / "pipeline.py").read_text(encoding="utf-8")
+    unread = [f.name for f in dataclasses.fields(decide(DeviceInfo(kind="cpu")))
+              if f.name not in _INFORMATION and not re.search(rf"\.{f.name}\b", code)]
+    assert not unread, unread
