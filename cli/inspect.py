@@ -83,9 +83,14 @@ def describe(det, file_size: int | None = None) -> list[str]:
         lines.append(f"components: {comps}")
     if det.kind in ("transformer", "checkpoint", "diffusers"):
         lines.append(f"needs:      {', '.join(det.needs) if det.needs else 'nothing else'}")
-    for k in ("prediction", "flow_shift", "max_sequence_length", "num_classes", "guidance_embeds", "in_channels", "ambiguous"):
+    if det.extras.get("dtypes"):  # more than one (mixed precision, int64 buffers)
+        lines.append("dtypes:     " + ", ".join(f"{k} {_human_count(n)}" for k, n in det.extras["dtypes"].items()))
+    for k in ("prediction", "flow_shift", "max_sequence_length", "num_classes", "guidance_embeds", "in_channels", "ambiguous",
+              "lm_head", "vision_tower", "batch_norm"):
         if k in det.extras and det.extras[k] is not None:
             lines.append(f"{k + ':':<11} {det.extras[k]}")
+    if det.extras.get("recognised_as"):
+        lines.append(f"generation: not yet: recognised as {det.extras['recognised_as']}")
     return lines
 
 
