@@ -98,8 +98,8 @@ def check_generates(det: Detection, name: str) -> None:
     runs = ", ".join(f.label for f in families())
     raise SpriteForgeError(
         UNSUPPORTED_ARCHITECTURE,
-        f"{name} is recognised as {what}; SpriteForge does not generate with this family yet; it runs {runs}. "
-        "Load a model of one of those families (`spriteforge inspect FILE` tells what a file is).",
+        f"{name} is recognised as {what}; SpriteForge does not generate with this family yet; it runs {runs}.",
+        hint="Load a model of one of those families.",  # (not the generic "not a model SpriteForge knows")
         details={"family": det.family, "variant": det.variant, "kind": det.kind},
     )
 
