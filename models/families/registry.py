@@ -1,5 +1,6 @@
-"""The model families SpriteForge runs: one entry each, read by detection, both engines, LoRA, the nodes,
-the CLI and the editor's hints.
+"""The model families SpriteForge knows: one entry each, read by detection, both engines, LoRA, the nodes,
+the CLI and the editor's hints. A family with ``generation = False`` is recognised only: detection and ``inspect``
+name it, :func:`families` (what the engines and the rest read) leaves it out, :func:`check_generates` refuses it.
 
 Adding a family is one line in :data:`ENTRIES` (its :class:`~.base.Family` subclass, in a module of this
 package), one MLX port file and tests: see HACKING.md.
