@@ -428,6 +428,8 @@ def _detect_folder(p: Path) -> Detection:
                     have.add("gemma")
                 elif mt.startswith("clip"):
                     have.add("clip_g" if tc.get("hidden_size") == 1280 or sub == "text_encoder_2" else "clip_l")
+                elif components.folder_text_encoder(tc):
+                    have.add(components.folder_text_encoder(tc))
             elif sub == "vae":
                 have.add("vae")
         out.needs = [n for n in registry.needs(family, variant) if n not in have]

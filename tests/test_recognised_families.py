@@ -236,3 +236,28 @@ def test_generate_refuses_a_recognised_only_family(models_root, tmp_path, capsys
     assert rc == SpriteForgeError(UNSUPPORTED_ARCHITECTURE, "").exit_code
     assert "UNSUPPORTED_ARCHITECTURE" in err and "recognised as FLUX.2 [klein] 9B" in err
     assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+def test_a_diffusers_folder_is_named_and_refused(shared_dir, tmp_path, capsys):
+    """A FLUX.2 [klein] 9B diffusers folder (transformer weights, its Qwen3-8B text encoder and VAE sub-folders):
+    named from the transformer's shapes, nothing more needed, and Load Model refuses it by name."""
+    from spriteforge.nodes import loaders
+
+    d = tmp_path / "FLUX.2-klein-9B"
+    for sub in ("transformer", "text_encoder", "vae"):
+        (d / sub).mkdir(parents=True)
+    (d / "model_index.json").write_text(json.dumps({
+        "_class_name": "Flux2KleinPipeline", "is_distilled": True, "transformer": ["diffusers", "Flux2Transformer2DModel"],
+        "text_encoder": ["transformers", "Qwen3ForCausalLM"], "vae": ["diffusers", "AutoencoderKLFlux2"]}))
+    (d / "transformer" / "config.json").write_text(json.dumps({"_class_name": "Flux2Transformer2DModel",
+                                                                **_manifest(shared_dir, "flux2-klein-9b.transformer.diffusers")["diffusers_config"]}))
+    _fake_file(d / "transformer" / "diffusion_pytorch_model.safetensors", _manifest(shared_dir, "flux2-klein-9b.transformer.diffusers")["tensors"])
+    (d / "text_encoder" / "config.json").write_text(json.dumps({"model_type": "qwen3", "hidden_size": 4096}))
+    (d / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLFlux2"}))
+    out, read = _inspect(capsys, d)
+    assert (out["kind"], out["family"], out["variant"], out["needs"]) == ("diffusers", "flux2", "klein-9B", [])
+    assert out["extras"]["recognised_as"] == "FLUX.2 [klein] 9B (distilled or base: same layout)"
+    assert read is None or read < HEADER_ONLY
+    with pytest.raises(SpriteForgeError) as e:
+        loaders.LoadModel.execute(str(d), engine="torch", device="cpu")
+    _refusal(e, "FLUX.2 [klein] 9B (distilled or base: same layout)")

@@ -30,6 +30,16 @@ def classify(t: dict[str, TensorInfo]) -> Detection | None:
     return None
 
 
+def folder_text_encoder(cfg: dict) -> str | None:
+    """Our key for a transformers folder's ``config.json`` of one of these text encoders (None: not one of them)."""
+    mt = cfg.get("model_type", "")
+    if mt == "qwen3":
+        return _QWEN3.get(cfg.get("hidden_size"), ("qwen3",))[0]
+    if mt == "qwen2_5_vl":
+        return "qwen25_7b"
+    return {"mistral3": "mistral3", "qwen3_vl": "qwen3_vl_4b"}.get(mt)
+
+
 def _language_model(t: dict[str, TensorInfo], pre: str) -> dict:
     """The transformers config fields of a Qwen-style decoder that its shapes tell."""
     vocab, hidden = t[f"{pre}embed_tokens.weight"].shape
@@ -89,4 +99,4 @@ def _qwen_image_vae(t) -> Detection:
     return det
 
 
-__all__ = ["classify"]
+__all__ = ["classify", "folder_text_encoder"]
