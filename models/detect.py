@@ -412,6 +412,8 @@ def _detect_folder(p: Path) -> Detection:
         variant = det.variant if (det is not None and det.family == family) else None
         pipe = index.get("_class_name", "")
         variant = fam.variant_from_folder(cfg, pipe, variant)
+        if isinstance(index.get("is_distilled"), bool):  # one layout, two releases: the pipeline config says which
+            variant = fam.variant_distilled(variant, index["is_distilled"])
         out = Detection(family, variant, "diffusers", {k: v for k, v in cfg.items() if not k.startswith("_") or k == "_class_name"}, layout="diffusers", path=str(p))
         out.parameters = _params(tensors)
         out.dtype = _dominant_dtype(tensors) if tensors else ""
@@ -434,7 +436,9 @@ def _detect_folder(p: Path) -> Detection:
                 have.add("vae")
         out.needs = [n for n in registry.needs(family, variant) if n not in have]
         if det is not None:
-            out.extras.update({k: v for k, v in det.extras.items() if k in ("guidance_embeds", "in_channels", "num_classes", "sigma_learned", "recognised_as")})
+            out.extras.update({k: v for k, v in det.extras.items() if k in ("guidance_embeds", "in_channels", "num_classes", "sigma_learned")})
+        if not fam.generation:
+            out.extras["recognised_as"] = fam.title(variant)
         if (p / "scheduler" / "scheduler_config.json").exists():
             out.extras["scheduler"] = _read_json(p / "scheduler" / "scheduler_config.json")
         return out

@@ -124,9 +124,11 @@ def test_text_encoder_under_its_all_in_one_prefix(shared_dir, tmp_path, capsys, 
 
 
 def test_z_image_checkpoint_with_its_text_encoder_needs_only_a_vae(shared_dir, tmp_path, capsys):
-    """An all-in-one Z-Image file (transformer + Qwen3-4B under their ComfyUI prefixes) still needs its VAE only."""
+    """An all-in-one Z-Image file (transformer + Qwen3-4B under their ComfyUI prefixes, plus the unused
+    ``norm_final.weight`` ComfyUI's save writes) still needs its VAE only."""
     t = {PREFIX["transformer"] + k: v for k, v in _manifest(shared_dir, "z-image-turbo.transformer.original")["tensors"].items()}
     t.update({TE_PREFIX["qwen3-4b.text-encoder"] + k: v for k, v in _manifest(shared_dir, "qwen3-4b.text-encoder")["tensors"].items()})
+    t["model.diffusion_model.norm_final.weight"] = {"shape": [3840], "dtype": "bf16"}  # ComfyUI's own save adds it (unused)
     out, _ = _inspect(capsys, _fake_file(tmp_path / "z_image_aio.safetensors", t))
     assert (out["kind"], out["family"], out["variant"]) == ("checkpoint", "zimage", "turbo-or-base")
     assert out["needs"] == ["vae"] and out["parts"]["qwen3_4b"]["variant"] == "qwen3_4b"
@@ -240,7 +242,8 @@ def test_generate_refuses_a_recognised_only_family(models_root, tmp_path, capsys
 
 def test_a_diffusers_folder_is_named_and_refused(shared_dir, tmp_path, capsys):
     """A FLUX.2 [klein] 9B diffusers folder (transformer weights, its Qwen3-8B text encoder and VAE sub-folders):
-    named from the transformer's shapes, nothing more needed, and Load Model refuses it by name."""
+    named from the transformer's shapes (distilled or base from the pipeline config's ``is_distilled`` where it has
+    one), nothing more needed, and Load Model refuses it by name."""
     from spriteforge.nodes import loaders
 
     d = tmp_path / "FLUX.2-klein-9B"
@@ -255,9 +258,17 @@ def test_a_diffusers_folder_is_named_and_refused(shared_dir, tmp_path, capsys):
     (d / "text_encoder" / "config.json").write_text(json.dumps({"model_type": "qwen3", "hidden_size": 4096}))
     (d / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLFlux2"}))
     out, read = _inspect(capsys, d)
-    assert (out["kind"], out["family"], out["variant"], out["needs"]) == ("diffusers", "flux2", "klein-9B", [])
-    assert out["extras"]["recognised_as"] == "FLUX.2 [klein] 9B (distilled or base: same layout)"
+    # the pipeline config says which of the two releases of this layout the folder is
+    assert (out["kind"], out["family"], out["variant"], out["needs"]) == ("diffusers", "flux2", "klein-9B-distilled", [])
+    assert out["extras"]["recognised_as"] == "FLUX.2 [klein] 9B (distilled)"
     assert read is None or read < HEADER_ONLY
     with pytest.raises(SpriteForgeError) as e:
         loaders.LoadModel.execute(str(d), engine="torch", device="cpu")
-    _refusal(e, "FLUX.2 [klein] 9B (distilled or base: same layout)")
+    _refusal(e, "FLUX.2 [klein] 9B (distilled)")
+    index = json.loads((d / "model_index.json").read_text())
+    (d / "model_index.json").write_text(json.dumps({**index, "is_distilled": False}))
+    assert _inspect(capsys, d)[0]["variant"] == "klein-base-9B"
+    del index["is_distilled"]  # no word on it: one layout, said so
+    (d / "model_index.json").write_text(json.dumps(index))
+    out, _ = _inspect(capsys, d)
+    assert (out["variant"], out["extras"]["recognised_as"]) == ("klein-9B", "FLUX.2 [klein] 9B (distilled or base: same layout)")

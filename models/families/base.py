@@ -70,6 +70,9 @@ class Family:
     diffusers_markers: ClassVar[tuple[tuple[str, ...], ...]] = ()
     detect_order: ClassVar[int] = 100  # lower is tried first (markers of one family may be a subset of another's)
     folder_classes: ClassVar[tuple[str, ...]] = ()  # other transformer ``_class_name``s of its diffusers folders
+    # variants whose distilled and base releases share one layout -> (the distilled name, the base name): a diffusers
+    # folder's ``model_index.json`` ``is_distilled`` tells them apart where the weights cannot
+    distilled_variants: ClassVar[dict] = {}
     # released files whose key/shape manifests (``../shared/reference/checkpoints/<name>.json``) detection is
     # checked against: manifest name -> the variant it must be named
     reference_manifests: ClassVar[dict] = {}
@@ -157,6 +160,11 @@ class Family:
         """The fields every patch-embedding DiT's config (PixArt, Sana, DiT) takes from the file's shapes, and ``more``."""
         cfg.update(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=in_ch, out_channels=out // (patch * patch),
                    num_layers=layers, patch_size=patch, **more)
+
+    def variant_distilled(self, variant: str | None, distilled: bool) -> str | None:
+        """``variant`` named as its distilled or its base release (a folder's pipeline config says which)."""
+        pair = self.distilled_variants.get(variant)
+        return pair[0 if distilled else 1] if pair else variant
 
     def variant_from_folder(self, cfg: dict, pipeline_class: str, detected: str | None) -> str | None:
         """A diffusers folder's variant: from its transformer's ``config.json`` and pipeline class where the weights

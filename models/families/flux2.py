@@ -13,8 +13,8 @@ from .base import Family, TextEncoder
 # (width, double blocks, single blocks, guidance input) -> variant, as released (BFL's Flux2Params, diffusers'
 # convert_flux2_to_diffusers.py configs; checked against the reference manifests)
 _RELEASES = {(3072, 5, 20, False): "klein-4B", (4096, 8, 24, False): "klein-9B", (6144, 8, 48, True): "dev"}
-# each variant's text encoder (its hidden states, three layers stacked, are the transformer's joint width)
-_TEXT_ENCODER = {"klein-4B": "qwen3_4b", "klein-9B": "qwen3_8b", "dev": "mistral3"}
+# each size's text encoder (its hidden states, three layers stacked, are the transformer's joint width)
+_TEXT_ENCODER = {"4b": "qwen3_4b", "9b": "qwen3_8b", "dev": "mistral3"}
 _NAMES = {
     True: {"embed": "img_in.weight", "context": "txt_in.weight", "double": r"double_blocks\.(\d+)\.", "single": r"single_blocks\.(\d+)\.",
            "guidance": "guidance_in.in_layer.weight", "time": "time_in.in_layer.weight",
@@ -31,7 +31,10 @@ class Flux2(Family):
     label = "FLUX.2"
     # [klein] distilled and [klein] base of one size share a layout: detection says so rather than guess
     variant_titles = {"klein-4B": "[klein] 4B (distilled or base: same layout)",
-                      "klein-9B": "[klein] 9B (distilled or base: same layout)", "dev": "[dev]"}
+                      "klein-9B": "[klein] 9B (distilled or base: same layout)", "dev": "[dev]",
+                      "klein-4B-distilled": "[klein] 4B (distilled)", "klein-base-4B": "[klein] base 4B",
+                      "klein-9B-distilled": "[klein] 9B (distilled)", "klein-base-9B": "[klein] base 9B"}
+    distilled_variants = {"klein-4B": ("klein-4B-distilled", "klein-base-4B"), "klein-9B": ("klein-9B-distilled", "klein-base-9B")}
     generation = False
     original_markers = (("double_stream_modulation_img.lin.weight", "img_in.weight"),)
     diffusers_markers = (("double_stream_modulation_img.linear.weight", "x_embedder.weight"),)
@@ -79,5 +82,6 @@ class Flux2(Family):
         return det
 
     def text_encoders_of(self, variant):
-        key = _TEXT_ENCODER.get(variant or "")
-        return tuple(te for te in self.text_encoders if te.key == key) or self.text_encoders
+        low = (variant or "").lower()
+        keys = {key for word, key in _TEXT_ENCODER.items() if word in low}
+        return tuple(te for te in self.text_encoders if te.key in keys) or self.text_encoders

@@ -28,6 +28,7 @@ class Krea2(Family):
     label = "Krea 2"
     # krea2_raw_bf16 and krea2_turbo_bf16 hold the same tensors (byte-identical sizes): no shape tells them apart
     variant_titles = {"raw-or-turbo": "(raw or turbo: same layout)"}
+    distilled_variants = {"raw-or-turbo": ("turbo", "raw")}  # Krea2Pipeline's is_distilled
     generation = False
     original_markers = (("txtfusion.projector.weight", "blocks.0.mod.lin"),)
     diffusers_markers = (("text_fusion.projector.weight", "transformer_blocks.0.scale_shift_table"),)
