@@ -136,23 +136,24 @@ def test_z_image_checkpoint_with_its_text_encoder_needs_only_a_vae(shared_dir, t
 
 @pytest.mark.parametrize("name, lines", [
     ("flux2-klein-9b.transformer.original", ["family:     flux2", "variant:    klein-9B", "needs:      vae, qwen3_8b",
-                                             "generation: not yet: recognised as FLUX.2 [klein] 9B (distilled or base: same layout)"]),
-    ("flux2-dev.transformer.diffusers", ["variant:    dev", "needs:      vae, mistral3", "recognised as FLUX.2 [dev]"]),
-    ("flux2-klein-4b.transformer.diffusers", ["needs:      vae, qwen3_4b", "recognised as FLUX.2 [klein] 4B (distilled or base"]),
-    ("z-image-turbo.transformer.original", ["family:     zimage", "recognised as Z-Image (Turbo or base: same layout)",
+                                             "recognised: FLUX.2 [klein] 9B (distilled or base: same layout)",
+                                             "generation: not yet (SpriteForge runs PixArt, SD3, Flux, Sana, DiT)"]),
+    ("flux2-dev.transformer.diffusers", ["variant:    dev", "needs:      vae, mistral3", "recognised: FLUX.2 [dev]"]),
+    ("flux2-klein-4b.transformer.diffusers", ["needs:      vae, qwen3_4b", "recognised: FLUX.2 [klein] 4B (distilled or base"]),
+    ("z-image-turbo.transformer.original", ["family:     zimage", "recognised: Z-Image (Turbo or base: same layout)",
                                             "needs:      vae, qwen3_4b", "dtype:      bfloat16"]),
     ("krea2.transformer.original", ["family:     krea2", "dtypes:     bfloat16 12.50B, float32 321.57M",
-                                    "recognised as Krea 2 (raw or turbo: same layout)", "parameters: 12.82B"]),
-    ("qwen-image.transformer.diffusers", ["family:     qwenimage", "needs:      vae, qwen25_7b", "recognised as Qwen-Image 20B"]),
+                                    "recognised: Krea 2 (raw or turbo: same layout)", "parameters: 12.82B"]),
+    ("qwen-image.transformer.diffusers", ["family:     qwenimage", "needs:      vae, qwen25_7b", "recognised: Qwen-Image 20B"]),
     ("qwen3-4b.text-encoder", ["kind:       text_encoder (hf layout)", "variant:    qwen3_4b",
-                               "lm_head:    tied (no lm_head.weight", "recognised as the Qwen3-4B text encoder"]),
+                               "lm_head:    tied (no lm_head.weight", "recognised: the Qwen3-4B text encoder"]),
     ("qwen3-8b.text-encoder", ["variant:    qwen3_8b", "lm_head:    untied (lm_head.weight stored)"]),
     ("qwen2.5-vl-7b.text-encoder", ["variant:    qwen25_7b", "vision_tower: present: 32 blocks, 1280 wide (visual.*)",
                                     "lm_head:    untied"]),
     ("flux2-vae.original", ["kind:       vae (original layout)", "variant:    flux2", "dtypes:     float32 84.05M, int64 1",
-                            "batch_norm: bn.running_mean/var [128], num_batches_tracked int64", "recognised as the FLUX.2 VAE"]),
+                            "batch_norm: bn.running_mean/var [128], num_batches_tracked int64", "recognised: the FLUX.2 VAE"]),
     ("flux2-vae.diffusers", ["kind:       vae (diffusers layout)", "variant:    flux2", "num_batches_tracked int64"]),
-    ("qwen-image.vae.original", ["kind:       vae (original layout)", "variant:    qwen-image", "recognised as the Qwen-Image VAE"]),
+    ("qwen-image.vae.original", ["kind:       vae (original layout)", "variant:    qwen-image", "recognised: the Qwen-Image VAE"]),
 ])
 def test_inspect_text(shared_dir, tmp_path, capsys, name, lines):
     path = _fake_file(tmp_path / f"{name}.safetensors", _manifest(shared_dir, name)["tensors"])
@@ -165,7 +166,8 @@ def test_inspect_text(shared_dir, tmp_path, capsys, name, lines):
 def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsys):
     path = _fake_file(tmp_path / "flux1-dev.safetensors", _manifest(shared_dir, "flux1-dev.transformer.original")["tensors"])
     assert main(["inspect", str(path)]) == 0
-    assert "generation:" not in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "generation:" not in text and "recognised:" not in text
 
 
 # --------------------------------------------------------------------------- recognised, not run
