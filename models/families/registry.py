@@ -93,13 +93,16 @@ def check_generates(det: Detection, name: str) -> None:
     """UNSUPPORTED_ARCHITECTURE naming what ``det`` (of the file ``name``) is when SpriteForge recognises it but
     does not generate with it yet (a recognised-only family, or such a family's text encoder or VAE)."""
     fam = get(det.family)
-    what = fam.title(det.variant) if fam is not None and not fam.generation else det.extras.get("recognised_as")
-    if not what:
+    if fam is not None and not fam.generation:
+        what, not_yet = fam.title(det.variant), "does not generate with this family yet"
+    elif det.extras.get("recognised_as"):  # a text encoder or VAE only such families use
+        what, not_yet = det.extras["recognised_as"], "does not load it yet"
+    else:
         return
     runs = ", ".join(f.label for f in families())
     raise SpriteForgeError(
         UNSUPPORTED_ARCHITECTURE,
-        f"{name} is recognised as {what}; SpriteForge does not generate with this family yet; it runs {runs}.",
+        f"{name} is recognised as {what}; SpriteForge {not_yet}; it runs {runs}.",
         hint="Load a model of one of those families.",  # (not the generic "not a model SpriteForge knows")
         details={"family": det.family, "variant": det.variant, "kind": det.kind},
     )
