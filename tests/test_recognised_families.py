@@ -274,3 +274,15 @@ def test_a_diffusers_folder_is_named_and_refused(shared_dir, tmp_path, capsys):
     (d / "model_index.json").write_text(json.dumps(index))
     out, _ = _inspect(capsys, d)
     assert (out["variant"], out["extras"]["recognised_as"]) == ("klein-9B", "FLUX.2 [klein] 9B (distilled or base: same layout)")
+
+
+def test_load_model_refuses_their_vae_for_a_runnable_model(models_root):
+    """A PixArt folder with the FLUX.2 VAE chosen for it: the VAE input is refused by what that VAE is."""
+    import tiny_models as tm
+
+    from spriteforge.nodes import loaders
+
+    folder = tm.make_pixart(models_root / "diffusers", layout="folder")
+    with pytest.raises(SpriteForgeError) as e:
+        loaders.LoadModel.execute(folder.name, vae="flux2-vae.safetensors", engine="torch", device="cpu")
+    assert _refusal(e, "the FLUX.2 VAE (32-channel latent, batch-norm statistics)", "does not load it yet").startswith("flux2-vae.safetensors ")
