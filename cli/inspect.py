@@ -78,6 +78,8 @@ def describe(det, file_size: int | None = None) -> list[str]:
     lines.append(f"family:     {what}")
     lines.append(f"variant:    {det.variant or '-'}")
     lines.append(f"dtype:      {det.dtype or '-'}")
+    if det.extras.get("dtypes"):  # more than one (mixed precision, int64 buffers)
+        lines.append("dtypes:     " + ", ".join(f"{k} {_human_count(n)}" for k, n in det.extras["dtypes"].items()))
     lines.append(f"parameters: {_human_count(det.parameters)} ({det.parameters:,})")
     if file_size is not None:
         lines.append(f"file size:  {human_bytes(file_size)}")
@@ -93,9 +95,15 @@ def describe(det, file_size: int | None = None) -> list[str]:
         lines.append(f"components: {comps}")
     if det.kind in ("transformer", "checkpoint", "diffusers"):
         lines.append(f"needs:      {', '.join(det.needs) if det.needs else 'nothing else'}")
-    for k in ("prediction", "flow_shift", "max_sequence_length", "num_classes", "guidance_embeds", "in_channels", "ambiguous"):
+    for k in ("prediction", "flow_shift", "max_sequence_length", "num_classes", "guidance_embeds", "in_channels", "ambiguous",
+              "lm_head", "vision_tower", "batch_norm"):
         if k in det.extras and det.extras[k] is not None:
             lines.append(f"{k + ':':<11} {det.extras[k]}")
+    if det.extras.get("recognised_as"):  # a family SpriteForge knows but does not generate with yet
+        from ..models.families import registry
+
+        lines.append(f"recognised: {det.extras['recognised_as']}")
+        lines.append(f"generation: not yet (SpriteForge runs {', '.join(f.label for f in registry.families())})")
     return lines
 
 

@@ -99,6 +99,7 @@ def diffusion_folder(p: Path) -> Detection:
     det = detect(p)
     if det.kind not in ("diffusers", "transformer"):
         raise SpriteForgeError(BAD_INPUT, f"{p.name} is a {det.kind} folder, not a diffusion model.")
+    registry.check_generates(det, p.name)
     return det
 
 
@@ -113,6 +114,7 @@ def diffusion_model_in(tensors, p: Path) -> Detection:
             "Load it through the matching VAE/text-encoder input instead.",
             details={"kind": det.kind},
         )
+    registry.check_generates(det, p.name)
     return det
 
 
@@ -152,6 +154,7 @@ def vae_in(tensors, name: str, family: str | None) -> tuple[Detection, str]:
             raise SpriteForgeError(BAD_INPUT, f"{name} is a {det.kind} ({det.family or det.variant}), not a VAE. Choose a VAE file for the VAE input.")
     elif det.components.get("vae"):
         prefix = det.components["vae"]
+    registry.check_generates(det, name)
     return det, prefix
 
 
@@ -192,6 +195,7 @@ def text_encoder_in(tensors, name: str, hint: str | None) -> tuple[Detection, st
     det = detect_tensors(tensors, name=name, family_hint=hint)
     if det.kind != "text_encoder":
         raise SpriteForgeError(BAD_INPUT, f"{name} is a {det.kind} ({det.family or det.variant}), not a text encoder.")
+    registry.check_generates(det, name)
     prefix = det.components.get(det.variant, "") if det.components else ""
     return det, prefix
 

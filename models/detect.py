@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from . import configs
 from .detection import Detection, count as _count, heads as _heads
-from .families import registry
+from .families import components, registry
 from .safetensors_header import FLOAT_DTYPES, Header, TensorInfo, read_header
 
 KINDS = ("transformer", "vae", "text_encoder", "checkpoint", "diffusers", "lora")
@@ -36,6 +36,8 @@ PREFIXES: tuple[tuple[str, str], ...] = (
     ("text_encoders.clip_l.transformer.", "clip_l"),
     ("text_encoders.clip_g.transformer.", "clip_g"),
     ("text_encoders.t5xxl.transformer.", "t5"),
+    ("text_encoders.qwen3_4b.transformer.", "qwen3_4b"),
+    ("text_encoders.qwen25_7b.transformer.", "qwen25_7b"),
 )
 TEXT_ENCODERS = ("clip_l", "clip_g", "t5", "gemma")
 
@@ -255,7 +257,7 @@ def classify(t: dict[str, TensorInfo], *, hint: str | None = None, name: str = "
 
 def _classify(t: dict[str, TensorInfo], *, hint: str | None = None, name: str = "") -> Detection | None:
     has = t.__contains__
-    det = registry.classify(t)  # a family's transformer
+    det = registry.classify(t) or components.classify(t)  # a family's transformer; a recognised-only family's part
     if det is not None:
         return det
     if any(k.startswith(("encoder.stages.", "encoder.project_in.")) for k in t):
@@ -322,7 +324,7 @@ def detect_tensors(tensors: dict[str, TensorInfo], *, name: str = "", family_hin
             )
             det.components = {c: found[c] for c in parts}
             det.parts = parts
-            det.needs = [n for n in registry.needs(main.family) if n not in parts]
+            det.needs = [n for n in registry.needs(main.family, main.variant) if n not in parts]
             det.extras["other_tensors"] = len(rest)
         elif len(parts) == 1 and not rest:
             (comp, det), = parts.items()
@@ -345,10 +347,20 @@ def detect_tensors(tensors: dict[str, TensorInfo], *, name: str = "", family_hin
                 details={"tensors": len(tensors)},
             )
         if det.kind == "transformer":
-            det.needs = registry.needs(det.family)
+            det.needs = registry.needs(det.family, det.variant)
     det.parameters = _params(tensors)
     det.dtype = _dominant_dtype(tensors)
+    if len(mixed := _dtype_elements(tensors)) > 1:  # mixed precision (Krea 2), int64 buffers: every dtype, not one
+        det.extras["dtypes"] = mixed
     return det
+
+
+def _dtype_elements(tensors) -> dict[str, int]:
+    """Elements stored in each dtype, most first."""
+    by: dict[str, int] = {}
+    for t in tensors.values():
+        by[t.dtype] = by.get(t.dtype, 0) + t.numel
+    return dict(sorted(by.items(), key=lambda kv: -kv[1]))
 
 
 def _unet_hint(tensors) -> str:
@@ -418,6 +430,8 @@ def _detect_folder(p: Path) -> Detection:
         variant = det.variant if (det is not None and det.family == family) else None
         pipe = index.get("_class_name", "")
         variant = fam.variant_from_folder(cfg, pipe, variant, _vae_factor(p))
+        if isinstance(index.get("is_distilled"), bool):  # one layout, two releases: the pipeline config says which
+            variant = fam.variant_distilled(variant, index["is_distilled"])
         out = Detection(family, variant, "diffusers", {k: v for k, v in cfg.items() if not k.startswith("_") or k == "_class_name"}, layout="diffusers", path=str(p))
         out.parameters = _params(tensors)
         out.dtype = _dominant_dtype(tensors) if tensors else ""
@@ -434,11 +448,15 @@ def _detect_folder(p: Path) -> Detection:
                     have.add("gemma")
                 elif mt.startswith("clip"):
                     have.add("clip_g" if tc.get("hidden_size") == 1280 or sub == "text_encoder_2" else "clip_l")
+                elif components.folder_text_encoder(tc):
+                    have.add(components.folder_text_encoder(tc))
             elif sub == "vae":
                 have.add("vae")
-        out.needs = [n for n in registry.needs(family) if n not in have]
+        out.needs = [n for n in registry.needs(family, variant) if n not in have]
         if det is not None:
             out.extras.update({k: v for k, v in det.extras.items() if k in ("guidance_embeds", "in_channels", "num_classes", "sigma_learned")})
+        if not fam.generation:
+            out.extras["recognised_as"] = fam.title(variant)
         if (p / "scheduler" / "scheduler_config.json").exists():
             out.extras["scheduler"] = _read_json(p / "scheduler" / "scheduler_config.json")
         return out

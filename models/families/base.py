@@ -60,11 +60,19 @@ class Family:
     # --- identity
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""  # as people write it: "PixArt", "SD3"
+    variant_titles: ClassVar[dict] = {}  # variant -> how people write it after the label ("[klein] 9B"), for messages
+    # --- status: False = recognised only (detection and ``inspect`` name it; Load Model and generate refuse it with
+    # UNSUPPORTED_ARCHITECTURE naming it). Such a family is left out of :func:`.registry.families` (what the engines,
+    # LoRA, the nodes and the editor read) until it becomes runnable: see HACKING.md "Model families".
+    generation: ClassVar[bool] = True
     # --- detection: a file is this family when it holds every name of one marker (``prefix*`` = any key under it)
     original_markers: ClassVar[tuple[tuple[str, ...], ...]] = ()
     diffusers_markers: ClassVar[tuple[tuple[str, ...], ...]] = ()
     detect_order: ClassVar[int] = 100  # lower is tried first (markers of one family may be a subset of another's)
     folder_classes: ClassVar[tuple[str, ...]] = ()  # other transformer ``_class_name``s of its diffusers folders
+    # variants whose distilled and base releases share one layout -> (the distilled name, the base name): a diffusers
+    # folder's ``model_index.json`` ``is_distilled`` tells them apart where the weights cannot
+    distilled_variants: ClassVar[dict] = {}
     # released files whose key/shape manifests (``../shared/reference/checkpoints/<name>.json``) detection is
     # checked against: manifest name -> the variant it must be named
     reference_manifests: ClassVar[dict] = {}
@@ -124,7 +132,15 @@ class Family:
                 lambda prefix: count(t.keys(), re.escape(keymaps.original_prefix(self.keymap, prefix)) + r"(\d+)\."))
 
     def detection(self, variant: str, cfg: dict, original: bool) -> Detection:
-        return Detection(self.name, variant, "transformer", cfg, layout="original" if original else "diffusers")
+        det = Detection(self.name, variant, "transformer", cfg, layout="original" if original else "diffusers")
+        if not self.generation:
+            det.extras["recognised_as"] = self.title(variant)
+        return det
+
+    def title(self, variant: str | None) -> str:
+        """The family and variant as people write them (``FLUX.2 [klein] 9B``), for messages."""
+        shown = self.variant_titles.get(variant, variant) if variant else ""
+        return f"{self.label} {shown}" if shown else self.label
 
     @staticmethod
     def release(name: str) -> dict:
@@ -145,6 +161,11 @@ class Family:
         cfg.update(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=in_ch, out_channels=out // (patch * patch),
                    num_layers=layers, patch_size=patch, **more)
 
+    def variant_distilled(self, variant: str | None, distilled: bool) -> str | None:
+        """``variant`` named as its distilled or its base release (a folder's pipeline config says which)."""
+        pair = self.distilled_variants.get(variant)
+        return pair[0 if distilled else 1] if pair else variant
+
     def variant_from_folder(self, cfg: dict, pipeline_class: str, detected: str | None, vae_factor: int = 8) -> str | None:
         """A diffusers folder's variant: from its transformer's ``config.json``, pipeline class and VAE scale factor
         where the weights alone do not tell; ``detected`` (from the weights, or None) otherwise."""
@@ -159,6 +180,14 @@ class Family:
     def needs(self) -> list[str]:
         """What a bare transformer file of this family still needs: its VAE and text encoders."""
         return ["vae", *(te.key for te in self.text_encoders)]
+
+    def text_encoders_of(self, variant: str | None) -> tuple[TextEncoder, ...]:
+        """The text-encoder slots ``variant`` uses (a family whose variants use different encoders narrows them)."""
+        return self.text_encoders
+
+    def needs_of(self, variant: str | None) -> list[str]:
+        """What a bare transformer file of ``variant`` still needs."""
+        return ["vae", *(te.key for te in self.text_encoders_of(variant))]
 
     def vae_config_name(self, variant: str | None, latent: int) -> str:
         """The shipped KL VAE config (``models/configs``) this family's release uses for ``latent`` channels."""

@@ -1,0 +1,288 @@
+"""Today's models (Z-Image, FLUX.2, Qwen-Image, Krea 2; issues #23.5 and #24.6) are named from the header alone:
+every reference manifest, written as a sparse file of the real size with the real header (and, for transformers,
+under ComfyUI's all-in-one ``model.diffusion_model.`` prefix), is inspected as its family, variant and kind while
+reading only the header. SpriteForge does not generate with these families yet: Load Model and ``generate`` refuse
+them with UNSUPPORTED_ARCHITECTURE naming what the file is."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_inspect_cli import _bytes_read, _fake_file  # noqa: E402
+
+from spriteforge.cli.main import main  # noqa: E402
+from spriteforge.errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError  # noqa: E402
+from spriteforge.models.families import registry  # noqa: E402
+
+# manifest -> (kind, family, variant, layout) `inspect` must report
+EXPECTED = {
+    # today's models
+    "z-image-turbo.transformer.original": ("transformer", "zimage", "turbo-or-base", "original"),
+    "z-image-turbo.transformer.diffusers": ("transformer", "zimage", "turbo-or-base", "diffusers"),
+    "flux2-klein-4b.transformer.original": ("transformer", "flux2", "klein-4B", "original"),
+    "flux2-klein-4b.transformer.diffusers": ("transformer", "flux2", "klein-4B", "diffusers"),
+    "flux2-klein-9b.transformer.original": ("transformer", "flux2", "klein-9B", "original"),
+    "flux2-klein-9b.transformer.diffusers": ("transformer", "flux2", "klein-9B", "diffusers"),
+    "flux2-dev.transformer.original": ("transformer", "flux2", "dev", "original"),
+    "flux2-dev.transformer.diffusers": ("transformer", "flux2", "dev", "diffusers"),
+    "qwen-image.transformer.diffusers": ("transformer", "qwenimage", "20B", "diffusers"),
+    "krea2.transformer.original": ("transformer", "krea2", "raw-or-turbo", "original"),
+    "krea2.transformer.diffusers": ("transformer", "krea2", "raw-or-turbo", "diffusers"),
+    "qwen3-4b.text-encoder": ("text_encoder", None, "qwen3_4b", "hf"),
+    "qwen3-8b.text-encoder": ("text_encoder", None, "qwen3_8b", "hf"),
+    "qwen2.5-vl-7b.text-encoder": ("text_encoder", None, "qwen25_7b", "hf"),
+    "flux2-vae.original": ("vae", None, "flux2", "original"),
+    "flux2-vae.diffusers": ("vae", None, "flux2", "diffusers"),
+    "qwen-image.vae.original": ("vae", None, "qwen-image", "original"),
+    "qwen-image.vae.diffusers": ("vae", None, "qwen-image", "diffusers"),
+    # the families SpriteForge runs, unchanged
+    "flux1-dev.transformer.original": ("transformer", "flux", "dev", "original"),
+    "flux1-dev.transformer.diffusers": ("transformer", "flux", "dev", "diffusers"),
+    "flux1-schnell.transformer.original": ("transformer", "flux", "schnell", "original"),
+    "flux1-schnell.transformer.diffusers": ("transformer", "flux", "schnell", "diffusers"),
+    "sd3-medium.mmdit.original": ("transformer", "sd3", "sd3-medium", "original"),
+    "sd3-medium.mmdit.diffusers": ("transformer", "sd3", "sd3-medium", "diffusers"),
+    "sd3.5-medium.mmdit.original": ("transformer", "sd3", "sd3.5-medium", "original"),
+    "sd3.5-medium.mmdit.diffusers": ("transformer", "sd3", "sd3.5-medium", "diffusers"),
+    "sd3.5-large.mmdit.original": ("transformer", "sd3", "sd3.5-large", "original"),
+    "sd3.5-large.mmdit.diffusers": ("transformer", "sd3", "sd3.5-large", "diffusers"),
+    "pixart-sigma-xl-2-1024-ms.original": ("transformer", "pixart", "sigma-1024", "original"),
+    "pixart-sigma-xl-2-1024-ms.diffusers": ("transformer", "pixart", "sigma-1024", "diffusers"),
+    "clip-l.text.hf": ("text_encoder", None, "clip_l", "hf"),
+    "clip-g.text.hf": ("text_encoder", None, "clip_g", "hf"),
+    "t5xxl-fp16.encoder.hf": ("text_encoder", None, "t5", "hf"),
+    "vae16-flux-ae.original": ("vae", None, "kl16", "original"),
+    "vae16-flux.diffusers": ("vae", None, "kl16", "diffusers"),
+    "vae16-sd3.original": ("vae", None, "kl16", "original"),
+    "vae4-sdxl.original": ("vae", None, "kl4", "original"),
+    "vae4-sdxl.diffusers": ("vae", None, "kl4", "diffusers"),
+}
+# the all-in-one prefix each kind sits under in ComfyUI checkpoints (the SD3 manifests already carry theirs)
+PREFIX = {"transformer": "model.diffusion_model."}
+TE_PREFIX = {"qwen3-4b.text-encoder": "text_encoders.qwen3_4b.transformer.",
+             "qwen2.5-vl-7b.text-encoder": "text_encoders.qwen25_7b.transformer."}
+HEADER_ONLY = 16 * 2**20  # bytes a header-only inspect may read (the largest header here is a few hundred KiB)
+
+
+def _manifest(shared_dir, name) -> dict:
+    return json.loads((shared_dir / "checkpoints" / f"{name}.json").read_text())
+
+
+def _inspect(capsys, path: Path) -> tuple[dict, int | None]:
+    """``inspect --json`` of ``path`` and the bytes this process read meanwhile (None without /proc/self/io)."""
+    before = _bytes_read()
+    rc = main(["inspect", str(path), "--json"])
+    read = None if before is None else _bytes_read() - before
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    return json.loads(out), read
+
+
+def test_every_reference_manifest_is_listed(shared_dir):
+    """A manifest added to the reference set without an expectation here fails (BiRefNet has its own tests)."""
+    names = {p.stem for p in (shared_dir / "checkpoints").glob("*.json")} - {"birefnet-general", "birefnet-lite"}
+    assert names == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_inspect_names_the_real_size_file(shared_dir, tmp_path, capsys, name):
+    man = _manifest(shared_dir, name)
+    kind, family, variant, layout = EXPECTED[name]
+    path = _fake_file(tmp_path / f"{name}.safetensors", man["tensors"])
+    out, read = _inspect(capsys, path)
+    assert (out["kind"], out["family"], out["variant"], out["layout"]) == (kind, family, variant, layout)
+    assert out["parameters"] == man["parameter_count"] and out["file_size"] == path.stat().st_size
+    if read is not None:  # Linux: header only, however large the file (flux2-dev: 64 GB)
+        assert read < HEADER_ONLY
+    if kind == "transformer" and "diffusers_config" in man:  # the config read from the shapes is the release's
+        got = {k: out["config"].get(k) for k in man["diffusers_config"]}
+        assert got == man["diffusers_config"]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in EXPECTED.items() if e[0] == "transformer" and not n.startswith("sd3")))
+def test_all_in_one_prefix(shared_dir, tmp_path, capsys, name):
+    """Under ComfyUI's ``model.diffusion_model.`` prefix the same family and variant, the prefix reported."""
+    _, family, variant, layout = EXPECTED[name]
+    tensors = {PREFIX["transformer"] + k: v for k, v in _manifest(shared_dir, name)["tensors"].items()}
+    out, read = _inspect(capsys, _fake_file(tmp_path / "checkpoint.safetensors", tensors))
+    assert (out["kind"], out["family"], out["variant"], out["layout"]) == ("transformer", family, variant, layout)
+    assert out["components"] == {"transformer": "model.diffusion_model."}
+    assert read is None or read < HEADER_ONLY
+
+
+@pytest.mark.parametrize("name", sorted(TE_PREFIX))
+def test_text_encoder_under_its_all_in_one_prefix(shared_dir, tmp_path, capsys, name):
+    tensors = {TE_PREFIX[name] + k: v for k, v in _manifest(shared_dir, name)["tensors"].items()}
+    out, _ = _inspect(capsys, _fake_file(tmp_path / "te.safetensors", tensors))
+    assert (out["kind"], out["variant"]) == ("text_encoder", EXPECTED[name][2])
+    assert out["components"] == {EXPECTED[name][2]: TE_PREFIX[name]}
+
+
+def test_z_image_checkpoint_with_its_text_encoder_needs_only_a_vae(shared_dir, tmp_path, capsys):
+    """An all-in-one Z-Image file (transformer + Qwen3-4B under their ComfyUI prefixes, plus the unused
+    ``norm_final.weight`` ComfyUI's save writes) still needs its VAE only."""
+    t = {PREFIX["transformer"] + k: v for k, v in _manifest(shared_dir, "z-image-turbo.transformer.original")["tensors"].items()}
+    t.update({TE_PREFIX["qwen3-4b.text-encoder"] + k: v for k, v in _manifest(shared_dir, "qwen3-4b.text-encoder")["tensors"].items()})
+    t["model.diffusion_model.norm_final.weight"] = {"shape": [3840], "dtype": "bf16"}  # ComfyUI's own save adds it (unused)
+    out, _ = _inspect(capsys, _fake_file(tmp_path / "z_image_aio.safetensors", t))
+    assert (out["kind"], out["family"], out["variant"]) == ("checkpoint", "zimage", "turbo-or-base")
+    assert out["needs"] == ["vae"] and out["parts"]["qwen3_4b"]["variant"] == "qwen3_4b"
+
+
+@pytest.mark.parametrize("name, lines", [
+    ("flux2-klein-9b.transformer.original", ["family:     flux2", "variant:    klein-9B", "needs:      vae, qwen3_8b",
+                                             "recognised: FLUX.2 [klein] 9B (distilled or base: same layout)",
+                                             "generation: not yet (SpriteForge runs PixArt, SD3, Flux, Sana, DiT)"]),
+    ("flux2-dev.transformer.diffusers", ["variant:    dev", "needs:      vae, mistral3", "recognised: FLUX.2 [dev]"]),
+    ("flux2-klein-4b.transformer.diffusers", ["needs:      vae, qwen3_4b", "recognised: FLUX.2 [klein] 4B (distilled or base"]),
+    ("z-image-turbo.transformer.original", ["family:     zimage", "recognised: Z-Image (Turbo or base: same layout)",
+                                            "needs:      vae, qwen3_4b", "dtype:      bfloat16"]),
+    ("krea2.transformer.original", ["family:     krea2", "dtypes:     bfloat16 12.50B, float32 321.57M",
+                                    "recognised: Krea 2 (raw or turbo: same layout)", "parameters: 12.82B"]),
+    ("qwen-image.transformer.diffusers", ["family:     qwenimage", "needs:      vae, qwen25_7b", "recognised: Qwen-Image 20B"]),
+    ("qwen3-4b.text-encoder", ["kind:       text_encoder (hf layout)", "variant:    qwen3_4b",
+                               "lm_head:    tied (no lm_head.weight", "recognised: the Qwen3-4B text encoder"]),
+    ("qwen3-8b.text-encoder", ["variant:    qwen3_8b", "lm_head:    untied (lm_head.weight stored)"]),
+    ("qwen2.5-vl-7b.text-encoder", ["variant:    qwen25_7b", "vision_tower: present: 32 blocks, 1280 wide (visual.*)",
+                                    "lm_head:    untied"]),
+    ("flux2-vae.original", ["kind:       vae (original layout)", "variant:    flux2", "dtypes:     float32 84.05M, int64 1",
+                            "batch_norm: bn.running_mean/var [128], num_batches_tracked int64", "recognised: the FLUX.2 VAE"]),
+    ("flux2-vae.diffusers", ["kind:       vae (diffusers layout)", "variant:    flux2", "num_batches_tracked int64"]),
+    ("qwen-image.vae.original", ["kind:       vae (original layout)", "variant:    qwen-image", "recognised: the Qwen-Image VAE"]),
+])
+def test_inspect_text(shared_dir, tmp_path, capsys, name, lines):
+    path = _fake_file(tmp_path / f"{name}.safetensors", _manifest(shared_dir, name)["tensors"])
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    for line in lines:
+        assert line in text, f"{line!r} not in:\n{text}"
+
+
+def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsys):
+    path = _fake_file(tmp_path / "flux1-dev.safetensors", _manifest(shared_dir, "flux1-dev.transformer.original")["tensors"])
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "generation:" not in text and "recognised:" not in text
+
+
+# --------------------------------------------------------------------------- recognised, not run
+
+
+def test_recognised_families_are_not_the_runnable_ones():
+    known = {f.name: f for f in registry.recognised()}
+    assert {n for n, f in known.items() if not f.generation} == {"zimage", "flux2", "qwenimage", "krea2"}
+    assert not set(registry.names()) & {"zimage", "flux2", "qwenimage", "krea2"}
+    from spriteforge.engines.model_files import TRANSFORMER_CLASSES
+
+    assert set(TRANSFORMER_CLASSES) == set(registry.names())  # the engines never see them
+
+
+def _refusal(exc_info, what: str, not_yet: str = "does not generate with this family yet") -> str:
+    err = exc_info.value
+    assert err.code == UNSUPPORTED_ARCHITECTURE, err
+    assert f"is recognised as {what}; SpriteForge {not_yet}" in err.message
+    assert "it runs PixArt, SD3, Flux, Sana, DiT" in err.message
+    assert str(err).endswith("Load a model of one of those families.") and "not a model SpriteForge knows" not in str(err)
+    return err.message
+
+
+@pytest.fixture
+def models_root(tmp_path, shared_dir):
+    from spriteforge import paths
+
+    root = tmp_path / "models"
+    for sub, name, manifest in (("diffusion_models", "flux-2-klein-9b.safetensors", "flux2-klein-9b.transformer.original"),
+                                ("diffusion_models", "krea2_turbo_bf16.safetensors", "krea2.transformer.original"),
+                                ("vae", "flux2-vae.safetensors", "flux2-vae.diffusers"),
+                                ("text_encoders", "qwen_3_4b.safetensors", "qwen3-4b.text-encoder")):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        _fake_file(root / sub / name, _manifest(shared_dir, manifest)["tensors"])
+    paths.set_models_root(root)
+    yield root
+    paths.set_models_root(None)
+
+
+def test_load_model_refuses_a_recognised_only_family(models_root):
+    from spriteforge.nodes import loaders
+
+    with pytest.raises(SpriteForgeError) as e:
+        loaders.LoadModel.execute("flux-2-klein-9b.safetensors", engine="torch", device="cpu")
+    assert _refusal(e, "FLUX.2 [klein] 9B (distilled or base: same layout)").startswith("flux-2-klein-9b.safetensors ")
+    with pytest.raises(SpriteForgeError) as e:
+        loaders.LoadModel.execute("krea2_turbo_bf16.safetensors", engine="torch", device="cpu")
+    _refusal(e, "Krea 2 (raw or turbo: same layout)")
+
+
+def test_its_text_encoder_and_vae_are_refused_by_name(shared_dir, tmp_path):
+    from spriteforge.engines import model_files
+    from spriteforge.models.safetensors_header import header_from_manifest
+
+    te = header_from_manifest(_manifest(shared_dir, "qwen3-4b.text-encoder")).tensors
+    with pytest.raises(SpriteForgeError) as e:
+        model_files.text_encoder_in(te, "qwen_3_4b.safetensors", None)
+    _refusal(e, "the Qwen3-4B text encoder (Z-Image, FLUX.2 [klein] 4B)", "does not load it yet")
+    vae = header_from_manifest(_manifest(shared_dir, "flux2-vae.original")).tensors
+    with pytest.raises(SpriteForgeError) as e:
+        model_files.vae_in(vae, "flux2-vae.safetensors", None)
+    _refusal(e, "the FLUX.2 VAE (32-channel latent, batch-norm statistics)", "does not load it yet")
+
+
+def test_generate_refuses_a_recognised_only_family(models_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["-q", "generate", "--models", str(models_root), "--model", "flux-2-klein-9b.safetensors", "--prompt", "a knight",
+               "--engine", "torch", "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == SpriteForgeError(UNSUPPORTED_ARCHITECTURE, "").exit_code
+    assert "UNSUPPORTED_ARCHITECTURE" in err and "recognised as FLUX.2 [klein] 9B" in err
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+def test_a_diffusers_folder_is_named_and_refused(shared_dir, tmp_path, capsys):
+    """A FLUX.2 [klein] 9B diffusers folder (transformer weights, its Qwen3-8B text encoder and VAE sub-folders):
+    named from the transformer's shapes (distilled or base from the pipeline config's ``is_distilled`` where it has
+    one), nothing more needed, and Load Model refuses it by name."""
+    from spriteforge.nodes import loaders
+
+    d = tmp_path / "FLUX.2-klein-9B"
+    for sub in ("transformer", "text_encoder", "vae"):
+        (d / sub).mkdir(parents=True)
+    (d / "model_index.json").write_text(json.dumps({
+        "_class_name": "Flux2KleinPipeline", "is_distilled": True, "transformer": ["diffusers", "Flux2Transformer2DModel"],
+        "text_encoder": ["transformers", "Qwen3ForCausalLM"], "vae": ["diffusers", "AutoencoderKLFlux2"]}))
+    (d / "transformer" / "config.json").write_text(json.dumps({"_class_name": "Flux2Transformer2DModel",
+                                                                **_manifest(shared_dir, "flux2-klein-9b.transformer.diffusers")["diffusers_config"]}))
+    _fake_file(d / "transformer" / "diffusion_pytorch_model.safetensors", _manifest(shared_dir, "flux2-klein-9b.transformer.diffusers")["tensors"])
+    (d / "text_encoder" / "config.json").write_text(json.dumps({"model_type": "qwen3", "hidden_size": 4096}))
+    (d / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLFlux2"}))
+    out, read = _inspect(capsys, d)
+    # the pipeline config says which of the two releases of this layout the folder is
+    assert (out["kind"], out["family"], out["variant"], out["needs"]) == ("diffusers", "flux2", "klein-9B-distilled", [])
+    assert out["extras"]["recognised_as"] == "FLUX.2 [klein] 9B (distilled)"
+    assert read is None or read < HEADER_ONLY
+    with pytest.raises(SpriteForgeError) as e:
+        loaders.LoadModel.execute(str(d), engine="torch", device="cpu")
+    _refusal(e, "FLUX.2 [klein] 9B (distilled)")
+    index = json.loads((d / "model_index.json").read_text())
+    (d / "model_index.json").write_text(json.dumps({**index, "is_distilled": False}))
+    assert _inspect(capsys, d)[0]["variant"] == "klein-base-9B"
+    del index["is_distilled"]  # no word on it: one layout, said so
+    (d / "model_index.json").write_text(json.dumps(index))
+    out, _ = _inspect(capsys, d)
+    assert (out["variant"], out["extras"]["recognised_as"]) == ("klein-9B", "FLUX.2 [klein] 9B (distilled or base: same layout)")
+
+
+def test_load_model_refuses_their_vae_for_a_runnable_model(models_root):
+    """A PixArt folder with the FLUX.2 VAE chosen for it: the VAE input is refused by what that VAE is."""
+    import tiny_models as tm
+
+    from spriteforge.nodes import loaders
+
+    folder = tm.make_pixart(models_root / "diffusers", layout="folder")
+    with pytest.raises(SpriteForgeError) as e:
+        loaders.LoadModel.execute(folder.name, vae="flux2-vae.safetensors", engine="torch", device="cpu")
+    assert _refusal(e, "the FLUX.2 VAE (32-channel latent, batch-norm statistics)", "does not load it yet").startswith("flux2-vae.safetensors ")
