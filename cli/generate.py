@@ -46,6 +46,10 @@ def register(subparsers) -> None:
     p.add_argument("--sampler", help="sampler name (default: the family's)")
     p.add_argument("--schedule", help="schedule name (default normal)")
     p.add_argument("--shift", type=float, help="flow shift (SD3/Sana/Flux)")
+    p.add_argument("--cfg-rescale", type=float, default=0.0, metavar="PHI",
+                   help="CFG-rescale 0..1 against over-saturation at high cfg (e.g. 0.7; default 0 = off)")
+    p.add_argument("--dynamic-threshold", type=float, default=0.0, metavar="PERCENTILE",
+                   help="dynamic thresholding of each step's denoised latent at this percentile (e.g. 0.995; default 0 = off)")
     p.add_argument("--width", type=int, default=None, help="image width (default 512; 32 for the demo model)")
     p.add_argument("--height", type=int, default=None, help="image height (default 512; 32 for the demo model)")
     p.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
@@ -176,7 +180,7 @@ def _generate(args, handle, init, mask, denoise):
         prompt=args.prompt, negative=args.negative, seed=args.seed, steps=args.steps, cfg=args.cfg, sampler=args.sampler,
         schedule=args.schedule, shift=args.shift, guidance=args.guidance, width=args.width, height=args.height,
         batch_size=args.batch, init_image=init, denoise=denoise, mask=mask, mask_feather=args.feather, tile=args.tile,
-        max_side=args.max_side,
+        max_side=args.max_side, cfg_rescale=args.cfg_rescale, dynamic_threshold=args.dynamic_threshold,
     )
     progress.clear_interrupt()
     bars = progress._cli_bars["enabled"]
