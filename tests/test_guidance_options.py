@@ -105,6 +105,7 @@ def test_cli_generate_options(tmp_path, capsys):
         meta = json.loads(im.info["spriteforge"])
     assert meta["cfg_rescale"] == 0.7 and meta["dynamic_threshold"] == 0.9
     capsys.readouterr()
-    rc = main(["-q", "generate", "--engine", "torch", "--prompt", "red potion", "--cfg-rescale", "2", "--out", str(tmp_path / "bad")])
+    rc = main(["-q", "generate", "--engine", "torch", "--prompt", "red potion", "--cfg-rescale", "2",
+               "--out", str(tmp_path / "bad")])
     assert rc != 0
     assert "BAD_INPUT" in capsys.readouterr().err

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from safetensors.torch import save_file  # noqa: E402,F401
 
 from spriteforge import pipeline, rmbg  # noqa: E402
 from spriteforge.engines.torch_models import birefnet as bn  # noqa: E402
