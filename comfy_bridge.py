@@ -28,7 +28,8 @@ import numpy as np
 
 from .engines.ops import ops_for
 from .errors import BAD_INPUT, SpriteForgeError
-from .samplers import SAMPLERS, DiscreteSchedule, FlowSchedule, NoiseSampler, cfg_rescale, dynamic_threshold, make_noise
+from .samplers import (SAMPLERS, DiscreteSchedule, FlowSchedule, NoiseSampler, cfg_rescale, check_guidance, dynamic_threshold,
+                       make_noise)
 from .samplers.schedules import SigmaTableBase
 
 __all__ = ["sampler_function", "ComfyDenoiser", "initial_noise", "is_flow", "find_model_sampling", "model_schedule",
@@ -183,8 +184,7 @@ def sampler_function(name: str, *, seed: int | None = None, flow: bool | None = 
     if name not in SAMPLERS:
         raise SpriteForgeError(BAD_INPUT, f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}.")
     fn = SAMPLERS[name]
-    if dynamic_threshold and not 0.0 < float(dynamic_threshold) <= 1.0:
-        raise SpriteForgeError(BAD_INPUT, f"dynamic_threshold is a percentile in (0, 1] or 0 for off, not {dynamic_threshold}.")
+    _, dynamic_threshold = check_guidance(dynamic_threshold=dynamic_threshold)
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
         extra = dict(extra_args or {})
@@ -215,7 +215,7 @@ def rescale_cfg_function(phi: float, flow: bool):
 
     ComfyUI passes ``cond_denoised``/``uncond_denoised``/``input``/``sigma``/``cond_scale`` and
     takes back ``input - x0`` (the "noise" form)."""
-    phi = float(phi)
+    phi, _ = check_guidance(cfg_rescale=phi)
 
     def fn(args):
         x = args["input"]

@@ -55,7 +55,9 @@ class GenerateParams:
     (SD3/Sana: 3.0, Flux: resolution dependent). ``guidance`` is Flux's distilled guidance.
     img2img: ``init_image`` ([B,H,W,3] 0..1) or ``init_latent`` (VAE-scaled [B,C,h,w]) with
     ``denoise`` < 1. Inpainting: ``mask`` ([B,H,W], 1 = repaint) with an init image,
-    ``mask_feather`` pixels of soft edge. ``tile``: seamless in both axes.
+    ``mask_feather`` pixels of soft edge. ``tile``: seamless in both axes. ``cfg_rescale`` (0..1, 0 = off):
+    CFG-rescale (Lin et al. 2023); ``dynamic_threshold`` (a percentile such as 0.995, 0 = off): Imagen's
+    dynamic thresholding of each step's denoised estimate (:mod:`spriteforge.samplers.guidance`).
     """
 
     prompt: str = ""
@@ -76,6 +78,8 @@ class GenerateParams:
     mask: Any = None
     mask_feather: int = 8
     tile: bool = False
+    cfg_rescale: float = 0.0
+    dynamic_threshold: float = 0.0
     class_labels: list | None = None
     max_side: int = DEFAULT_MAX_SIDE
     cond: Conditioning | None = None
@@ -201,6 +205,7 @@ def _validate(handle, params, d):
         raise SpriteForgeError(BAD_INPUT, f"denoise must be between 0 and 1, not {params.denoise!r}.")
     if params.mask is not None and params.init_image is None and params.init_latent is None:
         raise SpriteForgeError(BAD_INPUT, "a mask needs a source image to inpaint: give an init image too.")
+    S.check_guidance(params.cfg_rescale, params.dynamic_threshold)
 
 
 @dataclass
@@ -293,7 +298,8 @@ def _conditioning(engine, handle, params: GenerateParams, cfg: float, notes: lis
 def _model(engine, handle, params: GenerateParams, cond, uncond, cfg, ms, src: _Sources, fill: bool, noise, to_eng):
     """The denoiser the sampler calls: the engine's, rolled for seamless tiles, held to the source outside the mask."""
     fill_kw = {"fill_image": src.init_img, "fill_mask": src.mask} if fill else {}
-    model = engine.denoiser(handle, cond, uncond, cfg=cfg, model_schedule=ms, **fill_kw)
+    model = engine.denoiser(handle, cond, uncond, cfg=cfg, model_schedule=ms, cfg_rescale=params.cfg_rescale,
+                            dynamic_threshold=params.dynamic_threshold, **fill_kw)
     if params.tile:
         model = Seamless(model, engine, int(params.seed), int(handle.patch_size or 1))
     if src.mask is not None and not fill and src.init_lat is not None:
@@ -349,7 +355,8 @@ def _sample(engine, handle, params: GenerateParams) -> SampleResult:
     info = {"family": handle.family, "variant": handle.variant, "seed": int(params.seed), "steps": d["steps"],
             "cfg": cfg, "sampler": d["sampler"], "schedule": d["schedule"], "width": width, "height": height,
             "batch_size": batch, "denoise": denoise, "shift": params.shift, "guidance": cond.guidance,
-            "tile": bool(params.tile), "inpaint": src.mask is not None, "fill_model": fill, "sigmas": len(sigmas)}
+            "tile": bool(params.tile), "cfg_rescale": float(params.cfg_rescale), "dynamic_threshold": float(params.dynamic_threshold),
+            "inpaint": src.mask is not None, "fill_model": fill, "sigmas": len(sigmas)}
     if len(sigmas) < 2 and src.init_lat is not None:  # denoise 0: the source as it is
         return SampleResult(src.init_lat.astype(np.float32), width, height, handle.family, notes, info)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BAD_INPUT, DIMENSION_LIMIT, SpriteForgeError
+from ..samplers.guidance import check_guidance
 from ..samplers import SAMPLERS, SCHEDULES
 
 MAX_SEED = 2**64 - 1  # the noise generator's seed range; a larger seed would silently wrap around
@@ -61,6 +62,10 @@ def register(subparsers) -> None:
     p.add_argument("--schedule", metavar="NAME", help=f"one of {', '.join(SCHEDULES)} (default normal)")
     p.add_argument("--shift", type=float, help="flow shift for SD3/Sana/Flux, above 0 and at most 20 "
                                                "(default: the family's)")
+    p.add_argument("--cfg-rescale", type=float, default=0.0, metavar="PHI",
+                   help="CFG-rescale 0..1 against over-saturation at high cfg (e.g. 0.7; default 0 = off)")
+    p.add_argument("--dynamic-threshold", type=float, default=0.0, metavar="PERCENTILE",
+                   help="dynamic thresholding of each step's denoised latent at this percentile (e.g. 0.995; default 0 = off)")
     p.add_argument("--width", type=int, default=None,
                    help="image width (default: the model's own size, at most 512; the built-in model: 32)")
     p.add_argument("--height", type=int, default=None,
@@ -181,6 +186,7 @@ def _check_args(args) -> None:
                                    "or raise --max-side if the machine has the memory.")
     if args.mask and not args.init:
         raise SpriteForgeError(BAD_INPUT, "--mask needs --init (the image to inpaint).")
+    check_guidance(args.cfg_rescale, args.dynamic_threshold)
     _check_out(Path(args.out).expanduser())
     _check_prefix(str(args.prefix))
     from ..lora import specs_from_args
@@ -256,7 +262,7 @@ def _generate(args, handle, init, mask, denoise):
         prompt=args.prompt, negative=args.negative, seed=args.seed, steps=args.steps, cfg=args.cfg, sampler=args.sampler,
         schedule=args.schedule, shift=args.shift, guidance=args.guidance, width=args.width, height=args.height,
         batch_size=args.batch, init_image=init, denoise=denoise, mask=mask, mask_feather=args.feather, tile=args.tile,
-        max_side=args.max_side,
+        max_side=args.max_side, cfg_rescale=args.cfg_rescale, dynamic_threshold=args.dynamic_threshold,
     )
     progress.clear_interrupt()
     return generate_full(handle.engine, handle, params)

@@ -9,6 +9,8 @@ the traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import importlib
 import json
 import sys
@@ -52,6 +54,9 @@ def _global_flags(p: argparse.ArgumentParser, default=False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from ..engines.policy import apply_env_before_torch
+
+    if argv is None:  # the `spriteforge` program: no final garbage collection over torch's millions of objects at exit
+        atexit.register(gc.freeze)  # (seconds; atexit handlers and finalizers still run). Callers passing argv keep theirs.
 
     apply_env_before_torch()  # ROCm variables that only work if set before torch is imported
     parser = build_parser()

@@ -1,8 +1,9 @@
 """The engine-independent half of a denoiser ``model(x, sigma) -> x0``, shared by the torch and MLX engines.
 
 :class:`Denoiser` holds what does not depend on the framework: classifier-free guidance in one
-batch (uncond rows first) or one row at a time (attention slicing), DiT's null class as the
-unconditional input, the Flux Fill conditioning (masked image latents and the packed mask),
+batch (uncond rows first) or one row at a time (attention slicing), with CFG-rescale and dynamic
+thresholding from :mod:`spriteforge.samplers.guidance` (the code the ComfyUI-MODEL bridge uses too),
+DiT's null class as the unconditional input, the Flux Fill conditioning (masked image latents and the packed mask),
 padding the two prompts' sequences to one length, and which keyword each family's transformer
 takes. A subclass (``engines/torch_models/generation.py``, ``engines/mlx_models/generation.py``)
 supplies only the array calls, as the hooks at the end of the class.
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..errors import BAD_INPUT, SpriteForgeError
 from ..models.families import registry
+from ..samplers.guidance import cfg_rescale, check_guidance, dynamic_threshold
 from .model_inputs import check_flux_channels, is_fill_model, model_input, model_timestep, num_classes, to_x0
 
 
@@ -22,16 +24,20 @@ class Denoiser:
 
     ``x`` may be an engine array or a numpy array; the result has the same type (and device).
     ``ops`` are the engine's array operations (the samplers use them for their default noise).
+    ``cfg_rescale`` (0..1, 0 = off) and ``dynamic_threshold`` (a percentile, 0 = off): see
+    :mod:`spriteforge.samplers.guidance`.
     """
 
     def __init__(self, engine, handle, cond, uncond=None, *, cfg: float = 1.0, model_schedule=None,
-                 fill_image=None, fill_mask=None, attention_slicing: bool | None = None, **opts):
+                 fill_image=None, fill_mask=None, attention_slicing: bool | None = None, cfg_rescale: float = 0.0,
+                 dynamic_threshold: float = 0.0, **opts):
         self.engine = engine
         self.ops = engine.ops
         self.handle = handle
         self.cond = cond
         self.uncond = uncond
         self.cfg = float(cfg)
+        self.rescale, self.threshold = check_guidance(cfg_rescale, dynamic_threshold)
         self._cond_cache: dict = {}  # what is the same on every step: conditioning per batch size, Flux image ids
         self.ms = model_schedule
         self.flow = handle.prediction == "flow"
@@ -193,6 +199,9 @@ class Denoiser:
             out[k] = self._cat_rows(y, x)
         return out
 
+    def _x0(self, xt, pred, sigma):
+        return to_x0(xt, pred, sigma, self.handle.prediction)
+
     def __call__(self, x, sigma, **_extra):
         xt, back = self._work(x)
         sigma = float(sigma)
@@ -213,10 +222,15 @@ class Denoiser:
                     out = self._forward(xin, tt, allc)
                 out = self.ops.f32(out)
                 ou, oc = out[:b], out[b:]
-                pred = ou + (oc - ou) * self.cfg
+                if self.rescale > 0.0:  # rescaled in v-space, from the two denoised estimates
+                    x0 = cfg_rescale(self._x0(xt, oc, sigma), self._x0(xt, ou, sigma), self.cfg, self.rescale, x=xt,
+                                     sigma=sigma, flow=self.flow, ops=self.ops)
+                else:  # CFG on the network output: the same as on x0 (to_x0 is affine in it)
+                    x0 = self._x0(xt, ou + (oc - ou) * self.cfg, sigma)
             else:
-                pred = self.ops.f32(self._forward(self._cast(inp, self.dtype), self._full(b, t, tdt), c))
-            x0 = to_x0(xt, pred, sigma, self.handle.prediction)
+                x0 = self._x0(xt, self.ops.f32(self._forward(self._cast(inp, self.dtype), self._full(b, t, tdt), c)), sigma)
+            if self.threshold > 0.0:
+                x0 = dynamic_threshold(x0, self.threshold, ops=self.ops)
         return back(x0)
 
     # ------------------------------------------------------------------ hooks (the framework's calls)

@@ -3,7 +3,8 @@
 :func:`text_encoder` finds a family's text encoder and tokenizer for a role (``t5``, ``clip_l``,
 ``clip_g``, ``gemma``) in a handle; :class:`TextEncoding` builds the
 :class:`~spriteforge.engines.base.Conditioning` of each family from those encoders (PixArt: T5;
-Sana: Gemma with its instruction; SD3: CLIP-L + CLIP-G padded to T5's width, then T5; Flux:
+Sana: Gemma with its instruction; SD3: CLIP-L + CLIP-G fitted to T5's width (:meth:`TextEncoding._fit_width`),
+then T5; Flux:
 CLIP-L pooled + T5; DiT: class labels). A subclass supplies the encoder calls and the array joins.
 """
 
@@ -92,7 +93,7 @@ class TextEncoding:
                 t5, _ = self._t5(prompts, max_length or 256, required=False)
                 if t5 is None:
                     t5 = self.ops.zeros((len(prompts), max_length or 256, joint), clip_h)
-                clip_h = self._pad_last(clip_h, t5.shape[-1])
+                clip_h = self._fit_width(clip_h, t5.shape[-1])
                 cond.embeds = self.ops.concat([clip_h, self._like(t5, clip_h)], -2)
                 cond.pooled = self.ops.concat([l_p, g_p], -1)
             elif fam == "flux":
@@ -105,6 +106,13 @@ class TextEncoding:
             else:
                 raise SpriteForgeError(BAD_INPUT, f"family {fam!r} has no text encoding in the {self.engine_name} engine.")
         return self._done(cond)
+
+    def _fit_width(self, x, n):
+        """``x`` zero-padded or cut on its last axis to ``n``: SD3's joined CLIP hidden states to T5's width.
+        diffusers pads with ``F.pad(x, (0, n - width))``, whose negative pad cuts a wider CLIP; so does every engine."""
+        if x.shape[-1] > n:
+            return x[..., :n]
+        return self._pad_last(x, n)
 
     # ------------------------------------------------------------------ hooks (the framework's calls)
     def _context(self):
@@ -124,7 +132,7 @@ class TextEncoding:
         raise NotImplementedError
 
     def _pad_last(self, x, n):
-        """``x`` zero-padded on its last axis to ``n``."""
+        """``x`` zero-padded on its last axis to ``n`` (never shorter than ``x``)."""
         raise NotImplementedError
 
     def _like(self, x, ref):

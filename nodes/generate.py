@@ -138,6 +138,11 @@ class Sampler(ValidatedNode):
                                  tooltip="Seamless tile: the image wraps around on both axes (for tilesets)."),
                 io.Int.Input("max_side", default=2048, min=64, max=8192, optional=True,
                              tooltip="The largest width/height allowed (a guard against out-of-memory)."),
+                io.Float.Input("cfg_rescale", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="CFG-rescale phi (Lin et al. 2023) against over-saturation at high cfg; 0 = off."),
+                io.Float.Input("dynamic_threshold", default=0.0, min=0.0, max=1.0, step=0.001, optional=True,
+                               tooltip="Imagen's dynamic thresholding of the denoised latent: the percentile of |x0| "
+                               "(e.g. 0.995) to clamp and rescale by; 0 = off."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The sampled latent, for SpriteForge VAE Decode.")],
         )
@@ -145,7 +150,7 @@ class Sampler(ValidatedNode):
     @classmethod
     def execute(cls, model, conditioning, seed=0, steps=20, sampler="euler", schedule="normal", cfg=0.0, shift=0.0,
                 denoise=1.0, batch_size=1, width=512, height=512, latent=None, mask=None, mask_feather=8, tile=False,
-                max_side=2048):
+                max_side=2048, cfg_rescale=0.0, dynamic_threshold=0.0):
         from ..pipeline import GenerateParams, sample
 
         h = _check_model(model)
@@ -166,6 +171,7 @@ class Sampler(ValidatedNode):
             shift=float(shift) or None, denoise=float(denoise), batch_size=int(batch_size), width=int(width),
             height=int(height), init_latent=init_lat, init_image=init_img, mask=m, mask_feather=int(mask_feather),
             tile=bool(tile), max_side=int(max_side), cond=conditioning, preview=IN_COMFYUI,
+            cfg_rescale=float(cfg_rescale or 0.0), dynamic_threshold=float(dynamic_threshold or 0.0),
         )
         res = sample(h.engine, h, params)
         for note in res.notes:

@@ -1,6 +1,9 @@
 """Classifier-free guidance and its two common corrections.
 
 All functions take denoised estimates (x0) by default, like the samplers' model output.
+SpriteForge's own Sampler (``engines/denoiser.py``, both engines) and the ComfyUI-MODEL bridge
+(``comfy_bridge.py``) use the same :func:`cfg_rescale` and :func:`dynamic_threshold`, their settings
+checked by :func:`check_guidance`.
 Array work beyond + - * / goes through an ``ops`` object (:mod:`.ops`): the engine's
 ``engine.ops`` for torch/MLX arrays; numpy's when not given.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from ..errors import BAD_INPUT, SpriteForgeError
 from .ops import default_ops
 
 
@@ -67,3 +71,17 @@ def dynamic_threshold(x0, percentile: float = 0.995, ops=None):
     ops = default_ops(x0, ops)
     s = ops.maximum(ops.quantile_per_sample(ops.abs(x0), float(percentile)), 1.0)
     return ops.clip(x0, -s, s) / s
+
+
+def check_guidance(cfg_rescale: float = 0.0, dynamic_threshold: float = 0.0) -> tuple[float, float]:
+    """The two corrections' settings as floats; BAD_INPUT unless ``cfg_rescale`` is in [0, 1] and
+    ``dynamic_threshold`` is 0 (off) or a percentile in (0, 1]."""
+    phi, pct = float(cfg_rescale or 0.0), float(dynamic_threshold or 0.0)
+    if not (math.isfinite(phi) and 0.0 <= phi <= 1.0):
+        raise SpriteForgeError(BAD_INPUT, f"cfg_rescale is a blend in [0, 1] (0 = off), not {cfg_rescale}. "
+                               "Use 0.3-0.7 to tame over-saturated colours at high cfg.")
+    if not (math.isfinite(pct) and 0.0 <= pct <= 1.0):
+        raise SpriteForgeError(BAD_INPUT, f"dynamic_threshold is a percentile in (0, 1] or 0 for off, not {dynamic_threshold}. "
+                               "Use e.g. 0.995.")
+    return phi, pct
+

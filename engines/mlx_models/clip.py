@@ -25,6 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from .layers import block_done
 from .t5 import activation
 
 
@@ -140,6 +141,7 @@ class CLIPTextTransformer(nn.Module):
         hidden = [x]
         for layer in self.encoder.layers:
             x = layer(x, mask)
+            block_done(x)
             hidden.append(x)
         last = self.final_layer_norm(x)
         ids = input_ids.astype(mx.int32)

@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ...errors import BAD_INPUT, SpriteForgeError
-from .layers import AttentionProjections, LayerNorm, TimestepEmbedding, attention, gelu, gelu_tanh, layer_norm, map_names, sincos_2d, timestep_embedding
+from .layers import AttentionProjections, LayerNorm, TimestepEmbedding, attention, block_done, gelu, gelu_tanh, layer_norm, map_names, sincos_2d, timestep_embedding
 
 _EMB = "norm1.emb."
 
@@ -192,6 +192,7 @@ class DiTTransformer2DModel(nn.Module):
         h = self.pos_embed(x.transpose(0, 2, 3, 1))
         for blk in self.transformer_blocks:
             h = blk(h, t, labels)
+            block_done(h)
         cond = self.transformer_blocks[0].norm1.emb(t, labels, h.dtype)
         shift, scale = mx.split(self.proj_out_1(nn.silu(cond)), 2, axis=1)
         h = layer_norm(h, 1e-6) * (1 + scale[:, None]) + shift[:, None]

@@ -19,7 +19,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
-from .layers import AttentionProjections, RMSNorm, gelu_tanh, layer_norm, sdpa_heads
+from .layers import AttentionProjections, RMSNorm, block_done, gelu_tanh, layer_norm, sdpa_heads
 from .sd3 import (AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle, CombinedTimestepTextProjEmbeddings, FeedForward,
                   batch_vector, merge_heads, split_heads)
 
@@ -213,10 +213,9 @@ class FluxTransformer2DModel(nn.Module):
         if rope[0].shape[0] != context.shape[1] + x.shape[1]:
             raise SpriteForgeError(BAD_INPUT, f"Flux got {rope[0].shape[0]} position ids for {context.shape[1]} text + {x.shape[1]} "
                                    "image tokens. Build txt_ids/img_ids for the same prompt length and latent size.")
-        for block in self.transformer_blocks:
+        for block in [*self.transformer_blocks, *self.single_transformer_blocks]:
             context, x = block(x, context, temb, rope)
-        for block in self.single_transformer_blocks:
-            context, x = block(x, context, temb, rope)
+            block_done(context, x)
         return self.proj_out(self.norm_out(x, temb))
 
 

@@ -23,6 +23,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ...models.keymaps import gemma_model_keys
+from .layers import block_done
 from .t5 import activation
 
 
@@ -185,6 +186,7 @@ class Gemma2Model(nn.Module):
         for i, layer in enumerate(self.layers):
             kind = self._types[i] if i < len(self._types) else "full_attention"
             x = layer(x, cos, sin, masks.get(kind, masks["full_attention"]))
+            block_done(x)
         return self.norm(x)
 
 

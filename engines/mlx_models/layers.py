@@ -14,9 +14,20 @@ import mlx.nn as nn
 import numpy as np
 
 from ...errors import MODEL_NOT_CONVERTED, SpriteForgeError
+from ...progress import check_interrupt
 
 
 # --------------------------------------------------------------------------- weights
+def block_done(*arrays) -> None:
+    """End of one transformer or text-encoder block: evaluate its outputs, then check for Cancel.
+
+    MLX is lazy: a block loop only builds a graph, and all of it would run at the end of the network call,
+    after the last check. Evaluating block by block bounds Cancel to one block's work (the interrupt point is
+    :func:`spriteforge.progress.check_interrupt`); it also keeps one block's intermediates in memory at a time."""
+    mx.eval(*[a for a in arrays if a is not None])
+    check_interrupt()
+
+
 def conv_kernel(w):
     """A torch conv kernel (O, I, kh, kw) as MLX's (O, kh, kw, I); other ranks pass through."""
     return w.transpose(0, 2, 3, 1) if len(w.shape) == 4 else w

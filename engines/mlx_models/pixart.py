@@ -244,6 +244,7 @@ class PixArtTransformer2DModel(nn.Module):
             context = self.caption_projection(context).reshape(b, -1, tokens.shape[-1])
         for blk in self.transformer_blocks:
             tokens = blk(tokens, context, bias, t6)
+            layers.block_done(tokens)
         mods = self.scale_shift_table[None] + emb[:, None]
         shift, scale = mods[:, 0:1], mods[:, 1:2]
         tokens = layers.layer_norm(tokens, 1e-6) * (1 + scale) + shift

@@ -14,7 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ...errors import BAD_INPUT, SpriteForgeError
-from .layers import AttentionProjections, Conv2d, LayerNorm, RMSNorm, TimestepEmbedding, attention, gelu_tanh, layer_norm, map_names, sincos_2d, \
+from .layers import AttentionProjections, Conv2d, LayerNorm, RMSNorm, TimestepEmbedding, attention, block_done, gelu_tanh, layer_norm, map_names, sincos_2d, \
     timestep_embedding
 
 
@@ -248,6 +248,7 @@ class SanaTransformer2DModel(nn.Module):
                 mask = mask.astype(h.dtype)[:, None]
         for blk in self.transformer_blocks:
             h = blk(h, ctx, mask, t6, gh, gw)
+            block_done(h)
         mod = self.scale_shift_table[None] + emb[:, None]
         shift, scale = mod[:, 0:1], mod[:, 1:2]
         h = layer_norm(h, 1e-6) * (1 + scale) + shift

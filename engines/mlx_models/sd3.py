@@ -22,7 +22,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ...errors import DIMENSION_LIMIT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
-from .layers import AttentionProjections, Conv2d, RMSNorm, TimestepEmbedding, gelu_tanh, layer_norm, map_names, sdpa_heads, sincos_2d, timestep_embedding
+from .layers import AttentionProjections, Conv2d, RMSNorm, TimestepEmbedding, block_done, gelu_tanh, layer_norm, map_names, sdpa_heads, sincos_2d, timestep_embedding
 
 
 # --------------------------------------------------------------------------- shared blocks
@@ -330,6 +330,7 @@ class SD3Transformer2DModel(nn.Module):
         context = self.context_embedder(encoder_hidden_states.astype(dt))
         for block in self.transformer_blocks:
             context, x = block(x, context, temb)
+            block_done(context, x)
         x = self.proj_out(self.norm_out(x, temb))
         h, w = height // p, width // p
         x = x.reshape(b, h, w, p, p, self.out_channels).transpose(0, 5, 1, 3, 2, 4)

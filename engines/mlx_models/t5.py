@@ -23,6 +23,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from .layers import block_done
+
 
 # --------------------------------------------------------------------------- activations
 def _quick_gelu(x):
@@ -241,6 +243,7 @@ class T5Stack(nn.Module):
         position_bias = None
         for blk in self.block:
             x, position_bias = blk(x, keep, position_bias)
+            block_done(x, position_bias)
         return self.final_layer_norm(x)
 
 

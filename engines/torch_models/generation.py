@@ -31,7 +31,7 @@ from ...progress import Progress
 from ..denoiser import Denoiser
 from ..model_inputs import SANA_CHI, check_latents, is_fill_model, vae_images
 from ..text_encoding import TextEncoding, text_encoder
-from .interrupt import conv_count, conv_steps, kl_tiles
+from .interrupt import block_steps, conv_count, conv_steps, kl_tiles
 
 log = get_logger("torch")
 
@@ -112,8 +112,11 @@ class TorchTextEncoding(TextEncoding):
     @contextlib.contextmanager
     def _context(self):
         torch = _torch()
-        with torch.no_grad():
-            comfy_load([m for m in (self.handle.text_encoders or {}).values()])
+        encoders = [m for m in (self.handle.text_encoders or {}).values() if m is not None]
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            comfy_load(encoders)
+            for m in encoders:  # Cancel is checked before every encoder layer
+                stack.enter_context(block_steps(m))
             yield
 
     def _t5(self, prompts, max_length, required=True):
@@ -197,7 +200,8 @@ class TorchDenoiser(Denoiser):
         return fill
 
     def _run(self, **kw):
-        return self.module(return_dict=False, **kw)[0]
+        with block_steps(self.module):  # Cancel is checked before every transformer block
+            return self.module(return_dict=False, **kw)[0]
 
     def _work(self, x):
         torch = self._torch
