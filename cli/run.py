@@ -103,12 +103,14 @@ def _check(args) -> int:
 
 def run(args) -> int:
     from ..execution.runner import run_workflow
+    from ..paths import OutputFolder
 
     if not args.input:
         args.input = shipped_input_dir(args.workflow)
     _refuse_core_nodes(args.workflow)
     if args.check or args.print_api:
         return _check(args)
+    OutputFolder(args.out, label="--out").check()  # an existing file or a read-only place: refused before the run
     stream = None if args.quiet else sys.stderr
     res = run_workflow(args.workflow, overrides=args.sets, out_dir=args.out, input_dir=args.input,
                        models_dir=args.models, progress_stream=stream, engine=args.engine)
