@@ -83,6 +83,17 @@ def test_rmbg_keeps_existing_files_in_out(model_file, tmp_path):
     assert Image.open(out / "photo_1.png").size == (56, 40) and (out / "photo_2.png").is_file()
 
 
+def test_recursive_run_skips_its_own_output_folder_and_says_so(model_file, tmp_path, capsys):
+    pics = tmp_path / "pics"
+    (pics / "out").mkdir(parents=True)
+    _photo(pics / "out" / "old.png")  # an earlier run's result inside the input tree
+    assert _rmbg(model_file, "-r", pics, "--out", pics / "out") == CODES[BAD_INPUT]
+    assert "1 image(s) there are inside the output folder" in capsys.readouterr().err
+    _photo(pics / "new.png")
+    assert _rmbg(model_file, "-r", pics, "--out", pics / "out") == 0
+    assert sorted(p.name for p in (pics / "out").iterdir()) == ["new.png", "old.png"]
+
+
 def test_failed_run_leaves_no_empty_out(model_file, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     assert _rmbg(model_file, tmp_path / "broken.png", "--out", tmp_path / "out") == CODES[BAD_INPUT]
