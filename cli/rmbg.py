@@ -59,13 +59,18 @@ def read_image(path: Path):
 
     The size is checked from the header before anything is decoded (DIMENSION_LIMIT above 67 megapixels); a
     file that is not an image, or a decompression bomb, is BAD_INPUT for this file."""
+    import warnings
+
     import numpy as np
     from PIL import Image
 
     from ..rmbg.geometry import check_size
 
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # Pillow's "could be a bomb" warning: the size limit below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             check_size(im.height, im.width)
             im.seek(0)
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
