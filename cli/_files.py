@@ -56,7 +56,8 @@ def collect_images(inputs, *, out: OutputFolder, recursive: bool = False) -> lis
         else:
             raise _bad(f"input {raw} does not exist. Give image files or folders.", path=str(p))
     if not files:
-        why = f" ({skipped} image(s) there are inside the output folder {out.root} and were left out)" if skipped else ""
+        why = (f" ({skipped} image(s) there are inside the output folder {out.root} and were left out)"
+               if skipped else "")
         raise _bad(f"no images found in {', '.join(map(str, inputs))}{why} ({', '.join(IMAGE_EXTS)}). "
                    "Give image files or folders holding them.")
     return files
