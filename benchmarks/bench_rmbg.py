@@ -23,8 +23,15 @@ With ``--interrupt`` each pipeline row is followed by a run per fraction f in 0.
 with an interrupt requested (another thread, ``progress.request_interrupt``) at f * time: printed is how
 long after the request the pipeline stopped (backbone, decoder and late-decoder requests).
 
+With ``--canvas N`` the rows are instead the peak memory of one N x N image (uint8 in and out, model at
+``--size``) through the command line's path ``rmbg.cutout`` (``cutout``), through the batch path
+``rmbg.remove_background`` (``batch``, full-size float arrays, what ``spriteforge rmbg`` used before), and the
+reference: ``cutout`` on a ``--size`` x ``--size`` image, where the canvas is the model's. Printed ratios:
+batch/cutout at N, and cutout at N vs the reference (how memory grows with the canvas).
+
 Usage: python benchmarks/bench_rmbg.py [--arch lite general] [--batch 1 4] [--size 1024] [--threads 2]
        [--paths reference pipeline] [--repeats 2] [--interrupt] [--json FILE]
+       python benchmarks/bench_rmbg.py --canvas 6000 [--arch lite] [--size 1024]
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ def _child(arch: str, batch: int, size: int, path: str, threads: int, repeats: i
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     handle = bn.BiRefNetHandle(model=model, config=cfg, variant=arch, resolution=(size, size),
                                device=torch.device("cpu"), dtype=torch.float32)
+    if path.startswith("canvas-"):
+        return _canvas(handle, arch, size, *path.split(":"))
     rng = np.random.default_rng(0)
     imgs = rng.random((batch, size, size, 3), dtype=np.float32)
     with torch.inference_mode():
@@ -86,6 +95,44 @@ def _child(arch: str, batch: int, size: int, path: str, threads: int, repeats: i
             # memory over weights + warm-up (ru_maxrss after the warm-up)
             "estimate_bytes": handle.bytes_per_image((size, size)) * chunk, "activation_peak": peak - rss0,
             "load": os.getloadavg()[0]}
+
+
+def _canvas(handle, arch: str, size: int, path: str, side: str) -> dict:
+    """Peak RSS of one ``side`` x ``side`` uint8 image through ``cutout`` or ``remove_background`` (to uint8)."""
+    import numpy as np
+
+    from spriteforge.rmbg import cutout, remove_background
+
+    n = int(side)
+    img = np.zeros((n, n, 3), np.uint8)
+    img[..., 1] = (np.arange(n) * 255 // n).astype(np.uint8)[None]
+    img[n // 4:3 * n // 4, n // 4:3 * n // 4] = [230, 40, 30]
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t0 = time.perf_counter()
+    if path == "canvas-cutout":
+        cutout(img, handle.predict, resolution=size, stages=handle.stages)
+    else:
+        r = remove_background(img, handle.predict, resolution=size, stages=handle.stages)
+        np.round(np.clip(r.composite[0], 0, 1) * 255).astype(np.uint8)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"arch": arch, "path": path, "canvas": n, "seconds": time.perf_counter() - t0, "peak_rss": peak,
+            "rss_before": rss0, "load": os.getloadavg()[0]}
+
+
+def _canvas_rows(args) -> list:
+    GB = 1024**3
+    rows = []
+    print(f"rmbg memory by canvas, model at {args.size}x{args.size}, fp32, {args.threads} threads, random weights")
+    for arch in args.arch:
+        for path, n in (("canvas-cutout", args.size), ("canvas-cutout", args.canvas), ("canvas-batch", args.canvas)):
+            r = run_one(arch, 1, args.size, f"{path}:{n}", args.threads, 1)
+            rows.append(r)
+            print(f"  {arch:8} {path[7:]:7} {n:6d}^2  peak {r['peak_rss'] / GB:6.2f} GB (before the run "
+                  f"{r['rss_before'] / GB:.2f})  {r['seconds']:7.1f} s  load {r['load']:.2f}", flush=True)
+        ref, ours, old = rows[-3:]
+        print(f"  {arch}: batch/cutout peak memory at {args.canvas}^2 {old['peak_rss'] / ours['peak_rss']:.2f}x; "
+              f"cutout {args.canvas}^2 vs {args.size}^2 (the model's canvas) {ours['peak_rss'] / ref['peak_rss']:.2f}x")
+    return rows
 
 
 def _interrupts(handle, imgs, size, seconds, arch, batch) -> dict:
@@ -135,11 +182,18 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per row; the best is reported (default 2)")
     ap.add_argument("--interrupt", action="store_true", help="also measure how soon an interrupt stops the pipeline")
     ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--canvas", type=int, help="measure memory by canvas instead: one N x N image (see above)")
     ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         arch, batch, size, path, threads, repeats = args.child
         print(json.dumps(_child(arch, int(batch), int(size), path, int(threads), int(repeats))))
+        return 0
+    if args.canvas:
+        rows = _canvas_rows(args)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(rows, fh, indent=2)
         return 0
     GB = 1024**3
     rows = []

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BAD_INPUT, DIMENSION_LIMIT, SpriteForgeError
+from ..paths import OutputFolder
 from ..samplers.guidance import check_guidance
 from ..samplers import SAMPLERS, SCHEDULES
 
@@ -133,15 +134,16 @@ def param_text(info: dict, prompt: str, negative: str) -> str:
     return f"{head}\n{tail}"
 
 
-def save_png(path: Path, image: np.ndarray, meta: dict, text: str) -> None:
-    """``image``: float 0..1 RGB, or uint8 RGB(A) as it is (an RGBA array gives a transparent PNG)."""
+def save_png(file, image: np.ndarray, meta: dict, text: str) -> None:
+    """``image``: float 0..1 RGB, or uint8 RGB(A) as it is (an RGBA array gives a transparent PNG), to ``file``
+    (a path or a binary file)."""
     from PIL import Image, PngImagePlugin
 
     arr = image if image.dtype == np.uint8 else np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)
     info.add_text("spriteforge", json.dumps(meta, default=str))
-    Image.fromarray(arr).save(path, pnginfo=info)
+    Image.fromarray(arr).save(file, format="PNG", pnginfo=info)
 
 
 def key_colour(handle, model) -> tuple[int, int, int] | None:
@@ -216,10 +218,7 @@ def _check_out(out: Path) -> None:
 
 def _output_folder(args) -> Path:
     out = Path(args.out).expanduser()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SpriteForgeError(BAD_INPUT, f"cannot create the output folder {out}: {exc}.") from exc
+    OutputFolder(out, label="--out").check()  # created when the first image is written
     return out
 
 
@@ -276,23 +275,18 @@ def _save_images(args, out: Path, handle, res) -> tuple[list[str], dict]:
     key = None if getattr(args, "keep_key", False) else key_colour(handle, args.model)
     if key is not None:
         info["key_removed"] = "#%02x%02x%02x" % key
-    written = []
+    folder = OutputFolder(out, label="--out")
     for i, img in enumerate(res.images):
         seed_i = int(args.seed) + i
         meta = {**info, "seed": seed_i, "batch_index": i, "prompt": args.prompt, "negative": args.negative,
                 "init": args.init, "mask": args.mask, "spriteforge_command": "generate"}
-        path = out / f"{args.prefix}-{seed_i:0{width}d}.png"
-        k = 1
-        while path.exists():  # never overwrite an earlier image: sf-7.png, sf-7_1.png, ...
-            path = out / f"{args.prefix}-{seed_i:0{width}d}_{k}.png"
-            k += 1
         if key is not None:  # transparent: the key colour removed, edge colours decontaminated
             from ..pixel.alpha import key_to_alpha
 
             img = key_to_alpha(img, key)
-        save_png(path, img, meta, param_text({**info, "seed": seed_i}, args.prompt, args.negative))
-        written.append(str(path))
-    return written, info
+        with folder.create(f"{args.prefix}-{seed_i:0{width}d}.png") as (path, f):  # never over an earlier file
+            save_png(f, img, meta, param_text({**info, "seed": seed_i}, args.prompt, args.negative))
+    return [str(p) for p in folder.written], info
 
 
 def run(args) -> int:

@@ -13,6 +13,7 @@ import atexit
 import gc
 import importlib
 import json
+import os
 import sys
 
 from ..version import __version__
@@ -71,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return rc
+    except BrokenPipeError:
+        return _reader_went_away()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -86,6 +91,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{err.code}: {err.message}" + (f"\n  what to do: {err.hint}" if err.hint else ""), file=sys.stderr)
         return err.exit_code if isinstance(err, SpriteForgeError) else 1
+
+
+def _reader_went_away() -> int:
+    """The reader of our output closed it (``spriteforge ... | head``): stop quietly, as Unix tools do on SIGPIPE.
+
+    stdout goes to /dev/null so that the interpreter's final flush does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured): nothing to flush at exit
+        pass
+    return 128 + 13  # what a shell reports for a command ended by SIGPIPE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -117,7 +117,9 @@ def _check(args) -> int:
 
 def _execute(args) -> int:
     from ..execution.runner import run_workflow
+    from ..paths import OutputFolder
 
+    OutputFolder(args.out, label="--out").check()  # an existing file or a read-only place: refused before the run
     stream = None if args.quiet else sys.stderr
     res = run_workflow(args.workflow, overrides=args.sets, out_dir=args.out, input_dir=args.input,
                        models_dir=args.models, progress_stream=stream, engine=args.engine)

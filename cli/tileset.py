@@ -6,7 +6,7 @@ Each --terrain is a prompt; one terrain alone makes a terrain-and-transparency s
 Layouts: wang16 (corner Wang, 16 tiles), blob47 (edges and corners, 47 tiles), dualgrid (16 tiles
 in the dual-grid order). Writes OUT/NAME.png (indexed sheet), NAME.json (atlas: each tile's rectangle
 and terrain code), NAME.tsx (Tiled tileset with a wangset) and NAME.tres (Godot 4 TileSet with a terrain
-set and peering bits); existing files are never replaced. Runs on any model (default: the built-in demo
+set and peering bits); existing files are never replaced (a taken name gets _1, _2 ...). Runs on any model (default: the built-in demo
 model).
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from pathlib import Path
 
 from ..errors import BAD_INPUT, SpriteForgeError
 
@@ -72,35 +71,27 @@ def _stem(args) -> str:
     return stem
 
 
-def _folder(args, stem: str) -> Path:
-    from ..generation.autotile import FILE_EXTS
-    from ..pixel.autotile import free_stem
+def _folder(args):
+    from ..paths import OutputFolder
 
-    out = Path(args.out).expanduser()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SpriteForgeError(BAD_INPUT, f"cannot create the output folder {out}: {exc}.") from exc
-    if free_stem(out, stem, FILE_EXTS) != stem:
-        raise SpriteForgeError(BAD_INPUT, f"{out} already holds files named {stem}.*; they are never replaced. "
-                               "Choose another --name or --out.")
-    return out
+    return OutputFolder(args.out, label="--out").check()  # created when the set is written
 
 
 def run(args) -> int:
     from .. import progress
     from ..generation.autotile import make_autotiles, tileset_files
-    from ..pixel.autotile import continuity, seam_ratio, write_new
+    from ..generation.autotile import FILE_EXTS
+    from ..pixel.autotile import continuity, seam_ratio
     from ..resolve import DEMO, load_handle
 
     spec = _spec(args)
     stem = _stem(args)
-    out = _folder(args, stem)
+    out = _folder(args)
     handle = load_handle(args.model or DEMO, vae=args.vae, text_encoders=args.text_encoder, engine=args.engine,
                          device=args.device, dtype=args.dtype, allow_path=True)
     progress.clear_interrupt()
     aset = make_autotiles(handle.engine, handle, spec)
-    written = write_new(out, tileset_files(aset, stem))
+    written = out.write_group(stem, FILE_EXTS, lambda name: tileset_files(aset, name))
     c = continuity(aset.tiles, aset.layout)
     summary = {"files": [str(p) for p in written], "layout": aset.layout.name, "tiles": len(aset.tiles),
                "tile": aset.tile, "scale": aset.scale, "colors": len(aset.palette),

@@ -7,7 +7,8 @@ its own nodes are used; :mod:`spriteforge.execution.runner` adds these when Comf
 Folders: images are read from ``cls.folders.input`` and written to ``cls.folders.output`` (previews in its
 ``previews`` folder); the runner passes both as a :class:`~spriteforge.nodes.folders.Folders` by binding
 the classes of a run (:func:`~spriteforge.nodes.folders.with_folders`); unbound, ``./input`` and ``./output``.
-Files are never overwritten: names get ComfyUI's ``_00001_`` counter.
+Files are never overwritten: names get ComfyUI's ``_00001_`` counter, written through
+:class:`~spriteforge.paths.OutputFolder` (exclusive create, no link followed out of the folder).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BAD_INPUT, SpriteForgeError
+from ..paths import OutputFolder
 from ..nodes._compat import io
 from ..nodes.comfy_types import image_to_np, to_tensor
-from ..nodes.folders import Folders, confined_folder, input_dir, output_dir, with_folders
+from ..nodes.folders import Folders, input_dir, output_dir, with_folders
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -34,22 +36,6 @@ def list_input_images(root: Path) -> list[str]:
         if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
             out.append(p.relative_to(root).as_posix())
     return out
-
-
-def next_free(folder: Path, name: str, ext: str = ".png") -> tuple[Path, int]:
-    """``folder/name_00001_.ext`` with the first counter above every existing one (never overwrites)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    pat = re.compile(re.escape(name) + r"_(\d+)_?\.")
-    counter = 0
-    for p in folder.iterdir():
-        m = pat.match(p.name)
-        if m:
-            counter = max(counter, int(m.group(1)))
-    while True:
-        counter += 1
-        path = folder / f"{name}_{counter:05}_{ext}"
-        if not path.exists():
-            return path, counter
 
 
 def _split_prefix(prefix: str) -> tuple[str, str]:
@@ -82,12 +68,12 @@ def save_images(cls, images, filename_prefix: str, root: Path, kind: str) -> lis
     from PIL import Image
 
     sub, name = _split_prefix(filename_prefix)
-    folder = confined_folder(root, sub)
+    out = OutputFolder(root)
     results = []
     meta = _pnginfo(cls)
     for frame in image_to_np(images, keep_alpha=True):  # uint8 RGB or RGBA
-        path, _ = next_free(folder, name)
-        Image.fromarray(frame).save(path, pnginfo=meta, compress_level=4)
+        with out.create(name, sub=sub, numbered=".png") as (path, f):
+            Image.fromarray(frame).save(f, format="PNG", pnginfo=meta, compress_level=4)
         results.append({"filename": path.name, "subfolder": sub, "type": kind})
     return results
 
@@ -211,5 +197,5 @@ class PreviewImage(io.ComfyNode):
 
 CORE_NODES = [LoadImage, SaveImage, PreviewImage]
 
-__all__ = ["CORE_NODES", "LoadImage", "SaveImage", "PreviewImage", "next_free", "list_input_images", "Folders",
-           "with_folders", "confined_folder"]
+__all__ = ["CORE_NODES", "LoadImage", "SaveImage", "PreviewImage", "list_input_images", "Folders",
+           "with_folders"]

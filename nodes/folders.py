@@ -3,15 +3,14 @@
 Inside ComfyUI these are ComfyUI's folders (``folder_paths``). Outside it, whoever runs the nodes passes a
 :class:`Folders` explicitly: the in-process runner hands every node class of a run a subclass carrying
 ``folders`` (:func:`with_folders`), which is how LoadImage lists its choices and how the save nodes find
-the output folder. Nothing is read from environment variables or module globals.
+the output folder (they write through :class:`spriteforge.paths.OutputFolder`). Nothing is read from
+environment variables or module globals.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-from ..errors import BAD_INPUT, SpriteForgeError
 
 
 @dataclass(frozen=True)
@@ -60,17 +59,4 @@ def output_dir(cls: type | None = None) -> Path:
     return _comfy_folder("get_output_directory") or Folders().output
 
 
-def confined_folder(root: Path, sub: str) -> Path:
-    """``root/sub``, created; BAD_INPUT when a symlink on the way leads out of ``root``."""
-    folder = root / sub if sub else root
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        folder.resolve().relative_to(root.resolve())
-    except ValueError:
-        raise SpriteForgeError(BAD_INPUT, f"the output subfolder {sub!r} is a link that leads outside the output folder "
-                               f"{root}. Use another filename_prefix, or replace the link with a folder.",
-                               details={"subfolder": sub}) from None
-    return folder
-
-
-__all__ = ["Folders", "with_folders", "input_dir", "output_dir", "confined_folder"]
+__all__ = ["Folders", "with_folders", "input_dir", "output_dir"]

@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from ..errors import BAD_INPUT, SpriteForgeError
+from ..paths import OutputFolder
 from ..pixel import alpha as A
 from ..pixel import export as X
 from ..pixel import grid as G
@@ -27,7 +28,7 @@ from ..pixel import scale as S
 from ..progress import Progress
 from ._compat import io
 from .validation import ValidatedNode
-from .folders import confined_folder, output_dir
+from .folders import output_dir
 from .comfy_types import image_to_np, mask_to_np, np_to_image, np_to_mask
 
 CATEGORY = "SpriteForge/pixel"
@@ -150,6 +151,9 @@ class PixelDownscale(ValidatedNode):
                 io.Int.Input("width", default=64, min=1, max=4096, tooltip="Target width when mode is 'size'."),
                 io.Int.Input("height", default=64, min=1, max=4096, tooltip="Target height when mode is 'size'."),
                 _invert_mask_in(),
+                io.Combo.Input("fit", options=list(S.FITS), default="exact", optional=True,
+                               tooltip="When the cells do not divide the image: 'exact' stops with an error, 'crop' "
+                               "cuts the rest off (centred), 'pad' adds transparent pixels up to whole cells (centred)."),
                 _mask_in(),
             ],
             outputs=_image_and_mask_out(),
@@ -157,13 +161,13 @@ class PixelDownscale(ValidatedNode):
 
     @classmethod
     def execute(cls, image, method="kcentroid", mode="factor", factor=8, width=64, height=64, invert_mask=False,
-                mask=None):
+                fit="exact", mask=None):
         rgb, a = _frames(image, mask, invert_mask)
         kw = {"factor": factor} if mode == "factor" else {"size": (width, height)}
         outs = []
         bar = Progress(len(rgb), "downscale")
         for f, m in zip(rgb, a):
-            outs.append(S.downscale(_rgba(f, m), method=method, **kw))
+            outs.append(S.downscale(_rgba(f, m), method=method, fit=fit, **kw))
             bar.update()
         o = np.stack(outs)
         return io.NodeOutput(np_to_image(o), np_to_mask(o[..., 3]))
@@ -232,7 +236,9 @@ class PixelGridRecover(ValidatedNode):
             outs.append(G.sample_cells(_rgba(f, m), info.cuts_y, info.cuts_x))
             bar.update()
         o = np.stack(outs)
-        return io.NodeOutput(np_to_image(o), np_to_mask(o[..., 3]), float(info.scale), int(info.width), int(info.height))
+        ui = None if info.found else {"text": ["no pixel grid found: the image is returned at its full size"]}
+        return io.NodeOutput(np_to_image(o), np_to_mask(o[..., 3]), float(info.scale), int(info.width), int(info.height),
+                             ui=ui)
 
 
 def palette_ui(pal, used=None, alpha=None) -> dict:
@@ -438,7 +444,7 @@ class PixelSaveIndexed(ValidatedNode):
         frames = [_rgba(f, m) for f, m in zip(rgb, a)]
         pal = indexed_palette(frames, palette)
         sub, name = _split_prefix(filename_prefix)
-        folder = confined_folder(output_dir(cls), sub)
+        out = OutputFolder(output_dir(cls))
         text = _metadata(cls)
         results = []
         bar = Progress(len(frames), "save indexed")
@@ -446,12 +452,11 @@ class PixelSaveIndexed(ValidatedNode):
             idx = X.to_indexed(f, pal)
             if int(upscale) > 1:
                 idx = S.upscale(idx[..., None], upscale)[..., 0]
-            path = X.unique_path(folder, name)
-            X.save_indexed_png(path, idx, pal, text=text)
+            with out.create(name, sub=sub, numbered=".png") as (path, fp):
+                X.save_indexed_png(fp, idx, pal, text=text)
             results.append({"filename": path.name, "subfolder": sub, "type": "output"})
             bar.update()
-        pal_path = X.unique_path(folder, name + "_palette", ".hex")
-        P.write_palette(pal, pal_path)
+        out.write_bytes(name + "_palette", P.format_palette(pal, "hex"), sub=sub, numbered=".hex")
         return io.NodeOutput(ui={"images": results})
 
 
@@ -489,21 +494,21 @@ class PixelSpriteSheet(ValidatedNode):
         rgb, a = _frames(images, mask)
         frames = [_rgba(f, m) for f, m in zip(rgb, a)]
         sub, name = _split_prefix(filename_prefix)
-        folder = confined_folder(output_dir(cls), sub)
-        path = X.unique_path(folder, name)
-        sheet, atlas = X.pack_sheet(frames, columns=columns or None, padding=padding, image_name=path.name,
-                                    duration_ms=frame_duration_ms)
+        out = OutputFolder(output_dir(cls))
         text = _metadata(cls)
         pal = indexed_palette(frames, palette)
-        if indexed:
-            X.save_indexed_png(path, X.to_indexed(sheet, pal), pal, text=text)
-            atlas["meta"]["format"] = "I8"
-        else:
-            X.save_rgba_png(path, sheet, text=text)
+        with out.create(name, sub=sub, numbered=".png") as (path, fp):
+            sheet, atlas = X.pack_sheet(frames, columns=columns or None, padding=padding, image_name=path.name,
+                                        duration_ms=frame_duration_ms)
+            if indexed:
+                X.save_indexed_png(fp, X.to_indexed(sheet, pal), pal, text=text)
+                atlas["meta"]["format"] = "I8"
+            else:
+                X.save_rgba_png(fp, sheet, text=text)
         stem = path.name[:-len(".png")]
-        (folder / f"{stem}.json").write_text(json.dumps(atlas, indent=2))
-        P.write_palette(pal, folder / f"{stem}.hex")
-        P.write_palette(pal, folder / f"{stem}.gpl")
+        out.write_text(f"{stem}.json", json.dumps(atlas, indent=2), sub=sub)
+        for ext in ("hex", "gpl"):
+            out.write_bytes(f"{stem}.{ext}", P.format_palette(pal, ext), sub=sub)
         Progress(1, "sprite sheet").update()
         ui = {"images": [{"filename": path.name, "subfolder": sub, "type": "output"}]}
         return io.NodeOutput(np_to_image(sheet[None]), np_to_mask(sheet[None, ..., 3]), ui=ui)

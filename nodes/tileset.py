@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from ..generation.autotile import FILE_EXTS, AutotileSet, AutotileSpec, make_autotiles, tileset_files
 from ..pixel import autotile as T
+from ..paths import OutputFolder
 from ..progress import Progress
 from ._compat import io
 from .comfy_types import np_to_image, np_to_mask
-from .folders import confined_folder, output_dir
+from .folders import output_dir
 from .generate import MAX_SEED, _check_model
 from .loaders import ModelType
 from .pixel import PaletteType, _bad, _split_prefix
@@ -101,9 +102,8 @@ class SaveAutotileSet(ValidatedNode):
         if not isinstance(autotile, AutotileSet):
             raise _bad("the autotile input is not a SpriteForge autotile set: connect SpriteForge Make Autotile Set.")
         sub, name = _split_prefix(filename_prefix)
-        folder = confined_folder(output_dir(cls), sub)
-        stem = T.free_stem(folder, name, FILE_EXTS)
-        written = T.write_new(folder, tileset_files(autotile, stem))
+        written = OutputFolder(output_dir(cls)).write_group(name, FILE_EXTS, lambda stem: tileset_files(autotile, stem),
+                                                            sub=sub)
         Progress(1, "save autotile set").update()
         return io.NodeOutput(ui={"images": [{"filename": written[0].name, "subfolder": sub, "type": "output"}]})
 

@@ -18,8 +18,8 @@ The pieces here are numpy only:
 * :func:`continuity` / :func:`seam_ratio` - the measurements: the change across every edge two tiles may share
   (or a texture's wrap seam) against the pixel-to-pixel change inside the tiles;
 * :func:`atlas`, :func:`tiled_tsx`, :func:`godot_tres` - the JSON atlas, Tiled's ``.tsx`` with a wangset and
-  Godot 4's TileSet ``.tres`` with a terrain set and peering bits; :func:`write_new` writes files that do not
-  exist yet (never replacing one, never through a link).
+  Godot 4's TileSet ``.tres`` with a terrain set and peering bits (written by
+  :meth:`spriteforge.paths.OutputFolder.write_group`, like every file the pack writes).
 
 Making the tiles (textures, inpainting along the band, the palette) is :mod:`spriteforge.generation.autotile`.
 """
@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass
 from itertools import product
-from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -394,32 +392,6 @@ def png_bytes(indices: np.ndarray, palette) -> bytes:
     return buf.getvalue()
 
 
-def free_stem(folder, prefix: str, exts) -> str:
-    """``prefix``, or ``prefix_2``, ``prefix_3`` ...: the first stem for which no ``folder/stem.ext`` exists."""
-    folder = Path(folder)
-    stem, k = prefix, 1
-    while any(os.path.lexists(folder / f"{stem}{e}") for e in exts):
-        k += 1
-        stem = f"{prefix}_{k}"
-    return stem
-
-
-def write_new(folder, files: dict) -> list:
-    """Write ``{name: bytes}`` into ``folder``, every file new: BAD_INPUT (and nothing written) when one of the
-    names exists (a file, folder or link); each file is created exclusively, so a link is never followed."""
-    folder = Path(folder)
-    taken = [n for n in files if os.path.lexists(folder / n)]
-    if taken:
-        raise _bad(f"{', '.join(taken)} already exist in {folder}; files are never replaced. "
-                   "Choose another --name or output folder, or move the old files.")
-    written = []
-    for name, data in files.items():
-        with open(folder / name, "xb") as f:
-            f.write(data)
-        written.append(folder / name)
-    return written
-
-
 __all__ = ["LAYOUTS", "POSITIONS", "Tile", "Layout", "layout", "blob_codes", "in_wangset", "may_touch", "touching_pairs",
            "tile_noise", "terrain_field", "masks", "band", "seam_band", "composite", "upsample", "inner_change", "continuity",
-           "seam_ratio", "atlas", "tiled_tsx", "godot_tres", "png_bytes", "free_stem", "write_new"]
+           "seam_ratio", "atlas", "tiled_tsx", "godot_tres", "png_bytes"]

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
-
 import numpy as np
 
 from .color import bad, check_alpha, check_image
@@ -71,24 +69,23 @@ def _pnginfo(text: dict | None):
     return info
 
 
-def save_indexed_png(path, indices: np.ndarray, palette, *, text: dict | None = None) -> Path:
-    """Write an indexed PNG (mode P, tRNS with index 0 transparent). ``text`` adds tEXt chunks (e.g. prompt/workflow)."""
+def save_indexed_png(file, indices: np.ndarray, palette, *, text: dict | None = None):
+    """Write an indexed PNG (mode P, tRNS with index 0 transparent) to ``file`` (a path, or a binary file such as
+    :meth:`spriteforge.paths.OutputFolder.create` opens). ``text`` adds tEXt chunks (e.g. prompt/workflow)."""
     im = indexed_image(indices, palette)
-    p = Path(path)
-    im.save(p, format="PNG", transparency=im.info["transparency"], pnginfo=_pnginfo(text), optimize=False)
-    return p
+    im.save(file, format="PNG", transparency=im.info["transparency"], pnginfo=_pnginfo(text), optimize=False)
+    return file
 
 
-def save_rgba_png(path, img, *, alpha=None, text: dict | None = None) -> Path:
-    """Write an RGBA (or RGB) PNG with optional tEXt chunks."""
+def save_rgba_png(file, img, *, alpha=None, text: dict | None = None):
+    """Write an RGBA (or RGB) PNG with optional tEXt chunks to ``file`` (a path or a binary file)."""
     from PIL import Image
 
     img = check_image(img)
     if alpha is not None:
         img = np.concatenate([img[..., :3], check_alpha(alpha, img.shape)[..., None]], -1)
-    p = Path(path)
-    Image.fromarray(img, "RGBA" if img.shape[2] == 4 else "RGB").save(p, format="PNG", pnginfo=_pnginfo(text))
-    return p
+    Image.fromarray(img, "RGBA" if img.shape[2] == 4 else "RGB").save(file, format="PNG", pnginfo=_pnginfo(text))
+    return file
 
 
 def pack_sheet(frames, *, columns: int | None = None, padding: int = 0, names=None, image_name: str = "sheet.png",
@@ -178,18 +175,5 @@ def slice_tiles(img, tile_w: int, tile_h: int, *, margin: int = 0, spacing: int 
     return np.stack(tiles), pos
 
 
-def unique_path(directory, prefix: str, ext: str = ".png") -> Path:
-    """``directory/prefix_00001_.ext`` with the first counter that does not exist yet (never overwrites)."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    existing = {p.name for p in d.iterdir()}
-    i = 1
-    while True:
-        name = f"{prefix}_{i:05d}_{ext}"
-        if name not in existing and not (d / name).exists():
-            return d / name
-        i += 1
-
-
 __all__ = ["to_indexed", "indexed_image", "save_indexed_png", "save_rgba_png", "pack_sheet", "slice_tiles",
-           "unique_path", "Palette"]
+           "Palette"]

@@ -54,6 +54,11 @@ class GridInfo:
         """Mean cell size (the upscale factor of the fake pixel art)."""
         return (self.scale_x + self.scale_y) / 2.0
 
+    @property
+    def found(self) -> bool:
+        """False when no grid was found (a photo, or art already at its native size): scale 1, size unchanged."""
+        return self.scale_x != 1.0 or self.scale_y != 1.0
+
     def to_dict(self) -> dict:
         return {"scale": round(self.scale, 3), "scale_x": round(self.scale_x, 3), "scale_y": round(self.scale_y, 3),
                 "width": self.width, "height": self.height}
@@ -298,12 +303,13 @@ def _blur_axis(x: np.ndarray, sigma: float, axis: int) -> np.ndarray:
     return out
 
 
-def _axis_operator(bounds: np.ndarray, sigma: float) -> np.ndarray:
-    """``length x cells``: column ``j`` is how much of each pixel cell ``j`` covers along one axis (cell
-    boundaries may be fractional), blurred by ``sigma``."""
+def _axis_operator(bounds: np.ndarray, sigma: float, length: int) -> np.ndarray:
+    """``length x cells``: column ``j`` is how much of each pixel ``0..length-1`` cell ``j`` covers along one axis
+    (cell boundaries may be fractional, and a window's first and last cell may reach past its pixels), blurred
+    by ``sigma``. The pixel count is given, not taken from the bounds: fractional bounds of a window do not span
+    a whole number of its pixels."""
     b = np.asarray(bounds, np.float64)
-    n = int(round(b[-1] - b[0]))
-    px = np.arange(n, dtype=np.float64)[:, None] + b[0]
+    px = np.arange(int(length), dtype=np.float64)[:, None]
     cover = np.clip(np.minimum(px + 1.0, b[None, 1:]) - np.maximum(px, b[None, :-1]), 0.0, 1.0)
     return _blur_axis(cover, sigma, 0)
 
@@ -384,7 +390,7 @@ def estimate_cells(img: np.ndarray, cuts_y, cuts_x, *, max_fit_cells: int = 32, 
                 s = round(float(s), 3)
                 if s in tried:
                     continue
-                ky, kx = _axis_operator(wy, s), _axis_operator(wx, s)
+                ky, kx = _axis_operator(wy, s, obs.shape[0]), _axis_operator(wx, s, obs.shape[1])
                 fit = _ridge(ky, kx, obs, pw, lam)
                 tried[s] = ((ky @ np.moveaxis(fit, -1, 0) @ kx.T - np.moveaxis(obs, -1, 0)) ** 2).mean((1, 2))
             keys = np.array(sorted(tried))
@@ -413,7 +419,8 @@ def estimate_cells(img: np.ndarray, cuts_y, cuts_x, *, max_fit_cells: int = 32, 
         ch = np.flatnonzero(best == s)
         if s <= 0 and by is cy and bx is cx:
             continue  # sharp channel on an integer grid: the core medians are exact
-        cells[..., ch] = _ridge(_axis_operator(by, s), _axis_operator(bx, s), x[..., ch], prior[..., ch], lam)
+        ky, kx = _axis_operator(by, s, x.shape[0]), _axis_operator(bx, s, x.shape[1])
+        cells[..., ch] = _ridge(ky, kx, x[..., ch], prior[..., ch], lam)
     out = cells @ np.linalg.inv(m).T
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 

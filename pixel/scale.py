@@ -13,6 +13,10 @@ Every method works on whole cells: the image is cut into ``fy x fx`` cells (``fy
   ``contrast`` in OKLab L) the mean of those dark pixels wins, so 1-pixel outlines survive;
   otherwise the per-channel median.
 
+When the cells do not divide the image, ``fit`` says what happens: ``exact`` refuses (nothing of the sprite is
+changed behind the user's back), ``crop`` cuts the rest off (centred), ``pad`` adds it (centred; transparent for
+RGBA, the edge colours for RGB) - :func:`fit_to_cells`.
+
 Inputs and outputs are uint8 ``H x W x 3/4`` arrays.
 """
 
@@ -23,6 +27,8 @@ import numpy as np
 from .color import bad, check_image, srgb_to_oklab
 
 METHODS = ("nearest", "box", "kcentroid", "median", "contrast")
+FITS = ("exact", "crop", "pad")
+FIT_HOW = "fit crop or pad: --fit on the command line, the Downscale node's fit input"
 _ALIASES = {"k-centroid": "kcentroid", "k_centroid": "kcentroid", "mean": "box", "area": "box",
             "contrast-aware": "contrast", "contrast_aware": "contrast", "pixeloe": "contrast"}
 
@@ -45,8 +51,8 @@ def cell_size(shape, size=None, factor=None) -> tuple[int, int]:
     if factor is not None:
         f = _int(factor, "factor")
         if h % f or w % f:
-            raise bad(f"image {w}x{h} is not divisible by factor {f}. Crop/pad it, or pick a factor that divides "
-                      f"both sides.", width=w, height=h, factor=f)
+            raise bad(f"image {w}x{h} is not divisible by factor {f}. Let it be cropped or padded to whole cells "
+                      f"({FIT_HOW}), or pick a factor that divides both sides.", width=w, height=h, factor=f)
         return f, f
     try:
         tw, th = size
@@ -55,8 +61,53 @@ def cell_size(shape, size=None, factor=None) -> tuple[int, int]:
     tw, th = _int(tw, "target width"), _int(th, "target height")
     if tw > w or th > h or w % tw or h % th:
         raise bad(f"image {w}x{h} cannot be cut into {tw}x{th} whole cells. Pick a width that divides {w} and a "
-                  f"height that divides {h}, or crop the image first.", width=w, height=h, target=[tw, th])
+                  f"height that divides {h}, or let it be cropped or padded to whole cells ({FIT_HOW}).",
+                  width=w, height=h, target=[tw, th])
     return h // th, w // tw
+
+
+def _target(shape, size, factor, fit: str) -> tuple[int, int]:
+    """(height, width) the image is cropped or padded to so that whole cells divide it."""
+    h, w = int(shape[0]), int(shape[1])
+    if (size is None) == (factor is None):
+        raise bad("give either a target size (width, height) or a factor, not both/neither.")
+    whole = (lambda a, b: a // b) if fit == "crop" else (lambda a, b: -(-a // b))
+    if factor is not None:
+        f = _int(factor, "factor")
+        ny, nx = whole(h, f), whole(w, f)
+        if min(ny, nx) < 1:
+            raise bad(f"image {w}x{h} is smaller than one {f}x{f} cell. Use a smaller factor.")
+        return ny * f, nx * f
+    try:
+        tw, th = size
+    except (TypeError, ValueError):
+        raise bad(f"size {size!r} is not (width, height). Give two whole numbers.") from None
+    tw, th = _int(tw, "target width"), _int(th, "target height")
+    if fit == "crop" and (tw > w or th > h):
+        raise bad(f"image {w}x{h} is smaller than the target {tw}x{th}; cropping cannot help. Use fit 'pad' or a "
+                  "smaller size.")
+    return whole(h, th) * th, whole(w, tw) * tw
+
+
+def fit_to_cells(img, size=None, factor=None, fit: str = "exact") -> np.ndarray:
+    """``img`` made divisible into the cells of ``size=(w, h)`` or ``factor``: ``exact`` leaves it as it is
+    (:func:`cell_size` then refuses a size that does not divide), ``crop`` cuts the remainder off (centred), ``pad``
+    fills up to whole cells (centred; transparent for RGBA, the edge colours for RGB)."""
+    img = check_image(img)
+    if fit not in FITS:
+        raise bad(f"fit {fit!r} is not one of {', '.join(FITS)}.")
+    if fit == "exact":
+        return img
+    H, W = _target(img.shape, size, factor, fit)
+    h, w = img.shape[:2]
+    if fit == "crop":
+        top, left = (h - H) // 2, (w - W) // 2
+        return img[top:top + H, left:left + W]
+    top, left = (H - h) // 2, (W - w) // 2
+    widths = ((top, H - h - top), (left, W - w - left), (0, 0))
+    if img.shape[2] == 4:
+        return np.pad(img, widths, mode="constant")
+    return np.pad(img, widths, mode="edge")
 
 
 def _cells(img: np.ndarray, fy: int, fx: int) -> np.ndarray:
@@ -94,12 +145,15 @@ def kcentroid_cells(x: np.ndarray, rounds: int = 4) -> np.ndarray:
     return np.where(nb > na, cb, ca).T
 
 
-def downscale(img, size=None, factor=None, method: str = "kcentroid", *, contrast: float = 0.12) -> np.ndarray:
-    """Downscale a uint8 RGB(A) image to ``size=(w, h)`` or by an integer ``factor`` with ``method``."""
+def downscale(img, size=None, factor=None, method: str = "kcentroid", *, fit: str = "exact",
+              contrast: float = 0.12) -> np.ndarray:
+    """Downscale a uint8 RGB(A) image to ``size=(w, h)`` or by an integer ``factor`` with ``method``, cropped or
+    padded to whole cells first as ``fit`` says (:func:`fit_to_cells`)."""
     img = check_image(img)
     m = _ALIASES.get(str(method).lower(), str(method).lower())
     if m not in METHODS:
         raise bad(f"unknown downscale method {method!r}. Use one of {', '.join(METHODS)}.")
+    img = fit_to_cells(img, size, factor, fit)
     fy, fx = cell_size(img.shape, size, factor)
     h, w, c = img.shape[0] // fy, img.shape[1] // fx, img.shape[2]
     if fy == fx == 1:

@@ -38,6 +38,7 @@ class SpriteSteps:
     factor: int | None = None                # downscale by a whole factor ...
     size: tuple[int, int] | None = None      # ... or to (width, height)
     method: str = "kcentroid"                # downscale method
+    fit: str = "exact"                       # cells that do not divide the image: exact (refuse), crop or pad
     alpha_level: int | None = None           # clean alpha at this threshold (0..255); None leaves alpha alone
     min_island: int = 0
     max_hole: int = 0
@@ -65,10 +66,10 @@ def prepare_sprite(img: np.ndarray, steps: SpriteSteps) -> tuple[np.ndarray, str
     note = ""
     if steps.detect_grid:
         img, info = recover_grid(img, snap_multiple=steps.snap)
-        note = f"grid x{info.scale:.2f}"
+        note = f"grid x{info.scale:.2f}" if info.found else "no pixel grid found: kept at its full size"
     if steps.factor or steps.size:
         kw = {"factor": steps.factor} if steps.factor else {"size": tuple(steps.size)}
-        img = downscale(img, method=steps.method, **kw)
+        img = downscale(img, method=steps.method, fit=steps.fit, **kw)
     if steps.alpha_level is not None:
         rgb, al = A.clean(img[..., :3], img[..., 3], level=steps.alpha_level, min_island=steps.min_island,
                           max_hole=steps.max_hole, strays=steps.strays, bleed_edges=False)
@@ -113,13 +114,20 @@ def sprite_palette(frames: list[np.ndarray], palette=None, *, colors: int | None
 
 
 def clean_sprites(images: list[np.ndarray], steps: SpriteSteps, *, palette=None, colors: int | None = None,
-                  per_image: bool = False, method: str = "kmeans", seed: int = 0) -> SpriteBatch:
+                  per_image: bool = False, method: str = "kmeans", seed: int = 0, names=None) -> SpriteBatch:
     """The whole chain on RGBA images: one palette for all (``palette``, or ``colors`` fitted to every image)
-    unless ``per_image`` fits ``colors`` to each image alone."""
+    unless ``per_image`` fits ``colors`` to each image alone. ``names`` (file names) are put in front of the
+    message of an image's error."""
     out = SpriteBatch()
     frames = []
-    for img in images:
-        img, note = prepare_sprite(img, steps)
+    for i, img in enumerate(images):
+        try:
+            img, note = prepare_sprite(img, steps)
+        except SpriteForgeError as err:
+            if names is None:
+                raise
+            raise SpriteForgeError(err.code, f"{names[i]}: {err.message}", hint=err.hint,
+                                   details=err.details) from err
         frames.append(img)
         out.notes.append(note)
     out.palette = None if per_image else sprite_palette(frames, palette, colors=colors, method=method, seed=seed)

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import BAD_INPUT, SpriteForgeError
+from ..errors import BAD_INPUT, DIMENSION_LIMIT, SpriteForgeError
 
 MULTIPLE = 32
 MIN_SIDE = 8  # smaller images carry too little to segment (and 1x1 inputs are almost always a wiring mistake)
 MAX_RESOLUTION = 4096
+MAX_PIXELS = 8192 * 8192  # 67 megapixels: the full-size input, alpha and output of one image stay near 1 GB
 PAD_MODES = ("edge", "reflect", "constant")
 
 
@@ -69,6 +70,15 @@ def _box(resolution) -> tuple[int, int]:
 
 
 def check_size(h: int, w: int) -> None:
+    """BAD_INPUT below :data:`MIN_SIDE`, DIMENSION_LIMIT above :data:`MAX_PIXELS` (checkable from a file's header,
+    before the image is decoded)."""
+    if h * w > MAX_PIXELS:
+        raise SpriteForgeError(
+            DIMENSION_LIMIT,
+            f"the image is {w}x{h} pixels ({h * w / 1e6:.0f} megapixels); background removal takes at most "
+            f"{MAX_PIXELS / 1e6:.0f} megapixels (the area of 8192x8192). Scale the image down first.",
+            details={"width": w, "height": h, "max_pixels": MAX_PIXELS},
+        )
     if h < MIN_SIDE or w < MIN_SIDE:
         raise SpriteForgeError(
             BAD_INPUT,

@@ -1,4 +1,6 @@
-"""Background removal for a batch: validate, pad, predict in chunks, unpad, refine, estimate colours.
+"""Background removal for a batch: validate, pad, predict in chunks, unpad, refine, estimate colours
+(:func:`remove_background`, float batches as the nodes hold them); and for one large uint8 image with memory
+that follows the model's resolution, not the canvas (:func:`cutout`, the command line's path).
 
 Framework-free: the model is a ``predict(batch, (H, W)) -> alpha`` callable (the torch engine's
 :meth:`BiRefNetHandle.predict`), taking float32 [b, h, w, 3] images already padded to the
@@ -210,3 +212,126 @@ def remove_background(
             prog.update()
     comp = fg.composite(fgs, alpha, composite, color)
     return RMBGResult(foreground=fgs, alpha=alpha, composite=comp, geometry=g, chunks=chunks)
+
+
+def cutout(
+    image: np.ndarray,
+    predict: Predict,
+    *,
+    resolution=1024,
+    refine_opts: RefineOptions | None = None,
+    foreground: str = "ml",
+    composite: str = "alpha",
+    color: str = "#00ff00",
+    mask_only: bool = False,
+    stages: int = 1,
+    desc: str = "rmbg",
+    band: int = 512,
+) -> np.ndarray:
+    """The background removal of one large image, uint8 in and out, with memory that follows the model's
+    resolution rather than the canvas (the command line's path; :func:`remove_background` keeps float batches).
+
+    The image is resized to the model's size first; the model and the foreground-colour estimate run there. The
+    full-size result is made ``band`` rows at a time: the alpha resized up (the one full-size float plane,
+    refined there so that pixel options keep their meaning), and the colours as the original pixels plus the
+    foreground correction (estimate minus image) resized up. ``image``: uint8 [H, W] or [H, W, C], C = 1..4.
+    Returns uint8 [H, W] (``mask_only``, white = foreground), [H, W, 4] (``composite='alpha'``) or [H, W, 3].
+    """
+    img = np.asarray(image)
+    img = img[..., None] if img.ndim == 2 else img
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] not in (1, 2, 3, 4):
+        raise SpriteForgeError(BAD_INPUT, f"cutout needs a uint8 [H, W, C] image with C in 1..4; got {img.dtype} "
+                               f"{img.shape}.")
+    if foreground not in fg.METHODS or composite not in fg.COMPOSITES:
+        raise SpriteForgeError(BAD_INPUT, f"foreground {foreground!r} / composite {composite!r}: use one of "
+                               f"{', '.join(fg.METHODS)} / {', '.join(fg.COMPOSITES)}.")
+    bg = np.asarray(fg.parse_color(color) if composite == "color" else (1.0,) * 3 if composite == "white"
+                    else (0.0,) * 3, np.float32)
+    H, W = img.shape[:2]
+    g = plan(H, W, resolution)
+    small, box = _to_model_size(img, g)
+    with Progress(max(1, int(stages)) + 1, desc) as prog:
+        prob = _predict_one(predict, small, g, max(1, int(stages)), prog)
+        sh, sw = box[3] - box[1], box[2] - box[0]
+        alpha = _resize_plane(prob, box, W, H)
+        alpha = refine(alpha, refine_opts or RefineOptions())
+        if img.shape[-1] in (2, 4):
+            alpha = alpha * (img[..., -1] * np.float32(1 / 255))  # the input's own transparency stays
+        if mask_only:
+            return _to_u8(alpha)
+        low = small[box[1]:box[3], box[0]:box[2]]
+        correction = None
+        if foreground != "none":
+            correction = fg.estimate_foreground(low, prob[box[1]:box[3], box[0]:box[2]], foreground) - low
+        out = np.empty((H, W, 4 if composite == "alpha" else 3), np.uint8)
+        for y0 in range(0, H, band):
+            check_interrupt()
+            y1 = min(H, y0 + band)
+            F = _rgb(img[y0:y1])
+            if correction is not None:
+                F += _resize_bands(correction, (0, y0 * sh / H, sw, y1 * sh / H), W, y1 - y0)
+                np.clip(F, 0.0, 1.0, out=F)
+            a = alpha[y0:y1, :, None]
+            if composite == "alpha":
+                out[y0:y1, :, :3] = _to_u8(F)
+                out[y0:y1, :, 3] = _to_u8(a[..., 0])
+            else:
+                out[y0:y1] = _to_u8(F * a + bg * (1.0 - a))
+        prog.update()
+    return out
+
+
+def _rgb(rows: np.ndarray) -> np.ndarray:
+    """uint8 rows [h, W, C] as float32 RGB in 0..1 (gray repeated, alpha dropped)."""
+    c = rows[..., :3] if rows.shape[-1] >= 3 else np.repeat(rows[..., :1], 3, axis=-1)
+    return c.astype(np.float32) * np.float32(1 / 255)
+
+
+def _to_u8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def _to_model_size(img: np.ndarray, g: Geometry) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The image resized (antialiased) into the model's canvas, padded with its edge colours, as float32 RGB;
+    and the box (x0, y0, x1, y1) the image covers on that canvas."""
+    from PIL import Image
+
+    H, W = img.shape[:2]
+    s = g.scale
+    sw, sh = min(g.model_w, max(1, round(W * s))), min(g.model_h, max(1, round(H * s)))
+    c = img.shape[-1]
+    rgb = img[..., :3] if c >= 3 else img[..., 0]
+    im = Image.fromarray(np.ascontiguousarray(rgb)).resize((sw, sh), Image.BILINEAR)
+    small = _rgb(np.asarray(im).reshape(sh, sw, -1))
+    top, left = (g.model_h - sh) // 2, (g.model_w - sw) // 2
+    small = np.pad(small, ((top, g.model_h - sh - top), (left, g.model_w - sw - left), (0, 0)), mode="edge")
+    return small, (left, top, left + sw, top + sh)
+
+
+def _predict_one(predict: Predict, small: np.ndarray, g: Geometry, stages: int, prog: Progress) -> np.ndarray:
+    """The model's foreground probability [h, w] for one canvas-sized image (a coded error when it fails)."""
+    on_stage, done = _stage_counter(1, stages, prog)
+    try:
+        prob = _predict_chunk(predict, small[None], g.model_size, stages, on_stage)
+    except Exception as exc:  # noqa: BLE001 - classified here
+        if isinstance(exc, Interrupted) or type(exc).__name__ == "InterruptProcessingException":
+            raise
+        raise classify(exc, context="running BiRefNet") from exc
+    if prob.shape != (1, g.model_h, g.model_w):
+        raise SpriteForgeError(BAD_INPUT, f"the model returned {prob.shape}; expected {(1, g.model_h, g.model_w)}.")
+    if done[0] < stages:
+        prog.update(stages - done[0])
+    return prob[0]
+
+
+def _resize_plane(plane: np.ndarray, box, w: int, h: int) -> np.ndarray:
+    """The ``box`` (x0, y0, x1, y1, may be fractional) of a float32 plane resized (bilinear) to ``w x h``."""
+    from PIL import Image
+
+    im = Image.fromarray(np.ascontiguousarray(plane, np.float32), mode="F")
+    return np.asarray(im.resize((w, h), Image.BILINEAR, box=tuple(float(v) for v in box)), np.float32)
+
+
+def _resize_bands(x: np.ndarray, box, w: int, h: int) -> np.ndarray:
+    """:func:`_resize_plane` for every channel of [h, w, C]: [h, w, C] float32."""
+    return np.stack([_resize_plane(x[..., c], box, w, h) for c in range(x.shape[-1])], axis=-1)

@@ -62,9 +62,11 @@ def test_cli_makes_a_wang16_set_that_drops_into_godot_and_tiled(tmp_path, capsys
     check_tres((out / f"{stem}.tres").read_text(), lay, ("grass", "water"), 8, f"{stem}.png")
 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert main(args) != 0  # the same names again: refused, nothing replaced
-    assert "never replaced" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main(args) == 0  # the same names again: a new stem for the whole set, nothing replaced
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {k: after[k] for k in before} == before
+    assert sorted(set(after) - set(before)) == sorted(f"{stem}_1{e}" for e in (".png", ".json", ".tsx", ".tres"))
+    assert f'source="{stem}_1.png"' in after[f"{stem}_1.tsx"].decode()  # the files name each other by the new stem
 
 
 def test_bad_arguments_are_refused_before_any_model_work(tmp_path, capsys):
@@ -112,7 +114,7 @@ def test_nodes_make_and_save_a_set(demo, tmp_path):
     for _ in range(2):  # the second save gets new names, never the first one's
         save.execute(aset, "sets/rock")
     names = sorted(p.name for p in (tmp_path / "out" / "sets").iterdir())
-    assert names == sorted(f"rock{s}{e}" for s in ("", "_2") for e in (".json", ".png", ".tres", ".tsx"))
+    assert names == sorted(f"rock{s}{e}" for s in ("", "_1") for e in (".json", ".png", ".tres", ".tsx"))
     check_tsx((tmp_path / "out" / "sets" / "rock.tsx").read_text(), T.layout("dualgrid"), ("rock", None), 8, "rock.png")
 
 

@@ -210,16 +210,15 @@ def test_the_file_checks_catch_a_wrong_code():
         check_tres(bad, lay, ("a", "b"), 16, "s.png")
 
 
-def test_write_new_never_replaces_a_file_or_follows_a_link(tmp_path):
+def test_a_set_is_written_under_one_free_stem_never_replacing_nor_following_a_link(tmp_path):
+    from spriteforge.paths import OutputFolder
+
+    exts = (".png", ".json", ".tsx")
+    make = lambda stem: {f"{stem}.png": b"x", f"{stem}.json": stem.encode(), f"{stem}.tsx": b"z"}  # noqa: E731
     (tmp_path / "a.json").write_text("mine")
-    with pytest.raises(SpriteForgeError) as e:
-        T.write_new(tmp_path, {"a.png": b"x", "a.json": b"y"})
-    assert e.value.code == "BAD_INPUT"
-    assert not (tmp_path / "a.png").exists() and (tmp_path / "a.json").read_text() == "mine"
     target = tmp_path / "elsewhere.txt"
-    os.symlink(target, tmp_path / "b.tsx")
-    with pytest.raises(SpriteForgeError):
-        T.write_new(tmp_path, {"b.tsx": b"z"})
-    assert not target.exists()
-    assert T.free_stem(tmp_path, "a", (".png", ".json")) == "a_2"
-    assert [p.name for p in T.write_new(tmp_path, {"c.png": b"1"})] == ["c.png"]
+    os.symlink(target, tmp_path / "a_1.tsx")  # a dangling link at a name of the next stem
+    written = OutputFolder(tmp_path).write_group("a", exts, make)
+    assert [p.name for p in written] == ["a_2.png", "a_2.json", "a_2.tsx"]
+    assert (tmp_path / "a.json").read_text() == "mine" and (tmp_path / "a_2.json").read_text() == "a_2"
+    assert not target.exists() and not (tmp_path / "a.png").exists()
