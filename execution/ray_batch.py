@@ -104,7 +104,7 @@ class _Driver:
         actor = self.starting.pop(ref)
         try:
             info = self.ray.get(ref)
-        except self.ray.exceptions.RayActorError as exc:
+        except self.ray.exceptions.RayError as exc:  # died while starting (killed, out of memory, node gone)
             self._lost(actor, None, exc)
             return
         self.names[actor] = f"{info['host']}:{info['pid']}"
@@ -126,11 +126,11 @@ class _Driver:
         job, actor = self.running.pop(ref)
         try:
             result = self.ray.get(ref)
-        except self.ray.exceptions.RayActorError as exc:
-            return self._lost(actor, job, exc)
-        except self.ray.exceptions.RayTaskError as exc:  # not a coded error: our bug, reported per job
+        except self.ray.exceptions.RayTaskError as exc:  # raised by the job itself, not coded: reported per job
             err = classify(getattr(exc, "cause", None) or exc, context="running a batch job")
             result = {"code": err.code, "message": err.message}
+        except self.ray.exceptions.RayError as exc:  # the worker died (killed, out of memory, node gone)
+            return self._lost(actor, job, exc)
         result["worker"] = self.names.get(actor)
         self.emit("done", {"job": job, "entry": self.batch.finish(job, result)})
         self.idle.append(actor)
