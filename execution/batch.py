@@ -53,8 +53,11 @@ def _target(spec: str | None, found: list[tuple[str, str]], what: str, flag: str
         if "." not in spec:
             raise SpriteForgeError(BAD_INPUT, f"{flag} {spec!r} is not NODE_ID.INPUT (e.g. {example}).")
         return tuple(spec.rsplit(".", 1))
+    from .graph import _id_key
+
     if len(found) == 1:
         return found[0]
+    found = sorted(found, key=lambda t: (_id_key(t[0]), t[1]))
     names = ", ".join(f"{n}.{i}" for n, i in found)
     if not found:
         raise SpriteForgeError(BAD_INPUT, f"the workflow has no {what}. Name one with {flag} NODE_ID.INPUT "
@@ -70,15 +73,14 @@ def seed_input(prompt: dict, info: dict, spec: str | None = None) -> tuple[str, 
 
     found = [(nid, name) for nid, node in prompt.items() for name in (node.get("inputs") or {})
              if "seed" in name and input_spec(info.get(node["class_type"]) or {}, name)[2].get("control_after_generate")]
-    return _target(spec, sorted(found), "generation seed input", "--seed-input", "3.seed")
+    return _target(spec, found, "generation seed input", "--seed-input", "3.seed")
 
 
 def prompt_input(prompt: dict, spec: str | None = None) -> tuple[str, str]:
     """The (node id, input) each ``--prompts`` line replaces: ``spec``, else the ``positive`` input of the
     workflow's one SpriteForgeEncodePrompt (several: BAD_INPUT, name one)."""
-    found = sorted((nid, "positive") for nid, node in prompt.items()
-                   if node.get("class_type") == "SpriteForgeEncodePrompt")
-    return _target(spec, found, "prompt input (SpriteForgeEncodePrompt)", "--prompt-input", "2.positive")
+    found = [(nid, "positive") for nid, node in prompt.items() if node.get("class_type") == "SpriteForgeEncodePrompt"]
+    return _target(spec, found, "prompt input", "--prompt-input", "2.positive")
 
 
 def read_prompts(path) -> list[str]:
@@ -170,6 +172,8 @@ def plan(workflow, *, seeds: list[int] | None = None, prompts: list[str] | None 
             ident = json.dumps([wf_hash, seed, text, list(sets), engine], sort_keys=True)
             jobs.append(Job(len(jobs), hashlib.sha256(ident.encode()).hexdigest()[:24], seed, text))
     mpath = Path(manifest_path) if manifest_path else out / MANIFEST_NAME
+    models_dir = os.path.abspath(models_dir) if models_dir else None  # workers start in other folders
+    input_dir = os.path.abspath(input_dir or "input")
     return Batch(prompt=run.prompt, graph=run.pnginfo.get("workflow"), jobs=jobs, out=out, manifest_path=mpath,
                  seed_at=seed_at, prompt_at=prompt_at, models_dir=models_dir, input_dir=input_dir,
                  manifest=load_manifest(mpath))

@@ -141,3 +141,9 @@ def test_cli_ray_without_ray_says_how_to_install(tmp_path):
     assert r.returncode != 0
     assert "ENGINE_UNAVAILABLE" in r.stderr and "pip install 'comfyui-spriteforge[ray]'" in r.stderr
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_ray_is_imported_only_when_a_batch_runs_on_it():
+    code = ("import sys, spriteforge.cli.main, spriteforge.cli.run, spriteforge.execution.batch, "
+            "spriteforge.execution.ray_batch\nsys.exit('ray' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0
