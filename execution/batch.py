@@ -5,8 +5,8 @@ Framework-free: :func:`run_batch` runs the jobs in this process with one shared 
 :mod:`spriteforge.execution.ray_batch` runs the same jobs on a Ray cluster. Both hand every finished job to
 :meth:`Batch.finish`, the one place that writes outputs into ``out`` (never overwriting) and then the manifest.
 
-* A job's identity (:attr:`Job.key`) is a hash of the workflow, its seed, its prompt line and the ``--set``
-  overrides; the manifest (``out/spriteforge_batch.json`` by default) maps keys to what happened, and is
+* A job's identity (:attr:`Job.key`) is a hash of the workflow, its seed, its prompt line, the ``--set``
+  overrides, ``--engine`` and the inputs the seed and line go to; the manifest (``out/spriteforge_batch.json`` by default) maps keys to what happened, and is
   replaced atomically after each job's files are written, so a restarted batch skips the jobs already done.
 * A job runs in a fresh temporary folder (:func:`run_job`) and comes back as ``(relative path, bytes)``;
   a job that fails with a coded error is recorded with its code and the others go on.
@@ -169,7 +169,7 @@ def plan(workflow, *, seeds: list[int] | None = None, prompts: list[str] | None 
     jobs = []
     for text in (prompts or [None]):
         for seed in (seeds or [None]):
-            ident = json.dumps([wf_hash, seed, text, list(sets), engine], sort_keys=True)
+            ident = json.dumps([wf_hash, seed, text, list(sets), engine, seed_at, prompt_at])
             jobs.append(Job(len(jobs), hashlib.sha256(ident.encode()).hexdigest()[:24], seed, text))
     mpath = Path(manifest_path) if manifest_path else out / MANIFEST_NAME
     models_dir = os.path.abspath(models_dir) if models_dir else None  # workers start in other folders

@@ -147,3 +147,13 @@ def test_ray_is_imported_only_when_a_batch_runs_on_it():
     code = ("import sys, spriteforge.cli.main, spriteforge.cli.run, spriteforge.execution.batch, "
             "spriteforge.execution.ray_batch\nsys.exit('ray' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0
+
+
+def test_job_identity_is_the_arguments(tmp_path):
+    def keys(**kw):
+        return [j.key for j in B.plan(DEMO, out=tmp_path, **{"seeds": [0, 1], "sets": TINY, **kw}).jobs]
+
+    same = keys()
+    assert same == keys() and len(set(same)) == 2  # the same arguments: the same jobs (what a restart skips)
+    others = keys(sets=TINY + ["3.cfg=5"]) + keys(seed_spec="6.seed") + keys(engine="torch") + keys(seeds=[1, 2])
+    assert not set(same) & set(others[:6]) and others[6] == same[1]  # seed 1 is the same job in a wider range
