@@ -133,13 +133,13 @@ def _batch(args) -> int:
     batch = B.plan(args.workflow, seeds=seeds, prompts=prompts, sets=args.sets, seed_spec=args.seed_input,
                    prompt_spec=args.prompt_input, engine=args.engine, models_dir=args.models, input_dir=args.input,
                    out=args.out, manifest_path=args.manifest)
-    stream = None if args.quiet else sys.stderr
+    stream, events = None if args.quiet else sys.stderr, B.printer(sys.stderr)
     if args.ray:
         from ..execution.ray_batch import run_batch_ray
 
-        res = run_batch_ray(batch, address=args.ray, workers=args.workers, stream=stream)
+        res = run_batch_ray(batch, address=args.ray, workers=args.workers, on_event=events, stream=stream)
     else:
-        res = B.run_batch(batch, stream=stream)
+        res = B.run_batch(batch, on_event=events, stream=stream)
     print(f"{res['done']}/{res['jobs']} job(s) done, {res['failed']} failed, {res['files']} file(s); "
           f"manifest {res['manifest']}")
     return 0 if not res["failed"] else 1

@@ -342,6 +342,18 @@ def run_batch(batch: Batch, *, on_event: Event | None = None, stream=None) -> di
     return summary(batch)
 
 
+def printer(stream) -> Event:
+    """Events as lines on ``stream``: a failed job (its code and message) and a lost worker; done jobs are the bar."""
+    def on_event(kind: str, data: dict) -> None:
+        if kind == "done" and data["entry"]["status"] == "failed":
+            e = data["entry"]
+            stream.write(f"job {data['job'].label} failed: {e['code']}: {e['message']}\n")
+        elif kind == "worker_lost" and data.get("job") is not None:
+            stream.write(f"a worker died during job {data['job'].label} ({data['reason']}); it runs again\n")
+        stream.flush()
+    return on_event
+
+
 def summary(batch: Batch) -> dict:
     """Counts over the batch's jobs in the manifest: done, failed, files, model loads."""
     entries = [batch.manifest["jobs"].get(j.key) or {} for j in batch.jobs]
@@ -352,4 +364,4 @@ def summary(batch: Batch) -> dict:
 
 
 __all__ = ["parse_seeds", "seed_input", "prompt_input", "read_prompts", "plan", "Batch", "Job", "Worker",
-           "run_job", "run_batch", "write_outputs", "load_manifest", "save_manifest", "summary", "MANIFEST_NAME"]
+           "run_job", "run_batch", "printer", "write_outputs", "load_manifest", "save_manifest", "summary", "MANIFEST_NAME"]

@@ -14,7 +14,6 @@ import collections
 import logging
 
 from ..errors import ENGINE_UNAVAILABLE, SpriteForgeError, classify
-from ..log import get_logger
 from ..progress import Progress
 from .batch import Batch, Event, Job, Worker, summary
 
@@ -141,7 +140,6 @@ class _Driver:
         """An actor died: its job goes back on the queue (or fails after MAX_ATTEMPTS: True); a fresh actor
         replaces it."""
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        get_logger().warning("a Ray worker died%s: %s", f" during {job.label}" if job else "", reason)
         self.emit("worker_lost", {"actor": actor, "job": job, "reason": reason})
         failed = job is not None and job.attempts >= MAX_ATTEMPTS
         if job is not None:

@@ -157,3 +157,19 @@ def test_job_identity_is_the_arguments(tmp_path):
     assert same == keys() and len(set(same)) == 2  # the same arguments: the same jobs (what a restart skips)
     others = keys(sets=TINY + ["3.cfg=5"]) + keys(seed_spec="6.seed") + keys(engine="torch") + keys(seeds=[1, 2])
     assert not set(same) & set(others[:6]) and others[6] == same[1]  # seed 1 is the same job in a wider range
+
+
+def test_cli_batch_in_process_then_again_skips_it(tmp_path, capsys):
+    from spriteforge.cli.main import main
+
+    out = tmp_path / "out"
+    argv = ["run", str(DEMO), "--seeds", "4:6", "--out", str(out), "-q"] + [a for s in TINY for a in ("--set", s)]
+    assert main(argv) == 0
+    assert "2/2 job(s) done, 0 failed, 12 file(s)" in capsys.readouterr().out
+    before = _outputs(out)
+    assert main(argv) == 0  # the same command again: nothing to do, nothing written
+    assert "2/2 job(s) done" in capsys.readouterr().out and _outputs(out) == before
+
+
+def _outputs(out: Path) -> list[str]:
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())

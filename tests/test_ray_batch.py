@@ -124,6 +124,7 @@ def test_cli_ray_batch_reports_a_coded_failure_and_goes_on(cluster, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 1, r.stderr
     assert "1/2 job(s) done, 1 failed, 6 file(s)" in r.stdout
+    assert "job seed 3 'no_such_sampler' failed: BAD_INPUT" in r.stderr
     entries = sorted(_entries(out), key=lambda e: e["index"])
     assert [(e["prompt"], e["seed"], e["status"]) for e in entries] == [("euler", 3, "done"),
                                                                         ("no_such_sampler", 3, "failed")]
