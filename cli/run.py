@@ -48,7 +48,8 @@ def register(subparsers) -> None:
 def add_batch_arguments(p) -> None:
     """The batch options: --seeds, --prompts and where they go, --ray and --workers."""
     g = p.add_argument_group("batches (one job per seed and prompt line; see README 'Batches at scale')")
-    g.add_argument("--seeds", metavar="A:B", help="one job per seed A..B-1 (or a single seed N)")
+    g.add_argument("--seeds", metavar="A:B[:STEP]", help="one job per seed A..B-1 (or a single seed N); a job of "
+                   "batch_size N uses seed..seed+N-1, so step by N (0:800:8) for jobs that share no seed")
     g.add_argument("--prompts", metavar="FILE", help="one job per line of FILE (each seed with each line)")
     g.add_argument("--seed-input", metavar="NODE_ID.INPUT", help="the input --seeds sets (default: the workflow's "
                    "one generation seed)")

@@ -35,17 +35,17 @@ Event = Callable[[str, dict], None]
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``A:B`` (A up to but not including B, like Python's ``range``) or a single ``N``."""
-    m = re.fullmatch(r"\s*(\d+)\s*(?::\s*(\d+)\s*)?", str(text))
-    if not m:
-        raise SpriteForgeError(BAD_INPUT, f"--seeds {text!r} is not A:B or N. Write e.g. --seeds 0:100 "
-                               "(seeds 0 to 99).")
+    """``A:B`` (A up to but not including B, like Python's ``range``), ``A:B:STEP`` or a single ``N``.
+
+    A job of batch_size N draws seeds seed..seed+N-1, so ``--seeds 0:800:8`` gives 100 jobs that share no seed.
+    """
+    m = re.fullmatch(r"\s*(\d+)\s*(?::\s*(\d+)\s*(?::\s*(\d+)\s*)?)?", str(text))
+    if not m or m.group(3) == "0" or (m.group(2) is not None and int(m.group(2)) <= int(m.group(1))):
+        raise SpriteForgeError(BAD_INPUT, f"--seeds {text!r} is not A:B, A:B:STEP or N with B above A and STEP above "
+                               "0. Write e.g. --seeds 0:100 (seeds 0 to 99) or --seeds 0:800:8.")
     start = int(m.group(1))
     stop = int(m.group(2)) if m.group(2) is not None else start + 1
-    if stop <= start:
-        raise SpriteForgeError(BAD_INPUT, f"--seeds {text!r} is empty: B must be above A. Write e.g. --seeds "
-                               f"{start}:{start + 10}.")
-    return list(range(start, stop))
+    return list(range(start, stop, int(m.group(3) or 1)))
 
 
 def _target(spec: str | None, found: list[tuple[str, str]], what: str, flag: str, example: str) -> tuple[str, str]:

@@ -35,7 +35,8 @@ def _info() -> dict:
 def test_parse_seeds():
     assert B.parse_seeds("3:6") == [3, 4, 5]
     assert B.parse_seeds("7") == [7]
-    for bad in ("5:5", "a:b", "-1:3", "1:2:3"):
+    assert B.parse_seeds("0:24:8") == [0, 8, 16]  # jobs of batch_size 8 that share no seed
+    for bad in ("5:5", "a:b", "-1:3", "1:2:0", "1:2:3:4", "6:2"):
         with pytest.raises(SpriteForgeError) as e:
             B.parse_seeds(bad)
         assert e.value.code == BAD_INPUT
