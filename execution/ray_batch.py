@@ -36,6 +36,7 @@ def connect(ray, address: str = "local") -> bool:
     (and so should shut it down). A process already connected (``ray.init`` done) keeps its cluster."""
     if ray.is_initialized():
         return False
+    _check_reachable(address)
     kw = dict(log_to_driver=False, logging_level=logging.WARNING)
     if address == "local":
         kw["include_dashboard"] = False
@@ -45,6 +46,21 @@ def connect(ray, address: str = "local") -> bool:
         raise SpriteForgeError(ENGINE_UNAVAILABLE, f"could not join the Ray cluster at {address!r} ({exc}). Start it "
                                "with `ray start --head` (or use --ray local), then give its address.") from exc
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """A ``HOST:PORT`` nobody answers on fails now, not after Ray's minutes of retries."""
+    import re
+    import socket
+
+    m = re.fullmatch(r"([\w.\-]+|\[[0-9a-fA-F:]+\]):(\d+)", address)
+    if not m:
+        return  # local, auto, ray://...: Ray's own checks
+    try:
+        socket.create_connection((m.group(1).strip("[]"), int(m.group(2))), timeout=5).close()
+    except OSError as exc:
+        raise SpriteForgeError(ENGINE_UNAVAILABLE, f"no Ray cluster answers at {address} ({exc}). Start one there with "
+                               "`ray start --head`, or use --ray local for one on this machine.") from None
 
 
 def run_batch_ray(batch: Batch, *, address: str = "local", workers: int | None = None,

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,13 @@ def test_cli_ray_batch_reports_a_coded_failure_and_goes_on(cluster, tmp_path):
     assert [(e["prompt"], e["seed"], e["status"]) for e in entries] == [("euler", 3, "done"),
                                                                         ("no_such_sampler", 3, "failed")]
     assert entries[1]["code"] == BAD_INPUT and len(_outputs(out)) == FILES_PER_JOB
+
+
+def test_cli_unreachable_cluster_is_a_coded_error_at_once(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "spriteforge.cli.main", "run", str(DEMO), "--ray", f"127.0.0.1:{port}",
+                        "--seeds", "0:2", "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "ENGINE_UNAVAILABLE" in r.stderr and "ray start --head" in r.stderr
+    assert not (tmp_path / "o").exists()
