@@ -9,7 +9,7 @@ Examples:
   spriteforge run wf.json --set 12.seed=7 --set '6.positive="a knight, pixel art"'
   spriteforge run example_workflows/sprite_demo.json --engine mlx   (every Load Model node on MLX)
   spriteforge run example_workflows/api/sprite_demo.json --ray --seeds 0:1000 --prompts prompts.txt --out out/
-      (a batch: one job per seed and prompt line on a Ray cluster; out/spriteforge_batch.json lists the jobs done,
+      (a batch: one job per seed and prompt line on a Ray cluster; out/spriteforge_batch.jsonl lists the jobs done,
        so the same command again finishes an interrupted batch)
 """
 
@@ -58,7 +58,7 @@ def add_batch_arguments(p) -> None:
     g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="run the jobs on a Ray cluster: "
                    "ADDRESS (e.g. auto, ray://head:10001) or 'local' (default) for one on this machine")
     g.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: one per GPU, else CPUs/4)")
-    g.add_argument("--manifest", metavar="FILE", help="the batch's JSON manifest (default OUT/spriteforge_batch.json)")
+    g.add_argument("--manifest", metavar="FILE", help="the batch's manifest, JSON Lines (default OUT/spriteforge_batch.jsonl)")
 
 
 def shipped_input_dir(workflow, info=None):

@@ -6,8 +6,9 @@ Framework-free: :func:`run_batch` runs the jobs in this process with one shared 
 :meth:`Batch.finish`, the one place that writes outputs into ``out`` (never overwriting) and then the manifest.
 
 * A job's identity (:attr:`Job.key`) is a hash of the workflow, its seed, its prompt line, the ``--set``
-  overrides, ``--engine`` and the inputs the seed and line go to; the manifest (``out/spriteforge_batch.json`` by default) maps keys to what happened, and is
-  replaced atomically after each job's files are written, so a restarted batch skips the jobs already done.
+  overrides, ``--engine`` and the inputs the seed and line go to. The manifest (``out/spriteforge_batch.jsonl`` by
+  default, JSON Lines: a header, then one line a job) gets a job's line, fsynced, right after its files are
+  written, so a restarted batch skips the jobs already done.
 * A job runs in a fresh temporary folder (:func:`run_job`) and comes back as ``(relative path, bytes)``;
   a job that fails with a coded error is recorded with its code and the others go on.
 """
@@ -28,7 +29,7 @@ from typing import Callable
 from ..errors import BAD_INPUT, SpriteForgeError, classify
 from ..progress import Interrupted, Progress
 
-MANIFEST_NAME = "spriteforge_batch.json"
+MANIFEST_NAME = "spriteforge_batch.jsonl"
 MANIFEST_VERSION = 1
 LOADER_PREFIX = "SpriteForgeLoad"  # nodes that load model files: counted as model loads
 Event = Callable[[str, dict], None]
@@ -145,7 +146,7 @@ class Batch:
             files = write_outputs(self.out, result["files"])
             entry.update(status="done", files=[f.relative_to(self.out).as_posix() for f in files])
         self.manifest["jobs"][job.key] = entry
-        save_manifest(self.manifest_path, self.manifest)
+        append_manifest(self.manifest_path, job.key, entry)
         return entry
 
 
@@ -192,31 +193,59 @@ def _checked(prompt: dict, at: tuple[str, str]) -> tuple[str, str]:
 # --------------------------------------------------------------------------- manifest
 
 def load_manifest(path: Path) -> dict:
-    """The manifest at ``path`` (a new one when absent); BAD_INPUT for a file that is not one of ours."""
+    """``{"version", "jobs": {key: entry}}`` from the manifest at ``path`` (empty when absent; a later line for a key
+    wins). A torn last line (a crash while appending) is dropped; a file that is not ours is BAD_INPUT, left as is."""
     path = Path(path)
     if path.is_symlink():
         raise SpriteForgeError(BAD_INPUT, f"the batch manifest {path} is a link. Remove the link or choose "
                                "another --manifest.")
     if not path.exists():
         return {"version": MANIFEST_VERSION, "jobs": {}}
+    lines = path.read_bytes().decode("utf-8", "replace").split("\n")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        ok = isinstance(data, dict) and data.get("version") == MANIFEST_VERSION and isinstance(data.get("jobs"), dict)
-    except (OSError, ValueError):
-        ok = False
-    if not ok:
+        ours = json.loads(lines[0]) == _HEADER
+    except ValueError:
+        ours = False
+    if not ours:
         raise SpriteForgeError(BAD_INPUT, f"{path} exists and is not a SpriteForge batch manifest; it is left as it "
                                "is. Choose another --out or --manifest.")
-    return data
+    jobs = {}
+    for n, line in enumerate(lines[1:], 2):
+        try:
+            entry = json.loads(line) if line.strip() else None
+        except ValueError:
+            if n < len(lines):  # not the last line: the file was edited or damaged
+                raise SpriteForgeError(BAD_INPUT, f"line {n} of the batch manifest {path} is not JSON. Correct or "
+                                       "remove that line (its job then runs again).") from None
+            _rewrite(path, lines[:-1])
+            break
+        if entry is not None:
+            jobs[entry.pop("key")] = entry
+    return {"version": MANIFEST_VERSION, "jobs": jobs}
 
 
-def save_manifest(path: Path, data: dict) -> None:
-    """Replace the manifest atomically: a crash leaves the old one or the new one, never half of one."""
+_HEADER = {"spriteforge_batch_manifest": MANIFEST_VERSION}
+
+
+def append_manifest(path: Path, key: str, entry: dict) -> None:
+    """Append one job's line and fsync it: O(1) a job however long the batch, and a crash leaves whole lines (a torn
+    last one is dropped on reading). Never through a link."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        if fh.tell() == 0:
+            fh.write(json.dumps(_HEADER) + "\n")
+        fh.write(json.dumps({"key": key, **entry}, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _rewrite(path: Path, lines: list[str]) -> None:
+    """Replace the manifest by ``lines`` atomically (dropping a torn last line)."""
     fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
+            fh.write("".join(line + "\n" for line in lines if line.strip()))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -364,4 +393,4 @@ def summary(batch: Batch) -> dict:
 
 
 __all__ = ["parse_seeds", "seed_input", "prompt_input", "read_prompts", "plan", "Batch", "Job", "Worker",
-           "run_job", "run_batch", "printer", "write_outputs", "load_manifest", "save_manifest", "summary", "MANIFEST_NAME"]
+           "run_job", "run_batch", "printer", "write_outputs", "load_manifest", "append_manifest", "summary", "MANIFEST_NAME"]

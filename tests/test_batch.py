@@ -87,6 +87,23 @@ def test_a_foreign_manifest_is_left_alone(tmp_path):
     assert (out / B.MANIFEST_NAME).read_text() == "my notes"
 
 
+def test_manifest_lines_survive_a_crash_mid_append(tmp_path):
+    path = tmp_path / B.MANIFEST_NAME
+    B.append_manifest(path, "a", {"status": "failed", "code": BAD_INPUT})
+    B.append_manifest(path, "b", {"status": "done", "files": ["x.png"]})
+    B.append_manifest(path, "a", {"status": "done", "files": ["y.png"]})  # a failed job done on a later run
+    whole = path.read_text()
+    with open(path, "a") as fh:
+        fh.write('{"key": "c", "stat')  # the process died while writing this line
+    jobs = B.load_manifest(path)["jobs"]
+    assert jobs == {"a": {"status": "done", "files": ["y.png"]}, "b": {"status": "done", "files": ["x.png"]}}
+    assert path.read_text() == whole  # the torn line is dropped, so the next line starts clean
+    path.write_text(whole.replace('"b"', '"b', 1))  # a damaged line that is not the last: say so, do not guess
+    with pytest.raises(SpriteForgeError) as e:
+        B.load_manifest(path)
+    assert e.value.code == BAD_INPUT and "line 3" in e.value.message
+
+
 def _sprites(out: Path) -> list[Path]:
     return sorted((out / "spriteforge").glob("demo_sprite_0*.png"))
 
@@ -108,7 +125,7 @@ def test_batch_in_process_interrupted_and_restarted_and_a_failing_job(tmp_path):
     finally:
         clear_interrupt()
     assert len(events) == 1 and len(_sprites(out)) == 1
-    manifest = json.loads((out / B.MANIFEST_NAME).read_text())
+    manifest = B.load_manifest(out / B.MANIFEST_NAME)
     assert [e["seed"] for e in manifest["jobs"].values()] == [0]
 
     again = B.plan(DEMO, seeds=seeds, sets=TINY, out=out)  # same arguments: the done job is skipped
@@ -118,7 +135,7 @@ def test_batch_in_process_interrupted_and_restarted_and_a_failing_job(tmp_path):
     sprites = _sprites(out)
     assert [p.name for p in sprites] == [f"demo_sprite_0000{i}_.png" for i in (1, 2, 3)]
     assert len({hashlib.sha256(p.read_bytes()).hexdigest() for p in sprites}) == 3  # distinct seeds, distinct art
-    entries = json.loads((out / B.MANIFEST_NAME).read_text())["jobs"].values()
+    entries = B.load_manifest(out / B.MANIFEST_NAME)["jobs"].values()
     listed = sorted(f for e in entries for f in e["files"])
     on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != B.MANIFEST_NAME)
     assert listed == on_disk and len(set(listed)) == 18  # every output once, each listed once
@@ -129,7 +146,7 @@ def test_batch_in_process_interrupted_and_restarted_and_a_failing_job(tmp_path):
     failing = B.plan(DEMO, prompts=B.read_prompts(prompts), prompt_spec="3.sampler", sets=TINY, out=out)
     res = B.run_batch(failing)
     assert res["done"] == 2 and res["failed"] == 1  # the bad job is reported; the others ran
-    bad = [e for e in json.loads((out / B.MANIFEST_NAME).read_text())["jobs"].values() if e["status"] == "failed"]
+    bad = [e for e in B.load_manifest(out / B.MANIFEST_NAME)["jobs"].values() if e["status"] == "failed"]
     assert [(e["prompt"], e["code"]) for e in bad] == [("no_such_sampler", BAD_INPUT)]
     assert "no_such_sampler" in bad[0]["message"]
 

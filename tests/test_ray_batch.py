@@ -42,7 +42,7 @@ def _outputs(out: Path) -> list[str]:
 
 
 def _entries(out: Path) -> list[dict]:
-    return list(json.loads((out / B.MANIFEST_NAME).read_text())["jobs"].values())
+    return list(B.load_manifest(out / B.MANIFEST_NAME)["jobs"].values())
 
 
 def _exactly_once(out: Path, jobs: int) -> list[dict]:
