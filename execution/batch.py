@@ -7,8 +7,9 @@ Framework-free: :func:`run_batch` runs the jobs in this process with one shared 
 
 * A job's identity (:attr:`Job.key`) is a hash of the workflow, its seed, its prompt line, the ``--set``
   overrides, ``--engine`` and the inputs the seed and line go to. The manifest (``out/spriteforge_batch.jsonl`` by
-  default, JSON Lines: a header, then one line a job) gets a job's line, fsynced, right after its files are
-  written, so a restarted batch skips the jobs already done.
+  default, JSON Lines: a header, then lines appended and fsynced) gets a "writing" line naming a job's files and
+  their sha256 before they are written and a "done" line after, so a restarted batch skips the jobs already done
+  and writes no job twice.
 * A job runs in a fresh temporary folder (:func:`run_job`) and comes back as ``(relative path, bytes)``;
   a job that fails with a coded error is recorded with its code and the others go on.
 """
@@ -136,18 +137,38 @@ class Batch:
         return [j for j in self.jobs if (done.get(j.key) or {}).get("status") != "done"]
 
     def finish(self, job: Job, result: dict) -> dict:
-        """Write a finished job's files into ``out`` (never overwriting), then record it in the manifest."""
+        """Record a finished job: a failure in one manifest line; outputs in two, around writing them into ``out``
+        (never overwriting): "writing" with the names and sha256 of the files, then "done". A crash in between leaves
+        a "writing" line that :meth:`settle` checks on the next start, so no job is written twice or lost."""
         entry = {"index": job.index, "seed": job.seed, "prompt": job.text, "attempts": job.attempts,
                  "worker": result.get("worker"), "seconds": round(result.get("seconds", 0.0), 3),
                  "model_loads": result.get("loads", 0)}
         if "code" in result:
             entry.update(status="failed", code=result["code"], message=result["message"], files=[])
         else:
-            files = write_outputs(self.out, result["files"])
-            entry.update(status="done", files=[f.relative_to(self.out).as_posix() for f in files])
+            placed = place_outputs(self.out, result["files"])
+            entry.update(status="writing", files=[p.relative_to(self.out).as_posix() for p, _ in placed],
+                         sha256=[hashlib.sha256(blob).hexdigest() for _, blob in placed])
+            append_manifest(self.manifest_path, job.key, entry)
+            for path, blob in placed:
+                _write_new(path, blob)
+            entry = {**entry, "status": "done"}
         self.manifest["jobs"][job.key] = entry
         append_manifest(self.manifest_path, job.key, entry)
         return entry
+
+    def settle(self) -> None:
+        """A job left "writing" by a crash is done when all its files are there with their recorded contents;
+        otherwise it runs again (a partly written file stays, under its own name)."""
+        for key, entry in self.manifest["jobs"].items():
+            if entry.get("status") == "writing" and all(
+                    _same(self.out / rel, digest) for rel, digest in zip(entry["files"], entry["sha256"])):
+                entry["status"] = "done"
+                append_manifest(self.manifest_path, key, entry)
+
+
+def _same(path: Path, digest: str) -> bool:
+    return path.is_file() and not path.is_symlink() and hashlib.sha256(path.read_bytes()).hexdigest() == digest
 
 
 def plan(workflow, *, seeds: list[int] | None = None, prompts: list[str] | None = None, sets=(),
@@ -175,9 +196,11 @@ def plan(workflow, *, seeds: list[int] | None = None, prompts: list[str] | None 
     mpath = Path(manifest_path) if manifest_path else out / MANIFEST_NAME
     models_dir = os.path.abspath(models_dir) if models_dir else None  # workers start in other folders
     input_dir = os.path.abspath(input_dir or "input")
-    return Batch(prompt=run.prompt, graph=run.pnginfo.get("workflow"), jobs=jobs, out=out, manifest_path=mpath,
-                 seed_at=seed_at, prompt_at=prompt_at, models_dir=models_dir, input_dir=input_dir,
-                 manifest=load_manifest(mpath))
+    batch = Batch(prompt=run.prompt, graph=run.pnginfo.get("workflow"), jobs=jobs, out=out, manifest_path=mpath,
+                  seed_at=seed_at, prompt_at=prompt_at, models_dir=models_dir, input_dir=input_dir,
+                  manifest=load_manifest(mpath))
+    batch.settle()
+    return batch
 
 
 def _checked(prompt: dict, at: tuple[str, str]) -> tuple[str, str]:
@@ -302,9 +325,15 @@ _COUNTED = re.compile(r"^(?P<base>.*)_(?P<n>\d{5})_(?P<rest>.*)$")
 
 
 def write_outputs(out: Path, files: list[tuple[str, bytes]]) -> list[Path]:
-    """Write a job's files under ``out`` with the usual ``name_00001_.ext`` names, the counter above every file
-    already there (a job's siblings, e.g. a sheet's .png/.json/.hex, keep one counter); never overwriting, never
-    through a link. The one place batch outputs are written."""
+    """Write a job's files under ``out`` (:func:`place_outputs` names them); never overwriting, never through a link.
+    The one place batch outputs are written."""
+    return [_write_new(path, blob) for path, blob in place_outputs(out, files)]
+
+
+def place_outputs(out: Path, files: list[tuple[str, bytes]]) -> list[tuple[Path, bytes]]:
+    """Where a job's files go under ``out``: the usual ``name_00001_.ext`` names with the counter above every file
+    already there (a job's siblings, e.g. a sheet's .png/.json/.hex, keep one counter), other names with ``_1``,
+    ``_2``... when taken. Creates the subfolders (inside ``out`` only), writes no file."""
     from ..nodes.folders import confined_folder
 
     groups: dict[tuple[str, str], list[tuple[str, str, bytes]]] = {}
@@ -315,23 +344,22 @@ def write_outputs(out: Path, files: list[tuple[str, bytes]]) -> list[Path]:
         m = _COUNTED.match(parts[-1])
         base, rest = (m.group("base"), m.group("rest")) if m else (parts[-1], None)
         groups.setdefault(("/".join(parts[:-1]), base), []).append((rest, parts[-1], blob))
-    written = []
+    placed = []
     for (sub, base), items in groups.items():
-        folder = confined_folder(out, sub)
-        written += _write_group(folder, base, items)
-    return written
+        placed += _place_group(confined_folder(out, sub), base, items)
+    return placed
 
 
-def _write_group(folder: Path, base: str, items: list) -> list[Path]:
+def _place_group(folder: Path, base: str, items: list) -> list[tuple[Path, bytes]]:
     from .core_nodes import next_free
 
     counted = [it for it in items if it[0] is not None]
-    written = []
+    placed = []
     if counted:
         _, counter = next_free(folder, base, "." + counted[0][0].rpartition(".")[2])
         while any(_taken(folder / f"{base}_{counter:05}_{rest}") for rest, _, _ in counted):
             counter += 1
-        written += [_write_new(folder / f"{base}_{counter:05}_{rest}", blob) for rest, _, blob in counted]
+        placed += [(folder / f"{base}_{counter:05}_{rest}", blob) for rest, _, blob in counted]
     for _, name, blob in (it for it in items if it[0] is None):
         stem, dot, ext = name.rpartition(".")
         stem, ext = (stem, dot + ext) if dot else (name, "")
@@ -339,8 +367,8 @@ def _write_group(folder: Path, base: str, items: list) -> list[Path]:
         while _taken(path):
             k += 1
             path = folder / f"{stem}_{k}{ext}"
-        written.append(_write_new(path, blob))
-    return written
+        placed.append((path, blob))
+    return placed
 
 
 def _taken(path: Path) -> bool:
@@ -393,4 +421,4 @@ def summary(batch: Batch) -> dict:
 
 
 __all__ = ["parse_seeds", "seed_input", "prompt_input", "read_prompts", "plan", "Batch", "Job", "Worker",
-           "run_job", "run_batch", "printer", "write_outputs", "load_manifest", "append_manifest", "summary", "MANIFEST_NAME"]
+           "run_job", "run_batch", "printer", "write_outputs", "place_outputs", "load_manifest", "append_manifest", "summary", "MANIFEST_NAME"]

@@ -104,6 +104,27 @@ def test_manifest_lines_survive_a_crash_mid_append(tmp_path):
     assert e.value.code == BAD_INPUT and "line 3" in e.value.message
 
 
+def test_a_crash_between_writing_files_and_recording_them_neither_duplicates_nor_loses(tmp_path):
+    out = tmp_path / "out"
+    B.run_batch(B.plan(DEMO, seeds=[0, 1], sets=TINY, out=out))
+    path = out / B.MANIFEST_NAME
+    lines = path.read_text().splitlines()
+    assert [json.loads(x)["status"] for x in lines[1:]] == ["writing", "done", "writing", "done"]
+    path.write_text("\n".join(lines[:-1]) + "\n")  # what a crash just before the last "done" line leaves
+    files = _outputs(out)
+
+    again = B.plan(DEMO, seeds=[0, 1], sets=TINY, out=out)  # its files are all there, whole: it is done
+    assert again.pending() == [] and _outputs(out) == files
+
+    path.write_text("\n".join(lines[:-1]) + "\n")
+    sheet = out / json.loads(lines[-2])["files"][0]
+    sheet.write_bytes(sheet.read_bytes()[:10])  # ... and this time one file was cut short by the crash
+    again = B.plan(DEMO, seeds=[0, 1], sets=TINY, out=out)
+    assert [j.seed for j in again.pending()] == [1]  # so that job runs again, into new names
+    assert B.run_batch(again)["done"] == 2
+    assert len(_outputs(out)) == len(files) + 6  # the cut file stays as it is, under its own name
+
+
 def _sprites(out: Path) -> list[Path]:
     return sorted((out / "spriteforge").glob("demo_sprite_0*.png"))
 
