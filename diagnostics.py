@@ -14,7 +14,7 @@ from importlib import metadata
 PACKAGES = ("torch", "numpy", "pillow", "safetensors", "diffusers", "transformers", "sentencepiece", "accelerate", "mlx")
 INSTALL_HINTS = {
     "torch": "install PyTorch for your GPU (inside ComfyUI it is already there; on a CPU-only machine: pip install torch)",
-    "mlx": "optional: pip install 'comfyui-spriteforge[mlx]' (Metal on macOS, mlx[cpu] on Linux)",
+    "mlx": "optional: pip install mlx (Metal on macOS; 'mlx[cpu]' on Linux), or pip install -e '.[mlx]' in the pack's folder",
 }
 
 
@@ -85,10 +85,12 @@ def _auto(choose, engines):
 
 
 def capabilities_report() -> dict:
-    """:func:`report` plus, per usable engine, its capabilities, and every error code with its hint."""
+    """:func:`report` plus, per usable engine, its capabilities, every error code with its hint, and the family
+    registry's editor hints (``family_widgets``: :func:`spriteforge.models.families.registry.widget_hints`)."""
     from .engines import engine_class, pick_device
     from .engines.policy import decide
     from .errors import CODES, hint_for
+    from .models.families import registry
 
     rep = report()
     caps = {}
@@ -98,6 +100,7 @@ def capabilities_report() -> dict:
             caps[e["name"]] = engine_class(e["name"])(dev, decide(dev)).capabilities.to_dict()
     rep["capabilities"] = caps
     rep["error_codes"] = {code: hint_for(code) for code in CODES}
+    rep["family_widgets"] = registry.widget_hints()  # what the editor greys out or relabels per family
     return rep
 
 

@@ -8,8 +8,10 @@ what-to-do hint, :func:`hint_for`: :data:`HINTS`, with :data:`EDITOR_HINTS` wher
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
+from pathlib import Path
 
 MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
 MODEL_NOT_CONVERTED = "MODEL_NOT_CONVERTED"
@@ -141,6 +143,11 @@ def classify(exc: BaseException, *, context: str = "") -> SpriteForgeError:
         return SpriteForgeError(
             ENGINE_UNAVAILABLE, f"{where}a backend is missing or unusable ({_short(text)}).", details={"raw": text}
         )
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a user's over-long name or prefix
+        name = Path(str(exc.filename or "")).name
+        return SpriteForgeError(BAD_INPUT, f"{where}the file name {name[:40]}... is {len(name)} characters long, over the "
+                                "file system's limit (255 bytes). Use a shorter name or filename_prefix.",
+                                details={"raw": _short(text)})
     if isinstance(exc, FileNotFoundError):
         return SpriteForgeError(MODEL_NOT_FOUND, f"{where}file not found: {exc.filename or exc}.", details={"raw": text})
     if isinstance(exc, (ValueError, TypeError)) and not context.startswith("running"):

@@ -36,18 +36,13 @@ from .generation.masks import composite_inpaint, feather_mask, is_bad_image, lat
 from .generation.sizes import DEFAULT_MAX_SIDE, MAX_BATCH_PIXELS, model_schedule, prepare_size
 from .generation.wrappers import Inpaint, Seamless
 from .log import get_logger
+from .models.families import registry
 from .progress import Interrupted, Progress
 
 log = get_logger("pipeline")
 
-# Per-family defaults: CFG scale, steps, sampler, schedule.
-FAMILY_DEFAULTS: dict[str, dict] = {
-    "pixart": {"cfg": 4.5, "steps": 20, "sampler": "dpmpp_2m", "schedule": "normal"},
-    "dit": {"cfg": 4.0, "steps": 25, "sampler": "dpmpp_2m", "schedule": "normal"},
-    "sd3": {"cfg": 5.0, "steps": 28, "sampler": "euler", "schedule": "normal"},
-    "flux": {"cfg": 1.0, "steps": 20, "sampler": "euler", "schedule": "normal"},
-    "sana": {"cfg": 4.5, "steps": 20, "sampler": "euler", "schedule": "normal"},
-}
+# Per-family defaults: CFG scale, steps, sampler, schedule (declared by each family, :mod:`.models.families`).
+FAMILY_DEFAULTS: dict[str, dict] = {f.name: dict(f.defaults) for f in registry.families()}
 
 
 @dataclass
@@ -108,9 +103,7 @@ class GenerateResult:
 
 
 def _defaults(handle, params: GenerateParams) -> dict:
-    d = dict(FAMILY_DEFAULTS.get(handle.family, FAMILY_DEFAULTS["pixart"]))
-    if handle.family == "flux" and "schnell" in (handle.variant or "").lower():
-        d["steps"] = 4
+    d = registry.rules(handle.family).sampling_defaults(handle.variant)
     cfg = params.cfg if params.cfg not in (None, 0) else d["cfg"]
     steps = params.steps if params.steps is not None else d["steps"]
     return {"cfg": float(cfg), "steps": int(steps), "sampler": params.sampler or d["sampler"],
@@ -138,7 +131,7 @@ def encode(engine, handle, prompt: str | list, negative: str | list = "", *, gui
            with_negative: bool = True, **opts) -> Conditioning:
     """Positive conditioning with ``.negative`` set (DiT: the null class) when ``with_negative``."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if handle.family != "dit" and not any(str(p).strip() for p in prompts):
+    if not registry.rules(handle.family).class_conditional and not any(str(p).strip() for p in prompts):
         log.info("empty prompt: generating unconditioned")
     cond = engine.encode_text(handle, prompts, guidance=guidance, class_labels=class_labels, **opts)
     if with_negative:
@@ -288,11 +281,11 @@ def _conditioning(engine, handle, params: GenerateParams, cfg: float, notes: lis
         if params.guidance is not None:
             cond = dataclasses.replace(cond, guidance=float(params.guidance))
     else:
-        want_neg = handle.family != "flux" or cfg > 1.0
+        want_neg = not registry.rules(handle.family).distilled_guidance or cfg > 1.0
         cond = encode(engine, handle, params.prompt, params.negative, guidance=params.guidance,
                       class_labels=params.class_labels, with_negative=want_neg and cfg != 1.0)
     uncond = cond.negative if cfg != 1.0 else None
-    if uncond is None and cfg != 1.0 and handle.family not in ("dit",):
+    if uncond is None and cfg != 1.0 and not registry.rules(handle.family).class_conditional:
         notes.append("no negative conditioning: CFG off")
     return cond, uncond
 
@@ -400,6 +393,12 @@ def decode(engine, handle, latents, *, tile: bool = False) -> np.ndarray:
     bad = is_bad_image(images)
     vae_dtype = str(getattr(getattr(engine, "policy", None), "vae_dtype", "float32"))
     if bad and bad != "empty" and not np.isfinite(lat).all():
+        loras = [getattr(a, "name", str(a)) for a in getattr(handle, "loras", ()) or ()]
+        if loras:  # a LoRA with NaN/inf weights poisons every step: name it first
+            raise SpriteForgeError(BAD_INPUT, f"the sampler produced NaN latents with the LoRA {', '.join(loras)} applied. "
+                                   "A LoRA whose weights hold NaN or inf values does this: run without it (or at a lower "
+                                   "strength) to check; if the model alone works, the LoRA file is broken.",
+                                   details={"loras": loras})
         raise SpriteForgeError(ENGINE_INTERNAL, "the sampler produced NaN latents (the model overflowed). "
                                "Load the model in float32 or bfloat16, or lower cfg.")
     if bad in ("nan", "black"):

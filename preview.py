@@ -26,6 +26,8 @@ import weakref
 
 import numpy as np
 
+from .models.families import registry
+
 log = logging.getLogger("spriteforge")
 
 METHODS = ("none", "auto", "latent2rgb", "taesd")
@@ -39,6 +41,8 @@ LATENT_FORMATS = {
     "SD3": (16, 8, 1.5305, 0.0609, "taesd3_decoder"),
     "Flux": (16, 8, 0.3611, 0.1159, "taef1_decoder"),
 }
+# the shipped VAE configs (a family's ``release_vae``) ComfyUI has a latent format for
+VAE_LATENT_FORMATS = {"vae-kl4-sd": "SD15", "vae-kl4-sdxl": "SDXL", "vae-kl16-sd3": "SD3", "vae-kl16-flux": "Flux"}
 
 
 def comfy_args():
@@ -81,17 +85,9 @@ def preview_size(args=_UNSET) -> int:
 
 def latent_format_name(handle) -> str | None:
     """The ComfyUI latent format of the handle's VAE when it is a release VAE of its family, else None."""
-    fam = str(getattr(handle, "family", "") or "")
-    variant = str(getattr(handle, "variant", "") or "")
-    if fam == "dit" or (fam == "pixart" and variant.startswith("alpha")):
-        name = "SD15"
-    elif fam == "pixart":
-        name = "SDXL"
-    elif fam == "sd3":
-        name = "SD3"
-    elif fam == "flux":
-        name = "Flux"
-    else:
+    fam = registry.get(str(getattr(handle, "family", "") or ""))
+    name = VAE_LATENT_FORMATS.get(fam.release_vae(str(getattr(handle, "variant", "") or ""))) if fam else None
+    if name is None:
         return None
     ch, factor, scale, shift, _t = LATENT_FORMATS[name]
     ok = (int(getattr(handle, "latent_channels", 0)) == ch and int(getattr(handle, "vae_scale_factor", 0)) == factor

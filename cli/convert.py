@@ -1,18 +1,17 @@
-"""``spriteforge convert --engine mlx MODEL``: an MLX-native cache of a model, checked on every load.
+"""spriteforge convert --engine mlx MODEL: an MLX-native cache of a model, checked on every load.
 
   spriteforge convert --engine mlx pixart-sigma.safetensors --vae sdxl_vae.safetensors \\
       --text-encoder t5xxl_fp16.safetensors [--out DIR] [--dtype auto|float16|bfloat16|float32]
 
 Loads MODEL once through the MLX loader (any file or folder the MLX engine takes, with the VAE and
-text encoders given) and writes each component's weights under the MLX port's names
-(``mx.save_safetensors``), a copy of the tokenizers and a ``manifest.json`` with the configs and an
-integrity record (sha256 of the source's safetensors headers and tensor bytes, and of every cache
-file). Without ``--out`` the cache goes to the source's default cache folder (``mlx_cache/`` under
-the models root, ``$SPRITEFORGE_MLX_CACHE`` or ``~/.cache/spriteforge/mlx``), where loading the source
-with ``--engine mlx`` finds it; the user's model files are never written. ``--dtype auto`` keeps
-each tensor as the source stored it (the cache loads bit-identical); the others cast every weight.
-If the source or the cache changes later, loading says MODEL_NOT_CONVERTED: convert again.
-See :mod:`spriteforge.engines.mlx_models.cache`.
+text encoders given) and writes each component's weights under the MLX port's names (MLX
+safetensors), a copy of the tokenizers and a manifest.json with the configs and an integrity record
+(sha256 of the source's safetensors headers and tensor bytes, and of every cache file). Without
+--out the cache goes to the source's default cache folder (mlx_cache/ under the models root,
+$SPRITEFORGE_MLX_CACHE or ~/.cache/spriteforge/mlx), where loading the source with --engine mlx
+finds it; the user's model files are never written. --dtype auto keeps each tensor as the source
+stored it (the cache loads bit-identical); the others cast every weight. If the source or the cache
+changes later, loading says MODEL_NOT_CONVERTED: convert again.
 """
 
 from __future__ import annotations
@@ -46,7 +45,9 @@ def run(args) -> int:
     if args.engine != "mlx":
         raise SpriteForgeError(BAD_INPUT, f"--engine {args.engine}: only the MLX engine has a converted format (the torch "
                                "engine loads the files as they are). Use --engine mlx.")
-    if args.models:
+    from ._models import models_dir
+
+    if models_dir(args.models):
         paths.set_models_root(args.models)
     from ..engines import get_engine
     from ..engines.mlx_models import cache

@@ -51,6 +51,10 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("doctor", help="show devices, engines, policy decisions and installed versions")
+    p = sub.add_parser("doctor", help="show devices, engines, policy decisions and installed versions",
+                       description="What this machine has and what SpriteForge will do on it: the devices, which engines "
+                       "work (and why not), the families each runs, the dtype/attention/tiling policy per device with its "
+                       "reasons, installed versions and what to install. Exit status 0 when at least one engine works, "
+                       "17 (ENGINE_UNAVAILABLE) when none does.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)

@@ -1,30 +1,44 @@
-"""``spriteforge generate``: a quick image without a graph, on the same code path as the nodes.
+"""spriteforge generate: a quick image without a graph, on the same code path as the nodes.
 
+  spriteforge generate --prompt "small red potion with outline" --out out/
   spriteforge generate --model pixart-sigma.safetensors --vae sdxl_vae.safetensors \\
       --text-encoder t5xxl_fp16.safetensors --prompt "a knight, pixel art" --seed 7 --out out/
 
-Loads the model as SpriteForge Load Model does (:func:`spriteforge.resolve.load_handle`) and
-runs :func:`spriteforge.pipeline.generate_full` (txt2img, img2img with ``--init``/``--denoise``,
-inpainting with ``--mask`` (white = repaint), seamless tiles with ``--tile``). Images are written
-as ``<prefix>-<seed of the image>.png`` (batch item i has seed + i, so each file can be remade
-alone at batch 1; seeds are zero-padded to the batch's widest, ``sf-07.png ... sf-10.png``, so the
-files sort) with the parameters in the PNG text chunks ``parameters`` (readable) and
-``spriteforge`` (JSON). The written paths are printed, one a line (``--json``: one JSON object).
-On the built-in demo model, which draws on a magenta key colour, the PNGs are transparent (the key
-removed by :func:`spriteforge.pixel.alpha.key_to_alpha`, edges decontaminated); ``--keep-key`` keeps
-the raw image.
+Without --model it uses the built-in 32x32 sprite model. The model loads as the Load Model node loads
+it; txt2img, img2img (--init, --denoise), inpainting (--mask, white = repaint) and seamless tiles
+(--tile). Every argument is checked before anything is loaded or written.
+
+Images are written as PREFIX-SEED.png (image i of a batch has seed + i, so each file can be remade
+alone at batch 1; seeds are zero-padded to the batch's widest so the files sort), with the parameters
+in the PNG text chunks "parameters" (readable) and "spriteforge" (JSON); existing files are never
+replaced. The written paths are printed, one a line (--json: one JSON object). On the built-in model,
+which draws on a magenta key colour, the PNGs are transparent (--keep-key keeps the raw image).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
+from ..errors import BAD_INPUT, DIMENSION_LIMIT, SpriteForgeError
+from ..samplers import SAMPLERS, SCHEDULES
+
+MAX_SEED = 2**64 - 1  # the noise generator's seed range; a larger seed would silently wrap around
+DEFAULT_SIDE = 512
+MAX_PREFIX_BYTES = 200  # file names are at most 255 bytes; "-SEED_N.png" needs the rest
+# argument -> (lowest, highest, what it is): checked before anything is loaded or written
+RANGES = {
+    "steps": (1, 1000, "sampling steps"), "cfg": (0, 100, "the guidance scale"),
+    "guidance": (0, 30, "Flux's distilled guidance"), "shift": (None, 20, "the flow shift"),
+    "batch": (1, 64, "images per run"), "denoise": (0, 1, "the img2img strength"),
+    "feather": (0, 256, "the mask feather in pixels"), "max_side": (64, 8192, "the largest side"),
+}
 
 
 def register(subparsers) -> None:
@@ -39,15 +53,18 @@ def register(subparsers) -> None:
     p.add_argument("--models", metavar="DIR", help="models root laid out like ComfyUI's models/ (for names)")
     p.add_argument("--prompt", required=True, help="what to draw (DiT: a class number 0-999)")
     p.add_argument("--negative", default="", help="what to avoid")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (image i of a batch uses seed + i)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed, 0 to 2**64-1 (image i of a batch uses seed + i)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the family's)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance (default: the family's; Flux 1 = off)")
-    p.add_argument("--guidance", type=float, help="Flux dev's distilled guidance (default 3.5)")
-    p.add_argument("--sampler", help="sampler name (default: the family's)")
-    p.add_argument("--schedule", help="schedule name (default normal)")
-    p.add_argument("--shift", type=float, help="flow shift (SD3/Sana/Flux)")
-    p.add_argument("--width", type=int, default=None, help="image width (default 512; 32 for the demo model)")
-    p.add_argument("--height", type=int, default=None, help="image height (default 512; 32 for the demo model)")
+    p.add_argument("--guidance", type=float, help="Flux dev's distilled guidance, 0 to 30 (default 3.5)")
+    p.add_argument("--sampler", metavar="NAME", help=f"one of {', '.join(SAMPLERS)} (default: the family's)")
+    p.add_argument("--schedule", metavar="NAME", help=f"one of {', '.join(SCHEDULES)} (default normal)")
+    p.add_argument("--shift", type=float, help="flow shift for SD3/Sana/Flux, above 0 and at most 20 "
+                                               "(default: the family's)")
+    p.add_argument("--width", type=int, default=None,
+                   help="image width (default: the model's own size, at most 512; the built-in model: 32)")
+    p.add_argument("--height", type=int, default=None,
+                   help="image height (default: the model's own size, at most 512; the built-in model: 32)")
     p.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
     p.add_argument("--init", metavar="IMAGE", help="source image for img2img / inpainting")
     p.add_argument("--denoise", type=float, default=None, help="img2img strength 0..1 (default 0.6 with --init, 1 with --mask)")
@@ -136,12 +153,63 @@ def key_colour(handle, model) -> tuple[int, int, int] | None:
     return tuple(KEY_COLOR) if is_demo else None
 
 
+def _check_args(args) -> None:
+    """Every argument, checked before anything is loaded or written: BAD_INPUT (DIMENSION_LIMIT for a size over
+    --max-side) naming the argument and the range it takes."""
+    for name, (lo, hi, what) in RANGES.items():
+        v = getattr(args, name)
+        if v is None:
+            continue
+        above_low = v > 0 if lo is None else v >= lo
+        if not (math.isfinite(v) and above_low and v <= hi):
+            span = f"above 0 and at most {hi}" if lo is None else f"between {lo} and {hi}"
+            raise SpriteForgeError(BAD_INPUT, f"--{name.replace('_', '-')} {v}: {what} must be {span}.")
+    last = int(args.seed) + int(args.batch) - 1
+    if args.seed < 0 or last > MAX_SEED:
+        raise SpriteForgeError(BAD_INPUT, f"--seed {args.seed}" + (f" with --batch {args.batch}" if args.batch > 1 else "")
+                               + f": seeds go from 0 to 2**64-1 ({MAX_SEED}), and image i of a batch uses seed + i.")
+    for name, names in (("sampler", SAMPLERS), ("schedule", SCHEDULES)):
+        v = getattr(args, name)
+        if v is not None and v not in names:
+            raise SpriteForgeError(BAD_INPUT, f"--{name} {v!r} is not one of {', '.join(names)}.")
+    for name in ("width", "height"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise SpriteForgeError(BAD_INPUT, f"--{name} {v}: give a size in pixels (1 or more).")
+        if v is not None and v > args.max_side:
+            raise SpriteForgeError(DIMENSION_LIMIT, f"--{name} {v} is over --max-side {args.max_side}. Ask for less, "
+                                   "or raise --max-side if the machine has the memory.")
+    if args.mask and not args.init:
+        raise SpriteForgeError(BAD_INPUT, "--mask needs --init (the image to inpaint).")
+    _check_out(Path(args.out).expanduser())
+    _check_prefix(str(args.prefix))
+    from ..lora import specs_from_args
+
+    specs_from_args(args)  # a malformed --lora (FILE:nan) is refused here, before the model loads
+
+
+def _check_prefix(prefix: str) -> None:
+    """A plain file-name prefix that leaves room for "-SEED_N.png" within the file system's 255 bytes."""
+    if not prefix or prefix in (".", "..") or any(c in prefix for c in "/\\:\0"):
+        raise SpriteForgeError(BAD_INPUT, f"--prefix {prefix[:60]!r} must be a plain file name prefix (no folders, "
+                               "no '..'); the files go into --out.")
+    if len(prefix.encode("utf-8", "surrogateescape")) > MAX_PREFIX_BYTES:
+        raise SpriteForgeError(BAD_INPUT, f"--prefix is {len(prefix)} characters long; file names are limited to 255 "
+                               f"bytes, so the prefix may have at most {MAX_PREFIX_BYTES}. Give a shorter one.")
+
+
+def _check_out(out: Path) -> None:
+    """--out can hold the images: an existing folder, or one that can be made in its nearest existing parent (it is
+    made only when there are images to write, so a failed run leaves no empty folder)."""
+    if out.exists() and not out.is_dir():
+        raise SpriteForgeError(BAD_INPUT, f"--out {out} is a file, not a folder. Give a folder for the images.")
+    parent = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise SpriteForgeError(BAD_INPUT, f"--out {out}: {parent} cannot be written to. Give a folder you can write in.")
+
+
 def _output_folder(args) -> Path:
     out = Path(args.out).expanduser()
-    prefix = str(args.prefix)
-    if not prefix or prefix in (".", "..") or any(c in prefix for c in "/\\:\0"):
-        raise SpriteForgeError(BAD_INPUT, f"--prefix {prefix!r} must be a plain file name prefix (no folders, no '..'); "
-                               "the files go into --out.")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -149,17 +217,29 @@ def _output_folder(args) -> Path:
     return out
 
 
+def _default_side(handle) -> int:
+    """The side a model draws when no size is given: its own (the config's sample size times the VAE factor, which
+    the built-in model records as 32 px), at most :data:`DEFAULT_SIDE`; DEFAULT_SIDE when the config has none."""
+    sample = (handle.config or {}).get("sample_size")
+    if isinstance(sample, (list, tuple)):
+        sample = min(sample) if sample else None
+    if not isinstance(sample, int) or sample < 1:
+        return DEFAULT_SIDE
+    return min(DEFAULT_SIDE, sample * int(handle.vae_scale_factor or 8))
+
+
 def _load_model(args):
-    """The model handle (with the --lora files applied); fills in the demo model and its size when not given."""
+    """The model handle (with the --lora files applied); fills in the demo model, and the model's own size
+    where --width/--height are not given."""
     from ..lora import apply_loras, specs_from_args
     from ..resolve import DEMO, load_handle
 
     args.model = args.model or DEMO
-    side = 32 if args.model == DEMO else 512  # the demo model draws 32x32 sprites
-    args.width = side if args.width is None else args.width
-    args.height = side if args.height is None else args.height
     handle = load_handle(args.model, vae=args.vae, text_encoders=args.text_encoder, engine=args.engine,
                          device=args.device, dtype=args.dtype, allow_path=True)
+    side = _default_side(handle)
+    args.width = side if args.width is None else args.width
+    args.height = side if args.height is None else args.height
     lora_specs = specs_from_args(args)
     if lora_specs:
         handle = apply_loras(handle, lora_specs)
@@ -179,13 +259,7 @@ def _generate(args, handle, init, mask, denoise):
         max_side=args.max_side,
     )
     progress.clear_interrupt()
-    bars = progress._cli_bars["enabled"]
-    if getattr(args, "quiet", False):
-        progress.set_cli_bars(False)
-    try:
-        return generate_full(handle.engine, handle, params)
-    finally:
-        progress.set_cli_bars(bars)
+    return generate_full(handle.engine, handle, params)
 
 
 def _save_images(args, out: Path, handle, res) -> tuple[list[str], dict]:
@@ -217,21 +291,19 @@ def _save_images(args, out: Path, handle, res) -> tuple[list[str], dict]:
 
 def run(args) -> int:
     from .. import paths
+    from ._models import models_dir
 
-    if args.models:
-        if not Path(args.models).expanduser().is_dir():
-            raise SpriteForgeError(MODEL_NOT_FOUND, f"models folder {args.models} does not exist.")
+    _check_args(args)
+    if models_dir(args.models):
         paths.set_models_root(args.models)
-    if args.mask and not args.init:
-        raise SpriteForgeError(BAD_INPUT, "--mask needs --init (the image to inpaint).")
     init = _load_image(args.init) if args.init else None
     mask = _load_mask(args.mask) if args.mask else None
     denoise = args.denoise
     if denoise is None:
         denoise = 1.0 if (init is None or mask is not None) else 0.6
-    out = _output_folder(args)
     handle = _load_model(args)
     res = _generate(args, handle, init, mask, denoise)
+    out = _output_folder(args)
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
     written, info = _save_images(args, out, handle, res)

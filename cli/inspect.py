@@ -34,7 +34,9 @@ def register(subparsers) -> None:
 
 def _resolve(raw: str, models: str | None) -> Path:
     from .. import paths
+    from ._models import models_dir
 
+    models = models_dir(models)
     p = Path(raw).expanduser()
     if p.exists():
         return p
@@ -61,6 +63,14 @@ def _human_count(n: int) -> str:
     return str(n)
 
 
+def human_bytes(n: int) -> str:
+    """``n`` bytes in the largest binary unit that keeps the number at 1 or more: 512 B, 6.9 MiB, 23.80 GiB."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}" if unit == "GiB" else f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
 def describe(det, file_size: int | None = None) -> list[str]:
     lines = []
     what = det.family or "-"
@@ -70,7 +80,7 @@ def describe(det, file_size: int | None = None) -> list[str]:
     lines.append(f"dtype:      {det.dtype or '-'}")
     lines.append(f"parameters: {_human_count(det.parameters)} ({det.parameters:,})")
     if file_size is not None:
-        lines.append(f"file size:  {file_size / 2**30:.2f} GiB")
+        lines.append(f"file size:  {human_bytes(file_size)}")
     if det.kind == "lora":
         lines.append(f"lora:       format {det.extras.get('format')}, rank {det.extras.get('rank')}, {det.extras.get('modules')} modules")
     if det.kind == "birefnet":

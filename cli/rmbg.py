@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--mask-only", action="store_true", help="write only the grayscale mask")
     p.add_argument("--recursive", "-r", action="store_true", help="also read sub-folders")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                   help="compute dtype (default auto: fp16 on a GPU, fp32 on the CPU)")
     p.add_argument("--threshold", type=float, default=0.0, help="hard mask at this level (0: soft)")
     p.add_argument("--grow", type=int, default=0, help="grow (>0) or shrink (<0) the mask, pixels")
     p.add_argument("--feather", type=float, default=0.0, help="blur the mask edge, sigma in pixels")

@@ -1,8 +1,10 @@
-"""``spriteforge run WORKFLOW.json``: execute an exported ComfyUI workflow in-process.
+"""spriteforge run WORKFLOW.json: execute an exported ComfyUI workflow in-process.
 
 WORKFLOW is the API format (Workflow > Export (API)) or the graph format (Workflow > Save);
 the graph format is converted like the editor does. Only SpriteForge's nodes and the core
 LoadImage / SaveImage / PreviewImage are available. Outputs go to --out (never overwritten).
+Model names are looked up in --models DIR (or $SPRITEFORGE_MODELS), a folder laid out like
+ComfyUI's models/; --print-api shows the prompt that would run without needing them.
 
 Examples:
   spriteforge run example_workflows/sprite_pipeline.json --models ~/ComfyUI/models --out out/
@@ -105,8 +107,23 @@ def _refuse_core_nodes(workflow) -> None:
                                "`spriteforge submit WORKFLOW --server http://127.0.0.1:8188`.")
 
 
+def _api_prompt(args) -> dict:
+    """The API-format prompt ``args.workflow`` becomes (graph converted, ``--set`` and ``--engine`` applied),
+    validated by nothing: what ``--print-api`` prints, and what a failed validation is explained against."""
+    from ..execution import graph as G
+    from ..execution.runner import set_engine
+    from ..nodes.folders import Folders
+
+    info = G.object_info(G.node_classes(folders=Folders(input=args.input or "input", output=args.out)))
+    prompt, _graph = G.load_workflow(args.workflow, info)
+    G.apply_overrides(prompt, args.sets, info)
+    if args.engine:
+        set_engine(prompt, args.engine)
+    return prompt
+
+
 def _check(args) -> int:
-    """``--check`` / ``--print-api``: convert and validate as a run would, execute nothing."""
+    """``--check``: convert and validate as a run would, execute nothing."""
     from .. import paths
     from ..nodes.folders import Folders
     from ..execution.runner import prepare
@@ -114,10 +131,7 @@ def _check(args) -> int:
     folders = Folders(input=args.input or "input", output=args.out)
     with paths.models_root(args.models):
         prompt = prepare(args.workflow, folders, overrides=args.sets, engine=args.engine).prompt
-    if args.print_api:
-        print(json.dumps(prompt, indent=2))
-    else:
-        print(f"{args.workflow}: valid ({len(prompt)} nodes)")
+    print(f"{args.workflow}: valid ({len(prompt)} nodes)")
     return 0
 
 
@@ -146,16 +160,9 @@ def _batch(args) -> int:
     return 0 if not res["failed"] else 1
 
 
-def run(args) -> int:
+def _execute(args) -> int:
     from ..execution.runner import run_workflow
 
-    if not args.input:
-        args.input = shipped_input_dir(args.workflow)
-    _refuse_core_nodes(args.workflow)
-    if args.check or args.print_api:
-        return _check(args)
-    if args.seeds or args.prompts or args.ray:
-        return _batch(args)
     stream = None if args.quiet else sys.stderr
     res = run_workflow(args.workflow, overrides=args.sets, out_dir=args.out, input_dir=args.input,
                        models_dir=args.models, progress_stream=stream, engine=args.engine)
@@ -168,3 +175,27 @@ def run(args) -> int:
         print(f"finished in {res.seconds:.1f}s: {len(res.executed)} node(s) run, {len(res.files)} file(s) written",
               file=stream)
     return 0
+
+
+def run(args) -> int:
+    from .. import paths
+    from ..errors import SpriteForgeError
+    from ._models import missing_models_error, models_dir
+
+    args.models = models_dir(args.models)
+    if not args.input:
+        args.input = shipped_input_dir(args.workflow)
+    _refuse_core_nodes(args.workflow)
+    if args.print_api:  # the prompt as it would run; the models are not needed for that
+        print(json.dumps(_api_prompt(args), indent=2))
+        return 0
+    try:
+        if args.check:
+            return _check(args)
+        return _batch(args) if args.seeds or args.prompts or args.ray else _execute(args)
+    except SpriteForgeError as exc:
+        if not (exc.details or {}).get("issues"):
+            raise
+        with paths.models_root(args.models):
+            missing = missing_models_error(exc, _api_prompt(args))
+        raise (missing or exc) from None

@@ -48,7 +48,7 @@ def engine_status() -> list[EngineStatus]:
         try:
             importlib.import_module(package)
         except Exception as exc:
-            hint = "pip install 'comfyui-spriteforge[mlx]'" if name == "mlx" else "install PyTorch for your GPU"
+            hint = "pip install mlx ('mlx[cpu]' on Linux)" if name == "mlx" else "install PyTorch for your GPU"
             out.append(EngineStatus(name, False, f"{package} is not importable ({exc.__class__.__name__}): {hint}", []))
             continue
         devs = [d for d in devices if (d.backend == name)]

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from ..models.families import FAMILIES
+from ..models.families import FAMILIES, registry
 from .devices import DeviceInfo
 from .policy import Policy
 
@@ -202,12 +202,9 @@ class Engine(ABC):
 
 
 def family_vae_name(family, variant, latent) -> str:
-    """The shipped VAE config a family's release uses (``models/configs``), by latent channels."""
-    if latent == 16:
-        return "vae-kl16-flux" if family == "flux" else "vae-kl16-sd3"
-    if family == "dit" or (family == "pixart" and variant and variant.startswith("alpha")):
-        return "vae-kl4-sd"
-    return "vae-kl4-sdxl"
+    """The shipped VAE config a family's release uses (``models/configs``), by latent channels (the family's
+    :meth:`~spriteforge.models.families.Family.vae_config_name`)."""
+    return registry.vae_config_name(family, variant, latent)
 
 
 def handle_fields(det, cfg: dict, vae_cfg: dict, *, has_vae: bool, text_encoders, extras: dict) -> dict:
@@ -216,63 +213,38 @@ def handle_fields(det, cfg: dict, vae_cfg: dict, *, has_vae: bool, text_encoders
     ``det``: the :class:`~spriteforge.models.detect.Detection`; ``cfg``: the transformer's full
     diffusers config; ``vae_cfg``: the loaded VAE's config (empty when none); ``text_encoders``:
     the keys of the loaded text encoders. Returns prediction, latent channels, VAE scale factor,
-    patch size, scaling/shift factors, flow shift and extras (needs, layout, sigma_learned, ...).
+    patch size, scaling/shift factors, flow shift and extras (needs, layout, sigma_learned, ...),
+    by the rules the family declares (:mod:`spriteforge.models.families`).
     """
-    family = det.family
+    fam = registry.rules(det.family)
     sched = det.extras.get("scheduler") or {}
-    latent, vsf, scaling, shift = _vae_numbers(det, vae_cfg)
-    return dict(prediction=_prediction(family, sched), latent_channels=latent, vae_scale_factor=vsf,
-                patch_size=2 if family == "flux" else int(cfg.get("patch_size") or 1),  # Flux: latents packed 2x2 into tokens
-                scaling_factor=scaling, shift_factor=shift, flow_shift=_flow_shift(family, sched),
-                extras=_handle_extras(det, cfg, sched, has_vae=has_vae, text_encoders=text_encoders, extras=extras))
+    latent, vsf, scaling, shift = _vae_numbers(fam, det, vae_cfg)
+    return dict(prediction=fam.prediction_of(sched), latent_channels=latent, vae_scale_factor=vsf,
+                patch_size=fam.patch_size or int(cfg.get("patch_size") or 1),
+                scaling_factor=scaling, shift_factor=shift, flow_shift=fam.flow_shift(sched),
+                extras=_handle_extras(fam, det, cfg, sched, has_vae=has_vae, text_encoders=text_encoders, extras=extras))
 
 
-def _prediction(family: str, sched: dict) -> str:
-    """``flow`` for the rectified-flow families, else the scheduler's ``v`` or ``eps``."""
-    if family in ("sd3", "flux", "sana"):
-        return "flow"
-    return "v" if sched.get("prediction_type", "epsilon") == "v_prediction" else "eps"
-
-
-def _vae_numbers(det, vae_cfg: dict) -> tuple:
+def _vae_numbers(fam, det, vae_cfg: dict) -> tuple:
     """``(latent channels, VAE scale factor, scaling factor, shift factor)`` of the loaded VAE, or of the
     family's shipped VAE config when none is loaded yet."""
     from ..models import configs
-    from ..models.detect import FAMILY_VAE
 
-    family = det.family
     if vae_cfg:
         dc = vae_cfg.get("_class_name") == "AutoencoderDC" or "encoder_block_types" in vae_cfg
         blocks = vae_cfg.get("encoder_block_out_channels") if dc else vae_cfg.get("block_out_channels")
         return (int(vae_cfg.get("latent_channels", 4)), 2 ** (len(blocks or [0] * (6 if dc else 4)) - 1),
                 float(vae_cfg.get("scaling_factor") or 1.0), float(vae_cfg.get("shift_factor") or 0.0))
-    name = FAMILY_VAE["sana"] if family == "sana" else family_vae_name(family, det.variant, 16 if family in ("sd3", "flux") else 4)
-    ref = configs.load(name)["config"]
-    return (int(ref["latent_channels"]), 32 if family == "sana" else 8, float(ref.get("scaling_factor") or 1.0),
+    ref = configs.load(fam.release_vae(det.variant))["config"]
+    return (int(ref["latent_channels"]), fam.vae_scale_factor, float(ref.get("scaling_factor") or 1.0),
             float(ref.get("shift_factor") or 0.0))
 
 
-def _flow_shift(family: str, sched: dict) -> float | None:
-    if family == "sd3":
-        return float(sched.get("shift", 3.0))
-    if family == "sana":
-        return float(sched.get("flow_shift", sched.get("shift", 3.0)) or 3.0)
-    return None
-
-
-def _handle_extras(det, cfg: dict, sched: dict, *, has_vae: bool, text_encoders, extras: dict) -> dict:
-    """The handle's extras: the loader's, plus Flux guidance/in-channels, DiT classes, learned sigma, the scheduler,
-    max sequence length / fp8 storage, the layout and what the model still ``needs``."""
-    family = det.family
+def _handle_extras(fam, det, cfg: dict, sched: dict, *, has_vae: bool, text_encoders, extras: dict) -> dict:
+    """The handle's extras: the loader's, plus the family's (Flux guidance/in-channels, DiT classes, learned sigma),
+    the scheduler, max sequence length / fp8 storage, the layout and what the model still ``needs``."""
     ex = dict(extras)
-    if family == "flux":
-        ex["guidance_embeds"] = bool(cfg.get("guidance_embeds"))
-        ex["in_channels"] = int(cfg.get("in_channels", 64))
-    if family == "dit":
-        n = cfg.get("num_embeds_ada_norm") or 1000
-        ex["num_classes"] = det.extras.get("num_classes", n)
-    if family in ("pixart", "dit"):
-        ex["sigma_learned"] = int(cfg.get("out_channels") or 0) == 2 * int(cfg.get("in_channels") or 0)
+    ex.update(fam.handle_extras(det, cfg))
     if sched:
         ex["scheduler"] = sched
     for k in ("max_sequence_length", "fp8_storage"):

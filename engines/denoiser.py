@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BAD_INPUT, SpriteForgeError
+from ..models.families import registry
 from .model_inputs import check_flux_channels, is_fill_model, model_input, model_timestep, num_classes, to_x0
 
 
@@ -39,11 +40,11 @@ class Denoiser:
         policy = getattr(engine, "policy", None)
         self.slice = bool(policy.attention_slicing) if attention_slicing is None and policy is not None else bool(attention_slicing)
         self.use_cfg = uncond is not None and abs(self.cfg - 1.0) > 1e-6
-        if handle.family == "dit" and uncond is None and abs(self.cfg - 1.0) > 1e-6:
+        if registry.rules(handle.family).class_conditional and uncond is None and abs(self.cfg - 1.0) > 1e-6:
             from .base import Conditioning
 
-            n = num_classes(handle)
-            self.uncond = Conditioning(family="dit", prompts=[""], class_labels=[n] * len(cond.class_labels or [0]))
+            n = num_classes(handle)  # the null class
+            self.uncond = Conditioning(family=handle.family, prompts=[""], class_labels=[n] * len(cond.class_labels or [0]))
             self.use_cfg = True
         cfgd = self._model_config()
         self._pixart_extra = bool(getattr(self.module, "use_additional_conditions", False))

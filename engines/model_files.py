@@ -24,6 +24,7 @@ from .. import paths
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ..models import configs
 from ..models.detect import Detection, detect, detect_tensors
+from ..models.families import registry
 from ..models.safetensors_header import canonical_dtype
 from .base import ModelHandle, family_vae_name, handle_fields
 from .tokenizers import find_tokenizer
@@ -31,22 +32,10 @@ from .tokenizers import find_tokenizer
 # where a bare model name is looked for
 MODEL_KINDS = ("diffusion_models", "checkpoints", "diffusers")
 
-# the diffusers class each family's transformer is
-TRANSFORMER_CLASSES = {
-    "pixart": "PixArtTransformer2DModel",
-    "sd3": "SD3Transformer2DModel",
-    "flux": "FluxTransformer2DModel",
-    "sana": "SanaTransformer2DModel",
-    "dit": "DiTTransformer2DModel",
-}
+# the diffusers class each family's transformer is (declared by the family, :mod:`spriteforge.models.families`)
+TRANSFORMER_CLASSES = {f.name: f.transformer_class for f in registry.families()}
 # diffusers folder sub-folders -> our text-encoder keys, per family
-FOLDER_TEXT_ENCODERS = {
-    "pixart": {"text_encoder": "t5"},
-    "sd3": {"text_encoder": "clip_l", "text_encoder_2": "clip_g", "text_encoder_3": "t5"},
-    "flux": {"text_encoder": "clip_l", "text_encoder_2": "t5"},
-    "sana": {"text_encoder": "gemma"},
-    "dit": {},
-}
+FOLDER_TEXT_ENCODERS = {f.name: {te.folder: te.key for te in f.text_encoders} for f in registry.families()}
 # the text encoders an all-in-one checkpoint may carry
 CHECKPOINT_TEXT_ENCODERS = ("clip_l", "clip_g", "t5")
 
@@ -177,6 +166,24 @@ def vae_config_for(det: Detection, family: str | None, variant: str | None = Non
     return cfg
 
 
+def _latent_users(channels: int) -> str:
+    return ", ".join(f.label for f in registry.families() if f.latent_channels == channels) or "another family"
+
+
+def check_vae_fits(det: Detection, vae_config: dict, vae) -> None:
+    """BAD_INPUT when the VAE given with a model makes latents of another width than the model's family draws
+    (a PixArt/SDXL VAE given for Flux...): said before sampling, naming both, instead of a shape error inside it."""
+    want = registry.rules(det.family).latent_channels
+    got = int(vae_config.get("latent_channels") or 0)
+    if got and got != want:
+        raise SpriteForgeError(
+            BAD_INPUT,
+            f"{Path(str(vae)).name} is a VAE for {got}-channel latents ({_latent_users(got)}), but "
+            f"this {det.family} model needs a VAE for {want}-channel latents ({_latent_users(want)}). "
+            f"Give the {det.family} model's own VAE.",
+            details={"vae": str(vae), "latent_channels": got, "needed": want, "family": det.family})
+
+
 # --------------------------------------------------------------------------- text encoders
 
 
@@ -206,9 +213,9 @@ def text_encoder_key(cfg: dict, name: str, hint: str | None = None) -> str:
 
 
 def clip_with_projection(key: str, family: str | None, archs=()) -> bool:
-    """Whether a CLIP text encoder is built as CLIPTextModelWithProjection (CLIP-G, every SD3 CLIP, a
-    folder whose config names the projection class)."""
-    return key == "clip_g" or family == "sd3" or any("WithProjection" in a for a in archs or ())
+    """Whether a CLIP text encoder is built as CLIPTextModelWithProjection (CLIP-G, every CLIP of a family
+    whose ``projected_clip`` is set (SD3), a folder whose config names the projection class)."""
+    return key == "clip_g" or registry.rules(family).projected_clip or any("WithProjection" in a for a in archs or ())
 
 
 # --------------------------------------------------------------------------- the handle
@@ -236,6 +243,7 @@ def complete(engine, source: Path, parts: Parts, *, vae, text_encoders, load_vae
     det = parts.det
     if vae is not None:
         parts.vae, parts.vae_config = load_vae(vae, family=det.family, variant=det.variant)
+        check_vae_fits(det, parts.vae_config, vae)
     for te in text_encoders or ():
         if te is None or te == "":
             continue
@@ -253,4 +261,4 @@ def complete(engine, source: Path, parts: Parts, *, vae, text_encoders, load_vae
 
 __all__ = ["coded_errors", "Parts", "complete", "MODEL_KINDS", "TRANSFORMER_CLASSES", "FOLDER_TEXT_ENCODERS", "dtype_name", "resolve", "folder_variant",
            "diffusion_folder", "diffusion_model_in", "checkpoint_text_encoders", "folder_text_encoders", "vae_folder",
-           "vae_in", "vae_config_for", "text_encoder_in", "text_encoder_key", "clip_with_projection"]
+           "vae_in", "vae_config_for", "check_vae_fits", "text_encoder_in", "text_encoder_key", "clip_with_projection"]

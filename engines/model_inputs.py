@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 
-from ..errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from ..errors import BAD_INPUT, SpriteForgeError
+from ..models.families import registry
 
 # Sana's default complex human instruction (as in diffusers' SanaPipeline).
 SANA_CHI = [
@@ -93,15 +94,12 @@ def is_fill_model(handle) -> bool:
     """A family's native inpaint model (Flux Fill: 384 input channels = latent + masked-image latent + packed mask)."""
     cfg = handle.config or {}
     inc = cfg.get("in_channels") or (handle.extras or {}).get("in_channels") or 64
-    return handle.family == "flux" and (int(inc) == 384 or "fill" in (handle.variant or "").lower())
+    return registry.rules(handle.family).is_fill(handle.variant, int(inc))
 
 
 def check_flux_channels(family: str, in_channels) -> None:
-    """UNSUPPORTED_ARCHITECTURE for Flux control models (Depth/Canny: other input widths)."""
-    inc = int(in_channels or 0)
-    if family == "flux" and inc not in (0, 64, 384):
-        raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"this Flux model takes {inc} input channels (a control model such as "
-                               "Flux Depth/Canny); SpriteForge generates with Flux dev/schnell and Flux Fill. Load one of those.")
+    """UNSUPPORTED_ARCHITECTURE for input widths the family does not generate with (Flux Depth/Canny control models)."""
+    registry.rules(family).check_input_channels(int(in_channels or 0))
 
 
 # --------------------------------------------------------------------------- VAE inputs
@@ -136,7 +134,7 @@ def model_timestep(family: str, flow: bool, sigma: float, model_schedule=None) -
     """The timestep the transformer gets at ``sigma``."""
     if model_schedule is not None:
         return float(model_schedule.timestep(sigma))
-    return sigma * (1.0 if family == "flux" else 1000.0) if flow else sigma
+    return sigma * registry.rules(family).flow_multiplier if flow else sigma
 
 
 def model_input(x, prediction: str, sigma: float):

@@ -12,16 +12,12 @@ from __future__ import annotations
 import contextlib
 
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
+from ..models.families import registry
 from .model_inputs import dit_labels, pixart_max_length, sana_texts
+from .tokenizers import warn_unknown_words
 
-# role -> names to look for, per family (diffusers component names last)
-ROLE_NAMES = {
-    "pixart": {"t5": ("t5", "t5xxl", "text_encoder")},
-    "sd3": {"clip_l": ("clip_l", "text_encoder"), "clip_g": ("clip_g", "text_encoder_2"), "t5": ("t5", "t5xxl", "text_encoder_3")},
-    "flux": {"clip_l": ("clip_l", "text_encoder"), "t5": ("t5", "t5xxl", "text_encoder_2")},
-    "sana": {"gemma": ("gemma", "gemma2", "text_encoder")},
-    "dit": {},
-}
+# role -> names to look for, per family (diffusers component names last): the family's text-encoder slots
+ROLE_NAMES = {f.name: {te.key: te.names for te in f.text_encoders} for f in registry.families()}
 
 _WHAT = {"t5": "a T5 text encoder", "clip_l": "a CLIP-L text encoder", "clip_g": "a CLIP-G (bigG) text encoder",
          "gemma": "a Gemma-2 text encoder"}
@@ -74,6 +70,10 @@ class TextEncoding:
         if fam == "dit":
             cond.class_labels = dit_labels(handle, prompts, negative=negative, given=class_labels)
             return cond
+        for role in ROLE_NAMES.get(fam, {}):  # words the model cannot read are said, not dropped in silence
+            tok = text_encoder(handle, role, required=False)[1]
+            if tok is not None and not negative:
+                warn_unknown_words(tok, prompts)
         with self._context():
             if fam == "pixart":
                 cond.embeds, cond.mask = self._t5(prompts, pixart_max_length(handle, max_length))

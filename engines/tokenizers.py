@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from .. import paths
@@ -238,5 +239,47 @@ def fold_case_if_lowercase(tok):
     return tok
 
 
+SMALL_VOCABULARY = 300  # a vocabulary this small is listed in full when a prompt word is unknown to it
+
+
+def unknown_words(tok, text: str) -> list[str]:
+    """The words of ``text`` (punctuation aside) that ``tok`` can only encode with its unknown token: words the model
+    never learned, which reach it as nothing. Empty for a tokenizer without an unknown token."""
+    unk = getattr(tok, "unk_token_id", None)
+    if unk is None or not callable(tok):
+        return []
+    words = list(dict.fromkeys(re.findall(r"\w[\w'-]*", str(text))))
+    if not words:
+        return []
+    ids = tok(words, add_special_tokens=False)["input_ids"]
+    return [w for w, got in zip(words, ids) if unk in got]
+
+
+def known_words(tok) -> list[str] | None:
+    """The whole vocabulary as plain words (special tokens and the word-start mark removed), sorted, when it has at
+    most :data:`SMALL_VOCABULARY` entries (the built-in model's word-level one); None for a real vocabulary."""
+    try:
+        vocab = tok.get_vocab()
+    except Exception:  # noqa: BLE001 - not a transformers tokenizer
+        return None
+    if len(vocab) > SMALL_VOCABULARY:
+        return None
+    special = set(getattr(tok, "all_special_tokens", []) or [])
+    words = {p.replace("\u2581", "").strip() for p in vocab if p not in special}
+    return sorted(w for w in words if w)
+
+
+def warn_unknown_words(tok, prompts) -> list[str]:
+    """Log a warning naming the prompt words ``tok`` does not know (and, for a small vocabulary, every word it
+    does); returns the unknown words."""
+    unknown = list(dict.fromkeys(w for p in prompts for w in unknown_words(tok, p)))
+    if unknown:
+        vocab = known_words(tok)
+        knows = f" It knows only: {', '.join(vocab)}." if vocab else ""
+        log.warning("the model's tokenizer does not know %s, so %s no effect on the image.%s",
+                    ", ".join(repr(w) for w in unknown), "it has" if len(unknown) == 1 else "they have", knows)
+    return unknown
+
+
 __all__ = ["find_tokenizer", "folder_tokenizer", "tokenizer_from_spm", "fold_case_if_lowercase", "comfy_tokenizer_dirs",
-           "COMFY_TOKENIZERS", "TOKENIZER_FILES"]
+           "COMFY_TOKENIZERS", "TOKENIZER_FILES", "unknown_words", "known_words", "warn_unknown_words"]

@@ -27,8 +27,8 @@ from enum import Enum
 from typing import Any, Iterable
 
 from ..errors import BAD_INPUT, SpriteForgeError
+from ..nodes.validation import WIDGET_TYPES, check_value, combo_options, node_check
 
-WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 # Frontend-only nodes: never sent to the server.
 VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode", "Primitive"}
 # Inputs whose widget gets an extra, unserialised companion widget in the editor.
@@ -163,14 +163,6 @@ def ordered_inputs(info: dict) -> list[tuple[str, str, Any, dict]]:
             opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
             out.append((name, cat, spec[0], opts))
     return out
-
-
-def combo_options(typ, opts: dict) -> list | None:
-    if isinstance(typ, (list, tuple)):
-        return list(typ)
-    if typ == "COMBO":
-        return list(opts.get("options") or [])
-    return None
 
 
 def is_widget(typ, opts: dict) -> bool:
@@ -536,58 +528,6 @@ def _fmt(v) -> str:
     return json.dumps(v) if isinstance(v, str) else repr(v)
 
 
-def check_value(typ, opts: dict, val) -> tuple[Any, str | None, str | None]:
-    """(converted value, error kind, message) for one widget value, like ComfyUI's validate_inputs."""
-    if isinstance(val, dict) and "__value__" in val:
-        val = val["__value__"]
-    options = combo_options(typ, opts)
-    try:
-        if typ == "INT":
-            if isinstance(val, bool):
-                val = int(val)
-            elif isinstance(val, float):
-                if not val.is_integer():
-                    return val, "invalid_input_type", f"{_fmt(val)} is not a whole number. Give an integer."
-                val = int(val)
-            else:
-                val = int(val)
-        elif typ == "FLOAT":
-            if isinstance(val, (dict, list)):
-                raise TypeError("not a number")
-            val = float(val)
-            if val != val or val in (float("inf"), float("-inf")):
-                return val, "invalid_input_type", f"{val} is not a finite number. Give a number."
-        elif typ == "STRING":
-            if isinstance(val, (dict, list)):
-                raise TypeError("not text")
-            val = str(val)
-        elif typ == "BOOLEAN":
-            if isinstance(val, str):
-                low = val.strip().lower()
-                if low not in ("true", "false", "1", "0"):
-                    raise ValueError("not a boolean")
-                val = low in ("true", "1")
-            else:
-                val = bool(val)
-    except (TypeError, ValueError):
-        want = {"INT": "an integer", "FLOAT": "a number", "STRING": "text", "BOOLEAN": "true or false"}[typ]
-        return val, "invalid_input_type", f"{_fmt(val)} is not {want}. Give {want}."
-    if typ in ("INT", "FLOAT"):
-        lo, hi = opts.get("min"), opts.get("max")
-        if lo is not None and val < lo:
-            return val, "value_smaller_than_min", f"{val} is below the minimum {lo}. Set it to at least {lo}."
-        if hi is not None and val > hi:
-            return val, "value_bigger_than_max", f"{val} is above the maximum {hi}. Set it to at most {hi}."
-    if options is not None and not opts.get("multiselect"):
-        if val not in options:
-            shown = ", ".join(_fmt(o) for o in options[:20]) + (f", ... ({len(options)} in all)" if len(options) > 20 else "")
-            if not options:
-                return val, "value_not_in_list", (f"{_fmt(val)} is not available: there are no choices (for a model list, "
-                                                  f"put the files in the model folder, or pass --models DIR).")
-            return val, "value_not_in_list", f"{_fmt(val)} is not one of the choices: {shown}. Pick one of them."
-    return val, None, None
-
-
 def reachable_nodes(prompt: dict, info: dict) -> set[str]:
     """Ids of the output nodes and everything they depend on (what ComfyUI validates and runs)."""
     todo = [k for k, n in prompt.items() if (info.get(n.get("class_type")) or {}).get("output_node")]
@@ -622,12 +562,14 @@ def structure_issues(prompt: dict) -> list[Issue]:
 
 
 def validate_prompt(prompt: dict, info: dict | None = None, *, convert: bool = True,
-                    require_output: bool = True, only_needed: bool = False) -> list[Issue]:
+                    require_output: bool = True, only_needed: bool = False, classes: dict | None = None) -> list[Issue]:
     """Every problem ComfyUI's validation would report, as :class:`Issue` objects.
 
     With ``convert`` the widget values are converted in place (``"7"`` -> ``7`` for INT), as ComfyUI does.
     ``only_needed`` checks only the output nodes and their inputs, like ComfyUI (which ignores the rest);
-    by default every node is checked.
+    by default every node is checked. With ``classes`` (node id -> class) each node's own rules
+    (:func:`~spriteforge.nodes.validation.node_check`, what its ``validate_inputs`` checks in ComfyUI) are
+    checked too.
     """
     info = object_info() if info is None else info
     issues: list[Issue] = []
@@ -648,7 +590,7 @@ def validate_prompt(prompt: dict, info: dict | None = None, *, convert: bool = T
                                 f"the node type {ctype!r} is not known. Install the node pack that provides it "
                                 f"or remove the node."))
             continue
-        issues += _node_issues(prompt, nid, ctype, desc, info, convert)
+        issues += _node_issues(prompt, nid, ctype, desc, info, convert, (classes or {}).get(ctype))
     if require_output and not any((info.get(n.get("class_type")) or {}).get("output_node") for n in prompt.values()):
         issues.append(Issue("-", "workflow", None, "prompt_no_outputs",
                             "the workflow has no output node (SaveImage, PreviewImage, a Save/Preview node). "
@@ -656,7 +598,7 @@ def validate_prompt(prompt: dict, info: dict | None = None, *, convert: bool = T
     return issues
 
 
-def _node_issues(prompt: dict, nid: str, ctype: str, desc: dict, info: dict, convert: bool) -> list[Issue]:
+def _node_issues(prompt: dict, nid: str, ctype: str, desc: dict, info: dict, convert: bool, cls=None) -> list[Issue]:
     """The problems of one node's inputs (missing, badly linked, wrong type, out-of-range values)."""
     issues: list[Issue] = []
     inputs = prompt[nid].setdefault("inputs", {})
@@ -679,6 +621,9 @@ def _node_issues(prompt: dict, nid: str, ctype: str, desc: dict, info: dict, con
                                 f"not given the value {_fmt(val)[:60]}."))
             continue
         conv, kind, msg = check_value(typ if isinstance(typ, str) else "COMBO", opts, val)
+        if not kind and cls is not None:
+            kind, msg = "custom_validation_failed", node_check(cls, name, conv)
+            kind = kind if msg else None
         if kind:
             issues.append(Issue(nid, ctype, name, kind, msg))
         elif convert:

@@ -263,7 +263,7 @@ def prepare(workflow, folders, classes=None, overrides=None, engine=None, output
     G.apply_overrides(prompt, overrides, info)
     if engine:
         set_engine(prompt, engine)
-    G.check_prompt(prompt, info, only_needed=outputs is None)
+    G.check_prompt(prompt, info, only_needed=outputs is None, classes=classes)
     check_sizes(prompt, folders.input)  # an input image the model cannot draw: say so now, before any model loads
     if outputs is not None:
         outputs = [str(o) for o in outputs]

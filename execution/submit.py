@@ -1,16 +1,22 @@
 """Queue workflows on running ComfyUI servers and collect the results (``spriteforge submit``).
 
-Standard library only: HTTP through :mod:`urllib`, and a small WebSocket client
-(:class:`WebSocket`, RFC 6455, text/binary/ping/close) for ComfyUI's ``/ws`` messages.
+Standard library only: a small HTTP/1.1 client and a small WebSocket client (:class:`WebSocket`, RFC 6455,
+text/binary/ping/close, for ComfyUI's ``/ws`` messages) over one buffered reader, :class:`_Wire`, whose every
+read ends by a fixed time: a server that sends one byte at a time cannot make a wait longer.
 
-* :class:`ComfyServer`: one server: ``object_info``, ``queue_load``, ``queue_prompt`` (POST /prompt with a
-  ``client_id``; a refusal raises a :class:`SpriteForgeError` listing ``node_errors`` readably),
-  ``history``, ``view``, ``interrupt``, ``delete_queued``.
+* :class:`Deadline`: the whole submit's time limit; connecting, every request and every poll take their
+  waits from what is left of it.
+* :func:`server_url`: a ``--server`` value checked and normalised (BAD_INPUT for what cannot be an address).
+* :class:`ComfyServer`: one server: ``object_info``, ``queue``/``queue_load``, ``queue_prompt`` (POST /prompt
+  with a ``client_id``; a refusal raises a :class:`SpriteForgeError` listing ``node_errors`` readably),
+  ``history``, ``view``, ``interrupt``, ``delete_queued``. No answer in time raises :class:`ServerDown`; an
+  answer that is not ComfyUI's (an HTTP error, not JSON, not HTTP) raises :class:`BadAnswer`.
 * :func:`submit_workflow`: queue one run, or one run per batch prompt, spread over one or more servers:
   each job goes to the alive server with the shortest ``/queue`` (running + pending), follows ``/ws``
   for progress, downloads the outputs listed by ``/history`` through ``/view`` into one folder (never
-  overwriting), and retries a job elsewhere when its server drops. Ctrl-C (``KeyboardInterrupt``) or
-  the ``stop`` event interrupts the runs on the servers (POST /interrupt, queued ones deleted).
+  replacing a file, never leaving it), and queues a job again (elsewhere when it can) when its server drops
+  or loses it. Ctrl-C (``KeyboardInterrupt``) or the ``stop`` event interrupts the runs on the servers
+  (POST /interrupt, queued ones deleted).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import base64
 import copy
 import hashlib
 import json
+import math
 import os
 import queue
 import re
@@ -27,18 +34,207 @@ import ssl
 import struct
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..errors import BAD_INPUT, ENGINE_INTERNAL, ENGINE_UNAVAILABLE, HINTS, SpriteForgeError
+from ..errors import BAD_INPUT, ENGINE_UNAVAILABLE, HINTS, SpriteForgeError
 
 Event = Callable[[str, dict], None]
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+# --------------------------------------------------------------------------- time limits and bounded reading
+
+class TimeUp(Exception):
+    """The whole submit's time limit (``timeout``) has passed."""
+
+
+class Deadline:
+    """When the whole submit must end (``seconds=None``: never). Every connect, read and poll waits at most
+    what is left of it, so no server, however slowly it answers, can make a wait outlast it."""
+
+    def __init__(self, seconds: float | None = None):
+        self.seconds = seconds
+        self.end = math.inf if seconds is None else time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def within(self, seconds: float) -> float:
+        """``seconds``, or what is left when that is less; :class:`TimeUp` when nothing is left."""
+        left = self.left()
+        if left <= 0:
+            raise TimeUp(f"the time limit of {self.seconds:g} s has passed")
+        return min(seconds, left)
+
+
+def _seconds_until(until: float) -> float | None:
+    """A socket timeout that ends at ``until`` (``time.monotonic()`` clock; inf = block); TimeoutError when past."""
+    if until == math.inf:
+        return None
+    left = until - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("no complete answer in time")
+    return left
+
+
+def _open_socket(u: urllib.parse.SplitResult, until: float) -> socket.socket:
+    """A connected (TLS for https/wss) socket to ``u``'s host, every address tried within the time to ``until``."""
+    port = u.port or (443 if u.scheme in ("https", "wss") else 80)
+    err: OSError = ConnectionError("the host name resolves to no address")
+    for family, kind, proto, _name, addr in socket.getaddrinfo(u.hostname, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(_seconds_until(until))
+            sock.connect(addr)
+            if u.scheme in ("https", "wss"):
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=u.hostname)
+            return sock
+        except OSError as exc:
+            sock.close()
+            err = exc
+    raise err
+
+
+class _Wire:
+    """A socket read through a buffer where every read ends by ``until``: a server that sends one byte at a
+    time cannot stretch an exchange past it (a per-read timeout alone would restart on every byte)."""
+
+    def __init__(self, sock: socket.socket, until: float = math.inf):
+        self.sock, self.until, self.buf = sock, until, bytearray()
+
+    def _more(self) -> bool:
+        self.sock.settimeout(_seconds_until(self.until))
+        chunk = self.sock.recv(65536)
+        self.buf += chunk
+        return bool(chunk)
+
+    def send(self, data: bytes) -> None:
+        self.sock.settimeout(_seconds_until(self.until))
+        self.sock.sendall(data)
+
+    def read_until(self, marker: bytes, limit: int) -> bytes:
+        start = 0
+        while (i := self.buf.find(marker, start)) < 0:
+            if len(self.buf) > limit:
+                raise BadAnswer(f"sent more than {limit} bytes without a line end")
+            start = max(0, len(self.buf) - len(marker) + 1)
+            if not self._more():
+                raise ConnectionError("the connection closed in the middle of an answer")
+        out = bytes(self.buf[:i])
+        del self.buf[:i + len(marker)]
+        return out
+
+    def exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not self._more():
+                raise ConnectionError("the connection closed in the middle of an answer")
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def rest(self, limit: int) -> bytes:
+        while self._more():
+            if len(self.buf) > limit:
+                raise BadAnswer(f"sent more than {limit} bytes")
+        out, self.buf = bytes(self.buf), bytearray()
+        return out
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+# --------------------------------------------------------------------------- HTTP
+
+class ServerDown(Exception):
+    """The server cannot be used: it does not answer (refused, reset, too slow), or see :class:`BadAnswer`."""
+
+
+class BadAnswer(ServerDown):
+    """The server answered, but not as ComfyUI does: an HTTP error status, not JSON, not HTTP at all."""
+
+
+_JSON_MAX = 256 << 20  # an answer's size limits: JSON, a downloaded file, a WebSocket frame
+_FILE_MAX = 4 << 30
+_WS_FRAME_MAX = 256 << 20
+
+
+def _http(url: str, method: str, body: bytes | None, until: float, max_bytes: int) -> tuple[int, bytes]:
+    """One HTTP/1.1 exchange (``Connection: close``) that is over by ``until`` however the server answers."""
+    u = urllib.parse.urlsplit(url)
+    wire = _Wire(_open_socket(u, until), until)
+    try:
+        head = [f"{method} {u.path or '/'}{'?' + u.query if u.query else ''} HTTP/1.1", f"Host: {u.netloc}",
+                "Connection: close", "Accept: */*", "User-Agent: spriteforge"]
+        if body is not None:
+            head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        wire.send("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + (body or b""))
+        status, headers = _read_head(wire)
+        if status in (204, 304):
+            return status, b""
+        return status, _read_body(wire, headers, max_bytes)
+    finally:
+        wire.close()
+
+
+def _read_head(wire: _Wire) -> tuple[int, dict]:
+    """The status and headers of an answer; BadAnswer as soon as its first bytes show it is not HTTP."""
+    while len(wire.buf) < 5 and wire._more():
+        pass
+    if not wire.buf:
+        raise ConnectionError("the server closed the connection without answering")
+    if wire.buf[:5] != b"HTTP/":
+        raise BadAnswer(f"answered {_snippet(bytes(wire.buf))!r}, which is not HTTP")
+    return _parse_head(wire.read_until(b"\r\n\r\n", 1 << 16))
+
+
+def _parse_head(head: bytes) -> tuple[int, dict]:
+    lines = head.decode("latin-1").split("\r\n")
+    m = re.fullmatch(r"HTTP/1\.[01] (\d{3})( .*)?", lines[0])
+    if not m:
+        raise BadAnswer(f"answered {_snippet(head)!r}, which is not HTTP")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return int(m.group(1)), headers
+
+
+def _read_body(wire: _Wire, headers: dict, max_bytes: int) -> bytes:
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        out = bytearray()
+        while size := _chunk_size(wire.read_until(b"\r\n", 1024)):
+            if len(out) + size > max_bytes:
+                raise BadAnswer(f"sent more than {max_bytes} bytes")
+            out += wire.exact(size)
+            wire.exact(2)
+        return bytes(out)
+    if "content-length" in headers:
+        n = _chunk_size(headers["content-length"].encode(), base=10)
+        if n > max_bytes:
+            raise BadAnswer(f"announced {n} bytes, more than the {max_bytes} expected")
+        return wire.exact(n)
+    return wire.rest(max_bytes)
+
+
+def _chunk_size(text: bytes, base: int = 16) -> int:
+    try:
+        n = int(text.split(b";", 1)[0].strip(), base)
+    except ValueError:
+        raise BadAnswer(f"sent a malformed length {_snippet(text)!r}") from None
+    if n < 0:
+        raise BadAnswer("sent a negative length")
+    return n
+
+
+def _snippet(data: bytes | str, n: int = 60) -> str:
+    text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else str(data)
+    text = " ".join(text.split())
+    return text[:n] + ("..." if len(text) > n else "")
 
 
 # --------------------------------------------------------------------------- WebSocket client
@@ -48,59 +244,44 @@ class WebSocketClosed(Exception):
 
 
 class WebSocket:
-    """A minimal RFC 6455 client: enough for ComfyUI's ``/ws`` (server frames unmasked, ours masked)."""
+    """A minimal RFC 6455 client: enough for ComfyUI's ``/ws`` (server frames unmasked, ours masked).
+
+    The handshake is over within ``timeout`` seconds; afterwards :meth:`recv` waits for messages without limit
+    (a quiet socket is normal while a long run executes; :meth:`close` ends the wait from another thread)."""
 
     def __init__(self, url: str, timeout: float = 10.0, headers: dict | None = None):
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("ws", "wss"):
             raise ValueError(f"not a ws:// or wss:// URL: {url}")
-        port = u.port or (443 if u.scheme == "wss" else 80)
-        sock = socket.create_connection((u.hostname, port), timeout=timeout)
-        if u.scheme == "wss":
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=u.hostname)
+        until = time.monotonic() + timeout
+        self._wire = wire = _Wire(_open_socket(u, until), until)
         key = base64.b64encode(os.urandom(16)).decode()
         path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-        lines = [f"GET {path} HTTP/1.1", f"Host: {u.hostname}:{port}", "Upgrade: websocket", "Connection: Upgrade",
+        lines = [f"GET {path} HTTP/1.1", f"Host: {u.netloc}", "Upgrade: websocket", "Connection: Upgrade",
                  f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        self.sock = sock
-        self._buf = b""
-        head = self._read_until(b"\r\n\r\n")
-        status = head.split(b"\r\n", 1)[0].decode("latin-1")
-        if " 101 " not in status + " ":
-            sock.close()
-            raise ConnectionError(f"WebSocket upgrade refused: {status}")
+        try:
+            wire.send(("\r\n".join(lines) + "\r\n\r\n").encode())
+            status, hdrs = _read_head(wire)
+        except BaseException:
+            wire.close()
+            raise
         accept = base64.b64encode(hashlib.sha1((key + _GUID).encode()).digest()).decode()
-        hdrs = {k.strip().lower(): v.strip() for k, _, v in
-                (ln.decode("latin-1").partition(":") for ln in head.split(b"\r\n")[1:] if b":" in ln)}
-        if hdrs.get("sec-websocket-accept") != accept:
-            sock.close()
-            raise ConnectionError("WebSocket upgrade answered with a wrong Sec-WebSocket-Accept")
-        sock.settimeout(None)
+        if status != 101 or hdrs.get("sec-websocket-accept") != accept:
+            wire.close()
+            raise ConnectionError(f"WebSocket upgrade refused (status {status})" if status != 101 else
+                                  "WebSocket upgrade answered with a wrong Sec-WebSocket-Accept")
+        wire.until = math.inf
+        self.sock = wire.sock
+        self.sock.settimeout(None)
         self._send_lock = threading.Lock()
         self.closed = False
 
-    def _read_until(self, marker: bytes) -> bytes:
-        while marker not in self._buf:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise ConnectionError("connection closed during the WebSocket handshake")
-            self._buf += chunk
-        head, _, self._buf = self._buf.partition(marker)
-        return head
-
     def _exact(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            try:
-                chunk = self.sock.recv(max(65536, n - len(self._buf)))
-            except OSError as exc:
-                raise WebSocketClosed(str(exc)) from exc
-            if not chunk:
-                raise WebSocketClosed("connection closed")
-            self._buf += chunk
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
+        try:
+            return self._wire.exact(n)
+        except OSError as exc:
+            raise WebSocketClosed(str(exc)) from exc
 
     def send(self, payload: bytes | str, opcode: int | None = None) -> None:
         if isinstance(payload, str):
@@ -134,6 +315,8 @@ class WebSocket:
             elif n == 127:
                 n = struct.unpack("!Q", self._exact(8))[0]
             mask = self._exact(4) if b1 & 0x80 else None
+            if n > _WS_FRAME_MAX:
+                raise WebSocketClosed(f"the server sent a {n}-byte frame")
             data = self._exact(n)
             if mask:
                 data = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
@@ -183,23 +366,56 @@ class WebSocket:
 
 # --------------------------------------------------------------------------- one server
 
-class ServerDown(Exception):
-    """The server cannot be reached (connection refused/reset, timeout)."""
+def _unreachable(problems: list[ServerDown]) -> SpriteForgeError:
+    return SpriteForgeError(ENGINE_UNAVAILABLE, f"cannot reach ComfyUI ({'; '.join(str(p) for p in problems)}). "
+                            "Start it (python main.py --listen) or check the --server address.", hint="")
 
 
-def _unreachable(url: str, exc) -> SpriteForgeError:
-    return SpriteForgeError(ENGINE_UNAVAILABLE, f"cannot reach ComfyUI at {url} ({exc}). Start it (python main.py "
-                            f"--listen) or check the --server address.", hint="")
+def _not_comfyui(problems: list[BadAnswer]) -> SpriteForgeError:
+    return SpriteForgeError(ENGINE_UNAVAILABLE, "a server answered, but not as ComfyUI does (or it failed): "
+                            + "; ".join(str(p) for p in problems) + ". Check that --server gives ComfyUI's address "
+                            "and port (8188 unless it was started with --port), and look at the server's log.", hint="")
+
+
+def server_url(text: str) -> str:
+    """``text`` as a ComfyUI base URL (``http://`` added when no scheme is given, no trailing ``/``); BAD_INPUT
+    for what cannot be one: another scheme, no host, a port outside 1..65535, a query, a fragment, a user name."""
+    s = str(text).strip()
+    if "://" not in s:
+        s = "http://" + s
+    why = None
+    try:
+        u = urllib.parse.urlsplit(s)
+        port = u.port
+    except ValueError as exc:
+        why = str(exc)
+    else:
+        host = u.hostname or ""
+        if u.scheme not in ("http", "https"):
+            why = f"the scheme {u.scheme!r} is not http or https"
+        elif not re.fullmatch(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+(%[\w.-]+)?", host):
+            why = "it has no valid host name" if host else "it has no host"
+        elif port == 0:
+            why = "port 0 is not a server's port"
+        elif u.query or u.fragment or u.username is not None:
+            why = "it has a query, a fragment or a user name"
+    if why:
+        raise SpriteForgeError(BAD_INPUT, f"--server {text!r} is not a server address ({why}). Give it as "
+                               "http://HOST:PORT with a port in 1..65535, e.g. http://127.0.0.1:8188.",
+                               details={"server": str(text)})
+    return urllib.parse.urlunsplit((u.scheme, u.netloc, u.path.rstrip("/"), "", ""))
 
 
 class ComfyServer:
-    def __init__(self, url: str, timeout: float = 30.0):
-        url = url.strip().rstrip("/")
-        if "://" not in url:
-            url = "http://" + url
-        self.url = url
+    """One ComfyUI server. Every request is over within ``timeout`` seconds (longer for object_info and
+    downloads) and within what is left of ``deadline``, the whole submit's time limit."""
+
+    def __init__(self, url: str, timeout: float = 30.0, deadline: Deadline | None = None):
+        self.url = server_url(url)
         self.timeout = timeout
+        self.deadline = deadline or Deadline()
         self.client_id = uuid.uuid4().hex
+        self.last_node_errors: dict = {}
 
     def __repr__(self):
         return f"ComfyServer({self.url})"
@@ -208,41 +424,48 @@ class ComfyServer:
     def name(self) -> str:
         return urllib.parse.urlsplit(self.url).netloc
 
-    def _request(self, method: str, path: str, body=None, *, raw: bool = False, timeout: float | None = None):
-        data = None
-        headers = {}
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+    def _request(self, method: str, path: str, body=None, *, limit: float | None = None, max_bytes: int = _JSON_MAX,
+                 own_limit: bool = False) -> tuple[int, bytes]:
+        """(status, payload). ServerDown when there is no complete answer in time, BadAnswer when it is not HTTP,
+        TimeUp when the deadline passed (``own_limit``: only ``limit`` applies, for clean-up requests)."""
+        limit = limit or self.timeout
+        seconds = limit if own_limit else self.deadline.within(limit)
+        data = json.dumps(body).encode() if body is not None else None
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
-                payload = r.read()
-                status = r.status
-        except urllib.error.HTTPError as exc:
-            payload = exc.read()
-            status = exc.code
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            raise ServerDown(f"{self.url}: {getattr(exc, 'reason', exc)}") from exc
-        if raw:
-            return status, payload
+            return _http(self.url + path, method, data, time.monotonic() + seconds, max_bytes)
+        except BadAnswer as exc:
+            raise BadAnswer(f"{self.url}{path} {exc}") from None
+        except (OSError, ValueError) as exc:
+            if not own_limit and self.deadline.left() <= 0:
+                raise TimeUp(f"the time limit of {self.deadline.seconds:g} s has passed") from None
+            why = f"no complete answer within {seconds:.3g} s" if isinstance(exc, TimeoutError) else \
+                (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
+            raise ServerDown(f"{self.url}: {why}") from None
+
+    def _json(self, method: str, path: str, body=None, **kw) -> tuple[int, object]:
+        status, payload = self._request(method, path, body, **kw)
         try:
             return status, json.loads(payload.decode("utf-8")) if payload else None
         except ValueError:
-            return status, payload.decode("utf-8", "replace")
+            raise BadAnswer(f"{self.url}{path} answered {status} with {_snippet(payload)!r}, not JSON") from None
 
     def object_info(self) -> dict:
-        status, data = self._request("GET", "/object_info", timeout=max(self.timeout, 60))
+        status, data = self._json("GET", "/object_info", limit=max(self.timeout, 60))
         if status != 200 or not isinstance(data, dict):
-            raise SpriteForgeError(ENGINE_INTERNAL, f"{self.url}/object_info answered {status}.")
+            raise BadAnswer(f"{self.url}/object_info answered {status} {_snippet(str(data))!r}")
         return data
 
+    def queue(self) -> list:
+        """The prompt ids on the server (running, then pending; everyone's), from GET /queue."""
+        status, data = self._json("GET", "/queue", limit=min(self.timeout, 10))
+        lists = [data.get("queue_running"), data.get("queue_pending")] if isinstance(data, dict) else [None]
+        if status != 200 or not all(isinstance(x, list) for x in lists):
+            raise BadAnswer(f"{self.url}/queue answered {status} {_snippet(str(data))!r}, not ComfyUI's queue")
+        return [str(it[1]) if isinstance(it, list) and len(it) > 1 else None for x in lists for it in x]
+
     def queue_load(self) -> int:
-        """Running + pending prompts (everyone's), from GET /queue."""
-        status, data = self._request("GET", "/queue", timeout=min(self.timeout, 10))
-        if status != 200 or not isinstance(data, dict):
-            raise ServerDown(f"{self.url}/queue answered {status}")
-        return len(data.get("queue_running") or []) + len(data.get("queue_pending") or [])
+        """Running + pending prompts (everyone's)."""
+        return len(self.queue())
 
     def queue_prompt(self, prompt: dict, *, client_id: str | None = None, extra_data: dict | None = None,
                      prompt_id: str | None = None) -> str:
@@ -251,39 +474,43 @@ class ComfyServer:
             body["extra_data"] = extra_data
         if prompt_id:
             body["prompt_id"] = prompt_id
-        status, data = self._request("POST", "/prompt", body)
+        status, data = self._json("POST", "/prompt", body)
         if status == 200 and isinstance(data, dict) and data.get("prompt_id"):
             self.last_node_errors = data.get("node_errors") or {}
             return str(data["prompt_id"])
-        if isinstance(data, dict) and ("node_errors" in data or "error" in data):
+        if status < 500 and isinstance(data, dict) and ("node_errors" in data or "error" in data):
             from .graph import format_node_errors
 
             err = data.get("error") if isinstance(data.get("error"), dict) else {"message": str(data.get("error"))}
             lines = format_node_errors(data.get("node_errors") or {}, prompt, err)
             raise SpriteForgeError(BAD_INPUT, f"{self.url} refused the workflow:\n  - " + "\n  - ".join(lines),
                                    hint="", details={"node_errors": data.get("node_errors"), "error": err})
-        raise SpriteForgeError(ENGINE_INTERNAL, f"{self.url}/prompt answered {status}: {str(data)[:300]}")
+        raise BadAnswer(f"{self.url}/prompt answered {status} {_snippet(str(data))!r}")
 
     def history(self, prompt_id: str) -> dict | None:
-        status, data = self._request("GET", f"/history/{urllib.parse.quote(prompt_id)}")
+        """The prompt's history entry; None while it has none."""
+        status, data = self._json("GET", f"/history/{urllib.parse.quote(prompt_id)}")
         if status != 200 or not isinstance(data, dict):
-            return None
-        return data.get(prompt_id)
+            raise BadAnswer(f"{self.url}/history answered {status} {_snippet(str(data))!r}")
+        entry = data.get(prompt_id)
+        return entry if isinstance(entry, dict) else None
 
     def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
         q = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder or "", "type": type or "output"})
-        status, data = self._request("GET", f"/view?{q}", raw=True, timeout=max(self.timeout, 120))
+        status, data = self._request("GET", f"/view?{q}", limit=max(self.timeout, 120), max_bytes=_FILE_MAX)
         if status != 200:
-            raise SpriteForgeError(ENGINE_INTERNAL, f"{self.url}/view could not give {subfolder}/{filename} ({status}).")
+            raise SpriteForgeError(ENGINE_UNAVAILABLE, f"{self.url}/view could not give {subfolder}/{filename} "
+                                   f"({status}) although its history lists it. Check the server's output folder.",
+                                   hint="")
         return data
 
     def interrupt(self, prompt_id: str | None = None) -> None:
-        self._request("POST", "/interrupt", {"prompt_id": prompt_id} if prompt_id else {}, timeout=5)
+        self._request("POST", "/interrupt", {"prompt_id": prompt_id} if prompt_id else {}, limit=5, own_limit=True)
 
     def delete_queued(self, prompt_ids: Iterable[str]) -> None:
         ids = list(prompt_ids)
         if ids:
-            self._request("POST", "/queue", {"delete": ids}, timeout=5)
+            self._request("POST", "/queue", {"delete": ids}, limit=5, own_limit=True)
 
     def ws_url(self) -> str:
         u = urllib.parse.urlsplit(self.url)
@@ -293,7 +520,10 @@ class ComfyServer:
 
 # --------------------------------------------------------------------------- jobs
 
-@dataclass
+LOST_AFTER = 3  # polls in a row that find a queued prompt in neither the server's queue nor its history
+
+
+@dataclass(eq=False)
 class Job:
     index: int
     prompt: dict
@@ -301,13 +531,15 @@ class Job:
     attempts: int = 0
     server: "ComfyServer | None" = None
     prompt_id: str | None = None
-    status: str = "pending"  # pending, queued, running, done, failed, interrupted
+    status: str = "pending"  # pending, queued, running, done, failed, interrupted, timed_out
     error: str | None = None
+    code: str | None = None  # the error code of a job that did not end with its own node's error
     files: list = field(default_factory=list)
     outputs: dict = field(default_factory=dict)
     node: str | None = None
     servers_tried: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    misses: int = 0  # polls in a row that found the queued prompt nowhere on its server
 
 
 class _Conn:
@@ -323,9 +555,10 @@ class _Conn:
         self._stop = False
 
     def start(self) -> bool:
+        """Open the /ws listener; False when the server does not upgrade (it is then followed by polling)."""
         try:
-            self.ws = WebSocket(self.server.ws_url(), timeout=self.server.timeout)
-        except (OSError, ConnectionError, ValueError):
+            self.ws = WebSocket(self.server.ws_url(), timeout=self.server.deadline.within(self.server.timeout))
+        except (OSError, ValueError, ServerDown):
             self.ws = None
             return False
         self.thread = threading.Thread(target=self._listen, name=f"ws-{self.server.name}", daemon=True)
@@ -350,15 +583,37 @@ class _Conn:
             self.ws.close()
 
 
-def _unique(path: Path) -> Path:
-    if not path.exists():
-        return path
-    k = 1
+def _output_path(root: Path, subfolder: str, filename: str) -> Path:
+    """Where a server's output goes under ``root``: its subfolder (made), its file name; BAD_INPUT when the
+    server names a place outside ``root`` (``..``, an absolute path, a link leading out)."""
+    sub = Path(str(subfolder or ""))
+    name = Path(str(filename)).name
+    if sub.is_absolute() or ".." in sub.parts or sub.drive or not name or name in (".", ".."):
+        raise SpriteForgeError(BAD_INPUT, f"the server named an output {subfolder}/{filename} outside the output "
+                               "folder; it was not saved. Check the server's SaveImage prefixes.", hint="")
+    folder = root / sub
+    folder.mkdir(parents=True, exist_ok=True)
+    if not folder.resolve().is_relative_to(root.resolve()):
+        raise SpriteForgeError(BAD_INPUT, f"the output subfolder {subfolder!r} is a link that leads outside {root}; "
+                               "nothing was saved there. Replace the link with a folder.", hint="")
+    return folder / name
+
+
+def _write_new(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` or, when anything (a file, a link, even a dangling one) is there, to
+    ``stem_1``, ``stem_2``...: never replaces a file, never follows a link."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    k = 0
     while True:
-        cand = path.with_name(f"{path.stem}_{k}{path.suffix}")
-        if not cand.exists():
-            return cand
-        k += 1
+        cand = path if k == 0 else path.with_name(f"{path.stem}_{k}{path.suffix}")
+        try:
+            fd = os.open(cand, flags, 0o644)
+        except FileExistsError:
+            k += 1
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return cand
 
 
 def _explain_error(data: dict) -> str:
@@ -416,16 +671,25 @@ def _printer(stream) -> Event:
                 stream.write("\n")
         elif kind == "done":
             stream.write(f"{tag} done: {len(job.files)} file(s)\n")
-        elif kind == "failed":
+        elif kind in ("failed", "timed_out"):
             stream.write(f"{tag} FAILED: {job.error}\n")
         elif kind == "retry":
-            stream.write(f"{tag} server dropped; retrying the job elsewhere ({d.get('reason')})\n")
+            stream.write(f"{tag} queueing the job again ({d.get('reason')})\n")
+        elif kind == "lost":
+            stream.write(f"{tag} the server lost the prompt ({d.get('reason')})\n")
         elif kind == "server_down":
             stream.write(f"server {d['server'].url} is down ({d.get('reason')})\n")
         elif kind == "interrupted":
             stream.write("interrupting the runs on the servers...\n")
         stream.flush()
     return on_event
+
+
+def _positive(name: str, value, minimum: float = 0.0, *, integer: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > minimum
+    if not ok or (integer and value != int(value)):
+        raise SpriteForgeError(BAD_INPUT, f"{name} is {value!r}. Give a{' whole' if integer else ''} number above "
+                               f"{minimum:g}.", details={name: repr(value)})
 
 
 def submit_workflow(
@@ -450,22 +714,40 @@ def submit_workflow(
 
     ``prompts``: one job per text, each replacing ``prompt_input`` (``NODE_ID.INPUT``; default the first
     SpriteForgeEncodePrompt's ``positive``). Outputs (``type: output``; previews too with
-    ``download_temp``) are saved under ``out_dir``/subfolder, never overwriting. A job whose server drops
-    is queued again on another server (up to ``max_attempts``). ``KeyboardInterrupt`` or ``stop`` interrupts
+    ``download_temp``) are saved under ``out_dir``/subfolder, never overwriting. A job whose server drops,
+    or whose prompt the server loses (in neither its queue nor its history), is queued again, on another
+    server when there is one (up to ``max_attempts`` in all). ``KeyboardInterrupt`` or ``stop`` interrupts
     the servers' runs (POST /interrupt, queued ones deleted) and re-raises / returns.
+
+    Every wait is bounded: each request by ``http_timeout`` seconds (however slowly the server sends), and
+    everything together, connecting included, by ``timeout``: jobs unfinished then end ``timed_out``.
     A refused workflow raises at once (it would be refused everywhere).
     """
+    if timeout is not None:
+        _positive("--timeout", timeout)
+    _positive("--http-timeout", http_timeout)
+    _positive("poll_interval", poll_interval)
+    _positive("--max-inflight", max_inflight, integer=True)
+    _positive("max_attempts", max_attempts, integer=True)
+    deadline = Deadline(timeout)
     srvs = [s if isinstance(s, ComfyServer) else ComfyServer(s, timeout=http_timeout) for s in servers]
     if not srvs:
         raise SpriteForgeError(BAD_INPUT, "no --server given. Give the address of a running ComfyUI.")
+    for s in srvs:
+        s.deadline = deadline
     if on_event is None and progress_stream is not None:
         on_event = _printer(progress_stream)
-    prompt, graph = _load_for_servers(workflow, srvs, overrides)
-    sched = _Scheduler(srvs, make_jobs(prompt, prompts, prompt_input), emit=on_event or (lambda k, d: None),
-                       out=Path(out_dir), extra={"extra_pnginfo": {"workflow": graph}} if graph is not None else None,
-                       max_inflight=max_inflight, max_attempts=max_attempts, download_temp=download_temp)
-    sched.connect()
-    sched.run(poll_interval=poll_interval, timeout=timeout, stop=stop)
+    try:
+        prompt, graph = _load_for_servers(workflow, srvs, overrides)
+        sched = _Scheduler(srvs, make_jobs(prompt, prompts, prompt_input), emit=on_event or (lambda k, d: None),
+                           out=Path(out_dir), extra={"extra_pnginfo": {"workflow": graph}} if graph is not None else None,
+                           max_inflight=max_inflight, max_attempts=max_attempts, download_temp=download_temp)
+        sched.connect()
+    except TimeUp:
+        raise SpriteForgeError(ENGINE_UNAVAILABLE, f"no server answered within the time limit (--timeout "
+                               f"{timeout:g} s): {', '.join(s.url for s in srvs)}. Check the addresses, or give "
+                               "a longer --timeout.", hint="") from None
+    sched.run(poll_interval=poll_interval, deadline=deadline, stop=stop)
     return sched.jobs
 
 
@@ -476,15 +758,16 @@ def _load_for_servers(workflow, srvs: list[ComfyServer], overrides) -> tuple[dic
     data = G.read_workflow(workflow)
     info = None
     if G.is_graph_format(data):
-        last = None
+        problems = []
         for s in srvs:
             try:
                 info = s.object_info()
                 break
             except ServerDown as exc:
-                last = exc
+                problems.append(exc)
         if info is None:
-            raise _unreachable(", ".join(s.url for s in srvs), last)
+            answered = [p for p in problems if isinstance(p, BadAnswer)]
+            raise _not_comfyui(answered) if answered else _unreachable(problems)
     prompt, graph = G.load_workflow(data, info=info or {})
     G.apply_overrides(prompt, overrides, info)
     return prompt, graph
@@ -492,7 +775,7 @@ def _load_for_servers(workflow, srvs: list[ComfyServer], overrides) -> tuple[dic
 
 class _Scheduler:
     """Spreads the jobs over the servers, follows them (WebSocket messages, history polls), downloads the results
-    and queues a job again elsewhere when its server drops."""
+    and queues a job again (elsewhere when it can) when its server drops or loses it."""
 
     def __init__(self, srvs, jobs, *, emit, out, extra, max_inflight, max_attempts, download_temp):
         self.events: queue.Queue = queue.Queue()
@@ -502,20 +785,29 @@ class _Scheduler:
         self.by_pid: dict[str, Job] = {}
         self.emit, self.out, self.extra = emit, out, extra
         self.max_inflight, self.max_attempts, self.download_temp = max_inflight, max_attempts, download_temp
+        self.last_problem = ""
 
     # ----------------------------------------------------------------- connections
 
     def connect(self) -> None:
-        """Open every server's /ws (a server without one is still used, by polling); raise when none answers."""
+        """Open every server's /ws (a server without one is still used, by polling); raise when none is usable:
+        "cannot reach" when none answered, "not as ComfyUI does" when one answered wrongly."""
+        problems = []
         for c in self.conns:
-            if not c.start():
-                try:
-                    c.server.queue_load()
-                except ServerDown as exc:
-                    c.alive = False
-                    self.emit("server_down", {"server": c.server, "reason": str(exc)})
-        if not any(c.alive for c in self.conns):
-            raise _unreachable(", ".join(c.server.url for c in self.conns), "no server answered")
+            if c.start():
+                continue
+            try:
+                c.server.queue()
+            except ServerDown as exc:
+                c.alive = False
+                problems.append(exc)
+                self.emit("server_down", {"server": c.server, "reason": str(exc)})
+        if any(c.alive for c in self.conns):
+            return
+        answered = [p for p in problems if isinstance(p, BadAnswer)]
+        if answered:
+            raise _not_comfyui(answered)
+        raise _unreachable(problems)
 
     def mark_down(self, conn: _Conn, reason: str) -> None:
         """``conn``'s server is gone: its jobs go back to the front of the queue (or fail after max_attempts)."""
@@ -523,40 +815,56 @@ class _Scheduler:
             return
         conn.alive = False
         conn.stop()
+        self.last_problem = reason
         self.emit("server_down", {"server": conn.server, "reason": reason})
-        for pid, job in list(conn.inflight.items()):
+        jobs = list(conn.inflight.values())
+        for pid in conn.inflight:
             self.by_pid.pop(pid, None)
-            job.status, job.prompt_id, job.node = "pending", None, None
-            if job.attempts >= self.max_attempts:
-                job.status, job.error = "failed", f"gave up after {job.attempts} attempts (servers dropped: {reason})"
-                self.emit("failed", {"job": job})
-            else:
-                self.emit("retry", {"job": job, "reason": reason})
-                self.pending.insert(0, job)
         conn.inflight.clear()
+        for job in jobs:
+            self._again(job, f"server dropped: {reason}")
+
+    def _again(self, job: Job, reason: str) -> None:
+        """Queue ``job`` again at the front, or fail it when it has had its attempts."""
+        job.status, job.prompt_id, job.node, job.misses = "pending", None, None, 0
+        if job.attempts >= self.max_attempts:
+            self._end(job, "failed", f"gave up after {job.attempts} attempt(s) ({reason})", ENGINE_UNAVAILABLE)
+        elif job not in self.pending:
+            self.emit("retry", {"job": job, "reason": reason})
+            self.pending.insert(0, job)
+
+    def _end(self, job: Job, status: str, error: str, code: str | None = None) -> None:
+        job.status, job.error, job.code = status, error, code
+        self.emit("timed_out" if status == "timed_out" else "failed", {"job": job})
 
     def _socket_closed(self, conn: _Conn) -> None:
         if conn.ws is not None:
             conn.ws.close()
         conn.ws = None
         try:  # a dropped socket: is the server still there?
-            conn.server.queue_load()
+            conn.server.queue()
             conn.start()
         except ServerDown as exc:
             self.mark_down(conn, str(exc))
+
+    def _forget(self, conn: _Conn, job: Job) -> None:
+        conn.inflight.pop(job.prompt_id, None)
+        self.by_pid.pop(job.prompt_id, None)
 
     # ----------------------------------------------------------------- a job's end
 
     def finish(self, conn: _Conn, job: Job, entry: dict | None = None) -> None:
         """The job ran: read its history entry (unless given), download its outputs, mark it done."""
-        conn.inflight.pop(job.prompt_id, None)
-        self.by_pid.pop(job.prompt_id, None)
+        self._forget(conn, job)
         try:
             entry = entry if entry is not None else self._history_when_written(conn, job)
             job.outputs = entry.get("outputs") or {}
             self._download(conn, job)
         except ServerDown as exc:
             self._lost_while_downloading(conn, job, exc)
+            return
+        except SpriteForgeError as exc:
+            self._end(job, "failed", exc.message, exc.code)
             return
         job.status = "done"
         self.emit("done", {"job": job})
@@ -574,7 +882,7 @@ class _Scheduler:
 
     def _download(self, conn: _Conn, job: Job) -> None:
         for ui in job.outputs.values():
-            for items in (ui or {}).values():
+            for items in (ui or {}).values() if isinstance(ui, dict) else ():
                 if not isinstance(items, list):
                     continue
                 for it in items:
@@ -583,13 +891,10 @@ class _Scheduler:
                     kind = it.get("type") or "output"
                     if kind != "output" and not self.download_temp:
                         continue
+                    root = self.out if kind == "output" else self.out / "temp"
+                    dest = _output_path(root, it.get("subfolder") or "", it["filename"])
                     blob = conn.server.view(it["filename"], it.get("subfolder") or "", kind)
-                    root = self.out if kind == "output" else self.out / kind
-                    dest = root / (it.get("subfolder") or "") / Path(it["filename"]).name
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest = _unique(dest)
-                    dest.write_bytes(blob)
-                    job.files.append(dest)
+                    job.files.append(_write_new(dest, blob))
 
     def _lost_while_downloading(self, conn: _Conn, job: Job, exc: Exception) -> None:
         for f in job.files:  # a partial download: the retry brings every output again, each once
@@ -598,21 +903,12 @@ class _Scheduler:
             except OSError:
                 pass
         job.files, job.outputs = [], {}
-        job.status = "pending"
         self.mark_down(conn, str(exc))
-        if job.status == "pending" and job not in self.pending:
-            if job.attempts < self.max_attempts:
-                self.emit("retry", {"job": job, "reason": str(exc)})
-                self.pending.insert(0, job)
-            else:  # never left "pending" with nothing queued: that job would be lost silently
-                job.status, job.error = "failed", f"gave up after {job.attempts} attempts (server dropped: {exc})"
-                self.emit("failed", {"job": job})
+        self._again(job, f"server dropped while downloading: {exc}")
 
     def fail(self, conn: _Conn, job: Job, text: str, status: str = "failed") -> None:
-        conn.inflight.pop(job.prompt_id, None)
-        self.by_pid.pop(job.prompt_id, None)
-        job.status, job.error = status, text
-        self.emit("failed", {"job": job})
+        self._forget(conn, job)
+        self._end(job, status, text)
 
     # ----------------------------------------------------------------- queueing
 
@@ -658,8 +954,8 @@ class _Scheduler:
         except SpriteForgeError:
             job.status = "failed"
             raise
-        job.prompt_id, job.status = pid, "queued"
-        partial = getattr(conn.server, "last_node_errors", None)
+        job.prompt_id, job.status, job.misses = pid, "queued", 0
+        partial = conn.server.last_node_errors
         if partial:  # ComfyUI queued the valid outputs only
             job.warnings = format_node_errors(partial, job.prompt)
             self.emit("warning", {"job": job, "lines": job.warnings})
@@ -670,29 +966,46 @@ class _Scheduler:
     # ----------------------------------------------------------------- following the jobs
 
     def poll_history(self) -> None:
-        """Catch what the WebSocket missed: a finished, failed or interrupted job in the servers' history."""
+        """Catch what the WebSocket missed (a finished, failed or interrupted job in a server's history) and
+        prompts the server lost: in neither its queue nor its history for LOST_AFTER polls in a row."""
         for c in self.conns:
-            if not c.alive:
+            if not c.alive or not c.inflight:
                 continue
-            for pid, job in list(c.inflight.items()):
-                try:
-                    entry = c.server.history(pid)
-                    if entry is None:
-                        c.server.queue_load()  # still alive?
+            try:
+                on_server = set(c.server.queue())  # asked first: a prompt leaves the queue for the history
+                for pid, job in list(c.inflight.items()):
+                    if c.inflight.get(pid) is not job:  # ended or re-queued while this loop ran
                         continue
-                except ServerDown as exc:
-                    self.mark_down(c, str(exc))
-                    break
-                st = entry.get("status") or {}
-                if st.get("status_str") == "error" or (st.get("completed") is False and st.get("status_str")):
-                    msgs = [m for m in st.get("messages") or []
-                            if m and m[0] in ("execution_error", "execution_interrupted")]
-                    if msgs and msgs[-1][0] == "execution_error":
-                        self.fail(c, job, _explain_error(msgs[-1][1]))
+                    if pid in on_server:
+                        job.misses = 0
+                    elif (entry := c.server.history(pid)) is not None:
+                        self._ended(c, job, entry)
                     else:
-                        self.fail(c, job, "interrupted on the server", "interrupted")
-                elif st.get("completed", True):
-                    self.finish(c, job, entry)
+                        self._missing(c, job)
+            except ServerDown as exc:
+                self.mark_down(c, str(exc))
+
+    def _ended(self, conn: _Conn, job: Job, entry: dict) -> None:
+        st = entry.get("status") or {}
+        if st.get("status_str") == "error" or (st.get("completed") is False and st.get("status_str")):
+            msgs = [m for m in st.get("messages") or [] if m and m[0] in ("execution_error", "execution_interrupted")]
+            if msgs and msgs[-1][0] == "execution_error":
+                self.fail(conn, job, _explain_error(msgs[-1][1]))
+            else:
+                self.fail(conn, job, "interrupted on the server", "interrupted")
+        elif st.get("completed", True):
+            self.finish(conn, job, entry)
+
+    def _missing(self, conn: _Conn, job: Job) -> None:
+        job.misses += 1
+        if job.misses < LOST_AFTER:
+            return
+        reason = (f"{conn.server.url} accepted prompt {job.prompt_id} but it is in neither its queue nor its "
+                  "history: the queue was cleared or the server restarted")
+        self._forget(conn, job)
+        self.last_problem = reason
+        self.emit("lost", {"job": job, "reason": reason})
+        self._again(job, reason)
 
     def handle(self, conn: _Conn, msg: dict) -> None:
         """One /ws message of ``conn``'s server."""
@@ -744,21 +1057,33 @@ class _Scheduler:
         for job in self.pending:
             job.status, job.error = "interrupted", "not started (interrupted by the user)"
 
+    def time_up(self, deadline: Deadline) -> None:
+        """The time limit passed: every job that has not ended ends ``timed_out`` (queued ones are left to run)."""
+        limit = f"the time limit (--timeout {deadline.seconds:g} s)"
+        for job in self.jobs:
+            if job.status in ("queued", "running"):
+                self._end(job, "timed_out", f"did not finish within {limit}; it may still run on {job.server.url} "
+                          f"as prompt {job.prompt_id}", ENGINE_UNAVAILABLE)
+            elif job.status == "pending":
+                self._end(job, "timed_out", f"not started within {limit}", ENGINE_UNAVAILABLE)
+        for c in self.conns:
+            c.inflight.clear()
+        self.pending.clear()
+        self.by_pid.clear()
+
     # ----------------------------------------------------------------- the loop
 
-    def run(self, *, poll_interval: float, timeout: float | None, stop: threading.Event | None) -> None:
+    def run(self, *, poll_interval: float, deadline: Deadline, stop: threading.Event | None) -> None:
         """Dispatch and follow until every job has ended, every server is down, ``stop`` is set or time is up."""
-        t_end = None if timeout is None else time.monotonic() + timeout
         last_poll = time.monotonic()
         try:
             while self._step_dispatch(stop):
-                if t_end is not None and time.monotonic() > t_end:
-                    raise SpriteForgeError(ENGINE_INTERNAL, f"the runs did not finish within {timeout:.0f}s.",
-                                           hint="Raise the timeout or check the servers.")
-                self._next_event(min(poll_interval, 0.25))
+                self._next_event(deadline.within(min(poll_interval, 0.25)))
                 if time.monotonic() - last_poll >= poll_interval:
                     last_poll = time.monotonic()
                     self.poll_history()
+        except TimeUp:
+            self.time_up(deadline)
         except KeyboardInterrupt:
             self.interrupt_all()
             raise
@@ -773,8 +1098,9 @@ class _Scheduler:
             return False
         if not any(c.alive for c in self.conns):
             for job in self.pending:
-                job.status, job.error = "failed", "every server is down"
-                self.emit("failed", {"job": job})
+                self._end(job, "failed", f"every server is down or failing (last: {self.last_problem})",
+                          ENGINE_UNAVAILABLE)
+            self.pending.clear()
             return False
         if stop is not None and stop.is_set():
             self.interrupt_all()
@@ -792,5 +1118,5 @@ class _Scheduler:
             self._socket_closed(conn)
 
 
-__all__ = ["WebSocket", "WebSocketClosed", "ComfyServer", "ServerDown", "Job", "submit_workflow", "make_jobs",
-           "load_prompts_file"]
+__all__ = ["WebSocket", "WebSocketClosed", "ComfyServer", "ServerDown", "BadAnswer", "Deadline", "TimeUp", "Job",
+           "server_url", "submit_workflow", "make_jobs", "load_prompts_file"]

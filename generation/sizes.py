@@ -6,6 +6,7 @@ import math
 
 from ..errors import BAD_INPUT, DIMENSION_LIMIT, SpriteForgeError
 from ..log import get_logger
+from ..models.families import registry
 
 log = get_logger("pipeline")
 
@@ -18,7 +19,7 @@ def prepare_size(handle, width, height, *, max_side: int | None = DEFAULT_MAX_SI
     """Validated ``(width, height)`` rounded to the family's latent grid.
 
     Non-numbers or sizes below one grid cell: BAD_INPUT; above ``max_side`` (or the
-    engine's maximum): DIMENSION_LIMIT. A rounding is recorded in ``notes`` and logged.
+    engine's maximum): DIMENSION_LIMIT. A rounding is recorded in ``notes``.
     """
     notes = notes if notes is not None else []
     mult = int(getattr(handle, "latent_multiple", 16) or 16)
@@ -51,11 +52,11 @@ def prepare_size(handle, width, height, *, max_side: int | None = DEFAULT_MAX_SI
             r = (limit // mult) * mult
         if r != fv:
             msg = f"{name} {v} rounded to {r} (a multiple of {mult} for {handle.family})"
-            notes.append(msg)
-            log.info(msg)
+            notes.append(msg)  # the callers show their notes once (the command line prints them, the nodes log them)
         out.append(r)
-    if getattr(handle, "family", "") == "dit" and out[0] != out[1]:
-        raise SpriteForgeError(BAD_INPUT, f"DiT makes square images only; {out[0]}x{out[1]} was asked for. Use equal width and height.")
+    fam = registry.rules(getattr(handle, "family", ""))
+    if fam.square_only and out[0] != out[1]:
+        raise SpriteForgeError(BAD_INPUT, f"{fam.label} makes square images only; {out[0]}x{out[1]} was asked for. Use equal width and height.")
     return out[0], out[1]
 
 
@@ -73,11 +74,11 @@ def model_schedule(handle, width: int, height: int, shift: float | None = None):
     from ..samplers import DiscreteSchedule, FlowSchedule
 
     if handle.prediction == "flow":
-        if handle.family == "flux":
-            if shift is not None:
-                return FlowSchedule(float(shift), multiplier=1.0)
-            if "schnell" in (handle.variant or "").lower():
-                return FlowSchedule(1.0, multiplier=1.0)
+        fam = registry.rules(handle.family)
+        if fam.resolution_shift:
+            fixed = shift if shift is not None else fam.fixed_shift(handle.variant)
+            if fixed is not None:
+                return FlowSchedule(float(fixed), multiplier=fam.flow_multiplier)
             return FlowSchedule.flux(width, height)
         s = shift if shift is not None else (handle.flow_shift if handle.flow_shift is not None else 3.0)
         return FlowSchedule(float(s))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,13 @@ def parse_lora_arg(text: str) -> LoRASpec:
         raise SpriteForgeError(BAD_INPUT, "--lora needs a file name, optionally followed by :STRENGTH.")
     m = _ARG.match(text)
     path, sm, st = m.group("path"), m.group("sm"), m.group("st")
+    head, _, tail = path.rpartition(":")
+    if head and not Path(path).expanduser().exists() and Path(_ARG.match(head).group("path")).expanduser().exists():
+        raise SpriteForgeError(BAD_INPUT, f"--lora {text}: {tail!r} is not a strength. Give a number after the colon "
+                               "(FILE:0.8, or FILE:0.8:0.5 for a separate text-encoder strength).")
+    strengths = [float(x) for x in (sm, st) if x is not None]
+    if not all(math.isfinite(x) for x in strengths):
+        raise SpriteForgeError(BAD_INPUT, f"--lora {text}: the strength must be a finite number (such as 0.8).")
     return LoRASpec(path, float(sm) if sm is not None else 1.0, float(st) if st is not None else None)
 
 

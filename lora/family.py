@@ -15,14 +15,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..models.families import FAMILIES
+from ..models.families import FAMILIES, registry
 
 NAMES = {
-    "pixart": "PixArt",
-    "sd3": "SD3",
-    "flux": "Flux",
-    "sana": "Sana",
-    "dit": "DiT",
+    **{f.name: f.label for f in registry.families()},
     "unet": "a Stable Diffusion 1.x/2.x/XL UNet",
     "te-only": "text encoders only",
 }
@@ -39,8 +35,11 @@ _SELF = re.compile(r"(^|_)(attn1|attn)_(to_[qkvo]|to_out|qkv|proj)")
 _DIT = re.compile(r"(^|_)(proj_out_[12]|norm1_emb|adaLN_modulation)(_|$)")
 _BLOCK = re.compile(r"(^|_)(transformer_blocks|joint_blocks|double_blocks|single_blocks|single_transformer_blocks|blocks)_(\d+)")
 
-# known model widths (in_features of a block's attention projection) that settle ambiguities
-_WIDTHS = {3072: {"flux"}, 1536: {"sd3"}, 2432: {"sd3"}, 2240: {"sana"}}
+# known model widths (in_features of a block's attention projection) that settle ambiguities (the families' lora_widths)
+_WIDTHS: dict[int, set] = {}
+for _f in registry.families():
+    for _w in _f.lora_widths:
+        _WIDTHS.setdefault(_w, set()).add(_f.name)
 
 
 @dataclass
@@ -62,9 +61,9 @@ def _meta_family(metadata: dict | None) -> str | None:
     if not metadata:
         return None
     text = " ".join(str(metadata.get(k, "")) for k in ("ss_base_model_version", "modelspec.architecture", "ss_sd_model_name")).lower()
-    for needle, fam in (("flux", "flux"), ("sd3", "sd3"), ("stable-diffusion-v3", "sd3"), ("pixart", "pixart"), ("sana", "sana")):
-        if needle in text:
-            return fam
+    for f in sorted(registry.families(), key=lambda f: f.detect_order):
+        if any(needle in text for needle in f.lora_metadata):
+            return f.name
     if re.search(r"sdxl|stable-diffusion-xl|sd_v1|sd_v2|stable-diffusion-v1|stable-diffusion-v2", text):
         return "unet"
     return None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
+from ..models.families import registry
 from ..models.safetensors_header import read_numpy
 from .family import _BLOCK, NAMES, family_of_modules
 from .keys import LoRAModule, file_format, group_modules, split_key
@@ -151,7 +152,7 @@ def describe_modules(modules, shapes: dict, metadata: dict | None = None, alphas
             blocks.setdefault(mb.group(2), set()).add(int(mb.group(3)))
         else:
             other.append(m.body)
-        if is_original_layout(m.flat, fam if fam in ("flux", "sd3", "pixart", "sana", "dit") else None):
+        if is_original_layout(m.flat, fam if registry.get(fam) else None):
             layout = "original"
     if layout == "unknown" and any(m.component == "transformer" for m in modules):
         layout = "diffusers"

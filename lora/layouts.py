@@ -1,6 +1,6 @@
 """The original-layout (BFL Flux, SD3 MMDiT, PixArt/Sana/DiT reference code, as ComfyUI and kohya
-name them) and diffusers module names a LoRA may use: the layer rules (``kind == "module"``) of the
-table the checkpoint converter reads too, :mod:`spriteforge.models.keymaps`.
+name them) and diffusers module names a LoRA may use: the layer rules (``kind == "module"``) of each
+family's key map (:mod:`spriteforge.models.families`), which the checkpoint converter reads too.
 
 They are used in both directions: an original-layout LoRA onto a diffusers model (split by rows),
 and a diffusers LoRA onto a model that keeps the original fused layout (placed on rows of the
@@ -11,10 +11,11 @@ fused weight). Rules are matched on the underscore form, so ``double_blocks.0.im
 from __future__ import annotations
 
 from ..models import keymaps
+from ..models.families import registry
 from ..models.keymaps import Rule
 
 # the layers a LoRA can adapt, per family (tensor renames and blocks' shared copies are the converter's alone)
-RULES: dict[str, list[Rule]] = {fam: [r for r in rules if r.kind == "module"] for fam, rules in keymaps.KEYMAPS.items()}
+RULES: dict[str, list[Rule]] = {f.name: [r for r in f.keymap if r.kind == "module"] for f in registry.families()}
 
 # diffusers' own fused projections (`fuse_qkv_projections()`): part name -> (fused name, index, parts)
 FUSED_ALIASES = {

@@ -14,19 +14,14 @@ import json
 from dataclasses import dataclass, field, replace
 
 from ..errors import LORA_KEY_MISMATCH, SpriteForgeError
+from ..models.families import registry
 from .core import Patch, take_rows
 from .family import NAMES, FamilyGuess, family_of_modules
 from .keys import LoRAModule, underscore
 from .layouts import FUSED_ALIASES, RULES, diffusers_to_original, original_to_diffusers
 
-# text-encoder slot (te1, te2, te3) -> handle.text_encoders key, per family (kohya / diffusers order)
-TE_ORDER = {
-    "flux": ("clip_l", "t5"),
-    "sd3": ("clip_l", "clip_g", "t5"),
-    "pixart": ("t5",),
-    "sana": ("gemma",),
-    "dit": (),
-}
+# text-encoder slot (te1, te2, te3) -> handle.text_encoders key, per family (kohya / diffusers order: the family's slots)
+TE_ORDER = {f.name: tuple(te.key for te in f.text_encoders) for f in registry.families()}
 _TE_VARIANTS = ("", "text_model_", "model_", "encoder_", "transformer_")
 
 

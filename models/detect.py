@@ -7,19 +7,23 @@ checkpoints which components were found under which prefix.
 
 :func:`detect_tensors` does the same for a plain ``{name: TensorInfo}`` map, so reference
 manifests (key/shape lists of released files) can be checked without any file.
+
+A family's transformer is recognised and read by its entry in the family registry
+(:mod:`.families`: markers, ``detect``); this module handles the rest: files and folders,
+all-in-one prefixes, VAEs, text encoders and LoRAs.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
-from . import configs, keymaps
+from . import configs
+from .detection import Detection, count as _count, heads as _heads
+from .families import registry
 from .safetensors_header import FLOAT_DTYPES, Header, TensorInfo, read_header
 
 KINDS = ("transformer", "vae", "text_encoder", "checkpoint", "diffusers", "lora")
@@ -34,50 +38,9 @@ PREFIXES: tuple[tuple[str, str], ...] = (
     ("text_encoders.t5xxl.transformer.", "t5"),
 )
 TEXT_ENCODERS = ("clip_l", "clip_g", "t5", "gemma")
-FAMILY_NEEDS = {
-    "pixart": ["vae", "t5"],
-    "sd3": ["vae", "clip_l", "clip_g", "t5"],
-    "flux": ["vae", "clip_l", "t5"],
-    "sana": ["vae", "gemma"],
-    "dit": ["vae"],
-}
-# Default VAE config per family (the release's own VAE).
-FAMILY_VAE = {"pixart": "vae-kl4-sdxl", "sd3": "vae-kl16-sd3", "flux": "vae-kl16-flux", "sana": "dc-ae-f32c32-sana", "dit": "vae-kl4-sd"}
-
-
-@dataclass
-class Detection:
-    family: str | None
-    variant: str | None
-    kind: str
-    config: dict = field(default_factory=dict)
-    dtype: str = ""
-    parameters: int = 0
-    needs: list = field(default_factory=list)
-    components: dict = field(default_factory=dict)  # component -> prefix (all-in-one files)
-    layout: str = ""  # "original" | "diffusers" | "hf" | "ldm" | ...
-    path: str = ""
-    extras: dict = field(default_factory=dict)  # release info: scheduler, prediction, flow_shift, lora format/rank...
-    parts: dict = field(default_factory=dict)  # component -> Detection (all-in-one files)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["parts"] = {k: v.to_dict() for k, v in self.parts.items()}
-        return d
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _count(keys, pattern: str) -> int:
-    rx = re.compile(pattern)
-    nums = {int(m.group(1)) for k in keys if (m := rx.match(k))}
-    return max(nums) + 1 if nums else 0
-
-
-def _indices(keys, pattern: str) -> list[int]:
-    rx = re.compile(pattern)
-    return sorted({int(m.group(1)) for k in keys if (m := rx.match(k))})
 
 
 def _dominant_dtype(tensors: dict[str, TensorInfo]) -> str:
@@ -94,206 +57,22 @@ def _params(tensors) -> int:
     return sum(t.numel for t in tensors.values())
 
 
-def _heads(hidden: int, preferred: tuple[int, ...]) -> tuple[int, int]:
-    """(heads, head_dim) for ``hidden`` trying the family's usual head sizes first."""
-    for hd in preferred:
-        if hidden % hd == 0:
-            return hidden // hd, hd
-    return 1, hidden
+def _vae_factor(folder: Path) -> int:
+    """The scale factor of the VAE in a diffusers folder's ``vae/`` (2 ** (blocks - 1)); 8 when there is none."""
+    cfg = folder / "vae" / "config.json"
+    try:
+        blocks = json.loads(cfg.read_text(encoding="utf-8")).get("block_out_channels") if cfg.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        blocks = None
+    return 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
 
 
-def _res_name(sample: int) -> str:
-    return {32: "256", 64: "512", 128: "1024", 256: "2k"}.get(sample, str(sample * 8))
-
-
-def _release(name: str) -> dict:
-    return configs.load(name)
-
-
-def _finish(det: Detection, rel: dict) -> Detection:
-    for k in ("scheduler", "prediction", "flow_shift", "max_sequence_length", "num_classes", "sigma_learned", "text_encoders", "vae"):
-        if k in rel and k not in det.extras:
-            det.extras[k] = rel[k]
-    return det
-
-
-# --------------------------------------------------------------------------- transformers
-
-
-def _layout(family: str, t: dict[str, TensorInfo], original: bool):
-    """``(name, blocks)``: a diffusers tensor name as this file spells it, and the number of blocks in one of
-    diffusers' block lists (``transformer_blocks.``), either layout (names through :mod:`.keymaps`)."""
-    if not original:
-        return (lambda name: name), (lambda prefix: _count(t.keys(), re.escape(prefix) + r"(\d+)\."))
-    return (lambda name: keymaps.original_name(family, name),
-            lambda prefix: _count(t.keys(), re.escape(keymaps.original_prefix(family, prefix)) + r"(\d+)\."))
-
-
-def _flux(t: dict[str, TensorInfo], original: bool) -> Detection:
-    n, blocks = _layout("flux", t, original)
-    hidden, in_ch = t[n("x_embedder.weight")].shape
-    joint = t[n("context_embedder.weight")].shape[1]
-    pooled = t[n("time_text_embed.text_embedder.linear_1.weight")].shape[1]
-    guidance = n("time_text_embed.guidance_embedder.linear_1.weight") in t
-    layers = blocks("transformer_blocks.")
-    single = blocks("single_transformer_blocks.")
-    head_dim = t[n("transformer_blocks.0.attn.norm_q.weight")].shape[0] if layers else 128
-    out = t[n("proj_out.weight")].shape[0]
-    if in_ch == 384:
-        variant = "fill"
-    elif in_ch == 128:
-        variant = "depth"
-    else:
-        variant = "dev" if guidance else "schnell"
-    rel = _release(f"flux-{variant}")
-    cfg = rel["transformer"]
-    axes = [16, 56, 56] if head_dim == 128 else [head_dim // 8, head_dim * 7 // 16, head_dim * 7 // 16]
-    if sum(axes) != head_dim or any(a % 2 for a in axes):
-        a = 2 * (head_dim // 8)
-        b = 2 * ((head_dim - a) // 4)
-        axes = [head_dim - 2 * b, b, b]
-    cfg.update(
-        in_channels=in_ch,
-        out_channels=None if out == in_ch else out,
-        num_layers=layers,
-        num_single_layers=single,
-        attention_head_dim=head_dim,
-        num_attention_heads=hidden // head_dim,
-        joint_attention_dim=joint,
-        pooled_projection_dim=pooled,
-        guidance_embeds=guidance,
-        axes_dims_rope=axes,
-    )
-    det = Detection("flux", variant, "transformer", cfg, layout="original" if original else "diffusers")
-    det.extras["guidance_embeds"] = guidance
-    det.extras["in_channels"] = in_ch
-    return _finish(det, rel)
-
-
-def _sd3(t: dict[str, TensorInfo], original: bool) -> Detection:
-    n, blocks = _layout("sd3", t, original)
-    pe = t[n("pos_embed.proj.weight")].shape
-    ctx = t[n("context_embedder.weight")].shape
-    pooled = t[n("time_text_embed.text_embedder.linear_1.weight")].shape[1]
-    layers = blocks("transformer_blocks.")
-    dual = _indices(t.keys(), r"joint_blocks\.(\d+)\.x_block\.attn2\." if original else r"transformer_blocks\.(\d+)\.attn2\.")
-    qk = n("transformer_blocks.0.attn.norm_q.weight") in t
-    head_dim = t[n("transformer_blocks.0.attn.norm_q.weight")].shape[0] if qk else 64
-    out = t[n("proj_out.weight")].shape[0]
-    pos = t[n("pos_embed.pos_embed")].shape[1] if n("pos_embed.pos_embed") in t else 192 * 192
-    hidden, in_ch, patch = pe[0], pe[1], pe[2]
-    if layers == 38 or (qk and not dual):
-        variant = "sd3.5-large"
-    elif dual:
-        variant = "sd3.5-medium"
-    else:
-        variant = "sd3-medium"
-    rel = _release(variant)
-    cfg = rel["transformer"]
-    cfg.update(
-        patch_size=patch,
-        in_channels=in_ch,
-        num_layers=layers,
-        attention_head_dim=head_dim,
-        num_attention_heads=hidden // head_dim,
-        joint_attention_dim=ctx[1],
-        caption_projection_dim=ctx[0],
-        pooled_projection_dim=pooled,
-        out_channels=out // (patch * patch),
-        pos_embed_max_size=int(round(math.sqrt(pos))),
-        dual_attention_layers=dual,
-        qk_norm="rms_norm" if qk else None,
-    )
-    std = {"sd3-medium": (24, 1536), "sd3.5-medium": (24, 1536), "sd3.5-large": (38, 2432)}[variant]
-    if (layers, hidden) != std:
-        variant = f"{variant}-like"
-    det = Detection("sd3", variant, "transformer", cfg, layout="original" if original else "diffusers")
-    return _finish(det, rel)
-
-
-def _patch_config(cfg: dict, heads: int, head_dim: int, in_ch: int, out: int, patch: int, layers: int, **more) -> None:
-    """The fields every patch-embedding DiT's config (PixArt, Sana, DiT) takes from the file's shapes, and ``more``."""
-    cfg.update(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=in_ch, out_channels=out // (patch * patch),
-               num_layers=layers, patch_size=patch, **more)
-
-
-def _pixart(t: dict[str, TensorInfo], original: bool) -> Detection:
-    n, blocks = _layout("pixart", t, original)
-    pe = t[n("pos_embed.proj.weight")].shape
-    caption = t[n("caption_projection.linear_1.weight")].shape[1]
-    layers = blocks("transformer_blocks.")
-    out = t[n("proj_out.weight")].shape[0]
-    extra_cond = n("adaln_single.emb.resolution_embedder.linear_1.weight") in t
-    tokens = sample = None  # only the original layout keeps the null caption and the position table
-    if original:
-        tokens = t["y_embedder.y_embedding"].shape[0] if "y_embedder.y_embedding" in t else None
-        sample = int(round(math.sqrt(t["pos_embed"].shape[1]))) * pe[2] if "pos_embed" in t else None
-    hidden, in_ch, patch = pe[0], pe[1], pe[2]
-    alpha = extra_cond or tokens == 120
-    if sample is None:
-        sample = 128
-    gen = "alpha" if alpha else "sigma"
-    res = _res_name(sample)
-    interp = (sample / 64 if sample != 64 else 1) if gen == "sigma" else None
-    name = f"pixart-{gen}-{res}"
-    if name not in configs.names():
-        name = f"pixart-{gen}-1024"
-    rel = _release(name)
-    heads, hd = _heads(hidden, (72, 64))
-    cfg = rel["transformer"]
-    _patch_config(cfg, heads, hd, in_ch, out, patch, layers, cross_attention_dim=hidden, sample_size=sample, caption_channels=caption,
-                  use_additional_conditions=bool(extra_cond), interpolation_scale=interp)
-    det = Detection("pixart", f"{gen}-{res}", "transformer", cfg, layout="original" if original else "diffusers")
-    if tokens:
-        det.extras["max_sequence_length"] = 300 if tokens >= 300 else tokens
-    if not original:
-        det.extras["ambiguous"] = "a diffusers-layout PixArt file does not record its resolution; assumed 1024"
-    det.extras["sigma_learned"] = cfg["out_channels"] == 2 * in_ch
-    return _finish(det, rel)
-
-
-def _sana(t: dict[str, TensorInfo], original: bool) -> Detection:
-    n, blocks = _layout("sana", t, original)
-    pe = t[n("patch_embed.proj.weight")].shape
-    caption = t[n("caption_projection.linear_1.weight")].shape[1]
-    layers = blocks("transformer_blocks.")
-    inv = t[n("transformer_blocks.0.ff.conv_inverted.weight")].shape[0] if layers else 2 * 2.5 * pe[0]
-    out = t[n("proj_out.weight")].shape[0]
-    hidden, in_ch, patch = pe[0], pe[1], pe[2]
-    variant = {1152: "600m", 2240: "1600m"}.get(hidden, "1600m")
-    rel = _release(f"sana-{variant}")
-    cfg = rel["transformer"]
-    heads, hd = _heads(hidden, (32,))
-    cross = {1152: (16, 72), 2240: (20, 112)}.get(hidden, (heads, hd))
-    _patch_config(cfg, heads, hd, in_ch, out, patch, layers, num_cross_attention_heads=cross[0], cross_attention_head_dim=cross[1],
-                  cross_attention_dim=hidden, caption_channels=caption, mlp_ratio=inv / (2 * hidden))
-    if hidden not in (1152, 2240):
-        variant = f"{variant}-like"
-    det = Detection("sana", variant, "transformer", cfg, layout="original" if original else "diffusers")
-    return _finish(det, rel)
-
-
-def _dit(t: dict[str, TensorInfo], original: bool) -> Detection:
-    n, blocks = _layout("dit", t, original)
-    pe = t[n("pos_embed.proj.weight")].shape
-    layers = blocks("transformer_blocks.")
-    classes = t[n("transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight")].shape[0]
-    out = t[n("proj_out_2.weight")].shape[0]
-    sample = 32  # the original layout's position table tells the sample size
-    if original and "pos_embed" in t:
-        sample = int(round(math.sqrt(t["pos_embed"].shape[1]))) * pe[2]
-    hidden, in_ch, patch = pe[0], pe[1], pe[2]
-    size = {1152: "XL", 1024: "L", 768: "B", 384: "S"}.get(hidden)
-    res = "512" if sample == 64 else "256"
-    rel = _release(f"dit-{(size or 'xl').lower()}-2-{res}")
-    heads, hd = {1152: (16, 72), 1024: (16, 64), 768: (12, 64), 384: (6, 64)}.get(hidden) or _heads(hidden, (64, 72))
-    cfg = rel["transformer"]
-    _patch_config(cfg, heads, hd, in_ch, out, patch, layers, sample_size=sample, num_embeds_ada_norm=1000)
-    variant = f"{size or 'custom'}/{patch}-{res}"
-    det = Detection("dit", variant, "transformer", cfg, layout="original" if original else "diffusers")
-    det.extras["num_classes"] = classes - 1 if classes % 2 == 1 else classes
-    det.extras["sigma_learned"] = cfg["out_channels"] == 2 * in_ch
-    return _finish(det, rel)
+def _variant_from_config(det: Detection, cfg: dict, pipeline: Path) -> None:
+    """Let the family refine ``det``'s variant from a config.json (settings its weights do not record), in pixels
+    of the VAE of the diffusers folder ``pipeline`` it sits in."""
+    fam = registry.get(det.family)
+    if fam is not None:
+        fam.variant_from_config(det, cfg, _vae_factor(pipeline))
 
 
 # --------------------------------------------------------------------------- VAEs / text encoders
@@ -310,10 +89,7 @@ def _vae_kl(t: dict[str, TensorInfo], original: bool, family_hint: str | None = 
         ch = [t[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(nblocks)]
         lpb = _count(k, r"encoder\.down_blocks\.0\.resnets\.(\d+)\.")
     latent = t["decoder.conv_in.weight"].shape[1]
-    if latent == 16:
-        name = "vae-kl16-flux" if family_hint == "flux" else "vae-kl16-sd3"
-    else:
-        name = "vae-kl4-sd" if family_hint in ("dit",) else "vae-kl4-sdxl"
+    name = registry.vae_config_name(family_hint, None, 16 if latent == 16 else 4)
     rel = configs.load(name)
     cfg = rel["config"]
     groups = t["encoder.conv_norm_out.weight" if not original else "encoder.norm_out.weight"].shape[0]
@@ -479,26 +255,9 @@ def classify(t: dict[str, TensorInfo], *, hint: str | None = None, name: str = "
 
 def _classify(t: dict[str, TensorInfo], *, hint: str | None = None, name: str = "") -> Detection | None:
     has = t.__contains__
-    if has("double_blocks.0.img_attn.qkv.weight") or (has("img_in.weight") and has("txt_in.weight")):
-        return _flux(t, True)
-    if has("x_embedder.weight") and has("context_embedder.weight") and any(k.startswith("single_transformer_blocks.") for k in t):
-        return _flux(t, False)
-    if has("x_embedder.proj.weight") and has("context_embedder.weight") and any(k.startswith("joint_blocks.") for k in t):
-        return _sd3(t, True)
-    if has("pos_embed.proj.weight") and has("context_embedder.weight") and has("time_text_embed.text_embedder.linear_1.weight"):
-        return _sd3(t, False)
-    if has("x_embedder.proj.weight") and (has("attention_y_norm.weight") or has("blocks.0.mlp.inverted_conv.conv.weight")):
-        return _sana(t, True)
-    if has("patch_embed.proj.weight") and (has("caption_norm.weight") or has("transformer_blocks.0.ff.conv_inverted.weight")):
-        return _sana(t, False)
-    if has("x_embedder.proj.weight") and has("y_embedder.y_proj.fc1.weight"):
-        return _pixart(t, True)
-    if has("pos_embed.proj.weight") and has("adaln_single.linear.weight") and has("caption_projection.linear_1.weight"):
-        return _pixart(t, False)
-    if has("x_embedder.proj.weight") and has("y_embedder.embedding_table.weight"):
-        return _dit(t, True)
-    if has("transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight"):
-        return _dit(t, False)
+    det = registry.classify(t)  # a family's transformer
+    if det is not None:
+        return det
     if any(k.startswith(("encoder.stages.", "encoder.project_in.")) for k in t):
         return _vae_dc(t, True)
     if has("encoder.conv_in.weight") and any("to_qkv_multiscale" in k or ".conv_depth." in k for k in t):
@@ -563,7 +322,7 @@ def detect_tensors(tensors: dict[str, TensorInfo], *, name: str = "", family_hin
             )
             det.components = {c: found[c] for c in parts}
             det.parts = parts
-            det.needs = [n for n in FAMILY_NEEDS.get(main.family, []) if n not in parts]
+            det.needs = [n for n in registry.needs(main.family) if n not in parts]
             det.extras["other_tensors"] = len(rest)
         elif len(parts) == 1 and not rest:
             (comp, det), = parts.items()
@@ -586,7 +345,7 @@ def detect_tensors(tensors: dict[str, TensorInfo], *, name: str = "", family_hin
                 details={"tensors": len(tensors)},
             )
         if det.kind == "transformer":
-            det.needs = list(FAMILY_NEEDS.get(det.family, []))
+            det.needs = registry.needs(det.family)
     det.parameters = _params(tensors)
     det.dtype = _dominant_dtype(tensors)
     return det
@@ -594,7 +353,8 @@ def detect_tensors(tensors: dict[str, TensorInfo], *, name: str = "", family_hin
 
 def _unet_hint(tensors) -> str:
     if any("input_blocks." in k or "down_blocks.0.attentions." in k for k in tensors):
-        return " It looks like a UNet model (SD1.x/SD2/SDXL), which SpriteForge does not run: it runs DiT models (PixArt, SD3, Flux, Sana, DiT)."
+        runs = ", ".join(f.label for f in registry.families())
+        return f" It looks like a UNet model (SD1.x/SD2/SDXL), which SpriteForge does not run: it runs DiT models ({runs})."
     return ""
 
 
@@ -619,16 +379,6 @@ def _read_json(p: Path) -> dict:
         return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise SpriteForgeError(BAD_INPUT, f"{p} is not valid JSON ({exc.__class__.__name__}).", details={"path": str(p)}) from None
-
-
-PIPELINE_FAMILY = {
-    "PixArtTransformer2DModel": "pixart",
-    "SD3Transformer2DModel": "sd3",
-    "FluxTransformer2DModel": "flux",
-    "SanaTransformer2DModel": "sana",
-    "DiTTransformer2DModel": "dit",
-    "Transformer2DModel": "dit",
-}
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -659,18 +409,15 @@ def _detect_folder(p: Path) -> Detection:
             )
         cfg = _read_json(tdir / "config.json")
         cls = cfg.get("_class_name", "")
-        family = PIPELINE_FAMILY.get(cls)
+        fam = registry.by_transformer_class(cls)
+        family = fam.name if fam else None
         tensors = folder_tensors(tdir)
         if family is None:
             raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{p.name}: transformer class {cls!r} is not supported.")
         det = classify(tensors) if tensors else None
         variant = det.variant if (det is not None and det.family == family) else None
         pipe = index.get("_class_name", "")
-        if family == "pixart":
-            gen = "alpha" if "Alpha" in pipe else "sigma"
-            variant = f"{gen}-{_res_name(cfg.get('sample_size', 128))}"
-        if family == "flux" and variant is None:
-            variant = "dev" if cfg.get("guidance_embeds") else "schnell"
+        variant = fam.variant_from_folder(cfg, pipe, variant, _vae_factor(p))
         out = Detection(family, variant, "diffusers", {k: v for k, v in cfg.items() if not k.startswith("_") or k == "_class_name"}, layout="diffusers", path=str(p))
         out.parameters = _params(tensors)
         out.dtype = _dominant_dtype(tensors) if tensors else ""
@@ -689,7 +436,7 @@ def _detect_folder(p: Path) -> Detection:
                     have.add("clip_g" if tc.get("hidden_size") == 1280 or sub == "text_encoder_2" else "clip_l")
             elif sub == "vae":
                 have.add("vae")
-        out.needs = [n for n in FAMILY_NEEDS[family] if n not in have]
+        out.needs = [n for n in registry.needs(family) if n not in have]
         if det is not None:
             out.extras.update({k: v for k, v in det.extras.items() if k in ("guidance_embeds", "in_channels", "num_classes", "sigma_learned")})
         if (p / "scheduler" / "scheduler_config.json").exists():
@@ -702,11 +449,12 @@ def _detect_folder(p: Path) -> Detection:
         if det is None:
             raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{p} holds a config.json for {cfg.get('_class_name') or cfg.get('model_type')!r} that SpriteForge does not know.")
         det.config = {**det.config, **{k: v for k, v in cfg.items() if not k.startswith("_") or k == "_class_name"}}
+        _variant_from_config(det, cfg, p.parent)
         det.path = str(p)
         det.parameters = _params(tensors)
         det.dtype = _dominant_dtype(tensors)
         if det.kind == "transformer":
-            det.needs = list(FAMILY_NEEDS.get(det.family, []))
+            det.needs = registry.needs(det.family)
         det.extras["folder"] = True
         return det
     st = sorted(p.glob("*.safetensors"))
@@ -734,6 +482,7 @@ def _with_side_config(det: Detection, p: Path) -> Detection:
                 det.config.update(keep)
                 det.extras["config_file"] = str(cand)
                 det.extras.pop("ambiguous", None)
+                _variant_from_config(det, keep, cand.parent.parent)
                 break
     return det
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
+from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 
 # safetensors dtype code -> (canonical name, bytes per element)
 DTYPES: dict[str, tuple[str, float]] = {
@@ -101,9 +101,68 @@ class Header:
 def _bad(path, what: str) -> SpriteForgeError:
     return SpriteForgeError(
         BAD_INPUT,
-        f"{Path(path).name} is not a valid safetensors file: {what}. The download may be truncated or damaged; download it again.",
+        f"{Path(path).name} is not a valid safetensors file: {what}. The file is truncated or damaged: download or export "
+        "it again.",
         details={"path": str(path)},
     )
+
+
+# what a file that is not safetensors starts with: (magic, what it is)
+OTHER_FORMATS = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+    (b"GGUF", "a GGUF file"), (b"PK\x03\x04", "a zip archive (PyTorch's .pt/.ckpt pickles are zip archives)"),
+    (b"version https://git-lfs", "a Git LFS pointer (the repository was cloned without its large files)"),
+    (b"<!DOCTYPE", "a web page"), (b"<html", "a web page"), (b"<!doctype", "a web page"),
+) + tuple((b"\x80" + bytes([v]), "a Python pickle") for v in range(2, 6))
+
+
+def _refuse_other_format(p: Path, head: bytes) -> None:
+    """Raise a true message when ``head`` (a file's first bytes) is a format other than safetensors; return
+    otherwise. GGUF is a model format SpriteForge does not load (UNSUPPORTED_ARCHITECTURE); the rest are BAD_INPUT."""
+    for magic, what in OTHER_FORMATS:
+        if head.startswith(magic):
+            code = UNSUPPORTED_ARCHITECTURE if magic == b"GGUF" else BAD_INPUT
+            raise SpriteForgeError(code, f"{p.name} is {what}, not a safetensors file. SpriteForge loads .safetensors "
+                                   "files and diffusers folders: give the model's .safetensors file.",
+                                   details={"path": str(p), "format": what})
+
+
+def _whole(value) -> bool:
+    """A JSON integer (not a float such as ``1e999``, not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _tensor_info(p: Path, name: str, info) -> TensorInfo:
+    """One header entry, checked field by field: a dtype the format knows, a shape of whole sizes, and
+    ``data_offsets`` ``[begin, end]`` exactly dtype x shape bytes apart."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise _bad(p, f"entry {name!r} is malformed (it needs dtype, shape and data_offsets)")
+    code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(code, str) or code not in DTYPES:
+        raise _bad(p, f"tensor {name!r} has unknown dtype {str(code)[:40]!r}")
+    if not isinstance(shape, list) or not all(_whole(s) and s >= 0 for s in shape):
+        raise _bad(p, f"tensor {name!r} has a shape that is not a list of whole non-negative sizes")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_whole(o) for o in offsets) \
+            or not 0 <= offsets[0] <= offsets[1]:
+        raise _bad(p, f"tensor {name!r} has data_offsets that are not two whole numbers 0 <= begin <= end")
+    ti = TensorInfo(DTYPES[code][0], tuple(shape), (offsets[0], offsets[1]))
+    want = ti.numel * DTYPES[code][1]
+    if offsets[1] - offsets[0] != want:
+        raise _bad(p, f"tensor {name!r} occupies {offsets[1] - offsets[0]} bytes but {code}{list(shape)} needs {int(want)}")
+    return ti
+
+
+def _check_extents(p: Path, tensors: dict[str, TensorInfo], data_size: int) -> None:
+    """No two tensors share bytes, and none reaches past the end of the file."""
+    prev_end, prev_name = 0, None
+    for name, ti in sorted(tensors.items(), key=lambda kv: kv[1].offsets):
+        begin, end = ti.offsets
+        if begin < prev_end and end > begin:
+            raise _bad(p, f"tensors {prev_name!r} and {name!r} overlap (bytes {begin}..{prev_end} of the data)")
+        if end > prev_end:
+            prev_end, prev_name = end, name
+    if prev_end > data_size:
+        raise _bad(p, f"tensors reach byte {prev_end} of the data but the file holds only {data_size} (truncated)")
 
 
 def read_header(path: str | os.PathLike) -> Header:
@@ -115,9 +174,13 @@ def read_header(path: str | os.PathLike) -> Header:
     if size < 8:
         raise _bad(p, f"only {size} bytes long")
     with open(p, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
+        head = fh.read(32)
+        (n,) = struct.unpack("<Q", head[:8])
+        if n <= 1 or n > MAX_HEADER or 8 + n > size:
+            _refuse_other_format(p, head)
         if n <= 1 or n > MAX_HEADER:
             raise _bad(p, f"header length {n} is not plausible")
+        fh.seek(8)
         if 8 + n > size:
             raise _bad(p, f"the header says {n} bytes but the file has only {size - 8} after the length (truncated)")
         raw = fh.read(n)
@@ -125,33 +188,15 @@ def read_header(path: str | os.PathLike) -> Header:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _bad(p, f"the header is not JSON ({exc.__class__.__name__})") from None
+    except RecursionError:  # a header of arrays nested thousands deep
+        raise _bad(p, "the header's JSON is nested too deeply to be a safetensors header") from None
     if not isinstance(data, dict):
         raise _bad(p, "the header is not a JSON object")
     meta = data.pop("__metadata__", None) or {}
     if not isinstance(meta, dict):
         meta = {}
-    tensors: dict[str, TensorInfo] = {}
-    data_size = size - 8 - n
-    end_max = 0
-    for name, info in data.items():
-        try:
-            code = info["dtype"]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise _bad(p, f"entry {name!r} is malformed") from None
-        if code not in DTYPES:
-            raise _bad(p, f"tensor {name!r} has unknown dtype {code!r}")
-        if any(s < 0 for s in shape) or begin < 0 or end < begin:
-            raise _bad(p, f"tensor {name!r} has a negative size or offset")
-        ti = TensorInfo(DTYPES[code][0], shape, (begin, end))
-        want = ti.numel * DTYPES[code][1]
-        if end - begin != want:
-            raise _bad(p, f"tensor {name!r} occupies {end - begin} bytes but {code}{list(shape)} needs {int(want)}")
-        end_max = max(end_max, end)
-        tensors[name] = ti
-    if end_max > data_size:
-        raise _bad(p, f"tensors reach byte {end_max} of the data but the file holds only {data_size} (truncated)")
+    tensors = {name: _tensor_info(p, name, info) for name, info in data.items()}
+    _check_extents(p, tensors, size - 8 - n)
     return Header(str(p), tensors, {str(k): str(v) for k, v in meta.items()}, size, n)
 
 

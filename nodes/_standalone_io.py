@@ -3,7 +3,8 @@
 It implements only the subset of the V3 schema that SpriteForge's nodes use, with the
 same names and constructor arguments, so the very same node classes run inside
 ComfyUI (real ``comfy_api``) and in ``spriteforge run`` / the tests (this module).
-Validation of widget values (min/max/options) lives in :mod:`spriteforge.execution.graph`.
+Widget values are checked by :mod:`spriteforge.nodes.validation` (each node's ``validate_inputs``, as ComfyUI calls
+it when a prompt is queued) and, for any node, by :mod:`spriteforge.execution.graph`.
 """
 
 from __future__ import annotations
@@ -145,6 +146,11 @@ class ComfyNode:
     @classmethod
     def execute(cls, **kwargs) -> NodeOutput:
         raise NotImplementedError
+
+    @classmethod
+    def validate_inputs(cls, **kwargs) -> bool | str:
+        """Called with the widget values when a prompt is queued (``None`` for linked inputs): True, or what is wrong."""
+        return True
 
     @classmethod
     def GET_SCHEMA(cls) -> Schema:

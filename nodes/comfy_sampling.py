@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ..errors import BAD_INPUT, ENGINE_UNAVAILABLE, SpriteForgeError
 from ._compat import io
+from .validation import ValidatedNode
 from .comfy_types import mask_tensor
 
 CATEGORY = "SpriteForge/generate"
@@ -104,7 +105,7 @@ def _index_offset(batch_index) -> int:
     return idx[0] if idx == list(range(idx[0], idx[0] + len(idx))) else 0
 
 
-class SamplerSelect(io.ComfyNode):
+class SamplerSelect(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -144,7 +145,7 @@ class _Noise:
         return torch.from_numpy(a).to(dtype=lat.dtype)
 
 
-class Noise(io.ComfyNode):
+class Noise(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -163,7 +164,7 @@ class Noise(io.ComfyNode):
         return io.NodeOutput(_Noise(noise_seed))
 
 
-class KSampler(io.ComfyNode):
+class KSampler(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -263,7 +264,7 @@ def _callback(model, steps):
         return lambda step, x0, x, total: bar.update(1)
 
 
-class SeamlessVAEDecode(io.ComfyNode):
+class SeamlessVAEDecode(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -14,7 +14,9 @@ import numpy as np
 
 from ..errors import BAD_INPUT, SpriteForgeError
 from ..log import get_logger
+from ..models.families import registry
 from ._compat import IN_COMFYUI, io
+from .validation import ValidatedNode
 from .comfy_types import image_in, latent_out, latent_samples, mask_in, to_numpy, to_tensor
 from .loaders import CATEGORY, ModelType
 
@@ -60,7 +62,7 @@ def latent_in(latent, handle) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- nodes
-class EncodePrompt(io.ComfyNode):
+class EncodePrompt(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -90,12 +92,13 @@ class EncodePrompt(io.ComfyNode):
         from ..pipeline import encode
 
         h = _check_model(model)
-        opts = {"complex_human_instruction": True} if (sana_instruction and h.family == "sana") else {}
+        uses = sana_instruction and "sana_instruction" in registry.rules(h.family).widgets_only  # the family declares it
+        opts = {"complex_human_instruction": True} if uses else {}
         cond = encode(h.engine, h, str(positive or ""), str(negative or ""), guidance=float(guidance), **opts)
         return io.NodeOutput(cond)
 
 
-class Sampler(io.ComfyNode):
+class Sampler(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -173,7 +176,7 @@ class Sampler(io.ComfyNode):
         return io.NodeOutput(latent_out(res.latents, h.family, **extra))
 
 
-class VAEEncode(io.ComfyNode):
+class VAEEncode(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -207,7 +210,7 @@ class VAEEncode(io.ComfyNode):
         return io.NodeOutput(latent_out(np.asarray(lat, np.float32), h.family, sf_image=img))
 
 
-class VAEDecode(io.ComfyNode):
+class VAEDecode(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -11,9 +11,10 @@ import json
 
 from ..diagnostics import capabilities_report
 from ._compat import io
+from .validation import ValidatedNode
 
 
-class EngineInfo(io.ComfyNode):
+class EngineInfo(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..resolve import FROM_MODEL, load_handle, model_choices, part_choices
 from ._compat import io
+from .validation import ValidatedNode
 
 CATEGORY = "SpriteForge/generate"
 ModelType = io.Custom("SF_MODEL")
@@ -17,7 +18,7 @@ DEVICES = ["auto", "gpu", "cpu", "cuda", "mps"]
 DTYPES = ["auto", "float32", "float16", "bfloat16"]
 
 
-class LoadModel(io.ComfyNode):
+class LoadModel(ValidatedNode):
     @classmethod
     def define_schema(cls):
         tes = part_choices("text_encoders")

@@ -12,6 +12,7 @@ import json
 from ..errors import BAD_INPUT, SpriteForgeError
 from ..resolve import NONE, lora_choices, resolve_lora
 from ._compat import io
+from .validation import ValidatedNode
 
 CATEGORY = "SpriteForge/lora"
 ModelType = io.Custom("SF_MODEL")
@@ -37,7 +38,7 @@ def _apply(model, items, merge=False):
     return new, info
 
 
-class ApplyLoRA(io.ComfyNode):
+class ApplyLoRA(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -65,7 +66,7 @@ class ApplyLoRA(io.ComfyNode):
         return io.NodeOutput(new, info)
 
 
-class LoRAStack(io.ComfyNode):
+class LoRAStack(ValidatedNode):
     @classmethod
     def define_schema(cls):
         inputs = [ModelType.Input("model", tooltip=TIP_MODEL)]
@@ -98,7 +99,7 @@ class LoRAStack(io.ComfyNode):
         return io.NodeOutput(new, info)
 
 
-class LoRAInfo(io.ComfyNode):
+class LoRAInfo(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

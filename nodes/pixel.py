@@ -18,6 +18,7 @@ from ..pixel import alpha as A
 from ..pixel import export as X
 from ..pixel import grid as G
 from ..pixel import palette as P
+from ..pixel.color import parse_hex_color
 from ..pixel.quantize import DITHERS
 from ..pixel.quantize import quantize as quantize_image
 from ..pixel.sprite import indexed_palette
@@ -25,6 +26,7 @@ from ..pixel.sprite import outline_color as outline_color_of
 from ..pixel import scale as S
 from ..progress import Progress
 from ._compat import io
+from .validation import ValidatedNode
 from .folders import confined_folder, output_dir
 from .comfy_types import image_to_np, mask_to_np, np_to_image, np_to_mask
 
@@ -94,6 +96,18 @@ def _split_prefix(prefix: str) -> tuple[str, str]:
     return sub, name
 
 
+def _outline_color(text: str) -> int | str:
+    """An outline colour: the palette index N of ``index:N``, or the ``#rrggbb`` text (checked)."""
+    oc = (text or "#000000").strip()
+    if oc.lower().startswith("index:"):
+        index = oc.split(":", 1)[1].strip()
+        if not index.isdigit():
+            raise _bad(f"outline_color {oc!r}: write the palette index as 'index:N'.")
+        return int(index)
+    parse_hex_color(oc)
+    return oc
+
+
 def _metadata(cls) -> dict | None:
     try:
         from comfy.cli_args import args  # type: ignore
@@ -116,7 +130,7 @@ def _metadata(cls) -> dict | None:
 
 # --------------------------------------------------------------------------- nodes
 
-class PixelDownscale(io.ComfyNode):
+class PixelDownscale(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -155,7 +169,7 @@ class PixelDownscale(io.ComfyNode):
         return io.NodeOutput(np_to_image(o), np_to_mask(o[..., 3]))
 
 
-class PixelUpscale(io.ComfyNode):
+class PixelUpscale(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -178,7 +192,7 @@ class PixelUpscale(io.ComfyNode):
         return io.NodeOutput(np_to_image(o), np_to_mask(o[..., 3]))
 
 
-class PixelGridRecover(io.ComfyNode):
+class PixelGridRecover(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -239,7 +253,7 @@ def palette_ui(pal, used=None, alpha=None) -> dict:
     return {"palette": colours}
 
 
-class PixelPaletteExtract(io.ComfyNode):
+class PixelPaletteExtract(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -267,7 +281,7 @@ class PixelPaletteExtract(io.ComfyNode):
         return io.NodeOutput(pal, np_to_image(palette_swatch(pal)[None]), ui=palette_ui(pal))
 
 
-class PixelPaletteLoad(io.ComfyNode):
+class PixelPaletteLoad(ValidatedNode):
     @classmethod
     def define_schema(cls):
         names = P.builtin_names()
@@ -280,8 +294,8 @@ class PixelPaletteLoad(io.ComfyNode):
             inputs=[
                 io.Combo.Input("name", options=names, default="pico-8" if "pico-8" in names else names[0],
                                tooltip="Shipped palette, used when 'file' is empty."),
-                io.String.Input("file", default="", tooltip="Optional path to a .hex/.gpl/.pal/.png palette file; "
-                                "overrides 'name'."),
+                io.String.Input("file", default="", tooltip="Optional palette file (.hex/.gpl/.pal/.png) in the input "
+                                "folder, by name (e.g. mine.gpl); overrides 'name'."),
             ],
             outputs=[PaletteType.Output(display_name="palette", tooltip="The palette, for Quantize, Save Indexed and Sprite Sheet."),
                      io.Image.Output(display_name="preview", tooltip="The palette as a strip of swatches.")],
@@ -289,11 +303,16 @@ class PixelPaletteLoad(io.ComfyNode):
 
     @classmethod
     def execute(cls, name="pico-8", file=""):
-        pal = P.read_palette(file.strip()) if file and file.strip() else P.builtin(name)
+        from .folders import input_dir
+
+        if file and file.strip():  # confined like LoadImage: the input folder, then the shipped palettes
+            pal = P.read_palette(P.find_palette_file(file, [input_dir(cls), P.PALETTE_DIR]))
+        else:
+            pal = P.builtin(name)
         return io.NodeOutput(pal, np_to_image(palette_swatch(pal)[None]), ui=palette_ui(pal))
 
 
-class PixelQuantize(io.ComfyNode):
+class PixelQuantize(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -329,7 +348,9 @@ class PixelQuantize(io.ComfyNode):
         return io.NodeOutput(np_to_image(np.stack(outs)), np_to_mask(a), ui=palette_ui(pal, used=outs, alpha=a))
 
 
-class PixelAlphaCleanup(io.ComfyNode):
+class PixelAlphaCleanup(ValidatedNode):
+    CHECKS = {"outline_color": _outline_color}
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -367,16 +388,11 @@ class PixelAlphaCleanup(io.ComfyNode):
         rgb, a = _frames(image, mask, invert_mask)
         color = None
         if outline:
-            oc = (outline_color or "#000000").strip()
-            if oc.lower().startswith("index:"):
+            color = _outline_color(outline_color)
+            if isinstance(color, int):
                 if palette is None:
                     raise _bad("outline_color 'index:N' needs a palette input. Connect a palette or give a hex colour.")
-                index = oc.split(":", 1)[1].strip()
-                if not index.isdigit():
-                    raise _bad(f"outline_color {oc!r}: write the palette index as 'index:N'.")
-                color = outline_color_of(int(index), P.resolve_palette(palette))
-            else:
-                color = oc
+                color = outline_color_of(color, P.resolve_palette(palette))
         outs, alphas = [], []
         bar = Progress(len(rgb), "alpha cleanup")
         level = int(round(float(threshold) * 255))
@@ -389,7 +405,9 @@ class PixelAlphaCleanup(io.ComfyNode):
         return io.NodeOutput(np_to_image(np.stack(outs)), np_to_mask(np.stack(alphas)))
 
 
-class PixelSaveIndexed(io.ComfyNode):
+class PixelSaveIndexed(ValidatedNode):
+    CHECKS = {"filename_prefix": _split_prefix}
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -437,7 +455,9 @@ class PixelSaveIndexed(io.ComfyNode):
         return io.NodeOutput(ui={"images": results})
 
 
-class PixelSpriteSheet(io.ComfyNode):
+class PixelSpriteSheet(ValidatedNode):
+    CHECKS = {"filename_prefix": _split_prefix}
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -489,7 +509,7 @@ class PixelSpriteSheet(io.ComfyNode):
         return io.NodeOutput(np_to_image(sheet[None]), np_to_mask(sheet[None, ..., 3]), ui=ui)
 
 
-class PixelSliceTiles(io.ComfyNode):
+class PixelSliceTiles(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -519,7 +539,9 @@ class PixelSliceTiles(io.ComfyNode):
         return io.NodeOutput(np_to_image(tiles), np_to_mask(tiles[..., 3]), int(len(tiles)))
 
 
-class PixelKeyToAlpha(io.ComfyNode):
+class PixelKeyToAlpha(ValidatedNode):
+    CHECKS = {"key_color": parse_hex_color}
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -547,7 +569,6 @@ class PixelKeyToAlpha(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, key_color="#ff00ff", threshold=0.3, decontaminate=True):
-        from ..pixel.color import parse_hex_color
 
         rgb = image_to_np(image)
         out = A.key_to_alpha(rgb, tuple(parse_hex_color(key_color))[:3], threshold=float(threshold),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..errors import BAD_INPUT, SpriteForgeError
 from ._compat import io
+from .validation import ValidatedNode
 from .comfy_types import image_array, to_tensor
 
 BIREFNET = io.Custom("SF_BIREFNET")
@@ -32,7 +33,7 @@ def _variants() -> list[str]:
     return ["auto", *VARIANTS]
 
 
-class LoadBiRefNet(io.ComfyNode):
+class LoadBiRefNet(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -71,7 +72,7 @@ class LoadBiRefNet(io.ComfyNode):
         return io.NodeOutput(handle)
 
 
-class RemoveBackground(io.ComfyNode):
+class RemoveBackground(ValidatedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -300,6 +300,34 @@ def read_palette(path) -> Palette:
     return parse_palette(data, fmt, p.stem)
 
 
+def find_palette_file(name: str, folders) -> Path:
+    """The palette file ``name`` in the first of ``folders`` that holds it: for inputs that must not read the
+    rest of the machine (a node's ``file`` input reads the input folder and the shipped palettes only).
+
+    ``name`` is relative (``mine.gpl``, ``palettes/mine.hex``). BAD_INPUT for an absolute path, ``..``, an
+    extension other than ``.hex .gpl .pal .png``, a link that leads out of its folder, or a name no folder has;
+    the message never shows what a file outside holds.
+    """
+    text = str(name).strip()
+    p = Path(text)
+    if p.suffix.lower().lstrip(".") not in FORMATS:
+        raise bad(f"palette file {text!r} is not a .hex, .gpl, .pal or .png file. Give a palette file's name.",
+                  file=text)
+    if p.is_absolute() or p.drive or ".." in p.parts:
+        raise bad(f"palette file {text!r} must be a name inside the input folder, not a path. Put the file in "
+                  "the input folder and give its name.", file=text)
+    for folder in map(Path, folders):
+        cand = folder / p
+        if not cand.is_file():
+            continue
+        if not cand.resolve().is_relative_to(folder.resolve()):
+            raise bad(f"palette file {text!r} is a link that leads out of {folder}. Copy the file into the folder "
+                      "instead of linking it.", file=text)
+        return cand
+    raise bad(f"palette file {text!r} was not found in {' or '.join(str(f) for f in folders)}. Put it in the input "
+              "folder (or pick a shipped palette by name).", file=text)
+
+
 def format_palette(pal: Palette, fmt: str) -> bytes:
     """Serialise a palette as ``hex``, ``gpl`` (RGBA channels when it has alpha), ``pal`` or ``png`` bytes."""
     fmt = str(fmt).lower().lstrip(".")

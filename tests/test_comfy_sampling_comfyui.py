@@ -238,3 +238,27 @@ def test_our_schedules_equal_comfyuis_on_its_model_samplings(tmp_path):
             if sched == "ddim_uniform":  # ours follows diffusers' leading spacing; ComfyUI's has one more step
                 continue
             assert err < 1e-5, (fam, sched, err)
+
+
+def test_bad_values_are_refused_when_queued(tmp_path):
+    # issue #22.9: ComfyUI answers POST /prompt with 400 and node_errors (our validate_inputs), before anything runs
+    import math
+    import urllib.error
+
+    p = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" / "api" / "sprite_demo.json").read_text())
+    bad = {"3": ("sampler", "nope"), "8": ("dither", "sierra-9000"), "5": ("key_color", "#ff00zz"),
+           "7": ("outline_color", "index:two"), "9": ("filename_prefix", "../outside/x")}
+    for nid, (name, value) in bad.items():
+        p[nid]["inputs"][name] = value
+    p["3"]["inputs"]["cfg"] = math.nan
+    cfg = tmp_path / "extra_model_paths.yaml"
+    cfg.write_text(f"sf_empty:\n    base_path: {tmp_path}\n")
+    with server(tmp_path, cfg, tmp_path / "out", "--database-url", "sqlite:///:memory:") as (_proc, base, _info):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _post(f"{base}/prompt", {"prompt": p})
+        body = json.loads(e.value.read())
+        assert e.value.code == 400 and set(body["node_errors"]) == set(bad), body
+        for nid, (name, _v) in bad.items():
+            assert any(f"{name}: " in x["details"] for x in body["node_errors"][nid]["errors"]), body["node_errors"][nid]
+        assert any("cfg: nan is not a finite number" in x["details"] for x in body["node_errors"]["3"]["errors"])
+        assert _get(f"{base}/history") == {}

@@ -33,6 +33,7 @@ def test_unknown_code_is_refused():
         (ModuleNotFoundError("No module named 'mlx'", name="mlx"), "ENGINE_UNAVAILABLE"),
         (FileNotFoundError(2, "No such file", "/x/model.safetensors"), "MODEL_NOT_FOUND"),
         (ValueError("height must be positive"), "BAD_INPUT"),
+        (OSError(36, "File name too long", "/out/" + "a" * 5000 + "_00001_.png"), "BAD_INPUT"),  # a user's prefix
         (RuntimeError("something odd in a kernel"), "ENGINE_INTERNAL"),
     ],
 )

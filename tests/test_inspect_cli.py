@@ -170,3 +170,24 @@ def test_header_validation(tmp_path):
     assert read_header(p).tensors["w"].shape == (4,)
     with pytest.raises(SpriteForgeError):
         detect(p)
+
+
+def test_built_in_model_is_named_by_its_own_size_however_it_is_given(capsys):
+    """The 32-px demo transformer was called sigma-1024 as a file and sigma-64 as a folder (issue #21.8)."""
+    from spriteforge.resolve import DEMO_DIR
+
+    for path in (DEMO_DIR, DEMO_DIR / "transformer", DEMO_DIR / "transformer" / "diffusion_pytorch_model.safetensors"):
+        rep = _inspect_json(capsys, path)
+        assert (rep["family"], rep["variant"]) == ("pixart", "sigma-32"), path
+        assert "ambiguous" not in rep["extras"]
+
+
+def test_file_sizes_are_shown_in_a_unit_that_fits(capsys):
+    from spriteforge.cli.inspect import human_bytes
+    from spriteforge.resolve import DEMO_DIR
+
+    assert [human_bytes(n) for n in (512, 3 * 2**10, int(3.44 * 2**20), 24 * 2**30)] == \
+        ["512 B", "3.0 KiB", "3.4 MiB", "24.00 GiB"]
+    assert main(["inspect", str(DEMO_DIR / "transformer" / "diffusion_pytorch_model.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "file size:  3.4 MiB" in out and "0.00 GiB" not in out

@@ -1,8 +1,9 @@
 """Paths stay inside their folders, and nothing reaches the network at run time.
 
-* Model names (``paths.resolve``), LoadImage names, save prefixes (SaveImage, PreviewImage, the pack's indexed PNG
-  and sprite-sheet savers), ``spriteforge generate --prefix`` and the ``/spriteforge/model_family`` route refuse
-  ``..``, absolute paths and symlinks that lead out, with BAD_INPUT; nothing is written outside the output folder.
+* Model names (``paths.resolve``), LoadImage names, Palette Load's ``file``, save prefixes (SaveImage, PreviewImage,
+  the pack's indexed PNG and sprite-sheet savers), ``spriteforge generate --prefix`` and the
+  ``/spriteforge/model_family`` route refuse ``..``, absolute paths and symlinks that lead out, with BAD_INPUT (the
+  route with 400/404/422); no route reply holds an absolute path; nothing is written outside the output folder.
 * A full generation of the sprite-demo workflow on the built-in model runs with every socket connect refused.
 """
 
@@ -124,7 +125,7 @@ def test_saving_twice_never_overwrites(tree, save):
 
 
 @pytest.mark.parametrize("name", ["../../outside/secret.safetensors", "/etc/passwd", "out.safetensors",
-                                  "outdir/secret.safetensors", "a\0b", "x" * 5000, "..", "/"])
+                                  "outdir/secret.safetensors", "a\0b", "x" * 5000, "..", "/", ".", "./", "a/./b"])
 def test_model_family_route_refuses_paths_out(tree, name):
     from spriteforge.nodes import routes
 
@@ -135,7 +136,91 @@ def test_model_family_route_refuses_paths_out(tree, name):
     (tree["models"] / "checkpoints" / "outdir").symlink_to(tree["secret"], target_is_directory=True)
     res = routes.model_family(name)
     assert res["family"] is None and res["error"], res
-    assert "not yours" not in str(res)
+    assert res["status"] in (400, 404), res  # the route answers 4xx, not 200 with an error field
+    assert "not yours" not in str(res) and str(tree["root"]) not in str(res)
+
+
+def test_model_family_route_statuses_and_no_absolute_paths(tree):
+    from spriteforge.nodes import routes
+    from spriteforge.resolve import DEMO
+
+    paths.set_models_root(tree["models"])
+    dm = tree["models"] / "diffusion_models"
+    dm.mkdir()
+    (dm / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    (dm / "notes.safetensors").write_bytes(b"\xff" * 64)
+    replies = {n: routes.model_family(n) for n in ("", ".", "..", "missing.safetensors", "junk.safetensors",
+                                                     "notes.safetensors")}
+    assert {n: r["status"] for n, r in replies.items()} == {
+        "": 400, ".": 400, "..": 400, "missing.safetensors": 404, "junk.safetensors": 422, "notes.safetensors": 422}
+    assert all(r["error"] and r["family"] is None for r in replies.values())
+    if (REPO / "demo_model" / "model_index.json").exists():
+        replies[DEMO] = routes.model_family(DEMO)
+        assert replies[DEMO]["status"] == 200 and replies[DEMO]["family"] == "pixart"
+    text = repr(replies)
+    for root in {str(tree["root"]), str(REPO), str(REPO.resolve()), str(paths.models_root)}:
+        assert root not in text, (root, text)
+
+
+def test_route_replies_cut_absolute_paths():
+    from spriteforge.nodes.routes import public
+
+    got = public({"reason": "cannot load /opt/sw/lib/libmlx.so: missing", "win": "C:\\Users\\me\\m.safetensors bad",
+                  "list": ["\\\\server\\share\\x.bin"], "n": 3, "none": None})
+    assert got == {"reason": "cannot load libmlx.so: missing", "win": "m.safetensors bad", "list": ["x.bin"],
+                   "n": 3, "none": None}
+    kept = "see http://127.0.0.1:8188/api and models/diffusion_models, 1/2 of it"
+    assert public(kept) == kept
+
+
+# --------------------------------------------------------------------------- Palette Load's file input (issue 22.3)
+
+def _palette_wf(file: str) -> dict:
+    return G.fill_defaults({
+        "1": {"class_type": "SpriteForgePixelPaletteLoad", "inputs": {"name": "pico-8", "file": file}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "sprite.png"}},
+        "3": {"class_type": "SpriteForgePixelQuantize", "inputs": {"image": ["2", 0], "palette": ["1", 0]}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    })
+
+
+@pytest.fixture
+def palettes(tree):
+    """A palette outside every allowed folder (its second line a secret), a link to it from the input folder."""
+    (tree["secret"] / "secret.hex").write_text("ff0000\nmy-secret-line\n")
+    (tree["secret"] / "secret.gpl").write_text("GIMP Palette\nmy-secret-line\n")
+    (tree["input"] / "link.hex").symlink_to(tree["secret"] / "secret.hex")
+    (tree["input"] / "mine.gpl").write_text("GIMP Palette\n255 0 0 red\n0 0 255 blue\n")
+    return tree
+
+
+@pytest.mark.parametrize("file", ["ABS/secret.hex", "ABS/secret.gpl", "../outside/secret.hex",
+                                  "sub/../../outside/secret.gpl", "link.hex", "/etc/passwd", "sprite.png.txt"])
+def test_palette_file_input_stays_in_its_folders(palettes, file):
+    from spriteforge.nodes.folders import Folders, with_folders
+    from spriteforge.nodes.pixel import PixelPaletteLoad
+
+    file = file.replace("ABS", str(palettes["secret"]))
+    with pytest.raises(SpriteForgeError) as e:
+        run_workflow(_palette_wf(file), out_dir=palettes["out"], input_dir=palettes["input"])
+    assert e.value.code == BAD_INPUT and "my-secret-line" not in str(e.value), e.value
+    with pytest.raises(SpriteForgeError) as e:  # the node itself, as ComfyUI calls it
+        with_folders(PixelPaletteLoad, Folders(input=palettes["input"])).execute("pico-8", file)
+    assert e.value.code == BAD_INPUT and "my-secret-line" not in str(e.value), e.value
+
+
+def test_palette_file_input_reads_the_input_folder_and_shipped_palettes(palettes):
+    from spriteforge.nodes.folders import Folders, with_folders
+    from spriteforge.nodes.pixel import PixelPaletteLoad
+    from spriteforge.pixel import palette as P
+
+    node = with_folders(PixelPaletteLoad, Folders(input=palettes["input"]))
+    assert node.execute("pico-8", "mine.gpl")[0].hex() == ["ff0000", "0000ff"]
+    assert node.execute("pico-8", " sweetie-16.hex ")[0] == P.builtin("sweetie-16")
+    with pytest.raises(SpriteForgeError) as e:
+        node.execute("pico-8", "nope.hex")
+    assert e.value.code == BAD_INPUT and "was not found" in e.value.message
+    run_workflow(_palette_wf("mine.gpl"), out_dir=palettes["out"], input_dir=palettes["input"])
 
 
 def test_cli_generate_prefix_and_no_overwrite(tmp_path, capsys):

@@ -13,9 +13,12 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import itertools
 import json
 import os
+import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -30,12 +33,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import spriteforge
 from spriteforge.errors import SpriteForgeError
 from spriteforge.execution import graph as G
-from spriteforge.execution.submit import ComfyServer, WebSocket, submit_workflow
+from spriteforge.execution.submit import ComfyServer, WebSocket, server_url, submit_workflow
 
 pytest.importorskip("torch")
 REPO = Path(__file__).resolve().parents[1]
+PACK_PARENT = str(Path(spriteforge.__file__).parent.parent)  # where the spriteforge under test is imported from
 
 
 class _Interrupt(Exception):
@@ -49,9 +54,14 @@ class FakeComfy:
     """A ComfyUI stand-in: one worker executes queued prompts in order with spriteforge.execution.runner."""
 
     def __init__(self, root: Path, *, node_delay: float = 0.0, extra_load: int = 0, crash_on_start: bool = False,
-                 crash_after: int | None = None, drop_on_view: int | None = None):
+                 crash_after: int | None = None, drop_on_view: int | None = None, drip: str | None = None,
+                 forget: bool = False, subfolder: str | None = None):
         """``crash_after``: finish that many prompts, then crash when the next one starts (a drop mid-batch);
-        ``drop_on_view``: crash on that /view download (1 = the first), mid-way through a job's outputs."""
+        ``drop_on_view``: crash on that /view download (1 = the first), mid-way through a job's outputs;
+        ``drip``: GET requests whose path starts with it are answered one byte every 0.1 s, never completely;
+        ``forget``: accept prompts (200 + prompt_id) and then lose them (in neither queue nor history);
+        ``subfolder``: the subfolder every output is reported under (what a hostile server could send)."""
+        self.drip, self.forget, self.subfolder = drip, forget, subfolder
         self.crash_after = crash_after
         self.drop_on_view = drop_on_view
         self.views = 0
@@ -97,6 +107,8 @@ class FakeComfy:
             def do_GET(self):
                 u = urllib.parse.urlsplit(self.path)
                 q = dict(urllib.parse.parse_qsl(u.query))
+                if fake.drip and u.path.startswith(fake.drip):
+                    return fake._drip(self)
                 if u.path == "/ws":
                     return fake._ws(self, q.get("clientId") or uuid.uuid4().hex)
                 if u.path == "/queue":
@@ -163,6 +175,19 @@ class FakeComfy:
         files = sorted(p.name for p in (self.root / "input").iterdir() if p.is_file())
         info["LoadImage"]["input"]["required"]["image"][1]["options"] = files
         return info
+
+    def _drip(self, h: BaseHTTPRequestHandler):
+        """The start of a valid answer, then one byte every 0.1 s without end (until the fake stops)."""
+        try:
+            for byte in itertools.chain(b"HTTP/1.1 200 OK\r\nX-Slow: ", itertools.repeat(ord("y"))):
+                if self.stopped:
+                    break
+                h.wfile.write(bytes([byte]))
+                h.wfile.flush()
+                time.sleep(0.1)
+        except OSError:  # the client gave up
+            pass
+        h.close_connection = True
 
     # ------------------------------------------------------------------ websocket (server side)
     def _ws(self, h: BaseHTTPRequestHandler, sid: str):
@@ -249,6 +274,8 @@ class FakeComfy:
             return {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
                               "details": "", "extra_info": {}}, "node_errors": node_errors}, 400
         pid = body.get("prompt_id") or str(uuid.uuid4())
+        if self.forget:
+            return {"prompt_id": pid, "number": len(self.received), "node_errors": {}}, 200
         with self.wake:
             self.pending.append((0, pid, prompt, {"client_id": body.get("client_id"), **(body.get("extra_data") or {})}))
             self.wake.notify()
@@ -308,6 +335,10 @@ class FakeComfy:
                         "exception_message": str(exc), "exception_type": "SpriteForgeError", "traceback": []}
                 messages = [["execution_error", data]]
                 self._send_to(sid, "execution_error", data)
+            if self.subfolder is not None:
+                for ui in outputs.values():
+                    for it in ui.get("images", []):
+                        it["subfolder"] = self.subfolder
             with self.lock:
                 self.history[pid] = {"prompt": [0, pid, prompt, extra, []], "outputs": outputs,
                                      "status": {"status_str": status, "completed": status == "success",
@@ -471,7 +502,7 @@ def test_cli_submit_batch_and_ctrl_c(servers, tmp_path):
     wf.write_text(json.dumps(_wf()))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# comment\nknight\n\nwizard\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO.parent)}
+    env = {**os.environ, "PYTHONPATH": PACK_PARENT}
     r = subprocess.run([sys.executable, "-m", "spriteforge.cli.main", "submit", str(wf), "--server", s.url,
                         "--prompts", str(prompts), "--prompt-input", "3.filename_prefix", "--out", str(tmp_path / "o"),
                         "--timeout", "60"], capture_output=True, text=True, timeout=120, env=env)
@@ -490,3 +521,291 @@ def test_cli_submit_batch_and_ctrl_c(servers, tmp_path):
     _out, err = p.communicate(timeout=30)
     assert p.returncode == 130, err
     assert slow.interrupts, err
+
+
+# --------------------------------------------------------------------------- every wait bounded (issue 22.5)
+
+class RawServer:
+    """A TCP server on 127.0.0.1 whose every connection is given to ``serve(conn, stopped)`` in a thread."""
+
+    def __init__(self, serve):
+        self.stopped = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.conns: list = []
+
+        def accept():
+            while not self.stopped.is_set():
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    return
+                self.conns.append(conn)
+                threading.Thread(target=self._serve, args=(serve, conn), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+
+    def _serve(self, serve, conn):
+        try:
+            conn.recv(65536)
+            serve(conn, self.stopped)
+        except OSError:
+            pass
+
+    def close(self):
+        self.stopped.set()
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.fixture
+def raw_server():
+    made = []
+
+    def make(serve):
+        made.append(RawServer(serve))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def _silent(conn, stopped):
+    stopped.wait()  # accepts, reads the request, never answers
+
+
+def _dripping(conn, stopped):
+    for byte in itertools.chain(b"HTTP/1.1 200 OK\r\nX-Slow: ", itertools.repeat(ord("y"))):
+        if stopped.wait(0.1):
+            return
+        conn.sendall(bytes([byte]))
+
+
+def _answers(status: str, body: bytes, ctype: str = "text/plain"):
+    def serve(conn, stopped):
+        conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                     f"Connection: close\r\n\r\n".encode() + body)
+    return serve
+
+
+def _in_thread(fn, limit: float = 120):
+    """Run ``fn`` in a thread; (returned value, raised exception). Fails the test when it has not ended after
+    ``limit`` seconds: a generous bound so that a regression fails instead of hanging the suite."""
+    out: dict = {}
+
+    def go():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["error"] = exc
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(limit)
+    assert not t.is_alive(), "the submit did not end: a wait is unbounded"
+    return out.get("value"), out.get("error")
+
+
+@pytest.mark.parametrize("serve", [_silent, _dripping], ids=["silent", "dripping"])
+def test_timeout_bounds_connecting(raw_server, tmp_path, serve):
+    s = raw_server(serve)
+    _, err = _in_thread(lambda: submit_workflow(_wf(), [s.url], out_dir=tmp_path, timeout=1.5, http_timeout=600))
+    assert isinstance(err, SpriteForgeError) and err.code == "ENGINE_UNAVAILABLE", err
+    assert "no server answered within the time limit (--timeout 1.5 s)" in err.message
+
+
+def test_dripping_answer_is_cut_at_the_request_limit_without_timeout(raw_server, tmp_path):
+    # no --timeout: each request still ends after http_timeout, however often a byte arrives
+    s = raw_server(_dripping)
+    _, err = _in_thread(lambda: submit_workflow(_wf(), [s.url], out_dir=tmp_path, http_timeout=1))
+    assert isinstance(err, SpriteForgeError) and err.code == "ENGINE_UNAVAILABLE", err
+    assert "no complete answer within 1 s" in err.message
+
+
+def test_dripping_history_mid_run_ends_at_the_timeout(servers, tmp_path):
+    s = servers(drip="/history")  # runs the prompt, then drips every /history answer
+    jobs, err = _in_thread(lambda: submit_workflow(_wf(), [s.url], out_dir=tmp_path / "o", timeout=8,
+                                                   http_timeout=600, poll_interval=0.2))
+    assert err is None, err
+    assert [j.status for j in jobs] == ["timed_out"] and jobs[0].code == "ENGINE_UNAVAILABLE"
+    assert "did not finish within the time limit (--timeout 8 s)" in jobs[0].error
+    assert jobs[0].prompt_id in jobs[0].error
+
+
+def test_dripping_history_without_timeout_drops_the_server(servers, tmp_path):
+    s = servers(drip="/history")
+    jobs, err = _in_thread(lambda: submit_workflow(_wf(), [s.url], out_dir=tmp_path / "o", http_timeout=1,
+                                                   poll_interval=0.2, max_attempts=1))
+    assert err is None, err
+    assert [j.status for j in jobs] == ["failed"] and "no complete answer within 1 s" in jobs[0].error
+
+
+def test_lost_prompt_is_reported(servers, tmp_path):
+    s = servers(forget=True)  # says "queued", then shows the prompt nowhere
+    events = []
+    jobs, err = _in_thread(lambda: submit_workflow(_wf(), [s.url], out_dir=tmp_path, poll_interval=0.1,
+                                                   max_attempts=2, on_event=lambda k, d: events.append(k)))
+    assert err is None, err
+    assert [j.status for j in jobs] == ["failed"] and jobs[0].attempts == 2 and jobs[0].code == "ENGINE_UNAVAILABLE"
+    assert "in neither its queue nor its history" in jobs[0].error
+    assert events.count("lost") == 2 and len(s.received) == 2
+
+
+def test_lost_prompt_is_queued_again_elsewhere(servers, tmp_path):
+    lossy, ok = servers("lossy", forget=True), servers("ok")
+    events = []
+    jobs, err = _in_thread(lambda: submit_workflow(_wf("again"), [lossy.url, ok.url], out_dir=tmp_path / "o",
+                                                   poll_interval=0.1, on_event=lambda k, d: events.append(k)))
+    assert err is None, err
+    assert [j.status for j in jobs] == ["done"] and jobs[0].servers_tried == [lossy.url, ok.url]
+    assert "lost" in events and "retry" in events and (tmp_path / "o" / "again_00001_.png").is_file()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "http://[::1", "http://127.0.0.1:0", "ftp://127.0.0.1:21",
+                                 "http://", "http://127.0.0.1:port", "http://user@127.0.0.1:8188",
+                                 "http://127.0.0.1:8188/?q=1", "http://bad host:8188"])
+def test_bad_server_addresses_are_refused(tmp_path, url):
+    with pytest.raises(SpriteForgeError) as ei:
+        submit_workflow(_wf(), [url], out_dir=tmp_path, timeout=5)
+    assert ei.value.code == "BAD_INPUT" and "is not a server address" in ei.value.message, ei.value
+
+
+def test_server_addresses_normalised():
+    assert server_url("127.0.0.1:8188") == "http://127.0.0.1:8188"
+    assert server_url(" http://[::1]:8188/ ") == "http://[::1]:8188"
+    assert server_url("https://example.org/comfy/") == "https://example.org/comfy"
+
+
+@pytest.mark.parametrize("answer", [_answers("500 Internal Server Error", b"500 Internal Server Error"),
+                                    _answers("200 OK", b"<html>a web page</html>", "text/html"),
+                                    _answers("200 OK", b'{"hello": "world"}', "application/json"),
+                                    lambda conn, stopped: conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")],
+                         ids=["500", "html", "other-json", "not-http"])
+def test_a_server_that_answers_wrongly_is_not_unreachable(raw_server, tmp_path, answer):
+    s = raw_server(answer)
+    _, err = _in_thread(lambda: submit_workflow(_wf(), [s.url], out_dir=tmp_path, timeout=30))
+    assert isinstance(err, SpriteForgeError) and err.code == "ENGINE_UNAVAILABLE", err
+    assert "answered, but not as ComfyUI does" in err.message and "cannot reach" not in err.message
+    assert s.url in err.message
+
+
+def test_graph_workflow_on_a_server_that_answers_wrongly(raw_server, tmp_path):
+    # a graph needs the server's /object_info first: a 500 there is named as such too
+    s = raw_server(_answers("500 Internal Server Error", b"boom"))
+    _, err = _in_thread(lambda: submit_workflow(G.api_to_graph(_wf()), [s.url], out_dir=tmp_path, timeout=30))
+    assert isinstance(err, SpriteForgeError) and err.code == "ENGINE_UNAVAILABLE", err
+    assert "/object_info answered 500" in err.message and "not as ComfyUI does" in err.message
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "until-close"])
+def test_http_answers_in_every_framing(raw_server, framing):
+    body = json.dumps({"queue_running": [[0, "p1", {}, {}, []]], "queue_pending": [[1, "p2", {}, {}, []]]}).encode()
+    if framing == "chunked":
+        head, payload = "Transfer-Encoding: chunked\r\n", b"".join(
+            b"%x;ext=1\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7)) + b"0\r\n\r\n"
+    elif framing == "content-length":
+        head, payload = f"Content-Length: {len(body)}\r\n", body
+    else:
+        head, payload = "", body
+
+    def serve(conn, stopped):
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{head}\r\n".encode() + payload)
+        if framing == "until-close":
+            conn.shutdown(socket.SHUT_WR)
+        else:
+            stopped.wait()  # keeps the connection open: the answer's own framing must end the read
+
+    s = raw_server(serve)
+    srv = ComfyServer(s.url, timeout=60)
+    assert srv.queue() == ["p1", "p2"] and srv.queue_load() == 2
+
+
+def test_outputs_named_outside_the_folder_are_not_written(servers, tmp_path):
+    s = servers(subfolder="../../escape")
+    out = tmp_path / "deep" / "out"
+    jobs = submit_workflow(_wf(), [s.url], out_dir=out, timeout=60, poll_interval=0.2)
+    assert jobs[0].status == "failed" and jobs[0].code == "BAD_INPUT" and "outside the output folder" in jobs[0].error
+    assert not (tmp_path / "escape").exists() and not any(out.rglob("*.png"))
+
+
+def test_downloads_never_follow_a_link(servers, tmp_path):
+    s = servers()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "hero_00001_.png").symlink_to(tmp_path / "target.png")  # dangling: writing through it lands outside
+    jobs = submit_workflow(_wf(), [s.url], out_dir=out, timeout=60, poll_interval=0.2)
+    assert jobs[0].status == "done" and jobs[0].files == [out / "hero_00001__1.png"]
+    assert not (tmp_path / "target.png").exists() and (out / "hero_00001_.png").is_symlink()
+
+
+def test_cli_submit_help_and_bad_values(tmp_path):
+    from spriteforge.cli.main import build_parser, main
+
+    sub = build_parser()._subparsers._group_actions[0].choices["submit"]
+    text = sub.format_help()
+    assert "``" not in text and ":func:" not in text and ":class:" not in text
+    shown = re.findall(r"\bexample_workflows/\S+\.json", text)
+    assert shown and all((REPO / p).is_file() for p in shown), shown
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(_wf()))
+    for bad in (["--timeout", "0"], ["--timeout", "nan"], ["--max-inflight", "0"], ["--retries", "-1"],
+                ["--server", "http://127.0.0.1:99999"]):
+        assert main(["-q", "submit", str(wf), "--out", str(tmp_path / "o"), *bad]) == 19, bad
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- a real ComfyUI (opt-in)
+
+@pytest.mark.skipif(not os.environ.get("SPRITEFORGE_COMFYUI"), reason="set SPRITEFORGE_COMFYUI=/path/to/ComfyUI "
+                    "(see tests/comfyui_server.py) to run submit and the routes against a real ComfyUI")
+def test_real_comfyui_submit_routes_and_palette_file(tmp_path):
+    """The HTTP/WebSocket client, the routes' statuses and Palette Load's confinement in a real ComfyUI running
+    this checkout (``--base-directory`` with only this pack in its custom_nodes)."""
+    import urllib.error
+    import urllib.request
+
+    from spriteforge.tests.comfyui_server import server
+
+    base_dir = tmp_path / "base"
+    for d in ("custom_nodes", "input", "user", "temp", "models"):
+        (base_dir / d).mkdir(parents=True)
+    (base_dir / "custom_nodes" / "spriteforge").symlink_to(Path(spriteforge.__file__).parent, target_is_directory=True)
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[4:12, 4:12] = [250, 40, 40, 255]
+    Image.fromarray(rgba).save(base_dir / "input" / "sprite.png")
+    (base_dir / "input" / "mine.hex").write_text("ff0000\n0000ff\n")
+    cfg = tmp_path / "extra_model_paths.yaml"
+    cfg.write_text(f"sf_submit:\n    base_path: {base_dir / 'models'}\n")
+    with server(tmp_path, cfg, tmp_path / "server_out", "--base-directory", str(base_dir), "--database-url",
+                "sqlite:///:memory:", ready="SpriteForgePixelPaletteLoad") as (_proc, base, _info):
+        jobs = submit_workflow(_wf("real"), [base], prompts=["a", "b"], prompt_input="3.filename_prefix",
+                               out_dir=tmp_path / "o", timeout=240)
+        assert [j.status for j in jobs] == ["done", "done"], [j.error for j in jobs]
+        assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_00001_.png", "b_00001_.png"]
+
+        def palette(file):
+            wf = _wf("pal")
+            wf["0"] = {"class_type": "SpriteForgePixelPaletteLoad", "inputs": {"name": "pico-8", "file": file}}
+            wf["4"] = {"class_type": "SpriteForgePixelQuantize", "inputs": {"image": ["2", 0], "palette": ["0", 0]}}
+            wf["3"]["inputs"]["images"] = ["4", 0]
+            return submit_workflow(G.fill_defaults(wf), [base], out_dir=tmp_path / "p", timeout=240)[0]
+
+        assert palette("mine.hex").status == "done"
+        for bad in ("/etc/passwd.hex", "../../../../etc/x.hex"):
+            job = palette(bad)
+            assert job.status == "failed" and "[BAD_INPUT]" in job.error, job.error
+
+        def status(path):
+            try:
+                with urllib.request.urlopen(base + path, timeout=60) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        got = {n: status(f"/spriteforge/model_family?name={urllib.parse.quote(n)}")[0]
+               for n in (".", "..", "/etc/passwd", "missing.safetensors")}
+        assert got == {".": 400, "..": 400, "/etc/passwd": 400, "missing.safetensors": 404}
+        code, caps = status("/spriteforge/capabilities")
+        assert code == 200 and str(tmp_path) not in caps and str(REPO) not in caps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -54,3 +55,26 @@ def test_model_family_route_data(tmp_path):
 
 def test_register_routes_without_comfyui_is_a_no_op():
     assert routes.register_routes() is False
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+def test_widget_rules_name_real_widgets():
+    # every widget the extension greys out or relabels exists on some node; seamless `tile` is never greyed out
+    from spriteforge.execution import graph as G
+
+    names = sorted({n for d in G.object_info().values() for n, _c, typ, opts in G.ordered_inputs(d) if G.is_widget(typ, opts)})
+    script = ("import('./web/spriteforge.js').then((m) => { const names = JSON.parse(process.argv[1]); console.log(JSON.stringify({"
+              "caps: m.CAPABILITY_WIDGETS.map(([re, cap]) => [cap, names.filter((n) => re.test(n))]),"
+              "tile: m.capabilityFor('tile')})); })")
+    r = subprocess.run(["node", "-e", script, json.dumps(names)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rules = json.loads(r.stdout)
+    assert all(matched for _cap, matched in rules["caps"]), rules["caps"]
+    lora = dict((cap, m) for cap, m in rules["caps"])["lora"]
+    assert {"lora_name", "strength_model", "strength_text", "strength_model_1", "lora_1"} <= set(lora)
+    from spriteforge.models.families import registry
+
+    hints = registry.widget_hints()  # the family rules and labels the extension applies (served by the registry)
+    named = {*hints["rules"], *hints["labels"]}
+    assert named and named <= set(names), named - set(names)
+    assert rules["tile"] is None

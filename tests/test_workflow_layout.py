@@ -2,7 +2,7 @@
 after a run: a node's box is its title bar (plus the engine badge above model nodes) and its body,
 which must hold its sockets, widgets and what it shows after a run (the frontend's image preview,
 at least 220 px, under image-output nodes; the extension's swatch strip under palette nodes). Group
-title bars must not touch a node or another group's title, and a node is either inside a group or
+title bars must not touch a node or another group (its title bar or its box), and a node is either inside a group or
 clear of it. The metrics are the editor's own (LiteGraph 20 px slots/widgets, 30 px titles), not the
 builder's, so the builder's layout is checked, not restated.
 """
@@ -106,10 +106,10 @@ def test_no_overlaps_after_a_run(path, info):
                 problems.append(f"group {g['title']!r}: title bar overlaps node {nid}")
             if overlap(body, bx) and not inside(bx, body):
                 problems.append(f"group {g['title']!r}: node {nid} is partly inside")
-        for other_title, t in titles:
-            if overlap(title, t):
-                problems.append(f"group titles {g['title']!r} and {other_title!r} overlap")
-        titles.append((g["title"], title))
+        for other_title, t, other_body in titles:
+            if overlap(title, other_body) or overlap(body, t):
+                problems.append(f"groups {g['title']!r} and {other_title!r}: a box overlaps the other's title bar")
+        titles.append((g["title"], title, body))
     assert not problems, f"{path.name}:\n" + "\n".join(problems)
 
 

@@ -36,7 +36,7 @@ GROUP_PAD = 20       # group edge around its nodes (the title bar sits above thi
 IMAGE_ROOM = 220     # the frontend's image preview under an image-output node's widgets (its min height)
 SWATCH_ROOM = 24     # the extension's palette swatch strip (SWATCH_H 16 + margins)
 IMAGE_UI_NODES = {"PreviewImage", "SaveImage", "LoadImage", "SpriteForgePixelSaveIndexed",
-                  "SpriteForgePixelSpriteSheet"}
+                  "SpriteForgePixelSpriteSheet", "SpriteForgeSaveAutotileSet"}
 PALETTE_UI_NODES = {"SpriteForgePixelPaletteExtract", "SpriteForgePixelPaletteLoad", "SpriteForgePixelQuantize"}
 MODEL_NODES = {"SpriteForgeLoadModel"}
 NOTE_COLOR, NOTE_BG = "#432", "#653"
@@ -420,8 +420,40 @@ def sdxl_pixel_art() -> Workflow:
     return Workflow("sdxl_pixel_art", nodes, links, groups, notes)
 
 
+NOTE_AUTOTILE = """AUTOTILE SET (Godot and Tiled)
+terrain_a / terrain_b: prompts of the two terrains; terrain_b empty = terrain and transparency (islands, platforms).
+layout: wang16 (16 corner tiles, Tiled 'corner' wangset, Godot 'match corners'), blob47 (47 edge+corner tiles,
+Tiled 'mixed', Godot 'match corners and sides'), dualgrid (the 16 corner tiles in the dual-grid order).
+Each terrain is made as a seamless texture, each tile joins them along a noisy boundary that is then redrawn by
+masked, wrapped inpainting; tiles that may touch continue into each other. One palette (colors) for the set.
+scale 0 = generate near the model's own size, then downscale to tile_size.
+Any model works: load another family in Load Model and write its kind of prompt.
+
+OUTPUT (output/spriteforge/): autotile.png (indexed sheet), autotile.json (atlas: rectangle + terrain code per
+tile), autotile.tsx (Tiled tileset with a wangset), autotile.tres (Godot 4 TileSet with terrain peering bits)."""
+
+
+def autotile() -> Workflow:
+    nodes = [
+        N(1, "SpriteForgeLoadModel", 0, 0, DEMO),
+        N(2, "SpriteForgeMakeAutotileSet", 1, 0, {"terrain_a": "grass", "terrain_b": "water",
+                                                     "layout": "wang16", "tile_size": 16, "scale": 0, "seed": 0,
+                                                     "steps": 20, "inpaint_steps": 20, "strength": 0.75,
+                                                     "colors": 16, "batch": 8}, cag="fixed"),
+        N(3, "SpriteForgeSaveAutotileSet", 2, 0, {"filename_prefix": "spriteforge/autotile"}),
+        N(4, "PreviewImage", 2, 1.5, height=300),
+    ]
+    links = [L(1, 0, 2, "model"), L(2, 2, 3, "autotile"), L(2, 0, 4, "images")]
+    notes = [Note(20, 0, 2.7, NOTE_DEMO, width=740, height=260),
+             Note(21, 2, 4.6, NOTE_AUTOTILE, width=740, height=300)]
+    groups = [Group("Model (built-in)", [1, 20], "#3f789e"), Group("Autotile set", [2], "#8a8a3f"),
+              Group("Save for Godot / Tiled", [3, 4], "#3f8a5a")]
+    return Workflow("autotile", nodes, links, groups, notes)
+
+
+
 WORKFLOWS = {"txt2img": txt2img, "img2img": img2img, "tileset": tileset, "inpainting": inpainting,
-             "sprite_pipeline": sprite_pipeline, "sprite_demo": sprite_demo, "sdxl_pixel_art": sdxl_pixel_art}
+             "sprite_pipeline": sprite_pipeline, "sprite_demo": sprite_demo, "sdxl_pixel_art": sdxl_pixel_art, "autotile": autotile}
 
 
 # --------------------------------------------------------------------------- graph assembly
@@ -515,7 +547,8 @@ def group_bounds(members: list) -> tuple:
 
 def settle(nodes: list, groups: list) -> None:
     """:func:`place`, then move groups (or stray nodes) down until no group's box touches a node
-    that is not in it; repeated until nothing moves (everything only ever moves down)."""
+    that is not in it, and groups apart from each other; repeated until nothing moves (everything only
+    ever moves down)."""
     by_id = {nd["id"]: nd for nd in nodes}
     group_of = {i: gi for gi, g in enumerate(groups) for i in g.ids}
     for _ in range(50):
@@ -541,8 +574,24 @@ def settle(nodes: list, groups: list) -> None:
             if moved:
                 break
         if not moved:
+            moved = _separate_groups(groups, by_id)
+        if not moved:
             return
     raise RuntimeError("the layout did not settle")
+
+
+def _separate_groups(groups: list, by_id: dict) -> bool:
+    """Move the lower of two groups whose boxes touch (one group's body over the other's title bar) down
+    below the upper one; True when something moved."""
+    bounds = [group_bounds([by_id[i] for i in g.ids]) for g in groups]
+    for a, ga in enumerate(bounds):
+        for b, gb in enumerate(bounds):
+            if a != b and ga[1] <= gb[1] and _overlaps(ga, gb, 10, 10):
+                dy = int(ga[3] + 10 - gb[1]) + 1
+                for i in groups[b].ids:
+                    by_id[i]["pos"][1] += dy
+                return True
+    return False
 
 
 def build_graph(wf: Workflow, info: dict) -> dict:
@@ -646,10 +695,11 @@ SHORT = {
     "SpriteForgePixelSliceTiles": "Slice Tiles", "SpriteForgePixelKeyToAlpha": "Key to Alpha",
     "CheckpointLoaderSimple": "Load Checkpoint", "LoraLoader": "Load LoRA", "CLIPTextEncode": "Text Encode",
     "EmptyLatentImage": "Empty Latent", "VAEDecode": "VAE Decode", "SpriteForgeKSampler": "KSampler",
+    "SpriteForgeMakeAutotileSet": "Make Autotile", "SpriteForgeSaveAutotileSet": "Save Autotile",
 }
 TITLES = {"txt2img": "Text to image", "img2img": "Image to image", "tileset": "Seamless tileset",
           "inpainting": "Inpainting", "sprite_pipeline": "Sprite pipeline", "sprite_demo": "Demo sprites",
-          "sdxl_pixel_art": "SDXL pixel art"}
+          "sdxl_pixel_art": "SDXL pixel art", "autotile": "Autotile set"}
 
 
 def _font(size: int):

@@ -120,14 +120,18 @@ def circles(mods, graph) -> list[list[str]]:
         if start in index:
             continue
         work = [(start, iter(succ[start]))]
-        index[start] = low[start] = counter[0]; counter[0] += 1
-        stack.append(start); on.add(start)
+        index[start] = low[start] = counter[0]
+        counter[0] += 1
+        stack.append(start)
+        on.add(start)
         while work:
             v, it = work[-1]
             for w in it:
                 if w not in index:
-                    index[w] = low[w] = counter[0]; counter[0] += 1
-                    stack.append(w); on.add(w)
+                    index[w] = low[w] = counter[0]
+                    counter[0] += 1
+                    stack.append(w)
+                    on.add(w)
                     work.append((w, iter(succ[w])))
                     break
                 if w in on:
@@ -139,7 +143,9 @@ def circles(mods, graph) -> list[list[str]]:
                 if low[v] == index[v]:
                     comp = []
                     while True:
-                        w = stack.pop(); on.discard(w); comp.append(w)
+                        w = stack.pop()
+                        on.discard(w)
+                        comp.append(w)
                         if w == v:
                             break
                     if len(comp) > 1:

@@ -44,8 +44,9 @@ def main(argv=None) -> int:
     from spriteforge.nodes import loaders as LD
     from spriteforge.nodes import pixel as P
     from spriteforge.pixel import export as X
+    from spriteforge.resolve import DEMO
 
-    model = LD.LoadModel.execute(LD.DEMO).args[0]
+    model = LD.LoadModel.execute(DEMO).args[0]
     cond = G.EncodePrompt.execute(model, args.prompt, "").args[0]
     lat = G.Sampler.execute(model, cond, seed=args.seed, steps=20, sampler="dpmpp_2m", schedule="normal", cfg=4.5,
                             batch_size=args.frames, width=32, height=32).args[0]

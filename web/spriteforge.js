@@ -1,8 +1,10 @@
 // SpriteForge editor extension for ComfyUI's frontend.
 //
 // * palette swatches on palette nodes (an SF_PALETTE output or a palette-name widget), colours from
-//   GET /spriteforge/palettes ({name: ["#rrggbb", ...]}), or from a node's executed `palette` output;
-// * an engine/device badge on model nodes (SF_MODEL outputs) from GET /spriteforge/capabilities;
+//   GET /spriteforge/palettes ({name: ["#rrggbb", ...]}), or from a node's executed `palette` output, in a
+//   DOM widget (so the Vue node renderer shows them too);
+// * an engine/device badge on model nodes (SF_MODEL outputs) from GET /spriteforge/capabilities, and the error
+//   code of a node's failed run, as node badges (the frontend draws them on the canvas and in its Vue nodes);
 // * widgets that do not apply to the model family (from GET /spriteforge/model_family) or to the
 //   engine's capabilities are disabled, with a hint in their label;
 // * SpriteForge error codes in execution errors are shown with their what-to-do text
@@ -15,6 +17,7 @@ export const EXTENSION_NAME = "SpriteForge.Editor";
 export const PALETTE_TYPE = "SF_PALETTE";
 export const MODEL_TYPE = "SF_MODEL";
 export const SWATCH_H = 16;
+export const SWATCH_WIDGET = "sf_swatches";
 // Nodes that are not palette nodes by their definition but send the palette they used ({palette: [...]}).
 export const PALETTE_UI_NODES = ["SpriteForgePixelQuantize"];
 // Nodes whose report ({text: [...]}) is shown on the node after a run, in a read-only text box like
@@ -22,22 +25,20 @@ export const PALETTE_UI_NODES = ["SpriteForgePixelQuantize"];
 export const TEXT_NODES = ["SpriteForgeEngineInfo", "SpriteForgeLoRAInfo"];
 export const REPORT_WIDGET = "sf_report";
 
-// Widgets that apply only to some model families: name -> {only?: [families], not?: [families], hint}.
-export const FAMILY_RULES = {
-  guidance: { only: ["flux"], hint: "Flux only" },
-  sana_instruction: { only: ["sana"], hint: "Sana only" },
-  negative: { not: ["dit"], hint: "unused by DiT" },
-};
-// Widgets relabelled for a family (the input means something else there).
-export const FAMILY_LABELS = {
-  positive: { dit: "class label (0-999 or ImageNet name)" },
-};
-// Widgets that need an engine capability: name -> capability key in /spriteforge/capabilities.
-export const CAPABILITY_WIDGETS = {
-  tile: "vae_tiling",
-  lora_strength: "lora",
-  strength_model: "lora",
-};
+// Widgets that apply only to some model families (name -> {only?: [families], not?: [families], hint}) and widgets
+// relabelled for a family (name -> {family: label}): each family declares them in the pack's family registry
+// (models/families), served as `family_widgets` in /spriteforge/capabilities.
+export const familyRules = () => state.capabilities?.family_widgets?.rules || {};
+export const familyLabels = () => state.capabilities?.family_widgets?.labels || {};
+// Widgets that need an engine capability: [widget name pattern, capability key in /spriteforge/capabilities].
+// The LoRA nodes' name and strength widgets (LoRA Stack numbers them). The Sampler's and VAE Decode's `tile`
+// is seamless tiling, which every engine does: no rule (the `vae_tiling` capability is a memory feature).
+export const CAPABILITY_WIDGETS = [[/^(lora_name|lora_\d+|strength_(model|text)(_\d+)?)$/, "lora"]];
+
+/** The engine capability widget `name` needs (null when any engine can honour it). */
+export function capabilityFor(name) {
+  return CAPABILITY_WIDGETS.find(([re]) => re.test(name))?.[1] ?? null;
+}
 
 export const state = {
   capabilities: null, // the /spriteforge/capabilities report
@@ -97,9 +98,15 @@ export function isWidgetSpec(spec) {
   return Array.isArray(t) || ["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"].includes(t);
 }
 
-/** The palette colours a node shows: a palette-name widget value, else its last executed palette. */
+/** The node's widget values as one string (what a run's result depends on), the extension's own widgets left out. */
+export function widgetValuesKey(node) {
+  return JSON.stringify((node?.widgets || []).filter((w) => !w.name?.startsWith("sf_")).map((w) => w.value ?? null));
+}
+
+/** The palette colours a node shows: what its last run made while its widgets still hold the values of that
+ * run, else the palette its palette-name widget names. */
 export function paletteColors(node, palettes) {
-  if (node?.sfPalette?.length) return node.sfPalette;
+  if (node?.sfPalette && node.sfPaletteFrom === widgetValuesKey(node)) return node.sfPalette;
   for (const w of node?.widgets || []) {
     if (typeof w.value === "string" && palettes && Array.isArray(palettes[w.value])) return palettes[w.value];
   }
@@ -130,35 +137,44 @@ export function addReportWidget(node, app) {
   return w;
 }
 
-/** Rectangles [x, y, w, h, colour] of a swatch strip of `colors` across `width` at `y`. */
-export function swatchRects(colors, width, y, height = SWATCH_H, margin = 8) {
-  if (!colors || !colors.length) return [];
-  const inner = Math.max(width - 2 * margin, 1);
-  const perRow = Math.min(colors.length, 32);
-  const rows = Math.ceil(colors.length / perRow);
-  const w = inner / perRow;
-  const h = height / rows;
-  return colors.map((c, i) => [margin + (i % perRow) * w, y + Math.floor(i / perRow) * h, Math.ceil(w), Math.ceil(h), c]);
+/** Grid of a swatch strip of `count` colours: up to 32 a row, rows sharing `height`. */
+export function swatchGrid(count, height = SWATCH_H) {
+  const columns = Math.max(1, Math.min(count, 32));
+  return { columns, rowHeight: height / Math.max(1, Math.ceil(count / columns)) };
 }
 
-export function drawSwatches(ctx, colors, width, y, height = SWATCH_H) {
-  const rects = swatchRects(colors, width, y, height);
-  for (const [x, yy, w, h, c] of rects) {
-    ctx.fillStyle = c.startsWith("#") ? c : `#${c}`;
-    ctx.fillRect(x, yy, w, h);
-  }
-  return rects.length;
+/** Add the swatch strip under a palette node's widgets: a DOM widget (`addDOMWidget`), so it shows in the
+ * canvas renderer and in the Vue node renderer ("Nodes 2.0") alike, and the node is sized around it. */
+export function addSwatchWidget(node) {
+  const doc = globalThis.document;
+  if (!node.addDOMWidget || !doc || (node.widgets || []).some((w) => w.name === SWATCH_WIDGET)) return null;
+  const el = doc.createElement("div");
+  el.className = "sf-swatches";
+  Object.assign(el.style, { display: "grid", height: `${SWATCH_H}px`, margin: "3px 8px", overflow: "hidden" });
+  const h = () => SWATCH_H + 6;
+  const w = node.addDOMWidget(SWATCH_WIDGET, "sf_swatches", el, { serialize: false, hideOnZoom: false, getMinHeight: h, getMaxHeight: h });
+  w.serialize = false;
+  return w;
 }
 
-/** Where the swatch strip starts: below the last widget (or above the bottom edge when unknown). */
-export function swatchTop(node) {
-  const wh = globalThis.LiteGraph?.NODE_WIDGET_HEIGHT ?? 20;
-  let bottom = 0;
-  for (const w of node?.widgets || []) {
-    const y = w.last_y ?? w.y;
-    if (typeof y === "number") bottom = Math.max(bottom, y + (w.computedHeight ?? wh));
-  }
-  return bottom > 0 ? bottom + 6 : node.size[1] - SWATCH_H - 6;
+/** Show `colors` (["#rrggbb"], or none) in the node's swatch strip. */
+export function showSwatches(node, colors) {
+  const el = (node.widgets || []).find((x) => x.name === SWATCH_WIDGET)?.element;
+  if (!el) return;
+  const list = colors || [];
+  if (el.dataset.colors === list.join(",")) return;
+  const { columns, rowHeight } = swatchGrid(list.length);
+  el.style.gridTemplateColumns = `repeat(${columns}, 1fr)`;
+  el.style.gridAutoRows = `${rowHeight}px`;
+  el.replaceChildren(
+    ...list.map((c) => {
+      const cell = globalThis.document.createElement("span");
+      cell.style.background = c;
+      cell.title = c;
+      return cell;
+    }),
+  );
+  el.dataset.colors = list.join(",");
 }
 
 /** The engine a model node will use and its device label, from the capabilities report. */
@@ -210,18 +226,18 @@ export function widgetStates(node, family, engineCaps) {
   for (const w of node?.widgets || []) {
     let disabled = false;
     let hint = null;
-    const rule = FAMILY_RULES[w.name];
+    const rule = familyRules()[w.name];
     if (rule && family) {
       if (rule.only && !rule.only.includes(family)) disabled = true;
       if (rule.not && rule.not.includes(family)) disabled = true;
       if (disabled) hint = rule.hint;
     }
-    const cap = CAPABILITY_WIDGETS[w.name];
+    const cap = capabilityFor(w.name);
     if (!disabled && cap && engineCaps && engineCaps[cap] === false) {
       disabled = true;
       hint = `not supported by this engine`;
     }
-    const relabel = family ? FAMILY_LABELS[w.name]?.[family] : null;
+    const relabel = family ? familyLabels()[w.name]?.[family] : null;
     const label = disabled ? `${w.name} (${hint})` : relabel || undefined;
     out.push({ name: w.name, disabled, hint, label });
   }
@@ -304,6 +320,7 @@ function engineCapsFor(node) {
 export function refreshNode(node) {
   const states = widgetStates(node, familyFor(node), engineCapsFor(node));
   if (applyWidgetStates(node, states)) node.setDirtyCanvas?.(true, true);
+  if (node.sfPaletteNode) showSwatches(node, paletteColors(node, state.palettes));
 }
 
 export function refreshAll() {
@@ -362,13 +379,15 @@ export function makeExtension(app, api) {
         this.sfModelNode = model;
         this.sfTextNode = TEXT_NODES.includes(nodeData?.name);
         if (this.sfTextNode) addReportWidget(this, state.app);
-        if (palette && Array.isArray(this.size)) this.size[1] += SWATCH_H + 8;
+        if (Array.isArray(this.badges)) this.badges.unshift(() => nodeBadge(this)); // first: left of the source badge
+        if (palette) addSwatchWidget(this);
         const node = this;
         for (const w of this.widgets || []) {
           const cb = w.callback;
           w.callback = function () {
+            // a changed value makes the last run's colours stale (paletteColors compares); the frontend also calls
+            // callbacks without a change (a seed's "fixed" control when queueing), which must keep them
             const res = cb?.apply(this, arguments);
-            delete node.sfPalette; // the colours of the last run no longer describe what the node will make
             refreshAll();
             return res;
           };
@@ -390,8 +409,9 @@ export function makeExtension(app, api) {
         const pal = executedPalette(message);
         if (pal) {
           this.sfPalette = pal; // what the node made (an empty list: no colour left after quantizing)
+          this.sfPaletteFrom = widgetValuesKey(this); // ... with these widget values
           this.sfPaletteNode = true;
-          this.setDirtyCanvas?.(true, true);
+          showSwatches(this, pal);
         }
         const text = executedText(message);
         if (text != null && this.sfTextNode) {
@@ -402,55 +422,47 @@ export function makeExtension(app, api) {
         }
         return r;
       };
-
-      const onDrawForeground = proto.onDrawForeground;
-      proto.onDrawForeground = function (ctx) {
-        const r = onDrawForeground?.apply(this, arguments);
-        if (this.flags?.collapsed) return r;
-        if (this.sfPaletteNode) {
-          const colors = paletteColors(this, state.palettes);
-          if (colors) {
-            const top = swatchTop(this);
-            if (top + SWATCH_H + 6 > this.size[1]) this.size[1] = top + SWATCH_H + 6; // keep the strip inside
-            drawSwatches(ctx, colors, this.size[0], top);
-          }
-        }
-        if (this.sfModelNode) {
-          const badge = engineBadge(this, state.capabilities);
-          if (badge) drawBadge(ctx, this, badge.text, badge.ok);
-        }
-        if (this.sfError) {
-          ctx.save();
-          ctx.fillStyle = "#ff6666";
-          ctx.font = "11px sans-serif";
-          ctx.fillText(`${this.sfError.code}: ${this.sfError.hint}`.slice(0, 90), 6, this.size[1] + 14);
-          ctx.restore();
-        }
-        return r;
-      };
     },
   };
 }
 
-function drawBadge(ctx, node, text, ok) {
-  const titleH = globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
-  ctx.save();
-  ctx.font = "10px sans-serif";
-  const w = (ctx.measureText?.(text)?.width ?? text.length * 6) + 10;
-  const h = 16;
-  const x = 0; // above the title bar, left (the frontend's node-source badge sits on the right)
-  const y = -titleH - h - 3;
-  ctx.fillStyle = ok ? "#2d5a3d" : "#6a2d2d";
-  if (ctx.roundRect) {
-    ctx.beginPath();
-    ctx.roundRect(x, y, w, h, 4);
-    ctx.fill();
-  } else {
-    ctx.fillRect(x, y, w, h);
+/** A node badge (what the frontend draws above the title bar on the canvas and shows in its Vue node renderer):
+ * the shape of litegraph's LGraphBadge, text and colours plus getWidth/draw for the canvas. */
+export class NodeBadge {
+  constructor(text, bgColor, fgColor = "#e8e8e8") {
+    Object.assign(this, { text, bgColor, fgColor, fontSize: 10, padding: 5, height: 16, visible: !!text });
   }
-  ctx.fillStyle = "#e8e8e8";
-  ctx.fillText(text, x + 5, y + h / 2 + 3.5);
-  ctx.restore();
+
+  getWidth(ctx) {
+    if (!this.visible) return 0;
+    const { font } = ctx;
+    ctx.font = `${this.fontSize}px sans-serif`;
+    const w = ctx.measureText(this.text).width + 2 * this.padding;
+    ctx.font = font;
+    return w;
+  }
+
+  draw(ctx, x, y) {
+    if (!this.visible) return;
+    ctx.save();
+    ctx.font = `${this.fontSize}px sans-serif`;
+    ctx.fillStyle = this.bgColor;
+    ctx.beginPath();
+    if (ctx.roundRect) ctx.roundRect(x, y, this.getWidth(ctx), this.height, 4);
+    else ctx.rect(x, y, this.getWidth(ctx), this.height);
+    ctx.fill();
+    ctx.fillStyle = this.fgColor;
+    ctx.textBaseline = "middle";
+    ctx.fillText(this.text, x + this.padding, y + this.height / 2 + 1);
+    ctx.restore();
+  }
+}
+
+/** The badge a SpriteForge node shows: its last error code, else (model nodes) the engine and device it will use. */
+export function nodeBadge(node) {
+  if (node.sfError) return new NodeBadge(`${node.sfError.code}`, "#8a2020");
+  const badge = node.sfModelNode ? engineBadge(node, state.capabilities) : null;
+  return new NodeBadge(badge?.text ?? "", badge?.ok ? "#2d5a3d" : "#6a2d2d");
 }
 
 // ----------------------------------------------------------------------------- registration

@@ -33,6 +33,8 @@ import numpy as np
 
 from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...log import get_logger
+from ...models.families import registry
+from ...models.families.base import TEXT_ENCODER_PORTS, VAE_PORTS
 from ..base import ModelHandle
 from ..model_files import (
     MODEL_KINDS,
@@ -58,13 +60,10 @@ from ..tokenizers import find_tokenizer, folder_tokenizer
 
 log = get_logger("mlx")
 
-# port key -> (module in engines/mlx_models, class name)
+# port key -> (module in engines/mlx_models, class name): each family's transformer (the family names its port
+# module, :mod:`spriteforge.models.families`), then the shared VAE and text-encoder ports
 PORTS = {
-    "pixart": ("pixart", "PixArtTransformer2DModel"),
-    "sd3": ("sd3", "SD3Transformer2DModel"),
-    "flux": ("flux", "FluxTransformer2DModel"),
-    "sana": ("sana", "SanaTransformer2DModel"),
-    "dit": ("dit", "DiTTransformer2DModel"),
+    **{f.name: (f.mlx_port, f.transformer_class) for f in registry.families()},
     "vae": ("vae", "AutoencoderKL"),
     "dcae": ("dcae", "AutoencoderDC"),
     "t5": ("t5", "T5EncoderModel"),
@@ -72,15 +71,9 @@ PORTS = {
     "gemma": ("gemma", "Gemma2Model"),
 }
 # what each family needs on MLX: its transformer, its VAE, its text encoders
-FAMILY_PORTS = {
-    "pixart": ("pixart", "vae", "t5"),
-    "sd3": ("sd3", "vae", "clip", "t5"),
-    "flux": ("flux", "vae", "clip", "t5"),
-    "sana": ("sana", "dcae", "gemma"),
-    "dit": ("dit", "vae"),
-}
-TE_PORT = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma"}
-VAE_PORT = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae"}
+FAMILY_PORTS = {f.name: f.mlx_ports() for f in registry.families()}
+TE_PORT = TEXT_ENCODER_PORTS
+VAE_PORT = VAE_PORTS
 
 _port_cache: dict = {}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -79,8 +81,8 @@ class TorchOps:
         return load_file(str(path), device="cpu")
 
     def load_pickled(self, path) -> dict:
-        """The tensors of a pickled ``.pt``/``.ckpt`` file (``weights_only``: no code in it runs), on the CPU."""
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-            sd = sd["state_dict"]
-        return {k: v for k, v in sd.items() if torch.is_tensor(v)} if isinstance(sd, dict) else {}
+        """The tensors of a pickled ``.pt``/``.ckpt`` file on the CPU, read as the model loader reads one
+        (``weights_only``: no code in it runs; a file that would need more is refused, saying so)."""
+        from ..torch_models.tensors import load_pickle
+
+        return load_pickle(Path(path))

@@ -9,16 +9,14 @@ from pathlib import Path
 import torch
 
 from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from ...models.families import registry
 from ...models.safetensors_header import TensorInfo
 from .fp8 import FP8
 
-# where each class lives: importing it directly skips diffusers' lazy import of every model (seconds)
+# where each class lives (a family's transformer: as the family declares): importing it directly skips diffusers'
+# lazy import of every model (seconds)
 CLASS_MODULES = {
-    "PixArtTransformer2DModel": "diffusers.models.transformers.pixart_transformer_2d",
-    "SD3Transformer2DModel": "diffusers.models.transformers.transformer_sd3",
-    "FluxTransformer2DModel": "diffusers.models.transformers.transformer_flux",
-    "SanaTransformer2DModel": "diffusers.models.transformers.sana_transformer",
-    "DiTTransformer2DModel": "diffusers.models.transformers.dit_transformer_2d",
+    **{f.transformer_class: f.transformer_module for f in registry.families() if f.transformer_module},
     "AutoencoderKL": "diffusers.models.autoencoders.autoencoder_kl",
     "AutoencoderDC": "diffusers.models.autoencoders.autoencoder_dc",
 }

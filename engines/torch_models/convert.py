@@ -8,9 +8,9 @@ without their data.
 
 Where diffusers has a single-file converter that works for any size, it is used
 (SD3/SD3.5, Sana, the LDM KL VAE, DC-AE). Flux's hard-codes the 3072 hidden width, and
-PixArt and DiT have none in diffusers: those three are renamed by the original-to-diffusers
-table in :mod:`spriteforge.models.keymaps`, the same table the LoRA layouts read (Flux's
-checked against diffusers' converter on the real key manifests).
+PixArt and DiT have none in diffusers: those three are renamed by their family's original-to-diffusers
+key map (:mod:`spriteforge.models.families`, rules of :mod:`spriteforge.models.keymaps`), the same table
+the LoRA layouts read (Flux's checked against diffusers' converter on the real key manifests).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 
 from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...models import keymaps
+from ...models.families import registry
 
 
 def _layers(sd, prefix: str) -> int:
@@ -77,12 +78,13 @@ def _apply(rule: keymaps.Rule, sd: dict, out: dict, i, blocks: int) -> None:
 
 def keymap_to_diffusers(family: str, sd: dict, what: str) -> dict:
     """An original-layout state dict renamed (and fused weights split by rows) to diffusers' names by the
-    family's table in :mod:`spriteforge.models.keymaps`; rules with block indices run block by block."""
+    family's key map (:mod:`spriteforge.models.families`); rules with block indices run block by block."""
     sd = dict(sd)
     out: dict = {}
-    for name in keymaps.DROPPED.get(family, ()):
+    fam = registry.get(family)
+    for name in fam.dropped:
         sd.pop(name, None)
-    rules = keymaps.KEYMAPS[family]
+    rules = fam.keymap
     counts: dict = {}
 
     def count(prefix):
@@ -115,20 +117,14 @@ def pixart_to_diffusers(sd: dict) -> dict:
 
 
 def dit_to_diffusers(sd: dict) -> dict:
-    """facebookresearch DiT (class-conditional) -> DiTTransformer2DModel keys.
-
-    diffusers gives every block its own timestep/class embedder; they are the same
-    tensors here (shared, not copied).
-    """
+    """facebookresearch DiT (class-conditional) -> DiTTransformer2DModel keys (every block's timestep/class
+    embedder the same tensors: shared, not copied)."""
     return keymap_to_diffusers("dit", sd, "DiT")
 
 
 def flux_to_diffusers(sd: dict) -> dict:
-    """BFL Flux (``double_blocks``/``single_blocks``) -> FluxTransformer2DModel keys, any width.
-
-    Same mapping as diffusers' ``convert_flux_transformer_checkpoint_to_diffusers``, which
-    assumes a hidden width of 3072; here each fused ``linear1`` is split by its own input width.
-    """
+    """BFL Flux -> FluxTransformer2DModel keys, any width (each fused ``linear1`` split by its own input width,
+    where diffusers' ``convert_flux_transformer_checkpoint_to_diffusers`` assumes 3072)."""
     return keymap_to_diffusers("flux", sd, "Flux")
 
 
@@ -163,13 +159,19 @@ def dcae_to_diffusers(sd: dict) -> dict:
     return convert_autoencoder_dc_checkpoint_to_diffusers(dict(sd))
 
 
-TRANSFORMER_CONVERTERS = {
-    "pixart": pixart_to_diffusers,
-    "dit": dit_to_diffusers,
-    "flux": flux_to_diffusers,
+# the families whose original layout diffusers' own single-file converter reads (``original_converter = "diffusers"``);
+# the others are renamed by their key map (:func:`keymap_to_diffusers`)
+DIFFUSERS_CONVERTERS = {
     "sd3": sd3_to_diffusers,
     "sana": sana_to_diffusers,
 }
+
+
+def _to_diffusers(family: str, sd: dict) -> dict:
+    fam = registry.get(family)
+    if fam.original_converter == "keymap":
+        return keymap_to_diffusers(family, sd, fam.label)
+    return DIFFUSERS_CONVERTERS[family](sd)
 
 
 def convert_transformer(family: str, sd: dict, layout: str) -> dict:
@@ -177,7 +179,7 @@ def convert_transformer(family: str, sd: dict, layout: str) -> dict:
     if layout == "diffusers":
         return dict(sd)
     try:
-        return TRANSFORMER_CONVERTERS[family](sd)
+        return _to_diffusers(family, sd)
     except KeyError as exc:
         raise SpriteForgeError(
             UNSUPPORTED_ARCHITECTURE,

@@ -21,12 +21,14 @@ Nothing in a file is executed: safetensors only; ``.ckpt/.pt/.pth/.bin`` go thro
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 
+from ...errors import BAD_INPUT, SpriteForgeError
 from ...log import get_logger
-from ...models.detect import Detection
+from ...models.detect import Detection, folder_tensors
 from ..base import ModelHandle
 from ..model_files import (
     MODEL_KINDS,
@@ -129,8 +131,29 @@ def _from_file(engine, p: Path, vae, wdt, vdt, tdt) -> Parts:
     return parts
 
 
+def check_config_fits_weights(cls, folder: Path) -> None:
+    """Refuse a component folder whose ``config.json`` describes another model than its weights (a config 1000x
+    the weights would otherwise be allocated, then fail): the model is built on the meta device (no memory) and its
+    tensor shapes and size compared with the weight files' headers, before anything is loaded."""
+    cfg = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if not k.startswith("_")}
+    with torch.device("meta"):
+        model = cls.from_config(cfg)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = folder_tensors(folder)
+    wrong = [k for k, shape in want.items() if k in have and tuple(have[k].shape) != shape]
+    need, got = sum(math.prod(s) for s in want.values()), sum(t.numel for t in have.values())
+    if wrong or need > got * 1.01:
+        detail = (f"{wrong[0]} is {list(want[wrong[0]])} in the config but {list(have[wrong[0]].shape)} in the weights"
+                  if wrong else f"the config describes {need:,} parameters, the weights hold {got:,}")
+        raise SpriteForgeError(BAD_INPUT, f"{folder.name}/config.json does not match the weights beside it ({detail}). "
+                               "Use the config.json that came with these weights.",
+                               details={"folder": str(folder), "mismatched": wrong[:8], "config_parameters": need,
+                                        "weight_parameters": got})
+
+
 def _load_component_folder(engine, p: Path, det: Detection, wdt):
     cls = diffusers_class(TRANSFORMER_CLASSES[det.family])
+    check_config_fits_weights(cls, p)
     return cls.from_pretrained(p, local_files_only=True, torch_dtype=wdt).to(engine.torch_device).eval().requires_grad_(False)
 
 
@@ -140,12 +163,14 @@ def _load_folder(engine, p: Path, det: Detection, wdt, vdt, tdt):
     index = json.loads((p / "model_index.json").read_text())
     device = engine.torch_device
     tcls = diffusers_class(TRANSFORMER_CLASSES[det.family])
+    check_config_fits_weights(tcls, p / "transformer")
     transformer = tcls.from_pretrained(p, subfolder="transformer", local_files_only=True, torch_dtype=wdt, **folder_variant(p / "transformer"))
     transformer = transformer.to(device).eval().requires_grad_(False)
     vae_model, vae_cfg = None, {}
     if (p / "vae" / "config.json").exists():
         vcfg = json.loads((p / "vae" / "config.json").read_text())
         vcls = diffusers_class(vcfg.get("_class_name", "AutoencoderKL"))
+        check_config_fits_weights(vcls, p / "vae")
         vae_model = vcls.from_pretrained(p, subfolder="vae", local_files_only=True, torch_dtype=vdt, **folder_variant(p / "vae"))
         vae_model = vae_model.to(device).eval().requires_grad_(False)
         vae_cfg = dict(vae_model.config)

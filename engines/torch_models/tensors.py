@@ -11,6 +11,7 @@ Both the torch and the MLX loader read files through these.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -130,11 +131,24 @@ def open_tensors(path: str | os.PathLike):
     """A tensor source for ``path``: safetensors (mapped) or a pickle loaded with ``weights_only``."""
     p = Path(path)
     if p.suffix.lower() in PICKLE_SUFFIXES:
-        return TensorDict(_load_pickle(p), str(p))
+        return TensorDict(load_pickle(p), str(p))
     return SafetensorsFile(p)
 
 
-def _load_pickle(p: Path) -> dict:
+def refused_pickle(p: Path, exc: BaseException) -> SpriteForgeError:
+    """The one message for a pickle the weights-only unpickler refused (models and LoRAs alike): it holds objects
+    whose loading could run code from the file, so it was not loaded. Nothing of torch's advice to load it unsafely
+    is passed on; only the name of the object it refused."""
+    found = re.search(r"(?:Unsupported global|GLOBAL) ?:? ?(?:GLOBAL )?([\w.]+)", str(exc))
+    what = f" (it refers to {found.group(1)})" if found else ""
+    return SpriteForgeError(
+        BAD_INPUT,
+        f"{p.name} is a pickle file that holds more than plain tensors{what}; loading it could run code from the file, "
+        "so it was refused.", hint="Get a .safetensors version of the file: SpriteForge never runs code from a model file.",
+        details={"path": str(p), "format": "pickle"})
+
+
+def load_pickle(p: Path) -> dict:
     try:
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
@@ -143,12 +157,7 @@ def _load_pickle(p: Path) -> dict:
                 raise
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - anything the safe unpickler refuses
-        raise SpriteForgeError(
-            UNSUPPORTED_ARCHITECTURE,
-            f"{p.name} is a pickle checkpoint that holds more than plain tensors, so it was not loaded "
-            f"(loading it could run code from the file: {str(exc).splitlines()[0][:200]}). Use a .safetensors version of the model.",
-            details={"path": str(p)},
-        ) from None
+        raise refused_pickle(p, exc) from None
     for key in ("state_dict", "model", "module", "ema"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict) and not isinstance(obj.get(key), torch.Tensor):
             obj = obj[key]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from ...models.families import registry
 from ..model_files import clip_with_projection, folder_config, resolve, text_encoder_in, text_encoder_key
 from ..tokenizers import find_tokenizer
 from . import convert
@@ -83,7 +84,7 @@ def _from_folder(engine, p, family, hint, dt):
         cls = transformers.Gemma2Model
     else:
         archs = cfg.get("architectures") or []
-        with_proj = any("WithProjection" in a for a in archs) or family == "sd3"
+        with_proj = any("WithProjection" in a for a in archs) or registry.rules(family).projected_clip
         cls = transformers.CLIPTextModelWithProjection if with_proj else transformers.CLIPTextModel
     model = cls.from_pretrained(p, local_files_only=True, dtype=dt).to(engine.torch_device).eval().requires_grad_(False)
     tok = find_tokenizer(key, p)

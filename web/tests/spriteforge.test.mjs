@@ -15,6 +15,8 @@ const CAPS = {
   devices: [{ engine: "torch", device: { kind: "cpu", label: "CPU x86_64" }, policy: { weight_dtype: "fp32" } }],
   capabilities: { torch: { lora: true, vae_tiling: false, families: ["pixart", "flux", "dit"] } },
   error_codes: { DIMENSION_LIMIT: "Lower the width/height (or the batch size) below the limit shown.", BAD_INPUT: "Check the input." },
+  // as the family registry serves it (tests/test_families.py checks this line against it)
+  family_widgets: {"rules": {"guidance": {"only": ["flux"], "hint": "Flux only"}, "sana_instruction": {"only": ["sana"], "hint": "Sana only"}, "negative": {"not": ["dit"], "hint": "unused by DiT"}}, "labels": {"positive": {"dit": "class label (0-999 or ImageNet name)"}}},
 };
 const PALETTES = { "pico-8": ["#000000", "#1d2b53", "#7e2553"], "gameboy-dmg": ["#0f380f", "#306230"] };
 const FAMILIES = { "flux-tiny.safetensors": "flux", "dit-tiny.safetensors": "dit" };
@@ -52,6 +54,21 @@ const app = {
 };
 globalThis.window = { comfyAPI: { app: { app }, api: { api } } };
 
+// the bit of the DOM the swatch widget uses
+class FakeElement {
+  constructor(tag) {
+    this.tagName = tag;
+    this.style = {};
+    this.dataset = {};
+    this.children = [];
+  }
+  replaceChildren(...kids) {
+    this.children = kids;
+  }
+}
+globalThis.document = { createElement: (tag) => new FakeElement(tag) };
+const shown = (node) => node.widgets.find((w) => w.name === "sf_swatches")?.element.children.map((c) => c.style.background);
+
 const mod = await import("../spriteforge.js");
 const ext = registered[0];
 
@@ -73,6 +90,9 @@ class FakeCtx {
   save() {}
   restore() {}
   beginPath() {}
+  rect(x, y, w, h) {
+    this.calls.push(["rect", x, y, w, h]);
+  }
   fill() {
     this.calls.push(["fill", this.fillStyle]);
   }
@@ -90,9 +110,15 @@ async function makeNode(nodeData, widgets, extra = {}) {
     size: [300, 120],
     widgets: widgets.map(([name, value]) => ({ name, value })),
     inputs: [],
+    badges: [],
     outputs: (nodeData.output || []).map((t) => ({ type: t, links: [] })),
     setDirtyCanvas() {
       this.dirty = true;
+    },
+    addDOMWidget(name, type, element, options) {
+      const w = { name, type, element, options };
+      this.widgets.push(w);
+      return w;
     },
     ...extra,
   });
@@ -142,47 +168,53 @@ test("error codes: parsed from messages, shown with the what-to-do text", async 
   assert.match(toasts[0].summary, /DIMENSION_LIMIT in node \d+ \(SpriteForgeSampler\)/);
   assert.match(toasts[0].detail, /What to do: Lower the width\/height/);
   assert.equal(node.sfError.code, "DIMENSION_LIMIT");
+  assert.equal(node.badges[0]().text, "DIMENSION_LIMIT", "the error code shows as the node's badge");
   listeners.execution_error[0]({ detail: { node_id: "1", exception_message: "ValueError: not ours" } });
   assert.equal(toasts.length, 1, "non-SpriteForge errors are left to ComfyUI");
   listeners.execution_start[0]({});
   assert.equal(node.sfError, undefined);
 });
 
-test("palette swatches are drawn from /spriteforge/palettes and from executed palettes", async () => {
+test("palette swatches show /spriteforge/palettes and executed palettes in a DOM widget", async () => {
   assert.ok(mod.isPaletteNode(PALETTE_LOAD));
   assert.ok(mod.isPaletteNode({ input: { required: { palette: ["COMBO", { options: ["pico-8"] }] } } }));
   assert.ok(!mod.isPaletteNode({ output: ["IMAGE"], input: { required: { palette: ["SF_PALETTE", {}] } } }));
   const node = await makeNode(PALETTE_LOAD, [["name", "pico-8"], ["file", ""]]);
-  assert.equal(node.size[1], 120 + mod.SWATCH_H + 8, "room made for the swatches");
+  const w = node.widgets.find((x) => x.name === mod.SWATCH_WIDGET);
+  assert.equal(w.type, "sf_swatches");
+  assert.equal(w.serialize, false, "not saved into widgets_values");
+  assert.equal(w.options.getMinHeight(), mod.SWATCH_H + 6, "the node is sized around the strip");
+  assert.deepEqual(shown(node), PALETTES["pico-8"]);
   const ctx = new FakeCtx();
   node.onDrawForeground(ctx);
-  assert.ok(node.baseDrawn, "the original onDrawForeground still runs");
-  const rects = ctx.calls.filter((c) => c[0] === "fillRect");
-  assert.deepEqual(rects.map((c) => c[1]), PALETTES["pico-8"]);
+  assert.ok(node.baseDrawn, "the node's own onDrawForeground is left as it was");
+  assert.equal(ctx.calls.filter((c) => c[0] === "fillRect").length, 0, "nothing drawn on the canvas");
   node.widgets[0].value = "gameboy-dmg";
-  const ctx2 = new FakeCtx();
-  node.onDrawForeground(ctx2);
-  assert.deepEqual(ctx2.calls.filter((c) => c[0] === "fillRect").map((c) => c[1]), PALETTES["gameboy-dmg"]);
+  node.widgets[0].callback();
+  assert.deepEqual(shown(node), PALETTES["gameboy-dmg"]);
   node.onExecuted({ palette: ["ff0000", "00ff00"] });
-  const ctx3 = new FakeCtx();
-  node.onDrawForeground(ctx3);
-  assert.deepEqual(ctx3.calls.filter((c) => c[0] === "fillRect").map((c) => c[1]), ["#ff0000", "#00ff00"]);
+  assert.deepEqual(shown(node), ["#ff0000", "#00ff00"]);
+  node.widgets[0].callback(); // a callback without a change (queueing a cached run): the run's colours stay
+  assert.deepEqual(shown(node), ["#ff0000", "#00ff00"]);
   node.widgets[0].value = "pico-8";
   node.widgets[0].callback(); // a changed widget: the last run's colours are stale, the named palette shows
-  const ctx4 = new FakeCtx();
-  node.onDrawForeground(ctx4);
-  assert.deepEqual(ctx4.calls.filter((c) => c[0] === "fillRect").map((c) => c[1]), PALETTES["pico-8"]);
-  const r = mod.swatchRects(new Array(40).fill("#000000"), 300, 10);
-  assert.equal(r.length, 40);
-  assert.ok(r.every(([x, y, w]) => x >= 8 && x + w <= 300 - 8 + 1 && y >= 10));
+  assert.deepEqual(shown(node), PALETTES["pico-8"]);
+  const el = node.widgets.find((x) => x.name === mod.SWATCH_WIDGET).element;
+  assert.equal(el.style.gridTemplateColumns, "repeat(3, 1fr)");
+  assert.deepEqual(mod.swatchGrid(40), { columns: 32, rowHeight: mod.SWATCH_H / 2 });
 });
 
 test("engine badge on model nodes from the capabilities report", async () => {
   const loader = await makeNode(LOAD_MODEL, [["model", "flux-tiny.safetensors"], ["engine", "auto"]]);
   assert.deepEqual(mod.engineBadge(loader, CAPS), { text: "torch · CPU x86_64 fp32", ok: true, engine: "torch" });
+  // a node badge: the frontend draws it above the title bar (canvas) and shows it in its Vue nodes (text)
+  const badge = loader.badges[0]();
+  assert.equal(badge.text, "torch · CPU x86_64 fp32");
   const ctx = new FakeCtx();
-  loader.onDrawForeground(ctx);
+  assert.ok(badge.getWidth(ctx) > 0);
+  badge.draw(ctx, 0, -48);
   assert.ok(ctx.calls.some((c) => c[0] === "fillText" && c[1] === "torch · CPU x86_64 fp32"));
+  assert.match(String(loader.onDrawForeground), /baseDrawn/, "the extension draws nothing on the canvas itself");
   loader.widgets[1].value = "mlx";
   const b = mod.engineBadge(loader, CAPS);
   assert.equal(b.ok, false);
@@ -224,11 +256,19 @@ test("widgets that do not apply to the model family are disabled with a hint", a
 });
 
 test("engine capabilities disable widgets the engine cannot honour", () => {
-  const node = { widgets: [{ name: "tile", value: true }, { name: "steps", value: 4 }] };
-  const st = mod.widgetStates(node, null, CAPS.capabilities.torch);
-  assert.deepEqual(st[0], { name: "tile", disabled: true, hint: "not supported by this engine", label: "tile (not supported by this engine)" });
-  assert.equal(st[1].disabled, false);
+  const noLora = { lora: false, vae_tiling: false };
+  const node = { widgets: [{ name: "strength_model", value: 1 }, { name: "strength_text_2", value: 1 }, { name: "lora_3", value: "x" }, { name: "steps", value: 4 }] };
+  const st = mod.widgetStates(node, null, noLora);
+  assert.deepEqual(st[0], { name: "strength_model", disabled: true, hint: "not supported by this engine", label: "strength_model (not supported by this engine)" });
+  assert.deepEqual(st.map((s) => s.disabled), [true, true, true, false]);
   assert.equal(mod.widgetStates(node, null, null)[0].disabled, false, "unknown capabilities leave widgets alone");
+});
+
+test("the seamless tile toggle stays usable on an engine without VAE tiling (MLX)", () => {
+  const mlx = { lora: true, vae_tiling: false, families: ["pixart"] };
+  const sampler = { widgets: [{ name: "tile", value: true }, { name: "cfg", value: 4.5 }] };
+  assert.deepEqual(mod.widgetStates(sampler, "pixart", mlx).map((s) => s.disabled), [false, false]);
+  assert.equal(mod.capabilityFor("tile"), null);
 });
 
 test("nodes of other packs are left untouched", async () => {
@@ -243,15 +283,14 @@ test("Quantize shows the colours it used; an executed palette replaces the named
   const QUANTIZE = { name: "SpriteForgePixelQuantize", output: ["IMAGE", "MASK"], input: { required: { palette: ["SF_PALETTE", {}] } } };
   assert.ok(mod.isPaletteNode(QUANTIZE));
   const node = await makeNode(QUANTIZE, [["dither", "none"], ["strength", 1.0]]);
-  let ctx = new FakeCtx();
-  node.onDrawForeground(ctx);
-  assert.equal(ctx.calls.filter((c) => c[0] === "fillRect").length, 0, "nothing before a run");
+  assert.deepEqual(shown(node), [], "nothing before a run");
   node.onExecuted({ palette: ["#102030", "a0b0c0"] });
-  ctx = new FakeCtx();
-  node.onDrawForeground(ctx);
-  assert.deepEqual(ctx.calls.filter((c) => c[0] === "fillRect").map((c) => c[1]), ["#102030", "#a0b0c0"]);
-  const top = mod.swatchTop(node);
-  assert.ok(node.size[1] >= top + mod.SWATCH_H, "the strip stays inside the node");
+  assert.deepEqual(shown(node), ["#102030", "#a0b0c0"]);
+  for (const w of node.widgets) w.callback?.(w.value); // the frontend re-applies values when it queues
+  assert.deepEqual(shown(node), ["#102030", "#a0b0c0"], "a fully cached re-run keeps the strip");
+  node.widgets[0].value = "fs";
+  node.widgets[0].callback();
+  assert.deepEqual(shown(node), [], "a changed setting: the last run's colours no longer apply");
   assert.deepEqual(mod.executedPalette({ palette: [["ff0000"], ["00ff00"]] }), ["#ff0000", "#00ff00"]);
   assert.equal(mod.executedPalette({ images: [] }), null);
 });

@@ -1,0 +1,222 @@
+"""What a model family declares: :class:`Family`, the one home of a family's facts.
+
+A family is one subclass of :class:`Family` (one module in this package) and one line in
+:mod:`.registry`. Its class attributes are data (names, markers, key map, text-encoder slots, VAE,
+defaults, engine names, LoRA and editor hints); its few methods are what is truly family-specific
+(:meth:`Family.detect` reads the config from the shapes; :meth:`Family.flow_shift`,
+:meth:`Family.handle_extras`, :meth:`Family.vae_config_name` where a family differs from the rule).
+Everything here is framework-free: the engines resolve the class and module names it gives.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .. import configs, keymaps
+from ..detection import Detection, count
+from ..safetensors_header import TensorInfo
+
+
+@dataclass(frozen=True)
+class TextEncoder:
+    """One text-encoder slot of a family: our key (``t5``, ``clip_l``, ...), the diffusers folder sub-folder it
+    is found in, and other names a handle may hold it under (``t5xxl``)."""
+
+    key: str
+    folder: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names to look for in a handle, ours first, diffusers' component name last."""
+        return (self.key, *self.aliases, self.folder)
+
+
+# the MLX port of each text-encoder key (engines/mlx_models/<port>.py)
+TEXT_ENCODER_PORTS = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma"}
+# the MLX port of each VAE class
+VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae"}
+# the shipped VAE config (models/configs) a family's release uses, by latent channels, unless the family says otherwise
+VAE_BY_LATENT = {16: "vae-kl16-sd3", 4: "vae-kl4-sdxl"}
+RELEASE_KEYS = ("scheduler", "prediction", "flow_shift", "max_sequence_length", "num_classes", "sigma_learned", "text_encoders", "vae")
+
+
+def _has_all(t: dict, marker: tuple[str, ...]) -> bool:
+    """Whether ``t`` holds every name of ``marker`` (a name ending in ``*`` is a prefix some tensor starts with)."""
+    for name in marker:
+        if name.endswith("*"):
+            if not any(k.startswith(name[:-1]) for k in t):
+                return False
+        elif name not in t:
+            return False
+    return True
+
+
+class Family:
+    """The facts of one model family. Subclasses set the attributes and override what differs."""
+
+    # --- identity
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # as people write it: "PixArt", "SD3"
+    # --- detection: a file is this family when it holds every name of one marker (``prefix*`` = any key under it)
+    original_markers: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    diffusers_markers: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    detect_order: ClassVar[int] = 100  # lower is tried first (markers of one family may be a subset of another's)
+    folder_classes: ClassVar[tuple[str, ...]] = ()  # other transformer ``_class_name``s of its diffusers folders
+    # released files whose key/shape manifests (``../shared/reference/checkpoints/<name>.json``) detection is
+    # checked against: manifest name -> the variant it must be named
+    reference_manifests: ClassVar[dict] = {}
+    # --- weights
+    transformer_class: ClassVar[str] = ""  # the diffusers class (torch builds it; MLX ports the same config)
+    transformer_module: ClassVar[str] = ""  # the diffusers module defining it (imported directly: no lazy import of all)
+    keymap: ClassVar[tuple[keymaps.Rule, ...]] = ()  # original layout <-> diffusers names (converter and LoRA)
+    dropped: ClassVar[tuple[str, ...]] = ()  # original tensors diffusers has no place for
+    original_converter: ClassVar[str] = "keymap"  # "keymap" (:attr:`keymap`) or "diffusers" (its single-file converter)
+    # --- parts
+    text_encoders: ClassVar[tuple[TextEncoder, ...]] = ()
+    latent_channels: ClassVar[int] = 4
+    vae_scale_factor: ClassVar[int] = 8
+    vae_class: ClassVar[str] = "AutoencoderKL"
+    vae_by_latent: ClassVar[dict] = {}  # overrides of :data:`VAE_BY_LATENT`
+    projected_clip: ClassVar[bool] = False  # every CLIP is built as CLIPTextModelWithProjection (its pooled output is projected)
+    # --- sampling
+    prediction: ClassVar[str | None] = None  # "flow", or None: the scheduler's (eps / v)
+    flow_multiplier: ClassVar[float] = 1000.0  # a flow model's timestep is sigma times this
+    resolution_shift: ClassVar[bool] = False  # the flow shift follows the image size (Flux), unless given or by variant
+    variant_shift: ClassVar[dict] = {}  # a word in the variant name -> its fixed flow shift (with resolution_shift)
+    class_conditional: ClassVar[bool] = False  # prompts are class labels (its negative is the null class), no text encoder
+    distilled_guidance: ClassVar[bool] = False  # guidance is a model input; a negative prompt only with CFG above 1
+    square_only: ClassVar[bool] = False  # draws square images only
+    patch_size: ClassVar[int | None] = None  # None: the config's
+    defaults: ClassVar[dict] = {"cfg": 4.5, "steps": 20, "sampler": "dpmpp_2m", "schedule": "normal"}
+    variant_defaults: ClassVar[dict] = {}  # a word in the variant name -> overrides of :attr:`defaults`
+    # --- engines
+    mlx_port: ClassVar[str] = ""  # engines/mlx_models/<mlx_port>.py holds the port of :attr:`transformer_class`
+    # --- LoRA
+    lora_widths: ClassVar[tuple[int, ...]] = ()  # model widths that tell this family from others with the same names
+    lora_metadata: ClassVar[tuple[str, ...]] = ()  # words in a LoRA's training metadata naming this family
+    # --- editor hints (web/spriteforge.js reads them from /spriteforge/capabilities)
+    widgets_only: ClassVar[tuple[str, ...]] = ()  # node inputs only this family (and others naming them) uses
+    widgets_unused: ClassVar[tuple[str, ...]] = ()  # node inputs this family ignores
+    widget_labels: ClassVar[dict] = {}  # node input -> what it means for this family
+
+    # ------------------------------------------------------------------ detection
+    def layout_of(self, t: dict[str, TensorInfo]) -> str | None:
+        """``"original"`` or ``"diffusers"`` when ``t`` (prefix-less tensors) is this family's transformer, else None."""
+        if any(_has_all(t, m) for m in self.original_markers):
+            return "original"
+        if any(_has_all(t, m) for m in self.diffusers_markers):
+            return "diffusers"
+        return None
+
+    def detect(self, t: dict[str, TensorInfo], original: bool) -> Detection:
+        """The :class:`Detection` (variant, full diffusers config, release extras) of this family's transformer ``t``."""
+        raise NotImplementedError
+
+    def names(self, t: dict[str, TensorInfo], original: bool):
+        """``(name, blocks)``: a diffusers tensor name as this file spells it, and the number of blocks in one of
+        diffusers' block lists (``transformer_blocks.``), either layout (names through :attr:`keymap`)."""
+        if not original:
+            return (lambda name: name), (lambda prefix: count(t.keys(), re.escape(prefix) + r"(\d+)\."))
+        return (lambda name: keymaps.original_name(self.keymap, name),
+                lambda prefix: count(t.keys(), re.escape(keymaps.original_prefix(self.keymap, prefix)) + r"(\d+)\."))
+
+    def detection(self, variant: str, cfg: dict, original: bool) -> Detection:
+        return Detection(self.name, variant, "transformer", cfg, layout="original" if original else "diffusers")
+
+    @staticmethod
+    def release(name: str) -> dict:
+        """A shipped release config (``models/configs/<name>.json``)."""
+        return configs.load(name)
+
+    @staticmethod
+    def finish(det: Detection, rel: dict) -> Detection:
+        """``det`` with the release facts (scheduler, prediction, ...) its own extras do not set."""
+        for k in RELEASE_KEYS:
+            if k in rel and k not in det.extras:
+                det.extras[k] = rel[k]
+        return det
+
+    @staticmethod
+    def patch_config(cfg: dict, heads: int, head_dim: int, in_ch: int, out: int, patch: int, layers: int, **more) -> None:
+        """The fields every patch-embedding DiT's config (PixArt, Sana, DiT) takes from the file's shapes, and ``more``."""
+        cfg.update(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=in_ch, out_channels=out // (patch * patch),
+                   num_layers=layers, patch_size=patch, **more)
+
+    def variant_from_folder(self, cfg: dict, pipeline_class: str, detected: str | None, vae_factor: int = 8) -> str | None:
+        """A diffusers folder's variant: from its transformer's ``config.json``, pipeline class and VAE scale factor
+        where the weights alone do not tell; ``detected`` (from the weights, or None) otherwise."""
+        return detected
+
+    def variant_from_config(self, det, cfg: dict, vae_factor: int = 8) -> None:
+        """Refine ``det`` (a transformer read from its weights) with the ``config.json`` found with it, for settings
+        the weights do not record; ``vae_factor``: the scale factor of the VAE it sits with."""
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def needs(self) -> list[str]:
+        """What a bare transformer file of this family still needs: its VAE and text encoders."""
+        return ["vae", *(te.key for te in self.text_encoders)]
+
+    def vae_config_name(self, variant: str | None, latent: int) -> str:
+        """The shipped KL VAE config (``models/configs``) this family's release uses for ``latent`` channels."""
+        latent = 16 if latent == 16 else 4  # the KL VAEs shipped: 16 channels (SD3, Flux) or 4
+        return self.vae_by_latent.get(latent) or VAE_BY_LATENT[latent]
+
+    def release_vae(self, variant: str | None) -> str:
+        """The shipped config of the VAE this family's release comes with."""
+        return self.vae_config_name(variant, self.latent_channels)
+
+    def mlx_ports(self) -> tuple[str, ...]:
+        """The MLX port keys this family needs: its transformer, its VAE, its text encoders."""
+        tes = dict.fromkeys(TEXT_ENCODER_PORTS[te.key] for te in self.text_encoders)
+        return (self.name, VAE_PORTS[self.vae_class], *tes)
+
+    # ------------------------------------------------------------------ sampling
+    def prediction_of(self, sched: dict) -> str:
+        """``flow`` for the rectified-flow families, else the scheduler's ``v`` or ``eps``."""
+        if self.prediction:
+            return self.prediction
+        return "v" if sched.get("prediction_type", "epsilon") == "v_prediction" else "eps"
+
+    def flow_shift(self, sched: dict) -> float | None:
+        """The sampling schedule's shift, from the release's scheduler config (None: no fixed shift)."""
+        return None
+
+    def handle_extras(self, det: Detection, cfg: dict) -> dict:
+        """Family facts a :class:`~spriteforge.engines.base.ModelHandle`'s extras carry (from the loaded config)."""
+        return {}
+
+    def is_fill(self, variant: str | None, in_channels: int) -> bool:
+        """Whether the model is the family's native inpaint model (its input carries the masked image and mask)."""
+        return False
+
+    def check_input_channels(self, in_channels: int) -> None:
+        """UNSUPPORTED_ARCHITECTURE when a model of this family with ``in_channels`` inputs cannot generate."""
+
+    def sampling_defaults(self, variant: str | None) -> dict:
+        """CFG scale, steps, sampler and schedule for ``variant``."""
+        d = dict(self.defaults)
+        for over in _by_variant(self.variant_defaults, variant):
+            d.update(over)
+        return d
+
+    def fixed_shift(self, variant: str | None) -> float | None:
+        """The flow shift ``variant`` always samples with (Flux schnell: 1.0), or None."""
+        return next(iter(_by_variant(self.variant_shift, variant)), None)
+
+
+def _by_variant(table: dict, variant: str | None) -> list:
+    """The values of ``table`` whose key is a word in ``variant``'s name (any case)."""
+    low = (variant or "").lower()
+    return [v for word, v in table.items() if word in low]
+
+
+def learned_sigma(cfg: dict) -> bool:
+    """Whether a config's model predicts its variance too (twice the input channels out)."""
+    return int(cfg.get("out_channels") or 0) == 2 * int(cfg.get("in_channels") or 0)
+
+
+__all__ = ["Family", "TextEncoder", "TEXT_ENCODER_PORTS", "VAE_PORTS", "VAE_BY_LATENT", "learned_sigma"]

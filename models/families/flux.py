@@ -1,0 +1,125 @@
+"""Flux.1 (Black Forest Labs): dev, schnell, fill and depth; double- and single-stream MMDiT, CLIP-L pooled + T5."""
+
+from __future__ import annotations
+
+from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from ..keymaps import Q3, rule as _r, tensor_rule as _t
+from .base import Family, TextEncoder
+
+_TB = "transformer_blocks.{i}"
+_ST = "single_transformer_blocks.{i}"
+
+
+class Flux(Family):
+    name = "flux"
+    label = "Flux"
+    original_markers = (("double_blocks.0.img_attn.qkv.weight",), ("img_in.weight", "txt_in.weight"))
+    diffusers_markers = (("x_embedder.weight", "context_embedder.weight", "single_transformer_blocks.*"),)
+    reference_manifests = {
+        "flux1-dev.transformer.original": "dev", "flux1-dev.transformer.diffusers": "dev",
+        "flux1-schnell.transformer.original": "schnell", "flux1-schnell.transformer.diffusers": "schnell",
+    }
+    detect_order = 10
+    transformer_class = "FluxTransformer2DModel"
+    transformer_module = "diffusers.models.transformers.transformer_flux"
+    keymap = (
+        _r("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
+        _r("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
+        _r("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"),
+        _r("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"),
+        _r("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1", optional=True),
+        _r("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2", optional=True),
+        _r("txt_in", "context_embedder"),
+        _r("img_in", "x_embedder"),
+        _r("double_blocks.{i}.img_mod.lin", f"{_TB}.norm1.linear"),
+        _r("double_blocks.{i}.txt_mod.lin", f"{_TB}.norm1_context.linear"),
+        _r("double_blocks.{i}.img_attn.qkv", [f"{_TB}.attn.{q}" for q in Q3]),
+        _r("double_blocks.{i}.txt_attn.qkv", [f"{_TB}.attn.add_{c}_proj" for c in "qkv"]),
+        _t("double_blocks.{i}.img_attn.norm.query_norm.scale", f"{_TB}.attn.norm_q.weight"),
+        _t("double_blocks.{i}.img_attn.norm.key_norm.scale", f"{_TB}.attn.norm_k.weight"),
+        _t("double_blocks.{i}.txt_attn.norm.query_norm.scale", f"{_TB}.attn.norm_added_q.weight"),
+        _t("double_blocks.{i}.txt_attn.norm.key_norm.scale", f"{_TB}.attn.norm_added_k.weight"),
+        _r("double_blocks.{i}.img_mlp.0", f"{_TB}.ff.net.0.proj"),
+        _r("double_blocks.{i}.img_mlp.2", f"{_TB}.ff.net.2"),
+        _r("double_blocks.{i}.txt_mlp.0", f"{_TB}.ff_context.net.0.proj"),
+        _r("double_blocks.{i}.txt_mlp.2", f"{_TB}.ff_context.net.2"),
+        _r("double_blocks.{i}.img_attn.proj", f"{_TB}.attn.to_out.0"),
+        _r("double_blocks.{i}.txt_attn.proj", f"{_TB}.attn.to_add_out"),
+        _r("single_blocks.{i}.modulation.lin", f"{_ST}.norm.linear"),
+        _r("single_blocks.{i}.linear1", [f"{_ST}.attn.{q}" for q in Q3] + [f"{_ST}.proj_mlp"], split="width"),
+        _t("single_blocks.{i}.norm.query_norm.scale", f"{_ST}.attn.norm_q.weight"),
+        _t("single_blocks.{i}.norm.key_norm.scale", f"{_ST}.attn.norm_k.weight"),
+        _r("single_blocks.{i}.linear2", f"{_ST}.proj_out"),
+        _r("final_layer.linear", "proj_out"),
+        _r("final_layer.adaLN_modulation.1", "norm_out.linear", "always"),
+    )
+    text_encoders = (TextEncoder("clip_l", "text_encoder"), TextEncoder("t5", "text_encoder_2", ("t5xxl",)))
+    latent_channels = 16
+    vae_by_latent = {16: "vae-kl16-flux"}
+    prediction = "flow"
+    flow_multiplier = 1.0
+    resolution_shift = True
+    variant_shift = {"schnell": 1.0}
+    distilled_guidance = True
+    patch_size = 2  # latents are packed 2x2 into tokens
+    defaults = {"cfg": 1.0, "steps": 20, "sampler": "euler", "schedule": "normal"}
+    variant_defaults = {"schnell": {"steps": 4}}
+    mlx_port = "flux"
+    lora_widths = (3072,)
+    lora_metadata = ("flux",)
+    widgets_only = ("guidance",)
+
+    def detect(self, t, original):
+        n, blocks = self.names(t, original)
+        hidden, in_ch = t[n("x_embedder.weight")].shape
+        joint = t[n("context_embedder.weight")].shape[1]
+        pooled = t[n("time_text_embed.text_embedder.linear_1.weight")].shape[1]
+        guidance = n("time_text_embed.guidance_embedder.linear_1.weight") in t
+        layers = blocks("transformer_blocks.")
+        single = blocks("single_transformer_blocks.")
+        head_dim = t[n("transformer_blocks.0.attn.norm_q.weight")].shape[0] if layers else 128
+        out = t[n("proj_out.weight")].shape[0]
+        if in_ch == 384:
+            variant = "fill"
+        elif in_ch == 128:
+            variant = "depth"
+        else:
+            variant = "dev" if guidance else "schnell"
+        rel = self.release(f"flux-{variant}")
+        cfg = rel["transformer"]
+        axes = [16, 56, 56] if head_dim == 128 else [head_dim // 8, head_dim * 7 // 16, head_dim * 7 // 16]
+        if sum(axes) != head_dim or any(a % 2 for a in axes):
+            a = 2 * (head_dim // 8)
+            b = 2 * ((head_dim - a) // 4)
+            axes = [head_dim - 2 * b, b, b]
+        cfg.update(
+            in_channels=in_ch,
+            out_channels=None if out == in_ch else out,
+            num_layers=layers,
+            num_single_layers=single,
+            attention_head_dim=head_dim,
+            num_attention_heads=hidden // head_dim,
+            joint_attention_dim=joint,
+            pooled_projection_dim=pooled,
+            guidance_embeds=guidance,
+            axes_dims_rope=axes,
+        )
+        det = self.detection(variant, cfg, original)
+        det.extras["guidance_embeds"] = guidance
+        det.extras["in_channels"] = in_ch
+        return self.finish(det, rel)
+
+    def variant_from_folder(self, cfg, pipeline_class, detected, vae_factor=8):
+        return detected if detected is not None else ("dev" if cfg.get("guidance_embeds") else "schnell")
+
+    def is_fill(self, variant, in_channels):
+        # Flux Fill: 384 input channels = latent + masked-image latent + packed mask
+        return in_channels == 384 or "fill" in (variant or "").lower()
+
+    def check_input_channels(self, in_channels):
+        if in_channels not in (0, 64, 384):
+            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"this Flux model takes {in_channels} input channels (a control model such as "
+                                   "Flux Depth/Canny); SpriteForge generates with Flux dev/schnell and Flux Fill. Load one of those.")
+
+    def handle_extras(self, det, cfg):
+        return {"guidance_embeds": bool(cfg.get("guidance_embeds")), "in_channels": int(cfg.get("in_channels", 64))}

@@ -1,0 +1,74 @@
+"""Sana (NVIDIA): linear-attention DiT with GLUMBConv feed-forward, the 32x DC-AE, Gemma-2 prompts."""
+
+from __future__ import annotations
+
+from ..detection import heads
+from ..keymaps import Q3, rule as _r
+from .base import Family, TextEncoder
+
+_TB = "transformer_blocks.{i}"
+
+
+class Sana(Family):
+    name = "sana"
+    label = "Sana"
+    original_markers = (("x_embedder.proj.weight", "attention_y_norm.weight"),
+                        ("x_embedder.proj.weight", "blocks.0.mlp.inverted_conv.conv.weight"))
+    diffusers_markers = (("patch_embed.proj.weight", "caption_norm.weight"),
+                         ("patch_embed.proj.weight", "transformer_blocks.0.ff.conv_inverted.weight"))
+    detect_order = 30
+    transformer_class = "SanaTransformer2DModel"
+    transformer_module = "diffusers.models.transformers.sana_transformer"
+    original_converter = "diffusers"
+    keymap = (
+        _r("blocks.{i}.attn.qkv", [f"{_TB}.attn1.{q}" for q in Q3]),
+        _r("blocks.{i}.attn.proj", f"{_TB}.attn1.to_out.0"),
+        _r("blocks.{i}.cross_attn.q_linear", f"{_TB}.attn2.to_q"),
+        _r("blocks.{i}.cross_attn.kv_linear", [f"{_TB}.attn2.to_k", f"{_TB}.attn2.to_v"]),
+        _r("blocks.{i}.cross_attn.proj", f"{_TB}.attn2.to_out.0"),
+        _r("blocks.{i}.mlp.inverted_conv.conv", f"{_TB}.ff.conv_inverted"),
+        _r("blocks.{i}.mlp.depth_conv.conv", f"{_TB}.ff.conv_depth"),
+        _r("blocks.{i}.mlp.point_conv.conv", f"{_TB}.ff.conv_point"),
+        _r("x_embedder.proj", "patch_embed.proj"),
+        _r("t_embedder.mlp.0", "time_embed.emb.timestep_embedder.linear_1"),
+        _r("t_embedder.mlp.2", "time_embed.emb.timestep_embedder.linear_2"),
+        _r("t_block.1", "time_embed.linear"),
+        _r("y_embedder.y_proj.fc1", "caption_projection.linear_1"),
+        _r("y_embedder.y_proj.fc2", "caption_projection.linear_2"),
+        _r("final_layer.linear", "proj_out"),
+    )
+    text_encoders = (TextEncoder("gemma", "text_encoder", ("gemma2",)),)
+    latent_channels = 32
+    vae_scale_factor = 32
+    vae_class = "AutoencoderDC"
+    prediction = "flow"
+    defaults = {"cfg": 4.5, "steps": 20, "sampler": "euler", "schedule": "normal"}
+    mlx_port = "sana"
+    lora_widths = (2240,)
+    lora_metadata = ("sana",)
+    widgets_only = ("sana_instruction",)
+
+    def detect(self, t, original):
+        n, blocks = self.names(t, original)
+        pe = t[n("patch_embed.proj.weight")].shape
+        caption = t[n("caption_projection.linear_1.weight")].shape[1]
+        layers = blocks("transformer_blocks.")
+        inv = t[n("transformer_blocks.0.ff.conv_inverted.weight")].shape[0] if layers else 2 * 2.5 * pe[0]
+        out = t[n("proj_out.weight")].shape[0]
+        hidden, in_ch, patch = pe[0], pe[1], pe[2]
+        variant = {1152: "600m", 2240: "1600m"}.get(hidden, "1600m")
+        rel = self.release(f"sana-{variant}")
+        cfg = rel["transformer"]
+        nh, hd = heads(hidden, (32,))
+        cross = {1152: (16, 72), 2240: (20, 112)}.get(hidden, (nh, hd))
+        self.patch_config(cfg, nh, hd, in_ch, out, patch, layers, num_cross_attention_heads=cross[0], cross_attention_head_dim=cross[1],
+                          cross_attention_dim=hidden, caption_channels=caption, mlp_ratio=inv / (2 * hidden))
+        if hidden not in (1152, 2240):
+            variant = f"{variant}-like"
+        return self.finish(self.detection(variant, cfg, original), rel)
+
+    def release_vae(self, variant):
+        return "dc-ae-f32c32-sana"
+
+    def flow_shift(self, sched):
+        return float(sched.get("flow_shift", sched.get("shift", 3.0)) or 3.0)

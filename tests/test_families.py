@@ -1,0 +1,196 @@
+"""The family registry (spriteforge.models.families) is the one home of a family's facts: every registered family
+is detected from its real-format files and reference manifests, a new family is one registry entry (detection,
+``inspect`` and folders see it without any other file changing), and what the other layers keep per family (engine
+tables, LoRA slots, defaults, the editor's hints) is read from it."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tiny_models as T  # noqa: E402
+from spriteforge.errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from spriteforge.models.detect import detect, detect_tensors
+from spriteforge.models.families import FAMILIES, Family, TextEncoder, registry
+from spriteforge.models.safetensors_header import header_from_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_families_are_the_registry():
+    assert FAMILIES == registry.names() == tuple(f.name for f in registry.ENTRIES)
+    for f in registry.families():
+        assert registry.get(f.name) is f and registry.by_transformer_class(f.transformer_class) is f
+        assert f.label and f.transformer_class and f.mlx_port and f.keymap is not None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("layout", ["diffusers", "original"])
+def test_every_family_is_detected_from_its_tiny_real_file(tmp_path, family, layout):
+    """The recipe's "tests": each registered family has a tiny real-format builder (tests/tiny_models.make_<name>),
+    and both of its layouts are detected as it."""
+    path = getattr(T, f"make_{family}")(tmp_path, layout=layout)
+    det = detect(path)
+    fam = registry.get(family)
+    assert (det.family, det.kind, det.layout) == (family, "transformer", layout)
+    assert det.needs == fam.needs
+    assert det.config["_class_name"] == fam.transformer_class
+
+
+@pytest.mark.parametrize("family", [f.name for f in registry.families() if f.reference_manifests])
+def test_every_family_is_detected_from_its_reference_manifests(shared_dir, family):
+    fam = registry.get(family)
+    for name, variant in fam.reference_manifests.items():
+        path = shared_dir / "checkpoints" / f"{name}.json"
+        assert path.exists(), f"{family} names {name}, which is not in the reference set"
+        det = detect_tensors(header_from_manifest(json.loads(path.read_text())).tensors, name=name)
+        assert (det.family, det.variant) == (family, variant), name
+
+
+# --------------------------------------------------------------------------- a new family is one entry
+
+
+class Toy(Family):
+    """A made-up family: a patch embedding and some blocks, T5 prompts, the SD3 VAE."""
+
+    name = "toy"
+    label = "Toy"
+    original_markers = (("toy_in.weight", "toy_blocks.*"),)
+    diffusers_markers = (("x_embedder.proj.weight", "toy_transformer_blocks.*"),)
+    transformer_class = "ToyTransformer2DModel"
+    mlx_port = "toy"
+    text_encoders = (TextEncoder("t5", "text_encoder", ("t5xxl",)),)
+    latent_channels = 16
+    prediction = "flow"
+    defaults = {"cfg": 2.0, "steps": 8, "sampler": "euler", "schedule": "normal"}
+    widgets_only = ("guidance",)
+
+    def detect(self, t, original):
+        n = "toy_in.weight" if original else "x_embedder.proj.weight"
+        hidden, in_ch = t[n].shape[:2]
+        blocks = "toy_blocks." if original else "toy_transformer_blocks."
+        layers = len({k.split(".")[1] for k in t if k.startswith(blocks)})
+        cfg = {"_class_name": self.transformer_class, "in_channels": in_ch, "num_layers": layers, "hidden": hidden}
+        return self.detection(f"{layers}-layer", cfg, original)
+
+
+@pytest.fixture
+def toy():
+    fam = registry.register(Toy())
+    try:
+        yield fam
+    finally:
+        registry.unregister("toy")
+
+
+def _toy_file(path: Path) -> Path:
+    z = np.zeros
+    save_file({"toy_in.weight": z((8, 16), np.float32), "toy_blocks.0.w": z((8, 8), np.float32),
+               "toy_blocks.1.w": z((8, 8), np.float32)}, str(path))
+    return path
+
+
+def test_a_new_family_is_one_registry_entry(tmp_path, toy, capsys):
+    from spriteforge.cli.main import main
+
+    path = _toy_file(tmp_path / "toy.safetensors")
+    det = detect(path)
+    assert (det.family, det.variant, det.layout, det.kind) == ("toy", "2-layer", "original", "transformer")
+    assert det.config["in_channels"] == 16
+    assert det.needs == ["vae", "t5"]
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "family:     toy" in out and "variant:    2-layer" in out and "needs:      vae, t5" in out
+    # in an all-in-one checkpoint the family is found under ComfyUI's prefix, its VAE by the family's latent width
+    ckpt = detect_tensors({"model.diffusion_model." + k: v for k, v in _header(path).items()}, name="toy-checkpoint")
+    assert (ckpt.family, ckpt.needs) == ("toy", ["vae", "t5"])
+    assert registry.vae_config_name("toy", None, 16) == "vae-kl16-sd3"
+    assert registry.widget_hints()["rules"]["guidance"]["only"] == ["flux", "toy"]
+
+
+def test_a_new_family_folder_is_found_by_its_class(tmp_path, toy):
+    d = tmp_path / "toy-pipe"
+    (d / "transformer").mkdir(parents=True)
+    (d / "model_index.json").write_text(json.dumps({"_class_name": "ToyPipeline", "transformer": ["diffusers", "ToyTransformer2DModel"]}))
+    (d / "transformer" / "config.json").write_text(json.dumps({"_class_name": "ToyTransformer2DModel", "in_channels": 16}))
+    det = detect(d)
+    assert (det.family, det.kind, det.needs) == ("toy", "diffusers", ["vae", "t5"])
+
+
+def test_without_its_entry_the_family_is_unknown(tmp_path):
+    path = _toy_file(tmp_path / "toy.safetensors")
+    with pytest.raises(SpriteForgeError) as e:
+        detect(path)
+    assert e.value.code == UNSUPPORTED_ARCHITECTURE
+
+
+def _header(path):
+    from spriteforge.models.safetensors_header import read_header
+
+    return read_header(path).tensors
+
+
+# --------------------------------------------------------------------------- the other layers read it
+
+
+def test_engine_lora_and_pipeline_tables_come_from_the_registry():
+    from spriteforge.engines import model_files, text_encoding
+    from spriteforge.engines.mlx_models import loading
+    from spriteforge.engines.torch_models import building
+    from spriteforge.pipeline import FAMILY_DEFAULTS
+
+    lora_family = importlib.import_module("spriteforge.lora.family")
+    plan = importlib.import_module("spriteforge.lora.plan")  # (spriteforge.lora.plan is also a function's name)
+
+    for f in registry.families():
+        keys = [te.key for te in f.text_encoders]
+        assert model_files.TRANSFORMER_CLASSES[f.name] == f.transformer_class
+        assert list(model_files.FOLDER_TEXT_ENCODERS[f.name].values()) == keys
+        assert list(text_encoding.ROLE_NAMES[f.name]) == keys
+        assert list(plan.TE_ORDER[f.name]) == keys
+        assert lora_family.NAMES[f.name] == f.label
+        assert FAMILY_DEFAULTS[f.name] == f.defaults
+        assert loading.PORTS[f.name] == (f.mlx_port, f.transformer_class)
+        assert loading.FAMILY_PORTS[f.name][0] == f.name
+        assert building.CLASS_MODULES[f.transformer_class] == f.transformer_module
+
+
+def test_the_editor_hints_are_the_registry_s(repo_dir):
+    """web/spriteforge.js reads `family_widgets` from /spriteforge/capabilities; its test fixture holds what the
+    registry serves."""
+    js = (repo_dir / "web" / "spriteforge.js").read_text()
+    assert "FAMILY_RULES = {" not in js and "family_widgets" in js
+    fixture = (repo_dir / "web" / "tests" / "spriteforge.test.mjs").read_text()
+    line = re.search(r"^\s*family_widgets: (\{.*\}),$", fixture, re.M)
+    assert json.loads(line.group(1)) == registry.widget_hints()
+
+
+def _family_literals(path: Path) -> set:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in FAMILIES}
+
+
+# modules that still branch on a family's name (the model call and prompt encoding per family; LoRA name heuristics
+# across families): see HACKING.md "Adding a family". No other module may.
+STILL_BY_NAME = {"engines/denoiser.py", "engines/text_encoding.py", "engines/torch_models/convert.py", "lora/family.py",
+                 "models/detect.py"}
+
+
+def test_family_names_are_spelled_only_in_the_registry(repo_dir):
+    found = set()
+    for path in sorted(repo_dir.rglob("*.py")):
+        rel = path.relative_to(repo_dir).as_posix()
+        if rel.split("/")[0] in ("tests", "training", "benchmarks", "tools") or rel.startswith("models/families/"):
+            continue
+        if _family_literals(path):
+            found.add(rel)
+    assert found <= STILL_BY_NAME, f"family names spelled outside models/families: {sorted(found - STILL_BY_NAME)}"
