@@ -6,8 +6,9 @@ The batch is a seed range of the built-in ``sprite_demo`` workflow (demo model, 
 (a) job by job with a new runner Cache each time (what a shell loop over ``spriteforge run`` does, minus the
 interpreter start), (b) by :func:`spriteforge.execution.batch.run_batch` (one process, one shared Cache) and
 (c) by :func:`spriteforge.execution.ray_batch.run_batch_ray` on a local Ray cluster of ``--workers`` actors,
-its start-up (cluster and actors) included, and again from the moment every actor had started. It prints jobs per minute and model loads per job for each, and
-the ratios against (b), the in-process runner, measured in the same run.
+its start-up (cluster and actors) included, and again from the moment every actor had started. It prints jobs
+per minute and model loads per job for each, and the ratios against (b), the in-process runner, measured in the
+same run.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def main(argv=None) -> None:
         jpm = a.jobs / secs * 60
         print(f"{name:42} {secs:7.1f} {jpm:9.1f} {loads / a.jobs:10.3f} {jpm / ref:13.2f}")
     steady = rows[2][3]
-    print(f"Ray once every worker had started (cluster and worker processes up; torch import and model load still included): {steady:.1f}s, "
+    print(f"Ray once every worker had started (torch import and model load still included): {steady:.1f}s, "
           f"{a.jobs / steady * 60:.1f} jobs/min, x{a.jobs / steady * 60 / ref:.2f} in-process")
 
 

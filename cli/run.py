@@ -60,7 +60,8 @@ def add_batch_arguments(p) -> None:
     g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="run the jobs on a Ray cluster: "
                    "ADDRESS (e.g. auto, ray://head:10001) or 'local' (default) for one on this machine")
     g.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: one per GPU, else CPUs/4)")
-    g.add_argument("--manifest", metavar="FILE", help="the batch's manifest, JSON Lines (default OUT/spriteforge_batch.jsonl)")
+    g.add_argument("--manifest", metavar="FILE",
+                   help="the batch's manifest, JSON Lines (default OUT/spriteforge_batch.jsonl)")
 
 
 def shipped_input_dir(workflow, info=None):

@@ -29,6 +29,7 @@ from typing import Callable
 
 from ..errors import BAD_INPUT, SpriteForgeError, classify
 from ..progress import Interrupted, Progress
+from .submit import _write_new, load_prompts_file  # _write_new: never replaces a file, never follows a link
 
 MANIFEST_NAME = "spriteforge_batch.jsonl"
 MANIFEST_VERSION = 1
@@ -74,7 +75,8 @@ def seed_input(prompt: dict, info: dict, spec: str | None = None) -> tuple[str, 
     from .graph import input_spec
 
     found = [(nid, name) for nid, node in prompt.items() for name in (node.get("inputs") or {})
-             if "seed" in name and input_spec(info.get(node["class_type"]) or {}, name)[2].get("control_after_generate")]
+             if "seed" in name and input_spec(info.get(node["class_type"]) or {}, name)[2]
+             .get("control_after_generate")]
     return _target(spec, found, "generation seed input", "--seed-input", "3.seed")
 
 
@@ -86,9 +88,7 @@ def prompt_input(prompt: dict, spec: str | None = None) -> tuple[str, str]:
 
 
 def read_prompts(path) -> list[str]:
-    """The ``--prompts`` file: one prompt per non-empty line, ``#`` lines are comments."""
-    from .submit import load_prompts_file
-
+    """The ``--prompts`` file: one prompt per non-empty line, ``#`` lines are comments (as ``submit`` reads it)."""
     return load_prompts_file(path)
 
 
@@ -150,9 +150,8 @@ class Batch:
             entry.update(status="writing", files=[p.relative_to(self.out).as_posix() for p, _ in placed],
                          sha256=[hashlib.sha256(blob).hexdigest() for _, blob in placed])
             append_manifest(self.manifest_path, job.key, entry)
-            for path, blob in placed:
-                _write_new(path, blob)
-            entry = {**entry, "status": "done"}
+            written = [_write_new(path, blob) for path, blob in placed]
+            entry = {**entry, "status": "done", "files": [p.relative_to(self.out).as_posix() for p in written]}
         self.manifest["jobs"][job.key] = entry
         append_manifest(self.manifest_path, job.key, entry)
         return entry
@@ -325,8 +324,7 @@ _COUNTED = re.compile(r"^(?P<base>.*)_(?P<n>\d{5})_(?P<rest>.*)$")
 
 
 def write_outputs(out: Path, files: list[tuple[str, bytes]]) -> list[Path]:
-    """Write a job's files under ``out`` (:func:`place_outputs` names them); never overwriting, never through a link.
-    The one place batch outputs are written."""
+    """Write a job's files under ``out`` (:func:`place_outputs` names them); never overwriting, never through a link."""
     return [_write_new(path, blob) for path, blob in place_outputs(out, files)]
 
 
@@ -375,13 +373,6 @@ def _taken(path: Path) -> bool:
     return path.exists() or path.is_symlink()
 
 
-def _write_new(path: Path, blob: bytes) -> Path:
-    """Create ``path`` (O_EXCL: fails rather than replace a file or follow a link) and write ``blob``."""
-    with open(path, "xb") as fh:
-        fh.write(blob)
-    return path
-
-
 # --------------------------------------------------------------------------- in-process
 
 def run_batch(batch: Batch, *, on_event: Event | None = None, stream=None) -> dict:
@@ -420,5 +411,6 @@ def summary(batch: Batch) -> dict:
             "model_loads": sum(e.get("model_loads") or 0 for e in entries), "manifest": str(batch.manifest_path)}
 
 
-__all__ = ["parse_seeds", "seed_input", "prompt_input", "read_prompts", "plan", "Batch", "Job", "Worker",
-           "run_job", "run_batch", "printer", "write_outputs", "place_outputs", "load_manifest", "append_manifest", "summary", "MANIFEST_NAME"]
+__all__ = ["parse_seeds", "seed_input", "prompt_input", "read_prompts", "plan", "Batch", "Job", "Worker", "run_job",
+           "run_batch", "printer", "write_outputs", "place_outputs", "load_manifest", "append_manifest", "summary",
+           "MANIFEST_NAME"]
