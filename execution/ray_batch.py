@@ -14,7 +14,7 @@ import collections
 import logging
 
 from ..errors import ENGINE_UNAVAILABLE, SpriteForgeError, classify
-from ..progress import Progress
+from ..progress import Progress, check_interrupt
 from .batch import Batch, Event, Job, Worker, summary
 
 INSTALL = "pip install 'comfyui-spriteforge[ray]'"
@@ -107,7 +107,7 @@ class _Driver:
                         self._actor_ready(ref)
                     elif self._job_returned(ref):
                         bar.update()
-                bar.update(0)  # the interrupt point while waiting
+                check_interrupt()  # the interrupt point while waiting
         finally:
             for actor in self.idle + [a for _, a in self.running.values()] + list(self.starting.values()):
                 self.ray.kill(actor)  # Ctrl-C, an error or the end: no actor is left holding models
