@@ -10,6 +10,9 @@ Examples:
   spriteforge run example_workflows/sprite_pipeline.json --models ~/ComfyUI/models --out out/
   spriteforge run wf.json --set 12.seed=7 --set '6.positive="a knight, pixel art"'
   spriteforge run example_workflows/sprite_demo.json --engine mlx   (every Load Model node on MLX)
+  spriteforge run example_workflows/api/sprite_demo.json --ray --seeds 0:1000 --prompts prompts.txt --out out/
+      (a batch: one job per seed and prompt line on a Ray cluster; out/spriteforge_batch.jsonl lists the jobs done,
+       so the same command again finishes an interrupted batch)
 """
 
 from __future__ import annotations
@@ -40,7 +43,25 @@ def register(subparsers) -> None:
                    help="set the engine of every SpriteForge Load Model node (default: as the workflow says)")
     p.add_argument("--check", action="store_true", help="only convert and validate; do not execute")
     p.add_argument("--print-api", action="store_true", help="print the API-format prompt that would run, then exit")
+    add_batch_arguments(p)
     p.set_defaults(func=run)
+
+
+def add_batch_arguments(p) -> None:
+    """The batch options: --seeds, --prompts and where they go, --ray and --workers."""
+    g = p.add_argument_group("batches (one job per seed and prompt line; see README 'Batches at scale')")
+    g.add_argument("--seeds", metavar="A:B[:STEP]", help="one job per seed A..B-1 (or a single seed N); a job of "
+                   "batch_size N uses seed..seed+N-1, so step by N (0:800:8) for jobs that share no seed")
+    g.add_argument("--prompts", metavar="FILE", help="one job per line of FILE (each seed with each line)")
+    g.add_argument("--seed-input", metavar="NODE_ID.INPUT", help="the input --seeds sets (default: the workflow's "
+                   "one generation seed)")
+    g.add_argument("--prompt-input", metavar="NODE_ID.INPUT", help="the input each --prompts line replaces "
+                   "(default: the one SpriteForgeEncodePrompt's 'positive')")
+    g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="run the jobs on a Ray cluster: "
+                   "ADDRESS (e.g. auto, ray://head:10001) or 'local' (default) for one on this machine")
+    g.add_argument("--workers", type=int, metavar="N", help="Ray workers (default: one per GPU, else CPUs/4)")
+    g.add_argument("--manifest", metavar="FILE",
+                   help="the batch's manifest, JSON Lines (default OUT/spriteforge_batch.jsonl)")
 
 
 def shipped_input_dir(workflow, info=None):
@@ -115,6 +136,31 @@ def _check(args) -> int:
     return 0
 
 
+def _batch(args) -> int:
+    """``--seeds`` / ``--prompts`` / ``--ray``: a batch, in-process or on Ray (execution.batch, execution.ray_batch)."""
+    from ..execution import batch as B
+
+    if args.ray:
+        from ..execution.ray_batch import import_ray
+
+        import_ray()  # without Ray: ENGINE_UNAVAILABLE with the install line, before any work
+    seeds = B.parse_seeds(args.seeds) if args.seeds else None
+    prompts = B.read_prompts(args.prompts) if args.prompts else None
+    batch = B.plan(args.workflow, seeds=seeds, prompts=prompts, sets=args.sets, seed_spec=args.seed_input,
+                   prompt_spec=args.prompt_input, engine=args.engine, models_dir=args.models, input_dir=args.input,
+                   out=args.out, manifest_path=args.manifest)
+    stream, events = None if args.quiet else sys.stderr, B.printer(sys.stderr)
+    if args.ray:
+        from ..execution.ray_batch import run_batch_ray
+
+        res = run_batch_ray(batch, address=args.ray, workers=args.workers, on_event=events, stream=stream)
+    else:
+        res = B.run_batch(batch, on_event=events, stream=stream)
+    print(f"{res['done']}/{res['jobs']} job(s) done, {res['failed']} failed, {res['files']} file(s); "
+          f"manifest {res['manifest']}")
+    return 0 if not res["failed"] else 1
+
+
 def _execute(args) -> int:
     from ..execution.runner import run_workflow
     from ..paths import OutputFolder
@@ -147,7 +193,9 @@ def run(args) -> int:
         print(json.dumps(_api_prompt(args), indent=2))
         return 0
     try:
-        return _check(args) if args.check else _execute(args)
+        if args.check:
+            return _check(args)
+        return _batch(args) if args.seeds or args.prompts or args.ray else _execute(args)
     except SpriteForgeError as exc:
         if not (exc.details or {}).get("issues"):
             raise
