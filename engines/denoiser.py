@@ -3,9 +3,9 @@
 :class:`Denoiser` holds what does not depend on the framework: classifier-free guidance in one
 batch (uncond rows first) or one row at a time (attention slicing), with CFG-rescale and dynamic
 thresholding from :mod:`spriteforge.samplers.guidance` (the code the ComfyUI-MODEL bridge uses too),
-DiT's null class as the unconditional input, the Flux Fill conditioning (masked image latents and the packed mask),
-padding the two prompts' sequences to one length, and which keyword each family's transformer
-takes. A subclass (``engines/torch_models/generation.py``, ``engines/mlx_models/generation.py``)
+a class-conditional family's null class as the unconditional input, a native inpaint model's conditioning
+(masked image latents and the packed mask), padding the two prompts' sequences to one length. Which keywords the
+transformer takes is the family's (:meth:`spriteforge.models.families.Family.forward`, called with this object). A subclass (``engines/torch_models/generation.py``, ``engines/mlx_models/generation.py``)
 supplies only the array calls, as the hooks at the end of the class.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import BAD_INPUT, SpriteForgeError
 from ..models.families import registry
 from ..samplers.guidance import cfg_rescale, check_guidance, dynamic_threshold
-from .model_inputs import check_flux_channels, is_fill_model, model_input, model_timestep, num_classes, to_x0
+from .model_inputs import check_flux_channels, is_fill_model, model_input, model_timestep, to_x0
 
 
 class Denoiser:
@@ -42,24 +42,20 @@ class Denoiser:
         self.ms = model_schedule
         self.flow = handle.prediction == "flow"
         self.module = handle.transformer
+        self.family = registry.rules(handle.family)
         self._setup()
         policy = getattr(engine, "policy", None)
         self.slice = bool(policy.attention_slicing) if attention_slicing is None and policy is not None else bool(attention_slicing)
         self.use_cfg = uncond is not None and abs(self.cfg - 1.0) > 1e-6
-        if registry.rules(handle.family).class_conditional and uncond is None and abs(self.cfg - 1.0) > 1e-6:
+        if self.family.class_conditional and uncond is None and abs(self.cfg - 1.0) > 1e-6:
             from .base import Conditioning
 
-            n = num_classes(handle)  # the null class
+            n = self.family.num_classes(handle)  # the null class
             self.uncond = Conditioning(family=handle.family, prompts=[""], class_labels=[n] * len(cond.class_labels or [0]))
             self.use_cfg = True
-        cfgd = self._model_config()
-        self._pixart_extra = bool(getattr(self.module, "use_additional_conditions", False))
-        self._guidance_embeds = bool(cfgd.get("guidance_embeds", False))
-        self._timestep_scale = float(cfgd.get("timestep_scale", 1.0) or 1.0)
-        gs = cfgd.get("guidance_embeds_scale", 0.1)
-        self._guidance_scale = float(0.1 if gs is None else gs)  # SanaTransformer2DModel's default
+        self.config = self._model_config()
         self.fill = None
-        check_flux_channels(handle.family, cfgd.get("in_channels"))
+        check_flux_channels(handle.family, self.config.get("in_channels"))
         # without an image: an all-repaint mask over a blank image (txt2img with a Fill model)
         self._fill_args = (fill_image, fill_mask) if is_fill_model(handle) else None
         self.calls = 0
@@ -82,12 +78,12 @@ class Denoiser:
             raise SpriteForgeError(BAD_INPUT, f"conditioning has {t.shape[0]} prompts but the batch is {batch}: use one prompt or one per image.")
         return self._repeat_rows(t, batch // t.shape[0])
 
-    def _pack(self, x):
+    def pack(self, x):
         """[B,C,h,w] -> Flux's 2x2-packed tokens [B, h/2 * w/2, 4C]."""
         b, c, h, w = x.shape
         return self._permute(x.reshape(b, c, h // 2, 2, w // 2, 2), (0, 2, 4, 1, 3, 5)).reshape(b, (h // 2) * (w // 2), c * 4)
 
-    def _unpack(self, x, h, w):
+    def unpack(self, x, h, w):
         b, n, c4 = x.shape
         c = c4 // 4
         return self._permute(x.reshape(b, h // 2, w // 2, c, 2, 2), (0, 3, 1, 4, 2, 5)).reshape(b, c, h, w)
@@ -112,60 +108,52 @@ class Denoiser:
         b = max(lat.shape[0], m.shape[0])
         lat, m = self._expand(lat, b), self._expand(m, b)
         m = self._permute(m.reshape(b, h, f, w, f), (0, 2, 4, 1, 3)).reshape(b, f * f, h, w)
-        self.fill = self._done(self.ops.concat([self._pack(lat), self._pack(m)], 2))
+        self.fill = self._done(self.ops.concat([self.pack(lat), self.pack(m)], 2))
         return self.fill
 
     def _forward(self, x, t, cond):
-        """Model output (eps, v or flow velocity) for input ``x`` [N,C,h,w] at model timesteps ``t`` [N]."""
-        fam = self.handle.family
-        b, c, h, w = x.shape
-        if fam == "pixart":
-            add = {"resolution": None, "aspect_ratio": None}
-            if self._pixart_extra:
-                f = self.handle.vae_scale_factor or 8
-                add = {"resolution": self._rows([[h * f, w * f]] * b, x.dtype), "aspect_ratio": self._rows([[h / w]] * b, x.dtype)}
-            out = self._run(hidden_states=x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond.get("mask"),
-                            timestep=t, added_cond_kwargs=add)
-        elif fam == "dit":
-            out = self._run(hidden_states=x, timestep=t, class_labels=cond["labels"])
-        elif fam == "sd3":
-            out = self._run(hidden_states=x, encoder_hidden_states=cond["embeds"], pooled_projections=cond["pooled"], timestep=t)
-        elif fam == "sana":
-            kw = {}
-            if self._guidance_embeds:
-                # as diffusers' SanaSprintPipeline: guidance (float32, in the embeds' dtype) times config.guidance_embeds_scale
-                g = self._cast(self._full(b, float(self.cond.guidance or 4.5), self.F32), x.dtype)
-                kw["guidance"] = g * self._guidance_scale
-            out = self._run(hidden_states=x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond.get("mask"),
-                            timestep=t * self._timestep_scale, **kw)
-        elif fam == "flux":
-            hs = self._pack(x)
-            if self._fill_args is not None:
-                fc = self._fill_cond(h, w)
-                if fc.shape[0] != b:
-                    fc = self.ops.concat([fc] * (b // fc.shape[0]), 0) if b % fc.shape[0] == 0 else self._repeat_rows(fc[:1], b)
-                hs = self.ops.concat([hs, self._cast(fc, hs.dtype)], 2)
-            g = None
-            if self._guidance_embeds:
-                g = self._full(b, float(self.cond.guidance if self.cond.guidance is not None else 3.5), x.dtype)
-            txt = cond["embeds"]
-            out = self._run(hidden_states=hs, encoder_hidden_states=txt, pooled_projections=cond["pooled"], timestep=t, guidance=g,
-                            img_ids=self._flux_img_ids(h, w, x.dtype), txt_ids=self._zeros((txt.shape[1], 3), x.dtype))
-            out = self._unpack(out, h, w)
-        else:
-            raise SpriteForgeError(BAD_INPUT, f"unknown family {fam!r}.")
-        if out.shape[1] != c:  # learned sigma: the first C channels are the prediction
-            out = out[:, :c]
+        """Model output (eps, v or flow velocity) for input ``x`` [N,C,h,w] at model timesteps ``t`` [N]: the family's call."""
+        out = self.family.forward(self, x, t, cond)
+        if out.shape[1] != x.shape[1]:  # learned sigma: the first C channels are the prediction
+            out = out[:, :x.shape[1]]
         return out
 
-    def _flux_img_ids(self, h, w, dtype):
-        key = ("img_ids", h, w, dtype)
-        if key not in self._cond_cache:  # the same on every step
-            ids = np.zeros((h // 2, w // 2, 3), np.float32)
-            ids[..., 1] += np.arange(h // 2)[:, None]
-            ids[..., 2] += np.arange(w // 2)[None, :]
-            self._cond_cache[key] = self._place(ids.reshape(-1, 3), dtype)
+    # ------------------------------------------------------------------ what a family's forward() calls
+    # (models/families: written once for both engines over these; ``ops``, ``handle``, ``module``, ``cond`` (the
+    # positive Conditioning), ``config`` (the transformer's config dict) and ``F32`` are read as attributes)
+    def run(self, **kw):
+        """The transformer's output array for keyword inputs."""
+        return self._run(**kw)
+
+    def full(self, n: int, value: float, dtype):
+        """A ``[n]`` array of ``value`` on the model's device."""
+        return self._full(n, value, dtype)
+
+    def rows(self, rows, dtype):
+        """An array of the nested list ``rows`` on the model's device."""
+        return self._rows(rows, dtype)
+
+    def zeros(self, shape, dtype):
+        return self._zeros(shape, dtype)
+
+    def cast(self, x, dtype):
+        return self._cast(x, dtype)
+
+    def cached(self, key, make):
+        """``make()``, made once per denoiser (what is the same on every step: position ids, masks)."""
+        if key not in self._cond_cache:
+            self._cond_cache[key] = make()
         return self._cond_cache[key]
+
+    def fill_tokens(self, h: int, w: int, batch: int):
+        """A native inpaint model's extra input tokens (masked image latents and mask, packed) for ``batch`` rows of an
+        ``h`` x ``w`` latent; None for other models."""
+        if self._fill_args is None:
+            return None
+        fc = self._fill_cond(h, w)
+        if fc.shape[0] != batch:
+            fc = self.ops.concat([fc] * (batch // fc.shape[0]), 0) if batch % fc.shape[0] == 0 else self._repeat_rows(fc[:1], batch)
+        return fc
 
     def _cond_arrays(self, cond, batch):
         """The conditioning's arrays on the model's device, ``batch`` rows each (embeds/pooled in the model dtype)."""

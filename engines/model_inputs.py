@@ -1,7 +1,7 @@
 """What a model is fed, decided once for every engine: framework-free (plain Python and arithmetic).
 
 The torch and MLX denoisers and text encoders share these rules so a handle means the same on both:
-DiT class labels, Sana's complex human instruction, Flux Fill / control detection, the model timestep
+native inpaint / control model detection, the model timestep
 for a sigma, the input scaling and the x0 a prediction gives. The arithmetic helpers take any array
 type with ``+ - *`` (numpy, torch, MLX).
 """
@@ -12,82 +12,6 @@ import math
 
 from ..errors import BAD_INPUT, SpriteForgeError
 from ..models.families import registry
-
-# Sana's default complex human instruction (as in diffusers' SanaPipeline).
-SANA_CHI = [
-    "Given a user prompt, generate an 'Enhanced prompt' that provides detailed visual descriptions suitable for image generation. Evaluate the level of detail in the user prompt:",
-    "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, textures, and spatial relationships to create vivid and concrete scenes.",
-    "- If the prompt is already detailed, refine and enhance the existing details slightly without overcomplicating.",
-    "Here are examples of how to transform or refine prompts:",
-    "- User Prompt: A cat sleeping -> Enhanced: A small, fluffy white cat curled up in a round shape, sleeping peacefully on a warm sunny windowsill, surrounded by pots of blooming red flowers.",
-    "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring glowing street lamps, a diverse crowd of people in colorful clothing, and a double-decker bus passing by towering glass skyscrapers.",
-    "Please generate only the enhanced description for the prompt below and avoid including any additional commentary or evaluations:",
-    "User Prompt: ",
-]
-
-
-# --------------------------------------------------------------------------- DiT class labels
-def num_classes(handle) -> int:
-    """DiT's class count; the null (unconditional) class is this number."""
-    cfg = handle.config or {}
-    return int((handle.extras or {}).get("num_classes") or cfg.get("num_embeds_ada_norm") or 1000)
-
-
-def class_labels(handle, prompts):
-    """``(labels, n)``: each prompt's class (a number or a name from the model's id2label)."""
-    cfg = handle.config or {}
-    n = num_classes(handle)
-    id2label = (handle.extras or {}).get("id2label") or cfg.get("id2label") or {}
-    by_name = {}
-    for k, v in dict(id2label).items():
-        for name in str(v).split(","):
-            by_name[name.strip().lower()] = int(k)
-    labels = []
-    for p in prompts:
-        p = str(p).strip()
-        if not p:
-            raise SpriteForgeError(BAD_INPUT, "DiT needs a class label (an ImageNet class number 0-999 or its name) as the prompt.")
-        first = p.split(",")[0].strip()
-        try:
-            lab = int(first)
-        except ValueError:
-            if first.lower() not in by_name:
-                raise SpriteForgeError(BAD_INPUT, f"DiT class {first!r} is neither a class number nor a known class name. "
-                                       f"Give a number from 0 to {n - 1}.") from None
-            lab = by_name[first.lower()]
-        if not 0 <= lab < n:
-            raise SpriteForgeError(BAD_INPUT, f"DiT class {lab} is out of range. Give a number from 0 to {n - 1}.")
-        labels.append(lab)
-    return labels, n
-
-
-def dit_labels(handle, prompts, *, negative: bool = False, given=None) -> list[int]:
-    """The class labels a DiT conditioning carries: the null class for a negative, ``given`` if set, else parsed."""
-    if negative:
-        return [num_classes(handle)] * len(prompts)
-    if given is not None:
-        return [int(c) for c in given]
-    return class_labels(handle, prompts)[0]
-
-
-# --------------------------------------------------------------------------- text lengths and Sana's instruction
-def pixart_max_length(handle, max_length: int | None = None) -> int:
-    """PixArt's T5 length: the caller's, the file's, else 120 for α and 300 for Σ."""
-    return int(max_length or (handle.extras or {}).get("max_sequence_length") or (
-        120 if "alpha" in (handle.variant or "").lower() else 300))
-
-
-def sana_texts(tok, prompts, max_length: int, instruction=False, negative: bool = False):
-    """``(texts, total, keep)`` for Sana's Gemma: the texts to tokenize to ``total`` tokens and, when the
-    complex human instruction is prepended, the token positions to keep (``None`` when all are kept)."""
-    chi = SANA_CHI if instruction is True else instruction
-    if not chi or negative:
-        return list(prompts), max_length, None
-    chi_text = "\n".join(chi)
-    total = len(tok.encode(chi_text)) + max_length - 2
-    keep = [0] + list(range(total - max_length + 1, total))
-    return [chi_text + p for p in prompts], total, keep
-
 
 # --------------------------------------------------------------------------- Flux variants
 def is_fill_model(handle) -> bool:

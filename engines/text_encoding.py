@@ -2,19 +2,18 @@
 
 :func:`text_encoder` finds a family's text encoder and tokenizer for a role (``t5``, ``clip_l``,
 ``clip_g``, ``gemma``) in a handle; :class:`TextEncoding` builds the
-:class:`~spriteforge.engines.base.Conditioning` of each family from those encoders (PixArt: T5;
-Sana: Gemma with its instruction; SD3: CLIP-L + CLIP-G fitted to T5's width (:meth:`TextEncoding._fit_width`),
-then T5; Flux:
-CLIP-L pooled + T5; DiT: class labels). A subclass supplies the encoder calls and the array joins.
+:class:`~spriteforge.engines.base.Conditioning` of a prompt: the parts every family shares (unknown words said,
+the encoders' context), while how a family's encoder outputs combine is the family's own
+(:meth:`spriteforge.models.families.Family.encode`, called with this object). A subclass supplies the encoder calls
+and the array joins.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-from ..errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
+from ..errors import MODEL_NOT_FOUND, SpriteForgeError
 from ..models.families import registry
-from .model_inputs import dit_labels, pixart_max_length, sana_texts
 from .tokenizers import warn_unknown_words
 
 # role -> names to look for, per family (diffusers component names last): the family's text-encoder slots
@@ -66,49 +65,44 @@ class TextEncoding:
         if isinstance(prompts, str):
             prompts = [prompts]
         prompts = [str(p) for p in prompts]
-        fam = handle.family
-        cond = Conditioning(family=fam, prompts=list(prompts), guidance=guidance)
-        if fam == "dit":
-            cond.class_labels = dit_labels(handle, prompts, negative=negative, given=class_labels)
+        family = registry.rules(handle.family)
+        cond = Conditioning(family=handle.family, prompts=list(prompts), guidance=guidance)
+        how = dict(max_length=max_length, instruction=complex_human_instruction, class_labels=class_labels, negative=negative)
+        if family.class_conditional:  # prompts are class labels: no encoder runs
+            family.encode(self, prompts, cond, **how)
             return cond
-        for role in ROLE_NAMES.get(fam, {}):  # words the model cannot read are said, not dropped in silence
+        for role in ROLE_NAMES.get(handle.family, {}):  # words the model cannot read are said, not dropped in silence
             tok = text_encoder(handle, role, required=False)[1]
             if tok is not None and not negative:
                 warn_unknown_words(tok, prompts)
         with self._context():
-            if fam == "pixart":
-                cond.embeds, cond.mask = self._t5(prompts, pixart_max_length(handle, max_length))
-            elif fam == "sana":
-                enc, tok = text_encoder(handle, "gemma")
-                texts, total, keep = sana_texts(tok, prompts, max_length or 300, complex_human_instruction, negative)
-                if hasattr(tok, "padding_side"):
-                    tok.padding_side = "right"
-                cond.embeds, cond.mask = self._gemma(enc, tok, texts, total, keep)
-            elif fam == "sd3":
-                joint = int((handle.config or {}).get("joint_attention_dim")
-                            or getattr(getattr(handle.transformer, "config", None), "joint_attention_dim", 4096))
-                l_h, l_p = self._clip("clip_l", prompts)
-                g_h, g_p = self._clip("clip_g", prompts)
-                clip_h = self.ops.concat([l_h, g_h], -1)
-                t5, _ = self._t5(prompts, max_length or 256, required=False)
-                if t5 is None:
-                    t5 = self.ops.zeros((len(prompts), max_length or 256, joint), clip_h)
-                clip_h = self._fit_width(clip_h, t5.shape[-1])
-                cond.embeds = self.ops.concat([clip_h, self._like(t5, clip_h)], -2)
-                cond.pooled = self.ops.concat([l_p, g_p], -1)
-            elif fam == "flux":
-                _, pooled = self._clip("clip_l", prompts)
-                schnell = "schnell" in (handle.variant or "").lower()
-                t5, _ = self._t5(prompts, max_length or (256 if schnell else 512))
-                cond.embeds, cond.pooled = t5, self._like(pooled, t5)
-                if cond.guidance is None:
-                    cond.guidance = 3.5
-            else:
-                raise SpriteForgeError(BAD_INPUT, f"family {fam!r} has no text encoding in the {self.engine_name} engine.")
+            family.encode(self, prompts, cond, **how)
         return self._done(cond)
 
-    def _fit_width(self, x, n):
-        """``x`` zero-padded or cut on its last axis to ``n``: SD3's joined CLIP hidden states to T5's width.
+    # ------------------------------------------------------------------ what a family's encode() calls
+    # (models/families: written once for both engines over these, ``ops`` and ``handle``)
+    def encoder(self, role: str, required: bool = True):
+        """``(encoder, tokenizer)`` of ``role`` (see :func:`text_encoder`)."""
+        return text_encoder(self.handle, role, required)
+
+    def t5(self, prompts, max_length: int, required: bool = True):
+        """``(embeds float32, mask)`` from the T5 encoder; ``(None, None)`` when not ``required`` and absent."""
+        return self._t5(prompts, max_length, required=required)
+
+    def clip(self, role: str, prompts):
+        """``(penultimate hidden states, pooled)`` of a CLIP encoder, float32."""
+        return self._clip(role, prompts)
+
+    def gemma(self, enc, tok, texts, total: int, keep):
+        """``(embeds float32, mask)`` from Gemma for ``texts`` padded to ``total``, the ``keep`` positions only."""
+        return self._gemma(enc, tok, texts, total, keep)
+
+    def like(self, x, ref):
+        """``x`` on ``ref``'s device."""
+        return self._like(x, ref)
+
+    def fit_width(self, x, n):
+        """``x`` zero-padded or cut on its last axis to ``n`` (SD3's joined CLIP hidden states to T5's width).
         diffusers pads with ``F.pad(x, (0, n - width))``, whose negative pad cuts a wider CLIP; so does every engine."""
         if x.shape[-1] > n:
             return x[..., :n]

@@ -183,10 +183,9 @@ def _family_literals(path: Path) -> set:
     return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in known}
 
 
-# modules that still branch on a family's name (the model call and prompt encoding per family; LoRA name heuristics
-# across families): see HACKING.md "Adding a family". No other module may.
-STILL_BY_NAME = {"engines/denoiser.py", "engines/text_encoding.py", "engines/torch_models/convert.py", "lora/family.py",
-                 "models/detect.py"}
+# modules that still branch on a family's name (LoRA name heuristics across families, the diffusers converters):
+# see HACKING.md "Adding a family". No other module may.
+STILL_BY_NAME = {"engines/torch_models/convert.py", "lora/family.py", "models/detect.py"}
 
 
 def test_family_names_are_spelled_only_in_the_registry(repo_dir):

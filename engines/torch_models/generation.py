@@ -26,10 +26,11 @@ import numpy as np
 
 from ...errors import MODEL_NOT_FOUND, SpriteForgeError
 from ...log import get_logger
+from ...models.families.sana import SANA_CHI
 from ...oom import empty_device_cache, run_in_chunks
 from ...progress import Progress
 from ..denoiser import Denoiser
-from ..model_inputs import SANA_CHI, check_latents, is_fill_model, vae_images
+from ..model_inputs import check_latents, is_fill_model, vae_images
 from ..text_encoding import TextEncoding, text_encoder
 from .interrupt import block_steps, conv_count, conv_steps, kl_tiles
 

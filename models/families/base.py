@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ...errors import BAD_INPUT, SpriteForgeError
 from .. import configs, keymaps
 from ..detection import Detection, count
 from ..safetensors_header import TensorInfo
@@ -224,6 +225,28 @@ class Family:
 
     def check_input_channels(self, in_channels: int) -> None:
         """UNSUPPORTED_ARCHITECTURE when a model of this family with ``in_channels`` inputs cannot generate."""
+
+    # ------------------------------------------------------------------ prompts and the model call
+    # Written once for every engine, as the samplers are: ``te`` is the engine's
+    # :class:`~spriteforge.engines.text_encoding.TextEncoding` and ``den`` its
+    # :class:`~spriteforge.engines.denoiser.Denoiser`; a family calls only the methods their "what a family calls"
+    # sections list (the encoders, ``ops`` and a few array calls), so no framework is imported here.
+    def encode(self, te, prompts: list[str], cond, *, max_length: int | None = None, instruction=False,
+               class_labels=None, negative: bool = False) -> None:
+        """Fill ``cond`` (a :class:`~spriteforge.engines.base.Conditioning`) for ``prompts`` with ``te``'s encoders:
+        how this family's text-encoder outputs combine. ``instruction``: Sana's complex human instruction (True, a
+        list of lines, or False); ``negative`` marks the unconditional prompt."""
+        raise SpriteForgeError(BAD_INPUT, f"family {te.handle.family!r} has no text encoding in the {te.engine_name} engine.")
+
+    def forward(self, den, x, t, cond: dict):
+        """The transformer's output (eps, v or flow velocity, possibly with learned-sigma channels) for latents ``x``
+        [N,C,h,w] at model timesteps ``t`` [N] with ``cond``'s arrays (``embeds``, ``mask``, ``pooled``, ``labels``,
+        ``N`` rows each): which keywords the transformer takes and how its input and output are shaped."""
+        raise SpriteForgeError(BAD_INPUT, f"unknown family {den.handle.family!r}.")
+
+    def num_classes(self, handle) -> int:
+        """A class-conditional family's class count (the null class, its unconditional input, is this number)."""
+        raise NotImplementedError
 
     def sampling_defaults(self, variant: str | None) -> dict:
         """CFG scale, steps, sampler and schedule for ``variant``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ...errors import BAD_INPUT, SpriteForgeError
 from ..detection import heads
 from ..keymaps import Q3, rule as _r
 from .base import Family, learned_sigma
@@ -67,3 +68,42 @@ class DiT(Family):
     def handle_extras(self, det, cfg):
         n = cfg.get("num_embeds_ada_norm") or 1000
         return {"num_classes": det.extras.get("num_classes", n), "sigma_learned": learned_sigma(cfg)}
+
+    # ------------------------------------------------------------------ prompts and the model call
+    def encode(self, te, prompts, cond, *, class_labels=None, negative=False, **_):
+        """The class labels: the null class for a negative, ``class_labels`` if given, else each prompt's class."""
+        if negative:
+            cond.class_labels = [self.num_classes(te.handle)] * len(prompts)
+        elif class_labels is not None:
+            cond.class_labels = [int(c) for c in class_labels]
+        else:
+            cond.class_labels = self.class_labels(te.handle, prompts)
+
+    def forward(self, den, x, t, cond):
+        return den.run(hidden_states=x, timestep=t, class_labels=cond["labels"])
+
+    def num_classes(self, handle):
+        return int((handle.extras or {}).get("num_classes") or (handle.config or {}).get("num_embeds_ada_norm") or 1000)
+
+    def class_labels(self, handle, prompts) -> list[int]:
+        """Each prompt's class: a number or a name from the model's ``id2label``; BAD_INPUT otherwise."""
+        n = self.num_classes(handle)
+        id2label = (handle.extras or {}).get("id2label") or (handle.config or {}).get("id2label") or {}
+        by_name = {name.strip().lower(): int(k) for k, v in dict(id2label).items() for name in str(v).split(",")}
+        return [self._label(str(p).strip(), by_name, n) for p in prompts]
+
+    @staticmethod
+    def _label(p: str, by_name: dict, n: int) -> int:
+        if not p:
+            raise SpriteForgeError(BAD_INPUT, "DiT needs a class label (an ImageNet class number 0-999 or its name) as the prompt.")
+        first = p.split(",")[0].strip()
+        try:
+            lab = int(first)
+        except ValueError:
+            if first.lower() not in by_name:
+                raise SpriteForgeError(BAD_INPUT, f"DiT class {first!r} is neither a class number nor a known class name. "
+                                       f"Give a number from 0 to {n - 1}.") from None
+            lab = by_name[first.lower()]
+        if not 0 <= lab < n:
+            raise SpriteForgeError(BAD_INPUT, f"DiT class {lab} is out of range. Give a number from 0 to {n - 1}.")
+        return lab

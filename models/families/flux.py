@@ -123,3 +123,30 @@ class Flux(Family):
 
     def handle_extras(self, det, cfg):
         return {"guidance_embeds": bool(cfg.get("guidance_embeds")), "in_channels": int(cfg.get("in_channels", 64))}
+
+    # ------------------------------------------------------------------ prompts and the model call
+    def encode(self, te, prompts, cond, *, max_length=None, **_):
+        """T5's hidden states and CLIP-L's pooled output; guidance 3.5 unless given."""
+        _, pooled = te.clip("clip_l", prompts)
+        schnell = "schnell" in (te.handle.variant or "").lower()
+        t5, _ = te.t5(prompts, max_length or (256 if schnell else 512))
+        cond.embeds, cond.pooled = t5, te.like(pooled, t5)
+        if cond.guidance is None:
+            cond.guidance = 3.5
+
+    def forward(self, den, x, t, cond):
+        """On 2x2-packed latent tokens (Fill: with the masked image's tokens after them), positions as (0, row, col)."""
+        b, _, h, w = x.shape
+        hs = den.pack(x)
+        fill = den.fill_tokens(h, w, b)
+        if fill is not None:
+            hs = den.ops.concat([hs, den.cast(fill, hs.dtype)], 2)
+        g = None
+        if den.config.get("guidance_embeds"):
+            g = den.full(b, float(den.cond.guidance if den.cond.guidance is not None else 3.5), x.dtype)
+        txt = cond["embeds"]
+        img_ids = den.cached(("img_ids", h, w, x.dtype), lambda: den.rows(
+            [[0.0, float(i), float(j)] for i in range(h // 2) for j in range(w // 2)], x.dtype))
+        out = den.run(hidden_states=hs, encoder_hidden_states=txt, pooled_projections=cond["pooled"], timestep=t, guidance=g,
+                      img_ids=img_ids, txt_ids=den.zeros((txt.shape[1], 3), x.dtype))
+        return den.unpack(out, h, w)

@@ -103,3 +103,22 @@ class PixArt(Family):
 
     def handle_extras(self, det, cfg):
         return {"sigma_learned": learned_sigma(cfg)}
+
+    # ------------------------------------------------------------------ prompts and the model call
+    def encode(self, te, prompts, cond, *, max_length=None, **_):
+        cond.embeds, cond.mask = te.t5(prompts, self.max_length(te.handle, max_length))
+
+    @staticmethod
+    def max_length(handle, given: int | None = None) -> int:
+        """The T5 length: the caller's, the file's, else 120 for α and 300 for Σ."""
+        return int(given or (handle.extras or {}).get("max_sequence_length") or (
+            120 if "alpha" in (handle.variant or "").lower() else 300))
+
+    def forward(self, den, x, t, cond):
+        b, _, h, w = x.shape
+        add = {"resolution": None, "aspect_ratio": None}
+        if getattr(den.module, "use_additional_conditions", False):  # PixArt-α 1024's micro-conditions
+            f = den.handle.vae_scale_factor or 8
+            add = {"resolution": den.rows([[h * f, w * f]] * b, x.dtype), "aspect_ratio": den.rows([[h / w]] * b, x.dtype)}
+        return den.run(hidden_states=x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond.get("mask"),
+                       timestep=t, added_cond_kwargs=add)

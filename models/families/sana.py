@@ -6,6 +6,18 @@ from ..detection import heads
 from ..keymaps import Q3, rule as _r
 from .base import Family, TextEncoder
 
+# the default complex human instruction (as in diffusers' SanaPipeline)
+SANA_CHI = [
+    "Given a user prompt, generate an 'Enhanced prompt' that provides detailed visual descriptions suitable for image generation. Evaluate the level of detail in the user prompt:",
+    "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, textures, and spatial relationships to create vivid and concrete scenes.",
+    "- If the prompt is already detailed, refine and enhance the existing details slightly without overcomplicating.",
+    "Here are examples of how to transform or refine prompts:",
+    "- User Prompt: A cat sleeping -> Enhanced: A small, fluffy white cat curled up in a round shape, sleeping peacefully on a warm sunny windowsill, surrounded by pots of blooming red flowers.",
+    "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring glowing street lamps, a diverse crowd of people in colorful clothing, and a double-decker bus passing by towering glass skyscrapers.",
+    "Please generate only the enhanced description for the prompt below and avoid including any additional commentary or evaluations:",
+    "User Prompt: ",
+]
+
 _TB = "transformer_blocks.{i}"
 
 
@@ -72,3 +84,35 @@ class Sana(Family):
 
     def flow_shift(self, sched):
         return float(sched.get("flow_shift", sched.get("shift", 3.0)) or 3.0)
+
+    # ------------------------------------------------------------------ prompts and the model call
+    def encode(self, te, prompts, cond, *, max_length=None, instruction=False, negative=False, **_):
+        """Gemma's hidden states, the complex human instruction before the prompt (its tokens dropped after)."""
+        enc, tok = te.encoder("gemma")
+        texts, total, keep = self.texts(tok, prompts, max_length or 300, instruction, negative)
+        if hasattr(tok, "padding_side"):
+            tok.padding_side = "right"
+        cond.embeds, cond.mask = te.gemma(enc, tok, texts, total, keep)
+
+    @staticmethod
+    def texts(tok, prompts, max_length: int, instruction=False, negative: bool = False):
+        """``(texts, total, keep)``: the texts to tokenize to ``total`` tokens and, when the complex human instruction
+        is prepended, the token positions to keep (``None`` when all are kept)."""
+        chi = SANA_CHI if instruction is True else instruction
+        if not chi or negative:
+            return list(prompts), max_length, None
+        chi_text = "\n".join(chi)
+        total = len(tok.encode(chi_text)) + max_length - 2
+        keep = [0] + list(range(total - max_length + 1, total))
+        return [chi_text + p for p in prompts], total, keep
+
+    def forward(self, den, x, t, cond):
+        kw = {}
+        if den.config.get("guidance_embeds"):  # Sana Sprint
+            # as diffusers' SanaSprintPipeline: guidance (float32, in the embeds' dtype) times config.guidance_embeds_scale
+            gs = den.config.get("guidance_embeds_scale", 0.1)
+            g = den.cast(den.full(x.shape[0], float(den.cond.guidance or 4.5), den.F32), x.dtype)
+            kw["guidance"] = g * float(0.1 if gs is None else gs)  # SanaTransformer2DModel's default
+        scale = float(den.config.get("timestep_scale", 1.0) or 1.0)
+        return den.run(hidden_states=x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond.get("mask"),
+                       timestep=t * scale, **kw)

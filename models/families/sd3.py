@@ -102,3 +102,26 @@ class SD3(Family):
 
     def flow_shift(self, sched):
         return float(sched.get("shift", 3.0))
+
+    # ------------------------------------------------------------------ prompts and the model call
+    def encode(self, te, prompts, cond, *, max_length=None, **_):
+        """CLIP-L and CLIP-G hidden states side by side, fitted to T5's width, then T5's (zeros without T5) along the
+        sequence; the two pooled outputs side by side."""
+        ops, n = te.ops, max_length or 256
+        l_h, l_p = te.clip("clip_l", prompts)
+        g_h, g_p = te.clip("clip_g", prompts)
+        clip_h = ops.concat([l_h, g_h], -1)
+        t5, _ = te.t5(prompts, n, required=False)
+        if t5 is None:
+            t5 = ops.zeros((len(prompts), n, self._joint_width(te.handle)), clip_h)
+        clip_h = te.fit_width(clip_h, t5.shape[-1])
+        cond.embeds = ops.concat([clip_h, te.like(t5, clip_h)], -2)
+        cond.pooled = ops.concat([l_p, g_p], -1)
+
+    @staticmethod
+    def _joint_width(handle) -> int:
+        return int((handle.config or {}).get("joint_attention_dim")
+                   or getattr(getattr(handle.transformer, "config", None), "joint_attention_dim", 4096))
+
+    def forward(self, den, x, t, cond):
+        return den.run(hidden_states=x, encoder_hidden_states=cond["embeds"], pooled_projections=cond["pooled"], timestep=t)
