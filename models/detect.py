@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from . import configs
 from .detection import Detection, count as _count, heads as _heads
-from .families import components, registry
+from .families import components, loras, registry
 from .safetensors_header import FLOAT_DTYPES, Header, TensorInfo, read_header
 
 KINDS = ("transformer", "vae", "text_encoder", "checkpoint", "diffusers", "lora")
@@ -200,9 +200,13 @@ def _gemma(t: dict[str, TensorInfo]) -> Detection:
     return det
 
 
+_LORA_DOWN = (".lora_down.weight", ".lora_A.weight", ".lora_A.default.weight")
+_LORA_TE = ("lora_te", "text_encoder", "te1.", "te2.", "te3.")  # text-encoder modules: no family in their names
+
+
 def _lora(t: dict[str, TensorInfo]) -> Detection | None:
     keys = list(t)
-    down = [k for k in keys if k.endswith((".lora_down.weight", ".lora_A.weight", ".lora_A.default.weight"))]
+    down = [k for k in keys if k.endswith(_LORA_DOWN)]
     if not down:
         return None
     if any(k.startswith(("lora_unet_", "lora_te", "lora_transformer_")) for k in keys):
@@ -214,14 +218,11 @@ def _lora(t: dict[str, TensorInfo]) -> Detection | None:
     else:
         fmt = "kohya"
     rank = min(t[k].shape[0] for k in down)
-    target = None
-    joined = " ".join(keys[:200])
-    if "double_blocks" in joined or "single_transformer_blocks" in joined or "single_blocks" in joined:
-        target = "flux"
-    elif "joint_blocks" in joined:
-        target = "sd3"
-    elif "transformer_blocks" in joined and ("attn2" in joined or "adaln" in joined):
-        target = "pixart"
+    # the family the module names say (models/families/loras.py; the LoRA layer's own guess reads the same)
+    flat = {k.rsplit(".lora_", 1)[0].replace(".", "_"): k for k in down if not k.startswith(_LORA_TE)}
+    widths = {n: t[k].shape[1] for n, k in flat.items() if len(t[k].shape) >= 2}
+    cands, _ = loras.candidates(flat, widths)
+    target = cands[0] if cands and registry.get(cands[0]) is not None else None
     det = Detection(target, None, "lora", {}, layout=fmt)
     det.extras.update(format=fmt, rank=rank, modules=len(down))
     return det

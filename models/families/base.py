@@ -103,7 +103,13 @@ class Family:
     variant_defaults: ClassVar[dict] = {}  # a word in the variant name -> overrides of :attr:`defaults`
     # --- engines
     mlx_port: ClassVar[str] = ""  # engines/mlx_models/<mlx_port>.py holds the port of :attr:`transformer_class`
-    # --- LoRA
+    # --- LoRA (models/families/loras.py reads these; names are flat module paths, ``transformer_blocks_0_attn_to_q``)
+    lora_names: ClassVar[tuple[str, str] | None] = None  # (a pattern of names only its LoRAs hold, what they are)
+    lora_unless: ClassVar[str] = ""  # a pattern whose names, present too, make :attr:`lora_names` tell nothing
+    lora_shared: ClassVar[tuple[str, ...]] = ()  # the name groups of loras.SHARED (joint, cross, self) it shares
+    lora_rank: ClassVar[int] = 100  # its place among the candidates that shared names give (the more common first)
+    lora_tells: ClassVar[str] = ""  # a pattern of names only it has among the families sharing a group
+    lora_max_blocks: ClassVar[int | None] = None  # its most ``transformer_blocks``: a LoRA on more is another family's
     lora_widths: ClassVar[tuple[int, ...]] = ()  # model widths that tell this family from others with the same names
     lora_metadata: ClassVar[tuple[str, ...]] = ()  # words in a LoRA's training metadata naming this family
     # --- editor hints (web/spriteforge.js reads them from /spriteforge/capabilities)

@@ -41,6 +41,10 @@ class DiT(Family):
     square_only = True
     defaults = {"cfg": 4.0, "steps": 25, "sampler": "dpmpp_2m", "schedule": "normal"}
     mlx_port = "dit"
+    lora_names = (r"(^|_)(proj_out_[12]|norm1_emb|adaLN_modulation)(_|$)", "names (adaLN in blocks, proj_out_1/2)")
+    lora_unless = r"(^|_)(attn2|cross_attn)_"  # adaLN in a cross-attention DiT: PixArt's or Sana's
+    lora_shared = ("self",)
+    lora_rank = 50
     widgets_unused = ("negative",)
     widget_labels = {"positive": "class label (0-999 or ImageNet name)"}
 

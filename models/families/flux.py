@@ -65,6 +65,11 @@ class Flux(Family):
     defaults = {"cfg": 1.0, "steps": 20, "sampler": "euler", "schedule": "normal"}
     variant_defaults = {"schnell": {"steps": 4}}
     mlx_port = "flux"
+    lora_names = (r"(^|_)(double_blocks|single_blocks|single_transformer_blocks)_\d|(^|_)(img_attn|txt_attn|txt_mlp|img_mlp|guidance_in|vector_in)(_|$)",
+                  "block names (double_blocks/single_blocks…)")
+    lora_shared = ("joint",)
+    lora_rank = 10
+    lora_max_blocks = 19
     lora_widths = (3072,)
     lora_metadata = ("flux",)
     widgets_only = ("guidance",)

@@ -49,6 +49,9 @@ class PixArt(Family):
     text_encoders = (TextEncoder("t5", "text_encoder", ("t5xxl",)),)
     defaults = {"cfg": 4.5, "steps": 20, "sampler": "dpmpp_2m", "schedule": "normal"}
     mlx_port = "pixart"
+    lora_names = (r"(^|_)(adaln_single|t_block)(_|$)", "names (adaln_single/t_block)")
+    lora_shared = ("cross", "self")
+    lora_rank = 30
     lora_metadata = ("pixart",)
 
     def detect(self, t, original):

@@ -56,6 +56,10 @@ class Sana(Family):
     prediction = "flow"
     defaults = {"cfg": 4.5, "steps": 20, "sampler": "euler", "schedule": "normal"}
     mlx_port = "sana"
+    lora_names = (r"(^|_)(conv_inverted|conv_depth|conv_point|inverted_conv|depth_conv|point_conv|time_embed)(_|$)",
+                  "names (GLUMBConv ff / time_embed)")
+    lora_shared = ("cross", "self")
+    lora_rank = 40
     lora_widths = (2240,)
     lora_metadata = ("sana",)
     widgets_only = ("sana_instruction",)

@@ -59,6 +59,10 @@ class SD3(Family):
     prediction = "flow"
     defaults = {"cfg": 5.0, "steps": 28, "sampler": "euler", "schedule": "normal"}
     mlx_port = "sd3"
+    lora_names = (r"(^|_)joint_blocks_\d|(^|_)(x_block|context_block)_", "MMDiT block names (joint_blocks/x_block/context_block)")
+    lora_shared = ("joint",)
+    lora_rank = 20
+    lora_tells = r"(^|_)attn2_|(^|_)pos_embed_"  # dual attention (3.5 medium), the position table
     lora_widths = (1536, 2432)
     lora_metadata = ("sd3", "stable-diffusion-v3")
 
