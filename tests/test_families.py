@@ -21,6 +21,7 @@ import tiny_models as T  # noqa: E402
 from spriteforge.errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from spriteforge.models.detect import detect, detect_tensors
 from spriteforge.models.families import FAMILIES, Family, TextEncoder, registry
+from spriteforge.models.families.pixart import PixArt
 from spriteforge.models.safetensors_header import header_from_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +77,9 @@ class Toy(Family):
     prediction = "flow"
     defaults = {"cfg": 2.0, "steps": 8, "sampler": "euler", "schedule": "normal"}
     widgets_only = ("guidance",)
+    lora_names = (r"(^|_)toy_blocks_\d", "block names (toy_blocks)")
+    lora_shared = ("joint",)
+    lora_rank = 15
 
     def detect(self, t, original):
         n = "toy_in.weight" if original else "x_embedder.proj.weight"
@@ -118,6 +122,33 @@ def test_a_new_family_is_one_registry_entry(tmp_path, toy, capsys):
     assert (ckpt.family, ckpt.needs) == ("toy", ["vae", "t5"])
     assert registry.vae_config_name("toy", None, 16) == "vae-kl16-sd3"
     assert registry.widget_hints()["rules"]["guidance"]["only"] == ["flux", "toy"]
+
+
+def test_a_new_family_s_lora_names_are_read(tmp_path, toy):
+    """LoRA detection (the LoRA layer's and ``inspect``'s) reads the names a family declares: its own names settle it,
+    shared joint-attention names make it a candidate in its rank."""
+    from spriteforge.lora import detect_family
+
+    assert detect_family(["toy_blocks_0_w"]).candidates == ["toy"]
+    assert detect_family(["transformer_blocks_0_attn_add_q_proj"]).candidates == ["flux", "toy", "sd3"]
+    z = np.zeros((4, 8), np.float32)
+    save_file({"lora_unet_toy_blocks_0_w.lora_down.weight": z, "lora_unet_toy_blocks_0_w.lora_up.weight": z.T.copy()},
+              str(tmp_path / "toy-lora.safetensors"))
+    det = detect(tmp_path / "toy-lora.safetensors")
+    assert (det.kind, det.family, det.extras["rank"]) == ("lora", "toy", 4)
+
+
+def test_inspect_s_lora_guess_is_the_lora_layer_s(tmp_path):
+    """models/detect reads a LoRA's family with the LoRA layer's rules: an SD3.5-medium LoRA (joint attention with
+    attn2) is SD3, as lora.detect_family says, not PixArt."""
+    from spriteforge.lora import detect_family
+
+    z = np.zeros((4, 8), np.float32)
+    mods = ["transformer_blocks.0.attn.add_q_proj", "transformer_blocks.0.attn2.to_q"]
+    save_file({f"transformer.{m}.lora_{ab}.weight": (z if ab == "A" else z.T.copy()) for m in mods for ab in "AB"},
+              str(tmp_path / "sd35m-lora.safetensors"))
+    assert detect_family([m.replace(".", "_") for m in mods]).candidates == ["sd3"]
+    assert detect(tmp_path / "sd35m-lora.safetensors").family == "sd3"
 
 
 def test_a_new_family_folder_is_found_by_its_class(tmp_path, toy):
@@ -175,6 +206,48 @@ def test_the_editor_hints_are_the_registry_s(repo_dir):
     fixture = (repo_dir / "web" / "tests" / "spriteforge.test.mjs").read_text()
     line = re.search(r"^\s*family_widgets: (\{.*\}),$", fixture, re.M)
     assert json.loads(line.group(1)) == registry.widget_hints()
+
+
+# --------------------------------------------------------------------------- prompts and the model call are the family's
+
+
+class HalfPixArt(PixArt):
+    """PixArt with its own prompt length and a model call that halves the network's prediction: a new family's
+    ``encode`` and ``forward``, run by the engine code as it is."""
+
+    name = "half_pixart"
+    label = "Half PixArt"
+
+    def encode(self, te, prompts, cond, **how):
+        cond.embeds, cond.mask = te.t5(prompts, 7)
+
+    def forward(self, den, x, t, cond):
+        return super().forward(den, x, t, cond) * 0.5
+
+
+def test_a_family_s_encode_and_forward_are_what_the_engine_runs():
+    import dataclasses
+
+    import torch
+    from test_generation_tiny import make_pixart
+
+    from spriteforge.engines import get_engine
+
+    eng = get_engine("torch", "cpu")
+    h = make_pixart(eng)
+    ref = eng.encode_text(h, ["red potion"])
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    x0_ref = eng.denoiser(h, ref, None, cfg=1.0)(x, 1.5)
+    registry.register(HalfPixArt())
+    try:
+        half = dataclasses.replace(h, family="half_pixart")
+        cond = eng.encode_text(half, ["red potion"])
+        x0 = eng.denoiser(half, ref, None, cfg=1.0)(x, 1.5)
+    finally:
+        registry.unregister("half_pixart")
+    assert ref.embeds.shape[1] == 300 and cond.embeds.shape[1] == 7  # the family's length, not PixArt-Σ's
+    torch.testing.assert_close(cond.embeds, ref.embeds[:, :7], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x - x0, 0.5 * (x - x0_ref), atol=1e-5, rtol=1e-5)  # eps halved: x0 = x - eps * sigma
 
 
 def _family_literals(path: Path) -> set:
