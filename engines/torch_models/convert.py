@@ -6,8 +6,8 @@ passed through, never copied, so converting a memory-mapped state dict costs no 
 the same code runs on ``meta`` tensors to check key sets and shapes of released files
 without their data.
 
-Where diffusers has a single-file converter that works for any size, it is used
-(SD3/SD3.5, Sana, the LDM KL VAE, DC-AE). Flux's hard-codes the 3072 hidden width, and
+Where diffusers has a single-file converter that works for any size, it is used (the families naming it as their
+``original_converter``: SD3/SD3.5, Sana; the LDM KL VAE, DC-AE). Flux's hard-codes the 3072 hidden width, and
 PixArt and DiT have none in diffusers: those three are renamed by their family's original-to-diffusers
 key map (:mod:`spriteforge.models.families`, rules of :mod:`spriteforge.models.keymaps`), the same table
 the LoRA layouts read (Flux's checked against diffusers' converter on the real key manifests).
@@ -15,6 +15,7 @@ the LoRA layouts read (Flux's checked against diffusers' converter on the real k
 
 from __future__ import annotations
 
+import functools
 import re
 
 import torch
@@ -111,39 +112,18 @@ def keymap_to_diffusers(family: str, sd: dict, what: str) -> dict:
     return out
 
 
-def pixart_to_diffusers(sd: dict) -> dict:
-    """PixArt-α/Σ original (``blocks.N.attn.qkv`` ...) -> PixArtTransformer2DModel keys."""
-    return keymap_to_diffusers("pixart", sd, "PixArt")
-
-
-def dit_to_diffusers(sd: dict) -> dict:
-    """facebookresearch DiT (class-conditional) -> DiTTransformer2DModel keys (every block's timestep/class
-    embedder the same tensors: shared, not copied)."""
-    return keymap_to_diffusers("dit", sd, "DiT")
-
-
-def flux_to_diffusers(sd: dict) -> dict:
-    """BFL Flux -> FluxTransformer2DModel keys, any width (each fused ``linear1`` split by its own input width,
-    where diffusers' ``convert_flux_transformer_checkpoint_to_diffusers`` assumes 3072)."""
-    return keymap_to_diffusers("flux", sd, "Flux")
-
-
 # --------------------------------------------------------------------------- diffusers' own converters
 
 
-def sd3_to_diffusers(sd: dict) -> dict:
-    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
-
-    return convert_sd3_transformer_checkpoint_to_diffusers(dict(sd))
-
-
-def sana_to_diffusers(sd: dict) -> dict:
-    from diffusers.loaders.single_file_utils import convert_sana_transformer_to_diffusers
+def diffusers_converter(name: str, sd: dict, placeholders=()) -> dict:
+    """diffusers' single-file converter ``name`` (``diffusers.loaders.single_file_utils``) on ``sd``, with an empty meta
+    tensor for each of ``placeholders`` the file lacks (tensors the converter pops unconditionally)."""
+    from diffusers.loaders import single_file_utils
 
     sd = dict(sd)
-    sd.setdefault("pos_embed", torch.empty(0, device="meta"))  # the converter pops it unconditionally
-    sd.setdefault("y_embedder.y_embedding", torch.empty(0, device="meta"))
-    return convert_sana_transformer_to_diffusers(sd)
+    for key in placeholders:
+        sd.setdefault(key, torch.empty(0, device="meta"))
+    return getattr(single_file_utils, name)(sd)
 
 
 def vae_kl_to_diffusers(sd: dict, config: dict) -> dict:
@@ -159,19 +139,21 @@ def dcae_to_diffusers(sd: dict) -> dict:
     return convert_autoencoder_dc_checkpoint_to_diffusers(dict(sd))
 
 
-# the families whose original layout diffusers' own single-file converter reads (``original_converter = "diffusers"``);
-# the others are renamed by their key map (:func:`keymap_to_diffusers`)
-DIFFUSERS_CONVERTERS = {
-    "sd3": sd3_to_diffusers,
-    "sana": sana_to_diffusers,
-}
-
-
-def _to_diffusers(family: str, sd: dict) -> dict:
+def to_diffusers(family: str, sd: dict) -> dict:
+    """A transformer state dict of ``family`` in its original layout, with diffusers' keys: by the family's key map or
+    by diffusers' own converter, as the family says (``original_converter``)."""
     fam = registry.get(family)
     if fam.original_converter == "keymap":
         return keymap_to_diffusers(family, sd, fam.label)
-    return DIFFUSERS_CONVERTERS[family](sd)
+    return diffusers_converter(fam.original_converter, sd, fam.converter_placeholders)
+
+
+def __getattr__(name: str):
+    """``<family>_to_diffusers(sd)``: :func:`to_diffusers` of one registered family (``convert.flux_to_diffusers``)."""
+    fam = registry.get(name[: -len("_to_diffusers")]) if name.endswith("_to_diffusers") else None
+    if fam is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return functools.partial(to_diffusers, fam.name)
 
 
 def convert_transformer(family: str, sd: dict, layout: str) -> dict:
@@ -179,7 +161,7 @@ def convert_transformer(family: str, sd: dict, layout: str) -> dict:
     if layout == "diffusers":
         return dict(sd)
     try:
-        return _to_diffusers(family, sd)
+        return to_diffusers(family, sd)
     except KeyError as exc:
         raise SpriteForgeError(
             UNSUPPORTED_ARCHITECTURE,

@@ -82,7 +82,11 @@ class Family:
     transformer_module: ClassVar[str] = ""  # the diffusers module defining it (imported directly: no lazy import of all)
     keymap: ClassVar[tuple[keymaps.Rule, ...]] = ()  # original layout <-> diffusers names (converter and LoRA)
     dropped: ClassVar[tuple[str, ...]] = ()  # original tensors diffusers has no place for
-    original_converter: ClassVar[str] = "keymap"  # "keymap" (:attr:`keymap`) or "diffusers" (its single-file converter)
+    # how the original layout becomes diffusers': "keymap" (:attr:`keymap`), or the name of diffusers' own single-file
+    # converter in ``diffusers.loaders.single_file_utils``, given empty placeholders for the tensors it pops
+    # unconditionally and a file may lack (:attr:`converter_placeholders`)
+    original_converter: ClassVar[str] = "keymap"
+    converter_placeholders: ClassVar[tuple[str, ...]] = ()
     # --- parts
     text_encoders: ClassVar[tuple[TextEncoder, ...]] = ()
     latent_channels: ClassVar[int] = 4

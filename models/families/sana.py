@@ -31,7 +31,8 @@ class Sana(Family):
     detect_order = 30
     transformer_class = "SanaTransformer2DModel"
     transformer_module = "diffusers.models.transformers.sana_transformer"
-    original_converter = "diffusers"
+    original_converter = "convert_sana_transformer_to_diffusers"
+    converter_placeholders = ("pos_embed", "y_embedder.y_embedding")
     keymap = (
         _r("blocks.{i}.attn.qkv", [f"{_TB}.attn1.{q}" for q in Q3]),
         _r("blocks.{i}.attn.proj", f"{_TB}.attn1.to_out.0"),

@@ -26,7 +26,7 @@ class SD3(Family):
     detect_order = 20
     transformer_class = "SD3Transformer2DModel"
     transformer_module = "diffusers.models.transformers.transformer_sd3"
-    original_converter = "diffusers"  # the table below tells detection and LoRA where to look
+    original_converter = "convert_sd3_transformer_checkpoint_to_diffusers"  # the table below tells detection and LoRA where to look
     keymap = (
         _r("joint_blocks.{i}.x_block.attn.qkv", [f"{_TB}.attn.{q}" for q in Q3]),
         _r("joint_blocks.{i}.x_block.attn.proj", f"{_TB}.attn.to_out.0"),
