@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import BAD_INPUT, SpriteForgeError
 from ..models.families import registry
 from ..samplers.guidance import cfg_rescale, check_guidance, dynamic_threshold
-from .model_inputs import check_flux_channels, is_fill_model, model_input, model_timestep, to_x0
+from .model_inputs import check_input_channels, is_fill_model, model_input, model_timestep, to_x0
 
 
 class Denoiser:
@@ -55,7 +55,7 @@ class Denoiser:
             self.use_cfg = True
         self.config = self._model_config()
         self.fill = None
-        check_flux_channels(handle.family, self.config.get("in_channels"))
+        check_input_channels(handle.family, self.config.get("in_channels"))
         # without an image: an all-repaint mask over a blank image (txt2img with a Fill model)
         self._fill_args = (fill_image, fill_mask) if is_fill_model(handle) else None
         self.calls = 0

@@ -1,8 +1,8 @@
 """What a model is fed, decided once for every engine: framework-free (plain Python and arithmetic).
 
-The torch and MLX denoisers and text encoders share these rules so a handle means the same on both:
-native inpaint / control model detection, the model timestep
-for a sigma, the input scaling and the x0 a prediction gives. The arithmetic helpers take any array
+The torch and MLX denoisers share these rules so a handle means the same on both: native inpaint / control model
+detection, the model timestep for a sigma, the input scaling and the x0 a prediction gives (how a family's prompts
+are encoded and its transformer called is the family's own: :mod:`spriteforge.models.families`). The arithmetic helpers take any array
 type with ``+ - *`` (numpy, torch, MLX).
 """
 
@@ -13,7 +13,8 @@ import math
 from ..errors import BAD_INPUT, SpriteForgeError
 from ..models.families import registry
 
-# --------------------------------------------------------------------------- Flux variants
+
+# --------------------------------------------------------------------------- native inpaint and control models
 def is_fill_model(handle) -> bool:
     """A family's native inpaint model (Flux Fill: 384 input channels = latent + masked-image latent + packed mask)."""
     cfg = handle.config or {}
@@ -21,7 +22,7 @@ def is_fill_model(handle) -> bool:
     return registry.rules(handle.family).is_fill(handle.variant, int(inc))
 
 
-def check_flux_channels(family: str, in_channels) -> None:
+def check_input_channels(family: str, in_channels) -> None:
     """UNSUPPORTED_ARCHITECTURE for input widths the family does not generate with (Flux Depth/Canny control models)."""
     registry.rules(family).check_input_channels(int(in_channels or 0))
 
