@@ -5,8 +5,9 @@ batch (uncond rows first) or one row at a time (attention slicing), with CFG-res
 thresholding from :mod:`spriteforge.samplers.guidance` (the code the ComfyUI-MODEL bridge uses too),
 a class-conditional family's null class as the unconditional input, a native inpaint model's conditioning
 (masked image latents and the packed mask), padding the two prompts' sequences to one length. Which keywords the
-transformer takes is the family's (:meth:`spriteforge.models.families.Family.forward`, called with this object). A subclass (``engines/torch_models/generation.py``, ``engines/mlx_models/generation.py``)
-supplies only the array calls, as the hooks at the end of the class.
+transformer takes is the family's (:meth:`spriteforge.models.families.Family.forward`, called with this object).
+A subclass (``engines/torch_models/generation.py``, ``engines/mlx_models/generation.py``) supplies only the array
+calls, as the hooks at the end of the class.
 """
 
 from __future__ import annotations
