@@ -205,6 +205,14 @@ def _suffixed(name: str) -> Iterator[str]:
         yield f"{stem}_{i}{ext}"
 
 
+def _free_stems(folder: Path, base: str, exts, numbered: bool) -> Iterator[str]:
+    """``base``, ``base_1``, ... (or, ``numbered``, ComfyUI's ``base_00001_``, ...) with no file, folder or link
+    named ``stem + ext`` in ``folder`` for any of ``exts``."""
+    stems = (_numbered(base, "", os.listdir(folder)) if numbered
+             else (base if k == 0 else f"{base}_{k}" for k in itertools.count()))
+    return (c for c in stems if not any(os.path.lexists(folder / f"{c}{e}") for e in exts))
+
+
 _NEW_FILE = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
              | getattr(os, "O_BINARY", 0))
 
@@ -300,7 +308,7 @@ class OutputFolder:
         with ``numbered``, ComfyUI's ``stem_00001_``, ... above every counter there. Nothing is reserved: a name
         taken before its file is created still gets a new one (:meth:`create`)."""
         folder = self.folder(sub)
-        return next(self._free_stems(folder, _plain_name(stem), exts, numbered))
+        return next(_free_stems(folder, _plain_name(stem), exts, numbered))
 
     def write_group(self, stem: str, exts, make, *, sub: str = "") -> list[Path]:
         """Files that name each other (a tile sheet and the tileset files that point at it): the first stem free
@@ -308,7 +316,7 @@ class OutputFolder:
         each file created as :meth:`create` does. When one of them cannot be created (a name taken meanwhile), the
         ones already written are removed and the next stem is tried."""
         folder = self.folder(sub)
-        for cand in self._free_stems(folder, _plain_name(stem), exts, numbered=False):
+        for cand in _free_stems(folder, _plain_name(stem), exts, numbered=False):
             done: list[Path] = []
             try:
                 for name, data in make(cand).items():
@@ -330,13 +338,6 @@ class OutputFolder:
             self.written.extend(done)
             return done
         raise AssertionError("unreachable")  # the stems are endless
-
-    @staticmethod
-    def _free_stems(folder: Path, base: str, exts, numbered: bool) -> Iterator[str]:
-        """The stems (see :meth:`free_stem`) with no file, folder or link of any extension in ``exts``."""
-        stems = (_numbered(base, "", os.listdir(folder)) if numbered
-                 else (base if k == 0 else f"{base}_{k}" for k in itertools.count()))
-        return (c for c in stems if not any(os.path.lexists(folder / f"{c}{e}") for e in exts))
 
     def _open_new(self, folder: Path, candidates) -> tuple[Path, int]:
         """The first candidate name that can be created exclusively, and its open descriptor."""

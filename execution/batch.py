@@ -3,7 +3,8 @@
 Framework-free: :func:`run_batch` runs the jobs in this process with one shared runner
 :class:`~spriteforge.execution.runner.Cache` (models load once), and
 :mod:`spriteforge.execution.ray_batch` runs the same jobs on a Ray cluster. Both hand every finished job to
-:meth:`Batch.finish`, the one place that writes outputs into ``out`` (never overwriting) and then the manifest.
+:meth:`Batch.finish`, which writes the outputs into ``out`` (through :class:`~spriteforge.paths.OutputFolder`: never
+overwriting, never through a link) and then the manifest.
 
 * A job's identity (:attr:`Job.key`) is a hash of the workflow, its seed, its prompt line, the ``--set``
   overrides, ``--engine`` and the inputs the seed and line go to. The manifest (``out/spriteforge_batch.jsonl`` by

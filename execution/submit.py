@@ -13,10 +13,10 @@ read ends by a fixed time: a server that sends one byte at a time cannot make a 
   answer that is not ComfyUI's (an HTTP error, not JSON, not HTTP) raises :class:`BadAnswer`.
 * :func:`submit_workflow`: queue one run, or one run per batch prompt, spread over one or more servers:
   each job goes to the alive server with the shortest ``/queue`` (running + pending), follows ``/ws``
-  for progress, downloads the outputs listed by ``/history`` through ``/view`` into one folder (never
-  replacing a file, never leaving it), and queues a job again (elsewhere when it can) when its server drops
-  or loses it. Ctrl-C (``KeyboardInterrupt``) or the ``stop`` event interrupts the runs on the servers
-  (POST /interrupt, queued ones deleted).
+  for progress, downloads the outputs listed by ``/history`` through ``/view`` into one folder (through
+  :class:`~spriteforge.paths.OutputFolder`: never replacing a file, never leaving it), and queues a job again
+  (elsewhere when it can) when its server drops or loses it. Ctrl-C (``KeyboardInterrupt``) or the ``stop``
+  event interrupts the runs on the servers (POST /interrupt, queued ones deleted).
 """
 
 from __future__ import annotations
