@@ -732,6 +732,18 @@ def test_outputs_named_outside_the_folder_are_not_written(servers, tmp_path):
     assert not (tmp_path / "escape").exists() and not any(out.rglob("*.png"))
 
 
+def test_a_server_subfolder_through_a_link_out_of_the_folder_creates_nothing_outside(servers, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lnk").symlink_to(outside, target_is_directory=True)
+    s = servers(subfolder="lnk/made_outside")
+    jobs = submit_workflow(_wf(), [s.url], out_dir=out, timeout=60, poll_interval=0.2)
+    assert jobs[0].status == "failed" and jobs[0].code == "BAD_INPUT" and "leads outside" in jobs[0].error
+    assert list(outside.iterdir()) == [] and s.views == 0  # not even the sub-folder is made there
+
+
 @pytest.mark.parametrize("name", ["../../escape.png", "{tmp}/escape.png", "sub/../../escape.png"])
 def test_output_file_names_with_a_path_are_not_written(servers, tmp_path, name):
     s = servers(filename=name.format(tmp=tmp_path))  # ComfyUI reports a plain name; a path in it is refused
