@@ -706,6 +706,7 @@ def submit_workflow(
     _positive("poll_interval", poll_interval)
     _positive("--max-inflight", max_inflight, integer=True)
     _positive("max_attempts", max_attempts, integer=True)
+    out = OutputFolder(out_dir).check()  # an existing file or a read-only place: refused before anything is queued
     deadline = Deadline(timeout)
     srvs = [s if isinstance(s, ComfyServer) else ComfyServer(s, timeout=http_timeout) for s in servers]
     if not srvs:
@@ -718,7 +719,7 @@ def submit_workflow(
         prompt, graph = _load_for_servers(workflow, srvs, overrides)
         extra = {"extra_pnginfo": {"workflow": graph}} if graph is not None else None
         sched = _Scheduler(srvs, make_jobs(prompt, prompts, prompt_input), emit=on_event or (lambda k, d: None),
-                           out=OutputFolder(out_dir), extra=extra,
+                           out=out, extra=extra,
                            max_inflight=max_inflight, max_attempts=max_attempts, download_temp=download_temp)
         sched.connect()
     except TimeUp:

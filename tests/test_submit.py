@@ -732,6 +732,16 @@ def test_outputs_named_outside_the_folder_are_not_written(servers, tmp_path):
     assert not (tmp_path / "escape").exists() and not any(out.rglob("*.png"))
 
 
+def test_an_output_folder_that_is_a_file_is_refused_before_anything_is_queued(servers, tmp_path):
+    s = servers()
+    out = tmp_path / "out"
+    out.write_text("my notes")
+    with pytest.raises(SpriteForgeError) as e:
+        submit_workflow(_wf(), [s.url], out_dir=out, timeout=60, poll_interval=0.2)
+    assert e.value.code == "BAD_INPUT" and "existing file" in e.value.message
+    assert out.read_text() == "my notes" and s.history == {}  # nothing ran on the server
+
+
 def test_a_server_subfolder_through_a_link_out_of_the_folder_creates_nothing_outside(servers, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
