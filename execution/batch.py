@@ -184,7 +184,7 @@ def plan(workflow, *, seeds: list[int] | None = None, prompts: list[str] | None 
 
     if not seeds and not prompts:
         raise SpriteForgeError(BAD_INPUT, "a batch needs --seeds A:B and/or --prompts FILE. Add one of them.")
-    out = Path(out)
+    out = Path(out).expanduser()
     OutputFolder(out, label="--out").check()  # an existing file or a read-only place: refused before any job runs
     with paths.models_root(models_dir):
         run = prepare(workflow, Folders(input=input_dir or "input", output=out), overrides=sets, engine=engine)
