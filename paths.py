@@ -205,6 +205,14 @@ def _suffixed(name: str) -> Iterator[str]:
         yield f"{stem}_{i}{ext}"
 
 
+def _free_stems(folder: Path, base: str, exts, numbered: bool) -> Iterator[str]:
+    """``base``, ``base_1``, ... (or, ``numbered``, ComfyUI's ``base_00001_``, ...) with no file, folder or link
+    named ``stem + ext`` in ``folder`` for any of ``exts``."""
+    stems = (_numbered(base, "", os.listdir(folder)) if numbered
+             else (base if k == 0 else f"{base}_{k}" for k in itertools.count()))
+    return (c for c in stems if not any(os.path.lexists(folder / f"{c}{e}") for e in exts))
+
+
 _NEW_FILE = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
              | getattr(os, "O_BINARY", 0))
 
@@ -252,7 +260,8 @@ class OutputFolder:
         """``root/sub``, confirmed inside the folder and then created; BAD_INPUT when a link leads out of it."""
         parts = [q for q in str(sub or "").replace("\\", "/").split("/") if q not in ("", ".")]
         if ".." in parts or str(sub or "").startswith(("/", "\\")):
-            raise self._error(f"sub-folder {sub!r} must stay inside {self.label} (no '..', not absolute).")
+            raise self._error(f"sub-folder {sub!r} leads outside {self.label} ('..' or an absolute path); nothing "
+                              "was written. Give a sub-folder inside it.", subfolder=sub)
         target = self.root.joinpath(*parts)
         if parts and not _inside(target, self.root):  # checked before anything is created
             raise self._outside(sub)
@@ -294,16 +303,20 @@ class OutputFolder:
     def write_text(self, name: str, text: str, **kw) -> Path:
         return self.write_bytes(name, text.encode("utf-8"), **kw)
 
+    def free_stem(self, stem: str, exts, *, sub: str = "", numbered: bool = False) -> str:
+        """The first stem free for every extension in ``exts`` under ``sub`` (made): ``stem``, ``stem_1``, ... or,
+        with ``numbered``, ComfyUI's ``stem_00001_``, ... above every counter there. Nothing is reserved: a name
+        taken before its file is created still gets a new one (:meth:`create`)."""
+        folder = self.folder(sub)
+        return next(_free_stems(folder, _plain_name(stem), exts, numbered))
+
     def write_group(self, stem: str, exts, make, *, sub: str = "") -> list[Path]:
         """Files that name each other (a tile sheet and the tileset files that point at it): the first stem free
         for every extension in ``exts`` (``stem``, ``stem_1``, ...), then ``make(stem)`` -> ``{name: bytes}``,
         each file created as :meth:`create` does. When one of them cannot be created (a name taken meanwhile), the
         ones already written are removed and the next stem is tried."""
         folder = self.folder(sub)
-        base = _plain_name(stem)
-        for cand in (base if k == 0 else f"{base}_{k}" for k in itertools.count()):
-            if any(os.path.lexists(folder / f"{cand}{e}") for e in exts):
-                continue
+        for cand in _free_stems(folder, _plain_name(stem), exts, numbered=False):
             done: list[Path] = []
             try:
                 for name, data in make(cand).items():

@@ -3,7 +3,8 @@
 Framework-free: :func:`run_batch` runs the jobs in this process with one shared runner
 :class:`~spriteforge.execution.runner.Cache` (models load once), and
 :mod:`spriteforge.execution.ray_batch` runs the same jobs on a Ray cluster. Both hand every finished job to
-:meth:`Batch.finish`, the one place that writes outputs into ``out`` (never overwriting) and then the manifest.
+:meth:`Batch.finish`, which writes the outputs into ``out`` (through :class:`~spriteforge.paths.OutputFolder`: never
+overwriting, never through a link) and then the manifest.
 
 * A job's identity (:attr:`Job.key`) is a hash of the workflow, its seed, its prompt line, the ``--set``
   overrides, ``--engine`` and the inputs the seed and line go to. The manifest (``out/spriteforge_batch.jsonl`` by
@@ -29,7 +30,8 @@ from typing import Callable
 
 from ..errors import BAD_INPUT, SpriteForgeError, classify
 from ..progress import Interrupted, Progress
-from .submit import _write_new, load_prompts_file  # _write_new: never replaces a file, never follows a link
+from ..paths import OutputFolder
+from .submit import load_prompts_file
 
 MANIFEST_NAME = "spriteforge_batch.jsonl"
 MANIFEST_VERSION = 1
@@ -146,12 +148,13 @@ class Batch:
         if "code" in result:
             entry.update(status="failed", code=result["code"], message=result["message"], files=[])
         else:
-            placed = place_outputs(self.out, result["files"])
-            entry.update(status="writing", files=[p.relative_to(self.out).as_posix() for p, _ in placed],
+            out = OutputFolder(self.out)
+            placed = place_outputs(out, result["files"])
+            entry.update(status="writing", files=[rel for rel, _ in placed],
                          sha256=[hashlib.sha256(blob).hexdigest() for _, blob in placed])
             append_manifest(self.manifest_path, job.key, entry)
-            written = [_write_new(path, blob) for path, blob in placed]
-            entry = {**entry, "status": "done", "files": [p.relative_to(self.out).as_posix() for p in written]}
+            written = _write_placed(out, placed)
+            entry = {**entry, "status": "done", "files": [p.relative_to(out.root).as_posix() for p in written]}
         self.manifest["jobs"][job.key] = entry
         append_manifest(self.manifest_path, job.key, entry)
         return entry
@@ -181,7 +184,8 @@ def plan(workflow, *, seeds: list[int] | None = None, prompts: list[str] | None 
 
     if not seeds and not prompts:
         raise SpriteForgeError(BAD_INPUT, "a batch needs --seeds A:B and/or --prompts FILE. Add one of them.")
-    out = Path(out)
+    out = Path(out).expanduser()
+    OutputFolder(out, label="--out").check()  # an existing file or a read-only place: refused before any job runs
     with paths.models_root(models_dir):
         run = prepare(workflow, Folders(input=input_dir or "input", output=out), overrides=sets, engine=engine)
     seed_at = _checked(run.prompt, seed_input(run.prompt, run.info, seed_spec)) if seeds else None
@@ -320,57 +324,41 @@ def run_job(prompt: dict, cache, *, models_dir=None, input_dir=None, pnginfo=Non
 
 # --------------------------------------------------------------------------- writing outputs
 
-_COUNTED = re.compile(r"^(?P<base>.*)_(?P<n>\d{5})_(?P<rest>.*)$")
+_COUNTED = re.compile(r"^(?P<base>.+)_(?P<n>\d{5})_(?P<rest>.*)$")
 
 
-def write_outputs(out: Path, files: list[tuple[str, bytes]]) -> list[Path]:
+def write_outputs(out, files: list[tuple[str, bytes]]) -> list[Path]:
     """Write a job's files under ``out`` (:func:`place_outputs` names them); never overwriting, never through a link."""
-    return [_write_new(path, blob) for path, blob in place_outputs(out, files)]
+    out = OutputFolder(out)
+    return _write_placed(out, place_outputs(out, files))
 
 
-def place_outputs(out: Path, files: list[tuple[str, bytes]]) -> list[tuple[Path, bytes]]:
-    """Where a job's files go under ``out``: the usual ``name_00001_.ext`` names with the counter above every file
-    already there (a job's siblings, e.g. a sheet's .png/.json/.hex, keep one counter), other names with ``_1``,
-    ``_2``... when taken. Creates the subfolders (inside ``out`` only), writes no file."""
-    from ..nodes.folders import confined_folder
-
-    groups: dict[tuple[str, str], list[tuple[str, str, bytes]]] = {}
+def place_outputs(out: OutputFolder, files: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Where a job's files go in ``out`` (paths relative to it): the usual ``name_00001_.ext`` names with the counter
+    above every file already there (a job's siblings, e.g. a sheet's .png/.json/.hex, keep one counter), other names
+    with ``_1``, ``_2``... when taken. Makes the sub-folders (inside ``out`` only), writes no file."""
+    groups: dict[tuple[str, str, bool], list[tuple[str, bytes]]] = {}
     for rel, blob in files:
         parts = [p for p in rel.split("/") if p not in ("", ".")]
         if not parts or ".." in parts:
             continue  # a worker's relative name is ours; anything else is not written
         m = _COUNTED.match(parts[-1])
-        base, rest = (m.group("base"), m.group("rest")) if m else (parts[-1], None)
-        groups.setdefault(("/".join(parts[:-1]), base), []).append((rest, parts[-1], blob))
+        stem, ext = (m.group("base"), m.group("rest")) if m else os.path.splitext(parts[-1])
+        groups.setdefault(("/".join(parts[:-1]), stem, bool(m)), []).append((ext, blob))
     placed = []
-    for (sub, base), items in groups.items():
-        placed += _place_group(confined_folder(out, sub), base, items)
+    for (sub, stem, counted), items in groups.items():
+        free = out.free_stem(stem, [ext for ext, _ in items], sub=sub, numbered=counted)
+        placed += [(f"{sub}/{free}{ext}".lstrip("/"), blob) for ext, blob in items]
     return placed
 
 
-def _place_group(folder: Path, base: str, items: list) -> list[tuple[Path, bytes]]:
-    from .core_nodes import next_free
-
-    counted = [it for it in items if it[0] is not None]
-    placed = []
-    if counted:
-        _, counter = next_free(folder, base, "." + counted[0][0].rpartition(".")[2])
-        while any(_taken(folder / f"{base}_{counter:05}_{rest}") for rest, _, _ in counted):
-            counter += 1
-        placed += [(folder / f"{base}_{counter:05}_{rest}", blob) for rest, _, blob in counted]
-    for _, name, blob in (it for it in items if it[0] is None):
-        stem, dot, ext = name.rpartition(".")
-        stem, ext = (stem, dot + ext) if dot else (name, "")
-        path, k = folder / name, 0
-        while _taken(path):
-            k += 1
-            path = folder / f"{stem}_{k}{ext}"
-        placed.append((path, blob))
-    return placed
-
-
-def _taken(path: Path) -> bool:
-    return path.exists() or path.is_symlink()
+def _write_placed(out: OutputFolder, placed: list[tuple[str, bytes]]) -> list[Path]:
+    """The placed files created in ``out``; one whose name was taken meanwhile gets the next free one."""
+    written = []
+    for rel, blob in placed:
+        sub, _, name = rel.rpartition("/")
+        written.append(out.write_bytes(name, blob, sub=sub))
+    return written
 
 
 # --------------------------------------------------------------------------- in-process

@@ -13,10 +13,10 @@ read ends by a fixed time: a server that sends one byte at a time cannot make a 
   answer that is not ComfyUI's (an HTTP error, not JSON, not HTTP) raises :class:`BadAnswer`.
 * :func:`submit_workflow`: queue one run, or one run per batch prompt, spread over one or more servers:
   each job goes to the alive server with the shortest ``/queue`` (running + pending), follows ``/ws``
-  for progress, downloads the outputs listed by ``/history`` through ``/view`` into one folder (never
-  replacing a file, never leaving it), and queues a job again (elsewhere when it can) when its server drops
-  or loses it. Ctrl-C (``KeyboardInterrupt``) or the ``stop`` event interrupts the runs on the servers
-  (POST /interrupt, queued ones deleted).
+  for progress, downloads the outputs listed by ``/history`` through ``/view`` into one folder (through
+  :class:`~spriteforge.paths.OutputFolder`: never replacing a file, never leaving it), and queues a job again
+  (elsewhere when it can) when its server drops or loses it. Ctrl-C (``KeyboardInterrupt``) or the ``stop``
+  event interrupts the runs on the servers (POST /interrupt, queued ones deleted).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import BAD_INPUT, ENGINE_UNAVAILABLE, HINTS, SpriteForgeError
+from ..paths import OutputFolder
 
 Event = Callable[[str, dict], None]
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -583,37 +584,13 @@ class _Conn:
             self.ws.close()
 
 
-def _output_path(root: Path, subfolder: str, filename: str) -> Path:
-    """Where a server's output goes under ``root``: its subfolder (made), its file name; BAD_INPUT when the
-    server names a place outside ``root`` (``..``, an absolute path, a link leading out)."""
-    sub = Path(str(subfolder or ""))
-    name = Path(str(filename)).name
-    if sub.is_absolute() or ".." in sub.parts or sub.drive or not name or name in (".", ".."):
-        raise SpriteForgeError(BAD_INPUT, f"the server named an output {subfolder}/{filename} outside the output "
-                               "folder; it was not saved. Check the server's SaveImage prefixes.", hint="")
-    folder = root / sub
-    folder.mkdir(parents=True, exist_ok=True)
-    if not folder.resolve().is_relative_to(root.resolve()):
-        raise SpriteForgeError(BAD_INPUT, f"the output subfolder {subfolder!r} is a link that leads outside {root}; "
-                               "nothing was saved there. Replace the link with a folder.", hint="")
-    return folder / name
-
-
-def _write_new(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` or, when anything (a file, a link, even a dangling one) is there, to
-    ``stem_1``, ``stem_2``...: never replaces a file, never follows a link."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-    k = 0
-    while True:
-        cand = path if k == 0 else path.with_name(f"{path.stem}_{k}{path.suffix}")
-        try:
-            fd = os.open(cand, flags, 0o644)
-        except FileExistsError:
-            k += 1
-            continue
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return cand
+def _output_items(outputs: dict):
+    """The file entries (``{"filename", "subfolder", "type"}``) of a history entry's outputs."""
+    for ui in outputs.values():
+        for items in (ui.values() if isinstance(ui, dict) else ()):
+            for it in (items if isinstance(items, list) else ()):
+                if isinstance(it, dict) and "filename" in it:
+                    yield it
 
 
 def _explain_error(data: dict) -> str:
@@ -729,6 +706,7 @@ def submit_workflow(
     _positive("poll_interval", poll_interval)
     _positive("--max-inflight", max_inflight, integer=True)
     _positive("max_attempts", max_attempts, integer=True)
+    out = OutputFolder(out_dir).check()  # an existing file or a read-only place: refused before anything is queued
     deadline = Deadline(timeout)
     srvs = [s if isinstance(s, ComfyServer) else ComfyServer(s, timeout=http_timeout) for s in servers]
     if not srvs:
@@ -739,8 +717,9 @@ def submit_workflow(
         on_event = _printer(progress_stream)
     try:
         prompt, graph = _load_for_servers(workflow, srvs, overrides)
+        extra = {"extra_pnginfo": {"workflow": graph}} if graph is not None else None
         sched = _Scheduler(srvs, make_jobs(prompt, prompts, prompt_input), emit=on_event or (lambda k, d: None),
-                           out=Path(out_dir), extra={"extra_pnginfo": {"workflow": graph}} if graph is not None else None,
+                           out=out, extra=extra,
                            max_inflight=max_inflight, max_attempts=max_attempts, download_temp=download_temp)
         sched.connect()
     except TimeUp:
@@ -881,20 +860,25 @@ class _Scheduler:
             time.sleep(0.1)
 
     def _download(self, conn: _Conn, job: Job) -> None:
-        for ui in job.outputs.values():
-            for items in (ui or {}).values() if isinstance(ui, dict) else ():
-                if not isinstance(items, list):
-                    continue
-                for it in items:
-                    if not (isinstance(it, dict) and "filename" in it):
-                        continue
-                    kind = it.get("type") or "output"
-                    if kind != "output" and not self.download_temp:
-                        continue
-                    root = self.out if kind == "output" else self.out / "temp"
-                    dest = _output_path(root, it.get("subfolder") or "", it["filename"])
-                    blob = conn.server.view(it["filename"], it.get("subfolder") or "", kind)
-                    job.files.append(_write_new(dest, blob))
+        for it in _output_items(job.outputs):
+            kind = str(it.get("type") or "output")
+            if kind == "output" or self.download_temp:
+                job.files.append(self._save(conn, it, kind))
+
+    def _save(self, conn: _Conn, it: dict, kind: str) -> Path:
+        """One output of the server under ``out``/its subfolder (previews under ``out/temp``): the new file is made
+        (never replacing, never through a link) and then downloaded into; BAD_INPUT, nothing downloaded nor written,
+        when the server names a place outside the output folder."""
+        sub, name = str(it.get("subfolder") or ""), str(it["filename"])
+        where = sub if kind == "output" else f"temp/{sub}"
+        try:
+            with self.out.create(name, sub=where) as (path, f):
+                f.write(conn.server.view(name, sub, kind))
+        except SpriteForgeError as exc:
+            shown = f"{where.rstrip('/')}/{name}".lstrip("/")
+            raise SpriteForgeError(exc.code, f"the server's output {shown!r} was not saved: {exc.message}",
+                                   hint=exc.hint, details=exc.details) from None
+        return path
 
     def _lost_while_downloading(self, conn: _Conn, job: Job, exc: Exception) -> None:
         for f in job.files:  # a partial download: the retry brings every output again, each once

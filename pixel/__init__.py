@@ -15,7 +15,7 @@ from .color import delta_e, mean_delta_e, oklab_to_srgb, srgb_to_oklab
 from .export import (indexed_image, pack_sheet, save_indexed_png, save_rgba_png, slice_tiles, to_indexed)
 from .grid import GridInfo, detect_grid, recover_grid
 from .palette import (Palette, builtin, builtin_names, extract, format_palette, kmeans, median_cut, octree,
-                      parse_palette, read_palette, resolve_palette, write_palette)
+                      parse_palette, read_palette, resolve_palette)
 from .quantize import DITHERS, apply_palette, bayer_matrix, dither, edge_mask, match, quantize
 from .scale import METHODS as DOWNSCALE_METHODS
 from .scale import downscale, upscale
@@ -27,5 +27,5 @@ __all__ = [
     "fill_pinholes", "format_palette", "indexed_image", "kmeans", "label", "match", "mean_delta_e", "median_cut",
     "octree", "oklab_to_srgb", "outline", "pack_sheet", "parse_palette", "quantize", "read_palette",
     "recover_grid", "remove_islands", "remove_strays", "resolve_palette", "save_indexed_png", "save_rgba_png",
-    "slice_tiles", "srgb_to_oklab", "threshold", "to_indexed", "upscale", "write_palette",
+    "slice_tiles", "srgb_to_oklab", "threshold", "to_indexed", "upscale",
 ]

@@ -361,14 +361,6 @@ def format_palette(pal: Palette, fmt: str) -> bytes:
     raise bad(f"unknown palette format {fmt!r}. Use one of {', '.join(FORMATS)}.")
 
 
-def write_palette(pal: Palette, path) -> Path:
-    """Write a palette file; the format comes from the extension."""
-    p = Path(path)
-    data = format_palette(pal, p.suffix)
-    p.write_bytes(data)
-    return p
-
-
 # --------------------------------------------------------------------------- extraction
 
 def _histogram(frames, alpha_threshold: int = 128, bits: int = 5, max_points: int = 1 << 14):

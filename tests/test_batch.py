@@ -77,6 +77,25 @@ def test_write_outputs_keeps_siblings_together_and_never_overwrites(tmp_path):
     assert [p.name for p in again] == ["notes_1.txt"] and (out / "notes.txt").read_bytes() == b"t"
 
 
+def test_write_outputs_refuses_a_sub_folder_link_leading_out_before_writing_any_file(tmp_path):
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (out / "sub").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(SpriteForgeError) as e:
+        B.write_outputs(out, [("a_00001_.png", b"a"), ("sub/sheet_00001_.png", b"png")])
+    assert e.value.code == BAD_INPUT and "leads outside" in e.value.message
+    assert list(outside.iterdir()) == [] and sorted(p.name for p in out.iterdir()) == ["sub"]  # not even a_00001_
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_job_runs(tmp_path):
+    out = tmp_path / "out"
+    out.write_text("my notes")
+    with pytest.raises(SpriteForgeError) as e:
+        B.plan(DEMO, seeds=[0], sets=TINY, out=out)
+    assert e.value.code == BAD_INPUT and "existing file" in e.value.message and out.read_text() == "my notes"
+
+
 def test_a_foreign_manifest_is_left_alone(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -55,13 +55,14 @@ class FakeComfy:
 
     def __init__(self, root: Path, *, node_delay: float = 0.0, extra_load: int = 0, crash_on_start: bool = False,
                  crash_after: int | None = None, drop_on_view: int | None = None, drip: str | None = None,
-                 forget: bool = False, subfolder: str | None = None):
+                 forget: bool = False, subfolder: str | None = None, filename: str | None = None):
         """``crash_after``: finish that many prompts, then crash when the next one starts (a drop mid-batch);
         ``drop_on_view``: crash on that /view download (1 = the first), mid-way through a job's outputs;
         ``drip``: GET requests whose path starts with it are answered one byte every 0.1 s, never completely;
         ``forget``: accept prompts (200 + prompt_id) and then lose them (in neither queue nor history);
-        ``subfolder``: the subfolder every output is reported under (what a hostile server could send)."""
-        self.drip, self.forget, self.subfolder = drip, forget, subfolder
+        ``subfolder``, ``filename``: the subfolder / file name every output is reported under (what a hostile server
+        could send)."""
+        self.drip, self.forget, self.subfolder, self.filename = drip, forget, subfolder, filename
         self.crash_after = crash_after
         self.drop_on_view = drop_on_view
         self.views = 0
@@ -335,10 +336,11 @@ class FakeComfy:
                         "exception_message": str(exc), "exception_type": "SpriteForgeError", "traceback": []}
                 messages = [["execution_error", data]]
                 self._send_to(sid, "execution_error", data)
-            if self.subfolder is not None:
-                for ui in outputs.values():
-                    for it in ui.get("images", []):
-                        it["subfolder"] = self.subfolder
+            for key in ("subfolder", "filename"):
+                if getattr(self, key) is not None:
+                    for ui in outputs.values():
+                        for it in ui.get("images", []):
+                            it[key] = getattr(self, key)
             with self.lock:
                 self.history[pid] = {"prompt": [0, pid, prompt, extra, []], "outputs": outputs,
                                      "status": {"status_str": status, "completed": status == "success",
@@ -728,6 +730,37 @@ def test_outputs_named_outside_the_folder_are_not_written(servers, tmp_path):
     jobs = submit_workflow(_wf(), [s.url], out_dir=out, timeout=60, poll_interval=0.2)
     assert jobs[0].status == "failed" and jobs[0].code == "BAD_INPUT" and "outside the output folder" in jobs[0].error
     assert not (tmp_path / "escape").exists() and not any(out.rglob("*.png"))
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_anything_is_queued(servers, tmp_path):
+    s = servers()
+    out = tmp_path / "out"
+    out.write_text("my notes")
+    with pytest.raises(SpriteForgeError) as e:
+        submit_workflow(_wf(), [s.url], out_dir=out, timeout=60, poll_interval=0.2)
+    assert e.value.code == "BAD_INPUT" and "existing file" in e.value.message
+    assert out.read_text() == "my notes" and s.history == {}  # nothing ran on the server
+
+
+def test_a_server_subfolder_through_a_link_out_of_the_folder_creates_nothing_outside(servers, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "lnk").symlink_to(outside, target_is_directory=True)
+    s = servers(subfolder="lnk/made_outside")
+    jobs = submit_workflow(_wf(), [s.url], out_dir=out, timeout=60, poll_interval=0.2)
+    assert jobs[0].status == "failed" and jobs[0].code == "BAD_INPUT" and "leads outside" in jobs[0].error
+    assert list(outside.iterdir()) == [] and s.views == 0  # not even the sub-folder is made there
+
+
+@pytest.mark.parametrize("name", ["../../escape.png", "{tmp}/escape.png", "sub/../../escape.png"])
+def test_output_file_names_with_a_path_are_not_written(servers, tmp_path, name):
+    s = servers(filename=name.format(tmp=tmp_path))  # ComfyUI reports a plain name; a path in it is refused
+    out = tmp_path / "deep" / "out"
+    jobs = submit_workflow(_wf(), [s.url], out_dir=out, timeout=60, poll_interval=0.2)
+    assert jobs[0].status == "failed" and jobs[0].code == "BAD_INPUT" and "plain file name" in jobs[0].error
+    assert not (tmp_path / "escape.png").exists() and not any(out.rglob("*.png")) and s.views == 0
 
 
 def test_downloads_never_follow_a_link(servers, tmp_path):
