@@ -180,17 +180,31 @@ def test_a_lora_full_of_nan_is_named(tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # a failed run leaves no empty output folder
 
 
-def test_a_config_far_larger_than_its_weights_is_refused_before_allocating(tmp_path, capsys):
-    """config.json saying 1000x the layers of the weights beside it: compared on the meta device, refused (#22.7)."""
+@pytest.mark.parametrize("engine", ["torch", "mlx"])
+def test_a_config_far_larger_than_its_weights_is_refused_before_allocating(engine, tmp_path, capsys):
+    """config.json saying 1000x the layers of the weights beside it: compared on the meta device, refused (#22.7);
+    MLX said MODEL_NOT_CONVERTED ("a variant the MLX engine does not know"), which was not true."""
+    if engine == "mlx":
+        pytest.importorskip("mlx.core")  # the MLX framework itself, on machines that have it
     folder = tiny_models.make_pixart(tmp_path / "m", layout="folder")
     cfg_path = folder / "transformer" / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["num_layers"] *= 1000
     cfg_path.write_text(json.dumps(cfg))
-    rc, err = _cli(capsys, "generate", "-q", "--model", folder, "--prompt", "x", "--steps", "1", "--out", tmp_path / "o")
-    assert rc == 19 and "config.json does not match the weights" in err and "parameters" in err, err
+    argv = ("generate", "-q", "--engine", engine, "--model", folder, "--prompt", "x", "--steps", "1", "--out", tmp_path / "o")
+    rc, err = _cli(capsys, *argv)
+    assert rc == 19 and "transformer/config.json does not match the weights" in err and "parameters" in err, err
     cfg["num_layers"] //= 1000
     cfg["attention_head_dim"] *= 1000
     cfg_path.write_text(json.dumps(cfg))
-    rc, err = _cli(capsys, "generate", "-q", "--model", folder, "--prompt", "x", "--steps", "1", "--out", tmp_path / "o")
-    assert rc == 19 and "in the config but" in err, err
+    rc, err = _cli(capsys, *argv)
+    assert rc == 19 and "transformer/config.json does not match" in err and "in the config but" in err, err
+    cfg["attention_head_dim"] //= 1000
+    cfg_path.write_text(json.dumps(cfg))
+    vae_cfg_path = folder / "vae" / "config.json"
+    vae_cfg = json.loads(vae_cfg_path.read_text())
+    vae_cfg["layers_per_block"] *= 1000
+    vae_cfg_path.write_text(json.dumps(vae_cfg))
+    rc, err = _cli(capsys, *argv)
+    assert rc == 19 and "vae/config.json does not match the weights" in err, err
+    assert not (tmp_path / "o").exists()

@@ -459,21 +459,33 @@ def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None, all_
                     dtype=wname)
 
 
+def _check_config(class_name: str, folder: Path) -> None:
+    """The torch engine's check that ``folder/config.json`` describes its weights (on the meta device, nothing
+    allocated): a config far larger than the weights is BAD_INPUT naming the file on both engines."""
+    from ..torch_models.building import diffusers_class
+    from ..torch_models.loading import check_config_fits_weights
+
+    check_config_fits_weights(diffusers_class(class_name), folder)
+
+
 def _from_folder(p: Path, vae, wdt, vdt, tdt) -> Parts:
     det = diffusion_folder(p)
     _require(det.family, p)
     if det.kind != "diffusers":  # a transformer component folder
         det.layout = det.layout or "diffusers"
         tcfg = folder_config(p)
+        _check_config(TRANSFORMER_CLASSES[det.family], p)
         with _folder_weights(p) as sd:
             return Parts(det, *_transformer(det, sd, wdt, tcfg))
     tdir = p / "transformer"
     tcfg = folder_config(tdir)
+    _check_config(TRANSFORMER_CLASSES[det.family], tdir)
     with _folder_weights(tdir) as sd:
         parts = Parts(det, *_transformer(det, sd, wdt, tcfg))
     index = json.loads((p / "model_index.json").read_text())
     if (p / "vae" / "config.json").exists() and vae is None:
         vcfg = folder_config(p / "vae")
+        _check_config(vcfg.get("_class_name", "AutoencoderKL"), p / "vae")
         with _folder_weights(p / "vae") as sd:
             parts.vae, parts.vae_config = _vae(vcfg, sd, "diffusers", "", vdt)
     for sub, key, cls_name in folder_text_encoders(p, det.family, index):
