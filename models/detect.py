@@ -523,7 +523,5 @@ def detect(path: str | os.PathLike, *, family_hint: str | None = None) -> Detect
             "Convert it to .safetensors, or load it with the torch engine (which only accepts plain tensor dicts via weights_only).",
             details={"path": str(p), "format": "pickle"},
         )
-    if suffix == ".gguf":
-        raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{p.name} is a GGUF file; SpriteForge loads safetensors and diffusers folders.")
-    # sniff: maybe a safetensors file with another extension
+    # sniff: maybe a safetensors file with another extension; read_header names other formats (GGUF, PNG...) by their bytes
     return detect_header(read_header(p), family_hint=family_hint)

@@ -109,6 +109,24 @@ def test_other_formats_are_named_not_called_truncated(what, head, code, tmp_path
             assert err.startswith(f"{code}:") and what in err and "truncated" not in err, (argv, err)
 
 
+def test_a_gguf_file_gets_one_message_wherever_it_is_given(tmp_path, capsys):
+    """inspect said "model.gguf is a GGUF file; SpriteForge loads safetensors..." (by its extension) while generate
+    and Load Model said the content check's message: now the bytes decide, and every entry point says the same."""
+    from spriteforge.engines import get_engine
+
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\0" * 64)
+    errs = [_cli(capsys, *argv)[1] for argv in (("inspect", path),
+                                                ("generate", "--model", path, "--prompt", "x", "--out", tmp_path / "o"))]
+    with pytest.raises(SpriteForgeError) as exc:
+        get_engine("torch").load_model(path)
+    first = errs[0].splitlines()[0]
+    assert first == "UNSUPPORTED_ARCHITECTURE: model.gguf is a GGUF file, not a safetensors file. SpriteForge loads " \
+                    ".safetensors files and diffusers folders: give the model's .safetensors file.", errs
+    assert all(e.splitlines()[0] == first for e in errs) and f"{exc.value.code}: {exc.value.message}" == first
+    assert not (tmp_path / "o").exists()
+
+
 def test_png_given_to_inspect_under_its_own_name(tmp_path, capsys):
     from PIL import Image
 
