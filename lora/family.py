@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ..models.families import FAMILIES, loras, registry
 
 NAMES = {
-    **{f.name: f.label for f in registry.families()},
+    **{f.name: f.label for f in registry.recognised()},
     loras.UNET: "a Stable Diffusion 1.x/2.x/XL UNet",
     "te-only": "text encoders only",
 }

@@ -241,6 +241,10 @@ DETECT = [
     (["transformer_blocks_0_attn2_to_k", "transformer_blocks_0_attn1_to_q"], ["pixart", "sana"]),
     (["blocks_0_attn_qkv", "blocks_0_adaLN_modulation_1"], ["dit"]),
     (["transformer_blocks_0_attn1_to_q"], ["pixart", "sana", "dit"]),
+    (["single_transformer_blocks_0_attn_to_qkv_mlp_proj"], ["flux2"]),
+    (["transformer_blocks_0_attn_to_q", "transformer_blocks_0_ff_linear_in"], ["flux2"]),
+    (["double_blocks_0_img_attn_qkv", "double_stream_modulation_img_lin"], ["flux2"]),
+    (["double_blocks_0_img_attn_qkv", "single_blocks_0_linear1"], ["flux"]),  # FLUX.2's original names are Flux.1's too
     (["input_blocks_4_1_proj_in"], ["unet"]),
     (["down_blocks_1_attentions_0_proj_in"], ["unet"]),
     (["something_else"], []),

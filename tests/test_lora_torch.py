@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -278,6 +279,30 @@ def test_unet_lora_is_refused(tmp_path):
     with pytest.raises(SpriteForgeError) as ei:
         apply_loras(U.handle("sd3"), [path])
     assert ei.value.code == LORA_KEY_MISMATCH and "UNet" in ei.value.message
+
+
+# a FLUX.2 LoRA in the diffusers names (Flux2Transformer2DModel; /work/shared/reference/checkpoints/flux2-klein-4b.
+# transformer.diffusers.json): double-block attention shared with Flux.1, the fused single-block projection and the
+# SwiGLU feed-forward only FLUX.2 has
+FLUX2_LORA = (("transformer_blocks.0.attn.to_q", (64, 64)), ("transformer_blocks.0.ff.linear_in", (384, 64)),
+              ("single_transformer_blocks.0.attn.to_qkv_mlp_proj", (576, 64)))
+
+
+def test_flux2_lora_is_named_and_refused_on_flux1(tmp_path, capsys):
+    """A FLUX.2 LoRA was "Flux.1" by its block names (single_transformer_blocks), so inspect called it Flux.1 and
+    applying it to a Flux.1 model matched what it could; FLUX.2 now declares its own LoRA names."""
+    from spriteforge.cli.main import main
+
+    w = U.Writer()
+    for name, shape in FLUX2_LORA:
+        w.lora("diffusers", name, shape, rank=4, alpha=4)
+    path = w.save(tmp_path / "klein_style.safetensors")
+    assert main(["inspect", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["family"] == "flux2"
+    with pytest.raises(SpriteForgeError) as ei:
+        apply_loras(U.handle("flux"), [path])
+    assert ei.value.code == LORA_KEY_MISMATCH, ei.value.message
+    assert ei.value.message.startswith("klein_style.safetensors is for FLUX.2; the loaded model is Flux —"), ei.value.message
 
 
 def test_partial_match_applies_what_matches_and_names_the_rest(tmp_path):

@@ -44,6 +44,12 @@ class Flux2(Family):
         "flux2-dev.transformer.original": "dev", "flux2-dev.transformer.diffusers": "dev",
     }
     detect_order = 5  # before Flux.1: its original markers (double_blocks.0.img_attn.qkv) match FLUX.2 files too
+    # names only FLUX.2 has: the shared modulation, the single blocks' fused projection (and their to_out: Flux.1's
+    # single blocks have none), the SwiGLU feed-forward. Its original-layout block names (double_blocks_N_img_attn_qkv,
+    # single_blocks_N_linear1) are Flux.1's too: a LoRA on those alone is read as Flux.1 (see loras.py).
+    lora_names = (r"(^|_)(double_stream_modulation_(img|txt)|single_stream_modulation)(_|$)"
+                  r"|(^|_)single_transformer_blocks_\d+_attn_(to_qkv_mlp_proj|to_out)(_|$)|(^|_)(ff|ff_context)_linear_(in|out)(_|$)",
+                  "names (shared modulation, single_transformer_blocks.N.attn.to_qkv_mlp_proj, ff.linear_in)")
     transformer_class = "Flux2Transformer2DModel"
     transformer_module = "diffusers.models.transformers.transformer_flux2"
     text_encoders = (TextEncoder("qwen3_4b", "text_encoder"), TextEncoder("qwen3_8b", "text_encoder"),

@@ -55,7 +55,8 @@ def candidates(names, widths: dict | None = None, metadata: dict | None = None) 
     if _has(_UNET, names):
         return [UNET], "UNet block names (input_blocks/down_blocks…)"
     fams = registry.families()
-    for f in sorted(fams, key=lambda f: f.detect_order):
+    # a family's own names settle it, one SpriteForge only recognises (FLUX.2) included: its LoRA is named, then refused
+    for f in sorted(registry.recognised(), key=lambda f: f.detect_order):
         if f.lora_names and _has(f.lora_names[0], names) and not (f.lora_unless and _has(f.lora_unless, names)):
             return [f.name], f"{f.label} {f.lora_names[1]}"
     for group, (rx, why, by_width) in SHARED.items():
