@@ -32,7 +32,7 @@ from ...progress import Progress
 from ..denoiser import Denoiser
 from ..model_inputs import check_latents, is_fill_model, vae_images
 from ..text_encoding import TextEncoding, text_encoder
-from .interrupt import block_steps, conv_count, conv_steps, kl_tiles
+from .interrupt import before_each, block_steps, blocks, conv_count, conv_steps, kl_tiles
 
 log = get_logger("torch")
 
@@ -185,6 +185,7 @@ class TorchDenoiser(Denoiser):
         self._torch = torch
         self.F32 = torch.float32
         comfy_load([self.module])  # inside ComfyUI: onto the GPU before its device is read
+        self._blocks = blocks(self.module)  # found once a run; Cancel is checked before each of them every step
         self.device, self.dtype = _module_device_dtype(self.module, getattr(self.engine, "torch_device", None))
         if self.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):  # fp8 storage: compute in the dtype it is upcast to
             self.dtype = getattr(torch, self.handle.dtype or "float32")
@@ -201,7 +202,7 @@ class TorchDenoiser(Denoiser):
         return fill
 
     def _run(self, **kw):
-        with block_steps(self.module):  # Cancel is checked before every transformer block
+        with before_each(self._blocks):  # Cancel is checked before every transformer block
             return self.module(return_dict=False, **kw)[0]
 
     def _work(self, x):

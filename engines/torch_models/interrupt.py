@@ -46,7 +46,8 @@ def blocks(module) -> list:
 
 
 @contextlib.contextmanager
-def _before_each(layers, on_step):
+def before_each(layers, on_step=check_interrupt):
+    """Within the block, ``on_step()`` runs before every module in ``layers``; yields their count."""
     handles = [m.register_forward_pre_hook(lambda _mod, _args: on_step()) for m in layers]
     try:
         yield len(handles)
@@ -57,9 +58,9 @@ def _before_each(layers, on_step):
 
 def conv_steps(module, on_step):
     """Within the block, ``on_step()`` runs before every ``Conv2d`` of ``module``; yields the layer count."""
-    return _before_each([m for m in module.modules() if isinstance(m, torch.nn.Conv2d)], on_step)
+    return before_each([m for m in module.modules() if isinstance(m, torch.nn.Conv2d)], on_step)
 
 
 def block_steps(module, on_step=check_interrupt):
     """Within the block, ``on_step()`` (the interrupt check) runs before every block of ``module`` (:func:`blocks`)."""
-    return _before_each(blocks(module) if module is not None else [], on_step)
+    return before_each(blocks(module) if module is not None else [], on_step)
