@@ -40,3 +40,31 @@ def test_mlx_port_matches_diffusers(shapes, lengths):
     got = port([mx.array(a) for a in x], mx.array(t), [mx.array(c) for c in caps])
     for i, (g, w) in enumerate(zip(got, want)):
         assert_close(np.array(g), w.numpy(), f"zimage row {i} {shapes[i]} caption {lengths[i]}")
+
+
+# --------------------------------------------------------------------------- our loop against ZImagePipeline
+
+
+def test_torch_generation_matches_zimage_pipeline(tmp_path):
+    """Same tiny folder, prompt and negative, noise, steps and sigmas (Euler): our encode (chat template, Qwen3's
+    hidden_states[-2], real tokens) and sampling give diffusers' ZImagePipeline's latents (guidance 2 = our CFG 3)."""
+    import diffusers
+
+    from spriteforge.engines import get_engine
+    from spriteforge.pipeline import encode
+    from spriteforge.tests.test_generation_parity import SIZE, STEPS, _close, _ours, _setup
+
+    engine = get_engine("torch", "cpu")
+    h = engine.load_model(str(tm.make_zimage(tmp_path, layout="folder")))
+    assert h.flow_shift == 3.0 and h.prediction == "flow"
+    ours = _ours(engine, h, encode(engine, h, "a red knight", "blurry"), 3.0)
+    sigmas, noise = _setup(h)
+    pipe = diffusers.ZImagePipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
+                                    vae=h.vae, text_encoder=h.text_encoders["qwen3_4b"], tokenizer=h.tokenizers["qwen3_4b"],
+                                    transformer=h.transformer)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        ref = pipe(prompt="a red knight", negative_prompt="blurry", guidance_scale=2.0, num_inference_steps=STEPS,
+                   sigmas=list(sigmas[:-1]), latents=noise, height=SIZE, width=SIZE, output_type="latent", return_dict=False)[0]
+    print(f"ZImagePipeline vs ours: max |diff| {float(np.abs(np.asarray(ours) - ref.numpy()).max()):.3g}")
+    _close(np.asarray(ours), ref.numpy())
