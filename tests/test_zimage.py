@@ -68,3 +68,54 @@ def test_torch_generation_matches_zimage_pipeline(tmp_path):
                    sigmas=list(sigmas[:-1]), latents=noise, height=SIZE, width=SIZE, output_type="latent", return_dict=False)[0]
     print(f"ZImagePipeline vs ours: max |diff| {float(np.abs(np.asarray(ours) - ref.numpy()).max()):.3g}")
     _close(np.asarray(ours), ref.numpy())
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def _zimage_lora(path, fmt: str):
+    """A Z-Image LoRA as it ships: ai-toolkit / diffusers-peft (``diffusion_model.layers.N.attention.to_q.lora_A``),
+    ComfyUI / kohya on the fused ``attention.qkv`` (``lora_unet_layers_N_attention_qkv``)."""
+    from spriteforge.tests import test_lora_util as U
+
+    w = U.Writer(2)
+    if fmt == "kohya":
+        w.lora("kohya", "layers.0.attention.qkv", (192, 64), rank=4, alpha=4.0)
+        w.lora("kohya", "layers.1.feed_forward.w2", (64, 170), rank=4, alpha=4.0)
+    else:
+        for q in ("to_q", "to_k", "to_v"):
+            w.lora("comfyui_ab", f"layers.0.attention.{q}", (64, 64), rank=4)
+        w.lora("comfyui_ab", "noise_refiner.0.feed_forward.w1", (170, 64), rank=4)
+    return w.save(path)
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "peft"])
+@pytest.mark.parametrize("engine_name", ["torch", "mlx"])
+def test_lora_is_named_z_image_and_refused_on_other_families(tmp_path, capsys, fmt, engine_name):
+    import json
+
+    from spriteforge.cli.main import main
+    from spriteforge.engines import get_engine
+    from spriteforge.errors import LORA_KEY_MISMATCH, SpriteForgeError
+    from spriteforge.lora import LoRASpec
+
+    path = _zimage_lora(tmp_path / f"zimage_{fmt}.safetensors", fmt)
+    assert main(["inspect", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["family"] == "zimage"
+    engine = get_engine(engine_name, "cpu")
+    parts = tm.make_zimage_parts(tmp_path)
+    z = engine.load_model(str(tm.make_zimage(tmp_path, layout="original")), **parts)
+    applied = engine.apply_loras(z, [LoRASpec(path, 1.0)])
+    assert applied.loras[-1].matched == (2 if fmt == "kohya" else 4)
+    flux = engine.load_model(str(tm.make_flux(tmp_path, layout="folder", variant="schnell")))
+    with pytest.raises(SpriteForgeError) as e:
+        engine.apply_loras(flux, [LoRASpec(path, 1.0)])
+    assert e.value.code == LORA_KEY_MISMATCH and e.value.message.startswith(f"{path.name} is for Z-Image; the loaded model is Flux")
+    from spriteforge.tests import test_lora_util as U
+
+    w = U.Writer(3)
+    w.lora("kohya", "double_blocks.0.img_attn.qkv", (96, 32), rank=4)
+    other = w.save(tmp_path / "flux_lora.safetensors")
+    with pytest.raises(SpriteForgeError) as e:
+        engine.apply_loras(z, [LoRASpec(other, 1.0)])
+    assert e.value.code == LORA_KEY_MISMATCH and "Z-Image" in e.value.message
