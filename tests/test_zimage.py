@@ -119,3 +119,62 @@ def test_lora_is_named_z_image_and_refused_on_other_families(tmp_path, capsys, f
     with pytest.raises(SpriteForgeError) as e:
         engine.apply_loras(z, [LoRASpec(other, 1.0)])
     assert e.value.code == LORA_KEY_MISMATCH and "Z-Image" in e.value.message
+
+
+# --------------------------------------------------------------------------- the command line and the nodes
+
+
+@pytest.fixture
+def release_files(tmp_path):
+    """A models root holding the tiny model under the names ComfyUI users hold: diffusion_models/
+    z_image_turbo_bf16.safetensors (bf16, original layout), text_encoders/qwen_3_4b.safetensors (its tokenizer
+    beside it), vae/ae.safetensors."""
+    from spriteforge import paths
+    from spriteforge.tests.tiny_qwen import make_qwen3
+
+    root = tmp_path / "models"
+    tm.make_zimage(root / "diffusion_models", layout="original", bf16=True)
+    make_qwen3(root / "text_encoders", seed=1)
+    tm.make_vae(root / "vae", 16, layout="original", seed=2, name="ae.safetensors")
+    yield root
+    paths.set_models_root(None)  # `--models` sets the process-wide root
+
+
+def test_cli_generate_with_the_release_file_names(release_files, tmp_path):
+    """``spriteforge generate --model z_image_turbo_bf16.safetensors --text-encoder qwen_3_4b.safetensors --vae
+    ae.safetensors``, the family's own defaults (8 Euler steps, no CFG, shift 3 from its scheduler)."""
+    import json
+
+    from PIL import Image
+
+    from spriteforge.cli.main import main
+
+    out = tmp_path / "out"
+    rc = main(["-q", "generate", "--models", str(release_files), "--model", "z_image_turbo_bf16.safetensors",
+               "--text-encoder", "qwen_3_4b.safetensors", "--vae", "ae.safetensors", "--prompt", "a red knight",
+               "--width", "64", "--height", "48", "--seed", "4", "--engine", "torch", "--out", str(out)])
+    assert rc == 0
+    im = Image.open(out / "sf-4.png")
+    meta = json.loads(im.text["spriteforge"])
+    assert im.size == (64, 48) and np.asarray(im).std() > 1
+    assert (meta["family"], meta["steps"], meta["cfg"], meta["sampler"]) == ("zimage", 8, 1.0, "euler")
+
+
+def test_load_model_and_encode_prompt_nodes(release_files):
+    """Load Model takes the Qwen3-4B file in a text-encoder slot; Encode Prompt, Sampler and VAE Decode run; the
+    editor's hints name what the inputs mean for Z-Image."""
+    from spriteforge import paths
+    from spriteforge.models.families import registry
+    from spriteforge.nodes import generate as G, loaders
+
+    paths.set_models_root(release_files)
+    h = loaders.LoadModel.execute("z_image_turbo_bf16.safetensors", vae="ae.safetensors",
+                                  text_encoder_1="qwen_3_4b.safetensors", engine="torch", device="cpu")[0]
+    assert (h.family, list(h.text_encoders)) == ("zimage", ["qwen3_4b"])
+    cond = G.EncodePrompt.execute(h, "a red knight", "blurry")[0]
+    lat = G.Sampler.execute(h, cond, seed=1, steps=2, cfg=2.0, width=32, height=32)[0]
+    img = G.VAEDecode.execute(h, lat)[0].numpy()
+    assert img.shape == (1, 32, 32, 3) and np.isfinite(img).all()
+    labels = registry.widget_hints()["labels"]
+    assert "Qwen3-4B" in labels["text_encoder_1"]["zimage"]
+    assert "guidance" in registry.widget_hints()["rules"] and "zimage" not in registry.widget_hints()["rules"]["guidance"]["only"]

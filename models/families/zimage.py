@@ -68,6 +68,8 @@ class ZImage(Family):
     lora_rank = 50
     lora_widths = (3840,)
     lora_metadata = ("z-image", "z_image", "zimage")
+    widget_labels = {"text_encoder_1": "Qwen3-4B text encoder (qwen_3_4b.safetensors)",
+                     "negative": "what to avoid (only with cfg above 1: Turbo samples without CFG)"}
 
     def detect(self, t, original):
         n = _NAMES[original]
