@@ -109,7 +109,8 @@ class ZImage(Family):
         the output negated into the flow velocity."""
         b, c, h, w = x.shape
         ops = den.ops
-        lengths = ops.to_numpy(cond["mask"]).sum(1)  # each caption's real tokens (right-padded)
-        caps = [cond["embeds"][i, : int(n)] for i, n in enumerate(lengths)]
+        mask = cond["mask"]  # each caption's real tokens (right-padded), read once a run (the entry keeps ``mask`` alive)
+        _, lengths = den.cached(("caption lengths", id(mask)), lambda: (mask, [int(n) for n in ops.to_numpy(mask).sum(1)]))
+        caps = [cond["embeds"][i, :n] for i, n in enumerate(lengths)]
         out = den.run(x=[ops.reshape(x[i], (c, 1, h, w)) for i in range(b)], t=(1000.0 - t) / 1000.0, cap_feats=caps)
         return ops.concat([ops.reshape(o, (1, c, h, w)) for o in out], 0) * -1.0
