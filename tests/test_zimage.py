@@ -178,3 +178,27 @@ def test_load_model_and_encode_prompt_nodes(release_files):
     labels = registry.widget_hints()["labels"]
     assert "Qwen3-4B" in labels["text_encoder_1"]["zimage"]
     assert "guidance" in registry.widget_hints()["rules"] and "zimage" not in registry.widget_hints()["rules"]["guidance"]["only"]
+
+
+def test_a_bfloat16_model_gets_its_timestep_in_float32(tmp_path):
+    """ZImagePipeline feeds ``(1000 - t) / 1000`` of float32 timesteps whatever the model's dtype; in bfloat16,
+    1000 * 0.9923 would round to 992 and the model would see 0.008 instead of 0.0077."""
+    from spriteforge import pipeline
+    from spriteforge.engines import get_engine
+    from spriteforge.engines.base import Conditioning
+
+    engine = get_engine("torch", "cpu")
+    h = engine.load_model(str(tm.make_zimage(tmp_path, layout="diffusers")), dtype="bfloat16")
+    assert next(h.transformer.parameters()).dtype == torch.bfloat16
+    rng = np.random.default_rng(1)
+    emb, keep = rng.standard_normal((1, 7, 32)).astype(np.float32), np.array([[1, 1, 1, 1, 1, 0, 0]])
+    x = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    sigma = 0.9923
+    cond = Conditioning(family="zimage", embeds=torch.from_numpy(emb), mask=torch.from_numpy(keep))
+    ours = engine.denoiser(h, cond, model_schedule=pipeline.model_schedule(h, 64, 64))(x, sigma)
+    t = (1000.0 - torch.full((1,), sigma * 1000.0, dtype=torch.float32)) / 1000.0
+    with torch.no_grad():
+        out = h.transformer([torch.from_numpy(x[0]).to(torch.bfloat16)[:, None]], t,
+                            [torch.from_numpy(emb[0, :5]).to(torch.bfloat16)], return_dict=False)[0][0]
+    want = x - (-out[:, 0].float().numpy()[None]) * sigma
+    assert np.abs(ours - want).max() <= 1e-5 * (1 + np.abs(want).max())

@@ -56,6 +56,7 @@ class ZImage(Family):
     vae_by_latent = {16: "vae-kl16-flux"}  # the FLUX.1 VAE (ae.safetensors)
     prediction = "flow"
     patch_size = 2  # 2x2 latent patches
+    float32_timestep = True  # ZImagePipeline: (1000 - t) / 1000 of the scheduler's float32 timesteps, in any dtype
     # its scheduler config (FlowMatchEulerDiscreteScheduler, shift 3.0, no dynamic shifting): a fixed shift of 3
     # whatever the size (ZImagePipeline computes a resolution mu, which that scheduler ignores)
     # diffusers pipelines/z_image/pipeline_z_image.py: its example runs Z-Image-Turbo with num_inference_steps=8,
