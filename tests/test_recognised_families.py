@@ -151,7 +151,7 @@ def test_z_image_checkpoint_with_its_text_encoder_needs_only_a_vae(shared_dir, t
     ("qwen2.5-vl-7b.text-encoder", ["variant:    qwen25_7b", "vision_tower: present: 32 blocks, 1280 wide (visual.*)",
                                     "lm_head:    untied"]),
     ("flux2-vae.original", ["kind:       vae (original layout)", "variant:    flux2", "dtypes:     float32 84.05M, int64 1",
-                            "batch_norm: bn.running_mean/var [128], num_batches_tracked int64", "recognised: the FLUX.2 VAE"]),
+                            "batch_norm: bn.running_mean/var [128], num_batches_tracked int64"]),
     ("flux2-vae.diffusers", ["kind:       vae (diffusers layout)", "variant:    flux2", "num_batches_tracked int64"]),
     ("qwen-image.vae.original", ["kind:       vae (original layout)", "variant:    qwen-image", "recognised: the Qwen-Image VAE"]),
 ])
@@ -226,10 +226,12 @@ def test_its_text_encoder_and_vae_are_refused_by_name(shared_dir, tmp_path):
     with pytest.raises(SpriteForgeError) as e:
         model_files.text_encoder_in(te, "qwen_3_4b.safetensors", None)
     _refusal(e, "the Qwen3-4B text encoder (Z-Image, FLUX.2 [klein] 4B)", "does not load it yet")
-    vae = header_from_manifest(_manifest(shared_dir, "flux2-vae.original")).tensors
-    with pytest.raises(SpriteForgeError) as e:
-        model_files.vae_in(vae, "flux2-vae.safetensors", None)
-    _refusal(e, "the FLUX.2 VAE (32-channel latent, batch-norm statistics)", "does not load it yet")
+    for layout in ("original", "diffusers"):  # the FLUX.2 VAE loads (tests/test_flux2_vae.py): both layouts are read
+        vae = header_from_manifest(_manifest(shared_dir, f"flux2-vae.{layout}")).tensors
+        det, prefix = model_files.vae_in(vae, "flux2-vae.safetensors", None)
+        assert (det.variant, det.layout, prefix) == ("flux2", layout, "")
+        want = {k: v for k, v in _manifest(shared_dir, "flux2-vae.diffusers")["diffusers_config"].items() if v is not None}
+        assert model_files.vae_config_for(det, None) == {"_class_name": "AutoencoderKLFlux2", **want}
 
 
 def test_generate_refuses_a_recognised_only_family(models_root, tmp_path, capsys):
@@ -276,13 +278,15 @@ def test_a_diffusers_folder_is_named_and_refused(shared_dir, tmp_path, capsys):
     assert (out["variant"], out["extras"]["recognised_as"]) == ("klein-9B", "FLUX.2 [klein] 9B (distilled or base: same layout)")
 
 
-def test_load_model_refuses_their_vae_for_a_runnable_model(models_root):
-    """A PixArt folder with the FLUX.2 VAE chosen for it: the VAE input is refused by what that VAE is."""
+def test_load_model_refuses_the_flux2_vae_for_another_family(tmp_path):
+    """A PixArt folder with the FLUX.2 VAE chosen for it: refused before sampling, naming the VAE's latent width."""
+    import tiny_flux2
     import tiny_models as tm
 
-    from spriteforge.nodes import loaders
+    from spriteforge.engines import get_engine
 
-    folder = tm.make_pixart(models_root / "diffusers", layout="folder")
+    folder = tm.make_pixart(tmp_path, layout="folder")
     with pytest.raises(SpriteForgeError) as e:
-        loaders.LoadModel.execute(folder.name, vae="flux2-vae.safetensors", engine="torch", device="cpu")
-    assert _refusal(e, "the FLUX.2 VAE (32-channel latent, batch-norm statistics)", "does not load it yet").startswith("flux2-vae.safetensors ")
+        get_engine("torch", "cpu").load_model(str(folder), vae=str(tiny_flux2.make_flux2_vae(tmp_path, name="flux2-vae.safetensors")))
+    assert e.value.code == "BAD_INPUT"
+    assert e.value.message.startswith("flux2-vae.safetensors is a VAE for 32-channel latents") and "needs a VAE for 4-channel" in e.value.message

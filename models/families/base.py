@@ -38,7 +38,7 @@ class TextEncoder:
 # the MLX port of each text-encoder key (engines/mlx_models/<port>.py)
 TEXT_ENCODER_PORTS = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma"}
 # the MLX port of each VAE class
-VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae"}
+VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae", "AutoencoderKLFlux2": "vae_flux2"}
 # the shipped VAE config (models/configs) a family's release uses, by latent channels, unless the family says otherwise
 VAE_BY_LATENT = {16: "vae-kl16-sd3", 4: "vae-kl4-sdxl"}
 RELEASE_KEYS = ("scheduler", "prediction", "flow_shift", "max_sequence_length", "num_classes", "sigma_learned", "text_encoders", "vae")
@@ -91,6 +91,9 @@ class Family:
     text_encoders: ClassVar[tuple[TextEncoder, ...]] = ()
     latent_channels: ClassVar[int] = 4
     vae_scale_factor: ClassVar[int] = 8
+    # the VAE's latents are cut into p x p patches stacked on the channels before sampling (FLUX.2: 2): the model
+    # samples p*p*latent_channels channels at p times the VAE's scale factor (the VAE's encode/decode do the patching)
+    latent_patch: ClassVar[int] = 1
     vae_class: ClassVar[str] = "AutoencoderKL"
     vae_by_latent: ClassVar[dict] = {}  # overrides of :data:`VAE_BY_LATENT`
     projected_clip: ClassVar[bool] = False  # every CLIP is built as CLIPTextModelWithProjection (its pooled output is projected)

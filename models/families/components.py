@@ -1,4 +1,4 @@
-"""Text encoders and VAEs of the recognised-only families (Qwen3, Qwen2.5-VL, the FLUX.2 VAE, the Qwen-Image VAE),
+"""Text encoders and VAEs of the recognised-only families (Qwen3, Qwen2.5-VL, the Qwen-Image VAE),
 named from the header alone. No engine loads them yet: each detection says what it is (``recognised_as``), and
 :func:`.registry.check_generates` refuses it by that name.
 """
@@ -9,6 +9,7 @@ import re
 
 from ..detection import Detection, count
 from ..safetensors_header import TensorInfo
+from .flux2 import detect_vae as _flux2_vae  # the FLUX.2 VAE loads: its detection lives with its family
 
 # Qwen3 language models by width: (our key, name, what uses it)
 _QWEN3 = {2560: ("qwen3_4b", "Qwen3-4B", "Z-Image, FLUX.2 [klein] 4B"), 4096: ("qwen3_8b", "Qwen3-8B", "FLUX.2 [klein] 9B")}
@@ -73,20 +74,6 @@ def _qwen25_vl(t, pre) -> Detection:
     known = cfg["hidden_size"] == 3584 and cfg["num_hidden_layers"] == 28
     return _text_encoder("qwen25_7b" if known else "qwen25_vl", "Qwen2.5-VL-7B" if known else "Qwen2.5-VL", "Qwen-Image, Qwen-Image-Edit",
                          cfg, vision_tower=f"present: {blocks} blocks, {width} wide (visual.*)")
-
-
-def _flux2_vae(t) -> Detection:
-    original = "encoder.down.0.block.0.conv1.weight" in t
-    block = "encoder.down.{}.block.0.conv1.weight" if original else "encoder.down_blocks.{}.resnets.0.conv1.weight"
-    levels = count(t.keys(), r"encoder\.down\.(\d+)\." if original else r"encoder\.down_blocks\.(\d+)\.")
-    cfg = {"_class_name": "AutoencoderKLFlux2", "latent_channels": t["decoder.conv_in.weight"].shape[1],
-           "block_out_channels": [t[block.format(i)].shape[0] for i in range(levels)], "patch_size": [2, 2]}
-    det = Detection(None, "flux2", "vae", cfg, layout="original" if original else "diffusers")
-    tracked = t.get("bn.num_batches_tracked")
-    det.extras.update(recognised_as="the FLUX.2 VAE (32-channel latent, batch-norm statistics)",
-                      batch_norm=f"bn.running_mean/var {list(t['bn.running_mean'].shape)}"
-                      + (f", num_batches_tracked {tracked.dtype}" if tracked is not None else ""))
-    return det
 
 
 def _qwen_image_vae(t) -> Detection:

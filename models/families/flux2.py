@@ -7,7 +7,8 @@ never from the name: diffusers' own single-file path maps every FLUX.2 file to t
 
 from __future__ import annotations
 
-from ..detection import count
+from .. import configs
+from ..detection import Detection, count
 from .base import Family, TextEncoder
 
 # (width, double blocks, single blocks, guidance input) -> variant, as released (BFL's Flux2Params, diffusers'
@@ -55,6 +56,7 @@ class Flux2(Family):
     text_encoders = (TextEncoder("qwen3_4b", "text_encoder"), TextEncoder("qwen3_8b", "text_encoder"),
                      TextEncoder("mistral3", "text_encoder"))
     latent_channels = 32
+    latent_patch = 2  # the pipelines patchify the VAE's 32-channel latent 2x2 (128 channels, 16 px a token)
     vae_class = "AutoencoderKLFlux2"
     prediction = "flow"
     # the shift follows pipeline_flux2(_klein).compute_empirical_mu(image_seq_len, num_steps): its own rule, to be
@@ -87,7 +89,35 @@ class Flux2(Family):
         det.extras["guidance_embeds"] = guidance
         return det
 
+    def vae_config_name(self, variant, latent):
+        return VAE_CONFIG
+
     def text_encoders_of(self, variant):
         low = (variant or "").lower()
         keys = {key for word, key in _TEXT_ENCODER.items() if word in low}
         return tuple(te for te in self.text_encoders if te.key in keys) or self.text_encoders
+
+
+VAE_CONFIG = "flux2-vae"
+
+
+def detect_vae(t) -> Detection:
+    """The FLUX.2 VAE (prefix-less tensors holding ``bn.running_mean``): a KL VAE whose 32-channel latents the
+    pipelines patchify 2x2 and normalise by its batch-norm statistics. Two layouts are published under one name
+    (``flux2-vae.safetensors``): BFL's original (``encoder.down.N.block``, quant convs inside ``encoder.`` /
+    ``decoder.``) and diffusers' ``AutoencoderKLFlux2``; the names tell which."""
+    original = "encoder.down.0.block.0.conv1.weight" in t
+    block = "encoder.down.{}.block.0.conv1.weight" if original else "encoder.down_blocks.{}.resnets.0.conv1.weight"
+    levels = count(t.keys(), r"encoder\.down\.(\d+)\." if original else r"encoder\.down_blocks\.(\d+)\.")
+    per_level = count(t.keys(), r"encoder\.down\.0\.block\.(\d+)\." if original else r"encoder\.down_blocks\.0\.resnets\.(\d+)\.")
+    cfg = configs.load(VAE_CONFIG)["config"]
+    norm_out = t["encoder.norm_out.weight" if original else "encoder.conv_norm_out.weight"].shape[0]
+    cfg.update(latent_channels=t["decoder.conv_in.weight"].shape[1], block_out_channels=[t[block.format(i)].shape[0] for i in range(levels)],
+               down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
+               layers_per_block=per_level, norm_num_groups=min(32, norm_out))
+    det = Detection(None, "flux2", "vae", cfg, layout="original" if original else "diffusers")
+    det.extras["config_name"] = VAE_CONFIG
+    tracked = t.get("bn.num_batches_tracked")
+    det.extras["batch_norm"] = (f"bn.running_mean/var {list(t['bn.running_mean'].shape)}"
+                                + (f", num_batches_tracked {tracked.dtype}" if tracked is not None else ""))
+    return det
