@@ -268,6 +268,11 @@ class Family:
             d.update(over)
         return d
 
+    def resolution_mu(self, image_seq_len: int, steps: int) -> float | None:
+        """With :attr:`resolution_shift`: the shift ``mu`` (``sigma' = e^mu / (e^mu + 1/t - 1)``) for an image of
+        ``image_seq_len`` latent tokens sampled in ``steps`` steps; None: Flux's rule (``samplers.schedules.flux_mu``)."""
+        return None
+
     def fixed_shift(self, variant: str | None) -> float | None:
         """The flow shift ``variant`` always samples with (Flux schnell: 1.0), or None."""
         return next(iter(_by_variant(self.variant_shift, variant)), None)
