@@ -784,3 +784,9 @@ def make_dit(root, layout: str = "diffusers", seed: int = 0) -> Path:
             return d
         return _write_pipeline(d, "DiTPipeline", {"transformer": m, "vae": build_vae(4, seed + 2, family="dit"), "scheduler": _scheduler("dit")})
     return _single_file(root / f"dit-{layout}.safetensors", m, layout, dit_to_original)
+
+
+def make_flux2(root, **kw) -> Path:  # FLUX.2's tiny real-format models live in tests/tiny_flux2.py
+    from spriteforge.tests.tiny_flux2 import make_flux2 as make
+
+    return make(root, **kw)

@@ -69,6 +69,8 @@ def _apply(rule: keymaps.Rule, sd: dict, out: dict, i, blocks: int) -> None:
     else:
         sizes = None
         for part in ("weight", "bias"):
+            if part == "bias" and f"{orig}.bias" not in sd:  # bias-free layers (FLUX.2)
+                continue
             w = sd.pop(f"{orig}.{part}")
             if rule.swap == "always":
                 w = _swap_scale_shift(w)

@@ -20,6 +20,13 @@ _ST = "single_transformer_blocks.{i}"
 _RELEASES = {(3072, 5, 20, False): "klein-4B", (4096, 8, 24, False): "klein-9B", (6144, 8, 48, True): "dev"}
 # each variant's shipped release config (models/configs): transformer config, scheduler, text encoder, VAE
 _RELEASE_FILES = {"klein-4B": "flux2-klein-4b", "klein-9B": "flux2-klein-9b", "dev": "flux2-dev"}
+# each text encoder's prompt template and the hidden-state layers the pipelines stack (transformers' numbering:
+# 0 = the embeddings): Qwen3's chat template with one user turn, add_generation_prompt and enable_thinking=False
+# (Flux2KleinPipeline); [dev]'s Mistral-3 with BFL's system message (Flux2Pipeline.format_input)
+_PROMPTS = {
+    "qwen3_4b": ("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", (9, 18, 27)),
+    "qwen3_8b": ("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", (9, 18, 27)),
+}
 # each size's text encoder (its hidden states, three layers stacked, are the transformer's joint width)
 _TEXT_ENCODER = {"4b": "qwen3_4b", "9b": "qwen3_8b", "dev": "mistral3"}
 _NAMES = {
@@ -42,7 +49,6 @@ class Flux2(Family):
                       "klein-4B-distilled": "[klein] 4B (distilled)", "klein-base-4B": "[klein] base 4B",
                       "klein-9B-distilled": "[klein] 9B (distilled)", "klein-base-9B": "[klein] base 9B"}
     distilled_variants = {"klein-4B": ("klein-4B-distilled", "klein-base-4B"), "klein-9B": ("klein-9B-distilled", "klein-base-9B")}
-    generation = False  # (until encode is written)
     original_markers = (("double_stream_modulation_img.lin.weight", "img_in.weight"),)
     diffusers_markers = (("double_stream_modulation_img.linear.weight", "x_embedder.weight"),)
     reference_manifests = {
@@ -96,8 +102,9 @@ class Flux2(Family):
     distilled_guidance = True  # [dev] takes guidance as a model input (guidance_in); [klein] has none
     # diffusers pipelines/flux2: Flux2KleinPipeline.__call__ (50 steps, guidance_scale 4.0 as CFG; a distilled
     # [klein] (config is_distilled) ignores CFG, its model card samples 4 steps); Flux2Pipeline ([dev]): 50 steps,
-    # guidance_scale 4.0 as the embedded guidance, no CFG
-    defaults = {"cfg": 4.0, "steps": 50, "sampler": "euler", "schedule": "normal"}
+    # guidance_scale 4.0 as the embedded guidance, no CFG. Their sigmas, linspace(1, 1/steps) shifted by mu, are the
+    # "simple" schedule of the shifted table
+    defaults = {"cfg": 4.0, "steps": 50, "sampler": "euler", "schedule": "simple"}
     variant_defaults = {"distilled": {"cfg": 1.0, "steps": 4}, "dev": {"cfg": 1.0, "guidance": 4.0}}
     mlx_port = "flux2"
     # names only FLUX.2 has: the shared modulation, the single blocks' fused projection (and their to_out: Flux.1's
@@ -129,6 +136,8 @@ class Flux2(Family):
         })
         det = self.detection(variant, cfg, original)
         det.extras["guidance_embeds"] = guidance
+        if variant in self.distilled_variants:  # said, not guessed (a diffusers folder's is_distilled tells)
+            det.extras["ambiguous"] = f"distilled or base: same layout ({self.title(variant)})"
         if variant == "custom":
             rel = {k: v for k, v in rel.items() if k != "text_encoders"}
         return self.finish(det, rel)
@@ -157,6 +166,22 @@ class Flux2(Family):
         return float(a * steps + m_200 - 200.0 * a)
 
     # ------------------------------------------------------------------ prompts and the model call
+    def encode(self, te, prompts, cond, *, max_length=None, **_):
+        """As the pipelines' ``_get_qwen3_prompt_embeds`` / ``_get_mistral_3_small_prompt_embeds``: each prompt in the
+        encoder's chat template, padded to ``max_length`` (512), the hidden states of three layers side by side
+        ([B, L, 3 * width], the transformer's joint width); no mask (the transformer reads every position).
+        [dev]: guidance 4.0 unless given."""
+        role = self.text_encoders_of(te.handle.variant)[0].key
+        for te_slot in self.text_encoders:  # the encoder the handle holds decides (a custom size names none)
+            if te.encoder(te_slot.key, required=False)[0] is not None:
+                role = te_slot.key
+                break
+        template, layers = _PROMPTS[role]
+        hs, _ = te.decoder(role, [template.format(p) for p in prompts], layers=layers, max_length=max_length or 512, pad_to_max=True)
+        cond.embeds = te.ops.concat(hs, 2)
+        if cond.guidance is None and te.handle.extras.get("guidance_embeds"):
+            cond.guidance = float(self.sampling_defaults(te.handle.variant).get("guidance", 4.0))
+
     def forward(self, den, x, t, cond):
         """One token a latent pixel (the VAE's latents come patchified), 4-axis positions: image (0, row, col, 0),
         text (0, 0, 0, index); [dev]'s guidance as a model input."""
