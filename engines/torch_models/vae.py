@@ -64,12 +64,13 @@ def _unpatchify(z, p: int):
 def _latent_flux2():
     import torch
     from diffusers.models.autoencoders.autoencoder_kl_flux2 import AutoencoderKLFlux2 as Base
+    from diffusers.models.autoencoders.vae import EncoderOutput
 
     class AutoencoderKLFlux2(Base):
         """diffusers' ``AutoencoderKLFlux2`` whose ``encode``/``decode`` speak the latents the transformer samples, as
         ``Flux2Pipeline`` / ``Flux2KleinPipeline`` make them: the distribution's mode, patchified 2x2 into channels,
         normalised by the batch-norm running statistics (``(z - mean) / sqrt(var + eps)``); ``decode`` undoes both.
-        ``encode`` returns ``(latents,)``. Built from the same config and weights as the diffusers class."""
+        ``encode`` returns the latents as ``.latent`` (a tuple without ``return_dict``). Built from the same config and weights as the diffusers class."""
 
         def _stats(self, z):
             mean = self.bn.running_mean.view(1, -1, 1, 1).to(z.device, z.dtype)
@@ -82,7 +83,8 @@ def _latent_flux2():
         def encode(self, x, return_dict: bool = True):
             z = _patchify(super().encode(x).latent_dist.mode(), self._patch())
             mean, std = self._stats(z)
-            return ((z - mean) / std,)
+            z = (z - mean) / std
+            return EncoderOutput(latent=z) if return_dict else (z,)
 
         def _raw(self, z):
             mean, std = self._stats(z)
