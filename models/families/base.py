@@ -191,6 +191,12 @@ class Family:
         """Refine ``det`` (a transformer read from its weights) with the ``config.json`` found with it, for settings
         the weights do not record; ``vae_factor``: the scale factor of the VAE it sits with."""
 
+    def lora_claim(self, names, widths: dict | None) -> bool | None:
+        """Whether a LoRA on module ``names`` (flat; ``widths``: their ``in_features`` where known), whose names an
+        earlier rule cannot settle, is this family's: True (it is), None (it may be: another family's names match
+        too and nothing tells them apart), False (default: the names decide)."""
+        return False
+
     # ------------------------------------------------------------------ parts
     @property
     def needs(self) -> list[str]:

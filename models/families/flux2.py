@@ -7,6 +7,8 @@ single-file path maps every FLUX.2 file to the [dev] config.
 
 from __future__ import annotations
 
+import re
+
 from .. import configs
 from ..detection import Detection, count
 from ..keymaps import Q3, rule as _r, tensor_rule as _t
@@ -18,6 +20,13 @@ _ST = "single_transformer_blocks.{i}"
 # (width, double blocks, single blocks, guidance input) -> variant, as released (BFL's Flux2Params, diffusers'
 # convert_flux2_to_diffusers.py configs; checked against the reference manifests)
 _RELEASES = {(3072, 5, 20, False): "klein-4B", (4096, 8, 24, False): "klein-9B", (6144, 8, 48, True): "dev"}
+# LoRA module names (flat) in BFL's layout: a block's, Flux.1's alone, the layers whose in-width is the model width,
+# the feed-forward's output layer, the single block's output layer
+_ORIGINAL_BLOCK = re.compile(r"(^|_)(double_blocks|single_blocks)_\d+_")
+_FLUX1_ONLY = re.compile(r"(^|_)(img_mod|txt_mod|vector_in)_|single_blocks_\d+_modulation_")
+_ATTN_IN = re.compile(r"_(img|txt)_attn_(qkv|proj)$|_(img|txt)_mlp_0$|single_blocks_\d+_linear1$")
+_MLP_OUT = re.compile(r"_(img|txt)_mlp_2$")
+_LINEAR2 = re.compile(r"single_blocks_\d+_linear2$")
 # each variant's shipped release config (models/configs): transformer config, scheduler, text encoder, VAE
 _RELEASE_FILES = {"klein-4B": "flux2-klein-4b", "klein-9B": "flux2-klein-9b", "dev": "flux2-dev"}
 # each text encoder's prompt template and the hidden-state layers the pipelines stack (transformers' numbering:
@@ -109,7 +118,7 @@ class Flux2(Family):
     mlx_port = "flux2"
     # names only FLUX.2 has: the shared modulation, the single blocks' fused projection (and their to_out: Flux.1's
     # single blocks have none), the SwiGLU feed-forward. Its original-layout block names (double_blocks_N_img_attn_qkv,
-    # single_blocks_N_linear1) are Flux.1's too: a LoRA on those alone is read as Flux.1 (see loras.py).
+    # single_blocks_N_linear1) are Flux.1's too: the widths tell them apart (lora_claim).
     lora_names = (r"(^|_)(double_stream_modulation_(img|txt)|single_stream_modulation)(_|$)"
                   r"|(^|_)single_transformer_blocks_\d+_attn_(to_qkv_mlp_proj|to_out)(_|$)|(^|_)(ff|ff_context)_linear_(in|out)(_|$)",
                   "names (shared modulation, single_transformer_blocks.N.attn.to_qkv_mlp_proj, ff.linear_in)")
@@ -141,6 +150,28 @@ class Flux2(Family):
         if variant == "custom":
             rel = {k: v for k, v in rel.items() if k != "text_encoders"}
         return self.finish(det, rel)
+
+    def lora_claim(self, names, widths):
+        """ComfyUI/kohya LoRAs in BFL's layout (``double_blocks_N_img_attn_qkv``, ``single_blocks_N_linear1``) share
+        Flux.1's block names. The widths tell: a FLUX.2 feed-forward is 3x the attention width and its single block's
+        output reads 4x (Flux.1: 4x and 5x); 4096 / 6144 wide attention ([klein] 9B, [dev]) no Flux.1 has. Flux.1's
+        per-block modulation (``img_mod``, ``modulation``) FLUX.2 has none of. [klein] 4B's attention alone, 3072 wide
+        like Flux.1's: either (None)."""
+        if not any(_ORIGINAL_BLOCK.search(n) for n in names) or any(_FLUX1_ONLY.search(n) for n in names):
+            return False
+        w = {n: int(v) for n, v in (widths or {}).items() if n in names}
+        attn = {v for n, v in w.items() if _ATTN_IN.search(n)}
+        if attn & {4096, 6144}:
+            return True
+        d = max(attn) if attn else None
+        for n, v in w.items():
+            if _MLP_OUT.search(n) and (v in (9216, 18432) or (d and v == 3 * d)):
+                return True
+            if _LINEAR2.search(n) and (v in (12288, 16384, 24576) or (d and v == 4 * d)):
+                return True
+            if (_MLP_OUT.search(n) and d and v == 4 * d) or (_LINEAR2.search(n) and (v == 15360 or (d and v == 5 * d))):
+                return False
+        return None
 
     def vae_config_name(self, variant, latent):
         return VAE_CONFIG
