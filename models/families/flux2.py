@@ -122,6 +122,10 @@ class Flux2(Family):
     lora_names = (r"(^|_)(double_stream_modulation_(img|txt)|single_stream_modulation)(_|$)"
                   r"|(^|_)single_transformer_blocks_\d+_attn_(to_qkv_mlp_proj|to_out)(_|$)|(^|_)(ff|ff_context)_linear_(in|out)(_|$)",
                   "names (shared modulation, single_transformer_blocks.N.attn.to_qkv_mlp_proj, ff.linear_in)")
+    lora_shared = ("joint",)  # diffusers' double blocks: to_q / add_q_proj / to_add_out, as Flux.1 and SD3
+    lora_rank = 30
+    lora_max_blocks = 8
+    lora_widths = (3072, 4096, 6144)
     lora_metadata = ("flux2", "flux.2", "klein")
     widgets_only = ("guidance",)
 
