@@ -25,14 +25,32 @@ def classify(t: dict[str, TensorInfo]) -> Detection | None:
         return _flux2_vae(t)
     if "decoder.middle.0.residual.0.gamma" in t or "decoder.mid_block.resnets.0.norm1.gamma" in t:
         return _qwen_image_vae(t)
-    pre = "model." if "model.embed_tokens.weight" in t else ""
+    pre = next((p for p in _LM_PREFIXES if f"{p}embed_tokens.weight" in t), "")
     if f"{pre}embed_tokens.weight" not in t or f"{pre}layers.0.self_attn.q_proj.weight" not in t:
         return None
     if "visual.patch_embed.proj.weight" in t:
         return _qwen25_vl(t, pre)
     if f"{pre}layers.0.self_attn.q_norm.weight" in t:
         return _qwen3(t, pre)
+    if pre in _LM_PREFIXES[:2] or any(k.startswith("vision_tower.") for k in t) or t[f"{pre}embed_tokens.weight"].shape[0] == 131072:
+        return _mistral3(t, pre)
     return None
+
+
+# where a decoder LM's layers sit: a Mistral3ForConditionalGeneration's language model (transformers' older and newer
+# names), a ...ForCausalLM's
+_LM_PREFIXES = ("language_model.model.", "model.language_model.", "model.")
+
+
+def _mistral3(t, pre) -> Detection:
+    """FLUX.2 [dev]'s text encoder: Mistral Small 3.1 (Mistral3ForConditionalGeneration; its language model, the Pixtral
+    vision tower unused). Named; no engine loads it yet."""
+    cfg = {"model_type": "mistral", "architectures": ["MistralModel"], **_language_model(t, pre)}
+    det = _text_encoder("mistral3", "Mistral-3", "FLUX.2 [dev]", cfg)
+    det.extras["recognised_as"] = "the Mistral-3 (Mistral Small 3.1) text encoder (FLUX.2 [dev])"
+    if any(k.startswith("vision_tower.") for k in t):
+        det.extras["vision_tower"] = "present (vision_tower.*, unused: the text part encodes prompts)"
+    return det
 
 
 def folder_text_encoder(cfg: dict) -> str | None:

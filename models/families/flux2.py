@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from .. import configs
 from ..detection import Detection, count
 from ..keymaps import Q3, rule as _r, tensor_rule as _t
@@ -211,8 +212,19 @@ class Flux2(Family):
             if te.encoder(te_slot.key, required=False)[0] is not None:
                 role = te_slot.key
                 break
+        if role not in _PROMPTS:
+            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{self.title(te.handle.variant)} encodes prompts with its "
+                                   "Mistral-3 (Mistral Small 3.1) text encoder, which SpriteForge does not run yet. Use FLUX.2 "
+                                   "[klein] 4B / 9B with qwen_3_4b / qwen_3_8b.safetensors, which it runs.",
+                                   details={"family": self.name, "variant": te.handle.variant, "text_encoder": role})
         template, layers = _PROMPTS[role]
         hs, _ = te.decoder(role, [template.format(p) for p in prompts], layers=layers, max_length=max_length or 512, pad_to_max=True)
+        width, joint = len(layers) * int(hs[0].shape[-1]), int(te.handle.config.get("joint_attention_dim") or 0)
+        if joint and width != joint:
+            raise SpriteForgeError(BAD_INPUT, f"this FLUX.2 model reads {joint}-wide prompt features, and the {role} text encoder "
+                                   f"given gives {width} ({len(layers)} layers of {width // len(layers)}). Give the model's own "
+                                   "text encoder: qwen_3_4b for [klein] 4B, qwen_3_8b for [klein] 9B.",
+                                   details={"joint_attention_dim": joint, "text_encoder": role, "width": width})
         cond.embeds = te.ops.concat(hs, 2)
         if cond.guidance is None and te.handle.extras.get("guidance_embeds"):
             cond.guidance = float(self.sampling_defaults(te.handle.variant).get("guidance", 4.0))
