@@ -79,15 +79,15 @@ class Denoiser:
             raise SpriteForgeError(BAD_INPUT, f"conditioning has {t.shape[0]} prompts but the batch is {batch}: use one prompt or one per image.")
         return self._repeat_rows(t, batch // t.shape[0])
 
-    def pack(self, x):
-        """[B,C,h,w] -> Flux's 2x2-packed tokens [B, h/2 * w/2, 4C]."""
+    def pack(self, x, p: int = 2):
+        """[B,C,h,w] -> tokens of p x p patches [B, h/p * w/p, p*p*C] (Flux: 2x2; FLUX.2: 1, a token a latent pixel)."""
         b, c, h, w = x.shape
-        return self._permute(x.reshape(b, c, h // 2, 2, w // 2, 2), (0, 2, 4, 1, 3, 5)).reshape(b, (h // 2) * (w // 2), c * 4)
+        return self._permute(x.reshape(b, c, h // p, p, w // p, p), (0, 2, 4, 1, 3, 5)).reshape(b, (h // p) * (w // p), c * p * p)
 
-    def unpack(self, x, h, w):
-        b, n, c4 = x.shape
-        c = c4 // 4
-        return self._permute(x.reshape(b, h // 2, w // 2, c, 2, 2), (0, 3, 1, 4, 2, 5)).reshape(b, c, h, w)
+    def unpack(self, x, h, w, p: int = 2):
+        b, n, cp = x.shape
+        c = cp // (p * p)
+        return self._permute(x.reshape(b, h // p, w // p, c, p, p), (0, 3, 1, 4, 2, 5)).reshape(b, c, h, w)
 
     def _fill_cond(self, h, w):
         """Flux Fill's extra input tokens: the masked image's latents and the mask, packed (made once)."""

@@ -36,6 +36,8 @@ LAYERS = {
             "pos_embed.proj"],
     "zimage": ["layers.0.attention.to_q", "noise_refiner.0.attention.to_out.0", "layers.1.feed_forward.w2",
                "context_refiner.0.feed_forward.w1", "layers.0.adaLN_modulation.0"],
+    "flux2": ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_add_out", "single_transformer_blocks.0.attn.to_qkv_mlp_proj",
+              "transformer_blocks.0.ff.linear_in", "double_stream_modulation_img.linear"],
 }
 FORMATS = ["kohya", "onetrainer", "comfyui", "comfyui_ab", "diffusers", "peft", "loha", "lokr", "lokr_full", "dora_peft",
            "dora_lycoris"]
@@ -121,6 +123,17 @@ ORIGINAL = {
         ("single_blocks.0.linear1", ["single_transformer_blocks.0.attn.to_q", "single_transformer_blocks.0.attn.to_k",
                                      "single_transformer_blocks.0.attn.to_v", "single_transformer_blocks.0.proj_mlp"], False),
         ("single_blocks.0.linear2", ["single_transformer_blocks.0.proj_out"], False),
+        ("final_layer.adaLN_modulation.1", ["norm_out.linear"], True),
+        ("img_in", ["x_embedder"], False),
+    ],
+    "flux2": [  # ComfyUI/kohya names in BFL's layout: the same block names as Flux.1, told apart by the widths
+        ("double_blocks.0.img_attn.qkv", ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k",
+                                          "transformer_blocks.0.attn.to_v"], False),
+        ("double_blocks.0.txt_attn.qkv", ["transformer_blocks.0.attn.add_q_proj", "transformer_blocks.0.attn.add_k_proj",
+                                          "transformer_blocks.0.attn.add_v_proj"], False),
+        ("double_blocks.0.img_mlp.2", ["transformer_blocks.0.ff.linear_out"], False),
+        ("single_blocks.0.linear1", ["single_transformer_blocks.0.attn.to_qkv_mlp_proj"], False),
+        ("single_blocks.0.linear2", ["single_transformer_blocks.0.attn.to_out"], False),
         ("final_layer.adaLN_modulation.1", ["norm_out.linear"], True),
         ("img_in", ["x_embedder"], False),
     ],

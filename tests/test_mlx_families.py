@@ -59,6 +59,11 @@ def _parts(root: Path, family: str) -> dict:
         return {"vae": tm.make_vae(d, 4, layout="diffusers")}
     if family == "zimage":  # ae.safetensors + qwen_3_4b.safetensors (its tokenizer beside it), as ComfyUI users hold them
         return tm.make_zimage_parts(root)
+    if family == "flux2":  # flux2-vae.safetensors in BFL's layout, qwen_3_4b.safetensors with its tokenizer beside it
+        import tiny_flux2
+
+        return {"vae": tiny_flux2.make_flux2_vae(d, layout="original", name="flux2-vae.safetensors"),
+                "text_encoders": [tiny_flux2.make_flux2_text_encoder(d / "flux2")]}
     raise ValueError(family)
 
 
@@ -85,6 +90,10 @@ CASES = [
     ("zimage", "diffusers", "", {"init": True, "denoise": 0.6, "cfg": 2.0}),
     ("zimage", "folder", "", {"init": True, "mask": True}),
     ("zimage", "folder", "", {"lora": True, "cfg": 2.0}),
+    ("flux2", "original", "klein", {}),
+    ("flux2", "original", "dev", {"init": True, "denoise": 0.6}),
+    ("flux2", "folder", "klein", {"init": True, "mask": True}),
+    ("flux2", "diffusers", "klein", {"tile": True, "width": 64, "height": 48}),
 ]
 
 
@@ -164,8 +173,9 @@ def test_text_conditioning_matches_per_family(root, engines):
     Qwen3 hidden states (prompts of different lengths: the mask says which tokens are real)."""
     te, me = engines
     for family, layout, opts in (("sana", "folder", {"complex_human_instruction": True}), ("sd3", "original", {}),
-                                 ("flux", "original", {}), ("pixart", "original", {}), ("zimage", "original", {})):
-        variant = {"sd3": "sd3.5-medium", "flux": "dev", "pixart": "sigma"}.get(family, "")
+                                 ("flux", "original", {}), ("pixart", "original", {}), ("zimage", "original", {}),
+                                 ("flux2", "original", {})):
+        variant = {"sd3": "sd3.5-medium", "flux": "dev", "pixart": "sigma", "flux2": "dev"}.get(family, "")
         ht = _load(te, root, family, layout, variant)
         hm = _load(me, root, family, layout, variant)
         ct = te.encode_text(ht, ["a red knight", "a very small green slime monster"], **opts)
@@ -181,6 +191,19 @@ def test_text_conditioning_matches_per_family(root, engines):
             print(f"{family} {name}: max diff {d:.3g}")
             assert d <= 1e-4 * (1 + float(np.abs(a).max())), (family, name)
         assert cm.guidance == ct.guidance
+
+
+@pytest.mark.parametrize("family,layout,variant", [("flux2", "original", "klein")])
+def test_batch_one_is_item_zero_of_batch_four_on_both_engines(root, engines, family, layout, variant):
+    for eng in engines:
+        h = _load(eng, root, family, layout, variant)
+        p = pipeline.GenerateParams(prompt="red potion", negative="", seed=11, steps=2, width=32, height=32)
+        one = pipeline.generate(eng, h, p)
+        four = pipeline.generate(eng, h, pipeline.GenerateParams(**{**p.__dict__, "batch_size": 4}))
+        diff = float(np.abs(one[0] - four[0]).max())
+        print(f"{family} {eng.name}: batch 1 vs item 0 of batch 4: {diff * 255:.4f}/255")
+        assert four.shape[0] == 4 and diff <= TOL
+        assert np.abs(four[0] - four[1]).max() > 0.01  # item i has seed + i
 
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16", "float8_e4m3fn"])

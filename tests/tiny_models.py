@@ -788,3 +788,7 @@ def make_dit(root, layout: str = "diffusers", seed: int = 0) -> Path:
 
 
 from spriteforge.tests.tiny_zimage import build_zimage, make_zimage, make_zimage_parts  # noqa: E402,F401  (tests/tiny_zimage.py)
+def make_flux2(root, **kw) -> Path:  # FLUX.2's tiny real-format models live in tests/tiny_flux2.py
+    from spriteforge.tests.tiny_flux2 import make_flux2 as make
+
+    return make(root, **kw)

@@ -19,9 +19,9 @@ import mlx.nn as nn
 import numpy as np
 
 from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
-from .layers import AttentionProjections, RMSNorm, apply_rope, block_done, gelu_tanh, layer_norm, rope_tables, sdpa_heads
-from .sd3 import (AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle, CombinedTimestepTextProjEmbeddings, FeedForward,
-                  batch_vector, merge_heads, split_heads)
+from .layers import (AttentionProjections, RMSNorm, apply_rope, batch_vector, block_done, gelu_tanh, layer_norm, merge_heads,
+                     rope_tables, sdpa_heads, split_heads)
+from .sd3 import AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle, CombinedTimestepTextProjEmbeddings, FeedForward
 
 
 # --------------------------------------------------------------------------- attention and blocks

@@ -189,7 +189,7 @@ def keep_mask_to_bias(mask, dtype=mx.float32):
 
 # --------------------------------------------------------------------------- rotary embedding
 def rope_tables(ids, axes_dim, theta: float = 10000.0):
-    """diffusers ``FluxPosEmbed`` (also Z-Image's rotary table): ``(S, 3)`` position ids -> ``(cos, sin)``, each ``(S, sum(axes_dim))`` float32.
+    """diffusers ``FluxPosEmbed`` / ``Flux2PosEmbed`` (also Z-Image's rotary table): ``(S, axes)`` position ids -> ``(cos, sin)``, each ``(S, sum(axes_dim))`` float32.
 
     Each axis ``i`` contributes ``axes_dim[i]`` features, every frequency repeated twice
     (interleaved real/imaginary pairs). Computed in float64 on the host (ids are small).
@@ -214,6 +214,26 @@ def apply_rope(x, cos, sin):
     return (xf * cos + rotated * sin).astype(x.dtype)
 
 
+# --------------------------------------------------------------------------- heads
+def batch_vector(t, batch: int):
+    """A timestep/guidance given as a scalar or ``(1,)`` broadcast to ``(batch,)``."""
+    t = t if isinstance(t, mx.array) else mx.array(np.asarray(t, dtype=np.float32))
+    t = t.reshape(-1)
+    return mx.broadcast_to(t, (batch,)) if t.shape[0] == 1 and batch != 1 else t
+
+
+def split_heads(x, heads: int):
+    """``(B, L, H*D)`` -> ``(B, H, L, D)``."""
+    b, n, _ = x.shape
+    return x.reshape(b, n, heads, -1).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    """``(B, H, L, D)`` -> ``(B, L, H*D)``."""
+    b, h, n, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
+
+
 # --------------------------------------------------------------------------- embeddings
 def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = False, downscale_freq_shift: float = 1.0,
                        scale: float = 1.0, max_period: int = 10000):
@@ -232,10 +252,10 @@ def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = False, downs
 class TimestepEmbedding(nn.Module):
     """diffusers' ``TimestepEmbedding``: ``linear_1`` -> SiLU -> ``linear_2``."""
 
-    def __init__(self, in_channels: int, time_embed_dim: int, out_dim: int | None = None, act: str = "silu"):
+    def __init__(self, in_channels: int, time_embed_dim: int, out_dim: int | None = None, act: str = "silu", bias: bool = True):
         super().__init__()
-        self.linear_1 = nn.Linear(in_channels, time_embed_dim)
-        self.linear_2 = nn.Linear(time_embed_dim, out_dim or time_embed_dim)
+        self.linear_1 = nn.Linear(in_channels, time_embed_dim, bias=bias)
+        self.linear_2 = nn.Linear(time_embed_dim, out_dim or time_embed_dim, bias=bias)
         self.act = act
 
     def __call__(self, x):

@@ -65,6 +65,7 @@ log = get_logger("mlx")
 PORTS = {
     **{f.name: (f.mlx_port, f.transformer_class) for f in registry.families()},
     "vae": ("vae", "AutoencoderKL"),
+    "vae_flux2": ("vae", "AutoencoderKLFlux2"),
     "dcae": ("dcae", "AutoencoderDC"),
     "t5": ("t5", "T5EncoderModel"),
     "clip": ("clip", "CLIPTextModel"),

@@ -19,6 +19,7 @@ CLASS_MODULES = {
     **{f.transformer_class: f.transformer_module for f in registry.families() if f.transformer_module},
     "AutoencoderKL": "diffusers.models.autoencoders.autoencoder_kl",
     "AutoencoderDC": "diffusers.models.autoencoders.autoencoder_dc",
+    "AutoencoderKLFlux2": f"{__package__}.vae",  # diffusers' class, its encode/decode speaking the sampled latents
 }
 
 

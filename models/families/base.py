@@ -37,9 +37,10 @@ class TextEncoder:
 
 # the MLX port of each text-encoder key (engines/mlx_models/<port>.py)
 # (``decoder_lm``: the decoder-only language models, whose hidden states ``TextEncoding.decoder`` gives)
-TEXT_ENCODER_PORTS = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma", "qwen3_4b": "decoder_lm", "qwen3_8b": "decoder_lm"}
+TEXT_ENCODER_PORTS = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma", "qwen3_4b": "decoder_lm", "qwen3_8b": "decoder_lm",
+                      "mistral3": "decoder_lm"}
 # the MLX port of each VAE class
-VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae"}
+VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae", "AutoencoderKLFlux2": "vae_flux2"}
 # the shipped VAE config (models/configs) a family's release uses, by latent channels, unless the family says otherwise
 VAE_BY_LATENT = {16: "vae-kl16-sd3", 4: "vae-kl4-sdxl"}
 RELEASE_KEYS = ("scheduler", "prediction", "flow_shift", "max_sequence_length", "num_classes", "sigma_learned", "text_encoders", "vae")
@@ -92,6 +93,9 @@ class Family:
     text_encoders: ClassVar[tuple[TextEncoder, ...]] = ()
     latent_channels: ClassVar[int] = 4
     vae_scale_factor: ClassVar[int] = 8
+    # the VAE's latents are cut into p x p patches stacked on the channels before sampling (FLUX.2: 2): the model
+    # samples p*p*latent_channels channels at p times the VAE's scale factor (the VAE's encode/decode do the patching)
+    latent_patch: ClassVar[int] = 1
     vae_class: ClassVar[str] = "AutoencoderKL"
     vae_by_latent: ClassVar[dict] = {}  # overrides of :data:`VAE_BY_LATENT`
     projected_clip: ClassVar[bool] = False  # every CLIP is built as CLIPTextModelWithProjection (its pooled output is projected)
@@ -188,6 +192,12 @@ class Family:
         """Refine ``det`` (a transformer read from its weights) with the ``config.json`` found with it, for settings
         the weights do not record; ``vae_factor``: the scale factor of the VAE it sits with."""
 
+    def lora_claim(self, names, widths: dict | None) -> bool | None:
+        """Whether a LoRA on module ``names`` (flat; ``widths``: their ``in_features`` where known), whose names an
+        earlier rule cannot settle, is this family's: True (it is), None (it may be: another family's names match
+        too and nothing tells them apart), False (default: the names decide)."""
+        return False
+
     # ------------------------------------------------------------------ parts
     @property
     def needs(self) -> list[str]:
@@ -266,6 +276,11 @@ class Family:
         for over in _by_variant(self.variant_defaults, variant):
             d.update(over)
         return d
+
+    def resolution_mu(self, image_seq_len: int, steps: int) -> float | None:
+        """With :attr:`resolution_shift`: the shift ``mu`` (``sigma' = e^mu / (e^mu + 1/t - 1)``) for an image of
+        ``image_seq_len`` latent tokens sampled in ``steps`` steps; None: Flux's rule (``samplers.schedules.flux_mu``)."""
+        return None
 
     def fixed_shift(self, variant: str | None) -> float | None:
         """The flow shift ``variant`` always samples with (Flux schnell: 1.0), or None."""
