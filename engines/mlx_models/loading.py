@@ -66,6 +66,7 @@ PORTS = {
     **{f.name: (f.mlx_port, f.transformer_class) for f in registry.families()},
     "vae": ("vae", "AutoencoderKL"),
     "dcae": ("dcae", "AutoencoderDC"),
+    "vae_qwenimage": ("vae_qwenimage", "AutoencoderKLQwenImage"),
     "t5": ("t5", "T5EncoderModel"),
     "clip": ("clip", "CLIPTextModel"),
     "gemma": ("gemma", "Gemma2Model"),

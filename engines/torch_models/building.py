@@ -19,6 +19,8 @@ CLASS_MODULES = {
     **{f.transformer_class: f.transformer_module for f in registry.families() if f.transformer_module},
     "AutoencoderKL": "diffusers.models.autoencoders.autoencoder_kl",
     "AutoencoderDC": "diffusers.models.autoencoders.autoencoder_dc",
+    # the real class on single frames (4-D images and latents, latents normalised): our subclass of the same name
+    "AutoencoderKLQwenImage": f"{__package__}.vae_qwenimage",
 }
 
 

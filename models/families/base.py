@@ -38,7 +38,7 @@ class TextEncoder:
 # the MLX port of each text-encoder key (engines/mlx_models/<port>.py)
 TEXT_ENCODER_PORTS = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma"}
 # the MLX port of each VAE class
-VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae"}
+VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae", "AutoencoderKLQwenImage": "vae_qwenimage"}
 # the shipped VAE config (models/configs) a family's release uses, by latent channels, unless the family says otherwise
 VAE_BY_LATENT = {16: "vae-kl16-sd3", 4: "vae-kl4-sdxl"}
 RELEASE_KEYS = ("scheduler", "prediction", "flow_shift", "max_sequence_length", "num_classes", "sigma_learned", "text_encoders", "vae")

@@ -1,6 +1,6 @@
-"""Text encoders and VAEs of the recognised-only families (Qwen3, Qwen2.5-VL, the FLUX.2 VAE, the Qwen-Image VAE),
-named from the header alone. No engine loads them yet: each detection says what it is (``recognised_as``), and
-:func:`.registry.check_generates` refuses it by that name.
+"""Text encoders and VAEs of the newer families (Qwen3, Qwen2.5-VL, the FLUX.2 VAE, the Qwen-Image VAE), named from the
+header alone. Those no engine loads yet say what they are (``recognised_as``), and :func:`.registry.check_generates`
+refuses them by that name; the Qwen-Image VAE is loaded (``AutoencoderKLQwenImage``).
 """
 
 from __future__ import annotations
@@ -94,9 +94,8 @@ def _qwen_image_vae(t) -> Detection:
     conv_in = t["encoder.conv1.weight" if original else "encoder.conv_in.weight"]
     z = t["decoder.conv1.weight" if original else "decoder.conv_in.weight"].shape[1]
     cfg = {"_class_name": "AutoencoderKLQwenImage", "base_dim": conv_in.shape[0], "z_dim": z}
-    det = Detection(None, "qwen-image", "vae", cfg, layout="original" if original else "diffusers")
-    det.extras["recognised_as"] = "the Qwen-Image VAE (Wan-2.1 layout, 5-D convolutions; also Krea 2's)"
-    return det
+    # loaded by both engines (a single-frame AutoencoderKLQwenImage): named by its variant, not refused
+    return Detection(None, "qwen-image", "vae", cfg, layout="original" if original else "diffusers")
 
 
 __all__ = ["classify", "folder_text_encoder"]
