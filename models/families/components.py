@@ -1,8 +1,7 @@
 """Text encoders and VAEs of today's families (Qwen3, Qwen2.5-VL, the FLUX.2 VAE, the Qwen-Image VAE), named from
 the header alone. One that no family SpriteForge generates with uses yet says what it is (``recognised_as``), and
 :func:`.registry.check_generates` refuses it by that name; once a runnable family declares its slot (Qwen3-4B:
-Z-Image), it loads. The Qwen-Image VAE
-loads on both engines (``AutoencoderKLQwenImage``).
+Z-Image), it loads. The Qwen-Image VAE loads on both engines (``AutoencoderKLQwenImage``).
 """
 
 from __future__ import annotations
