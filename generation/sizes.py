@@ -79,7 +79,7 @@ def model_schedule(handle, width: int, height: int, shift: float | None = None):
             fixed = shift if shift is not None else fam.fixed_shift(handle.variant)
             if fixed is not None:
                 return FlowSchedule(float(fixed), multiplier=fam.flow_multiplier)
-            return FlowSchedule.flux(width, height)
+            return FlowSchedule.flux(width, height, **fam.mu_args((handle.extras or {}).get("scheduler") or {}))
         s = shift if shift is not None else (handle.flow_shift if handle.flow_shift is not None else 3.0)
         return FlowSchedule(float(s))
     sch = dict((handle.extras or {}).get("scheduler") or {})

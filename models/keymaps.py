@@ -143,7 +143,7 @@ def gemma_model_keys(sd: dict) -> dict:
     file stripped, its ``lm_head`` dropped (a text encoder has no use for it)."""
     out = {}
     for k, v in sd.items():
-        if k.startswith("lm_head."):
+        if k.startswith(("lm_head.", "visual.")):  # (Qwen2.5-VL's vision tower: prompts are text)
             continue
         out[k[len("model."):] if k.startswith("model.") else k] = v
     return out

@@ -137,14 +137,14 @@ def test_z_image_checkpoint_with_its_text_encoder_needs_only_a_vae(shared_dir, t
 @pytest.mark.parametrize("name, lines", [
     ("flux2-klein-9b.transformer.original", ["family:     flux2", "variant:    klein-9B", "needs:      vae, qwen3_8b",
                                              "recognised: FLUX.2 [klein] 9B (distilled or base: same layout)",
-                                             "generation: not yet (SpriteForge runs PixArt, SD3, Flux, Sana, DiT)"]),
+                                             "generation: not yet (SpriteForge runs PixArt, SD3, Flux, Sana, DiT, Qwen-Image)"]),
     ("flux2-dev.transformer.diffusers", ["variant:    dev", "needs:      vae, mistral3", "recognised: FLUX.2 [dev]"]),
     ("flux2-klein-4b.transformer.diffusers", ["needs:      vae, qwen3_4b", "recognised: FLUX.2 [klein] 4B (distilled or base"]),
     ("z-image-turbo.transformer.original", ["family:     zimage", "recognised: Z-Image (Turbo or base: same layout)",
                                             "needs:      vae, qwen3_4b", "dtype:      bfloat16"]),
     ("krea2.transformer.original", ["family:     krea2", "dtypes:     bfloat16 12.50B, float32 321.57M",
                                     "recognised: Krea 2 (raw or turbo: same layout)", "parameters: 12.82B"]),
-    ("qwen-image.transformer.diffusers", ["family:     qwenimage", "needs:      vae, qwen25_7b", "recognised: Qwen-Image 20B"]),
+    ("qwen-image.transformer.diffusers", ["family:     qwenimage", "variant:    20B", "needs:      vae, qwen25_7b"]),  # runnable
     ("qwen3-4b.text-encoder", ["kind:       text_encoder (hf layout)", "variant:    qwen3_4b",
                                "lm_head:    tied (no lm_head.weight", "recognised: the Qwen3-4B text encoder"]),
     ("qwen3-8b.text-encoder", ["variant:    qwen3_8b", "lm_head:    untied (lm_head.weight stored)"]),
@@ -175,8 +175,8 @@ def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsy
 
 def test_recognised_families_are_not_the_runnable_ones():
     known = {f.name: f for f in registry.recognised()}
-    assert {n for n, f in known.items() if not f.generation} == {"zimage", "flux2", "qwenimage", "krea2"}
-    assert not set(registry.names()) & {"zimage", "flux2", "qwenimage", "krea2"}
+    assert {n for n, f in known.items() if not f.generation} == {"zimage", "flux2", "krea2"}  # Qwen-Image runs
+    assert not set(registry.names()) & {"zimage", "flux2", "krea2"}
     from spriteforge.engines.model_files import TRANSFORMER_CLASSES
 
     assert set(TRANSFORMER_CLASSES) == set(registry.names())  # the engines never see them
@@ -186,7 +186,7 @@ def _refusal(exc_info, what: str, not_yet: str = "does not generate with this fa
     err = exc_info.value
     assert err.code == UNSUPPORTED_ARCHITECTURE, err
     assert f"is recognised as {what}; SpriteForge {not_yet}" in err.message
-    assert "it runs PixArt, SD3, Flux, Sana, DiT" in err.message
+    assert "it runs PixArt, SD3, Flux, Sana, DiT, Qwen-Image" in err.message
     assert str(err).endswith("Load a model of one of those families.") and "not a model SpriteForge knows" not in str(err)
     return err.message
 

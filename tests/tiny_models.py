@@ -784,3 +784,6 @@ def make_dit(root, layout: str = "diffusers", seed: int = 0) -> Path:
             return d
         return _write_pipeline(d, "DiTPipeline", {"transformer": m, "vae": build_vae(4, seed + 2, family="dit"), "scheduler": _scheduler("dit")})
     return _single_file(root / f"dit-{layout}.safetensors", m, layout, dit_to_original)
+
+
+from spriteforge.tests.tiny_qwenimage import make_qwenimage  # noqa: E402,F401  (Qwen-Image: tests/tiny_qwenimage.py)

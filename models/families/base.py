@@ -37,7 +37,8 @@ class TextEncoder:
 
 # the MLX port of each text-encoder key (engines/mlx_models/<port>.py)
 # (``decoder_lm``: the decoder-only language models, whose hidden states ``TextEncoding.decoder`` gives)
-TEXT_ENCODER_PORTS = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma", "qwen3_4b": "decoder_lm", "qwen3_8b": "decoder_lm"}
+TEXT_ENCODER_PORTS = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma", "qwen3_4b": "decoder_lm", "qwen3_8b": "decoder_lm",
+                      "qwen25_7b": "decoder_lm"}
 # the MLX port of each VAE class
 VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae", "AutoencoderKLQwenImage": "vae_qwenimage"}
 # the shipped VAE config (models/configs) a family's release uses, by latent channels, unless the family says otherwise
@@ -225,6 +226,11 @@ class Family:
     def flow_shift(self, sched: dict) -> float | None:
         """The sampling schedule's shift, from the release's scheduler config (None: no fixed shift)."""
         return None
+
+    def mu_args(self, sched: dict) -> dict:
+        """With :attr:`resolution_shift`: the line of the image-size shift mu (``FlowSchedule.flux``'s keywords:
+        base/max sequence length and shift) from the release's scheduler config ``sched``; {} = Flux's line."""
+        return {}
 
     def handle_extras(self, det: Detection, cfg: dict) -> dict:
         """Family facts a :class:`~spriteforge.engines.base.ModelHandle`'s extras carry (from the loaded config)."""

@@ -86,7 +86,8 @@ def _qwen3_slot(hidden, tied: bool) -> tuple[str, str, str]:
 
 
 def _qwen25_vl(t, pre) -> Detection:
-    cfg = {"model_type": "qwen2_5_vl", "architectures": ["Qwen2_5_VLForConditionalGeneration"], **_language_model(t, pre)}
+    # the language model only (a text prompt needs no vision tower): Qwen2.5-VL-7B's release facts, then the shapes
+    cfg = {**configs.load("te-qwen25-vl")["config"], "architectures": ["Qwen2_5_VLForConditionalGeneration"], **_language_model(t, pre)}
     blocks = count(t.keys(), r"visual\.blocks\.(\d+)\.")
     width = t["visual.patch_embed.proj.weight"].shape[0]
     cfg["vision_config"] = {"depth": blocks, "hidden_size": width, "out_hidden_size": t["visual.merger.mlp.2.weight"].shape[0]}
