@@ -92,7 +92,8 @@ def _qwen25_vl(t, pre) -> Detection:
     width = t["visual.patch_embed.proj.weight"].shape[0]
     cfg["vision_config"] = {"depth": blocks, "hidden_size": width, "out_hidden_size": t["visual.merger.mlp.2.weight"].shape[0]}
     known = cfg["hidden_size"] == 3584 and cfg["num_hidden_layers"] == 28
-    return _text_encoder("qwen25_7b" if known else "qwen25_vl", "Qwen2.5-VL-7B" if known else "Qwen2.5-VL", "Qwen-Image, Qwen-Image-Edit",
+    # one slot (Qwen-Image's): another width (a tiny or custom model) is named by its width
+    return _text_encoder("qwen25_7b", "Qwen2.5-VL-7B" if known else f"Qwen2.5-VL ({cfg['hidden_size']} wide)", "Qwen-Image, Qwen-Image-Edit",
                          cfg, vision_tower=f"present: {blocks} blocks, {width} wide (visual.*)")
 
 
