@@ -57,6 +57,10 @@ def _parts(root: Path, family: str) -> dict:
         return {"vae": tm.make_sana(root, layout="folder") / "vae", "text_encoders": [tm.make_gemma(d)]}
     if family == "dit":
         return {"vae": tm.make_vae(d, 4, layout="diffusers")}
+    if family == "qwenimage":  # ComfyUI's files: qwen_image_vae (Wan-2.1 layout), qwen_2.5_vl_7b (legacy names)
+        from spriteforge.tests.tiny_qwenimage import make_qwen25_vl, make_qwen_vae
+
+        return {"vae": make_qwen_vae(d, layout="original"), "text_encoders": [make_qwen25_vl(d)]}
     raise ValueError(family)
 
 
@@ -78,6 +82,10 @@ CASES = [
     ("dit", "original", "", {}),
     ("dit", "folder", "", {"tile": True}),
     ("dit", "diffusers", "", {"steps": 1}),
+    ("qwenimage", "diffusers", "", {}),
+    ("qwenimage", "diffusers", "", {"init": True, "denoise": 0.6}),
+    ("qwenimage", "diffusers", "", {"init": True, "mask": True, "width": 48}),
+    ("qwenimage", "diffusers", "", {"tile": True}),
 ]
 
 
@@ -127,6 +135,22 @@ def test_same_picture_on_both_engines(root, engines, family, layout, variant, op
     print(f"{family}-{layout}-{variant}: max |torch - mlx| = {diff * 255:.4f}/255")
     assert np.isfinite(b).all() and b.std() > 1e-3
     assert diff <= TOL
+
+
+@pytest.mark.parametrize("family,layout", [("qwenimage", "diffusers")])
+def test_batch_one_is_item_zero_of_batch_four(root, engines, family, layout):
+    """Each row of a batch is its own picture (seed + i): the batch of one is the batch of four's first, on both engines."""
+    import dataclasses
+
+    for eng in engines:
+        h = _load(eng, root, family, layout, "")
+        p = pipeline.GenerateParams(prompt="a red knight", negative="blurry", seed=11, steps=2, width=32, height=32)
+        one = pipeline.generate(eng, h, p)
+        four = pipeline.generate(eng, h, dataclasses.replace(p, batch_size=4))
+        diff = float(np.abs(one[0] - four[0]).max())
+        print(f"{family} {eng.name}: batch 1 vs item 0 of batch 4: {diff * 255:.4f}/255")
+        assert four.shape[0] == 4 and diff <= TOL
+        assert np.abs(four[0] - four[1]).max() > 0.01  # item i has seed + i
 
 
 def test_text_conditioning_matches_per_family(root, engines):

@@ -136,22 +136,4 @@ def test_torch_generation_matches_qwen_image_pipeline(files):
     ref = ref.view(b, hh // 2, ww // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, hh, ww)
     assert_close(ours, ref.numpy(), "latents")
 
-
-@pytest.mark.parametrize("kind", ["txt2img", "img2img", "cfg"])
-def test_torch_and_mlx_draw_the_same_image(files, kind):
-    """The same files on both engines: images within 2/255 (txt2img, img2img, true CFG with a negative prompt)."""
-    pytest.importorskip("mlx.core")
-    from spriteforge.pipeline import encode, generate
-
-    out = {}
-    for name in ("torch", "mlx"):
-        eng, h = _load(name, files)
-        extra = {}
-        if kind == "img2img":
-            extra = {"init_image": _image(3, (SIZE, SIZE)), "denoise": 0.6}
-        cfg = 4.0 if kind == "cfg" else 1.0
-        cond = encode(eng, h, "a knight", "blurry", with_negative=kind == "cfg")
-        out[name] = generate(eng, h, _params(cond, cfg=cfg, **extra))
-    diff = float(np.abs(out["mlx"] - out["torch"]).max())
-    print(f"{kind}: max |torch - mlx| {diff * 255:.3f}/255")
-    assert diff <= 2 / 255
+# torch vs MLX pictures (txt2img, img2img, inpainting, seamless, CFG): tests/test_mlx_families.py's cases

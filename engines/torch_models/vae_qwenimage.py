@@ -8,14 +8,34 @@ scaling is 1 and its shift 0. The MLX port (``engines/mlx_models/vae_qwenimage.p
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_qwenimage import AutoencoderKLQwenImage as _Frames
+from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
 
+def _own_spatial_padding(conv) -> None:
+    """A causal conv's spatial zero padding done by the ``Conv3d`` itself (the same numbers), so that seamless decoding
+    (``generation.circular``, which makes padded convolutions pad circularly) reaches it; the causal time padding
+    stays where diffusers puts it (``_padding``, applied before the convolution)."""
+    w, _, h, _, t, _ = conv._padding
+    conv._padding = (0, 0, 0, 0, t, 0)
+    conv.padding = (0, h, w)
+    conv._reversed_padding_repeated_twice = (w, w, h, h, 0, 0)
+
+
 class AutoencoderKLQwenImage(_Frames):
     """``encode(x)`` and ``decode(z)`` as ``AutoencoderKL``'s, on one frame, latents normalised."""
+
+    @functools.wraps(_Frames.__init__)  # diffusers reads the config's fields from this signature
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for m in self.modules():
+            if isinstance(m, QwenImageCausalConv3d):
+                _own_spatial_padding(m)
 
     def _stats(self, like):
         def col(v):
