@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from spriteforge.engines.base import ModelHandle
 
-FAMILY_BUILDERS = ("pixart", "sd3", "flux", "sana", "dit")
+FAMILY_BUILDERS = ("pixart", "sd3", "flux", "sana", "dit", "qwenimage")
 
 
 def tiny():
@@ -110,6 +110,9 @@ def inputs(family: str, model, seed: int = 0) -> dict:
         return dict(hidden_states=r(1, cfg.in_channels, 8, 8), encoder_hidden_states=r(1, 5, cfg.caption_channels), timestep=t)
     if family == "dit":
         return dict(hidden_states=r(1, cfg.in_channels, 8, 8), timestep=t, class_labels=torch.tensor([3]))
+    if family == "qwenimage":
+        return dict(hidden_states=r(1, 16, cfg.in_channels), encoder_hidden_states=r(1, 5, cfg.joint_attention_dim),
+                    timestep=t / 1000, img_shapes=[[(1, 4, 4)]])
     raise ValueError(family)
 
 

@@ -137,3 +137,60 @@ def test_torch_generation_matches_qwen_image_pipeline(files):
     assert_close(ours, ref.numpy(), "latents")
 
 # torch vs MLX pictures (txt2img, img2img, inpainting, seamless, CFG): tests/test_mlx_families.py's cases
+
+
+# --------------------------------------------------------------------------- LoRA
+# the layers a Qwen-Image LoRA trains (its attention on both streams, the image MLP, the text modulation)
+QWEN_LORA = ("transformer_blocks.0.attn.to_q", "transformer_blocks.1.attn.add_v_proj", "transformer_blocks.0.img_mlp.net.2",
+             "transformer_blocks.1.txt_mod.1")
+
+
+def _qwen_lora(tmp_path, fmt, h):
+    from spriteforge.tests.test_lora_torch import _shapes
+    from spriteforge.tests.test_lora_util import Writer
+
+    w = Writer(4)
+    shapes = _shapes(h.transformer)
+    for name in QWEN_LORA:
+        w.lora(fmt, name, shapes[name], rank=4, alpha=4.0)
+    return w.save(tmp_path / f"qwen_{fmt}.safetensors")
+
+
+@pytest.mark.parametrize("fmt", ["peft", "kohya"])
+def test_lora_gives_the_same_image_on_both_engines(files, tmp_path, fmt):
+    """A Qwen-Image LoRA in the formats Qwen-Image ships in (diffusers-peft ``transformer.transformer_blocks.N.attn.to_q``,
+    kohya ``lora_unet_transformer_blocks_N_...``) changes the picture, the same on torch and MLX (within 2/255)."""
+    pytest.importorskip("mlx.core")
+    from spriteforge.lora import LoRASpec, apply_loras
+    from spriteforge.pipeline import encode, generate
+
+    out = {}
+    for name in ("torch", "mlx"):
+        eng, h = _load(name, files)
+        cond = encode(eng, h, "a knight", with_negative=False)
+        base = generate(eng, h, _params(cond))
+        lh = apply_loras(h, [LoRASpec(_qwen_lora(tmp_path, fmt, _load("torch", files)[1]), 1.0)])
+        rec = lh.loras[-1]
+        assert rec.family == ("qwenimage",) and rec.matched == len(QWEN_LORA) and not rec.unmatched, rec.summary()
+        out[name] = generate(eng, lh, _params(cond))
+        assert np.abs(out[name] - base).max() > 2 / 255  # the LoRA does something
+    diff = float(np.abs(out["mlx"] - out["torch"]).max())
+    print(f"{fmt} LoRA: max |torch - mlx| {diff * 255:.3f}/255")
+    assert diff <= 2 / 255
+
+
+def test_a_lora_of_another_family_is_refused(files, tmp_path):
+    """LORA_KEY_MISMATCH both ways: a Qwen-Image LoRA on Flux, a Flux (original layout) LoRA on Qwen-Image."""
+    from spriteforge.errors import LORA_KEY_MISMATCH, SpriteForgeError
+    from spriteforge.lora import apply_loras
+    from spriteforge.tests import test_lora_util as U
+    from spriteforge.tests.test_lora_torch import _original_case
+
+    _, h = _load("torch", files)
+    with pytest.raises(SpriteForgeError) as e:
+        apply_loras(U.handle("flux"), [_qwen_lora(tmp_path, "peft", h)])
+    assert e.value.code == LORA_KEY_MISMATCH and "is for Qwen-Image; the loaded model is Flux" in e.value.message, e.value.message
+    _, _, flux_lora, _ = _original_case(tmp_path, "flux", "kohya")
+    with pytest.raises(SpriteForgeError) as e:
+        apply_loras(h, [flux_lora])
+    assert e.value.code == LORA_KEY_MISMATCH and "is for Flux; the loaded model is Qwen-Image" in e.value.message, e.value.message

@@ -786,4 +786,4 @@ def make_dit(root, layout: str = "diffusers", seed: int = 0) -> Path:
     return _single_file(root / f"dit-{layout}.safetensors", m, layout, dit_to_original)
 
 
-from spriteforge.tests.tiny_qwenimage import make_qwenimage  # noqa: E402,F401  (Qwen-Image: tests/tiny_qwenimage.py)
+from spriteforge.tests.tiny_qwenimage import build_qwenimage, make_qwenimage  # noqa: E402,F401  (Qwen-Image: tests/tiny_qwenimage.py)
