@@ -59,6 +59,47 @@ def test_vae_original_layout_is_the_released_files(shared_dir):
         assert all(keys[k].dim() == len(want[k]["shape"]) for k in want), name
 
 
+def _meta(name, shared_dir):
+    """A released file's tensors (its reference manifest) as meta tensors: names and shapes, no data."""
+    want = json.loads((shared_dir / "checkpoints" / f"{name}.json").read_text())["tensors"]
+    return {k: torch.empty(v["shape"], device="meta") for k, v in want.items()}
+
+
+def _fits(model, sd):
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert own == {k: tuple(v.shape) for k, v in sd.items()}
+
+
+@pytest.mark.parametrize("name", ["qwen-image.transformer.diffusers", "qwen-image.vae.original", "qwen-image.vae.diffusers",
+                                  "qwen2.5-vl-7b.text-encoder"])
+def test_the_released_files_fit_the_classes_the_engines_build(shared_dir, name):
+    """What detection reads from each released file's header builds the real class (on the meta device) whose every
+    tensor name and shape the file's (converted as the loaders convert it) fill exactly: the 20B transformer, the
+    VAE in both layouts, and Qwen2.5-VL-7B's language model (``visual.*`` and the untied ``lm_head`` left out)."""
+    from spriteforge.engines.model_files import vae_config_for
+    from spriteforge.engines.torch_models import convert
+    from spriteforge.engines.torch_models.building import build_empty, diffusers_class
+    from spriteforge.engines.torch_models.text_encoders import build_text_encoder
+    from spriteforge.engines.torch_models.vae import build_vae
+    from spriteforge.models.detect import detect_tensors
+    from spriteforge.models.safetensors_header import header_from_manifest
+
+    sd = _meta(name, shared_dir)
+    det = detect_tensors(header_from_manifest(json.loads((shared_dir / "checkpoints" / f"{name}.json").read_text())).tensors, name=name)
+    if det.kind == "transformer":
+        cls = diffusers_class(det.config["_class_name"])
+        model = build_empty(lambda: cls.from_config({k: v for k, v in det.config.items() if not k.startswith("_")}))
+        _fits(model, sd)
+    elif det.kind == "vae":
+        model = build_vae(vae_config_for(det, "qwenimage"))
+        _fits(model, convert.convert_vae(det.variant, sd, det.layout, det.config))
+    else:
+        assert det.variant == "qwen25_7b" and "recognised_as" not in det.extras
+        model = build_text_encoder(det.variant, det.config, "qwenimage")
+        assert type(model).__name__ == "Qwen2_5_VLTextModel"
+        _fits(model, convert.convert_text_encoder(det.variant, sd, set(model.state_dict())))
+
+
 @pytest.mark.parametrize("engine_name", ["torch", "mlx"])
 @pytest.mark.parametrize("layout", VAE_LAYOUTS)
 def test_vae_encodes_and_decodes_as_the_real_class(tmp_path, engine_name, layout):
@@ -101,10 +142,12 @@ def _params(cond, **kw):
                           height=SIZE, cond=cond, **kw)
 
 
-def test_torch_generation_matches_qwen_image_pipeline(files):
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+def test_torch_generation_matches_qwen_image_pipeline(files, cfg):
     """Our prompt encoding (template, dropped tokens, the language model's last hidden state) and loop (packing,
-    img_shapes, timestep = sigma) against diffusers' QwenImagePipeline with the real Qwen2_5_VLForConditionalGeneration
-    (vision tower and mrope included), the same tiny weights, noise and sigmas."""
+    img_shapes, timestep = sigma, true CFG with the pipeline's norm rescale) against diffusers' QwenImagePipeline with
+    the real Qwen2_5_VLForConditionalGeneration (vision tower and mrope included), the same tiny weights, noise and
+    sigmas; with CFG the negative prompt is shorter than the prompt (our batch pads it, the pipeline runs it alone)."""
     import diffusers
     import transformers
     from safetensors.torch import load_file
@@ -114,8 +157,9 @@ def test_torch_generation_matches_qwen_image_pipeline(files):
     from spriteforge.tests.tiny_qwenimage import build_qwen25_vl, qwen25_vl_legacy_names
 
     eng, h = _load("torch", files)
-    cond = encode(eng, h, "a knight", with_negative=False)
-    ours = np.asarray(sample(eng, h, _params(cond)).latents)
+    prompt, negative = "a red knight with a shield", "blurry"
+    cond = encode(eng, h, prompt, negative, with_negative=cfg > 1)
+    ours = np.asarray(sample(eng, h, _params(cond, cfg=cfg)).latents)
     te_path = files[2]
     tok = transformers.AutoTokenizer.from_pretrained(str(te_path.parent / f"{te_path.stem}_tokenizer"), local_files_only=True)
     sd = load_file(str(te_path))
@@ -129,12 +173,13 @@ def test_torch_generation_matches_qwen_image_pipeline(files):
     b, c, hh, ww = noise.shape
     packed = noise.view(b, c, hh // 2, 2, ww // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (hh // 2) * (ww // 2), c * 4)
     with torch.no_grad():
-        emb, _ = pipe.encode_prompt("a knight", device=torch.device("cpu"))
-        ref = pipe(prompt="a knight", true_cfg_scale=1.0, num_inference_steps=STEPS, sigmas=list(sigmas[:-1]), latents=packed,
-                   height=SIZE, width=SIZE, output_type="latent", return_dict=False)[0]
+        emb, _ = pipe.encode_prompt(prompt, device=torch.device("cpu"))
+        ref = pipe(prompt=prompt, negative_prompt=negative if cfg > 1 else None, true_cfg_scale=cfg, num_inference_steps=STEPS,
+                   sigmas=list(sigmas[:-1]), latents=packed, height=SIZE, width=SIZE, output_type="latent", return_dict=False)[0]
     assert_close(eng.to_numpy(cond.embeds), emb.numpy(), "prompt embeds")
     ref = ref.view(b, hh // 2, ww // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, hh, ww)
-    assert_close(ours, ref.numpy(), "latents")
+    assert_close(ours, ref.numpy(), f"latents (cfg {cfg})")
+
 
 # torch vs MLX pictures (txt2img, img2img, inpainting, seamless, CFG): tests/test_mlx_families.py's cases
 

@@ -265,6 +265,11 @@ class Family:
         """A class-conditional family's class count (the null class, its unconditional input, is this number)."""
         raise NotImplementedError
 
+    def guide(self, ops, uncond, cond, scale: float):
+        """Classifier-free guidance on the network's outputs ``uncond`` / ``cond`` [N,C,h,w] (engine arrays, ``ops``
+        their operations): ``uncond + scale (cond - uncond)`` unless the family's pipeline combines them otherwise."""
+        return uncond + (cond - uncond) * scale
+
     def sampling_defaults(self, variant: str | None) -> dict:
         """CFG scale, steps, sampler and schedule for ``variant``."""
         d = dict(self.defaults)

@@ -66,6 +66,18 @@ class QwenImage(Family):
     def mu_args(self, sched: dict) -> dict:
         return _mu_args(sched)
 
+    def guide(self, ops, uncond, cond, scale):
+        """QwenImagePipeline's true CFG: the guided prediction rescaled, token by token (a 2x2 patch of latent
+        channels), to the norm of the conditional one."""
+        comb = uncond + (cond - uncond) * scale
+        b, c, h, w = cond.shape
+        tokens = (b, c, h // 2, 2, w // 2, 2)
+
+        def norm(x):
+            return ops.sqrt(ops.sum_keep(ops.reshape(x * x, tokens), (1, 3, 5)))
+
+        return ops.reshape(ops.reshape(comb, tokens) * (norm(cond) / norm(comb)), (b, c, h, w))
+
     # ------------------------------------------------------------------ prompts and the model call
     def encode(self, te, prompts, cond, *, max_length=None, **_):
         """The last hidden state of the prompts in the pipeline's template, the template's first tokens dropped
