@@ -139,13 +139,16 @@ def original_prefix(rules, prefix: str) -> str:
 
 
 def gemma_model_keys(sd: dict) -> dict:
-    """A Gemma 2 state dict under ``Gemma2Model``'s names: the ``model.`` prefix of a ``Gemma2ForCausalLM``
-    file stripped, its ``lm_head`` dropped (a text encoder has no use for it)."""
+    """A decoder LM's state dict under its base model's names (``Gemma2Model``, ``Qwen3Model``, Qwen2.5-VL's language
+    model): the ``model.`` (and a vision-language model's ``language_model.``) prefix stripped, the ``lm_head`` and a
+    vision tower (``visual.*``) dropped (a text encoder has no use for them)."""
     out = {}
     for k, v in sd.items():
+        k = k[len("model."):] if k.startswith("model.") else k
+        k = k[len("language_model."):] if k.startswith("language_model.") else k  # a vision-language model (transformers 5)
         if k.startswith(("lm_head.", "visual.")):  # (Qwen2.5-VL's vision tower: prompts are text)
             continue
-        out[k[len("model."):] if k.startswith("model.") else k] = v
+        out[k] = v
     return out
 
 

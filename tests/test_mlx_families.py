@@ -86,6 +86,7 @@ CASES = [
     ("qwenimage", "diffusers", "", {"init": True, "denoise": 0.6}),
     ("qwenimage", "diffusers", "", {"init": True, "mask": True, "width": 48}),
     ("qwenimage", "diffusers", "", {"tile": True}),
+    ("qwenimage", "folder", "", {"width": 32, "height": 48}),
 ]
 
 

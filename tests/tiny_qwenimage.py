@@ -151,7 +151,9 @@ def build_qwenimage(seed: int = 0):
 
 def make_qwenimage(root, layout: str = "diffusers", seed: int = 0) -> Path:
     """``layout="diffusers"``: ``qwen_image_bf16.safetensors`` as ComfyUI users hold it (diffusers names, no prefix;
-    Qwen-Image has no other single-file layout)."""
+    Qwen-Image has no other single-file layout); ``"folder"``: :func:`make_qwenimage_folder`."""
+    if layout == "folder":
+        return make_qwenimage_folder(root, seed)
     if layout != "diffusers":
         raise ValueError(f"Qwen-Image ships no {layout!r} layout")
     from spriteforge.tests.tiny_models import _save_file
@@ -160,3 +162,28 @@ def make_qwenimage(root, layout: str = "diffusers", seed: int = 0) -> Path:
     if not path.exists():
         _save_file(build_qwenimage(seed).state_dict(), path)
     return path
+
+
+def make_qwenimage_folder(root, seed: int = 0) -> Path:
+    """A complete diffusers ``QwenImagePipeline`` folder (as Qwen/Qwen-Image is laid out): transformer/, vae/,
+    text_encoder/ (``Qwen2_5_VLForConditionalGeneration``, vision tower included), tokenizer/, scheduler/ (the
+    release's scheduler config)."""
+    import diffusers
+    import transformers
+
+    from spriteforge.models import configs
+    from spriteforge.tests.tiny_models import _done, _write_pipeline
+    from spriteforge.tests.tiny_qwen import make_qwen_tokenizer, tokenizer_size
+
+    root = Path(root)
+    d = root / "Qwen-Image-tiny"
+    if _done(d):
+        return d
+    tok_dir = make_qwen_tokenizer(root)
+    sched = configs.load("qwen-image")["scheduler"]
+    sched.pop("_class_name")
+    return _write_pipeline(d, "QwenImagePipeline", {
+        "transformer": build_qwenimage(seed), "vae": build_qwen_vae(seed + 1),
+        "text_encoder": build_qwen25_vl(seed + 2, tokenizer_size(root)),
+        "tokenizer": transformers.Qwen2Tokenizer.from_pretrained(str(tok_dir), local_files_only=True),
+        "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_config(sched)})

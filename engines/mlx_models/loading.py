@@ -435,6 +435,7 @@ def _folder_te(folder: Path, key: str, tdt, family, archs=None):
 
     archs = archs if archs is not None else (folder_config(folder).get("architectures") or [])
     conf = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True).to_dict()
+    conf = conf.get("text_config") or conf  # a vision-language model (Qwen2.5-VL): its language model's config
     with _folder_weights(folder) as sd:
         return _text_encoder(key, conf, sd, tdt, family, archs)
 
