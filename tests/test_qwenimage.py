@@ -239,3 +239,19 @@ def test_a_lora_of_another_family_is_refused(files, tmp_path):
     with pytest.raises(SpriteForgeError) as e:
         apply_loras(h, [flux_lora])
     assert e.value.code == LORA_KEY_MISMATCH and "is for Flux; the loaded model is Qwen-Image" in e.value.message, e.value.message
+
+
+def test_the_shift_follows_the_image_size_on_the_release_s_line():
+    """QwenImagePipeline's mu = calculate_shift(image tokens, ...) with its scheduler's numbers (base 256 tokens ->
+    0.5, 8192 tokens -> 0.9; Flux's line ends at 4096 -> 1.15), read from the release's scheduler config."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
+
+    from spriteforge.generation.sizes import model_schedule
+    from spriteforge.models import configs
+
+    sched = configs.load("qwen-image")["scheduler"]
+    h = ModelHandle(family="qwenimage", variant="20B", engine=None, transformer=None, prediction="flow", extras={"scheduler": sched})
+    for w, hh in ((1024, 1024), (1328, 1328), (512, 768)):
+        want = calculate_shift((w // 16) * (hh // 16), sched["base_image_seq_len"], sched["max_image_seq_len"], sched["base_shift"],
+                               sched["max_shift"])
+        assert model_schedule(h, w, hh).mu == pytest.approx(want, rel=1e-12)
