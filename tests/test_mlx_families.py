@@ -155,10 +155,11 @@ def test_batch_one_is_item_zero_of_batch_four(root, engines, family, layout):
 
 
 def test_text_conditioning_matches_per_family(root, engines):
-    """Sana with the complex human instruction, SD3 with its zero T5 and padding, Flux's pooled CLIP + T5."""
+    """Sana with the complex human instruction, SD3 with its zero T5 and padding, Flux's pooled CLIP + T5, Qwen-Image's
+    Qwen2.5-VL language model (template dropped, padding zeroed)."""
     te, me = engines
     for family, layout, opts in (("sana", "folder", {"complex_human_instruction": True}), ("sd3", "original", {}),
-                                 ("flux", "original", {}), ("pixart", "original", {})):
+                                 ("flux", "original", {}), ("pixart", "original", {}), ("qwenimage", "diffusers", {})):
         variant = {"sd3": "sd3.5-medium", "flux": "dev", "pixart": "sigma"}.get(family, "")
         ht = _load(te, root, family, layout, variant)
         hm = _load(me, root, family, layout, variant)
