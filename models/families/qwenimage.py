@@ -44,6 +44,7 @@ class QwenImage(Family):
     lora_names = (r"(^|_)transformer_blocks_\d+_(img_mod|txt_mod|img_mlp|txt_mlp)(_|$)", "img_mod/txt_mlp block names")
     lora_max_blocks = 60
     lora_metadata = ("qwen-image", "qwen_image", "qwenimage")
+    widget_labels = {"text_encoder_1": "Qwen2.5-VL-7B text encoder (qwen_2.5_vl_7b.safetensors)"}
 
     def detect(self, t, original):
         width, in_ch = t["img_in.weight"].shape
