@@ -131,7 +131,7 @@ def test_a_new_family_s_lora_names_are_read(tmp_path, toy):
     from spriteforge.lora import detect_family
 
     assert detect_family(["toy_blocks_0_w"]).candidates == ["toy"]
-    assert detect_family(["transformer_blocks_0_attn_add_q_proj"]).candidates == ["flux", "toy", "sd3"]
+    assert detect_family(["transformer_blocks_0_attn_add_q_proj"]).candidates == ["flux", "toy", "sd3", "qwenimage"]
     z = np.zeros((4, 8), np.float32)
     save_file({"lora_unet_toy_blocks_0_w.lora_down.weight": z, "lora_unet_toy_blocks_0_w.lora_up.weight": z.T.copy()},
               str(tmp_path / "toy-lora.safetensors"))

@@ -233,8 +233,9 @@ DETECT = [
     (["double_blocks_0_img_attn_qkv"], ["flux"]),
     (["single_transformer_blocks_3_attn_to_q", "transformer_blocks_0_attn_to_q"], ["flux"]),
     (["joint_blocks_0_x_block_attn_qkv"], ["sd3"]),
-    (["transformer_blocks_23_attn_add_q_proj"], ["sd3"]),
-    (["transformer_blocks_0_attn_add_q_proj"], ["flux", "sd3"]),
+    (["transformer_blocks_23_attn_add_q_proj"], ["sd3", "qwenimage"]),  # past Flux's 19 blocks
+    (["transformer_blocks_0_attn_add_q_proj"], ["flux", "sd3", "qwenimage"]),
+    (["transformer_blocks_59_attn_to_add_out"], ["qwenimage"]),  # past SD3.5 large's 38
     (["transformer_blocks_0_attn2_to_q", "transformer_blocks_0_attn_to_q"], ["sd3"]),
     (["transformer_blocks_0_ff_conv_inverted"], ["sana"]),
     (["adaln_single_linear"], ["pixart"]),
@@ -258,7 +259,7 @@ def test_family_detection(names, want):
 
 def test_width_and_metadata_settle_ambiguity():
     names = ["transformer_blocks_0_attn_to_q", "transformer_blocks_0_attn_add_q_proj"]
-    assert detect_family(names, widths={"transformer_blocks_0_attn_to_q": 3072}).candidates == ["flux"]
+    assert detect_family(names, widths={"transformer_blocks_0_attn_to_q": 3072}).candidates == ["flux", "qwenimage"]  # both 3072 wide
     assert detect_family(names, metadata={"ss_base_model_version": "sd3"}).candidates[0] == "sd3"
 
 

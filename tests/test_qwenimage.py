@@ -284,3 +284,20 @@ def test_the_shift_follows_the_image_size_on_the_release_s_line():
         want = calculate_shift((w // 16) * (hh // 16), sched["base_image_seq_len"], sched["max_image_seq_len"], sched["base_shift"],
                                sched["max_shift"])
         assert model_schedule(h, w, hh).mu == pytest.approx(want, rel=1e-12)
+
+
+def test_an_attention_only_lora_applies(files, tmp_path):
+    """A Qwen-Image LoRA on its joint attention only (the names Flux and SD3 share): a candidate family, applied."""
+    from spriteforge.lora import apply_loras
+    from spriteforge.tests.test_lora_torch import _shapes
+    from spriteforge.tests.test_lora_util import Writer
+
+    _, h = _load("torch", files)
+    w = Writer(5)
+    shapes = _shapes(h.transformer)
+    layers = ("transformer_blocks.0.attn.to_q", "transformer_blocks.1.attn.add_k_proj", "transformer_blocks.1.attn.to_out.0",
+              "transformer_blocks.0.attn.to_add_out")
+    for name in layers:
+        w.lora("peft", name, shapes[name], rank=4, alpha=4.0)
+    rec = apply_loras(h, [w.save(tmp_path / "qwen_attn.safetensors")]).loras[-1]
+    assert "qwenimage" in rec.family and rec.matched == len(layers) and not rec.unmatched, rec.summary()

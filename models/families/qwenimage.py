@@ -42,7 +42,10 @@ class QwenImage(Family):
     mlx_port = "qwenimage"
     # (the Qwen-Image transformer's own block names: img_mod / txt_mod modulation, img_mlp / txt_mlp feed-forwards)
     lora_names = (r"(^|_)transformer_blocks_\d+_(img_mod|txt_mod|img_mlp|txt_mlp)(_|$)", "img_mod/txt_mlp block names")
+    lora_shared = ("joint",)  # an attention-only LoRA (to_q, add_k_proj, to_add_out) has Flux's and SD3's names
+    lora_rank = 30  # after Flux and SD3
     lora_max_blocks = 60
+    lora_widths = (3072,)
     lora_metadata = ("qwen-image", "qwen_image", "qwenimage")
     widget_labels = {"text_encoder_1": "Qwen2.5-VL-7B text encoder (qwen_2.5_vl_7b.safetensors)"}
 
