@@ -301,3 +301,27 @@ def test_an_attention_only_lora_applies(files, tmp_path):
         w.lora("peft", name, shapes[name], rank=4, alpha=4.0)
     rec = apply_loras(h, [w.save(tmp_path / "qwen_attn.safetensors")]).loras[-1]
     assert "qwenimage" in rec.family and rec.matched == len(layers) and not rec.unmatched, rec.summary()
+
+
+@pytest.mark.parametrize("engine_name", ["torch", "mlx"])
+def test_a_layered_release_is_refused_by_name(files, tmp_path, engine_name):
+    """Qwen-Image-Layered's transformer (the same blocks plus a layer-condition embedding) is not drawn with: a coded
+    UNSUPPORTED_ARCHITECTURE naming what to load, not an engine failure."""
+    if engine_name == "mlx":
+        pytest.importorskip("mlx.core")
+    from diffusers import QwenImageTransformer2DModel
+
+    from spriteforge.errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+    from spriteforge.pipeline import encode, generate
+    from spriteforge.tests.tiny_models import _randomize, _save_file
+    from spriteforge.tests.tiny_qwenimage import QWEN25_DIM
+
+    tr = _randomize(QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=1, attention_head_dim=16,
+                                                num_attention_heads=2, joint_attention_dim=QWEN25_DIM, axes_dims_rope=(4, 6, 6),
+                                                use_additional_t_cond=True), 0)
+    path = _save_file(tr.state_dict(), tmp_path / "qwen_image_layered.safetensors")
+    eng = get_engine(engine_name, "cpu")
+    with pytest.raises(SpriteForgeError) as e:
+        h = eng.load_model(str(path), vae=str(files[1]), text_encoders=[str(files[2])], dtype="float32")
+        generate(eng, h, _params(encode(eng, h, "a knight", with_negative=False)))
+    assert e.value.code == UNSUPPORTED_ARCHITECTURE and "Layered" in e.value.message, e.value.message

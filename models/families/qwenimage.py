@@ -8,6 +8,7 @@ for the rotary positions; the timestep is sigma.
 
 from __future__ import annotations
 
+from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ..detection import count
 from .base import Family, TextEncoder
 
@@ -93,6 +94,9 @@ class QwenImage(Family):
 
     def forward(self, den, x, t, cond):
         """On 2x2-packed latent tokens; ``img_shapes`` (one frame, the token grid) place the rotary positions."""
+        if den.config.get("use_additional_t_cond"):  # (an embedding only Qwen-Image-Layered's transformer has)
+            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, "this Qwen-Image transformer is a Layered release (it embeds a "
+                                   "layer condition): SpriteForge draws with Qwen-Image and Qwen-Image-2512. Load one of those.")
         b, _, h, w = x.shape
         out = den.run(hidden_states=den.pack(x), encoder_hidden_states=cond["embeds"], encoder_hidden_states_mask=cond.get("mask"),
                       timestep=t, img_shapes=[[(1, h // 2, w // 2)]] * b)
