@@ -33,7 +33,7 @@ def register(subparsers) -> None:
                    help="weight dtype in the cache (auto: as the source stores each tensor, bit-identical loads)")
     p.add_argument("--vae", help="VAE file (path or a name in the vae folder) when the model has none")
     p.add_argument("--text-encoder", action="append", default=[], metavar="PATH",
-                   help="text encoder file (repeat for several: CLIP-L, CLIP-G, T5 / Gemma-2)")
+                   help="text encoder file (repeat for several: CLIP-L, CLIP-G, T5 / Gemma-2 / Qwen2.5-VL-7B)")
     p.add_argument("--models", metavar="DIR", help="models root laid out like ComfyUI's models/ (for names)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)

@@ -214,8 +214,8 @@ class Denoiser:
                 if self.rescale > 0.0:  # rescaled in v-space, from the two denoised estimates
                     x0 = cfg_rescale(self._x0(xt, oc, sigma), self._x0(xt, ou, sigma), self.cfg, self.rescale, x=xt,
                                      sigma=sigma, flow=self.flow, ops=self.ops)
-                else:  # CFG on the network output: the same as on x0 (to_x0 is affine in it)
-                    x0 = self._x0(xt, ou + (oc - ou) * self.cfg, sigma)
+                else:  # CFG on the network output, as the family combines it (plain CFG: the same as on x0, to_x0 is affine)
+                    x0 = self._x0(xt, self.family.guide(self.ops, ou, oc, self.cfg), sigma)
             else:
                 x0 = self._x0(xt, self.ops.f32(self._forward(self._cast(inp, self.dtype), self._full(b, t, tdt), c)), sigma)
             if self.threshold > 0.0:

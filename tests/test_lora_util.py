@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from spriteforge.engines.base import ModelHandle
 
-FAMILY_BUILDERS = ("pixart", "sd3", "flux", "sana", "dit", "zimage", "flux2")
+FAMILY_BUILDERS = ("pixart", "sd3", "flux", "sana", "dit", "zimage", "flux2", "qwenimage")
 
 
 def tiny():
@@ -123,6 +123,9 @@ def inputs(family: str, model, seed: int = 0) -> dict:
         if cfg.guidance_embeds:
             kw["guidance"] = torch.tensor([4.0])
         return kw
+    if family == "qwenimage":
+        return dict(hidden_states=r(1, 16, cfg.in_channels), encoder_hidden_states=r(1, 5, cfg.joint_attention_dim),
+                    timestep=t / 1000, img_shapes=[[(1, 4, 4)]])
     raise ValueError(family)
 
 

@@ -64,6 +64,10 @@ def _parts(root: Path, family: str) -> dict:
 
         return {"vae": tiny_flux2.make_flux2_vae(d, layout="original", name="flux2-vae.safetensors"),
                 "text_encoders": [tiny_flux2.make_flux2_text_encoder(d / "flux2")]}
+    if family == "qwenimage":  # ComfyUI's files: qwen_image_vae (Wan-2.1 layout), qwen_2.5_vl_7b (legacy names)
+        from spriteforge.tests.tiny_qwenimage import make_qwen25_vl, make_qwen_vae
+
+        return {"vae": make_qwen_vae(d, layout="original"), "text_encoders": [make_qwen25_vl(d)]}
     raise ValueError(family)
 
 
@@ -94,6 +98,11 @@ CASES = [
     ("flux2", "original", "dev", {"init": True, "denoise": 0.6}),
     ("flux2", "folder", "klein", {"init": True, "mask": True}),
     ("flux2", "diffusers", "klein", {"tile": True, "width": 64, "height": 48}),
+    ("qwenimage", "diffusers", "", {}),
+    ("qwenimage", "diffusers", "", {"init": True, "denoise": 0.6}),
+    ("qwenimage", "diffusers", "", {"init": True, "mask": True, "width": 48}),
+    ("qwenimage", "diffusers", "", {"tile": True}),
+    ("qwenimage", "folder", "", {"width": 32, "height": 48}),
 ]
 
 
@@ -168,13 +177,30 @@ def test_same_picture_on_both_engines(root, engines, family, layout, variant, op
     assert diff <= TOL
 
 
+@pytest.mark.parametrize("family,layout", [("qwenimage", "diffusers")])
+def test_batch_one_is_item_zero_of_batch_four(root, engines, family, layout):
+    """Each row of a batch is its own picture (seed + i): the batch of one is the batch of four's first, on both engines."""
+    import dataclasses
+
+    for eng in engines:
+        h = _load(eng, root, family, layout, "")
+        p = pipeline.GenerateParams(prompt="a red knight", negative="blurry", seed=11, steps=2, width=32, height=32)
+        one = pipeline.generate(eng, h, p)
+        four = pipeline.generate(eng, h, dataclasses.replace(p, batch_size=4))
+        diff = float(np.abs(one[0] - four[0]).max())
+        print(f"{family} {eng.name}: batch 1 vs item 0 of batch 4: {diff * 255:.4f}/255")
+        assert four.shape[0] == 4 and diff <= TOL
+        assert np.abs(four[0] - four[1]).max() > 0.01  # item i has seed + i
+
+
 def test_text_conditioning_matches_per_family(root, engines):
     """Sana with the complex human instruction, SD3 with its zero T5 and padding, Flux's pooled CLIP + T5, Z-Image's
-    Qwen3 hidden states (prompts of different lengths: the mask says which tokens are real)."""
+    Qwen3 hidden states (prompts of different lengths: the mask says which tokens are real), Qwen-Image's Qwen2.5-VL
+    language model (template dropped, padding zeroed)."""
     te, me = engines
     for family, layout, opts in (("sana", "folder", {"complex_human_instruction": True}), ("sd3", "original", {}),
                                  ("flux", "original", {}), ("pixart", "original", {}), ("zimage", "original", {}),
-                                 ("flux2", "original", {})):
+                                 ("flux2", "original", {}), ("qwenimage", "diffusers", {})):
         variant = {"sd3": "sd3.5-medium", "flux": "dev", "pixart": "sigma", "flux2": "dev"}.get(family, "")
         ht = _load(te, root, family, layout, variant)
         hm = _load(me, root, family, layout, variant)

@@ -143,7 +143,7 @@ def test_z_image_checkpoint_with_its_text_encoder_needs_only_a_vae(shared_dir, t
                                             "needs:      vae, qwen3_4b", "dtype:      bfloat16"]),
     ("krea2.transformer.original", ["family:     krea2", "dtypes:     bfloat16 12.50B, float32 321.57M",
                                     "recognised: Krea 2 (raw or turbo: same layout)", "parameters: 12.82B"]),
-    ("qwen-image.transformer.diffusers", ["family:     qwenimage", "needs:      vae, qwen25_7b", "recognised: Qwen-Image 20B"]),
+    ("qwen-image.transformer.diffusers", ["family:     qwenimage", "variant:    20B", "needs:      vae, qwen25_7b"]),  # runnable
     ("qwen3-4b.text-encoder", ["kind:       text_encoder (hf layout)", "variant:    qwen3_4b",
                                "lm_head:    tied (no lm_head.weight"]),
     ("qwen3-8b.text-encoder", ["variant:    qwen3_8b", "lm_head:    untied (lm_head.weight stored)"]),
@@ -152,7 +152,7 @@ def test_z_image_checkpoint_with_its_text_encoder_needs_only_a_vae(shared_dir, t
     ("flux2-vae.original", ["kind:       vae (original layout)", "variant:    flux2", "dtypes:     float32 84.05M, int64 1",
                             "batch_norm: bn.running_mean/var [128], num_batches_tracked int64"]),
     ("flux2-vae.diffusers", ["kind:       vae (diffusers layout)", "variant:    flux2", "num_batches_tracked int64"]),
-    ("qwen-image.vae.original", ["kind:       vae (original layout)", "variant:    qwen-image", "recognised: the Qwen-Image VAE"]),
+    ("qwen-image.vae.original", ["kind:       vae (original layout)", "variant:    qwen-image"]),  # loaded: no refusal
 ])
 def test_inspect_text(shared_dir, tmp_path, capsys, name, lines):
     path = _fake_file(tmp_path / f"{name}.safetensors", _manifest(shared_dir, name)["tensors"])
@@ -176,8 +176,8 @@ def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsy
 
 def test_recognised_families_are_not_the_runnable_ones():
     known = {f.name: f for f in registry.recognised()}
-    assert {n for n, f in known.items() if not f.generation} == {"qwenimage", "krea2"}
-    assert not set(registry.names()) & {"qwenimage", "krea2"} and {"zimage", "flux2"} <= set(registry.names())
+    assert {n for n, f in known.items() if not f.generation} == {"krea2"}
+    assert "krea2" not in registry.names() and {"zimage", "flux2", "qwenimage"} <= set(registry.names())
     from spriteforge.engines.model_files import TRANSFORMER_CLASSES
 
     assert set(TRANSFORMER_CLASSES) == set(registry.names())  # the engines never see them
@@ -215,15 +215,14 @@ def test_load_model_refuses_a_recognised_only_family(models_root):
     assert _refusal(e, "Krea 2 (raw or turbo: same layout)").startswith("krea2_turbo_bf16.safetensors ")
 
 
-def test_their_text_encoders_and_vaes_are_refused_by_name_until_a_family_runs_them(shared_dir, tmp_path):
+def test_their_text_encoders_and_vaes_load_once_a_family_runs_them(shared_dir, tmp_path):
+    """Once refused by name while their families were recognised only; Z-Image, FLUX.2 and Qwen-Image run them now."""
     from spriteforge.engines import model_files
     from spriteforge.models.safetensors_header import header_from_manifest
 
     te = header_from_manifest(_manifest(shared_dir, "qwen2.5-vl-7b.text-encoder")).tensors
-    with pytest.raises(SpriteForgeError) as e:
-        model_files.text_encoder_in(te, "qwen_2.5_vl_7b.safetensors", None)
-    _refusal(e, "the Qwen2.5-VL-7B text encoder (Qwen-Image, Qwen-Image-Edit)", "does not load it yet")
-    # Qwen3-4B, once refused the same way, loads now that Z-Image runs with it
+    det, _ = model_files.text_encoder_in(te, "qwen_2.5_vl_7b.safetensors", None)
+    assert det.variant == "qwen25_7b" and "recognised_as" not in det.extras
     qwen3 = header_from_manifest(_manifest(shared_dir, "qwen3-4b.text-encoder")).tensors
     det, prefix = model_files.text_encoder_in(qwen3, "qwen_3_4b.safetensors", None)
     assert (det.variant, prefix, det.config["rope_theta"], det.config["head_dim"]) == ("qwen3_4b", "", 1000000, 128)

@@ -792,3 +792,4 @@ def make_flux2(root, **kw) -> Path:  # FLUX.2's tiny real-format models live in 
     from spriteforge.tests.tiny_flux2 import make_flux2 as make
 
     return make(root, **kw)
+from spriteforge.tests.tiny_qwenimage import build_qwenimage, make_qwenimage  # noqa: E402,F401  (Qwen-Image: tests/tiny_qwenimage.py)

@@ -33,6 +33,7 @@ import numpy as np
 
 from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...log import get_logger
+from ...models import keymaps
 from ...models.families import registry
 from ...models.families.base import TEXT_ENCODER_PORTS, VAE_PORTS
 from ..base import ModelHandle
@@ -67,6 +68,7 @@ PORTS = {
     "vae": ("vae", "AutoencoderKL"),
     "vae_flux2": ("vae", "AutoencoderKLFlux2"),
     "dcae": ("dcae", "AutoencoderDC"),
+    "vae_qwenimage": ("vae_qwenimage", "AutoencoderKLQwenImage"),
     "t5": ("t5", "T5EncoderModel"),
     "clip": ("clip", "CLIPTextModel"),
     "gemma": ("gemma", "Gemma2Model"),
@@ -352,8 +354,8 @@ def _text_encoder(key: str, conf_dict: dict, sd: dict, tdt, family, archs=()):
     from ..torch_models import convert
     from ..torch_models.text_encoders import is_decoder
 
-    if is_decoder(key):  # the port's own map_weights takes a ...ForCausalLM state dict as it is
-        return build(TE_PORT[key], conf_dict, sd, tdt, f"{key} text encoder")
+    if is_decoder(key):  # the port's own map_weights takes a ...ForCausalLM state dict as it is (head, vision tower unread)
+        return build(TE_PORT[key], conf_dict, {k: v for k, v in sd.items() if not keymaps.decoder_unused(k)}, tdt, f"{key} text encoder")
     with_proj = key in ("clip_l", "clip_g") and clip_with_projection(key, family, archs)
     expected = _te_expected_keys(key, conf_dict, with_proj)
     out = convert.convert_text_encoder(key if key in ("clip_l", "clip_g", "t5", "gemma") else key, sd, expected)
@@ -435,6 +437,7 @@ def _folder_te(folder: Path, key: str, tdt, family, archs=None):
 
     archs = archs if archs is not None else (folder_config(folder).get("architectures") or [])
     conf = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True).to_dict()
+    conf = conf.get("text_config") or conf  # a vision-language model (Qwen2.5-VL): its language model's config
     with _folder_weights(folder) as sd:
         return _text_encoder(key, conf, sd, tdt, family, archs)
 

@@ -20,6 +20,8 @@ CLASS_MODULES = {
     "AutoencoderKL": "diffusers.models.autoencoders.autoencoder_kl",
     "AutoencoderDC": "diffusers.models.autoencoders.autoencoder_dc",
     "AutoencoderKLFlux2": f"{__package__}.vae",  # diffusers' class, its encode/decode speaking the sampled latents
+    # the real class on single frames (4-D images and latents, latents normalised): our subclass of the same name
+    "AutoencoderKLQwenImage": f"{__package__}.vae_qwenimage",
 }
 
 

@@ -270,12 +270,12 @@ def make_denoiser(engine, handle, cond, uncond=None, *, cfg: float = 1.0, **opts
 # --------------------------------------------------------------------------- VAE
 @contextlib.contextmanager
 def circular(module, on: bool):
-    """Temporarily make every padded Conv2d of ``module`` pad circularly (seamless tiling)."""
+    """Temporarily make every padded Conv2d (and Conv3d: the Qwen-Image VAE's) of ``module`` pad circularly (seamless tiling)."""
     torch = _torch()
     changed = []
     if on and module is not None:
         for m in module.modules():
-            if isinstance(m, torch.nn.Conv2d) and m.padding_mode != "circular" and any(p > 0 for p in _pads(m)):
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and m.padding_mode != "circular" and any(p > 0 for p in _pads(m)):
                 changed.append((m, m.padding_mode))
                 m.padding_mode = "circular"
     try:
