@@ -1,0 +1,97 @@
+"""GGUF files read without a framework: the tensor table and metadata, through the ``gguf`` package.
+
+A GGUF file (llama.cpp's format, city96's ComfyUI-GGUF files) holds key/value metadata, a tensor table
+(name, GGML type, dims, offset) and the tensor data, quantized per block of a row. Its tensor names are
+the ones of the safetensors file it was made from (city96 keeps the original layout's names), so the
+:class:`~.safetensors_header.Header` made here goes through the same detection and key maps.
+
+Two things differ from safetensors and are undone here:
+
+* dims are stored fastest-first (``ne[0]`` is the last torch dim): the shapes are reversed;
+* ComfyUI-GGUF's converter stores some tensors flattened to rows of 256 (``comfy.gguf.orig_shape.<name>``
+  holds the real shape): the real shape is the tensor's shape here.
+
+Each :class:`~.safetensors_header.TensorInfo` has ``dtype`` ``float32``/``float16``/``bfloat16`` for the
+plain types and the lower-case GGML type name (``q4_k``, ``iq4_xs``...) for the quantized ones, and
+``offsets`` absolute in the file. The block formats themselves are the ``gguf`` package's
+(``gguf.quants.dequantize``); nothing here decodes a block.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+
+MAGIC = b"GGUF"
+# GGML types that are plain floats: their canonical dtype names
+PLAIN = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+# the quantized types SpriteForge computes with (dequantized by the gguf package); any other is refused by name
+SUPPORTED = ("Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q5_1", "Q4_K", "Q4_0", "Q4_1", "IQ4_NL", "IQ4_XS",
+             "Q3_K", "Q2_K")
+QUANT_DTYPES = frozenset(t.lower() for t in SUPPORTED)
+
+
+def is_gguf(head: bytes) -> bool:
+    return head[:4] == MAGIC
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:  # pragma: no cover - a dependency of the pack
+        raise SpriteForgeError(BAD_INPUT, "reading a GGUF file needs the gguf package. Install SpriteForge's "
+                               "requirements (pip install gguf).") from None
+    return gguf
+
+
+def _field_value(field):
+    try:
+        value = field.contents()
+    except Exception:  # noqa: BLE001 - a field the reader cannot turn into a value
+        return None
+    return value
+
+
+def read_gguf(path: str | os.PathLike):
+    """The :class:`~.safetensors_header.Header` of the GGUF file ``path`` (shapes in torch order, the
+    ``comfy.gguf.orig_shape`` ones restored, metadata as strings). BAD_INPUT for a damaged file,
+    UNSUPPORTED_ARCHITECTURE naming a quantization type SpriteForge does not compute."""
+    from .safetensors_header import Header, QuantInfo, TensorInfo
+
+    gguf = _gguf()
+    p = Path(path)
+    try:
+        reader = gguf.GGUFReader(p)
+    except Exception as exc:  # noqa: BLE001 - any parse failure of a damaged/truncated file
+        raise SpriteForgeError(BAD_INPUT, f"{p.name} is not a valid GGUF file ({exc.__class__.__name__}: {str(exc)[:120]}). "
+                               "The file is truncated or damaged: download it again.", details={"path": str(p)}) from None
+    meta = {}
+    orig = {}
+    for key, field in reader.fields.items():
+        value = _field_value(field)
+        if key.startswith("comfy.gguf.orig_shape."):
+            orig[key[len("comfy.gguf.orig_shape."):]] = tuple(int(v) for v in value)
+        elif not key.startswith("GGUF.") and not isinstance(value, list):
+            meta[key] = str(value)
+    tensors, quant = {}, {}
+    size = p.stat().st_size
+    for t in reader.tensors:
+        qname = t.tensor_type.name
+        if qname not in PLAIN and qname not in SUPPORTED:
+            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{p.name}: tensor {t.name!r} is quantized as {qname}, which "
+                                   f"SpriteForge does not compute. Use a file quantized as one of "
+                                   f"{', '.join(SUPPORTED)} (or F16/BF16).", details={"path": str(p), "type": qname})
+        shape = orig.get(t.name) or tuple(int(d) for d in reversed(t.shape.tolist()))
+        begin = int(t.data_offset)
+        end = begin + int(t.n_bytes)
+        if end > size:
+            raise SpriteForgeError(BAD_INPUT, f"{p.name}: tensor {t.name!r} reaches past the end of the file (truncated "
+                                   "download?). Download it again.", details={"path": str(p)})
+        info = TensorInfo(PLAIN.get(qname, qname.lower()), shape, (begin, end))
+        tensors[t.name] = info
+        if qname not in PLAIN:
+            stored = TensorInfo("uint8", tuple(int(d) for d in t.data.shape), (begin, end))
+            quant[t.name] = QuantInfo(qname.lower(), stored, shape)
+    return Header(str(p), tensors, meta, size, 0, format="gguf", quant=quant)
