@@ -33,6 +33,41 @@ SUPPORTED = ("Q8_0", "Q6_K", "Q5_K", "Q5_0", "Q5_1", "Q4_K", "Q4_0", "Q4_1", "IQ
 QUANT_DTYPES = frozenset(t.lower() for t in SUPPORTED)
 
 
+# llama.cpp's tensor names of a T5 encoder (city96's t5-v1_1-xxl-encoder GGUFs are written by llama.cpp's converter)
+# -> the transformers names the safetensors release uses; ``{}`` is the block number
+LLAMA_CPP_T5 = (
+    ("token_embd.weight", "shared.weight"),
+    ("enc.output_norm.weight", "encoder.final_layer_norm.weight"),
+    ("enc.blk.{}.attn_q.weight", "encoder.block.{}.layer.0.SelfAttention.q.weight"),
+    ("enc.blk.{}.attn_k.weight", "encoder.block.{}.layer.0.SelfAttention.k.weight"),
+    ("enc.blk.{}.attn_v.weight", "encoder.block.{}.layer.0.SelfAttention.v.weight"),
+    ("enc.blk.{}.attn_o.weight", "encoder.block.{}.layer.0.SelfAttention.o.weight"),
+    ("enc.blk.{}.attn_rel_b.weight", "encoder.block.{}.layer.0.SelfAttention.relative_attention_bias.weight"),
+    ("enc.blk.{}.attn_norm.weight", "encoder.block.{}.layer.0.layer_norm.weight"),
+    ("enc.blk.{}.ffn_gate.weight", "encoder.block.{}.layer.1.DenseReluDense.wi_0.weight"),
+    ("enc.blk.{}.ffn_up.weight", "encoder.block.{}.layer.1.DenseReluDense.wi_1.weight"),
+    ("enc.blk.{}.ffn_down.weight", "encoder.block.{}.layer.1.DenseReluDense.wo.weight"),
+    ("enc.blk.{}.ffn_norm.weight", "encoder.block.{}.layer.1.layer_norm.weight"),
+)
+LLAMA_CPP_NAMES = {"t5": LLAMA_CPP_T5, "t5encoder": LLAMA_CPP_T5}
+
+
+def _renamer(arch: str):
+    """A function renaming llama.cpp's tensor names of ``arch`` to the safetensors release's (identity otherwise)."""
+    import re
+
+    rules = [(re.compile("^" + re.escape(a).replace(r"\{\}", r"(\d+)") + "$"), b) for a, b in LLAMA_CPP_NAMES.get(arch, ())]
+
+    def rename(name: str) -> str:
+        for rx, target in rules:
+            m = rx.match(name)
+            if m:
+                return target.format(*m.groups())
+        return name
+
+    return rename
+
+
 def is_gguf(head: bytes) -> bool:
     return head[:4] == MAGIC
 
@@ -77,6 +112,7 @@ def read_gguf(path: str | os.PathLike):
             meta[key] = str(value)
     tensors, quant = {}, {}
     size = p.stat().st_size
+    rename = _renamer(meta.get("general.architecture", ""))
     for t in reader.tensors:
         qname = t.tensor_type.name
         if qname not in PLAIN and qname not in SUPPORTED:
@@ -90,8 +126,9 @@ def read_gguf(path: str | os.PathLike):
             raise SpriteForgeError(BAD_INPUT, f"{p.name}: tensor {t.name!r} reaches past the end of the file (truncated "
                                    "download?). Download it again.", details={"path": str(p)})
         info = TensorInfo(PLAIN.get(qname, qname.lower()), shape, (begin, end))
-        tensors[t.name] = info
+        name = rename(t.name)
+        tensors[name] = info
         if qname not in PLAIN:
             stored = TensorInfo("uint8", tuple(int(d) for d in t.data.shape), (begin, end))
-            quant[t.name] = QuantInfo(qname.lower(), stored, shape)
+            quant[name] = QuantInfo(qname.lower(), stored, shape)
     return Header(str(p), tensors, meta, size, 0, format="gguf", quant=quant)
