@@ -16,12 +16,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import test_lora_util as U  # noqa: E402
 import tiny_models as tm  # noqa: E402
 from test_loading_tiny import _run  # noqa: E402
 
 from spriteforge.engines.torch_models import quant  # noqa: E402
 from spriteforge.engines.torch_models.loading import load_model  # noqa: E402
 from spriteforge.errors import SpriteForgeError  # noqa: E402
+from spriteforge.lora import LoRASpec, apply_loras  # noqa: E402
 from spriteforge.models.detect import detect  # noqa: E402
 
 E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
@@ -212,3 +214,38 @@ def test_row_splits_stay_stored():
     mixed = torch.cat([a, quant.QTensor("fp8_e4m3fn_scaled", other_stored[""], w.shape, scale=other_stored[".weight_scale"])])
     assert isinstance(mixed, quant.QTensor) and mixed.scale.shape == (128, 1)
     torch.testing.assert_close(mixed.dequantize(), torch.cat([dq[:32], other]))
+
+
+def lora_file(tmp_path, model):
+    w = U.Writer(3)
+    shapes = {n: tuple(m.weight.shape) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for layer in ("transformer_blocks.0.attn.to_q", "transformer_blocks.0.ff.net.2", "single_transformer_blocks.0.proj_out"):
+        w.lora("diffusers", layer, shapes[layer], rank=4, alpha=2.0)
+    return w.save(tmp_path / "lora.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["gguf", "nvfp4"])
+def test_lora_on_quantized_torch_model(flux, engine, kind, tmp_path):
+    """A LoRA on a quantized model: the outputs of the same LoRA on the decoded model (lazy and merged); the stored
+    weights never change."""
+    from gguf import GGMLQuantizationType
+
+    import test_gguf as G
+
+    root, src = flux
+    if kind == "gguf":
+        p = G.write_gguf(load_file(str(src)), root / "lora-base.gguf", GGMLQuantizationType.Q4_0)
+    else:
+        p = write_quantized(src, root / "lora-base.safetensors", "nvfp4")
+    h = load_model(engine, p)
+    ref = load_model(engine, p.with_suffix(".decoded.safetensors"))
+    lora = lora_file(tmp_path, ref.transformer)
+    layer = h.transformer.transformer_blocks[0].attn.to_q
+    stored = layer.qweight.data.clone()
+    for merge in (False, True):
+        hl, rl = apply_loras(h, [LoRASpec(lora, 0.8)], merge=merge), apply_loras(ref, [LoRASpec(lora, 0.8)], merge=merge)
+        assert hl.loras[-1].matched == 3
+        torch.testing.assert_close(_run("flux", hl.transformer, "dev"), _run("flux", rl.transformer, "dev"), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(_run("flux", hl.transformer, "dev"), _run("flux", h.transformer, "dev"))
+    assert isinstance(h.transformer.transformer_blocks[0].attn.to_q, quant.QuantLinear)
+    assert torch.equal(layer.qweight.data, stored)  # the base is untouched

@@ -139,7 +139,11 @@ def to_mx(t, dtype=None):
     """A torch tensor as an mx array (bf16 through an int16 view, fp8 upcast), floats cast to ``dtype``."""
     import torch
 
+    from ..torch_models.quant import QTensor
+
     mx = _mx()
+    if isinstance(t, QTensor):  # a quantized weight (GGUF, ComfyUI's formats): decoded once, while loading
+        t = t.dequantize(torch.float32)
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()
@@ -154,6 +158,22 @@ def to_mx(t, dtype=None):
     if dtype is not None and mx.issubdtype(a.dtype, mx.floating) and a.dtype != dtype:
         a = a.astype(dtype)
     return a
+
+
+# MLX-quantized weights (``spriteforge convert --engine mlx --quantize 4|8``): mlx.nn.quantize's group size
+QUANT_GROUP = 64
+
+
+def quantize_model(model, bits: int, group_size: int = QUANT_GROUP):
+    """``model``'s ``Linear`` layers (those whose input width the group size divides) as MLX's affine-quantized
+    layers (``mlx.nn.quantize``); the rest stays as it is. Returns the model."""
+    import mlx.nn as nn
+
+    if bits not in (4, 8):
+        raise SpriteForgeError(BAD_INPUT, f"--quantize {bits}: MLX-quantized caches hold 4 or 8 bits. Use 4 or 8.")
+    nn.quantize(model, group_size=group_size, bits=bits,
+                class_predicate=lambda _, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % group_size == 0)
+    return model
 
 
 def _to_mx_dict(sd: dict, dtype, what: str = "model") -> dict:
@@ -503,9 +523,13 @@ def _from_file(p: Path, vae, wdt, vdt, tdt) -> Parts:
         _require(det.family, p)
         prefix = det.components.get("transformer", "")
         fp8 = sorted({i.dtype for k, i in source.tensors.items() if k.startswith(prefix) and i.dtype.startswith("float8")})
+        stored = getattr(getattr(source, "header", None), "quant", {})
+        quantized = sorted({q.format for k, q in stored.items() if k.startswith(prefix)})
         parts = Parts(det, *_transformer(det, _read(source, prefix), wdt))
         if fp8:
             parts.extras["fp8_upcast"] = fp8[0]  # MLX keeps no fp8: the weights are upcast once while loading
+        if quantized:
+            parts.extras["dequantized"] = quantized  # GGUF / ComfyUI's formats: decoded once while loading
         if "vae" in det.parts and vae is None:
             vd = det.parts["vae"]
             parts.vae, parts.vae_config = _vae(vae_config_for(vd, det.family, det.variant), _read(source, det.components["vae"]),
