@@ -90,18 +90,22 @@ def _field_value(field):
 
 
 def read_gguf(path: str | os.PathLike):
-    """The :class:`~.safetensors_header.Header` of the GGUF file ``path`` (shapes in torch order, the
-    ``comfy.gguf.orig_shape`` ones restored, metadata as strings). BAD_INPUT for a damaged file,
+    """The tensor table of the GGUF file ``path``: ``(entries, metadata, file size)``, an entry being ``(name, dtype,
+    shape, (begin, end), stored shape)`` (shapes in torch order, the ``comfy.gguf.orig_shape`` ones restored; the
+    stored shape of a quantized tensor's ``uint8`` block rows, None for a plain one), metadata as strings.
+    :func:`~.safetensors_header.read_header` makes it a ``Header``. BAD_INPUT for a damaged file,
     UNSUPPORTED_ARCHITECTURE naming a quantization type SpriteForge does not compute."""
-    from .safetensors_header import Header, QuantInfo, TensorInfo
-
     gguf = _gguf()
     p = Path(path)
     try:
         reader = gguf.GGUFReader(p)
     except Exception as exc:  # noqa: BLE001 - any parse failure of a damaged/truncated file
-        raise SpriteForgeError(BAD_INPUT, f"{p.name} is not a valid GGUF file ({exc.__class__.__name__}: {str(exc)[:120]}). "
-                               "The file is truncated or damaged: download it again.", details={"path": str(p)}) from None
+        raise SpriteForgeError(BAD_INPUT, f"{p.name} is a GGUF file that cannot be read ({exc.__class__.__name__}: "
+                               f"{str(exc)[:120]}): it is damaged or incomplete. Download it again.",
+                               details={"path": str(p), "format": "a GGUF file"}) from None
+    if not reader.tensors:
+        raise SpriteForgeError(BAD_INPUT, f"{p.name} is a GGUF file that cannot be read (it lists no tensors): it is "
+                               "damaged or incomplete. Download it again.", details={"path": str(p), "format": "a GGUF file"})
     meta = {}
     orig = {}
     for key, field in reader.fields.items():
@@ -110,7 +114,7 @@ def read_gguf(path: str | os.PathLike):
             orig[key[len("comfy.gguf.orig_shape."):]] = tuple(int(v) for v in value)
         elif not key.startswith("GGUF.") and not isinstance(value, list):
             meta[key] = str(value)
-    tensors, quant = {}, {}
+    entries = []
     size = p.stat().st_size
     rename = _renamer(meta.get("general.architecture", ""))
     for t in reader.tensors:
@@ -125,10 +129,6 @@ def read_gguf(path: str | os.PathLike):
         if end > size:
             raise SpriteForgeError(BAD_INPUT, f"{p.name}: tensor {t.name!r} reaches past the end of the file (truncated "
                                    "download?). Download it again.", details={"path": str(p)})
-        info = TensorInfo(PLAIN.get(qname, qname.lower()), shape, (begin, end))
-        name = rename(t.name)
-        tensors[name] = info
-        if qname not in PLAIN:
-            stored = TensorInfo("uint8", tuple(int(d) for d in t.data.shape), (begin, end))
-            quant[name] = QuantInfo(qname.lower(), stored, shape)
-    return Header(str(p), tensors, meta, size, 0, format="gguf", quant=quant)
+        stored = None if qname in PLAIN else tuple(int(d) for d in t.data.shape)
+        entries.append((rename(t.name), PLAIN.get(qname, qname.lower()), shape, (begin, end), stored))
+    return entries, meta, size

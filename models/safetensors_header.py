@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
 from .gguf import QUANT_DTYPES as GGUF_QUANT_DTYPES
+from .gguf import read_gguf
 
 # safetensors dtype code -> (canonical name, bytes per element)
 DTYPES: dict[str, tuple[str, float]] = {
@@ -198,9 +199,7 @@ def read_header(path: str | os.PathLike) -> Header:
     with open(p, "rb") as fh:
         head = fh.read(32)
         if head.startswith(b"GGUF"):
-            from .gguf import read_gguf
-
-            return read_gguf(p)
+            return _gguf_header(p)
         (n,) = struct.unpack("<Q", head[:8])
         if n <= 1 or n > MAX_HEADER or 8 + n > size:
             _refuse_other_format(p, head)
@@ -311,6 +310,18 @@ def quantized_view(p: Path, tensors: dict, meta: dict, base: int) -> tuple[dict,
     for k in [k for k in logical if k == "scaled_fp8" or k.endswith(".scaled_fp8") or k.endswith(COMFY_QUANT)]:
         logical.pop(k)
     return logical, quant
+
+
+def _gguf_header(p: Path) -> Header:
+    """A GGUF file's table (:func:`.gguf.read_gguf`) as a :class:`Header`: quantized tensors listed with their type
+    as ``dtype`` and their ``uint8`` block rows in ``quant``."""
+    entries, meta, size = read_gguf(p)
+    tensors, quant = {}, {}
+    for name, dtype, shape, offsets, stored in entries:
+        tensors[name] = TensorInfo(dtype, shape, offsets)
+        if stored is not None:
+            quant[name] = QuantInfo(dtype, TensorInfo("uint8", stored, offsets), shape)
+    return Header(str(p), tensors, meta, size, 0, format="gguf", quant=quant)
 
 
 def header_from_manifest(manifest: dict) -> Header:
