@@ -158,3 +158,19 @@ def test_gguf_unsupported_type_and_damaged_file(tmp_path):
     with pytest.raises(SpriteForgeError) as e:
         detect(tmp_path / "cut.gguf")
     assert e.value.code == "BAD_INPUT"
+
+
+def test_inspect_names_family_variant_and_quantization(flux, capsys):
+    """``spriteforge inspect --json`` on a GGUF and on a ComfyUI-quantized file: from the header alone."""
+    import json
+
+    import test_quant as Q
+
+    from spriteforge.cli.main import main
+
+    root, sd = flux
+    for p, want in ((write_gguf(sd, root / "inspect.gguf", T.Q4_1), "q4_1"),
+                    (Q.write_quantized(root / "flux-dev-original.safetensors", root / "inspect.safetensors", "mxfp8"), "mxfp8")):
+        assert main(["inspect", "--json", str(p)]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert (info["family"], info["variant"], info["kind"], info["dtype"]) == ("flux", "dev", "transformer", want)

@@ -173,7 +173,18 @@ def test_comfy_formats_load_stored_and_compute_exactly(flux, engine, fmt, metada
     assert err < {"nvfp4": 0.5, "float8_e5m2": 0.3}.get(fmt, 0.15)
 
 
-def test_all_in_one_prefix_and_unsupported_format_refused(flux, engine, tmp_path):
+def test_prefixed_scaled_fp8_checkpoint(flux, engine, tmp_path):
+    """ComfyUI's own fp8 checkpoints: every key under ``model.diffusion_model.`` and the marker there too."""
+    _, src = flux
+    p = write_quantized(src, tmp_path / "ckpt.safetensors", "scaled_fp8", prefix="model.diffusion_model.")
+    assert "model.diffusion_model.scaled_fp8" in load_file(str(p))
+    h = load_model(engine, p)
+    assert {m.qweight.fmt for m in h.transformer.modules() if isinstance(m, quant.QuantLinear)} == {"fp8_e4m3fn_scaled"}
+    ref = load_model(engine, p.with_suffix(".decoded.safetensors"))
+    torch.testing.assert_close(_run("flux", h.transformer, "dev"), _run("flux", ref.transformer, "dev"), rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_comfy_format_refused(flux, engine, tmp_path):
     _, src = flux
     p = write_quantized(src, tmp_path / "w4.safetensors", "int8_rows")
     sd = load_file(str(p))
