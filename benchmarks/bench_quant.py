@@ -113,7 +113,7 @@ def build(root: Path, hidden: int, double: int, single: int) -> Path:
     return tm._save_file(sd, root / "flux-bf16.safetensors")
 
 
-def write_formats(src: Path, root: Path) -> dict:
+def write_formats(src: Path, root: Path, only=()) -> dict:
     sys.path.insert(0, str(REPO / "tests"))
     import test_gguf as G
     import test_quant as Q
@@ -122,10 +122,12 @@ def write_formats(src: Path, root: Path) -> dict:
 
     files = {"bf16": (src, True)}
     for fmt in ("float8_e4m3fn", "scaled_fp8", "int8_rows", "int8_convrot", "mxfp8", "nvfp4"):
-        files[fmt] = (Q.write_quantized(src, root / f"flux-{fmt}.safetensors", fmt), True)
+        if not only or fmt in only:
+            files[fmt] = (Q.write_quantized(src, root / f"flux-{fmt}.safetensors", fmt), True)
     sd = load_file(str(src))
     for q in (T.Q8_0, T.Q5_1, T.Q5_0, T.Q4_1, T.Q4_0, T.Q6_K, T.Q4_K):
-        files[f"gguf {q.name}"] = (G.write_gguf(sd, root / f"flux-{q.name}.gguf", q), q not in G.F16_FIELDS)
+        if not only or f"gguf {q.name}" in only or q.name in only:
+            files[f"gguf {q.name}"] = (G.write_gguf(sd, root / f"flux-{q.name}.gguf", q), q not in G.F16_FIELDS)
     return files
 
 
@@ -148,12 +150,14 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--engines", default="torch,mlx")
+    ap.add_argument("--formats", default="", help="comma-separated subset of the formats (the bf16 original always runs)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        files = write_formats(build(root, args.hidden, args.double, args.single), root)
+        only = tuple(f for f in args.formats.split(",") if f)
+        files = write_formats(build(root, args.hidden, args.double, args.single), root, only)
         for engine in args.engines.split(","):
             dtype = "bfloat16" if engine == "torch" else "float32"
             ref = None

@@ -129,14 +129,15 @@ def test_t5_gguf_with_llama_cpp_names(tmp_path, engine):
 
 
 def _t5_names(sd):
+    """``{llama.cpp name: release name}`` of a T5 encoder's tensors (the inverse of the loader's renaming)."""
+    import re
+
     from spriteforge.models.gguf import LLAMA_CPP_T5, _renamer
 
     rename = _renamer("t5")
     out = {}
     for k in sd:
         for a, b in LLAMA_CPP_T5:
-            import re
-
             m = re.match("^" + re.escape(b).replace(r"\{\}", r"(\d+)") + "$", k)
             if m:
                 out[a.format(*m.groups())] = k

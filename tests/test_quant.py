@@ -260,3 +260,27 @@ def test_lora_on_quantized_torch_model(flux, engine, kind, tmp_path):
         assert not torch.allclose(_run("flux", hl.transformer, "dev"), _run("flux", h.transformer, "dev"))
     assert isinstance(h.transformer.transformer_blocks[0].attn.to_q, quant.QuantLinear)
     assert torch.equal(layer.qweight.data, stored)  # the base is untouched
+
+
+FAMILIES = [("pixart", "sigma"), ("sd3", "sd3.5-medium"), ("sana", ""), ("dit", "")]
+
+
+@pytest.mark.parametrize("family,variant", FAMILIES, ids=[f[0] for f in FAMILIES])
+@pytest.mark.parametrize("kind", ["int8_rows", "gguf"])
+def test_every_family_quantized(tmp_path, engine, family, variant, kind):
+    """The other families' original layouts (their key maps, and diffusers' converters with their chunks and
+    concatenations) quantized as ComfyUI and as GGUF: the outputs of the decoded model, the weights stored."""
+    from gguf import GGMLQuantizationType
+
+    import test_gguf as G
+
+    kw = {"variant": variant} if variant else {}
+    src = getattr(tm, f"make_{family}")(tmp_path, layout="original", **kw)
+    if kind == "gguf":
+        p = G.write_gguf(load_file(str(src)), tmp_path / f"{family}.gguf", GGMLQuantizationType.Q8_0, arch=family)
+    else:
+        p = write_quantized(src, tmp_path / f"{family}-q.safetensors", kind)
+    h = load_model(engine, p)
+    assert h.family == family and sum(isinstance(m, quant.QuantLinear) for m in h.transformer.modules()) >= 4
+    ref = load_model(engine, p.with_suffix(".decoded.safetensors"))
+    torch.testing.assert_close(_run(family, h.transformer, variant), _run(family, ref.transformer, variant), rtol=1e-5, atol=1e-5)

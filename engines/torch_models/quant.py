@@ -40,6 +40,7 @@ from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...models.gguf import QUANT_DTYPES as GGUF_TYPES
 from ...models.safetensors_header import QuantInfo
 
+DECODE_ROWS = 256  # rows a layer's weight is decoded by at a time (its float32 maths), see QTensor.dequantize
 COMFY = ("fp8_e4m3fn_scaled", "fp8_e5m2_scaled", "int8_tensorwise", "int8_convrot", "mxfp8", "nvfp4")
 E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
@@ -150,8 +151,18 @@ class QTensor:
         return sum(t.numel() * t.element_size() for t in (self.data, self.scale, self.scale2) if isinstance(t, torch.Tensor))
 
     def dequantize(self, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
-        w = dequantize(self.fmt, self.data, self.scale, self.scale2, self.group, self.shape)
-        return w.to(device=device or self.data.device, dtype=dtype or self.dtype)
+        """The weight in ``dtype`` (default: the compute dtype). The float32 maths runs on ``DECODE_ROWS`` rows at a
+        time into the result, so decoding a layer holds one result and one small float32 slab, never a float32 copy."""
+        dtype, device = dtype or self.dtype, device or self.data.device
+        rows = int(self.shape[0]) if self.rows_ok and self.ndim >= 2 else 0
+        if rows <= DECODE_ROWS:
+            w = dequantize(self.fmt, self.data, self.scale, self.scale2, self.group, self.shape)
+            return w.to(device=device, dtype=dtype)
+        out = torch.empty(self.shape, dtype=dtype, device=self.data.device)
+        for a in range(0, rows, DECODE_ROWS):
+            part = self.rows(a, min(a + DECODE_ROWS, rows))
+            out[a:a + part.shape[0]] = dequantize(part.fmt, part.data, part.scale, part.scale2, part.group, part.shape)
+        return out.to(device)
 
     def _like(self, **kw) -> "QTensor":
         fields = dict(fmt=self.fmt, data=self.data, shape=self.shape, scale=self.scale, scale2=self.scale2,
