@@ -11,6 +11,7 @@ import torch
 from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...models.families import registry
 from ...models.safetensors_header import TensorInfo
+from . import quant
 from .fp8 import FP8
 
 # where each class lives (a family's transformer: as the family declares): importing it directly skips diffusers'
@@ -97,7 +98,7 @@ def load_into(model, source, mapping: dict[str, str], convert_fn, *, dtype, devi
             for src_key in group:
                 sd[mapping[src_key]] = source.get(src_key, load_dtype(source.tensors[src_key], dtype, keep_fp8), device)
             bar.update()  # also the interrupt point: Cancel stops within one group
-    sd = convert_fn(sd)
+    sd = quant.install(model, convert_fn(sd), dtype)  # quantized Linear weights stay stored (QuantLinear)
     expected = model.state_dict()
     if fill:
         for k, fn in fill.items():

@@ -70,7 +70,8 @@ def layer_shapes(model: nn.Module) -> dict:
             parent, _, leaf = name.rpartition(".")
             if parent in fused_attn and leaf in _FUSED_PARTS and hasattr(model.get_submodule(parent), _FUSED_PARTS[leaf]):
                 continue
-            out[name] = tuple(b.weight.shape)
+            q = b.__dict__.get("qweight")  # a quantized layer: its shape without decoding it
+            out[name] = tuple(q.shape if q is not None else b.weight.shape)
     return out
 
 
