@@ -113,6 +113,7 @@ class Case:
     cfg: float
     sampler: str = "euler"
     schedule: str = "normal"
+    pipe: object = None
 
 
 def load_case(family: str, engine, folder: Path, steps: int) -> Case:
@@ -123,8 +124,9 @@ def load_case(family: str, engine, folder: Path, steps: int) -> Case:
     save_file({k: v.contiguous() for k, v in build_transformer(family).state_dict().items()}, str(path))
     h = engine.load_model(path, dtype="float32")
     c = Case(family, engine, h, conditioning(family, h), SIZE.get(family, 128), steps, CFG.get(family, 4.5))
-    if family == "dit":  # DiTPipeline steps with the input it scaled, right only for DDIM (= Euler, eta 0): DDIM's own steps
+    if family == "dit":  # DiTPipeline is right with DDIM only (= Euler, eta 0): DDIM's own steps
         c.sampler, c.schedule = "ddim", "ddim_uniform"
+    c.pipe = pipeline(family, h.transformer)
     return c
 
 
@@ -155,18 +157,33 @@ def _noise(c: Case, seed: int):
     return torch.from_numpy(make_noise(seed, (1, int(h.latent_channels), c.size // f, c.size // f)))
 
 
-def _flow_scheduler():
-    from diffusers import FlowMatchEulerDiscreteScheduler
+def pipeline(family: str, transformer):
+    """The family's own diffusers pipeline around ``transformer`` (no text encoders, no VAE: embeddings are given and
+    latents come back), with an Euler scheduler; built once, as a user of diffusers would."""
+    import diffusers as d
 
-    return FlowMatchEulerDiscreteScheduler(shift=1.0)  # the sigmas given are shifted already
-
-
-def _euler_scheduler(sigmas):
-    from diffusers import EulerDiscreteScheduler
-
-    s = EulerDiscreteScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", timestep_spacing="linspace")
-    s.set_timesteps(sigmas=sigmas)
-    return s
+    flow = d.FlowMatchEulerDiscreteScheduler(shift=1.0)  # the sigmas it is given are shifted already
+    euler = d.EulerDiscreteScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", timestep_spacing="linspace")
+    none = dict(vae=None, text_encoder=None, tokenizer=None)
+    if family == "pixart":
+        pipe = d.PixArtSigmaPipeline(transformer=transformer, scheduler=euler, **none)
+    elif family == "sd3":
+        pipe = d.StableDiffusion3Pipeline(transformer=transformer, scheduler=flow, text_encoder_2=None, tokenizer_2=None,
+                                          text_encoder_3=None, tokenizer_3=None, **none)
+    elif family == "flux":
+        pipe = d.FluxPipeline(transformer=transformer, scheduler=flow, text_encoder_2=None, tokenizer_2=None, **none)
+    elif family == "sana":
+        pipe = d.SanaPipeline(transformer=transformer, scheduler=flow, **none)
+    elif family == "dit":
+        # DDIM, "leading" spacing with offset 1: our ddim_uniform sigmas (DiTPipeline steps with the input it scaled,
+        # which is right only where scaling is the identity)
+        ddim = d.DDIMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=False,
+                               timestep_spacing="leading", steps_offset=1, set_alpha_to_one=True)
+        pipe = d.DiTPipeline(transformer=transformer, vae=None, scheduler=ddim)
+    else:
+        raise SystemExit(f"no diffusers pipeline for {family}")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 class _LatentTap:
@@ -197,56 +214,38 @@ def _dit_inputs(pipe, latents):
 
 def run_diffusers(c: Case, seed: int):
     import torch
-    import diffusers as d
+    from diffusers import FluxPipeline
 
-    h, cond, fam = c.handle, c.cond, c.family
+    cond, fam, pipe = c.cond, c.family, c.pipe
     sig = _sigmas(c)
     noise = _noise(c, seed)
     common = dict(num_inference_steps=c.steps, height=c.size, width=c.size, output_type="latent", return_dict=False)
+    neg = cond.negative
     with torch.no_grad():
-        if fam == "pixart":
-            sched = _euler_scheduler(sig[:-1])
-            pipe = d.PixArtSigmaPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=h.transformer, scheduler=sched)
-            pipe.set_progress_bar_config(disable=True)
-            # the pipeline multiplies given latents by init_noise_sigma: hand it noise * sigma_max / init_noise_sigma
-            out = pipe(prompt=None, negative_prompt=None, sigmas=sig[:-1], guidance_scale=c.cfg, latents=noise * (sig[0] / float(sched.init_noise_sigma)),
-                       prompt_embeds=cond.embeds, prompt_attention_mask=cond.mask, negative_prompt_embeds=cond.negative.embeds,
-                       negative_prompt_attention_mask=cond.negative.mask, use_resolution_binning=False, **common)[0]
+        if fam == "pixart":  # EulerDiscreteScheduler takes the sigmas with the final 0 (the flow one without)
+            pipe.scheduler.set_timesteps(sigmas=sig)
+            # it multiplies given latents by init_noise_sigma: hand it noise * sigma_max / init_noise_sigma
+            out = pipe(prompt=None, negative_prompt=None, sigmas=sig, guidance_scale=c.cfg,
+                       latents=noise * (sig[0] / float(pipe.scheduler.init_noise_sigma)), prompt_embeds=cond.embeds,
+                       prompt_attention_mask=cond.mask, negative_prompt_embeds=neg.embeds, negative_prompt_attention_mask=neg.mask,
+                       use_resolution_binning=False, **common)[0]
         elif fam == "sd3":
-            pipe = d.StableDiffusion3Pipeline(transformer=h.transformer, scheduler=_flow_scheduler(), vae=None, text_encoder=None,
-                                              tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
-                                              tokenizer_3=None)
-            pipe.set_progress_bar_config(disable=True)
-            out = pipe(sigmas=sig[:-1], guidance_scale=c.cfg, latents=noise, prompt_embeds=cond.embeds,
-                       pooled_prompt_embeds=cond.pooled, negative_prompt_embeds=cond.negative.embeds,
-                       negative_pooled_prompt_embeds=cond.negative.pooled, **common)[0]
+            out = pipe(sigmas=sig[:-1], guidance_scale=c.cfg, latents=noise, prompt_embeds=cond.embeds, pooled_prompt_embeds=cond.pooled,
+                       negative_prompt_embeds=neg.embeds, negative_pooled_prompt_embeds=neg.pooled, **common)[0]
         elif fam == "flux":
-            pipe = d.FluxPipeline(transformer=h.transformer, scheduler=_flow_scheduler(), vae=None, text_encoder=None, tokenizer=None,
-                                  text_encoder_2=None, tokenizer_2=None)
-            pipe.set_progress_bar_config(disable=True)
-            lat = d.FluxPipeline._pack_latents(noise, 1, noise.shape[1], noise.shape[2], noise.shape[3])
+            lat = FluxPipeline._pack_latents(noise, 1, noise.shape[1], noise.shape[2], noise.shape[3])
             out = pipe(sigmas=sig[:-1], guidance_scale=cond.guidance, latents=lat, prompt_embeds=cond.embeds,
                        pooled_prompt_embeds=cond.pooled, **common)[0]
-            out = d.FluxPipeline._unpack_latents(out, c.size, c.size, 8)
+            out = FluxPipeline._unpack_latents(out, c.size, c.size, 8)
         elif fam == "sana":
-            pipe = d.SanaPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=h.transformer, scheduler=_flow_scheduler())
-            pipe.set_progress_bar_config(disable=True)
             out = pipe(prompt=None, negative_prompt=None, sigmas=sig[:-1], guidance_scale=c.cfg, latents=noise, prompt_embeds=cond.embeds,
-                       prompt_attention_mask=cond.mask, negative_prompt_embeds=cond.negative.embeds,
-                       negative_prompt_attention_mask=cond.negative.mask, use_resolution_binning=False, **common)[0]
-        elif fam == "dit":
-            # DDIM "leading" spacing with offset 1 = our ddim_uniform sigmas; it works in VP space: x / sqrt(1 + sigma^2)
-            sched = d.DDIMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear", clip_sample=False,
-                                    timestep_spacing="leading", steps_offset=1, set_alpha_to_one=True)
-            pipe = d.DiTPipeline(transformer=h.transformer, vae=None, scheduler=sched)
-            pipe.set_progress_bar_config(disable=True)
+                       prompt_attention_mask=cond.mask, negative_prompt_embeds=neg.embeds, negative_prompt_attention_mask=neg.mask,
+                       use_resolution_binning=False, **common)[0]
+        else:  # dit: DDIM works in VP space, x / sqrt(1 + sigma^2)
             with _dit_inputs(pipe, noise * (sig[0] / (1.0 + sig[0] ** 2) ** 0.5)) as tap:
                 pipe(class_labels=list(cond.class_labels), guidance_scale=c.cfg, num_inference_steps=c.steps, output_type="pt",
                      return_dict=False)
             out = tap.latents
-        else:
-            raise SystemExit(f"no diffusers reference for {fam}")
-    out = out if torch.is_tensor(out) else torch.as_tensor(np.asarray(out))
     return out.float().cpu().numpy()
 
 
