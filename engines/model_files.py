@@ -24,7 +24,8 @@ from .. import paths
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ..models import configs
 from ..models.detect import Detection, detect, detect_tensors
-from ..models.families import registry
+from ..models.families import components, registry
+from ..models.families.base import TEXT_ENCODER_PORTS
 from ..models.safetensors_header import canonical_dtype
 from .base import ModelHandle, family_vae_name, handle_fields
 from .tokenizers import find_tokenizer
@@ -213,6 +214,9 @@ def text_encoder_key(cfg: dict, name: str, hint: str | None = None) -> str:
         return "gemma"
     if mt.startswith("clip"):
         return hint if hint in ("clip_l", "clip_g") else ("clip_g" if cfg.get("hidden_size") == 1280 else "clip_l")
+    key = components.folder_text_encoder(cfg)  # a decoder LM (Qwen3...) some family runs
+    if key in TEXT_ENCODER_PORTS:
+        return key
     raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{name}: text encoder type {mt!r} is not supported.")
 
 

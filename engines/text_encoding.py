@@ -1,7 +1,7 @@
 """The engine-independent half of prompt encoding, shared by the torch and MLX engines.
 
 :func:`text_encoder` finds a family's text encoder and tokenizer for a role (``t5``, ``clip_l``,
-``clip_g``, ``gemma``) in a handle; :class:`TextEncoding` builds the
+``clip_g``, ``gemma``, ``qwen3_4b``...) in a handle; :class:`TextEncoding` builds the
 :class:`~spriteforge.engines.base.Conditioning` of a prompt: the parts every family shares (unknown words said,
 the encoders' context), while how a family's encoder outputs combine is the family's own
 (:meth:`spriteforge.models.families.Family.encode`, called with this object). A subclass supplies the encoder calls
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+
 from ..errors import MODEL_NOT_FOUND, SpriteForgeError
 from ..models.families import registry
 from .tokenizers import warn_unknown_words
@@ -20,7 +22,8 @@ from .tokenizers import warn_unknown_words
 ROLE_NAMES = {f.name: {te.key: te.names for te in f.text_encoders} for f in registry.families()}
 
 _WHAT = {"t5": "a T5 text encoder", "clip_l": "a CLIP-L text encoder", "clip_g": "a CLIP-G (bigG) text encoder",
-         "gemma": "a Gemma-2 text encoder"}
+         "gemma": "a Gemma-2 text encoder", "qwen3_4b": "a Qwen3-4B text encoder (qwen_3_4b.safetensors)",
+         "qwen3_8b": "a Qwen3-8B text encoder (qwen_3_8b.safetensors)"}
 
 
 def _lookup(d: dict, names):
@@ -97,6 +100,19 @@ class TextEncoding:
         """``(embeds float32, mask)`` from Gemma for ``texts`` padded to ``total``, the ``keep`` positions only."""
         return self._gemma(enc, tok, texts, total, keep)
 
+    def decoder(self, role: str, texts, *, layers=(-1,), max_length: int | None = None):
+        """``([hidden states float32 [B, L, D] for each of layers], keep mask [B, L])`` of the decoder-only LM
+        ``role`` (Qwen3...) for ``texts``, already in the family's prompt template. ``layers`` index transformers'
+        ``output_hidden_states`` (0 the embeddings, -1 the final norm's output, -2 the last layer's input). Padded
+        on the right to the longest text (a causal model's real tokens never see the padding, so this equals
+        padding to any length), cut at ``max_length`` tokens."""
+        enc, tok = self.encoder(role)
+        ti = tok(list(texts), padding="longest", padding_side="right", truncation=max_length is not None,
+                 max_length=max_length, return_tensors="np")
+        ids = np.asarray(ti["input_ids"]).astype(np.int64)
+        mask = np.asarray(ti["attention_mask"]).astype(np.int64)
+        return self._decoder(enc, ids, mask, tuple(layers))
+
     def like(self, x, ref):
         """``x`` on ``ref``'s device."""
         return self._like(x, ref)
@@ -123,6 +139,10 @@ class TextEncoding:
 
     def _gemma(self, enc, tok, texts, total, keep):
         """``(embeds float32, mask)`` from Gemma for ``texts`` padded to ``total``, the ``keep`` positions only."""
+        raise NotImplementedError
+
+    def _decoder(self, enc, ids, mask, layers):
+        """``([hidden states float32 for each of layers], mask)`` from decoder LM ``enc`` for numpy ``ids`` / ``mask``."""
         raise NotImplementedError
 
     def _pad_last(self, x, n):

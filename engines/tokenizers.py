@@ -33,16 +33,22 @@ COMFY_TOKENIZERS = {
     "clip": ("sd1_tokenizer", "text_encoders/sd1_tokenizer"),
     "t5": ("text_encoders/t5_tokenizer", "t5_tokenizer"),
     "gemma": ("text_encoders/gemma2_tokenizer", "text_encoders/gemma_tokenizer"),
+    "qwen": ("text_encoders/qwen25_tokenizer",),  # Qwen's byte-level BPE (Qwen2.5 and Qwen3 share it)
 }
 TOKENIZER_FILES = {
     "clip": (("vocab.json", "merges.txt"), ("tokenizer.json",)),
     "t5": (("spiece.model",), ("tokenizer.json",)),
     "gemma": (("tokenizer.model",), ("tokenizer.json",)),
+    "qwen": (("vocab.json", "merges.txt"), ("tokenizer.json",)),
 }
 
 
 def _tok_kind(key: str) -> str:
-    return "clip" if key.startswith("clip") else key
+    """The tokenizer kind of text encoder ``key`` (``clip_l`` -> ``clip``, ``qwen3_4b`` -> ``qwen``)."""
+    for kind in ("clip", "qwen"):
+        if key.startswith(kind):
+            return kind
+    return key
 
 
 def _has_tokenizer_files(d: Path, kind: str) -> bool:
@@ -87,9 +93,10 @@ def tokenizer_from_spm(model_file, kind: str):
 def _load_tokenizer_dir(d: Path, kind: str):
     import transformers
 
-    cls = {"clip": transformers.CLIPTokenizer, "t5": transformers.T5Tokenizer, "gemma": transformers.GemmaTokenizer}[kind]
+    cls = {"clip": transformers.CLIPTokenizer, "t5": transformers.T5Tokenizer, "gemma": transformers.GemmaTokenizer,
+           "qwen": transformers.Qwen2Tokenizer}[kind]
     errors = []
-    if (d / "tokenizer.json").exists() or kind == "clip":
+    if (d / "tokenizer.json").exists() or kind in ("clip", "qwen"):
         try:
             return cls.from_pretrained(str(d), local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - try the other ways
@@ -114,7 +121,7 @@ def comfy_tokenizer_dirs(kind: str) -> list[Path]:
 
 
 def find_tokenizer(key: str, near: Path | None = None, *, source=None, required: bool = True):
-    """The tokenizer for text encoder ``key`` (``clip_l``, ``clip_g``, ``t5``, ``gemma``).
+    """The tokenizer for text encoder ``key`` (``clip_l``, ``clip_g``, ``t5``, ``gemma``, ``qwen3_4b``...).
 
     Looked for, in order: tokenizer data embedded in the file (ComfyUI's ``spiece_model``),
     a tokenizer folder beside the file (``<stem>_tokenizer/``, ``tokenizer/``, or the
@@ -168,7 +175,7 @@ def _tokenizer_matches(d: Path, kind: str) -> bool:
     if not cls:
         return True
     low = cls.lower()
-    return {"clip": "clip" in low, "t5": "t5" in low, "gemma": "gemma" in low}[kind]
+    return kind in low
 
 
 def _embedded_spiece(source, kind):

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from spriteforge.engines.base import ModelHandle
 
-FAMILY_BUILDERS = ("pixart", "sd3", "flux", "sana", "dit")
+FAMILY_BUILDERS = ("pixart", "sd3", "flux", "sana", "dit", "zimage")
 
 
 def tiny():
@@ -110,13 +110,15 @@ def inputs(family: str, model, seed: int = 0) -> dict:
         return dict(hidden_states=r(1, cfg.in_channels, 8, 8), encoder_hidden_states=r(1, 5, cfg.caption_channels), timestep=t)
     if family == "dit":
         return dict(hidden_states=r(1, cfg.in_channels, 8, 8), timestep=t, class_labels=torch.tensor([3]))
+    if family == "zimage":  # a list of latents (C, 1, H, W) and of captions (tokens, width), t = 1 - sigma
+        return dict(x=[r(cfg.in_channels, 1, 8, 8)], t=t / 1000, cap_feats=[r(5, cfg.cap_feat_dim)])
     raise ValueError(family)
 
 
 @torch.no_grad()
 def run(family: str, model, seed: int = 0):
     out = model(**inputs(family, model, seed), return_dict=False)[0]
-    return out
+    return torch.stack(out) if isinstance(out, list) else out
 
 
 # -- writing LoRA files -------------------------------------------------------------

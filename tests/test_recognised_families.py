@@ -1,8 +1,8 @@
 """Today's models (Z-Image, FLUX.2, Qwen-Image, Krea 2; issues #23.5 and #24.6) are named from the header alone:
 every reference manifest, written as a sparse file of the real size with the real header (and, for transformers,
 under ComfyUI's all-in-one ``model.diffusion_model.`` prefix), is inspected as its family, variant and kind while
-reading only the header. SpriteForge does not generate with these families yet: Load Model and ``generate`` refuse
-them with UNSUPPORTED_ARCHITECTURE naming what the file is."""
+reading only the header. SpriteForge does not generate with FLUX.2, Qwen-Image and Krea 2 yet: Load Model and
+``generate`` refuse them with UNSUPPORTED_ARCHITECTURE naming what the file is (Z-Image runs: tests/test_zimage.py)."""
 
 from __future__ import annotations
 
@@ -137,17 +137,18 @@ def test_z_image_checkpoint_with_its_text_encoder_needs_only_a_vae(shared_dir, t
 @pytest.mark.parametrize("name, lines", [
     ("flux2-klein-9b.transformer.original", ["family:     flux2", "variant:    klein-9B", "needs:      vae, qwen3_8b",
                                              "recognised: FLUX.2 [klein] 9B (distilled or base: same layout)",
-                                             "generation: not yet (SpriteForge runs PixArt, SD3, Flux, Sana, DiT)"]),
+                                             "generation: not yet (SpriteForge runs PixArt, SD3, Flux, Sana, DiT, Z-Image)"]),
     ("flux2-dev.transformer.diffusers", ["variant:    dev", "needs:      vae, mistral3", "recognised: FLUX.2 [dev]"]),
     ("flux2-klein-4b.transformer.diffusers", ["needs:      vae, qwen3_4b", "recognised: FLUX.2 [klein] 4B (distilled or base"]),
-    ("z-image-turbo.transformer.original", ["family:     zimage", "recognised: Z-Image (Turbo or base: same layout)",
+    ("z-image-turbo.transformer.original", ["family:     zimage", "variant:    turbo-or-base",
                                             "needs:      vae, qwen3_4b", "dtype:      bfloat16"]),
     ("krea2.transformer.original", ["family:     krea2", "dtypes:     bfloat16 12.50B, float32 321.57M",
                                     "recognised: Krea 2 (raw or turbo: same layout)", "parameters: 12.82B"]),
     ("qwen-image.transformer.diffusers", ["family:     qwenimage", "needs:      vae, qwen25_7b", "recognised: Qwen-Image 20B"]),
     ("qwen3-4b.text-encoder", ["kind:       text_encoder (hf layout)", "variant:    qwen3_4b",
-                               "lm_head:    tied (no lm_head.weight", "recognised: the Qwen3-4B text encoder"]),
-    ("qwen3-8b.text-encoder", ["variant:    qwen3_8b", "lm_head:    untied (lm_head.weight stored)"]),
+                               "lm_head:    tied (no lm_head.weight"]),
+    ("qwen3-8b.text-encoder", ["variant:    qwen3_8b", "lm_head:    untied (lm_head.weight stored)",
+                               "recognised: the Qwen3-8B text encoder (FLUX.2 [klein] 9B)"]),
     ("qwen2.5-vl-7b.text-encoder", ["variant:    qwen25_7b", "vision_tower: present: 32 blocks, 1280 wide (visual.*)",
                                     "lm_head:    untied"]),
     ("flux2-vae.original", ["kind:       vae (original layout)", "variant:    flux2", "dtypes:     float32 84.05M, int64 1",
@@ -163,8 +164,10 @@ def test_inspect_text(shared_dir, tmp_path, capsys, name, lines):
         assert line in text, f"{line!r} not in:\n{text}"
 
 
-def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsys):
-    path = _fake_file(tmp_path / "flux1-dev.safetensors", _manifest(shared_dir, "flux1-dev.transformer.original")["tensors"])
+@pytest.mark.parametrize("name", ["flux1-dev.transformer.original", "z-image-turbo.transformer.original", "qwen3-4b.text-encoder"])
+def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsys, name):
+    """Flux.1; Z-Image and the Qwen3-4B text encoder it runs with (once recognised only)."""
+    path = _fake_file(tmp_path / f"{name}.safetensors", _manifest(shared_dir, name)["tensors"])
     assert main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
     assert "generation:" not in text and "recognised:" not in text
@@ -175,8 +178,8 @@ def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsy
 
 def test_recognised_families_are_not_the_runnable_ones():
     known = {f.name: f for f in registry.recognised()}
-    assert {n for n, f in known.items() if not f.generation} == {"zimage", "flux2", "qwenimage", "krea2"}
-    assert not set(registry.names()) & {"zimage", "flux2", "qwenimage", "krea2"}
+    assert {n for n, f in known.items() if not f.generation} == {"flux2", "qwenimage", "krea2"}
+    assert not set(registry.names()) & {"flux2", "qwenimage", "krea2"}
     from spriteforge.engines.model_files import TRANSFORMER_CLASSES
 
     assert set(TRANSFORMER_CLASSES) == set(registry.names())  # the engines never see them
@@ -186,7 +189,7 @@ def _refusal(exc_info, what: str, not_yet: str = "does not generate with this fa
     err = exc_info.value
     assert err.code == UNSUPPORTED_ARCHITECTURE, err
     assert f"is recognised as {what}; SpriteForge {not_yet}" in err.message
-    assert "it runs PixArt, SD3, Flux, Sana, DiT" in err.message
+    assert "it runs PixArt, SD3, Flux, Sana, DiT, Z-Image" in err.message
     assert str(err).endswith("Load a model of one of those families.") and "not a model SpriteForge knows" not in str(err)
     return err.message
 
@@ -222,10 +225,14 @@ def test_its_text_encoder_and_vae_are_refused_by_name(shared_dir, tmp_path):
     from spriteforge.engines import model_files
     from spriteforge.models.safetensors_header import header_from_manifest
 
-    te = header_from_manifest(_manifest(shared_dir, "qwen3-4b.text-encoder")).tensors
+    te = header_from_manifest(_manifest(shared_dir, "qwen2.5-vl-7b.text-encoder")).tensors
     with pytest.raises(SpriteForgeError) as e:
-        model_files.text_encoder_in(te, "qwen_3_4b.safetensors", None)
-    _refusal(e, "the Qwen3-4B text encoder (Z-Image, FLUX.2 [klein] 4B)", "does not load it yet")
+        model_files.text_encoder_in(te, "qwen_2.5_vl_7b.safetensors", None)
+    _refusal(e, "the Qwen2.5-VL-7B text encoder (Qwen-Image, Qwen-Image-Edit)", "does not load it yet")
+    # Qwen3-4B, once refused the same way, loads now that Z-Image runs with it
+    qwen3 = header_from_manifest(_manifest(shared_dir, "qwen3-4b.text-encoder")).tensors
+    det, prefix = model_files.text_encoder_in(qwen3, "qwen_3_4b.safetensors", None)
+    assert (det.variant, prefix, det.config["rope_theta"], det.config["head_dim"]) == ("qwen3_4b", "", 1000000, 128)
     vae = header_from_manifest(_manifest(shared_dir, "flux2-vae.original")).tensors
     with pytest.raises(SpriteForgeError) as e:
         model_files.vae_in(vae, "flux2-vae.safetensors", None)

@@ -115,6 +115,11 @@ class MLXTextEncoding(TextEncoding):
             emb, mask = emb[:, sel], mask[:, sel]
         return emb, mask
 
+    def _decoder(self, enc, ids, mask, layers):
+        mx = _mx()
+        ids, mask = mx.array(ids.astype(np.int32)), mx.array(mask.astype(np.int32))
+        return [h.astype(mx.float32) for h in enc(ids, attention_mask=mask, layers=layers)], mask
+
     def _pad_last(self, x, n):
         return _mx().pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
 

@@ -69,6 +69,7 @@ PORTS = {
     "t5": ("t5", "T5EncoderModel"),
     "clip": ("clip", "CLIPTextModel"),
     "gemma": ("gemma", "Gemma2Model"),
+    "decoder_lm": ("decoder_lm", "DecoderLM"),
 }
 # what each family needs on MLX: its transformer, its VAE, its text encoders
 FAMILY_PORTS = {f.name: f.mlx_ports() for f in registry.families()}
@@ -231,6 +232,10 @@ def full_config(class_name: str, cfg: dict) -> dict:
 def _te_config(key: str, cfg: dict) -> dict:
     import transformers
 
+    from ..torch_models.text_encoders import decoder_config, is_decoder
+
+    if is_decoder(key):
+        return decoder_config(cfg).to_dict()
     cfg = {k: v for k, v in cfg.items() if k != "model_type"}
     conf = {"clip_l": transformers.CLIPTextConfig, "clip_g": transformers.CLIPTextConfig, "t5": transformers.T5Config,
             "gemma": transformers.Gemma2Config}[key](**cfg)
@@ -344,7 +349,10 @@ def _text_encoder(key: str, conf_dict: dict, sd: dict, tdt, family, archs=()):
     import torch
 
     from ..torch_models import convert
+    from ..torch_models.text_encoders import is_decoder
 
+    if is_decoder(key):  # the port's own map_weights takes a ...ForCausalLM state dict as it is
+        return build(TE_PORT[key], conf_dict, sd, tdt, f"{key} text encoder")
     with_proj = key in ("clip_l", "clip_g") and clip_with_projection(key, family, archs)
     expected = _te_expected_keys(key, conf_dict, with_proj)
     out = convert.convert_text_encoder(key if key in ("clip_l", "clip_g", "t5", "gemma") else key, sd, expected)

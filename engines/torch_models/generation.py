@@ -33,6 +33,7 @@ from ..denoiser import Denoiser
 from ..model_inputs import check_latents, is_fill_model, vae_images
 from ..text_encoding import TextEncoding, text_encoder
 from .interrupt import before_each, block_steps, blocks, conv_count, conv_steps, kl_tiles
+from .text_encoders import decoder_hidden_states
 
 log = get_logger("torch")
 
@@ -160,6 +161,12 @@ class TorchTextEncoding(TextEncoding):
         if keep is not None:
             emb, mask = emb[:, keep], mask[:, keep]
         return emb, mask
+
+    def _decoder(self, enc, ids, mask, layers):
+        torch = _torch()
+        dev, _ = _module_device_dtype(enc)
+        ids, mask = torch.from_numpy(ids).to(dev), torch.from_numpy(mask).to(dev)
+        return [h.to(torch.float32) for h in decoder_hidden_states(enc, ids, mask, layers)], mask
 
     def _pad_last(self, x, n):
         return _torch().nn.functional.pad(x, (0, n - x.shape[-1]))

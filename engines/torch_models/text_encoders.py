@@ -1,5 +1,6 @@
-"""Text encoders on torch (CLIP-L/G, T5, Gemma 2): from a single file (or the ones inside an
-all-in-one checkpoint) or a transformers folder, with their tokenizers."""
+"""Text encoders on torch (CLIP-L/G, T5, Gemma 2, and the decoder-only LMs: Qwen3...): from a single file (or the
+ones inside an all-in-one checkpoint) or a transformers folder, with their tokenizers; :func:`decoder_hidden_states`
+runs a decoder LM for the hidden states of chosen layers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...models.families import registry
+from ...models.families.base import TEXT_ENCODER_PORTS
 from ..model_files import clip_with_projection, folder_config, resolve, text_encoder_in, text_encoder_key
 from ..tokenizers import find_tokenizer
 from . import convert
@@ -14,10 +16,34 @@ from .building import build_empty, load_into, prefixed
 from .tensors import open_tensors, torch_dtype
 
 
+def is_decoder(key: str) -> bool:
+    """Whether text encoder ``key`` is a decoder-only LM (its hidden states are the prompt's features)."""
+    return TEXT_ENCODER_PORTS.get(key) == "decoder_lm"
+
+
+def decoder_config(cfg: dict):
+    """The transformers config of a decoder LM from a detected config (``model_type`` names the class)."""
+    import transformers
+
+    rest = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures")}
+    return transformers.AutoConfig.for_model(cfg["model_type"], **rest)
+
+
+def decoder_hidden_states(enc, ids, mask, layers):
+    """The hidden states (transformers' ``output_hidden_states`` numbering) of ``layers`` for token ``ids`` [B, L]
+    with keep-``mask`` [B, L], from a decoder LM (a ``...ForCausalLM`` runs its base model: no logits)."""
+    base = enc.model if hasattr(enc, "lm_head") else enc
+    out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    return [out.hidden_states[i] for i in layers]
+
+
 def build_text_encoder(variant: str, cfg: dict, family: str | None):
     """The transformers class for text encoder ``variant`` built from ``cfg`` on the meta device."""
     import transformers
 
+    if is_decoder(variant):
+        conf = decoder_config(cfg)
+        return build_empty(lambda: transformers.AutoModel.from_config(conf))
     cfg = {k: v for k, v in cfg.items() if k != "model_type"}
     if variant in ("clip_l", "clip_g"):
         conf = transformers.CLIPTextConfig(**cfg)
@@ -80,6 +106,8 @@ def _from_folder(engine, p, family, hint, dt):
     key = text_encoder_key(cfg, p.name, hint)
     if key == "t5":
         cls = transformers.T5EncoderModel
+    elif is_decoder(key):
+        cls = transformers.AutoModel  # the base model; a ...ForCausalLM folder's lm_head is not loaded
     elif key == "gemma":
         cls = transformers.Gemma2Model
     else:

@@ -36,7 +36,8 @@ class TextEncoder:
 
 
 # the MLX port of each text-encoder key (engines/mlx_models/<port>.py)
-TEXT_ENCODER_PORTS = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma"}
+# (``decoder_lm``: the decoder-only language models, whose hidden states ``TextEncoding.decoder`` gives)
+TEXT_ENCODER_PORTS = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma", "qwen3_4b": "decoder_lm", "qwen3_8b": "decoder_lm"}
 # the MLX port of each VAE class
 VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae"}
 # the shipped VAE config (models/configs) a family's release uses, by latent channels, unless the family says otherwise

@@ -1,14 +1,17 @@
-"""Text encoders and VAEs of the recognised-only families (Qwen3, Qwen2.5-VL, the FLUX.2 VAE, the Qwen-Image VAE),
-named from the header alone. No engine loads them yet: each detection says what it is (``recognised_as``), and
-:func:`.registry.check_generates` refuses it by that name.
+"""Text encoders and VAEs of today's families (Qwen3, Qwen2.5-VL, the FLUX.2 VAE, the Qwen-Image VAE), named from
+the header alone. One that no family SpriteForge generates with uses yet says what it is (``recognised_as``), and
+:func:`.registry.check_generates` refuses it by that name; once a runnable family declares its slot (Qwen3-4B:
+Z-Image), it loads.
 """
 
 from __future__ import annotations
 
 import re
 
+from .. import configs
 from ..detection import Detection, count
 from ..safetensors_header import TensorInfo
+from . import registry
 
 # Qwen3 language models by width: (our key, name, what uses it)
 _QWEN3 = {2560: ("qwen3_4b", "Qwen3-4B", "Z-Image, FLUX.2 [klein] 4B"), 4096: ("qwen3_8b", "Qwen3-8B", "FLUX.2 [klein] 9B")}
@@ -34,7 +37,7 @@ def folder_text_encoder(cfg: dict) -> str | None:
     """Our key for a transformers folder's ``config.json`` of one of these text encoders (None: not one of them)."""
     mt = cfg.get("model_type", "")
     if mt == "qwen3":
-        return _QWEN3.get(cfg.get("hidden_size"), ("qwen3",))[0]
+        return _qwen3_slot(cfg.get("hidden_size"), cfg.get("tie_word_embeddings", True))[0]
     if mt == "qwen2_5_vl":
         return "qwen25_7b"
     return {"mistral3": "mistral3", "qwen3_vl": "qwen3_vl_4b"}.get(mt)
@@ -52,17 +55,34 @@ def _language_model(t: dict[str, TensorInfo], pre: str) -> dict:
             "tie_word_embeddings": "lm_head.weight" not in t}
 
 
+def _runs(key: str) -> bool:
+    """Whether a family SpriteForge generates with has a text-encoder slot ``key``."""
+    return any(te.key == key for f in registry.families() for te in f.text_encoders)
+
+
 def _text_encoder(variant: str, name: str, used_by: str, cfg: dict, **extras) -> Detection:
     det = Detection(None, variant, "text_encoder", cfg, layout="hf")
     lm = "untied (lm_head.weight stored)" if not cfg["tie_word_embeddings"] else "tied (no lm_head.weight: the embedding is the head)"
-    det.extras.update(recognised_as=f"the {name} text encoder ({used_by})", lm_head=lm, **extras)
+    det.extras.update(lm_head=lm, **extras)
+    if not _runs(variant):
+        det.extras["recognised_as"] = f"the {name} text encoder ({used_by})"
     return det
 
 
 def _qwen3(t, pre) -> Detection:
-    cfg = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], **_language_model(t, pre)}
-    key, name, used_by = _QWEN3.get(cfg["hidden_size"], ("qwen3", f"Qwen3 ({cfg['hidden_size']} wide)", "unknown"))
+    # the released config (Qwen/Qwen3-4B, -8B: rope theta, norm epsilon...), then what the shapes tell
+    cfg = {**configs.load("te-qwen3")["config"], "architectures": ["Qwen3ForCausalLM"], **_language_model(t, pre)}
+    key, name, used_by = _qwen3_slot(cfg["hidden_size"], cfg["tie_word_embeddings"])
     return _text_encoder(key, name, used_by, cfg)
+
+
+def _qwen3_slot(hidden, tied: bool) -> tuple[str, str, str]:
+    """(our key, name, what uses it) of a Qwen3 ``hidden`` wide: the released widths by their width; another width (a
+    tiny or custom model) by its head, as the releases differ: Qwen3-4B's is tied (no ``lm_head``), Qwen3-8B's not."""
+    if hidden in _QWEN3:
+        return _QWEN3[hidden]
+    key, _, used_by = _QWEN3[2560 if tied else 4096]
+    return key, f"Qwen3 ({hidden} wide, {'tied' if tied else 'untied'} head)", used_by
 
 
 def _qwen25_vl(t, pre) -> Detection:
