@@ -1,13 +1,13 @@
 """Our sampling loop against each family's own diffusers pipeline: same model, sigmas, steps, noise and embeddings.
 
-  python -m spriteforge.benchmarks.bench_generate [--families pixart,sd3,flux,sana,dit] [--steps 20] [--pairs 15]
+  python -m spriteforge.benchmarks.bench_generate [--families pixart,sd3,flux,sana,dit,zimage] [--steps 20] [--pairs 15]
                                                   [--threads 1] [--json]
 
 For every family a small random-weight transformer of the real class (a few million parameters: the per-step work
 around the network shows) is written as a single ``.safetensors`` file and loaded by ``engine.load_model``, the path a
 user's file takes. The same module is then sampled by (a) ``spriteforge.pipeline.sample`` (our samplers and the torch
 engine's denoiser) and (b) the family's diffusers pipeline (PixArtSigmaPipeline, StableDiffusion3Pipeline,
-FluxPipeline, SanaPipeline, DiTPipeline) with an Euler scheduler given the very same sigmas and initial latents, the
+FluxPipeline, SanaPipeline, DiTPipeline, ZImagePipeline) with an Euler scheduler given the very same sigmas and initial latents, the
 text embeddings precomputed for both, no VAE decode.
 
 The runs are interleaved, ours then diffusers' then diffusers' then ours (the order alternates pair by pair, so
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 SIZE = {"sana": 512}  # pixels: a 16x16 latent for every family (Sana's VAE compresses 32x)
-CFG = {"flux": 1.0, "dit": 4.0}  # Flux dev is guidance-distilled (guidance 3.5, no CFG); the rest CFG 4.5
+CFG = {"flux": 1.0, "dit": 4.0, "zimage": 1.0}  # Flux dev: guidance 3.5, no CFG; Z-Image-Turbo: no CFG; the rest CFG 4.5
 
 
 def _seeded(model, seed: int = 0):
@@ -68,6 +68,10 @@ def build_transformer(family: str):
     elif family == "dit":
         m = d.DiTTransformer2DModel(num_attention_heads=4, attention_head_dim=32, in_channels=4, out_channels=8, num_layers=6,
                                     sample_size=16, patch_size=2, num_embeds_ada_norm=1000)
+    elif family == "zimage":
+        m = d.ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=128, n_layers=6,
+                                       n_refiner_layers=1, n_heads=4, n_kv_heads=4, norm_eps=1e-5, qk_norm=True, cap_feat_dim=64,
+                                       rope_theta=256.0, t_scale=1000.0, axes_dims=[8, 12, 12], axes_lens=[1536, 512, 512])
     else:
         raise SystemExit(f"unknown family {family!r}")
     return _seeded(m)
@@ -88,6 +92,10 @@ def conditioning(family: str, h):
         mask[:, :valid] = 1
         return emb, mask
 
+    if family == "zimage":  # Qwen3's hidden states of the real tokens (the pipeline takes them unpadded)
+        (e, m), (ne, nm) = masked(cfg["cap_feat_dim"], 32, 12), masked(cfg["cap_feat_dim"], 32, 2)
+        neg = Conditioning(family=family, prompts=[""], embeds=ne, mask=nm)
+        return Conditioning(family=family, prompts=["bench"], embeds=e, mask=m, negative=neg)
     if family in ("pixart", "sana"):
         (e, m), (ne, nm) = masked(cfg["caption_channels"], 300, 12), masked(cfg["caption_channels"], 300, 2)
         neg = Conditioning(family=family, prompts=[""], embeds=ne, mask=nm)
@@ -174,6 +182,8 @@ def pipeline(family: str, transformer):
         pipe = d.FluxPipeline(transformer=transformer, scheduler=flow, text_encoder_2=None, tokenizer_2=None, **none)
     elif family == "sana":
         pipe = d.SanaPipeline(transformer=transformer, scheduler=flow, **none)
+    elif family == "zimage":
+        pipe = d.ZImagePipeline(transformer=transformer, scheduler=flow, **none)
     elif family == "dit":
         # DDIM, "leading" spacing with offset 1: our ddim_uniform sigmas (DiTPipeline steps with the input it scaled,
         # which is right only where scaling is the identity)
@@ -241,6 +251,11 @@ def run_diffusers(c: Case, seed: int):
             out = pipe(prompt=None, negative_prompt=None, sigmas=sig[:-1], guidance_scale=c.cfg, latents=noise, prompt_embeds=cond.embeds,
                        prompt_attention_mask=cond.mask, negative_prompt_embeds=neg.embeds, negative_prompt_attention_mask=neg.mask,
                        use_resolution_binning=False, **common)[0]
+        elif fam == "zimage":  # its guidance g is our CFG g + 1; Turbo samples without (0 = our 1)
+            real = [e[m.bool()] for e, m in zip(cond.embeds, cond.mask)]
+            nreal = [e[m.bool()] for e, m in zip(neg.embeds, neg.mask)]
+            out = pipe(sigmas=sig[:-1], guidance_scale=c.cfg - 1.0, latents=noise, prompt_embeds=real, negative_prompt_embeds=nreal,
+                       **common)[0]
         else:  # dit: DDIM works in VP space, x / sqrt(1 + sigma^2)
             with _dit_inputs(pipe, noise * (sig[0] / (1.0 + sig[0] ** 2) ** 0.5)) as tap:
                 pipe(class_labels=list(cond.class_labels), guidance_scale=c.cfg, num_inference_steps=c.steps, output_type="pt",
@@ -297,7 +312,7 @@ def measure(c: Case, pairs: int, seed: int = 7) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--families", default="pixart,sd3,flux,sana,dit")
+    ap.add_argument("--families", default="pixart,sd3,flux,sana,dit,zimage")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--pairs", type=int, default=15, help="interleaved (ours, diffusers) pairs per family")
     ap.add_argument("--device", default="cpu")

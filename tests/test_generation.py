@@ -330,7 +330,7 @@ def test_denoiser_matches_a_direct_transformer_call(engine, handles):  # noqa: F
     assert isinstance(dn(x.numpy(), sigma), np.ndarray)
 
 
-@pytest.mark.parametrize("family", ["pixart", "sd3", "flux", "sana", "dit"])
+@pytest.mark.parametrize("family", ["pixart", "sd3", "flux", "sana", "dit", "zimage"])
 def test_loop_matches_the_family_diffusers_pipeline(engine, family, tmp_path):  # noqa: F811
     """Our loop (samplers + denoiser) equals the family's own diffusers pipeline on the same model file, sigmas, latents
     and embeddings: the comparison bench_generate times."""
