@@ -7,7 +7,8 @@ For every family a small random-weight transformer of the real class (a few mill
 around the network shows) is written as a single ``.safetensors`` file and loaded by ``engine.load_model``, the path a
 user's file takes. The same module is then sampled by (a) ``spriteforge.pipeline.sample`` (our samplers and the torch
 engine's denoiser) and (b) the family's diffusers pipeline (PixArtSigmaPipeline, StableDiffusion3Pipeline,
-FluxPipeline, SanaPipeline, DiTPipeline, ZImagePipeline) with an Euler scheduler given the very same sigmas and initial latents, the
+FluxPipeline, SanaPipeline, DiTPipeline, ZImagePipeline and, where the family is
+registered, Flux2KleinPipeline) with an Euler scheduler given the very same sigmas and initial latents, the
 text embeddings precomputed for both, no VAE decode.
 
 The runs are interleaved, ours then diffusers' then diffusers' then ours (the order alternates pair by pair, so
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import inspect
 import json
 import statistics
 import sys
@@ -31,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-SIZE = {"sana": 512}  # pixels: a 16x16 latent for every family (Sana's VAE compresses 32x)
-CFG = {"flux": 1.0, "dit": 4.0, "zimage": 1.0}  # Flux dev: guidance 3.5, no CFG; Z-Image-Turbo: no CFG; the rest CFG 4.5
+SIZE = {"sana": 512, "flux2": 256}  # pixels: 64 image tokens or more for every family (Sana's VAE compresses 32x, FLUX.2's 16x)
+# Flux dev: guidance 3.5, no CFG; Z-Image-Turbo: no CFG; FLUX.2 [klein] base: CFG 4 (two calls a step in its pipeline)
+CFG = {"flux": 1.0, "dit": 4.0, "zimage": 1.0, "flux2": 4.0}
 
 
 def _seeded(model, seed: int = 0):
@@ -72,6 +75,10 @@ def build_transformer(family: str):
         m = d.ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=128, n_layers=6,
                                        n_refiner_layers=1, n_heads=4, n_kv_heads=4, norm_eps=1e-5, qk_norm=True, cap_feat_dim=64,
                                        rope_theta=256.0, t_scale=1000.0, axes_dims=[8, 12, 12], axes_lens=[1536, 512, 512])
+    elif family == "flux2":
+        m = d.Flux2Transformer2DModel(patch_size=1, in_channels=128, num_layers=2, num_single_layers=4, attention_head_dim=32,
+                                      num_attention_heads=4, joint_attention_dim=96, timestep_guidance_channels=32, mlp_ratio=3.0,
+                                      axes_dims_rope=(8, 8, 8, 8), rope_theta=2000, eps=1e-6, guidance_embeds=False)
     else:
         raise SystemExit(f"unknown family {family!r}")
     return _seeded(m)
@@ -100,6 +107,9 @@ def conditioning(family: str, h):
         (e, m), (ne, nm) = masked(cfg["caption_channels"], 300, 12), masked(cfg["caption_channels"], 300, 2)
         neg = Conditioning(family=family, prompts=[""], embeds=ne, mask=nm)
         return Conditioning(family=family, prompts=["bench"], embeds=e, mask=m, negative=neg)
+    if family == "flux2":  # Qwen3's layers 9/18/27 stacked (joint width), no mask
+        e, ne = (torch.randn(1, 128, cfg["joint_attention_dim"], generator=g) for _ in range(2))
+        return Conditioning(family=family, prompts=["bench"], embeds=e, negative=Conditioning(family=family, prompts=[""], embeds=ne))
     if family in ("sd3", "flux"):
         n = 333 if family == "sd3" else 256  # SD3: 77 CLIP + 256 T5 tokens; Flux: T5 only
         e, ne = (torch.randn(1, n, cfg["joint_attention_dim"], generator=g) for _ in range(2))
@@ -134,6 +144,8 @@ def load_case(family: str, engine, folder: Path, steps: int) -> Case:
     c = Case(family, engine, h, conditioning(family, h), SIZE.get(family, 128), steps, CFG.get(family, 4.5))
     if family == "dit":  # DiTPipeline is right with DDIM only (= Euler, eta 0): DDIM's own steps
         c.sampler, c.schedule = "ddim", "ddim_uniform"
+    if family == "flux2":  # its pipelines' sigmas (linspace(1, 1/steps), shifted by the empirical mu)
+        c.schedule = "simple"
     c.pipe = pipeline(family, h.transformer)
     return c
 
@@ -151,7 +163,8 @@ def _sigmas(c: Case):
     from spriteforge.pipeline import model_schedule
     from spriteforge.samplers import get_sigmas
 
-    ms = model_schedule(c.handle, c.size, c.size)
+    kw = {"steps": c.steps} if "steps" in inspect.signature(model_schedule).parameters else {}  # FLUX.2's mu needs them
+    ms = model_schedule(c.handle, c.size, c.size, **kw)
     return [float(s) for s in get_sigmas(c.schedule, c.steps, ms)]
 
 
@@ -184,6 +197,9 @@ def pipeline(family: str, transformer):
         pipe = d.SanaPipeline(transformer=transformer, scheduler=flow, **none)
     elif family == "zimage":
         pipe = d.ZImagePipeline(transformer=transformer, scheduler=flow, **none)
+    elif family == "flux2":  # the base [klein]: CFG; it denormalises the latents by the VAE's batch-norm statistics
+        pipe = d.Flux2KleinPipeline(transformer=transformer, scheduler=flow, is_distilled=False, **none)
+        object.__setattr__(pipe, "vae", _IdentityBatchNorm())
     elif family == "dit":
         # DDIM, "leading" spacing with offset 1: our ddim_uniform sigmas (DiTPipeline steps with the input it scaled,
         # which is right only where scaling is the identity)
@@ -194,6 +210,17 @@ def pipeline(family: str, transformer):
         raise SystemExit(f"no diffusers pipeline for {family}")
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+class _IdentityBatchNorm:
+    """Flux2KleinPipeline always denormalises its latents by the VAE's batch-norm statistics: mean 0, std 1 here, so
+    it returns the latents it sampled (the space our sampler works in)."""
+
+    def __init__(self):
+        import torch
+
+        self.bn = type("BN", (), {"running_mean": torch.zeros(128), "running_var": torch.zeros(128)})()
+        self.config = type("Config", (), {"batch_norm_eps": 1.0, "block_out_channels": (1, 1, 1, 1)})()
 
 
 class _LatentTap:
@@ -256,6 +283,10 @@ def run_diffusers(c: Case, seed: int):
             nreal = [e[m.bool()] for e, m in zip(neg.embeds, neg.mask)]
             out = pipe(sigmas=sig[:-1], guidance_scale=c.cfg - 1.0, latents=noise, prompt_embeds=real, negative_prompt_embeds=nreal,
                        **common)[0]
+        elif fam == "flux2":
+            out = pipe(sigmas=sig[:-1], guidance_scale=c.cfg, latents=noise, prompt_embeds=cond.embeds,
+                       negative_prompt_embeds=neg.embeds, **common)[0]
+            out = pipe._patchify_latents(out)  # it hands the latents back unpatchified, for its VAE
         else:  # dit: DDIM works in VP space, x / sqrt(1 + sigma^2)
             with _dit_inputs(pipe, noise * (sig[0] / (1.0 + sig[0] ** 2) ** 0.5)) as tap:
                 pipe(class_labels=list(cond.class_labels), guidance_scale=c.cfg, num_inference_steps=c.steps, output_type="pt",
