@@ -325,6 +325,27 @@ def test_bf16_file_on_a_float32_cpu_stays_mapped_and_computes_in_float32(root, e
     assert {prm.dtype for prm in h.transformer.parameters()} == {torch.bfloat16}  # restored after the forward
 
 
+@pytest.mark.parametrize("merge", [False, True])
+def test_bf16_file_on_a_float32_cpu_takes_a_lora(root, engine, tmp_path, merge):
+    """A LoRA on the bf16-stored model (patched per forward, or merged once into bf16) gives the float32 model's output
+    with the same LoRA (merged: to bf16 rounding of the merged weights)."""
+    from safetensors.torch import load_file, save_file
+
+    from spriteforge.lora import apply_loras
+    from spriteforge.tests.test_lora_torch import _write
+
+    src = tm.make_flux(root, layout="original", variant="schnell")
+    sd = {k: v.to(torch.bfloat16) for k, v in load_file(str(src)).items()}
+    p, p32 = tmp_path / "flux_bf16.safetensors", tmp_path / "flux_bf16_as_fp32.safetensors"
+    save_file(sd, str(p))
+    save_file({k: v.float() for k, v in sd.items()}, str(p32))
+    h, ref = load_model(engine, p), load_model(engine, p32)
+    lora, _, _ = _write(tmp_path, "kohya", "flux", ref.transformer)
+    got = _run("flux", apply_loras(h, [(lora, 0.8)], merge=merge).transformer, dtype=torch.float32)
+    want = _run("flux", apply_loras(ref, [(lora, 0.8)], merge=merge).transformer)
+    torch.testing.assert_close(got, want, rtol=2e-2 if merge else 1e-5, atol=2e-2 if merge else 1e-5)
+
+
 def test_fp8_weights_stay_fp8_and_upcast_per_layer(root, engine, tmp_path):
     from safetensors.torch import load_file, save_file
 

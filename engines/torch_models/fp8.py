@@ -99,6 +99,9 @@ class _Upcast:
                     up = p.to(self.compute)
                 mod._parameters[name] = torch.nn.Parameter(up, requires_grad=False)
         mod.__dict__["_sf_fp8_stored"] = stored
+        if any(torch.is_tensor(a) and a.dtype in self.stored for a in args):  # cast to a stored weight's dtype upstream
+            return tuple(a.to(self.compute) if torch.is_tensor(a) and a.dtype in self.stored else a for a in args)
+        return None
 
     @staticmethod
     def post(mod, args, out):
