@@ -172,8 +172,29 @@ class Denoiser:
         cache = self._cond_cache
         if batch not in cache:
             c = self._cond_arrays(self.cond, batch)
-            cache[batch] = (c, self._cat(c, self._cond_arrays(self.uncond, batch)) if self.use_cfg else None)
+            both = self._cat(c, self._cond_arrays(self.uncond, batch)) if self.use_cfg else None
+            if self.family.text_mask:
+                c, both = self._unpadded(c, both)
+            cache[batch] = (c, both)
         return cache[batch]
+
+    def _unpadded(self, c, both):
+        """``c`` and ``both`` without the trailing tokens that no prompt's mask keeps, for a transformer whose attention
+        honours the mask: a masked token adds exactly nothing (its weight is exp(-10000) = 0), so the result is the same
+        while every step attends to (and projects) the real tokens only, not T5's 300 padded ones. One host read of
+        the masks a run; unchanged when some prompt keeps no token at all."""
+        masks = [d["mask"] for d in (c, both) if d is not None and d.get("mask") is not None]
+        if not masks:
+            return c, both
+        kept = [np.asarray(self.ops.to_numpy(m)).reshape(m.shape[0], -1) > 0 for m in masks]
+        if any(not row.any() for k in kept for row in k):
+            return c, both
+        n = max(int(np.flatnonzero(k.any(axis=0))[-1]) + 1 for k in kept)
+
+        def cut(d):
+            return None if d is None else {k: v[:, :n] if k in ("embeds", "mask") and v.shape[1] > n else v for k, v in d.items()}
+
+        return cut(c), cut(both)
 
     def _cat(self, a, b):
         """Conditioning ``a`` and negative ``b`` in one batch, uncond first; sequences padded to one length."""

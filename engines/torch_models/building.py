@@ -49,11 +49,12 @@ def build_empty(build):
         return build()
 
 
-def load_dtype(info: TensorInfo, weight: torch.dtype, keep_fp8: bool) -> torch.dtype | None:
-    """The dtype a stored tensor is loaded in: ``weight`` for floats; None (as stored) for integers and kept fp8."""
+def load_dtype(info: TensorInfo, weight: torch.dtype, keep_fp8: bool, keep: tuple = ()) -> torch.dtype | None:
+    """The dtype a stored tensor is loaded in: ``weight`` for floats; None (as stored) for integers, kept fp8 and the
+    ``keep`` dtypes (upcast per layer when run: :mod:`.fp8`)."""
     if not info.dtype.startswith(("float", "bfloat")):
         return None  # integer buffers keep their dtype
-    if info.dtype in FP8 and keep_fp8:
+    if (info.dtype in FP8 and keep_fp8) or info.dtype in keep:
         return None
     return weight
 
@@ -84,10 +85,12 @@ def prefixed(source, prefix: str, skip=()) -> dict[str, str]:
     return {k: k[len(prefix):] for k in source.keys() if k.startswith(prefix) and not any(k.endswith(s) for s in skip)}
 
 
-def load_into(model, source, mapping: dict[str, str], convert_fn, *, dtype, device, keep_fp8=False, what="model", fill=None):
+def load_into(model, source, mapping: dict[str, str], convert_fn, *, dtype, device, keep_fp8=False, keep=(), what="model",
+              fill=None):
     """Read ``mapping`` (source key -> prefix-less key), convert, and assign into ``model`` (on meta).
 
-    ``convert_fn`` maps the prefix-less dict to the model's keys. Returns the model.
+    ``convert_fn`` maps the prefix-less dict to the model's keys; ``keep``: stored dtype names loaded as stored.
+    Returns the model.
     """
     from ...progress import Progress
 
@@ -96,7 +99,7 @@ def load_into(model, source, mapping: dict[str, str], convert_fn, *, dtype, devi
     with Progress(len(groups), f"loading {what}") as bar:
         for group in groups:
             for src_key in group:
-                sd[mapping[src_key]] = source.get(src_key, load_dtype(source.tensors[src_key], dtype, keep_fp8), device)
+                sd[mapping[src_key]] = source.get(src_key, load_dtype(source.tensors[src_key], dtype, keep_fp8, keep), device)
             bar.update()  # also the interrupt point: Cancel stops within one group
     sd = quant.install(model, convert_fn(sd), dtype)  # quantized Linear weights stay stored (QuantLinear)
     expected = model.state_dict()

@@ -199,8 +199,11 @@ class TorchDenoiser(Denoiser):
         comfy_load([self.module])  # inside ComfyUI: onto the GPU before its device is read
         self._blocks = blocks(self.module)  # found once a run; Cancel is checked before each of them every step
         self.device, self.dtype = _module_device_dtype(self.module, getattr(self.engine, "torch_device", None))
+        compute = getattr(torch, self.handle.dtype) if self.handle.dtype else None
         if self.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):  # fp8 storage: compute in the dtype it is upcast to
-            self.dtype = getattr(torch, self.handle.dtype or "float32")
+            self.dtype = compute or torch.float32
+        elif compute is not None and self.dtype.itemsize < compute.itemsize:  # bf16 kept on a CPU: upcast per layer
+            self.dtype = compute
 
     def _model_config(self):
         cfg = getattr(self.module, "config", None)

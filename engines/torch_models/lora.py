@@ -93,8 +93,8 @@ def _patched_class(cls: type) -> type:
 
     def forward(self, x, *args, **kwargs):
         merged = self.__dict__.get("_sf_merged")
-        if merged is not None:
-            w = merged
+        if merged is not None:  # kept in the stored dtype; a layer upcast per forward (bf16 on a CPU) computes in x's
+            w = merged if merged.dtype == x.dtype or not x.is_floating_point() else merged.to(x.dtype)
         elif isinstance(self, nn.Linear) and _low_rank_ok(self, x):
             return _low_rank_forward(self, x)
         else:

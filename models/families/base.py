@@ -109,6 +109,7 @@ class Family:
     class_conditional: ClassVar[bool] = False  # prompts are class labels (its negative is the null class), no text encoder
     distilled_guidance: ClassVar[bool] = False  # guidance is a model input; a negative prompt only with CFG above 1
     square_only: ClassVar[bool] = False  # draws square images only
+    text_mask: ClassVar[bool] = False  # its attention honours the text mask: padding no prompt attends to is dropped once a run
     patch_size: ClassVar[int | None] = None  # None: the config's
     defaults: ClassVar[dict] = {"cfg": 4.5, "steps": 20, "sampler": "dpmpp_2m", "schedule": "normal"}
     variant_defaults: ClassVar[dict] = {}  # a word in the variant name -> overrides of :attr:`defaults`
