@@ -149,7 +149,8 @@ def find_tokenizer(key: str, near: Path | None = None, *, source=None, required:
     for d in cands:
         if _has_tokenizer_files(d, kind) and _tokenizer_matches(d, kind):
             try:
-                return fold_case_if_lowercase(_load_tokenizer_dir(d, kind))
+                tok = _load_tokenizer_dir(d, kind)
+                return fold_case_if_lowercase(_with_chat_tokens(tok) if kind == "qwen" else tok)
             except Exception as exc:  # noqa: BLE001 - try the next place
                 log.warning("tokenizer in %s could not be loaded: %s", d, exc)
     if not required:
@@ -162,6 +163,20 @@ def find_tokenizer(key: str, near: Path | None = None, *, source=None, required:
         "inside ComfyUI the tokenizers ComfyUI ships are used.",
         details={"tokenizer": key, "searched": [str(c) for c in cands]},
     )
+
+
+# Qwen's chat-template markers, the special tokens right after ``<|endoftext|>`` in its vocabulary (151643, 151644, 151645)
+QWEN_CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
+
+
+def _with_chat_tokens(tok):
+    """``tok`` knowing Qwen's chat markers as single special tokens: a folder of only ``vocab.json`` + ``merges.txt``
+    has ``<|endoftext|>`` (the tokenizer's default) but would spell ``<|im_start|>`` out in bytes. Added in order after
+    it, they get the ids Qwen's vocabulary gives them."""
+    missing = [t for t in QWEN_CHAT_TOKENS if t not in tok.get_vocab()]
+    if missing:
+        tok.add_special_tokens({"additional_special_tokens": missing})
+    return tok
 
 
 def _tokenizer_matches(d: Path, kind: str) -> bool:

@@ -192,3 +192,19 @@ def test_float16_overflow_is_encoded_again_in_float32(tmp_path, qwen3_family, en
         assert np.abs(g - w).max() <= 1e-2 * (1 + np.abs(w).max())
     dtype = next(enc.parameters()).dtype if engine_name == "torch" else enc.embed_tokens.weight.dtype
     assert "float16" in str(dtype)
+
+
+def test_a_bare_vocab_and_merges_folder_knows_the_chat_markers(tmp_path):
+    """Only ``vocab.json`` + ``merges.txt`` beside the file: ``<|im_start|>`` / ``<|im_end|>`` are still one token each,
+    with the ids of the full tokenizer (right after ``<|endoftext|>``)."""
+    from spriteforge.engines.tokenizers import find_tokenizer
+
+    path = tq.make_qwen3(tmp_path)
+    text = "<|im_start|>user\na red knight<|im_end|>\n<|im_start|>assistant\n"
+    want = find_tokenizer("qwen3_4b", path)(text)["input_ids"]
+    bare = tmp_path / "bare"
+    (bare / "qwen_3_4b_tokenizer").mkdir(parents=True)
+    for f in ("vocab.json", "merges.txt"):
+        (bare / "qwen_3_4b_tokenizer" / f).write_bytes((tmp_path / "qwen_tokenizer" / f).read_bytes())
+    (bare / "qwen_3_4b.safetensors").write_bytes(path.read_bytes())
+    assert find_tokenizer("qwen3_4b", bare / "qwen_3_4b.safetensors")(text)["input_ids"] == want

@@ -29,6 +29,7 @@ from spriteforge.engines.mlx_models import lora as ML  # noqa: E402
 from spriteforge.errors import LORA_KEY_MISMATCH, SpriteForgeError  # noqa: E402
 from spriteforge.lora import LoRASpec, apply_loras as apply_any  # noqa: E402
 from spriteforge.tests import test_lora_util as U  # noqa: E402
+from spriteforge.tests import tiny_qwen as TQ  # noqa: E402
 from spriteforge.tests.test_lora_torch import FORMATS, ORIGINAL, _shapes, _write  # noqa: E402
 
 FAMILIES = U.FAMILY_BUILDERS
@@ -399,7 +400,8 @@ def test_pixart_port_strength_zero_and_two_stacked(tmp_path, pixart_pair):
 
 PORTS = {**{f: (f, lambda f=f: U.build(f), False) for f in FAMILIES},
          "t5": ("t5", lambda: U.tiny().build_t5(), True), "clip_l": ("clip", lambda: U.tiny().build_clip("clip_l", projection=False), True),
-         "gemma": ("gemma", lambda: U.tiny().build_gemma(), True)}
+         "gemma": ("gemma", lambda: U.tiny().build_gemma(), True),
+         "qwen3_4b": ("decoder_lm", lambda: TQ.build_qwen3().model, True)}
 
 
 @pytest.mark.parametrize("part", sorted(PORTS))

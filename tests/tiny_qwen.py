@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 QWEN3_DIM = 32  # hidden width of the tiny Qwen3 (Z-Image's caption features, ``cap_feat_dim``)
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # Qwen3's chat template, reduced to what one user message with ``add_generation_prompt`` renders (``enable_thinking``
@@ -107,7 +105,7 @@ def make_qwen3(root, layout: str = "file", size: str = "4b", seed: int = 0, name
     return path
 
 
-def load_qwen3(path) -> "torch.nn.Module":
+def load_qwen3(path):
     """The tiny model back as a transformers ``Qwen3Model`` (for references)."""
     import transformers
 
