@@ -10,6 +10,8 @@ backbone and random weights):
     checkpoints/sd3.5_medium.safetensors             SD3.5-medium MMDiT-X + VAE (no text encoders, like the release)
     text_encoders/clip_l.safetensors, clip_g.safetensors, t5xxl_fp16.safetensors (+ <stem>_tokenizer/ beside each)
     diffusers/PixArt-Sigma-XL-2-1024-MS/            PixArt-Sigma diffusers pipeline folder
+    diffusion_models/flux-2-klein-4b.safetensors     FLUX.2 [klein], BFL layout; text_encoders/qwen_3_4b.safetensors
+                                                     (+ qwen_3_4b_tokenizer/), vae/flux2-vae.safetensors (BFL layout)
     birefnet/BiRefNet_lite.safetensors               BiRefNet lite (Swin-T), random weights
 
 One ``t5xxl_fp16.safetensors`` serves Flux and SD3.5 (as in a real ComfyUI install), so the tiny
@@ -37,7 +39,7 @@ pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[1]
 WF = REPO / "example_workflows"
-NAMES = ("txt2img", "img2img", "tileset", "inpainting", "sprite_pipeline")
+NAMES = ("txt2img", "img2img", "tileset", "inpainting", "sprite_pipeline", "flux2_klein_txt2img")
 SMALL = 64
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,10 +49,10 @@ sys.path.pop(0)
 
 # every model file / folder name the shipped workflows use (checked below against the workflows)
 RELEASE_FILES = {
-    "diffusion_models": ["flux1-schnell.safetensors"],
+    "diffusion_models": ["flux1-schnell.safetensors", "flux-2-klein-4b.safetensors"],
     "checkpoints": ["sd3.5_medium.safetensors"],
-    "vae": ["ae.safetensors"],
-    "text_encoders": ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"],
+    "vae": ["ae.safetensors", "flux2-vae.safetensors"],
+    "text_encoders": ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors", "qwen_3_4b.safetensors"],
     "diffusers": ["PixArt-Sigma-XL-2-1024-MS"],
     "birefnet": ["BiRefNet_lite.safetensors"],
 }
@@ -96,6 +98,21 @@ def _birefnet_lite(path: Path) -> Path:
     return path
 
 
+def _flux2_klein(scratch: Path, root: Path) -> None:
+    """FLUX.2 [klein] as ComfyUI users hold it: the BFL single file, qwen_3_4b.safetensors with its tokenizer beside
+    it, flux2-vae.safetensors (BFL layout)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import tiny_flux2 as tf
+
+    sys.path.pop(0)
+    (root / "diffusion_models").mkdir(parents=True, exist_ok=True)
+    shutil.copy(tf.make_flux2(scratch, layout="original"), root / "diffusion_models" / "flux-2-klein-4b.safetensors")
+    te = tf.make_flux2_text_encoder(scratch / "te")
+    shutil.copy(te, root / "text_encoders" / te.name)
+    shutil.copytree(te.parent / "qwen_3_4b_tokenizer", root / "text_encoders" / "qwen_3_4b_tokenizer")
+    tf.make_flux2_vae(root / "vae", layout="original", name="flux2-vae.safetensors")
+
+
 def build_models_root(root: Path) -> Path:
     """Build (once; a marker file makes later calls free) the tiny models root described above."""
     root = Path(root)
@@ -115,6 +132,7 @@ def build_models_root(root: Path) -> Path:
     (root / "diffusers").mkdir(parents=True, exist_ok=True)
     shutil.move(str(pix), str(root / "diffusers" / "PixArt-Sigma-XL-2-1024-MS"))
     _birefnet_lite(root / "birefnet" / "BiRefNet_lite.safetensors")
+    _flux2_klein(scratch, root)
     shutil.rmtree(scratch)
     (root / ".complete").write_text("ok")
     return root
@@ -284,6 +302,14 @@ def test_txt2img(workflow_runs):
 
 
 @pytest.mark.slow
+def test_flux2_klein_txt2img(workflow_runs):
+    res = workflow_runs("flux2_klein_txt2img")
+    (png,) = _files(res)
+    im = _png(png)
+    assert png.name.startswith("flux2_klein_") and im.size == (SMALL, SMALL) and np.asarray(im).std() > 1
+
+
+@pytest.mark.slow
 def test_img2img(workflow_runs):
     res = workflow_runs("img2img")
     (png,) = _files(res)
@@ -341,7 +367,7 @@ def test_sprite_pipeline_writes_indexed_sprites_and_a_sheet(workflow_runs):
 
 # --------------------------------------------------------------------------- the same workflows on MLX
 
-MLX_RGB = ["txt2img", "img2img", "inpainting"]
+MLX_RGB = ["txt2img", "img2img", "inpainting", "flux2_klein_txt2img"]
 
 
 @pytest.mark.slow
