@@ -234,7 +234,8 @@ def _vae_numbers(fam, det, vae_cfg: dict) -> tuple:
     if vae_cfg:
         dc = vae_cfg.get("_class_name") == "AutoencoderDC" or "encoder_block_types" in vae_cfg
         blocks = vae_cfg.get("encoder_block_out_channels") if dc else vae_cfg.get("block_out_channels")
-        return (int(vae_cfg.get("latent_channels", 4)) * p * p, 2 ** (len(blocks or [0] * (6 if dc else 4)) - 1) * p,
+        latent = vae_cfg.get("latent_channels", vae_cfg.get("z_dim", 4))  # z_dim: the Wan-style (Qwen-Image) VAE
+        return (int(latent) * p * p, 2 ** (len(blocks or [0] * (6 if dc else 4)) - 1) * p,
                 float(vae_cfg.get("scaling_factor") or 1.0), float(vae_cfg.get("shift_factor") or 0.0))
     ref = configs.load(fam.release_vae(det.variant))["config"]
     return (int(ref["latent_channels"]) * p * p, fam.vae_scale_factor * p, float(ref.get("scaling_factor") or 1.0),

@@ -172,8 +172,29 @@ class Denoiser:
         cache = self._cond_cache
         if batch not in cache:
             c = self._cond_arrays(self.cond, batch)
-            cache[batch] = (c, self._cat(c, self._cond_arrays(self.uncond, batch)) if self.use_cfg else None)
+            both = self._cat(c, self._cond_arrays(self.uncond, batch)) if self.use_cfg else None
+            if self.family.text_mask:
+                c, both = self._unpadded(c, both)
+            cache[batch] = (c, both)
         return cache[batch]
+
+    def _unpadded(self, c, both):
+        """``c`` and ``both`` without the trailing tokens that no prompt's mask keeps, for a transformer whose attention
+        honours the mask: a masked token adds exactly nothing (its weight is exp(-10000) = 0), so the result is the same
+        while every step attends to (and projects) the real tokens only, not T5's 300 padded ones. One host read of
+        the masks a run; unchanged when some prompt keeps no token at all."""
+        masks = [d["mask"] for d in (c, both) if d is not None and d.get("mask") is not None]
+        if not masks:
+            return c, both
+        kept = [np.asarray(self.ops.to_numpy(m)).reshape(m.shape[0], -1) > 0 for m in masks]
+        if any(not row.any() for k in kept for row in k):
+            return c, both
+        n = max(int(np.flatnonzero(k.any(axis=0))[-1]) + 1 for k in kept)
+
+        def cut(d):
+            return None if d is None else {k: v[:, :n] if k in ("embeds", "mask") and v.shape[1] > n else v for k, v in d.items()}
+
+        return cut(c), cut(both)
 
     def _cat(self, a, b):
         """Conditioning ``a`` and negative ``b`` in one batch, uncond first; sequences padded to one length."""
@@ -199,7 +220,7 @@ class Denoiser:
         with self._no_grad():
             inp = model_input(xt, self.handle.prediction, sigma)
             t = self._timestep(sigma)
-            tdt = self.dtype if self.flow else self.F32
+            tdt = self.dtype if self.flow and not self.family.float32_timestep else self.F32
             c, allc = self._conditioning(b)
             if self.use_cfg:
                 xin = self._cast(self.ops.concat([inp, inp], 0), self.dtype)
@@ -214,8 +235,8 @@ class Denoiser:
                 if self.rescale > 0.0:  # rescaled in v-space, from the two denoised estimates
                     x0 = cfg_rescale(self._x0(xt, oc, sigma), self._x0(xt, ou, sigma), self.cfg, self.rescale, x=xt,
                                      sigma=sigma, flow=self.flow, ops=self.ops)
-                else:  # CFG on the network output: the same as on x0 (to_x0 is affine in it)
-                    x0 = self._x0(xt, ou + (oc - ou) * self.cfg, sigma)
+                else:  # CFG on the network output, as the family combines it (plain CFG: the same as on x0, to_x0 is affine)
+                    x0 = self._x0(xt, self.family.guide(self.ops, ou, oc, self.cfg), sigma)
             else:
                 x0 = self._x0(xt, self.ops.f32(self._forward(self._cast(inp, self.dtype), self._full(b, t, tdt), c)), sigma)
             if self.threshold > 0.0:

@@ -180,7 +180,7 @@ def check_vae_fits(det: Detection, vae_config: dict, vae) -> None:
     """BAD_INPUT when the VAE given with a model makes latents of another width than the model's family draws
     (a PixArt/SDXL VAE given for Flux...): said before sampling, naming both, instead of a shape error inside it."""
     want = registry.rules(det.family).latent_channels
-    got = int(vae_config.get("latent_channels") or 0)
+    got = int(vae_config.get("latent_channels") or vae_config.get("z_dim") or 0)
     if got and got != want:
         raise SpriteForgeError(
             BAD_INPUT,

@@ -84,7 +84,7 @@ def model_schedule(handle, width: int, height: int, shift: float | None = None, 
             mu = fam.resolution_mu((int(height) // m) * (int(width) // m), int(steps or fam.sampling_defaults(handle.variant)["steps"]))
             if mu is not None:
                 return FlowSchedule(mu=mu, multiplier=fam.flow_multiplier, num_timesteps=10000)
-            return FlowSchedule.flux(width, height)
+            return FlowSchedule.flux(width, height, **fam.mu_args((handle.extras or {}).get("scheduler") or {}))
         s = shift if shift is not None else (handle.flow_shift if handle.flow_shift is not None else 3.0)
         return FlowSchedule(float(s))
     sch = dict((handle.extras or {}).get("scheduler") or {})

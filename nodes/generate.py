@@ -70,7 +70,7 @@ class EncodePrompt(ValidatedNode):
             display_name="SpriteForge Encode Prompt",
             category=CATEGORY,
             description="Encodes the positive and negative prompts with the model's own text encoders (T5 for PixArt; "
-            "CLIP-L + CLIP-G + T5 for SD3; CLIP-L + T5 for Flux; Gemma-2 for Sana). DiT takes an ImageNet class "
+            "CLIP-L + CLIP-G + T5 for SD3; CLIP-L + T5 for Flux; Gemma-2 for Sana; Qwen2.5-VL for Qwen-Image). DiT takes an ImageNet class "
             "number (or name) as the prompt. Flux's distilled guidance is set here.",
             inputs=[
                 ModelType.Input("model", tooltip="The model from SpriteForge Load Model."),
@@ -118,9 +118,9 @@ class Sampler(ValidatedNode):
                 io.Combo.Input("schedule", options=_schedule_names(), default="normal", tooltip="How the noise levels are spaced."),
                 io.Float.Input("cfg", default=0.0, min=0.0, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance scale; 0 = the family's default (PixArt 4.5, SD3 5, Flux 1 = "
-                               "no CFG (use guidance in Encode Prompt), Sana 4.5, DiT 4)."),
+                               "no CFG (use guidance in Encode Prompt), Sana 4.5, DiT 4, Z-Image-Turbo 1 = no CFG, Qwen-Image 4)."),
                 io.Float.Input("shift", default=0.0, min=0.0, max=20.0, step=0.05,
-                               tooltip="Flow shift for SD3/Sana/Flux; 0 = the family's default (SD3/Sana 3.0, Flux by resolution). "
+                               tooltip="Flow shift for SD3/Sana/Flux/Z-Image/FLUX.2/Qwen-Image; 0 = the family's default (SD3/Sana/Z-Image 3.0, Flux, FLUX.2 and Qwen-Image by resolution). "
                                "Ignored by PixArt and DiT."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="1 = a new image; below 1 keeps that much of the input latent (img2img)."),

@@ -233,8 +233,9 @@ DETECT = [
     (["double_blocks_0_img_attn_qkv"], ["flux", "flux2"]),  # BFL's block names: Flux.1's and FLUX.2's (no widths to tell)
     (["single_transformer_blocks_3_attn_to_q", "transformer_blocks_0_attn_to_q"], ["flux"]),
     (["joint_blocks_0_x_block_attn_qkv"], ["sd3"]),
-    (["transformer_blocks_23_attn_add_q_proj"], ["sd3"]),
-    (["transformer_blocks_0_attn_add_q_proj"], ["flux", "sd3", "flux2"]),
+    (["transformer_blocks_23_attn_add_q_proj"], ["sd3", "qwenimage"]),  # past Flux's 19 blocks
+    (["transformer_blocks_0_attn_add_q_proj"], ["flux", "sd3", "flux2", "qwenimage"]),
+    (["transformer_blocks_59_attn_to_add_out"], ["qwenimage"]),  # past SD3.5 large's 38
     (["transformer_blocks_0_attn2_to_q", "transformer_blocks_0_attn_to_q"], ["sd3"]),
     (["transformer_blocks_0_ff_conv_inverted"], ["sana"]),
     (["adaln_single_linear"], ["pixart"]),
@@ -259,8 +260,8 @@ def test_family_detection(names, want):
 
 def test_width_and_metadata_settle_ambiguity():
     names = ["transformer_blocks_0_attn_to_q", "transformer_blocks_0_attn_add_q_proj"]
-    # 3072 wide: Flux.1 or FLUX.2 [klein] 4B (both that wide), not SD3; 4096: FLUX.2 [klein] 9B
-    assert detect_family(names, widths={"transformer_blocks_0_attn_to_q": 3072}).candidates == ["flux", "flux2"]
+    # 3072 wide: Flux.1, FLUX.2 [klein] 4B or Qwen-Image (all that wide), not SD3; 4096: FLUX.2 [klein] 9B
+    assert detect_family(names, widths={"transformer_blocks_0_attn_to_q": 3072}).candidates == ["flux", "flux2", "qwenimage"]
     assert detect_family(names, widths={"transformer_blocks_0_attn_to_q": 4096}).candidates == ["flux2"]
     assert detect_family(names, metadata={"ss_base_model_version": "sd3"}).candidates[0] == "sd3"
 

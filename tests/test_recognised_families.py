@@ -1,8 +1,8 @@
 """Today's models (Z-Image, FLUX.2, Qwen-Image, Krea 2; issues #23.5 and #24.6) are named from the header alone:
 every reference manifest, written as a sparse file of the real size with the real header (and, for transformers,
 under ComfyUI's all-in-one ``model.diffusion_model.`` prefix), is inspected as its family, variant and kind while
-reading only the header. SpriteForge does not generate with the recognised-only ones yet (FLUX.2 it runs:
-tests/test_flux2*.py): Load Model and ``generate`` refuse them with UNSUPPORTED_ARCHITECTURE naming what the file is."""
+reading only the header. SpriteForge does not generate with the recognised-only ones yet (Z-Image and FLUX.2 it
+runs: tests/test_zimage.py, tests/test_flux2*.py): Load Model and ``generate`` refuse them with UNSUPPORTED_ARCHITECTURE naming what the file is."""
 
 from __future__ import annotations
 
@@ -139,11 +139,11 @@ def test_z_image_checkpoint_with_its_text_encoder_needs_only_a_vae(shared_dir, t
                                              "ambiguous:  distilled or base: same layout (FLUX.2 [klein] 9B (distilled or base"]),
     ("flux2-dev.transformer.diffusers", ["variant:    dev", "needs:      vae, mistral3", "guidance_embeds: True"]),
     ("flux2-klein-4b.transformer.diffusers", ["needs:      vae, qwen3_4b", "ambiguous:  distilled or base: same layout"]),
-    ("z-image-turbo.transformer.original", ["family:     zimage", "recognised: Z-Image (Turbo or base: same layout)",
+    ("z-image-turbo.transformer.original", ["family:     zimage", "variant:    turbo-or-base",
                                             "needs:      vae, qwen3_4b", "dtype:      bfloat16"]),
     ("krea2.transformer.original", ["family:     krea2", "dtypes:     bfloat16 12.50B, float32 321.57M",
                                     "recognised: Krea 2 (raw or turbo: same layout)", "parameters: 12.82B"]),
-    ("qwen-image.transformer.diffusers", ["family:     qwenimage", "needs:      vae, qwen25_7b", "recognised: Qwen-Image 20B"]),
+    ("qwen-image.transformer.diffusers", ["family:     qwenimage", "variant:    20B", "needs:      vae, qwen25_7b"]),  # runnable
     ("qwen3-4b.text-encoder", ["kind:       text_encoder (hf layout)", "variant:    qwen3_4b",
                                "lm_head:    tied (no lm_head.weight"]),
     ("qwen3-8b.text-encoder", ["variant:    qwen3_8b", "lm_head:    untied (lm_head.weight stored)"]),
@@ -152,7 +152,7 @@ def test_z_image_checkpoint_with_its_text_encoder_needs_only_a_vae(shared_dir, t
     ("flux2-vae.original", ["kind:       vae (original layout)", "variant:    flux2", "dtypes:     float32 84.05M, int64 1",
                             "batch_norm: bn.running_mean/var [128], num_batches_tracked int64"]),
     ("flux2-vae.diffusers", ["kind:       vae (diffusers layout)", "variant:    flux2", "num_batches_tracked int64"]),
-    ("qwen-image.vae.original", ["kind:       vae (original layout)", "variant:    qwen-image", "recognised: the Qwen-Image VAE"]),
+    ("qwen-image.vae.original", ["kind:       vae (original layout)", "variant:    qwen-image"]),  # loaded: no refusal
 ])
 def test_inspect_text(shared_dir, tmp_path, capsys, name, lines):
     path = _fake_file(tmp_path / f"{name}.safetensors", _manifest(shared_dir, name)["tensors"])
@@ -162,8 +162,10 @@ def test_inspect_text(shared_dir, tmp_path, capsys, name, lines):
         assert line in text, f"{line!r} not in:\n{text}"
 
 
-def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsys):
-    path = _fake_file(tmp_path / "flux1-dev.safetensors", _manifest(shared_dir, "flux1-dev.transformer.original")["tensors"])
+@pytest.mark.parametrize("name", ["flux1-dev.transformer.original", "z-image-turbo.transformer.original", "qwen3-4b.text-encoder"])
+def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsys, name):
+    """Flux.1; Z-Image and the Qwen3-4B text encoder it runs with (once recognised only)."""
+    path = _fake_file(tmp_path / f"{name}.safetensors", _manifest(shared_dir, name)["tensors"])
     assert main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
     assert "generation:" not in text and "recognised:" not in text
@@ -174,8 +176,8 @@ def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsy
 
 def test_recognised_families_are_not_the_runnable_ones():
     known = {f.name: f for f in registry.recognised()}
-    assert {n for n, f in known.items() if not f.generation} == {"zimage", "qwenimage", "krea2"}
-    assert not set(registry.names()) & {"zimage", "qwenimage", "krea2"} and "flux2" in registry.names()
+    assert {n for n, f in known.items() if not f.generation} == {"krea2"}
+    assert "krea2" not in registry.names() and {"zimage", "flux2", "qwenimage"} <= set(registry.names())
     from spriteforge.engines.model_files import TRANSFORMER_CLASSES
 
     assert set(TRANSFORMER_CLASSES) == set(registry.names())  # the engines never see them
@@ -213,14 +215,17 @@ def test_load_model_refuses_a_recognised_only_family(models_root):
     assert _refusal(e, "Krea 2 (raw or turbo: same layout)").startswith("krea2_turbo_bf16.safetensors ")
 
 
-def test_their_text_encoders_and_vaes_are_refused_by_name_until_a_family_runs_them(shared_dir, tmp_path):
+def test_their_text_encoders_and_vaes_load_once_a_family_runs_them(shared_dir, tmp_path):
+    """Once refused by name while their families were recognised only; Z-Image, FLUX.2 and Qwen-Image run them now."""
     from spriteforge.engines import model_files
     from spriteforge.models.safetensors_header import header_from_manifest
 
     te = header_from_manifest(_manifest(shared_dir, "qwen2.5-vl-7b.text-encoder")).tensors
-    with pytest.raises(SpriteForgeError) as e:
-        model_files.text_encoder_in(te, "qwen_2.5_vl_7b.safetensors", None)
-    _refusal(e, "the Qwen2.5-VL-7B text encoder (Qwen-Image, Qwen-Image-Edit)", "does not load it yet")
+    det, _ = model_files.text_encoder_in(te, "qwen_2.5_vl_7b.safetensors", None)
+    assert det.variant == "qwen25_7b" and "recognised_as" not in det.extras
+    qwen3 = header_from_manifest(_manifest(shared_dir, "qwen3-4b.text-encoder")).tensors
+    det, prefix = model_files.text_encoder_in(qwen3, "qwen_3_4b.safetensors", None)
+    assert (det.variant, prefix, det.config["rope_theta"], det.config["head_dim"]) == ("qwen3_4b", "", 1000000, 128)
     for name in ("qwen3-4b", "qwen3-8b"):  # FLUX.2 [klein] runs them (tests/test_flux2.py)
         te = header_from_manifest(_manifest(shared_dir, f"{name}.text-encoder")).tensors
         det, _ = model_files.text_encoder_in(te, f"{name}.safetensors", None)

@@ -10,8 +10,10 @@ backbone and random weights):
     checkpoints/sd3.5_medium.safetensors             SD3.5-medium MMDiT-X + VAE (no text encoders, like the release)
     text_encoders/clip_l.safetensors, clip_g.safetensors, t5xxl_fp16.safetensors (+ <stem>_tokenizer/ beside each)
     diffusers/PixArt-Sigma-XL-2-1024-MS/            PixArt-Sigma diffusers pipeline folder
-    diffusion_models/flux-2-klein-4b.safetensors     FLUX.2 [klein], BFL layout; text_encoders/qwen_3_4b.safetensors
-                                                     (+ qwen_3_4b_tokenizer/), vae/flux2-vae.safetensors (BFL layout)
+    diffusion_models/z_image_turbo_bf16.safetensors  Z-Image-Turbo, ComfyUI's layout (fused qkv), bf16
+    diffusion_models/flux-2-klein-4b.safetensors     FLUX.2 [klein], BFL layout; vae/flux2-vae.safetensors (BFL layout)
+    text_encoders/qwen_3_4b.safetensors              Qwen3 (model.* names, tied head absent) + qwen_3_4b_tokenizer/: one
+                                                     file for Z-Image and FLUX.2 [klein], with the 28 layers FLUX.2 reads
     birefnet/BiRefNet_lite.safetensors               BiRefNet lite (Swin-T), random weights
 
 One ``t5xxl_fp16.safetensors`` serves Flux and SD3.5 (as in a real ComfyUI install), so the tiny
@@ -39,17 +41,18 @@ pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[1]
 WF = REPO / "example_workflows"
-NAMES = ("txt2img", "img2img", "tileset", "inpainting", "sprite_pipeline", "flux2_klein_txt2img")
+NAMES = ("txt2img", "img2img", "tileset", "inpainting", "sprite_pipeline", "z_image_turbo_sprite", "flux2_klein_txt2img")
 SMALL = 64
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_models as tm  # noqa: E402
+import tiny_flux2  # noqa: E402
 
 sys.path.pop(0)
 
 # every model file / folder name the shipped workflows use (checked below against the workflows)
 RELEASE_FILES = {
-    "diffusion_models": ["flux1-schnell.safetensors", "flux-2-klein-4b.safetensors"],
+    "diffusion_models": ["flux1-schnell.safetensors", "z_image_turbo_bf16.safetensors", "flux-2-klein-4b.safetensors"],
     "checkpoints": ["sd3.5_medium.safetensors"],
     "vae": ["ae.safetensors", "flux2-vae.safetensors"],
     "text_encoders": ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors", "qwen_3_4b.safetensors"],
@@ -99,18 +102,11 @@ def _birefnet_lite(path: Path) -> Path:
 
 
 def _flux2_klein(scratch: Path, root: Path) -> None:
-    """FLUX.2 [klein] as ComfyUI users hold it: the BFL single file, qwen_3_4b.safetensors with its tokenizer beside
-    it, flux2-vae.safetensors (BFL layout)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import tiny_flux2 as tf
-
-    sys.path.pop(0)
+    """FLUX.2 [klein] as ComfyUI users hold it: the BFL single file and flux2-vae.safetensors (BFL layout); its
+    qwen_3_4b.safetensors is the one Z-Image reads (built in :func:`build_models_root`)."""
     (root / "diffusion_models").mkdir(parents=True, exist_ok=True)
-    shutil.copy(tf.make_flux2(scratch, layout="original"), root / "diffusion_models" / "flux-2-klein-4b.safetensors")
-    te = tf.make_flux2_text_encoder(scratch / "te")
-    shutil.copy(te, root / "text_encoders" / te.name)
-    shutil.copytree(te.parent / "qwen_3_4b_tokenizer", root / "text_encoders" / "qwen_3_4b_tokenizer")
-    tf.make_flux2_vae(root / "vae", layout="original", name="flux2-vae.safetensors")
+    shutil.copy(tiny_flux2.make_flux2(scratch, layout="original"), root / "diffusion_models" / "flux-2-klein-4b.safetensors")
+    tiny_flux2.make_flux2_vae(root / "vae", layout="original", name="flux2-vae.safetensors")
 
 
 def build_models_root(root: Path) -> Path:
@@ -123,10 +119,13 @@ def build_models_root(root: Path) -> Path:
     tm.make_clip(te, "clip_l")
     tm.make_clip(te, "clip_g")
     tm.make_t5(te, d_model=2 * tm.CLIP_DIM, name="t5xxl_fp16")
+    tiny_flux2.make_flux2_text_encoder(te)  # Qwen3-4B's layout (tied head absent), deep enough for FLUX.2's layers 9/18/27
+    shutil.rmtree(te / "qwen_tokenizer")  # only the tokenizer beside the file, as a user would have it
     for raw in te.glob(".*_raw"):
         shutil.rmtree(raw)
     _flux_schnell_64(root / "diffusion_models" / "flux1-schnell.safetensors")
     tm.make_vae(root / "vae", 16, layout="original", name="ae.safetensors")
+    tm.make_zimage(root / "diffusion_models", layout="original", bf16=True)
     _sd35_medium(scratch, root / "checkpoints" / "sd3.5_medium.safetensors")
     pix = tm.make_pixart(scratch, layout="folder", variant="sigma")
     (root / "diffusers").mkdir(parents=True, exist_ok=True)
@@ -162,6 +161,18 @@ def small_overrides(prompt: dict) -> list[str]:
         elif ct == "SpriteForgePixelSliceTiles":
             sets += [f"{nid}.tile_width=8", f"{nid}.tile_height=8"]
     return sets
+
+
+# the random-weight BiRefNet's matte stays just under 0.5 on the tiny Z-Image's pictures (on PixArt's it crosses it):
+# a lower hard threshold keeps a sprite to run the pixel chain on (the real model's matte is near 0 or 1)
+TINY_MATTE = {"z_image_turbo_sprite": 0.3}
+
+
+def matte_overrides(name: str, prompt: dict) -> list[str]:
+    if name not in TINY_MATTE:
+        return []
+    return [f"{nid}.threshold={TINY_MATTE[name]}" for nid, node in prompt.items()
+            if node["class_type"] == "SpriteForgeRemoveBackground"]
 
 
 def engine_overrides(prompt: dict, engine: str | None) -> list[str]:
@@ -205,7 +216,7 @@ def run_small(name: str, models_root: Path, base: Path, engine: str | None = Non
     t0 = time.monotonic()
     try:
         res = run_workflow(str(WF / "api" / f"{name}.json"), models_dir=models_root, out_dir=out, input_dir=inputs,
-                           overrides=small_overrides(prompt) + engine_overrides(prompt, engine))
+                           overrides=small_overrides(prompt) + engine_overrides(prompt, engine) + matte_overrides(name, prompt))
     finally:
         torch.set_num_threads(n)
         paths._models_root[:] = saved_root
@@ -365,13 +376,27 @@ def test_sprite_pipeline_writes_indexed_sprites_and_a_sheet(workflow_runs):
     assert previews and _png(previews[0]).mode == "RGBA"  # the background-removal composite keeps alpha
 
 
+@pytest.mark.slow
+def test_z_image_turbo_sprite_writes_indexed_sprites_and_a_sheet(workflow_runs):
+    """Z-Image-Turbo from ComfyUI's files (z_image_turbo_bf16 + qwen_3_4b + ae) -> BiRefNet -> pixel chain."""
+    res = workflow_runs("z_image_turbo_sprite")
+    out = Path(res["out"]) / "spriteforge"
+    sprites = sorted(out.glob("zimage_sprite_0*.png"))
+    assert len(sprites) == 2  # batch 2 -> two indexed PNGs
+    for p in sprites:
+        im = _png(p)
+        assert im.mode == "P" and im.size == (SMALL // 4, SMALL // 4) and "transparency" in im.info
+    (sheet,) = sorted(out.glob("zimage_sprite_sheet_*.png"))
+    assert _png(sheet).mode == "P" and len(json.loads(sheet.with_suffix(".json").read_text())["frames"]) == 2
+
+
 # --------------------------------------------------------------------------- the same workflows on MLX
 
 MLX_RGB = ["txt2img", "img2img", "inpainting", "flux2_klein_txt2img"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", MLX_RGB + ["tileset", "sprite_pipeline"])
+@pytest.mark.parametrize("name", MLX_RGB + ["tileset", "sprite_pipeline", "z_image_turbo_sprite"])
 def test_shipped_workflow_on_mlx(workflow_runs, tiny_models_root, tmp_path_factory, name):
     """Every shipped workflow runs with its Load Model engine set to mlx; the pictures of the RGB
     workflows are those of the torch run within 2/255 (same seed), the sprite workflows give the same

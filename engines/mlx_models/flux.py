@@ -154,7 +154,7 @@ class FluxTransformer2DModel(nn.Module):
 
     @property
     def dtype(self):
-        return self.proj_out.weight.dtype
+        return getattr(self.proj_out, "scales", self.proj_out.weight).dtype  # MLX-quantized: its scales
 
     def rope(self, txt_ids, img_ids):
         """The rotary tables for the joint ``[text, image]`` sequence."""

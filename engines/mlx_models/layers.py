@@ -189,7 +189,7 @@ def keep_mask_to_bias(mask, dtype=mx.float32):
 
 # --------------------------------------------------------------------------- rotary embedding
 def rope_tables(ids, axes_dim, theta: float = 10000.0):
-    """diffusers ``FluxPosEmbed`` / ``Flux2PosEmbed``: ``(S, axes)`` position ids -> ``(cos, sin)``, each ``(S, sum(axes_dim))`` float32.
+    """diffusers ``FluxPosEmbed`` / ``Flux2PosEmbed`` (also Z-Image's rotary table): ``(S, axes)`` position ids -> ``(cos, sin)``, each ``(S, sum(axes_dim))`` float32.
 
     Each axis ``i`` contributes ``axes_dim[i]`` features, every frequency repeated twice
     (interleaved real/imaginary pairs). Computed in float64 on the host (ids are small).
@@ -207,7 +207,7 @@ def rope_tables(ids, axes_dim, theta: float = 10000.0):
 
 
 def apply_rope(x, cos, sin):
-    """Rotate interleaved pairs of ``x`` ``(B, H, S, D)`` by the ``(S, D)`` tables, in float32."""
+    """Rotate interleaved pairs of ``x`` ``(B, H, S, D)`` by the ``(S, D)`` tables (or ``(B, 1, S, D)``: per row), in float32."""
     xf = x.astype(mx.float32)
     pairs = xf.reshape(*xf.shape[:-1], -1, 2)
     rotated = mx.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(xf.shape)

@@ -301,7 +301,7 @@ class SD3Transformer2DModel(nn.Module):
 
     @property
     def dtype(self):
-        return self.proj_out.weight.dtype
+        return getattr(self.proj_out, "scales", self.proj_out.weight).dtype  # MLX-quantized: its scales
 
     def __call__(self, hidden_states, encoder_hidden_states, pooled_projections, timestep):
         dt = self.dtype

@@ -189,6 +189,8 @@ def convert_vae(variant: str, sd: dict, layout: str, config: dict) -> dict:
         return dict(sd)
     if variant.startswith("dc-ae"):
         return dcae_to_diffusers(sd)
+    if variant == "qwen-image":  # the Wan-2.1 layout (qwen_image_vae.safetensors)
+        return diffusers_converter("convert_wan_vae_to_diffusers", sd)
     return vae_kl_to_diffusers(sd, config)
 
 

@@ -18,10 +18,12 @@ import torch
 
 from ...progress import check_interrupt
 
+_CONVS = (torch.nn.Conv2d, torch.nn.Conv3d)  # (Conv3d: the Qwen-Image VAE's causal convolutions)
+
 
 def conv_count(module) -> int:
-    """How many ``Conv2d`` layers ``module`` has (each runs once per untiled forward)."""
-    return sum(1 for m in module.modules() if isinstance(m, torch.nn.Conv2d))
+    """How many ``Conv2d`` / ``Conv3d`` layers ``module`` has (each runs once per untiled forward of one frame)."""
+    return sum(1 for m in module.modules() if isinstance(m, _CONVS))
 
 
 def kl_tiles(vae, latent_hw) -> int:
@@ -57,8 +59,8 @@ def before_each(layers, on_step=check_interrupt):
 
 
 def conv_steps(module, on_step):
-    """Within the block, ``on_step()`` runs before every ``Conv2d`` of ``module``; yields the layer count."""
-    return before_each([m for m in module.modules() if isinstance(m, torch.nn.Conv2d)], on_step)
+    """Within the block, ``on_step()`` runs before every ``Conv2d`` / ``Conv3d`` of ``module``; yields the layer count."""
+    return before_each([m for m in module.modules() if isinstance(m, _CONVS)], on_step)
 
 
 def block_steps(module, on_step=check_interrupt):

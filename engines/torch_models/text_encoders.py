@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from ...models import keymaps
 from ...models.families import registry
 from ...models.families.base import TEXT_ENCODER_PORTS
 from ..model_files import clip_with_projection, folder_config, resolve, text_encoder_in, text_encoder_key
@@ -65,6 +66,8 @@ def text_encoder_from(engine, source, det, prefix: str, family, dtype):
     model = build_text_encoder(variant, det.config, family)
     # tokenizer data some files carry (ComfyUI's "spiece_model") is not a weight
     mapping = prefixed(source, prefix, skip=("spiece_model",))
+    if is_decoder(variant):  # its head and a vision tower are never read
+        mapping = {k: v for k, v in mapping.items() if not keymaps.decoder_unused(v)}
     expected = set(model.state_dict())
 
     def conv(sd):

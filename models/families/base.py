@@ -38,9 +38,10 @@ class TextEncoder:
 # the MLX port of each text-encoder key (engines/mlx_models/<port>.py)
 # (``decoder_lm``: the decoder-only language models, whose hidden states ``TextEncoding.decoder`` gives)
 TEXT_ENCODER_PORTS = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma", "qwen3_4b": "decoder_lm", "qwen3_8b": "decoder_lm",
-                      "mistral3": "decoder_lm"}
+                      "mistral3": "decoder_lm", "qwen25_7b": "decoder_lm"}
 # the MLX port of each VAE class
-VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae", "AutoencoderKLFlux2": "vae_flux2"}
+VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae", "AutoencoderKLFlux2": "vae_flux2",
+             "AutoencoderKLQwenImage": "vae_qwenimage"}
 # the shipped VAE config (models/configs) a family's release uses, by latent channels, unless the family says otherwise
 VAE_BY_LATENT = {16: "vae-kl16-sd3", 4: "vae-kl4-sdxl"}
 RELEASE_KEYS = ("scheduler", "prediction", "flow_shift", "max_sequence_length", "num_classes", "sigma_learned", "text_encoders", "vae")
@@ -102,11 +103,13 @@ class Family:
     # --- sampling
     prediction: ClassVar[str | None] = None  # "flow", or None: the scheduler's (eps / v)
     flow_multiplier: ClassVar[float] = 1000.0  # a flow model's timestep is sigma times this
+    float32_timestep: ClassVar[bool] = False  # its pipeline feeds the timestep in float32, not the model's dtype
     resolution_shift: ClassVar[bool] = False  # the flow shift follows the image size (Flux), unless given or by variant
     variant_shift: ClassVar[dict] = {}  # a word in the variant name -> its fixed flow shift (with resolution_shift)
     class_conditional: ClassVar[bool] = False  # prompts are class labels (its negative is the null class), no text encoder
     distilled_guidance: ClassVar[bool] = False  # guidance is a model input; a negative prompt only with CFG above 1
     square_only: ClassVar[bool] = False  # draws square images only
+    text_mask: ClassVar[bool] = False  # its attention honours the text mask: padding no prompt attends to is dropped once a run
     patch_size: ClassVar[int | None] = None  # None: the config's
     defaults: ClassVar[dict] = {"cfg": 4.5, "steps": 20, "sampler": "dpmpp_2m", "schedule": "normal"}
     variant_defaults: ClassVar[dict] = {}  # a word in the variant name -> overrides of :attr:`defaults`
@@ -236,6 +239,11 @@ class Family:
         """The sampling schedule's shift, from the release's scheduler config (None: no fixed shift)."""
         return None
 
+    def mu_args(self, sched: dict) -> dict:
+        """With :attr:`resolution_shift`: the line of the image-size shift mu (``FlowSchedule.flux``'s keywords:
+        base/max sequence length and shift) from the release's scheduler config ``sched``; {} = Flux's line."""
+        return {}
+
     def handle_extras(self, det: Detection, cfg: dict) -> dict:
         """Family facts a :class:`~spriteforge.engines.base.ModelHandle`'s extras carry (from the loaded config)."""
         return {}
@@ -268,6 +276,11 @@ class Family:
     def num_classes(self, handle) -> int:
         """A class-conditional family's class count (the null class, its unconditional input, is this number)."""
         raise NotImplementedError
+
+    def guide(self, ops, uncond, cond, scale: float):
+        """Classifier-free guidance on the network's outputs ``uncond`` / ``cond`` [N,C,h,w] (engine arrays, ``ops``
+        their operations): ``uncond + scale (cond - uncond)`` unless the family's pipeline combines them otherwise."""
+        return uncond + (cond - uncond) * scale
 
     def sampling_defaults(self, variant: str | None) -> dict:
         """CFG scale, steps, sampler and schedule for ``variant``."""

@@ -2,7 +2,7 @@
 with its family), named from
 the header alone. One that no family SpriteForge generates with uses yet says what it is (``recognised_as``), and
 :func:`.registry.check_generates` refuses it by that name; once a runnable family declares its slot (Qwen3-4B:
-Z-Image), it loads.
+Z-Image), it loads. The Qwen-Image VAE loads on both engines (``AutoencoderKLQwenImage``).
 """
 
 from __future__ import annotations
@@ -106,12 +106,14 @@ def _qwen3_slot(hidden, tied: bool) -> tuple[str, str, str]:
 
 
 def _qwen25_vl(t, pre) -> Detection:
-    cfg = {"model_type": "qwen2_5_vl", "architectures": ["Qwen2_5_VLForConditionalGeneration"], **_language_model(t, pre)}
+    # the language model only (a text prompt needs no vision tower): Qwen2.5-VL-7B's release facts, then the shapes
+    cfg = {**configs.load("te-qwen25-vl")["config"], "architectures": ["Qwen2_5_VLForConditionalGeneration"], **_language_model(t, pre)}
     blocks = count(t.keys(), r"visual\.blocks\.(\d+)\.")
     width = t["visual.patch_embed.proj.weight"].shape[0]
     cfg["vision_config"] = {"depth": blocks, "hidden_size": width, "out_hidden_size": t["visual.merger.mlp.2.weight"].shape[0]}
     known = cfg["hidden_size"] == 3584 and cfg["num_hidden_layers"] == 28
-    return _text_encoder("qwen25_7b" if known else "qwen25_vl", "Qwen2.5-VL-7B" if known else "Qwen2.5-VL", "Qwen-Image, Qwen-Image-Edit",
+    # one slot (Qwen-Image's): another width (a tiny or custom model) is named by its width
+    return _text_encoder("qwen25_7b", "Qwen2.5-VL-7B" if known else f"Qwen2.5-VL ({cfg['hidden_size']} wide)", "Qwen-Image, Qwen-Image-Edit",
                          cfg, vision_tower=f"present: {blocks} blocks, {width} wide (visual.*)")
 
 
@@ -120,9 +122,8 @@ def _qwen_image_vae(t) -> Detection:
     conv_in = t["encoder.conv1.weight" if original else "encoder.conv_in.weight"]
     z = t["decoder.conv1.weight" if original else "decoder.conv_in.weight"].shape[1]
     cfg = {"_class_name": "AutoencoderKLQwenImage", "base_dim": conv_in.shape[0], "z_dim": z}
-    det = Detection(None, "qwen-image", "vae", cfg, layout="original" if original else "diffusers")
-    det.extras["recognised_as"] = "the Qwen-Image VAE (Wan-2.1 layout, 5-D convolutions; also Krea 2's)"
-    return det
+    # loaded by both engines (a single-frame AutoencoderKLQwenImage): named by its variant, not refused
+    return Detection(None, "qwen-image", "vae", cfg, layout="original" if original else "diffusers")
 
 
 __all__ = ["classify", "folder_text_encoder"]

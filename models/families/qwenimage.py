@@ -1,12 +1,22 @@
 """Qwen-Image (Alibaba Qwen): 20B MMDiT, Qwen2.5-VL-7B prompts, the Qwen-Image (Wan-2.1 layout) VAE.
 
-Recognised only (``generation = False``). ComfyUI's ``qwen_image_bf16.safetensors`` uses the diffusers names.
+ComfyUI's ``qwen_image_bf16.safetensors`` uses the diffusers names (no prefix), so there is no key map. Prompts are
+``QwenImagePipeline``'s: the prompt in its chat template, the language model's last hidden state, the template's
+first 34 tokens dropped. The model call packs the latent 2x2 (as Flux) and gives the image grid (``img_shapes``)
+for the rotary positions; the timestep is sigma.
 """
 
 from __future__ import annotations
 
+from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ..detection import count
 from .base import Family, TextEncoder
+
+# diffusers pipelines/qwenimage/pipeline_qwenimage.py: prompt_template_encode, prompt_template_encode_start_idx
+TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
+            "relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n")
+TEMPLATE_DROP = 34
+MAX_TOKENS = 1024  # tokenizer_max_length: prompt tokens kept after the template's
 
 
 class QwenImage(Family):
@@ -15,7 +25,6 @@ class QwenImage(Family):
     # Qwen-Image and Qwen-Image-2512 ship the same key set and shapes (the manifest matches both); the Edit
     # releases build the same class (2511 adds only a config flag, zero_cond_t): no shape tells them apart
     variant_titles = {"20B": "20B (Qwen-Image, 2512 or an Edit release: same layout)"}
-    generation = False
     diffusers_markers = (("img_in.weight", "txt_norm.weight", "transformer_blocks.0.img_mod.1.weight"),)
     reference_manifests = {"qwen-image.transformer.diffusers": "20B"}
     detect_order = 6  # before Flux.1: its original markers (img_in, txt_in) match Qwen-Image files too
@@ -24,21 +33,77 @@ class QwenImage(Family):
     text_encoders = (TextEncoder("qwen25_7b", "text_encoder"),)
     latent_channels = 16
     vae_class = "AutoencoderKLQwenImage"
+    vae_by_latent = {16: "vae-qwen-image"}
     prediction = "flow"
+    flow_multiplier = 1.0  # the pipeline passes timestep / 1000 = sigma; the model multiplies by 1000 inside
     resolution_shift = True  # QwenImagePipeline: mu = calculate_shift(image_seq_len, ...) from the scheduler config
+    patch_size = 2
     # diffusers pipelines/qwenimage/pipeline_qwenimage.py __call__: num_inference_steps=50, true_cfg_scale=4.0
     defaults = {"cfg": 4.0, "steps": 50, "sampler": "euler", "schedule": "normal"}
+    mlx_port = "qwenimage"
+    # (the Qwen-Image transformer's own block names: img_mod / txt_mod modulation, img_mlp / txt_mlp feed-forwards)
+    lora_names = (r"(^|_)transformer_blocks_\d+_(img_mod|txt_mod|img_mlp|txt_mlp)(_|$)", "img_mod/txt_mlp block names")
+    lora_shared = ("joint",)  # an attention-only LoRA (to_q, add_k_proj, to_add_out) has Flux's and SD3's names
+    lora_rank = 30  # after Flux and SD3
+    lora_max_blocks = 60
+    lora_widths = (3072,)
+    lora_metadata = ("qwen-image", "qwen_image", "qwenimage")
+    widget_labels = {"text_encoder_1": "Qwen2.5-VL-7B text encoder (qwen_2.5_vl_7b.safetensors)"}
 
     def detect(self, t, original):
         width, in_ch = t["img_in.weight"].shape
         head_dim = t["transformer_blocks.0.attn.norm_q.weight"].shape[0]
-        cfg = {
-            "_class_name": self.transformer_class,
+        rel = self.release("qwen-image")
+        cfg = rel["transformer"]
+        cfg.update({
             "patch_size": 2, "in_channels": in_ch, "out_channels": t["proj_out.weight"].shape[0] // 4,
             "num_layers": count(t.keys(), r"transformer_blocks\.(\d+)\."),
             "attention_head_dim": head_dim, "num_attention_heads": width // head_dim,
             "joint_attention_dim": t["txt_in.weight"].shape[1],
-            "guidance_embeds": False, "axes_dims_rope": [16, 56, 56],
             "use_additional_t_cond": "time_text_embed.addition_t_embedding.weight" in t,
-        }
-        return self.detection("20B", cfg, False)
+        })
+        if head_dim != 128:  # a smaller model (the tests'): the rope axes in the release's proportions
+            a = 2 * (head_dim // 16)
+            b = 2 * ((head_dim - a) // 4)
+            cfg["axes_dims_rope"] = [head_dim - 2 * b, b, b]
+        return self.finish(self.detection("20B", cfg, False), rel)
+
+    def mu_args(self, sched: dict) -> dict:
+        return _mu_args(sched)
+
+    def guide(self, ops, uncond, cond, scale):
+        """QwenImagePipeline's true CFG: the guided prediction rescaled, token by token (a 2x2 patch of latent
+        channels), to the norm of the conditional one."""
+        comb = uncond + (cond - uncond) * scale
+        b, c, h, w = cond.shape
+        tokens = (b, c, h // 2, 2, w // 2, 2)
+
+        def norm(x):
+            return ops.sqrt(ops.sum_keep(ops.reshape(x * x, tokens), (1, 3, 5)))
+
+        return ops.reshape(ops.reshape(comb, tokens) * (norm(cond) / norm(comb)), (b, c, h, w))
+
+    # ------------------------------------------------------------------ prompts and the model call
+    def encode(self, te, prompts, cond, *, max_length=None, **_):
+        """The last hidden state of the prompts in the pipeline's template, the template's first tokens dropped
+        (padding zeroed and masked, as the pipeline's)."""
+        (h,), keep = te.decoder("qwen25_7b", [TEMPLATE.format(p) for p in prompts],
+                                max_length=(max_length or MAX_TOKENS) + TEMPLATE_DROP)
+        keep = keep[:, TEMPLATE_DROP:]
+        cond.embeds, cond.mask = h[:, TEMPLATE_DROP:] * te.like(keep[..., None], h), keep
+
+    def forward(self, den, x, t, cond):
+        """On 2x2-packed latent tokens; ``img_shapes`` (one frame, the token grid) place the rotary positions."""
+        if den.config.get("use_additional_t_cond"):  # (an embedding only Qwen-Image-Layered's transformer has)
+            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, "this Qwen-Image transformer is a Layered release (it embeds a "
+                                   "layer condition): SpriteForge draws with Qwen-Image and Qwen-Image-2512. Load one of those.")
+        b, _, h, w = x.shape
+        out = den.run(hidden_states=den.pack(x), encoder_hidden_states=cond["embeds"], encoder_hidden_states_mask=cond.get("mask"),
+                      timestep=t, img_shapes=[[(1, h // 2, w // 2)]] * b)
+        return den.unpack(out, h, w)
+
+
+def _mu_args(sched: dict) -> dict:
+    """The resolution shift's line (``calculate_shift``'s arguments) from a scheduler config."""
+    keys = {"base_image_seq_len": "base_seq_len", "max_image_seq_len": "max_seq_len", "base_shift": "base_shift", "max_shift": "max_shift"}
+    return {ours: float(sched[k]) if "shift" in k else int(sched[k]) for k, ours in keys.items() if sched.get(k) is not None}

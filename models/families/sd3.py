@@ -64,6 +64,7 @@ class SD3(Family):
     lora_rank = 20
     lora_tells = r"(^|_)attn2_|(^|_)pos_embed_"  # dual attention (3.5 medium), the position table
     lora_widths = (1536, 2432)
+    lora_max_blocks = 38  # SD3.5 large (a LoRA on more joint blocks is Qwen-Image's)
     lora_metadata = ("sd3", "stable-diffusion-v3")
 
     def detect(self, t, original):
