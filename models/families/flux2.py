@@ -129,6 +129,9 @@ class Flux2(Family):
     lora_widths = (3072, 4096, 6144)
     lora_metadata = ("flux2", "flux.2", "klein")
     widgets_only = ("guidance",)
+    widget_labels = {"text_encoder_1": "Qwen3 text encoder (qwen_3_4b for [klein] 4B, qwen_3_8b for 9B)",
+                     "guidance": "guidance ([dev] only: [klein] has no guidance input)",
+                     "negative": "what to avoid (only with cfg above 1: a distilled [klein] samples without CFG)"}
 
     def detect(self, t, original):
         n = _NAMES[original]
