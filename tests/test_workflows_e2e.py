@@ -11,7 +11,9 @@ backbone and random weights):
     text_encoders/clip_l.safetensors, clip_g.safetensors, t5xxl_fp16.safetensors (+ <stem>_tokenizer/ beside each)
     diffusers/PixArt-Sigma-XL-2-1024-MS/            PixArt-Sigma diffusers pipeline folder
     diffusion_models/z_image_turbo_bf16.safetensors  Z-Image-Turbo, ComfyUI's layout (fused qkv), bf16
-    text_encoders/qwen_3_4b.safetensors              Qwen3 (model.* names, tied head absent) + qwen_3_4b_tokenizer/
+    diffusion_models/flux-2-klein-4b.safetensors     FLUX.2 [klein], BFL layout; vae/flux2-vae.safetensors (BFL layout)
+    text_encoders/qwen_3_4b.safetensors              Qwen3 (model.* names, tied head absent) + qwen_3_4b_tokenizer/: one
+                                                     file for Z-Image and FLUX.2 [klein], with the 28 layers FLUX.2 reads
     birefnet/BiRefNet_lite.safetensors               BiRefNet lite (Swin-T), random weights
 
 One ``t5xxl_fp16.safetensors`` serves Flux and SD3.5 (as in a real ComfyUI install), so the tiny
@@ -39,20 +41,20 @@ pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[1]
 WF = REPO / "example_workflows"
-NAMES = ("txt2img", "img2img", "tileset", "inpainting", "sprite_pipeline", "z_image_turbo_sprite")
+NAMES = ("txt2img", "img2img", "tileset", "inpainting", "sprite_pipeline", "z_image_turbo_sprite", "flux2_klein_txt2img")
 SMALL = 64
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_models as tm  # noqa: E402
-from tiny_qwen import make_qwen3  # noqa: E402
+import tiny_flux2  # noqa: E402
 
 sys.path.pop(0)
 
 # every model file / folder name the shipped workflows use (checked below against the workflows)
 RELEASE_FILES = {
-    "diffusion_models": ["flux1-schnell.safetensors", "z_image_turbo_bf16.safetensors"],
+    "diffusion_models": ["flux1-schnell.safetensors", "z_image_turbo_bf16.safetensors", "flux-2-klein-4b.safetensors"],
     "checkpoints": ["sd3.5_medium.safetensors"],
-    "vae": ["ae.safetensors"],
+    "vae": ["ae.safetensors", "flux2-vae.safetensors"],
     "text_encoders": ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors", "qwen_3_4b.safetensors"],
     "diffusers": ["PixArt-Sigma-XL-2-1024-MS"],
     "birefnet": ["BiRefNet_lite.safetensors"],
@@ -99,6 +101,14 @@ def _birefnet_lite(path: Path) -> Path:
     return path
 
 
+def _flux2_klein(scratch: Path, root: Path) -> None:
+    """FLUX.2 [klein] as ComfyUI users hold it: the BFL single file and flux2-vae.safetensors (BFL layout); its
+    qwen_3_4b.safetensors is the one Z-Image reads (built in :func:`build_models_root`)."""
+    (root / "diffusion_models").mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_flux2.make_flux2(scratch, layout="original"), root / "diffusion_models" / "flux-2-klein-4b.safetensors")
+    tiny_flux2.make_flux2_vae(root / "vae", layout="original", name="flux2-vae.safetensors")
+
+
 def build_models_root(root: Path) -> Path:
     """Build (once; a marker file makes later calls free) the tiny models root described above."""
     root = Path(root)
@@ -109,7 +119,7 @@ def build_models_root(root: Path) -> Path:
     tm.make_clip(te, "clip_l")
     tm.make_clip(te, "clip_g")
     tm.make_t5(te, d_model=2 * tm.CLIP_DIM, name="t5xxl_fp16")
-    make_qwen3(te)
+    tiny_flux2.make_flux2_text_encoder(te)  # Qwen3-4B's layout (tied head absent), deep enough for FLUX.2's layers 9/18/27
     shutil.rmtree(te / "qwen_tokenizer")  # only the tokenizer beside the file, as a user would have it
     for raw in te.glob(".*_raw"):
         shutil.rmtree(raw)
@@ -121,6 +131,7 @@ def build_models_root(root: Path) -> Path:
     (root / "diffusers").mkdir(parents=True, exist_ok=True)
     shutil.move(str(pix), str(root / "diffusers" / "PixArt-Sigma-XL-2-1024-MS"))
     _birefnet_lite(root / "birefnet" / "BiRefNet_lite.safetensors")
+    _flux2_klein(scratch, root)
     shutil.rmtree(scratch)
     (root / ".complete").write_text("ok")
     return root
@@ -302,6 +313,14 @@ def test_txt2img(workflow_runs):
 
 
 @pytest.mark.slow
+def test_flux2_klein_txt2img(workflow_runs):
+    res = workflow_runs("flux2_klein_txt2img")
+    (png,) = _files(res)
+    im = _png(png)
+    assert png.name.startswith("flux2_klein_") and im.size == (SMALL, SMALL) and np.asarray(im).std() > 1
+
+
+@pytest.mark.slow
 def test_img2img(workflow_runs):
     res = workflow_runs("img2img")
     (png,) = _files(res)
@@ -373,7 +392,7 @@ def test_z_image_turbo_sprite_writes_indexed_sprites_and_a_sheet(workflow_runs):
 
 # --------------------------------------------------------------------------- the same workflows on MLX
 
-MLX_RGB = ["txt2img", "img2img", "inpainting"]
+MLX_RGB = ["txt2img", "img2img", "inpainting", "flux2_klein_txt2img"]
 
 
 @pytest.mark.slow

@@ -96,6 +96,7 @@ FLUX = {"model": "flux1-schnell.safetensors", "vae": "ae.safetensors", "text_enc
         "text_encoder_2": "t5xxl_fp16.safetensors"}
 SD35 = {"model": "sd3.5_medium.safetensors", "text_encoder_1": "clip_l.safetensors",
         "text_encoder_2": "clip_g.safetensors", "text_encoder_3": "t5xxl_fp16.safetensors"}
+FLUX2_KLEIN = {"model": "flux-2-klein-4b.safetensors", "vae": "flux2-vae.safetensors", "text_encoder_1": "qwen_3_4b.safetensors"}
 PIXART = {"model": "PixArt-Sigma-XL-2-1024-MS"}
 ZIMAGE = {"model": "z_image_turbo_bf16.safetensors", "vae": "ae.safetensors", "text_encoder_1": "qwen_3_4b.safetensors"}
 DEMO = {"model": "spriteforge-demo (built-in)"}
@@ -108,6 +109,20 @@ models/text_encoders/clip_l.safetensors + t5xxl_fp16.safetensors  (comfyanonymou
 text_encoder_1 = CLIP-L, text_encoder_2 = T5-XXL. Any other SpriteForge family works here too: pick a
 PixArt / SD3 / Sana / DiT file or diffusers folder and set the VAE/encoders to (from model) where it has them.
 device/dtype 'auto': the first GPU in bf16 (fp32 on the CPU)."""
+
+NOTE_FLUX2 = """MODELS (FLUX.2 [klein] 4B, Apache-2.0)
+models/diffusion_models/flux-2-klein-4b.safetensors  (black-forest-labs/FLUX.2-klein-4B, the BFL single file)
+models/text_encoders/qwen_3_4b.safetensors  (Qwen3-4B; ComfyUI's qwen25_tokenizer or a qwen_3_4b_tokenizer/ folder
+  beside it gives the tokenizer)
+models/vae/flux2-vae.safetensors  (the FLUX.2 VAE; both published layouts load)
+
+[klein] 9B: flux-2-klein-9b.safetensors with qwen_3_8b.safetensors. The distilled and base releases share one
+layout: SpriteForge says which it cannot tell, so steps and cfg are set here for the distilled one."""
+
+NOTE_SAMPLER_FLUX2 = """SAMPLER KNOBS
+steps 4, cfg 1: the distilled [klein] (no CFG, the negative prompt is unused). The base model: about 50 steps, cfg 4.
+schedule simple = the FLUX.2 pipelines' sigmas (shift from the image size and the step count).
+width/height: multiples of 16."""
 
 NOTE_SD35 = """MODELS (Stable Diffusion 3.5 Medium)
 models/checkpoints/sd3.5_medium.safetensors  (stabilityai/stable-diffusion-3.5-medium; MMDiT-X + VAE)
@@ -203,6 +218,26 @@ def txt2img() -> Workflow:
     groups = [Group("Model", [4, 20], "#3f789e"), Group("Prompt and sampling", [6, 9], "#8a8a3f"),
               Group("Decode and save", [10, 11], "#3f8a5a")]
     return Workflow("txt2img", nodes, links, groups, notes)
+
+
+def flux2_klein_txt2img() -> Workflow:
+    nodes = [
+        N(4, "SpriteForgeLoadModel", 0, 0, FLUX2_KLEIN),
+        N(6, "SpriteForgeEncodePrompt", 1, 0, {
+            "positive": "pixel art sprite of a knight in silver armour with a red cape, full body, side view, "
+                        "plain white background",
+            "negative": ""}),
+        N(9, "SpriteForgeSampler", 2, 0, {"seed": 42, "steps": 4, "cfg": 1.0, "sampler": "euler", "schedule": "simple",
+                                          "width": 1024, "height": 1024}, cag="randomize"),
+        N(10, "SpriteForgeVAEDecode", 3, 0),
+        N(11, "SaveImage", 4, 0, {"filename_prefix": "spriteforge/flux2_klein"}),
+    ]
+    links = [L(4, 0, 6, "model"), L(4, 0, 9, "model"), L(6, 0, 9, "conditioning"), L(4, 0, 10, "model"),
+             L(9, 0, 10, "latent"), L(10, 0, 11, "images")]
+    notes = [Note(20, 0, 2.7, NOTE_FLUX2, height=260), Note(21, 3, 1.6, NOTE_SAMPLER_FLUX2, width=740, height=160)]
+    groups = [Group("Model", [4, 20], "#3f789e"), Group("Prompt and sampling", [6, 9], "#8a8a3f"),
+              Group("Decode and save", [10, 11], "#3f8a5a")]
+    return Workflow("flux2_klein_txt2img", nodes, links, groups, notes)
 
 
 def img2img() -> Workflow:
@@ -487,7 +522,7 @@ def autotile() -> Workflow:
 
 WORKFLOWS = {"txt2img": txt2img, "img2img": img2img, "tileset": tileset, "inpainting": inpainting,
              "sprite_pipeline": sprite_pipeline, "sprite_demo": sprite_demo, "sdxl_pixel_art": sdxl_pixel_art, "autotile": autotile,
-             "z_image_turbo_sprite": z_image_turbo_sprite}
+             "z_image_turbo_sprite": z_image_turbo_sprite, "flux2_klein_txt2img": flux2_klein_txt2img}
 
 
 # --------------------------------------------------------------------------- graph assembly

@@ -32,7 +32,7 @@ _LINEAR2 = re.compile(r"single_blocks_\d+_linear2$")
 _RELEASE_FILES = {"klein-4B": "flux2-klein-4b", "klein-9B": "flux2-klein-9b", "dev": "flux2-dev"}
 # each text encoder's prompt template and the hidden-state layers the pipelines stack (transformers' numbering:
 # 0 = the embeddings): Qwen3's chat template with one user turn, add_generation_prompt and enable_thinking=False
-# (Flux2KleinPipeline); [dev]'s Mistral-3 with BFL's system message (Flux2Pipeline.format_input)
+# (Flux2KleinPipeline). [dev]'s Mistral-3 (Flux2Pipeline: layers 10/20/30 after BFL's system message) is not run yet
 _PROMPTS = {
     "qwen3_4b": ("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", (9, 18, 27)),
     "qwen3_8b": ("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", (9, 18, 27)),
@@ -129,6 +129,9 @@ class Flux2(Family):
     lora_widths = (3072, 4096, 6144)
     lora_metadata = ("flux2", "flux.2", "klein")
     widgets_only = ("guidance",)
+    widget_labels = {"text_encoder_1": "Qwen3 text encoder (qwen_3_4b for [klein] 4B, qwen_3_8b for 9B)",
+                     "guidance": "guidance ([dev] only: [klein] has no guidance input)",
+                     "negative": "what to avoid (only with cfg above 1: a distilled [klein] samples without CFG)"}
 
     def detect(self, t, original):
         n = _NAMES[original]
@@ -244,6 +247,7 @@ class Flux2(Family):
         txt_ids = den.cached(("txt_ids", n, x.dtype), lambda: den.rows([[0.0, 0.0, 0.0, float(k)] for k in range(n)], x.dtype))
         out = den.run(hidden_states=hs, encoder_hidden_states=txt, timestep=t, guidance=g, img_ids=img_ids, txt_ids=txt_ids)
         return den.unpack(out, h, w, 1)
+
 
 VAE_CONFIG = "flux2-vae"
 
