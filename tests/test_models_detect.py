@@ -117,7 +117,7 @@ def test_shipped_configs_build():
         rel = configs.load(name)
         if "transformer" in rel:
             _meta_model(rel["transformer"]["_class_name"], rel["transformer"])
-            assert rel["family"] in ("pixart", "sd3", "flux", "sana", "dit")
+            assert rel["family"] in ("pixart", "sd3", "flux", "sana", "dit", "qwenimage")
         elif rel.get("kind") == "vae":
             _meta_model(rel["config"]["_class_name"], rel["config"])
 
