@@ -348,7 +348,7 @@ def _sample(engine, handle, params: GenerateParams) -> SampleResult:
     cond, uncond = _conditioning(engine, handle, params, cfg, notes)
 
     # --- schedule, sigmas and the starting sample
-    ms = model_schedule(handle, width, height, params.shift)
+    ms = model_schedule(handle, width, height, params.shift, steps=d["steps"])
     start_from_source = src.init_lat is not None and denoise < 0.9999 and not fill
     sigmas = S.get_sigmas(d["schedule"], d["steps"], ms, denoise=denoise if start_from_source else 1.0)
     flow = handle.prediction == "flow"

@@ -14,6 +14,15 @@ cast (bf16 file -> fp32, what a CPU or a no-bf16 GPU does). After loading, every
 over the imports, and the ratios spriteforge/diffusers.
 
     python benchmarks/bench_loading.py [--workdir DIR] [--keep] [--scenarios fp32,bf16]
+
+``--single-file`` measures instead what a user's bf16 single file costs on torch-CPU: a PixArt-Sigma transformer of
+the real widths (hidden 1152, caption 4096) with ``--layers`` blocks (4: about 100M parameters, a 0.2 GB file) is
+written in the original PixArt layout (fused qkv, the pos-embed table) in bfloat16, and loaded by
+``load_model(engine, file)`` with the CPU's defaults (float32 compute), then run once (every weight used). The
+figure: peak RSS growth over the imports (``VmHWM`` reset after them) divided by the file size, with the largest
+layer's float32 size (what a per-layer cast holds at once) beside it. diffusers' ``from_pretrained`` on the same
+weights as a diffusers folder (it has no PixArt single-file loader) gives the load-time ratio and its own growth.
+``--mlx`` adds the MLX engine's load of the same file (``engines/mlx_models/loading.py``).
 """
 
 from __future__ import annotations
@@ -117,14 +126,134 @@ def run_child(which: str, folder: Path, dtype: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+SINGLE_CHILD = r"""
+import json, sys, time
+def status(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+which, path, folder = sys.argv[1:4]
+import numpy as np, torch, diffusers, transformers  # noqa: F401  (imports are not what is measured)
+from diffusers.models.transformers.pixart_transformer_2d import PixArtTransformer2DModel
+from spriteforge.engines import get_engine
+if which == "mlx":
+    import mlx.core as mx
+    from spriteforge.engines.mlx_models import loading as mlx_loading  # noqa: F401
+    engine = get_engine("mlx", "cpu")
+else:
+    from spriteforge.engines.torch_models import loading  # noqa: F401
+    engine = get_engine("torch", "cpu")
+torch.set_num_threads(1)
+if which != "mlx":  # what the first load imports (accelerate, the class's module: some 200 MB) is not the load's
+    from spriteforge.engines.torch_models.building import build_empty
+    build_empty(lambda: PixArtTransformer2DModel(num_layers=1, num_attention_heads=1, attention_head_dim=8, cross_attention_dim=8,
+                                                 caption_channels=8, sample_size=8, norm_num_groups=1))
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # the peak (VmHWM) starts again from here
+base = status("VmRSS")
+t0 = time.perf_counter()
+if which == "diffusers":
+    model = PixArtTransformer2DModel.from_pretrained(folder, torch_dtype=torch.float32, local_files_only=True).eval()
+else:
+    model = engine.load_model(path).transformer
+load_s = time.perf_counter() - t0
+loaded = status("VmRSS")
+g = torch.Generator().manual_seed(0)
+x, emb = torch.randn(1, 4, 32, 32, generator=g), torch.randn(1, 300, 4096, generator=g)
+if which == "mlx":
+    out = model(mx.array(x.numpy()), mx.array(emb.numpy()), mx.array([500.0]))
+    mx.eval(out)
+    out = np.array(out.astype(mx.float32))
+else:
+    with torch.no_grad():
+        out = model(x, encoder_hidden_states=emb, timestep=torch.tensor([500.0]), added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                    return_dict=False)[0].float().numpy()
+run_s = time.perf_counter() - t0
+layer = block = 0
+if which != "mlx":  # the largest single layer and the largest transformer block, in float32
+    layer = max(sum(p.numel() * 4 for p in m.parameters(recurse=False)) for m in model.modules())
+    block = max(sum(p.numel() * 4 for p in b.parameters()) for b in model.transformer_blocks)
+print(json.dumps({"load_s": load_s, "run_s": run_s, "base": base, "loaded": loaded, "peak": status("VmHWM"), "layer": layer,
+                  "block": block, "out": float(np.abs(out).sum())}))
+"""
+
+
+def write_single_file(work: Path, layers: int) -> tuple[Path, Path]:
+    """A PixArt-Sigma transformer of the real widths with ``layers`` blocks, bf16, as an original-layout single file and
+    as a diffusers folder holding the same weights."""
+    import torch
+    from diffusers import PixArtTransformer2DModel
+    from safetensors.torch import save_file
+
+    from spriteforge.tests.tiny_models import _randomize, pixart_to_original
+
+    single, folder = work / f"pixart-sigma-{layers}l-bf16.safetensors", work / f"pixart-sigma-{layers}l-bf16"
+    if single.exists() and (folder / "config.json").exists():
+        return single, folder
+    cfg = {k: v for k, v in PIXART_SIGMA_1024.items() if not k.startswith("_")}
+    model = _randomize(PixArtTransformer2DModel.from_config({**cfg, "num_layers": layers}), 0)
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
+    del model
+    original = pixart_to_original(sd, tokens=300, hidden=1152, caption=4096, n_pos=64 * 64)
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in original.items()}, str(single))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(folder / "diffusion_pytorch_model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({**PIXART_SIGMA_1024, "num_layers": layers}, indent=2))
+    return single, folder
+
+
+def single_file(work: Path, layers: int, repeat: int, mlx: bool) -> dict:
+    single, folder = write_single_file(work, layers)
+    size = single.stat().st_size
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
+    res = {}
+    sides = ("spriteforge", "diffusers") + (("mlx",) if mlx else ())
+    for r in range(repeat):  # interleaved, the order alternating
+        for which in (sides if r % 2 == 0 else sides[::-1]):
+            out = subprocess.run([sys.executable, "-c", SINGLE_CHILD, which, str(single), str(folder)], capture_output=True,
+                                 text=True, env=env)
+            if out.returncode != 0:
+                raise RuntimeError(f"{which} failed:\n{out.stderr[-3000:]}")
+            res.setdefault(which, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = {}
+    for which, runs in res.items():
+        growth = max(r["peak"] - r["base"] for r in runs)
+        rows[which] = {"load_s": min(r["load_s"] for r in runs), "growth_mib": round(growth / 2**20),
+                       "growth_over_file": round(growth / size, 3), "layer_mib": round(runs[0]["layer"] / 2**20, 1),
+                       "growth_over_file_plus_layer": round(growth / (size + runs[0]["layer"]), 3),
+                       "block_mib": round(runs[0]["block"] / 2**20, 1),
+                       "growth_over_file_plus_block": round(growth / (size + runs[0]["block"]), 3), "out": runs[0]["out"]}
+    sf, d = rows["spriteforge"], rows["diffusers"]
+    print(f"bf16 original-layout single file {size / 2**20:.0f} MiB ({layers} PixArt-Sigma blocks), torch-CPU float32 compute, "
+          f"{repeat} runs each (interleaved)")
+    for which, row in rows.items():
+        print(f"  {which:11s} load {row['load_s']:.2f}s  peak RSS growth {row['growth_mib']} MiB = {row['growth_over_file']}x the file "
+              f"({row['growth_over_file_plus_layer']}x file + largest layer of {row['layer_mib']} MiB, "
+              f"{row['growth_over_file_plus_block']}x file + one block of {row['block_mib']} MiB in float32)")
+    print(f"  load time spriteforge/diffusers: {sf['load_s'] / d['load_s']:.2f}x; same output: "
+          f"{abs(sf['out'] - d['out']) <= 1e-3 * abs(d['out'])}")
+    return {"file_mib": round(size / 2**20), "load_ratio": round(sf["load_s"] / d["load_s"], 2), **{k: v for k, v in rows.items()}}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", default=None, help="where to write the test model (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the written model files")
     ap.add_argument("--scenarios", default="fp32,bf16", help="file dtypes to test (loaded as fp32): fp32,bf16,fp16")
     ap.add_argument("--repeat", type=int, default=1, help="runs per loader (best time, max RSS reported)")
+    ap.add_argument("--single-file", action="store_true", help="a bf16 original-layout single file on torch-CPU (see above)")
+    ap.add_argument("--layers", type=int, default=4, help="--single-file: PixArt-Sigma blocks (4: a 0.2 GB file)")
+    ap.add_argument("--mlx", action="store_true", help="--single-file: the MLX engine's load too")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sf-bench-"))
+    if args.single_file:
+        try:
+            print(json.dumps(single_file(work, args.layers, args.repeat, args.mlx), indent=1))
+        finally:
+            if not args.keep and args.workdir is None:
+                shutil.rmtree(work, ignore_errors=True)
+        return 0
     names = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
     rows = []
     try:

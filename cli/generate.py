@@ -51,7 +51,7 @@ def register(subparsers) -> None:
                         "(default: the built-in 32x32 sprite demo model)")
     p.add_argument("--vae", help="VAE file (path or a name in the vae folder) when the model has none")
     p.add_argument("--text-encoder", action="append", default=[], metavar="PATH",
-                   help="text encoder file (repeat for several: CLIP-L, CLIP-G, T5 / Gemma-2 / Qwen2.5-VL-7B)")
+                   help="text encoder file (repeat for several: CLIP-L, CLIP-G, T5 / Gemma-2 / Qwen3-4B or -8B / Qwen2.5-VL-7B)")
     p.add_argument("--models", metavar="DIR", help="models root laid out like ComfyUI's models/ (for names)")
     p.add_argument("--prompt", required=True, help="what to draw (DiT: a class number 0-999)")
     p.add_argument("--negative", default="", help="what to avoid")

@@ -230,14 +230,15 @@ def _vae_numbers(fam, det, vae_cfg: dict) -> tuple:
     family's shipped VAE config when none is loaded yet."""
     from ..models import configs
 
+    p = int(fam.latent_patch)  # latents patched p x p into channels (FLUX.2)
     if vae_cfg:
         dc = vae_cfg.get("_class_name") == "AutoencoderDC" or "encoder_block_types" in vae_cfg
         blocks = vae_cfg.get("encoder_block_out_channels") if dc else vae_cfg.get("block_out_channels")
         latent = vae_cfg.get("latent_channels", vae_cfg.get("z_dim", 4))  # z_dim: the Wan-style (Qwen-Image) VAE
-        return (int(latent), 2 ** (len(blocks or [0] * (6 if dc else 4)) - 1),
+        return (int(latent) * p * p, 2 ** (len(blocks or [0] * (6 if dc else 4)) - 1) * p,
                 float(vae_cfg.get("scaling_factor") or 1.0), float(vae_cfg.get("shift_factor") or 0.0))
     ref = configs.load(fam.release_vae(det.variant))["config"]
-    return (int(ref["latent_channels"]), fam.vae_scale_factor, float(ref.get("scaling_factor") or 1.0),
+    return (int(ref["latent_channels"]) * p * p, fam.vae_scale_factor * p, float(ref.get("scaling_factor") or 1.0),
             float(ref.get("shift_factor") or 0.0))
 
 

@@ -79,15 +79,15 @@ class Denoiser:
             raise SpriteForgeError(BAD_INPUT, f"conditioning has {t.shape[0]} prompts but the batch is {batch}: use one prompt or one per image.")
         return self._repeat_rows(t, batch // t.shape[0])
 
-    def pack(self, x):
-        """[B,C,h,w] -> Flux's 2x2-packed tokens [B, h/2 * w/2, 4C]."""
+    def pack(self, x, p: int = 2):
+        """[B,C,h,w] -> tokens of p x p patches [B, h/p * w/p, p*p*C] (Flux: 2x2; FLUX.2: 1, a token a latent pixel)."""
         b, c, h, w = x.shape
-        return self._permute(x.reshape(b, c, h // 2, 2, w // 2, 2), (0, 2, 4, 1, 3, 5)).reshape(b, (h // 2) * (w // 2), c * 4)
+        return self._permute(x.reshape(b, c, h // p, p, w // p, p), (0, 2, 4, 1, 3, 5)).reshape(b, (h // p) * (w // p), c * p * p)
 
-    def unpack(self, x, h, w):
-        b, n, c4 = x.shape
-        c = c4 // 4
-        return self._permute(x.reshape(b, h // 2, w // 2, c, 2, 2), (0, 3, 1, 4, 2, 5)).reshape(b, c, h, w)
+    def unpack(self, x, h, w, p: int = 2):
+        b, n, cp = x.shape
+        c = cp // (p * p)
+        return self._permute(x.reshape(b, h // p, w // p, c, p, p), (0, 3, 1, 4, 2, 5)).reshape(b, c, h, w)
 
     def _fill_cond(self, h, w):
         """Flux Fill's extra input tokens: the masked image's latents and the mask, packed (made once)."""
@@ -172,8 +172,29 @@ class Denoiser:
         cache = self._cond_cache
         if batch not in cache:
             c = self._cond_arrays(self.cond, batch)
-            cache[batch] = (c, self._cat(c, self._cond_arrays(self.uncond, batch)) if self.use_cfg else None)
+            both = self._cat(c, self._cond_arrays(self.uncond, batch)) if self.use_cfg else None
+            if self.family.text_mask:
+                c, both = self._unpadded(c, both)
+            cache[batch] = (c, both)
         return cache[batch]
+
+    def _unpadded(self, c, both):
+        """``c`` and ``both`` without the trailing tokens that no prompt's mask keeps, for a transformer whose attention
+        honours the mask: a masked token adds exactly nothing (its weight is exp(-10000) = 0), so the result is the same
+        while every step attends to (and projects) the real tokens only, not T5's 300 padded ones. One host read of
+        the masks a run; unchanged when some prompt keeps no token at all."""
+        masks = [d["mask"] for d in (c, both) if d is not None and d.get("mask") is not None]
+        if not masks:
+            return c, both
+        kept = [np.asarray(self.ops.to_numpy(m)).reshape(m.shape[0], -1) > 0 for m in masks]
+        if any(not row.any() for k in kept for row in k):
+            return c, both
+        n = max(int(np.flatnonzero(k.any(axis=0))[-1]) + 1 for k in kept)
+
+        def cut(d):
+            return None if d is None else {k: v[:, :n] if k in ("embeds", "mask") and v.shape[1] > n else v for k, v in d.items()}
+
+        return cut(c), cut(both)
 
     def _cat(self, a, b):
         """Conditioning ``a`` and negative ``b`` in one batch, uncond first; sequences padded to one length."""
@@ -199,7 +220,7 @@ class Denoiser:
         with self._no_grad():
             inp = model_input(xt, self.handle.prediction, sigma)
             t = self._timestep(sigma)
-            tdt = self.dtype if self.flow else self.F32
+            tdt = self.dtype if self.flow and not self.family.float32_timestep else self.F32
             c, allc = self._conditioning(b)
             if self.use_cfg:
                 xin = self._cast(self.ops.concat([inp, inp], 0), self.dtype)

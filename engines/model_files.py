@@ -35,8 +35,10 @@ MODEL_KINDS = ("diffusion_models", "checkpoints", "diffusers")
 
 # the diffusers class each family's transformer is (declared by the family, :mod:`spriteforge.models.families`)
 TRANSFORMER_CLASSES = {f.name: f.transformer_class for f in registry.families()}
-# diffusers folder sub-folders -> our text-encoder keys, per family
-FOLDER_TEXT_ENCODERS = {f.name: {te.folder: te.key for te in f.text_encoders} for f in registry.families()}
+# diffusers folder sub-folders -> our text-encoder keys, per family (several where one sub-folder holds one of several
+# encoders: FLUX.2's text_encoder/ is Qwen3-4B, Qwen3-8B or Mistral-3 by the size; its config.json says which)
+FOLDER_TEXT_ENCODERS = {f.name: {te.folder: tuple(t.key for t in f.text_encoders if t.folder == te.folder) for te in f.text_encoders}
+                        for f in registry.families()}
 # the text encoders an all-in-one checkpoint may carry
 CHECKPOINT_TEXT_ENCODERS = ("clip_l", "clip_g", "t5")
 
@@ -128,11 +130,11 @@ def checkpoint_text_encoders(det: Detection):
 
 def folder_text_encoders(p: Path, family: str, index: dict):
     """``(sub-folder, key, class name)`` for each text encoder a diffusers folder (``model_index.json`` = ``index``) has."""
-    for sub, key in FOLDER_TEXT_ENCODERS.get(family, {}).items():
+    for sub, keys in FOLDER_TEXT_ENCODERS.get(family, {}).items():
         entry = index.get(sub)
         if not entry or not entry[0] or not (p / sub).is_dir():
             continue
-        yield sub, key, entry[1]
+        yield sub, keys[0] if len(keys) == 1 else text_encoder_key(folder_config(p / sub), f"{p.name}/{sub}"), entry[1]
 
 
 # --------------------------------------------------------------------------- VAE

@@ -69,8 +69,9 @@ def model_max_side(handle) -> int | None:
     return int(n) * int(getattr(handle, "latent_multiple", 16) or 16)
 
 
-def model_schedule(handle, width: int, height: int, shift: float | None = None):
-    """The samplers' model schedule for ``handle`` at this size."""
+def model_schedule(handle, width: int, height: int, shift: float | None = None, steps: int | None = None):
+    """The samplers' model schedule for ``handle`` at this size (``steps``: the sampling steps, for a family whose
+    resolution shift depends on them too; the family's default steps when not given)."""
     from ..samplers import DiscreteSchedule, FlowSchedule
 
     if handle.prediction == "flow":
@@ -79,6 +80,10 @@ def model_schedule(handle, width: int, height: int, shift: float | None = None):
             fixed = shift if shift is not None else fam.fixed_shift(handle.variant)
             if fixed is not None:
                 return FlowSchedule(float(fixed), multiplier=fam.flow_multiplier)
+            m = int(getattr(handle, "latent_multiple", 16) or 16)
+            mu = fam.resolution_mu((int(height) // m) * (int(width) // m), int(steps or fam.sampling_defaults(handle.variant)["steps"]))
+            if mu is not None:
+                return FlowSchedule(mu=mu, multiplier=fam.flow_multiplier, num_timesteps=10000)
             return FlowSchedule.flux(width, height, **fam.mu_args((handle.extras or {}).get("scheduler") or {}))
         s = shift if shift is not None else (handle.flow_shift if handle.flow_shift is not None else 3.0)
         return FlowSchedule(float(s))

@@ -24,7 +24,7 @@ from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, Sprit
 from . import configs
 from .detection import Detection, count as _count, heads as _heads
 from .families import components, loras, registry
-from .safetensors_header import FLOAT_DTYPES, Header, TensorInfo, read_header
+from .safetensors_header import WEIGHT_DTYPES, Header, TensorInfo, read_header
 
 KINDS = ("transformer", "vae", "text_encoder", "checkpoint", "diffusers", "lora")
 
@@ -48,7 +48,7 @@ TEXT_ENCODERS = ("clip_l", "clip_g", "t5", "gemma")
 def _dominant_dtype(tensors: dict[str, TensorInfo]) -> str:
     by: dict[str, float] = {}
     for t in tensors.values():
-        if t.dtype in FLOAT_DTYPES:
+        if t.dtype in WEIGHT_DTYPES:  # floats and quantized formats (inspect names a file's quantization)
             by[t.dtype] = by.get(t.dtype, 0) + t.numel
     if not by:
         return next(iter(tensors.values())).dtype if tensors else ""

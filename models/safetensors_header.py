@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from ..errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
+from .gguf import QUANT_DTYPES as GGUF_QUANT_DTYPES
+from .gguf import read_gguf
 
 # safetensors dtype code -> (canonical name, bytes per element)
 DTYPES: dict[str, tuple[str, float]] = {
@@ -86,13 +88,35 @@ class TensorInfo:
         return n
 
 
+@dataclass(frozen=True)
+class QuantInfo:
+    """How one quantized weight is stored: ``format`` (a :data:`QUANT_DTYPES` name), the stored tensor ``weight``,
+    its companion tensors by role (``scale``, ``scale_2``: keys of :attr:`Header.stored`) and the layer's JSON
+    ``params`` (ConvRot's group size)."""
+    format: str
+    weight: TensorInfo
+    shape: tuple = ()  # the logical shape
+    aux: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+
+
 @dataclass
 class Header:
+    """A weights file's table of tensors. ``tensors`` is the file as a model sees it: a quantized weight is one
+    entry with its logical shape and its format as ``dtype`` (``nvfp4``, ``q4_k``...), its scales and markers are
+    not listed; ``quant`` says how each such weight is stored and ``stored`` holds every stored tensor by name."""
     path: str
     tensors: dict[str, TensorInfo]
     metadata: dict = field(default_factory=dict)
     file_size: int = 0
     header_size: int = 0
+    format: str = "safetensors"
+    quant: dict = field(default_factory=dict)
+    stored: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.stored:
+            self.stored = dict(self.tensors)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: v.shape for k, v in self.tensors.items()}
@@ -117,14 +141,13 @@ OTHER_FORMATS = (
 
 
 def _refuse_other_format(p: Path, head: bytes) -> None:
-    """Raise a true message when ``head`` (a file's first bytes) is a format other than safetensors; return
-    otherwise. GGUF is a model format SpriteForge does not load (UNSUPPORTED_ARCHITECTURE); the rest are BAD_INPUT."""
+    """Raise a true message when ``head`` (a file's first bytes) is a format other than safetensors (and GGUF,
+    which :func:`read_header` reads); return otherwise."""
     for magic, what in OTHER_FORMATS:
-        if head.startswith(magic):
-            code = UNSUPPORTED_ARCHITECTURE if magic == b"GGUF" else BAD_INPUT
-            raise SpriteForgeError(code, f"{p.name} is {what}, not a safetensors file. SpriteForge loads .safetensors "
-                                   "files and diffusers folders: give the model's .safetensors file.",
-                                   details={"path": str(p), "format": what})
+        if head.startswith(magic) and magic != b"GGUF":
+            raise SpriteForgeError(BAD_INPUT, f"{p.name} is {what}, not a safetensors or GGUF file. SpriteForge loads "
+                                   ".safetensors and .gguf files and diffusers folders: give the model's .safetensors "
+                                   "or .gguf file.", details={"path": str(p), "format": what})
 
 
 def _whole(value) -> bool:
@@ -175,6 +198,8 @@ def read_header(path: str | os.PathLike) -> Header:
         raise _bad(p, f"only {size} bytes long")
     with open(p, "rb") as fh:
         head = fh.read(32)
+        if head.startswith(b"GGUF"):
+            return _gguf_header(p)
         (n,) = struct.unpack("<Q", head[:8])
         if n <= 1 or n > MAX_HEADER or 8 + n > size:
             _refuse_other_format(p, head)
@@ -197,7 +222,106 @@ def read_header(path: str | os.PathLike) -> Header:
         meta = {}
     tensors = {name: _tensor_info(p, name, info) for name, info in data.items()}
     _check_extents(p, tensors, size - 8 - n)
-    return Header(str(p), tensors, {str(k): str(v) for k, v in meta.items()}, size, n)
+    meta = {str(k): str(v) for k, v in meta.items()}
+    logical, quant = quantized_view(p, tensors, meta, 8 + n)
+    return Header(str(p), logical, meta, size, n, quant=quant, stored=tensors)
+
+
+# --------------------------------------------------------------------------- quantized layers (ComfyUI's formats)
+
+# what ComfyUI's per-layer ``comfy_quant`` JSON (or ``_quantization_metadata``) names -> SpriteForge's format name
+COMFY_FORMATS = {"float8_e4m3fn": "fp8_e4m3fn_scaled", "float8_e5m2": "fp8_e5m2_scaled", "mxfp8": "mxfp8",
+                 "nvfp4": "nvfp4", "int8_tensorwise": "int8_tensorwise"}
+COMFY_QUANT = ".comfy_quant"
+SCALE_SUFFIXES = {"scale": (".weight_scale", ".scale_weight"), "scale_2": (".weight_scale_2",),
+                  "input_scale": (".input_scale", ".scale_input")}
+QUANT_DTYPES = frozenset({"fp8_e4m3fn_scaled", "fp8_e5m2_scaled", "mxfp8", "nvfp4", "int8_tensorwise", "int8_convrot"})
+
+
+# every quantized format name a TensorInfo's dtype can hold (ComfyUI's and GGUF's), and every dtype of a weight
+ALL_QUANT_DTYPES = QUANT_DTYPES | GGUF_QUANT_DTYPES
+WEIGHT_DTYPES = frozenset(FLOAT_DTYPES) | ALL_QUANT_DTYPES
+
+
+def _read_json_tensor(p: Path, ti: TensorInfo, base: int) -> dict:
+    with open(p, "rb") as fh:
+        fh.seek(base + ti.offsets[0])
+        raw = fh.read(ti.offsets[1] - ti.offsets[0])
+    try:
+        out = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _bad(p, "a comfy_quant marker does not hold JSON") from None
+    return out if isinstance(out, dict) else {}
+
+
+def _layer_formats(p: Path, tensors: dict, meta: dict, base: int) -> dict[str, dict]:
+    """``{layer: its JSON}`` of every layer ComfyUI marks as quantized: ``<layer>.comfy_quant`` tensors, the
+    ``_quantization_metadata`` metadata entry, and the legacy ``scaled_fp8`` marker (every fp8 weight beside a
+    ``scale_weight``)."""
+    layers: dict[str, dict] = {}
+    if "_quantization_metadata" in meta:
+        try:
+            listed = json.loads(meta["_quantization_metadata"]).get("layers", {})
+        except (json.JSONDecodeError, AttributeError):
+            raise _bad(p, "its _quantization_metadata is not the JSON object ComfyUI writes") from None
+        layers.update({k: dict(v) for k, v in listed.items() if isinstance(v, dict)})
+    for name, ti in tensors.items():
+        if name.endswith(COMFY_QUANT):
+            layers[name[: -len(COMFY_QUANT)]] = _read_json_tensor(p, ti, base)
+    if any(k == "scaled_fp8" or k.endswith(".scaled_fp8") for k in tensors):
+        for name, ti in tensors.items():
+            layer = name[: -len(".weight")]
+            if name.endswith(".weight") and ti.dtype in ("float8_e4m3fn", "float8_e5m2") and layer + ".scale_weight" in tensors:
+                layers.setdefault(layer, {"format": ti.dtype})
+    return layers
+
+
+def _logical_shape(fmt: str, stored: tuple) -> tuple:
+    return (*stored[:-1], stored[-1] * 2) if fmt == "nvfp4" else stored
+
+
+def quantized_view(p: Path, tensors: dict, meta: dict, base: int) -> tuple[dict, dict]:
+    """``(tensors as a model sees them, {weight key: QuantInfo})`` for the quantized layers of a safetensors file
+    (no quantized layer: the tensors as they are). A format ComfyUI writes that SpriteForge cannot compute
+    exactly keeps its ComfyUI name as ``dtype`` (loading refuses it by that name)."""
+    layers = _layer_formats(p, tensors, meta, base)
+    if not layers:
+        return tensors, {}
+    logical = dict(tensors)
+    quant = {}
+    for layer, spec in layers.items():
+        key = layer + ".weight"
+        if key not in tensors:
+            continue
+        name = str(spec.get("format", ""))
+        fmt = COMFY_FORMATS.get(name, name or "unknown")
+        if fmt == "int8_tensorwise" and spec.get("convrot"):
+            fmt = "int8_convrot"
+        aux = {}
+        for role, suffixes in SCALE_SUFFIXES.items():
+            for suffix in suffixes:
+                if layer + suffix in tensors:
+                    aux[role] = layer + suffix
+                    logical.pop(layer + suffix, None)
+        logical.pop(layer + COMFY_QUANT, None)
+        w = tensors[key]
+        logical[key] = TensorInfo(fmt, _logical_shape(fmt, w.shape), w.offsets)
+        quant[key] = QuantInfo(fmt, w, logical[key].shape, aux, dict(spec))
+    for k in [k for k in logical if k == "scaled_fp8" or k.endswith(".scaled_fp8") or k.endswith(COMFY_QUANT)]:
+        logical.pop(k)
+    return logical, quant
+
+
+def _gguf_header(p: Path) -> Header:
+    """A GGUF file's table (:func:`.gguf.read_gguf`) as a :class:`Header`: quantized tensors listed with their type
+    as ``dtype`` and their ``uint8`` block rows in ``quant``."""
+    entries, meta, size = read_gguf(p)
+    tensors, quant = {}, {}
+    for name, dtype, shape, offsets, stored in entries:
+        tensors[name] = TensorInfo(dtype, shape, offsets)
+        if stored is not None:
+            quant[name] = QuantInfo(dtype, TensorInfo("uint8", stored, offsets), shape)
+    return Header(str(p), tensors, meta, size, 0, format="gguf", quant=quant)
 
 
 def header_from_manifest(manifest: dict) -> Header:

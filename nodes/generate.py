@@ -118,9 +118,9 @@ class Sampler(ValidatedNode):
                 io.Combo.Input("schedule", options=_schedule_names(), default="normal", tooltip="How the noise levels are spaced."),
                 io.Float.Input("cfg", default=0.0, min=0.0, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance scale; 0 = the family's default (PixArt 4.5, SD3 5, Flux 1 = "
-                               "no CFG (use guidance in Encode Prompt), Sana 4.5, DiT 4, Qwen-Image 4)."),
+                               "no CFG (use guidance in Encode Prompt), Sana 4.5, DiT 4, Z-Image-Turbo 1 = no CFG, Qwen-Image 4)."),
                 io.Float.Input("shift", default=0.0, min=0.0, max=20.0, step=0.05,
-                               tooltip="Flow shift for SD3/Sana/Flux/Qwen-Image; 0 = the family's default (SD3/Sana 3.0, Flux and Qwen-Image by resolution). "
+                               tooltip="Flow shift for SD3/Sana/Flux/Z-Image/FLUX.2/Qwen-Image; 0 = the family's default (SD3/Sana/Z-Image 3.0, Flux, FLUX.2 and Qwen-Image by resolution). "
                                "Ignored by PixArt and DiT."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="1 = a new image; below 1 keeps that much of the input latent (img2img)."),

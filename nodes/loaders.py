@@ -26,7 +26,7 @@ class LoadModel(ValidatedNode):
             node_id="SpriteForgeLoadModel",
             display_name="SpriteForge Load Model",
             category=CATEGORY,
-            description="Loads a DiT image model (PixArt-α/Σ, SD3/3.5, Flux.1, Sana, DiT, Qwen-Image) from a single file or a diffusers "
+            description="Loads a DiT image model (PixArt-α/Σ, SD3/3.5, Flux.1, Sana, DiT, Z-Image, FLUX.2, Qwen-Image) from a single file or a diffusers "
             "folder, with its VAE and text encoders (taken from the file/folder unless overridden), on the chosen "
             "engine, device and dtype. The family is detected from the weights.",
             inputs=[
@@ -35,8 +35,8 @@ class LoadModel(ValidatedNode):
                 io.Combo.Input("vae", options=part_choices("vae"), default=FROM_MODEL, optional=True,
                                tooltip="A VAE file to use instead of the one in the model (needed when the model file has none)."),
                 io.Combo.Input("text_encoder_1", options=tes, default=FROM_MODEL, optional=True,
-                               tooltip="A text encoder file (T5 for PixArt, CLIP-L for SD3/Flux, Gemma-2 for Sana, Qwen2.5-VL-7B qwen_2.5_vl_7b for "
-                               "Qwen-Image) when the model has none."),
+                               tooltip="A text encoder file (T5 for PixArt, CLIP-L for SD3/Flux, Gemma-2 for Sana, Qwen3-4B qwen_3_4b for Z-Image and FLUX.2 [klein] 4B, "
+                               "Qwen2.5-VL-7B qwen_2.5_vl_7b for Qwen-Image) when the model has none."),
                 io.Combo.Input("text_encoder_2", options=tes, default=FROM_MODEL, optional=True,
                                tooltip="A second text encoder file (CLIP-G for SD3, T5 for Flux)."),
                 io.Combo.Input("text_encoder_3", options=tes, default=FROM_MODEL, optional=True,

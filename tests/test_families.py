@@ -122,7 +122,7 @@ def test_a_new_family_is_one_registry_entry(tmp_path, toy, capsys):
     ckpt = detect_tensors({"model.diffusion_model." + k: v for k, v in _header(path).items()}, name="toy-checkpoint")
     assert (ckpt.family, ckpt.needs) == ("toy", ["vae", "t5"])
     assert registry.vae_config_name("toy", None, 16) == "vae-kl16-sd3"
-    assert registry.widget_hints()["rules"]["guidance"]["only"] == ["flux", "toy"]
+    assert registry.widget_hints()["rules"]["guidance"]["only"] == ["flux", "flux2", "toy"]
 
 
 def test_a_new_family_s_lora_names_are_read(tmp_path, toy):
@@ -131,7 +131,7 @@ def test_a_new_family_s_lora_names_are_read(tmp_path, toy):
     from spriteforge.lora import detect_family
 
     assert detect_family(["toy_blocks_0_w"]).candidates == ["toy"]
-    assert detect_family(["transformer_blocks_0_attn_add_q_proj"]).candidates == ["flux", "toy", "sd3", "qwenimage"]
+    assert detect_family(["transformer_blocks_0_attn_add_q_proj"]).candidates == ["flux", "toy", "sd3", "flux2", "qwenimage"]
     z = np.zeros((4, 8), np.float32)
     save_file({"lora_unet_toy_blocks_0_w.lora_down.weight": z, "lora_unet_toy_blocks_0_w.lora_up.weight": z.T.copy()},
               str(tmp_path / "toy-lora.safetensors"))
@@ -189,7 +189,7 @@ def test_engine_lora_and_pipeline_tables_come_from_the_registry():
     for f in registry.families():
         keys = [te.key for te in f.text_encoders]
         assert model_files.TRANSFORMER_CLASSES[f.name] == f.transformer_class
-        assert list(model_files.FOLDER_TEXT_ENCODERS[f.name].values()) == keys
+        assert [k for ks in model_files.FOLDER_TEXT_ENCODERS[f.name].values() for k in ks] == keys
         assert list(text_encoding.ROLE_NAMES[f.name]) == keys
         assert list(plan.TE_ORDER[f.name]) == keys
         assert lora_family.NAMES[f.name] == f.label

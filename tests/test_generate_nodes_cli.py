@@ -194,7 +194,7 @@ def test_cli_generate(models_root, tmp_path, capsys, reset_models_root):
     assert "MODEL_NOT_FOUND" in err and "DIMENSION_LIMIT" in err and "BAD_INPUT" in err
 
 
-@pytest.mark.parametrize("family", ["pixart", "dit", "sd3", "flux", "sana", "qwenimage"])
+@pytest.mark.parametrize("family", ["pixart", "dit", "sd3", "flux", "sana", "zimage", "qwenimage"])
 def test_every_family_from_real_format_files(models_root, family):
     """Load tiny real-format diffusers folders through the loader node and run the whole graph."""
     from spriteforge.tests import tiny_models as tm

@@ -330,14 +330,53 @@ def test_denoiser_matches_a_direct_transformer_call(engine, handles):  # noqa: F
     assert isinstance(dn(x.numpy(), sigma), np.ndarray)
 
 
-def test_pixart_loop_matches_the_diffusers_pipeline():
-    """Our loop (samplers + denoiser) equals PixArtSigmaPipeline with an Euler scheduler on the same sigmas and latents."""
-    from spriteforge.benchmarks.bench_generate import build, run_diffusers, run_ours
+@pytest.mark.parametrize("family", ["pixart", "sd3", "flux", "sana", "dit", "zimage"])
+def test_loop_matches_the_family_diffusers_pipeline(engine, family, tmp_path):  # noqa: F811
+    """Our loop (samplers + denoiser) equals the family's own diffusers pipeline on the same model file, sigmas, latents
+    and embeddings: the comparison bench_generate times."""
+    from spriteforge.benchmarks.bench_generate import load_case, run_diffusers, run_ours
 
-    engine, h, cond = build("cpu", 64, layers=2)
-    ours = run_ours(engine, h, cond, 3, 64, 0)
-    ref = run_diffusers(engine, h, cond, 3, 64, 0)
+    case = load_case(family, engine, tmp_path, 3)
+    ours, ref = run_ours(case, 0), run_diffusers(case, 0)
     assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("family", ["pixart", "sana"])
+def test_padding_no_prompt_keeps_is_dropped_once_a_run(engine, handles, family):  # noqa: F811
+    """PixArt and Sana attend to the prompt's tokens only: the T5/Gemma padding after the last token any prompt keeps is
+    dropped once a run, so every step's transformer sees the kept tokens only, and x0 (CFG included) is what calls
+    on the full padded sequences give."""
+    from spriteforge.pipeline import encode, model_schedule
+
+    h = H(handles, engine, family)
+    cond = encode(engine, h, "a knight with a red shield and a sword", "blurry")
+    kept = int(max(cond.mask.sum(), cond.negative.mask.sum()))
+    assert kept < cond.mask.shape[1] == cond.negative.mask.shape[1]
+    ms = model_schedule(h, 64, 64)
+    dn = engine.denoiser(h, cond, cond.negative, cfg=4.5, model_schedule=ms)
+    seen = []
+    hook = h.transformer.register_forward_pre_hook(lambda _m, _a, kw: seen.append(kw["encoder_hidden_states"].shape[1]),
+                                                   with_kwargs=True)
+    c = int(h.latent_channels)
+    x = torch.randn(1, c, 2 if family == "sana" else 8, 2 if family == "sana" else 8, generator=torch.Generator().manual_seed(0))
+    sigma = 0.7 if family == "sana" else 3.0
+    try:
+        x0 = dn(x, sigma)
+        dn(x, sigma / 2)
+    finally:
+        hook.remove()
+    assert seen == [kept, kept]
+    t = torch.tensor([ms.timestep(sigma)] * 2)
+    with torch.no_grad():
+        emb, mask = torch.cat([cond.negative.embeds, cond.embeds]), torch.cat([cond.negative.mask, cond.mask])
+        if family == "pixart":
+            out = h.transformer(torch.cat([x, x]) / (sigma ** 2 + 1) ** 0.5, encoder_hidden_states=emb, encoder_attention_mask=mask,
+                                timestep=t, added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0][:, :c]
+        else:
+            out = h.transformer(torch.cat([x, x]), encoder_hidden_states=emb, encoder_attention_mask=mask, timestep=t,
+                                return_dict=False)[0]
+    pred = out[:1] + (out[1:] - out[:1]) * 4.5
+    torch.testing.assert_close(x0, x - sigma * pred, atol=1e-5, rtol=1e-5)
 
 
 def test_sd3_size_over_its_position_table_is_a_dimension_limit(engine, handles):  # noqa: F811

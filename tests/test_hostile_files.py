@@ -89,7 +89,7 @@ def test_folder_whose_tensors_overlap_is_refused_by_inspect_and_generate(tmp_pat
 @pytest.mark.parametrize("what,head,code", [
     ("a PNG image", b"\x89PNG\r\n\x1a\n" + b"\0" * 32, BAD_INPUT),
     ("a JPEG image", b"\xff\xd8\xff\xe0" + b"\0" * 32, BAD_INPUT),
-    ("a GGUF file", b"GGUF\x03\x00\x00\x00" + b"\0" * 32, UNSUPPORTED_ARCHITECTURE),
+    ("a GGUF file", b"GGUF\x03\x00\x00\x00" + b"\0" * 32, BAD_INPUT),  # read as GGUF: a damaged one
     ("a Python pickle", b"\x80\x04\x95" + b"\0" * 32, BAD_INPUT),
     ("a zip archive", b"PK\x03\x04" + b"\0" * 32, BAD_INPUT),
     ("a Git LFS pointer", b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 12\n", BAD_INPUT),
@@ -121,8 +121,8 @@ def test_a_gguf_file_gets_one_message_wherever_it_is_given(tmp_path, capsys):
     with pytest.raises(SpriteForgeError) as exc:
         get_engine("torch").load_model(path)
     first = errs[0].splitlines()[0]
-    assert first == "UNSUPPORTED_ARCHITECTURE: model.gguf is a GGUF file, not a safetensors file. SpriteForge loads " \
-                    ".safetensors files and diffusers folders: give the model's .safetensors file.", errs
+    assert first.startswith("BAD_INPUT: model.gguf is a GGUF file that cannot be read (") and \
+        first.endswith("it is damaged or incomplete. Download it again."), errs
     assert all(e.splitlines()[0] == first for e in errs) and f"{exc.value.code}: {exc.value.message}" == first
     assert not (tmp_path / "o").exists()
 

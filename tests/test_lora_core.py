@@ -230,11 +230,11 @@ def test_grouping_and_format_summary():
 # -- families ------------------------------------------------------------------------
 
 DETECT = [
-    (["double_blocks_0_img_attn_qkv"], ["flux"]),
+    (["double_blocks_0_img_attn_qkv"], ["flux", "flux2"]),  # BFL's block names: Flux.1's and FLUX.2's (no widths to tell)
     (["single_transformer_blocks_3_attn_to_q", "transformer_blocks_0_attn_to_q"], ["flux"]),
     (["joint_blocks_0_x_block_attn_qkv"], ["sd3"]),
     (["transformer_blocks_23_attn_add_q_proj"], ["sd3", "qwenimage"]),  # past Flux's 19 blocks
-    (["transformer_blocks_0_attn_add_q_proj"], ["flux", "sd3", "qwenimage"]),
+    (["transformer_blocks_0_attn_add_q_proj"], ["flux", "sd3", "flux2", "qwenimage"]),
     (["transformer_blocks_59_attn_to_add_out"], ["qwenimage"]),  # past SD3.5 large's 38
     (["transformer_blocks_0_attn2_to_q", "transformer_blocks_0_attn_to_q"], ["sd3"]),
     (["transformer_blocks_0_ff_conv_inverted"], ["sana"]),
@@ -245,7 +245,8 @@ DETECT = [
     (["single_transformer_blocks_0_attn_to_qkv_mlp_proj"], ["flux2"]),
     (["transformer_blocks_0_attn_to_q", "transformer_blocks_0_ff_linear_in"], ["flux2"]),
     (["double_blocks_0_img_attn_qkv", "double_stream_modulation_img_lin"], ["flux2"]),
-    (["double_blocks_0_img_attn_qkv", "single_blocks_0_linear1"], ["flux"]),  # FLUX.2's original names are Flux.1's too
+    (["double_blocks_0_img_attn_qkv", "single_blocks_0_linear1"], ["flux", "flux2"]),  # FLUX.2's original names are Flux.1's too
+    (["double_blocks_0_img_attn_qkv", "single_blocks_0_modulation_lin"], ["flux"]),  # per-block modulation: Flux.1's only
     (["input_blocks_4_1_proj_in"], ["unet"]),
     (["down_blocks_1_attentions_0_proj_in"], ["unet"]),
     (["something_else"], []),
@@ -259,7 +260,9 @@ def test_family_detection(names, want):
 
 def test_width_and_metadata_settle_ambiguity():
     names = ["transformer_blocks_0_attn_to_q", "transformer_blocks_0_attn_add_q_proj"]
-    assert detect_family(names, widths={"transformer_blocks_0_attn_to_q": 3072}).candidates == ["flux", "qwenimage"]  # both 3072 wide
+    # 3072 wide: Flux.1, FLUX.2 [klein] 4B or Qwen-Image (all that wide), not SD3; 4096: FLUX.2 [klein] 9B
+    assert detect_family(names, widths={"transformer_blocks_0_attn_to_q": 3072}).candidates == ["flux", "flux2", "qwenimage"]
+    assert detect_family(names, widths={"transformer_blocks_0_attn_to_q": 4096}).candidates == ["flux2"]
     assert detect_family(names, metadata={"ss_base_model_version": "sd3"}).candidates[0] == "sd3"
 
 

@@ -34,6 +34,10 @@ LAYERS = {
              "transformer_blocks.0.ff.conv_point"],
     "dit": ["transformer_blocks.0.attn1.to_v", "transformer_blocks.1.ff.net.0.proj", "transformer_blocks.0.norm1.linear",
             "pos_embed.proj"],
+    "zimage": ["layers.0.attention.to_q", "noise_refiner.0.attention.to_out.0", "layers.1.feed_forward.w2",
+               "context_refiner.0.feed_forward.w1", "layers.0.adaLN_modulation.0"],
+    "flux2": ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_add_out", "single_transformer_blocks.0.attn.to_qkv_mlp_proj",
+              "transformer_blocks.0.ff.linear_in", "double_stream_modulation_img.linear"],
     "qwenimage": ["transformer_blocks.0.attn.to_q", "transformer_blocks.1.attn.add_k_proj", "transformer_blocks.0.img_mlp.net.0.proj",
                   "transformer_blocks.1.txt_mod.1"],
 }
@@ -124,6 +128,17 @@ ORIGINAL = {
         ("final_layer.adaLN_modulation.1", ["norm_out.linear"], True),
         ("img_in", ["x_embedder"], False),
     ],
+    "flux2": [  # ComfyUI/kohya names in BFL's layout: the same block names as Flux.1, told apart by the widths
+        ("double_blocks.0.img_attn.qkv", ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k",
+                                          "transformer_blocks.0.attn.to_v"], False),
+        ("double_blocks.0.txt_attn.qkv", ["transformer_blocks.0.attn.add_q_proj", "transformer_blocks.0.attn.add_k_proj",
+                                          "transformer_blocks.0.attn.add_v_proj"], False),
+        ("double_blocks.0.img_mlp.2", ["transformer_blocks.0.ff.linear_out"], False),
+        ("single_blocks.0.linear1", ["single_transformer_blocks.0.attn.to_qkv_mlp_proj"], False),
+        ("single_blocks.0.linear2", ["single_transformer_blocks.0.attn.to_out"], False),
+        ("final_layer.adaLN_modulation.1", ["norm_out.linear"], True),
+        ("img_in", ["x_embedder"], False),
+    ],
     "sd3": [
         ("joint_blocks.0.x_block.attn.qkv", ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k",
                                              "transformer_blocks.0.attn.to_v"], False),
@@ -155,6 +170,15 @@ ORIGINAL = {
                                "transformer_blocks.0.attn1.to_v"], False),
         ("blocks.1.adaLN_modulation.1", ["transformer_blocks.1.norm1.linear"], False),
         ("final_layer.linear", ["proj_out_2"], False),
+    ],
+    "zimage": [  # ComfyUI's fused attention.qkv onto diffusers' to_q/to_k/to_v; attention.out; top-level names
+        ("layers.1.attention.qkv", ["layers.1.attention.to_q", "layers.1.attention.to_k", "layers.1.attention.to_v"], False),
+        ("noise_refiner.0.attention.qkv", ["noise_refiner.0.attention.to_q", "noise_refiner.0.attention.to_k",
+                                           "noise_refiner.0.attention.to_v"], False),
+        ("context_refiner.0.attention.out", ["context_refiner.0.attention.to_out.0"], False),
+        ("layers.0.feed_forward.w3", ["layers.0.feed_forward.w3"], False),
+        ("x_embedder", ["all_x_embedder.2-1"], False),
+        ("final_layer.adaLN_modulation.1", ["all_final_layer.2-1.adaLN_modulation.1"], False),
     ],
 }
 

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from spriteforge.engines.base import ModelHandle
 
-FAMILY_BUILDERS = ("pixart", "sd3", "flux", "sana", "dit", "qwenimage")
+FAMILY_BUILDERS = ("pixart", "sd3", "flux", "sana", "dit", "zimage", "flux2", "qwenimage")
 
 
 def tiny():
@@ -50,6 +50,10 @@ def build(family: str, seed: int = 0, variant: str | None = None):
     tm = tiny()
     if family == "sd3":
         return tm.build_sd3(variant or "sd3.5-medium", seed=seed)
+    if family == "flux2":
+        from spriteforge.tests.tiny_flux2 import build_flux2
+
+        return build_flux2(variant if variant in ("klein", "dev") else "klein", seed=seed)
     return getattr(tm, f"build_{family}")(seed=seed)
 
 
@@ -110,6 +114,15 @@ def inputs(family: str, model, seed: int = 0) -> dict:
         return dict(hidden_states=r(1, cfg.in_channels, 8, 8), encoder_hidden_states=r(1, 5, cfg.caption_channels), timestep=t)
     if family == "dit":
         return dict(hidden_states=r(1, cfg.in_channels, 8, 8), timestep=t, class_labels=torch.tensor([3]))
+    if family == "zimage":  # a list of latents (C, 1, H, W) and of captions (tokens, width), t = 1 - sigma
+        return dict(x=[r(cfg.in_channels, 1, 8, 8)], t=t / 1000, cap_feats=[r(5, cfg.cap_feat_dim)])
+    if family == "flux2":
+        ids = torch.tensor([[0.0, i, j, 0.0] for i in range(4) for j in range(4)])
+        kw = dict(hidden_states=r(1, 16, cfg.in_channels), encoder_hidden_states=r(1, 5, cfg.joint_attention_dim), timestep=t / 1000,
+                  img_ids=ids, txt_ids=torch.tensor([[0.0, 0.0, 0.0, k] for k in range(5)]))
+        if cfg.guidance_embeds:
+            kw["guidance"] = torch.tensor([4.0])
+        return kw
     if family == "qwenimage":
         return dict(hidden_states=r(1, 16, cfg.in_channels), encoder_hidden_states=r(1, 5, cfg.joint_attention_dim),
                     timestep=t / 1000, img_shapes=[[(1, 4, 4)]])
@@ -119,7 +132,7 @@ def inputs(family: str, model, seed: int = 0) -> dict:
 @torch.no_grad()
 def run(family: str, model, seed: int = 0):
     out = model(**inputs(family, model, seed), return_dict=False)[0]
-    return out
+    return torch.stack(out) if isinstance(out, list) else out
 
 
 # -- writing LoRA files -------------------------------------------------------------

@@ -159,15 +159,25 @@ def test_changed_source_is_refused(me, tmp):
     assert e.value.code == MODEL_NOT_CONVERTED
 
 
-def test_original_layout_flux_with_parts_found_from_the_source(me, tmp):
-    """A Flux dev file in the original (BFL) layout with separate VAE, CLIP-L and T5 files: converted to the
-    default cache folder, which loading the source with the same parts then uses."""
+def _original_with_parts(root, family):
+    """A single file in its original layout and the separate files it needs, and the text encoders among them."""
+    if family == "zimage":  # ComfyUI's z_image_turbo file, ae.safetensors, qwen_3_4b.safetensors
+        parts = tm.make_zimage_parts(root)
+        return tm.make_zimage(root, layout="original"), {"vae": str(parts["vae"]), "text_encoders": [str(p) for p in parts["text_encoders"]]}, {"qwen3_4b"}
+    parts = {"vae": str(tm.make_vae(root / "parts", 16, layout="original")),
+             "text_encoders": [str(tm.make_clip(root / "parts", "clip_l")), str(tm.make_t5(root / "parts"))]}
+    return tm.make_flux(root, layout="original", variant="dev"), parts, {"clip_l", "t5"}
+
+
+@pytest.mark.parametrize("family", ["flux", "zimage"])
+def test_original_layout_with_parts_found_from_the_source(me, tmp, family):
+    """A Flux dev file in the original (BFL) layout with separate VAE, CLIP-L and T5 files (Z-Image: ComfyUI's file
+    with ae and Qwen3-4B): converted to the default cache folder, which loading the source with the same parts then
+    uses."""
     from spriteforge.engines.mlx_models import cache
 
     root = tmp / "tiny"
-    path = tm.make_flux(root, layout="original", variant="dev")
-    parts = {"vae": str(tm.make_vae(root / "parts", 16, layout="original")),
-             "text_encoders": [str(tm.make_clip(root / "parts", "clip_l")), str(tm.make_t5(root / "parts"))]}
+    path, parts, tes = _original_with_parts(root, family)
     hs = me.load_model(str(path), **parts)  # no cache yet: from the files
     before = _hashes(root)
     out = cache.convert(me, str(path), **parts)
@@ -175,16 +185,16 @@ def test_original_layout_flux_with_parts_found_from_the_source(me, tmp):
     assert out.parent == tmp / "root" and cache.find_cache(path, **parts) == out
     assert cache.find_cache(path) is None  # another set of parts: another cache
     man = json.loads((out / "manifest.json").read_text())
-    assert set(man["components"]) == {"transformer", "vae", "te_clip_l", "te_t5"}
-    assert set(man["text_encoder_configs"]) == {"clip_l", "t5"}
+    assert set(man["components"]) == {"transformer", "vae", *(f"te_{k}" for k in tes)}
+    assert set(man["text_encoder_configs"]) == tes
     hc = me.load_model(str(path), **parts)
     _same_handle(hc, hs)
     a, b = _image(me, hs, width=32, height=32), _image(me, hc, width=32, height=32)
     diff = float(np.abs(a - b).max())
-    print(f"tiny Flux (original layout), source vs cache on MLX: max pixel diff {diff:.3g}")
+    print(f"tiny {family} (original layout), source vs cache on MLX: max pixel diff {diff:.3g}")
     assert diff <= 1e-6
     # the source load really goes through the cache: a tampered default cache is refused
-    _flip_byte(out / "te_t5.safetensors")
+    _flip_byte(out / f"te_{sorted(tes)[-1]}.safetensors")
     with pytest.raises(SpriteForgeError) as e:
         me.load_model(str(path), **parts)
     assert e.value.code == MODEL_NOT_CONVERTED

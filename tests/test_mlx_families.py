@@ -57,6 +57,13 @@ def _parts(root: Path, family: str) -> dict:
         return {"vae": tm.make_sana(root, layout="folder") / "vae", "text_encoders": [tm.make_gemma(d)]}
     if family == "dit":
         return {"vae": tm.make_vae(d, 4, layout="diffusers")}
+    if family == "zimage":  # ae.safetensors + qwen_3_4b.safetensors (its tokenizer beside it), as ComfyUI users hold them
+        return tm.make_zimage_parts(root)
+    if family == "flux2":  # flux2-vae.safetensors in BFL's layout, qwen_3_4b.safetensors with its tokenizer beside it
+        import tiny_flux2
+
+        return {"vae": tiny_flux2.make_flux2_vae(d, layout="original", name="flux2-vae.safetensors"),
+                "text_encoders": [tiny_flux2.make_flux2_text_encoder(d / "flux2")]}
     if family == "qwenimage":  # ComfyUI's files: qwen_image_vae (Wan-2.1 layout), qwen_2.5_vl_7b (legacy names)
         from spriteforge.tests.tiny_qwenimage import make_qwen25_vl, make_qwen_vae
 
@@ -82,6 +89,15 @@ CASES = [
     ("dit", "original", "", {}),
     ("dit", "folder", "", {"tile": True}),
     ("dit", "diffusers", "", {"steps": 1}),
+    ("zimage", "original", "", {"cfg": 3.0}),
+    ("zimage", "original", "", {"tile": True, "width": 48}),
+    ("zimage", "diffusers", "", {"init": True, "denoise": 0.6, "cfg": 2.0}),
+    ("zimage", "folder", "", {"init": True, "mask": True}),
+    ("zimage", "folder", "", {"lora": True, "cfg": 2.0}),
+    ("flux2", "original", "klein", {}),
+    ("flux2", "original", "dev", {"init": True, "denoise": 0.6}),
+    ("flux2", "folder", "klein", {"init": True, "mask": True}),
+    ("flux2", "diffusers", "klein", {"tile": True, "width": 64, "height": 48}),
     ("qwenimage", "diffusers", "", {}),
     ("qwenimage", "diffusers", "", {"init": True, "denoise": 0.6}),
     ("qwenimage", "diffusers", "", {"init": True, "mask": True, "width": 48}),
@@ -109,11 +125,33 @@ def _load(engine, root, family, layout, variant):
     return _HANDLES[key]
 
 
-@pytest.mark.parametrize("family,layout,variant,opts", CASES, ids=[f"{f}-{l}-{v or 'base'}" for f, l, v, _ in CASES])
+def _lora(root, family):
+    """A kohya LoRA on the layers the LoRA tests give ``family`` (tests/test_lora_torch.py), both engines' handles."""
+    from spriteforge.tests import test_lora_util as U
+    from spriteforge.tests.test_lora_torch import LAYERS
+
+    path = root / f"{family}-lora.safetensors"
+    if not path.exists():
+        shapes = {n: tuple(m.weight.shape) for n, m in U.build(family).named_modules() if isinstance(m, torch.nn.Linear)}
+        w = U.Writer(7)
+        for layer in LAYERS[family]:
+            w.lora("kohya", layer, shapes[layer], rank=4, alpha=4.0)
+        w.save(path)
+    return path
+
+
+@pytest.mark.parametrize("family,layout,variant,opts", CASES,
+                         ids=[f"{f}-{l}-{v or 'base'}-{'-'.join(o) or 'txt2img'}" for f, l, v, o in CASES])
 def test_same_picture_on_both_engines(root, engines, family, layout, variant, opts):
     te, me = engines
     ht = _load(te, root, family, layout, variant)
     hm = _load(me, root, family, layout, variant)
+    if opts.get("lora"):  # the same LoRA file on both engines
+        from spriteforge.lora import LoRASpec
+
+        spec = [LoRASpec(_lora(root, family), 1.5)]
+        ht, hm = te.apply_loras(ht, spec), me.apply_loras(hm, spec)
+        assert ht.loras[-1].matched == hm.loras[-1].matched > 0
     for f in FIELDS:
         assert getattr(hm, f) == getattr(ht, f), f
     assert set(hm.text_encoders) == set(ht.text_encoders)
@@ -121,6 +159,7 @@ def test_same_picture_on_both_engines(root, engines, family, layout, variant, op
     w, h = opts.pop("width", 64), opts.pop("height", 64)
     kw = {"prompt": "3" if family == "dit" else "a red knight", "negative": "" if family == "dit" else "blurry",
           "seed": 5, "steps": 2, "width": w, "height": h, **opts}
+    kw.pop("lora", None)
     if kw.pop("init", False):
         kw["init_image"] = _source(h, w)
     if kw.pop("mask", False):
@@ -155,12 +194,14 @@ def test_batch_one_is_item_zero_of_batch_four(root, engines, family, layout):
 
 
 def test_text_conditioning_matches_per_family(root, engines):
-    """Sana with the complex human instruction, SD3 with its zero T5 and padding, Flux's pooled CLIP + T5, Qwen-Image's
-    Qwen2.5-VL language model (template dropped, padding zeroed)."""
+    """Sana with the complex human instruction, SD3 with its zero T5 and padding, Flux's pooled CLIP + T5, Z-Image's
+    Qwen3 hidden states (prompts of different lengths: the mask says which tokens are real), Qwen-Image's Qwen2.5-VL
+    language model (template dropped, padding zeroed)."""
     te, me = engines
     for family, layout, opts in (("sana", "folder", {"complex_human_instruction": True}), ("sd3", "original", {}),
-                                 ("flux", "original", {}), ("pixart", "original", {}), ("qwenimage", "diffusers", {})):
-        variant = {"sd3": "sd3.5-medium", "flux": "dev", "pixart": "sigma"}.get(family, "")
+                                 ("flux", "original", {}), ("pixart", "original", {}), ("zimage", "original", {}),
+                                 ("flux2", "original", {}), ("qwenimage", "diffusers", {})):
+        variant = {"sd3": "sd3.5-medium", "flux": "dev", "pixart": "sigma", "flux2": "dev"}.get(family, "")
         ht = _load(te, root, family, layout, variant)
         hm = _load(me, root, family, layout, variant)
         ct = te.encode_text(ht, ["a red knight", "a very small green slime monster"], **opts)
@@ -176,6 +217,19 @@ def test_text_conditioning_matches_per_family(root, engines):
             print(f"{family} {name}: max diff {d:.3g}")
             assert d <= 1e-4 * (1 + float(np.abs(a).max())), (family, name)
         assert cm.guidance == ct.guidance
+
+
+@pytest.mark.parametrize("family,layout,variant", [("flux2", "original", "klein")])
+def test_batch_one_is_item_zero_of_batch_four_on_both_engines(root, engines, family, layout, variant):
+    for eng in engines:
+        h = _load(eng, root, family, layout, variant)
+        p = pipeline.GenerateParams(prompt="red potion", negative="", seed=11, steps=2, width=32, height=32)
+        one = pipeline.generate(eng, h, p)
+        four = pipeline.generate(eng, h, pipeline.GenerateParams(**{**p.__dict__, "batch_size": 4}))
+        diff = float(np.abs(one[0] - four[0]).max())
+        print(f"{family} {eng.name}: batch 1 vs item 0 of batch 4: {diff * 255:.4f}/255")
+        assert four.shape[0] == 4 and diff <= TOL
+        assert np.abs(four[0] - four[1]).max() > 0.01  # item i has seed + i
 
 
 @pytest.mark.parametrize("storage", ["float16", "bfloat16", "float8_e4m3fn"])
@@ -273,3 +327,20 @@ def test_sana_sprint_guidance_embeds_and_timestep_scale(engines, tmp_path):
     diff = float(np.abs(outs[0] - outs[1]).max())
     print(f"Sana guidance/timestep_scale denoiser: max |torch - mlx| = {diff:.3g}")
     assert diff <= 1e-4 * (1 + float(np.abs(outs[0]).max()))
+
+
+@pytest.mark.parametrize("family,layout", [("zimage", "original")])
+def test_batch_one_is_item_zero_of_batch_four_on_both_engines(root, engines, family, layout):
+    """Row 0 of a batch of 4 is the batch-1 picture (item i has seed + i), with CFG batching its prompts' padded
+    sequences, on each engine."""
+    import dataclasses
+
+    for eng in engines:
+        h = _load(eng, root, family, layout, "")
+        p = pipeline.GenerateParams(prompt="a red knight", negative="blurry", cfg=2.0, seed=11, steps=2, width=32, height=32)
+        one = pipeline.generate(eng, h, p)
+        four = pipeline.generate(eng, h, dataclasses.replace(p, batch_size=4))
+        diff = float(np.abs(one[0] - four[0]).max())
+        print(f"{family} {eng.name}: batch 1 vs item 0 of batch 4: {diff * 255:.4f}/255")
+        assert four.shape[0] == 4 and diff <= TOL
+        assert np.abs(four[0] - four[1]).max() > 0.02

@@ -1,8 +1,8 @@
 """Today's models (Z-Image, FLUX.2, Qwen-Image, Krea 2; issues #23.5 and #24.6) are named from the header alone:
 every reference manifest, written as a sparse file of the real size with the real header (and, for transformers,
 under ComfyUI's all-in-one ``model.diffusion_model.`` prefix), is inspected as its family, variant and kind while
-reading only the header. SpriteForge does not generate with these families yet: Load Model and ``generate`` refuse
-them with UNSUPPORTED_ARCHITECTURE naming what the file is."""
+reading only the header. SpriteForge does not generate with the recognised-only ones yet (Z-Image and FLUX.2 it
+runs: tests/test_zimage.py, tests/test_flux2*.py): Load Model and ``generate`` refuse them with UNSUPPORTED_ARCHITECTURE naming what the file is."""
 
 from __future__ import annotations
 
@@ -136,22 +136,21 @@ def test_z_image_checkpoint_with_its_text_encoder_needs_only_a_vae(shared_dir, t
 
 @pytest.mark.parametrize("name, lines", [
     ("flux2-klein-9b.transformer.original", ["family:     flux2", "variant:    klein-9B", "needs:      vae, qwen3_8b",
-                                             "recognised: FLUX.2 [klein] 9B (distilled or base: same layout)",
-                                             "generation: not yet (SpriteForge runs PixArt, SD3, Flux, Sana, DiT, Qwen-Image)"]),
-    ("flux2-dev.transformer.diffusers", ["variant:    dev", "needs:      vae, mistral3", "recognised: FLUX.2 [dev]"]),
-    ("flux2-klein-4b.transformer.diffusers", ["needs:      vae, qwen3_4b", "recognised: FLUX.2 [klein] 4B (distilled or base"]),
-    ("z-image-turbo.transformer.original", ["family:     zimage", "recognised: Z-Image (Turbo or base: same layout)",
+                                             "ambiguous:  distilled or base: same layout (FLUX.2 [klein] 9B (distilled or base"]),
+    ("flux2-dev.transformer.diffusers", ["variant:    dev", "needs:      vae, mistral3", "guidance_embeds: True"]),
+    ("flux2-klein-4b.transformer.diffusers", ["needs:      vae, qwen3_4b", "ambiguous:  distilled or base: same layout"]),
+    ("z-image-turbo.transformer.original", ["family:     zimage", "variant:    turbo-or-base",
                                             "needs:      vae, qwen3_4b", "dtype:      bfloat16"]),
     ("krea2.transformer.original", ["family:     krea2", "dtypes:     bfloat16 12.50B, float32 321.57M",
                                     "recognised: Krea 2 (raw or turbo: same layout)", "parameters: 12.82B"]),
     ("qwen-image.transformer.diffusers", ["family:     qwenimage", "variant:    20B", "needs:      vae, qwen25_7b"]),  # runnable
     ("qwen3-4b.text-encoder", ["kind:       text_encoder (hf layout)", "variant:    qwen3_4b",
-                               "lm_head:    tied (no lm_head.weight", "recognised: the Qwen3-4B text encoder"]),
+                               "lm_head:    tied (no lm_head.weight"]),
     ("qwen3-8b.text-encoder", ["variant:    qwen3_8b", "lm_head:    untied (lm_head.weight stored)"]),
     ("qwen2.5-vl-7b.text-encoder", ["variant:    qwen25_7b", "vision_tower: present: 32 blocks, 1280 wide (visual.*)",
                                     "lm_head:    untied"]),
     ("flux2-vae.original", ["kind:       vae (original layout)", "variant:    flux2", "dtypes:     float32 84.05M, int64 1",
-                            "batch_norm: bn.running_mean/var [128], num_batches_tracked int64", "recognised: the FLUX.2 VAE"]),
+                            "batch_norm: bn.running_mean/var [128], num_batches_tracked int64"]),
     ("flux2-vae.diffusers", ["kind:       vae (diffusers layout)", "variant:    flux2", "num_batches_tracked int64"]),
     ("qwen-image.vae.original", ["kind:       vae (original layout)", "variant:    qwen-image"]),  # loaded: no refusal
 ])
@@ -163,8 +162,10 @@ def test_inspect_text(shared_dir, tmp_path, capsys, name, lines):
         assert line in text, f"{line!r} not in:\n{text}"
 
 
-def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsys):
-    path = _fake_file(tmp_path / "flux1-dev.safetensors", _manifest(shared_dir, "flux1-dev.transformer.original")["tensors"])
+@pytest.mark.parametrize("name", ["flux1-dev.transformer.original", "z-image-turbo.transformer.original", "qwen3-4b.text-encoder"])
+def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsys, name):
+    """Flux.1; Z-Image and the Qwen3-4B text encoder it runs with (once recognised only)."""
+    path = _fake_file(tmp_path / f"{name}.safetensors", _manifest(shared_dir, name)["tensors"])
     assert main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
     assert "generation:" not in text and "recognised:" not in text
@@ -175,8 +176,8 @@ def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsy
 
 def test_recognised_families_are_not_the_runnable_ones():
     known = {f.name: f for f in registry.recognised()}
-    assert {n for n, f in known.items() if not f.generation} == {"zimage", "flux2", "krea2"}  # Qwen-Image runs
-    assert not set(registry.names()) & {"zimage", "flux2", "krea2"}
+    assert {n for n, f in known.items() if not f.generation} == {"krea2"}
+    assert "krea2" not in registry.names() and {"zimage", "flux2", "qwenimage"} <= set(registry.names())
     from spriteforge.engines.model_files import TRANSFORMER_CLASSES
 
     assert set(TRANSFORMER_CLASSES) == set(registry.names())  # the engines never see them
@@ -186,7 +187,7 @@ def _refusal(exc_info, what: str, not_yet: str = "does not generate with this fa
     err = exc_info.value
     assert err.code == UNSUPPORTED_ARCHITECTURE, err
     assert f"is recognised as {what}; SpriteForge {not_yet}" in err.message
-    assert "it runs PixArt, SD3, Flux, Sana, DiT, Qwen-Image" in err.message
+    assert f"it runs {', '.join(f.label for f in registry.families())}" in err.message
     assert str(err).endswith("Load a model of one of those families.") and "not a model SpriteForge knows" not in str(err)
     return err.message
 
@@ -196,8 +197,7 @@ def models_root(tmp_path, shared_dir):
     from spriteforge import paths
 
     root = tmp_path / "models"
-    for sub, name, manifest in (("diffusion_models", "flux-2-klein-9b.safetensors", "flux2-klein-9b.transformer.original"),
-                                ("diffusion_models", "krea2_turbo_bf16.safetensors", "krea2.transformer.original"),
+    for sub, name, manifest in (("diffusion_models", "krea2_turbo_bf16.safetensors", "krea2.transformer.original"),
                                 ("vae", "flux2-vae.safetensors", "flux2-vae.diffusers"),
                                 ("text_encoders", "qwen_3_4b.safetensors", "qwen3-4b.text-encoder")):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -211,43 +211,47 @@ def test_load_model_refuses_a_recognised_only_family(models_root):
     from spriteforge.nodes import loaders
 
     with pytest.raises(SpriteForgeError) as e:
-        loaders.LoadModel.execute("flux-2-klein-9b.safetensors", engine="torch", device="cpu")
-    assert _refusal(e, "FLUX.2 [klein] 9B (distilled or base: same layout)").startswith("flux-2-klein-9b.safetensors ")
-    with pytest.raises(SpriteForgeError) as e:
         loaders.LoadModel.execute("krea2_turbo_bf16.safetensors", engine="torch", device="cpu")
-    _refusal(e, "Krea 2 (raw or turbo: same layout)")
+    assert _refusal(e, "Krea 2 (raw or turbo: same layout)").startswith("krea2_turbo_bf16.safetensors ")
 
 
-def test_its_text_encoder_and_vae_are_refused_by_name(shared_dir, tmp_path):
+def test_their_text_encoders_and_vaes_load_once_a_family_runs_them(shared_dir, tmp_path):
+    """Once refused by name while their families were recognised only; Z-Image, FLUX.2 and Qwen-Image run them now."""
     from spriteforge.engines import model_files
     from spriteforge.models.safetensors_header import header_from_manifest
 
-    te = header_from_manifest(_manifest(shared_dir, "qwen3-4b.text-encoder")).tensors
-    with pytest.raises(SpriteForgeError) as e:
-        model_files.text_encoder_in(te, "qwen_3_4b.safetensors", None)
-    _refusal(e, "the Qwen3-4B text encoder (Z-Image, FLUX.2 [klein] 4B)", "does not load it yet")
-    vae = header_from_manifest(_manifest(shared_dir, "flux2-vae.original")).tensors
-    with pytest.raises(SpriteForgeError) as e:
-        model_files.vae_in(vae, "flux2-vae.safetensors", None)
-    _refusal(e, "the FLUX.2 VAE (32-channel latent, batch-norm statistics)", "does not load it yet")
+    te = header_from_manifest(_manifest(shared_dir, "qwen2.5-vl-7b.text-encoder")).tensors
+    det, _ = model_files.text_encoder_in(te, "qwen_2.5_vl_7b.safetensors", None)
+    assert det.variant == "qwen25_7b" and "recognised_as" not in det.extras
+    qwen3 = header_from_manifest(_manifest(shared_dir, "qwen3-4b.text-encoder")).tensors
+    det, prefix = model_files.text_encoder_in(qwen3, "qwen_3_4b.safetensors", None)
+    assert (det.variant, prefix, det.config["rope_theta"], det.config["head_dim"]) == ("qwen3_4b", "", 1000000, 128)
+    for name in ("qwen3-4b", "qwen3-8b"):  # FLUX.2 [klein] runs them (tests/test_flux2.py)
+        te = header_from_manifest(_manifest(shared_dir, f"{name}.text-encoder")).tensors
+        det, _ = model_files.text_encoder_in(te, f"{name}.safetensors", None)
+        assert det.variant == name.replace("-", "_") and "recognised_as" not in det.extras
+    for layout in ("original", "diffusers"):  # the FLUX.2 VAE loads (tests/test_flux2_vae.py): both layouts are read
+        vae = header_from_manifest(_manifest(shared_dir, f"flux2-vae.{layout}")).tensors
+        det, prefix = model_files.vae_in(vae, "flux2-vae.safetensors", None)
+        assert (det.variant, det.layout, prefix) == ("flux2", layout, "")
+        want = {k: v for k, v in _manifest(shared_dir, "flux2-vae.diffusers")["diffusers_config"].items() if v is not None}
+        assert model_files.vae_config_for(det, None) == {"_class_name": "AutoencoderKLFlux2", **want}
 
 
 def test_generate_refuses_a_recognised_only_family(models_root, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main(["-q", "generate", "--models", str(models_root), "--model", "flux-2-klein-9b.safetensors", "--prompt", "a knight",
+    rc = main(["-q", "generate", "--models", str(models_root), "--model", "krea2_turbo_bf16.safetensors", "--prompt", "a knight",
                "--engine", "torch", "--device", "cpu", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == SpriteForgeError(UNSUPPORTED_ARCHITECTURE, "").exit_code
-    assert "UNSUPPORTED_ARCHITECTURE" in err and "recognised as FLUX.2 [klein] 9B" in err
+    assert "UNSUPPORTED_ARCHITECTURE" in err and "recognised as Krea 2" in err
     assert not out.exists() or not any(out.iterdir())  # nothing written
 
 
-def test_a_diffusers_folder_is_named_and_refused(shared_dir, tmp_path, capsys):
+def test_a_diffusers_folder_is_named(shared_dir, tmp_path, capsys):
     """A FLUX.2 [klein] 9B diffusers folder (transformer weights, its Qwen3-8B text encoder and VAE sub-folders):
     named from the transformer's shapes (distilled or base from the pipeline config's ``is_distilled`` where it has
-    one), nothing more needed, and Load Model refuses it by name."""
-    from spriteforge.nodes import loaders
-
+    one), nothing more needed."""
     d = tmp_path / "FLUX.2-klein-9B"
     for sub in ("transformer", "text_encoder", "vae"):
         (d / sub).mkdir(parents=True)
@@ -262,27 +266,26 @@ def test_a_diffusers_folder_is_named_and_refused(shared_dir, tmp_path, capsys):
     out, read = _inspect(capsys, d)
     # the pipeline config says which of the two releases of this layout the folder is
     assert (out["kind"], out["family"], out["variant"], out["needs"]) == ("diffusers", "flux2", "klein-9B-distilled", [])
-    assert out["extras"]["recognised_as"] == "FLUX.2 [klein] 9B (distilled)"
+    assert "recognised_as" not in out["extras"]  # FLUX.2 runs
     assert read is None or read < HEADER_ONLY
-    with pytest.raises(SpriteForgeError) as e:
-        loaders.LoadModel.execute(str(d), engine="torch", device="cpu")
-    _refusal(e, "FLUX.2 [klein] 9B (distilled)")
     index = json.loads((d / "model_index.json").read_text())
     (d / "model_index.json").write_text(json.dumps({**index, "is_distilled": False}))
     assert _inspect(capsys, d)[0]["variant"] == "klein-base-9B"
     del index["is_distilled"]  # no word on it: one layout, said so
     (d / "model_index.json").write_text(json.dumps(index))
     out, _ = _inspect(capsys, d)
-    assert (out["variant"], out["extras"]["recognised_as"]) == ("klein-9B", "FLUX.2 [klein] 9B (distilled or base: same layout)")
+    assert out["variant"] == "klein-9B" and registry.get("flux2").title("klein-9B") == "FLUX.2 [klein] 9B (distilled or base: same layout)"
 
 
-def test_load_model_refuses_their_vae_for_a_runnable_model(models_root):
-    """A PixArt folder with the FLUX.2 VAE chosen for it: the VAE input is refused by what that VAE is."""
+def test_load_model_refuses_the_flux2_vae_for_another_family(tmp_path):
+    """A PixArt folder with the FLUX.2 VAE chosen for it: refused before sampling, naming the VAE's latent width."""
+    import tiny_flux2
     import tiny_models as tm
 
-    from spriteforge.nodes import loaders
+    from spriteforge.engines import get_engine
 
-    folder = tm.make_pixart(models_root / "diffusers", layout="folder")
+    folder = tm.make_pixart(tmp_path, layout="folder")
     with pytest.raises(SpriteForgeError) as e:
-        loaders.LoadModel.execute(folder.name, vae="flux2-vae.safetensors", engine="torch", device="cpu")
-    assert _refusal(e, "the FLUX.2 VAE (32-channel latent, batch-norm statistics)", "does not load it yet").startswith("flux2-vae.safetensors ")
+        get_engine("torch", "cpu").load_model(str(folder), vae=str(tiny_flux2.make_flux2_vae(tmp_path, name="flux2-vae.safetensors")))
+    assert e.value.code == "BAD_INPUT"
+    assert e.value.message.startswith("flux2-vae.safetensors is a VAE for 32-channel latents") and "needs a VAE for 4-channel" in e.value.message

@@ -10,6 +10,8 @@ backbone and random weights):
     checkpoints/sd3.5_medium.safetensors             SD3.5-medium MMDiT-X + VAE (no text encoders, like the release)
     text_encoders/clip_l.safetensors, clip_g.safetensors, t5xxl_fp16.safetensors (+ <stem>_tokenizer/ beside each)
     diffusers/PixArt-Sigma-XL-2-1024-MS/            PixArt-Sigma diffusers pipeline folder
+    diffusion_models/z_image_turbo_bf16.safetensors  Z-Image-Turbo, ComfyUI's layout (fused qkv), bf16
+    text_encoders/qwen_3_4b.safetensors              Qwen3 (model.* names, tied head absent) + qwen_3_4b_tokenizer/
     birefnet/BiRefNet_lite.safetensors               BiRefNet lite (Swin-T), random weights
 
 One ``t5xxl_fp16.safetensors`` serves Flux and SD3.5 (as in a real ComfyUI install), so the tiny
@@ -37,20 +39,21 @@ pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[1]
 WF = REPO / "example_workflows"
-NAMES = ("txt2img", "img2img", "tileset", "inpainting", "sprite_pipeline")
+NAMES = ("txt2img", "img2img", "tileset", "inpainting", "sprite_pipeline", "z_image_turbo_sprite")
 SMALL = 64
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_models as tm  # noqa: E402
+from tiny_qwen import make_qwen3  # noqa: E402
 
 sys.path.pop(0)
 
 # every model file / folder name the shipped workflows use (checked below against the workflows)
 RELEASE_FILES = {
-    "diffusion_models": ["flux1-schnell.safetensors"],
+    "diffusion_models": ["flux1-schnell.safetensors", "z_image_turbo_bf16.safetensors"],
     "checkpoints": ["sd3.5_medium.safetensors"],
     "vae": ["ae.safetensors"],
-    "text_encoders": ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"],
+    "text_encoders": ["clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors", "qwen_3_4b.safetensors"],
     "diffusers": ["PixArt-Sigma-XL-2-1024-MS"],
     "birefnet": ["BiRefNet_lite.safetensors"],
 }
@@ -106,10 +109,13 @@ def build_models_root(root: Path) -> Path:
     tm.make_clip(te, "clip_l")
     tm.make_clip(te, "clip_g")
     tm.make_t5(te, d_model=2 * tm.CLIP_DIM, name="t5xxl_fp16")
+    make_qwen3(te)
+    shutil.rmtree(te / "qwen_tokenizer")  # only the tokenizer beside the file, as a user would have it
     for raw in te.glob(".*_raw"):
         shutil.rmtree(raw)
     _flux_schnell_64(root / "diffusion_models" / "flux1-schnell.safetensors")
     tm.make_vae(root / "vae", 16, layout="original", name="ae.safetensors")
+    tm.make_zimage(root / "diffusion_models", layout="original", bf16=True)
     _sd35_medium(scratch, root / "checkpoints" / "sd3.5_medium.safetensors")
     pix = tm.make_pixart(scratch, layout="folder", variant="sigma")
     (root / "diffusers").mkdir(parents=True, exist_ok=True)
@@ -144,6 +150,18 @@ def small_overrides(prompt: dict) -> list[str]:
         elif ct == "SpriteForgePixelSliceTiles":
             sets += [f"{nid}.tile_width=8", f"{nid}.tile_height=8"]
     return sets
+
+
+# the random-weight BiRefNet's matte stays just under 0.5 on the tiny Z-Image's pictures (on PixArt's it crosses it):
+# a lower hard threshold keeps a sprite to run the pixel chain on (the real model's matte is near 0 or 1)
+TINY_MATTE = {"z_image_turbo_sprite": 0.3}
+
+
+def matte_overrides(name: str, prompt: dict) -> list[str]:
+    if name not in TINY_MATTE:
+        return []
+    return [f"{nid}.threshold={TINY_MATTE[name]}" for nid, node in prompt.items()
+            if node["class_type"] == "SpriteForgeRemoveBackground"]
 
 
 def engine_overrides(prompt: dict, engine: str | None) -> list[str]:
@@ -187,7 +205,7 @@ def run_small(name: str, models_root: Path, base: Path, engine: str | None = Non
     t0 = time.monotonic()
     try:
         res = run_workflow(str(WF / "api" / f"{name}.json"), models_dir=models_root, out_dir=out, input_dir=inputs,
-                           overrides=small_overrides(prompt) + engine_overrides(prompt, engine))
+                           overrides=small_overrides(prompt) + engine_overrides(prompt, engine) + matte_overrides(name, prompt))
     finally:
         torch.set_num_threads(n)
         paths._models_root[:] = saved_root
@@ -339,13 +357,27 @@ def test_sprite_pipeline_writes_indexed_sprites_and_a_sheet(workflow_runs):
     assert previews and _png(previews[0]).mode == "RGBA"  # the background-removal composite keeps alpha
 
 
+@pytest.mark.slow
+def test_z_image_turbo_sprite_writes_indexed_sprites_and_a_sheet(workflow_runs):
+    """Z-Image-Turbo from ComfyUI's files (z_image_turbo_bf16 + qwen_3_4b + ae) -> BiRefNet -> pixel chain."""
+    res = workflow_runs("z_image_turbo_sprite")
+    out = Path(res["out"]) / "spriteforge"
+    sprites = sorted(out.glob("zimage_sprite_0*.png"))
+    assert len(sprites) == 2  # batch 2 -> two indexed PNGs
+    for p in sprites:
+        im = _png(p)
+        assert im.mode == "P" and im.size == (SMALL // 4, SMALL // 4) and "transparency" in im.info
+    (sheet,) = sorted(out.glob("zimage_sprite_sheet_*.png"))
+    assert _png(sheet).mode == "P" and len(json.loads(sheet.with_suffix(".json").read_text())["frames"]) == 2
+
+
 # --------------------------------------------------------------------------- the same workflows on MLX
 
 MLX_RGB = ["txt2img", "img2img", "inpainting"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", MLX_RGB + ["tileset", "sprite_pipeline"])
+@pytest.mark.parametrize("name", MLX_RGB + ["tileset", "sprite_pipeline", "z_image_turbo_sprite"])
 def test_shipped_workflow_on_mlx(workflow_runs, tiny_models_root, tmp_path_factory, name):
     """Every shipped workflow runs with its Load Model engine set to mlx; the pictures of the RGB
     workflows are those of the torch run within 2/255 (same seed), the sprite workflows give the same

@@ -24,6 +24,7 @@ Writers (return the Path they wrote; ``root`` is a folder, created if needed):
     make_flux(root, layout="diffusers"|"original"|"folder", variant="dev"|"schnell"|"fill"|"depth")
     make_sana(root, layout="diffusers"|"original"|"folder")
     make_dit(root, layout="diffusers"|"original"|"folder")
+    make_zimage(root, layout="diffusers"|"original"|"folder"), make_zimage_parts(root): tests/tiny_zimage.py
     make_vae(root, latent_channels=4|16, layout="original"|"diffusers"|"folder", name=None)
     make_t5(root, d_model=32) -> t5xxl.safetensors (with the tied copy, like the release) + t5xxl_tokenizer/
     make_clip(root, kind="clip_l"|"clip_g") -> clip_l.safetensors (text_model.* keys) + <name>_tokenizer/
@@ -786,4 +787,9 @@ def make_dit(root, layout: str = "diffusers", seed: int = 0) -> Path:
     return _single_file(root / f"dit-{layout}.safetensors", m, layout, dit_to_original)
 
 
+from spriteforge.tests.tiny_zimage import build_zimage, make_zimage, make_zimage_parts  # noqa: E402,F401  (tests/tiny_zimage.py)
+def make_flux2(root, **kw) -> Path:  # FLUX.2's tiny real-format models live in tests/tiny_flux2.py
+    from spriteforge.tests.tiny_flux2 import make_flux2 as make
+
+    return make(root, **kw)
 from spriteforge.tests.tiny_qwenimage import build_qwenimage, make_qwenimage  # noqa: E402,F401  (Qwen-Image: tests/tiny_qwenimage.py)

@@ -97,6 +97,7 @@ FLUX = {"model": "flux1-schnell.safetensors", "vae": "ae.safetensors", "text_enc
 SD35 = {"model": "sd3.5_medium.safetensors", "text_encoder_1": "clip_l.safetensors",
         "text_encoder_2": "clip_g.safetensors", "text_encoder_3": "t5xxl_fp16.safetensors"}
 PIXART = {"model": "PixArt-Sigma-XL-2-1024-MS"}
+ZIMAGE = {"model": "z_image_turbo_bf16.safetensors", "vae": "ae.safetensors", "text_encoder_1": "qwen_3_4b.safetensors"}
 DEMO = {"model": "spriteforge-demo (built-in)"}
 
 NOTE_FLUX = """MODELS (Flux.1 [schnell], Apache-2.0)
@@ -331,6 +332,38 @@ def sprite_pipeline() -> Workflow:
     return Workflow("sprite_pipeline", nodes, links, groups, notes)
 
 
+NOTE_ZIMAGE = """MODEL (Z-Image-Turbo, Apache-2.0; ComfyUI's repackaged files, Comfy-Org/z_image_turbo)
+models/diffusion_models/z_image_turbo_bf16.safetensors
+models/text_encoders/qwen_3_4b.safetensors  (Qwen3-4B; its tokenizer: ComfyUI's own, or a folder beside the file)
+models/vae/ae.safetensors  (the Flux.1 VAE)
+
+Turbo is distilled for 8 steps without CFG: cfg 1, euler, shift 0 = its scheduler's 3.0. It reads long,
+descriptive prompts well. batch_size 4 = four variations (seed, seed+1, ...), the frames of the sheet.
+Ask for a plain background: it makes background removal easy."""
+
+
+def z_image_turbo_sprite() -> Workflow:
+    rmbg_nodes, rmbg_links = _rmbg_to_sheet(5, 4, "zimage_sprite", "zimage_sprite_sheet")
+    nodes = [
+        N(1, "SpriteForgeLoadModel", 0, 0, ZIMAGE),
+        N(2, "SpriteForgeEncodePrompt", 1, 0, {
+            "positive": "a pixel art game sprite of a small green slime monster with big eyes, full body, centered, "
+                        "crisp outline, plain white background",
+            "negative": ""}),
+        N(3, "SpriteForgeSampler", 2, 0, {"seed": 1, "steps": 8, "sampler": "euler", "schedule": "normal", "cfg": 1.0,
+                                          "batch_size": 4, "width": 1024, "height": 1024}, cag="randomize"),
+        N(4, "SpriteForgeVAEDecode", 3, 0),
+        *rmbg_nodes,
+    ]
+    links = [L(1, 0, 2, "model"), L(1, 0, 3, "model"), L(2, 0, 3, "conditioning"), L(1, 0, 4, "model"),
+             L(3, 0, 4, "latent"), *rmbg_links]
+    notes = [Note(20, 0, 2.7, NOTE_ZIMAGE, width=740, height=250), Note(21, 1, 5.5, NOTE_RMBG, width=740, height=250),
+             Note(22, 5, 5.6, NOTE_PIXEL, width=1140, height=330)]
+    groups = [Group("Generate (Z-Image-Turbo)", [1, 2, 3, 4, 20], "#3f789e"), Group("Remove background", [5, 6, 7], "#8a8a3f"),
+              Group("Pixel art", [8, 9, 10, 11], "#a1309b"), Group("Save", [12, 13], "#3f8a5a")]
+    return Workflow("z_image_turbo_sprite", nodes, links, groups, notes)
+
+
 NOTE_DEMO = """BUILT-IN DEMO MODEL (no download needed)
 'spriteforge-demo (built-in)' is the small PixArt-Sigma-style model that ships with SpriteForge
 (demo_model/, Apache-2.0): 32x32 game sprites on a magenta key colour, trained on procedural sprites.
@@ -453,7 +486,8 @@ def autotile() -> Workflow:
 
 
 WORKFLOWS = {"txt2img": txt2img, "img2img": img2img, "tileset": tileset, "inpainting": inpainting,
-             "sprite_pipeline": sprite_pipeline, "sprite_demo": sprite_demo, "sdxl_pixel_art": sdxl_pixel_art, "autotile": autotile}
+             "sprite_pipeline": sprite_pipeline, "sprite_demo": sprite_demo, "sdxl_pixel_art": sdxl_pixel_art, "autotile": autotile,
+             "z_image_turbo_sprite": z_image_turbo_sprite}
 
 
 # --------------------------------------------------------------------------- graph assembly

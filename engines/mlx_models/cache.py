@@ -159,10 +159,13 @@ def _check_out(out: Path, sources) -> None:
                                "earlier caches. Choose another --out (an empty or new folder).")
 
 
-def convert(engine, path, *, out=None, vae=None, text_encoders=(), dtype: str = "auto") -> Path:
-    """Convert the model at ``path`` (with ``vae``/``text_encoders``) into an MLX cache folder; returns the folder."""
+def convert(engine, path, *, out=None, vae=None, text_encoders=(), dtype: str = "auto", quantize: int | None = None) -> Path:
+    """Convert the model at ``path`` (with ``vae``/``text_encoders``) into an MLX cache folder; returns the folder.
+    ``quantize`` (4 or 8): the transformer's and text encoders' Linear layers MLX-quantized (``mlx.nn.quantize``)."""
     if dtype not in DTYPES:
         raise SpriteForgeError(BAD_INPUT, f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
+    if quantize not in (None, 4, 8):
+        raise SpriteForgeError(BAD_INPUT, f"--quantize {quantize}: MLX-quantized caches hold 4 or 8 bits. Use 4 or 8.")
     p = resolve(path, MODEL_KINDS)
     if is_cache(p):
         raise SpriteForgeError(BAD_INPUT, f"{p} is already an MLX cache. Convert the model it was made from.")
@@ -172,6 +175,10 @@ def convert(engine, path, *, out=None, vae=None, text_encoders=(), dtype: str = 
     _check_out(dest, sources)
     record = source_record(sources)
     handle = loading._load_model(engine, p, vae=v, text_encoders=tes, all_dtype="float32")
+    if quantize:
+        for model in (handle.transformer, *(handle.text_encoders or {}).values()):
+            loading.quantize_model(model, quantize)
+            object.__setattr__(model, "_sf_quantize", {"bits": quantize, "group_size": loading.QUANT_GROUP})
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -210,6 +217,8 @@ def _write_components(tmp: Path, handle, dtype: str) -> dict:
             del arrays
             entries[name] = {"file": fn, "port": port_key, "config": _jsonable(config, f"{name} config"),
                              "source_dtype": stored}
+            if getattr(model, "_sf_quantize", None):
+                entries[name]["quantize"] = dict(model._sf_quantize)
             bar.update()
     return entries
 
@@ -320,6 +329,9 @@ def _component(d: Path, entry: dict, dt, what: str):
     cls, _ = loading.port(entry["port"])
     model = cls(dict(entry["config"]))
     object.__setattr__(model, "_sf_port", (entry["port"], dict(entry["config"]), entry.get("source_dtype", "float32")))
+    if entry.get("quantize"):
+        loading.quantize_model(model, **entry["quantize"])
+        object.__setattr__(model, "_sf_quantize", dict(entry["quantize"]))
     w = mx.load(str(d / entry["file"]))  # lazy: read when a forward pass first needs a tensor
     w = {k: (v.astype(dt) if mx.issubdtype(v.dtype, mx.floating) and v.dtype != dt else v) for k, v in w.items()}
     layers.load_weights(model, w, what=what)

@@ -19,36 +19,9 @@ import mlx.nn as nn
 import numpy as np
 
 from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
-from .layers import AttentionProjections, RMSNorm, block_done, gelu_tanh, layer_norm, sdpa_heads
-from .sd3 import (AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle, CombinedTimestepTextProjEmbeddings, FeedForward,
-                  batch_vector, merge_heads, split_heads)
-
-
-# --------------------------------------------------------------------------- rotary embedding
-def rope_tables(ids, axes_dim, theta: float = 10000.0):
-    """diffusers ``FluxPosEmbed``: ``(S, 3)`` position ids -> ``(cos, sin)``, each ``(S, sum(axes_dim))`` float32.
-
-    Each axis ``i`` contributes ``axes_dim[i]`` features, every frequency repeated twice
-    (interleaved real/imaginary pairs). Computed in float64 on the host (ids are small).
-    """
-    pos = np.asarray(ids, dtype=np.float64)
-    if pos.ndim == 3:  # the deprecated batched form: diffusers takes the first item
-        pos = pos[0]
-    cos, sin = [], []
-    for i, d in enumerate(axes_dim):
-        freqs = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
-        ang = np.outer(pos[:, i], freqs)
-        cos.append(np.repeat(np.cos(ang), 2, axis=1))
-        sin.append(np.repeat(np.sin(ang), 2, axis=1))
-    return (mx.array(np.concatenate(cos, axis=1).astype(np.float32)), mx.array(np.concatenate(sin, axis=1).astype(np.float32)))
-
-
-def apply_rope(x, cos, sin):
-    """Rotate interleaved pairs of ``x`` ``(B, H, S, D)`` by the ``(S, D)`` tables, in float32."""
-    xf = x.astype(mx.float32)
-    pairs = xf.reshape(*xf.shape[:-1], -1, 2)
-    rotated = mx.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(xf.shape)
-    return (xf * cos + rotated * sin).astype(x.dtype)
+from .layers import (AttentionProjections, RMSNorm, apply_rope, batch_vector, block_done, gelu_tanh, layer_norm, merge_heads,
+                     rope_tables, sdpa_heads, split_heads)
+from .sd3 import AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle, CombinedTimestepTextProjEmbeddings, FeedForward
 
 
 # --------------------------------------------------------------------------- attention and blocks
@@ -181,7 +154,7 @@ class FluxTransformer2DModel(nn.Module):
 
     @property
     def dtype(self):
-        return self.proj_out.weight.dtype
+        return getattr(self.proj_out, "scales", self.proj_out.weight).dtype  # MLX-quantized: its scales
 
     def rope(self, txt_ids, img_ids):
         """The rotary tables for the joint ``[text, image]`` sequence."""

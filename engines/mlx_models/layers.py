@@ -187,6 +187,53 @@ def keep_mask_to_bias(mask, dtype=mx.float32):
     return ((1.0 - m) * -10000.0).astype(dtype)[:, None, None, :]
 
 
+# --------------------------------------------------------------------------- rotary embedding
+def rope_tables(ids, axes_dim, theta: float = 10000.0):
+    """diffusers ``FluxPosEmbed`` / ``Flux2PosEmbed`` (also Z-Image's rotary table): ``(S, axes)`` position ids -> ``(cos, sin)``, each ``(S, sum(axes_dim))`` float32.
+
+    Each axis ``i`` contributes ``axes_dim[i]`` features, every frequency repeated twice
+    (interleaved real/imaginary pairs). Computed in float64 on the host (ids are small).
+    """
+    pos = np.asarray(ids, dtype=np.float64)
+    if pos.ndim == 3:  # the deprecated batched form: diffusers takes the first item
+        pos = pos[0]
+    cos, sin = [], []
+    for i, d in enumerate(axes_dim):
+        freqs = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+        ang = np.outer(pos[:, i], freqs)
+        cos.append(np.repeat(np.cos(ang), 2, axis=1))
+        sin.append(np.repeat(np.sin(ang), 2, axis=1))
+    return (mx.array(np.concatenate(cos, axis=1).astype(np.float32)), mx.array(np.concatenate(sin, axis=1).astype(np.float32)))
+
+
+def apply_rope(x, cos, sin):
+    """Rotate interleaved pairs of ``x`` ``(B, H, S, D)`` by the ``(S, D)`` tables (or ``(B, 1, S, D)``: per row), in float32."""
+    xf = x.astype(mx.float32)
+    pairs = xf.reshape(*xf.shape[:-1], -1, 2)
+    rotated = mx.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(xf.shape)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------- heads
+def batch_vector(t, batch: int):
+    """A timestep/guidance given as a scalar or ``(1,)`` broadcast to ``(batch,)``."""
+    t = t if isinstance(t, mx.array) else mx.array(np.asarray(t, dtype=np.float32))
+    t = t.reshape(-1)
+    return mx.broadcast_to(t, (batch,)) if t.shape[0] == 1 and batch != 1 else t
+
+
+def split_heads(x, heads: int):
+    """``(B, L, H*D)`` -> ``(B, H, L, D)``."""
+    b, n, _ = x.shape
+    return x.reshape(b, n, heads, -1).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    """``(B, H, L, D)`` -> ``(B, L, H*D)``."""
+    b, h, n, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
+
+
 # --------------------------------------------------------------------------- embeddings
 def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = False, downscale_freq_shift: float = 1.0,
                        scale: float = 1.0, max_period: int = 10000):
@@ -205,10 +252,10 @@ def timestep_embedding(timesteps, dim: int, flip_sin_to_cos: bool = False, downs
 class TimestepEmbedding(nn.Module):
     """diffusers' ``TimestepEmbedding``: ``linear_1`` -> SiLU -> ``linear_2``."""
 
-    def __init__(self, in_channels: int, time_embed_dim: int, out_dim: int | None = None, act: str = "silu"):
+    def __init__(self, in_channels: int, time_embed_dim: int, out_dim: int | None = None, act: str = "silu", bias: bool = True):
         super().__init__()
-        self.linear_1 = nn.Linear(in_channels, time_embed_dim)
-        self.linear_2 = nn.Linear(time_embed_dim, out_dim or time_embed_dim)
+        self.linear_1 = nn.Linear(in_channels, time_embed_dim, bias=bias)
+        self.linear_2 = nn.Linear(time_embed_dim, out_dim or time_embed_dim, bias=bias)
         self.act = act
 
     def __call__(self, x):

@@ -66,6 +66,7 @@ log = get_logger("mlx")
 PORTS = {
     **{f.name: (f.mlx_port, f.transformer_class) for f in registry.families()},
     "vae": ("vae", "AutoencoderKL"),
+    "vae_flux2": ("vae", "AutoencoderKLFlux2"),
     "dcae": ("dcae", "AutoencoderDC"),
     "vae_qwenimage": ("vae_qwenimage", "AutoencoderKLQwenImage"),
     "t5": ("t5", "T5EncoderModel"),
@@ -142,7 +143,11 @@ def to_mx(t, dtype=None):
     """A torch tensor as an mx array (bf16 through an int16 view, fp8 upcast), floats cast to ``dtype``."""
     import torch
 
+    from ..torch_models.quant import QTensor
+
     mx = _mx()
+    if isinstance(t, QTensor):  # a quantized weight (GGUF, ComfyUI's formats): decoded once, while loading
+        t = t.dequantize(torch.float32)
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()
@@ -157,6 +162,76 @@ def to_mx(t, dtype=None):
     if dtype is not None and mx.issubdtype(a.dtype, mx.floating) and a.dtype != dtype:
         a = a.astype(dtype)
     return a
+
+
+# MLX-quantized weights (``spriteforge convert --engine mlx --quantize 4|8``): mlx.nn.quantize's group size
+QUANT_GROUP = 64
+# GGUF types MLX's affine layers (``w = scale * q + bias``, groups of 32) hold exactly: bits each
+GGUF_AFFINE = {"q4_0": 4, "q4_1": 4, "q8_0": 8}
+
+
+def _affine_ok(v, dtype) -> bool:
+    """A GGUF weight MLX can hold as its own quantized layer exactly: Q4_0/Q4_1/Q8_0 rows, and a weight dtype
+    (float32 or float16) that holds GGUF's float16 block scales exactly (bfloat16 does not: decoded instead)."""
+    from ..torch_models.quant import QTensor
+
+    mx = _mx()
+    return (isinstance(v, QTensor) and v.fmt in GGUF_AFFINE and v.rows_ok and v.ndim == 2
+            and dtype in (mx.float32, mx.float16))
+
+
+def gguf_affine(v, dtype):
+    """``(packed uint32 weight, scales, biases, bits)`` of a GGUF Q4_0/Q4_1/Q8_0 weight as MLX's affine quantization
+    with groups of 32 (one GGUF block a group). The values come from the gguf package's decoding; only each block's
+    float16 scale fields are read here (``d`` first; Q4_1's ``m`` after it): Q4_0 ``w = d(q - 8)`` is scale ``d``, bias
+    ``-8d``; Q4_1 ``w = dq + m`` is scale ``d``, bias ``m``; Q8_0 ``w = dq`` (q signed) is ``q + 128`` with bias
+    ``-128d``. Every product and sum is exact in float32, so the layer computes the weights GGUF decodes to."""
+    mx = _mx()
+    bits = GGUF_AFFINE[v.fmt]
+    raw = v.data.detach().cpu().numpy()
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, {"q4_0": 18, "q4_1": 20, "q8_0": 34}[v.fmt])
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if v.fmt == "q4_1" else None
+    w = v.dequantize(None).float().numpy().reshape(rows, -1, 32)
+    offset = {"q4_0": 8, "q8_0": 128}.get(v.fmt, 0)
+    base = m if m is not None else -offset * d
+    safe = np.where(d == 0, 1, d)[..., None]
+    q = np.where(d[..., None] == 0, offset, np.rint((w - base[..., None]) / safe)).astype(np.uint32)
+    per = 32 // bits
+    q = q.reshape(rows, -1, per)
+    packed = np.zeros(q.shape[:2], np.uint32)
+    for k in range(per):
+        packed |= q[..., k] << np.uint32(bits * k)
+    return mx.array(packed), mx.array(d).astype(dtype), mx.array(base).astype(dtype), bits
+
+
+def _quantized_layer(model, path: str, bits: int, in_dims: int, out_dims: int) -> None:
+    """Put an ``nn.QuantizedLinear`` (groups of 32) in place of the ``nn.Linear`` at ``path`` of ``model``."""
+    import mlx.nn as nn
+
+    parts = path.split(".")
+    parent = model
+    for part in parts[:-1]:
+        parent = parent[int(part)] if isinstance(parent, (list, tuple)) else parent[part]
+    leaf = int(parts[-1]) if isinstance(parent, (list, tuple)) else parts[-1]
+    old = parent[leaf]
+    if not isinstance(old, nn.Linear):
+        raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{path} is not a linear layer in the MLX port, but the file "
+                               "quantizes it as one. Load the file with engine 'torch'.")
+    parent[leaf] = nn.QuantizedLinear(in_dims, out_dims, bias="bias" in old, group_size=32, bits=bits)
+
+
+def quantize_model(model, bits: int, group_size: int = QUANT_GROUP):
+    """``model``'s ``Linear`` layers (those whose input width the group size divides) as MLX's affine-quantized
+    layers (``mlx.nn.quantize``); the rest stays as it is. Returns the model."""
+    import mlx.nn as nn
+
+    if bits not in (4, 8):
+        raise SpriteForgeError(BAD_INPUT, f"--quantize {bits}: MLX-quantized caches hold 4 or 8 bits. Use 4 or 8.")
+    nn.quantize(model, group_size=group_size, bits=bits,
+                class_predicate=lambda _, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % group_size == 0)
+    return model
 
 
 def _to_mx_dict(sd: dict, dtype, what: str = "model") -> dict:
@@ -179,8 +254,9 @@ def _to_mx_dict(sd: dict, dtype, what: str = "model") -> dict:
     return out
 
 
-def build(key: str, config: dict, sd_torch: dict, dtype, what: str):
-    """The port ``key`` built from ``config``, filled strictly with the torch-named ``sd_torch``, evaluated."""
+def build(key: str, config: dict, sd_torch: dict, dtype, what: str, native: bool = False):
+    """The port ``key`` built from ``config``, filled strictly with the torch-named ``sd_torch``, evaluated.
+    ``native``: GGUF Q4_0/Q4_1/Q8_0 Linear weights become MLX quantized layers where that is exact (:func:`gguf_affine`)."""
     from . import layers
 
     mx = _mx()
@@ -188,8 +264,19 @@ def build(key: str, config: dict, sd_torch: dict, dtype, what: str):
     model = cls(dict(config))
     # what the converted cache (cache.py) needs to rebuild this component: port, config, the file's storage dtype
     object.__setattr__(model, "_sf_port", (key, dict(config), _storage_dtype(sd_torch)))
-    weights = map_weights(_to_mx_dict(sd_torch, dtype, what))
+    affine = {k: gguf_affine(v, dtype) for k, v in sd_torch.items() if native and _affine_ok(v, dtype)}
+    mxd = _to_mx_dict({k: v for k, v in sd_torch.items() if k not in affine}, dtype, what)
+    mxd.update({k: a[0] for k, a in affine.items()})
+    weights = map_weights(mxd)
+    by_id = {id(a[0]): a for a in affine.values()}
+    if affine and not all(any(v is a[0] for v in weights.values()) for a in affine.values()):
+        return build(key, config, sd_torch, dtype, what, native=False)  # a port that reshapes weights: decoded instead
     sd_torch.clear()
+    for k in [k for k, v in weights.items() if id(v) in by_id]:
+        packed, scales, biases, bits = by_id[id(weights[k])]
+        path = k[: -len(".weight")]
+        _quantized_layer(model, path, bits, int(packed.shape[1]) * 32 // bits, int(packed.shape[0]))
+        weights[path + ".scales"], weights[path + ".biases"] = scales, biases
     layers.load_weights(model, weights, what=what)
     del weights
     mx.eval(model.parameters())
@@ -305,12 +392,12 @@ def _read(source, prefix: str = "", skip=()) -> dict:
 # --------------------------------------------------------------------------- components
 
 
-def _transformer(det, sd: dict, wdt, config: dict | None = None):
+def _transformer(det, sd: dict, wdt, config: dict | None = None, native: bool = False):
     from ..torch_models import convert
 
     cfg = full_config(TRANSFORMER_CLASSES[det.family], config if config is not None else det.config)
     sd = convert.convert_transformer(det.family, sd, det.layout)
-    model = build(det.family, cfg, sd, wdt, f"{det.family} transformer")
+    model = build(det.family, cfg, sd, wdt, f"{det.family} transformer", native=native)
     return model, cfg
 
 
@@ -462,7 +549,8 @@ def _load_model(engine, p: Path, *, vae=None, text_encoders=(), dtype=None, all_
     wdt = mx_dtype(wname)
     vdt = mx_dtype(all_dtype or engine.policy.vae_dtype)
     tdt = mx_dtype(_weight_dtype(engine, all_dtype or dtype or engine.policy.text_encoder_dtype))
-    parts = _from_folder(p, vae, wdt, vdt, tdt) if p.is_dir() else _from_file(p, vae, wdt, vdt, tdt)
+    # GGUF Q4_0/Q4_1/Q8_0 as MLX quantized layers, except when converting (the cache holds plain or --quantize layers)
+    parts = _from_folder(p, vae, wdt, vdt, tdt) if p.is_dir() else _from_file(p, vae, wdt, vdt, tdt, native=all_dtype is None)
     te_dtype = all_dtype or dtype or engine.policy.text_encoder_dtype
     return complete(engine, p, parts, vae=vae, text_encoders=text_encoders,
                     load_vae=lambda path, **kw: load_vae(engine, path, dtype=all_dtype, **kw),
@@ -505,7 +593,7 @@ def _from_folder(p: Path, vae, wdt, vdt, tdt) -> Parts:
     return parts
 
 
-def _from_file(p: Path, vae, wdt, vdt, tdt) -> Parts:
+def _from_file(p: Path, vae, wdt, vdt, tdt, native: bool = False) -> Parts:
     from ..torch_models.tensors import open_tensors
 
     source = open_tensors(p)
@@ -514,9 +602,16 @@ def _from_file(p: Path, vae, wdt, vdt, tdt) -> Parts:
         _require(det.family, p)
         prefix = det.components.get("transformer", "")
         fp8 = sorted({i.dtype for k, i in source.tensors.items() if k.startswith(prefix) and i.dtype.startswith("float8")})
-        parts = Parts(det, *_transformer(det, _read(source, prefix), wdt))
+        stored = getattr(getattr(source, "header", None), "quant", {})
+        quantized = sorted({q.format for k, q in stored.items() if k.startswith(prefix)})
+        parts = Parts(det, *_transformer(det, _read(source, prefix), wdt, native=native))
         if fp8:
             parts.extras["fp8_upcast"] = fp8[0]  # MLX keeps no fp8: the weights are upcast once while loading
+        if quantized:  # GGUF / ComfyUI's formats: decoded once while loading, or MLX quantized layers (gguf_affine)
+            parts.extras["quantized_formats"] = quantized
+            native_layers = sum(1 for _, m in parts.transformer.named_modules() if type(m).__name__ == "QuantizedLinear")
+            if native_layers:
+                parts.extras["mlx_quantized_layers"] = native_layers
         if "vae" in det.parts and vae is None:
             vd = det.parts["vae"]
             parts.vae, parts.vae_config = _vae(vae_config_for(vd, det.family, det.variant), _read(source, det.components["vae"]),

@@ -66,9 +66,18 @@ def _kind(m) -> str | None:
         return None
     if isinstance(m, nn.Linear) and m["weight"].ndim == 2:
         return "linear"
+    if isinstance(m, nn.QuantizedLinear):  # MLX-quantized (convert --quantize): patched on its decoded weight
+        return "qlinear"
     if isinstance(m, _CONVS) and m["weight"].ndim in (3, 4):
         return "conv"
     return None
+
+
+def dense_weight(m):
+    """A layer's weight as floats: an MLX-quantized Linear's decoded (``mx.dequantize``), any other's as it is."""
+    if isinstance(m, nn.QuantizedLinear):
+        return mx.dequantize(m["weight"], m["scales"], m.get("biases"), group_size=m.group_size, bits=m.bits)
+    return m["weight"]
 
 
 def torch_shape(w) -> tuple:
@@ -113,7 +122,7 @@ def layer_shapes(model) -> dict:
         pm = mods.get(parent)
         if pm is not None and leaf in _FUSED_PARTS and _flag(pm, "fused_projections") and _FUSED_PARTS[leaf] in pm:
             continue
-        out[name] = torch_shape(b["weight"])
+        out[name] = torch_shape(dense_weight(b)) if _kind(b) == "qlinear" else torch_shape(b["weight"])
     return out
 
 
@@ -127,6 +136,12 @@ def _patched_class(cls: type) -> type:
         return _CLASSES[cls]
 
     def __call__(self, x, *args, **kwargs):
+        if _kind(self) == "qlinear":  # the stored layer never changes: W' is made from its decoded weight
+            if self.__dict__.get("_sf_merged"):
+                return _dense_forward(self, self.__dict__["_sf_merged_weight"], x)
+            if _low_rank_ok(self, x):
+                return _low_rank_forward(self, cls.__call__(self, x), x)
+            return _dense_forward(self, self.sf_patched_weight(x), x)
         if self.__dict__.get("_sf_merged"):
             return cls.__call__(self, x, *args, **kwargs)
         if _kind(self) == "linear" and _low_rank_ok(self, x):
@@ -138,7 +153,7 @@ def _patched_class(cls: type) -> type:
 
     def sf_patched_weight(self, x=None):
         """The layer's weight with its patches applied, in the MLX layout and the weight's dtype."""
-        w = base_module(self)["weight"]
+        w = dense_weight(base_module(self))
         return _to_mlx_layout(patched_weight(_to_torch_layout(w), self.__dict__["_sf_patches"], ops=mlx_ops()))
 
     new = type(f"LoRA{cls.__name__}", (cls,), {"__call__": __call__, "sf_patched_weight": sf_patched_weight,
@@ -152,14 +167,14 @@ def _low_rank_ok(module, x) -> bool:
     for p in module.__dict__["_sf_patches"]:
         if p.kind != "lora" or p.dora_scale is not None:
             return False
-    out_f, in_f = module["weight"].shape
+    out_f, in_f = torch_shape(dense_weight(base_module(module))) if _kind(module) == "qlinear" else module["weight"].shape
     tokens = x.size // max(1, x.shape[-1])
     return tokens * (in_f + out_f) < in_f * out_f
 
 
 def _low_rank_forward(module, y, x):
     """``y + Σ strength·alpha/rank·(x·downᵀ)·upᵀ`` with ``y = base(x)`` (the update of :func:`patched_weight`, unmerged)."""
-    in_f = int(module["weight"].shape[1])
+    in_f = int(x.shape[-1])
     for p in module.__dict__["_sf_patches"]:
         if p.strength == 0:
             continue
@@ -185,9 +200,17 @@ def _make_patched(old, patches, merge: bool):
     if merge:
         w = new.sf_patched_weight()
         mx.eval(w)
-        new["weight"] = w
+        if _kind(base) == "qlinear":
+            new.__dict__["_sf_merged_weight"] = w
+        else:
+            new["weight"] = w
         new.__dict__["_sf_merged"] = True
     return new
+
+
+def _dense_forward(module, w, x):
+    y = x @ w.astype(x.dtype).T
+    return y + module["bias"].astype(x.dtype) if "bias" in module else y
 
 
 def _copy_container(c):

@@ -19,10 +19,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
-from .flux import apply_rope, rope_tables
-from .layers import AttentionProjections, RMSNorm, TimestepEmbedding, block_done, keep_mask_to_bias, layer_norm, sdpa_heads
-from .layers import timestep_embedding
-from .sd3 import AdaLayerNormContinuous, FeedForward, Identity, batch_vector, merge_heads, split_heads
+from .layers import (AttentionProjections, RMSNorm, TimestepEmbedding, apply_rope, batch_vector, block_done, keep_mask_to_bias,
+                     layer_norm, merge_heads, rope_tables, sdpa_heads, split_heads, timestep_embedding)
+from .sd3 import AdaLayerNormContinuous, FeedForward, Identity
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ import mlx.nn as nn
 import numpy as np
 
 from ...errors import DIMENSION_LIMIT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
-from .layers import AttentionProjections, Conv2d, RMSNorm, TimestepEmbedding, block_done, gelu_tanh, layer_norm, map_names, sdpa_heads, sincos_2d, timestep_embedding
+from .layers import (AttentionProjections, Conv2d, RMSNorm, TimestepEmbedding, batch_vector, block_done, gelu_tanh, layer_norm, map_names,
+                     merge_heads, sdpa_heads, sincos_2d, split_heads, timestep_embedding)
 
 
 # --------------------------------------------------------------------------- shared blocks
@@ -139,25 +140,6 @@ class CombinedTimestepTextProjEmbeddings(nn.Module):
         if guidance is not None and "guidance_embedder" in self:
             emb = emb + self.guidance_embedder(self._proj(guidance, pooled.dtype))
         return emb + self.text_embedder(pooled)
-
-
-def batch_vector(t, batch: int):
-    """A timestep/guidance given as a scalar or ``(1,)`` broadcast to ``(batch,)``."""
-    t = t if isinstance(t, mx.array) else mx.array(np.asarray(t, dtype=np.float32))
-    t = t.reshape(-1)
-    return mx.broadcast_to(t, (batch,)) if t.shape[0] == 1 and batch != 1 else t
-
-
-def split_heads(x, heads: int):
-    """``(B, L, H*D)`` -> ``(B, H, L, D)``."""
-    b, n, _ = x.shape
-    return x.reshape(b, n, heads, -1).transpose(0, 2, 1, 3)
-
-
-def merge_heads(x):
-    """``(B, H, L, D)`` -> ``(B, L, H*D)``."""
-    b, h, n, d = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
 
 
 # --------------------------------------------------------------------------- SD3 attention and block
@@ -319,7 +301,7 @@ class SD3Transformer2DModel(nn.Module):
 
     @property
     def dtype(self):
-        return self.proj_out.weight.dtype
+        return getattr(self.proj_out, "scales", self.proj_out.weight).dtype  # MLX-quantized: its scales
 
     def __call__(self, hidden_states, encoder_hidden_states, pooled_projections, timestep):
         dt = self.dtype

@@ -1,4 +1,5 @@
-"""The KL autoencoder of Stable Diffusion / SDXL / SD3 / Flux / PixArt / DiT on MLX.
+"""The KL autoencoder of Stable Diffusion / SDXL / SD3 / Flux / PixArt / DiT (and FLUX.2's, with its latent
+batch-norm statistics) on MLX.
 
 A port of diffusers' ``AutoencoderKL``: an encoder of ResNet down blocks, a mid block with
 one single-head self-attention, and a mirrored decoder with nearest-2x upsampling. The
@@ -291,6 +292,53 @@ class AutoencoderKL(nn.Module):
         _set_circular(self, on)
 
 
+class AutoencoderKLFlux2(AutoencoderKL):
+    """diffusers' ``AutoencoderKLFlux2``: the KL autoencoder above (32 latent channels) plus the latent batch-norm
+    statistics ``bn.running_mean`` / ``bn.running_var`` (affine-free, over the 2x2-patchified latent). As the torch
+    engine's class, ``encode``/``decode`` speak the latents the transformer samples (``Flux2Pipeline``'s): the
+    mode patchified into channels and normalised, ``(z - mean) / sqrt(var + eps)``; :meth:`encode_raw` /
+    :meth:`decode_raw` are the plain autoencoder."""
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.patch = int((self.config.get("patch_size") or (2, 2))[0])
+        self.bn_eps = float(self.config.get("batch_norm_eps", 1e-4))
+        self.bn = {"running_mean": mx.zeros((self.latent_channels * self.patch ** 2,)),
+                   "running_var": mx.ones((self.latent_channels * self.patch ** 2,))}
+
+    def _stats(self):
+        mean = self.bn["running_mean"].astype(mx.float32)
+        return mean, mx.sqrt(self.bn["running_var"].astype(mx.float32) + self.bn_eps)
+
+    def encode_raw(self, x):
+        return super().encode(x)
+
+    def decode_raw(self, z):
+        return super().decode(z)
+
+    def encode(self, x):
+        """``x`` NCHW in [-1, 1] -> normalised, patchified latents ``[B, 4*C, H/16, W/16]`` (float32)."""
+        z = patchify(self.encode_raw(x).astype(mx.float32), self.patch)
+        mean, std = self._stats()
+        return (z - mean[:, None, None]) / std[:, None, None]
+
+    def decode(self, z):
+        mean, std = self._stats()
+        z = z.astype(mx.float32) * std[:, None, None] + mean[:, None, None]
+        return self.decode_raw(unpatchify(z, self.patch).astype(self.decoder.conv_in.weight.dtype))
+
+
+def patchify(z, p: int):
+    """NCHW ``[B,C,H,W]`` -> ``[B,C*p*p,H/p,W/p]``, each channel's p x p patch stacked after it (the FLUX.2 pipelines')."""
+    b, c, h, w = z.shape
+    return z.reshape(b, c, h // p, p, w // p, p).transpose(0, 1, 3, 5, 2, 4).reshape(b, c * p * p, h // p, w // p)
+
+
+def unpatchify(z, p: int):
+    b, c, h, w = z.shape
+    return z.reshape(b, c // (p * p), p, p, h, w).transpose(0, 1, 4, 2, 5, 3).reshape(b, c // (p * p), h * p, w * p)
+
+
 LDM_PREFIXES = ("first_stage_model.", "vae.")
 _LDM_ATTN = {"norm.": "group_norm.", "q.": "to_q.", "k.": "to_k.", "v.": "to_v.", "proj_out.": "to_out.0."}
 
@@ -344,6 +392,7 @@ def map_weights(sd: dict) -> dict:
     """
     if is_ldm_layout(sd):
         sd = ldm_to_diffusers(sd)
+    sd = {k: v for k, v in sd.items() if k != "bn.num_batches_tracked"}  # a training counter: nothing reads it
     old = {"query.": "to_q.", "key.": "to_k.", "value.": "to_v.", "proj_attn.": "to_out.0."}
     out = {}
     for k, v in sd.items():
@@ -358,4 +407,4 @@ def map_weights(sd: dict) -> dict:
     return map_names(out)
 
 
-__all__ = ["AutoencoderKL", "map_weights", "ldm_to_diffusers", "is_ldm_layout"]
+__all__ = ["AutoencoderKL", "AutoencoderKLFlux2", "patchify", "unpatchify", "map_weights", "ldm_to_diffusers", "is_ldm_layout"]

@@ -11,6 +11,7 @@ import torch
 from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...models.families import registry
 from ...models.safetensors_header import TensorInfo
+from . import quant
 from .fp8 import FP8
 
 # where each class lives (a family's transformer: as the family declares): importing it directly skips diffusers'
@@ -19,6 +20,7 @@ CLASS_MODULES = {
     **{f.transformer_class: f.transformer_module for f in registry.families() if f.transformer_module},
     "AutoencoderKL": "diffusers.models.autoencoders.autoencoder_kl",
     "AutoencoderDC": "diffusers.models.autoencoders.autoencoder_dc",
+    "AutoencoderKLFlux2": f"{__package__}.vae",  # diffusers' class, its encode/decode speaking the sampled latents
     # the real class on single frames (4-D images and latents, latents normalised): our subclass of the same name
     "AutoencoderKLQwenImage": f"{__package__}.vae_qwenimage",
 }
@@ -47,11 +49,12 @@ def build_empty(build):
         return build()
 
 
-def load_dtype(info: TensorInfo, weight: torch.dtype, keep_fp8: bool) -> torch.dtype | None:
-    """The dtype a stored tensor is loaded in: ``weight`` for floats; None (as stored) for integers and kept fp8."""
+def load_dtype(info: TensorInfo, weight: torch.dtype, keep_fp8: bool, keep: tuple = ()) -> torch.dtype | None:
+    """The dtype a stored tensor is loaded in: ``weight`` for floats; None (as stored) for integers, kept fp8 and the
+    ``keep`` dtypes (upcast per layer when run: :mod:`.fp8`)."""
     if not info.dtype.startswith(("float", "bfloat")):
         return None  # integer buffers keep their dtype
-    if info.dtype in FP8 and keep_fp8:
+    if (info.dtype in FP8 and keep_fp8) or info.dtype in keep:
         return None
     return weight
 
@@ -82,10 +85,12 @@ def prefixed(source, prefix: str, skip=()) -> dict[str, str]:
     return {k: k[len(prefix):] for k in source.keys() if k.startswith(prefix) and not any(k.endswith(s) for s in skip)}
 
 
-def load_into(model, source, mapping: dict[str, str], convert_fn, *, dtype, device, keep_fp8=False, what="model", fill=None):
+def load_into(model, source, mapping: dict[str, str], convert_fn, *, dtype, device, keep_fp8=False, keep=(), what="model",
+              fill=None):
     """Read ``mapping`` (source key -> prefix-less key), convert, and assign into ``model`` (on meta).
 
-    ``convert_fn`` maps the prefix-less dict to the model's keys. Returns the model.
+    ``convert_fn`` maps the prefix-less dict to the model's keys; ``keep``: stored dtype names loaded as stored.
+    Returns the model.
     """
     from ...progress import Progress
 
@@ -94,9 +99,9 @@ def load_into(model, source, mapping: dict[str, str], convert_fn, *, dtype, devi
     with Progress(len(groups), f"loading {what}") as bar:
         for group in groups:
             for src_key in group:
-                sd[mapping[src_key]] = source.get(src_key, load_dtype(source.tensors[src_key], dtype, keep_fp8), device)
+                sd[mapping[src_key]] = source.get(src_key, load_dtype(source.tensors[src_key], dtype, keep_fp8, keep), device)
             bar.update()  # also the interrupt point: Cancel stops within one group
-    sd = convert_fn(sd)
+    sd = quant.install(model, convert_fn(sd), dtype)  # quantized Linear weights stay stored (QuantLinear)
     expected = model.state_dict()
     if fill:
         for k, fn in fill.items():

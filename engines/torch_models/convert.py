@@ -69,6 +69,8 @@ def _apply(rule: keymaps.Rule, sd: dict, out: dict, i, blocks: int) -> None:
     else:
         sizes = None
         for part in ("weight", "bias"):
+            if part == "bias" and f"{orig}.bias" not in sd:  # bias-free layers (FLUX.2)
+                continue
             w = sd.pop(f"{orig}.{part}")
             if rule.swap == "always":
                 w = _swap_scale_shift(w)
@@ -126,10 +128,22 @@ def diffusers_converter(name: str, sd: dict, placeholders=()) -> dict:
     return getattr(single_file_utils, name)(sd)
 
 
+# BFL's FLUX.2 ae.safetensors keeps the quant convs inside the encoder/decoder (LDM files have them at the top)
+_INNER_QUANT = {"encoder.quant_conv.": "quant_conv.", "decoder.post_quant_conv.": "post_quant_conv."}
+
+
 def vae_kl_to_diffusers(sd: dict, config: dict) -> dict:
+    """An LDM/BFL KL VAE with diffusers' names (diffusers' converter); latent batch-norm statistics (``bn.*``,
+    FLUX.2) pass through as they are, ``num_batches_tracked`` keeping its int64."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    out = convert_ldm_vae_checkpoint(dict(sd), config)
+    sd = dict(sd)
+    for old, new in _INNER_QUANT.items():
+        for k in [k for k in sd if k.startswith(old)]:
+            sd[new + k[len(old):]] = sd.pop(k)
+    bn = {k: sd.pop(k) for k in [k for k in sd if k.startswith("bn.")]}
+    out = convert_ldm_vae_checkpoint(sd, config)
+    out.update(bn)
     return out
 
 

@@ -164,9 +164,14 @@ class TorchTextEncoding(TextEncoding):
 
     def _decoder(self, enc, ids, mask, layers):
         torch = _torch()
-        dev, _ = _module_device_dtype(enc)
+        dev, dt = _module_device_dtype(enc)
         ids, mask = torch.from_numpy(ids).to(dev), torch.from_numpy(mask).to(dev)
-        return [h.to(torch.float32) for h in decoder_hidden_states(enc, ids, mask, layers)], mask
+        states = decoder_hidden_states(enc, ids, mask, layers)
+        if not all(torch.isfinite(h).all() for h in states):  # fp16 overflow, as T5's: again in fp32 (restored after)
+            log.warning("the text encoder gave NaN/inf in %s: encoding again in float32", dt)
+            with _vae_dtype(enc, torch.float32):
+                states = decoder_hidden_states(enc, ids, mask, layers)
+        return [h.to(torch.float32) for h in states], mask
 
     def _pad_last(self, x, n):
         return _torch().nn.functional.pad(x, (0, n - x.shape[-1]))
@@ -194,8 +199,11 @@ class TorchDenoiser(Denoiser):
         comfy_load([self.module])  # inside ComfyUI: onto the GPU before its device is read
         self._blocks = blocks(self.module)  # found once a run; Cancel is checked before each of them every step
         self.device, self.dtype = _module_device_dtype(self.module, getattr(self.engine, "torch_device", None))
+        compute = getattr(torch, self.handle.dtype) if self.handle.dtype else None
         if self.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):  # fp8 storage: compute in the dtype it is upcast to
-            self.dtype = getattr(torch, self.handle.dtype or "float32")
+            self.dtype = compute or torch.float32
+        elif compute is not None and self.dtype.itemsize < compute.itemsize:  # bf16 kept on a CPU: upcast per layer
+            self.dtype = compute
 
     def _model_config(self):
         cfg = getattr(self.module, "config", None)

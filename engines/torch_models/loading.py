@@ -46,7 +46,7 @@ from ..model_files import (
 from ..tokenizers import find_tokenizer, folder_tokenizer
 from . import convert
 from .building import build_empty, diffusers_class, load_into, prefixed
-from .fp8 import enable_fp8, has_fp8, keep_fp8
+from .fp8 import enable_fp8, enable_upcast, has_fp8, keep_fp8, keep_half
 from .tensors import open_tensors, torch_dtype
 from .text_encoders import load_text_encoder, text_encoder_from
 from .vae import load_vae, vae_from
@@ -63,11 +63,14 @@ def build_transformer(det: Detection):
 def _load_transformer(engine, source, det: Detection, prefix: str, dtype):
     device = engine.torch_device
     keep = keep_fp8(engine) and has_fp8(source.tensors)
+    half = keep_half(engine, dtype)  # a CPU computing in fp32: bf16/fp16 weights stay views of the file, upcast per layer
     model = build_transformer(det)
     mapping = prefixed(source, prefix)
     model = load_into(model, source, mapping, lambda sd: convert.convert_transformer(det.family, sd, det.layout), dtype=dtype,
-                      device=device, keep_fp8=keep, what=f"{det.family} transformer")
+                      device=device, keep_fp8=keep, keep=half, what=f"{det.family} transformer")
     fp8 = enable_fp8(model, {k: source.tensors[k] for k in mapping}, dtype) if keep else None
+    if half:
+        enable_upcast(model, tuple(torch_dtype(h) for h in half), dtype, reuse=True)
     return model, fp8
 
 

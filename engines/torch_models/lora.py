@@ -70,7 +70,8 @@ def layer_shapes(model: nn.Module) -> dict:
             parent, _, leaf = name.rpartition(".")
             if parent in fused_attn and leaf in _FUSED_PARTS and hasattr(model.get_submodule(parent), _FUSED_PARTS[leaf]):
                 continue
-            out[name] = tuple(b.weight.shape)
+            q = b.__dict__.get("qweight")  # a quantized layer: its shape without decoding it
+            out[name] = tuple(q.shape if q is not None else b.weight.shape)
     return out
 
 
@@ -92,8 +93,8 @@ def _patched_class(cls: type) -> type:
 
     def forward(self, x, *args, **kwargs):
         merged = self.__dict__.get("_sf_merged")
-        if merged is not None:
-            w = merged
+        if merged is not None:  # kept in the stored dtype; a layer upcast per forward (bf16 on a CPU) computes in x's
+            w = merged if merged.dtype == x.dtype or not x.is_floating_point() else merged.to(x.dtype)
         elif isinstance(self, nn.Linear) and _low_rank_ok(self, x):
             return _low_rank_forward(self, x)
         else:

@@ -21,6 +21,7 @@ from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...log import get_logger
 from ...models.safetensors_header import TensorInfo, read_header
 from ..model_files import dtype_name
+from . import quant
 
 log = get_logger("torch")
 
@@ -33,13 +34,14 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 class SafetensorsFile:
-    """Lazy per-tensor access to a safetensors file through one memory mapping."""
+    """Lazy per-tensor access to a safetensors or GGUF file through one memory mapping. A quantized weight
+    (``header.quant``) comes back as a :class:`~.quant.QTensor` over its stored bytes."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = str(path)
         self.header = read_header(path)
         self.tensors: dict[str, TensorInfo] = self.header.tensors
-        self._base = 8 + self.header.header_size
+        self._base = 0 if self.header.format == "gguf" else 8 + self.header.header_size  # GGUF offsets are absolute
         self._storage = None
         self._fh = None
         self._buf: np.ndarray | None = None
@@ -53,9 +55,13 @@ class SafetensorsFile:
             self._storage = torch.UntypedStorage.from_file(self.path, shared=False, nbytes=self.header.file_size)
         return torch.empty(0, dtype=torch.uint8).set_(self._storage)
 
+    def _stored(self, name: str) -> TensorInfo:
+        q = self.header.quant.get(name)
+        return q.weight if q is not None else self.header.stored[name]
+
     def view(self, name: str) -> torch.Tensor:
-        """A zero-copy tensor over the mapping (pages load when touched)."""
-        info = self.tensors[name]
+        """A zero-copy tensor over the mapping (pages load when touched), as stored."""
+        info = self._stored(name)
         b, e = info.offsets
         dt = torch_dtype(info.dtype)
         raw = self._mapped()[self._base + b : self._base + e]
@@ -65,7 +71,7 @@ class SafetensorsFile:
 
     def read(self, name: str) -> torch.Tensor:
         """The tensor read into a reused buffer (valid until the next ``read``)."""
-        info = self.tensors[name]
+        info = self._stored(name)
         b, e = info.offsets
         n = e - b
         if self._buf is None or self._buf.size < n:
@@ -83,7 +89,19 @@ class SafetensorsFile:
         """The stored bytes of one tensor (tokenizer data some files carry, ComfyUI's ``spiece_model``)."""
         return self.get(name, None, torch.device("cpu")).numpy().tobytes()
 
-    def get(self, name: str, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    def stored(self, name: str, device=None) -> torch.Tensor:
+        """A stored tensor as the file holds it (a view of the mapping where it can be, else a copy)."""
+        if self._can_map:
+            try:
+                return self.view(name)
+            except (RuntimeError, OSError) as exc:  # a platform without private file mappings: read instead
+                log.debug("memory mapping %s failed (%s); reading tensors instead", self.path, exc)
+                self._can_map = False
+        return self.read(name).clone()
+
+    def get(self, name: str, dtype: torch.dtype | None, device: torch.device):
+        if name in self.header.quant:
+            return quant.load(self.header.quant[name], self.stored, name, device, dtype or torch.float32, self.path)
         info = self.tensors[name]
         src = torch_dtype(info.dtype)
         want = src if dtype is None else dtype

@@ -38,9 +38,10 @@ class TextEncoder:
 # the MLX port of each text-encoder key (engines/mlx_models/<port>.py)
 # (``decoder_lm``: the decoder-only language models, whose hidden states ``TextEncoding.decoder`` gives)
 TEXT_ENCODER_PORTS = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma", "qwen3_4b": "decoder_lm", "qwen3_8b": "decoder_lm",
-                      "qwen25_7b": "decoder_lm"}
+                      "mistral3": "decoder_lm", "qwen25_7b": "decoder_lm"}
 # the MLX port of each VAE class
-VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae", "AutoencoderKLQwenImage": "vae_qwenimage"}
+VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae", "AutoencoderKLFlux2": "vae_flux2",
+             "AutoencoderKLQwenImage": "vae_qwenimage"}
 # the shipped VAE config (models/configs) a family's release uses, by latent channels, unless the family says otherwise
 VAE_BY_LATENT = {16: "vae-kl16-sd3", 4: "vae-kl4-sdxl"}
 RELEASE_KEYS = ("scheduler", "prediction", "flow_shift", "max_sequence_length", "num_classes", "sigma_learned", "text_encoders", "vae")
@@ -93,17 +94,22 @@ class Family:
     text_encoders: ClassVar[tuple[TextEncoder, ...]] = ()
     latent_channels: ClassVar[int] = 4
     vae_scale_factor: ClassVar[int] = 8
+    # the VAE's latents are cut into p x p patches stacked on the channels before sampling (FLUX.2: 2): the model
+    # samples p*p*latent_channels channels at p times the VAE's scale factor (the VAE's encode/decode do the patching)
+    latent_patch: ClassVar[int] = 1
     vae_class: ClassVar[str] = "AutoencoderKL"
     vae_by_latent: ClassVar[dict] = {}  # overrides of :data:`VAE_BY_LATENT`
     projected_clip: ClassVar[bool] = False  # every CLIP is built as CLIPTextModelWithProjection (its pooled output is projected)
     # --- sampling
     prediction: ClassVar[str | None] = None  # "flow", or None: the scheduler's (eps / v)
     flow_multiplier: ClassVar[float] = 1000.0  # a flow model's timestep is sigma times this
+    float32_timestep: ClassVar[bool] = False  # its pipeline feeds the timestep in float32, not the model's dtype
     resolution_shift: ClassVar[bool] = False  # the flow shift follows the image size (Flux), unless given or by variant
     variant_shift: ClassVar[dict] = {}  # a word in the variant name -> its fixed flow shift (with resolution_shift)
     class_conditional: ClassVar[bool] = False  # prompts are class labels (its negative is the null class), no text encoder
     distilled_guidance: ClassVar[bool] = False  # guidance is a model input; a negative prompt only with CFG above 1
     square_only: ClassVar[bool] = False  # draws square images only
+    text_mask: ClassVar[bool] = False  # its attention honours the text mask: padding no prompt attends to is dropped once a run
     patch_size: ClassVar[int | None] = None  # None: the config's
     defaults: ClassVar[dict] = {"cfg": 4.5, "steps": 20, "sampler": "dpmpp_2m", "schedule": "normal"}
     variant_defaults: ClassVar[dict] = {}  # a word in the variant name -> overrides of :attr:`defaults`
@@ -187,6 +193,12 @@ class Family:
     def variant_from_config(self, det, cfg: dict, vae_factor: int = 8) -> None:
         """Refine ``det`` (a transformer read from its weights) with the ``config.json`` found with it, for settings
         the weights do not record; ``vae_factor``: the scale factor of the VAE it sits with."""
+
+    def lora_claim(self, names, widths: dict | None) -> bool | None:
+        """Whether a LoRA on module ``names`` (flat; ``widths``: their ``in_features`` where known), whose names an
+        earlier rule cannot settle, is this family's: True (it is), None (it may be: another family's names match
+        too and nothing tells them apart), False (default: the names decide)."""
+        return False
 
     # ------------------------------------------------------------------ parts
     @property
@@ -276,6 +288,11 @@ class Family:
         for over in _by_variant(self.variant_defaults, variant):
             d.update(over)
         return d
+
+    def resolution_mu(self, image_seq_len: int, steps: int) -> float | None:
+        """With :attr:`resolution_shift`: the shift ``mu`` (``sigma' = e^mu / (e^mu + 1/t - 1)``) for an image of
+        ``image_seq_len`` latent tokens sampled in ``steps`` steps; None: Flux's rule (``samplers.schedules.flux_mu``)."""
+        return None
 
     def fixed_shift(self, variant: str | None) -> float | None:
         """The flow shift ``variant`` always samples with (Flux schnell: 1.0), or None."""

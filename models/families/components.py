@@ -1,4 +1,5 @@
-"""Text encoders and VAEs of today's families (Qwen3, Qwen2.5-VL, the FLUX.2 VAE, the Qwen-Image VAE), named from
+"""Text encoders and VAEs of today's families (Qwen3, Qwen2.5-VL, the Qwen-Image VAE; the FLUX.2 VAE's detection lives
+with its family), named from
 the header alone. One that no family SpriteForge generates with uses yet says what it is (``recognised_as``), and
 :func:`.registry.check_generates` refuses it by that name; once a runnable family declares its slot (Qwen3-4B:
 Z-Image), it loads. The Qwen-Image VAE loads on both engines (``AutoencoderKLQwenImage``).
@@ -12,6 +13,7 @@ from .. import configs
 from ..detection import Detection, count
 from ..safetensors_header import TensorInfo
 from . import registry
+from .flux2 import detect_vae as _flux2_vae  # the FLUX.2 VAE loads: its detection lives with its family
 
 # Qwen3 language models by width: (our key, name, what uses it)
 _QWEN3 = {2560: ("qwen3_4b", "Qwen3-4B", "Z-Image, FLUX.2 [klein] 4B"), 4096: ("qwen3_8b", "Qwen3-8B", "FLUX.2 [klein] 9B")}
@@ -23,14 +25,32 @@ def classify(t: dict[str, TensorInfo]) -> Detection | None:
         return _flux2_vae(t)
     if "decoder.middle.0.residual.0.gamma" in t or "decoder.mid_block.resnets.0.norm1.gamma" in t:
         return _qwen_image_vae(t)
-    pre = "model." if "model.embed_tokens.weight" in t else ""
+    pre = next((p for p in _LM_PREFIXES if f"{p}embed_tokens.weight" in t), "")
     if f"{pre}embed_tokens.weight" not in t or f"{pre}layers.0.self_attn.q_proj.weight" not in t:
         return None
     if "visual.patch_embed.proj.weight" in t:
         return _qwen25_vl(t, pre)
     if f"{pre}layers.0.self_attn.q_norm.weight" in t:
         return _qwen3(t, pre)
+    if pre in _LM_PREFIXES[:2] or any(k.startswith("vision_tower.") for k in t) or t[f"{pre}embed_tokens.weight"].shape[0] == 131072:
+        return _mistral3(t, pre)
     return None
+
+
+# where a decoder LM's layers sit: a Mistral3ForConditionalGeneration's language model (transformers' older and newer
+# names), a ...ForCausalLM's
+_LM_PREFIXES = ("language_model.model.", "model.language_model.", "model.")
+
+
+def _mistral3(t, pre) -> Detection:
+    """FLUX.2 [dev]'s text encoder: Mistral Small 3.1 (Mistral3ForConditionalGeneration; its language model, the Pixtral
+    vision tower unused). Named; no engine loads it yet."""
+    cfg = {"model_type": "mistral", "architectures": ["MistralModel"], **_language_model(t, pre)}
+    det = _text_encoder("mistral3", "Mistral-3", "FLUX.2 [dev]", cfg)
+    det.extras["recognised_as"] = "the Mistral-3 (Mistral Small 3.1) text encoder (FLUX.2 [dev])"
+    if any(k.startswith("vision_tower.") for k in t):
+        det.extras["vision_tower"] = "present (vision_tower.*, unused: the text part encodes prompts)"
+    return det
 
 
 def folder_text_encoder(cfg: dict) -> str | None:
@@ -95,20 +115,6 @@ def _qwen25_vl(t, pre) -> Detection:
     # one slot (Qwen-Image's): another width (a tiny or custom model) is named by its width
     return _text_encoder("qwen25_7b", "Qwen2.5-VL-7B" if known else f"Qwen2.5-VL ({cfg['hidden_size']} wide)", "Qwen-Image, Qwen-Image-Edit",
                          cfg, vision_tower=f"present: {blocks} blocks, {width} wide (visual.*)")
-
-
-def _flux2_vae(t) -> Detection:
-    original = "encoder.down.0.block.0.conv1.weight" in t
-    block = "encoder.down.{}.block.0.conv1.weight" if original else "encoder.down_blocks.{}.resnets.0.conv1.weight"
-    levels = count(t.keys(), r"encoder\.down\.(\d+)\." if original else r"encoder\.down_blocks\.(\d+)\.")
-    cfg = {"_class_name": "AutoencoderKLFlux2", "latent_channels": t["decoder.conv_in.weight"].shape[1],
-           "block_out_channels": [t[block.format(i)].shape[0] for i in range(levels)], "patch_size": [2, 2]}
-    det = Detection(None, "flux2", "vae", cfg, layout="original" if original else "diffusers")
-    tracked = t.get("bn.num_batches_tracked")
-    det.extras.update(recognised_as="the FLUX.2 VAE (32-channel latent, batch-norm statistics)",
-                      batch_norm=f"bn.running_mean/var {list(t['bn.running_mean'].shape)}"
-                      + (f", num_batches_tracked {tracked.dtype}" if tracked is not None else ""))
-    return det
 
 
 def _qwen_image_vae(t) -> Detection:

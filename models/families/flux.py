@@ -148,10 +148,12 @@ class Flux(Family):
             hs = den.ops.concat([hs, den.cast(fill, hs.dtype)], 2)
         g = None
         if den.config.get("guidance_embeds"):
-            g = den.full(b, float(den.cond.guidance if den.cond.guidance is not None else 3.5), x.dtype)
+            g = den.cached(("guidance", b, x.dtype), lambda: den.full(
+                b, float(den.cond.guidance if den.cond.guidance is not None else 3.5), x.dtype))
         txt = cond["embeds"]
         img_ids = den.cached(("img_ids", h, w, x.dtype), lambda: den.rows(
             [[0.0, float(i), float(j)] for i in range(h // 2) for j in range(w // 2)], x.dtype))
+        txt_ids = den.cached(("txt_ids", txt.shape[1], x.dtype), lambda: den.zeros((txt.shape[1], 3), x.dtype))
         out = den.run(hidden_states=hs, encoder_hidden_states=txt, pooled_projections=cond["pooled"], timestep=t, guidance=g,
-                      img_ids=img_ids, txt_ids=den.zeros((txt.shape[1], 3), x.dtype))
+                      img_ids=img_ids, txt_ids=txt_ids)
         return den.unpack(out, h, w)

@@ -55,10 +55,19 @@ def candidates(names, widths: dict | None = None, metadata: dict | None = None) 
     if _has(_UNET, names):
         return [UNET], "UNet block names (input_blocks/down_blocks…)"
     fams = registry.families()
-    # a family's own names settle it, one SpriteForge only recognises (FLUX.2) included: its LoRA is named, then refused
+    # a family's own names settle it, one SpriteForge only recognises included: its LoRA is named, then refused; a
+    # family whose LoRAs share another's names (FLUX.2's original layout: Flux.1's block names) claims them by shape
+    maybe: list = []
     for f in sorted(registry.recognised(), key=lambda f: f.detect_order):
+        claim = f.lora_claim(names, widths)
+        if claim:
+            return [f.name], f"{f.label} block widths"
+        if claim is None:
+            maybe.append(f)
         if f.lora_names and _has(f.lora_names[0], names) and not (f.lora_unless and _has(f.lora_unless, names)):
-            return [f.name], f"{f.label} {f.lora_names[1]}"
+            also = [m for m in maybe if m is not f]
+            why = f"{f.label} {f.lora_names[1]}" + (f" (or {', '.join(m.label for m in also)}: the widths do not tell)" if also else "")
+            return [f.name, *(m.name for m in also)], why
     for group, (rx, why, by_width) in SHARED.items():
         if _has(rx, names):
             who = sorted((f for f in fams if group in f.lora_shared), key=lambda f: f.lora_rank)

@@ -47,6 +47,7 @@ class PixArt(Family):
     # fixed sin-cos position table diffusers recomputes; the learned null caption (diffusers encodes "" instead)
     dropped = ("pos_embed", "y_embedder.y_embedding")
     text_encoders = (TextEncoder("t5", "text_encoder", ("t5xxl",)),)
+    text_mask = True
     defaults = {"cfg": 4.5, "steps": 20, "sampler": "dpmpp_2m", "schedule": "normal"}
     mlx_port = "pixart"
     lora_names = (r"(^|_)(adaln_single|t_block)(_|$)", "names (adaln_single/t_block)")
@@ -122,6 +123,7 @@ class PixArt(Family):
         add = {"resolution": None, "aspect_ratio": None}
         if getattr(den.module, "use_additional_conditions", False):  # PixArt-α 1024's micro-conditions
             f = den.handle.vae_scale_factor or 8
-            add = {"resolution": den.rows([[h * f, w * f]] * b, x.dtype), "aspect_ratio": den.rows([[h / w]] * b, x.dtype)}
+            add = den.cached(("micro", b, h, w, x.dtype), lambda: {"resolution": den.rows([[h * f, w * f]] * b, x.dtype),
+                                                                  "aspect_ratio": den.rows([[h / w]] * b, x.dtype)})
         return den.run(hidden_states=x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond.get("mask"),
                        timestep=t, added_cond_kwargs=add)

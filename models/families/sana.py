@@ -55,6 +55,7 @@ class Sana(Family):
     vae_scale_factor = 32
     vae_class = "AutoencoderDC"
     prediction = "flow"
+    text_mask = True
     defaults = {"cfg": 4.5, "steps": 20, "sampler": "euler", "schedule": "normal"}
     mlx_port = "sana"
     lora_names = (r"(^|_)(conv_inverted|conv_depth|conv_point|inverted_conv|depth_conv|point_conv|time_embed)(_|$)",
@@ -116,8 +117,9 @@ class Sana(Family):
         if den.config.get("guidance_embeds"):  # Sana Sprint
             # as diffusers' SanaSprintPipeline: guidance (float32, in the embeds' dtype) times config.guidance_embeds_scale
             gs = den.config.get("guidance_embeds_scale", 0.1)
-            g = den.cast(den.full(x.shape[0], float(den.cond.guidance or 4.5), den.F32), x.dtype)
-            kw["guidance"] = g * float(0.1 if gs is None else gs)  # SanaTransformer2DModel's default
+            gs = float(0.1 if gs is None else gs)  # SanaTransformer2DModel's default
+            kw["guidance"] = den.cached(("guidance", x.shape[0], x.dtype), lambda: den.cast(
+                den.full(x.shape[0], float(den.cond.guidance or 4.5), den.F32), x.dtype) * gs)
         scale = float(den.config.get("timestep_scale", 1.0) or 1.0)
         return den.run(hidden_states=x, encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond.get("mask"),
                        timestep=t * scale, **kw)

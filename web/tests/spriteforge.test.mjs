@@ -16,7 +16,7 @@ const CAPS = {
   capabilities: { torch: { lora: true, vae_tiling: false, families: ["pixart", "flux", "dit"] } },
   error_codes: { DIMENSION_LIMIT: "Lower the width/height (or the batch size) below the limit shown.", BAD_INPUT: "Check the input." },
   // as the family registry serves it (tests/test_families.py checks this line against it)
-  family_widgets: {"rules": {"guidance": {"only": ["flux"], "hint": "Flux only"}, "sana_instruction": {"only": ["sana"], "hint": "Sana only"}, "negative": {"not": ["dit"], "hint": "unused by DiT"}}, "labels": {"positive": {"dit": "class label (0-999 or ImageNet name)"}, "text_encoder_1": {"qwenimage": "Qwen2.5-VL-7B text encoder (qwen_2.5_vl_7b.safetensors)"}}},
+  family_widgets: {"rules": {"guidance": {"only": ["flux", "flux2"], "hint": "Flux / FLUX.2 only"}, "sana_instruction": {"only": ["sana"], "hint": "Sana only"}, "negative": {"not": ["dit"], "hint": "unused by DiT"}}, "labels": {"positive": {"dit": "class label (0-999 or ImageNet name)"}, "text_encoder_1": {"zimage": "Qwen3-4B text encoder (qwen_3_4b.safetensors)", "qwenimage": "Qwen2.5-VL-7B text encoder (qwen_2.5_vl_7b.safetensors)"}, "negative": {"zimage": "what to avoid (only with cfg above 1: Turbo samples without CFG)"}}},
 };
 const PALETTES = { "pico-8": ["#000000", "#1d2b53", "#7e2553"], "gameboy-dmg": ["#0f380f", "#306230"] };
 const FAMILIES = { "flux-tiny.safetensors": "flux", "dit-tiny.safetensors": "dit" };
@@ -236,7 +236,7 @@ test("widgets that do not apply to the model family are disabled with a hint", a
   assert.equal(byName.guidance.disabled, true);
   assert.equal(byName.positive.element.placeholder, "class label (0-999 or ImageNet name)");
   assert.equal(byName.negative.element.disabled, true);
-  assert.equal(byName.guidance.label, "guidance (Flux only)");
+  assert.equal(byName.guidance.label, "guidance (Flux / FLUX.2 only)");
   assert.equal(byName.negative.disabled, true);
   assert.equal(byName.positive.label, "class label (0-999 or ImageNet name)");
   assert.ok(fetched.includes("/spriteforge/model_family?name=dit-tiny.safetensors"));
