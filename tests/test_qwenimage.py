@@ -325,3 +325,32 @@ def test_a_layered_release_is_refused_by_name(files, tmp_path, engine_name):
         h = eng.load_model(str(path), vae=str(files[1]), text_encoders=[str(files[2])], dtype="float32")
         generate(eng, h, _params(encode(eng, h, "a knight", with_negative=False)))
     assert e.value.code == UNSUPPORTED_ARCHITECTURE and "Layered" in e.value.message, e.value.message
+
+
+def test_an_all_in_one_file_loads_its_own_vae_and_text_encoder(files, tmp_path):
+    """A ComfyUI all-in-one Qwen-Image file (``model.diffusion_model.``, the VAE in its Wan-2.1 layout under ``vae.``,
+    Qwen2.5-VL under ``text_encoders.qwen25_7b.transformer.``, the tokenizer beside it) needs nothing else, on either
+    engine, and draws what the separate files draw."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from spriteforge.pipeline import encode, generate
+    from spriteforge.tests.tiny_models import _save_file
+
+    m, v, te = files
+    sd = {f"model.diffusion_model.{k}": t for k, t in load_file(str(m)).items()}
+    sd.update({f"vae.{k}": t for k, t in load_file(str(v)).items()})
+    sd.update({f"text_encoders.qwen25_7b.transformer.{k}": t for k, t in load_file(str(te)).items()})
+    path = _save_file(sd, tmp_path / "qwen_image_aio.safetensors")
+    shutil.copytree(te.parent / f"{te.stem}_tokenizer", tmp_path / "qwen_image_aio_tokenizer")
+    for name in ("torch", "mlx"):
+        if name == "mlx":
+            pytest.importorskip("mlx.core")
+        eng = get_engine(name, "cpu")
+        h = eng.load_model(str(path), dtype="float32")
+        assert list(h.text_encoders) == ["qwen25_7b"] and h.vae is not None and h.extras["needs"] == []
+        got = generate(eng, h, _params(encode(eng, h, "a knight", with_negative=False)))
+        _, hs = _load(name, files)
+        want = generate(eng, hs, _params(encode(eng, hs, "a knight", with_negative=False)))
+        assert float(np.abs(got - want).max()) <= 1e-6, name
