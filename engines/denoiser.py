@@ -220,7 +220,7 @@ class Denoiser:
         with self._no_grad():
             inp = model_input(xt, self.handle.prediction, sigma)
             t = self._timestep(sigma)
-            tdt = self.dtype if self.flow else self.F32
+            tdt = self.dtype if self.flow and not self.family.float32_timestep else self.F32
             c, allc = self._conditioning(b)
             if self.use_cfg:
                 xin = self._cast(self.ops.concat([inp, inp], 0), self.dtype)

@@ -37,8 +37,9 @@ MODEL_KINDS = ("diffusion_models", "checkpoints", "diffusers")
 TRANSFORMER_CLASSES = {f.name: f.transformer_class for f in registry.families()}
 # diffusers folder sub-folders -> our text-encoder keys, per family
 FOLDER_TEXT_ENCODERS = {f.name: {te.folder: te.key for te in f.text_encoders} for f in registry.families()}
-# the text encoders an all-in-one checkpoint may carry
-CHECKPOINT_TEXT_ENCODERS = ("clip_l", "clip_g", "t5")
+# the text encoders an all-in-one checkpoint may carry (``text_encoders.<name>.transformer.``): the slots of the families
+# SpriteForge runs (SD3's CLIP-L, CLIP-G and T5; Z-Image's Qwen3-4B)
+CHECKPOINT_TEXT_ENCODERS = tuple(dict.fromkeys(("clip_l", "clip_g", "t5", *(te.key for f in registry.families() for te in f.text_encoders))))
 
 def dtype_name(name: str) -> str:
     """The full dtype name for ``name`` (``fp16`` → ``float16``, ``BF16`` → ``bfloat16``), as safetensors headers

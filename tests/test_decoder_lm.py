@@ -151,3 +151,44 @@ def test_tokenizer_is_found_beside_the_file_and_in_comfyuis_layout(tmp_path):
     (other / "qwen_3_4b.safetensors").write_bytes(path.read_bytes())
     tok = find_tokenizer("qwen3_4b", other / "qwen_3_4b.safetensors")
     assert tok(text)["input_ids"] == want and want[0] == tok.convert_tokens_to_ids("<|im_start|>")
+
+
+@pytest.mark.parametrize("engine_name", ["torch", "mlx"])
+def test_float16_overflow_is_encoded_again_in_float32(tmp_path, qwen3_family, engine_name):
+    """A decoder LM loaded in float16 whose activations overflow it (one MLP scaled far past 65504): the hidden states
+    come back finite, those of the float32 model, and the encoder keeps its float16 weights."""
+    from spriteforge.tests.tiny_models import _save_file
+
+    tq.make_qwen_tokenizer(tmp_path)
+    model = tq.build_qwen3(vocab_size=tq.tokenizer_size(tmp_path))
+    with torch.no_grad():  # weights float16 holds, a product it does not
+        model.model.layers[0].mlp.up_proj.weight.mul_(500.0)
+        model.model.layers[0].mlp.down_proj.weight.mul_(500.0)
+    sd = dict(model.state_dict())
+    sd.pop("lm_head.weight")
+    path = _save_file(sd, tmp_path / "qwen_3_4b.safetensors")
+    engine = get_engine(engine_name, "cpu", "float32")
+    if engine_name == "torch":
+        from spriteforge.engines.torch_models.generation import TorchTextEncoding as Encoding
+        from spriteforge.engines.torch_models.text_encoders import load_text_encoder
+    else:
+        from spriteforge.engines.mlx_models.generation import MLXTextEncoding as Encoding
+        from spriteforge.engines.mlx_models.loading import load_text_encoder
+    key, enc, tok = load_text_encoder(engine, str(path), family=qwen3_family, dtype="float16")
+    if engine_name == "mlx":  # MLX on a CPU offers float32 only; on Metal the loader gives float16, as here
+        from spriteforge.engines.mlx_models import layers
+
+        layers.cast_module(enc, mx.float16)
+    handle = ModelHandle(family=qwen3_family, variant="", engine=engine, transformer=None, text_encoders={key: enc},
+                         tokenizers={key: tok})
+    texts = ["<|im_start|>user\na red knight<|im_end|>\n"]
+    states, mask = Encoding(engine, handle).decoder(key, texts, layers=(1, -1))
+    ti = tok(texts, return_tensors="pt")
+    want = _reference(model.model, ti["input_ids"].numpy(), ti["attention_mask"].numpy(), (1, -1))
+    assert float(np.abs(want[0]).max()) > 65504  # float16 cannot hold it
+    for g, w in zip(states, want):
+        g = np.asarray(g, dtype=np.float32)
+        assert np.isfinite(g).all()
+        assert np.abs(g - w).max() <= 1e-2 * (1 + np.abs(w).max())
+    dtype = next(enc.parameters()).dtype if engine_name == "torch" else enc.embed_tokens.weight.dtype
+    assert "float16" in str(dtype)

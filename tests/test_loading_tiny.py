@@ -55,11 +55,13 @@ def _run(family, model, variant="", dtype=None):
             ).sample
         if family == "sana":
             return model(r(1, 32, 8, 8), encoder_hidden_states=r(1, 5, tm.GEMMA_DIM), timestep=torch.tensor([500])).sample
+        if family == "zimage":  # lists of latents (C, 1, H, W) and captions; 6x10 latents: 15 tokens + learned pads
+            return model([r(16, 1, 6, 10)], torch.tensor([0.3]), [r(5, 32)]).sample[0]
     raise ValueError(family)
 
 
 def _reference(family, variant):
-    if family in ("sana", "dit"):
+    if family in ("sana", "dit", "zimage"):
         return getattr(tm, f"build_{family}")()
     return getattr(tm, f"build_{family}")(variant)
 
@@ -85,6 +87,9 @@ CASES = [
     ("dit", "original", ""),
     ("dit", "diffusers", ""),
     ("dit", "folder", ""),
+    ("zimage", "original", ""),
+    ("zimage", "diffusers", ""),
+    ("zimage", "folder", ""),
 ]
 
 
@@ -97,7 +102,7 @@ def test_roundtrip_same_outputs(root, engine, family, layout, variant):
     ref = _reference(family, variant)
     torch.testing.assert_close(_run(family, h.transformer, variant), _run(family, ref, variant), rtol=0, atol=1e-5)
     assert h.dtype == "float32" and next(h.transformer.parameters()).dtype == torch.float32
-    if family in ("sd3", "flux", "sana"):
+    if family in ("sd3", "flux", "sana", "zimage"):
         assert h.prediction == "flow"
     else:
         assert h.prediction == "eps" and h.extras["sigma_learned"] is True
@@ -105,13 +110,14 @@ def test_roundtrip_same_outputs(root, engine, family, layout, variant):
         assert h.flow_shift is None and h.patch_size == 2 and h.latent_channels == 16
         assert h.extras["guidance_embeds"] is (variant != "schnell")
         assert h.extras["in_channels"] == {"fill": 384, "depth": 128}.get(variant, 64)
-    if family == "sd3":
+    if family in ("sd3", "zimage"):
         assert h.flow_shift == 3.0 and h.latent_channels == 16
     if family == "dit":
         assert h.extras["num_classes"] == 1000
     if layout in ("folder", "checkpoint"):
         assert h.vae is not None and h.extras["needs"] == []
-        want = {"pixart": {"t5"}, "sd3": {"clip_l", "clip_g", "t5"}, "flux": {"clip_l", "t5"}, "sana": {"gemma"}, "dit": set()}[family]
+        want = {"pixart": {"t5"}, "sd3": {"clip_l", "clip_g", "t5"}, "flux": {"clip_l", "t5"}, "sana": {"gemma"}, "dit": set(),
+                "zimage": {"qwen3_4b"}}[family]
         assert set(h.text_encoders) == want and set(h.tokenizers) == want
         assert "scheduler" in h.extras or layout == "checkpoint"
         if family == "sana":

@@ -178,3 +178,56 @@ def test_load_model_and_encode_prompt_nodes(release_files):
     labels = registry.widget_hints()["labels"]
     assert "Qwen3-4B" in labels["text_encoder_1"]["zimage"]
     assert "guidance" in registry.widget_hints()["rules"] and "zimage" not in registry.widget_hints()["rules"]["guidance"]["only"]
+
+
+def test_a_bfloat16_model_gets_its_timestep_in_float32(tmp_path):
+    """ZImagePipeline feeds ``(1000 - t) / 1000`` of float32 timesteps whatever the model's dtype; in bfloat16,
+    1000 * 0.9923 would round to 992 and the model would see 0.008 instead of 0.0077."""
+    from spriteforge import pipeline
+    from spriteforge.engines import get_engine
+    from spriteforge.engines.base import Conditioning
+
+    engine = get_engine("torch", "cpu")
+    h = engine.load_model(str(tm.make_zimage(tmp_path, layout="diffusers")), dtype="bfloat16")
+    assert next(h.transformer.parameters()).dtype == torch.bfloat16
+    rng = np.random.default_rng(1)
+    emb, keep = rng.standard_normal((1, 7, 32)).astype(np.float32), np.array([[1, 1, 1, 1, 1, 0, 0]])
+    x = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    sigma = 0.9923
+    cond = Conditioning(family="zimage", embeds=torch.from_numpy(emb), mask=torch.from_numpy(keep))
+    ours = engine.denoiser(h, cond, model_schedule=pipeline.model_schedule(h, 64, 64))(x, sigma)
+    t = (1000.0 - torch.full((1,), sigma * 1000.0, dtype=torch.float32)) / 1000.0
+    with torch.no_grad():
+        out = h.transformer([torch.from_numpy(x[0]).to(torch.bfloat16)[:, None]], t,
+                            [torch.from_numpy(emb[0, :5]).to(torch.bfloat16)], return_dict=False)[0][0]
+    want = x - (-out[:, 0].float().numpy()[None]) * sigma
+    assert np.abs(ours - want).max() <= 1e-5 * (1 + np.abs(want).max())
+
+
+def test_all_in_one_checkpoint_on_both_engines(tmp_path):
+    """A ComfyUI all-in-one Z-Image file (``model.diffusion_model.`` + ``text_encoders.qwen3_4b.transformer.model.*``
+    + ``vae.``, and the unused ``norm_final.weight`` ComfyUI's save adds) loads with its own text encoder and VAE on
+    both engines: the pictures of the separate files, within 2/255."""
+    from safetensors.torch import load_file
+
+    from spriteforge import pipeline
+    from spriteforge.engines import get_engine
+    from spriteforge.tests.tiny_models import _save_file
+
+    parts = tm.make_zimage_parts(tmp_path)
+    sd = {"model.diffusion_model." + k: v for k, v in load_file(str(tm.make_zimage(tmp_path, layout="original"))).items()}
+    sd["model.diffusion_model.norm_final.weight"] = torch.ones(64)
+    sd.update({"text_encoders.qwen3_4b.transformer." + k: v for k, v in load_file(str(parts["text_encoders"][0])).items()})
+    sd.update({"vae." + k: v for k, v in load_file(str(parts["vae"])).items()})
+    aio = _save_file(sd, tmp_path / "aio" / "z_image_turbo_aio.safetensors")
+    (tmp_path / "aio" / "qwen_tokenizer").symlink_to(tmp_path / "zimage_parts" / "qwen_tokenizer")
+    params = pipeline.GenerateParams(prompt="a red knight", negative="blurry", cfg=2.0, seed=3, steps=2, width=32, height=32)
+    images = []
+    for name in ("torch", "mlx"):
+        engine = get_engine(name, "cpu")
+        h = engine.load_model(str(aio))
+        assert h.extras["needs"] == [] and list(h.text_encoders) == ["qwen3_4b"] and h.vae is not None
+        images.append(pipeline.generate(engine, h, params))
+    separate = pipeline.generate(engine, engine.load_model(str(tm.make_zimage(tmp_path, layout="original")), **parts), params)
+    for a in images[1:] + [separate]:
+        assert np.abs(images[0] - a).max() <= 2 / 255

@@ -118,7 +118,13 @@ class MLXTextEncoding(TextEncoding):
     def _decoder(self, enc, ids, mask, layers):
         mx = _mx()
         ids, mask = mx.array(ids.astype(np.int32)), mx.array(mask.astype(np.int32))
-        return [h.astype(mx.float32) for h in enc(ids, attention_mask=mask, layers=layers)], mask
+        states = enc(ids, attention_mask=mask, layers=layers)
+        if not all(bool(mx.all(mx.isfinite(h)).item()) for h in states):  # fp16 overflow, as T5's: again in fp32
+            log.warning("the text encoder gave NaN/inf in %s: encoding again in float32", _module_dtype(enc))
+            with _as_dtype(enc, mx.float32):
+                states = enc(ids, attention_mask=mask, layers=layers)
+                mx.eval(states)
+        return [h.astype(mx.float32) for h in states], mask
 
     def _pad_last(self, x, n):
         return _mx().pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])

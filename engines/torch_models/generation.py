@@ -164,9 +164,14 @@ class TorchTextEncoding(TextEncoding):
 
     def _decoder(self, enc, ids, mask, layers):
         torch = _torch()
-        dev, _ = _module_device_dtype(enc)
+        dev, dt = _module_device_dtype(enc)
         ids, mask = torch.from_numpy(ids).to(dev), torch.from_numpy(mask).to(dev)
-        return [h.to(torch.float32) for h in decoder_hidden_states(enc, ids, mask, layers)], mask
+        states = decoder_hidden_states(enc, ids, mask, layers)
+        if not all(torch.isfinite(h).all() for h in states):  # fp16 overflow, as T5's: again in fp32 (restored after)
+            log.warning("the text encoder gave NaN/inf in %s: encoding again in float32", dt)
+            with _vae_dtype(enc, torch.float32):
+                states = decoder_hidden_states(enc, ids, mask, layers)
+        return [h.to(torch.float32) for h in states], mask
 
     def _pad_last(self, x, n):
         return _torch().nn.functional.pad(x, (0, n - x.shape[-1]))

@@ -98,6 +98,7 @@ class Family:
     # --- sampling
     prediction: ClassVar[str | None] = None  # "flow", or None: the scheduler's (eps / v)
     flow_multiplier: ClassVar[float] = 1000.0  # a flow model's timestep is sigma times this
+    float32_timestep: ClassVar[bool] = False  # its pipeline feeds the timestep in float32, not the model's dtype
     resolution_shift: ClassVar[bool] = False  # the flow shift follows the image size (Flux), unless given or by variant
     variant_shift: ClassVar[dict] = {}  # a word in the variant name -> its fixed flow shift (with resolution_shift)
     class_conditional: ClassVar[bool] = False  # prompts are class labels (its negative is the null class), no text encoder

@@ -8,15 +8,9 @@ second-to-last hidden state of the prompt in Qwen's chat template, its real toke
 
 from __future__ import annotations
 
-from ..detection import count
 from ..keymaps import rule as _r, tensor_rule as _t
 from .base import Family, TextEncoder
 
-# the names that differ between ComfyUI's single file (original) and diffusers' ZImageTransformer2DModel
-_NAMES = {
-    True: {"embed": "x_embedder.weight", "q_norm": "layers.0.attention.q_norm.weight"},
-    False: {"embed": "all_x_embedder.2-1.weight", "q_norm": "layers.0.attention.norm_q.weight"},
-}
 _BLOCKS = ("layers", "noise_refiner", "context_refiner")
 # Qwen3's chat template around one user message, with the generation prompt and thinking on (nothing more added),
 # as ZImagePipeline's apply_chat_template(..., add_generation_prompt=True, enable_thinking=True) renders it
@@ -56,6 +50,7 @@ class ZImage(Family):
     vae_by_latent = {16: "vae-kl16-flux"}  # the FLUX.1 VAE (ae.safetensors)
     prediction = "flow"
     patch_size = 2  # 2x2 latent patches
+    float32_timestep = True  # ZImagePipeline: (1000 - t) / 1000 of the scheduler's float32 timesteps, in any dtype
     # its scheduler config (FlowMatchEulerDiscreteScheduler, shift 3.0, no dynamic shifting): a fixed shift of 3
     # whatever the size (ZImagePipeline computes a resolution mu, which that scheduler ignores)
     # diffusers pipelines/z_image/pipeline_z_image.py: its example runs Z-Image-Turbo with num_inference_steps=8,
@@ -72,11 +67,11 @@ class ZImage(Family):
                      "negative": "what to avoid (only with cfg above 1: Turbo samples without CFG)"}
 
     def detect(self, t, original):
-        n = _NAMES[original]
-        dim, patch_in = t[n["embed"]].shape
-        head_dim = t[n["q_norm"]].shape[0]
+        n, blocks = self.names(t, original)
+        dim, patch_in = t[n("all_x_embedder.2-1.weight")].shape
+        head_dim = t[n("layers.0.attention.norm_q.weight")].shape[0]
         heads = dim // head_dim
-        if original:
+        if original:  # the fused q, k, v rows
             kv = (t["layers.0.attention.qkv.weight"].shape[0] // head_dim - heads) // 2
         else:
             kv = t["layers.0.attention.to_k.weight"].shape[0] // head_dim
@@ -85,8 +80,8 @@ class ZImage(Family):
         cfg.update({
             "in_channels": patch_in // 4,  # 2x2 patches, one frame
             "dim": dim,
-            "n_layers": count(t.keys(), r"layers\.(\d+)\."),
-            "n_refiner_layers": count(t.keys(), r"noise_refiner\.(\d+)\."),
+            "n_layers": blocks("layers."),
+            "n_refiner_layers": blocks("noise_refiner."),
             "n_heads": heads, "n_kv_heads": kv,
             "cap_feat_dim": t["cap_embedder.0.weight"].shape[0],
         })

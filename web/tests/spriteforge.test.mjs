@@ -16,7 +16,7 @@ const CAPS = {
   capabilities: { torch: { lora: true, vae_tiling: false, families: ["pixart", "flux", "dit"] } },
   error_codes: { DIMENSION_LIMIT: "Lower the width/height (or the batch size) below the limit shown.", BAD_INPUT: "Check the input." },
   // as the family registry serves it (tests/test_families.py checks this line against it)
-  family_widgets: {"rules": {"guidance": {"only": ["flux"], "hint": "Flux only"}, "sana_instruction": {"only": ["sana"], "hint": "Sana only"}, "negative": {"not": ["dit"], "hint": "unused by DiT"}}, "labels": {"positive": {"dit": "class label (0-999 or ImageNet name)"}}},
+  family_widgets: {"rules": {"guidance": {"only": ["flux"], "hint": "Flux only"}, "sana_instruction": {"only": ["sana"], "hint": "Sana only"}, "negative": {"not": ["dit"], "hint": "unused by DiT"}}, "labels": {"positive": {"dit": "class label (0-999 or ImageNet name)"}, "text_encoder_1": {"zimage": "Qwen3-4B text encoder (qwen_3_4b.safetensors)"}, "negative": {"zimage": "what to avoid (only with cfg above 1: Turbo samples without CFG)"}}},
 };
 const PALETTES = { "pico-8": ["#000000", "#1d2b53", "#7e2553"], "gameboy-dmg": ["#0f380f", "#306230"] };
 const FAMILIES = { "flux-tiny.safetensors": "flux", "dit-tiny.safetensors": "dit" };
