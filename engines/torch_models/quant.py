@@ -40,7 +40,7 @@ from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...models.gguf import QUANT_DTYPES as GGUF_TYPES
 from ...models.safetensors_header import QuantInfo
 
-DECODE_ROWS = 256  # rows a layer's weight is decoded by at a time (its float32 maths), see QTensor.dequantize
+DECODE_ROWS = 128  # rows a layer's weight is decoded by at a time (its float32 maths), see QTensor.dequantize
 COMFY = ("fp8_e4m3fn_scaled", "fp8_e5m2_scaled", "int8_tensorwise", "int8_convrot", "mxfp8", "nvfp4")
 E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
@@ -76,6 +76,14 @@ def _e8m0(e: torch.Tensor) -> torch.Tensor:
     return torch.where(e == 0, torch.zeros((), dtype=torch.int32), e << 23).view(torch.float32)
 
 
+@functools.lru_cache(maxsize=4)
+def _e2m1_pairs(device) -> torch.Tensor:
+    """``[256, 2]``: the two e2m1 values of each byte (high nibble first)."""
+    lut = torch.tensor(E2M1, dtype=torch.float32)
+    b = torch.arange(256)
+    return torch.stack([lut[b >> 4], lut[b & 0x0F]], dim=-1).to(device)
+
+
 def _gguf_dequantize(data: torch.Tensor, fmt: str, shape) -> torch.Tensor:
     import gguf
 
@@ -95,10 +103,9 @@ def dequantize(fmt: str, data, scale, scale2, group: int, shape) -> torch.Tensor
         return w
     if fmt == "mxfp8":  # scale: the E8M0 exponents, untiled
         return (data.to(torch.float32).reshape(rows, -1, 32) * _e8m0(scale).unsqueeze(-1)).reshape(shape)
-    if fmt == "nvfp4":  # scale: the fp8 block scales, untiled
-        lut = torch.tensor(E2M1, dtype=torch.float32, device=data.device)
-        codes = torch.stack([data >> 4, data & 0x0F], dim=-1).reshape(rows, -1).int()
-        return (lut[codes].reshape(rows, -1, 16) * (scale.to(torch.float32) * scale2).unsqueeze(-1)).reshape(shape)
+    if fmt == "nvfp4":  # scale: the fp8 block scales, untiled; each byte is two values, high nibble first
+        pairs = F.embedding(data.int(), _e2m1_pairs(data.device))
+        return (pairs.reshape(rows, -1, 16) * (scale.to(torch.float32) * scale2).unsqueeze(-1)).reshape(shape)
     raise unsupported(fmt)
 
 
