@@ -284,3 +284,20 @@ def test_every_family_quantized(tmp_path, engine, family, variant, kind):
     assert h.family == family and sum(isinstance(m, quant.QuantLinear) for m in h.transformer.modules()) >= 4
     ref = load_model(engine, p.with_suffix(".decoded.safetensors"))
     torch.testing.assert_close(_run(family, h.transformer, variant), _run(family, ref.transformer, variant), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt,name", [("mxfp8", "mxfp8"), ("nvfp4", "nvfp4"), ("int8_convrot", "int8_convrot")])
+def test_block_formats_split_and_join_by_rows(fmt, name):
+    """Row splits and joins of the block-scaled formats keep each row's scales (what the key maps do to fused
+    q/k/v and to swapped modulation halves), without decoding."""
+    w = torch.randn(192, 64)
+    stored, dq = quantize(fmt, w)
+    from spriteforge.models.safetensors_header import QuantInfo
+
+    info = QuantInfo(name, None, tuple(w.shape), {"scale": "s", "scale_2": "s2"}, {"convrot_groupsize": 16})
+    tensors = {"w": stored[""], "s": stored[".weight_scale"], "s2": stored.get(".weight_scale_2")}
+    q = quant.load(info, lambda k: tensors[k], "w", torch.device("cpu"), torch.float32)
+    a, b, c = torch.chunk(q, 3, dim=0)
+    joined = torch.cat([c, a, b], dim=0)
+    assert isinstance(joined, quant.QTensor) and joined.data.dtype == stored[""].dtype
+    torch.testing.assert_close(joined.dequantize(), torch.cat([dq[128:], dq[:128]]), rtol=0, atol=1e-6)

@@ -40,7 +40,7 @@ from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...models.gguf import QUANT_DTYPES as GGUF_TYPES
 from ...models.safetensors_header import QuantInfo
 
-DECODE_ROWS = 256  # rows a layer's weight is decoded by at a time (its float32 maths), see QTensor.dequantize
+DECODE_ROWS = 128  # rows a layer's weight is decoded by at a time (its float32 maths), see QTensor.dequantize
 COMFY = ("fp8_e4m3fn_scaled", "fp8_e5m2_scaled", "int8_tensorwise", "int8_convrot", "mxfp8", "nvfp4")
 E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
@@ -76,6 +76,14 @@ def _e8m0(e: torch.Tensor) -> torch.Tensor:
     return torch.where(e == 0, torch.zeros((), dtype=torch.int32), e << 23).view(torch.float32)
 
 
+@functools.lru_cache(maxsize=4)
+def _e2m1_pairs(device) -> torch.Tensor:
+    """``[256, 2]``: the two e2m1 values of each byte (high nibble first)."""
+    lut = torch.tensor(E2M1, dtype=torch.float32)
+    b = torch.arange(256)
+    return torch.stack([lut[b >> 4], lut[b & 0x0F]], dim=-1).to(device)
+
+
 def _gguf_dequantize(data: torch.Tensor, fmt: str, shape) -> torch.Tensor:
     import gguf
 
@@ -93,12 +101,11 @@ def dequantize(fmt: str, data, scale, scale2, group: int, shape) -> torch.Tensor
         if fmt == "int8_convrot":
             w = (w.reshape(rows, -1, group) @ hadamard(group).to(w.device)).reshape(w.shape)
         return w
-    if fmt == "mxfp8":
-        return (data.to(torch.float32).reshape(rows, -1, 32) * scale.unsqueeze(-1)).reshape(shape)
-    if fmt == "nvfp4":
-        lut = torch.tensor(E2M1, dtype=torch.float32, device=data.device)
-        codes = torch.stack([data >> 4, data & 0x0F], dim=-1).reshape(rows, -1).long()
-        return (lut[codes].reshape(rows, -1, 16) * (scale * scale2).unsqueeze(-1)).reshape(shape)
+    if fmt == "mxfp8":  # scale: the E8M0 exponents, untiled
+        return (data.to(torch.float32).reshape(rows, -1, 32) * _e8m0(scale).unsqueeze(-1)).reshape(shape)
+    if fmt == "nvfp4":  # scale: the fp8 block scales, untiled; each byte is two values, high nibble first
+        pairs = F.embedding(data.int(), _e2m1_pairs(data.device))
+        return (pairs.reshape(rows, -1, 16) * (scale.to(torch.float32) * scale2).unsqueeze(-1)).reshape(shape)
     raise unsupported(fmt)
 
 
@@ -114,8 +121,8 @@ def unsupported(fmt: str, where: str = "") -> SpriteForgeError:
 
 
 class QTensor:
-    """One quantized weight, stored: ``data`` (rows first), per-row or per-tensor ``scale`` (float32, already
-    untiled), ``scale2``, ConvRot's ``group``, the logical ``shape``, and ``dtype`` (the compute dtype it decodes
+    """One quantized weight, stored: ``data`` (rows first), per-row or per-tensor ``scale`` (float32; MXFP8's E8M0
+    exponents and NVFP4's fp8 block scales as stored, untiled), ``scale2``, ConvRot's ``group``, the logical ``shape``, and ``dtype`` (the compute dtype it decodes
     to). Row slices, chunks, splits and row concatenations stay stored; anything else decodes."""
 
     def __init__(self, fmt: str, data: torch.Tensor, shape, *, scale=None, scale2=None, group: int = 0,
@@ -243,7 +250,9 @@ class QTensor:
 def _same(a, b) -> bool:
     if a is None or b is None:
         return a is b
-    return a.shape == b.shape and bool(torch.equal(a, b))
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return bool(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) if a.element_size() == 1 else torch.equal(a, b))
 
 
 def _per_row(p: QTensor) -> torch.Tensor:
@@ -280,10 +289,10 @@ def load(q: QuantInfo, stored, key: str, device, dtype, path: str = "") -> QTens
         rows, cols = data.shape[0], data.shape[1] * (2 if fmt == "nvfp4" else 1)
         block = 32 if fmt == "mxfp8" else 16
         tiled = stored(q.aux["scale"]).to(device)
-        if fmt == "mxfp8":
-            scale = _e8m0(untile_scales(tiled.view(torch.uint8), rows, cols // block))
-        else:
-            scale = untile_scales(tiled.view(torch.float8_e4m3fn), rows, cols // block).to(torch.float32)
+        # untiled once, kept in their stored 8 bits (a float32 copy would be a quarter of the weights' size again)
+        scale = untile_scales(tiled.view(torch.uint8), rows, cols // block).contiguous()
+        if fmt == "nvfp4":
+            scale = scale.view(torch.float8_e4m3fn)
             scale2 = stored(q.aux["scale_2"]).to(device=device, dtype=torch.float32).reshape(())
     else:
         if "scale" not in q.aux:
