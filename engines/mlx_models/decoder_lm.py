@@ -1,6 +1,6 @@
 """MLX port of a decoder-only language model used as a text encoder: transformers' ``Qwen3Model``, and the same
 stack with the options of its relatives (``Qwen2Model`` / Qwen2.5-VL's text part: q/k/v bias, no q/k norm;
-``LlamaModel`` / ``MistralModel``: neither).
+``LlamaModel`` / ``MistralModel``: neither; FLUX.2 [dev]'s Mistral Small 3.1 is the last).
 
 One pre-norm block a layer: ``x + attn(rms(x))``, then ``x + mlp(rms(x))``; attention with grouped key/value heads
 (``num_key_value_heads``), optional per-head RMS norm of queries and keys (Qwen3) before the rotary embedding
@@ -47,7 +47,10 @@ class DecoderConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "DecoderConfig":
-        """From a transformers config dict (``model_type`` says which options the family has)."""
+        """From a transformers config dict (``model_type`` says which options the family has; a vision-language
+        model's, Mistral3ForConditionalGeneration's, gives its language model's ``text_config``)."""
+        if isinstance(cfg.get("text_config"), dict) and "num_attention_heads" not in cfg:
+            cfg = cfg["text_config"]
         kind = cfg.get("model_type", "")
         if cfg.get("use_sliding_window") or cfg.get("layer_types") and any(t != "full_attention" for t in cfg["layer_types"]):
             raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"this {kind or 'decoder'} text encoder uses sliding-window "

@@ -64,8 +64,8 @@ def text_encoder_from(engine, source, det, prefix: str, family, dtype):
     """The text encoder under ``prefix`` in the tensor source ``source`` (detected as ``det``)."""
     variant = det.variant
     model = build_text_encoder(variant, det.config, family)
-    # tokenizer data some files carry (ComfyUI's "spiece_model") is not a weight
-    mapping = prefixed(source, prefix, skip=("spiece_model",))
+    # tokenizer data some files carry (ComfyUI's "spiece_model", "tekken_model") is not a weight
+    mapping = prefixed(source, prefix, skip=("spiece_model", "tekken_model"))
     if is_decoder(variant):  # its head and a vision tower are never read
         mapping = {k: v for k, v in mapping.items() if not keymaps.decoder_unused(v)}
     expected = set(model.state_dict())

@@ -1,0 +1,96 @@
+"""FLUX.2 [dev]'s Mistral-3 text encoder (Mistral Small 3.1's language model) runs on both engines: the file ComfyUI
+users hold (``mistral_3_small_flux2_bf16.safetensors``: ``model.*`` names, detected from the shapes) and a diffusers
+folder's ``text_encoder/`` (``Mistral3ForConditionalGeneration``, vision tower unread); the prompt through BFL's
+system message in the Mistral-Small-3 chat template (the tokenizer's own, or ours for a bare ``tokenizer.json``),
+padded on the left to 512 tokens, hidden states 10/20/30 side by side: equal to diffusers' ``Flux2Pipeline.encode_prompt``
+on the same tiny model and tokenizer (torch), and the MLX port close to it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tiny_flux2 as tf  # noqa: E402
+import tiny_mistral as tm  # noqa: E402
+
+from spriteforge import pipeline  # noqa: E402
+from spriteforge.engines import get_engine  # noqa: E402
+from spriteforge.models.detect import detect  # noqa: E402
+from spriteforge.models.families.flux2 import SYSTEM_MESSAGE, _chat, mistral_chat  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+PROMPTS = ["a red knight", "a small green dragon on a hill, pixel art"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("mistral")
+
+
+def _reference(root):
+    """diffusers' own [dev] prompt embeddings (Flux2Pipeline.encode_prompt) on the tiny model and templated tokenizer."""
+    from diffusers import Flux2Pipeline
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(tm.make_mistral_tokenizer(root / "tokenizers")), local_files_only=True)
+    pipe = Flux2Pipeline(scheduler=tf._scheduler(), vae=tf.build_flux2_vae(), text_encoder=tm.build_mistral3(), tokenizer=tok,
+                         transformer=tf.build_flux2("dev"))
+    with torch.no_grad():
+        return pipe.encode_prompt(PROMPTS, device=torch.device("cpu"))[0].float().numpy()
+
+
+def _ours(root, engine, layout):
+    eng = get_engine(engine, "cpu")
+    te = tm.make_mistral3(root / layout, layout=layout, template=layout == "folder")
+    h = eng.load_model(str(tf.make_flux2(root, layout="original", variant="dev")),
+                       vae=str(tf.make_flux2_vae(root, layout="original", name="flux2-vae.safetensors")),
+                       text_encoders=[str(te)], dtype="float32")
+    assert set(h.text_encoders) == {"mistral3"}
+    cond = pipeline.encode(eng, h, PROMPTS, with_negative=False)
+    return np.asarray(cond.embeds, dtype=np.float32), cond
+
+
+def test_the_chat_template_without_one_is_the_mistral_small_3_template(root):
+    """A bare tokenizer.json has no template: ours renders what transformers renders with the Mistral-Small-3 one."""
+    with_t = transformers.AutoTokenizer.from_pretrained(str(tm.make_mistral_tokenizer(root / "tokenizers")), local_files_only=True)
+    bare = transformers.AutoTokenizer.from_pretrained(str(tm.make_mistral_tokenizer(root / "tokenizers", template=False)),
+                                                      local_files_only=True)
+    assert bare.chat_template is None and with_t.chat_template
+    for p in PROMPTS + ["[IMG]a knight"]:
+        conv = _chat(p)
+        want = with_t.apply_chat_template(conv, tokenize=False, add_generation_prompt=False)
+        assert mistral_chat(bare, conv) == want == f"<s>[SYSTEM_PROMPT]{SYSTEM_MESSAGE}[/SYSTEM_PROMPT][INST]{p.replace('[IMG]', '')}[/INST]"
+
+
+@pytest.mark.parametrize("layout", ["comfy", "folder"])
+def test_the_files_are_detected_as_the_dev_text_encoder(root, layout):
+    path = tm.make_mistral3(root / layout, layout=layout, template=layout == "folder")
+    if layout == "comfy":
+        det = detect(path)
+        assert (det.kind, det.variant) == ("text_encoder", "mistral3") and "recognised_as" not in det.extras
+        assert (det.config["head_dim"], det.config["num_hidden_layers"], det.config["rope_theta"]) == (128, tm.MISTRAL_LAYERS, 1e9)
+
+
+@pytest.mark.parametrize("layout", ["comfy", "folder"])
+def test_torch_prompt_embeddings_match_flux2_pipeline(root, layout):
+    ref = _reference(root)
+    ours, cond = _ours(root, "torch", layout)
+    diff = float(np.abs(ours - ref).max())
+    print(f"Mistral-3 ({layout}) torch: max |ours - Flux2Pipeline.encode_prompt| = {diff:.2e} (scale {np.abs(ref).max():.2f})")
+    assert ours.shape == ref.shape == (2, 512, 3 * tm.QWEN3_DIM) and diff <= 1e-5
+    assert cond.guidance == 4.0
+
+
+@pytest.mark.parametrize("layout", ["comfy", "folder"])
+def test_mlx_prompt_embeddings_match_torch(root, layout):
+    pytest.importorskip("mlx.core")
+    ref, _ = _ours(root, "torch", layout)
+    ours, _ = _ours(root, "mlx", layout)
+    diff = float(np.abs(ours - ref).max())
+    print(f"Mistral-3 ({layout}) MLX: max |MLX - torch| = {diff:.2e} (scale {np.abs(ref).max():.2f})")
+    assert ours.shape == ref.shape and diff <= 1e-3 * max(1.0, float(np.abs(ref).max()))
