@@ -23,7 +23,8 @@ ROLE_NAMES = {f.name: {te.key: te.names for te in f.text_encoders} for f in regi
 
 _WHAT = {"t5": "a T5 text encoder", "clip_l": "a CLIP-L text encoder", "clip_g": "a CLIP-G (bigG) text encoder",
          "gemma": "a Gemma-2 text encoder", "qwen3_4b": "a Qwen3-4B text encoder (qwen_3_4b.safetensors)",
-         "qwen3_8b": "a Qwen3-8B text encoder (qwen_3_8b.safetensors)"}
+         "qwen3_8b": "a Qwen3-8B text encoder (qwen_3_8b.safetensors)",
+         "mistral3": "a Mistral-3 text encoder (mistral_3_small_flux2_bf16.safetensors)"}
 
 
 def _lookup(d: dict, names):
