@@ -142,7 +142,7 @@ def comfy_tokenizer_dirs(kind: str) -> list[Path]:
 def find_tokenizer(key: str, near: Path | None = None, *, source=None, required: bool = True):
     """The tokenizer for text encoder ``key`` (``clip_l``, ``clip_g``, ``t5``, ``gemma``, ``qwen3_4b``...).
 
-    Looked for, in order: tokenizer data embedded in the file (ComfyUI's ``spiece_model``),
+    Looked for, in order: tokenizer data embedded in the file (ComfyUI's ``spiece_model``, ``tekken_model``),
     a tokenizer folder beside the file (``<stem>_tokenizer/``, ``tokenizer/``, or the
     folder itself), the tokenizer sub-folders of the user's diffusers models, and the
     tokenizers ComfyUI ships. Raises MODEL_NOT_FOUND saying where to put one.
@@ -152,6 +152,10 @@ def find_tokenizer(key: str, near: Path | None = None, *, source=None, required:
         tok = _embedded_spiece(source, kind)
         if tok is not None:
             return fold_case_if_lowercase(tok)
+    if source is not None and kind == "mistral" and "tekken_model" in source.tensors:
+        tok = _embedded_tekken(source)
+        if tok is not None:
+            return tok
     cands: list[Path] = []
     if near is not None:
         near = Path(near)
@@ -226,6 +230,24 @@ def _embedded_spiece(source, kind):
     except Exception as exc:  # noqa: BLE001
         log.warning("embedded tokenizer could not be used: %s", exc)
         return None
+
+def _embedded_tekken(source):
+    """The tokenizer ComfyUI's Mistral-3 file carries: Mistral's ``tekken.json`` stored as bytes (``tekken_model``),
+    converted by transformers' own tekken converter (its byte-level BPE, control tokens first). It has no chat
+    template: the family renders the Mistral-Small-3 one."""
+    import tempfile
+
+    try:
+        from transformers.integrations.mistral.tokenizer import convert_tekken_tokenizer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            f = Path(tmp) / "tekken.json"
+            f.write_bytes(source.raw("tekken_model"))
+            return convert_tekken_tokenizer(str(f), chat_template="")
+    except Exception as exc:  # noqa: BLE001 - then the tokenizer folders are looked for
+        log.warning("embedded tekken tokenizer could not be used: %s", exc)
+        return None
+
 
 def folder_tokenizer(p: Path, sub: str, index: dict):
     """The tokenizer beside the diffusers text encoder ``p/sub`` (``model_index.json`` = ``index``), or None."""

@@ -142,7 +142,7 @@ def decoder_unused(name: str) -> bool:
     """Whether tensor ``name`` of a decoder LM file is one a text encoder never uses (the ``lm_head``; a vision tower,
     ``visual.*``): the loaders leave it unread (Qwen2.5-VL-7B's are 2.4 GB of its 16.6)."""
     name = name[len("model."):] if name.startswith("model.") else name
-    return name.startswith(("lm_head.", "visual.", "vision_tower.", "multi_modal_projector."))
+    return name.startswith(("lm_head.", "visual.", "vision_tower.", "multi_modal_projector.")) or name == "tekken_model"
 
 
 def gemma_model_keys(sd: dict) -> dict:

@@ -33,11 +33,18 @@ def root(tmp_path_factory):
     return tmp_path_factory.mktemp("mistral")
 
 
-def _reference(root):
-    """diffusers' own [dev] prompt embeddings (Flux2Pipeline.encode_prompt) on the tiny model and templated tokenizer."""
+def _reference(root, layout="comfy"):
+    """diffusers' own [dev] prompt embeddings (Flux2Pipeline.encode_prompt) on the tiny model and templated tokenizer
+    (``tekken``: transformers' conversion of the same tekken.json, given the template, padding on the left)."""
     from diffusers import Flux2Pipeline
 
-    tok = transformers.AutoTokenizer.from_pretrained(str(tm.make_mistral_tokenizer(root / "tokenizers")), local_files_only=True)
+    if layout == "tekken":
+        from transformers.integrations.mistral.tokenizer import convert_tekken_tokenizer
+
+        tok = convert_tekken_tokenizer(str(tm.make_tekken(root / "tekken" / "tokenizers")), chat_template=tm.CHAT_TEMPLATE)
+        tok.padding_side = "left"
+    else:
+        tok = transformers.AutoTokenizer.from_pretrained(str(tm.make_mistral_tokenizer(root / "tokenizers")), local_files_only=True)
     pipe = Flux2Pipeline(scheduler=tf._scheduler(), vae=tf.build_flux2_vae(), text_encoder=tm.build_mistral3(), tokenizer=tok,
                          transformer=tf.build_flux2("dev"))
     with torch.no_grad():
@@ -46,7 +53,8 @@ def _reference(root):
 
 def _ours(root, engine, layout):
     eng = get_engine(engine, "cpu")
-    te = tm.make_mistral3(root / layout, layout=layout, template=layout == "folder")
+    te = tm.make_mistral3(root / layout, layout="comfy" if layout == "tekken" else layout, template=layout == "folder",
+                          tekken=layout == "tekken")
     h = eng.load_model(str(tf.make_flux2(root, layout="original", variant="dev")),
                        vae=str(tf.make_flux2_vae(root, layout="original", name="flux2-vae.safetensors")),
                        text_encoders=[str(te)], dtype="float32")
@@ -67,26 +75,29 @@ def test_the_chat_template_without_one_is_the_mistral_small_3_template(root):
         assert mistral_chat(bare, conv) == want == f"<s>[SYSTEM_PROMPT]{SYSTEM_MESSAGE}[/SYSTEM_PROMPT][INST]{p.replace('[IMG]', '')}[/INST]"
 
 
-@pytest.mark.parametrize("layout", ["comfy", "folder"])
-def test_the_files_are_detected_as_the_dev_text_encoder(root, layout):
-    path = tm.make_mistral3(root / layout, layout=layout, template=layout == "folder")
-    if layout == "comfy":
-        det = detect(path)
-        assert (det.kind, det.variant) == ("text_encoder", "mistral3") and "recognised_as" not in det.extras
-        assert (det.config["head_dim"], det.config["num_hidden_layers"], det.config["rope_theta"]) == (128, tm.MISTRAL_LAYERS, 1e9)
+def test_comfyui_s_file_is_detected_as_the_dev_text_encoder(root):
+    """From the header: no q/k norm, no q/k/v bias, Mistral's vocabulary and embedded tekken tokenizer; the release's
+    128-wide heads and rope theta; loaded, not refused."""
+    det = detect(tm.make_mistral3(root / "tekken", tekken=True))
+    assert (det.kind, det.variant) == ("text_encoder", "mistral3") and "recognised_as" not in det.extras
+    assert (det.config["head_dim"], det.config["num_hidden_layers"], det.config["rope_theta"]) == (128, tm.MISTRAL_LAYERS, 1e9)
+    assert det.extras["tokenizer"] == "embedded (tekken_model)"
 
 
-@pytest.mark.parametrize("layout", ["comfy", "folder"])
+LAYOUTS = ["comfy", "tekken", "folder"]  # tokenizer.json beside the file, ComfyUI's embedded tekken.json, a diffusers folder
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_torch_prompt_embeddings_match_flux2_pipeline(root, layout):
-    ref = _reference(root)
     ours, cond = _ours(root, "torch", layout)
+    ref = _reference(root, layout)
     diff = float(np.abs(ours - ref).max())
     print(f"Mistral-3 ({layout}) torch: max |ours - Flux2Pipeline.encode_prompt| = {diff:.2e} (scale {np.abs(ref).max():.2f})")
     assert ours.shape == ref.shape == (2, 512, 3 * tm.QWEN3_DIM) and diff <= 1e-5
     assert cond.guidance == 4.0
 
 
-@pytest.mark.parametrize("layout", ["comfy", "folder"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_mlx_prompt_embeddings_match_torch(root, layout):
     pytest.importorskip("mlx.core")
     ref, _ = _ours(root, "torch", layout)

@@ -66,9 +66,38 @@ def make_mistral_tokenizer(root, template: bool = True) -> Path:
     return d
 
 
-def make_mistral3(root, layout: str = "comfy", seed: int = 0, template: bool = False) -> Path:
+# Mistral's tekken pre-tokenizer pattern (tekken.json's config.pattern)
+TEKKEN_PATTERN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
+                  r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|"
+                  r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def make_tekken(root) -> Path:
+    """``tekken.json`` in Mistral's format (control tokens by rank, then byte-level BPE tokens by rank as base64 bytes)
+    with the tiny tokenizer's vocabulary: what ComfyUI's Mistral-3 file embeds as ``tekken_model``."""
+    import base64
+    import json
+
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    path = Path(root) / "tekken.json"
+    if path.exists():
+        return path
+    src = json.loads((make_mistral_tokenizer(root, template=False) / "tokenizer.json").read_text())["model"]["vocab"]
+    decode = {c: b for b, c in bytes_to_unicode().items()}
+    pieces = [bytes(decode[c] for c in piece) for piece, _ in sorted(src.items(), key=lambda kv: kv[1]) if piece not in SPECIALS]
+    vocab = [{"rank": i, "token_bytes": base64.b64encode(b).decode(), "token_str": b.decode("utf-8", "replace")} for i, b in enumerate(pieces)]
+    specials = [{"rank": i, "token_str": t, "is_control": True} for i, t in enumerate(SPECIALS)]
+    cfg = {"pattern": TEKKEN_PATTERN, "num_vocab_tokens": len(vocab) + len(SPECIALS), "default_vocab_size": len(vocab) + len(SPECIALS),
+           "default_num_special_tokens": len(SPECIALS), "version": "v7"}
+    path.write_text(json.dumps({"config": cfg, "vocab": vocab, "special_tokens": specials}))
+    return path
+
+
+def make_mistral3(root, layout: str = "comfy", seed: int = 0, template: bool = False, tekken: bool = False) -> Path:
     """``layout``: ``comfy`` — ``mistral_3_small_flux2_bf16.safetensors`` as ComfyUI users hold it (the language model
-    under ``model.``, no vision tower, no head) with its tokenizer beside it (``<stem>_tokenizer/``); ``folder`` — a
+    under ``model.``, no vision tower, no head) with its tokenizer beside it (``<stem>_tokenizer/``), or ``tekken``:
+    inside it as ComfyUI's file carries it (``tekken_model``, the bytes of ``tekken.json``); ``folder`` — a
     diffusers FLUX.2 [dev] folder's ``text_encoder/`` (``Mistral3ForConditionalGeneration.save_pretrained``) and
     ``tokenizer/``, returning the ``text_encoder/`` folder."""
     import shutil
@@ -79,8 +108,13 @@ def make_mistral3(root, layout: str = "comfy", seed: int = 0, template: bool = F
     if layout == "comfy":
         path = root / "mistral_3_small_flux2_bf16.safetensors"
         sd = {"model." + k: v for k, v in model.model.language_model.state_dict().items()}
+        if tekken:
+            import torch
+
+            sd["tekken_model"] = torch.frombuffer(bytearray(make_tekken(root / "tokenizers").read_bytes()), dtype=torch.uint8)
+        else:
+            shutil.copytree(tok, root / f"{path.stem}_tokenizer", dirs_exist_ok=True)
         _save_file(sd, path)
-        shutil.copytree(tok, root / f"{path.stem}_tokenizer", dirs_exist_ok=True)
         return path
     d = root / "flux2-dev-folder"
     model.save_pretrained(str(d / "text_encoder"))
