@@ -105,3 +105,23 @@ def test_mlx_prompt_embeddings_match_torch(root, layout):
     diff = float(np.abs(ours - ref).max())
     print(f"Mistral-3 ({layout}) MLX: max |MLX - torch| = {diff:.2e} (scale {np.abs(ref).max():.2f})")
     assert ours.shape == ref.shape and diff <= 1e-4 * max(1.0, float(np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("engine", ["torch", "mlx"])
+def test_comfyui_s_pruned_30_layer_file_gives_the_full_model_s_embeddings(root, engine):
+    """ComfyUI's Mistral-3 cut after layer 30: hidden state 30 is that layer's output, not the final norm's (as in the
+    full model, whose state 30 is read before any norm)."""
+    if engine == "mlx":
+        pytest.importorskip("mlx.core")
+    path = tm.make_mistral3(root / "pruned", tekken=True, pruned=True)
+    det = detect(path)
+    assert det.config["num_hidden_layers"] == 30 and det.config["final_norm"] is False
+    full, _ = _ours(root, "torch", "tekken")
+    eng = get_engine(engine, "cpu")
+    h = eng.load_model(str(tf.make_flux2(root, layout="original", variant="dev")),
+                       vae=str(tf.make_flux2_vae(root, layout="original", name="flux2-vae.safetensors")),
+                       text_encoders=[str(path)], dtype="float32")
+    ours = np.asarray(pipeline.encode(eng, h, PROMPTS, with_negative=False).embeds, dtype=np.float32)
+    diff = float(np.abs(ours - full).max())
+    print(f"Mistral-3 pruned ({engine}): max |pruned - full| = {diff:.2e}")
+    assert diff <= (0.0 if engine == "torch" else 1e-4 * float(np.abs(full).max()))

@@ -60,10 +60,10 @@ def _parts(root: Path, family: str, variant: str = "") -> dict:
     if family == "zimage":  # ae.safetensors + qwen_3_4b.safetensors (its tokenizer beside it), as ComfyUI users hold them
         return tm.make_zimage_parts(root)
     if family == "flux2":  # flux2-vae.safetensors in BFL's layout, qwen_3_4b.safetensors with its tokenizer beside it;
-        import tiny_flux2  # [dev]: mistral_3_small_flux2_bf16.safetensors (ComfyUI's layout) with a bare tokenizer.json
+        import tiny_flux2  # [dev]: mistral_3_small_flux2_bf16.safetensors as ComfyUI's (its tekken tokenizer inside)
         import tiny_mistral
 
-        te = tiny_mistral.make_mistral3(d / "mistral") if variant == "dev" else tiny_flux2.make_flux2_text_encoder(d / "flux2")
+        te = tiny_mistral.make_mistral3(d / "mistral", tekken=True) if variant == "dev" else tiny_flux2.make_flux2_text_encoder(d / "flux2")
         return {"vae": tiny_flux2.make_flux2_vae(d, layout="original", name="flux2-vae.safetensors"), "text_encoders": [te]}
     if family == "qwenimage":  # ComfyUI's files: qwen_image_vae (Wan-2.1 layout), qwen_2.5_vl_7b (legacy names)
         from spriteforge.tests.tiny_qwenimage import make_qwen25_vl, make_qwen_vae

@@ -94,10 +94,12 @@ def make_tekken(root) -> Path:
     return path
 
 
-def make_mistral3(root, layout: str = "comfy", seed: int = 0, template: bool = False, tekken: bool = False) -> Path:
+def make_mistral3(root, layout: str = "comfy", seed: int = 0, template: bool = False, tekken: bool = False,
+                  pruned: bool = False) -> Path:
     """``layout``: ``comfy`` — ``mistral_3_small_flux2_bf16.safetensors`` as ComfyUI users hold it (the language model
     under ``model.``, no vision tower, no head) with its tokenizer beside it (``<stem>_tokenizer/``), or ``tekken``:
-    inside it as ComfyUI's file carries it (``tekken_model``, the bytes of ``tekken.json``); ``folder`` — a
+    inside it as ComfyUI's file carries it (``tekken_model``, the bytes of ``tekken.json``); ``pruned``: cut after
+    layer 30, as ComfyUI's 30-layer file (the same weights otherwise); ``folder`` — a
     diffusers FLUX.2 [dev] folder's ``text_encoder/`` (``Mistral3ForConditionalGeneration.save_pretrained``) and
     ``tokenizer/``, returning the ``text_encoder/`` folder."""
     import shutil
@@ -107,7 +109,8 @@ def make_mistral3(root, layout: str = "comfy", seed: int = 0, template: bool = F
     tok = make_mistral_tokenizer(root / "tokenizers", template=template)
     if layout == "comfy":
         path = root / "mistral_3_small_flux2_bf16.safetensors"
-        sd = {"model." + k: v for k, v in model.model.language_model.state_dict().items()}
+        sd = {"model." + k: v for k, v in model.model.language_model.state_dict().items()
+              if not (pruned and k.startswith(tuple(f"layers.{i}." for i in range(30, MISTRAL_LAYERS))))}
         if tekken:
             import torch
 

@@ -44,6 +44,7 @@ class DecoderConfig:
     rope_theta: float = 10000.0
     qk_norm: bool = False  # Qwen3: RMS norm over each query and key head
     qkv_bias: bool = False  # Qwen2 / Qwen2.5: biases on the q, k and v projections
+    final_norm: bool = True  # False: a model cut after the layers read (ComfyUI's 30-layer Mistral-3), its last state not normed
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "DecoderConfig":
@@ -181,7 +182,7 @@ class DecoderLM(nn.Module):
             x = layer(x, cos, sin, mask, live)
             block_done(x)
             states.append(x)
-        if max(want) == n:
+        if max(want) == n and self.config.final_norm:
             states[n] = self.norm(states[n])
         return states[want[0]] if layers is None else [states[i] for i in want]
 

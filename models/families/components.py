@@ -52,12 +52,17 @@ def _is_mistral3(t, pre) -> bool:
             or t[f"{pre}embed_tokens.weight"].shape[0] == 131072)
 
 
+_MISTRAL3_LAYERS = 40  # Mistral Small 3.1's; ComfyUI also ships one cut after layer 30 (FLUX.2 reads 10, 20, 30)
+
+
 def _mistral3(t, pre) -> Detection:
     """FLUX.2 [dev]'s text encoder: Mistral Small 3.1 (Mistral3ForConditionalGeneration; its language model, a
     ``MistralModel``, the Pixtral vision tower unused): the release's facts (rope theta 1e9, norm epsilon), then what
     the shapes tell. ComfyUI's ``mistral_3_small_flux2_*.safetensors`` holds it under ``model.`` with its tokenizer
     (``tekken_model``); a 30-layer file is ComfyUI's pruned one (FLUX.2 reads layers 10, 20 and 30 only)."""
     cfg = {**configs.load("te-mistral3")["config"], "architectures": ["MistralModel"], **_language_model(t, pre)}
+    if cfg["num_hidden_layers"] < _MISTRAL3_LAYERS:  # ComfyUI's pruned file: its last hidden state is a layer's, not normed
+        cfg["final_norm"] = False
     det = _text_encoder("mistral3", "Mistral-3 (Mistral Small 3.1)", "FLUX.2 [dev]", cfg)
     if "tekken_model" in t:
         det.extras["tokenizer"] = "embedded (tekken_model)"
