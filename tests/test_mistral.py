@@ -125,3 +125,36 @@ def test_comfyui_s_pruned_30_layer_file_gives_the_full_model_s_embeddings(root, 
     diff = float(np.abs(ours - full).max())
     print(f"Mistral-3 pruned ({engine}): max |pruned - full| = {diff:.2e}")
     assert diff <= (0.0 if engine == "torch" else 1e-4 * float(np.abs(full).max()))
+
+
+def _release_header(layers: int) -> dict:
+    """Mistral Small 3.1's language model as ComfyUI's mistral_3_small_flux2_bf16.safetensors names and shapes it
+    (``model.*``, 5120 wide, 32 query heads and 8 key/value heads of 128, a 32768-wide MLP, 131072 tokens)."""
+    t = {"model.embed_tokens.weight": [131072, 5120], "model.norm.weight": [5120]}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t.update({p + "self_attn.q_proj.weight": [4096, 5120], p + "self_attn.k_proj.weight": [1024, 5120],
+                  p + "self_attn.v_proj.weight": [1024, 5120], p + "self_attn.o_proj.weight": [5120, 4096],
+                  p + "mlp.gate_proj.weight": [32768, 5120], p + "mlp.up_proj.weight": [32768, 5120],
+                  p + "mlp.down_proj.weight": [5120, 32768], p + "input_layernorm.weight": [5120],
+                  p + "post_attention_layernorm.weight": [5120]})
+    return {k: {"dtype": "bf16", "shape": s} for k, s in t.items()}
+
+
+@pytest.mark.parametrize("layers", [40, 30])
+def test_the_real_size_file_is_named_from_its_header(tmp_path, capsys, layers):
+    """The 48 GB file (and ComfyUI's 30-layer cut) from the header alone: the release's config, not refused."""
+    from test_inspect_cli import _fake_file
+
+    from spriteforge.cli.main import main
+
+    path = _fake_file(tmp_path / "mistral_3_small_flux2_bf16.safetensors", _release_header(layers))
+    det = detect(path)
+    assert (det.kind, det.variant) == ("text_encoder", "mistral3") and "recognised_as" not in det.extras
+    cfg = det.config
+    assert (cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"], cfg["intermediate_size"],
+            cfg["num_hidden_layers"], cfg["vocab_size"], cfg["rope_theta"]) == (5120, 32, 8, 128, 32768, layers, 131072, 1e9)
+    assert cfg.get("final_norm", True) is (layers == 40)
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "mistral3" in text and "recognised:" not in text and "generation:" not in text

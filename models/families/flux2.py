@@ -227,7 +227,8 @@ class Flux2(Family):
     # ------------------------------------------------------------------ prompts and the model call
     def encode(self, te, prompts, cond, *, max_length=None, **_):
         """As the pipelines' ``_get_qwen3_prompt_embeds`` / ``_get_mistral_3_small_prompt_embeds``: each prompt in the
-        encoder's chat template, padded to ``max_length`` (512), the hidden states of three layers side by side
+        encoder's chat template (Mistral-3: BFL's system message and the prompt, padded on the left), padded to
+        ``max_length`` (512), the hidden states of three layers side by side
         ([B, L, 3 * width], the transformer's joint width); no mask (the transformer reads every position).
         [dev]: guidance 4.0 unless given."""
         role = self.text_encoders_of(te.handle.variant)[0].key
