@@ -101,17 +101,16 @@ class TextEncoding:
         """``(embeds float32, mask)`` from Gemma for ``texts`` padded to ``total``, the ``keep`` positions only."""
         return self._gemma(enc, tok, texts, total, keep)
 
-    def decoder(self, role: str, texts, *, layers=(-1,), max_length: int | None = None, pad_to_max: bool = False,
-                padding_side: str = "right"):
+    def decoder(self, role: str, texts, *, layers=(-1,), max_length: int | None = None, pad_to_max: bool = False):
         """``([hidden states float32 [B, L, D] for each of layers], keep mask [B, L])`` of the decoder-only LM
         ``role`` (Qwen3, Mistral...) for ``texts``, already in the family's prompt template (its special tokens
         written out: the tokenizer adds none). ``layers`` index transformers' ``output_hidden_states`` (0 the
-        embeddings, -1 the final norm's output, -2 the last layer's input). Padded on ``padding_side`` to the longest
-        text (on the right a causal model's real tokens never see the padding, so this equals padding to any
-        length), cut at ``max_length`` tokens; ``pad_to_max``: padded to ``max_length`` (FLUX.2's transformer reads
+        embeddings, -1 the final norm's output, -2 the last layer's input). Padded on the right to the longest text
+        (a causal model's real tokens never see the padding, so this equals padding to any length), cut at
+        ``max_length`` tokens; ``pad_to_max``: padded to ``max_length`` (FLUX.2's transformer reads
         the padding positions' states too)."""
         enc, tok = self.encoder(role)
-        ti = tok(list(texts), padding="max_length" if pad_to_max else "longest", padding_side=padding_side,
+        ti = tok(list(texts), padding="max_length" if pad_to_max else "longest", padding_side="right",
                  truncation=max_length is not None, max_length=max_length, add_special_tokens=False, return_tensors="np")
         ids = np.asarray(ti["input_ids"]).astype(np.int64)
         mask = np.asarray(ti["attention_mask"]).astype(np.int64)

@@ -2,7 +2,7 @@
 users hold (``mistral_3_small_flux2_bf16.safetensors``: ``model.*`` names, detected from the shapes) and a diffusers
 folder's ``text_encoder/`` (``Mistral3ForConditionalGeneration``, vision tower unread); the prompt through BFL's
 system message in the Mistral-Small-3 chat template (the tokenizer's own, or ours for a bare ``tokenizer.json``),
-padded on the left to 512 tokens, hidden states 10/20/30 side by side: equal to diffusers' ``Flux2Pipeline.encode_prompt``
+padded on the right to 512 tokens (as diffusers' reference pads with FLUX.2 [dev]'s own tokenizer), hidden states 10/20/30 side by side: equal to diffusers' ``Flux2Pipeline.encode_prompt``
 on the same tiny model and tokenizer (torch), and the MLX port close to it."""
 
 from __future__ import annotations
@@ -35,14 +35,13 @@ def root(tmp_path_factory):
 
 def _reference(root, layout="comfy"):
     """diffusers' own [dev] prompt embeddings (Flux2Pipeline.encode_prompt) on the tiny model and templated tokenizer
-    (``tekken``: transformers' conversion of the same tekken.json, given the template, padding on the left)."""
+    (``tekken``: transformers' conversion of the same tekken.json, given the template)."""
     from diffusers import Flux2Pipeline
 
     if layout == "tekken":
         from transformers.integrations.mistral.tokenizer import convert_tekken_tokenizer
 
         tok = convert_tekken_tokenizer(str(tm.make_tekken(root / "tekken" / "tokenizers")), chat_template=tm.CHAT_TEMPLATE)
-        tok.padding_side = "left"
     else:
         tok = transformers.AutoTokenizer.from_pretrained(str(tm.make_mistral_tokenizer(root / "tokenizers")), local_files_only=True)
     pipe = Flux2Pipeline(scheduler=tf._scheduler(), vae=tf.build_flux2_vae(), text_encoder=tm.build_mistral3(), tokenizer=tok,
@@ -158,3 +157,22 @@ def test_the_real_size_file_is_named_from_its_header(tmp_path, capsys, layers):
     assert main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
     assert "mistral3" in text and "recognised:" not in text and "generation:" not in text
+
+
+def test_mlx_decoder_gives_torch_s_states_on_left_padded_rows_too():
+    """A left-padded row's pads see no key at all: torch's attention gives them a zero output, so does the MLX port
+    (every position's state equal, not only the real tokens')."""
+    mx = pytest.importorskip("mlx.core")
+    from spriteforge.engines.mlx_models.decoder_lm import DecoderLM, map_weights
+
+    lm = tm.build_mistral3().model.language_model
+    ids = np.random.default_rng(0).integers(0, 300, (2, 12))
+    mask = np.ones_like(ids)
+    mask[0, :5] = 0
+    with torch.no_grad():
+        ref = lm(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True).hidden_states
+    port = DecoderLM(tm.mistral_config().to_dict())
+    port.load_weights([(k, mx.array(v.numpy())) for k, v in map_weights(lm.state_dict()).items()])
+    ours = port(mx.array(ids), mx.array(mask), layers=[10, 20, 30])
+    for i, o in zip((10, 20, 30), ours):
+        assert float(np.abs(np.array(o) - ref[i].numpy()).max()) <= 1e-4 * float(ref[i].abs().max())

@@ -43,7 +43,7 @@ def build_mistral3(seed: int = 0):
 
 def make_mistral_tokenizer(root, template: bool = True) -> Path:
     """A fast tokenizer (``tokenizer.json`` + ``tokenizer_config.json``) with Mistral's control tokens as special
-    tokens, padding on the left; ``template``: carrying the Mistral-Small-3 chat template (else a bare one)."""
+    tokens; ``template``: carrying the Mistral-Small-3 chat template (else a bare one)."""
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -59,7 +59,7 @@ def make_mistral_tokenizer(root, template: bool = True) -> Path:
     bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=list(SPECIALS),
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                               pad_token="<pad>", padding_side="left", additional_special_tokens=list(SPECIALS[3:7]))
+                                               pad_token="<pad>", additional_special_tokens=list(SPECIALS[3:7]))
     if template:
         tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(str(d))

@@ -227,7 +227,7 @@ class Flux2(Family):
     # ------------------------------------------------------------------ prompts and the model call
     def encode(self, te, prompts, cond, *, max_length=None, **_):
         """As the pipelines' ``_get_qwen3_prompt_embeds`` / ``_get_mistral_3_small_prompt_embeds``: each prompt in the
-        encoder's chat template (Mistral-3: BFL's system message and the prompt, padded on the left), padded to
+        encoder's chat template (Mistral-3: BFL's system message and the prompt), padded on the right to
         ``max_length`` (512), the hidden states of three layers side by side
         ([B, L, 3 * width], the transformer's joint width); no mask (the transformer reads every position).
         [dev]: guidance 4.0 unless given."""
@@ -237,11 +237,12 @@ class Flux2(Family):
                 role = te_slot.key
                 break
         template, layers = _PROMPTS[role]
-        if template is None:  # Mistral-3: its chat template, padded on the left (as its tokenizer and ComfyUI pad)
-            texts, side = te.chat(role, [_chat(p) for p in prompts], mistral_chat), "left"
+        if template is None:  # Mistral-3: a chat in its tokenizer's template (or the Mistral-Small-3 one)
+            texts = te.chat(role, [_chat(p) for p in prompts], mistral_chat)
         else:
-            texts, side = [template.format(p) for p in prompts], "right"
-        hs, _ = te.decoder(role, texts, layers=layers, max_length=max_length or 512, pad_to_max=True, padding_side=side)
+            texts = [template.format(p) for p in prompts]
+        # padded on the right, as Flux2Pipeline's tokenizers pad (ComfyUI pads Mistral's on the left)
+        hs, _ = te.decoder(role, texts, layers=layers, max_length=max_length or 512, pad_to_max=True)
         width, joint = len(layers) * int(hs[0].shape[-1]), int(te.handle.config.get("joint_attention_dim") or 0)
         if joint and width != joint:
             raise SpriteForgeError(BAD_INPUT, f"this FLUX.2 model reads {joint}-wide prompt features, and the {role} text encoder "
