@@ -23,7 +23,8 @@ ROLE_NAMES = {f.name: {te.key: te.names for te in f.text_encoders} for f in regi
 
 _WHAT = {"t5": "a T5 text encoder", "clip_l": "a CLIP-L text encoder", "clip_g": "a CLIP-G (bigG) text encoder",
          "gemma": "a Gemma-2 text encoder", "qwen3_4b": "a Qwen3-4B text encoder (qwen_3_4b.safetensors)",
-         "qwen3_8b": "a Qwen3-8B text encoder (qwen_3_8b.safetensors)"}
+         "qwen3_8b": "a Qwen3-8B text encoder (qwen_3_8b.safetensors)",
+         "mistral3": "a Mistral-3 text encoder (mistral_3_small_flux2_bf16.safetensors)"}
 
 
 def _lookup(d: dict, names):
@@ -102,17 +103,27 @@ class TextEncoding:
 
     def decoder(self, role: str, texts, *, layers=(-1,), max_length: int | None = None, pad_to_max: bool = False):
         """``([hidden states float32 [B, L, D] for each of layers], keep mask [B, L])`` of the decoder-only LM
-        ``role`` (Qwen3...) for ``texts``, already in the family's prompt template. ``layers`` index transformers'
-        ``output_hidden_states`` (0 the embeddings, -1 the final norm's output, -2 the last layer's input). Padded
-        on the right to the longest text (a causal model's real tokens never see the padding, so this equals
-        padding to any length), cut at ``max_length`` tokens; ``pad_to_max``: padded to ``max_length`` (FLUX.2's
-        transformer reads the padding positions' states too)."""
+        ``role`` (Qwen3, Mistral...) for ``texts``, already in the family's prompt template (its special tokens
+        written out: the tokenizer adds none). ``layers`` index transformers' ``output_hidden_states`` (0 the
+        embeddings, -1 the final norm's output, -2 the last layer's input). Padded on the right to the longest text
+        (a causal model's real tokens never see the padding, so this equals padding to any length), cut at
+        ``max_length`` tokens; ``pad_to_max``: padded to ``max_length`` (FLUX.2's transformer reads
+        the padding positions' states too)."""
         enc, tok = self.encoder(role)
-        ti = tok(list(texts), padding="max_length" if pad_to_max else "longest", padding_side="right", truncation=max_length is not None,
-                 max_length=max_length, return_tensors="np")
+        ti = tok(list(texts), padding="max_length" if pad_to_max else "longest", padding_side="right",
+                 truncation=max_length is not None, max_length=max_length, add_special_tokens=False, return_tensors="np")
         ids = np.asarray(ti["input_ids"]).astype(np.int64)
         mask = np.asarray(ti["attention_mask"]).astype(np.int64)
         return self._decoder(enc, ids, mask, tuple(layers))
+
+    def chat(self, role: str, conversations, fallback):
+        """``conversations`` (lists of ``{"role", "content"}`` messages) as the texts ``decoder`` reads: rendered by
+        the ``role`` tokenizer's own chat template (``add_generation_prompt=False``), or by ``fallback(tokenizer,
+        conversation)`` when it has none (a bare ``tokenizer.json``)."""
+        tok = self.encoder(role)[1]
+        if getattr(tok, "chat_template", None):
+            return [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=False) for c in conversations]
+        return [fallback(tok, c) for c in conversations]
 
     def like(self, x, ref):
         """``x`` on ``ref``'s device."""

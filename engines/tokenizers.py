@@ -40,12 +40,13 @@ TOKENIZER_FILES = {
     "t5": (("spiece.model",), ("tokenizer.json",)),
     "gemma": (("tokenizer.model",), ("tokenizer.json",)),
     "qwen": (("vocab.json", "merges.txt"), ("tokenizer.json",)),
+    "mistral": (("tokenizer.json",),),  # Mistral's (tekken) vocabulary as transformers writes it
 }
 
 
 def _tok_kind(key: str) -> str:
     """The tokenizer kind of text encoder ``key`` (``clip_l`` -> ``clip``, ``qwen3_4b`` -> ``qwen``)."""
-    for kind in ("clip", "qwen"):
+    for kind in ("clip", "qwen", "mistral"):
         if key.startswith(kind):
             return kind
     return key
@@ -93,6 +94,8 @@ def tokenizer_from_spm(model_file, kind: str):
 def _load_tokenizer_dir(d: Path, kind: str):
     import transformers
 
+    if kind == "mistral":
+        return with_chat_template(transformers.AutoTokenizer.from_pretrained(str(d), local_files_only=True), d)
     cls = {"clip": transformers.CLIPTokenizer, "t5": transformers.T5Tokenizer, "gemma": transformers.GemmaTokenizer,
            "qwen": transformers.Qwen2Tokenizer}[kind]
     errors = []
@@ -110,6 +113,22 @@ def _load_tokenizer_dir(d: Path, kind: str):
         raise errors[0] if errors else exc
 
 
+def with_chat_template(tok, d: Path):
+    """``tok`` with the chat template its folder holds beside it when it carries none itself: a processor's
+    ``chat_template.json`` (a diffusers FLUX.2 [dev] folder's ``tokenizer/`` is Mistral's PixtralProcessor) or a
+    ``chat_template.jinja``. A tokenizer without any keeps none (the family renders its prompt template itself)."""
+    if getattr(tok, "chat_template", None):
+        return tok
+    try:
+        if (d / "chat_template.jinja").is_file():
+            tok.chat_template = (d / "chat_template.jinja").read_text(encoding="utf-8")
+        elif (d / "chat_template.json").is_file():
+            tok.chat_template = json.loads((d / "chat_template.json").read_text(encoding="utf-8")).get("chat_template") or None
+    except (OSError, json.JSONDecodeError) as exc:
+        log.warning("chat template in %s could not be read: %s", d, exc)
+    return tok
+
+
 def comfy_tokenizer_dirs(kind: str) -> list[Path]:
     try:
         import comfy  # type: ignore
@@ -123,7 +142,7 @@ def comfy_tokenizer_dirs(kind: str) -> list[Path]:
 def find_tokenizer(key: str, near: Path | None = None, *, source=None, required: bool = True):
     """The tokenizer for text encoder ``key`` (``clip_l``, ``clip_g``, ``t5``, ``gemma``, ``qwen3_4b``...).
 
-    Looked for, in order: tokenizer data embedded in the file (ComfyUI's ``spiece_model``),
+    Looked for, in order: tokenizer data embedded in the file (ComfyUI's ``spiece_model``, ``tekken_model``),
     a tokenizer folder beside the file (``<stem>_tokenizer/``, ``tokenizer/``, or the
     folder itself), the tokenizer sub-folders of the user's diffusers models, and the
     tokenizers ComfyUI ships. Raises MODEL_NOT_FOUND saying where to put one.
@@ -133,6 +152,10 @@ def find_tokenizer(key: str, near: Path | None = None, *, source=None, required:
         tok = _embedded_spiece(source, kind)
         if tok is not None:
             return fold_case_if_lowercase(tok)
+    if source is not None and kind == "mistral" and "tekken_model" in source.tensors:
+        tok = _embedded_tekken(source)
+        if tok is not None:
+            return tok
     cands: list[Path] = []
     if near is not None:
         near = Path(near)
@@ -156,7 +179,7 @@ def find_tokenizer(key: str, near: Path | None = None, *, source=None, required:
     if not required:
         return None
     where = str(near.parent / f"{near.stem}_tokenizer") if near is not None and not near.is_dir() else "a tokenizer/ folder beside the model"
-    files = " + ".join(TOKENIZER_FILES[kind][0]) + " (or tokenizer.json)"
+    files = " + ".join(TOKENIZER_FILES[kind][0]) + ("" if TOKENIZER_FILES[kind][0] == ("tokenizer.json",) else " (or tokenizer.json)")
     raise SpriteForgeError(
         MODEL_NOT_FOUND,
         f"no {key} tokenizer was found. Put its files ({files}) in {where}, or keep the model's diffusers folder in models/diffusers; "
@@ -190,6 +213,8 @@ def _tokenizer_matches(d: Path, kind: str) -> bool:
     if not cls:
         return True
     low = cls.lower()
+    if kind == "mistral":  # Mistral's tokenizer.json loads as a generic fast tokenizer (LlamaTokenizerFast...)
+        return not any(other in low for other in ("clip", "t5", "gemma", "qwen"))
     return kind in low
 
 
@@ -206,6 +231,24 @@ def _embedded_spiece(source, kind):
         log.warning("embedded tokenizer could not be used: %s", exc)
         return None
 
+def _embedded_tekken(source):
+    """The tokenizer ComfyUI's Mistral-3 file carries: Mistral's ``tekken.json`` stored as bytes (``tekken_model``),
+    converted by transformers' own tekken converter (its byte-level BPE, control tokens first). It has no chat
+    template: the family renders the Mistral-Small-3 one."""
+    import tempfile
+
+    try:
+        from transformers.integrations.mistral.tokenizer import convert_tekken_tokenizer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            f = Path(tmp) / "tekken.json"
+            f.write_bytes(source.raw("tekken_model"))
+            return convert_tekken_tokenizer(str(f), chat_template="")
+    except Exception as exc:  # noqa: BLE001 - then the tokenizer folders are looked for
+        log.warning("embedded tekken tokenizer could not be used: %s", exc)
+        return None
+
+
 def folder_tokenizer(p: Path, sub: str, index: dict):
     """The tokenizer beside the diffusers text encoder ``p/sub`` (``model_index.json`` = ``index``), or None."""
     import transformers
@@ -218,6 +261,8 @@ def folder_tokenizer(p: Path, sub: str, index: dict):
         tok = getattr(transformers, tentry[1]).from_pretrained(p / tsub, local_files_only=True)
     except Exception:  # noqa: BLE001 - e.g. slow class unavailable: generic loader
         tok = transformers.AutoTokenizer.from_pretrained(p / tsub, local_files_only=True)
+    if hasattr(tok, "tokenizer"):  # a processor (FLUX.2 [dev]'s PixtralProcessor): its tokenizer, with its chat template
+        tok = with_chat_template(tok.tokenizer, p / tsub)
     return fold_case_if_lowercase(tok)  # a lower-case-only vocabulary: case-insensitive prompts
 
 

@@ -142,7 +142,7 @@ def decoder_unused(name: str) -> bool:
     """Whether tensor ``name`` of a decoder LM file is one a text encoder never uses (the ``lm_head``; a vision tower,
     ``visual.*``): the loaders leave it unread (Qwen2.5-VL-7B's are 2.4 GB of its 16.6)."""
     name = name[len("model."):] if name.startswith("model.") else name
-    return name.startswith(("lm_head.", "visual."))
+    return name.startswith(("lm_head.", "visual.", "vision_tower.", "multi_modal_projector.")) or name == "tekken_model"
 
 
 def gemma_model_keys(sd: dict) -> dict:
@@ -153,8 +153,9 @@ def gemma_model_keys(sd: dict) -> dict:
     for k, v in sd.items():
         if decoder_unused(k):
             continue
-        k = k[len("model."):] if k.startswith("model.") else k
-        out[k[len("language_model."):] if k.startswith("language_model.") else k] = v  # (a vision-language model's)
+        for pre in ("model.", "language_model.", "model."):  # (a vision-language model's, either nesting)
+            k = k[len(pre):] if k.startswith(pre) else k
+        out[k] = v
     return out
 
 

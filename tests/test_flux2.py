@@ -147,40 +147,41 @@ def test_torch_dev_matches_flux2_pipeline(root):
     assert diff <= 1e-4
 
 
-# --------------------------------------------------------------------------- [dev]'s Mistral-3, refused by name
+# --------------------------------------------------------------------------- [dev]'s Mistral-3
 
 
-def _tiny_mistral3(path: Path) -> Path:
-    """A tiny real ``MistralModel`` under Mistral3ForConditionalGeneration's ``language_model.model.`` names, with a
-    vision-tower tensor beside it (the [dev] text encoder's layout, scaled down)."""
+def test_dev_with_its_mistral3_text_encoder_matches_flux2_pipeline(root):
+    """[dev] from the files ComfyUI users hold (BFL's transformer, flux2-vae, mistral_3_small_flux2_bf16 with a bare
+    tokenizer.json): the same picture as Flux2Pipeline given the prompt, its Mistral3ForConditionalGeneration and the
+    tokenizer with the Mistral-Small-3 chat template (the [dev] test above checks the model call from embeddings)."""
+    from diffusers import Flux2Pipeline
+
+    import tiny_mistral as tm
+
+    eng = get_engine("torch", "cpu")
+    vae = tf.make_flux2_vae(root, layout="original", name="flux2-vae.safetensors")
+    h = eng.load_model(str(tf.make_flux2(root, layout="original", variant="dev")), vae=str(vae),
+                       text_encoders=[str(tm.make_mistral3(root / "mistral"))], dtype="float32")
+    assert set(h.text_encoders) == {"mistral3"}
+    ours = pipeline.generate(eng, h, pipeline.GenerateParams(prompt="a red knight", seed=SEED, steps=STEPS, cfg=1.0, width=W, height=H))
     import transformers
 
-    from spriteforge.tests.tiny_models import _randomize, _save_file
-
-    cfg = transformers.MistralConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                     num_key_value_heads=2, head_dim=16)
-    sd = {"language_model.model." + k: v for k, v in _randomize(transformers.MistralModel(cfg), 1).state_dict().items()}
-    sd["vision_tower.patch_conv.weight"] = torch.zeros(8, 3, 4, 4)
-    return _save_file(sd, path)
-
-
-def test_dev_s_mistral3_text_encoder_is_named_and_refused(root):
-    from spriteforge.engines import model_files
-    from spriteforge.errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
-    from spriteforge.models.safetensors_header import read_header
-
-    path = _tiny_mistral3(root / "mistral_3_small_flux2_bf16.safetensors")
-    det = detect(path)
-    assert (det.kind, det.variant) == ("text_encoder", "mistral3") and "FLUX.2 [dev]" in det.extras["recognised_as"]
-    with pytest.raises(SpriteForgeError) as e:
-        model_files.text_encoder_in(read_header(path).tensors, path.name, None)
-    assert e.value.code == UNSUPPORTED_ARCHITECTURE and "Mistral-3 (Mistral Small 3.1)" in e.value.message
+    tok = transformers.AutoTokenizer.from_pretrained(str(tm.make_mistral_tokenizer(root / "mistral" / "tokenizers")), local_files_only=True)
+    pipe = Flux2Pipeline(scheduler=tf._scheduler(), vae=tf.build_flux2_vae(), text_encoder=tm.build_mistral3(), tokenizer=tok,
+                         transformer=h.transformer)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        ref = pipe(prompt="a red knight", num_inference_steps=STEPS, guidance_scale=4.0, latents=_noise(), height=H, width=W,
+                   output_type="np").images
+    diff = float(np.abs(ours - ref).max())
+    print(f"FLUX.2 [dev] with Mistral-3: max |ours - Flux2Pipeline| = {diff * 255:.4f}/255")
+    assert diff <= 1e-4
 
 
 def test_dev_without_its_text_encoder_says_so_and_a_misfit_encoder_is_refused(root):
-    """[dev] encodes with Mistral-3 (not run yet): a coded refusal naming it, never a crash; a Qwen3 whose width is
+    """[dev] without a text encoder: MODEL_NOT_FOUND naming its Mistral-3, never a crash; a Qwen3 whose width is
     not the transformer's joint width: BAD_INPUT before the model runs."""
-    from spriteforge.errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+    from spriteforge.errors import BAD_INPUT, MODEL_NOT_FOUND, SpriteForgeError
 
     eng = get_engine("torch", "cpu")
     vae = tf.make_flux2_vae(root, layout="original", name="flux2-vae.safetensors")
@@ -190,7 +191,7 @@ def test_dev_without_its_text_encoder_says_so_and_a_misfit_encoder_is_refused(ro
     dev = dataclasses.replace(dev, variant="dev")  # as the released [dev] file is named (the tiny one is "custom")
     with pytest.raises(SpriteForgeError) as e:
         pipeline.encode(eng, dev, "a red knight", with_negative=False)
-    assert e.value.code == UNSUPPORTED_ARCHITECTURE and "Mistral-3" in e.value.message and "[klein]" in e.value.message
+    assert e.value.code == MODEL_NOT_FOUND and "Mistral-3" in e.value.message
     from spriteforge.tests.tiny_flux2 import build_flux2
 
     wide = root / "klein-wide.safetensors"

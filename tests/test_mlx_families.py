@@ -44,7 +44,7 @@ def engines():
     return get_engine("torch", "cpu"), get_engine("mlx", "cpu")
 
 
-def _parts(root: Path, family: str) -> dict:
+def _parts(root: Path, family: str, variant: str = "") -> dict:
     """The separate VAE / text-encoder files a single-file transformer of ``family`` needs."""
     d = root / "parts"
     if family == "pixart":
@@ -59,11 +59,12 @@ def _parts(root: Path, family: str) -> dict:
         return {"vae": tm.make_vae(d, 4, layout="diffusers")}
     if family == "zimage":  # ae.safetensors + qwen_3_4b.safetensors (its tokenizer beside it), as ComfyUI users hold them
         return tm.make_zimage_parts(root)
-    if family == "flux2":  # flux2-vae.safetensors in BFL's layout, qwen_3_4b.safetensors with its tokenizer beside it
-        import tiny_flux2
+    if family == "flux2":  # flux2-vae.safetensors in BFL's layout, qwen_3_4b.safetensors with its tokenizer beside it;
+        import tiny_flux2  # [dev]: mistral_3_small_flux2_bf16.safetensors as ComfyUI's (its tekken tokenizer inside)
+        import tiny_mistral
 
-        return {"vae": tiny_flux2.make_flux2_vae(d, layout="original", name="flux2-vae.safetensors"),
-                "text_encoders": [tiny_flux2.make_flux2_text_encoder(d / "flux2")]}
+        te = tiny_mistral.make_mistral3(d / "mistral", tekken=True) if variant == "dev" else tiny_flux2.make_flux2_text_encoder(d / "flux2")
+        return {"vae": tiny_flux2.make_flux2_vae(d, layout="original", name="flux2-vae.safetensors"), "text_encoders": [te]}
     if family == "qwenimage":  # ComfyUI's files: qwen_image_vae (Wan-2.1 layout), qwen_2.5_vl_7b (legacy names)
         from spriteforge.tests.tiny_qwenimage import make_qwen25_vl, make_qwen_vae
 
@@ -120,7 +121,7 @@ def _load(engine, root, family, layout, variant):
     if key not in _HANDLES:
         kw = {"variant": variant} if variant else {}
         path = getattr(tm, f"make_{family}")(root, layout=layout, **kw)
-        extra = _parts(root, family) if layout in ("original", "diffusers") else {}
+        extra = _parts(root, family, variant) if layout in ("original", "diffusers") else {}
         _HANDLES[key] = engine.load_model(str(path), **extra)
     return _HANDLES[key]
 

@@ -1,6 +1,6 @@
 """MLX port of a decoder-only language model used as a text encoder: transformers' ``Qwen3Model``, and the same
 stack with the options of its relatives (``Qwen2Model`` / Qwen2.5-VL's text part: q/k/v bias, no q/k norm;
-``LlamaModel`` / ``MistralModel``: neither).
+``LlamaModel`` / ``MistralModel``: neither; FLUX.2 [dev]'s Mistral Small 3.1 is the last).
 
 One pre-norm block a layer: ``x + attn(rms(x))``, then ``x + mlp(rms(x))``; attention with grouped key/value heads
 (``num_key_value_heads``), optional per-head RMS norm of queries and keys (Qwen3) before the rotary embedding
@@ -44,10 +44,14 @@ class DecoderConfig:
     rope_theta: float = 10000.0
     qk_norm: bool = False  # Qwen3: RMS norm over each query and key head
     qkv_bias: bool = False  # Qwen2 / Qwen2.5: biases on the q, k and v projections
+    final_norm: bool = True  # False: a model cut after the layers read (ComfyUI's 30-layer Mistral-3), its last state not normed
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "DecoderConfig":
-        """From a transformers config dict (``model_type`` says which options the family has)."""
+        """From a transformers config dict (``model_type`` says which options the family has; a vision-language
+        model's, Mistral3ForConditionalGeneration's, gives its language model's ``text_config``)."""
+        if isinstance(cfg.get("text_config"), dict) and "num_attention_heads" not in cfg:
+            cfg = cfg["text_config"]
         kind = cfg.get("model_type", "")
         if cfg.get("use_sliding_window") or cfg.get("layer_types") and any(t != "full_attention" for t in cfg["layer_types"]):
             raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"this {kind or 'decoder'} text encoder uses sliding-window "
@@ -90,7 +94,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
 
-    def __call__(self, x, cos, sin, mask):
+    def __call__(self, x, cos, sin, mask, live=None):
         b, length, _ = x.shape
         q = self.q_proj(x).reshape(b, length, self.heads, self.head_dim)
         k = self.k_proj(x).reshape(b, length, self.kv_heads, self.head_dim)
@@ -101,6 +105,8 @@ class Attention(nn.Module):
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)  # grouped k/v heads as they are
+        if live is not None:  # a query that may see no key (left padding) gets nothing, as torch's attention gives it
+            out = out * live
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b, length, -1))
 
 
@@ -123,8 +129,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
-    def __call__(self, x, cos, sin, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def __call__(self, x, cos, sin, mask, live=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, live)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -141,12 +147,15 @@ class DecoderLM(nn.Module):
         self._inv_freq = (1.0 / (c.rope_theta ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d)))).astype(np.float32)
 
     def _mask(self, length: int, keep, dtype):
-        """Causal, and no padded key (``keep`` [B, L], 1 = a real token): additive, the dtype's minimum where masked."""
+        """Causal, and no padded key (``keep`` [B, L], 1 = a real token): additive, the dtype's minimum where masked;
+        and which queries see any key at all (``None`` without padding: all do; a left-padded row's pads see none)."""
         idx = mx.arange(length)
         allowed = (idx[None, :] <= idx[:, None])[None, None]
+        live = None
         if keep is not None:
             allowed = allowed & keep.astype(mx.bool_)[:, None, None, :]
-        return mx.where(allowed, mx.array(0, dtype=dtype), mx.array(mx.finfo(dtype).min, dtype=dtype))
+            live = mx.any(allowed, axis=-1, keepdims=True).astype(dtype)
+        return mx.where(allowed, mx.array(0, dtype=dtype), mx.array(mx.finfo(dtype).min, dtype=dtype)), live
 
     def _rope(self, length: int, dtype):
         freqs = mx.arange(length, dtype=mx.float32)[:, None] * mx.array(self._inv_freq)[None, :]
@@ -166,14 +175,14 @@ class DecoderLM(nn.Module):
         keep = attention_mask
         if keep is not None and not isinstance(keep, mx.array):
             keep = mx.array(np.asarray(keep))
-        mask = self._mask(x.shape[1], keep, x.dtype)
+        mask, live = self._mask(x.shape[1], keep, x.dtype)
         cos, sin = self._rope(x.shape[1], x.dtype)
         states = [x]
         for layer in self.layers[: min(max(want), n)]:
-            x = layer(x, cos, sin, mask)
+            x = layer(x, cos, sin, mask, live)
             block_done(x)
             states.append(x)
-        if max(want) == n:
+        if max(want) == n and self.config.final_norm:
             states[n] = self.norm(states[n])
         return states[want[0]] if layers is None else [states[i] for i in want]
 

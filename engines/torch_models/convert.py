@@ -221,7 +221,7 @@ def convert_text_encoder(variant: str, sd: dict, model_keys: set) -> dict:
         if "encoder.embed_tokens.weight" in model_keys:
             sd["encoder.embed_tokens.weight"] = sd["shared.weight"]  # tied: one tensor under both names
         return sd
-    if variant == "gemma" or variant.startswith("qwen"):  # a ...ForCausalLM file: "model." stripped, lm_head dropped
+    if variant == "gemma" or variant.startswith(("qwen", "mistral")):  # a ...ForCausalLM file: "model." stripped, lm_head dropped
         return keymaps.gemma_model_keys(sd)
     return sd
 

@@ -34,8 +34,24 @@ def decoder_hidden_states(enc, ids, mask, layers):
     """The hidden states (transformers' ``output_hidden_states`` numbering) of ``layers`` for token ``ids`` [B, L]
     with keep-``mask`` [B, L], from a decoder LM (a ``...ForCausalLM`` runs its base model: no logits)."""
     base = enc.model if hasattr(enc, "lm_head") else enc
+    if getattr(base.config, "final_norm", True) is False:  # a pruned file's last state is its last layer's output
+        return _unnormed_last(base, ids, mask, layers)
     out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     return [out.hidden_states[i] for i in layers]
+
+
+def _unnormed_last(base, ids, mask, layers):
+    """As :func:`decoder_hidden_states`, the last index being the last layer's output before the final norm (a model
+    cut after the layers a family reads: ComfyUI's 30-layer Mistral-3, whose state 30 is the full model's)."""
+    seen = []
+    handle = base.layers[-1].register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    finally:
+        handle.remove()
+    states = list(out.hidden_states)
+    states[-1] = seen[-1]
+    return [states[i] for i in layers]
 
 
 def build_text_encoder(variant: str, cfg: dict, family: str | None):
@@ -64,8 +80,8 @@ def text_encoder_from(engine, source, det, prefix: str, family, dtype):
     """The text encoder under ``prefix`` in the tensor source ``source`` (detected as ``det``)."""
     variant = det.variant
     model = build_text_encoder(variant, det.config, family)
-    # tokenizer data some files carry (ComfyUI's "spiece_model") is not a weight
-    mapping = prefixed(source, prefix, skip=("spiece_model",))
+    # tokenizer data some files carry (ComfyUI's "spiece_model", "tekken_model") is not a weight
+    mapping = prefixed(source, prefix, skip=("spiece_model", "tekken_model"))
     if is_decoder(variant):  # its head and a vision tower are never read
         mapping = {k: v for k, v in mapping.items() if not keymaps.decoder_unused(v)}
     expected = set(model.state_dict())

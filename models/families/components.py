@@ -32,7 +32,7 @@ def classify(t: dict[str, TensorInfo]) -> Detection | None:
         return _qwen25_vl(t, pre)
     if f"{pre}layers.0.self_attn.q_norm.weight" in t:
         return _qwen3(t, pre)
-    if pre in _LM_PREFIXES[:2] or any(k.startswith("vision_tower.") for k in t) or t[f"{pre}embed_tokens.weight"].shape[0] == 131072:
+    if _is_mistral3(t, pre):
         return _mistral3(t, pre)
     return None
 
@@ -42,12 +42,30 @@ def classify(t: dict[str, TensorInfo]) -> Detection | None:
 _LM_PREFIXES = ("language_model.model.", "model.language_model.", "model.")
 
 
+def _is_mistral3(t, pre) -> bool:
+    """A Llama-style decoder (no q/k norm, no q/k/v bias: Qwen3 has the one, Qwen2 the other) that is Mistral Small 3.1:
+    a Mistral3ForConditionalGeneration's language-model names, its vision tower, the tekken tokenizer ComfyUI's file
+    carries (``tekken_model``) or Mistral's 131072-token vocabulary (Qwen's is 151936)."""
+    if f"{pre}layers.0.self_attn.q_proj.bias" in t:
+        return False
+    return (pre in _LM_PREFIXES[:2] or "tekken_model" in t or any(k.startswith("vision_tower.") for k in t)
+            or t[f"{pre}embed_tokens.weight"].shape[0] == 131072)
+
+
+_MISTRAL3_LAYERS = 40  # Mistral Small 3.1's; ComfyUI also ships one cut after layer 30 (FLUX.2 reads 10, 20, 30)
+
+
 def _mistral3(t, pre) -> Detection:
-    """FLUX.2 [dev]'s text encoder: Mistral Small 3.1 (Mistral3ForConditionalGeneration; its language model, the Pixtral
-    vision tower unused). Named; no engine loads it yet."""
-    cfg = {"model_type": "mistral", "architectures": ["MistralModel"], **_language_model(t, pre)}
-    det = _text_encoder("mistral3", "Mistral-3", "FLUX.2 [dev]", cfg)
-    det.extras["recognised_as"] = "the Mistral-3 (Mistral Small 3.1) text encoder (FLUX.2 [dev])"
+    """FLUX.2 [dev]'s text encoder: Mistral Small 3.1 (Mistral3ForConditionalGeneration; its language model, a
+    ``MistralModel``, the Pixtral vision tower unused): the release's facts (rope theta 1e9, norm epsilon), then what
+    the shapes tell. ComfyUI's ``mistral_3_small_flux2_*.safetensors`` holds it under ``model.`` with its tokenizer
+    (``tekken_model``); a 30-layer file is ComfyUI's pruned one (FLUX.2 reads layers 10, 20 and 30 only)."""
+    cfg = {**configs.load("te-mistral3")["config"], "architectures": ["MistralModel"], **_language_model(t, pre)}
+    if cfg["num_hidden_layers"] < _MISTRAL3_LAYERS:  # ComfyUI's pruned file: its last hidden state is a layer's, not normed
+        cfg["final_norm"] = False
+    det = _text_encoder("mistral3", "Mistral-3 (Mistral Small 3.1)", "FLUX.2 [dev]", cfg)
+    if "tekken_model" in t:
+        det.extras["tokenizer"] = "embedded (tekken_model)"
     if any(k.startswith("vision_tower.") for k in t):
         det.extras["vision_tower"] = "present (vision_tower.*, unused: the text part encodes prompts)"
     return det

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from ...errors import BAD_INPUT, SpriteForgeError
 from .. import configs
 from ..detection import Detection, count
 from ..keymaps import Q3, rule as _r, tensor_rule as _t
@@ -32,11 +32,31 @@ _LINEAR2 = re.compile(r"single_blocks_\d+_linear2$")
 _RELEASE_FILES = {"klein-4B": "flux2-klein-4b", "klein-9B": "flux2-klein-9b", "dev": "flux2-dev"}
 # each text encoder's prompt template and the hidden-state layers the pipelines stack (transformers' numbering:
 # 0 = the embeddings): Qwen3's chat template with one user turn, add_generation_prompt and enable_thinking=False
-# (Flux2KleinPipeline). [dev]'s Mistral-3 (Flux2Pipeline: layers 10/20/30 after BFL's system message) is not run yet
+# (Flux2KleinPipeline). [dev]'s Mistral-3: a chat of BFL's system message and the prompt (Flux2Pipeline), layers 10/20/30
 _PROMPTS = {
     "qwen3_4b": ("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", (9, 18, 27)),
     "qwen3_8b": ("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", (9, 18, 27)),
+    "mistral3": (None, (10, 20, 30)),
 }
+# BFL's system message for [dev]'s prompts (flux2's system_messages.py SYSTEM_MESSAGE, as Flux2Pipeline and ComfyUI send it)
+SYSTEM_MESSAGE = ("You are an AI that reasons about image descriptions. You give structured responses focusing on object "
+                  "relationships, object\nattribution and actions without speculation.")
+
+
+def mistral_chat(tok, conversation) -> str:
+    """The Mistral-Small-3 chat template for a system and a user turn, for a tokenizer that carries none (a bare
+    ``tokenizer.json``): ``<s>[SYSTEM_PROMPT]...[/SYSTEM_PROMPT][INST]...[/INST]``, no generation prompt."""
+    out = getattr(tok, "bos_token", None) or "<s>"
+    for m in conversation:
+        text = "".join(c["text"] for c in m["content"] if c.get("type") == "text") if isinstance(m["content"], list) else m["content"]
+        out += f"[SYSTEM_PROMPT]{text}[/SYSTEM_PROMPT]" if m["role"] == "system" else f"[INST]{text}[/INST]"
+    return out
+
+
+def _chat(prompt: str) -> list:
+    """Flux2Pipeline's ``format_input`` for one text prompt (``[IMG]`` markers removed, as it does)."""
+    return [{"role": "system", "content": [{"type": "text", "text": SYSTEM_MESSAGE}]},
+            {"role": "user", "content": [{"type": "text", "text": prompt.replace("[IMG]", "")}]}]
 # each size's text encoder (its hidden states, three layers stacked, are the transformer's joint width)
 _TEXT_ENCODER = {"4b": "qwen3_4b", "9b": "qwen3_8b", "dev": "mistral3"}
 _NAMES = {
@@ -207,7 +227,8 @@ class Flux2(Family):
     # ------------------------------------------------------------------ prompts and the model call
     def encode(self, te, prompts, cond, *, max_length=None, **_):
         """As the pipelines' ``_get_qwen3_prompt_embeds`` / ``_get_mistral_3_small_prompt_embeds``: each prompt in the
-        encoder's chat template, padded to ``max_length`` (512), the hidden states of three layers side by side
+        encoder's chat template (Mistral-3: BFL's system message and the prompt), padded on the right to
+        ``max_length`` (512), the hidden states of three layers side by side
         ([B, L, 3 * width], the transformer's joint width); no mask (the transformer reads every position).
         [dev]: guidance 4.0 unless given."""
         role = self.text_encoders_of(te.handle.variant)[0].key
@@ -215,18 +236,18 @@ class Flux2(Family):
             if te.encoder(te_slot.key, required=False)[0] is not None:
                 role = te_slot.key
                 break
-        if role not in _PROMPTS:
-            raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{self.title(te.handle.variant)} encodes prompts with its "
-                                   "Mistral-3 (Mistral Small 3.1) text encoder, which SpriteForge does not run yet. Use FLUX.2 "
-                                   "[klein] 4B / 9B with qwen_3_4b / qwen_3_8b.safetensors, which it runs.",
-                                   details={"family": self.name, "variant": te.handle.variant, "text_encoder": role})
         template, layers = _PROMPTS[role]
-        hs, _ = te.decoder(role, [template.format(p) for p in prompts], layers=layers, max_length=max_length or 512, pad_to_max=True)
+        if template is None:  # Mistral-3: a chat in its tokenizer's template (or the Mistral-Small-3 one)
+            texts = te.chat(role, [_chat(p) for p in prompts], mistral_chat)
+        else:
+            texts = [template.format(p) for p in prompts]
+        # padded on the right, as Flux2Pipeline's tokenizers pad (ComfyUI pads Mistral's on the left)
+        hs, _ = te.decoder(role, texts, layers=layers, max_length=max_length or 512, pad_to_max=True)
         width, joint = len(layers) * int(hs[0].shape[-1]), int(te.handle.config.get("joint_attention_dim") or 0)
         if joint and width != joint:
             raise SpriteForgeError(BAD_INPUT, f"this FLUX.2 model reads {joint}-wide prompt features, and the {role} text encoder "
                                    f"given gives {width} ({len(layers)} layers of {width // len(layers)}). Give the model's own "
-                                   "text encoder: qwen_3_4b for [klein] 4B, qwen_3_8b for [klein] 9B.",
+                                   "text encoder: qwen_3_4b for [klein] 4B, qwen_3_8b for [klein] 9B, the Mistral-3 one for [dev].",
                                    details={"joint_attention_dim": joint, "text_encoder": role, "width": width})
         cond.embeds = te.ops.concat(hs, 2)
         if cond.guidance is None and te.handle.extras.get("guidance_embeds"):
