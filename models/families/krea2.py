@@ -67,7 +67,8 @@ class Krea2(Family):
     patch_size = 2
     # Krea2Pipeline.__call__: 28 steps, guidance_scale 4.5 in Krea's convention cond + g (cond - uncond), which is
     # plain CFG at 1 + g = 5.5; turbo (Krea2TurboModularPipeline, the TDM checkpoint): 8 steps, guidance 0 (no CFG)
-    defaults = {"cfg": 5.5, "steps": 28, "sampler": "euler", "schedule": "normal"}
+    # schedule: the pipeline's sigmas are linspace(1, 1/n, n) shifted, i.e. "simple" on the 10000-entry table
+    defaults = {"cfg": 5.5, "steps": 28, "sampler": "euler", "schedule": "simple"}
     turbo_defaults = {"cfg": 1.0, "steps": 8}
     mlx_port = "krea2"
     widget_labels = {"text_encoder_1": "Qwen3-VL-4B text encoder"}
