@@ -71,7 +71,6 @@ class Krea2(Family):
     defaults = {"cfg": 5.5, "steps": 28, "sampler": "euler", "schedule": "simple"}
     turbo_defaults = {"cfg": 1.0, "steps": 8}
     mlx_port = "krea2"
-    widget_labels = {"text_encoder_1": "Qwen3-VL-4B text encoder"}
 
     def detect(self, t, original):
         n = _NAMES[original]
@@ -100,7 +99,10 @@ class Krea2(Family):
         if head_dim != 128:  # a smaller model (the tests'): the rope axes in the release's proportions (32/48/48)
             b = 3 * (head_dim // 8)
             cfg["axes_dims_rope"] = [head_dim - 2 * b, b, b]
-        return self.finish(self.detection("raw-or-turbo", cfg, original), rel)
+        det = self.detection("raw-or-turbo", cfg, original)
+        det.extras["ambiguous"] = ("raw or turbo: same layout (drawn as raw: 28 steps, CFG 5.5, the size's shift; turbo "
+                                   "wants 8 steps, CFG 1, shift 3.16)")
+        return self.finish(det, rel)
 
     def mu_args(self, sched: dict) -> dict:
         return _mu_args(sched)
