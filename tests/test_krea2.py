@@ -185,3 +185,36 @@ def test_a_pipeline_folder_generates_as_krea2_pipeline_does(tmp_path, distilled)
         ref = pipe(prompt="a knight", guidance_scale=cfg - 1.0, num_inference_steps=4, latents=_packed_noise(), height=SIZE,
                    width=SIZE, output_type="latent", return_dict=False)[0]
     assert_close(ours, _unpacked(ref), "latents")
+
+
+def test_mlx_transformer_port_matches_the_real_class():
+    """engines/mlx_models/krea2.py against Krea2Transformer2DModel on the same weights: a non-square token grid, a batch
+    of two at different timesteps, with and without a text mask (the second prompt padded)."""
+    mx = pytest.importorskip("mlx.core")
+    from spriteforge.engines.mlx_models.krea2 import Krea2Transformer2DModel, map_weights
+    from spriteforge.engines.mlx_models.layers import load_weights
+    from spriteforge.tests.parity import mx_weights
+    from spriteforge.tests.tiny_krea2 import TEXT_DIM, build_krea2
+
+    tr = build_krea2(3)
+    port = load_weights(Krea2Transformer2DModel(dict(tr.config)), map_weights(mx_weights(tr)))
+    g = torch.Generator().manual_seed(0)
+    b, h, w, n = 2, 3, 5, 7
+    x, c = torch.randn(b, h * w, 64, generator=g), torch.randn(b, n, len(SELECT), TEXT_DIM, generator=g)
+    t = torch.tensor([0.9, 0.25])
+    ids = diffusers_ids(n, h, w)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[1, 4:] = False
+    for m in (None, mask):
+        with torch.no_grad():
+            ref = tr(hidden_states=x, encoder_hidden_states=c, timestep=t, position_ids=ids, encoder_attention_mask=m,
+                     return_dict=False)[0]
+        out = port(mx.array(x.numpy()), mx.array(c.numpy()), mx.array(t.numpy()), mx.array(ids.numpy()),
+                   None if m is None else mx.array(m.numpy()))
+        assert_close(np.array(out), ref.numpy(), f"transformer (mask {m is not None})")
+
+
+def diffusers_ids(text, h, w):
+    from diffusers import Krea2Pipeline
+
+    return Krea2Pipeline.prepare_position_ids(text, h, w, torch.device("cpu"))
