@@ -206,11 +206,12 @@ def test_batch_one_is_item_zero_of_batch_four(root, engines, family, layout):
 def test_text_conditioning_matches_per_family(root, engines):
     """Sana with the complex human instruction, SD3 with its zero T5 and padding, Flux's pooled CLIP + T5, Z-Image's
     Qwen3 hidden states (prompts of different lengths: the mask says which tokens are real), Qwen-Image's Qwen2.5-VL
-    language model (template dropped, padding zeroed)."""
+    language model (template dropped, padding zeroed), Krea 2's Qwen3-VL hidden states 2 and 5 side by side (the
+    template's suffix after each prompt)."""
     te, me = engines
     for family, layout, opts in (("sana", "folder", {"complex_human_instruction": True}), ("sd3", "original", {}),
                                  ("flux", "original", {}), ("pixart", "original", {}), ("zimage", "original", {}),
-                                 ("flux2", "original", {}), ("qwenimage", "diffusers", {})):
+                                 ("flux2", "original", {}), ("qwenimage", "diffusers", {}), ("krea2", "original", {})):
         variant = {"sd3": "sd3.5-medium", "flux": "dev", "pixart": "sigma", "flux2": "dev"}.get(family, "")
         ht = _load(te, root, family, layout, variant)
         hm = _load(me, root, family, layout, variant)
