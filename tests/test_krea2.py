@@ -218,3 +218,52 @@ def diffusers_ids(text, h, w):
     from diffusers import Krea2Pipeline
 
     return Krea2Pipeline.prepare_position_ids(text, h, w, torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------- LoRA
+# the layers a Krea 2 LoRA trains: the gated attention and SwiGLU of a block, a text-fusion block, the text projection
+KREA_LORA = ("transformer_blocks.0.attn.to_q", "transformer_blocks.1.attn.to_gate", "transformer_blocks.0.ff.down",
+             "text_fusion.refiner_blocks.0.attn.to_v", "txt_in.linear_1")
+ORIGINAL = {"transformer_blocks.0.attn.to_q": "blocks.0.attn.wq", "transformer_blocks.1.attn.to_gate": "blocks.1.attn.gate",
+            "transformer_blocks.0.ff.down": "blocks.0.mlp.down", "text_fusion.refiner_blocks.0.attn.to_v": "txtfusion.refiner_blocks.0.attn.wv",
+            "txt_in.linear_1": "txtmlp.1"}
+
+
+def _krea_lora(path, fmt, h):
+    from spriteforge.tests.test_lora_torch import _shapes
+    from spriteforge.tests.test_lora_util import Writer
+
+    w = Writer(4)
+    shapes = _shapes(h.transformer)
+    for name in KREA_LORA:  # "comfyui": diffusion_model. + krea's own names, as ComfyUI-trained Krea 2 LoRAs are written
+        w.lora(fmt, ORIGINAL[name] if fmt == "comfyui" else name, shapes[name], rank=4, alpha=4.0)
+    return w.save(path)
+
+
+def test_lora_gives_the_same_image_on_both_engines(files, tmp_path):
+    """A Krea 2 LoRA in diffusers-peft names (Krea2LoraLoaderMixin's) and in krea's original names under ComfyUI's
+    ``diffusion_model.`` (the same weights): named Krea 2, every layer matched, the picture changed, the same on torch
+    and MLX (2/255), and the same picture from either naming."""
+    pytest.importorskip("mlx.core")
+    from spriteforge.lora import LoRASpec, apply_loras
+    from spriteforge.pipeline import encode, generate
+
+    def load(name):
+        return get_engine(name, "cpu").load_model(str(files[0]), vae=str(files[1]), text_encoders=[str(files[2])], dtype="float32")
+
+    out = {}
+    for name in ("torch", "mlx"):
+        eng, h = get_engine(name, "cpu"), load(name)
+        cond = encode(eng, h, "a knight", with_negative=False)
+        base = generate(eng, h, _params(cond))
+        for fmt in ("peft", "comfyui"):
+            lh = apply_loras(h, [LoRASpec(_krea_lora(tmp_path / f"krea_{fmt}.safetensors", fmt, load("torch")), 1.0)])
+            rec = lh.loras[-1]
+            assert rec.family == ("krea2",) and rec.matched == len(KREA_LORA) and not rec.unmatched, rec.summary()
+            out[name, fmt] = generate(eng, lh, _params(cond))
+            assert np.abs(out[name, fmt] - base).max() > 2 / 255  # the LoRA does something
+    for fmt in ("peft", "comfyui"):
+        diff = float(np.abs(out["mlx", fmt] - out["torch", fmt]).max())
+        print(f"{fmt} LoRA: max |torch - mlx| {diff * 255:.3f}/255")
+        assert diff <= 2 / 255
+    assert float(np.abs(out["torch", "peft"] - out["torch", "comfyui"]).max()) <= 1e-5

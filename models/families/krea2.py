@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from ..detection import count
+from ..keymaps import rule
 from .base import Family, TextEncoder
 from .qwenimage import _mu_args
 from .qwenimage import TEMPLATE as _QWEN_TEMPLATE
@@ -37,6 +38,19 @@ _NAMES = {
 }
 
 
+# krea's module names -> diffusers' (the converter's renames): what LoRAs in krea's / ComfyUI's names are read through
+_ATTN = {"attn.wq": "attn.to_q", "attn.wk": "attn.to_k", "attn.wv": "attn.to_v", "attn.wo": "attn.to_out.0",
+         "attn.gate": "attn.to_gate", "mlp.gate": "ff.gate", "mlp.up": "ff.up", "mlp.down": "ff.down"}
+_KEYMAP = (
+    *(rule(a, b) for a, b in (("first", "img_in"), ("tmlp.0", "time_embed.linear_1"), ("tmlp.2", "time_embed.linear_2"),
+                              ("tproj.1", "time_mod_proj"), ("txtmlp.1", "txt_in.linear_1"), ("txtmlp.3", "txt_in.linear_2"),
+                              ("last.linear", "final_layer.linear"))),
+    *(rule(f"{orig}.{{i}}.{a}", f"{ours}.{{i}}.{b}") for orig, ours in (
+        ("blocks", "transformer_blocks"), ("txtfusion.layerwise_blocks", "text_fusion.layerwise_blocks"),
+        ("txtfusion.refiner_blocks", "text_fusion.refiner_blocks")) for a, b in _ATTN.items()),
+)
+
+
 def text_layers(n: int) -> tuple[int, ...]:
     """The language model's hidden states (``output_hidden_states`` numbering) the transformer mixes: Krea2Pipeline's
     ``text_encoder_select_layers`` (2, 5, ..., 35 for the release's 12), every third from the second."""
@@ -55,6 +69,7 @@ class Krea2(Family):
     detect_order = 30
     transformer_class = "Krea2Transformer2DModel"
     transformer_module = "diffusers.models.transformers.transformer_krea2"
+    keymap = _KEYMAP  # (LoRA names; the file itself goes through diffusers' converter)
     original_converter = "convert_krea2_transformer_checkpoint_to_diffusers"
     text_encoders = (TextEncoder("qwen3_vl_4b", "text_encoder"),)
     latent_channels = 16
@@ -71,6 +86,16 @@ class Krea2(Family):
     defaults = {"cfg": 5.5, "steps": 28, "sampler": "euler", "schedule": "simple"}
     turbo_defaults = {"cfg": 1.0, "steps": 8}
     mlx_port = "krea2"
+    # LoRA: the module names only Krea 2 has (the gated attention, the SwiGLU's gate/up/down, the text fusion), in
+    # diffusers' names and in krea's (``blocks.N.attn.wq``, ``blocks.N.mlp.up``, ``txtfusion.``)
+    lora_names = (r"(^|_)(text_fusion|txtfusion)_(layerwise|refiner)_blocks_\d|(^|_)transformer_blocks_\d+_(attn_to_gate|ff_(gate|up|down))(_|$)"
+                  r"|(^|_)blocks_\d+_(attn_(wq|wk|wv|wo|gate)|mlp_(gate|up|down))(_|$)", "gated attention / SwiGLU / text fusion names")
+    # (no lora_shared: the "joint" group is named by add_q_proj / ff_context too, which Krea 2 lacks; a LoRA on its
+    # plain to_q/to_k/to_v/to_out.0 alone is read as the joint-attention families')
+    lora_rank = 60
+    lora_max_blocks = 28
+    lora_widths = (6144,)
+    lora_metadata = ("krea2", "krea-2", "krea 2", "krea_2")
 
     def detect(self, t, original):
         n = _NAMES[original]
