@@ -13,6 +13,7 @@ import torch
 
 from spriteforge.engines import get_engine
 from spriteforge.tests.parity import assert_close
+from spriteforge.models.families.krea2 import SUFFIX
 from spriteforge.tests.tiny_krea2 import SELECT, build_qwen3_vl, make_krea2, make_qwen3_vl
 
 STEPS, SIZE, SEED = 3, 64, 5
@@ -267,3 +268,27 @@ def test_lora_gives_the_same_image_on_both_engines(files, tmp_path):
         print(f"{fmt} LoRA: max |torch - mlx| {diff * 255:.3f}/255")
         assert diff <= 2 / 255
     assert float(np.abs(out["torch", "peft"] - out["torch", "comfyui"]).max()) <= 1e-5
+
+
+def test_a_long_prompt_is_cut_before_the_template_s_suffix(files):
+    """Krea2Pipeline cuts the prefix and prompt at max_sequence_length + 34 - 5 tokens and appends the template's five
+    suffix tokens after the cut: so do we (TextEncoding.decoder's ``suffix``), hidden states equal on the kept tokens."""
+    import diffusers
+    import transformers
+
+    from spriteforge.tests.tiny_qwenimage import build_qwen_vae
+
+    m, v, te = files
+    eng = get_engine("torch", "cpu")
+    h = eng.load_model(str(m), vae=str(v), text_encoders=[str(te)], dtype="float32")
+    prompt = "a red knight with a shield, " * 6
+    cond = eng.encode_text(h, [prompt], max_length=12)
+    tok = transformers.AutoTokenizer.from_pretrained(str(te.parent / f"{te.stem}_tokenizer"), local_files_only=True)
+    pipe = diffusers.Krea2Pipeline(transformer=h.transformer, vae=build_qwen_vae(), text_encoder=_text_encoder(te), tokenizer=tok,
+                                   scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), text_encoder_select_layers=SELECT)
+    with torch.no_grad():
+        emb, keep = pipe.encode_prompt(prompt, device=torch.device("cpu"), max_sequence_length=12)
+    # cut: every position real, the suffix last (the tiny tokenizer spells the suffix in more than the real one's 5)
+    suffix = len(tok(SUFFIX).input_ids)
+    assert keep.shape == (1, 12 - 5 + suffix) and bool(keep.all()) and bool(eng.to_numpy(cond.mask).all())
+    assert_close(eng.to_numpy(cond.embeds)[0], emb[0].flatten(1).numpy(), "cut prompt hidden states")
