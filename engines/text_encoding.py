@@ -27,6 +27,17 @@ _WHAT = {"t5": "a T5 text encoder", "clip_l": "a CLIP-L text encoder", "clip_g":
          "mistral3": "a Mistral-3 text encoder (mistral_3_small_flux2_bf16.safetensors)"}
 
 
+def _followed(ids, mask, suffix):
+    """Token ``ids`` / ``mask`` [B, L] (right-padded) with the ``suffix`` tokens right after each row's real tokens."""
+    b, n = ids.shape
+    out, keep = np.zeros((b, n + len(suffix)), np.int64), np.zeros((b, n + len(suffix)), np.int64)
+    for row in range(b):
+        real = ids[row][mask[row] > 0]
+        out[row, :len(real) + len(suffix)] = np.concatenate([real, suffix])
+        keep[row, :len(real) + len(suffix)] = 1
+    return out, keep
+
+
 def _lookup(d: dict, names):
     for n in names:
         if d.get(n) is not None:
@@ -101,19 +112,23 @@ class TextEncoding:
         """``(embeds float32, mask)`` from Gemma for ``texts`` padded to ``total``, the ``keep`` positions only."""
         return self._gemma(enc, tok, texts, total, keep)
 
-    def decoder(self, role: str, texts, *, layers=(-1,), max_length: int | None = None, pad_to_max: bool = False):
+    def decoder(self, role: str, texts, *, layers=(-1,), max_length: int | None = None, pad_to_max: bool = False,
+                suffix: str | None = None):
         """``([hidden states float32 [B, L, D] for each of layers], keep mask [B, L])`` of the decoder-only LM
         ``role`` (Qwen3, Mistral...) for ``texts``, already in the family's prompt template (its special tokens
         written out: the tokenizer adds none). ``layers`` index transformers' ``output_hidden_states`` (0 the
         embeddings, -1 the final norm's output, -2 the last layer's input). Padded on the right to the longest text
         (a causal model's real tokens never see the padding, so this equals padding to any length), cut at
         ``max_length`` tokens; ``pad_to_max``: padded to ``max_length`` (FLUX.2's transformer reads
-        the padding positions' states too)."""
+        the padding positions' states too); ``suffix``: a text whose tokens follow each text's (cut) tokens (Krea 2's
+        template end, never cut)."""
         enc, tok = self.encoder(role)
         ti = tok(list(texts), padding="max_length" if pad_to_max else "longest", padding_side="right",
                  truncation=max_length is not None, max_length=max_length, add_special_tokens=False, return_tensors="np")
         ids = np.asarray(ti["input_ids"]).astype(np.int64)
         mask = np.asarray(ti["attention_mask"]).astype(np.int64)
+        if suffix:
+            ids, mask = _followed(ids, mask, np.asarray(tok([suffix], return_tensors="np")["input_ids"][0], np.int64))
         return self._decoder(enc, ids, mask, tuple(layers))
 
     def chat(self, role: str, conversations, fallback):

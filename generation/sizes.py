@@ -78,8 +78,8 @@ def model_schedule(handle, width: int, height: int, shift: float | None = None, 
         fam = registry.rules(handle.family)
         if fam.resolution_shift:
             fixed = shift if shift is not None else fam.fixed_shift(handle.variant)
-            if fixed is not None:
-                return FlowSchedule(float(fixed), multiplier=fam.flow_multiplier)
+            if fixed is not None:  # (a sigma-timestep family's table as fine as FlowSchedule.flux's)
+                return FlowSchedule(float(fixed), multiplier=fam.flow_multiplier, num_timesteps=10000 if fam.flow_multiplier == 1.0 else 1000)
             m = int(getattr(handle, "latent_multiple", 16) or 16)
             mu = fam.resolution_mu((int(height) // m) * (int(width) // m), int(steps or fam.sampling_defaults(handle.variant)["steps"]))
             if mu is not None:

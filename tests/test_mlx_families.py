@@ -69,6 +69,11 @@ def _parts(root: Path, family: str, variant: str = "") -> dict:
         from spriteforge.tests.tiny_qwenimage import make_qwen25_vl, make_qwen_vae
 
         return {"vae": make_qwen_vae(d, layout="original"), "text_encoders": [make_qwen25_vl(d)]}
+    if family == "krea2":  # qwen_image_vae (Wan-2.1 layout), Qwen3-VL-4B as transformers saves it (tokenizer beside it)
+        from spriteforge.tests.tiny_krea2 import make_qwen3_vl
+        from spriteforge.tests.tiny_qwenimage import make_qwen_vae
+
+        return {"vae": make_qwen_vae(d, layout="original"), "text_encoders": [make_qwen3_vl(d)]}
     raise ValueError(family)
 
 
@@ -104,6 +109,11 @@ CASES = [
     ("qwenimage", "diffusers", "", {"init": True, "mask": True, "width": 48}),
     ("qwenimage", "diffusers", "", {"tile": True}),
     ("qwenimage", "folder", "", {"width": 32, "height": 48}),
+    ("krea2", "original", "", {"cfg": 3.0}),  # the released mixed precision: bf16 matrices, f32 norms and modulation
+    ("krea2", "diffusers", "", {"init": True, "denoise": 0.6}),
+    ("krea2", "original", "", {"init": True, "mask": True, "width": 48}),
+    ("krea2", "original", "", {"tile": True}),
+    ("krea2", "folder", "", {"width": 32, "height": 48}),
 ]
 
 
@@ -178,7 +188,7 @@ def test_same_picture_on_both_engines(root, engines, family, layout, variant, op
     assert diff <= TOL
 
 
-@pytest.mark.parametrize("family,layout", [("qwenimage", "diffusers")])
+@pytest.mark.parametrize("family,layout", [("qwenimage", "diffusers"), ("krea2", "original")])
 def test_batch_one_is_item_zero_of_batch_four(root, engines, family, layout):
     """Each row of a batch is its own picture (seed + i): the batch of one is the batch of four's first, on both engines."""
     import dataclasses
@@ -197,11 +207,12 @@ def test_batch_one_is_item_zero_of_batch_four(root, engines, family, layout):
 def test_text_conditioning_matches_per_family(root, engines):
     """Sana with the complex human instruction, SD3 with its zero T5 and padding, Flux's pooled CLIP + T5, Z-Image's
     Qwen3 hidden states (prompts of different lengths: the mask says which tokens are real), Qwen-Image's Qwen2.5-VL
-    language model (template dropped, padding zeroed)."""
+    language model (template dropped, padding zeroed), Krea 2's Qwen3-VL hidden states 2 and 5 side by side (the
+    template's suffix after each prompt)."""
     te, me = engines
     for family, layout, opts in (("sana", "folder", {"complex_human_instruction": True}), ("sd3", "original", {}),
                                  ("flux", "original", {}), ("pixart", "original", {}), ("zimage", "original", {}),
-                                 ("flux2", "original", {}), ("qwenimage", "diffusers", {})):
+                                 ("flux2", "original", {}), ("qwenimage", "diffusers", {}), ("krea2", "original", {})):
         variant = {"sd3": "sd3.5-medium", "flux": "dev", "pixart": "sigma", "flux2": "dev"}.get(family, "")
         ht = _load(te, root, family, layout, variant)
         hm = _load(me, root, family, layout, variant)

@@ -1,8 +1,9 @@
 """Today's models (Z-Image, FLUX.2, Qwen-Image, Krea 2; issues #23.5 and #24.6) are named from the header alone:
 every reference manifest, written as a sparse file of the real size with the real header (and, for transformers,
 under ComfyUI's all-in-one ``model.diffusion_model.`` prefix), is inspected as its family, variant and kind while
-reading only the header. SpriteForge does not generate with the recognised-only ones yet (Z-Image and FLUX.2 it
-runs: tests/test_zimage.py, tests/test_flux2*.py): Load Model and ``generate`` refuse them with UNSUPPORTED_ARCHITECTURE naming what the file is."""
+reading only the header. SpriteForge runs every family it ships (Krea 2, the last recognised only, since issue #24.3:
+tests/test_krea2.py); a family registered as recognised only (``generation = False``: here a made-up one, Sketch) is
+refused by Load Model and ``generate`` with UNSUPPORTED_ARCHITECTURE naming what the file is."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from test_inspect_cli import _bytes_read, _fake_file  # noqa: E402
 
 from spriteforge.cli.main import main  # noqa: E402
 from spriteforge.errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError  # noqa: E402
+from spriteforge.models.detection import count  # noqa: E402
 from spriteforge.models.families import registry  # noqa: E402
+from spriteforge.models.families.base import Family, TextEncoder  # noqa: E402
 
 # manifest -> (kind, family, variant, layout) `inspect` must report
 EXPECTED = {
@@ -141,8 +144,8 @@ def test_z_image_checkpoint_with_its_text_encoder_needs_only_a_vae(shared_dir, t
     ("flux2-klein-4b.transformer.diffusers", ["needs:      vae, qwen3_4b", "ambiguous:  distilled or base: same layout"]),
     ("z-image-turbo.transformer.original", ["family:     zimage", "variant:    turbo-or-base",
                                             "needs:      vae, qwen3_4b", "dtype:      bfloat16"]),
-    ("krea2.transformer.original", ["family:     krea2", "dtypes:     bfloat16 12.50B, float32 321.57M",
-                                    "recognised: Krea 2 (raw or turbo: same layout)", "parameters: 12.82B"]),
+    ("krea2.transformer.original", ["family:     krea2", "dtypes:     bfloat16 12.50B, float32 321.57M", "parameters: 12.82B",
+                                    "needs:      vae, qwen3_vl_4b", "ambiguous:  raw or turbo: same layout"]),  # runnable
     ("qwen-image.transformer.diffusers", ["family:     qwenimage", "variant:    20B", "needs:      vae, qwen25_7b"]),  # runnable
     ("qwen3-4b.text-encoder", ["kind:       text_encoder (hf layout)", "variant:    qwen3_4b",
                                "lm_head:    tied (no lm_head.weight"]),
@@ -162,9 +165,10 @@ def test_inspect_text(shared_dir, tmp_path, capsys, name, lines):
         assert line in text, f"{line!r} not in:\n{text}"
 
 
-@pytest.mark.parametrize("name", ["flux1-dev.transformer.original", "z-image-turbo.transformer.original", "qwen3-4b.text-encoder"])
+@pytest.mark.parametrize("name", ["flux1-dev.transformer.original", "z-image-turbo.transformer.original", "qwen3-4b.text-encoder",
+                                  "krea2.transformer.original", "krea2.transformer.diffusers"])
 def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsys, name):
-    """Flux.1; Z-Image and the Qwen3-4B text encoder it runs with (once recognised only)."""
+    """Flux.1; Z-Image and the Qwen3-4B text encoder it runs with, Krea 2 (once recognised only)."""
     path = _fake_file(tmp_path / f"{name}.safetensors", _manifest(shared_dir, name)["tensors"])
     assert main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
@@ -174,10 +178,49 @@ def test_runnable_families_say_nothing_of_generation(shared_dir, tmp_path, capsy
 # --------------------------------------------------------------------------- recognised, not run
 
 
-def test_recognised_families_are_not_the_runnable_ones():
+class Sketch(Family):
+    """A made-up recognised-only family (every shipped family runs): markers, shapes, a title, nothing to run."""
+
+    name = "sketch"
+    label = "Sketch"
+    variant_titles = {"fast-or-slow": "(fast or slow: same layout)"}
+    generation = False
+    original_markers = (("sketch_in.weight", "sketch_blocks.*"),)
+    transformer_class = "SketchTransformer2DModel"
+    text_encoders = (TextEncoder("qwen3_4b", "text_encoder"),)
+
+    def detect(self, t, original):
+        cfg = {"_class_name": self.transformer_class, "num_layers": count(t.keys(), r"sketch_blocks\.(\d+)\.")}
+        return self.detection("fast-or-slow", cfg, original)
+
+
+@pytest.fixture
+def sketch():
+    fam = registry.register(Sketch())
+    try:
+        yield fam
+    finally:
+        registry.unregister("sketch")
+
+
+def _sketch_file(path: Path) -> Path:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"sketch_in.weight": np.zeros((8, 16), np.float32), "sketch_blocks.0.w": np.zeros((8, 8), np.float32)}, str(path))
+    return path
+
+
+def test_every_shipped_family_runs():
+    assert all(f.generation for f in registry.recognised())
+    assert {"zimage", "flux2", "qwenimage", "krea2"} <= set(registry.names())
+
+
+def test_recognised_families_are_not_the_runnable_ones(sketch):
     known = {f.name: f for f in registry.recognised()}
-    assert {n for n, f in known.items() if not f.generation} == {"krea2"}
-    assert "krea2" not in registry.names() and {"zimage", "flux2", "qwenimage"} <= set(registry.names())
+    assert {n for n, f in known.items() if not f.generation} == {"sketch"}
+    assert "sketch" not in registry.names()
     from spriteforge.engines.model_files import TRANSFORMER_CLASSES
 
     assert set(TRANSFORMER_CLASSES) == set(registry.names())  # the engines never see them
@@ -193,12 +236,12 @@ def _refusal(exc_info, what: str, not_yet: str = "does not generate with this fa
 
 
 @pytest.fixture
-def models_root(tmp_path, shared_dir):
+def models_root(tmp_path, shared_dir, sketch):
     from spriteforge import paths
 
     root = tmp_path / "models"
-    for sub, name, manifest in (("diffusion_models", "krea2_turbo_bf16.safetensors", "krea2.transformer.original"),
-                                ("vae", "flux2-vae.safetensors", "flux2-vae.diffusers"),
+    _sketch_file(root / "diffusion_models" / "sketch_fast.safetensors")
+    for sub, name, manifest in (("vae", "flux2-vae.safetensors", "flux2-vae.diffusers"),
                                 ("text_encoders", "qwen_3_4b.safetensors", "qwen3-4b.text-encoder")):
         (root / sub).mkdir(parents=True, exist_ok=True)
         _fake_file(root / sub / name, _manifest(shared_dir, manifest)["tensors"])
@@ -211,8 +254,8 @@ def test_load_model_refuses_a_recognised_only_family(models_root):
     from spriteforge.nodes import loaders
 
     with pytest.raises(SpriteForgeError) as e:
-        loaders.LoadModel.execute("krea2_turbo_bf16.safetensors", engine="torch", device="cpu")
-    assert _refusal(e, "Krea 2 (raw or turbo: same layout)").startswith("krea2_turbo_bf16.safetensors ")
+        loaders.LoadModel.execute("sketch_fast.safetensors", engine="torch", device="cpu")
+    assert _refusal(e, "Sketch (fast or slow: same layout)").startswith("sketch_fast.safetensors ")
 
 
 def test_their_text_encoders_and_vaes_load_once_a_family_runs_them(shared_dir, tmp_path):
@@ -240,11 +283,11 @@ def test_their_text_encoders_and_vaes_load_once_a_family_runs_them(shared_dir, t
 
 def test_generate_refuses_a_recognised_only_family(models_root, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = main(["-q", "generate", "--models", str(models_root), "--model", "krea2_turbo_bf16.safetensors", "--prompt", "a knight",
+    rc = main(["-q", "generate", "--models", str(models_root), "--model", "sketch_fast.safetensors", "--prompt", "a knight",
                "--engine", "torch", "--device", "cpu", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == SpriteForgeError(UNSUPPORTED_ARCHITECTURE, "").exit_code
-    assert "UNSUPPORTED_ARCHITECTURE" in err and "recognised as Krea 2" in err
+    assert "UNSUPPORTED_ARCHITECTURE" in err and "recognised as Sketch" in err
     assert not out.exists() or not any(out.iterdir())  # nothing written
 
 

@@ -27,7 +27,7 @@ from ...models.keymaps import gemma_model_keys
 from .layers import RMSNorm, block_done
 
 # transformers model types whose attention has per-head q/k RMS norms, and those with q/k/v biases
-_QK_NORM = ("qwen3",)
+_QK_NORM = ("qwen3", "qwen3_vl_text")
 _QKV_BIAS = ("qwen2", "qwen2_5_vl", "qwen2_5_vl_text")
 
 

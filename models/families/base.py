@@ -38,7 +38,7 @@ class TextEncoder:
 # the MLX port of each text-encoder key (engines/mlx_models/<port>.py)
 # (``decoder_lm``: the decoder-only language models, whose hidden states ``TextEncoding.decoder`` gives)
 TEXT_ENCODER_PORTS = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma", "qwen3_4b": "decoder_lm", "qwen3_8b": "decoder_lm",
-                      "mistral3": "decoder_lm", "qwen25_7b": "decoder_lm"}
+                      "mistral3": "decoder_lm", "qwen25_7b": "decoder_lm", "qwen3_vl_4b": "decoder_lm"}
 # the MLX port of each VAE class
 VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae", "AutoencoderKLFlux2": "vae_flux2",
              "AutoencoderKLQwenImage": "vae_qwenimage"}

@@ -28,6 +28,8 @@ def classify(t: dict[str, TensorInfo]) -> Detection | None:
     pre = next((p for p in _LM_PREFIXES if f"{p}embed_tokens.weight" in t), "")
     if f"{pre}embed_tokens.weight" not in t or f"{pre}layers.0.self_attn.q_proj.weight" not in t:
         return None
+    if f"{pre}layers.0.self_attn.q_norm.weight" in t and (pre == "model.language_model." or _vision_tower(t)):
+        return _qwen3_vl(t, pre)  # (before Qwen2.5-VL's rule: its vision tower has the same patch embedding name)
     if "visual.patch_embed.proj.weight" in t:
         return _qwen25_vl(t, pre)
     if f"{pre}layers.0.self_attn.q_norm.weight" in t:
@@ -133,6 +135,28 @@ def _qwen25_vl(t, pre) -> Detection:
     # one slot (Qwen-Image's): another width (a tiny or custom model) is named by its width
     return _text_encoder("qwen25_7b", "Qwen2.5-VL-7B" if known else f"Qwen2.5-VL ({cfg['hidden_size']} wide)", "Qwen-Image, Qwen-Image-Edit",
                          cfg, vision_tower=f"present: {blocks} blocks, {width} wide (visual.*)")
+
+
+def _vision_tower(t) -> str | None:
+    """Where a Qwen-VL vision tower sits in ``t`` (``visual.`` or ``model.visual.``), or None."""
+    return next((p for p in ("visual.", "model.visual.") if f"{p}patch_embed.proj.weight" in t), None)
+
+
+def _qwen3_vl(t, pre) -> Detection:
+    """Krea 2's text encoder: Qwen3-VL-4B (``Qwen3VLForConditionalGeneration``: its language model under
+    ``model.language_model.`` with Qwen3's q/k norms, the vision tower under ``model.visual.`` with a learned
+    ``pos_embed`` and ``deepstack_merger_list``, the head tied). The language model only; text prompts have equal
+    positions on the three rope sections, so the multimodal rope is ordinary rope."""
+    cfg = {**configs.load("krea2-qwen3-vl-4b")["config"], "architectures": ["Qwen3VLForConditionalGeneration"], **_language_model(t, pre)}
+    half = cfg["head_dim"] // 2
+    if half != 64:  # a smaller model (the tests'): the release's 24/20/20 sections in proportion (text ignores them)
+        side = half * 20 // 64
+        cfg["rope_parameters"] = {**cfg["rope_parameters"], "mrope_section": [half - 2 * side, side, side]}
+    known = cfg["hidden_size"] == 2560 and cfg["num_hidden_layers"] == 36
+    vis = _vision_tower(t)
+    blocks = count(t.keys(), re.escape(vis or "") + r"blocks\.(\d+)\.")
+    extras = {"vision_tower": f"present: {blocks} blocks ({vis}*)"} if vis else {}
+    return _text_encoder("qwen3_vl_4b", "Qwen3-VL-4B" if known else f"Qwen3-VL ({cfg['hidden_size']} wide)", "Krea 2", cfg, **extras)
 
 
 def _qwen_image_vae(t) -> Detection:
