@@ -253,15 +253,18 @@ def finetune_vae(work: Path, base: Path, rgba: np.ndarray, n_sprites: int, steps
     vae.eval().requires_grad_(False)
     vae.register_to_config(scaling_factor=sf)
     vae.save_pretrained(out, safe_serialization=True)
-    vae.save_pretrained(work / "vae_decoder", safe_serialization=True)  # no separate decoder stage after a fine-tune
     log(f"vae fine-tune done in {time.time() - t0:.0f}s")
     return vae
 
 
-def train_decoder(work: Path, vae, rgba: np.ndarray, steps: int, batch: int, seed: int, logw):
+def train_decoder(work: Path, vae, rgba: np.ndarray, steps: int, batch: int, seed: int, logw, n_sprites: int | None = None):
     """More decoder training with the encoder frozen: the latents (and so the DiT's training data and the
     scaling factor) stay exactly the same, only the reconstruction gets sharper. Depends only on the
-    ``vae`` stage, so it may run beside the ``dit`` stage (``--stage decoder``)."""
+    ``vae`` stage, so it may run beside the ``dit`` stage (``--stage decoder``).
+
+    With terrain textures after the first ``n_sprites`` images, half of each batch is textures, decoded with
+    circular padding (as the pack decodes seamless tiles): a decoder trained on zero-padded frames only reads its
+    position from the padding and draws noise when it wraps."""
     import torch
     from diffusers import AutoencoderKL
 
@@ -281,12 +284,30 @@ def train_decoder(work: Path, vae, rgba: np.ndarray, steps: int, batch: int, see
     t0 = time.time()
     ema_loss = None
     vae.train()
+    from spriteforge.engines.torch_models.generation import circular
+
+    textures = n_sprites is not None and n_sprites < len(x_all)
     for step in range(steps):
-        idx = torch.randint(0, x_all.shape[0], (batch,), generator=g)
+        if textures:
+            half = batch // 2
+            idx = torch.cat([torch.randint(0, n_sprites, (half,), generator=g),
+                             torch.randint(n_sprites, len(x_all), (batch - half,), generator=g)])
+        else:
+            idx = torch.randint(0, x_all.shape[0], (batch,), generator=g)
         x = x_all[idx]
         with torch.no_grad():
-            z = vae.encode(x).latent_dist.sample(generator=g)
-        rec = vae.decode(z).sample
+            if textures:  # textures are encoded as the DiT's data are: circularly (see encode_latents)
+                with circular(vae.encoder, True):
+                    z_t = vae.encode(x[half:]).latent_dist.sample(generator=g)
+                z = torch.cat([vae.encode(x[:half]).latent_dist.sample(generator=g), z_t])
+            else:
+                z = vae.encode(x).latent_dist.sample(generator=g)
+        if textures:
+            with circular(vae.decoder, True):
+                rec_t = vae.decode(z[half:]).sample
+            rec = torch.cat([vae.decode(z[:half]).sample, rec_t])
+        else:
+            rec = vae.decode(z).sample
         mse = torch.nn.functional.mse_loss(rec, x)
         loss = mse + 0.5 * (rec - x).abs().mean()
         opt.zero_grad(set_to_none=True)
@@ -305,15 +326,30 @@ def train_decoder(work: Path, vae, rgba: np.ndarray, steps: int, batch: int, see
     return vae
 
 
-def encode_latents(vae, rgba: np.ndarray, path: Path):
+def encode_latents(vae, rgba: np.ndarray, path: Path, n_sprites: int | None = None):
+    """The scaled latent means of ``rgba``; images after the first ``n_sprites`` (terrain textures) are encoded
+    with circular padding, so their latents are as periodic as the textures and carry no frame at the border."""
     import torch
+
+    from spriteforge.engines.torch_models.generation import circular
 
     if path.exists():
         return torch.load(path, weights_only=True)
     x_all = to_tensor(rgba)
+    n_sprites = len(x_all) if n_sprites is None else n_sprites
+    parts = []
     with torch.no_grad():
-        z = torch.cat([vae.encode(x_all[i:i + 256]).latent_dist.mode() for i in range(0, len(x_all), 256)])
-    z = z * vae.config.scaling_factor
+        for i in range(0, len(x_all), 256):
+            j = min(i + 256, len(x_all))
+            if j <= n_sprites:
+                parts.append(vae.encode(x_all[i:j]).latent_dist.mode())
+                continue
+            k = max(i, n_sprites)
+            if k > i:
+                parts.append(vae.encode(x_all[i:k]).latent_dist.mode())
+            with circular(vae.encoder, True):
+                parts.append(vae.encode(x_all[k:j]).latent_dist.mode())
+    z = torch.cat(parts) * vae.config.scaling_factor
     torch.save(z, path)
     return z
 
@@ -398,7 +434,7 @@ def remap_vocabulary(te, old_tok, tok, seed: int):
 
 
 def train_dit(work: Path, tok, lat, caps, steps: int, batch: int, seed: int, logw, lr: float = 4e-4, min_snr: float = 0.0,
-              init: Path | None = None):
+              init: Path | None = None, n_sprites: int | None = None):
     import torch
     import transformers
     from diffusers import PixArtTransformer2DModel
@@ -435,7 +471,14 @@ def train_dit(work: Path, tok, lat, caps, steps: int, batch: int, seed: int, log
         ids, mask = ids_all[idx].clone(), mask_all[idx].clone()
         drop = torch.rand(batch, generator=g) < 0.1
         ids[drop], mask[drop] = empty_ids[0], empty_mask[0]
-        loss = dit_loss(transformer, te, ids, mask, lat[idx], g, acp, min_snr)
+        z0 = lat[idx]
+        if n_sprites is not None and n_sprites < len(lat):  # a periodic texture rolled by whole patches is one too:
+            tex = (idx >= n_sprites).nonzero().flatten()     # the pack's seamless sampling rolls it so every step
+            if len(tex):
+                z0 = z0.clone()
+                dy, dx = (2 * torch.randint(0, lat.shape[-1] // 2, (2,), generator=g)).tolist()
+                z0[tex] = z0[tex].roll(shifts=(dy, dx), dims=(-2, -1))
+        loss = dit_loss(transformer, te, ids, mask, z0, g, acp, min_snr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -711,15 +754,17 @@ def main(argv=None):
     else:
         vae = timed("vae", lambda: train_vae(work, rgba, args.vae_steps, args.vae_batch, args.seed, logw))
     vae.eval().requires_grad_(False)
-    lat = timed("latents", lambda: encode_latents(vae, rgba, work / "latents.pt"))
+    lat = timed("latents", lambda: encode_latents(vae, rgba, work / "latents.pt", args.n_sprites))
     if args.stage == "vae":
         return 0
-    vae_out = timed("vae_decoder", lambda: train_decoder(work, vae, rgba, args.decoder_steps, args.vae_batch, args.seed, logw))
+    vae_out = timed("vae_decoder", lambda: train_decoder(work, vae, rgba, args.decoder_steps, args.vae_batch, args.seed, logw,
+                                                                      n_sprites=args.n_sprites))
     if args.stage == "decoder":
         return 0
     transformer, te = timed("dit", lambda: train_dit(work, tok, lat, caps, args.dit_steps, args.dit_batch, args.seed, logw,
                                                                    lr=args.dit_lr, min_snr=args.min_snr,
-                                                                   init=Path(args.init_dit) if args.init_dit else None))
+                                                                   init=Path(args.init_dit) if args.init_dit else None,
+                                                                   n_sprites=args.n_sprites))
     transformer.eval()
     te.eval()
     if args.stage == "dit":
