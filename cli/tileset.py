@@ -96,6 +96,7 @@ def run(args) -> int:
     summary = {"files": [str(p) for p in written], "layout": aset.layout.name, "tiles": len(aset.tiles),
                "tile": aset.tile, "scale": aset.scale, "colors": len(aset.palette),
                "edge_ratio": round(c["ratio"], 3), "worst_edge_ratio": round(c["worst"], 3),
+               "worst_edge_line_ratio": round(c["worst_line"], 3),
                "texture_seam_ratios": [round(seam_ratio(t), 3) for t in aset.textures], "notes": aset.notes}
     if args.json:
         print(json.dumps(summary))

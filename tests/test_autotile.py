@@ -54,7 +54,8 @@ def test_cli_makes_a_wang16_set_that_drops_into_godot_and_tiled(tmp_path, capsys
     assert len(set(codes)) == 16 and atlas["meta"]["autotile"]["layout"] == "wang16"
     c = T.continuity(tiles, lay)
     print("wang16 (demo model, 8 px):", c, "textures:", summary["texture_seam_ratios"])
-    assert c["pairs"] == 128 and c["ratio"] <= 1.5
+    assert c["pairs"] == 128 and c["ratio"] <= 1.5 and c["worst_line"] <= 1.5
+    assert summary["worst_edge_line_ratio"] == round(c["worst_line"], 3)
     for k in (0, 15):  # the all-B and all-A tiles are the textures themselves
         assert T.seam_ratio(tiles[k]) <= 1.5
     assert len(np.unique(tiles[..., :3].reshape(-1, 3), axis=0)) <= 12
@@ -88,7 +89,7 @@ def test_library_sets_continue_across_shared_edges(demo, layout, b):
     c = T.continuity(s.tiles, lay)
     seams = [T.seam_ratio(t) for t in s.textures]
     print(f"{layout} (demo model, 8 px):", c, "textures:", seams)
-    assert c["ratio"] <= 1.5 and all(r <= 1.5 for r in seams)
+    assert c["ratio"] <= 1.5 and c["worst_line"] <= 1.5 and all(r <= 1.5 for r in seams)
     assert set(np.unique(s.tiles[..., 3])) <= {0, 255}
     if b is None:
         assert np.array_equal(s.tiles[..., 3] == 255, T.masks(lay, 8, 2) > 0.5)

@@ -99,6 +99,29 @@ def test_continuity_measure_sees_a_seam():
     assert T.seam_ratio(np.roll(tex, 8, axis=1)[:, :12]) > 1.5
 
 
+@pytest.mark.parametrize("terrain", ["grass", "water", "sand", "stone"])
+def test_the_per_pair_measure_holds_for_exactly_periodic_textures(terrain):
+    """Calibration of the per-pair figure on the demo model's own training textures (exactly periodic by
+    construction): a set of copies of one texture, every shared edge its wrap seam. Against the mean change
+    inside, single edges reach 2x and more (``worst``: one line against an average of many), so that is no
+    per-pair test; against the largest change between the tiles' own neighbouring lines (``worst_line``) a
+    seamless edge is about 1 (a periodic texture's seam is one more of its lines), and a terrain meeting another where the codes say they continue is far above 1.5."""
+    from spriteforge.sprites.terrain import render_terrain
+
+    lay = T.layout("wang16")
+    worst, worst_line = [], []
+    for seed in range(12):
+        tex = render_terrain(terrain, seed)
+        c = T.continuity(np.stack([tex] * len(lay.tiles)), lay)
+        worst.append(c["worst"])
+        worst_line.append(c["worst_line"])
+        other = render_terrain("sand" if terrain != "sand" else "grass", seed)
+        mixed = np.stack([tex if k % 2 else other for k in range(len(lay.tiles))])
+        assert T.continuity(mixed, lay)["worst_line"] > 1.5
+    assert max(worst_line) <= 1.1  # the seam is one more line of the texture: about as large as its largest inner one
+    assert max(worst) > 1.5 or terrain == "sand"
+
+
 # --------------------------------------------------------------------------- files
 
 def _parse_tres(text: str) -> list:

@@ -74,6 +74,7 @@ def build_tokenizer(work: Path):
     import transformers
 
     from spriteforge import sprites as S
+    from spriteforge.sprites.terrain import TERRAINS
 
     tok_dir = work / "tokenizer"
     if (tok_dir / "tokenizer_config.json").exists():
@@ -85,11 +86,12 @@ def build_tokenizer(work: Path):
             for size in ("small", "", "large"):
                 for outline in (False, True):
                     lines.append(S.caption(S.SpriteSpec(kind, col, size, outline)))
+    lines += list(TERRAINS)
     corpus.write_text("\n".join(lines) + "\n")
     prefix = work / "spiece"
     # a word-level sentencepiece model of the caption vocabulary (case-folded): pad 0, eos 1, unk 2 as T5 expects
     spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(prefix), model_type="word", vocab_size=len(S.vocabulary()) + 3,
+        input=str(corpus), model_prefix=str(prefix), model_type="word", vocab_size=len(S.vocabulary()) + len(TERRAINS) + 3,
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
         character_coverage=1.0, num_threads=1, normalization_rule_name="nmt_nfkc_cf", minloglevel=2,
     )
@@ -112,21 +114,27 @@ def build_tokenizer(work: Path):
     # pack's loaders fold case for lower-case-only vocabularies, engines/tokenizer_case.py; diffusers' PixArt
     # pipelines lower-case prompts themselves)
     assert tok("small blue gem").input_ids == sp.encode("small blue gem") + [1], (tok("small blue gem").input_ids, sp.encode("small blue gem"))
-    for w in S.vocabulary():  # every caption word is a single token
+    for w in [*S.vocabulary(), *TERRAINS]:  # every caption word is a single token
         ids = tok(w).input_ids
         assert len(ids) == 2 and ids[-1] == 1 and ids[0] > 2, (w, ids, tok.convert_ids_to_tokens(ids))
         assert sp.encode(w) == ids[:1]
     return tok
 
 
-def build_data(work: Path, n: int, seed: int):
+def build_data(work: Path, n: int, seed: int, n_terrain: int = 0):
+    """``n`` sprites, then ``n_terrain`` seamless terrain textures (:mod:`spriteforge.sprites.terrain`, captioned
+    with the terrain's name): the sprites come first, so ``caps[:k]`` (the night LoRA's data) are sprites only."""
     from spriteforge import sprites as S
+    from spriteforge.sprites.terrain import terrain_dataset
 
     f = work / "data.npz"
     if f.exists():
         d = np.load(f, allow_pickle=False)
         return d["rgba"], list(d["captions"])
     rgba, caps, _ = S.dataset(n, seed=seed)
+    if n_terrain:
+        tex, names = terrain_dataset(n_terrain, seed=seed + 17)
+        rgba, caps = np.concatenate([rgba, tex]), caps + names
     np.savez_compressed(f, rgba=rgba, captions=np.array(caps))
     return rgba, caps
 
@@ -198,10 +206,65 @@ def train_vae(work: Path, rgba: np.ndarray, steps: int, batch: int, seed: int, l
     return vae
 
 
-def train_decoder(work: Path, vae, rgba: np.ndarray, steps: int, batch: int, seed: int, logw):
+def finetune_vae(work: Path, base: Path, rgba: np.ndarray, n_sprites: int, steps: int, batch: int, seed: int, logw,
+                 anchor: float = 4.0):
+    """The VAE of an earlier model (``base``) taught the terrain textures as well: encoder and decoder trained on
+    batches that are half sprites, half textures, with the sprites' latents held to the old encoder's (``anchor``
+    times their MSE in the DiT's latent units), so the earlier DiT's sprites stay valid; the scaling factor is kept."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    out = work / "vae"
+    if (out / "config.json").exists():
+        return AutoencoderKL.from_pretrained(out, local_files_only=True)
+    old = AutoencoderKL.from_pretrained(base / "vae", local_files_only=True, torch_dtype=torch.float32).eval().requires_grad_(False)
+    vae = copy.deepcopy(old).train().requires_grad_(True)
+    sf = float(old.config.scaling_factor)
+    torch.manual_seed(seed + 40)
+    opt = torch.optim.AdamW(vae.parameters(), lr=4e-4, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / steps))))
+    x_all = to_tensor(rgba)
+    n_tex = len(x_all) - n_sprites
+    g = torch.Generator().manual_seed(seed + 41)
+    t0, ema_loss, half = time.time(), None, batch // 2
+    for step in range(steps):
+        spr = torch.randint(0, n_sprites, (half,), generator=g)
+        tex = n_sprites + torch.randint(0, max(n_tex, 1), (batch - half,), generator=g)
+        x = x_all[torch.cat([spr, tex])]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=g)).sample
+        mse = torch.nn.functional.mse_loss(rec, x)
+        kl = post.kl().mean() / (4 * 8 * 8)
+        with torch.no_grad():
+            ref = old.encode(x[:half]).latent_dist.mode()
+        held = torch.nn.functional.mse_loss(post.mode()[:half] * sf, ref * sf)
+        loss = mse + 0.5 * (rec - x).abs().mean() + 1e-4 * kl + anchor * held
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        if step % 25 == 0 or step == steps - 1:
+            logw("vae", step, loss.item(), mse=mse.item(), kl=held.item(), loss_ema=ema_loss, elapsed=time.time() - t0)
+            if step % 100 == 0:
+                log(f"vae fine-tune step {step}/{steps} loss {loss.item():.4f} (ema {ema_loss:.4f}) mse {mse.item():.4f} "
+                    f"sprite latents held {held.item():.4f} {time.time() - t0:.0f}s")
+    vae.eval().requires_grad_(False)
+    vae.register_to_config(scaling_factor=sf)
+    vae.save_pretrained(out, safe_serialization=True)
+    log(f"vae fine-tune done in {time.time() - t0:.0f}s")
+    return vae
+
+
+def train_decoder(work: Path, vae, rgba: np.ndarray, steps: int, batch: int, seed: int, logw, n_sprites: int | None = None):
     """More decoder training with the encoder frozen: the latents (and so the DiT's training data and the
     scaling factor) stay exactly the same, only the reconstruction gets sharper. Depends only on the
-    ``vae`` stage, so it may run beside the ``dit`` stage (``--stage decoder``)."""
+    ``vae`` stage, so it may run beside the ``dit`` stage (``--stage decoder``).
+
+    With terrain textures after the first ``n_sprites`` images, half of each batch is textures, decoded with
+    circular padding (as the pack decodes seamless tiles): a decoder trained on zero-padded frames only reads its
+    position from the padding and draws noise when it wraps."""
     import torch
     from diffusers import AutoencoderKL
 
@@ -221,12 +284,30 @@ def train_decoder(work: Path, vae, rgba: np.ndarray, steps: int, batch: int, see
     t0 = time.time()
     ema_loss = None
     vae.train()
+    from spriteforge.engines.torch_models.generation import circular
+
+    textures = n_sprites is not None and n_sprites < len(x_all)
     for step in range(steps):
-        idx = torch.randint(0, x_all.shape[0], (batch,), generator=g)
+        if textures:
+            half = batch // 2
+            idx = torch.cat([torch.randint(0, n_sprites, (half,), generator=g),
+                             torch.randint(n_sprites, len(x_all), (batch - half,), generator=g)])
+        else:
+            idx = torch.randint(0, x_all.shape[0], (batch,), generator=g)
         x = x_all[idx]
         with torch.no_grad():
-            z = vae.encode(x).latent_dist.sample(generator=g)
-        rec = vae.decode(z).sample
+            if textures:  # textures are encoded as the DiT's data are: circularly (see encode_latents)
+                with circular(vae.encoder, True):
+                    z_t = vae.encode(x[half:]).latent_dist.sample(generator=g)
+                z = torch.cat([vae.encode(x[:half]).latent_dist.sample(generator=g), z_t])
+            else:
+                z = vae.encode(x).latent_dist.sample(generator=g)
+        if textures:
+            with circular(vae.decoder, True):
+                rec_t = vae.decode(z[half:]).sample
+            rec = torch.cat([vae.decode(z[:half]).sample, rec_t])
+        else:
+            rec = vae.decode(z).sample
         mse = torch.nn.functional.mse_loss(rec, x)
         loss = mse + 0.5 * (rec - x).abs().mean()
         opt.zero_grad(set_to_none=True)
@@ -245,15 +326,30 @@ def train_decoder(work: Path, vae, rgba: np.ndarray, steps: int, batch: int, see
     return vae
 
 
-def encode_latents(vae, rgba: np.ndarray, path: Path):
+def encode_latents(vae, rgba: np.ndarray, path: Path, n_sprites: int | None = None):
+    """The scaled latent means of ``rgba``; images after the first ``n_sprites`` (terrain textures) are encoded
+    with circular padding, so their latents are as periodic as the textures and carry no frame at the border."""
     import torch
+
+    from spriteforge.engines.torch_models.generation import circular
 
     if path.exists():
         return torch.load(path, weights_only=True)
     x_all = to_tensor(rgba)
+    n_sprites = len(x_all) if n_sprites is None else n_sprites
+    parts = []
     with torch.no_grad():
-        z = torch.cat([vae.encode(x_all[i:i + 256]).latent_dist.mode() for i in range(0, len(x_all), 256)])
-    z = z * vae.config.scaling_factor
+        for i in range(0, len(x_all), 256):
+            j = min(i + 256, len(x_all))
+            if j <= n_sprites:
+                parts.append(vae.encode(x_all[i:j]).latent_dist.mode())
+                continue
+            k = max(i, n_sprites)
+            if k > i:
+                parts.append(vae.encode(x_all[i:k]).latent_dist.mode())
+            with circular(vae.encoder, True):
+                parts.append(vae.encode(x_all[k:j]).latent_dist.mode())
+    z = torch.cat(parts) * vae.config.scaling_factor
     torch.save(z, path)
     return z
 
@@ -311,8 +407,34 @@ def dit_loss(transformer, te, ids, mask, z0, g, acp, min_snr: float = 0.0):
     return torch.nn.functional.mse_loss(pred, noise)
 
 
+def remap_vocabulary(te, old_tok, tok, seed: int):
+    """``te`` (trained with ``old_tok``) for ``tok``'s ids: each piece both know keeps its embedding row; a new
+    piece starts at the mean of the old rows plus a little noise (seeded)."""
+    import torch
+    import transformers
+
+    old_emb = te.get_input_embeddings().weight.detach()
+    cfg = te.config.to_dict()
+    cfg["vocab_size"] = len(tok)
+    new = transformers.T5EncoderModel(transformers.T5Config(**cfg))
+    sd = {k: v for k, v in te.state_dict().items() if "embed_tokens" not in k and k != "shared.weight"}
+    new.load_state_dict(sd, strict=False)
+    g = torch.Generator().manual_seed(seed + 30)
+    rows = old_emb.mean(0, keepdim=True) + 0.5 * old_emb.std(0, keepdim=True) * torch.randn(len(tok), old_emb.shape[1], generator=g)
+    old_ids = old_tok.get_vocab()
+    kept = 0
+    for piece, i in tok.get_vocab().items():
+        if piece in old_ids:
+            rows[i] = old_emb[old_ids[piece]]
+            kept += 1
+    with torch.no_grad():
+        new.get_input_embeddings().weight.copy_(rows)
+    log(f"text encoder vocabulary {len(old_ids)} -> {len(tok)} ({kept} pieces kept, {len(tok) - kept} new)")
+    return new
+
+
 def train_dit(work: Path, tok, lat, caps, steps: int, batch: int, seed: int, logw, lr: float = 4e-4, min_snr: float = 0.0,
-              init: Path | None = None):
+              init: Path | None = None, n_sprites: int | None = None):
     import torch
     import transformers
     from diffusers import PixArtTransformer2DModel
@@ -325,6 +447,8 @@ def train_dit(work: Path, tok, lat, caps, steps: int, batch: int, seed: int, log
     if init is not None:  # continue from an earlier model's DiT + text encoder (the EMA starts there too)
         transformer = PixArtTransformer2DModel.from_pretrained(init / "transformer", local_files_only=True, torch_dtype=torch.float32)
         te = transformers.T5EncoderModel.from_pretrained(init / "text_encoder", local_files_only=True, dtype=torch.float32)
+        if te.config.vocab_size != len(tok):  # new words (terrains): every known word keeps its learned embedding
+            te = remap_vocabulary(te, transformers.T5Tokenizer.from_pretrained(init / "tokenizer", local_files_only=True), tok, seed)
         assert dict(transformer.config)["num_layers"] == dit_config()["num_layers"] and te.config.vocab_size == len(tok)
         transformer.train()
         te.train()
@@ -347,7 +471,14 @@ def train_dit(work: Path, tok, lat, caps, steps: int, batch: int, seed: int, log
         ids, mask = ids_all[idx].clone(), mask_all[idx].clone()
         drop = torch.rand(batch, generator=g) < 0.1
         ids[drop], mask[drop] = empty_ids[0], empty_mask[0]
-        loss = dit_loss(transformer, te, ids, mask, lat[idx], g, acp, min_snr)
+        z0 = lat[idx]
+        if n_sprites is not None and n_sprites < len(lat):  # a periodic texture rolled by whole patches is one too:
+            tex = (idx >= n_sprites).nonzero().flatten()     # the pack's seamless sampling rolls it so every step
+            if len(tex):
+                z0 = z0.clone()
+                dy, dx = (2 * torch.randint(0, lat.shape[-1] // 2, (2,), generator=g)).tolist()
+                z0[tex] = z0[tex].roll(shifts=(dy, dx), dims=(-2, -1))
+        loss = dit_loss(transformer, te, ids, mask, z0, g, acp, min_snr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -553,6 +684,12 @@ def main(argv=None):
     ap.add_argument("--reuse-vae", default=None, metavar="MODEL_DIR",
                     help="take the VAE (both VAE stages) from an earlier output folder of this script instead of training "
                          "it (the VAE stages do not depend on the DiT settings; recorded in training.json)")
+    ap.add_argument("--n-terrain", type=int, default=0,
+                    help="seamless terrain textures (grass, water, sand, stone; spriteforge.sprites.terrain) added to the "
+                         "sprites, captioned with the terrain's name")
+    ap.add_argument("--finetune-vae", default=None, metavar="MODEL_DIR",
+                    help="fine-tune this earlier output folder's VAE on sprites and terrains (--vae-steps steps), the sprites' "
+                         "latents held to the old encoder's, instead of training one (both VAE stages)")
     ap.add_argument("--stage", choices=["all", "data", "vae", "decoder", "dit", "lora", "save"], default="all")
     args = ap.parse_args(argv)
 
@@ -607,21 +744,27 @@ def main(argv=None):
         v.save_pretrained(work / "vae_decoder", safe_serialization=True)
         log(f"VAE taken from {args.reuse_vae} (scaling factor {v.config.scaling_factor:.4f})")
     tok = timed("tokenizer", lambda: build_tokenizer(work))
-    rgba, caps = timed("data", lambda: build_data(work, args.n_sprites, args.seed))
+    rgba, caps = timed("data", lambda: build_data(work, args.n_sprites, args.seed, args.n_terrain))
     log(f"{len(caps)} sprites, vocabulary {len(tok)} tokens")
     if args.stage == "data":
         return 0
-    vae = timed("vae", lambda: train_vae(work, rgba, args.vae_steps, args.vae_batch, args.seed, logw))
+    if args.finetune_vae:
+        vae = timed("vae", lambda: finetune_vae(work, Path(args.finetune_vae), rgba, args.n_sprites, args.vae_steps,
+                                                args.vae_batch, args.seed, logw))
+    else:
+        vae = timed("vae", lambda: train_vae(work, rgba, args.vae_steps, args.vae_batch, args.seed, logw))
     vae.eval().requires_grad_(False)
-    lat = timed("latents", lambda: encode_latents(vae, rgba, work / "latents.pt"))
+    lat = timed("latents", lambda: encode_latents(vae, rgba, work / "latents.pt", args.n_sprites))
     if args.stage == "vae":
         return 0
-    vae_out = timed("vae_decoder", lambda: train_decoder(work, vae, rgba, args.decoder_steps, args.vae_batch, args.seed, logw))
+    vae_out = timed("vae_decoder", lambda: train_decoder(work, vae, rgba, args.decoder_steps, args.vae_batch, args.seed, logw,
+                                                                      n_sprites=args.n_sprites))
     if args.stage == "decoder":
         return 0
     transformer, te = timed("dit", lambda: train_dit(work, tok, lat, caps, args.dit_steps, args.dit_batch, args.seed, logw,
                                                                    lr=args.dit_lr, min_snr=args.min_snr,
-                                                                   init=Path(args.init_dit) if args.init_dit else None))
+                                                                   init=Path(args.init_dit) if args.init_dit else None,
+                                                                   n_sprites=args.n_sprites))
     transformer.eval()
     te.eval()
     if args.stage == "dit":
@@ -648,7 +791,7 @@ def main(argv=None):
         "final": {s: ({"step": r["step"], "loss": r["loss"], "loss_ema": r.get("loss_ema")} if r else None) for s, r in last.items()},
         "vae_scaling_factor": vae.config.scaling_factor,
     }
-    for opt, key in ((args.reuse_vae, "vae_reused_from"), (args.init_dit, "dit_initialised_from")):
+    for opt, key in ((args.reuse_vae or args.finetune_vae, "vae_reused_from"), (args.init_dit, "dit_initialised_from")):
         if opt:  # what the earlier model's own training was (its arguments, times, losses)
             prev = Path(opt) / "training.json"
             info[key] = json.loads(prev.read_text()) if prev.exists() else str(opt)
