@@ -484,6 +484,17 @@ def generate_full(engine, handle, params: GenerateParams) -> GenerateResult:
     return GenerateResult(images.astype(np.float32), res.latents, res.notes, res.info)
 
 
+def edit(engine, handle, params: GenerateParams, *, width: int | None = None, height: int | None = None) -> GenerateResult:
+    """An edit (the Edit node's and ``spriteforge edit``'s run): :func:`generate_full` with ``params.references`` (at
+    least one), drawn at ``width`` x ``height``, or where 0/None at the first reference's size for this family
+    (:func:`reference_size`)."""
+    if not params.references:
+        raise SpriteForgeError(BAD_INPUT, "an edit needs at least one reference image. Give the image to edit.")
+    rw, rh = reference_size(handle, params.references[0], resize=params.reference_resize)
+    params = dataclasses.replace(params, width=int(width or rw), height=int(height or rh))
+    return generate_full(engine, handle, params)
+
+
 def generate(engine, handle, params: GenerateParams) -> np.ndarray:
     """Images ``[B,H,W,3]`` float32 in 0..1 for ``params`` (see :class:`GenerateParams`)."""
     return generate_full(engine, handle, params).images
@@ -492,4 +503,4 @@ def generate(engine, handle, params: GenerateParams) -> np.ndarray:
 # prepare_size and model_schedule (spriteforge.generation.sizes) are part of this module's API: the nodes, the CLI
 # and the tests size and schedule runs with them.
 __all__ = ["GenerateParams", "GenerateResult", "SampleResult", "FAMILY_DEFAULTS", "generate", "generate_full", "sample", "decode",
-           "encode", "encode_references", "reference_size", "prepare_size", "model_schedule"]
+           "edit", "encode", "encode_references", "reference_size", "prepare_size", "model_schedule"]
