@@ -85,22 +85,15 @@ def _lanczos(img: np.ndarray, w: int, h: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def fit(img: np.ndarray, w: int, h: int, how: str = "stretch") -> np.ndarray:
-    """``img`` [H,W,3] at ``w`` x ``h``: ``stretch`` (resized), or ``crop`` (scaled to cover, the excess cut evenly:
-    diffusers' ``resize_mode="crop"``)."""
-    H, W = img.shape[:2]
-    if (W, H) == (w, h) or how != "crop":
+def fit(img: np.ndarray, w: int, h: int, how: str = "stretch", scaled: tuple[int, int] | None = None) -> np.ndarray:
+    """``img`` [H,W,3] at ``w`` x ``h``: ``stretch`` (resized), or ``crop`` (resized to ``scaled``, default its own
+    size, then cut to ``w`` x ``h`` about the centre, as the FLUX.2 pipelines' image processor does)."""
+    if how != "crop":
         return _lanczos(img, w, h)
-    sw = w if w / h > W / H else W * h // H
-    sh = h if w / h <= W / H else H * w // W
+    sw, sh = scaled or (img.shape[1], img.shape[0])
     big = _lanczos(img, sw, sh)
-    out = np.zeros((h, w, img.shape[2]), np.float32)
-    x0, y0 = w // 2 - sw // 2, h // 2 - sh // 2  # where the scaled image's corner lands (negative: cut)
-    sx, sy = max(0, -x0), max(0, -y0)
-    dx, dy = max(0, x0), max(0, y0)
-    cw, ch = min(sw - sx, w - dx), min(sh - sy, h - dy)
-    out[dy:dy + ch, dx:dx + cw] = big[sy:sy + ch, sx:sx + cw]
-    return out
+    left, top = (sw - w) // 2, (sh - h) // 2
+    return big[top:top + h, left:left + w]
 
 
 def prepare(handle, images, *, auto: bool = True) -> list[np.ndarray]:
@@ -109,7 +102,8 @@ def prepare(handle, images, *, auto: bool = True) -> list[np.ndarray]:
     out = []
     for img in images:
         w, h = reference_size(handle, img, auto=auto)
-        out.append(fit(img, w, h, fam.reference_fit)[None])
+        scaled = fam.reference_scaled(img.shape[1], img.shape[0], auto=auto)
+        out.append(fit(img, w, h, fam.reference_fit, scaled)[None])
     return out
 
 

@@ -136,7 +136,9 @@ class Family:
     reference_max_area: ClassVar[int | None] = None  # a larger reference is scaled down to this area (aspect kept)
     reference_min_side: ClassVar[int] = 0  # a smaller reference is refused (the pipeline's rule)
     reference_max_aspect: ClassVar[float | None] = None  # a longer/narrower reference is refused
-    reference_fit: ClassVar[str] = "stretch"  # "stretch" (resized to the size) or "crop" (scaled to cover, centre cut)
+    # how a reference reaches its size: "stretch" (resized to it, Kontext) or "crop" (scaled by
+    # :meth:`reference_scaled`, then the grid's remainder cut evenly off each side: the FLUX.2 pipelines' centre crop)
+    reference_fit: ClassVar[str] = "stretch"
     edit_defaults: ClassVar[dict] = {}  # overrides of :meth:`sampling_defaults` when references are given
 
     # ------------------------------------------------------------------ detection
@@ -314,11 +316,11 @@ class Family:
         """How many reference images a model of ``variant`` (``in_channels`` inputs) takes: 0 = none (it cannot edit)."""
         return self.max_references
 
-    def reference_size(self, width: int, height: int, multiple: int, *, auto: bool = True) -> tuple[int, int]:
-        """The pixel size a ``width`` x ``height`` reference is VAE-encoded at, a multiple of ``multiple`` (the
-        model's latent grid), as the family's pipeline sizes it. ``auto``: scaled to the family's trained sizes
-        (:attr:`reference_resolutions`: the nearest aspect; :attr:`reference_max_area`: scaled down above it);
-        otherwise only rounded down to the grid. BAD_INPUT for a reference the family's pipeline refuses."""
+    def reference_scaled(self, width: int, height: int, *, auto: bool = True) -> tuple[int, int]:
+        """The size a ``width`` x ``height`` reference is scaled to before :meth:`reference_size` rounds it to the grid
+        (``auto``: to the family's trained sizes, :attr:`reference_resolutions` (the nearest aspect) /
+        :attr:`reference_max_area` (scaled down above it); otherwise as given). BAD_INPUT for a reference the family's
+        pipeline refuses (:attr:`reference_min_side`, :attr:`reference_max_aspect`)."""
         w, h = int(width), int(height)
         if w < self.reference_min_side or h < self.reference_min_side:
             raise SpriteForgeError(BAD_INPUT, f"a {w}x{h} reference image is too small: {self.label} takes references of at "
@@ -334,6 +336,13 @@ class Family:
         if auto and self.reference_max_area and w * h > self.reference_max_area:
             scale = (self.reference_max_area / (w * h)) ** 0.5
             w, h = int(w * scale), int(h * scale)
+        return w, h
+
+    def reference_size(self, width: int, height: int, multiple: int, *, auto: bool = True) -> tuple[int, int]:
+        """The pixel size a ``width`` x ``height`` reference is VAE-encoded at, a multiple of ``multiple`` (the model's
+        latent grid), as the family's pipeline sizes it: :meth:`reference_scaled`, rounded down to the grid (how the
+        image gets there: :attr:`reference_fit`)."""
+        w, h = self.reference_scaled(width, height, auto=auto)
         w, h = (w // multiple) * multiple, (h // multiple) * multiple
         if w < multiple or h < multiple:
             raise SpriteForgeError(BAD_INPUT, f"a {width}x{height} reference image is smaller than one patch ({multiple} "

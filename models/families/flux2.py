@@ -151,8 +151,8 @@ class Flux2(Family):
     widgets_only = ("guidance",)
     # multi-reference editing (Flux2Pipeline / Flux2KleinPipeline): each reference's latents follow the image's
     # tokens with their own time coordinate (10, 20, ...); BFL documents up to 4 references for [klein], 6 for [dev].
-    # A reference above 1024x1024 is scaled down to that area, sides rounded down to 16, scaled to cover and cut
-    # (resize_mode "crop"); under 64 pixels a side or beyond 8:1 the pipelines refuse it
+    # A reference above 1024x1024 is scaled down to that area, then cut about its centre to sides rounded down to 16
+    # (Flux2ImageProcessor's resize_mode "crop"); under 64 pixels a side or beyond 8:1 the pipelines refuse it
     max_references = 4
     edit_title = "FLUX.2 [klein] or [dev]"
     reference_max_area = 1024 * 1024
