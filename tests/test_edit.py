@@ -335,3 +335,19 @@ def test_cli_edit(models_root, tmp_path, capsys):
                  "--out", str(bad)]) == 19
     assert not bad.exists()
     assert "cannot take reference images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["flux", "flux2"])
+def test_attention_slicing_gives_the_batched_result(eng, root, family):
+    """One row at a time (attention slicing) or cond and uncond in one batch: the same model output with references."""
+    if family == "flux":
+        h, refs = flux_dev(eng, root), [picture(48, 64)]
+    else:
+        h = eng.load_model(str(tf.make_flux2(root, layout="folder", distilled=False)), dtype="float32")
+        refs = [picture(64, 64), picture(64, 80, 1.0)]
+    cond = pipeline.encode(eng, h, "make it red", "blurry", references=refs, reference_resize=False)
+    ms = pipeline.model_schedule(h, 64, 64, steps=2)
+    c = h.latent_channels
+    x = torch.from_numpy(make_noise(3, (2, c, 64 // h.vae_scale_factor, 64 // h.vae_scale_factor)))
+    outs = [eng.denoiser(h, cond, cond.negative, cfg=3.0, model_schedule=ms, attention_slicing=s)(x, 0.7) for s in (False, True)]
+    assert float((outs[0] - outs[1]).abs().max()) <= 1e-5 * max(1.0, float(outs[0].abs().max()))  # float rounding only
