@@ -351,3 +351,16 @@ def test_attention_slicing_gives_the_batched_result(eng, root, family):
     x = torch.from_numpy(make_noise(3, (2, c, 64 // h.vae_scale_factor, 64 // h.vae_scale_factor)))
     outs = [eng.denoiser(h, cond, cond.negative, cfg=3.0, model_schedule=ms, attention_slicing=s)(x, 0.7) for s in (False, True)]
     assert float((outs[0] - outs[1]).abs().max()) <= 1e-5 * max(1.0, float(outs[0].abs().max()))  # float rounding only
+
+
+@pytest.mark.parametrize("name", ["flux1-dev.transformer.original", "flux1-dev.transformer.diffusers"])
+def test_inspect_says_a_released_flux1_dev_file_may_be_kontext(shared_dir, tmp_path, capsys, name):
+    """flux1-kontext-dev.safetensors has [dev]'s keys and shapes (the released [dev] manifests stand for it): inspect
+    names it dev and says, as for the other one-layout pairs, that it may be Kontext."""
+    from spriteforge.cli.main import main
+    from spriteforge.tests.test_recognised_families import _fake_file, _manifest
+
+    path = _fake_file(tmp_path / f"{name}.safetensors", _manifest(shared_dir, name)["tensors"])
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "variant:    dev" in text and "ambiguous:  dev or Kontext [dev]: same layout" in text
