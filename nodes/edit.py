@@ -53,7 +53,7 @@ class Edit(ValidatedNode):
                 io.Combo.Input("sampler", options=[DEFAULT, *_sampler_names()], default=DEFAULT,
                                tooltip="The sampling method; default = the model's (euler)."),
                 io.Combo.Input("schedule", options=[DEFAULT, *_schedule_names()], default=DEFAULT,
-                               tooltip="How the noise levels are spaced; default = the model's (Flux normal, FLUX.2 simple)."),
+                               tooltip="How the noise levels are spaced; default = the model's edit default (simple, as the Kontext and FLUX.2 pipelines)."),
                 io.Int.Input("width", default=0, min=0, max=8192, step=16,
                              tooltip="Output width in pixels; 0 = the first reference's (as the model sizes references)."),
                 io.Int.Input("height", default=0, min=0, max=8192, step=16,

@@ -74,33 +74,43 @@ def _unpack(x, c, h, w):
 # --------------------------------------------------------------------------- FLUX.1 Kontext
 
 
-@pytest.mark.parametrize("cfg", [1.0, 2.0], ids=["guidance", "true-cfg"])
-def test_kontext_matches_flux_kontext_pipeline(eng, root, cfg):
+@pytest.mark.parametrize("cfg,own", [(1.0, False), (2.0, False), (1.0, True)], ids=["guidance", "true-cfg", "its-sigmas"])
+def test_kontext_matches_flux_kontext_pipeline(eng, root, cfg, own):
     """A reference image's packed latents after the image tokens at positions (1, row, col), the reference tokens'
-    output dropped, guidance 2.5 by default; with a negative, FluxKontextPipeline's true CFG: the same latents."""
+    output dropped, guidance 2.5 by default; with a negative, FluxKontextPipeline's true CFG: the same latents for the
+    same sigmas. ``its-sigmas``: our edit defaults (the simple schedule, the output's shift) against the pipeline's
+    own scheduler (the flux-dev release's dynamic shift from the output's token count, not the reference's)."""
+    from spriteforge.models import configs
+
     h = flux_dev(eng, root)
-    W, H, steps = 64, 48, 3
+    W, H, steps = 64, 48, 4 if own else 3  # 4 steps: the simple schedule's table gives linspace(1, 1/4) exactly
     ref = picture(48, 80)  # the reference need not be the output's size
     cond = pipeline.encode(eng, h, "make it red", "blurry", references=[ref], reference_resize=False, with_negative=cfg != 1.0)
     assert cond.guidance == 2.5 and len(cond.references) == 1 and tuple(cond.references[0].shape) == (1, 16, 6, 10)
-    ours = pipeline.sample(eng, h, pipeline.GenerateParams(seed=SEED, steps=steps, cfg=cfg, sampler="euler", schedule="normal",
-                                                           width=W, height=H, cond=cond)).latents
-    sigmas = get_sigmas("normal", steps, pipeline.model_schedule(h, W, H))
+    how = {} if own else {"sampler": "euler", "schedule": "normal"}
+    ours = pipeline.sample(eng, h, pipeline.GenerateParams(seed=SEED, steps=steps, cfg=cfg, width=W, height=H, cond=cond, **how))
+    assert ours.info["schedule"] == ("simple" if own else "normal")
     noise = torch.from_numpy(make_noise(SEED, (1, 16, H // 8, W // 8)))
+    if own:
+        sc = {k: v for k, v in configs.load("flux-dev")["scheduler"].items() if k != "_class_name"}
+        scheduler, sig = diffusers.FlowMatchEulerDiscreteScheduler.from_config(sc), {}
+    else:
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+        sig = {"sigmas": get_sigmas("normal", steps, pipeline.model_schedule(h, W, H))[:-1]}
     pipe = diffusers.FluxKontextPipeline(transformer=h.transformer, vae=h.vae, text_encoder=None, tokenizer=None,
-                                         text_encoder_2=None, tokenizer_2=None,
-                                         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False))
+                                         text_encoder_2=None, tokenizer_2=None, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     neg = {"negative_prompt_embeds": cond.negative.embeds, "negative_pooled_prompt_embeds": cond.negative.pooled,
            "true_cfg_scale": cfg} if cfg != 1.0 else {}
     with torch.no_grad():
         ref_lat = pipe(image=pil(ref), prompt_embeds=cond.embeds, pooled_prompt_embeds=cond.pooled, guidance_scale=2.5,
-                       num_inference_steps=steps, sigmas=sigmas[:-1], latents=_pack(noise), height=H, width=W, max_area=W * H,
-                       _auto_resize=False, output_type="latent", return_dict=False, **neg)[0]
+                       num_inference_steps=steps, latents=_pack(noise), height=H, width=W, max_area=W * H,
+                       _auto_resize=False, output_type="latent", return_dict=False, **sig, **neg)[0]
     ref_lat = _unpack(ref_lat, 16, H // 8, W // 8).numpy()
-    diff = float(np.abs(ours - ref_lat).max())
-    print(f"Kontext ({'true CFG 2' if cfg != 1 else 'guidance 2.5'}): max |ours - FluxKontextPipeline| latent = {diff:.2e}")
-    assert ours.shape == ref_lat.shape and diff <= 1e-4 * max(1.0, float(np.abs(ref_lat).max()))
+    diff = float(np.abs(ours.latents - ref_lat).max())
+    what = "its own sigmas" if own else ("true CFG 2" if cfg != 1 else "guidance 2.5")
+    print(f"Kontext ({what}): max |ours - FluxKontextPipeline| latent = {diff:.2e}")
+    assert ours.latents.shape == ref_lat.shape and diff <= 1e-4 * max(1.0, float(np.abs(ref_lat).max()))
 
 
 def test_kontext_sizes_references_as_its_pipeline():
@@ -120,7 +130,8 @@ def test_kontext_sizes_references_as_its_pipeline():
         with pytest.raises(SpriteForgeError) as e:
             flux2.reference_size(w, h, 16)
         assert e.value.code == BAD_INPUT
-    assert flux.edit_sampling_defaults("dev")["steps"] == 28 and flux.edit_defaults["guidance"] == 2.5
+    d = flux.edit_sampling_defaults("dev")
+    assert (d["steps"], d["schedule"], d["cfg"], flux.edit_defaults["guidance"]) == (28, "simple", 1.0, 2.5)
 
 
 @pytest.mark.parametrize("w,h", [(100, 70), (1100, 1000)])
@@ -294,7 +305,7 @@ def test_edit_node_and_encode_prompt_references_through_the_sampler(models_root)
         img, lat = E.Edit.execute(h, ref, "make it red", seed=3, steps=2, reference_resize=False)
         assert tuple(img.shape) == (1, 48, 64, 3) and lat["sf_family"] == "flux" and tuple(lat["samples"].shape) == (1, 16, 6, 8)
         cond = G.EncodePrompt.execute(h, "make it red", guidance=2.5, reference_1=ref, reference_resize=False)[0]
-        lat2 = G.Sampler.execute(h, cond, seed=3, steps=2, width=64, height=48)[0]
+        lat2 = G.Sampler.execute(h, cond, seed=3, steps=2, width=64, height=48, schedule="simple")[0]
         img2 = G.VAEDecode.execute(h, lat2)[0]
         assert float((img - img2).abs().max()) < 1e-5
         with pytest.raises(SpriteForgeError) as e:  # a batch of images is not one reference
