@@ -282,21 +282,22 @@ def models_root(tmp_path_factory):
     return root, tm.make_flux(root / "diffusers", layout="folder", variant="dev"), tm.make_pixart(root / "diffusers", layout="folder")
 
 
-def test_edit_node_and_encode_prompt_references_through_the_sampler(models_root):
-    """The Edit node from Load Model's handle (output the reference's size, LATENT of the family); Encode Prompt
-    carrying the same reference into Sampler and VAE Decode gives the same picture."""
+def test_edit_node_and_reference_images_through_the_sampler(models_root):
+    """The Edit node from Load Model's handle (output the reference's size, LATENT of the family); Encode Prompt, then
+    Reference Images, then Sampler and VAE Decode give the same picture. Encode Prompt's inputs are unchanged."""
     from spriteforge import paths
     from spriteforge.nodes import edit as E
     from spriteforge.nodes import generate as G
     from spriteforge.nodes import loaders as L
     from spriteforge.nodes import node_map
 
-    schema = node_map(strict=True)["SpriteForgeEdit"].define_schema()
-    assert schema.category == "SpriteForge/generate" and len(schema.description) > 40
-    assert all(i.tooltip for i in schema.inputs)
-    assert [o.io_type for o in schema.outputs] == ["IMAGE", "LATENT"]
-    enc_ids = [i.id for i in node_map(strict=True)["SpriteForgeEncodePrompt"].define_schema().inputs]
-    assert {"reference_1", "reference_2", "reference_3", "reference_resize"} <= set(enc_ids)
+    nodes = node_map(strict=True)
+    for nid, outs in (("SpriteForgeEdit", ["IMAGE", "LATENT"]), ("SpriteForgeReferenceImages", ["SF_CONDITIONING"])):
+        schema = nodes[nid].define_schema()
+        assert schema.category == "SpriteForge/generate" and len(schema.description) > 40
+        assert all(i.tooltip for i in schema.inputs) and [o.io_type for o in schema.outputs] == outs
+    enc_ids = [i.id for i in nodes["SpriteForgeEncodePrompt"].define_schema().inputs]
+    assert enc_ids == ["model", "positive", "negative", "guidance", "sana_instruction"]
     root, folder, pix_folder = models_root
     paths.set_models_root(root)
     try:
@@ -304,8 +305,10 @@ def test_edit_node_and_encode_prompt_references_through_the_sampler(models_root)
         ref = torch.from_numpy(picture(48, 64)[None].astype(np.float32))
         img, lat = E.Edit.execute(h, ref, "make it red", seed=3, steps=2, reference_resize=False)
         assert tuple(img.shape) == (1, 48, 64, 3) and lat["sf_family"] == "flux" and tuple(lat["samples"].shape) == (1, 16, 6, 8)
-        cond = G.EncodePrompt.execute(h, "make it red", guidance=2.5, reference_1=ref, reference_resize=False)[0]
-        lat2 = G.Sampler.execute(h, cond, seed=3, steps=2, width=64, height=48, schedule="simple")[0]
+        cond = G.EncodePrompt.execute(h, "make it red", guidance=2.5)[0]
+        with_refs = E.ReferenceImages.execute(h, cond, ref, reference_resize=False)[0]
+        assert cond.references is None and len(with_refs.references) == 1  # the input conditioning is not changed
+        lat2 = G.Sampler.execute(h, with_refs, seed=3, steps=2, width=64, height=48, schedule="simple")[0]
         img2 = G.VAEDecode.execute(h, lat2)[0]
         assert float((img - img2).abs().max()) < 1e-5
         with pytest.raises(SpriteForgeError) as e:  # a batch of images is not one reference
@@ -375,3 +378,31 @@ def test_inspect_says_a_released_flux1_dev_file_may_be_kontext(shared_dir, tmp_p
     assert main(["inspect", str(path)]) == 0
     text = capsys.readouterr().out
     assert "variant:    dev" in text and "ambiguous:  dev or Kontext [dev]: same layout" in text
+
+
+def test_the_family_encode_sees_the_reference_images(eng, root, monkeypatch):
+    """``Family.encode(images=)`` gets the references as given, for the prompt and the negative; a family whose text
+    encoder reads them (``encode_sees_references``) is encoded again when references join a conditioning later."""
+    h = flux_dev(eng, root)
+    fam = registry.rules("flux")
+    seen = []
+    real = type(fam).encode
+
+    def recording(self, te, prompts, cond, **kw):
+        seen.append((list(prompts), None if kw.get("images") is None else [a.shape for a in kw["images"]]))
+        return real(self, te, prompts, cond, **kw)
+
+    monkeypatch.setattr(type(fam), "encode", recording)
+    ref = picture(48, 80)
+    cond = pipeline.encode(eng, h, "make it red", "blurry", references=[ref], reference_resize=False)
+    assert seen == [(["make it red"], [(48, 80, 3)]), (["blurry"], [(48, 80, 3)])]
+    seen.clear()
+    plain = pipeline.encode(eng, h, "make it red", "blurry")
+    later = pipeline.with_references(eng, h, plain, [ref], resize=False)
+    assert seen == [(["make it red"], None), (["blurry"], None)]  # latents only: Flux's encoders read no images
+    assert float(np.abs(eng.to_numpy(later.references[0]) - eng.to_numpy(cond.references[0])).max()) == 0.0
+    assert later.negative.references is later.references
+    seen.clear()
+    monkeypatch.setattr(type(fam), "encode_sees_references", True)
+    again = pipeline.with_references(eng, h, plain, [ref], resize=False)
+    assert seen == [(["make it red"], [(48, 80, 3)]), (["blurry"], [(48, 80, 3)])] and len(again.references) == 1
