@@ -51,7 +51,18 @@ RESIZE_TOOLTIP = ("On: each reference is scaled to the sizes the model was train
                   "model's 16-pixel grid (small sprites stay small).")
 
 
+def output_side(v) -> int | None:
+    """An Edit node width/height: 0 = the first reference's (None), else at least 16 pixels."""
+    v = int(v)
+    if 0 < v < 16:
+        raise SpriteForgeError(BAD_INPUT, f"{v} pixels is smaller than any model's grid: give 0 (the first reference's "
+                               "size) or 16 or more.")
+    return v or None
+
+
 class Edit(ValidatedNode):
+    CHECKS = {"width": output_side, "height": output_side}
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -112,7 +123,7 @@ class Edit(ValidatedNode):
             cfg=float(cfg) or None, guidance=float(guidance) or None, sampler=None if sampler == DEFAULT else sampler,
             schedule=None if schedule == DEFAULT else schedule, batch_size=int(batch_size), max_side=int(max_side),
             references=refs, reference_resize=bool(reference_resize), preview=IN_COMFYUI)
-        res = edit(h.engine, h, params, width=int(width) or None, height=int(height) or None)
+        res = edit(h.engine, h, params, width=output_side(width), height=output_side(height))
         for note in res.notes:
             log.info("%s", note)
         return io.NodeOutput(to_tensor(res.images), latent_out(res.latents, h.family))

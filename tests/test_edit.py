@@ -319,7 +319,8 @@ def test_edit_node_and_reference_images_through_the_sampler(models_root):
             E.Edit.execute(pix, ref, "x", steps=1)
         assert e.value.code == BAD_INPUT and "cannot take reference images" in e.value.message
         assert E.Edit.validate_inputs(steps=-1) is not True and E.Edit.validate_inputs(sampler="nope") is not True
-        assert E.Edit.validate_inputs(steps=2, sampler="default", schedule="simple") is True
+        assert E.Edit.validate_inputs(steps=2, sampler="default", schedule="simple", width=0, height=64) is True
+        assert "width" in E.Edit.validate_inputs(width=8)
     finally:
         paths.set_models_root(None)
 
