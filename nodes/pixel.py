@@ -720,6 +720,49 @@ class PixelMatchReference(ValidatedNode):
                              ui=palette_ui(pal, used=[x[..., :3] for x in outs], alpha=[x[..., 3] for x in outs]))
 
 
+BATCH_SLOTS = 8
+
+
+class PixelBatch(ValidatedNode):
+    @classmethod
+    def define_schema(cls):
+        slots = []
+        for i in range(1, BATCH_SLOTS + 1):
+            slots.append(io.Image.Input(f"image_{i}", optional=i > 1,
+                                        tooltip=f"Frame(s) {i} of the batch (a batch adds all its frames)."))
+            slots.append(io.Mask.Input(f"mask_{i}", optional=True,
+                                       tooltip=f"Alpha of image_{i}: 1 = opaque (none: opaque)."))
+        return io.Schema(
+            node_id="SpriteForgePixelBatch",
+            display_name="SpriteForge Sprite Batch",
+            category=CATEGORY,
+            description="Joins sprites of one size (e.g. the variants of a sprite) with their alpha into one batch, "
+            "in input order, for Save Indexed and Sprite Sheet. Images of different sizes are refused.",
+            inputs=slots,
+            outputs=[io.Image.Output(display_name="images", tooltip="All frames [N,H,W,3] in input order."),
+                     io.Mask.Output(display_name="masks", tooltip="Their alpha [N,H,W]: 1 = opaque.")],
+        )
+
+    @classmethod
+    def execute(cls, image_1, mask_1=None, **more):
+        rgbs, alphas = [], []
+        for i in range(1, BATCH_SLOTS + 1):
+            image = image_1 if i == 1 else more.get(f"image_{i}")
+            mask = mask_1 if i == 1 else more.get(f"mask_{i}")
+            if image is None:
+                if mask is not None:
+                    raise _bad(f"mask_{i} is connected but image_{i} is not. Connect its image too.")
+                continue
+            rgb, a = _frames(image, mask)
+            if rgbs and rgb.shape[1:3] != rgbs[0].shape[1:3]:
+                raise _bad(f"image_{i} is {rgb.shape[2]}x{rgb.shape[1]}, image_1 is {rgbs[0].shape[2]}x"
+                           f"{rgbs[0].shape[1]}. Give sprites of one size (Match Reference Sprite makes them so).")
+            rgbs.append(rgb)
+            alphas.append(a)
+        rgb, a = np.concatenate(rgbs), np.concatenate(alphas)
+        return io.NodeOutput(np_to_image(rgb), np_to_mask(a))
+
+
 NODES = [
     PixelKeyToAlpha,
     PixelDownscale,
@@ -734,4 +777,5 @@ NODES = [
     PixelSliceTiles,
     PixelEditReference,
     PixelMatchReference,
+    PixelBatch,
 ]

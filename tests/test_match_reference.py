@@ -249,3 +249,20 @@ def test_png_round_trip_keeps_the_lock():
     back = R.match_reference(again, ref, alpha="mask")
     assert np.array_equal(back[..., 3], out[..., 3])
     assert np.array_equal(back[..., :3][out[..., 3] == 255], out[..., :3][out[..., 3] == 255])
+
+
+def test_sprite_batch_joins_variants_in_order_and_refuses_other_sizes():
+    s = N.PixelBatch.define_schema()
+    assert s.category == "SpriteForge/pixel" and all(i.tooltip for i in s.inputs)
+    a, b = _ref(9), _ref(10)[:, ::-1]
+    images, masks = N.PixelBatch.execute(_t(a[None, ..., :3]), _t(a[None, ..., 3]), image_3=_t(np.stack([b, a])[..., :3]),
+                                         mask_3=_t(np.stack([b, a])[..., 3])).args
+    assert tuple(images.shape) == (3, 32, 32, 3)
+    assert torch.equal(masks, _t(np.stack([a, b, a])[..., 3]))
+    assert torch.equal(images, _t(np.stack([a, b, a])[..., :3]))
+    only, opaque = N.PixelBatch.execute(_t(a[None, ..., :3])).args
+    assert tuple(only.shape) == (1, 32, 32, 3) and bool((opaque == 1).all())
+    for kw in ({"image_2": _t(a[None, :16, :16, :3])}, {"mask_2": _t(a[None, ..., 3])}):
+        with pytest.raises(SpriteForgeError) as e:
+            N.PixelBatch.execute(_t(a[None, ..., :3]), **kw)
+        assert e.value.code == BAD_INPUT
