@@ -219,8 +219,10 @@ def test_nodes_from_load_image_to_indexed_variants_with_the_references_palette(t
     pal0 = R.reference_palette(ref)
     edited = (big[0].numpy() * 255).round().astype(np.uint8)
     variants = np.stack([_generated(_recolour(edited, pal0, s), s) for s in (1, 2)])
-    img, mask, pal = N.PixelMatchReference.execute(_t(variants), image, reference_mask=load_mask,
-                                                   invert_reference_mask=True).args
+    matched = N.PixelMatchReference.execute(_t(variants), image, reference_mask=load_mask, invert_reference_mask=True)
+    img, mask, pal = matched.args
+    # the editor's swatch strip: the reference colours the variants use, in the palette's order
+    assert matched.ui["palette"] == ["#" + c for c in pal0.hex()]
     assert tuple(img.shape) == (2, 32, 32, 3) and tuple(mask.shape) == (2, 32, 32)
     assert pal == pal0
     assert torch.equal(mask[0], _t(ref[..., 3])) and torch.equal(mask[1], _t(ref[..., 3]))
