@@ -19,6 +19,7 @@ from ..pixel import alpha as A
 from ..pixel import export as X
 from ..pixel import grid as G
 from ..pixel import palette as P
+from ..pixel import reference as R
 from ..pixel.color import parse_hex_color
 from ..pixel.quantize import DITHERS
 from ..pixel.quantize import quantize as quantize_image
@@ -581,6 +582,187 @@ class PixelKeyToAlpha(ValidatedNode):
         return io.NodeOutput(np_to_image(out), np_to_mask(out[..., 3]))
 
 
+REFERENCE_TIP = "The reference sprite at its native size (one image: what Save Indexed wrote, or the sprite chain's " \
+                "output)."
+REFERENCE_MASK_TIP = "Optional alpha of the reference sprite: 1 = sprite pixel (LoadImage's mask is the inverse: turn " \
+                     "on invert_reference_mask). Without it the reference is opaque."
+
+
+def _reference(image, mask, invert: bool) -> np.ndarray:
+    """The one reference sprite of a node input as RGBA uint8."""
+    rgb, a = _frames(image, mask, invert)
+    if len(rgb) != 1:
+        raise _bad(f"the reference is a batch of {len(rgb)} images. Give one sprite.")
+    return _rgba(rgb[0], a[0])
+
+
+class PixelEditReference(ValidatedNode):
+    CHECKS = {"key_color": parse_hex_color}
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgePixelEditReference",
+            display_name="SpriteForge Reference Sprite for Edit",
+            category=CATEGORY,
+            description="Enlarges a native-size sprite by a whole factor (nearest neighbour, crisp squares) to about "
+            "the size an edit model works at, its transparent pixels on a flat key colour, so an Edit node can make "
+            "variants of it; Match Reference Sprite brings them back to the sprite's grid and palette.",
+            inputs=[
+                io.Image.Input("image", tooltip="The sprite at its native size (a batch: every frame the same size)."),
+                io.Int.Input("size", default=1024, min=16, max=4096,
+                              tooltip="The edit model's working size (long side): the largest whole factor that "
+                              "fits is used."),
+                io.Int.Input("multiple", default=16, min=1, max=128,
+                             tooltip="Prefer a factor that makes both sides a multiple of this (the model's latent "
+                             "grid; 16 for FLUX.2 and Qwen-Image)."),
+                io.String.Input("key_color", default=R.KEY_COLOR,
+                                tooltip="The flat background the transparent pixels get, as #rrggbb (a colour the "
+                                "sprite does not use; Match Reference Sprite keys it out again)."),
+                _invert_mask_in(),
+                _mask_in(),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The enlarged sprite on the key colour [B,H,W,3]."),
+                     io.Int.Output(display_name="factor", tooltip="The whole factor the sprite was enlarged by."),
+                     io.Int.Output(display_name="width", tooltip="Width of the enlarged image in pixels."),
+                     io.Int.Output(display_name="height", tooltip="Height of the enlarged image in pixels.")],
+        )
+
+    @classmethod
+    def execute(cls, image, size=1024, multiple=16, key_color=R.KEY_COLOR, invert_mask=False, mask=None):
+        rgb, a = _frames(image, mask, invert_mask)
+        outs, factor = [], 1
+        bar = Progress(len(rgb), "reference for edit")
+        for f, m in zip(rgb, a):
+            big, factor = R.edit_reference(_rgba(f, m), size=size, key=key_color, multiple=multiple)
+            outs.append(big)
+            bar.update()
+        o = np.stack(outs)
+        return io.NodeOutput(np_to_image(o), int(factor), int(o.shape[2]), int(o.shape[1]))
+
+
+class PixelMatchReference(ValidatedNode):
+    CHECKS = {"key_color": parse_hex_color}
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SpriteForgePixelMatchReference",
+            display_name="SpriteForge Match Reference Sprite",
+            category=CATEGORY,
+            description="Locks images (e.g. an edit model's variants of a sprite: recolour, damaged, night, facing "
+            "left) to a reference sprite: the reference's exact size (downscaled by the factor the sizes give, or by "
+            "the detected pixel grid), only the reference's colours, alpha exactly 0/1 by the reference's rule (an "
+            "opaque reference gives opaque images; else the key colour, the image's mask or the reference's own "
+            "silhouette). Give Save Indexed / Sprite Sheet its palette output: every variant then has the "
+            "reference's palette and indices.",
+            inputs=[
+                io.Image.Input("image", tooltip="Images at the model's resolution (a batch is matched frame by frame)."),
+                io.Image.Input("reference", tooltip=REFERENCE_TIP),
+                io.Combo.Input("grid", options=list(R.GRIDS), default="reference size",
+                               tooltip="'reference size': cut the image into the reference's width x height cells "
+                               "(the factor it was enlarged by); 'detect': recover the image's own pixel grid (it "
+                               "must come out at the reference's size)."),
+                io.Combo.Input("method", options=list(S.METHODS), default="kcentroid",
+                               tooltip="How each cell becomes one pixel: kcentroid = dominant colour, contrast = keeps "
+                               "1-pixel dark outlines, box = average, median, nearest = cell centre."),
+                io.Combo.Input("fit", options=list(R.FITS), default="scale",
+                               tooltip="When the cells do not divide the image: 'scale' resizes it to the nearest "
+                               "whole multiple of the reference's size, 'crop' cuts the rest off (centred), 'pad' "
+                               "adds it, 'exact' stops with an error."),
+                io.Combo.Input("alpha", options=list(R.ALPHAS), default="key",
+                               tooltip="Where transparency comes from when the reference has any: 'key' = the key "
+                               "colour background (the silhouette may change), 'reference' = the reference's "
+                               "silhouette exactly, 'mask' = the image's own mask input."),
+                io.String.Input("key_color", default=R.KEY_COLOR,
+                                tooltip="The flat background colour that becomes transparent (alpha 'key'), as #rrggbb."),
+                io.Float.Input("threshold", default=0.3, min=0.0, max=1.0, step=0.01,
+                               tooltip="How close to the key colour a pixel must be to become transparent "
+                               "(relative RGB distance)."),
+                io.Combo.Input("dither", options=DITHER_CHOICES, default="none",
+                               tooltip="none (crisp sprites), fs (Floyd-Steinberg), atkinson, bayer2/4/8, within the "
+                               "reference's colours."),
+                io.Int.Input("min_island", default=0, min=0, max=100000,
+                             tooltip="Opaque specks smaller than this many pixels are removed (0 = keep all)."),
+                io.Int.Input("max_hole", default=0, min=0, max=100000,
+                             tooltip="Enclosed transparent holes up to this many pixels are filled (0 = none)."),
+                io.Boolean.Input("invert_reference_mask", default=False,
+                                 tooltip="Turn on when the reference mask comes straight from LoadImage (there 1 = "
+                                 "transparent)."),
+                _invert_mask_in(),
+                io.Mask.Input("reference_mask", optional=True, tooltip=REFERENCE_MASK_TIP),
+                _mask_in(),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The images on the reference's grid and palette "
+                                     "[B,h,w,3] (h, w: the reference's size)."),
+                     io.Mask.Output(display_name="mask", tooltip=TIP_OUT_MASK),
+                     PaletteType.Output(display_name="palette", tooltip="The reference's palette (its own colours, in "
+                                        "the order Save Indexed writes them), for Save Indexed and Sprite Sheet.")],
+        )
+
+    @classmethod
+    def execute(cls, image, reference, grid="reference size", method="kcentroid", fit="scale", alpha="key",
+                key_color=R.KEY_COLOR, threshold=0.3, dither="none", min_island=0, max_hole=0,
+                invert_reference_mask=False, invert_mask=False, reference_mask=None, mask=None):
+        ref = _reference(reference, reference_mask, invert_reference_mask)
+        pal = R.reference_palette(ref)
+        rgb, a = _frames(image, mask, invert_mask)
+        outs = []
+        bar = Progress(len(rgb), "match reference")
+        for f, m in zip(rgb, a):
+            img = _rgba(f, m) if mask is not None else f
+            outs.append(R.match_reference(img, ref, grid=grid, method=method, fit=fit, alpha=alpha, key=key_color,
+                                          threshold=threshold, dither=dither, min_island=min_island,
+                                          max_hole=max_hole))
+            bar.update()
+        o = np.stack(outs)
+        return io.NodeOutput(np_to_image(o), np_to_mask(o[..., 3]), pal,
+                             ui=palette_ui(pal, used=[x[..., :3] for x in outs], alpha=[x[..., 3] for x in outs]))
+
+
+BATCH_SLOTS = 8
+
+
+class PixelBatch(ValidatedNode):
+    @classmethod
+    def define_schema(cls):
+        slots = []
+        for i in range(1, BATCH_SLOTS + 1):
+            slots.append(io.Image.Input(f"image_{i}", optional=i > 1,
+                                        tooltip=f"Frame(s) {i} of the batch (a batch adds all its frames)."))
+            slots.append(io.Mask.Input(f"mask_{i}", optional=True,
+                                       tooltip=f"Alpha of image_{i}: 1 = opaque (none: opaque)."))
+        return io.Schema(
+            node_id="SpriteForgePixelBatch",
+            display_name="SpriteForge Sprite Batch",
+            category=CATEGORY,
+            description="Joins sprites of one size (e.g. the variants of a sprite) with their alpha into one batch, "
+            "in input order, for Save Indexed and Sprite Sheet. Images of different sizes are refused.",
+            inputs=slots,
+            outputs=[io.Image.Output(display_name="images", tooltip="All frames [N,H,W,3] in input order."),
+                     io.Mask.Output(display_name="masks", tooltip="Their alpha [N,H,W]: 1 = opaque.")],
+        )
+
+    @classmethod
+    def execute(cls, image_1, mask_1=None, **more):
+        rgbs, alphas = [], []
+        for i in range(1, BATCH_SLOTS + 1):
+            image = image_1 if i == 1 else more.get(f"image_{i}")
+            mask = mask_1 if i == 1 else more.get(f"mask_{i}")
+            if image is None:
+                if mask is not None:
+                    raise _bad(f"mask_{i} is connected but image_{i} is not. Connect its image too.")
+                continue
+            rgb, a = _frames(image, mask)
+            if rgbs and rgb.shape[1:3] != rgbs[0].shape[1:3]:
+                raise _bad(f"image_{i} is {rgb.shape[2]}x{rgb.shape[1]}, image_1 is {rgbs[0].shape[2]}x"
+                           f"{rgbs[0].shape[1]}. Give sprites of one size (Match Reference Sprite makes them so).")
+            rgbs.append(rgb)
+            alphas.append(a)
+        rgb, a = np.concatenate(rgbs), np.concatenate(alphas)
+        return io.NodeOutput(np_to_image(rgb), np_to_mask(a))
+
+
 NODES = [
     PixelKeyToAlpha,
     PixelDownscale,
@@ -593,4 +775,7 @@ NODES = [
     PixelSaveIndexed,
     PixelSpriteSheet,
     PixelSliceTiles,
+    PixelEditReference,
+    PixelMatchReference,
+    PixelBatch,
 ]

@@ -5,7 +5,7 @@ Conventions: images are ``H x W x 3`` (RGB) or ``H x W x 4`` (RGBA) ``uint8`` sR
 Perceptual work happens in OKLab. Bad input raises ``SpriteForgeError(BAD_INPUT, ...)``.
 
 Modules: :mod:`.color` (OKLab, ΔE), :mod:`.scale` (downscale/upscale), :mod:`.grid` (native-grid
-recovery), :mod:`.palette` (shipped palettes, files, extraction), :mod:`.quantize` (matching and
+recovery), :mod:`.reference` (an image locked to a reference sprite's size, palette and alpha), :mod:`.palette` (shipped palettes, files, extraction), :mod:`.quantize` (matching and
 dithering), :mod:`.alpha` (clean alpha), :mod:`.export` (indexed PNG, sprite sheets, tiles).
 """
 

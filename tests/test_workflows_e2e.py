@@ -41,7 +41,8 @@ pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[1]
 WF = REPO / "example_workflows"
-NAMES = ("txt2img", "img2img", "tileset", "inpainting", "sprite_pipeline", "z_image_turbo_sprite", "flux2_klein_txt2img")
+NAMES = ("txt2img", "img2img", "tileset", "inpainting", "sprite_pipeline", "z_image_turbo_sprite", "flux2_klein_txt2img",
+         "sprite_variants")
 SMALL = 64
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -147,7 +148,7 @@ def tiny_models_root(tmp_path_factory) -> Path:
 
 def small_overrides(prompt: dict) -> list[str]:
     """``--set`` overrides that make a workflow cheap on tiny models: 64x64, 2 steps, batch <= 2,
-    BiRefNet at 64 (the image size), pixel-art sizes that divide 64."""
+    BiRefNet at 64 (the image size), pixel-art sizes that divide 64, references for an edit enlarged to 64."""
     sets = []
     for nid, node in prompt.items():
         ct, inp = node["class_type"], node["inputs"]
@@ -160,6 +161,10 @@ def small_overrides(prompt: dict) -> list[str]:
             sets.append(f"{nid}.factor=4")
         elif ct == "SpriteForgePixelSliceTiles":
             sets += [f"{nid}.tile_width=8", f"{nid}.tile_height=8"]
+        elif ct == "SpriteForgePixelEditReference":
+            sets.append(f"{nid}.size={SMALL}")
+        elif ct == "SpriteForgeEdit":
+            sets.append(f"{nid}.steps=2")
     return sets
 
 
@@ -183,14 +188,18 @@ def engine_overrides(prompt: dict, engine: str | None) -> list[str]:
 
 
 def small_inputs(folder: Path) -> Path:
-    """The shipped example images (example_workflows/input) shrunk to 64x64, alpha kept."""
+    """The shipped example images (example_workflows/input) shrunk to 64x64, alpha kept; a sprite no larger
+    (the 32x32 reference sprite) is copied as it is."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     for p in sorted((WF / "input").glob("*.png")):
         if not (folder / p.name).exists():
             with Image.open(p) as im:
-                im.resize((SMALL, SMALL), Image.NEAREST).save(folder / p.name)
+                if max(im.size) <= SMALL:
+                    shutil.copy(p, folder / p.name)
+                else:
+                    im.resize((SMALL, SMALL), Image.NEAREST).save(folder / p.name)
     return folder
 
 

@@ -37,7 +37,8 @@ IMAGE_ROOM = 220     # the frontend's image preview under an image-output node's
 SWATCH_ROOM = 24     # the extension's palette swatch strip (SWATCH_H 16 + margins)
 IMAGE_UI_NODES = {"PreviewImage", "SaveImage", "LoadImage", "SpriteForgePixelSaveIndexed",
                   "SpriteForgePixelSpriteSheet", "SpriteForgeSaveAutotileSet"}
-PALETTE_UI_NODES = {"SpriteForgePixelPaletteExtract", "SpriteForgePixelPaletteLoad", "SpriteForgePixelQuantize"}
+PALETTE_UI_NODES = {"SpriteForgePixelPaletteExtract", "SpriteForgePixelPaletteLoad", "SpriteForgePixelQuantize",
+                    "SpriteForgePixelMatchReference"}
 MODEL_NODES = {"SpriteForgeLoadModel"}
 NOTE_COLOR, NOTE_BG = "#432", "#653"
 
@@ -519,10 +520,91 @@ def autotile() -> Workflow:
     return Workflow("autotile", nodes, links, groups, notes)
 
 
+NOTE_VARIANTS_MODEL = """MODELS (FLUX.2 [klein] 4B, Apache-2.0: it edits from reference images)
+models/diffusion_models/flux-2-klein-4b.safetensors  (black-forest-labs/FLUX.2-klein-4B, the BFL single file)
+models/text_encoders/qwen_3_4b.safetensors  (Qwen3-4B; ComfyUI's qwen25_tokenizer or a qwen_3_4b_tokenizer/ folder
+  beside it gives the tokenizer)
+models/vae/flux2-vae.safetensors  (the FLUX.2 VAE)
+
+THE REFERENCE: input/spriteforge_knight_sprite.png, a 32x32 indexed sprite with a transparent background. Load
+your own sprite at its native size (what the sprite chain's Save Indexed writes at upscale 1). Reference Sprite
+for Edit enlarges it by a whole factor (32 -> 1024) onto the flat magenta key colour, the picture every Edit sees."""
+
+NOTE_VARIANTS = """VARIANTS
+Each Edit node asks for one variant of the same sprite (steps 4, cfg 1: the distilled [klein]; width/height 0 =
+the reference's size). Keep 'flat magenta background' in the instructions: Match Reference Sprite keys it out.
+
+MATCH REFERENCE SPRITE locks every variant to the reference: the reference's size (1024 / 32 = 32x32 cells,
+kcentroid = each cell's dominant colour), only the reference's colours (its palette output), alpha exactly 0/1
+(alpha 'key': the magenta background becomes transparent, so a variant may change its silhouette; 'reference'
+keeps the reference's silhouette pixel for pixel, for pure recolours). An opaque reference gives opaque variants.
+
+OUTPUT (output/spriteforge/variants/): knight_recolour_*.png, knight_damaged_*.png, knight_night_*.png,
+knight_left_*.png, knight_back_*.png: indexed PNGs with the reference's palette (and .hex), and knight_sheet_*.png:
+the reference and the five variants in one indexed sheet + JSON atlas + .hex/.gpl palette."""
+
+VARIANTS = [
+    ("recolour", "Recolour the knight: golden armour and a blue cape. Keep the same pose, the same pixel-art style "
+                 "and the flat magenta background."),
+    ("damaged", "The same knight after a hard battle: dented, scratched armour and a torn cape. Keep the same pose, "
+                "the same pixel-art style and the flat magenta background."),
+    ("night", "The same knight at night: darker, moonlit shading. Keep the same pose, the same pixel-art style and "
+              "the flat magenta background."),
+    ("left", "The same knight facing left. Keep the same pixel-art style and the flat magenta background."),
+    ("back", "The same knight seen from behind, facing away from the viewer. Keep the same pixel-art style and the "
+             "flat magenta background."),
+]
+
+
+def sprite_variants() -> Workflow:
+    ref = {"reference": (2, 0), "reference_mask": (2, 1)}
+    match_w = {"grid": "reference size", "method": "kcentroid", "fit": "scale", "alpha": "key",
+               "key_color": "#ff00ff", "threshold": 0.3, "dither": "none", "invert_reference_mask": True}
+    nodes = [
+        N(1, "SpriteForgeLoadModel", 0, 0, FLUX2_KLEIN),
+        N(2, "LoadImage", 0, 4.2, {"image": "spriteforge_knight_sprite.png"}, height=380),
+        N(3, "SpriteForgePixelEditReference", 1, 0, {"size": 1024, "multiple": 16, "key_color": "#ff00ff",
+                                                     "invert_mask": True}),
+        N(20, "SpriteForgePixelMatchReference", 3, 0, match_w, title="Match Reference Sprite (the reference)"),
+    ]
+    links = [L(2, 0, 3, "image"), L(2, 1, 3, "mask"), L(3, 0, 20, "image")]
+    links += [L(src, out, 20, inp) for inp, (src, out) in ref.items()]
+    for k, (name, text) in enumerate(VARIANTS):
+        edit, match, save = 10 + k, 21 + k, 30 + k
+        nodes += [
+            N(edit, "SpriteForgeEdit", 2, 2.4 + 5.4 * k, {"prompt": text, "negative": "", "seed": 100 + k, "steps": 4,
+                                                         "cfg": 1.0, "width": 0, "height": 0, "batch_size": 1},
+              title=f"Edit: {name}"),
+            N(match, "SpriteForgePixelMatchReference", 3, 2.4 + 5.4 * k, match_w, title=f"Match Reference Sprite: {name}"),
+            N(save, "SpriteForgePixelSaveIndexed", 4, 2.4 + 5.4 * k,
+              {"filename_prefix": f"spriteforge/variants/knight_{name}", "upscale": 1}),
+        ]
+        links += [L(1, 0, edit, "model"), L(3, 0, edit, "reference_1"), L(edit, 0, match, "image"),
+                  L(match, 0, save, "images"), L(match, 2, save, "palette"), L(match, 1, save, "mask")]
+        links += [L(src, out, match, inp) for inp, (src, out) in ref.items()]
+    nodes += [
+        N(40, "SpriteForgePixelBatch", 5, 0),
+        N(41, "SpriteForgePixelSpriteSheet", 6, 0, {"filename_prefix": "spriteforge/variants/knight_sheet",
+                                                    "columns": 6, "padding": 1, "indexed": True,
+                                                    "frame_duration_ms": 100}),
+    ]
+    links += [L(20, 0, 40, "image_1"), L(20, 1, 40, "mask_1")]
+    links += [L(21 + k, j, 40, f"{('image', 'mask')[j]}_{k + 2}") for k in range(len(VARIANTS)) for j in (0, 1)]
+    links += [L(40, 0, 41, "images"), L(40, 1, 41, "mask"), L(20, 2, 41, "palette")]
+    notes = [Note(50, 0, 8.0, NOTE_VARIANTS_MODEL, width=740, height=300),
+             Note(51, 5, 4.0, NOTE_VARIANTS, width=740, height=400)]
+    groups = [Group("Model and reference sprite", [1, 2, 3, 50], "#3f789e"),
+              Group("Edit into variants (FLUX.2 [klein])", [10 + k for k in range(len(VARIANTS))], "#8a8a3f"),
+              Group("Lock to the reference's grid and palette", [20] + [21 + k for k in range(len(VARIANTS))], "#a1309b"),
+              Group("Save", [30 + k for k in range(len(VARIANTS))] + [40, 41], "#3f8a5a")]
+    return Workflow("sprite_variants", nodes, links, groups, notes, inputs=["spriteforge_knight_sprite.png"])
+
+
 
 WORKFLOWS = {"txt2img": txt2img, "img2img": img2img, "tileset": tileset, "inpainting": inpainting,
              "sprite_pipeline": sprite_pipeline, "sprite_demo": sprite_demo, "sdxl_pixel_art": sdxl_pixel_art, "autotile": autotile,
-             "z_image_turbo_sprite": z_image_turbo_sprite, "flux2_klein_txt2img": flux2_klein_txt2img}
+             "z_image_turbo_sprite": z_image_turbo_sprite, "flux2_klein_txt2img": flux2_klein_txt2img,
+             "sprite_variants": sprite_variants}
 
 
 # --------------------------------------------------------------------------- graph assembly
@@ -765,10 +847,13 @@ SHORT = {
     "CheckpointLoaderSimple": "Load Checkpoint", "LoraLoader": "Load LoRA", "CLIPTextEncode": "Text Encode",
     "EmptyLatentImage": "Empty Latent", "VAEDecode": "VAE Decode", "SpriteForgeKSampler": "KSampler",
     "SpriteForgeMakeAutotileSet": "Make Autotile", "SpriteForgeSaveAutotileSet": "Save Autotile",
+    "SpriteForgeEdit": "Edit", "SpriteForgePixelEditReference": "Edit Reference",
+    "SpriteForgePixelMatchReference": "Match Reference", "SpriteForgePixelBatch": "Sprite Batch",
 }
 TITLES = {"txt2img": "Text to image", "img2img": "Image to image", "tileset": "Seamless tileset",
           "inpainting": "Inpainting", "sprite_pipeline": "Sprite pipeline", "sprite_demo": "Demo sprites",
-          "sdxl_pixel_art": "SDXL pixel art", "autotile": "Autotile set"}
+          "sdxl_pixel_art": "SDXL pixel art", "autotile": "Autotile set",
+          "sprite_variants": "Sprite variants"}
 
 
 def _font(size: int):
@@ -883,6 +968,42 @@ def _knight_scene(size: int = 1024):
     return im.resize((size, size), Image.NEAREST)
 
 
+def _knight_sprite():
+    """A 32x32 pixel-art knight facing right, transparent background, 1-px outline: RGBA uint8 (8 colours)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from spriteforge.pixel import alpha as A
+
+    im = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    d = ImageDraw.Draw(im)
+    light, mid, dark = (196, 206, 222, 255), (136, 150, 178, 255), (88, 100, 130, 255)
+    cape, cape_dark = (186, 36, 44, 255), (120, 24, 46, 255)
+    gold, brown, slit = (232, 184, 56, 255), (122, 78, 42, 255), (28, 24, 40, 255)
+    d.rectangle([7, 11, 11, 24], fill=cape)            # cape behind the back
+    d.rectangle([7, 20, 10, 25], fill=cape_dark)
+    d.rectangle([11, 4, 19, 11], fill=mid)             # helmet
+    d.rectangle([12, 4, 18, 6], fill=light)
+    d.rectangle([15, 7, 19, 8], fill=slit)             # visor slit
+    d.rectangle([14, 2, 16, 3], fill=cape)             # plume
+    d.rectangle([11, 12, 20, 21], fill=mid)            # body
+    d.rectangle([12, 12, 16, 15], fill=light)
+    d.rectangle([11, 19, 20, 20], fill=brown)          # belt
+    d.point((16, 19), fill=gold)
+    d.rectangle([12, 22, 14, 27], fill=dark)           # legs
+    d.rectangle([17, 22, 19, 27], fill=dark)
+    d.rectangle([11, 28, 14, 29], fill=brown)          # boots
+    d.rectangle([17, 28, 20, 29], fill=brown)
+    d.rectangle([20, 14, 22, 17], fill=dark)           # arm
+    d.rectangle([21, 16, 23, 17], fill=brown)          # hilt
+    d.rectangle([22, 15, 22, 18], fill=gold)           # guard
+    d.rectangle([23, 6, 24, 15], fill=light)           # blade
+    d.point((23, 5), fill=light)
+    a = np.asarray(im)
+    rgb, al = A.outline(a[..., :3], a[..., 3], slit[:3])
+    return np.concatenate([rgb, al[..., None]], -1)
+
+
 def write_inputs(names: list[str]) -> None:
     import numpy as np
     from PIL import Image
@@ -890,6 +1011,15 @@ def write_inputs(names: list[str]) -> None:
     folder = HERE / "input"
     folder.mkdir(exist_ok=True)
     for name in names:
+        if name.endswith("_sprite.png"):  # an indexed sprite PNG, as Save Indexed writes it
+            from spriteforge.pixel import export as X
+            from spriteforge.pixel.sprite import indexed_palette
+
+            sprite = _knight_sprite()
+            pal = indexed_palette(sprite)
+            with open(folder / name, "wb") as fp:
+                X.save_indexed_png(fp, X.to_indexed(sprite, pal), pal)
+            continue
         im = _knight_scene()
         if "inpaint" in name:  # the sky above the knight is transparent: the part to repaint
             a = np.full((im.height, im.width), 255, np.uint8)
