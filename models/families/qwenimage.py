@@ -8,7 +8,7 @@ for the rotary positions; the timestep is sigma.
 
 from __future__ import annotations
 
-from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
+from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ..detection import count
 from .base import Family, TextEncoder
 
@@ -17,6 +17,43 @@ TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shap
             "relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n")
 TEMPLATE_DROP = 34
 MAX_TOKENS = 1024  # tokenizer_max_length: prompt tokens kept after the template's
+
+# Qwen-Image-Edit (pipeline_qwenimage_edit_plus.py, QwenImageEditPlusPipeline: 2509, 2511): the edit template, each
+# reference image announced in the user turn before the instruction, the template's first 64 tokens dropped
+EDIT_TEMPLATE = ("<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, objects, "
+                 "background), then explain how the user's text instruction should alter or modify the image. Generate a new "
+                 "image that meets the user's requirements while maintaining consistency with the original input where "
+                 "appropriate.<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n")
+EDIT_DROP = 64
+PICTURE = "Picture {}: <|vision_start|><|image_pad|><|vision_end|>"
+# QwenImageEditPipeline (the first Qwen-Image-Edit, one image): no "Picture n:", the image before the instruction
+EDIT_V1_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+CONDITION_AREA = 384 * 384  # CONDITION_IMAGE_SIZE: the area the vision tower sees each reference at (Plus)
+REFERENCE_AREA = 1024 * 1024  # VAE_IMAGE_SIZE: the area each reference is VAE-encoded at (both pipelines)
+MAX_REFERENCES = 3  # the releases are trained on one to three (QwenImageEditPlusPipeline's documentation)
+
+
+def calculate_dimensions(area: int, ratio: float) -> tuple[int, int]:
+    """The pipelines' ``calculate_dimensions``: ``(w, h)`` of about ``area`` pixels at aspect ``ratio`` (w / h), each a
+    multiple of 32."""
+    w = (area * ratio) ** 0.5
+    h = w / ratio
+    return int(round(w / 32) * 32), int(round(h / 32) * 32)
+
+
+def condition_image(image, area: int):
+    """A reference as the pipelines hand it to the processor: uint8 RGB, resized (Lanczos, ``VaeImageProcessor.resize``)
+    to ``calculate_dimensions(area, w / h)``."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        a = (np.clip(a.astype(np.float32), 0.0, 1.0) * 255).round().astype(np.uint8)
+    w, h = calculate_dimensions(area, a.shape[1] / a.shape[0])
+    if (h, w) == a.shape[:2]:
+        return a[..., :3]
+    return np.asarray(Image.fromarray(a[..., :3]).resize((w, h), resample=Image.LANCZOS))
 
 
 class QwenImage(Family):
@@ -84,13 +121,37 @@ class QwenImage(Family):
         return ops.reshape(ops.reshape(comb, tokens) * (norm(cond) / norm(comb)), (b, c, h, w))
 
     # ------------------------------------------------------------------ prompts and the model call
-    def encode(self, te, prompts, cond, *, max_length=None, **_):
+    def encode(self, te, prompts, cond, *, max_length=None, images=None, **_):
         """The last hidden state of the prompts in the pipeline's template, the template's first tokens dropped
-        (padding zeroed and masked, as the pipeline's)."""
+        (padding zeroed and masked, as the pipeline's). With reference ``images`` (editing), the edit pipelines'
+        template with the images in the user turn, seen by the vision tower (``te.vision_decoder``)."""
+        if images:
+            return self._encode_edit(te, prompts, cond, images)
         (h,), keep = te.decoder("qwen25_7b", [TEMPLATE.format(p) for p in prompts],
                                 max_length=(max_length or MAX_TOKENS) + TEMPLATE_DROP)
         keep = keep[:, TEMPLATE_DROP:]
         cond.embeds, cond.mask = h[:, TEMPLATE_DROP:] * te.like(keep[..., None], h), keep
+
+    def _encode_edit(self, te, prompts, cond, images):
+        """QwenImageEditPlusPipeline's ``encode_prompt`` (2509, 2511): "Picture n: <image>" for each reference before the
+        instruction, each image at about 384x384 for the vision tower; the first Qwen-Image-Edit (a folder of
+        QwenImageEditPipeline: variant ``edit``) puts its one image before the instruction, at about 1024x1024."""
+        if len(images) > MAX_REFERENCES:
+            raise SpriteForgeError(BAD_INPUT, f"{len(images)} reference images were given: Qwen-Image-Edit takes one to "
+                                   f"{MAX_REFERENCES}. Give fewer.", details={"references": len(images)})
+        if te.handle.variant == "edit":
+            if len(images) != 1:
+                raise SpriteForgeError(BAD_INPUT, "the first Qwen-Image-Edit takes one reference image. Give one, or use "
+                                       "Qwen-Image-Edit-2509/2511 for up to three.", details={"references": len(images)})
+            texts = [EDIT_TEMPLATE.format(EDIT_V1_IMAGE + p) for p in prompts]
+            shown = [condition_image(images[0], REFERENCE_AREA)]
+        else:
+            pictures = "".join(PICTURE.format(i + 1) for i in range(len(images)))
+            texts = [EDIT_TEMPLATE.format(pictures + p) for p in prompts]
+            shown = [condition_image(im, CONDITION_AREA) for im in images]
+        (h,), keep = te.vision_decoder("qwen25_7b", texts, shown)
+        keep = keep[:, EDIT_DROP:]
+        cond.embeds, cond.mask = h[:, EDIT_DROP:] * te.like(keep[..., None], h), keep
 
     def forward(self, den, x, t, cond):
         """On 2x2-packed latent tokens; ``img_shapes`` (one frame, the token grid) place the rotary positions."""
