@@ -149,3 +149,46 @@ def test_a_text_encoder_without_its_vision_tower_is_refused_for_editing(files):
     with pytest.raises(SpriteForgeError) as e:
         eng.encode_text(h, [PROMPT], images=[np.zeros((32, 32, 3), np.float32)])
     assert e.value.code == "MODEL_NOT_FOUND"
+
+
+# --------------------------------------------------------------------------- MLX
+def test_mlx_vision_tower_port_matches_the_real_class(files):
+    """The MLX port (window and full attention, 2-D rope, merger) on the tiny file's ``visual.*`` against transformers'
+    ``Qwen2_5_VisionTransformerPretrainedModel`` with the same weights, three images of different grids at once."""
+    pytest.importorskip("mlx.core")
+    from spriteforge.engines.mlx_models.loading import _te_config, _text_encoder
+    from spriteforge.models.detect import detect
+    from spriteforge.tests.tiny_qwenimage_edit import load_qwen25_vl_edit
+
+    te = files[2]
+    images = _images(3)
+    pix = [vi.qwen_vl_pixels(im) for im in images]
+    patches, grids = np.concatenate([p for p, _ in pix]), [g for _, g in pix]
+    ref = load_qwen25_vl_edit(te).model.visual
+    with torch.no_grad():
+        want = ref(torch.from_numpy(patches), grid_thw=torch.tensor(grids)).pooler_output.numpy()
+    from safetensors.torch import load_file
+
+    import mlx.core as mx
+
+    det = detect(te)
+    enc = _text_encoder(det.variant, _te_config(det.variant, det.config), dict(load_file(str(te))), mx.float32, "qwenimage",
+                        vision=det.config["vision_config"])
+    got = np.asarray(enc._sf_visual(patches, grids))
+    assert_close(got, want, "MLX vision tower")
+
+
+def test_mlx_prompt_embeddings_match_torch_batch_independent(files):
+    """Edit prompt embeddings on MLX equal torch's, two prompts of different lengths in one batch (padded), each row
+    equal to the prompt encoded alone."""
+    pytest.importorskip("mlx.core")
+    images = [i.astype(np.float32) / 255 for i in _images(2)]
+    prompts = [PROMPT, "turn the sprite to face left, keep the palette"]
+    out = {}
+    for name in ("torch", "mlx"):
+        eng, h = _load(name, files)
+        out[name] = eng.to_numpy(eng.encode_text(h, prompts, images=images).embeds)
+        if name == "mlx":
+            alone = eng.to_numpy(eng.encode_text(h, prompts[:1], images=images).embeds)
+            assert_close(out[name][:1, :alone.shape[1]], alone, "MLX row 0 in a batch vs alone")
+    assert_close(out["mlx"], out["torch"], "MLX vs torch edit prompt embeds")
