@@ -33,6 +33,9 @@ from .engines.model_inputs import is_fill_model
 from .engines.ops import to_numpy
 from .errors import BAD_INPUT, DIMENSION_LIMIT, ENGINE_INTERNAL, SpriteForgeError, classify
 from .generation.masks import composite_inpaint, feather_mask, is_bad_image, latent_mask, resize, to_batch
+from .generation.references import check_count, check_references, editing_families
+from .generation.references import prepare as prepare_references
+from .generation.references import reference_size as _reference_size
 from .generation.sizes import DEFAULT_MAX_SIDE, MAX_BATCH_PIXELS, model_schedule, prepare_size
 from .generation.wrappers import Inpaint, Seamless
 from .log import get_logger
@@ -58,6 +61,11 @@ class GenerateParams:
     ``mask_feather`` pixels of soft edge. ``tile``: seamless in both axes. ``cfg_rescale`` (0..1, 0 = off):
     CFG-rescale (Lin et al. 2023); ``dynamic_threshold`` (a percentile such as 0.995, 0 = off): Imagen's
     dynamic thresholding of each step's denoised estimate (:mod:`spriteforge.samplers.guidance`).
+    Editing: ``references`` (a list of RGB images, numpy ``[H,W,3]`` in 0..1) for a family that takes them
+    (``Family.max_references``): VAE-encoded once at the family's reference size (``reference_resize`` False: the
+    size as given, rounded down to the latent grid) and seen by the model beside the image it draws; the
+    family's edit defaults apply (Kontext: guidance 2.5, 28 steps). The output size is ``width``/``height`` as
+    always (:func:`reference_size` gives the first reference's, the edit node's and CLI's default).
     """
 
     prompt: str = ""
@@ -86,6 +94,8 @@ class GenerateParams:
     preview: Any = False  # True: ComfyUI's preview setting; or a previewer (spriteforge.preview); False/None: none
     callback: Callable | None = None
     sampler_options: dict = field(default_factory=dict)
+    references: list | None = None
+    reference_resize: bool = True
 
 
 @dataclass
@@ -106,8 +116,13 @@ class GenerateResult:
     info: dict = field(default_factory=dict)
 
 
+def _edits(params: GenerateParams) -> bool:
+    return bool(params.references) or bool(params.cond is not None and getattr(params.cond, "references", None))
+
+
 def _defaults(handle, params: GenerateParams) -> dict:
-    d = registry.rules(handle.family).sampling_defaults(handle.variant)
+    fam = registry.rules(handle.family)
+    d = fam.edit_sampling_defaults(handle.variant) if _edits(params) else fam.sampling_defaults(handle.variant)
     cfg = params.cfg if params.cfg not in (None, 0) else d["cfg"]
     steps = params.steps if params.steps is not None else d["steps"]
     return {"cfg": float(cfg), "steps": int(steps), "sampler": params.sampler or d["sampler"],
@@ -131,19 +146,47 @@ def _samplers():
 
 
 # --------------------------------------------------------------------------- encode
+def encode_references(engine, handle, references, *, resize: bool = True) -> list:
+    """The reference images' VAE-scaled latents (engine arrays ``[1,C,h,w]``, one per image), each encoded once at
+    the family's reference size (``resize`` False: as given, rounded down to the latent grid). BAD_INPUT when the
+    model takes no (or fewer) references."""
+    images = check_references(handle, references)
+    with _coded_errors("encoding the reference images"):
+        return [engine.vae_encode(handle, img) for img in prepare_references(handle, images, auto=resize)]
+
+
 def encode(engine, handle, prompt: str | list, negative: str | list = "", *, guidance=None, class_labels=None,
-           with_negative: bool = True, **opts) -> Conditioning:
-    """Positive conditioning with ``.negative`` set (DiT: the null class) when ``with_negative``."""
+           with_negative: bool = True, references=None, reference_resize: bool = True, **opts) -> Conditioning:
+    """Positive conditioning with ``.negative`` set (DiT: the null class) when ``with_negative``. ``references``:
+    an edit's reference images (RGB ``[H,W,3]`` in 0..1): their latents go into the conditioning
+    (``Conditioning.references``, :func:`encode_references`), and the images as given to the family's text
+    encoding (``Family.encode(images=)``); Kontext's edit guidance (2.5) unless ``guidance`` is given."""
+    fam = registry.rules(handle.family)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not registry.rules(handle.family).class_conditional and not any(str(p).strip() for p in prompts):
+    if not fam.class_conditional and not any(str(p).strip() for p in prompts):
         log.info("empty prompt: generating unconditioned")
+    images = check_references(handle, references) if references is not None else []
+    refs = encode_references(engine, handle, images, resize=reference_resize) if images else None
+    if images:
+        opts["images"] = images
+        if guidance is None:
+            guidance = fam.edit_defaults.get("guidance")
     cond = engine.encode_text(handle, prompts, guidance=guidance, class_labels=class_labels, **opts)
+    cond.references = refs
     if with_negative:
         negs = [negative] if isinstance(negative, str) else list(negative)
         if len(negs) == 1 and len(prompts) > 1:
             negs = negs * len(prompts)
         cond.negative = engine.encode_text(handle, negs, negative=True, **opts)
+        cond.negative.references = refs
     return cond
+
+
+def reference_size(handle, image, *, resize: bool = True) -> tuple[int, int]:
+    """``(width, height)`` of reference ``image`` ([H,W,3] or [1,H,W,3]) at the family's reference size for
+    ``handle`` (``resize`` False: as given, rounded down to the latent grid): an edit's default output size."""
+    img = check_references(handle, [image])[0]
+    return _reference_size(handle, img, auto=resize)
 
 
 def _check_cond(handle, cond):
@@ -205,6 +248,9 @@ def _validate(handle, params, d):
         raise SpriteForgeError(BAD_INPUT, f"denoise must be between 0 and 1, not {params.denoise!r}.")
     if params.mask is not None and params.init_image is None and params.init_latent is None:
         raise SpriteForgeError(BAD_INPUT, "a mask needs a source image to inpaint: give an init image too.")
+    if _edits(params) and is_fill_model(handle):
+        raise SpriteForgeError(BAD_INPUT, "a Fill (inpainting) model takes no reference images. Load a model that edits "
+                               f"({editing_families()}), or inpaint without reference images.")
     S.check_guidance(params.cfg_rescale, params.dynamic_threshold)
 
 
@@ -285,10 +331,16 @@ def _conditioning(engine, handle, params: GenerateParams, cfg: float, notes: lis
         _check_cond(handle, cond)
         if params.guidance is not None:
             cond = dataclasses.replace(cond, guidance=float(params.guidance))
+        if params.references:  # latents only: a text encoder that sees the images needs them at encode()
+            cond = dataclasses.replace(cond, references=encode_references(engine, handle, params.references,
+                                                                          resize=params.reference_resize))
+        elif cond.references:
+            check_count(handle, len(cond.references))
     else:
         want_neg = not registry.rules(handle.family).distilled_guidance or cfg > 1.0
         cond = encode(engine, handle, params.prompt, params.negative, guidance=params.guidance,
-                      class_labels=params.class_labels, with_negative=want_neg and cfg != 1.0)
+                      class_labels=params.class_labels, with_negative=want_neg and cfg != 1.0,
+                      references=params.references, reference_resize=params.reference_resize)
     uncond = cond.negative if cfg != 1.0 else None
     if uncond is None and cfg != 1.0 and not registry.rules(handle.family).class_conditional:
         notes.append("no negative conditioning: CFG off")
@@ -357,6 +409,7 @@ def _sample(engine, handle, params: GenerateParams) -> SampleResult:
             "batch_size": batch, "denoise": denoise, "shift": params.shift, "guidance": cond.guidance,
             "tile": bool(params.tile), "cfg_rescale": float(params.cfg_rescale), "dynamic_threshold": float(params.dynamic_threshold),
             "inpaint": src.mask is not None, "fill_model": fill, "sigmas": len(sigmas)}
+    info["references"] = len(cond.references or ())
     if len(sigmas) < 2 and src.init_lat is not None:  # denoise 0: the source as it is
         return SampleResult(src.init_lat.astype(np.float32), width, height, handle.family, notes, info)
 
@@ -431,6 +484,17 @@ def generate_full(engine, handle, params: GenerateParams) -> GenerateResult:
     return GenerateResult(images.astype(np.float32), res.latents, res.notes, res.info)
 
 
+def edit(engine, handle, params: GenerateParams, *, width: int | None = None, height: int | None = None) -> GenerateResult:
+    """An edit (the Edit node's and ``spriteforge edit``'s run): :func:`generate_full` with ``params.references`` (at
+    least one), drawn at ``width`` x ``height``, or where 0/None at the first reference's size for this family
+    (:func:`reference_size`)."""
+    if not params.references:
+        raise SpriteForgeError(BAD_INPUT, "an edit needs at least one reference image. Give the image to edit.")
+    rw, rh = reference_size(handle, params.references[0], resize=params.reference_resize)
+    params = dataclasses.replace(params, width=int(width or rw), height=int(height or rh))
+    return generate_full(engine, handle, params)
+
+
 def generate(engine, handle, params: GenerateParams) -> np.ndarray:
     """Images ``[B,H,W,3]`` float32 in 0..1 for ``params`` (see :class:`GenerateParams`)."""
     return generate_full(engine, handle, params).images
@@ -439,4 +503,4 @@ def generate(engine, handle, params: GenerateParams) -> np.ndarray:
 # prepare_size and model_schedule (spriteforge.generation.sizes) are part of this module's API: the nodes, the CLI
 # and the tests size and schedule runs with them.
 __all__ = ["GenerateParams", "GenerateResult", "SampleResult", "FAMILY_DEFAULTS", "generate", "generate_full", "sample", "decode",
-           "encode", "prepare_size", "model_schedule"]
+           "edit", "encode", "encode_references", "reference_size", "prepare_size", "model_schedule"]

@@ -267,8 +267,9 @@ def _generate(args, handle, init, mask, denoise):
     return generate_full(handle.engine, handle, params)
 
 
-def _save_images(args, out: Path, handle, res) -> tuple[list[str], dict]:
-    """One PNG per image (the demo model's key colour made transparent unless --keep-key); (paths, info)."""
+def _save_images(args, out: Path, handle, res, command: str = "generate", extra: dict | None = None) -> tuple[list[str], dict]:
+    """One PNG per image (the demo model's key colour made transparent unless --keep-key); (paths, info).
+    ``command``/``extra``: the sub-command and more fields for each PNG's JSON chunk."""
     info = dict(res.info)
     info["model"] = Path(str(handle.source or args.model)).name
     width = len(str(int(args.seed) + len(res.images) - 1))  # zero-pad seeds so a batch's files sort: sf-07 ... sf-10
@@ -279,7 +280,7 @@ def _save_images(args, out: Path, handle, res) -> tuple[list[str], dict]:
     for i, img in enumerate(res.images):
         seed_i = int(args.seed) + i
         meta = {**info, "seed": seed_i, "batch_index": i, "prompt": args.prompt, "negative": args.negative,
-                "init": args.init, "mask": args.mask, "spriteforge_command": "generate"}
+                "init": args.init, "mask": args.mask, **(extra or {}), "spriteforge_command": command}
         if key is not None:  # transparent: the key colour removed, edge colours decontaminated
             from ..pixel.alpha import key_to_alpha
 

@@ -19,7 +19,7 @@ import sys
 from ..version import __version__
 from ..errors import SpriteForgeError, classify
 
-COMMANDS = ("doctor", "inspect", "generate", "pixel", "rmbg", "run", "submit", "convert", "tileset")
+COMMANDS = ("doctor", "inspect", "generate", "edit", "pixel", "rmbg", "run", "submit", "convert", "tileset")
 
 
 def build_parser() -> argparse.ArgumentParser:

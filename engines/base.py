@@ -88,7 +88,9 @@ class Conditioning:
 
     ``embeds``/``mask``: the text encoder sequence and its attention mask; ``pooled``: pooled
     CLIP projections (SD3, Flux); ``guidance``: Flux's distilled guidance; ``class_labels``:
-    DiT's classes; ``negative``: the negative prompt's conditioning (or None).
+    DiT's classes; ``negative``: the negative prompt's conditioning (or None); ``references``: the reference
+    images' VAE-scaled latents (engine arrays ``[1,C,h,w]``, one per reference, as ``Engine.vae_encode`` gives
+    them) for a family that edits (``Family.max_references``), None otherwise; a negative without its own uses these.
     """
 
     family: str
@@ -99,6 +101,7 @@ class Conditioning:
     guidance: float | None = None
     class_labels: list | None = None
     negative: "Conditioning | None" = None
+    references: list | None = None
     extras: dict = field(default_factory=dict)
 
     @property

@@ -156,14 +156,27 @@ class Denoiser:
             fc = self.ops.concat([fc] * (batch // fc.shape[0]), 0) if batch % fc.shape[0] == 0 else self._repeat_rows(fc[:1], batch)
         return fc
 
+    def references(self, cond: dict) -> list:
+        """The reference latents of the conditioning arrays ``cond`` (what :meth:`forward` got): ``[N,C,h_i,w_i]``
+        engine arrays in the model dtype, one per reference image, in order; [] without references."""
+        out, i = [], 0
+        while f"ref{i}" in cond:
+            out.append(cond[f"ref{i}"])
+            i += 1
+        return out
+
     def _cond_arrays(self, cond, batch):
-        """The conditioning's arrays on the model's device, ``batch`` rows each (embeds/pooled in the model dtype)."""
+        """The conditioning's arrays on the model's device, ``batch`` rows each (embeds/pooled in the model dtype);
+        the reference latents as ``ref0``, ``ref1``... (a negative without its own: the positive's)."""
         d = {}
         for key, value, dtype in (("embeds", cond.embeds, self.dtype), ("mask", cond.mask, None), ("pooled", cond.pooled, self.dtype)):
             if value is not None:
                 d[key] = self._expand(self._place(value, dtype), batch)
         if cond.class_labels is not None:
             d["labels"] = self._expand(self._labels([int(v) for v in cond.class_labels]), batch)
+        refs = cond.references if cond.references is not None else self.cond.references
+        for i, r in enumerate(refs or ()):
+            d[f"ref{i}"] = self._expand(self._place(r, self.dtype), batch)
         return d
 
     def _conditioning(self, batch):

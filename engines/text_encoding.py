@@ -73,8 +73,8 @@ class TextEncoding:
     def encode(self, prompts, *, max_length: int | None = None, guidance: float | None = None,
                complex_human_instruction=False, class_labels=None, negative: bool = False, images=None, **_opts):
         """Conditioning for ``prompts`` (a list of strings); ``negative`` marks an unconditional/negative
-        encoding (DiT: the null class); ``images``: the run's reference images (numpy RGB ``[H, W, 3]`` in 0..1) for
-        a family whose text encoder sees them (Qwen-Image-Edit)."""
+        encoding (DiT: the null class); ``images``: the run's reference images (a list of numpy float32
+        ``[H,W,3]`` in 0..1, as given), handed to the family's ``encode`` (a text encoder that sees images reads them)."""
         from .base import Conditioning
 
         handle = self.handle
@@ -83,9 +83,8 @@ class TextEncoding:
         prompts = [str(p) for p in prompts]
         family = registry.rules(handle.family)
         cond = Conditioning(family=handle.family, prompts=list(prompts), guidance=guidance)
-        how = dict(max_length=max_length, instruction=complex_human_instruction, class_labels=class_labels, negative=negative)
-        if images is not None and len(images):
-            how["images"] = list(images)
+        how = dict(max_length=max_length, instruction=complex_human_instruction, class_labels=class_labels, negative=negative,
+                   images=images)
         if family.class_conditional:  # prompts are class labels: no encoder runs
             family.encode(self, prompts, cond, **how)
             return cond

@@ -12,7 +12,7 @@ import logging
 
 from ._compat import IN_COMFYUI, ComfyExtension, io
 
-NODE_MODULES = ("info", "loaders", "generate", "comfy_sampling", "lora", "pixel", "rmbg", "tileset")
+NODE_MODULES = ("info", "loaders", "generate", "edit", "comfy_sampling", "lora", "pixel", "rmbg", "tileset")
 
 log = logging.getLogger("spriteforge")
 

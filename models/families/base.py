@@ -131,6 +131,18 @@ class Family:
     widgets_only: ClassVar[tuple[str, ...]] = ()  # node inputs only this family (and others naming them) uses
     widgets_unused: ClassVar[tuple[str, ...]] = ()  # node inputs this family ignores
     widget_labels: ClassVar[dict] = {}  # node input -> what it means for this family
+    # --- reference images (editing: HACKING.md "Reference images"): how many its model call takes (0: it cannot
+    # edit), the size each is VAE-encoded at (:meth:`reference_size`), the sampling defaults an edit run starts from
+    max_references: ClassVar[int] = 0
+    edit_title: ClassVar[str] = ""  # its models that edit, as people name them (messages; "" = :attr:`label`)
+    reference_resolutions: ClassVar[tuple[tuple[int, int], ...]] = ()  # (w, h) a reference is scaled to: the nearest aspect
+    reference_max_area: ClassVar[int | None] = None  # a larger reference is scaled down to this area (aspect kept)
+    reference_min_side: ClassVar[int] = 0  # a smaller reference is refused (the pipeline's rule)
+    reference_max_aspect: ClassVar[float | None] = None  # a longer/narrower reference is refused
+    # how a reference reaches its size: "stretch" (resized to it, Kontext) or "crop" (scaled by
+    # :meth:`reference_scaled`, then the grid's remainder cut evenly off each side: the FLUX.2 pipelines' centre crop)
+    reference_fit: ClassVar[str] = "stretch"
+    edit_defaults: ClassVar[dict] = {}  # overrides of :meth:`sampling_defaults` when references are given
 
     # ------------------------------------------------------------------ detection
     def layout_of(self, t: dict[str, TensorInfo]) -> str | None:
@@ -264,16 +276,21 @@ class Family:
     # :class:`~spriteforge.engines.denoiser.Denoiser`; a family calls only the methods their "what a family calls"
     # sections list (the encoders, ``ops`` and a few array calls), so no framework is imported here.
     def encode(self, te, prompts: list[str], cond, *, max_length: int | None = None, instruction=False,
-               class_labels=None, negative: bool = False) -> None:
+               class_labels=None, negative: bool = False, images=None) -> None:
         """Fill ``cond`` (a :class:`~spriteforge.engines.base.Conditioning`) for ``prompts`` with ``te``'s encoders:
         how this family's text-encoder outputs combine. ``instruction``: Sana's complex human instruction (True, a
-        list of lines, or False); ``negative`` marks the unconditional prompt."""
+        list of lines, or False); ``negative`` marks the unconditional prompt; ``images``: the run's reference images
+        as given (a list of numpy float32 ``[H,W,3]`` in 0..1, not resized), or None, for a family whose text
+        encoder sees them (Qwen-Image-Edit's vision tower); their latents reach :meth:`forward` either way."""
         raise SpriteForgeError(BAD_INPUT, f"family {te.handle.family!r} has no text encoding in the {te.engine_name} engine.")
 
     def forward(self, den, x, t, cond: dict):
         """The transformer's output (eps, v or flow velocity, possibly with learned-sigma channels) for latents ``x``
         [N,C,h,w] at model timesteps ``t`` [N] with ``cond``'s arrays (``embeds``, ``mask``, ``pooled``, ``labels``,
-        ``N`` rows each): which keywords the transformer takes and how its input and output are shaped."""
+        ``N`` rows each): which keywords the transformer takes and how its input and output are shaped. A family
+        with :attr:`max_references` reads the reference latents with ``den.references(cond)`` (``[N,C,h_i,w_i]``
+        each, VAE-scaled as ``vae_encode`` gives them), puts their tokens after the image's and returns the output
+        of the image's tokens only."""
         raise SpriteForgeError(BAD_INPUT, f"unknown family {den.handle.family!r}.")
 
     def num_classes(self, handle) -> int:
@@ -291,6 +308,49 @@ class Family:
         for over in _by_variant(self.variant_defaults, variant):
             d.update(over)
         return d
+
+    def edit_sampling_defaults(self, variant: str | None) -> dict:
+        """:meth:`sampling_defaults` for a run with reference images (:attr:`edit_defaults` over them; ``guidance``
+        too where the family's edit guidance differs)."""
+        return {**self.sampling_defaults(variant), **self.edit_defaults}
+
+    # ------------------------------------------------------------------ reference images
+    def references_of(self, variant: str | None, in_channels: int = 0) -> int:
+        """How many reference images a model of ``variant`` (``in_channels`` inputs) takes: 0 = none (it cannot edit)."""
+        return self.max_references
+
+    def reference_scaled(self, width: int, height: int, *, auto: bool = True) -> tuple[int, int]:
+        """The size a ``width`` x ``height`` reference is scaled to before :meth:`reference_size` rounds it to the grid
+        (``auto``: to the family's trained sizes, :attr:`reference_resolutions` (the nearest aspect) /
+        :attr:`reference_max_area` (scaled down above it); otherwise as given). BAD_INPUT for a reference the family's
+        pipeline refuses (:attr:`reference_min_side`, :attr:`reference_max_aspect`)."""
+        w, h = int(width), int(height)
+        if w < self.reference_min_side or h < self.reference_min_side:
+            raise SpriteForgeError(BAD_INPUT, f"a {w}x{h} reference image is too small: {self.label} takes references of at "
+                                   f"least {self.reference_min_side} pixels a side. Scale it up first (nearest-neighbour "
+                                   "keeps pixel art sharp).", details={"width": w, "height": h, "min_side": self.reference_min_side})
+        if self.reference_max_aspect and max(w / h, h / w) > self.reference_max_aspect:
+            raise SpriteForgeError(BAD_INPUT, f"a {w}x{h} reference image is too long or narrow: {self.label} takes aspect "
+                                   f"ratios up to {self.reference_max_aspect:g}:1. Crop or pad it first.",
+                                   details={"width": w, "height": h})
+        if auto and self.reference_resolutions:
+            aspect = w / h
+            _, w, h = min((abs(aspect - rw / rh), rw, rh) for rw, rh in self.reference_resolutions)
+        if auto and self.reference_max_area and w * h > self.reference_max_area:
+            scale = (self.reference_max_area / (w * h)) ** 0.5
+            w, h = int(w * scale), int(h * scale)
+        return w, h
+
+    def reference_size(self, width: int, height: int, multiple: int, *, auto: bool = True) -> tuple[int, int]:
+        """The pixel size a ``width`` x ``height`` reference is VAE-encoded at, a multiple of ``multiple`` (the model's
+        latent grid), as the family's pipeline sizes it: :meth:`reference_scaled`, rounded down to the grid (how the
+        image gets there: :attr:`reference_fit`)."""
+        w, h = self.reference_scaled(width, height, auto=auto)
+        w, h = (w // multiple) * multiple, (h // multiple) * multiple
+        if w < multiple or h < multiple:
+            raise SpriteForgeError(BAD_INPUT, f"a {width}x{height} reference image is smaller than one patch ({multiple} "
+                                   "pixels) of this model. Scale it up first.", details={"width": width, "height": height})
+        return w, h
 
     def resolution_mu(self, image_seq_len: int, steps: int) -> float | None:
         """With :attr:`resolution_shift`: the shift ``mu`` (``sigma' = e^mu / (e^mu + 1/t - 1)``) for an image of

@@ -7,6 +7,13 @@ from ..keymaps import Q3, rule as _r, tensor_rule as _t
 from .base import Family, TextEncoder
 
 _TB = "transformer_blocks.{i}"
+# the sizes FLUX.1 Kontext was trained at (FluxKontextPipeline's PREFERRED_KONTEXT_RESOLUTIONS, (width, height)):
+# a reference is scaled to the one nearest its aspect
+KONTEXT_RESOLUTIONS = ((672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248), (880, 1184),
+                       (944, 1104), (1024, 1024), (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752),
+                       (1456, 720), (1504, 688), (1568, 672))
+KONTEXT_NOTE = ("dev or Kontext [dev]: same layout (any Flux.1 [dev]-layout model takes a reference image; "
+                "Kontext's defaults then: guidance 2.5, 28 steps)")
 _ST = "single_transformer_blocks.{i}"
 
 
@@ -73,6 +80,13 @@ class Flux(Family):
     lora_widths = (3072,)
     lora_metadata = ("flux",)
     widgets_only = ("guidance",)
+    # FLUX.1 Kontext [dev] (flux1-kontext-dev.safetensors) has [dev]'s layout: no tensor tells them apart, so every
+    # [dev]-layout model takes one reference image (FluxKontextPipeline takes one), scaled to Kontext's trained sizes;
+    # Kontext's defaults for an edit: FluxKontextPipeline's 28 steps and its documented guidance 2.5
+    max_references = 1
+    edit_title = "FLUX.1 Kontext [dev] (flux1-kontext-dev.safetensors)"
+    reference_resolutions = KONTEXT_RESOLUTIONS
+    edit_defaults = {"guidance": 2.5, "steps": 28}
 
     def detect(self, t, original):
         n, blocks = self.names(t, original)
@@ -112,6 +126,8 @@ class Flux(Family):
         det = self.detection(variant, cfg, original)
         det.extras["guidance_embeds"] = guidance
         det.extras["in_channels"] = in_ch
+        if variant == "dev":
+            det.extras["ambiguous"] = KONTEXT_NOTE
         return self.finish(det, rel)
 
     def variant_from_folder(self, cfg, pipeline_class, detected, vae_factor=8):
@@ -120,6 +136,13 @@ class Flux(Family):
     def is_fill(self, variant, in_channels):
         # Flux Fill: 384 input channels = latent + masked-image latent + packed mask
         return in_channels == 384 or "fill" in (variant or "").lower()
+
+    def references_of(self, variant, in_channels=0):
+        """Kontext is a [dev]-layout model: schnell (no guidance input) and Fill (its input carries the masked
+        image) take none."""
+        if "schnell" in (variant or "").lower() or self.is_fill(variant, in_channels):
+            return 0
+        return self.max_references
 
     def check_input_channels(self, in_channels):
         if in_channels not in (0, 64, 384):
@@ -140,20 +163,28 @@ class Flux(Family):
             cond.guidance = 3.5
 
     def forward(self, den, x, t, cond):
-        """On 2x2-packed latent tokens (Fill: with the masked image's tokens after them), positions as (0, row, col)."""
+        """On 2x2-packed latent tokens (Fill: with the masked image's tokens after them), positions as (0, row, col);
+        a reference image's packed latents (Kontext) follow the image's tokens at positions (1, row, col), and only
+        the image's tokens' output is kept (FluxKontextPipeline)."""
         b, _, h, w = x.shape
         hs = den.pack(x)
+        n = hs.shape[1]
         fill = den.fill_tokens(h, w, b)
         if fill is not None:
             hs = den.ops.concat([hs, den.cast(fill, hs.dtype)], 2)
+        refs = den.references(cond)
         g = None
         if den.config.get("guidance_embeds"):
             g = den.cached(("guidance", b, x.dtype), lambda: den.full(
                 b, float(den.cond.guidance if den.cond.guidance is not None else 3.5), x.dtype))
         txt = cond["embeds"]
-        img_ids = den.cached(("img_ids", h, w, x.dtype), lambda: den.rows(
-            [[0.0, float(i), float(j)] for i in range(h // 2) for j in range(w // 2)], x.dtype))
+        shapes = tuple((r.shape[2], r.shape[3]) for r in refs)
+        img_ids = den.cached(("img_ids", h, w, shapes, x.dtype), lambda: den.rows(
+            [[0.0, float(i), float(j)] for i in range(h // 2) for j in range(w // 2)]
+            + [[1.0, float(i), float(j)] for rh, rw in shapes for i in range(rh // 2) for j in range(rw // 2)], x.dtype))
+        if refs:
+            hs = den.ops.concat([hs, *(den.cast(den.pack(r), hs.dtype) for r in refs)], 1)
         txt_ids = den.cached(("txt_ids", txt.shape[1], x.dtype), lambda: den.zeros((txt.shape[1], 3), x.dtype))
         out = den.run(hidden_states=hs, encoder_hidden_states=txt, pooled_projections=cond["pooled"], timestep=t, guidance=g,
                       img_ids=img_ids, txt_ids=txt_ids)
-        return den.unpack(out, h, w)
+        return den.unpack(out[:, :n] if refs else out, h, w)

@@ -149,6 +149,16 @@ class Flux2(Family):
     lora_widths = (3072, 4096, 6144)
     lora_metadata = ("flux2", "flux.2", "klein")
     widgets_only = ("guidance",)
+    # multi-reference editing (Flux2Pipeline / Flux2KleinPipeline): each reference's latents follow the image's
+    # tokens with their own time coordinate (10, 20, ...); BFL documents up to 4 references for [klein], 6 for [dev].
+    # A reference above 1024x1024 is scaled down to that area, then cut about its centre to sides rounded down to 16
+    # (Flux2ImageProcessor's resize_mode "crop"); under 64 pixels a side or beyond 8:1 the pipelines refuse it
+    max_references = 4
+    edit_title = "FLUX.2 [klein] or [dev]"
+    reference_max_area = 1024 * 1024
+    reference_min_side = 64
+    reference_max_aspect = 8.0
+    reference_fit = "crop"
     widget_labels = {"text_encoder_1": "Qwen3 text encoder (qwen_3_4b for [klein] 4B, qwen_3_8b for 9B)",
                      "guidance": "guidance ([dev] only: [klein] has no guidance input)",
                      "negative": "what to avoid (only with cfg above 1: a distilled [klein] samples without CFG)"}
@@ -212,6 +222,9 @@ class Flux2(Family):
     def handle_extras(self, det, cfg):
         return {"guidance_embeds": bool(cfg.get("guidance_embeds"))}
 
+    def references_of(self, variant, in_channels=0):
+        return 6 if "dev" in (variant or "").lower() else self.max_references
+
     def resolution_mu(self, image_seq_len, steps):
         """``compute_empirical_mu`` of diffusers' pipeline_flux2(_klein).py (BFL's flux2 sampling): ``mu`` linear
         in the image token count, and, up to 4300 tokens, in the step count between its 10-step and 200-step lines."""
@@ -255,19 +268,27 @@ class Flux2(Family):
 
     def forward(self, den, x, t, cond):
         """One token a latent pixel (the VAE's latents come patchified), 4-axis positions: image (0, row, col, 0),
-        text (0, 0, 0, index); [dev]'s guidance as a model input."""
+        text (0, 0, 0, index), reference i's tokens after the image's at (10 + 10 i, row, col, 0) (the pipelines'
+        ``_prepare_image_ids``), whose output is dropped; [dev]'s guidance as a model input."""
         b, _, h, w = x.shape
         hs = den.pack(x, 1)
+        n_img = hs.shape[1]
+        refs = den.references(cond)
+        shapes = tuple((r.shape[2], r.shape[3]) for r in refs)
+        if refs:
+            hs = den.ops.concat([hs, *(den.cast(den.pack(r, 1), hs.dtype) for r in refs)], 1)
         txt = cond["embeds"]
         g = None
         if den.config.get("guidance_embeds"):
             g = den.full(b, float(den.cond.guidance if den.cond.guidance is not None else 4.0), hs.dtype)
-        img_ids = den.cached(("img_ids", h, w, x.dtype), lambda: den.rows(
-            [[0.0, float(i), float(j), 0.0] for i in range(h) for j in range(w)], x.dtype))
+        img_ids = den.cached(("img_ids", h, w, shapes, x.dtype), lambda: den.rows(
+            [[0.0, float(i), float(j), 0.0] for i in range(h) for j in range(w)]
+            + [[10.0 + 10.0 * k, float(i), float(j), 0.0] for k, (rh, rw) in enumerate(shapes) for i in range(rh) for j in range(rw)],
+            x.dtype))
         n = txt.shape[1]
         txt_ids = den.cached(("txt_ids", n, x.dtype), lambda: den.rows([[0.0, 0.0, 0.0, float(k)] for k in range(n)], x.dtype))
         out = den.run(hidden_states=hs, encoder_hidden_states=txt, timestep=t, guidance=g, img_ids=img_ids, txt_ids=txt_ids)
-        return den.unpack(out, h, w, 1)
+        return den.unpack(out[:, :n_img] if refs else out, h, w, 1)
 
 
 VAE_CONFIG = "flux2-vae"
