@@ -7,6 +7,8 @@ take; the prompt side (vision tower, processor, prompt embeddings) is tests/test
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -42,3 +44,107 @@ def test_mlx_transformer_port_matches_the_real_class_with_references(zero_cond_t
                  img_shapes=[shapes] * b, return_dict=False)[0]
     out = port(mx.array(x.numpy()), mx.array(c.numpy()), mx.array(t.numpy()), [shapes] * b, mx.array(mask.numpy()))
     assert_close(np.array(out), ref.numpy(), f"transformer with {len(refs)} references (zero_cond_t {zero_cond_t})")
+
+
+# --------------------------------------------------------------------------- generation
+STEPS, SEED = 3, 5
+PROMPT, NEGATIVE = "make the knight's armour red", "blurry"
+
+
+def picture(h: int, w: int, phase: float = 0.0) -> np.ndarray:
+    """A smooth RGB picture [H,W,3] in 0..1, exactly representable in 8 bits (the pipelines read PIL images)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = np.stack([x / w, y / h, 0.5 + 0.4 * np.sin(x / 3.0 + phase)], axis=-1)
+    return np.rint(a * 255.0) / 255.0
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from spriteforge.tests.tiny_qwenimage import make_qwen_vae
+    from spriteforge.tests.tiny_qwenimage_edit import make_qwen25_vl_edit, make_qwenimage_edit
+
+    d = tmp_path_factory.mktemp("qwenimage_edit")
+    return {"2509": make_qwenimage_edit(d, "2509"), "2511": make_qwenimage_edit(d, "2511"), "vae": make_qwen_vae(d),
+            "te": make_qwen25_vl_edit(d), "root": d}
+
+
+def _load(engine_name, files, release="2509"):
+    from spriteforge.engines import get_engine
+
+    eng = get_engine(engine_name, "cpu")
+    model = files[release]
+    if release == "2511":  # a single file does not say 2511: its transformer config.json beside it does
+        side = model.with_suffix(".json")
+        if not side.exists():
+            from spriteforge.tests.tiny_qwenimage_edit import build_qwenimage_edit
+
+            side.write_text(json.dumps(dict(build_qwenimage_edit(zero_cond_t=True).config, _class_name="QwenImageTransformer2DModel")))
+    return eng, eng.load_model(str(model), vae=str(files["vae"]), text_encoders=[str(files["te"])], dtype="float32")
+
+
+def _params(cond, w, h, **kw):
+    from spriteforge.pipeline import GenerateParams
+
+    return GenerateParams(seed=SEED, steps=STEPS, cfg=kw.pop("cfg", 1.0), sampler="euler", schedule="normal", width=w,
+                          height=h, cond=cond, **kw)
+
+
+@pytest.fixture
+def small_areas(monkeypatch):
+    """The edit pipelines' two areas (VAE: 1024x1024, vision tower: 384x384) scaled down alike on both sides, so the
+    tiny test runs in seconds: the rules are the same code at any area."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as plus
+
+    from spriteforge.models.families import qwenimage
+
+    for ours, theirs, area in (("REFERENCE_AREA", "VAE_IMAGE_SIZE", 160 * 160), ("CONDITION_AREA", "CONDITION_IMAGE_SIZE", 112 * 112)):
+        monkeypatch.setattr(qwenimage, ours, area)
+        monkeypatch.setattr(plus, theirs, area)
+
+
+@pytest.mark.parametrize("release,cfg", [("2509", 1.0), ("2509", 4.0), ("2511", 4.0)])
+def test_torch_edit_matches_qwen_image_edit_plus_pipeline(files, small_areas, release, cfg):
+    """The whole edit against diffusers' QwenImageEditPlusPipeline (the real Qwen2_5_VLForConditionalGeneration,
+    QwenImageTransformer2DModel and AutoencoderKLQwenImage with the files' weights, its own processor, the same noise
+    and sigmas): the reference VAE-encoded at the pipeline's area (calculate_dimensions: the picture stays), its
+    packed latents after the image tokens, img_shapes listing both grids, the vision tower seeing it Lanczos-resized
+    to the condition area in the edit template; true CFG with the norm rescale; 2511's zero_cond_t (from the config
+    beside its file). (The pipeline's text encoder gets ``mm_token_type_ids``, see
+    test_qwenimage_edit_prompt._pipeline_embeds.)"""
+    import diffusers
+    import transformers
+    from PIL import Image
+
+    from spriteforge import pipeline
+    from spriteforge.samplers import get_sigmas, make_noise
+    from spriteforge.tests.tiny_qwenimage import build_qwen_vae
+    from spriteforge.tests.tiny_qwenimage_edit import load_qwen25_vl_edit, processor
+
+    eng, h = _load("torch", files, release)
+    assert h.transformer.config.zero_cond_t == (release == "2511")
+    W, H = 48, 32
+    ref = picture(160, 160)
+    cond = pipeline.encode(eng, h, PROMPT, NEGATIVE, references=[ref], with_negative=cfg > 1)
+    assert tuple(cond.references[0].shape) == (1, 16, 20, 20)
+    ours = np.asarray(pipeline.sample(eng, h, _params(cond, W, H, cfg=cfg)).latents)
+
+    te = files["te"]
+    tok = transformers.AutoTokenizer.from_pretrained(str(te.parent / f"{te.stem}_tokenizer"), local_files_only=True)
+    enc = load_qwen25_vl_edit(te)
+    image_token = enc.config.image_token_id
+    enc.register_forward_pre_hook(lambda _m, a, kw: (a, {**kw, "mm_token_type_ids": (kw["input_ids"] == image_token).int()}),
+                                  with_kwargs=True)
+    pipe = diffusers.QwenImageEditPlusPipeline(transformer=h.transformer, vae=build_qwen_vae(), text_encoder=enc, tokenizer=tok,
+                                               processor=processor(tok),
+                                               scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False))
+    pipe.set_progress_bar_config(disable=True)
+    sigmas = get_sigmas("normal", STEPS, pipeline.model_schedule(h, W, H))
+    noise = torch.from_numpy(make_noise(SEED, (1, 16, H // 8, W // 8)))
+    b, c, hh, ww = noise.shape
+    packed = noise.view(b, c, hh // 2, 2, ww // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (hh // 2) * (ww // 2), c * 4)
+    with torch.no_grad():
+        got = pipe(image=[Image.fromarray(np.rint(ref * 255).astype(np.uint8))], prompt=PROMPT,
+                   negative_prompt=NEGATIVE if cfg > 1 else None, true_cfg_scale=cfg, num_inference_steps=STEPS,
+                   sigmas=list(sigmas[:-1]), latents=packed, height=H, width=W, output_type="latent", return_dict=False)[0]
+    got = got.view(b, hh // 2, ww // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, hh, ww)
+    assert_close(ours, got.numpy(), f"Qwen-Image-Edit-{release} latents vs QwenImageEditPlusPipeline (cfg {cfg})")

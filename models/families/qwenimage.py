@@ -60,8 +60,12 @@ class QwenImage(Family):
     name = "qwenimage"
     label = "Qwen-Image"
     # Qwen-Image and Qwen-Image-2512 ship the same key set and shapes (the manifest matches both); the Edit
-    # releases build the same class (2511 adds only a config flag, zero_cond_t): no shape tells them apart
-    variant_titles = {"20B": "20B (Qwen-Image, 2512 or an Edit release: same layout)"}
+    # releases build the same class (2511 adds only a config flag, zero_cond_t): no shape tells them apart. A
+    # diffusers folder says which (its pipeline class; 2511's transformer config: zero_cond_t), as does a config.json
+    # beside a single file (Qwen-Image-Edit-2511's transformer/config.json: ``<file>.json``)
+    variant_titles = {"20B": "20B (Qwen-Image, 2512 or an Edit release: same layout)",
+                      "edit": "Qwen-Image-Edit (one reference)", "edit-2509": "Qwen-Image-Edit-2509",
+                      "edit-2511": "Qwen-Image-Edit-2511 (references modulated at timestep 0: zero_cond_t)"}
     diffusers_markers = (("img_in.weight", "txt_norm.weight", "transformer_blocks.0.img_mod.1.weight"),)
     reference_manifests = {"qwen-image.transformer.diffusers": "20B"}
     detect_order = 6  # before Flux.1: its original markers (img_in, txt_in) match Qwen-Image files too
@@ -86,6 +90,11 @@ class QwenImage(Family):
     lora_widths = (3072,)
     lora_metadata = ("qwen-image", "qwen_image", "qwenimage")
     widget_labels = {"text_encoder_1": "Qwen2.5-VL-7B text encoder (qwen_2.5_vl_7b.safetensors)"}
+    # editing (Qwen-Image-Edit 2509/2511: any Qwen-Image file takes references, as in ComfyUI; the Edit releases are
+    # the ones trained for them): up to three, each VAE-encoded at about 1024x1024 (reference_scaled) and seen by the
+    # text encoder's vision tower; the edit pipelines' defaults are the txt2img ones (50 steps, true CFG 4)
+    max_references = MAX_REFERENCES
+    edit_title = "Qwen-Image-Edit 2509/2511 (qwen_image_edit_2509_bf16.safetensors, qwen_image_edit_2511_bf16.safetensors)"
 
     def detect(self, t, original):
         width, in_ch = t["img_in.weight"].shape
@@ -104,6 +113,26 @@ class QwenImage(Family):
             b = 2 * ((head_dim - a) // 4)
             cfg["axes_dims_rope"] = [head_dim - 2 * b, b, b]
         return self.finish(self.detection("20B", cfg, False), rel)
+
+    def variant_from_folder(self, cfg, pipeline_class, detected, vae_factor=8):
+        if pipeline_class == "QwenImageEditPlusPipeline":
+            return "edit-2511" if cfg.get("zero_cond_t") else "edit-2509"
+        if pipeline_class == "QwenImageEditPipeline":
+            return "edit"
+        return detected
+
+    def variant_from_config(self, det, cfg, vae_factor=8):
+        if cfg.get("zero_cond_t"):  # only Qwen-Image-Edit-2511's transformer config sets it
+            det.variant = "edit-2511"
+
+    def references_of(self, variant, in_channels=0):
+        return 1 if variant == "edit" else self.max_references
+
+    def reference_scaled(self, width, height, *, auto=True):
+        """The edit pipelines' VAE size: ``calculate_dimensions(1024 * 1024, w / h)`` (about a megapixel, multiples of
+        32), whatever the reference's own size; ``auto=False``: as given."""
+        w, h = super().reference_scaled(width, height, auto=False)
+        return calculate_dimensions(REFERENCE_AREA, w / h) if auto else (w, h)
 
     def mu_args(self, sched: dict) -> dict:
         return _mu_args(sched)
@@ -154,14 +183,23 @@ class QwenImage(Family):
         cond.embeds, cond.mask = h[:, EDIT_DROP:] * te.like(keep[..., None], h), keep
 
     def forward(self, den, x, t, cond):
-        """On 2x2-packed latent tokens; ``img_shapes`` (one frame, the token grid) place the rotary positions."""
+        """On 2x2-packed latent tokens; ``img_shapes`` (one frame, the token grid) place the rotary positions. Editing:
+        each reference's packed latents follow the image's tokens, its grid listed after the image's in
+        ``img_shapes`` (QwenImageEditPlusPipeline), and only the image's tokens' output is kept."""
         if den.config.get("use_additional_t_cond"):  # (an embedding only Qwen-Image-Layered's transformer has)
             raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, "this Qwen-Image transformer is a Layered release (it embeds a "
-                                   "layer condition): SpriteForge draws with Qwen-Image and Qwen-Image-2512. Load one of those.")
+                                   "layer condition): SpriteForge draws with Qwen-Image, 2512 and the Edit releases. Load one of those.")
         b, _, h, w = x.shape
-        out = den.run(hidden_states=den.pack(x), encoder_hidden_states=cond["embeds"], encoder_hidden_states_mask=cond.get("mask"),
-                      timestep=t, img_shapes=[[(1, h // 2, w // 2)]] * b)
-        return den.unpack(out, h, w)
+        tokens = den.pack(x)
+        n = tokens.shape[1]
+        shapes = [(1, h // 2, w // 2)]
+        refs = den.references(cond)
+        if refs:
+            tokens = den.ops.concat([tokens, *(den.pack(r) for r in refs)], 1)
+            shapes += [(1, r.shape[2] // 2, r.shape[3] // 2) for r in refs]
+        out = den.run(hidden_states=tokens, encoder_hidden_states=cond["embeds"], encoder_hidden_states_mask=cond.get("mask"),
+                      timestep=t, img_shapes=[shapes] * b)
+        return den.unpack(out[:, :n] if refs else out, h, w)
 
 
 def _mu_args(sched: dict) -> dict:
