@@ -72,14 +72,18 @@ def _load(engine_name, files, release="2509"):
     from spriteforge.engines import get_engine
 
     eng = get_engine(engine_name, "cpu")
-    model = files[release]
-    if release == "2511":  # a single file does not say 2511: its transformer config.json beside it does
-        side = model.with_suffix(".json")
-        if not side.exists():
-            from spriteforge.tests.tiny_qwenimage_edit import build_qwenimage_edit
-
-            side.write_text(json.dumps(dict(build_qwenimage_edit(zero_cond_t=True).config, _class_name="QwenImageTransformer2DModel")))
+    model = _said_2511(files[release]) if release == "2511" else files[release]
     return eng, eng.load_model(str(model), vae=str(files["vae"]), text_encoders=[str(files["te"])], dtype="float32")
+
+
+def _said_2511(model):
+    """A single file does not say 2511: its transformer config.json (``<file>.json`` beside it) does."""
+    side = model.with_suffix(".json")
+    if not side.exists():
+        from spriteforge.tests.tiny_qwenimage_edit import build_qwenimage_edit
+
+        side.write_text(json.dumps(dict(build_qwenimage_edit(zero_cond_t=True).config, _class_name="QwenImageTransformer2DModel")))
+    return model
 
 
 def _params(cond, w, h, **kw):
@@ -195,3 +199,100 @@ def test_references_change_the_picture_and_batch_rows_are_independent(files):
         if name == "torch":
             other = pipeline.generate(eng, h, dataclasses.replace(p, references=[picture(32, 32, 2.0)]))
             assert np.abs(one - other).max() > 0.01
+
+
+# --------------------------------------------------------------------------- releases: detection, folders, sizes
+@pytest.fixture(scope="module")
+def folders(files):
+    from spriteforge.tests.tiny_qwenimage_edit import make_qwenimage_edit_folder
+
+    return {r: make_qwenimage_edit_folder(files["root"], r) for r in ("2509", "2511", "edit")}
+
+
+def test_what_inspect_can_tell_of_the_edit_releases(files, folders, tmp_path):
+    """The Edit releases' transformers have Qwen-Image's key set and shapes (2511 adds only the config flag
+    zero_cond_t): a single file is "20B" (Qwen-Image, 2512 or an Edit release); a diffusers folder says which by its
+    pipeline class (QwenImageEditPipeline: ``edit``; QwenImageEditPlusPipeline: ``edit-2509``, with zero_cond_t
+    ``edit-2511``), and so does the 2511 transformer's config.json put beside its single file."""
+    from spriteforge.models.detect import detect
+    from spriteforge.models.families import registry
+    from spriteforge.tests.tiny_qwenimage import build_qwenimage
+    from spriteforge.tests.tiny_qwenimage_edit import build_qwenimage_edit
+
+    def shapes(m):
+        return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+
+    assert shapes(build_qwenimage_edit(zero_cond_t=True)) == shapes(build_qwenimage())  # nothing in the weights
+    assert detect(files["2509"]).variant == "20B"
+    assert {r: detect(d).variant for r, d in folders.items()} == {"2509": "edit-2509", "2511": "edit-2511", "edit": "edit"}
+    det = detect(_said_2511(files["2511"]))
+    assert det.variant == "edit-2511" and det.config["zero_cond_t"] is True
+    fam = registry.get("qwenimage")
+    assert "2511" in fam.title("edit-2511") and fam.references_of("edit") == 1 and fam.references_of("edit-2509") == 3
+
+
+def test_a_2511_folder_edits_the_same_on_both_engines(folders):
+    """A Qwen-Image-Edit-2511 diffusers folder (text_encoder/ a Qwen2_5_VLForConditionalGeneration with its vision
+    tower, processor/, zero_cond_t in transformer/config.json) loads and edits on both engines within 2/255."""
+    pytest.importorskip("mlx.core")
+    from spriteforge import pipeline
+    from spriteforge.engines import get_engine
+
+    params = pipeline.GenerateParams(prompt=PROMPT, negative="", cfg=4.0, seed=SEED, steps=2, width=32, height=32,
+                                     references=[picture(40, 40)], reference_resize=False)
+    out = []
+    for name in ("torch", "mlx"):
+        eng = get_engine(name, "cpu")
+        h = eng.load_model(str(folders["2511"]), dtype="float32")
+        assert h.variant == "edit-2511"
+        out.append(pipeline.generate(eng, h, params))
+    diff = float(np.abs(out[0] - out[1]).max())
+    print(f"Qwen-Image-Edit-2511 folder: max |torch - mlx| = {diff * 255:.4f}/255")
+    assert diff <= TOL
+
+
+def test_the_first_edit_release_encodes_as_qwen_image_edit_pipeline(folders):
+    """A QwenImageEditPipeline folder (variant ``edit``): its template (the one image before the instruction, no
+    "Picture 1:"), the image the vision tower sees at about a megapixel: prompt embeddings equal the pipeline's
+    ``encode_prompt`` on the real class; a second reference is refused."""
+    import diffusers
+    import transformers
+    from PIL import Image
+
+    from spriteforge.engines import get_engine
+    from spriteforge.errors import SpriteForgeError
+    from spriteforge.models.families.qwenimage import REFERENCE_AREA, calculate_dimensions
+    from spriteforge.tests.tiny_qwenimage_edit import processor
+
+    d = folders["edit"]
+    eng = get_engine("torch", "cpu")
+    h = eng.load_model(str(d), dtype="float32")
+    img = picture(60, 90)
+    cond = eng.encode_text(h, [PROMPT], images=[img])
+    with pytest.raises(SpriteForgeError):
+        eng.encode_text(h, [PROMPT], images=[img, img])
+    tok = transformers.AutoTokenizer.from_pretrained(str(d / "tokenizer"), local_files_only=True)
+    enc = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(str(d / "text_encoder"), local_files_only=True).eval()
+    image_token = enc.config.image_token_id
+    enc.register_forward_pre_hook(lambda _m, a, kw: (a, {**kw, "mm_token_type_ids": (kw["input_ids"] == image_token).int()}),
+                                  with_kwargs=True)
+    pipe = diffusers.QwenImageEditPipeline(transformer=h.transformer, vae=h.vae, text_encoder=enc, tokenizer=tok, processor=processor(tok),
+                                           scheduler=diffusers.FlowMatchEulerDiscreteScheduler())
+    pil = Image.fromarray(np.rint(img * 255).astype(np.uint8))
+    w, hh = calculate_dimensions(REFERENCE_AREA, pil.size[0] / pil.size[1])
+    with torch.no_grad():
+        ref, _ = pipe.encode_prompt(PROMPT, image=pipe.image_processor.resize(pil, hh, w))
+    assert_close(eng.to_numpy(cond.embeds), ref.numpy(), "Qwen-Image-Edit (first release) prompt embeds")
+
+
+@pytest.mark.parametrize("w,h", [(64, 64), (300, 100), (1000, 1300), (17, 900)])
+def test_references_are_sized_as_the_edit_pipelines(w, h):
+    """A reference is VAE-encoded at ``calculate_dimensions(1024 * 1024, w / h)`` whatever its size (the pipelines'
+    rule: about a megapixel, multiples of 32); ``reference_resize=False`` keeps its size, rounded down to the grid."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import VAE_IMAGE_SIZE, calculate_dimensions
+
+    from spriteforge.models.families import registry
+
+    fam = registry.get("qwenimage")
+    assert fam.reference_size(w, h, 16) == calculate_dimensions(VAE_IMAGE_SIZE, w / h)
+    assert fam.reference_size(w, h, 16, auto=False) == (w // 16 * 16, h // 16 * 16)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 TOKENIZER = "qwen25vl_tokenizer"  # the tiny tokenizer with Qwen2.5-VL's vision tokens
@@ -139,11 +140,18 @@ def make_qwenimage_edit_folder(root, release: str = "2509", seed: int = 0) -> Pa
     if _done(d):
         return d
     tok = _tokenizer(root)
-    proc = processor(tok)
     sched = configs.load("qwen-image")["scheduler"]
     sched.pop("_class_name")
     cls = "QwenImageEditPipeline" if release == "edit" else "QwenImageEditPlusPipeline"
-    return _write_pipeline(d, cls, {
+    _write_pipeline(d, cls, {
         "transformer": build_qwenimage_edit(seed, zero_cond_t=release == "2511"), "vae": build_qwen_vae(seed + 1),
-        "text_encoder": build_qwen25_vl_edit(root, seed + 2), "tokenizer": tok, "processor": proc,
+        "text_encoder": build_qwen25_vl_edit(root, seed + 2), "tokenizer": tok, "processor": None,
         "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_config(sched)})
+    # processor/ as the releases hold it (the tokenizer's files and preprocessor_config.json): transformers 5.25
+    # cannot save a processor without its video processor, so its parts are saved one by one
+    tok.save_pretrained(str(d / "processor"))
+    transformers.Qwen2VLImageProcessorPil().save_pretrained(str(d / "processor"))
+    index = json.loads((d / "model_index.json").read_text())
+    index["processor"] = ["transformers", "Qwen2VLProcessor"]
+    (d / "model_index.json").write_text(json.dumps(index, indent=2))
+    return d

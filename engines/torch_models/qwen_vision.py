@@ -31,6 +31,8 @@ def load_vision(engine, source, prefix: str, cfg: dict, dtype):
 def vision_of(enc):
     """The vision tower a loaded text encoder carries; MODEL_NOT_FOUND when its file had none."""
     visual = getattr(enc, "visual", None)
+    if visual is None:  # a folder's Qwen2_5_VLForConditionalGeneration: under its base model
+        visual = getattr(getattr(enc, "model", None), "visual", None)
     if visual is None:
         raise SpriteForgeError(MODEL_NOT_FOUND, "the Qwen2.5-VL text encoder was loaded without its vision tower (no "
                                "visual.* tensors), which reads the reference images. Load the full qwen_2.5_vl_7b.safetensors.")
@@ -50,9 +52,10 @@ def vision_features(enc, patches: np.ndarray, grids) -> torch.Tensor:
 
 
 def language_model(enc):
-    """The language model of a Qwen2.5-VL text encoder (a file's ``Qwen2_5_VLTextModel``, a folder's
-    ``Qwen2_5_VLModel.language_model``)."""
-    return getattr(enc, "language_model", None) or (enc.model if hasattr(enc, "lm_head") else enc)
+    """The language model of a Qwen2.5-VL text encoder (a file's ``Qwen2_5_VLTextModel``; a folder's
+    ``Qwen2_5_VLModel`` or ``Qwen2_5_VLForConditionalGeneration``: its ``language_model``)."""
+    base = enc.model if hasattr(enc, "lm_head") else enc
+    return getattr(base, "language_model", None) or base
 
 
 def decoder_with_images(enc, ids, mask, positions, feats, image_token: int, layers):
