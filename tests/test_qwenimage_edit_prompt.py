@@ -192,3 +192,32 @@ def test_mlx_prompt_embeddings_match_torch_batch_independent(files):
             alone = eng.to_numpy(eng.encode_text(h, prompts[:1], images=images).embeds)
             assert_close(out[name][:1, :alone.shape[1]], alone, "MLX row 0 in a batch vs alone")
     assert_close(out["mlx"], out["torch"], "MLX vs torch edit prompt embeds")
+
+
+def test_the_released_vision_tower_fits_the_classes_the_engines_build(shared_dir):
+    """What detection reads from qwen_2.5_vl_7b.safetensors' ``visual.*`` header (plus the release's facts no shape
+    tells) is Qwen2.5-VL-7B-Instruct's vision_config, builds transformers' vision tower (meta device) whose every
+    tensor name and shape the file's fill, and the MLX port whose parameters are the file's after ``map_weights``."""
+    import json
+
+    from spriteforge.engines.torch_models.qwen_vision import build_vision
+    from spriteforge.models.detect import detect_tensors
+    from spriteforge.models.safetensors_header import header_from_manifest
+
+    man = json.loads((shared_dir / "checkpoints" / "qwen2.5-vl-7b.text-encoder.json").read_text())
+    det = detect_tensors(header_from_manifest(man).tensors, name="qwen_2.5_vl_7b.safetensors")
+    vc = det.config["vision_config"]
+    want = man["transformers_config"]["vision_config"]
+    for k in ("depth", "hidden_size", "num_heads", "intermediate_size", "out_hidden_size", "patch_size", "temporal_patch_size",
+              "spatial_merge_size", "window_size", "fullatt_block_indexes", "hidden_act", "tokens_per_second"):
+        assert vc[k] == want[k], k
+    visual = {k[len("visual."):]: tuple(v["shape"]) for k, v in man["tensors"].items() if k.startswith("visual.")}
+    assert {k: tuple(v.shape) for k, v in build_vision(vc).state_dict().items()} == visual
+    pytest.importorskip("mlx.core")
+    from mlx.utils import tree_flatten
+
+    from spriteforge.engines.mlx_models.qwen_vision import VisionTower, map_weights
+
+    port = {k: tuple(v.shape) for k, v in tree_flatten(VisionTower(vc).parameters())}
+    mapped = map_weights({k: np.zeros(s, np.float32) if "patch_embed" in k else np.empty(0) for k, s in visual.items()})
+    assert set(port) == set(mapped) and port["patch_embed.proj.weight"] == mapped["patch_embed.proj.weight"].shape
