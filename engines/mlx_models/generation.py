@@ -130,8 +130,7 @@ class MLXTextEncoding(TextEncoding):
         tower = getattr(enc, "_sf_visual", None)
         if tower is None:
             raise SpriteForgeError(MODEL_NOT_FOUND, "the Qwen2.5-VL text encoder was loaded without its vision tower (no "
-                                   "visual.* tensors, or from a converted MLX cache, which holds the language model only), "
-                                   "which reads the reference images. Load the full qwen_2.5_vl_7b.safetensors.")
+                                   "visual.* tensors), which reads the reference images. Load the full qwen_2.5_vl_7b.safetensors.")
         return tower
 
     def _vision_config(self, enc):

@@ -449,7 +449,7 @@ def _text_encoder(key: str, conf_dict: dict, sd: dict, tdt, family, archs=(), vi
                 tower = build(VISION_TOWERS[key], vision, vis, tdt, f"{key} vision tower")
         model = build(TE_PORT[key], conf_dict, {k: v for k, v in sd.items() if not keymaps.decoder_unused(k)}, tdt, f"{key} text encoder")
         if tower is not None:
-            # carried beside the language model, not inside it (the converted cache holds the language model alone)
+            # carried beside the language model, not inside it (the converted cache writes it as its own component)
             object.__setattr__(model, "_sf_visual", tower)
         return model
     with_proj = key in ("clip_l", "clip_g") and clip_with_projection(key, family, archs)
