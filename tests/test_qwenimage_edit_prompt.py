@@ -87,8 +87,8 @@ def _pipeline_embeds(files, images, prompt):
     """``QwenImageEditPlusPipeline.encode_prompt`` on the real class with the file's weights, the condition images
     resized by the pipeline's own image processor. transformers 5.25 computes Qwen2.5-VL's 3-D rotary positions only
     when ``mm_token_type_ids`` reaches the model, and diffusers 0.42's pipeline does not pass it (the language model
-    then numbers image tokens as text); the hook hands the model what the processor made, so the reference is the
-    model as released (and as ComfyUI runs it)."""
+    then numbers image tokens as text: huggingface/diffusers#14194, fix proposed in #14189); the hook hands the model
+    what the processor made, so the reference is the model as released (and as ComfyUI runs it)."""
     import diffusers
     import transformers
 
