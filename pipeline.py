@@ -182,6 +182,20 @@ def encode(engine, handle, prompt: str | list, negative: str | list = "", *, gui
     return cond
 
 
+def with_references(engine, handle, cond: Conditioning, references, *, resize: bool = True) -> Conditioning:
+    """``cond`` (and its negative) with the reference images' latents (:func:`encode_references`), as ComfyUI's
+    ReferenceLatent; for a family whose text encoder reads the images (``Family.encode_sees_references``) its prompts
+    are encoded again with them. ``cond`` is not changed."""
+    _check_cond(handle, cond)
+    if registry.rules(handle.family).encode_sees_references:
+        neg = cond.negative
+        return encode(engine, handle, list(cond.prompts), list(neg.prompts) if neg is not None else "",
+                      guidance=cond.guidance, with_negative=neg is not None, references=references, reference_resize=resize)
+    refs = encode_references(engine, handle, references, resize=resize)
+    neg = dataclasses.replace(cond.negative, references=refs) if cond.negative is not None else None
+    return dataclasses.replace(cond, references=refs, negative=neg)
+
+
 def reference_size(handle, image, *, resize: bool = True) -> tuple[int, int]:
     """``(width, height)`` of reference ``image`` ([H,W,3] or [1,H,W,3]) at the family's reference size for
     ``handle`` (``resize`` False: as given, rounded down to the latent grid): an edit's default output size."""
@@ -331,9 +345,8 @@ def _conditioning(engine, handle, params: GenerateParams, cfg: float, notes: lis
         _check_cond(handle, cond)
         if params.guidance is not None:
             cond = dataclasses.replace(cond, guidance=float(params.guidance))
-        if params.references:  # latents only: a text encoder that sees the images needs them at encode()
-            cond = dataclasses.replace(cond, references=encode_references(engine, handle, params.references,
-                                                                          resize=params.reference_resize))
+        if params.references:
+            cond = with_references(engine, handle, cond, params.references, resize=params.reference_resize)
         elif cond.references:
             check_count(handle, len(cond.references))
     else:
@@ -503,4 +516,4 @@ def generate(engine, handle, params: GenerateParams) -> np.ndarray:
 # prepare_size and model_schedule (spriteforge.generation.sizes) are part of this module's API: the nodes, the CLI
 # and the tests size and schedule runs with them.
 __all__ = ["GenerateParams", "GenerateResult", "SampleResult", "FAMILY_DEFAULTS", "generate", "generate_full", "sample", "decode",
-           "edit", "encode", "encode_references", "reference_size", "prepare_size", "model_schedule"]
+           "edit", "encode", "encode_references", "with_references", "reference_size", "prepare_size", "model_schedule"]

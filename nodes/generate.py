@@ -61,35 +61,6 @@ def latent_in(latent, handle) -> np.ndarray:
     return lat
 
 
-# --------------------------------------------------------------------------- reference images (editing)
-def reference_images(*images) -> list:
-    """The connected IMAGE inputs as references (numpy ``[H,W,3]``): each input is one image; unconnected ones skipped."""
-    out = []
-    for i, img in enumerate(images, 1):
-        if img is None:
-            continue
-        a = image_in(img)
-        if a.shape[0] != 1:
-            raise SpriteForgeError(BAD_INPUT, f"reference_{i} holds {a.shape[0]} images; a reference is one image. "
-                                   "Pick one (ImageFromBatch) or connect them to reference_1..3 one by one.")
-        out.append(a[0])
-    return out
-
-
-def reference_inputs(required_first: bool) -> list:
-    """The ``reference_1..3`` IMAGE inputs (the first required by the Edit node, optional in Encode Prompt)."""
-    first = "The image to edit (IMAGE). The model sees it beside the picture it draws."
-    more = "Another reference image (FLUX.2 [klein] takes up to 4, [dev] 6; Flux.1 Kontext takes one)."
-    return [io.Image.Input("reference_1", optional=not required_first, tooltip=first),
-            io.Image.Input("reference_2", optional=True, tooltip=more),
-            io.Image.Input("reference_3", optional=True, tooltip=more)]
-
-
-RESIZE_TOOLTIP = ("On: each reference is scaled to the sizes the model was trained on (Kontext: its ~1 megapixel "
-                  "sizes, nearest aspect; FLUX.2: down to 1 megapixel). Off: kept at its size, rounded down to the "
-                  "model's 16-pixel grid (small sprites stay small).")
-
-
 # --------------------------------------------------------------------------- nodes
 class EncodePrompt(ValidatedNode):
     @classmethod
@@ -100,9 +71,7 @@ class EncodePrompt(ValidatedNode):
             category=CATEGORY,
             description="Encodes the positive and negative prompts with the model's own text encoders (T5 for PixArt; "
             "CLIP-L + CLIP-G + T5 for SD3; CLIP-L + T5 for Flux; Gemma-2 for Sana; Qwen2.5-VL for Qwen-Image). DiT takes an ImageNet class "
-            "number (or name) as the prompt. Flux's distilled guidance is set here. Reference images (editing: FLUX.1 Kontext, "
-            "FLUX.2) ride in the conditioning, for SpriteForge Sampler to edit with (set its size to the output's; "
-            "SpriteForge Edit does it all in one node).",
+            "number (or name) as the prompt. Flux's distilled guidance is set here.",
             inputs=[
                 ModelType.Input("model", tooltip="The model from SpriteForge Load Model."),
                 io.String.Input("positive", multiline=True, default="",
@@ -113,24 +82,18 @@ class EncodePrompt(ValidatedNode):
                                tooltip="Flux dev's distilled guidance (ignored by other families and by Flux schnell)."),
                 io.Boolean.Input("sana_instruction", default=False, optional=True,
                                  tooltip="Sana only: prepend Sana's complex human instruction to the prompt."),
-                *reference_inputs(False),
-                io.Boolean.Input("reference_resize", default=True, optional=True, tooltip=RESIZE_TOOLTIP),
             ],
             outputs=[ConditioningType.Output(display_name="conditioning",
                                              tooltip="Positive and negative conditioning for SpriteForge Sampler.")],
         )
 
     @classmethod
-    def execute(cls, model, positive, negative="", guidance=3.5, sana_instruction=False, reference_1=None, reference_2=None,
-                reference_3=None, reference_resize=True):
+    def execute(cls, model, positive, negative="", guidance=3.5, sana_instruction=False):
         from ..pipeline import encode
 
         h = _check_model(model)
         uses = sana_instruction and "sana_instruction" in registry.rules(h.family).widgets_only  # the family declares it
         opts = {"complex_human_instruction": True} if uses else {}
-        refs = reference_images(reference_1, reference_2, reference_3)
-        if refs:
-            opts.update(references=refs, reference_resize=bool(reference_resize))
         cond = encode(h.engine, h, str(positive or ""), str(negative or ""), guidance=float(guidance), **opts)
         return io.NodeOutput(cond)
 

@@ -74,33 +74,43 @@ def _unpack(x, c, h, w):
 # --------------------------------------------------------------------------- FLUX.1 Kontext
 
 
-@pytest.mark.parametrize("cfg", [1.0, 2.0], ids=["guidance", "true-cfg"])
-def test_kontext_matches_flux_kontext_pipeline(eng, root, cfg):
+@pytest.mark.parametrize("cfg,own", [(1.0, False), (2.0, False), (1.0, True)], ids=["guidance", "true-cfg", "its-sigmas"])
+def test_kontext_matches_flux_kontext_pipeline(eng, root, cfg, own):
     """A reference image's packed latents after the image tokens at positions (1, row, col), the reference tokens'
-    output dropped, guidance 2.5 by default; with a negative, FluxKontextPipeline's true CFG: the same latents."""
+    output dropped, guidance 2.5 by default; with a negative, FluxKontextPipeline's true CFG: the same latents for the
+    same sigmas. ``its-sigmas``: our edit defaults (the simple schedule, the output's shift) against the pipeline's
+    own scheduler (the flux-dev release's dynamic shift from the output's token count, not the reference's)."""
+    from spriteforge.models import configs
+
     h = flux_dev(eng, root)
-    W, H, steps = 64, 48, 3
+    W, H, steps = 64, 48, 4 if own else 3  # 4 steps: the simple schedule's table gives linspace(1, 1/4) exactly
     ref = picture(48, 80)  # the reference need not be the output's size
     cond = pipeline.encode(eng, h, "make it red", "blurry", references=[ref], reference_resize=False, with_negative=cfg != 1.0)
     assert cond.guidance == 2.5 and len(cond.references) == 1 and tuple(cond.references[0].shape) == (1, 16, 6, 10)
-    ours = pipeline.sample(eng, h, pipeline.GenerateParams(seed=SEED, steps=steps, cfg=cfg, sampler="euler", schedule="normal",
-                                                           width=W, height=H, cond=cond)).latents
-    sigmas = get_sigmas("normal", steps, pipeline.model_schedule(h, W, H))
+    how = {} if own else {"sampler": "euler", "schedule": "normal"}
+    ours = pipeline.sample(eng, h, pipeline.GenerateParams(seed=SEED, steps=steps, cfg=cfg, width=W, height=H, cond=cond, **how))
+    assert ours.info["schedule"] == ("simple" if own else "normal")
     noise = torch.from_numpy(make_noise(SEED, (1, 16, H // 8, W // 8)))
+    if own:
+        sc = {k: v for k, v in configs.load("flux-dev")["scheduler"].items() if k != "_class_name"}
+        scheduler, sig = diffusers.FlowMatchEulerDiscreteScheduler.from_config(sc), {}
+    else:
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+        sig = {"sigmas": get_sigmas("normal", steps, pipeline.model_schedule(h, W, H))[:-1]}
     pipe = diffusers.FluxKontextPipeline(transformer=h.transformer, vae=h.vae, text_encoder=None, tokenizer=None,
-                                         text_encoder_2=None, tokenizer_2=None,
-                                         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False))
+                                         text_encoder_2=None, tokenizer_2=None, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     neg = {"negative_prompt_embeds": cond.negative.embeds, "negative_pooled_prompt_embeds": cond.negative.pooled,
            "true_cfg_scale": cfg} if cfg != 1.0 else {}
     with torch.no_grad():
         ref_lat = pipe(image=pil(ref), prompt_embeds=cond.embeds, pooled_prompt_embeds=cond.pooled, guidance_scale=2.5,
-                       num_inference_steps=steps, sigmas=sigmas[:-1], latents=_pack(noise), height=H, width=W, max_area=W * H,
-                       _auto_resize=False, output_type="latent", return_dict=False, **neg)[0]
+                       num_inference_steps=steps, latents=_pack(noise), height=H, width=W, max_area=W * H,
+                       _auto_resize=False, output_type="latent", return_dict=False, **sig, **neg)[0]
     ref_lat = _unpack(ref_lat, 16, H // 8, W // 8).numpy()
-    diff = float(np.abs(ours - ref_lat).max())
-    print(f"Kontext ({'true CFG 2' if cfg != 1 else 'guidance 2.5'}): max |ours - FluxKontextPipeline| latent = {diff:.2e}")
-    assert ours.shape == ref_lat.shape and diff <= 1e-4 * max(1.0, float(np.abs(ref_lat).max()))
+    diff = float(np.abs(ours.latents - ref_lat).max())
+    what = "its own sigmas" if own else ("true CFG 2" if cfg != 1 else "guidance 2.5")
+    print(f"Kontext ({what}): max |ours - FluxKontextPipeline| latent = {diff:.2e}")
+    assert ours.latents.shape == ref_lat.shape and diff <= 1e-4 * max(1.0, float(np.abs(ref_lat).max()))
 
 
 def test_kontext_sizes_references_as_its_pipeline():
@@ -120,7 +130,8 @@ def test_kontext_sizes_references_as_its_pipeline():
         with pytest.raises(SpriteForgeError) as e:
             flux2.reference_size(w, h, 16)
         assert e.value.code == BAD_INPUT
-    assert flux.edit_sampling_defaults("dev")["steps"] == 28 and flux.edit_defaults["guidance"] == 2.5
+    d = flux.edit_sampling_defaults("dev")
+    assert (d["steps"], d["schedule"], d["cfg"], flux.edit_defaults["guidance"]) == (28, "simple", 1.0, 2.5)
 
 
 @pytest.mark.parametrize("w,h", [(100, 70), (1100, 1000)])
@@ -271,21 +282,22 @@ def models_root(tmp_path_factory):
     return root, tm.make_flux(root / "diffusers", layout="folder", variant="dev"), tm.make_pixart(root / "diffusers", layout="folder")
 
 
-def test_edit_node_and_encode_prompt_references_through_the_sampler(models_root):
-    """The Edit node from Load Model's handle (output the reference's size, LATENT of the family); Encode Prompt
-    carrying the same reference into Sampler and VAE Decode gives the same picture."""
+def test_edit_node_and_reference_images_through_the_sampler(models_root):
+    """The Edit node from Load Model's handle (output the reference's size, LATENT of the family); Encode Prompt, then
+    Reference Images, then Sampler and VAE Decode give the same picture. Encode Prompt's inputs are unchanged."""
     from spriteforge import paths
     from spriteforge.nodes import edit as E
     from spriteforge.nodes import generate as G
     from spriteforge.nodes import loaders as L
     from spriteforge.nodes import node_map
 
-    schema = node_map(strict=True)["SpriteForgeEdit"].define_schema()
-    assert schema.category == "SpriteForge/generate" and len(schema.description) > 40
-    assert all(i.tooltip for i in schema.inputs)
-    assert [o.io_type for o in schema.outputs] == ["IMAGE", "LATENT"]
-    enc_ids = [i.id for i in node_map(strict=True)["SpriteForgeEncodePrompt"].define_schema().inputs]
-    assert {"reference_1", "reference_2", "reference_3", "reference_resize"} <= set(enc_ids)
+    nodes = node_map(strict=True)
+    for nid, outs in (("SpriteForgeEdit", ["IMAGE", "LATENT"]), ("SpriteForgeReferenceImages", ["SF_CONDITIONING"])):
+        schema = nodes[nid].define_schema()
+        assert schema.category == "SpriteForge/generate" and len(schema.description) > 40
+        assert all(i.tooltip for i in schema.inputs) and [o.io_type for o in schema.outputs] == outs
+    enc_ids = [i.id for i in nodes["SpriteForgeEncodePrompt"].define_schema().inputs]
+    assert enc_ids == ["model", "positive", "negative", "guidance", "sana_instruction"]
     root, folder, pix_folder = models_root
     paths.set_models_root(root)
     try:
@@ -293,8 +305,10 @@ def test_edit_node_and_encode_prompt_references_through_the_sampler(models_root)
         ref = torch.from_numpy(picture(48, 64)[None].astype(np.float32))
         img, lat = E.Edit.execute(h, ref, "make it red", seed=3, steps=2, reference_resize=False)
         assert tuple(img.shape) == (1, 48, 64, 3) and lat["sf_family"] == "flux" and tuple(lat["samples"].shape) == (1, 16, 6, 8)
-        cond = G.EncodePrompt.execute(h, "make it red", guidance=2.5, reference_1=ref, reference_resize=False)[0]
-        lat2 = G.Sampler.execute(h, cond, seed=3, steps=2, width=64, height=48)[0]
+        cond = G.EncodePrompt.execute(h, "make it red", guidance=2.5)[0]
+        with_refs = E.ReferenceImages.execute(h, cond, ref, reference_resize=False)[0]
+        assert cond.references is None and len(with_refs.references) == 1  # the input conditioning is not changed
+        lat2 = G.Sampler.execute(h, with_refs, seed=3, steps=2, width=64, height=48, schedule="simple")[0]
         img2 = G.VAEDecode.execute(h, lat2)[0]
         assert float((img - img2).abs().max()) < 1e-5
         with pytest.raises(SpriteForgeError) as e:  # a batch of images is not one reference
@@ -305,7 +319,8 @@ def test_edit_node_and_encode_prompt_references_through_the_sampler(models_root)
             E.Edit.execute(pix, ref, "x", steps=1)
         assert e.value.code == BAD_INPUT and "cannot take reference images" in e.value.message
         assert E.Edit.validate_inputs(steps=-1) is not True and E.Edit.validate_inputs(sampler="nope") is not True
-        assert E.Edit.validate_inputs(steps=2, sampler="default", schedule="simple") is True
+        assert E.Edit.validate_inputs(steps=2, sampler="default", schedule="simple", width=0, height=64) is True
+        assert "width" in E.Edit.validate_inputs(width=8)
     finally:
         paths.set_models_root(None)
 
@@ -335,3 +350,60 @@ def test_cli_edit(models_root, tmp_path, capsys):
                  "--out", str(bad)]) == 19
     assert not bad.exists()
     assert "cannot take reference images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["flux", "flux2"])
+def test_attention_slicing_gives_the_batched_result(eng, root, family):
+    """One row at a time (attention slicing) or cond and uncond in one batch: the same model output with references."""
+    if family == "flux":
+        h, refs = flux_dev(eng, root), [picture(48, 64)]
+    else:
+        h = eng.load_model(str(tf.make_flux2(root, layout="folder", distilled=False)), dtype="float32")
+        refs = [picture(64, 64), picture(64, 80, 1.0)]
+    cond = pipeline.encode(eng, h, "make it red", "blurry", references=refs, reference_resize=False)
+    ms = pipeline.model_schedule(h, 64, 64, steps=2)
+    c = h.latent_channels
+    x = torch.from_numpy(make_noise(3, (2, c, 64 // h.vae_scale_factor, 64 // h.vae_scale_factor)))
+    outs = [eng.denoiser(h, cond, cond.negative, cfg=3.0, model_schedule=ms, attention_slicing=s)(x, 0.7) for s in (False, True)]
+    assert float((outs[0] - outs[1]).abs().max()) <= 1e-5 * max(1.0, float(outs[0].abs().max()))  # float rounding only
+
+
+@pytest.mark.parametrize("name", ["flux1-dev.transformer.original", "flux1-dev.transformer.diffusers"])
+def test_inspect_says_a_released_flux1_dev_file_may_be_kontext(shared_dir, tmp_path, capsys, name):
+    """flux1-kontext-dev.safetensors has [dev]'s keys and shapes (the released [dev] manifests stand for it): inspect
+    names it dev and says, as for the other one-layout pairs, that it may be Kontext."""
+    from spriteforge.cli.main import main
+    from spriteforge.tests.test_recognised_families import _fake_file, _manifest
+
+    path = _fake_file(tmp_path / f"{name}.safetensors", _manifest(shared_dir, name)["tensors"])
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "variant:    dev" in text and "ambiguous:  dev or Kontext [dev]: same layout" in text
+
+
+def test_the_family_encode_sees_the_reference_images(eng, root, monkeypatch):
+    """``Family.encode(images=)`` gets the references as given, for the prompt and the negative; a family whose text
+    encoder reads them (``encode_sees_references``) is encoded again when references join a conditioning later."""
+    h = flux_dev(eng, root)
+    fam = registry.rules("flux")
+    seen = []
+    real = type(fam).encode
+
+    def recording(self, te, prompts, cond, **kw):
+        seen.append((list(prompts), None if kw.get("images") is None else [a.shape for a in kw["images"]]))
+        return real(self, te, prompts, cond, **kw)
+
+    monkeypatch.setattr(type(fam), "encode", recording)
+    ref = picture(48, 80)
+    cond = pipeline.encode(eng, h, "make it red", "blurry", references=[ref], reference_resize=False)
+    assert seen == [(["make it red"], [(48, 80, 3)]), (["blurry"], [(48, 80, 3)])]
+    seen.clear()
+    plain = pipeline.encode(eng, h, "make it red", "blurry")
+    later = pipeline.with_references(eng, h, plain, [ref], resize=False)
+    assert seen == [(["make it red"], None), (["blurry"], None)]  # latents only: Flux's encoders read no images
+    assert float(np.abs(eng.to_numpy(later.references[0]) - eng.to_numpy(cond.references[0])).max()) == 0.0
+    assert later.negative.references is later.references
+    seen.clear()
+    monkeypatch.setattr(type(fam), "encode_sees_references", True)
+    again = pipeline.with_references(eng, h, plain, [ref], resize=False)
+    assert seen == [(["make it red"], [(48, 80, 3)]), (["blurry"], [(48, 80, 3)])] and len(again.references) == 1

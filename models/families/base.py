@@ -143,6 +143,9 @@ class Family:
     # :meth:`reference_scaled`, then the grid's remainder cut evenly off each side: the FLUX.2 pipelines' centre crop)
     reference_fit: ClassVar[str] = "stretch"
     edit_defaults: ClassVar[dict] = {}  # overrides of :meth:`sampling_defaults` when references are given
+    # its text encoder reads the reference images too (``encode(images=)``: Qwen-Image-Edit's vision tower): a
+    # conditioning given references afterwards (the Reference Images node) is encoded again with them
+    encode_sees_references: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ detection
     def layout_of(self, t: dict[str, TensorInfo]) -> str | None:

@@ -13,7 +13,7 @@ KONTEXT_RESOLUTIONS = ((672, 1568), (688, 1504), (720, 1456), (752, 1392), (800,
                        (944, 1104), (1024, 1024), (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752),
                        (1456, 720), (1504, 688), (1568, 672))
 KONTEXT_NOTE = ("dev or Kontext [dev]: same layout (any Flux.1 [dev]-layout model takes a reference image; "
-                "Kontext's defaults then: guidance 2.5, 28 steps)")
+                "Kontext's defaults then: guidance 2.5, 28 steps, the simple schedule)")
 _ST = "single_transformer_blocks.{i}"
 
 
@@ -82,11 +82,12 @@ class Flux(Family):
     widgets_only = ("guidance",)
     # FLUX.1 Kontext [dev] (flux1-kontext-dev.safetensors) has [dev]'s layout: no tensor tells them apart, so every
     # [dev]-layout model takes one reference image (FluxKontextPipeline takes one), scaled to Kontext's trained sizes;
-    # Kontext's defaults for an edit: FluxKontextPipeline's 28 steps and its documented guidance 2.5
+    # Kontext's defaults for an edit: FluxKontextPipeline's 28 steps, its sigmas (linspace(1, 1/steps) shifted by the
+    # output's mu: our "simple" schedule) and its documented guidance 2.5
     max_references = 1
     edit_title = "FLUX.1 Kontext [dev] (flux1-kontext-dev.safetensors)"
     reference_resolutions = KONTEXT_RESOLUTIONS
-    edit_defaults = {"guidance": 2.5, "steps": 28}
+    edit_defaults = {"guidance": 2.5, "steps": 28, "schedule": "simple"}
 
     def detect(self, t, original):
         n, blocks = self.names(t, original)
