@@ -178,6 +178,23 @@ def test_same_edit_on_both_engines(files, release, refs):
     assert diff <= TOL
 
 
+def test_references_joined_to_a_text_prompt_are_seen_by_the_text_encoder(files):
+    """The Reference Images node's path (``pipeline.with_references``: a prompt encoded without images, the references
+    added after): Qwen-Image-Edit's text encoder reads the images, so the prompts are encoded again with them, the
+    same conditioning as encoding them together (and not the text-only one)."""
+    from spriteforge import pipeline
+
+    eng, h = _load("torch", files)
+    ref = picture(48, 32)
+    plain = pipeline.encode(eng, h, PROMPT, NEGATIVE)
+    joined = pipeline.with_references(eng, h, plain, [ref], resize=False)
+    direct = pipeline.encode(eng, h, PROMPT, NEGATIVE, references=[ref], reference_resize=False)
+    for a, b in ((joined, direct), (joined.negative, direct.negative)):
+        assert_close(eng.to_numpy(a.embeds), eng.to_numpy(b.embeds), "with_references vs encode(references=)")
+        assert_close(eng.to_numpy(a.references[0]), eng.to_numpy(b.references[0]), "reference latents")
+    assert joined.embeds.shape[1] > plain.embeds.shape[1] + 4  # the image tokens are in the prompt now
+
+
 def test_references_change_the_picture_and_batch_rows_are_independent(files):
     """An edit's row 0 of a batch of two is the batch of one (seed + i a row, the references repeated per row), on
     both engines; another reference gives another picture."""

@@ -94,6 +94,7 @@ class QwenImage(Family):
     # the ones trained for them): up to three, each VAE-encoded at about 1024x1024 (reference_scaled) and seen by the
     # text encoder's vision tower; the edit pipelines' defaults are the txt2img ones (50 steps, true CFG 4)
     max_references = MAX_REFERENCES
+    encode_sees_references = True  # the vision tower reads them: a prompt encoded without them is encoded again
     edit_title = "Qwen-Image-Edit 2509/2511 (qwen_image_edit_2509_bf16.safetensors, qwen_image_edit_2511_bf16.safetensors)"
 
     def detect(self, t, original):
