@@ -23,7 +23,7 @@ from pathlib import Path
 from .. import paths
 from ..errors import BAD_INPUT, MODEL_NOT_FOUND, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ..models import configs
-from ..models.detect import Detection, detect, detect_tensors
+from ..models.detect import Detection, detect, detect_tensors, with_side_config
 from ..models.families import components, registry
 from ..models.families.base import TEXT_ENCODER_PORTS
 from ..models.safetensors_header import canonical_dtype
@@ -110,7 +110,9 @@ def diffusion_folder(p: Path) -> Detection:
 
 def diffusion_model_in(tensors, p: Path) -> Detection:
     """The detection of the single file ``p`` (its ``tensors``): a transformer or an all-in-one checkpoint."""
-    det = detect_tensors(tensors, name=p.name)
+    # settings a diffusers-layout file has no weights for (Qwen-Image-Edit-2511's zero_cond_t) from a config.json
+    # beside it, as ``inspect`` reads them
+    det = with_side_config(detect_tensors(tensors, name=p.name), p)
     det.path = str(p)
     if det.kind not in ("transformer", "checkpoint"):
         raise SpriteForgeError(

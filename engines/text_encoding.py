@@ -133,6 +133,33 @@ class TextEncoding:
             ids, mask = _followed(ids, mask, np.asarray(tok([suffix], return_tensors="np")["input_ids"][0], np.int64))
         return self._decoder(enc, ids, mask, tuple(layers))
 
+    def vision_decoder(self, role: str, texts, images, *, layers=(-1,)):
+        """``([hidden states float32 [B, L, D] for each of layers], keep mask [B, L])`` of the vision-language model
+        ``role`` (Qwen2.5-VL) for ``texts`` (already in the family's template, each holding one ``<|image_pad|>`` an
+        image, in order) with ``images`` (RGB ``[H, W, 3]``, uint8 or 0..1 floats, at the size the family gives its
+        processor) in those places: the processor's pixels and placeholder expansion, the vision tower's merged
+        features in place of the placeholders, the language model at the 3-D rotary positions (Qwen2.5-VL's
+        ``get_rope_index``). Padded on the right to the longest text; never cut (the edit pipelines cut nothing)."""
+        from . import vision_inputs as vi
+
+        enc, tok = self.encoder(role)
+        vc = self._vision_config(enc)
+        merge = int(vc.get("spatial_merge_size", 2))
+        pix = [vi.qwen_vl_pixels(im, patch=int(vc.get("patch_size", 14)), merge=merge,
+                                 temporal=int(vc.get("temporal_patch_size", 2))) for im in images]
+        grids = [g for _, g in pix]
+        image_token = tok.convert_tokens_to_ids(vi.IMAGE_PAD)
+        if image_token is None or image_token == getattr(tok, "unk_token_id", None):
+            raise SpriteForgeError(MODEL_NOT_FOUND, f"the {role} tokenizer has no {vi.IMAGE_PAD} token, which reference images "
+                                   "need. Use the tokenizer released with Qwen2.5-VL (qwen25_tokenizer).")
+        texts = [vi.expand_image_pads(t, grids, merge) for t in texts]
+        ti = tok(list(texts), padding="longest", padding_side="right", add_special_tokens=False, return_tensors="np")
+        ids = np.asarray(ti["input_ids"]).astype(np.int64)
+        mask = np.asarray(ti["attention_mask"]).astype(np.int64)
+        positions = vi.rope_index(ids, mask, image_token, grids, merge)
+        feats = self._vision(enc, np.concatenate([p for p, _ in pix]), grids)
+        return self._decoder_images(enc, ids, mask, positions, feats, image_token, tuple(layers))
+
     def chat(self, role: str, conversations, fallback):
         """``conversations`` (lists of ``{"role", "content"}`` messages) as the texts ``decoder`` reads: rendered by
         the ``role`` tokenizer's own chat template (``add_generation_prompt=False``), or by ``fallback(tokenizer,
@@ -172,6 +199,18 @@ class TextEncoding:
 
     def _decoder(self, enc, ids, mask, layers):
         """``([hidden states float32 for each of layers], mask)`` from decoder LM ``enc`` for numpy ``ids`` / ``mask``."""
+        raise NotImplementedError
+
+    def _vision_config(self, enc) -> dict:
+        """The vision tower's config (``Qwen2_5_VLVisionConfig`` fields) of text encoder ``enc``."""
+        raise NotImplementedError
+
+    def _vision(self, enc, patches, grids):
+        """``[tokens, D]``: the vision tower's merged features of ``patches`` (numpy) with ``grids``."""
+        raise NotImplementedError
+
+    def _decoder_images(self, enc, ids, mask, positions, feats, image_token, layers):
+        """As :meth:`_decoder`, with ``feats`` in the ``image_token`` places, at 3-D rotary ``positions`` [3, B, L]."""
         raise NotImplementedError
 
     def _pad_last(self, x, n):

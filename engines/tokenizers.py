@@ -190,13 +190,21 @@ def find_tokenizer(key: str, near: Path | None = None, *, source=None, required:
 
 # Qwen's chat-template markers, the special tokens right after ``<|endoftext|>`` in its vocabulary (151643, 151644, 151645)
 QWEN_CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
+# the special tokens after them in Qwen2.5's vocabulary (151646 to 151656), up to Qwen2.5-VL's vision tokens
+# (``<|image_pad|>`` = 151655: Qwen-Image-Edit's reference images)
+QWEN_VISION_TOKENS = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
+                      "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+QWEN_VOCAB = 151643  # the byte-level vocabulary's size (``<|endoftext|>`` is the first id after it)
 
 
 def _with_chat_tokens(tok):
     """``tok`` knowing Qwen's chat markers as single special tokens: a folder of only ``vocab.json`` + ``merges.txt``
     has ``<|endoftext|>`` (the tokenizer's default) but would spell ``<|im_start|>`` out in bytes. Added in order after
     it, they get the ids Qwen's vocabulary gives them."""
-    missing = [t for t in QWEN_CHAT_TOKENS if t not in tok.get_vocab()]
+    vocab = tok.get_vocab()
+    missing = [t for t in QWEN_CHAT_TOKENS if t not in vocab]
+    if tok.vocab_size == QWEN_VOCAB and "<|image_pad|>" not in vocab:  # Qwen's own vocabulary: its vision tokens at their ids
+        missing += [t for t in QWEN_VISION_TOKENS if t not in vocab]
     if missing:
         tok.add_special_tokens({"additional_special_tokens": missing})
     return tok

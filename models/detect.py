@@ -485,7 +485,7 @@ def _detect_folder(p: Path) -> Detection:
     )
 
 
-def _with_side_config(det: Detection, p: Path) -> Detection:
+def with_side_config(det: Detection, p: Path) -> Detection:
     """A diffusers-layout file does not record settings that have no weights (PixArt's sample size...):
     take them from ``<name>.json`` or ``config.json`` beside it when that names the same class."""
     if det.kind not in ("transformer", "vae") or det.layout != "diffusers":
@@ -515,7 +515,7 @@ def detect(path: str | os.PathLike, *, family_hint: str | None = None) -> Detect
         return _detect_folder(p)
     suffix = p.suffix.lower()
     if suffix in (".safetensors", ".sft"):
-        return _with_side_config(detect_header(read_header(p), family_hint=family_hint), p)
+        return with_side_config(detect_header(read_header(p), family_hint=family_hint), p)
     if suffix in (".ckpt", ".pt", ".pth", ".bin"):
         raise SpriteForgeError(
             UNSUPPORTED_ARCHITECTURE,

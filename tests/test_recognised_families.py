@@ -150,7 +150,7 @@ def test_z_image_checkpoint_with_its_text_encoder_needs_only_a_vae(shared_dir, t
     ("qwen3-4b.text-encoder", ["kind:       text_encoder (hf layout)", "variant:    qwen3_4b",
                                "lm_head:    tied (no lm_head.weight"]),
     ("qwen3-8b.text-encoder", ["variant:    qwen3_8b", "lm_head:    untied (lm_head.weight stored)"]),
-    ("qwen2.5-vl-7b.text-encoder", ["variant:    qwen25_7b", "vision_tower: present: 32 blocks, 1280 wide (visual.*)",
+    ("qwen2.5-vl-7b.text-encoder", ["variant:    qwen25_7b", "vision_tower: present: 32 blocks, 1280 wide (visual.*; Qwen-Image-Edit reads it)",
                                     "lm_head:    untied"]),
     ("flux2-vae.original", ["kind:       vae (original layout)", "variant:    flux2", "dtypes:     float32 84.05M, int64 1",
                             "batch_norm: bn.running_mean/var [128], num_batches_tracked int64"]),

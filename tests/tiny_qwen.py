@@ -16,6 +16,7 @@ from pathlib import Path
 
 QWEN3_DIM = 32  # hidden width of the tiny Qwen3 (Z-Image's caption features, ``cap_feat_dim``)
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+VISION_SPECIALS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")  # Qwen2.5-VL's added tokens
 # Qwen3's chat template, reduced to what one user message with ``add_generation_prompt`` renders (``enable_thinking``
 # false adds the empty think block, as the real template does)
 CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -29,9 +30,10 @@ def _corpus() -> list[str]:
     return _TEXT.splitlines()
 
 
-def make_qwen_tokenizer(root, name: str = "qwen_tokenizer") -> Path:
+def make_qwen_tokenizer(root, name: str = "qwen_tokenizer", vision: bool = False) -> Path:
     """A ``Qwen2Tokenizer`` folder (``save_pretrained``: tokenizer.json + tokenizer_config.json with the chat template)
-    with ``vocab.json`` and ``merges.txt`` beside it."""
+    with ``vocab.json`` and ``merges.txt`` beside it; ``vision``: with Qwen2.5-VL's vision tokens too
+    (``<|vision_start|>``, ``<|image_pad|>``...), as its released tokenizer has them."""
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -48,7 +50,8 @@ def make_qwen_tokenizer(root, name: str = "qwen_tokenizer") -> Path:
     regular = sorted((v, k) for k, v in model["vocab"].items() if k not in SPECIALS)
     vocab = {k: i for i, (_, k) in enumerate(regular)}  # the special tokens come after the vocabulary, as Qwen's do
     tok = transformers.Qwen2Tokenizer(vocab=vocab, merges=merges)
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    extra = list(VISION_SPECIALS) if vision else []
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"] + extra})
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(str(d))
     (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
@@ -56,10 +59,10 @@ def make_qwen_tokenizer(root, name: str = "qwen_tokenizer") -> Path:
     return d
 
 
-def tokenizer_size(root) -> int:
+def tokenizer_size(root, name: str = "qwen_tokenizer", vision: bool = False) -> int:
     import transformers
 
-    return len(transformers.AutoTokenizer.from_pretrained(str(make_qwen_tokenizer(root)), local_files_only=True))
+    return len(transformers.AutoTokenizer.from_pretrained(str(make_qwen_tokenizer(root, name, vision)), local_files_only=True))
 
 
 def build_qwen3(seed: int = 0, vocab_size: int = 400, layers: int = 3, tied: bool = True):

@@ -207,6 +207,8 @@ def _write_components(tmp: Path, handle, dtype: str) -> dict:
         comps["vae"] = handle.vae
     for k, m in (handle.text_encoders or {}).items():
         comps[f"te_{k}"] = m
+        if getattr(m, "_sf_visual", None) is not None:  # its vision tower (Qwen-Image-Edit's reference images)
+            comps[f"tv_{k}"] = m._sf_visual
     entries = {}
     with Progress(len(comps), "writing the MLX cache") as bar:
         for name, model in comps.items():
@@ -367,6 +369,9 @@ def load_cache(engine, d, *, vae=None, text_encoders=(), dtype=None):
     for name, entry in comps.items():
         if name.startswith("te_"):
             tes[name[3:]] = _component(d, entry, tdt, f"{name[3:]} text encoder")
+    for name, entry in comps.items():
+        if name.startswith("tv_") and name[3:] in tes:  # a text encoder's vision tower rides beside it, as loading puts it
+            object.__setattr__(tes[name[3:]], "_sf_visual", _component(d, entry, tdt, f"{name[3:]} vision tower"))
     for k, t in (man.get("tokenizers") or {}).items():
         cls = getattr(transformers, t["class"], None) or transformers.AutoTokenizer
         toks[k] = cls.from_pretrained(str(d / t["dir"]), local_files_only=True)

@@ -45,6 +45,7 @@ class DecoderConfig:
     qk_norm: bool = False  # Qwen3: RMS norm over each query and key head
     qkv_bias: bool = False  # Qwen2 / Qwen2.5: biases on the q, k and v projections
     final_norm: bool = True  # False: a model cut after the layers read (ComfyUI's 30-layer Mistral-3), its last state not normed
+    mrope_section: tuple = ()  # Qwen2.5-VL: the rotary frequencies' split over the (t, h, w) positions of 3-D positions
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "DecoderConfig":
@@ -61,6 +62,9 @@ class DecoderConfig:
         out.setdefault("num_key_value_heads", heads)
         out.setdefault("head_dim", int(cfg["hidden_size"]) // heads)
         out["rope_theta"] = _rope_theta(cfg)
+        rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        if isinstance(rp, dict) and rp.get("mrope_section"):
+            out["mrope_section"] = tuple(int(v) for v in rp["mrope_section"])
         out.setdefault("qk_norm", kind in _QK_NORM)
         out.setdefault("qkv_bias", bool(cfg.get("attention_bias")) or kind in _QKV_BIAS)
         return cls(**out)
@@ -157,26 +161,40 @@ class DecoderLM(nn.Module):
             live = mx.any(allowed, axis=-1, keepdims=True).astype(dtype)
         return mx.where(allowed, mx.array(0, dtype=dtype), mx.array(mx.finfo(dtype).min, dtype=dtype)), live
 
-    def _rope(self, length: int, dtype):
-        freqs = mx.arange(length, dtype=mx.float32)[:, None] * mx.array(self._inv_freq)[None, :]
+    def _rope(self, length: int, dtype, positions=None):
+        """cos/sin ``[L, D]`` of positions 0..L-1; with 3-D ``positions`` [3, B, L] (Qwen2.5-VL's multimodal rope:
+        each section of the frequencies reads its axis, ``mrope_section``) ``[B, 1, L, D]``."""
+        if positions is None:
+            freqs = mx.arange(length, dtype=mx.float32)[:, None] * mx.array(self._inv_freq)[None, :]
+        else:
+            f = np.asarray(positions, np.float32)[..., None] * self._inv_freq  # [3, B, L, D/2]
+            section = self.config.mrope_section or (f.shape[-1],)
+            bounds = np.cumsum((0,) + tuple(section))
+            f = np.concatenate([f[i % 3, ..., a:b] for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))], axis=-1)
+            freqs = mx.array(f)[:, None]
         emb = mx.concatenate([freqs, freqs], axis=-1)
         return mx.cos(emb).astype(dtype), mx.sin(emb).astype(dtype)
 
-    def __call__(self, input_ids, attention_mask=None, layers=None):
+    def __call__(self, input_ids, attention_mask=None, layers=None, *, inputs_embeds=None, positions=None):
         """``layers=None``: the last hidden state (after the final norm); else a list of the hidden states at those
-        indices (transformers' ``hidden_states`` numbering, negative from the end)."""
+        indices (transformers' ``hidden_states`` numbering, negative from the end). ``inputs_embeds`` [B, L, D]:
+        used instead of the embeddings of ``input_ids`` (image features in place); ``positions`` [3, B, L]:
+        Qwen2.5-VL's 3-D rotary positions (``vision_inputs.rope_index``), else 0..L-1."""
         n = len(self.layers)
         want = [n] if layers is None else [i + n + 1 if i < 0 else i for i in layers]
         if any(not 0 <= i <= n for i in want):
             raise SpriteForgeError(BAD_INPUT, f"hidden states {list(layers)} were asked of a {n}-layer text encoder. "
                                    "Give the model's own text encoder (the file its family was trained with).")
-        ids = input_ids if isinstance(input_ids, mx.array) else mx.array(np.asarray(input_ids))
-        x = self.embed_tokens(ids.astype(mx.int32))
+        if inputs_embeds is None:
+            ids = input_ids if isinstance(input_ids, mx.array) else mx.array(np.asarray(input_ids))
+            x = self.embed_tokens(ids.astype(mx.int32))
+        else:
+            x = inputs_embeds
         keep = attention_mask
         if keep is not None and not isinstance(keep, mx.array):
             keep = mx.array(np.asarray(keep))
         mask, live = self._mask(x.shape[1], keep, x.dtype)
-        cos, sin = self._rope(x.shape[1], x.dtype)
+        cos, sin = self._rope(x.shape[1], x.dtype, positions)
         states = [x]
         for layer in self.layers[: min(max(want), n)]:
             x = layer(x, cos, sin, mask, live)

@@ -126,6 +126,33 @@ class MLXTextEncoding(TextEncoding):
                 mx.eval(states)
         return [h.astype(mx.float32) for h in states], mask
 
+    def _vision_tower(self, enc):
+        tower = getattr(enc, "_sf_visual", None)
+        if tower is None:
+            raise SpriteForgeError(MODEL_NOT_FOUND, "the Qwen2.5-VL text encoder was loaded without its vision tower (no "
+                                   "visual.* tensors), which reads the reference images. Load the full qwen_2.5_vl_7b.safetensors.")
+        return tower
+
+    def _vision_config(self, enc):
+        from dataclasses import asdict
+
+        return asdict(self._vision_tower(enc).config)
+
+    def _vision(self, enc, patches, grids):
+        return self._vision_tower(enc)(patches, grids)
+
+    def _decoder_images(self, enc, ids, mask, positions, feats, image_token, layers):
+        mx = _mx()
+        emb = enc.embed_tokens(mx.array(ids.astype(np.int32)))
+        sel = np.flatnonzero((ids == image_token).ravel())
+        b, n, d = emb.shape
+        flat = emb.reshape(b * n, d)
+        flat[mx.array(sel)] = mx.tile(feats.astype(emb.dtype), (b, 1))
+        mask = mx.array(mask.astype(np.int32))
+        states = enc(None, attention_mask=mask, layers=layers, inputs_embeds=flat.reshape(b, n, d), positions=positions)
+        mx.eval(states)
+        return [h.astype(mx.float32) for h in states], mask
+
     def _pad_last(self, x, n):
         return _mx().pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
 

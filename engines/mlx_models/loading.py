@@ -35,7 +35,7 @@ from ...errors import BAD_INPUT, UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...log import get_logger
 from ...models import keymaps
 from ...models.families import registry
-from ...models.families.base import TEXT_ENCODER_PORTS, VAE_PORTS
+from ...models.families.base import TEXT_ENCODER_PORTS, VAE_PORTS, VISION_TOWERS
 from ..base import ModelHandle
 from ..model_files import (
     MODEL_KINDS,
@@ -73,6 +73,7 @@ PORTS = {
     "clip": ("clip", "CLIPTextModel"),
     "gemma": ("gemma", "Gemma2Model"),
     "decoder_lm": ("decoder_lm", "DecoderLM"),
+    "qwen_vision": ("qwen_vision", "VisionTower"),  # a text encoder's vision tower (VISION_TOWERS: Qwen-Image-Edit)
 }
 # what each family needs on MLX: its transformer, its VAE, its text encoders
 FAMILY_PORTS = {f.name: f.mlx_ports() for f in registry.families()}
@@ -434,14 +435,23 @@ def _te_expected_keys(key: str, conf_dict: dict, with_proj: bool) -> set:
     return set(m.state_dict())
 
 
-def _text_encoder(key: str, conf_dict: dict, sd: dict, tdt, family, archs=()):
+def _text_encoder(key: str, conf_dict: dict, sd: dict, tdt, family, archs=(), vision: dict | None = None):
     import torch
 
     from ..torch_models import convert
     from ..torch_models.text_encoders import is_decoder
 
     if is_decoder(key):  # the port's own map_weights takes a ...ForCausalLM state dict as it is (head, vision tower unread)
-        return build(TE_PORT[key], conf_dict, {k: v for k, v in sd.items() if not keymaps.decoder_unused(k)}, tdt, f"{key} text encoder")
+        tower = None
+        if key in VISION_TOWERS and isinstance(vision, dict):
+            vis = {k[k.index("visual.") + len("visual."):]: v for k, v in sd.items() if k.startswith(("visual.", "model.visual."))}
+            if vis:
+                tower = build(VISION_TOWERS[key], vision, vis, tdt, f"{key} vision tower")
+        model = build(TE_PORT[key], conf_dict, {k: v for k, v in sd.items() if not keymaps.decoder_unused(k)}, tdt, f"{key} text encoder")
+        if tower is not None:
+            # carried beside the language model, not inside it (the converted cache writes it as its own component)
+            object.__setattr__(model, "_sf_visual", tower)
+        return model
     with_proj = key in ("clip_l", "clip_g") and clip_with_projection(key, family, archs)
     expected = _te_expected_keys(key, conf_dict, with_proj)
     out = convert.convert_text_encoder(key if key in ("clip_l", "clip_g", "t5", "gemma") else key, sd, expected)
@@ -504,7 +514,7 @@ def load_text_encoder(engine, path, *, family: str | None = None, hint: str | No
         det, prefix = text_encoder_in(source.tensors, p.name, hint)
         _require_port(TE_PORT[det.variant], p)
         sd = _read(source, prefix, skip=("spiece_model",))
-        model = _text_encoder(det.variant, _te_config(det.variant, det.config), sd, tdt, family)
+        model = _text_encoder(det.variant, _te_config(det.variant, det.config), sd, tdt, family, vision=det.config.get("vision_config"))
         tok = find_tokenizer(det.variant, p, source=source)
         return det.variant, model, tok
     finally:
@@ -522,10 +532,10 @@ def _folder_te(folder: Path, key: str, tdt, family, archs=None):
     import transformers
 
     archs = archs if archs is not None else (folder_config(folder).get("architectures") or [])
-    conf = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True).to_dict()
-    conf = conf.get("text_config") or conf  # a vision-language model (Qwen2.5-VL): its language model's config
+    full = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True).to_dict()
+    conf = full.get("text_config") or full  # a vision-language model (Qwen2.5-VL): its language model's config
     with _folder_weights(folder) as sd:
-        return _text_encoder(key, conf, sd, tdt, family, archs)
+        return _text_encoder(key, conf, sd, tdt, family, archs, vision=full.get("vision_config"))
 
 
 # --------------------------------------------------------------------------- entry point

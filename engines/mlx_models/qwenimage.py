@@ -1,4 +1,5 @@
-"""Qwen-Image on MLX, a port of diffusers' ``QwenImageTransformer2DModel`` (the 20B MMDiT of Qwen-Image and 2512).
+"""Qwen-Image on MLX, a port of diffusers' ``QwenImageTransformer2DModel`` (the 20B MMDiT of Qwen-Image, 2512 and the
+Edit releases).
 
 Input is the 2x2-packed latent ``(B, N, 64)`` and the text encoder's last hidden states ``(B, L, 3584)`` with their
 keep-mask, as the diffusers forward takes them. Each of ``num_layers`` double-stream blocks modulates the image and
@@ -7,6 +8,11 @@ over ``[text, image]`` with RMS q/k norms and 3-axis rotary positions, and runs 
 Positions follow ``QwenEmbedRope(scale_rope=True)``: an image token at row ``r``, column ``c`` of an ``h`` x ``w``
 grid sits at ``(0, r - ceil(h/2), c - ceil(w/2))`` (centred), text token ``j`` at ``m + j`` on every axis, where
 ``m = max(h//2, w//2)``. The timestep is sigma (multiplied by 1000 inside, as diffusers does).
+
+Editing (Qwen-Image-Edit): ``img_shapes`` lists the output grid, then each reference's; the references' packed
+latents follow the image tokens, reference ``i`` (from 1) at frame position ``i``, centred as the image, and ``m``
+is the largest half side over all grids. Edit-2511 (``zero_cond_t``) modulates the reference tokens by the
+embedding of timestep 0 (the image tokens, the text and the output norm by the true timestep's).
 
 Parameter paths are diffusers' own (``img_mod.1`` is the Linear after the SiLU), so :func:`map_weights` is the identity.
 """
@@ -34,13 +40,14 @@ class QwenImageConfig:
     num_attention_heads: int = 24
     joint_attention_dim: int = 3584
     axes_dims_rope: tuple = (16, 56, 56)
+    zero_cond_t: bool = False  # Edit-2511: the reference tokens modulated at timestep 0
 
     @classmethod
     def from_dict(cls, c: dict) -> "QwenImageConfig":
-        for flag in ("guidance_embeds", "zero_cond_t", "use_additional_t_cond", "use_layer3d_rope"):
+        for flag in ("guidance_embeds", "use_additional_t_cond", "use_layer3d_rope"):
             if c.get(flag):
-                raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"a Qwen-Image transformer with {flag} (an Edit or Layered "
-                                       "release): the MLX port runs Qwen-Image and 2512. Load it with engine 'torch'.")
+                raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"a Qwen-Image transformer with {flag} (a Layered "
+                                       "release): the MLX port runs Qwen-Image, 2512 and the Edit releases. Load it with engine 'torch'.")
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in c.items()
                       if k in cls.__dataclass_fields__ and v is not None})
 
@@ -49,11 +56,14 @@ class QwenImageConfig:
         return self.num_attention_heads * self.attention_head_dim
 
 
-def positions(h: int, w: int, text: int) -> list:
-    """The 3-axis positions of ``text`` prompt tokens then an ``h`` x ``w`` grid of image tokens (see the module note)."""
-    m = max(h // 2, w // 2)
+def positions(h: int, w: int, text: int, refs=()) -> list:
+    """The 3-axis positions of ``text`` prompt tokens then an ``h`` x ``w`` grid of image tokens, then each reference
+    grid ``(h_i, w_i)`` of ``refs`` (see the module note)."""
+    grids = [(h, w), *refs]
+    m = max(max(gh // 2, gw // 2) for gh, gw in grids)
     txt = [[m + j] * 3 for j in range(text)]
-    return txt + [[0, r - (h - h // 2), c - (w - w // 2)] for r in range(h) for c in range(w)]
+    return txt + [[i, r - (gh - gh // 2), c - (gw - gw // 2)] for i, (gh, gw) in enumerate(grids)
+                  for r in range(gh) for c in range(gw)]
 
 
 class QwenAttention(AttentionProjections):
@@ -79,10 +89,18 @@ class QwenAttention(AttentionProjections):
         return self.to_out[0](out[:, m:]), self.to_add_out(out[:, :m])
 
 
-def _modulation(seq, temb):
+def _modulation(seq, temb, split=None):
     """``img_mod`` / ``txt_mod`` (SiLU, then the Linear at index 1 as in the torch ``Sequential``) on ``temb``: shift,
-    scale, gate for the attention, then for the MLP, each ``(B, 1, dim)``."""
-    return [q[:, None] for q in mx.split(seq[1](nn.silu(temb)), 6, axis=-1)]
+    scale, gate for the attention, then for the MLP, each ``(B, 1, dim)``. ``split`` (``zero_cond_t``): ``temb`` holds
+    the timestep's rows then timestep 0's; the first ``split`` tokens take the former, the rest the latter
+    (``(B, N, dim)`` each)."""
+    mods = [q[:, None] for q in mx.split(seq[1](nn.silu(temb)), 6, axis=-1)]
+    if split is None:
+        return mods
+    n, total = split
+    b = temb.shape[0] // 2
+    first = (mx.arange(total) < n)[None, :, None]
+    return [mx.where(first, q[:b], q[b:]) for q in mods]
 
 
 def _mod(x, shift, scale):
@@ -98,9 +116,9 @@ class QwenImageTransformerBlock(nn.Module):
         self.img_mlp = FeedForward(dim, dim)
         self.txt_mlp = FeedForward(dim, dim)
 
-    def __call__(self, x, context, temb, rope, mask):
-        i1, i2, i3, i4, i5, i6 = _modulation(self.img_mod, temb)
-        t1, t2, t3, t4, t5, t6 = _modulation(self.txt_mod, temb)
+    def __call__(self, x, context, temb, rope, mask, split=None):
+        i1, i2, i3, i4, i5, i6 = _modulation(self.img_mod, temb, split)
+        t1, t2, t3, t4, t5, t6 = _modulation(self.txt_mod, temb if split is None else temb[: temb.shape[0] // 2])
         a, ca = self.attn(_mod(x, i1, i2), _mod(context, t1, t2), rope, mask)
         x = x + i3 * a
         context = context + t3 * ca
@@ -148,30 +166,37 @@ class QwenImageTransformer2DModel(nn.Module):
     def dtype(self):
         return self.proj_out.weight.dtype
 
-    def rope(self, h: int, w: int, text: int):
-        key = (h, w, text)
+    def rope(self, h: int, w: int, text: int, refs=()):
+        key = (h, w, text, tuple(refs))
         cached = getattr(self, "_rope_cache", None)
         if cached is None or cached[0] != key:  # the same every sampling step: built once
-            cached = (key, rope_tables(positions(h, w, text), self.cfg.axes_dims_rope))
+            cached = (key, rope_tables(positions(h, w, text, refs), self.cfg.axes_dims_rope))
             object.__setattr__(self, "_rope_cache", cached)
         return cached[1]
 
     def __call__(self, hidden_states, encoder_hidden_states, timestep, img_shapes, encoder_hidden_states_mask=None):
+        """``img_shapes[0]``: ``(1, h, w)`` of the image, then of each reference (their tokens follow the image's in
+        ``hidden_states``); every row of the batch has the first row's shapes, as diffusers' rope takes them."""
         dt = self.dtype
         b = hidden_states.shape[0]
         x = self.img_in(hidden_states.astype(dt))
         context = self.txt_in(self.txt_norm(encoder_hidden_states.astype(dt)))
-        temb = self.time_text_embed(batch_vector(timestep, b).astype(dt), dt)
-        _, h, w = img_shapes[0][0]
-        rope = self.rope(int(h), int(w), context.shape[1])
+        t = batch_vector(timestep, b).astype(dt)
+        shapes = [(int(h), int(w)) for _, h, w in img_shapes[0]]
+        split = None
+        if self.cfg.zero_cond_t:  # Edit-2511: rows of timestep 0 after the timestep's, for the reference tokens
+            t = mx.concatenate([t, t * 0])
+            split = (shapes[0][0] * shapes[0][1], x.shape[1])
+        temb = self.time_text_embed(t, dt)
+        rope = self.rope(*shapes[0], context.shape[1], shapes[1:])
         mask = None
         if encoder_hidden_states_mask is not None:
             keep = mx.concatenate([encoder_hidden_states_mask.astype(mx.float32), mx.ones((b, x.shape[1]))], axis=1)
             mask = keep_mask_to_bias(keep, dt)
         for block in self.transformer_blocks:
-            context, x = block(x, context, temb, rope, mask)
+            context, x = block(x, context, temb, rope, mask, split)
             block_done(context, x)
-        return self.proj_out(self.norm_out(x, temb))
+        return self.proj_out(self.norm_out(x, temb[:b]))
 
 
 def map_weights(sd: dict) -> dict:

@@ -173,6 +173,25 @@ class TorchTextEncoding(TextEncoding):
                 states = decoder_hidden_states(enc, ids, mask, layers)
         return [h.to(torch.float32) for h in states], mask
 
+    def _vision_config(self, enc):
+        from .qwen_vision import vision_config
+
+        return vision_config(enc)
+
+    def _vision(self, enc, patches, grids):
+        from .qwen_vision import vision_features
+
+        return vision_features(enc, patches, grids)
+
+    def _decoder_images(self, enc, ids, mask, positions, feats, image_token, layers):
+        from .qwen_vision import decoder_with_images
+
+        torch = _torch()
+        dev, _ = _module_device_dtype(enc)
+        ids, mask = torch.from_numpy(ids).to(dev), torch.from_numpy(mask).to(dev)
+        states = decoder_with_images(enc, ids, mask, torch.from_numpy(positions).to(dev), feats, image_token, layers)
+        return [h.to(torch.float32) for h in states], mask
+
     def _pad_last(self, x, n):
         return _torch().nn.functional.pad(x, (0, n - x.shape[-1]))
 

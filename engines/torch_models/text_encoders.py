@@ -9,7 +9,7 @@ import torch
 from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...models import keymaps
 from ...models.families import registry
-from ...models.families.base import TEXT_ENCODER_PORTS
+from ...models.families.base import TEXT_ENCODER_PORTS, VISION_TOWERS
 from ..model_files import clip_with_projection, folder_config, resolve, text_encoder_in, text_encoder_key
 from ..tokenizers import find_tokenizer
 from . import convert
@@ -99,6 +99,12 @@ def text_encoder_from(engine, source, det, prefix: str, family, dtype):
     model = load_into(model, source, mapping, conv, dtype=dtype, device=engine.torch_device, what=f"{variant} text encoder", fill=fill)
     if variant == "t5":
         model.encoder.embed_tokens = model.shared
+    if variant in VISION_TOWERS and isinstance(det.config.get("vision_config"), dict):
+        # the vision tower (reference images: Qwen-Image-Edit) rides on the text encoder as ``.visual``, as a
+        # transformers folder's Qwen2_5_VLModel holds it
+        from .qwen_vision import load_vision
+
+        model.visual = load_vision(engine, source, prefix, det.config["vision_config"], dtype)
     return model
 
 

@@ -39,6 +39,9 @@ class TextEncoder:
 # (``decoder_lm``: the decoder-only language models, whose hidden states ``TextEncoding.decoder`` gives)
 TEXT_ENCODER_PORTS = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma", "qwen3_4b": "decoder_lm", "qwen3_8b": "decoder_lm",
                       "mistral3": "decoder_lm", "qwen25_7b": "decoder_lm", "qwen3_vl_4b": "decoder_lm"}
+# the vision tower a text encoder key may carry (reference images: Qwen-Image-Edit), by its port module
+# (engines/torch_models/<port>.py and engines/mlx_models/<port>.py)
+VISION_TOWERS = {"qwen25_7b": "qwen_vision"}
 # the MLX port of each VAE class
 VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae", "AutoencoderKLFlux2": "vae_flux2",
              "AutoencoderKLQwenImage": "vae_qwenimage"}
@@ -373,4 +376,4 @@ def learned_sigma(cfg: dict) -> bool:
     return int(cfg.get("out_channels") or 0) == 2 * int(cfg.get("in_channels") or 0)
 
 
-__all__ = ["Family", "TextEncoder", "TEXT_ENCODER_PORTS", "VAE_PORTS", "VAE_BY_LATENT", "learned_sigma"]
+__all__ = ["Family", "TextEncoder", "TEXT_ENCODER_PORTS", "VISION_TOWERS", "VAE_PORTS", "VAE_BY_LATENT", "learned_sigma"]

@@ -128,13 +128,34 @@ def _qwen3_slot(hidden, tied: bool) -> tuple[str, str, str]:
 def _qwen25_vl(t, pre) -> Detection:
     # the language model only (a text prompt needs no vision tower): Qwen2.5-VL-7B's release facts, then the shapes
     cfg = {**configs.load("te-qwen25-vl")["config"], "architectures": ["Qwen2_5_VLForConditionalGeneration"], **_language_model(t, pre)}
-    blocks = count(t.keys(), r"visual\.blocks\.(\d+)\.")
-    width = t["visual.patch_embed.proj.weight"].shape[0]
-    cfg["vision_config"] = {"depth": blocks, "hidden_size": width, "out_hidden_size": t["visual.merger.mlp.2.weight"].shape[0]}
     known = cfg["hidden_size"] == 3584 and cfg["num_hidden_layers"] == 28
+    extras = {}
+    if "visual.patch_embed.proj.weight" in t:
+        cfg["vision_config"] = _qwen25_vision(t)
+        v = cfg["vision_config"]
+        extras["vision_tower"] = f"present: {v['depth']} blocks, {v['hidden_size']} wide (visual.*; Qwen-Image-Edit reads it)"
+    else:
+        extras["vision_tower"] = "absent (text prompts only: Qwen-Image-Edit needs a file with visual.*)"
     # one slot (Qwen-Image's): another width (a tiny or custom model) is named by its width
     return _text_encoder("qwen25_7b", "Qwen2.5-VL-7B" if known else f"Qwen2.5-VL ({cfg['hidden_size']} wide)", "Qwen-Image, Qwen-Image-Edit",
-                         cfg, vision_tower=f"present: {blocks} blocks, {width} wide (visual.*)")
+                         cfg, **extras)
+
+
+def _qwen25_vision(t) -> dict:
+    """Qwen2.5-VL's vision tower config (transformers' ``Qwen2_5_VLVisionConfig``) from its ``visual.*`` shapes and the
+    release's facts no shape tells (80-wide heads, full attention in every 8th block, 112-pixel windows)."""
+    rel = configs.load("te-qwen25-vl")["vision"]
+    width, chans, temporal, patch, _ = t["visual.patch_embed.proj.weight"].shape
+    depth = count(t.keys(), r"visual\.blocks\.(\d+)\.")
+    merge = round((t["visual.merger.mlp.0.weight"].shape[1] // width) ** 0.5)
+    every = rel["fullatt_every"]
+    return {"depth": depth, "hidden_size": width, "num_heads": max(width // rel["head_dim"], 1),
+            "intermediate_size": t["visual.blocks.0.mlp.gate_proj.weight"].shape[0],
+            "out_hidden_size": t["visual.merger.mlp.2.weight"].shape[0], "in_channels": chans, "patch_size": patch,
+            "temporal_patch_size": temporal, "spatial_merge_size": merge, "window_size": rel["window_size"],
+            # the release's blocks 7, 15, 23, 31; a shallower tower (a tiny model) attends fully in its last block
+            "fullatt_block_indexes": [i for i in range(depth) if (i + 1) % every == 0] or [depth - 1],
+            "hidden_act": rel["hidden_act"], "tokens_per_second": rel["tokens_per_second"]}
 
 
 def _vision_tower(t) -> str | None:
