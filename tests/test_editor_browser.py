@@ -126,6 +126,7 @@ def _open_template(page, pack: str, name: str, graph: dict):
     dialog.wait_for(state="visible", timeout=60_000)
     page.locator(f"{DIALOG} li[role=option][aria-label='{pack}']").click()
     card = f"{DIALOG} [data-testid='template-workflow-{name}']"
+    page.locator(card).scroll_into_view_if_needed(timeout=60_000)  # thumbnails load lazily, when a card is in view
     page.wait_for_function("(sel) => { const i = document.querySelector(sel + ' img'); return i && i.complete && i.naturalWidth > 0; }",
                            arg=card, timeout=60_000, polling=200)
     page.locator(card).click()
