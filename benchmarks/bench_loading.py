@@ -23,8 +23,9 @@ figure: peak RSS growth over the imports (``VmHWM`` reset after them) divided by
 layer's float32 size (what a per-layer cast holds at once) beside it. diffusers' ``from_pretrained`` on the same
 weights as a diffusers folder (it has no PixArt single-file loader) gives the load-time ratio and its own growth.
 ``--mlx`` adds the MLX engine's load of the same file (``engines/mlx_models/loading.py``: read lazily, evaluated block
-by block) and its own line: the peak RSS growth of the load alone (before the first forward) over the file and over what
-it must hold, its float32 parameters (MLX on the CPU computes in float32: twice a bf16 file) plus one block.
+by block) and its own line: the peak RSS growth of the load alone (before the first forward) over the file, over the file
+plus one block, and over what it must hold, its parameters (MLX on the CPU computes in float32: twice a bf16 file) plus
+one block; ``--mlx-dtype float16`` loads the weights in Metal's dtype instead (the size of the file).
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def status(key):
         for line in fh:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
-which, path, folder = sys.argv[1:4]
+which, path, folder, mlx_dtype = sys.argv[1:5]
 import numpy as np, torch, diffusers, transformers  # noqa: F401  (imports are not what is measured)
 from diffusers.models.transformers.pixart_transformer_2d import PixArtTransformer2DModel
 from spriteforge.engines import get_engine
@@ -160,6 +161,14 @@ base = status("VmRSS")
 t0 = time.perf_counter()
 if which == "diffusers":
     model = PixArtTransformer2DModel.from_pretrained(folder, torch_dtype=torch.float32, local_files_only=True).eval()
+elif which == "mlx" and mlx_dtype != "float32":  # a dtype the CPU engine's policy does not take: loading's own steps
+    from pathlib import Path
+    from spriteforge.engines.model_files import diffusion_model_in
+    from spriteforge.engines.torch_models.tensors import open_tensors
+    src = open_tensors(path)
+    det = diffusion_model_in(src.tensors, Path(path))
+    model = mlx_loading._transformer(det, mlx_loading._read(src, det.components.get("transformer", "")), getattr(mx, mlx_dtype))[0]
+    src.close()
 else:
     model = engine.load_model(path).transformer
 load_s = time.perf_counter() - t0
@@ -219,7 +228,7 @@ def write_single_file(work: Path, layers: int) -> tuple[Path, Path]:
     return single, folder
 
 
-def single_file(work: Path, layers: int, repeat: int, mlx: bool) -> dict:
+def single_file(work: Path, layers: int, repeat: int, mlx: bool, mlx_dtype: str = "float32") -> dict:
     single, folder = write_single_file(work, layers)
     size = single.stat().st_size
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
@@ -227,7 +236,7 @@ def single_file(work: Path, layers: int, repeat: int, mlx: bool) -> dict:
     sides = ("spriteforge", "diffusers") + (("mlx",) if mlx else ())
     for r in range(repeat):  # interleaved, the order alternating
         for which in (sides if r % 2 == 0 else sides[::-1]):
-            out = subprocess.run([sys.executable, "-c", SINGLE_CHILD, which, str(single), str(folder)], capture_output=True,
+            out = subprocess.run([sys.executable, "-c", SINGLE_CHILD, which, str(single), str(folder), mlx_dtype], capture_output=True,
                                  text=True, env=env)
             if out.returncode != 0:
                 raise RuntimeError(f"{which} failed:\n{out.stderr[-3000:]}")
@@ -242,6 +251,7 @@ def single_file(work: Path, layers: int, repeat: int, mlx: bool) -> dict:
                        "load_growth_mib": round(load_growth / 2**20), "load_growth_over_file": round(load_growth / size, 3),
                        "params_mib": round(params / 2**20),
                        "load_growth_over_params_plus_block": round(load_growth / (params + block), 3),
+                       "load_growth_over_file_plus_block": round(load_growth / (size + block), 3),
                        "growth_mib": round(growth / 2**20),
                        "growth_over_file": round(growth / size, 3), "layer_mib": round(runs[0]["layer"] / 2**20, 1),
                        "growth_over_file_plus_layer": round(growth / (size + runs[0]["layer"]), 3),
@@ -253,12 +263,13 @@ def single_file(work: Path, layers: int, repeat: int, mlx: bool) -> dict:
     for which, row in rows.items():
         print(f"  {which:11s} load {row['load_s']:.2f}s  peak RSS growth {row['growth_mib']} MiB = {row['growth_over_file']}x the file "
               f"({row['growth_over_file_plus_layer']}x file + largest layer of {row['layer_mib']} MiB, "
-              f"{row['growth_over_file_plus_block']}x file + one block of {row['block_mib']} MiB in float32)")
-    if "mlx" in rows:  # MLX holds its float32 parameters (twice the bf16 file): the load's own peak against them
+              f"{row['growth_over_file_plus_block']}x file + one block of {row['block_mib']} MiB in "
+              f"{mlx_dtype if which == 'mlx' else 'float32'})")
+    if "mlx" in rows:  # MLX holds its parameters (in float32 twice the bf16 file): the load's own peak against them
         m = rows["mlx"]
-        print(f"  mlx load alone (before the first forward): peak RSS growth {m['load_growth_mib']} MiB = {m['load_growth_over_file']}x "
-              f"the file = {m['load_growth_over_params_plus_block']}x (its float32 parameters of {m['params_mib']} MiB + one block "
-              f"of {m['block_mib']} MiB)")
+        print(f"  mlx load alone (before the first forward), weights in {mlx_dtype}: peak RSS growth {m['load_growth_mib']} MiB = "
+              f"{m['load_growth_over_file']}x the file = {m['load_growth_over_file_plus_block']}x (the file + one block of "
+              f"{m['block_mib']} MiB) = {m['load_growth_over_params_plus_block']}x (its parameters of {m['params_mib']} MiB + one block)")
     print(f"  time spriteforge/diffusers: load {sf['load_s'] / d['load_s']:.2f}x (the weights are mapped, read when first used), "
           f"load + first forward {sf['load_run_s'] / d['load_run_s']:.2f}x, a later forward (each layer cast from bf16 "
           f"again) {sf['step_s'] / d['step_s']:.2f}x; same output: "
@@ -277,11 +288,14 @@ def main(argv=None) -> int:
     ap.add_argument("--single-file", action="store_true", help="a bf16 original-layout single file on torch-CPU (see above)")
     ap.add_argument("--layers", type=int, default=4, help="--single-file: PixArt-Sigma blocks (4: a 0.2 GB file)")
     ap.add_argument("--mlx", action="store_true", help="--single-file: the MLX engine's load too")
+    ap.add_argument("--mlx-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                    help="--mlx: the weight dtype MLX loads the transformer into (float16: Metal's policy; the CPU engine "
+                         "takes float32 only, so another dtype loads through loading's own steps)")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sf-bench-"))
     if args.single_file:
         try:
-            print(json.dumps(single_file(work, args.layers, args.repeat, args.mlx), indent=1))
+            print(json.dumps(single_file(work, args.layers, args.repeat, args.mlx, args.mlx_dtype), indent=1))
         finally:
             if not args.keep and args.workdir is None:
                 shutil.rmtree(work, ignore_errors=True)
