@@ -64,8 +64,14 @@ def _block_bytes(model, name: str) -> list[int]:
 
 @pytest.mark.parametrize("family", ["pixart", "flux"])
 def test_single_file_is_read_lazily_and_evaluated_block_by_block(me, files, family):
+    import gc
+
     path, blocks_attr, n_blocks = files[family]
+    gc.collect()
+    base = mx.get_active_memory()
+    mx.reset_peak_memory()
     model = me.load_model(path).transformer
+    peak = mx.get_peak_memory() - base
     rec = model._sf_load
     params = _params(model)
     assert all(v.dtype == mx.float32 for v in params.values())  # cast from bf16 while loading (MLX-CPU computes in fp32)
@@ -78,10 +84,16 @@ def test_single_file_is_read_lazily_and_evaluated_block_by_block(me, files, fami
     assert sum(rec.groups) == sum(v.nbytes for v in params.values())
     for b in blocks:
         assert b in rec.groups
-    # nothing of the weights was made before the per-block evaluation began (but the concatenated tensors), and no
-    # source tensor or cast outlives its block (MLX's own count of the bytes it holds)
-    assert (rec.before_eval <= 0 if rec.eager == 0 else rec.before_eval < min(blocks) / 4), rec
+    # nothing of the weights was made before the per-block evaluation began (no random initial parameter of the port,
+    # no file tensor; Flux's concatenated final modulation is smaller), and no source tensor or cast outlives its block
+    # (MLX's own count of the bytes it holds)
+    assert rec.init < min(blocks) / 4 and rec.before_eval < min(blocks) / 4, rec
     assert len(rec.held) == len(rec.groups) and max(rec.held) < min(blocks) / 4, rec
+    # so MLX's peak while loading is the loaded parameters plus one block's temporaries (its bf16 source: half a
+    # float32 block), not a second copy of the model
+    total = sum(rec.groups)
+    print(f"{family}: parameters {total} B, largest block {max(rec.groups)} B, MLX peak while loading {peak} B")
+    assert peak <= total + max(rec.groups), (peak, total, rec)
 
 
 @pytest.mark.parametrize("family", ["pixart", "flux"])
@@ -117,4 +129,4 @@ def test_diffusers_folder_components_are_lazy(me):
     for what, model in [("transformer", h.transformer), ("vae", h.vae), *h.text_encoders.items()]:
         rec = model._sf_load
         assert rec.lazy > 0 and rec.eager == 0, (what, rec)
-        assert len(rec.groups) > 1 and rec.before_eval <= 0, (what, rec)
+        assert len(rec.groups) > 1 and rec.before_eval < max(rec.groups) / 4, (what, rec)

@@ -353,12 +353,13 @@ def build(key: str, config: dict, sd_torch: dict, dtype, what: str, native: bool
 
     mx = _mx()
     cls, map_weights = port(key)
-    model = cls(dict(config))
+    start = mx.get_active_memory()
+    model = cls(dict(config))  # its random initial parameters are lazy: replaced below before anything evaluates them
+    record = LoadRecord()
+    record.start, record.init = start, mx.get_active_memory() - start
     # what the converted cache (cache.py) needs to rebuild this component: port, config, the file's storage dtype
     object.__setattr__(model, "_sf_port", (key, dict(config), _storage_dtype(sd_torch)))
     affine = {k: gguf_affine(v, dtype) for k, v in sd_torch.items() if native and _affine_ok(v, dtype)}
-    record = LoadRecord()
-    start = mx.get_active_memory()
     mxd = _lazy_mx_dict({k: v for k, v in sd_torch.items() if k not in affine}, dtype, what, record)
     mxd.update({k: a[0] for k, a in affine.items()})
     weights = map_weights(mxd)
@@ -373,7 +374,7 @@ def build(key: str, config: dict, sd_torch: dict, dtype, what: str, native: bool
         weights[path + ".scales"], weights[path + ".biases"] = scales, biases
     layers.load_weights(model, weights, what=what)
     del weights, mxd
-    record.start, record.before_eval = start, mx.get_active_memory() - start
+    record.before_eval = mx.get_active_memory() - start
     eval_blocks(model, what, record)
     object.__setattr__(model, "_sf_load", record)
     model.eval()
@@ -383,22 +384,25 @@ def build(key: str, config: dict, sd_torch: dict, dtype, what: str, native: bool
 class LoadRecord:
     """What one :func:`build` did: ``lazy`` tensors read straight from the file when evaluated, ``eager`` ones made
     while mapping (see the module note), and ``groups``: the bytes of each parameter group :func:`eval_blocks`
-    evaluated, in order (``len(groups)`` evaluations; no one of them the whole model); from MLX's own count of the
-    bytes it holds (``mx.get_active_memory``): ``before_eval``, what was made before that evaluation began (0 when
-    every tensor is lazy), and ``held``, after each group, what is held beyond the parameters evaluated so far and
-    ``before_eval`` (0 when each block's source tensors and casts are freed once it is evaluated)."""
+    evaluated, in order (``len(groups)`` evaluations; no one of them the whole model). From MLX's own count of the
+    bytes it holds (``mx.get_active_memory``): ``init``, what the port's construction made (0 when its random initial
+    parameters stay lazy: they are replaced before anything evaluates them); ``before_eval``, what was made before the
+    per-block evaluation began (0 when every tensor is lazy); ``held``, after each group, what is held beyond the
+    parameters evaluated so far and ``before_eval`` (0 when a block's source tensors and casts are freed once it is
+    evaluated)."""
 
     def __init__(self):
         self.lazy = 0
         self.eager = 0
         self.groups: list[int] = []
         self.start = 0
+        self.init = 0
         self.before_eval = 0
         self.held: list[int] = []
 
     def __repr__(self):
         return (f"LoadRecord(lazy={self.lazy}, eager={self.eager}, groups={len(self.groups)}, largest={max(self.groups, default=0)}, "
-                f"before_eval={self.before_eval}, held={max(self.held, default=0)})")
+                f"init={self.init}, before_eval={self.before_eval}, held={max(self.held, default=0)})")
 
 
 def block_groups(model) -> list[list]:
