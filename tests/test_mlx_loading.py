@@ -1,7 +1,8 @@
 """MLX loading is lazy and evaluated block by block (issue 23.7), and gives the same weights as making every tensor at once.
 
 Tiny real-format files in bfloat16 (PixArt-Sigma and Flux in their original layouts, whose fused qkv the converters
-split into views at an offset, Flux's final modulation a concatenation) and the demo diffusers folder are loaded
+split into views at an offset, Flux's final modulation a concatenation), PixArt-Sigma in fp8 (e4m3fn) and the demo
+diffusers folder are loaded
 through ``MLXEngine.load_model``. What each load did is read from its record (``model._sf_load``,
 :class:`spriteforge.engines.mlx_models.loading.LoadRecord`): how many tensors were lazy, what MLX held (its own byte
 count, not the process's RSS) before the per-block evaluation began and after each block, and the parameter groups it
@@ -36,20 +37,26 @@ def me():
     return get_engine("mlx", "cpu")
 
 
-def _bf16_original(path: Path, model, to_original) -> Path:
+def _original(path: Path, model, to_original, dtype=torch.bfloat16) -> Path:
     sd = to_original({k: v.detach() for k, v in model.state_dict().items()})
-    return tm._save_file({k: v.to(torch.bfloat16) for k, v in sd.items()}, path)
+    return tm._save_file({k: v.to(dtype) for k, v in sd.items()}, path)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlx_loading")
+    pixart = lambda sd: tm.pixart_to_original(sd, tokens=300)  # noqa: E731
     return {
-        "pixart": (_bf16_original(root / "pixart-bf16.safetensors", tm.build_pixart("sigma", 0),
-                                  lambda sd: tm.pixart_to_original(sd, tokens=300)), "transformer_blocks", 2),
-        "flux": (_bf16_original(root / "flux-bf16.safetensors", tm.build_flux("dev", 0), tm.flux_to_original),
+        "pixart": (_original(root / "pixart-bf16.safetensors", tm.build_pixart("sigma", 0), pixart), "transformer_blocks", 2),
+        "flux": (_original(root / "flux-bf16.safetensors", tm.build_flux("dev", 0), tm.flux_to_original),
                  "transformer_blocks", 1),
+        # fp8 (e4m3fn) weights: read lazily as their bytes and upcast by mx.from_fp8
+        "pixart-fp8": (_original(root / "pixart-fp8.safetensors", tm.build_pixart("sigma", 0), pixart, torch.float8_e4m3fn),
+                       "transformer_blocks", 2),
     }
+
+
+FILES = ["pixart", "flux", "pixart-fp8"]
 
 
 def _params(model) -> dict:
@@ -62,7 +69,7 @@ def _block_bytes(model, name: str) -> list[int]:
     return [sum(v.nbytes for v in _params(b).values()) for b in getattr(model, name)]
 
 
-@pytest.mark.parametrize("family", ["pixart", "flux"])
+@pytest.mark.parametrize("family", FILES)
 def test_single_file_is_read_lazily_and_evaluated_block_by_block(me, files, family):
     import gc
 
@@ -74,7 +81,7 @@ def test_single_file_is_read_lazily_and_evaluated_block_by_block(me, files, fami
     peak = mx.get_peak_memory() - base
     rec = model._sf_load
     params = _params(model)
-    assert all(v.dtype == mx.float32 for v in params.values())  # cast from bf16 while loading (MLX-CPU computes in fp32)
+    assert all(v.dtype == mx.float32 for v in params.values())  # cast from bf16/fp8 while loading (MLX-CPU: fp32)
     # every tensor is read lazily from the file but what the converter concatenated anew (Flux's final modulation)
     assert rec.eager <= (2 if family == "flux" else 0) and rec.lazy >= len(params) - rec.eager - 2, rec
     # each block is evaluated on its own: as many evaluations as blocks and top-level modules, one per block
@@ -89,14 +96,14 @@ def test_single_file_is_read_lazily_and_evaluated_block_by_block(me, files, fami
     # (MLX's own count of the bytes it holds)
     assert rec.init < min(blocks) / 4 and rec.before_eval < min(blocks) / 4, rec
     assert len(rec.held) == len(rec.groups) and max(rec.held) < min(blocks) / 4, rec
-    # so MLX's peak while loading is the loaded parameters plus one block's temporaries (its bf16 source: half a
-    # float32 block), not a second copy of the model
+    # so MLX's peak while loading is the loaded parameters plus one block's temporaries (its bf16 or fp8 source: half
+    # or a quarter of a float32 block), not a second copy of the model
     total = sum(rec.groups)
     print(f"{family}: parameters {total} B, largest block {max(rec.groups)} B, MLX peak while loading {peak} B")
     assert peak <= total + max(rec.groups), (peak, total, rec)
 
 
-@pytest.mark.parametrize("family", ["pixart", "flux"])
+@pytest.mark.parametrize("family", FILES)
 def test_lazy_weights_equal_the_eager_ones(me, files, family):
     """The lazy arrays (views at offsets of the file's fused tensors) hold exactly what making each tensor at once
     (copies of the converted torch tensors: the eager path) gives."""

@@ -22,8 +22,9 @@ the engine's weight dtype, mapped by the port's ``map_weights`` and put into the
 parameters are lazy too and never computed) with :func:`layers.load_weights`; then the port's parameters are
 evaluated one block at a time (:func:`eval_blocks`), each read from the file straight into MLX memory (the file's
 mapping is never touched, so its pages add nothing), so the peak is the loaded model plus one block's
-temporaries. A tensor the converters made anew (a concatenation), a GGUF or ComfyUI-quantized weight, fp8
-(upcast) and pickle files are made eagerly instead (bf16 through an int16 view), in groups of 32. What each
+temporaries (fp8 e4m3fn is upcast by ``mx.from_fp8``, exactly). A tensor the converters made anew (a concatenation),
+a GGUF or ComfyUI-quantized weight, fp8 e5m2 and pickle files are made eagerly instead (bf16 through an int16 view, fp8
+upcast), in groups of 32. What each
 load did is on the model: ``model._sf_load`` (:class:`LoadRecord`).
 """
 
@@ -241,8 +242,10 @@ def quantize_model(model, bits: int, group_size: int = QUANT_GROUP):
     return model
 
 
-# torch dtype name -> the mx dtype mx.load gives a safetensors tensor of it (fp8 comes back as raw bytes: eager)
-_LAZY_DTYPES = ("bfloat16", "float16", "float32", "int64", "int32", "int16", "int8", "uint8", "bool")
+# torch dtype name -> the mx dtype mx.load gives a safetensors tensor of it; fp8 e4m3fn comes back as its bytes (uint8),
+# upcast exactly by ``mx.from_fp8`` (e5m2, which MLX does not decode, is made eagerly)
+_LAZY_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32", "int64": "int64", "int32": "int32",
+                "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool", "float8_e4m3fn": "uint8"}
 
 
 class _LazySource:
@@ -267,14 +270,18 @@ class _LazySource:
         if i < 0:
             return None
         b, e, name = self.spans[i]
-        stored = self.arrays.get(name)
-        if stored is None or not t.numel() or str(t.dtype).replace("torch.", "") not in _LAZY_DTYPES or (offset - b) % size:
+        stored, dtype = self.arrays.get(name), str(t.dtype).replace("torch.", "")
+        if stored is None or not t.numel() or dtype not in _LAZY_DTYPES or (offset - b) % size:
+            return None
+        if dtype == "float8_e4m3fn" and not hasattr(mx, "from_fp8"):  # an older MLX
             return None
         if offset + (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * size > e:
             return None
-        if str(stored.dtype).replace("mlx.core.", "") != str(t.dtype).replace("torch.", ""):
+        if str(stored.dtype).replace("mlx.core.", "") != _LAZY_DTYPES[dtype]:
             return None
         a = mx.as_strided(stored, tuple(t.shape), tuple(t.stride()), (offset - b) // size)
+        if dtype == "float8_e4m3fn":
+            return mx.from_fp8(a, dtype=mx.float32)  # as :func:`to_mx` upcasts it
         return a if t.is_contiguous() else mx.contiguous(a)
 
 
