@@ -22,7 +22,10 @@ written in the original PixArt layout (fused qkv, the pos-embed table) in bfloat
 figure: peak RSS growth over the imports (``VmHWM`` reset after them) divided by the file size, with the largest
 layer's float32 size (what a per-layer cast holds at once) beside it. diffusers' ``from_pretrained`` on the same
 weights as a diffusers folder (it has no PixArt single-file loader) gives the load-time ratio and its own growth.
-``--mlx`` adds the MLX engine's load of the same file (``engines/mlx_models/loading.py``).
+``--mlx`` adds the MLX engine's load of the same file (``engines/mlx_models/loading.py``: read lazily, evaluated block
+by block) and its own line: the peak RSS growth of the load alone (before the first forward) over the file, over the file
+plus one block, and over what it must hold, its parameters (MLX on the CPU computes in float32: twice a bf16 file) plus
+one block; ``--mlx-dtype float16`` loads the weights in Metal's dtype instead (the size of the file).
 """
 
 from __future__ import annotations
@@ -133,7 +136,7 @@ def status(key):
         for line in fh:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
-which, path, folder = sys.argv[1:4]
+which, path, folder, mlx_dtype = sys.argv[1:5]
 import numpy as np, torch, diffusers, transformers  # noqa: F401  (imports are not what is measured)
 from diffusers.models.transformers.pixart_transformer_2d import PixArtTransformer2DModel
 from spriteforge.engines import get_engine
@@ -149,16 +152,27 @@ if which != "mlx":  # what the first load imports (accelerate, the class's modul
     from spriteforge.engines.torch_models.building import build_empty
     build_empty(lambda: PixArtTransformer2DModel(num_layers=1, num_attention_heads=1, attention_head_dim=8, cross_attention_dim=8,
                                                  caption_channels=8, sample_size=8, norm_num_groups=1))
+else:  # the same for MLX: the diffusers class its config is completed from, and the port's module
+    mlx_loading.full_config("PixArtTransformer2DModel", {})
+    mlx_loading.port("pixart")
 with open("/proc/self/clear_refs", "w") as fh:
     fh.write("5")  # the peak (VmHWM) starts again from here
 base = status("VmRSS")
 t0 = time.perf_counter()
 if which == "diffusers":
     model = PixArtTransformer2DModel.from_pretrained(folder, torch_dtype=torch.float32, local_files_only=True).eval()
+elif which == "mlx" and mlx_dtype != "float32":  # a dtype the CPU engine's policy does not take: loading's own steps
+    from pathlib import Path
+    from spriteforge.engines.model_files import diffusion_model_in
+    from spriteforge.engines.torch_models.tensors import open_tensors
+    src = open_tensors(path)
+    det = diffusion_model_in(src.tensors, Path(path))
+    model = mlx_loading._transformer(det, mlx_loading._read(src, det.components.get("transformer", "")), getattr(mx, mlx_dtype))[0]
+    src.close()
 else:
     model = engine.load_model(path).transformer
 load_s = time.perf_counter() - t0
-loaded = status("VmRSS")
+loaded, load_peak = status("VmRSS"), status("VmHWM")
 g = torch.Generator().manual_seed(0)
 x, emb = torch.randn(1, 4, 32, 32, generator=g), torch.randn(1, 300, 4096, generator=g)
 def forward():
@@ -174,12 +188,19 @@ run_s = time.perf_counter() - t0
 t1 = time.perf_counter()
 forward()  # a sampling step's forward, the weights now resident
 step_s = time.perf_counter() - t1
-layer = block = 0
-if which != "mlx":  # the largest single layer and the largest transformer block, in float32
+if which != "mlx":  # the largest single layer and the largest transformer block, in float32; the model's parameters
     layer = max(sum(p.numel() * 4 for p in m.parameters(recurse=False)) for m in model.modules())
     block = max(sum(p.numel() * 4 for p in b.parameters()) for b in model.transformer_blocks)
-print(json.dumps({"load_s": load_s, "run_s": run_s, "step_s": step_s, "base": base, "loaded": loaded, "peak": status("VmHWM"), "layer": layer,
-                  "block": block, "out": float(np.abs(out).sum())}))
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+else:  # the port's own: leaf modules, its blocks, all of its parameters (as loaded: float32 on the CPU)
+    from mlx.utils import tree_flatten
+    def nbytes(m):
+        return sum(v.nbytes for _, v in tree_flatten(m.parameters()))
+    layer = max(sum(v.nbytes for v in m.values() if isinstance(v, mx.array)) for _, m in model.named_modules())
+    block = max(nbytes(b) for b in model.transformer_blocks)
+    params = nbytes(model)
+print(json.dumps({"load_s": load_s, "run_s": run_s, "step_s": step_s, "base": base, "loaded": loaded, "load_peak": load_peak,
+                  "peak": status("VmHWM"), "layer": layer, "block": block, "params": params, "out": float(np.abs(out).sum())}))
 """
 
 
@@ -207,7 +228,7 @@ def write_single_file(work: Path, layers: int) -> tuple[Path, Path]:
     return single, folder
 
 
-def single_file(work: Path, layers: int, repeat: int, mlx: bool) -> dict:
+def single_file(work: Path, layers: int, repeat: int, mlx: bool, mlx_dtype: str = "float32") -> dict:
     single, folder = write_single_file(work, layers)
     size = single.stat().st_size
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
@@ -215,7 +236,7 @@ def single_file(work: Path, layers: int, repeat: int, mlx: bool) -> dict:
     sides = ("spriteforge", "diffusers") + (("mlx",) if mlx else ())
     for r in range(repeat):  # interleaved, the order alternating
         for which in (sides if r % 2 == 0 else sides[::-1]):
-            out = subprocess.run([sys.executable, "-c", SINGLE_CHILD, which, str(single), str(folder)], capture_output=True,
+            out = subprocess.run([sys.executable, "-c", SINGLE_CHILD, which, str(single), str(folder), mlx_dtype], capture_output=True,
                                  text=True, env=env)
             if out.returncode != 0:
                 raise RuntimeError(f"{which} failed:\n{out.stderr[-3000:]}")
@@ -223,8 +244,14 @@ def single_file(work: Path, layers: int, repeat: int, mlx: bool) -> dict:
     rows = {}
     for which, runs in res.items():
         growth = max(r["peak"] - r["base"] for r in runs)
+        load_growth = max(r["load_peak"] - r["base"] for r in runs)  # the load alone, before the first forward
+        params, block = runs[0]["params"], runs[0]["block"]
         rows[which] = {"load_s": min(r["load_s"] for r in runs), "load_run_s": min(r["run_s"] for r in runs),
                        "step_s": min(r["step_s"] for r in runs),
+                       "load_growth_mib": round(load_growth / 2**20), "load_growth_over_file": round(load_growth / size, 3),
+                       "params_mib": round(params / 2**20),
+                       "load_growth_over_params_plus_block": round(load_growth / (params + block), 3),
+                       "load_growth_over_file_plus_block": round(load_growth / (size + block), 3),
                        "growth_mib": round(growth / 2**20),
                        "growth_over_file": round(growth / size, 3), "layer_mib": round(runs[0]["layer"] / 2**20, 1),
                        "growth_over_file_plus_layer": round(growth / (size + runs[0]["layer"]), 3),
@@ -236,7 +263,13 @@ def single_file(work: Path, layers: int, repeat: int, mlx: bool) -> dict:
     for which, row in rows.items():
         print(f"  {which:11s} load {row['load_s']:.2f}s  peak RSS growth {row['growth_mib']} MiB = {row['growth_over_file']}x the file "
               f"({row['growth_over_file_plus_layer']}x file + largest layer of {row['layer_mib']} MiB, "
-              f"{row['growth_over_file_plus_block']}x file + one block of {row['block_mib']} MiB in float32)")
+              f"{row['growth_over_file_plus_block']}x file + one block of {row['block_mib']} MiB in "
+              f"{mlx_dtype if which == 'mlx' else 'float32'})")
+    if "mlx" in rows:  # MLX holds its parameters (in float32 twice the bf16 file): the load's own peak against them
+        m = rows["mlx"]
+        print(f"  mlx load alone (before the first forward), weights in {mlx_dtype}: peak RSS growth {m['load_growth_mib']} MiB = "
+              f"{m['load_growth_over_file']}x the file = {m['load_growth_over_file_plus_block']}x (the file + one block of "
+              f"{m['block_mib']} MiB) = {m['load_growth_over_params_plus_block']}x (its parameters of {m['params_mib']} MiB + one block)")
     print(f"  time spriteforge/diffusers: load {sf['load_s'] / d['load_s']:.2f}x (the weights are mapped, read when first used), "
           f"load + first forward {sf['load_run_s'] / d['load_run_s']:.2f}x, a later forward (each layer cast from bf16 "
           f"again) {sf['step_s'] / d['step_s']:.2f}x; same output: "
@@ -255,11 +288,14 @@ def main(argv=None) -> int:
     ap.add_argument("--single-file", action="store_true", help="a bf16 original-layout single file on torch-CPU (see above)")
     ap.add_argument("--layers", type=int, default=4, help="--single-file: PixArt-Sigma blocks (4: a 0.2 GB file)")
     ap.add_argument("--mlx", action="store_true", help="--single-file: the MLX engine's load too")
+    ap.add_argument("--mlx-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                    help="--mlx: the weight dtype MLX loads the transformer into (float16: Metal's policy; the CPU engine "
+                         "takes float32 only, so another dtype loads through loading's own steps)")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sf-bench-"))
     if args.single_file:
         try:
-            print(json.dumps(single_file(work, args.layers, args.repeat, args.mlx), indent=1))
+            print(json.dumps(single_file(work, args.layers, args.repeat, args.mlx, args.mlx_dtype), indent=1))
         finally:
             if not args.keep and args.workdir is None:
                 shutil.rmtree(work, ignore_errors=True)

@@ -15,10 +15,17 @@ This loads the source files; ``MLXEngine.load_model`` goes through :func:`.cache
 takes a converted cache (``spriteforge convert --engine mlx``) when there is one and calls this
 module's :func:`load_model` otherwise.
 
-Each tensor becomes an mx array (bf16 through an int16 view, fp8 upcast), cast to the
-engine's weight dtype, mapped by the port's ``map_weights`` and loaded strictly with
-:func:`layers.load_weights`; arrays are evaluated in small groups while they are made, so
-the peak stays near one copy of the model (the mapped file pages are shared, not copied).
+Loading is lazy, then evaluated block by block (:func:`build`): a tensor of a safetensors file (the
+torch view the converters renamed, split or reshaped) becomes an unevaluated mx array over the same bytes
+(``mx.load`` of the file, the view's offset and strides by ``mx.as_strided``: :class:`_LazySource`), cast to
+the engine's weight dtype, mapped by the port's ``map_weights`` and put into the port (its random initial
+parameters are lazy too and never computed) with :func:`layers.load_weights`; then the port's parameters are
+evaluated one block at a time (:func:`eval_blocks`), each read from the file straight into MLX memory (the file's
+mapping is never touched, so its pages add nothing), so the peak is the loaded model plus one block's
+temporaries (fp8 e4m3fn is upcast by ``mx.from_fp8``, exactly). A tensor the converters made anew (a concatenation),
+a GGUF or ComfyUI-quantized weight, fp8 e5m2 and pickle files are made eagerly instead (bf16 through an int16 view, fp8
+upcast), in groups of 32. What each
+load did is on the model: ``model._sf_load`` (:class:`LoadRecord`).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import contextlib
 import importlib
 import inspect
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +243,97 @@ def quantize_model(model, bits: int, group_size: int = QUANT_GROUP):
     return model
 
 
+# torch dtype name -> the mx dtype mx.load gives a safetensors tensor of it; fp8 e4m3fn comes back as its bytes (uint8),
+# upcast exactly by ``mx.from_fp8`` (e5m2, which MLX does not decode, is made eagerly)
+_LAZY_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32", "int64": "int64", "int32": "int32",
+                "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool", "float8_e4m3fn": "uint8"}
+
+
+class _LazySource:
+    """The tensors of one open safetensors file as unevaluated mx arrays (``mx.load``: each read from the file when
+    first evaluated), and :meth:`array`: the mx array of the same bytes as a torch view of the file's mapping."""
+
+    def __init__(self, source, arrays: dict):
+        self.spans = sorted((*i.offsets, name) for name, i in source.header.stored.items())
+        self.starts = [b for b, _, _ in self.spans]
+        self.base = source._base
+        self.arrays = arrays
+
+    def array(self, t):
+        """The lazy mx array of the torch view ``t`` (bytes ``offset`` on of the mapping), or None when ``t`` does
+        not lie within one stored tensor of the same dtype."""
+        import bisect
+
+        mx = _mx()
+        size = t.element_size()
+        offset = t.storage_offset() * size - self.base
+        i = bisect.bisect_right(self.starts, offset) - 1
+        if i < 0:
+            return None
+        b, e, name = self.spans[i]
+        stored, dtype = self.arrays.get(name), str(t.dtype).replace("torch.", "")
+        if stored is None or not t.numel() or dtype not in _LAZY_DTYPES or (offset - b) % size:
+            return None
+        if dtype == "float8_e4m3fn" and not hasattr(mx, "from_fp8"):  # an older MLX
+            return None
+        if offset + (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * size > e:
+            return None
+        if str(stored.dtype).replace("mlx.core.", "") != _LAZY_DTYPES[dtype]:
+            return None
+        a = mx.as_strided(stored, tuple(t.shape), tuple(t.stride()), (offset - b) // size)
+        if dtype == "float8_e4m3fn":
+            return mx.from_fp8(a, dtype=mx.float32)  # as :func:`to_mx` upcasts it
+        return a if t.is_contiguous() else mx.contiguous(a)
+
+
+def _lazy_sources(sd: dict) -> dict:
+    """``{mapping data_ptr: _LazySource}`` for the safetensors files ``sd``'s torch views map (tensor sources whose
+    mapping is open: :class:`..torch_models.tensors.SafetensorsFile`)."""
+    import torch
+
+    from ..torch_models.tensors import SafetensorsFile
+
+    mx = _mx()
+    out: dict = {}
+    for src in list(_OPEN):
+        storage = getattr(src, "_storage", None)
+        if not isinstance(src, SafetensorsFile) or storage is None or src.header.format != "safetensors":
+            continue
+        ptr = storage.data_ptr()
+        if ptr in out or not any(isinstance(v, torch.Tensor) and v.untyped_storage().data_ptr() == ptr for v in sd.values()):
+            continue
+        try:
+            out[ptr] = _LazySource(src, mx.load(src.path))
+        except Exception as exc:  # noqa: BLE001 - a file MLX's reader refuses: its tensors are made eagerly
+            log.debug("mx.load(%s) failed (%s): reading its tensors eagerly", src.path, exc)
+    return out
+
+
+def _lazy_mx_dict(sd: dict, dtype, what: str, record: LoadRecord) -> dict:
+    """mx arrays for a dict of torch tensors: lazy (:class:`_LazySource`) where the tensor is a view of an open
+    safetensors file, cast to ``dtype`` (unevaluated: :func:`eval_blocks` evaluates them block by block); the rest
+    made eagerly (:func:`_to_mx_dict`)."""
+    import torch
+
+    mx = _mx()
+    sources = _lazy_sources(sd)
+    out, eager = {}, {}
+    for k, v in sd.items():
+        src = sources.get(v.untyped_storage().data_ptr()) if sources and isinstance(v, torch.Tensor) else None
+        a = src.array(v) if src is not None else None
+        if a is None:
+            eager[k] = v
+            continue
+        if dtype is not None and mx.issubdtype(a.dtype, mx.floating) and a.dtype != dtype:
+            a = a.astype(dtype)
+        out[k] = a
+    sources.clear()  # no reference to the file's loaded arrays is kept: each is freed once its block is evaluated
+    record.lazy, record.eager = len(out), len(eager)
+    if eager:
+        out.update(_to_mx_dict(eager, dtype, what))
+    return {k: out[k] for k in sd if k in out}
+
+
 def _to_mx_dict(sd: dict, dtype, what: str = "model") -> dict:
     """mx arrays for a dict of torch views, made and evaluated in groups of 32 (a Progress step each:
     also the interrupt point), so the peak stays near one copy of the weights."""
@@ -262,11 +361,14 @@ def build(key: str, config: dict, sd_torch: dict, dtype, what: str, native: bool
 
     mx = _mx()
     cls, map_weights = port(key)
-    model = cls(dict(config))
+    start = mx.get_active_memory()
+    model = cls(dict(config))  # its random initial parameters are lazy: replaced below before anything evaluates them
+    record = LoadRecord()
+    record.start, record.init = start, mx.get_active_memory() - start
     # what the converted cache (cache.py) needs to rebuild this component: port, config, the file's storage dtype
     object.__setattr__(model, "_sf_port", (key, dict(config), _storage_dtype(sd_torch)))
     affine = {k: gguf_affine(v, dtype) for k, v in sd_torch.items() if native and _affine_ok(v, dtype)}
-    mxd = _to_mx_dict({k: v for k, v in sd_torch.items() if k not in affine}, dtype, what)
+    mxd = _lazy_mx_dict({k: v for k, v in sd_torch.items() if k not in affine}, dtype, what, record)
     mxd.update({k: a[0] for k, a in affine.items()})
     weights = map_weights(mxd)
     by_id = {id(a[0]): a for a in affine.values()}
@@ -279,10 +381,71 @@ def build(key: str, config: dict, sd_torch: dict, dtype, what: str, native: bool
         _quantized_layer(model, path, bits, int(packed.shape[1]) * 32 // bits, int(packed.shape[0]))
         weights[path + ".scales"], weights[path + ".biases"] = scales, biases
     layers.load_weights(model, weights, what=what)
-    del weights
-    mx.eval(model.parameters())
+    del weights, mxd
+    record.before_eval = mx.get_active_memory() - start
+    eval_blocks(model, what, record)
+    object.__setattr__(model, "_sf_load", record)
     model.eval()
     return model
+
+
+class LoadRecord:
+    """What one :func:`build` did: ``lazy`` tensors read straight from the file when evaluated, ``eager`` ones made
+    while mapping (see the module note), and ``groups``: the bytes of each parameter group :func:`eval_blocks`
+    evaluated, in order (``len(groups)`` evaluations; no one of them the whole model). From MLX's own count of the
+    bytes it holds (``mx.get_active_memory``): ``init``, what the port's construction made (0 when its random initial
+    parameters stay lazy: they are replaced before anything evaluates them); ``before_eval``, what was made before the
+    per-block evaluation began (0 when every tensor is lazy); ``held``, after each group, what is held beyond the
+    parameters evaluated so far and ``before_eval`` (0 when a block's source tensors and casts are freed once it is
+    evaluated)."""
+
+    def __init__(self):
+        self.lazy = 0
+        self.eager = 0
+        self.groups: list[int] = []
+        self.start = 0
+        self.init = 0
+        self.before_eval = 0
+        self.held: list[int] = []
+
+    def __repr__(self):
+        return (f"LoadRecord(lazy={self.lazy}, eager={self.eager}, groups={len(self.groups)}, largest={max(self.groups, default=0)}, "
+                f"init={self.init}, before_eval={self.before_eval}, held={max(self.held, default=0)})")
+
+
+def block_groups(model) -> list[list]:
+    """``model``'s parameters as ``[[(name, array), ...], ...]``, one list per block: a parameter belongs to the
+    module path up to the first numeric index of its name (``transformer_blocks.3``, ``encoder.block.5``,
+    ``decoder.up_blocks.1``); one without an index to its top-level module (``pos_embed``, ``norm_out``)."""
+    from mlx.utils import tree_flatten
+
+    groups: dict = {}
+    for name, arr in tree_flatten(model.parameters()):
+        parts = name.split(".")
+        cut = next((i for i, part in enumerate(parts[:-1]) if part.isdigit()), None)
+        key = ".".join(parts[: cut + 1]) if cut is not None else parts[0]
+        groups.setdefault(key, []).append((name, arr))
+    return list(groups.values())
+
+
+def eval_blocks(model, what: str = "model", record: LoadRecord | None = None) -> None:
+    """Evaluate ``model``'s (lazy) parameters one block at a time (:func:`block_groups`; a Progress step each, also
+    the interrupt point), so only one block's source tensors and casts exist at once; MLX's cache of freed buffers
+    is emptied afterwards."""
+    from ...progress import Progress
+
+    mx = _mx()
+    groups = block_groups(model)
+    with Progress(max(1, len(groups)), f"loading {what}") as bar:
+        for group in groups:
+            arrays = [a for _, a in group]
+            mx.eval(arrays)
+            if record is not None:
+                record.groups.append(sum(a.nbytes for a in arrays))
+                record.held.append(mx.get_active_memory() - record.start - record.before_eval - sum(record.groups))
+            del arrays, group
+            bar.update()
+    mx.clear_cache()
 
 
 def _storage_dtype(sd_torch: dict) -> str:
@@ -378,10 +541,16 @@ def _folder_weights(folder: Path):
         src.close()
 
 
+# the tensor sources :func:`_read` read from, while they are open: :func:`_lazy_sources` finds a view's file here
+_OPEN: "weakref.WeakSet" = weakref.WeakSet()
+
+
 def _read(source, prefix: str = "", skip=()) -> dict:
     """``{key without prefix: torch view}`` (no copy for safetensors)."""
     import torch
 
+    for s in getattr(source, "sources", (source,)):
+        _OPEN.add(s)
     cpu = torch.device("cpu")
     out = {}
     for k in list(source.keys()):
