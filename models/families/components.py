@@ -30,7 +30,7 @@ def classify(t: dict[str, TensorInfo]) -> Detection | None:
         return None
     if f"{pre}layers.0.self_attn.q_norm.weight" in t and (pre == "model.language_model." or _vision_tower(t)):
         return _qwen3_vl(t, pre)  # (before Qwen2.5-VL's rule: its vision tower has the same patch embedding name)
-    if "visual.patch_embed.proj.weight" in t:
+    if "visual.patch_embed.proj.weight" in t or _qwen2_lm(t, pre):
         return _qwen25_vl(t, pre)
     if f"{pre}layers.0.self_attn.q_norm.weight" in t:
         return _qwen3(t, pre)
@@ -42,6 +42,13 @@ def classify(t: dict[str, TensorInfo]) -> Detection | None:
 # where a decoder LM's layers sit: a Mistral3ForConditionalGeneration's language model (transformers' older and newer
 # names), a ...ForCausalLM's
 _LM_PREFIXES = ("language_model.model.", "model.language_model.", "model.")
+
+
+def _qwen2_lm(t, pre) -> bool:
+    """A Qwen2-style language model on its own (q/k/v biases, no q/k norms, no vision tower): Qwen2.5-VL's language
+    model as a GGUF holds it (llama.cpp's converter leaves the vision tower to a separate ``mmproj`` file)."""
+    return (pre == "model." and f"{pre}layers.0.self_attn.q_proj.bias" in t and f"{pre}layers.0.self_attn.k_proj.bias" in t
+            and f"{pre}layers.0.self_attn.q_norm.weight" not in t)
 
 
 def _is_mistral3(t, pre) -> bool:
@@ -128,12 +135,16 @@ def _qwen3_slot(hidden, tied: bool) -> tuple[str, str, str]:
 def _qwen25_vl(t, pre) -> Detection:
     # the language model only (a text prompt needs no vision tower): Qwen2.5-VL-7B's release facts, then the shapes
     cfg = {**configs.load("te-qwen25-vl")["config"], "architectures": ["Qwen2_5_VLForConditionalGeneration"], **_language_model(t, pre)}
+    known = cfg["hidden_size"] == 3584 and cfg["num_hidden_layers"] == 28
+    name = "Qwen2.5-VL-7B" if known else f"Qwen2.5-VL ({cfg['hidden_size']} wide)"
+    if "visual.patch_embed.proj.weight" not in t:  # the language model alone (a GGUF: its vision tower is an mmproj file)
+        return _text_encoder("qwen25_7b", name, "Qwen-Image, Qwen-Image-Edit", cfg,
+                             vision_tower="absent (the language model alone; text prompts need no vision tower)")
     blocks = count(t.keys(), r"visual\.blocks\.(\d+)\.")
     width = t["visual.patch_embed.proj.weight"].shape[0]
     cfg["vision_config"] = {"depth": blocks, "hidden_size": width, "out_hidden_size": t["visual.merger.mlp.2.weight"].shape[0]}
-    known = cfg["hidden_size"] == 3584 and cfg["num_hidden_layers"] == 28
     # one slot (Qwen-Image's): another width (a tiny or custom model) is named by its width
-    return _text_encoder("qwen25_7b", "Qwen2.5-VL-7B" if known else f"Qwen2.5-VL ({cfg['hidden_size']} wide)", "Qwen-Image, Qwen-Image-Edit",
+    return _text_encoder("qwen25_7b", name, "Qwen-Image, Qwen-Image-Edit",
                          cfg, vision_tower=f"present: {blocks} blocks, {width} wide (visual.*)")
 
 
