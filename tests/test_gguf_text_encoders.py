@@ -95,13 +95,40 @@ def _qtype(mix: str, name: str, a: np.ndarray):
     return qt if a.shape[1] % block == 0 else T.Q8_0
 
 
-def write_lm_gguf(sd: dict, path: Path, kind: str, mix: str) -> Path:
-    """``sd`` (release names) as llama.cpp would write it, with its decoded twin ``<path>.decoded.safetensors``."""
+def add_vocab(w, tok_dir: Path) -> None:
+    """The tokenizer of ``tok_dir`` as llama.cpp's converter writes a Qwen vocabulary (``_set_vocab_gpt2``): model
+    ``gpt2``, pre-tokenizer ``qwen2``, the tokens by id with their types, the merges, special ids, chat template."""
+    import json
+
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    vocab = tok.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)
+    merges = json.loads((tok_dir / "tokenizer.json").read_text())["model"]["merges"]
+    control = set(tq.SPECIALS)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t in control else gguf.TokenType.NORMAL for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    w.add_eos_token_id(vocab["<|im_end|>"])
+    w.add_pad_token_id(vocab["<|endoftext|>"])
+    w.add_bos_token_id(vocab["<|endoftext|>"])
+    w.add_add_bos_token(False)
+    w.add_chat_template(tq.CHAT_TEMPLATE)
+
+
+def write_lm_gguf(sd: dict, path: Path, kind: str, mix: str, vocab: Path | None = None) -> Path:
+    """``sd`` (release names) as llama.cpp would write it (with the tokenizer of folder ``vocab``), and its decoded
+    twin ``<path>.decoded.safetensors``."""
     import re
 
     n_layers = 1 + max(int(m.group(1)) for k in sd if (m := re.search(r"layers\.(\d+)\.", k)))
     rename = _llama_cpp_name(kind, n_layers)
     w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[KINDS[kind][0]])
+    if vocab is not None:
+        add_vocab(w, vocab)
     decoded = {}
     for k, v in sd.items():
         a = v.float().numpy()
@@ -170,6 +197,29 @@ def test_gguf_lm_loads_on_both_engines_as_its_decoded_twin(root, kind, mix):
         for g, w in zip(got, want):
             assert np.isfinite(g).all() and g.std() > 0
             assert np.array_equal(g, w), f"{engine_name} {kind} {mix}: max diff {np.abs(g - w).max()}"
+
+
+def test_the_tokenizer_inside_the_gguf_is_used(root, tmp_path):
+    """A GGUF carrying its vocabulary (as llama.cpp writes every one), alone in its folder: its tokenizer is rebuilt
+    from the file (transformers' GGUF reader) and gives the ids and the hidden states of the model's own tokenizer."""
+    sd = _release_lm("qwen3_4b", tq.tokenizer_size(root))
+    p = write_lm_gguf(sd, tmp_path / "Qwen3-4B-Q8_0.gguf", "qwen3_4b", "Q8_0", vocab=root / "tokenizer")
+    twin = root / "qwen3_4b-Q8_0-twin.safetensors"  # beside the folder tokenizer
+    p.with_suffix(".decoded.safetensors").replace(twin)
+    assert not any(d.is_dir() for d in tmp_path.iterdir())  # no tokenizer folder beside the GGUF
+    for engine_name in ("torch", "mlx"):
+        _, enc, got = _encode(engine_name, "qwen3_4b", p, "zimage")
+        _, _, want = _encode(engine_name, "qwen3_4b", twin, "zimage")
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and np.array_equal(g, w), engine_name
+    from spriteforge.engines.torch_models.text_encoders import load_text_encoder
+
+    _, _, tok = load_text_encoder(get_engine("torch", "cpu", "float32"), str(p), family="zimage")
+    import transformers
+
+    ref = transformers.AutoTokenizer.from_pretrained(str(root / "tokenizer"), local_files_only=True)
+    text = tok.apply_chat_template([{"role": "user", "content": "Pixel ART knight, red cape"}], tokenize=False, add_generation_prompt=True)
+    assert "<|im_start|>" in text and tok(text).input_ids == ref(text).input_ids
 
 
 def test_inspect_names_a_gguf_text_encoder(root, capsys):
