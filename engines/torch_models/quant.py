@@ -106,15 +106,16 @@ def dequantize(fmt: str, data, scale, scale2, group: int, shape) -> torch.Tensor
         return _gguf_dequantize(data, fmt, shape)
     rows = data.shape[0]
     if fmt in ("fp8_e4m3fn_scaled", "fp8_e5m2_scaled", "int8_tensorwise", "int8_convrot"):
-        w = data.to(torch.float32) * scale
+        w = data.to(torch.float32).mul_(scale)  # in place: the cast is already the slab's own copy
         if fmt == "int8_convrot":
             w = (w.reshape(rows, -1, group) @ hadamard(group).to(w.device)).reshape(w.shape)
         return w
     if fmt == "mxfp8":  # scale: the E8M0 exponents, untiled
-        return (data.to(torch.float32).reshape(rows, -1, 32) * _e8m0(scale).unsqueeze(-1)).reshape(shape)
+        return data.to(torch.float32).reshape(rows, -1, 32).mul_(_e8m0(scale).unsqueeze(-1)).reshape(shape)
     if fmt == "nvfp4":  # scale: the fp8 block scales, untiled; each byte is two values, high nibble first
         pairs = F.embedding(data.int(), _e2m1_pairs(data.device))
-        return (pairs.reshape(rows, -1, 16) * (scale.to(torch.float32) * scale2).unsqueeze(-1)).reshape(shape)
+        # scaled in place (the slab's one float32 copy: its values are the embedding's own output)
+        return pairs.reshape(rows, -1, 16).mul_((scale.to(torch.float32) * scale2).unsqueeze(-1)).reshape(shape)
     raise unsupported(fmt)
 
 
