@@ -23,6 +23,18 @@ FROM_MODEL = "(from model)"
 DEMO = "spriteforge-demo (built-in)"
 DEMO_DIR = Path(__file__).resolve().parent / "demo_model"
 NONE = "(none)"
+# the dtype choices that are MLX-quantized weights (the bits of ``convert --engine mlx --quantize``), not a float dtype
+QUANTIZED = {"q8": 8, "q4": 4}
+
+
+def load_options(dtype: str | None, engine: str | None) -> tuple[str | None, int | None, str]:
+    """``(float dtype or None for auto, quantize bits or None, engine)`` of a dtype choice: ``q8``/``q4`` are MLX's
+    quantized weights at the engine's automatic compute dtype, so engine ``auto`` becomes ``mlx`` (the engine that
+    makes them; torch refuses them with BAD_INPUT when loading)."""
+    engine = engine or "auto"
+    if dtype in QUANTIZED:
+        return None, QUANTIZED[dtype], "mlx" if engine == "auto" else engine
+    return (None if dtype in (None, "", "auto") else dtype), None, engine
 
 
 def model_choices() -> list[str]:
@@ -92,10 +104,10 @@ def load_handle(model: str, *, vae=None, text_encoders=(), engine: str = "auto",
     path = resolve_model(model, allow_path=allow)
     vae_path = resolve_part("vae", vae, allow)
     tes = [p for p in (resolve_part("text_encoders", t, allow) for t in (text_encoders or ())) if p]
-    dt = None if dtype in (None, "", "auto") else dtype
-    eng = get_engine(engine or "auto", device or "auto", dt)
+    dt, bits, engine = load_options(dtype, engine)
+    eng = get_engine(engine, device or "auto", dt)
     try:
-        handle = eng.load_model(str(path), vae=vae_path, text_encoders=tes, dtype=dt)
+        handle = eng.load_model(str(path), vae=vae_path, text_encoders=tes, dtype=dt, quantize=bits)
     except SpriteForgeError:
         raise
     except Exception as exc:
@@ -133,5 +145,5 @@ def resolve_lora(name: str, *, allow_path: bool | None = None) -> Path:
     return paths.resolve("loras", str(name), allow_absolute=allow)
 
 
-__all__ = ["MODEL_KINDS", "FROM_MODEL", "DEMO", "DEMO_DIR", "NONE", "model_choices", "part_choices", "resolve_model",
+__all__ = ["MODEL_KINDS", "FROM_MODEL", "DEMO", "DEMO_DIR", "NONE", "QUANTIZED", "load_options", "model_choices", "part_choices", "resolve_model",
            "resolve_part", "load_handle", "shipped_loras", "lora_choices", "resolve_lora"]

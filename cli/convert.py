@@ -12,8 +12,9 @@ $SPRITEFORGE_MLX_CACHE or ~/.cache/spriteforge/mlx), where loading the source wi
 finds it; the user's model files are never written. --dtype auto keeps each tensor as the source
 stored it (the cache loads bit-identical); the others cast every weight. --quantize 4|8 stores the transformer's and
 text encoders' linear layers MLX-quantized (affine, group size 64, as mlx.nn.quantize) and loads them as MLX's
-quantized layers (the scales in the dtype loading asks for). MODEL may be a GGUF or a ComfyUI-quantized file (decoded
-while converting). If the source or the cache
+quantized layers (the scales in the dtype loading asks for); its default folder is <name>-q<bits>-<key>, which
+loading the source with dtype q8/q4 (generate --dtype, the Load Model node) finds, and writes when it is missing.
+MODEL may be a GGUF or a ComfyUI-quantized file (decoded while converting). If the source or the cache
 changes later, loading says MODEL_NOT_CONVERTED: convert again.
 """
 
@@ -74,6 +75,7 @@ def run(args) -> int:
         print(f"{out}")
         print(f"  {man['family']} {man['variant']}, {', '.join(info['components'])}; {size / 2**20:.1f} MiB, dtype {man['dtype']}, "
               f"{info['seconds']:.1f} s")
-        print(f"  load it with --engine mlx --model {out}" + ("" if args.out else f" (or --model {args.model}: this default "
-                                                                               "folder is found automatically)"))
+        found = (f" (or --model {args.model} --dtype q{args.quantize}: this default folder is found automatically)" if args.quantize
+                 else f" (or --model {args.model}: this default folder is found automatically)")
+        print(f"  load it with --engine mlx --model {out}" + ("" if args.out else found))
     return 0

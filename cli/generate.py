@@ -80,7 +80,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-side", type=int, default=2048, help="largest width/height allowed (default 2048)")
     p.add_argument("--engine", default="auto", help="auto, torch or mlx")
     p.add_argument("--device", default="auto", help="auto, gpu, cpu, cuda, cuda:1, mps")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"], help="weight dtype")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16", "q8", "q4"],
+                   help="weight dtype; q8/q4: MLX 8/4-bit quantized linear layers (MLX engine; the first run writes the "
+                        "model's quantized cache, as convert --quantize)")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--prefix", default="sf", help="file name prefix (default sf)")
     p.add_argument("--keep-key", action="store_true",

@@ -30,6 +30,9 @@ class Capabilities:
     families: tuple[str, ...]
     vae_tiling: bool
     birefnet: bool
+    # bits of the weights the engine quantizes itself when a model is loaded with ``quantize=`` (MLX: 4 and 8, as
+    # ``mlx.nn.quantize``); empty: the engine computes quantized files as they are stored, and makes none
+    quantize_bits: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,6 +135,20 @@ class Engine(ABC):
     @abstractmethod
     def sync(self) -> None: ...
 
+    def check_quantize(self, quantize: int | None) -> None:
+        """BAD_INPUT unless ``quantize`` (bits) is None or one this engine makes (``capabilities.quantize_bits``)."""
+        if quantize is None:
+            return
+        from ..errors import BAD_INPUT, SpriteForgeError
+
+        bits = self.capabilities.quantize_bits
+        if quantize not in bits:
+            what = (f"it quantizes to {' or '.join(map(str, bits))} bits" if bits else
+                    "it computes quantized files (GGUF, fp8, int8, NVFP4...) as they are stored and quantizes none itself")
+            raise SpriteForgeError(BAD_INPUT, f"the {self.name} engine cannot load a model quantized to {quantize} bits: "
+                                   f"{what}. Choose engine mlx for q8/q4, or load a quantized file of the model (a GGUF).",
+                                   details={"engine": self.name, "quantize": quantize})
+
     @property
     def ops(self):
         """The engine's array operations (protocol in :mod:`spriteforge.samplers.ops`), handed to the
@@ -154,8 +171,10 @@ class Engine(ABC):
 
     # models -------------------------------------------------------------
     @abstractmethod
-    def load_model(self, path, *, vae=None, text_encoders=(), dtype: str | None = None) -> ModelHandle:
-        """Load a DiT (file or diffusers folder) with its VAE and text encoders."""
+    def load_model(self, path, *, vae=None, text_encoders=(), dtype: str | None = None,
+                   quantize: int | None = None) -> ModelHandle:
+        """Load a DiT (file or diffusers folder) with its VAE and text encoders. ``quantize``: the bits of weights the
+        engine quantizes itself (one of ``capabilities.quantize_bits``; BAD_INPUT on an engine that has none)."""
 
     @abstractmethod
     def encode_text(self, handle: ModelHandle, prompts: list[str], **options) -> Any:

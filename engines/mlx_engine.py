@@ -29,6 +29,7 @@ class MLXEngine(Engine):
             families=self._families(),
             vae_tiling=False,
             birefnet=False,
+            quantize_bits=(4, 8),  # MLX-quantized caches (mlx_models/cache.py: convert --quantize, Load Model's q8/q4)
         )
 
     @staticmethod
@@ -76,10 +77,11 @@ class MLXEngine(Engine):
         parts = (handle.transformer, handle.vae, *(handle.text_encoders or {}).values())
         return sum(v.nbytes for m in parts if m is not None for _, v in tree_flatten(m.parameters()))
 
-    def load_model(self, path, *, vae=None, text_encoders=(), dtype=None) -> ModelHandle:
+    def load_model(self, path, *, vae=None, text_encoders=(), dtype=None, quantize=None) -> ModelHandle:
         from .mlx_models.cache import load_model  # its converted cache when there is one, else its own files
 
-        return load_model(self, path, vae=vae, text_encoders=text_encoders, dtype=dtype)
+        self.check_quantize(quantize)
+        return load_model(self, path, vae=vae, text_encoders=text_encoders, dtype=dtype, quantize=quantize)
 
     def encode_text(self, handle, prompts, **options):
         from .mlx_models import generation

@@ -142,7 +142,8 @@ def comfy_tokenizer_dirs(kind: str) -> list[Path]:
 def find_tokenizer(key: str, near: Path | None = None, *, source=None, required: bool = True):
     """The tokenizer for text encoder ``key`` (``clip_l``, ``clip_g``, ``t5``, ``gemma``, ``qwen3_4b``...).
 
-    Looked for, in order: tokenizer data embedded in the file (ComfyUI's ``spiece_model``, ``tekken_model``),
+    Looked for, in order: tokenizer data embedded in the file (ComfyUI's ``spiece_model``, ``tekken_model``; a
+    llama.cpp GGUF's vocabulary, merges and chat template, ``tokenizer.ggml.*``),
     a tokenizer folder beside the file (``<stem>_tokenizer/``, ``tokenizer/``, or the
     folder itself), the tokenizer sub-folders of the user's diffusers models, and the
     tokenizers ComfyUI ships. Raises MODEL_NOT_FOUND saying where to put one.
@@ -156,6 +157,10 @@ def find_tokenizer(key: str, near: Path | None = None, *, source=None, required:
         tok = _embedded_tekken(source)
         if tok is not None:
             return tok
+    if source is not None and kind == "qwen" and _gguf_tokenizer_model(source) == "gpt2":
+        tok = _embedded_gguf(source)
+        if tok is not None:
+            return _with_chat_tokens(tok)
     cands: list[Path] = []
     if near is not None:
         near = Path(near)
@@ -238,6 +243,28 @@ def _embedded_spiece(source, kind):
     except Exception as exc:  # noqa: BLE001
         log.warning("embedded tokenizer could not be used: %s", exc)
         return None
+
+def _gguf_tokenizer_model(source) -> str | None:
+    """A GGUF file's ``tokenizer.ggml.model`` (``gpt2``: a byte-level BPE such as Qwen's), None for any other file."""
+    header = getattr(source, "header", None)
+    if getattr(header, "format", "") != "gguf":
+        return None
+    return (header.metadata or {}).get("tokenizer.ggml.model")
+
+
+def _embedded_gguf(source):
+    """The tokenizer a llama.cpp GGUF carries (its vocabulary, merges, token types and chat template in
+    ``tokenizer.ggml.*`` / ``tokenizer.chat_template``), rebuilt by transformers' own GGUF tokenizer reader as a
+    ``Qwen2Tokenizer`` (the file is read locally, never fetched)."""
+    try:
+        import transformers
+
+        p = Path(source.path)
+        return transformers.Qwen2Tokenizer.from_pretrained(str(p.parent), gguf_file=p.name, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - a file without a usable vocabulary: look beside it instead
+        log.warning("the tokenizer in %s could not be used: %s", getattr(source, "path", "the file"), exc)
+        return None
+
 
 def _embedded_tekken(source):
     """The tokenizer ComfyUI's Mistral-3 file carries: Mistral's ``tekken.json`` stored as bytes (``tekken_model``),

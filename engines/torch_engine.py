@@ -67,9 +67,10 @@ class TorchEngine(Engine):
             torch.mps.synchronize()
 
     # models -----------------------------------------------------------------
-    def load_model(self, path, *, vae=None, text_encoders=(), dtype: str | None = None) -> ModelHandle:
+    def load_model(self, path, *, vae=None, text_encoders=(), dtype: str | None = None, quantize: int | None = None) -> ModelHandle:
         from .torch_models.loading import load_model
 
+        self.check_quantize(quantize)  # torch quantizes nothing itself: quantized files load as stored
         return load_model(self, path, vae=vae, text_encoders=text_encoders, dtype=dtype)
 
     def encode_text(self, handle, prompts, **options):

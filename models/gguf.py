@@ -49,7 +49,36 @@ LLAMA_CPP_T5 = (
     ("enc.blk.{}.ffn_down.weight", "encoder.block.{}.layer.1.DenseReluDense.wo.weight"),
     ("enc.blk.{}.ffn_norm.weight", "encoder.block.{}.layer.1.layer_norm.weight"),
 )
-LLAMA_CPP_NAMES = {"t5": LLAMA_CPP_T5, "t5encoder": LLAMA_CPP_T5}
+
+
+def _llama_cpp_decoder(pre: str) -> tuple:
+    """llama.cpp's tensor names of a Qwen-style decoder LM (``gguf.constants.TENSOR_NAMES``: qwen2, qwen2vl, qwen3,
+    qwen3vl) -> the transformers ``...ForCausalLM`` names of its safetensors release, its layers under ``pre``.
+    llama.cpp's converter permutes q/k rows only for its llama architecture (``LlamaModel.permute``); its Qwen2 and
+    Qwen3 models (and Qwen2-VL's text model) write the rows as they are, so nothing is un-permuted here. Biases:
+    Qwen2/2.5's q/k/v; norms: Qwen3's per-head q/k."""
+    layer = f"{pre}layers.{{}}."
+    rows = [("token_embd.weight", f"{pre}embed_tokens.weight"), ("output_norm.weight", f"{pre}norm.weight"),
+            ("output.weight", "lm_head.weight")]
+    for a, b in (("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"), ("attn_v", "self_attn.v_proj"),
+                 ("attn_output", "self_attn.o_proj"), ("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj"),
+                 ("ffn_down", "mlp.down_proj")):
+        rows += [(f"blk.{{}}.{a}.{s}", f"{layer}{b}.{s}") for s in ("weight", "bias")]
+    for a, b in (("attn_q_norm", "self_attn.q_norm"), ("attn_k_norm", "self_attn.k_norm"),
+                 ("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")):
+        rows.append((f"blk.{{}}.{a}.weight", f"{layer}{b}.weight"))
+    return tuple(rows)
+
+
+# a Qwen3 / Qwen2.5-VL language model as its release names it (``model.layers.*``); Qwen3-VL's language model under
+# ``model.language_model.`` (as its release), which is what tells it from a plain Qwen3 of the same width
+LLAMA_CPP_QWEN = _llama_cpp_decoder("model.")
+LLAMA_CPP_QWEN3_VL = _llama_cpp_decoder("model.language_model.")
+# ``general.architecture`` -> its names. Qwen2.5-VL's text model is written as ``qwen2vl`` (llama.cpp's Qwen2VLModel
+# serves Qwen2-VL and Qwen2.5-VL); a plain ``qwen2`` file is Qwen2.5's text-only LM, whose weights are not the VL's
+# language model: it is left unmapped and so not recognised.
+LLAMA_CPP_NAMES = {"t5": LLAMA_CPP_T5, "t5encoder": LLAMA_CPP_T5, "qwen3": LLAMA_CPP_QWEN, "qwen2vl": LLAMA_CPP_QWEN,
+                   "qwen3vl": LLAMA_CPP_QWEN3_VL}
 
 
 def _renamer(arch: str):
@@ -116,7 +145,13 @@ def read_gguf(path: str | os.PathLike):
             meta[key] = str(value)
     entries = []
     size = p.stat().st_size
-    rename = _renamer(meta.get("general.architecture", ""))
+    arch = meta.get("general.architecture", "")
+    if arch == "qwen2":
+        raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{p.name} is a Qwen2/Qwen2.5 language model (GGUF architecture "
+                               "'qwen2'), which no model SpriteForge runs uses: Qwen-Image's text encoder is Qwen2.5-VL-7B's "
+                               "language model (a GGUF of architecture 'qwen2vl', e.g. Qwen2.5-VL-7B-Instruct-Q4_K_M.gguf). "
+                               "Use that file.", details={"path": str(p), "architecture": arch})
+    rename = _renamer(arch)
     for t in reader.tensors:
         qname = t.tensor_type.name
         if qname not in PLAIN and qname not in SUPPORTED:

@@ -7,15 +7,24 @@ which ``spriteforge generate`` uses too.
 
 from __future__ import annotations
 
-from ..resolve import FROM_MODEL, load_handle, model_choices, part_choices
+from ..resolve import FROM_MODEL, QUANTIZED, load_handle, model_choices, part_choices
 from ._compat import io
-from .validation import ValidatedNode
+from .validation import ValidatedNode, problems
 
 CATEGORY = "SpriteForge/generate"
 ModelType = io.Custom("SF_MODEL")
 ENGINES = ["auto", "torch", "mlx"]
 DEVICES = ["auto", "gpu", "cpu", "cuda", "mps"]
-DTYPES = ["auto", "float32", "float16", "bfloat16"]
+DTYPES = ["auto", "float32", "float16", "bfloat16", *QUANTIZED]  # q8, q4: MLX-quantized weights (see the tooltip)
+
+
+def engine_takes(dtype, engine) -> str | None:
+    """Why ``engine`` cannot load with dtype choice ``dtype`` (None when it can): q8/q4 are MLX's quantized weights."""
+    if dtype in QUANTIZED and engine == "torch":
+        return (f"dtype {dtype} is MLX-quantized weights, which the torch engine does not make (it computes quantized "
+                "files as they are stored). Choose engine mlx or auto, or on torch load a quantized file of the model "
+                "(a GGUF such as Q8_0/Q4_K, or an fp8/int8/NVFP4 file) with dtype auto.")
+    return None
 
 
 class LoadModel(ValidatedNode):
@@ -46,10 +55,23 @@ class LoadModel(ValidatedNode):
                 io.Combo.Input("device", options=DEVICES, default="auto", optional=True,
                                tooltip="The device: auto (the first GPU, else the CPU), gpu, cpu, cuda or mps."),
                 io.Combo.Input("dtype", options=DTYPES, default="auto", optional=True,
-                               tooltip="Weight/compute precision: auto follows the device policy (bf16 on modern GPUs, fp32 on CPU)."),
+                               tooltip="Weight/compute precision: auto follows the device policy (bf16 on modern GPUs, fp32 on CPU). "
+                               "q8 / q4: the transformer's and text encoders' linear layers as MLX 8- or 4-bit quantized weights "
+                               "(group size 64; about 1/2 or 1/4 of the bf16 memory), MLX engine only (auto picks it): the first "
+                               "load writes the model's quantized cache to models/mlx_cache (as `spriteforge convert --engine mlx "
+                               "--quantize 8|4`), later loads read it. The torch engine refuses q8/q4; it loads quantized files "
+                               "(GGUF, fp8, int8, NVFP4) as stored with dtype auto."),
             ],
             outputs=[ModelType.Output(display_name="model", tooltip="The loaded model, for SpriteForge Encode Prompt / Sampler / VAE nodes.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, **values) -> bool | str:
+        found = problems(cls, values)
+        why = engine_takes(values.get("dtype"), values.get("engine"))
+        if why and not any(f.startswith(("dtype:", "engine:")) for f in found):
+            found.append(f"dtype: {why}")
+        return True if not found else " ".join(found)
 
     @classmethod
     def execute(cls, model, vae=FROM_MODEL, text_encoder_1=FROM_MODEL, text_encoder_2=FROM_MODEL,

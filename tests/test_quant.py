@@ -301,3 +301,33 @@ def test_block_formats_split_and_join_by_rows(fmt, name):
     joined = torch.cat([c, a, b], dim=0)
     assert isinstance(joined, quant.QTensor) and joined.data.dtype == stored[""].dtype
     torch.testing.assert_close(joined.dequantize(), torch.cat([dq[128:], dq[:128]]), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["int8_rows", "nvfp4", "mxfp8", "gguf-Q4_K", "gguf-Q5_1"])
+def test_layers_decode_and_multiply_slab_by_slab(flux, engine, kind, monkeypatch):
+    """A quantized layer's forward decodes its weight a slab of output rows at a time and multiplies each slab into
+    its columns of the result (it never holds the whole decoded weight): with 8-row slabs (every tiny layer split),
+    the outputs of the decoded model, and no layer decoded whole while the model runs."""
+    from gguf import GGMLQuantizationType
+
+    import test_gguf as G
+
+    root, src = flux
+    if kind.startswith("gguf"):
+        qt = getattr(GGMLQuantizationType, kind.split("-")[1])
+        p = root / f"slabs-{qt.name}.gguf"
+        if not p.exists():
+            G.write_gguf(load_file(str(src)), p, qt)
+    else:
+        p = write_quantized(src, root / f"slabs-{kind}.safetensors", kind)
+    monkeypatch.setattr(quant, "DECODE_BYTES", 64)  # decode_rows: MIN_ROWS (8) rows a slab
+    h = load_model(engine, p)
+    ref = load_model(engine, p.with_suffix(".decoded.safetensors"))
+    layers = [m for m in h.transformer.modules() if isinstance(m, quant.QuantLinear)]
+    assert layers and all(m.qweight.slab_rows() == 8 for m in layers if m.out_features > 8)
+    whole = []
+    real = quant.QTensor.dequantize
+    monkeypatch.setattr(quant.QTensor, "dequantize", lambda self, *a, **k: whole.append(self.shape) or real(self, *a, **k))
+    got = _run("flux", h.transformer, "dev")
+    assert not [s for s in whole if s[0] > 8], whole[:3]
+    torch.testing.assert_close(got, _run("flux", ref.transformer, "dev"), rtol=1e-5, atol=1e-5)

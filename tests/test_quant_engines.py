@@ -187,3 +187,68 @@ def test_quantized_mlx_flux_runs_whole(files, how, tmp_path):
 
 def mx_dtype(name):
     return getattr(mx, name)
+
+
+@pytest.fixture
+def zimage_models(tmp_path, monkeypatch):
+    """A models root with a tiny Z-Image under the release names (as test_zimage's), caches under its mlx_cache/."""
+    from spriteforge import paths
+    from spriteforge.tests import tiny_models as tmm
+    from spriteforge.tests.tiny_qwen import make_qwen3
+
+    root = tmp_path / "models"
+    tmm.make_zimage(root / "diffusion_models", layout="original")
+    make_qwen3(root / "text_encoders", seed=1)
+    tmm.make_vae(root / "vae", 16, layout="original", seed=2, name="ae.safetensors")
+    monkeypatch.delenv("SPRITEFORGE_MLX_CACHE", raising=False)
+    paths.set_models_root(root)
+    yield root
+    paths.set_models_root(None)
+
+
+def _node_picture(h):
+    from spriteforge.nodes import generate as NG
+
+    cond = NG.EncodePrompt.execute(h, "a red knight", "blurry")[0]
+    lat = NG.Sampler.execute(h, cond, seed=1, steps=2, cfg=2.0, width=32, height=32)[0]
+    return NG.VAEDecode.execute(h, lat)[0].numpy()
+
+
+def test_load_model_node_q8_q4_use_the_mlx_quantized_cache(zimage_models):
+    """Load Model's dtype q8/q4: on MLX (engine mlx, or auto) the first load writes the source's quantized cache
+    (``models/mlx_cache/<name>-q<bits>-<key>``, what ``convert --quantize`` writes), later loads read it; the
+    transformer's and text encoder's linear layers are MLX quantized layers of those bits, the picture close to the
+    float model's. The torch engine refuses q8/q4 when the prompt is queued and when it runs."""
+    from spriteforge.engines.mlx_models import cache
+    from spriteforge.errors import SpriteForgeError
+    from spriteforge.nodes import loaders
+
+    args = dict(vae="ae.safetensors", text_encoder_1="qwen_3_4b.safetensors", device="cpu")
+    model = "zimage-original.safetensors"
+    dense = _node_picture(loaders.LoadModel.execute(model, engine="mlx", dtype="auto", **args)[0])
+    assert not (zimage_models / "mlx_cache").exists()  # a plain load makes no cache
+    for bits, engine in ((8, "mlx"), (4, "auto")):
+        assert loaders.LoadModel.validate_inputs(model=model, engine=engine, dtype=f"q{bits}", **args) is True
+        h = loaders.LoadModel.execute(model, engine=engine, dtype=f"q{bits}", **args)[0]
+        assert h.engine.name == "mlx"
+        folders = sorted((zimage_models / "mlx_cache").glob(f"zimage-original-q{bits}-*"))
+        assert len(folders) == 1 and cache.is_cache(folders[0])
+        man = cache.read_manifest(folders[0])
+        assert man["components"]["transformer"]["quantize"] == {"bits": bits, "group_size": 64}
+        assert man["components"]["te_qwen3_4b"]["quantize"] == {"bits": bits, "group_size": 64}
+        for part in (h.transformer, h.text_encoders["qwen3_4b"]):
+            q = [m for _, m in part.named_modules() if isinstance(m, nn.QuantizedLinear)]
+            assert q and {m.bits for m in q} == {bits}
+        img = _node_picture(h)
+        assert np.abs(img - dense).mean() < {8: 0.01, 4: 0.08}[bits], np.abs(img - dense).mean()
+        written = {f: f.stat().st_mtime_ns for f in folders[0].rglob("*")}
+        again = loaders.LoadModel.execute(model, engine="mlx", dtype=f"q{bits}", **args)[0]  # read, not written again
+        assert {f: f.stat().st_mtime_ns for f in folders[0].rglob("*")} == written
+        assert np.array_equal(_node_picture(again), img)
+    # a plain load still reads the source (the quantized caches are not its default cache)
+    assert np.array_equal(_node_picture(loaders.LoadModel.execute(model, engine="mlx", dtype="auto", **args)[0]), dense)
+    msg = loaders.LoadModel.validate_inputs(model=model, engine="torch", dtype="q8", **args)
+    assert msg is not True and msg.startswith("dtype: ") and "engine mlx" in msg
+    with pytest.raises(SpriteForgeError) as e:
+        loaders.LoadModel.execute(model, engine="torch", dtype="q4", **args)
+    assert e.value.code == "BAD_INPUT" and "torch engine" in e.value.message

@@ -92,11 +92,14 @@ def _resolved(vae=None, text_encoders=()):
     return v, tes
 
 
-def default_dir(p: Path, vae=None, text_encoders=()) -> Path:
+def default_dir(p: Path, vae=None, text_encoders=(), quantize: int | None = None) -> Path:
+    """The default cache folder of a source: ``<name>-<key>``, or ``<name>-q<bits>-<key>`` for an MLX-quantized one
+    (``--quantize``, Load Model's q8/q4), so a quantized cache and the plain one of the same source sit side by side."""
     v, tes = _resolved(vae, text_encoders)
-    key = hashlib.sha256(json.dumps([str(Path(p).resolve()), v, tes]).encode()).hexdigest()[:16]
+    ident = [str(Path(p).resolve()), v, tes] + ([quantize] if quantize else [])
+    key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
     name = Path(p).name[:-len(Path(p).suffix)] if Path(p).is_file() and Path(p).suffix else Path(p).name
-    return cache_root() / f"{name}-{key}"
+    return cache_root() / (f"{name}-q{quantize}-{key}" if quantize else f"{name}-{key}")
 
 
 def is_cache(p) -> bool:
@@ -109,10 +112,10 @@ def is_cache(p) -> bool:
         return False
 
 
-def find_cache(p, *, vae=None, text_encoders=()) -> Path | None:
-    """The default cache folder of this source when it holds a cache, else None."""
+def find_cache(p, *, vae=None, text_encoders=(), quantize: int | None = None) -> Path | None:
+    """The default cache folder of this source (quantized to ``quantize`` bits) when it holds a cache, else None."""
     try:
-        d = default_dir(Path(p), vae, text_encoders)
+        d = default_dir(Path(p), vae, text_encoders, quantize)
     except Exception:  # noqa: BLE001 - an unresolvable VAE/text encoder: the normal loader reports it
         return None
     return d if is_cache(d) else None
@@ -171,7 +174,7 @@ def convert(engine, path, *, out=None, vae=None, text_encoders=(), dtype: str = 
         raise SpriteForgeError(BAD_INPUT, f"{p} is already an MLX cache. Convert the model it was made from.")
     v, tes = _resolved(vae, text_encoders)
     sources = [str(p)] + ([v] if v else []) + tes
-    dest = Path(out).expanduser() if out else default_dir(p, vae, text_encoders)
+    dest = Path(out).expanduser() if out else default_dir(p, vae, text_encoders, quantize)
     _check_out(dest, sources)
     record = source_record(sources)
     handle = loading._load_model(engine, p, vae=v, text_encoders=tes, all_dtype="float32")
@@ -384,18 +387,42 @@ def load_cache(engine, d, *, vae=None, text_encoders=(), dtype=None):
                        text_encoders=tes, tokenizers=toks, dtype=wname, source=man["source"]["path"], **fields)
 
 
-def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None):
+def load_model(engine, path, *, vae=None, text_encoders=(), dtype=None, quantize: int | None = None):
     """The model at ``path`` on MLX: from its converted cache when ``path`` is one or the source's default cache
     folder (made with these same VAE/text encoders) holds one, checked against the source and loaded lazily;
-    else from the source's own files (:func:`.loading.load_model`). Every failure is a :class:`SpriteForgeError`."""
+    else from the source's own files (:func:`.loading.load_model`). Every failure is a :class:`SpriteForgeError`.
+
+    ``quantize`` (4 or 8: Load Model's q4/q8): the source's MLX-quantized cache, ``<name>-q<bits>-<key>`` in the cache
+    root, made first by :func:`convert` (what ``spriteforge convert --engine mlx --quantize`` runs) when it holds none
+    or a stale one; ``path`` being a cache already, it must be one of those bits."""
     p = resolve(path, MODEL_KINDS)
     with coded_errors(f"loading {p.name} on MLX"):
         if is_cache(p):
+            if quantize and (read_manifest(p)["components"]["transformer"].get("quantize") or {}).get("bits") != quantize:
+                raise SpriteForgeError(BAD_INPUT, f"{p.name} is an MLX cache that is not quantized to {quantize} bits. Load it "
+                                       "with dtype auto, or choose its source model for q4/q8.")
             return load_cache(engine, p, vae=vae, text_encoders=text_encoders, dtype=dtype)
+        if quantize:
+            return _quantized(engine, p, vae, text_encoders, dtype, quantize)
         found = find_cache(p, vae=vae, text_encoders=text_encoders)
         if found is not None:
             return load_cache(engine, found, dtype=dtype)
     return loading.load_model(engine, p, vae=vae, text_encoders=text_encoders, dtype=dtype)
+
+
+def _quantized(engine, p: Path, vae, text_encoders, dtype, bits: int):
+    """The source ``p``'s ``bits``-quantized cache: loaded when its default folder holds a current one, else made
+    there (again, when the source changed) and loaded."""
+    found = find_cache(p, vae=vae, text_encoders=text_encoders, quantize=bits)
+    if found is not None:
+        try:
+            return load_cache(engine, found, dtype=dtype)
+        except SpriteForgeError as e:
+            if e.code != MODEL_NOT_CONVERTED:
+                raise
+            log.info("the %s-bit MLX cache %s is stale (%s): converting again", bits, found, e.message)
+    log.info("writing the %s-bit MLX cache of %s (once; later loads read it)", bits, p.name)
+    return load_cache(engine, convert(engine, p, vae=vae, text_encoders=text_encoders, quantize=bits), dtype=dtype)
 
 
 __all__ = ["load_model", "convert", "load_cache", "find_cache", "is_cache", "verify", "default_dir", "cache_root", "source_record",

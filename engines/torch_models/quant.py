@@ -40,7 +40,16 @@ from ...errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError
 from ...models.gguf import QUANT_DTYPES as GGUF_TYPES
 from ...models.safetensors_header import QuantInfo
 
-DECODE_ROWS = 128  # rows a layer's weight is decoded by at a time (its float32 maths), see QTensor.dequantize
+# A layer's weight is decoded a slab of rows at a time, each slab's float32 maths at most DECODE_BYTES (at least
+# MIN_ROWS rows): QTensor.dequantize fills its result slab by slab; QuantLinear's forward multiplies slab by slab, so
+# it never holds the whole decoded weight (see decode_rows)
+DECODE_BYTES = 1 << 20
+MIN_ROWS = 8
+
+
+def decode_rows(cols: int) -> int:
+    """Rows of a weight ``cols`` wide decoded at a time: ``DECODE_BYTES`` of float32 (a 3072-wide layer: 85 rows)."""
+    return max(MIN_ROWS, DECODE_BYTES // (4 * max(1, int(cols))))
 COMFY = ("fp8_e4m3fn_scaled", "fp8_e5m2_scaled", "int8_tensorwise", "int8_convrot", "mxfp8", "nvfp4")
 E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
@@ -97,15 +106,16 @@ def dequantize(fmt: str, data, scale, scale2, group: int, shape) -> torch.Tensor
         return _gguf_dequantize(data, fmt, shape)
     rows = data.shape[0]
     if fmt in ("fp8_e4m3fn_scaled", "fp8_e5m2_scaled", "int8_tensorwise", "int8_convrot"):
-        w = data.to(torch.float32) * scale
+        w = data.to(torch.float32).mul_(scale)  # in place: the cast is already the slab's own copy
         if fmt == "int8_convrot":
             w = (w.reshape(rows, -1, group) @ hadamard(group).to(w.device)).reshape(w.shape)
         return w
     if fmt == "mxfp8":  # scale: the E8M0 exponents, untiled
-        return (data.to(torch.float32).reshape(rows, -1, 32) * _e8m0(scale).unsqueeze(-1)).reshape(shape)
+        return data.to(torch.float32).reshape(rows, -1, 32).mul_(_e8m0(scale).unsqueeze(-1)).reshape(shape)
     if fmt == "nvfp4":  # scale: the fp8 block scales, untiled; each byte is two values, high nibble first
         pairs = F.embedding(data.int(), _e2m1_pairs(data.device))
-        return (pairs.reshape(rows, -1, 16) * (scale.to(torch.float32) * scale2).unsqueeze(-1)).reshape(shape)
+        # scaled in place (the slab's one float32 copy: its values are the embedding's own output)
+        return pairs.reshape(rows, -1, 16).mul_((scale.to(torch.float32) * scale2).unsqueeze(-1)).reshape(shape)
     raise unsupported(fmt)
 
 
@@ -158,18 +168,31 @@ class QTensor:
         return sum(t.numel() * t.element_size() for t in (self.data, self.scale, self.scale2) if isinstance(t, torch.Tensor))
 
     def dequantize(self, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
-        """The weight in ``dtype`` (default: the compute dtype). The float32 maths runs on ``DECODE_ROWS`` rows at a
-        time into the result, so decoding a layer holds one result and one small float32 slab, never a float32 copy."""
+        """The weight in ``dtype`` (default: the compute dtype). The float32 maths runs on :func:`decode_rows` rows at
+        a time into the result, so decoding a layer holds one result and one small float32 slab, never a float32 copy."""
         dtype, device = dtype or self.dtype, device or self.data.device
-        rows = int(self.shape[0]) if self.rows_ok and self.ndim >= 2 else 0
-        if rows <= DECODE_ROWS:
+        step = self.slab_rows()
+        if not step:
             w = dequantize(self.fmt, self.data, self.scale, self.scale2, self.group, self.shape)
             return w.to(device=device, dtype=dtype)
         out = torch.empty(self.shape, dtype=dtype, device=self.data.device)
-        for a in range(0, rows, DECODE_ROWS):
-            part = self.rows(a, min(a + DECODE_ROWS, rows))
-            out[a:a + part.shape[0]] = dequantize(part.fmt, part.data, part.scale, part.scale2, part.group, part.shape)
+        for a, part in self.slabs(step):
+            out[a:a + part.shape[0]] = part
         return out.to(device)
+
+    def slab_rows(self) -> int:
+        """Rows a slab of :meth:`slabs` holds; 0 when the weight is decoded whole (a small one, or not by rows)."""
+        rows = int(self.shape[0]) if self.rows_ok and self.ndim >= 2 else 0
+        step = decode_rows(self.shape[1]) if rows else 0
+        return step if rows > step else 0
+
+    def slabs(self, step: int, dtype: torch.dtype | None = None, device=None):
+        """``(first row, decoded rows)`` of the weight, ``step`` rows at a time (float32, or ``dtype`` on ``device``)."""
+        rows = int(self.shape[0])
+        for a in range(0, rows, step):
+            part = self.rows(a, min(a + step, rows))
+            w = dequantize(part.fmt, part.data, part.scale, part.scale2, part.group, part.shape)
+            yield a, (w if dtype is None and device is None else w.to(device=device or w.device, dtype=dtype or w.dtype))
 
     def _like(self, **kw) -> "QTensor":
         fields = dict(fmt=self.fmt, data=self.data, shape=self.shape, scale=self.scale, scale2=self.scale2,
@@ -273,10 +296,14 @@ def _decoded(a):
 # --------------------------------------------------------------------------- reading one from a file
 
 
-def load(q: QuantInfo, stored, key: str, device, dtype, path: str = "") -> QTensor:
+def load(q: QuantInfo, stored, key: str, device, dtype, path: str = "", copied=None) -> QTensor:
     """The :class:`QTensor` of weight ``key`` described by ``q``; ``stored(name)`` gives a stored tensor (a view of
-    the file on a CPU). Scales are float32 and untiled; the data stays as the file stores it."""
+    the file on a CPU). Scales are float32 and untiled; the data stays as the file stores it. ``copied(name)``: a
+    stored tensor read into memory of its own without touching the file's mapping, for the scales, which are kept
+    converted (a view would leave their stored pages resident beside the copy: MXFP8's and NVFP4's block scales are
+    3% and 12% of the file)."""
     fmt = q.format
+    aux = copied or stored
     if fmt not in COMFY and fmt not in GGUF_TYPES:
         raise unsupported(fmt, Path(path).name)
     data = stored(key).to(device)
@@ -288,17 +315,17 @@ def load(q: QuantInfo, stored, key: str, device, dtype, path: str = "") -> QTens
     elif fmt == "mxfp8" or fmt == "nvfp4":
         rows, cols = data.shape[0], data.shape[1] * (2 if fmt == "nvfp4" else 1)
         block = 32 if fmt == "mxfp8" else 16
-        tiled = stored(q.aux["scale"]).to(device)
+        tiled = aux(q.aux["scale"]).to(device)
         # untiled once, kept in their stored 8 bits (a float32 copy would be a quarter of the weights' size again)
         scale = untile_scales(tiled.view(torch.uint8), rows, cols // block).contiguous()
         if fmt == "nvfp4":
             scale = scale.view(torch.float8_e4m3fn)
-            scale2 = stored(q.aux["scale_2"]).to(device=device, dtype=torch.float32).reshape(())
+            scale2 = aux(q.aux["scale_2"]).to(device=device, dtype=torch.float32).reshape(())
     else:
         if "scale" not in q.aux:
             raise SpriteForgeError(UNSUPPORTED_ARCHITECTURE, f"{Path(path).name}: {key} is marked {fmt} but its scale "
                                    "tensor is missing: the file is incomplete. Download it again.")
-        scale = stored(q.aux["scale"]).to(device=device, dtype=torch.float32)
+        scale = aux(q.aux["scale"]).to(device=device, dtype=torch.float32)
         if scale.numel() == data.shape[0] and data.dim() >= 2 and scale.numel() > 1:
             scale = scale.reshape(data.shape[0], *([1] * (data.dim() - 1)))
         elif scale.numel() == 1:
@@ -328,8 +355,18 @@ class QuantLinear(nn.Linear):
         return self.qweight.dequantize()
 
     def forward(self, x):
-        w = self.qweight.dequantize(x.dtype, x.device)
-        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+        """``x Wᵀ + b``, the weight decoded :func:`decode_rows` output rows at a time, each slab multiplied into its
+        columns of the result as soon as it is decoded (a layer never holds its whole decoded weight)."""
+        q = self.qweight
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        step = q.slab_rows()
+        if not step:
+            return F.linear(x, q.dequantize(x.dtype, x.device), bias)
+        out = torch.empty(*x.shape[:-1], self.out_features, dtype=x.dtype, device=x.device)
+        for a, w in q.slabs(step, x.dtype, x.device):
+            b = a + w.shape[0]
+            out[..., a:b] = F.linear(x, w, None if bias is None else bias[a:b])
+        return out
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)

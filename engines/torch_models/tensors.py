@@ -99,9 +99,15 @@ class SafetensorsFile:
                 self._can_map = False
         return self.read(name).clone()
 
+    def copied(self, name: str) -> torch.Tensor:
+        """A stored tensor in memory of its own, read without touching the mapping (its pages stay out of the
+        process's resident memory): for what is kept converted, so only the converted form stays resident."""
+        return self.read(name).clone()
+
     def get(self, name: str, dtype: torch.dtype | None, device: torch.device):
         if name in self.header.quant:
-            return quant.load(self.header.quant[name], self.stored, name, device, dtype or torch.float32, self.path)
+            return quant.load(self.header.quant[name], self.stored, name, device, dtype or torch.float32, self.path,
+                              copied=self.copied)
         info = self.tensors[name]
         src = torch_dtype(info.dtype)
         want = src if dtype is None else dtype

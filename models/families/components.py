@@ -30,7 +30,7 @@ def classify(t: dict[str, TensorInfo]) -> Detection | None:
         return None
     if f"{pre}layers.0.self_attn.q_norm.weight" in t and (pre == "model.language_model." or _vision_tower(t)):
         return _qwen3_vl(t, pre)  # (before Qwen2.5-VL's rule: its vision tower has the same patch embedding name)
-    if "visual.patch_embed.proj.weight" in t:
+    if "visual.patch_embed.proj.weight" in t or _qwen2_lm(t, pre):
         return _qwen25_vl(t, pre)
     if f"{pre}layers.0.self_attn.q_norm.weight" in t:
         return _qwen3(t, pre)
@@ -42,6 +42,13 @@ def classify(t: dict[str, TensorInfo]) -> Detection | None:
 # where a decoder LM's layers sit: a Mistral3ForConditionalGeneration's language model (transformers' older and newer
 # names), a ...ForCausalLM's
 _LM_PREFIXES = ("language_model.model.", "model.language_model.", "model.")
+
+
+def _qwen2_lm(t, pre) -> bool:
+    """A Qwen2-style language model on its own (q/k/v biases, no q/k norms, no vision tower): Qwen2.5-VL's language
+    model as a GGUF holds it (llama.cpp's converter leaves the vision tower to a separate ``mmproj`` file)."""
+    return (pre == "model." and f"{pre}layers.0.self_attn.q_proj.bias" in t and f"{pre}layers.0.self_attn.k_proj.bias" in t
+            and f"{pre}layers.0.self_attn.q_norm.weight" not in t)
 
 
 def _is_mistral3(t, pre) -> bool:
