@@ -1,6 +1,6 @@
 """Our sampling loop against each family's own diffusers pipeline: same model, sigmas, steps, noise and embeddings.
 
-  python -m spriteforge.benchmarks.bench_generate [--families pixart,sd3,flux,sana,dit,zimage,qwenimage,krea2,flux2dev]
+  python -m spriteforge.benchmarks.bench_generate [--families pixart,sd3,flux,sana,dit,zimage,qwenimage,krea2,flux2,flux2dev]
                                                   [--edits kontext,klein-2refs,qwenedit-2511] [--steps 20] [--pairs 15]
                                                   [--threads 1] [--json]
 
@@ -9,7 +9,7 @@ around the network shows) is written as a single ``.safetensors`` file and loade
 user's file takes. The same module is then sampled by (a) ``spriteforge.pipeline.sample`` (our samplers and the torch
 engine's denoiser) and (b) the family's diffusers pipeline (PixArtSigmaPipeline, StableDiffusion3Pipeline,
 FluxPipeline, SanaPipeline, DiTPipeline, ZImagePipeline, QwenImagePipeline, Krea2Pipeline, Flux2Pipeline for
-``flux2dev`` and, behind the name ``flux2``, Flux2KleinPipeline for the base [klein]) with an Euler scheduler given
+``flux2dev`` and Flux2KleinPipeline for ``flux2``, the base [klein]) with an Euler scheduler given
 the very same sigmas and initial latents, the text embeddings precomputed for both, no VAE decode.
 
 ``--edits``: editing with reference images, on the tests' tiny real-format models (tests/tiny_*.py: the files a
@@ -580,7 +580,7 @@ def _measure(c: Case, pairs: int, seed: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--families", default="pixart,sd3,flux,sana,dit,zimage,qwenimage,krea2,flux2dev",
+    ap.add_argument("--families", default="pixart,sd3,flux,sana,dit,zimage,qwenimage,krea2,flux2,flux2dev",
                     help="txt2img families ('flux2': FLUX.2 [klein] base, 'flux2dev': [dev]); '' for none")
     ap.add_argument("--edits", default=",".join(EDITS), help=f"editing cases ({', '.join(EDITS)}); '' for none")
     ap.add_argument("--steps", type=int, default=20)
