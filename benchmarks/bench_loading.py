@@ -26,6 +26,16 @@ weights as a diffusers folder (it has no PixArt single-file loader) gives the lo
 by block) and its own line: the peak RSS growth of the load alone (before the first forward) over the file, over the file
 plus one block, and over what it must hold, its parameters (MLX on the CPU computes in float32: twice a bf16 file) plus
 one block; ``--mlx-dtype float16`` loads the weights in Metal's dtype instead (the size of the file).
+
+``--single-file --family qwenimage,zimage,krea2`` does the same for today's families, each file written from the
+released file's manifest (``../shared/reference/checkpoints/``: the key names, real widths and dtypes of
+``qwen_image_bf16`` (diffusers names, bf16), ``z_image_turbo_bf16`` (original layout, bf16) and ``krea2_*_bf16``
+(krea's names, bf16 matrices and f32 norms/modulation)) with one block of each kind (the smallest file the real
+widths give: 0.76, 1.1 and 2.5 GB), loaded by ``load_model(engine, file)`` and run for two forwards (64 text and 256
+image tokens). diffusers' ``from_pretrained`` (float32) on a folder of the same weights in its names (diffusers' own
+single-file converter) beside it. ``--blocks`` sets the count of each kind of block. Besides the largest layer in
+float32, the largest layer our loader casts (bf16 -> f32) is named: in a mixed file the largest layer may be stored
+in f32 already (Krea 2's ``tproj``), and is then a view of the mapping like the file's other f32 tensors.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -204,6 +215,170 @@ print(json.dumps({"load_s": load_s, "run_s": run_s, "step_s": step_s, "base": ba
 """
 
 
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "checkpoints"
+# family -> the released file's manifest, its block lists (kept: the first ``--blocks`` of each), the diffusers config's
+# counts of them, diffusers' single-file converter (None: the file holds diffusers' names), the diffusers class
+NEW_FAMILIES = {
+    "qwenimage": {"manifest": "qwen-image.transformer.diffusers", "blocks": ("transformer_blocks",), "counts": ("num_layers",),
+                  "convert": None, "cls": "QwenImageTransformer2DModel", "file": "qwen_image"},
+    "zimage": {"manifest": "z-image-turbo.transformer.original", "config": "z-image-turbo.transformer.diffusers",
+               "blocks": ("layers", "noise_refiner", "context_refiner"), "counts": ("n_layers", "n_refiner_layers"),
+               "convert": "convert_z_image_transformer_checkpoint_to_diffusers", "cls": "ZImageTransformer2DModel",
+               "file": "z_image_turbo"},
+    "krea2": {"manifest": "krea2.transformer.original", "config": "krea2.transformer.diffusers",
+              "blocks": ("blocks", "txtfusion.layerwise_blocks", "txtfusion.refiner_blocks"),
+              "counts": ("num_layers", "num_layerwise_text_blocks", "num_refiner_text_blocks"),
+              "convert": "convert_krea2_transformer_checkpoint_to_diffusers", "cls": "Krea2Transformer2DModel", "file": "krea2_raw"},
+}
+DTYPES = {"bf16": "bfloat16", "f32": "float32", "f16": "float16"}
+
+
+def family_inputs(family: str, config: dict):
+    """One forward's inputs (seeded; 64 text tokens, a 32x32 latent) and how to call the transformer with them."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    n_txt, lat = 64, 32
+    t = torch.tensor([0.5])
+    if family == "zimage":
+        x, cap = torch.randn(config["in_channels"], 1, lat, lat, generator=g), torch.randn(n_txt, config["cap_feat_dim"], generator=g)
+        return lambda m: m([x], t, [cap], return_dict=False)[0][0]
+    tokens = (lat // 2) ** 2
+    hs = torch.randn(1, tokens, 64, generator=g)
+    if family == "qwenimage":
+        txt = torch.randn(1, n_txt, config["joint_attention_dim"], generator=g)
+        return lambda m: m(hidden_states=hs, encoder_hidden_states=txt, encoder_hidden_states_mask=torch.ones(1, n_txt), timestep=t,
+                           img_shapes=[(1, lat // 2, lat // 2)], return_dict=False)[0]
+    txt = torch.randn(1, n_txt, config["num_text_layers"], config["text_hidden_dim"], generator=g)
+    grid = torch.stack(torch.meshgrid(torch.arange(lat // 2), torch.arange(lat // 2), indexing="ij"), -1).reshape(-1, 2).float()
+    ids = torch.cat([torch.zeros(n_txt, 3), torch.cat([torch.zeros(tokens, 1), grid], 1)])
+    return lambda m: m(hidden_states=hs, encoder_hidden_states=txt, timestep=t, position_ids=ids,
+                       encoder_attention_mask=torch.ones(1, n_txt, dtype=torch.bool), return_dict=False)[0]
+
+
+FAMILY_CHILD = r"""
+import json, sys, time
+def status(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+which, family, path, folder = sys.argv[1:5]
+import numpy as np, torch, diffusers, transformers  # noqa: F401  (imports are not what is measured)
+from spriteforge.benchmarks.bench_loading import NEW_FAMILIES, family_inputs
+from spriteforge.engines import get_engine
+from spriteforge.engines.torch_models import loading  # noqa: F401
+from spriteforge.engines.torch_models.building import build_empty
+torch.set_num_threads(1)
+cls = getattr(diffusers, NEW_FAMILIES[family]["cls"])
+config = json.load(open(folder + "/config.json"))
+engine = get_engine("torch", "cpu")
+build_empty(lambda: cls.from_config({**config, **{k: 0 for k in NEW_FAMILIES[family]["counts"]}}).to("meta"))  # the class's imports
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # the peak (VmHWM) starts again from here
+base = status("VmRSS")
+t0 = time.perf_counter()
+if which == "diffusers":
+    model = cls.from_pretrained(folder, torch_dtype=torch.float32, local_files_only=True).eval()
+else:
+    model = engine.load_model(path).transformer
+load_s = time.perf_counter() - t0
+loaded = status("VmRSS")
+forward = family_inputs(family, config)
+with torch.no_grad():
+    out = forward(model).float().numpy()
+run_s = time.perf_counter() - t0
+t1 = time.perf_counter()
+with torch.no_grad():
+    forward(model)  # a sampling step's forward, the weights now resident
+step_s = time.perf_counter() - t1
+peak = status("VmHWM")
+layer = max(sum(p.numel() * 4 for p in m.parameters(recurse=False)) for m in model.modules())  # in float32
+block = max(sum(p.numel() * 4 for p in b.parameters()) for ml in model.modules() if isinstance(ml, torch.nn.ModuleList) for b in ml)
+half = (torch.bfloat16, torch.float16)  # the largest layer a per-layer cast makes a float32 copy of (0 where all is float32)
+cast = max(sum(p.numel() * 4 for p in m.parameters(recurse=False) if p.dtype in half) for m in model.modules())
+print(json.dumps({"load_s": load_s, "run_s": run_s, "step_s": step_s, "base": base, "loaded": loaded, "peak": peak, "layer": layer,
+                  "block": block, "cast": cast, "after": status("VmRSS"),
+                  "out": float(np.abs(out).sum())}))
+"""
+
+
+def write_family_file(work: Path, family: str, blocks: int) -> tuple[Path, Path]:
+    """The released file's keys, shapes and dtypes (its manifest), the first ``blocks`` of each block list, seeded random
+    values; and a diffusers folder of the same weights (diffusers' converter where the file is not in its names)."""
+    import torch
+    from safetensors.torch import save_file
+
+    spec = NEW_FAMILIES[family]
+    single = work / f"{spec['file']}_{blocks}b_bf16.safetensors"
+    folder = work / f"{spec['file']}_{blocks}b_diffusers"
+    if single.exists() and (folder / "config.json").exists():
+        return single, folder
+    manifest = json.loads((REFERENCE / f"{spec['manifest']}.json").read_text())
+    config = dict(json.loads((REFERENCE / f"{spec.get('config', spec['manifest'])}.json").read_text())["diffusers_config"])
+    config.update({k: blocks for k in spec["counts"]})
+    keep = re.compile(r"^(%s)\.(\d+)\." % "|".join(re.escape(b) for b in spec["blocks"]))
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for k, v in manifest["tensors"].items():
+        m = keep.match(k)
+        if m and int(m.group(2)) >= blocks:
+            continue
+        w = torch.randn(v["shape"], generator=g) * (0.02 if len(v["shape"]) > 1 else 0.1)
+        sd[k] = w.to(getattr(torch, DTYPES[v["dtype"]])).contiguous()
+    save_file(sd, str(single))
+    if spec["convert"]:
+        from diffusers.loaders import single_file_utils
+
+        sd = getattr(single_file_utils, spec["convert"])(sd)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "diffusion_pytorch_model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"_class_name": spec["cls"], **config}, indent=2))
+    return single, folder
+
+
+def family_file(work: Path, family: str, blocks: int, repeat: int) -> dict:
+    single, folder = write_family_file(work, family, blocks)
+    size = single.stat().st_size
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
+    res = {}
+    sides = ("spriteforge", "diffusers")
+    for r in range(repeat):  # interleaved, the order alternating
+        for which in (sides if r % 2 == 0 else sides[::-1]):
+            out = subprocess.run([sys.executable, "-c", FAMILY_CHILD, which, family, str(single), str(folder)], capture_output=True,
+                                 text=True, env=env)
+            if out.returncode != 0:
+                raise RuntimeError(f"{family} {which} failed:\n{out.stderr[-3000:]}")
+            res.setdefault(which, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = {}
+    cast = res["spriteforge"][0]["cast"]  # the largest layer our loader casts (bf16 -> f32): what it holds at once
+    for which, runs in res.items():
+        growth = max(r["peak"] - r["base"] for r in runs)
+        layer, block = runs[0]["layer"], runs[0]["block"]
+        rows[which] = {"load_s": round(min(r["load_s"] for r in runs), 2), "load_run_s": round(min(r["run_s"] for r in runs), 2),
+                       "step_s": round(min(r["step_s"] for r in runs), 2), "growth_mib": round(growth / 2**20),
+                       "after_load_mib": round(max(r["loaded"] - r["base"] for r in runs) / 2**20),
+                       "after_run_mib": round(max(r["after"] - r["base"] for r in runs) / 2**20),
+                       "growth_over_file": round(growth / size, 3), "growth_over_file_plus_layer": round(growth / (size + layer), 3),
+                       "growth_over_file_plus_block": round(growth / (size + block), 3), "layer_mib": round(layer / 2**20, 1),
+                       "growth_over_file_plus_cast_layer": round(growth / (size + cast), 3), "cast_layer_mib": round(cast / 2**20, 1),
+                       "block_mib": round(block / 2**20, 1), "out": runs[0]["out"]}
+    sf, d = rows["spriteforge"], rows["diffusers"]
+    print(f"{family}: {single.name} {size / 2**20:.0f} MiB ({blocks} block(s) of each kind, the release's widths and dtypes), "
+          f"torch-CPU float32 compute, {repeat} run(s) each (interleaved)")
+    for which, row in rows.items():
+        print(f"  {which:11s} load {row['load_s']:.2f}s  peak RSS growth {row['growth_mib']} MiB = {row['growth_over_file']}x the file, "
+              f"{row['growth_over_file_plus_layer']}x file + largest layer ({row['layer_mib']} MiB f32), "
+              f"{row['growth_over_file_plus_cast_layer']}x file + largest bf16 layer cast ({row['cast_layer_mib']} MiB f32), "
+              f"{row['growth_over_file_plus_block']}x file + largest block ({row['block_mib']} MiB f32); RSS growth after "
+              f"the load {row['after_load_mib']} MiB, after the forwards {row['after_run_mib']} MiB")
+    print(f"  time spriteforge/diffusers: load {sf['load_s'] / d['load_s']:.2f}x, load + first forward "
+          f"{sf['load_run_s'] / d['load_run_s']:.2f}x, a later forward {sf['step_s'] / d['step_s']:.2f}x; same output: "
+          f"{abs(sf['out'] - d['out']) <= 1e-3 * abs(d['out'])}", flush=True)
+    return {"family": family, "file_mib": round(size / 2**20), "load_ratio": round(sf["load_s"] / d["load_s"], 2),
+            "load_run_ratio": round(sf["load_run_s"] / d["load_run_s"], 2), "step_ratio": round(sf["step_s"] / d["step_s"], 2), **rows}
+
+
 def write_single_file(work: Path, layers: int) -> tuple[Path, Path]:
     """A PixArt-Sigma transformer of the real widths with ``layers`` blocks, bf16, as an original-layout single file and
     as a diffusers folder holding the same weights."""
@@ -291,10 +466,16 @@ def main(argv=None) -> int:
     ap.add_argument("--mlx-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                     help="--mlx: the weight dtype MLX loads the transformer into (float16: Metal's policy; the CPU engine "
                          "takes float32 only, so another dtype loads through loading's own steps)")
+    ap.add_argument("--family", default="", help="--single-file: today's families instead (qwenimage,zimage,krea2; see above)")
+    ap.add_argument("--blocks", type=int, default=1, help="--family: blocks of each kind (1: the smallest file)")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sf-bench-"))
     if args.single_file:
         try:
+            if args.family:
+                rows = [family_file(work, f.strip(), args.blocks, args.repeat) for f in args.family.split(",") if f.strip()]
+                print(json.dumps(rows, indent=1))
+                return 0
             print(json.dumps(single_file(work, args.layers, args.repeat, args.mlx, args.mlx_dtype), indent=1))
         finally:
             if not args.keep and args.workdir is None:
