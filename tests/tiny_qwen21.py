@@ -1,0 +1,80 @@
+"""Tiny real-format Qwen-Image 2.1 files, built with diffusers' own classes (``QwenImage21Transformer2DModel``,
+``AutoencoderKLQwenImage21``) and saved in the layouts users hold:
+
+    make_qwenimage21(root, layout="diffusers" | "original" | "folder")
+        diffusers' names (``qwen_image_2.1.safetensors``); ComfyUI's single file (``model.diffusion_model.`` prefix,
+        each block's SwiGLU gate and up fused into ``img_mlp.gate_up.weight``, gate rows first: the layout diffusers'
+        ``convert_qwen_image21_transformer_checkpoint_to_diffusers`` reads); or a diffusers folder (``transformer/``
+        saved by ``save_pretrained``, ``model_index.json`` naming QwenImage21Pipeline).
+    make_qwen21_vae(root): the VAE in diffusers' names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+# a 2-block model of 2 heads 32 wide, the text 48 wide (the release: 32 blocks, 32 x 128, Qwen3-VL 4096)
+CONFIG = {"num_layers": 2, "attention_head_dim": 32, "num_attention_heads": 2, "context_in_dim": 48,
+          "axes_dims_rope": [4, 14, 14], "in_channels": 64, "out_channels": 64, "mlp_ratio": 3}
+VAE_CONFIG = {"base_dim": 8, "decoder_base_dim": 12, "z_dim": 64, "dim_mult": [1, 2, 2, 2, 2]}
+
+
+def _randomize(model, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def build_transformer(seed: int = 0):
+    from diffusers import QwenImage21Transformer2DModel
+
+    return _randomize(QwenImage21Transformer2DModel(**CONFIG), seed)
+
+
+def comfy_state_dict(sd: dict) -> dict:
+    """diffusers' names -> ComfyUI's single file: the prefix, each block's gate and up projections fused (gate first)."""
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("img_mlp.gate_layer.weight"):
+            out["model.diffusion_model." + k.replace("gate_layer", "gate_up")] = torch.cat(
+                [v, sd[k.replace("gate_layer", "proj")]], 0)
+        elif not k.endswith("img_mlp.proj.weight"):
+            out["model.diffusion_model." + k] = v
+    return out
+
+
+def make_qwenimage21(root, layout: str = "diffusers", seed: int = 0) -> Path:
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    model = build_transformer(seed)
+    if layout == "folder":
+        folder = root / "qwen-image-2.1"
+        model.save_pretrained(folder / "transformer")
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": "QwenImage21Pipeline",
+                                                             "transformer": ["diffusers", "QwenImage21Transformer2DModel"]}))
+        return folder
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if layout == "original":
+        sd = comfy_state_dict(sd)
+    path = root / f"qwen_image_2.1_{layout}.safetensors"
+    save_file(sd, str(path))
+    return path
+
+
+def make_qwen21_vae(root, seed: int = 0) -> Path:
+    from diffusers import AutoencoderKLQwenImage21
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    vae = _randomize(AutoencoderKLQwenImage21(**VAE_CONFIG), seed)
+    path = root / "qwen_image_2.1_vae.safetensors"
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
+    return path
