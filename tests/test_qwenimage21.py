@@ -1,7 +1,8 @@
-"""Qwen-Image 2.1 (issue #24.1): its own family (``QwenImage21Transformer2DModel``, not a Qwen-Image variant),
-recognised only. Files in diffusers' names, ComfyUI's single-file layout and diffusers folders are named from the
-header and told apart from Qwen-Image / 2512; Load Model refuses them naming what they are; its text encoder
-(Qwen3-VL-8B) and VAE (``AutoencoderKLQwenImage21``) are named too.
+"""Qwen-Image 2.1 (issue #24.1): its own family (``QwenImage21Transformer2DModel``, not a Qwen-Image variant) on
+torch. Files in diffusers' names, ComfyUI's single-file layout and diffusers folders are named from the header and
+told apart from Qwen-Image / 2512; its text encoder (Qwen3-VL-8B) and VAE (``AutoencoderKLQwenImage21``) are named and
+loaded; generation is held to diffusers' ``QwenImage21Pipeline`` on the same weights, noise and sigmas. The MLX engine
+has no port of it yet and refuses it, naming what is missing.
 
 The layouts are checked against diffusers itself: the tiny files are the real classes' state dicts, the release-size
 header is the real class's at its default (release) config on the meta device, and ComfyUI's layout is the one
@@ -12,6 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,6 +26,7 @@ from spriteforge.errors import UNSUPPORTED_ARCHITECTURE, SpriteForgeError  # noq
 from spriteforge.models import configs  # noqa: E402
 from spriteforge.models.detect import detect  # noqa: E402
 from spriteforge.models.families import registry  # noqa: E402
+from spriteforge.tests.parity import assert_close  # noqa: E402
 
 torch.set_num_threads(1)
 _DTYPES = {torch.bfloat16: "bf16", torch.float32: "f32"}
@@ -60,7 +63,9 @@ def test_tiny_files_are_named_with_the_real_config(tmp_path, layout):
     assert det.kind == ("diffusers" if layout == "folder" else "transformer")  # (a folder: by its transformer's _class_name)
     assert det.layout == ("original" if layout == "original" else "diffusers")
     assert det.needs == ["vae", "qwen3_vl_8b"]
-    assert det.extras["recognised_as"] == "Qwen-Image 2.1 (base or Turbo: same layout)"
+    assert "recognised_as" not in det.extras
+    if layout != "folder":  # (a folder's pipeline names the release)
+        assert "base or Turbo" in det.extras["ambiguous"]
     # the detected config builds the real class, which takes the file's weights strictly
     from diffusers import QwenImage21Transformer2DModel
 
@@ -80,7 +85,7 @@ def test_release_size_header_is_the_release(tmp_path, capsys, comfy):
     assert {k: det.config[k] for k in want} == {k: want[k] for k in want}
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "Qwen-Image 2.1" in out and "qwenimage21" in out
+    assert "qwenimage21" in out and "base-or-turbo" in out and "base or Turbo: same layout" in out
 
 
 def test_told_apart_from_qwen_image(tmp_path):
@@ -98,15 +103,14 @@ def test_told_apart_from_qwen_image(tmp_path):
     assert registry.get("qwenimage21").layout_of(read_header(make_qwenimage(tmp_path / "qi")).tensors) is None
 
 
-@pytest.mark.parametrize("layout", ["original", "folder"])
-def test_load_model_refuses_it_naming_it(tmp_path, layout):
+def test_the_mlx_engine_refuses_it_naming_the_missing_port(tmp_path):
+    pytest.importorskip("mlx.core")
     from spriteforge.engines import get_engine
 
-    path = Q.make_qwenimage21(tmp_path, layout=layout)
     with pytest.raises(SpriteForgeError) as e:
-        get_engine("torch").load_model(str(path))
+        get_engine("mlx", "cpu").load_model(str(Q.make_qwenimage21(tmp_path, layout="original")))
     assert e.value.code == UNSUPPORTED_ARCHITECTURE
-    assert "recognised as Qwen-Image 2.1" in e.value.message and "does not generate with this family yet" in e.value.message
+    assert "no port of" in e.value.message and "qwenimage21" in e.value.message and "Choose engine 'torch'" in e.value.message
 
 
 def test_its_vae_is_named_and_the_qwen_image_vae_still_is(tmp_path):
@@ -115,25 +119,167 @@ def test_its_vae_is_named_and_the_qwen_image_vae_still_is(tmp_path):
     det = detect(Q.make_qwen21_vae(tmp_path))
     assert (det.kind, det.variant) == ("vae", "qwen-image-2.1")
     assert det.config["z_dim"] == 64 and det.config["in_channels"] == 4  # RGBA in, 64 latent channels
-    assert "Qwen-Image 2.1 VAE" in det.extras["recognised_as"]
+    assert det.config["dim_mult"] == Q.VAE_CONFIG["dim_mult"] and det.config["decoder_base_dim"] == 12
     for layout in ("original", "diffusers"):
         old = detect(make_qwen_vae(tmp_path / layout, layout=layout))
         assert (old.kind, old.variant) == ("vae", "qwen-image")
 
 
 def test_its_text_encoder_is_named(tmp_path):
-    """An untied Qwen3-VL (the 8B's head; the 4B's is tied, Krea 2's) is Qwen-Image 2.1's text encoder."""
-    import transformers
-    from safetensors.torch import save_file
-    from tiny_krea2 import build_qwen3_vl, make_qwen3_vl
+    """An untied Qwen3-VL (the 8B's head; the 4B's is tied: Krea 2's) is Qwen-Image 2.1's text encoder."""
+    from tiny_krea2 import make_qwen3_vl
 
-    m = build_qwen3_vl()
-    cfg = m.config
-    cfg.tie_word_embeddings = False
-    untied = transformers.Qwen3VLForConditionalGeneration(cfg)
-    path = tmp_path / "qwen3_vl_8b.safetensors"
-    save_file({k: v.contiguous() for k, v in untied.state_dict().items()}, str(path))
-    det = detect(path)
-    assert (det.kind, det.variant) == ("text_encoder", "qwen3_vl_8b")
-    assert "Qwen-Image 2.1" in det.extras["recognised_as"]
+    det = detect(Q.make_qwen3_vl_8b(tmp_path))
+    assert (det.kind, det.variant) == ("text_encoder", "qwen3_vl_8b") and "recognised_as" not in det.extras
     assert detect(make_qwen3_vl(tmp_path / "krea")).variant == "qwen3_vl_4b"
+
+
+# --------------------------------------------------------------------------- generation on torch against the pipeline
+
+STEPS, SIZE, SEED = 3, 64, 5
+PROMPT = "a red knight with a shield"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("qwen21")
+    return Q.make_qwenimage21(d, layout="original"), Q.make_qwen21_vae(d), Q.make_qwen3_vl_8b(d)
+
+
+@pytest.fixture(scope="module")
+def loaded(files):
+    from spriteforge.engines import get_engine
+
+    eng = get_engine("torch", "cpu")
+    m, v, te = files
+    return eng, eng.load_model(str(m), vae=str(v), text_encoders=[str(te)], dtype="float32")
+
+
+def _pipeline(files, h, scheduler):
+    """QwenImage21Pipeline on the weights our loader read (the transformer) and the files' own (text encoder, VAE)."""
+    import diffusers
+    import transformers
+    from safetensors.torch import load_file
+
+    m, v, te = files
+    tok = transformers.AutoTokenizer.from_pretrained(str(te.parent / f"{te.stem}_tokenizer"), local_files_only=True)
+    vl = Q.build_qwen3_vl_8b(vocab_size=len(tok))
+    vl.load_state_dict(load_file(str(te)), strict=True)
+    vae = diffusers.AutoencoderKLQwenImage21(**Q.VAE_CONFIG)
+    vae.load_state_dict(load_file(str(v)), strict=True)
+    tr = diffusers.QwenImage21Transformer2DModel(**Q.CONFIG)
+    tr.load_state_dict(h.transformer.state_dict(), strict=True)
+    pipe = diffusers.QwenImage21Pipeline(scheduler=scheduler, vae=vae.eval(), text_encoder=vl.eval(), processor=Q.processor(tok),
+                                         transformer=tr.eval())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _noise():
+    from spriteforge.samplers import make_noise
+
+    return torch.from_numpy(make_noise(SEED, (1, 64, SIZE // 16, SIZE // 16)))
+
+
+def test_the_loaded_transformer_is_the_file_through_diffusers_converter(files, loaded):
+    from diffusers.loaders.single_file_utils import convert_qwen_image21_transformer_checkpoint_to_diffusers as convert
+    from safetensors.torch import load_file
+
+    want = convert(load_file(str(files[0])))
+    got = loaded[1].transformer.state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_torch_generation_matches_qwenimage21_pipeline(files, loaded):
+    """Prompt encoding (the template, the last layer before the final norm, the system turn dropped), the model call
+    (unpatched tokens after the text, the image slots, timestep = sigma) and the VAE (RGBA, normalised latents) against
+    QwenImage21Pipeline: the same sigmas given to both (a scheduler that applies no shift of its own), and our schedule
+    against the pipeline's own shifted one."""
+    import diffusers
+    from diffusers.pipelines.qwenimage21.pipeline_qwenimage21 import calculate_shift
+
+    from spriteforge.pipeline import GenerateParams, decode, encode, model_schedule, sample
+    from spriteforge.samplers import get_sigmas
+
+    eng, h = loaded
+    assert (h.family, h.latent_channels, h.vae_scale_factor, h.latent_multiple) == ("qwenimage21", 64, 16, 32)
+    cond = encode(eng, h, PROMPT, "", with_negative=False)
+    ours = np.asarray(sample(eng, h, GenerateParams(seed=SEED, steps=STEPS, cfg=1.0, sampler="euler", schedule="simple",
+                                                   width=SIZE, height=SIZE, cond=cond)).latents)
+    sigmas = get_sigmas("simple", STEPS, model_schedule(h, SIZE, SIZE))
+    own = diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                    base_image_seq_len=256, max_image_seq_len=4096)
+    own.set_timesteps(sigmas=np.linspace(1.0, 1 / STEPS, STEPS), mu=calculate_shift((SIZE // 16) ** 2, 256, 4096, 0.5, 1.15))
+    assert_close(np.asarray(sigmas, np.float32), own.sigmas.numpy(), "sigmas", rel=2e-4)  # (our 10000-level table)
+
+    pipe = _pipeline(files, h, diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False))
+    lat = _noise().view(1, 64, -1).transpose(1, 2)
+    with torch.no_grad():
+        emb, mask, image_slots = pipe.encode_prompt(PROMPT, device=torch.device("cpu"))
+        ref = pipe(prompt=PROMPT, num_inference_steps=STEPS, sigmas=list(sigmas[:-1]), latents=lat, height=SIZE, width=SIZE,
+                   output_type="latent", return_dict=False)[0]
+        image = pipe(prompt=PROMPT, num_inference_steps=STEPS, sigmas=list(sigmas[:-1]), latents=lat, height=SIZE, width=SIZE,
+                     output_type="np", return_dict=False)[0]
+    assert mask is None and not image_slots.any()
+    assert_close(eng.to_numpy(cond.embeds), emb.numpy(), "prompt hidden states", rel=1e-6)
+    ref = ref.transpose(1, 2).reshape(1, 64, SIZE // 16, SIZE // 16).numpy()
+    assert_close(ours, ref, "latents", rel=1e-5)
+    mine = decode(eng, h, ours)
+    assert image.shape == (1, SIZE, SIZE, 4)  # the pipeline's RGBA; ours is its RGB
+    assert_close(mine, image[..., :3], "images", rel=1e-4)
+
+
+def test_vae_encode_is_the_pipeline_s(files, loaded):
+    """img2img's VAE encode: an RGB image with an opaque alpha, the distribution's mode normalised by the config's
+    latents_mean / latents_std, as QwenImage21Pipeline._encode_vae_image (argmax)."""
+    eng, h = loaded
+    pipe = _pipeline(files, h, None)
+    img = np.random.default_rng(1).random((1, SIZE, SIZE, 3)).astype(np.float32)
+    ours = eng.to_numpy(eng.vae_encode(h, img))
+    x = torch.from_numpy(np.concatenate([img, np.ones_like(img[..., :1])], -1)).permute(0, 3, 1, 2)[:, :, None] * 2 - 1
+    with torch.no_grad():
+        ref = pipe._encode_vae_image(x, generator=None)[:, :, 0].numpy()
+    assert_close(ours, ref, "image latents", rel=1e-5)
+
+
+# --------------------------------------------------------------------------- LoRA
+# the layers a Qwen-Image 2.1 LoRA trains: the single stream's attention, its SwiGLU, the text projection
+LORA = ("transformer_blocks.0.attn.to_q", "transformer_blocks.1.attn.to_out.0", "transformer_blocks.0.img_mlp.gate_layer",
+        "transformer_blocks.1.img_mlp.out", "txt_in.in_layer")
+
+
+@pytest.mark.parametrize("fmt", ["peft", "kohya"])
+def test_a_lora_is_its_merged_weights_in_the_pipeline(files, loaded, tmp_path, fmt):
+    """A LoRA in diffusers-peft (``transformer.transformer_blocks.N.img_mlp.gate_layer``) or kohya names is read as
+    Qwen-Image 2.1's and gives QwenImage21Pipeline's latents with the LoRA's product merged into the weights."""
+    import diffusers
+
+    from spriteforge.lora import LoRASpec, apply_loras
+    from spriteforge.lora.family import detect_family
+    from spriteforge.pipeline import GenerateParams, encode, model_schedule, sample
+    from spriteforge.samplers import get_sigmas
+    from spriteforge.tests.test_lora_torch import _shapes
+    from spriteforge.tests.test_lora_util import Writer
+
+    eng, h = loaded
+    w = Writer(3)
+    shapes = _shapes(h.transformer)
+    keys = {name: w.lora(fmt, name, shapes[name], rank=4, alpha=4.0) for name in LORA}
+    path = w.save(tmp_path / f"q21_{fmt}.safetensors")
+    assert detect_family([n.replace(".", "_") for n in LORA]).family == "qwenimage21"
+    lh = apply_loras(h, [LoRASpec(path, 1.0)])
+    cond = encode(eng, lh, PROMPT, "", with_negative=False)
+    params = GenerateParams(seed=SEED, steps=STEPS, cfg=1.0, sampler="euler", schedule="simple", width=SIZE, height=SIZE, cond=cond)
+    ours = np.asarray(sample(eng, lh, params).latents)
+    base = np.asarray(sample(eng, h, params).latents)
+    assert np.abs(ours - base).max() > 1e-3  # the LoRA does something
+
+    pipe = _pipeline(files, h, diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False))
+    mods = dict(pipe.transformer.named_modules())
+    with torch.no_grad():
+        for name in LORA:
+            mods[name].weight += torch.from_numpy(w.delta[keys[name]]).float()
+        sigmas = get_sigmas("simple", STEPS, model_schedule(h, SIZE, SIZE))
+        ref = pipe(prompt=PROMPT, num_inference_steps=STEPS, sigmas=list(sigmas[:-1]), latents=_noise().view(1, 64, -1).transpose(1, 2),
+                   height=SIZE, width=SIZE, output_type="latent", return_dict=False)[0]
+    assert_close(ours, ref.transpose(1, 2).reshape(1, 64, SIZE // 16, SIZE // 16).numpy(), f"{fmt} LoRA latents", rel=1e-4)

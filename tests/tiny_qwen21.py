@@ -7,6 +7,10 @@
         ``convert_qwen_image21_transformer_checkpoint_to_diffusers`` reads); or a diffusers folder (``transformer/``
         saved by ``save_pretrained``, ``model_index.json`` naming QwenImage21Pipeline).
     make_qwen21_vae(root): the VAE in diffusers' names.
+    make_qwen3_vl_8b(root): Qwen3-VL with the 8B's untied head (``lm_head.weight`` stored), the tiny Qwen tokenizer
+        (with the vision tokens) beside it as ``<name>_tokenizer``.
+    processor(tok): transformers' ``Qwen3VLProcessor`` over it, with the real template's rendering of content lists
+        (QwenImage21Pipeline counts the system turn's tokens through it).
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-# a 2-block model of 2 heads 32 wide, the text 48 wide (the release: 32 blocks, 32 x 128, Qwen3-VL 4096)
-CONFIG = {"num_layers": 2, "attention_head_dim": 32, "num_attention_heads": 2, "context_in_dim": 48,
+# a 2-block model of 2 heads 32 wide, the text 32 wide (tiny_krea2's Qwen3-VL) (the release: 32 blocks, 32 x 128, Qwen3-VL 4096)
+CONFIG = {"num_layers": 2, "attention_head_dim": 32, "num_attention_heads": 2, "context_in_dim": 32,
           "axes_dims_rope": [4, 14, 14], "in_channels": 64, "out_channels": 64, "mlp_ratio": 3}
 VAE_CONFIG = {"base_dim": 8, "decoder_base_dim": 12, "z_dim": 64, "dim_mult": [1, 2, 2, 2, 2]}
 
@@ -78,3 +82,53 @@ def make_qwen21_vae(root, seed: int = 0) -> Path:
     path = root / "qwen_image_2.1_vae.safetensors"
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
     return path
+
+
+# Qwen3-VL's chat template reduced to what the pipeline renders: a message's content as a string or a list of parts
+CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+                 "{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}"
+                 "{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def build_qwen3_vl_8b(seed: int = 0, vocab_size: int = 400):
+    """tiny_krea2's Qwen3-VL (5 layers, 32 wide, a 1-block vision tower) with an untied head, as Qwen3-VL-8B's."""
+    import transformers
+
+    from spriteforge.tests.tiny_krea2 import build_qwen3_vl
+
+    cfg = build_qwen3_vl(seed, vocab_size).config
+    cfg.tie_word_embeddings = False
+    return _randomize(transformers.Qwen3VLForConditionalGeneration(cfg), seed)
+
+
+def make_qwen3_vl_8b(root, seed: int = 0, name: str = "qwen3_vl_8b") -> Path:
+    from safetensors.torch import save_file
+
+    from spriteforge.tests.tiny_qwen import make_qwen_tokenizer, tokenizer_size
+
+    root = Path(root)
+    tok = make_qwen_tokenizer(root, vision=True)
+    path = root / f"{name}.safetensors"
+    if not path.exists():
+        sd = build_qwen3_vl_8b(seed, tokenizer_size(root, vision=True)).state_dict()
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+        side = root / f"{name}_tokenizer"
+        side.mkdir(parents=True, exist_ok=True)
+        for f in tok.iterdir():
+            (side / f.name).write_bytes(f.read_bytes())
+    return path
+
+
+def processor(tok):
+    """transformers' ``Qwen3VLProcessor`` over ``tok`` and the PIL image processor, without a video processor (as
+    tests/tiny_qwenimage_edit.processor: the class check of the absent one needs torchvision)."""
+    import transformers
+
+    class Qwen3VLProcessor(transformers.Qwen3VLProcessor):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument is None and argument_name == "video_processor":
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    return Qwen3VLProcessor(image_processor=transformers.Qwen2VLImageProcessorPil(), tokenizer=tok, chat_template=CHAT_TEMPLATE)

@@ -204,11 +204,16 @@ def _qwen_image_vae(t) -> Detection:
 def _qwen_image21_vae(t) -> Detection:
     """Qwen-Image 2.1's VAE (``AutoencoderKLQwenImage21``, diffusers' names): the Qwen-Image VAE's names with 2-D
     causal convolutions, RGBA in and out (``encoder.conv_in`` takes 4 channels), 64 latent channels, 16x spatial."""
-    cfg = {**configs.load("vae-qwen-image-2.1")["config"], "base_dim": t["encoder.conv_in.weight"].shape[0],
+    base = t["encoder.conv_in.weight"].shape[0]
+    levels = count(t.keys(), r"encoder\.down_blocks\.(\d+)\.")
+    cfg = {**configs.load("vae-qwen-image-2.1")["config"], "base_dim": base,
            "decoder_base_dim": t["decoder.conv_out.weight"].shape[1], "z_dim": t["decoder.conv_in.weight"].shape[1],
+           "dim_mult": [t[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0] // base for i in range(levels)],
+           "num_res_blocks": count(t.keys(), r"encoder\.down_blocks\.0\.resnets\.(\d+)\."),
            "in_channels": t["encoder.conv_in.weight"].shape[1], "out_channels": t["decoder.conv_out.weight"].shape[0]}
     det = Detection(None, "qwen-image-2.1", "vae", cfg, layout="diffusers")
-    det.extras["recognised_as"] = "the Qwen-Image 2.1 VAE (AutoencoderKLQwenImage21)"
+    if not any(f.vae_class == cfg["_class_name"] for f in registry.families()):
+        det.extras["recognised_as"] = "the Qwen-Image 2.1 VAE (AutoencoderKLQwenImage21)"
     return det
 
 

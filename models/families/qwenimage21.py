@@ -12,22 +12,30 @@ Layouts: diffusers' names, and ComfyUI's single file (diffusers' ``convert_qwen_
 is its inverse): the same names under ``model.diffusion_model.`` with each block's SwiGLU gate and up projections fused
 into ``img_mlp.gate_up.weight`` (gate rows first).
 
-Recognised only (``generation = False``): detection and ``inspect`` name it, Load Model refuses it naming it.
+Prompts are ``QwenImage21Pipeline``'s for text to image: the prompt in its chat template, the language model's last
+layer before the final norm (the pipeline hooks the norm away), the system turn's tokens dropped. The model call gives
+unpatched latent tokens after the text, one image slot (2x2 latent tokens) per four of them (``img_mask``), and keeps
+the image tokens' output; the timestep is sigma. No KV cache (the pipeline's ``use_kv_cache`` is an equal-result
+speed-up: the prefix is recomputed each step).
 """
 
 from __future__ import annotations
 
 from ..detection import count
 from .base import Family, TextEncoder
+from .qwenimage import _mu_args
 
 _BLOCKS = r"transformer_blocks\.(\d+)\."
+# pipelines/qwenimage21/pipeline_qwenimage21.py: sys_prompt, prompt_template_t2i; _drop_idx = the system turn's tokens
+SYSTEM = "<|im_start|>system\nComprehend and analyze the provided prompt.<|im_end|>\n"
+TEMPLATE = SYSTEM + "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+SLOT = 4  # latent tokens an image slot of the vision-language sequence stands for (2x2)
 
 
 class QwenImage21(Family):
     name = "qwenimage21"
     label = "Qwen-Image 2.1"
     variant_titles = {"base-or-turbo": "(base or Turbo: same layout)", "base": "", "turbo": "Turbo"}
-    generation = False
     # the tensors only 2.1 has: the zero-centred text norm, and each block's SwiGLU (fused by ComfyUI, split by diffusers)
     original_markers = (("txt_in.text_norm.weight", "modulation.1.weight", "transformer_blocks.0.img_mlp.gate_up.weight"),)
     diffusers_markers = (("txt_in.text_norm.weight", "modulation.1.weight", "transformer_blocks.0.img_mlp.gate_layer.weight"),)
@@ -39,13 +47,22 @@ class QwenImage21(Family):
     latent_channels = 64
     vae_scale_factor = 16
     vae_class = "AutoencoderKLQwenImage21"
-    vae_by_latent = {64: "vae-qwen-image-2.1"}
     prediction = "flow"
     flow_multiplier = 1.0  # the pipeline passes timestep / 1000 = sigma; the model multiplies by 1000 inside
     resolution_shift = True  # QwenImage21Pipeline: calculate_shift(image_seq_len, 256, 4096, 0.5, 1.15) unless configured
     patch_size = 1
+    size_multiple = 32  # QwenImage21Pipeline: multiple_of = vae_scale_factor * 2 (a slot holds 2x2 latent tokens)
     # QwenImage21Pipeline.__call__: 40 steps, true_cfg_scale 1.0 ("meant to be sampled without guidance")
     defaults = {"cfg": 1.0, "steps": 40, "sampler": "euler", "schedule": "simple"}
+    mlx_port = "qwenimage21"  # (not written yet: the MLX engine refuses the family, naming the missing port)
+    # LoRA: the names only 2.1 has (its shared modulation, the zero-centred text norm's projection, the SwiGLU's
+    # gate_layer / proj / out); a LoRA on its attention alone (to_q...) has the joint-attention families' names
+    lora_names = (r"(^|_)transformer_blocks_\d+_img_mlp_(gate_layer|gate_up|proj|out)(_|$)|(^|_)txt_in_(in|out)_layer(_|$)",
+                  "img_mlp gate_layer/proj/out, txt_in in/out_layer names")
+    lora_rank = 35
+    lora_max_blocks = 32
+    lora_widths = (4096,)
+    lora_metadata = ("qwen-image-2.1", "qwen_image_2.1", "qwenimage21", "qwen-image-2")
 
     def detect(self, t, original):
         width, in_ch = t["img_in.weight"].shape
@@ -68,3 +85,32 @@ class QwenImage21(Family):
         det.extras["ambiguous"] = ("base or Turbo: same layout (the base pipeline draws 40 steps without guidance; Turbo "
                                    "samples in a few steps)")
         return self.finish(det, rel)
+
+    def vae_config_name(self, variant, latent):
+        return "vae-qwen-image-2.1"  # (the 64-channel VAE: not one of the KL configs the base rule picks among)
+
+    def mu_args(self, sched: dict) -> dict:
+        return _mu_args(sched)
+
+    # ------------------------------------------------------------------ prompts and the model call
+    def encode(self, te, prompts, cond, **_):
+        """QwenImage21Pipeline._get_qwen_prompt_embeds (text to image): each prompt (" " for an empty one) in the
+        template, the last layer's output before the final norm, the system turn dropped, padding zeroed and masked."""
+        tok = te.encoder("qwen3_vl_8b")[1]
+        drop = len(tok(SYSTEM, add_special_tokens=False)["input_ids"])
+        (h,), keep = te.decoder("qwen3_vl_8b", [TEMPLATE.format(p or " ") for p in prompts], prenorm=True)
+        keep = keep[:, drop:]
+        cond.embeds, cond.mask = h[:, drop:] * te.like(keep[..., None], h), keep
+
+    def forward(self, den, x, t, cond):
+        """Unpatched latent tokens after the text; ``img_mask`` marks the text's positions False and one image slot per
+        four image tokens True (the vision-language sequence the transformer expands); the image tokens' output kept."""
+        b, _, h, w = x.shape
+        n = h * w
+        emb = cond["embeds"]
+        slots = den.cached(("qwenimage21_slots", b, emb.shape[1], n), lambda: den.rows(
+            [[0.0] * emb.shape[1] + [1.0] * (n // SLOT)] * b, den.F32) > 0)
+        mask = cond.get("mask")
+        out = den.run(hidden_states=den.pack(x, p=1), encoder_hidden_states=emb, timestep=t, img_shapes=[[(1, h, w)]] * b,
+                      img_mask=slots, encoder_hidden_states_mask=None if mask is None else mask > 0)
+        return den.unpack(out[:, -n:], h, w, p=1)
