@@ -283,3 +283,33 @@ def test_a_lora_is_its_merged_weights_in_the_pipeline(files, loaded, tmp_path, f
         ref = pipe(prompt=PROMPT, num_inference_steps=STEPS, sigmas=list(sigmas[:-1]), latents=_noise().view(1, 64, -1).transpose(1, 2),
                    height=SIZE, width=SIZE, output_type="latent", return_dict=False)[0]
     assert_close(ours, ref.transpose(1, 2).reshape(1, 64, SIZE // 16, SIZE // 16).numpy(), f"{fmt} LoRA latents", rel=1e-4)
+
+
+# --------------------------------------------------------------------------- the MLX port (the transformer; the VAE is not ported yet)
+
+
+def test_mlx_transformer_port_is_the_diffusers_class():
+    """engines/mlx_models/qwenimage21.py against QwenImage21Transformer2DModel on the same weights: a batch of two with
+    different timesteps, the second prompt padded (its padded keys masked, as the block-causal attention and the
+    causal_condition rows of timestep 0 are), over the whole joint sequence."""
+    mx = pytest.importorskip("mlx.core")
+    from spriteforge.engines.mlx_models.layers import load_weights
+    from spriteforge.engines.mlx_models.qwenimage21 import QwenImage21Transformer2DModel, map_weights
+
+    tm = Q.build_transformer(1)
+    mm = QwenImage21Transformer2DModel(dict(tm.config))
+    load_weights(mm, {k: mx.array(v.numpy()) for k, v in map_weights(tm.state_dict()).items()})
+    g = torch.Generator().manual_seed(0)
+    b, n_text, h, w = 2, 7, 4, 6
+    x, e = torch.randn(b, h * w, 64, generator=g), torch.randn(b, n_text, Q.CONFIG["context_in_dim"], generator=g)
+    keep = torch.ones(b, n_text, dtype=torch.bool)
+    keep[1, 5:] = False
+    t = torch.tensor([0.7, 0.3])
+    slots = torch.cat([torch.zeros(b, n_text, dtype=torch.bool), torch.ones(b, h * w // 4, dtype=torch.bool)], 1)
+    with torch.no_grad():
+        ref = tm(hidden_states=x, encoder_hidden_states=e, timestep=t, img_shapes=[[(1, h, w)]] * b, img_mask=slots,
+                 encoder_hidden_states_mask=keep, return_dict=False)[0].numpy()
+    out = mm(mx.array(x.numpy()), mx.array(e.numpy()), mx.array(t.numpy()), [[(1, h, w)]] * b, mx.array(slots.numpy()),
+             mx.array(keep.numpy()))
+    assert_close(np.asarray(out)[:, n_text:], ref[:, n_text:], "MLX port: image tokens", rel=1e-5)
+    assert_close(np.asarray(out)[0], ref[0], "MLX port: the unpadded row", rel=1e-5)
