@@ -1,8 +1,9 @@
-"""Qwen-Image 2.1 (issue #24.1): its own family (``QwenImage21Transformer2DModel``, not a Qwen-Image variant) on
-torch. Files in diffusers' names, ComfyUI's single-file layout and diffusers folders are named from the header and
+"""Qwen-Image 2.1 (issue #24.1): its own family (``QwenImage21Transformer2DModel``, not a Qwen-Image variant) on both
+engines. Files in diffusers' names, ComfyUI's single-file layout and diffusers folders are named from the header and
 told apart from Qwen-Image / 2512; its text encoder (Qwen3-VL-8B) and VAE (``AutoencoderKLQwenImage21``) are named and
-loaded; generation is held to diffusers' ``QwenImage21Pipeline`` on the same weights, noise and sigmas. The MLX engine
-has no port of it yet and refuses it, naming what is missing.
+loaded; torch generation is held to diffusers' ``QwenImage21Pipeline`` on the same weights, noise and sigmas (LoRAs
+too), the MLX ports (transformer, VAE) to the diffusers classes, and MLX to torch on the same files and noise
+(text to image, CFG, img2img, a LoRA; batch 1 = item 0 of batch 4).
 
 The layouts are checked against diffusers itself: the tiny files are the real classes' state dicts, the release-size
 header is the real class's at its default (release) config on the meta device, and ComfyUI's layout is the one
@@ -101,16 +102,6 @@ def test_told_apart_from_qwen_image(tmp_path):
     t21 = read_header(Q.make_qwenimage21(tmp_path / "q21")).tensors
     assert registry.get("qwenimage").layout_of(t21) is None
     assert registry.get("qwenimage21").layout_of(read_header(make_qwenimage(tmp_path / "qi")).tensors) is None
-
-
-def test_the_mlx_engine_refuses_it_naming_the_missing_port(tmp_path):
-    pytest.importorskip("mlx.core")
-    from spriteforge.engines import get_engine
-
-    with pytest.raises(SpriteForgeError) as e:
-        get_engine("mlx", "cpu").load_model(str(Q.make_qwenimage21(tmp_path, layout="original")))
-    assert e.value.code == UNSUPPORTED_ARCHITECTURE
-    assert "no port of" in e.value.message and "qwenimage21" in e.value.message and "Choose engine 'torch'" in e.value.message
 
 
 def test_its_vae_is_named_and_the_qwen_image_vae_still_is(tmp_path):
@@ -285,7 +276,7 @@ def test_a_lora_is_its_merged_weights_in_the_pipeline(files, loaded, tmp_path, f
     assert_close(ours, ref.transpose(1, 2).reshape(1, 64, SIZE // 16, SIZE // 16).numpy(), f"{fmt} LoRA latents", rel=1e-4)
 
 
-# --------------------------------------------------------------------------- the MLX port (the transformer; the VAE is not ported yet)
+# --------------------------------------------------------------------------- the MLX ports and both engines
 
 
 def test_mlx_transformer_port_is_the_diffusers_class():
@@ -313,3 +304,95 @@ def test_mlx_transformer_port_is_the_diffusers_class():
              mx.array(keep.numpy()))
     assert_close(np.asarray(out)[:, n_text:], ref[:, n_text:], "MLX port: image tokens", rel=1e-5)
     assert_close(np.asarray(out)[0], ref[0], "MLX port: the unpadded row", rel=1e-5)
+
+
+def test_mlx_vae_port_is_the_diffusers_class():
+    """engines/mlx_models/vae_qwenimage21.py against AutoencoderKLQwenImage21 (through the torch engine's single-frame
+    class on the same weights): encode (RGB with an opaque alpha, the mode normalised) and decode (RGB kept), the
+    residual down/up shortcuts included (the zero frame of the temporal ones)."""
+    mx = pytest.importorskip("mlx.core")
+    from spriteforge.engines.mlx_models.layers import load_weights
+    from spriteforge.engines.mlx_models.vae_qwenimage21 import AutoencoderKLQwenImage21, map_weights
+    from spriteforge.engines.torch_models.vae_qwenimage21 import AutoencoderKLQwenImage21 as Torch
+
+    for cfg in (Q.VAE_CONFIG, {**Q.VAE_CONFIG, "dim_mult": [1, 2, 4, 8, 8]}):  # (the release's widths, in proportion)
+        tv = Q._randomize(Torch(**cfg), 2)
+        mv = AutoencoderKLQwenImage21(dict(tv.config))
+        load_weights(mv, {k: mx.array(v) for k, v in map_weights({k: v.numpy() for k, v in tv.state_dict().items()}).items()})
+        g = torch.Generator().manual_seed(0)
+        x, z = torch.rand(2, 3, 64, 96, generator=g) * 2 - 1, torch.randn(2, 64, 4, 6, generator=g)
+        with torch.no_grad():
+            enc, dec = tv.encode(x).latent_dist.mode().numpy(), tv.decode(z).sample.numpy()
+        assert_close(np.asarray(mv.encode(mx.array(x.numpy()))), enc, f"MLX VAE encode {cfg['dim_mult']}", rel=1e-5)
+        assert_close(np.asarray(mv.decode(mx.array(z.numpy()))), dec, f"MLX VAE decode {cfg['dim_mult']}", rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def engines(files):
+    pytest.importorskip("mlx.core")
+    from spriteforge.engines import get_engine
+
+    m, v, te = files
+    out = {}
+    for name in ("torch", "mlx"):
+        eng = get_engine(name, "cpu")
+        out[name] = (eng, eng.load_model(str(m), vae=str(v), text_encoders=[str(te)], dtype="float32"))
+    return out
+
+
+def _draw(eng, h, *, batch=1, negative="", cfg=1.0, **kw):
+    """(images, latents) of one run."""
+    from spriteforge.pipeline import GenerateParams, encode, generate_full
+
+    cond = encode(eng, h, PROMPT, negative, with_negative=cfg > 1)
+    res = generate_full(eng, h, GenerateParams(seed=SEED, steps=STEPS, cfg=cfg, sampler="euler", schedule="simple",
+                                               width=SIZE, height=96, cond=cond, batch_size=batch, **kw))
+    return np.asarray(res.images), np.asarray(res.latents)
+
+
+def _same(out, what):
+    """torch's and MLX's images within 2/255, and their latents (which the tiny VAE's flat images hide) within 1e-4."""
+    (ti, tl), (mi, ml) = out["torch"], out["mlx"]
+    diff = float(np.abs(ti - mi).max())
+    print(f"{what}: max |torch - mlx| {diff * 255:.4f}/255")
+    assert diff <= 2 / 255
+    assert_close(ml, tl, f"{what}: MLX vs torch latents", rel=1e-4)
+
+
+CASES = {"txt2img": {}, "cfg": {"cfg": 2.5, "negative": "blurry"},
+         "img2img": {"init_image": np.random.default_rng(3).random((1, 96, SIZE, 3)).astype(np.float32), "denoise": 0.6}}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_both_engines_draw_the_same_image(engines, case):
+    """torch (diffusers' class, held to QwenImage21Pipeline above) and MLX (the ports) on the same files and noise:
+    within 2/255, text to image, with a negative prompt and CFG, and from an image."""
+    out = {name: _draw(eng, h, **CASES[case]) for name, (eng, h) in engines.items()}
+    assert out["torch"][0].shape == (1, 96, SIZE, 3)
+    _same(out, case)
+
+
+def test_a_lora_draws_the_same_on_both_engines(engines, tmp_path):
+    from spriteforge.lora import LoRASpec, apply_loras
+    from spriteforge.tests.test_lora_torch import _shapes
+    from spriteforge.tests.test_lora_util import Writer
+
+    w = Writer(3)
+    shapes = _shapes(engines["torch"][1].transformer)
+    for name in LORA:
+        w.lora("kohya", name, shapes[name], rank=4, alpha=4.0)
+    path = w.save(tmp_path / "q21_kohya.safetensors")
+    out = {}
+    for name, (eng, h) in engines.items():
+        out[name] = _draw(eng, apply_loras(h, [LoRASpec(path, 1.0)]))
+        assert np.abs(out[name][1] - _draw(eng, h)[1]).max() > 1e-2  # the LoRA does something
+    _same(out, "LoRA")
+
+
+@pytest.mark.parametrize("engine_name", ["torch", "mlx"])
+def test_batch_one_is_item_zero_of_batch_four(engines, engine_name):
+    eng, h = engines[engine_name]
+    (one, lat1), (four, lat4) = _draw(eng, h), _draw(eng, h, batch=4)
+    assert four.shape[0] == 4
+    assert_close(lat1[0], lat4[0], f"{engine_name}: batch 1 vs item 0 of 4 (latents)", rel=1e-5)
+    assert_close(one[0], four[0], f"{engine_name}: batch 1 vs item 0 of 4 (images)", rel=1e-5)

@@ -54,15 +54,15 @@ class QwenImage21(Family):
     size_multiple = 32  # QwenImage21Pipeline: multiple_of = vae_scale_factor * 2 (a slot holds 2x2 latent tokens)
     # QwenImage21Pipeline.__call__: 40 steps, true_cfg_scale 1.0 ("meant to be sampled without guidance")
     defaults = {"cfg": 1.0, "steps": 40, "sampler": "euler", "schedule": "simple"}
-    mlx_port = "qwenimage21"  # (not written yet: the MLX engine refuses the family, naming the missing port)
-    # LoRA: the names only 2.1 has (its shared modulation, the zero-centred text norm's projection, the SwiGLU's
-    # gate_layer / proj / out); a LoRA on its attention alone (to_q...) has the joint-attention families' names
+    mlx_port = "qwenimage21"
+    # LoRA: the names only 2.1 has (its SwiGLU's gate_layer / proj / out, ComfyUI's fused gate_up, the text projection's
+    # in_layer / out_layer); a LoRA on its attention alone (to_q...) has the joint-attention families' names
     lora_names = (r"(^|_)transformer_blocks_\d+_img_mlp_(gate_layer|gate_up|proj|out)(_|$)|(^|_)txt_in_(in|out)_layer(_|$)",
                   "img_mlp gate_layer/proj/out, txt_in in/out_layer names")
     lora_rank = 35
     lora_max_blocks = 32
     lora_widths = (4096,)
-    lora_metadata = ("qwen-image-2.1", "qwen_image_2.1", "qwenimage21", "qwen-image-2")
+    lora_metadata = ("qwen-image-2.1", "qwen_image_2.1", "qwenimage21")
 
     def detect(self, t, original):
         width, in_ch = t["img_in.weight"].shape
