@@ -316,7 +316,7 @@ def test_mlx_vae_port_is_the_diffusers_class():
     from spriteforge.engines.torch_models.vae_qwenimage21 import AutoencoderKLQwenImage21 as Torch
 
     for cfg in (Q.VAE_CONFIG, {**Q.VAE_CONFIG, "dim_mult": [1, 2, 4, 8, 8]}):  # (the release's widths, in proportion)
-        tv = Q._randomize(Torch(**cfg), 2)
+        tv = Q._randomize(Torch(**cfg), 2, Q.VAE_SCALE)
         mv = AutoencoderKLQwenImage21(dict(tv.config))
         load_weights(mv, {k: mx.array(v) for k, v in map_weights({k: v.numpy() for k, v in tv.state_dict().items()}).items()})
         g = torch.Generator().manual_seed(0)

@@ -26,11 +26,14 @@ CONFIG = {"num_layers": 2, "attention_head_dim": 32, "num_attention_heads": 2, "
 VAE_CONFIG = {"base_dim": 8, "decoder_base_dim": 12, "z_dim": 64, "dim_mult": [1, 2, 2, 2, 2]}
 
 
-def _randomize(model, seed: int):
+VAE_SCALE = 0.2  # the VAE's weights: large enough that its images span most of 0..1 (through its RMS norms)
+
+
+def _randomize(model, seed: int, scale: float = 0.05):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
     return model.eval()
 
 
@@ -78,7 +81,7 @@ def make_qwen21_vae(root, seed: int = 0) -> Path:
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    vae = _randomize(AutoencoderKLQwenImage21(**VAE_CONFIG), seed)
+    vae = _randomize(AutoencoderKLQwenImage21(**VAE_CONFIG), seed, VAE_SCALE)
     path = root / "qwen_image_2.1_vae.safetensors"
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
     return path
