@@ -396,3 +396,16 @@ def test_batch_one_is_item_zero_of_batch_four(engines, engine_name):
     assert four.shape[0] == 4
     assert_close(lat1[0], lat4[0], f"{engine_name}: batch 1 vs item 0 of 4 (latents)", rel=1e-5)
     assert_close(one[0], four[0], f"{engine_name}: batch 1 vs item 0 of 4 (images)", rel=1e-5)
+
+
+@pytest.mark.parametrize("engine_name", ["torch", "mlx"])
+def test_a_pipeline_folder_draws_as_the_single_files(files, engines, tmp_path, engine_name):
+    """A QwenImage21Pipeline folder as the release lays it out (the tokenizer inside processor/, the full
+    Qwen3VLForConditionalGeneration in text_encoder/) loads by itself on both engines and draws what the single files
+    with the same weights draw."""
+    eng, h = engines[engine_name]
+    folder = eng.load_model(str(Q.make_qwenimage21_folder(tmp_path)), dtype="float32")
+    assert (folder.family, folder.extras["needs"]) == ("qwenimage21", [])
+    (img_f, lat_f), (img, lat) = _draw(eng, folder), _draw(eng, h)
+    assert_close(lat_f, lat, f"{engine_name}: folder vs single files (latents)", rel=1e-5)
+    assert np.abs(img_f - img).max() <= 1 / 255

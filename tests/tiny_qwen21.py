@@ -6,6 +6,9 @@
         each block's SwiGLU gate and up fused into ``img_mlp.gate_up.weight``, gate rows first: the layout diffusers'
         ``convert_qwen_image21_transformer_checkpoint_to_diffusers`` reads); or a diffusers folder (``transformer/``
         saved by ``save_pretrained``, ``model_index.json`` naming QwenImage21Pipeline).
+    make_qwenimage21_folder(root): a complete ``QwenImage21Pipeline`` folder (transformer/, vae/, text_encoder/ = the full
+        ``Qwen3VLForConditionalGeneration``, processor/ = the tokenizer's files and the image processor's config, as
+        the release holds them: no tokenizer/, scheduler/), with the same weights as the single files above.
     make_qwen21_vae(root): the VAE in diffusers' names.
     make_qwen3_vl_8b(root): Qwen3-VL with the 8B's untied head (``lm_head.weight`` stored), the tiny Qwen tokenizer
         (with the vision tokens) beside it as ``<name>_tokenizer``.
@@ -135,3 +138,33 @@ def processor(tok):
             return super().check_argument_for_proper_class(argument_name, argument)
 
     return Qwen3VLProcessor(image_processor=transformers.Qwen2VLImageProcessorPil(), tokenizer=tok, chat_template=CHAT_TEMPLATE)
+
+
+def make_qwenimage21_folder(root, seed: int = 0) -> Path:
+    import diffusers
+    import transformers
+
+    from spriteforge.models import configs
+    from spriteforge.tests.tiny_models import _done, _write_pipeline
+    from spriteforge.tests.tiny_qwen import make_qwen_tokenizer, tokenizer_size
+
+    root = Path(root)
+    d = root / "Qwen-Image-2.1-tiny"
+    if _done(d):
+        return d
+    tok = transformers.AutoTokenizer.from_pretrained(str(make_qwen_tokenizer(root, vision=True)), local_files_only=True)
+    sched = configs.load("qwen-image-2.1")["scheduler"]
+    sched.pop("_class_name")
+    _write_pipeline(d, "QwenImage21Pipeline", {
+        "transformer": build_transformer(seed),
+        "vae": _randomize(diffusers.AutoencoderKLQwenImage21(**VAE_CONFIG), seed, VAE_SCALE),
+        "text_encoder": build_qwen3_vl_8b(seed, tokenizer_size(root, vision=True)), "processor": None,
+        "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_config(sched)})
+    # processor/ (transformers 5.25 cannot save a processor without its video processor: its parts one by one)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(str(d / "processor"))
+    transformers.Qwen2VLImageProcessorPil().save_pretrained(str(d / "processor"))
+    index = json.loads((d / "model_index.json").read_text())
+    index["processor"] = ["transformers", "Qwen3VLProcessor"]
+    (d / "model_index.json").write_text(json.dumps(index, indent=2))
+    return d

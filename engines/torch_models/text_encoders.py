@@ -45,7 +45,8 @@ def _unnormed_last(base, ids, mask, layers):
     """As :func:`decoder_hidden_states`, the last index being the last layer's output before the final norm (a model
     cut after the layers a family reads: ComfyUI's 30-layer Mistral-3, whose state 30 is the full model's)."""
     seen = []
-    handle = base.layers[-1].register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    lm = getattr(base, "language_model", base)  # (a vision-language model from a folder: its language model's layers)
+    handle = lm.layers[-1].register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
     try:
         out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     finally:

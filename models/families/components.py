@@ -82,9 +82,10 @@ def folder_text_encoder(cfg: dict) -> str | None:
         return _qwen3_slot(cfg.get("hidden_size"), cfg.get("tie_word_embeddings", True))[0]
     if mt == "qwen2_5_vl":
         return "qwen25_7b"
-    if mt == "qwen3_vl":
-        text = cfg.get("text_config") or {}
-        return "qwen3_vl_8b" if text.get("hidden_size") == 4096 else "qwen3_vl_4b"
+    if mt == "qwen3_vl":  # by width, another width by its head, as for a single file (:func:`_qwen3_vl`)
+        hidden = (cfg.get("text_config") or {}).get("hidden_size")
+        tied = cfg.get("tie_word_embeddings", (cfg.get("text_config") or {}).get("tie_word_embeddings", True))
+        return "qwen3_vl_8b" if hidden == 4096 or (hidden != 2560 and not tied) else "qwen3_vl_4b"
     return {"mistral3": "mistral3"}.get(mt)
 
 

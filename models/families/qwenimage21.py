@@ -82,8 +82,8 @@ class QwenImage21(Family):
             b = (head_dim - a) // 2
             cfg["axes_dims_rope"] = [head_dim - 2 * b, b, b]
         det = self.detection("base-or-turbo", cfg, original)
-        det.extras["ambiguous"] = ("base or Turbo: same layout (the base pipeline draws 40 steps without guidance; Turbo "
-                                   "samples in a few steps)")
+        det.extras["ambiguous"] = ("base or Turbo: same layout (drawn as base: 40 Euler steps without guidance, the size's "
+                                   "shift; Turbo's modular pipeline samples 8 steps, also without guidance)")
         return self.finish(det, rel)
 
     def vae_config_name(self, variant, latent):
