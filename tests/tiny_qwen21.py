@@ -29,6 +29,7 @@ CONFIG = {"num_layers": 2, "attention_head_dim": 32, "num_attention_heads": 2, "
 VAE_CONFIG = {"base_dim": 8, "decoder_base_dim": 12, "z_dim": 64, "dim_mult": [1, 2, 2, 2, 2]}
 
 
+TOKENIZER = "qwen_vl_tokenizer"  # the tiny Qwen tokenizer with the vision tokens (its own folder: Krea 2's has none)
 VAE_SCALE = 0.2  # the VAE's weights: large enough that its images span most of 0..1 (through its RMS norms)
 
 
@@ -114,10 +115,10 @@ def make_qwen3_vl_8b(root, seed: int = 0, name: str = "qwen3_vl_8b") -> Path:
     from spriteforge.tests.tiny_qwen import make_qwen_tokenizer, tokenizer_size
 
     root = Path(root)
-    tok = make_qwen_tokenizer(root, vision=True)
+    tok = make_qwen_tokenizer(root, TOKENIZER, vision=True)
     path = root / f"{name}.safetensors"
     if not path.exists():
-        sd = build_qwen3_vl_8b(seed, tokenizer_size(root, vision=True)).state_dict()
+        sd = build_qwen3_vl_8b(seed, tokenizer_size(root, TOKENIZER, vision=True)).state_dict()
         save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
         side = root / f"{name}_tokenizer"
         side.mkdir(parents=True, exist_ok=True)
@@ -152,13 +153,13 @@ def make_qwenimage21_folder(root, seed: int = 0) -> Path:
     d = root / "Qwen-Image-2.1-tiny"
     if _done(d):
         return d
-    tok = transformers.AutoTokenizer.from_pretrained(str(make_qwen_tokenizer(root, vision=True)), local_files_only=True)
+    tok = transformers.AutoTokenizer.from_pretrained(str(make_qwen_tokenizer(root, TOKENIZER, vision=True)), local_files_only=True)
     sched = configs.load("qwen-image-2.1")["scheduler"]
     sched.pop("_class_name")
     _write_pipeline(d, "QwenImage21Pipeline", {
         "transformer": build_transformer(seed),
         "vae": _randomize(diffusers.AutoencoderKLQwenImage21(**VAE_CONFIG), seed, VAE_SCALE),
-        "text_encoder": build_qwen3_vl_8b(seed, tokenizer_size(root, vision=True)), "processor": None,
+        "text_encoder": build_qwen3_vl_8b(seed, tokenizer_size(root, TOKENIZER, vision=True)), "processor": None,
         "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_config(sched)})
     # processor/ (transformers 5.25 cannot save a processor without its video processor: its parts one by one)
     tok.chat_template = CHAT_TEMPLATE

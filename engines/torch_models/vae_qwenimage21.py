@@ -15,8 +15,19 @@ import functools
 
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_qwenimage21 import AutoencoderKLQwenImage21 as _Frames
+from diffusers.models.autoencoders.autoencoder_kl_qwenimage21 import QwenImage21CausalConv3d
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
+
+
+def _own_padding(conv) -> None:
+    """A causal conv's zero padding (its own ``F.pad`` before the ``Conv2d``) done by the ``Conv2d`` itself (the same
+    numbers), so that seamless decoding (``generation.circular``, which makes padded convolutions pad circularly)
+    reaches it, as the MLX port's convolutions do."""
+    w, _, h, _ = conv._padding
+    conv._padding = (0, 0, 0, 0)
+    conv.padding = (h, w)
+    conv._reversed_padding_repeated_twice = (w, w, h, h)
 
 
 class AutoencoderKLQwenImage21(_Frames):
@@ -25,6 +36,9 @@ class AutoencoderKLQwenImage21(_Frames):
     @functools.wraps(_Frames.__init__)  # diffusers reads the config's fields from this signature
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        for m in self.modules():
+            if isinstance(m, QwenImage21CausalConv3d):
+                _own_padding(m)
 
     def _stats(self, like):
         def col(v):
