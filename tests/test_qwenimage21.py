@@ -409,3 +409,26 @@ def test_a_pipeline_folder_draws_as_the_single_files(files, engines, tmp_path, e
     (img_f, lat_f), (img, lat) = _draw(eng, folder), _draw(eng, h)
     assert_close(lat_f, lat, f"{engine_name}: folder vs single files (latents)", rel=1e-5)
     assert np.abs(img_f - img).max() <= 1 / 255
+
+
+def test_a_gguf_of_comfyui_s_file_loads_quantized(tmp_path):
+    """ComfyUI's single file (fused gate_up) as a Q8_0 GGUF: loaded with its matrices kept quantized (the converter's
+    chunk of the fused gate_up included), computing exactly as its decoded weights (the gguf package's decoding)."""
+    from gguf import GGMLQuantizationType
+    from safetensors.torch import load_file
+
+    import test_gguf as G
+    from spriteforge.engines import get_engine
+    from spriteforge.engines.torch_models import quant
+
+    p = G.write_gguf(load_file(str(Q.make_qwenimage21(tmp_path, layout="original"))), tmp_path / "q21.gguf",
+                     GGMLQuantizationType.Q8_0, arch="qwen_image")
+    eng = get_engine("torch", "cpu")
+    h, ref = eng.load_model(str(p), dtype="float32"), eng.load_model(str(p.with_suffix(".decoded.safetensors")), dtype="float32")
+    assert h.family == "qwenimage21" and sum(isinstance(m, quant.QuantLinear) for m in h.transformer.modules()) >= 4
+    g = torch.Generator().manual_seed(0)
+    kw = dict(hidden_states=torch.randn(1, 16, 64, generator=g), encoder_hidden_states=torch.randn(1, 5, 32, generator=g),
+              timestep=torch.tensor([0.5]), img_shapes=[[(1, 4, 4)]],
+              img_mask=torch.cat([torch.zeros(1, 5, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool)], 1), return_dict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(h.transformer(**kw)[0], ref.transformer(**kw)[0], rtol=1e-5, atol=1e-5)
