@@ -220,6 +220,36 @@ def test_torch_generation_matches_qwenimage21_pipeline(files, loaded):
     assert_close(mine, image[..., :3], "images", rel=1e-4)
 
 
+def test_cfg_with_a_negative_prompt_matches_the_pipeline(files, loaded):
+    """True CFG (``neg + scale * (cond - neg)``, no rescale) with a negative prompt of another length: the pipeline runs
+    the two as separate calls, each at its own length (the image's rotary frame follows the text's length), and so do
+    we; a batch of two prompts of different lengths draws each as it draws alone."""
+    import diffusers
+
+    from spriteforge.pipeline import GenerateParams, encode, model_schedule, sample
+    from spriteforge.samplers import get_sigmas
+
+    eng, h = loaded
+    negative, cfg = "blurry", 2.5
+    cond = encode(eng, h, PROMPT, negative, with_negative=True)
+    ours = np.asarray(sample(eng, h, GenerateParams(seed=SEED, steps=STEPS, cfg=cfg, sampler="euler", schedule="simple",
+                                                   width=SIZE, height=SIZE, cond=cond)).latents)
+    sigmas = get_sigmas("simple", STEPS, model_schedule(h, SIZE, SIZE))
+    pipe = _pipeline(files, h, diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False))
+    with torch.no_grad():
+        ref = pipe(prompt=PROMPT, negative_prompt=negative, true_cfg_scale=cfg, num_inference_steps=STEPS, sigmas=list(sigmas[:-1]),
+                   latents=_noise().view(1, 64, -1).transpose(1, 2), height=SIZE, width=SIZE, output_type="latent",
+                   return_dict=False)[0]
+    assert_close(ours, ref.transpose(1, 2).reshape(1, 64, SIZE // 16, SIZE // 16).numpy(), "CFG latents", rel=1e-5)
+
+    both = encode(eng, h, [PROMPT, negative], "", with_negative=False)
+    two = np.asarray(sample(eng, h, GenerateParams(seed=SEED, steps=STEPS, cfg=1.0, sampler="euler", schedule="simple",
+                                                  width=SIZE, height=SIZE, cond=both, batch_size=2)).latents)
+    alone = np.asarray(sample(eng, h, GenerateParams(seed=SEED, steps=STEPS, cfg=1.0, sampler="euler", schedule="simple",
+                                                    width=SIZE, height=SIZE, cond=encode(eng, h, PROMPT, "", with_negative=False))).latents)
+    assert_close(two[:1], alone, "the longer prompt in a batch with a shorter one", rel=1e-5)
+
+
 def test_vae_encode_is_the_pipeline_s(files, loaded):
     """img2img's VAE encode: an RGB image with an opaque alpha, the distribution's mode normalised by the config's
     latents_mean / latents_std, as QwenImage21Pipeline._encode_vae_image (argmax)."""

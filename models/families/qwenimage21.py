@@ -104,13 +104,26 @@ class QwenImage21(Family):
 
     def forward(self, den, x, t, cond):
         """Unpatched latent tokens after the text; ``img_mask`` marks the text's positions False and one image slot per
-        four image tokens True (the vision-language sequence the transformer expands); the image tokens' output kept."""
+        four image tokens True (the vision-language sequence the transformer expands); the image tokens' output kept.
+
+        Each prompt is read at its own length: the image's rotary frame follows the text's length, padding included,
+        so a prompt padded to a longer one's length (a negative beside its prompt, prompts in one batch) would draw
+        another picture. QwenImage21Pipeline runs the prompt and the negative as separate calls; here rows of different
+        lengths are separate calls too (rows of one length, the common case, one call)."""
+        emb, mask = cond["embeds"], cond.get("mask")
+        if mask is None:
+            return self._call(den, x, t, emb)
+        lengths = den.cached(("qwenimage21_lengths", id(mask), tuple(mask.shape)),
+                             lambda: [int(n) for n in (den.ops.to_numpy(mask) > 0).sum(axis=1)])
+        if len(set(lengths)) == 1:
+            return self._call(den, x, t, emb[:, :lengths[0]])
+        return den.ops.concat([self._call(den, x[i:i + 1], t[i:i + 1], emb[i:i + 1, :n]) for i, n in enumerate(lengths)], 0)
+
+    @staticmethod
+    def _call(den, x, t, emb):
         b, _, h, w = x.shape
-        n = h * w
-        emb = cond["embeds"]
-        slots = den.cached(("qwenimage21_slots", b, emb.shape[1], n), lambda: den.rows(
-            [[0.0] * emb.shape[1] + [1.0] * (n // SLOT)] * b, den.F32) > 0)
-        mask = cond.get("mask")
+        n, text = h * w, emb.shape[1]
+        slots = den.cached(("qwenimage21_slots", b, text, n), lambda: den.rows([[0.0] * text + [1.0] * (n // SLOT)] * b, den.F32) > 0)
         out = den.run(hidden_states=den.pack(x, p=1), encoder_hidden_states=emb, timestep=t, img_shapes=[[(1, h, w)]] * b,
-                      img_mask=slots, encoder_hidden_states_mask=None if mask is None else mask > 0)
+                      img_mask=slots)
         return den.unpack(out[:, -n:], h, w, p=1)
