@@ -70,8 +70,8 @@ class ModelHandle:
 
     @property
     def latent_multiple(self) -> int:
-        """Pixel sizes must be multiples of this (VAE factor times patch size)."""
-        return self.vae_scale_factor * self.patch_size
+        """Pixel sizes must be multiples of this (VAE factor times patch size, or the family's coarser ``size_multiple``)."""
+        return max(self.vae_scale_factor * self.patch_size, registry.rules(self.family).size_multiple)
 
     def describe(self) -> dict:
         return {
@@ -257,10 +257,11 @@ def _vae_numbers(fam, det, vae_cfg: dict) -> tuple:
         dc = vae_cfg.get("_class_name") == "AutoencoderDC" or "encoder_block_types" in vae_cfg
         blocks = vae_cfg.get("encoder_block_out_channels") if dc else vae_cfg.get("block_out_channels")
         latent = vae_cfg.get("latent_channels", vae_cfg.get("z_dim", 4))  # z_dim: the Wan-style (Qwen-Image) VAE
-        return (int(latent) * p * p, 2 ** (len(blocks or [0] * (6 if dc else 4)) - 1) * p,
+        factor = vae_cfg.get("scale_factor_spatial") or 2 ** (len(blocks or [0] * (6 if dc else 4)) - 1)  # (Qwen-Image 2.1's says it)
+        return (int(latent) * p * p, int(factor) * p,
                 float(vae_cfg.get("scaling_factor") or 1.0), float(vae_cfg.get("shift_factor") or 0.0))
     ref = configs.load(fam.release_vae(det.variant))["config"]
-    return (int(ref["latent_channels"]) * p * p, fam.vae_scale_factor * p, float(ref.get("scaling_factor") or 1.0),
+    return (int(ref.get("latent_channels") or ref["z_dim"]) * p * p, fam.vae_scale_factor * p, float(ref.get("scaling_factor") or 1.0),
             float(ref.get("shift_factor") or 0.0))
 
 

@@ -24,7 +24,8 @@ ROLE_NAMES = {f.name: {te.key: te.names for te in f.text_encoders} for f in regi
 _WHAT = {"t5": "a T5 text encoder", "clip_l": "a CLIP-L text encoder", "clip_g": "a CLIP-G (bigG) text encoder",
          "gemma": "a Gemma-2 text encoder", "qwen3_4b": "a Qwen3-4B text encoder (qwen_3_4b.safetensors)",
          "qwen3_8b": "a Qwen3-8B text encoder (qwen_3_8b.safetensors)",
-         "mistral3": "a Mistral-3 text encoder (mistral_3_small_flux2_bf16.safetensors)"}
+         "mistral3": "a Mistral-3 text encoder (mistral_3_small_flux2_bf16.safetensors)",
+         "qwen3_vl_8b": "a Qwen3-VL-8B text encoder"}
 
 
 def _followed(ids, mask, suffix):
@@ -115,7 +116,7 @@ class TextEncoding:
         return self._gemma(enc, tok, texts, total, keep)
 
     def decoder(self, role: str, texts, *, layers=(-1,), max_length: int | None = None, pad_to_max: bool = False,
-                suffix: str | None = None):
+                suffix: str | None = None, prenorm: bool = False):
         """``([hidden states float32 [B, L, D] for each of layers], keep mask [B, L])`` of the decoder-only LM
         ``role`` (Qwen3, Mistral...) for ``texts``, already in the family's prompt template (its special tokens
         written out: the tokenizer adds none). ``layers`` index transformers' ``output_hidden_states`` (0 the
@@ -123,7 +124,8 @@ class TextEncoding:
         (a causal model's real tokens never see the padding, so this equals padding to any length), cut at
         ``max_length`` tokens; ``pad_to_max``: padded to ``max_length`` (FLUX.2's transformer reads
         the padding positions' states too); ``suffix``: a text whose tokens follow each text's (cut) tokens (Krea 2's
-        template end, never cut)."""
+        template end, never cut); ``prenorm``: the last index is the last layer's output before the final norm
+        (Qwen-Image 2.1's pipeline reads it so)."""
         enc, tok = self.encoder(role)
         ti = tok(list(texts), padding="max_length" if pad_to_max else "longest", padding_side="right",
                  truncation=max_length is not None, max_length=max_length, add_special_tokens=False, return_tensors="np")
@@ -131,7 +133,7 @@ class TextEncoding:
         mask = np.asarray(ti["attention_mask"]).astype(np.int64)
         if suffix:
             ids, mask = _followed(ids, mask, np.asarray(tok([suffix], return_tensors="np")["input_ids"][0], np.int64))
-        return self._decoder(enc, ids, mask, tuple(layers))
+        return self._decoder(enc, ids, mask, tuple(layers), prenorm) if prenorm else self._decoder(enc, ids, mask, tuple(layers))
 
     def vision_decoder(self, role: str, texts, images, *, layers=(-1,)):
         """``([hidden states float32 [B, L, D] for each of layers], keep mask [B, L])`` of the vision-language model
@@ -197,8 +199,9 @@ class TextEncoding:
         """``(embeds float32, mask)`` from Gemma for ``texts`` padded to ``total``, the ``keep`` positions only."""
         raise NotImplementedError
 
-    def _decoder(self, enc, ids, mask, layers):
-        """``([hidden states float32 for each of layers], mask)`` from decoder LM ``enc`` for numpy ``ids`` / ``mask``."""
+    def _decoder(self, enc, ids, mask, layers, prenorm=False):
+        """``([hidden states float32 for each of layers], mask)`` from decoder LM ``enc`` for numpy ``ids`` / ``mask``
+        (``prenorm``: the last index before the final norm)."""
         raise NotImplementedError
 
     def _vision_config(self, enc) -> dict:

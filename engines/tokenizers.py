@@ -290,6 +290,8 @@ def folder_tokenizer(p: Path, sub: str, index: dict):
 
     tsub = sub.replace("text_encoder", "tokenizer")
     tentry = index.get(tsub)
+    if not (tentry and tentry[0]) and sub == "text_encoder" and (index.get("processor") or [None])[0]:
+        tsub, tentry = "processor", index["processor"]  # (QwenImage21Pipeline: no tokenizer/, its processor holds it)
     if not (tentry and tentry[0] and (p / tsub).is_dir()):
         return None
     try:

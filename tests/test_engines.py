@@ -11,7 +11,7 @@ def test_torch_engine_on_cpu_declares_capabilities_and_round_trips_arrays():
     eng = get_engine("torch", "cpu")
     caps = eng.capabilities
     assert eng.device.kind == "cpu" and caps.lora and "float32" in caps.dtypes
-    assert set(caps.families) == {"pixart", "sd3", "flux", "sana", "dit", "zimage", "flux2", "qwenimage", "krea2"}
+    assert set(caps.families) == {"pixart", "sd3", "flux", "sana", "dit", "zimage", "flux2", "qwenimage", "krea2", "qwenimage21"}
     a = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
     assert np.array_equal(eng.to_numpy(eng.from_numpy(a)), a)
     eng.sync()
@@ -42,7 +42,7 @@ def test_mlx_engine_arrays_and_honest_capabilities(tmp_path):
     assert np.array_equal(eng.to_numpy(eng.from_numpy(a)), a)
     # every family has a port and LoRAs apply (tests/test_mlx_*.py hold the parity checks)
     assert eng.capabilities.lora is True
-    assert set(eng.capabilities.families) == {"pixart", "sd3", "flux", "sana", "dit", "zimage", "flux2", "qwenimage", "krea2"}
+    assert set(eng.capabilities.families) == {"pixart", "sd3", "flux", "sana", "dit", "zimage", "flux2", "qwenimage", "krea2", "qwenimage21"}
     assert eng.capabilities.birefnet is False
     with pytest.raises(SpriteForgeError) as ei:
         eng.load_model(tmp_path / "x.safetensors")

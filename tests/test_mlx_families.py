@@ -74,6 +74,10 @@ def _parts(root: Path, family: str, variant: str = "") -> dict:
         from spriteforge.tests.tiny_qwenimage import make_qwen_vae
 
         return {"vae": make_qwen_vae(d, layout="original"), "text_encoders": [make_qwen3_vl(d)]}
+    if family == "qwenimage21":  # its VAE (diffusers names) and Qwen3-VL-8B as transformers saves it (tokenizer beside it)
+        from spriteforge.tests.tiny_qwen21 import make_qwen3_vl_8b, make_qwen21_vae
+
+        return {"vae": make_qwen21_vae(d), "text_encoders": [make_qwen3_vl_8b(d)]}
     raise ValueError(family)
 
 
@@ -114,6 +118,10 @@ CASES = [
     ("krea2", "original", "", {"init": True, "mask": True, "width": 48}),
     ("krea2", "original", "", {"tile": True}),
     ("krea2", "folder", "", {"width": 32, "height": 48}),
+    ("qwenimage21", "original", "", {"cfg": 3.0}),  # ComfyUI's single file (fused gate_up); sizes in multiples of 32
+    ("qwenimage21", "diffusers", "", {"init": True, "denoise": 0.6, "height": 96}),
+    ("qwenimage21", "original", "", {"init": True, "mask": True}),
+    ("qwenimage21", "diffusers", "", {"tile": True}),
 ]
 
 

@@ -794,3 +794,4 @@ def make_flux2(root, **kw) -> Path:  # FLUX.2's tiny real-format models live in 
     return make(root, **kw)
 from spriteforge.tests.tiny_qwenimage import build_qwenimage, make_qwenimage  # noqa: E402,F401  (Qwen-Image: tests/tiny_qwenimage.py)
 from spriteforge.tests.tiny_krea2 import build_krea2, make_krea2  # noqa: E402,F401  (Krea 2: tests/tiny_krea2.py)
+from spriteforge.tests.tiny_qwen21 import make_qwenimage21  # noqa: E402,F401  (Qwen-Image 2.1: tests/tiny_qwen21.py)

@@ -175,11 +175,12 @@ class DecoderLM(nn.Module):
         emb = mx.concatenate([freqs, freqs], axis=-1)
         return mx.cos(emb).astype(dtype), mx.sin(emb).astype(dtype)
 
-    def __call__(self, input_ids, attention_mask=None, layers=None, *, inputs_embeds=None, positions=None):
+    def __call__(self, input_ids, attention_mask=None, layers=None, *, inputs_embeds=None, positions=None, prenorm=False):
         """``layers=None``: the last hidden state (after the final norm); else a list of the hidden states at those
         indices (transformers' ``hidden_states`` numbering, negative from the end). ``inputs_embeds`` [B, L, D]:
         used instead of the embeddings of ``input_ids`` (image features in place); ``positions`` [3, B, L]:
-        Qwen2.5-VL's 3-D rotary positions (``vision_inputs.rope_index``), else 0..L-1."""
+        Qwen2.5-VL's 3-D rotary positions (``vision_inputs.rope_index``), else 0..L-1. ``prenorm``: the last state is
+        the last layer's output, not normed."""
         n = len(self.layers)
         want = [n] if layers is None else [i + n + 1 if i < 0 else i for i in layers]
         if any(not 0 <= i <= n for i in want):
@@ -200,7 +201,7 @@ class DecoderLM(nn.Module):
             x = layer(x, cos, sin, mask, live)
             block_done(x)
             states.append(x)
-        if max(want) == n and self.config.final_norm:
+        if max(want) == n and self.config.final_norm and not prenorm:
             states[n] = self.norm(states[n])
         return states[want[0]] if layers is None else [states[i] for i in want]
 

@@ -115,14 +115,15 @@ class MLXTextEncoding(TextEncoding):
             emb, mask = emb[:, sel], mask[:, sel]
         return emb, mask
 
-    def _decoder(self, enc, ids, mask, layers):
+    def _decoder(self, enc, ids, mask, layers, prenorm=False):
         mx = _mx()
         ids, mask = mx.array(ids.astype(np.int32)), mx.array(mask.astype(np.int32))
-        states = enc(ids, attention_mask=mask, layers=layers)
+        kw = {"prenorm": True} if prenorm else {}
+        states = enc(ids, attention_mask=mask, layers=layers, **kw)
         if not all(bool(mx.all(mx.isfinite(h)).item()) for h in states):  # fp16 overflow, as T5's: again in fp32
             log.warning("the text encoder gave NaN/inf in %s: encoding again in float32", _module_dtype(enc))
             with _as_dtype(enc, mx.float32):
-                states = enc(ids, attention_mask=mask, layers=layers)
+                states = enc(ids, attention_mask=mask, layers=layers, **kw)
                 mx.eval(states)
         return [h.astype(mx.float32) for h in states], mask
 

@@ -77,6 +77,7 @@ PORTS = {
     "vae_flux2": ("vae", "AutoencoderKLFlux2"),
     "dcae": ("dcae", "AutoencoderDC"),
     "vae_qwenimage": ("vae_qwenimage", "AutoencoderKLQwenImage"),
+    "vae_qwenimage21": ("vae_qwenimage21", "AutoencoderKLQwenImage21"),
     "t5": ("t5", "T5EncoderModel"),
     "clip": ("clip", "CLIPTextModel"),
     "gemma": ("gemma", "Gemma2Model"),

@@ -23,6 +23,7 @@ CLASS_MODULES = {
     "AutoencoderKLFlux2": f"{__package__}.vae",  # diffusers' class, its encode/decode speaking the sampled latents
     # the real class on single frames (4-D images and latents, latents normalised): our subclass of the same name
     "AutoencoderKLQwenImage": f"{__package__}.vae_qwenimage",
+    "AutoencoderKLQwenImage21": f"{__package__}.vae_qwenimage21",  # (the same, Qwen-Image 2.1's: RGB frames in and out)
 }
 
 

@@ -162,15 +162,15 @@ class TorchTextEncoding(TextEncoding):
             emb, mask = emb[:, keep], mask[:, keep]
         return emb, mask
 
-    def _decoder(self, enc, ids, mask, layers):
+    def _decoder(self, enc, ids, mask, layers, prenorm=False):
         torch = _torch()
         dev, dt = _module_device_dtype(enc)
         ids, mask = torch.from_numpy(ids).to(dev), torch.from_numpy(mask).to(dev)
-        states = decoder_hidden_states(enc, ids, mask, layers)
+        states = decoder_hidden_states(enc, ids, mask, layers, prenorm)
         if not all(torch.isfinite(h).all() for h in states):  # fp16 overflow, as T5's: again in fp32 (restored after)
             log.warning("the text encoder gave NaN/inf in %s: encoding again in float32", dt)
             with _vae_dtype(enc, torch.float32):
-                states = decoder_hidden_states(enc, ids, mask, layers)
+                states = decoder_hidden_states(enc, ids, mask, layers, prenorm)
         return [h.to(torch.float32) for h in states], mask
 
     def _vision_config(self, enc):

@@ -30,11 +30,12 @@ def decoder_config(cfg: dict):
     return transformers.AutoConfig.for_model(cfg["model_type"], **rest)
 
 
-def decoder_hidden_states(enc, ids, mask, layers):
+def decoder_hidden_states(enc, ids, mask, layers, prenorm: bool = False):
     """The hidden states (transformers' ``output_hidden_states`` numbering) of ``layers`` for token ``ids`` [B, L]
-    with keep-``mask`` [B, L], from a decoder LM (a ``...ForCausalLM`` runs its base model: no logits)."""
+    with keep-``mask`` [B, L], from a decoder LM (a ``...ForCausalLM`` runs its base model: no logits); ``prenorm``:
+    the last index is the last layer's output before the final norm."""
     base = enc.model if hasattr(enc, "lm_head") else enc
-    if getattr(base.config, "final_norm", True) is False:  # a pruned file's last state is its last layer's output
+    if prenorm or getattr(base.config, "final_norm", True) is False:  # a pruned file's last state is its last layer's output
         return _unnormed_last(base, ids, mask, layers)
     out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     return [out.hidden_states[i] for i in layers]
@@ -44,7 +45,8 @@ def _unnormed_last(base, ids, mask, layers):
     """As :func:`decoder_hidden_states`, the last index being the last layer's output before the final norm (a model
     cut after the layers a family reads: ComfyUI's 30-layer Mistral-3, whose state 30 is the full model's)."""
     seen = []
-    handle = base.layers[-1].register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    lm = getattr(base, "language_model", base)  # (a vision-language model from a folder: its language model's layers)
+    handle = lm.layers[-1].register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
     try:
         out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     finally:

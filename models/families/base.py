@@ -38,13 +38,14 @@ class TextEncoder:
 # the MLX port of each text-encoder key (engines/mlx_models/<port>.py)
 # (``decoder_lm``: the decoder-only language models, whose hidden states ``TextEncoding.decoder`` gives)
 TEXT_ENCODER_PORTS = {"t5": "t5", "clip_l": "clip", "clip_g": "clip", "gemma": "gemma", "qwen3_4b": "decoder_lm", "qwen3_8b": "decoder_lm",
-                      "mistral3": "decoder_lm", "qwen25_7b": "decoder_lm", "qwen3_vl_4b": "decoder_lm"}
+                      "mistral3": "decoder_lm", "qwen25_7b": "decoder_lm", "qwen3_vl_4b": "decoder_lm",
+                      "qwen3_vl_8b": "decoder_lm"}
 # the vision tower a text encoder key may carry (reference images: Qwen-Image-Edit), by its port module
 # (engines/torch_models/<port>.py and engines/mlx_models/<port>.py)
 VISION_TOWERS = {"qwen25_7b": "qwen_vision"}
 # the MLX port of each VAE class
 VAE_PORTS = {"AutoencoderKL": "vae", "AutoencoderDC": "dcae", "AutoencoderKLFlux2": "vae_flux2",
-             "AutoencoderKLQwenImage": "vae_qwenimage"}
+             "AutoencoderKLQwenImage": "vae_qwenimage", "AutoencoderKLQwenImage21": "vae_qwenimage21"}
 # the shipped VAE config (models/configs) a family's release uses, by latent channels, unless the family says otherwise
 VAE_BY_LATENT = {16: "vae-kl16-sd3", 4: "vae-kl4-sdxl"}
 RELEASE_KEYS = ("scheduler", "prediction", "flow_shift", "max_sequence_length", "num_classes", "sigma_learned", "text_encoders", "vae")
@@ -114,6 +115,7 @@ class Family:
     square_only: ClassVar[bool] = False  # draws square images only
     text_mask: ClassVar[bool] = False  # its attention honours the text mask: padding no prompt attends to is dropped once a run
     patch_size: ClassVar[int | None] = None  # None: the config's
+    size_multiple: ClassVar[int] = 0  # pixel sizes are multiples of this where coarser than VAE factor x patch (Qwen-Image 2.1)
     defaults: ClassVar[dict] = {"cfg": 4.5, "steps": 20, "sampler": "dpmpp_2m", "schedule": "normal"}
     variant_defaults: ClassVar[dict] = {}  # a word in the variant name -> overrides of :attr:`defaults`
     # --- engines

@@ -23,6 +23,8 @@ def classify(t: dict[str, TensorInfo]) -> Detection | None:
     """The detection of one of these text encoders or VAEs (prefix-less tensors); None when ``t`` is none of them."""
     if "bn.running_mean" in t and "decoder.conv_in.weight" in t:
         return _flux2_vae(t)
+    if "decoder.mid_block.resnets.0.norm1.gamma" in t and len(t["decoder.conv_in.weight"].shape) == 4:
+        return _qwen_image21_vae(t)  # (its causal convs are 2-D: the Qwen-Image VAE's are 5-D)
     if "decoder.middle.0.residual.0.gamma" in t or "decoder.mid_block.resnets.0.norm1.gamma" in t:
         return _qwen_image_vae(t)
     pre = next((p for p in _LM_PREFIXES if f"{p}embed_tokens.weight" in t), "")
@@ -87,7 +89,11 @@ def folder_text_encoder(cfg: dict) -> str | None:
         return _qwen3_slot(cfg.get("hidden_size"), cfg.get("tie_word_embeddings", True))[0]
     if mt == "qwen2_5_vl":
         return "qwen25_7b"
-    return {"mistral3": "mistral3", "qwen3_vl": "qwen3_vl_4b"}.get(mt)
+    if mt == "qwen3_vl":  # by width, another width by its head, as for a single file (:func:`_qwen3_vl`)
+        hidden = (cfg.get("text_config") or {}).get("hidden_size")
+        tied = cfg.get("tie_word_embeddings", (cfg.get("text_config") or {}).get("tie_word_embeddings", True))
+        return "qwen3_vl_8b" if hidden == 4096 or (hidden != 2560 and not tied) else "qwen3_vl_4b"
+    return {"mistral3": "mistral3"}.get(mt)
 
 
 def _language_model(t: dict[str, TensorInfo], pre: str) -> dict:
@@ -180,11 +186,18 @@ def _qwen3_vl(t, pre) -> Detection:
     if half != 64:  # a smaller model (the tests'): the release's 24/20/20 sections in proportion (text ignores them)
         side = half * 20 // 64
         cfg["rope_parameters"] = {**cfg["rope_parameters"], "mrope_section": [half - 2 * side, side, side]}
-    known = cfg["hidden_size"] == 2560 and cfg["num_hidden_layers"] == 36
     vis = _vision_tower(t)
     blocks = count(t.keys(), re.escape(vis or "") + r"blocks\.(\d+)\.")
     extras = {"vision_tower": f"present: {blocks} blocks ({vis}*)"} if vis else {}
-    return _text_encoder("qwen3_vl_4b", "Qwen3-VL-4B" if known else f"Qwen3-VL ({cfg['hidden_size']} wide)", "Krea 2", cfg, **extras)
+    # by width, as the releases differ (Qwen3-VL-4B: 2560 wide, tied head; -8B: 4096 wide, untied); another width (a
+    # tiny or custom model) by its head
+    key, name, used_by, size = _QWEN3_VL[4096 if cfg["hidden_size"] == 4096 or (cfg["hidden_size"] != 2560 and not cfg["tie_word_embeddings"]) else 2560]
+    known = cfg["hidden_size"] == size and cfg["num_hidden_layers"] == 36
+    return _text_encoder(key, name if known else f"Qwen3-VL ({cfg['hidden_size']} wide)", used_by, cfg, **extras)
+
+
+# Qwen3-VL language models by width: (our key, name, what uses it, width)
+_QWEN3_VL = {2560: ("qwen3_vl_4b", "Qwen3-VL-4B", "Krea 2", 2560), 4096: ("qwen3_vl_8b", "Qwen3-VL-8B", "Qwen-Image 2.1", 4096)}
 
 
 def _qwen_image_vae(t) -> Detection:
@@ -194,6 +207,22 @@ def _qwen_image_vae(t) -> Detection:
     cfg = {"_class_name": "AutoencoderKLQwenImage", "base_dim": conv_in.shape[0], "z_dim": z}
     # loaded by both engines (a single-frame AutoencoderKLQwenImage): named by its variant, not refused
     return Detection(None, "qwen-image", "vae", cfg, layout="original" if original else "diffusers")
+
+
+def _qwen_image21_vae(t) -> Detection:
+    """Qwen-Image 2.1's VAE (``AutoencoderKLQwenImage21``, diffusers' names): the Qwen-Image VAE's names with 2-D
+    causal convolutions, RGBA in and out (``encoder.conv_in`` takes 4 channels), 64 latent channels, 16x spatial."""
+    base = t["encoder.conv_in.weight"].shape[0]
+    levels = count(t.keys(), r"encoder\.down_blocks\.(\d+)\.")
+    cfg = {**configs.load("vae-qwen-image-2.1")["config"], "base_dim": base,
+           "decoder_base_dim": t["decoder.conv_out.weight"].shape[1], "z_dim": t["decoder.conv_in.weight"].shape[1],
+           "dim_mult": [t[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0] // base for i in range(levels)],
+           "num_res_blocks": count(t.keys(), r"encoder\.down_blocks\.0\.resnets\.(\d+)\."),
+           "in_channels": t["encoder.conv_in.weight"].shape[1], "out_channels": t["decoder.conv_out.weight"].shape[0]}
+    det = Detection(None, "qwen-image-2.1", "vae", cfg, layout="diffusers")
+    if not any(f.vae_class == cfg["_class_name"] for f in registry.families()):
+        det.extras["recognised_as"] = "the Qwen-Image 2.1 VAE (AutoencoderKLQwenImage21)"
+    return det
 
 
 __all__ = ["classify", "folder_text_encoder"]

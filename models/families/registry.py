@@ -18,12 +18,13 @@ from .flux2 import Flux2
 from .krea2 import Krea2
 from .pixart import PixArt
 from .qwenimage import QwenImage
+from .qwenimage21 import QwenImage21
 from .sana import Sana
 from .sd3 import SD3
 from .zimage import ZImage
 
-# one entry a family, in the order reports list them; the last four are recognised only (``generation = False``)
-ENTRIES: tuple[Family, ...] = (PixArt(), SD3(), Flux(), Sana(), DiT(), ZImage(), Flux2(), QwenImage(), Krea2())
+# one entry a family, in the order reports list them; Qwen-Image 2.1 is recognised only (``generation = False``)
+ENTRIES: tuple[Family, ...] = (PixArt(), SD3(), Flux(), Sana(), DiT(), ZImage(), Flux2(), QwenImage(), Krea2(), QwenImage21())
 
 _BY_NAME: dict[str, Family] = {f.name: f for f in ENTRIES}
 _DEFAULT = Family()  # the rules a family follows unless it says otherwise (VAE names for an unknown family)
