@@ -512,9 +512,12 @@ def test_cli_submit_batch_and_ctrl_c(servers, tmp_path):
     assert sorted(Path(p).name for p in r.stdout.split()) == ["knight_00001_.png", "wizard_00001_.png"]
 
     slow = servers("slow", node_delay=30.0)
+    # Ctrl-C as a terminal gives it: a shell runs a background job (CI started with `&`) with SIGINT ignored, and an
+    # ignored SIGINT is inherited, and kept by Python, so the child gets the default disposition back
     p = subprocess.Popen([sys.executable, "-m", "spriteforge.cli.main", "submit", str(wf), "--server", slow.url,
                           "--out", str(tmp_path / "o2"), "--timeout", "60"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
+                         stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 40
     while not slow.running and time.monotonic() < deadline:
         time.sleep(0.05)
