@@ -69,12 +69,13 @@ class AttentionBlock(nn.Module):
 
 
 class Resample(nn.Module):
-    """2x down (zero pad right/bottom, 3x3 stride 2) or 2x up (nearest, 3x3 conv to half the width)."""
+    """2x down (zero pad right/bottom, 3x3 stride 2) or 2x up (nearest, 3x3 conv to ``out``: half the width unless
+    given; Qwen-Image 2.1's keeps it)."""
 
-    def __init__(self, dim: int, up: bool):
+    def __init__(self, dim: int, up: bool, out: int | None = None):
         super().__init__()
         self._up = up
-        self.conv = Conv2d(dim, dim // 2, 3, padding=1) if up else Conv2d(dim, dim, 3, stride=2)
+        self.conv = Conv2d(dim, out or dim // 2, 3, padding=1) if up else Conv2d(dim, dim, 3, stride=2)
 
     def __call__(self, x):
         if self._up:

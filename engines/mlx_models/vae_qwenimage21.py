@@ -11,7 +11,7 @@ are residual shortcuts around each down and up block, and they do see time on on
 * the up shortcut (``QwenImage21DupUp3D``) repeats channels, spreads them over ``t x 2 x 2`` and keeps the last time
   slot (the decoder's first chunk drops the others);
 * the temporal resamplers (``time_conv``) run only from the second frame on, so they never run here and
-  :func:`map_weights` drops them.
+  :func:`map_weights` (the Qwen-Image port's: 2.1's kernels are all 4-D) drops them.
 
 ``encode`` / ``decode`` take and give NCHW; an RGB image is encoded with an opaque alpha channel (1.0 in [-1, 1], as
 ``QwenImage21Pipeline`` converts every image to RGBA), decoding gives the RGB channels, and latents are normalised
@@ -25,7 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .layers import Conv2d, nchw_to_nhwc, nhwc_to_nchw, set_circular
-from .vae_qwenimage import MidBlock, ResidualBlock, RMSNorm
+from .vae_qwenimage import MidBlock, Resample, ResidualBlock, RMSNorm, map_weights
 
 
 def avg_down(x, out: int, ft: int, fs: int):
@@ -44,22 +44,6 @@ def dup_up(x, out: int, ft: int, fs: int):
     factor = ft * fs * fs
     x = mx.repeat(x, out * factor // c, axis=-1).reshape(b, h, w, out, ft, fs, fs)[:, :, :, :, ft - 1]
     return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, h * fs, w * fs, out)
-
-
-class Resample(nn.Module):
-    """2x down (zero pad right/bottom, 3x3 stride 2) or 2x up (nearest, 3x3 conv to ``out``)."""
-
-    def __init__(self, dim: int, up: bool, out: int | None = None):
-        super().__init__()
-        self._up = up
-        self.conv = Conv2d(dim, out or dim, 3, padding=1) if up else Conv2d(dim, dim, 3, stride=2)
-
-    def __call__(self, x):
-        if self._up:
-            x = mx.repeat(mx.repeat(x, 2, axis=1), 2, axis=2)
-        else:
-            x = mx.pad(x, [(0, 0), (0, 1), (0, 1), (0, 0)])
-        return self.conv(x)
 
 
 class ResidualDownBlock(nn.Module):
@@ -178,22 +162,6 @@ class AutoencoderKLQwenImage21(nn.Module):
 
     def set_circular(self, on: bool) -> None:
         set_circular(self, on)
-
-
-def map_weights(sd: dict) -> dict:
-    """diffusers ``AutoencoderKLQwenImage21`` names -> this port's: 4-D kernels to OHWI, ``gamma`` [C,1,1(,1)] to
-    [C], ``resample.1`` -> ``conv``; ``time_conv`` dropped (see the module note)."""
-    out = {}
-    for k, v in sd.items():
-        if ".time_conv." in k:
-            continue
-        name = k.replace(".resample.1.", ".conv.")
-        if k.endswith(".gamma"):
-            v = v.reshape(v.shape[0])
-        elif k.endswith(".weight") and v.ndim == 4:
-            v = v.transpose(0, 2, 3, 1)
-        out[name] = v
-    return out
 
 
 __all__ = ["AutoencoderKLQwenImage21", "map_weights"]

@@ -27,7 +27,29 @@ def _own_spatial_padding(conv) -> None:
     conv._reversed_padding_repeated_twice = (w, w, h, h, 0, 0)
 
 
-class AutoencoderKLQwenImage(_Frames):
+class SingleFrame:
+    """What a single-frame subclass of a video VAE with per-channel latent statistics shares (this module's and
+    Qwen-Image 2.1's): the statistics, a frame's distribution normalised, latents back to one frame."""
+
+    def _stats(self, like):
+        def col(v):
+            return torch.tensor(v, device=like.device, dtype=torch.float32).view(1, -1, 1, 1)
+
+        return col(self.config.latents_mean), col(self.config.latents_std)
+
+    def _normalised(self, post):
+        """The video VAE's posterior of one frame -> its normalised 4-D distribution."""
+        mean, std = self._stats(post.mean)
+        mu = (post.mean[:, :, 0].float() - mean) / std
+        logvar = post.logvar[:, :, 0].float() - 2.0 * torch.log(std)
+        return DiagonalGaussianDistribution(torch.cat([mu, logvar], 1).to(post.mean.dtype))
+
+    def _frames(self, z):
+        mean, std = self._stats(z)
+        return (z.float() * std + mean).to(z.dtype)[:, :, None]
+
+
+class AutoencoderKLQwenImage(SingleFrame, _Frames):
     """``encode(x)`` and ``decode(z)`` as ``AutoencoderKL``'s, on one frame, latents normalised."""
 
     @functools.wraps(_Frames.__init__)  # diffusers reads the config's fields from this signature
@@ -37,24 +59,10 @@ class AutoencoderKLQwenImage(_Frames):
             if isinstance(m, QwenImageCausalConv3d):
                 _own_spatial_padding(m)
 
-    def _stats(self, like):
-        def col(v):
-            return torch.tensor(v, device=like.device, dtype=torch.float32).view(1, -1, 1, 1)
-
-        return col(self.config.latents_mean), col(self.config.latents_std)
-
     def encode(self, x, return_dict: bool = True):
         """``x`` [B,3,H,W] in [-1, 1] -> the normalised latent distribution (``latent_dist``, [B,16,h,w])."""
-        post = super().encode(x[:, :, None], return_dict=False)[0]
-        mean, std = self._stats(post.mean)
-        mu = (post.mean[:, :, 0].float() - mean) / std
-        logvar = post.logvar[:, :, 0].float() - 2.0 * torch.log(std)
-        dist = DiagonalGaussianDistribution(torch.cat([mu, logvar], 1).to(post.mean.dtype))
+        dist = self._normalised(super().encode(x[:, :, None], return_dict=False)[0])
         return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
-
-    def _frames(self, z):
-        mean, std = self._stats(z)
-        return (z.float() * std + mean).to(z.dtype)[:, :, None]
 
     def decode(self, z, return_dict: bool = True):
         """Normalised latents [B,16,h,w] -> images [B,3,H,W] in [-1, 1]."""
@@ -66,4 +74,4 @@ class AutoencoderKLQwenImage(_Frames):
         return DecoderOutput(sample=x) if return_dict else (x,)
 
 
-__all__ = ["AutoencoderKLQwenImage"]
+__all__ = ["AutoencoderKLQwenImage", "SingleFrame"]

@@ -16,8 +16,10 @@ import functools
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_qwenimage21 import AutoencoderKLQwenImage21 as _Frames
 from diffusers.models.autoencoders.autoencoder_kl_qwenimage21 import QwenImage21CausalConv3d
-from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
+
+from .vae_qwenimage import SingleFrame
 
 
 def _own_padding(conv) -> None:
@@ -30,7 +32,7 @@ def _own_padding(conv) -> None:
     conv._reversed_padding_repeated_twice = (w, w, h, h)
 
 
-class AutoencoderKLQwenImage21(_Frames):
+class AutoencoderKLQwenImage21(SingleFrame, _Frames):
     """``encode(x)`` and ``decode(z)`` as ``AutoencoderKL``'s, on one RGB frame, latents normalised."""
 
     @functools.wraps(_Frames.__init__)  # diffusers reads the config's fields from this signature
@@ -40,26 +42,12 @@ class AutoencoderKLQwenImage21(_Frames):
             if isinstance(m, QwenImage21CausalConv3d):
                 _own_padding(m)
 
-    def _stats(self, like):
-        def col(v):
-            return torch.tensor(v, device=like.device, dtype=torch.float32).view(1, -1, 1, 1)
-
-        return col(self.config.latents_mean), col(self.config.latents_std)
-
     def encode(self, x, return_dict: bool = True):
         """``x`` [B,3,H,W] in [-1, 1] (or [B,4,H,W] with alpha) -> the normalised latent distribution ([B,64,h,w])."""
         if x.shape[1] == 3 and self.config.in_channels == 4:
             x = torch.cat([x, torch.ones_like(x[:, :1])], 1)
-        post = super().encode(x[:, :, None], return_dict=False)[0]
-        mean, std = self._stats(post.mean)
-        mu = (post.mean[:, :, 0].float() - mean) / std
-        logvar = post.logvar[:, :, 0].float() - 2.0 * torch.log(std)
-        dist = DiagonalGaussianDistribution(torch.cat([mu, logvar], 1).to(post.mean.dtype))
+        dist = self._normalised(super().encode(x[:, :, None], return_dict=False)[0])
         return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
-
-    def _frames(self, z):
-        mean, std = self._stats(z)
-        return (z.float() * std + mean).to(z.dtype)[:, :, None]
 
     def decode(self, z, return_dict: bool = True):
         """Normalised latents [B,64,h,w] -> RGB images [B,3,H,W] in [-1, 1]."""
