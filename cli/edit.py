@@ -8,8 +8,9 @@
       --prompt "the knight from image 1 in the colours of image 2" --out out/
 
 The model must take reference images (FLUX.1 Kontext [dev] or another Flux.1 [dev]-layout file: one; FLUX.2
-[klein]: up to 4, [dev]: 6). Each --image is VAE-encoded once, at the model's reference size (--keep-size: at its
-own size, rounded down to the 16-pixel grid); the output is the first image's size unless --width/--height say
+[klein]: up to 4, [dev]: 6; Qwen-Image-Edit: 1, 2509/2511: 3, with Qwen2.5-VL-7B including its vision tower).
+Each --image is VAE-encoded once, at the model's reference size (--keep-size: at its own size, rounded down to
+the 16-pixel grid); the output is the first image's size unless --width/--height say
 otherwise. Steps, cfg and guidance default to the model's edit defaults (Kontext: 28 steps, guidance 2.5).
 Every argument and image is checked before the model loads or anything is written; images are written as
 PREFIX-SEED.png with the parameters in their text chunks, never over an existing file.
@@ -30,13 +31,14 @@ MAX_IMAGES = 10  # more than any model takes: the model's own limit is checked o
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("edit", help="edit reference images by an instruction (FLUX.1 Kontext, FLUX.2)",
+    p = subparsers.add_parser("edit", help="edit reference images by an instruction (FLUX.1 Kontext, FLUX.2, Qwen-Image-Edit)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a model that takes reference images: a path, or a name in "
                                                   "diffusion_models/checkpoints/diffusers")
     p.add_argument("--vae", help="VAE file (path or a name in the vae folder) when the model has none")
     p.add_argument("--text-encoder", action="append", default=[], metavar="PATH",
-                   help="text encoder file (repeat for several: CLIP-L and T5 for Flux.1, Qwen3 or Mistral-3 for FLUX.2)")
+                   help="text encoder file (repeat for several: CLIP-L and T5 for Flux.1, Qwen3 or Mistral-3 for FLUX.2, "
+                        "Qwen2.5-VL-7B for Qwen-Image-Edit)")
     p.add_argument("--models", metavar="DIR", help="models root laid out like ComfyUI's models/ (for names)")
     p.add_argument("--image", action="append", default=[], metavar="IMAGE", required=True,
                    help="a reference image (repeat for several, in order: the first sets the output size)")
